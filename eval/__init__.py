@@ -1,0 +1,1 @@
+"""speedrun.eval: throughput, accuracy and baseline-vs-overlay reports."""

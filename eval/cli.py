@@ -1,0 +1,252 @@
+"""`speedrun bench|eval|compare|run` (owned by the evaluation area)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+Out = Annotated[Path | None, typer.Option("--out", help="run folder (default .runs/<recipe>-<time>)")]
+ServerUrl = Annotated[str | None, typer.Option("--server", help="use this running server instead of launching")]
+Side = Annotated[str, typer.Option("--side", help="baseline | overlay: what to launch, and the label")]
+Filter = Annotated[list[str] | None, typer.Option("--scenario-filter", help="keep matching cases: c32, isl8192-*")]
+Conc = Annotated[str | None, typer.Option("--concurrency", help="scale down: e.g. 4,32 (replaces the recipe's)")]
+Ppc = Annotated[int | None, typer.Option("--prompts-per-concurrency", help="scale down (finals: 10)")]
+Wpc = Annotated[int | None, typer.Option("--warmup-per-concurrency", help="scale down (finals: 2)")]
+Isl = Annotated[int | None, typer.Option("--isl", help="scale down the input length (finals: 8192)")]
+Osl = Annotated[int | None, typer.Option("--osl", help="scale down the output length (finals: 1024)")]
+Driver = Annotated[str, typer.Option("--driver", help="speedrun (our client) | sglang (sglang.bench_serving)")]
+Questions = Annotated[int | None, typer.Option("--gsm8k-questions", help="scale down GSM8K (default: recipe's)")]
+Startup = Annotated[float, typer.Option("--startup-timeout", help="seconds to wait for server health")]
+Quiet = Annotated[bool, typer.Option("--no-progress", help="no progress bars (logs, CI)")]
+
+
+def _recipe(name: str):
+    from speedrun.recipe import RecipeError, load_recipe
+
+    try:
+        return load_recipe(name)
+    except RecipeError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _options(
+    recipe,
+    out,
+    filters,
+    conc,
+    ppc,
+    wpc,
+    isl,
+    osl,
+    driver="speedrun",
+    questions=None,
+    startup=1200.0,
+    quiet=False,
+    bench=True,
+    accuracy=True,
+):
+    from speedrun.eval.run import Options
+    from speedrun.eval.scenarios import Scale, parse_ints
+
+    if driver not in ("speedrun", "sglang"):
+        err.print(f"[red]--driver must be speedrun or sglang, not {driver!r}[/red]")
+        raise typer.Exit(2)
+    out = out or Path(".runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    scale = Scale(
+        concurrency=parse_ints(conc), prompts_per_concurrency=ppc, warmup_per_concurrency=wpc, isl=isl, osl=osl
+    )
+    return Options(
+        out=out,
+        scale=scale,
+        filters=filters,
+        bench=bench,
+        accuracy=accuracy,
+        driver=driver,
+        gsm8k_questions=questions,
+        startup_timeout_s=startup,
+        show_progress=not quiet,
+    )
+
+
+def _one_side(recipe, opts, side: str, server: str | None) -> dict:
+    """Measure one side (existing server or launched); returns its results."""
+    from speedrun.eval.bench import Target
+    from speedrun.eval.run import measure, overlay_pool, results_file, run_side
+    from speedrun.eval.serve import SIDES, default_spec, pool_for
+
+    if side not in SIDES:
+        err.print(f"[red]--side must be one of {SIDES}[/red]")
+        raise typer.Exit(2)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    if server is None:
+        pool = overlay_pool(recipe)
+        return run_side(recipe, side, opts, pool, default_spec).data
+    url = server.rstrip("/")
+    pool = pool_for(recipe, url=url)
+    rf = results_file(opts.out / f"{side}.json", recipe, side, opts, pool, server_url=url)
+    measure(recipe, side, Target(url), pool, rf, opts.out / side, opts)
+    return rf.data
+
+
+def bench(
+    recipe: str,
+    server: ServerUrl = None,
+    side: Side = "overlay",
+    out: Out = None,
+    scenario_filter: Filter = None,
+    concurrency: Conc = None,
+    prompts_per_concurrency: Ppc = None,
+    warmup_per_concurrency: Wpc = None,
+    isl: Isl = None,
+    osl: Osl = None,
+    driver: Driver = "speedrun",
+    startup_timeout: Startup = 1200.0,
+    no_progress: Quiet = False,
+) -> None:
+    """Throughput scenarios on one server (launched from the recipe unless --server): <out>/<side>.json."""
+    r = _recipe(recipe)
+    opts = _options(
+        r,
+        out,
+        scenario_filter,
+        concurrency,
+        prompts_per_concurrency,
+        warmup_per_concurrency,
+        isl,
+        osl,
+        driver,
+        startup=startup_timeout,
+        quiet=no_progress,
+        accuracy=False,
+    )
+    data = _one_side(r, opts, side, server)
+    bad = [s["name"] for s in data["scenarios"] if s.get("status") != "ok"] + [e["what"] for e in data["errors"]]
+    console.print(f"results: {opts.out / f'{side}.json'}")
+    if bad or not data["scenarios"]:
+        err.print(f"[red]not ok: {', '.join(bad) or 'no scenario ran'}[/red]")
+        raise typer.Exit(1)
+
+
+def eval_cmd(
+    recipe: str,
+    server: ServerUrl = None,
+    side: Side = "overlay",
+    out: Out = None,
+    gsm8k_questions: Questions = None,
+    startup_timeout: Startup = 1200.0,
+    no_progress: Quiet = False,
+) -> None:
+    """Accuracy on one server: GSM8K gate, and agreement samples (compared by `speedrun compare`)."""
+    r = _recipe(recipe)
+    opts = _options(
+        r,
+        out,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        questions=gsm8k_questions,
+        startup=startup_timeout,
+        quiet=no_progress,
+        bench=False,
+    )
+    data = _one_side(r, opts, side, server)
+    g = data.get("accuracy", {}).get("gsm8k")
+    console.print(f"results: {opts.out / f'{side}.json'}")
+    if data["errors"] or (g is not None and not g["passed"]):
+        err.print(f"[red]failed: {[e['what'] for e in data['errors']] or 'GSM8K below threshold'}[/red]")
+        raise typer.Exit(1)
+
+
+def compare_cmd(
+    baseline: Annotated[Path, typer.Argument(help="results of stock SGLang (A)")],
+    overlay: Annotated[Path, typer.Argument(help="results of the overlay (B)")],
+    out: Annotated[Path | None, typer.Option(help="report folder (default: B's folder)")] = None,
+) -> None:
+    """Report B against A: report.md, PNGs, summary.json; exit 1 when a gate fails."""
+    from speedrun.eval.results import ResultsFile
+    from speedrun.eval.run import finish
+
+    try:
+        a, b = ResultsFile.load(baseline).data, ResultsFile.load(overlay).data
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _conclude(finish(a, b, out or overlay.parent, b.get("recipe", "")), out or overlay.parent)
+
+
+def run(
+    recipe: str,
+    out: Out = None,
+    skip_accuracy: Annotated[bool, typer.Option("--skip-accuracy")] = False,
+    scenario_filter: Filter = None,
+    concurrency: Conc = None,
+    prompts_per_concurrency: Ppc = None,
+    warmup_per_concurrency: Wpc = None,
+    isl: Isl = None,
+    osl: Osl = None,
+    driver: Driver = "speedrun",
+    gsm8k_questions: Questions = None,
+    startup_timeout: Startup = 1200.0,
+    no_progress: Quiet = False,
+) -> None:
+    """Stock SGLang vs overlay, end to end: both launches, throughput, accuracy, report; exit 1 on a failed gate."""
+    from speedrun.eval.run import run as run_both
+
+    r = _recipe(recipe)
+    opts = _options(
+        r,
+        out,
+        scenario_filter,
+        concurrency,
+        prompts_per_concurrency,
+        warmup_per_concurrency,
+        isl,
+        osl,
+        driver,
+        gsm8k_questions,
+        startup_timeout,
+        no_progress,
+        accuracy=not skip_accuracy,
+    )
+    _conclude(run_both(r, opts), opts.out)
+
+
+def _conclude(c, out: Path) -> None:
+    t = Table(title="stock SGLang vs overlay")
+    for col in ("scenario", "tok/s/GPU stock", "overlay", "speedup", "tok/s/user stock", "overlay"):
+        t.add_column(col, justify="left" if col == "scenario" else "right")
+    for row in c.rows:
+        cells = [row.metric(s, k) for k in ("total_throughput_per_gpu", "interactivity") for s in ("base", "over")]
+        txt = [f"{v:,.1f}" if v is not None else "—" for v in cells]
+        t.add_row(row.name, txt[0], txt[1], f"{row.speedup:.2f}x" if row.speedup else "—", txt[2], txt[3])
+    console.print(t)
+    for g in c.gates:
+        console.print(
+            f"{'[green]pass[/green]' if g.passed else '[red]FAIL[/red]'}  {g.name}: {escape(g.detail)}", highlight=False
+        )
+    for w in c.warnings:
+        console.print(f"[yellow]note[/yellow]  {escape(w)}", highlight=False)
+    console.print(f"report: {out / 'report.md'}")
+    if not c.passed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the evaluation commands to the `speedrun` app."""
+    app.command("bench")(bench)
+    app.command("eval")(eval_cmd)
+    app.command("compare")(compare_cmd)
+    app.command("run")(run)

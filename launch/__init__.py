@@ -1,0 +1,1 @@
+"""speedrun.launch: recipe -> sglang.launch_server, with health wait, logs and teardown."""

@@ -1,0 +1,107 @@
+"""Recipe -> the exact `python -m sglang.launch_server ...` argv and environment, for one side.
+
+The overlay side turns the plugin on (SPEEDRUN_OVERLAYS + per-op backends) and applies `overlays.server`;
+the baseline side runs stock SGLang with the same model and flags. Synthetic models get sane weights on both
+sides (SPEEDRUN_SYNTHETIC_FILL, same seed) so the two sides compute on the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from speedrun.recipe import Recipe, Server
+
+# Set on the multi-GPU hosts we borrow: NVLink multicast can take a shared host's GPUs down. Keep it off in
+# every environment we build, whatever the caller's environment says.
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+FLAGS: dict[str, str] = {  # Server field -> sglang.launch_server flag (value flags)
+    "tp": "--tp-size",
+    "ep": "--ep-size",
+    "dp": "--dp-size",
+    "kv_cache_dtype": "--kv-cache-dtype",
+    "mem_fraction_static": "--mem-fraction-static",
+    "chunked_prefill_size": "--chunked-prefill-size",
+    "max_prefill_tokens": "--max-prefill-tokens",
+    "max_running_requests": "--max-running-requests",
+    "cuda_graph_max_bs": "--cuda-graph-max-bs",
+    "attention_backend": "--attention-backend",
+    "decode_attention_backend": "--decode-attention-backend",
+    "prefill_attention_backend": "--prefill-attention-backend",
+    "moe_runner_backend": "--moe-runner-backend",
+    "page_size": "--page-size",
+    "context_length": "--context-length",
+    "load_format": "--load-format",
+}
+DEFAULTS = {"load_format": "auto", "kv_cache_dtype": "auto", "tp": 1, "ep": 1, "dp": 1}  # not passed
+SWITCHES = {"dp_attention": "--enable-dp-attention", "disable_radix_cache": "--disable-radix-cache",
+            "trust_remote_code": "--trust-remote-code"}
+
+
+@dataclass
+class LaunchSpec:
+    argv: list[str]
+    env: dict[str, str]  # only what we set on top of the caller's environment
+    side: str  # "overlay" | "baseline"
+
+    def shell(self) -> str:
+        """One copy-pasteable line."""
+        import shlex
+
+        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        return f"{envs} {shlex.join(self.argv)}".strip()
+
+
+def server_args(server: Server) -> list[str]:
+    args: list[str] = []
+    for field, flag in FLAGS.items():
+        value = getattr(server, field)
+        if value is None or value == DEFAULTS.get(field):
+            continue
+        args += [flag, str(value)]
+    args += [flag for field, flag in SWITCHES.items() if getattr(server, field)]
+    if server.speculative:
+        s = server.speculative
+        args += ["--speculative-algorithm", s.algorithm, "--speculative-num-steps", str(s.num_steps),
+                 "--speculative-eagle-topk", str(s.eagle_topk), "--speculative-num-draft-tokens",
+                 str(s.num_draft_tokens)]
+    return args + list(server.extra_args)
+
+
+def build(recipe: Recipe, *, baseline: bool, port: int, host: str = "127.0.0.1", model_path: str | None = None,
+          report_dir: Path | None = None, python: str | None = None) -> LaunchSpec:
+    """The launch of one side. `model_path` overrides recipe.model.path (e.g. a generated synthetic folder)."""
+    server = recipe.server_for(baseline)
+    model = recipe.model_for(baseline)
+    argv = [python or sys.executable, "-m", "sglang.launch_server", "--model-path", model_path or model.path,
+            "--host", host, "--port", str(port)]
+    if model.revision:
+        argv += ["--revision", model.revision]
+    if model.tokenizer:
+        argv += ["--tokenizer-path", model.tokenizer]
+    argv += server_args(server)
+
+    env = dict(recipe.env)
+    env.update(NO_MULTICAST)
+    ops = [] if baseline else recipe.overlays.enabled_ops()
+    env["SPEEDRUN_OVERLAYS"] = ",".join(ops)
+    for op in ops:
+        env[f"SPEEDRUN_{op.upper()}_BACKEND"] = getattr(recipe.overlays, op).backend
+    synth = model.synthetic
+    if synth and synth.fill:
+        env["SPEEDRUN_SYNTHETIC_FILL"] = "1"
+        env["SPEEDRUN_SEED"] = str(synth.seed)
+    if report_dir is not None:
+        env["SPEEDRUN_REPORT_DIR"] = str(report_dir)
+    if baseline and not env.get("SPEEDRUN_SYNTHETIC_FILL"):
+        env["SGLANG_PLUGINS"] = "none"  # stock SGLang: our plugin is not even imported
+    return LaunchSpec(argv=argv, env=env, side="baseline" if baseline else "overlay")
+
+
+def merged_env(spec: LaunchSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(spec.env)
+    return env

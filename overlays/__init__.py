@@ -1,0 +1,103 @@
+"""sglang-speedrun overlays: an SGLang plugin (entry point `sglang.srt.plugins`).
+
+`register()` runs in every SGLang process that calls `load_plugins()` (the launcher, each scheduler).
+It reads as a table: op -> SGLang target -> our hook -> when it applies. Nothing happens unless
+SPEEDRUN_OVERLAYS names ops (or SPEEDRUN_SYNTHETIC_FILL=1 asks for sane synthetic weights, which the
+baseline uses too). It never touches CUDA or compiles kernels: hook modules import lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from speedrun.overlays import report
+from speedrun.overlays.hooks import OPS, Hook, backend_for, requested_ops
+
+Q = "sglang.srt.layers.quantization"
+
+# op            SGLang target                                                      our hook (module:function)              kind      when it applies
+TABLE: list[Hook | tuple] = [
+    ("synthetic", "sglang.srt.model_loader.weight_utils.initialize_dummy_weights", "synthetic.hook:fill_after_dummy", "after", "--load-format dummy + SPEEDRUN_SYNTHETIC_FILL=1"),
+    ("mla_decode", "sglang.srt.layers.attention.attention_registry.ATTENTION_BACKENDS", "mla_decode.hook:register_backend", "registry", "--attention-backend / --decode-attention-backend speedrun_mla on an MLA model"),
+    ("mxfp4_moe", f"{Q}.mxfp4.Mxfp4MoEMethod.process_weights_after_loading", "mxfp4_moe.hook:gptoss_process_weights", "around", "GPT-OSS mxfp4 experts, moe runner triton|auto"),
+    ("mxfp4_moe", f"{Q}.mxfp4.Mxfp4MoEMethod.apply", "mxfp4_moe.hook:gptoss_apply", "around", "standard top-k output, no EP dispatch"),
+    ("mxfp4_moe", f"{Q}.quark.schemes.quark_w4a4_mxfp4_moe.QuarkW4A4MXFp4MoE.process_weights_after_loading", "mxfp4_moe.hook:quark_process_weights", "around", "quark w_mxfp4_a_mxfp4 experts"),
+    ("mxfp4_moe", f"{Q}.quark.schemes.quark_w4a4_mxfp4_moe.QuarkW4A4MXFp4MoE.apply_weights", "mxfp4_moe.hook:quark_apply", "around", "standard top-k output, no EP dispatch"),
+    ("mxfp4_gemm", f"{Q}.quark.schemes.quark_w4a4_mxfp4.QuarkW4A4MXFP4.process_weights_after_loading", "mxfp4_gemm.hook:process_weights", "around", "quark w_mxfp4_a_mxfp4 linear layers"),
+    ("mxfp4_gemm", f"{Q}.quark.schemes.quark_w4a4_mxfp4.QuarkW4A4MXFP4.apply_weights", "mxfp4_gemm.hook:apply_weights", "around", "bf16 input or (fp4, scale) pairs; other forms fall back"),
+]  # fmt: skip
+
+_registered: dict[str, Any] | None = None
+
+
+def hooks() -> list[Hook]:
+    """The table as `Hook` rows (hook functions not yet imported)."""
+    return [row if isinstance(row, Hook) else Hook(*row) for row in TABLE]
+
+
+def resolve(spec: str) -> Any:
+    """`module:function` relative to this package -> the function (imports the op's hook module)."""
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
+
+def synthetic_fill_enabled() -> bool:
+    return os.environ.get("SPEEDRUN_SYNTHETIC_FILL", "0") not in ("", "0", "false", "no")
+
+
+def register() -> dict[str, Any]:
+    """SGLang plugin entry point. Idempotent; returns what it applied (also written to the report)."""
+    global _registered
+    if _registered is not None:
+        return _registered
+    ops = requested_ops()
+    wanted = {*ops, *(["synthetic"] if synthetic_fill_enabled() else [])}
+    _registered = {"ops": ops, "applied": [], "failed": []}
+    if not wanted:
+        return _registered
+
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    version = _sglang_version()
+    report.start(**report.process_identity(), ops_requested=ops, sglang=version,
+                 backends={op: backend_for(op) for op in ops}, synthetic_fill="synthetic" in wanted)
+    for row in hooks():
+        if row.op not in wanted:
+            continue
+        try:
+            fn = resolve(row.fn)
+            if row.kind == "registry":
+                fn()  # registers into an SGLang registry (dict / CLI choices) directly
+                _registered["applied"].append(row.target)
+            else:
+                HookRegistry.register(row.target, fn, HookType[row.kind.upper()])
+        except Exception as exc:  # every failure must reach the report
+            _registered["failed"].append(row.target)
+            report.error(f"{row.op}: {row.target}: {type(exc).__name__}: {exc}")
+        report.add_hook({"op": row.op, "target": row.target, "hook": row.fn, "kind": row.kind, "when": row.when})
+
+    HookRegistry.apply_hooks()  # idempotent; load_plugins() calls it again after every plugin ran
+    for row in hooks():
+        if row.op in wanted and row.kind != "registry" and row.target not in _registered["failed"]:
+            if row.target in HookRegistry._patched:
+                _registered["applied"].append(row.target)
+            else:
+                _registered["failed"].append(row.target)
+                report.error(f"{row.op}: {row.target}: HookRegistry could not apply the hook (see SGLang log)")
+    report._state["applied"] = _registered["applied"]
+    report.flush(force=True)
+    return _registered
+
+
+def _sglang_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("sglang")
+    except Exception:
+        return None
+
+
+__all__ = ["OPS", "TABLE", "Hook", "hooks", "register", "resolve"]

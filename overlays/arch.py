@@ -1,0 +1,49 @@
+"""Which GPU architecture we run on, and per-arch launch configs (one JSON per op per arch).
+
+Configs live in `overlays/<op>/configs/<arch>.json`: {"_meta": {...}, "<bucket>": {knobs...}}.
+AMD-only knobs never reach a CUDA launch (`launch_options`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+ARCHS = ("sm90", "gfx950")
+AMD_ONLY = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
+LAUNCH_KEYS = ("num_warps", "num_stages", *AMD_ONLY)
+HERE = Path(__file__).resolve().parent
+
+
+def current_arch() -> str:
+    """`sm90`, `gfx950`, ... of the visible GPU (`cpu` when there is none)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    props = torch.cuda.get_device_properties(0)
+    if getattr(torch.version, "hip", None):
+        return props.gcnArchName.split(":")[0]
+    return f"sm{props.major}{props.minor}"
+
+
+def is_amd(arch: str) -> bool:
+    return arch.startswith("gfx")
+
+
+@functools.cache
+def load_configs(op: str, arch: str) -> dict[str, Any]:
+    """The config table of `op` for `arch`; falls back to sm90 for unknown CUDA archs."""
+    path = HERE / op / "configs" / f"{arch}.json"
+    if not path.exists() and not is_amd(arch):
+        path = HERE / op / "configs" / "sm90.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no {op} config for arch {arch!r}: expected {path}")
+    return json.loads(path.read_text())
+
+
+def launch_options(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The Triton launch kwargs of a config entry, without AMD-only knobs on CUDA."""
+    return {k: v for k, v in cfg.items() if k in LAUNCH_KEYS and (is_amd(arch) or k not in AMD_ONLY)}

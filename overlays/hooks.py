@@ -1,0 +1,71 @@
+"""The plugin's building blocks: one `Hook` row per SGLang target, and the AROUND wrapper that
+falls back to stock SGLang (and says so in the report) whenever our implementation declines."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from speedrun.overlays import report
+
+OPS = ("mla_decode", "mxfp4_moe", "mxfp4_gemm")
+BACKENDS = ("triton", "aiter", "reference")
+
+
+class Unsupported(Exception):
+    """Raised by an overlay implementation for a case it does not serve; the hook then runs stock SGLang."""
+
+
+@dataclass(frozen=True)
+class Hook:
+    op: str  # overlay op (or "synthetic" for the weight filler)
+    target: str  # dotted path inside sglang, resolved by SGLang's HookRegistry
+    fn: Callable[..., Any]  # hook function, signature depends on `kind`
+    kind: str = "around"  # around | after | before | replace (HookType names)
+    when: str = "always"  # human-readable condition, shown in the report and the README table
+
+
+def requested_ops(env: dict[str, str] | None = None) -> list[str]:
+    """Ops named by SPEEDRUN_OVERLAYS (`all` or a comma list). Unknown names are an error."""
+    raw = (env if env is not None else os.environ).get("SPEEDRUN_OVERLAYS", "").strip()
+    if not raw or raw.lower() in ("0", "none", "off"):
+        return []
+    if raw.lower() == "all":
+        return list(OPS)
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    bad = [n for n in names if n not in OPS]
+    if bad:
+        raise ValueError(f"SPEEDRUN_OVERLAYS names unknown op(s) {bad}; known: {', '.join(OPS)} or 'all'")
+    return names
+
+
+def backend_for(op: str, env: dict[str, str] | None = None) -> str:
+    """Backend of an op: SPEEDRUN_<OP>_BACKEND, default triton."""
+    value = (env if env is not None else os.environ).get(f"SPEEDRUN_{op.upper()}_BACKEND", "triton")
+    if value not in BACKENDS:
+        raise ValueError(f"SPEEDRUN_{op.upper()}_BACKEND={value!r}; expected one of {BACKENDS}")
+    return value
+
+
+def around(op: str, impl: Callable[..., Any]) -> Callable[..., Any]:
+    """AROUND hook: run `impl(original, *args, **kwargs)`; on `Unsupported`, run the original.
+
+    Every call is counted in the per-process report under `op/impl`; every distinct fallback reason is
+    recorded once (with a count), so an op that silently never runs shows up as fallbacks, not as nothing.
+    """
+    name = f"{op}/{impl.__name__}"
+
+    @functools.wraps(impl)
+    def hook(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            out = impl(original, *args, **kwargs)
+        except Unsupported as why:
+            report.fallback(op, name, str(why))
+            return original(*args, **kwargs)
+        report.called(name)
+        return out
+
+    return hook

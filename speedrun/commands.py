@@ -1,0 +1,319 @@
+"""`speedrun launch|doctor|patch|recipes|model|report|kernels` (the foundation's commands)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from speedrun import patching
+from speedrun.recipe import RecipeError, all_recipes, load_recipe
+
+console = Console()
+err = Console(stderr=True)
+SGLANG_PIN = "0.5.17"
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def recipe_or_fail(name: str):
+    try:
+        return load_recipe(name)
+    except RecipeError as exc:
+        fail(str(exc))
+
+
+# ---------------------------------------------------------------- launch
+def launch(
+    recipe: Annotated[str, typer.Argument(help="recipe file or name in recipes/")],
+    baseline: Annotated[bool, typer.Option("--baseline", help="stock SGLang: overlays off")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the command and environment only")] = False,
+    port: Annotated[int, typer.Option(help="server port")] = 30000,
+    host: str = "127.0.0.1",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for /health")] = 1200.0,
+    out: Annotated[Path, typer.Option(help="folder for the server log and overlay reports")] = Path(".runs/launch"),
+    check: Annotated[bool, typer.Option("--check", help="once healthy: one request, show reports, stop")] = False,
+) -> None:
+    """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports."""
+    from speedrun.launch.command import build
+
+    r = recipe_or_fail(recipe)
+    side = "baseline" if baseline else "overlay"
+    run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = _model_path(r, baseline, generate=not dry_run)
+    spec = build(r, baseline=baseline, port=port, host=host, model_path=str(model), report_dir=run_dir / "reports")
+    if dry_run:  # plain print: one copy-pasteable line, never wrapped
+        print(f"# {side} side of {r.name}")
+        print(spec.shell())
+        return
+    if importlib.util.find_spec("sglang") is None:
+        fail("sglang is not installed here: pip install -e '.[serve]' (or use the GPU-host bundle, see README)")
+    _serve(spec, run_dir, host, port, timeout, check)
+
+
+def _model_path(r, baseline: bool, generate: bool) -> Path | str:
+    model = r.model_for(baseline)
+    if model.synthetic is None:
+        return model.path
+    from speedrun.synth import DEFAULT_ROOT, ensure_model
+
+    return ensure_model(r, baseline=baseline) if generate else DEFAULT_ROOT / model.path
+
+
+def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: bool) -> None:
+    from speedrun.launch.server import ServerError, running
+
+    log = run_dir / "server.log"
+    console.print(f"[bold]{spec.side}[/]: {spec.shell()}", highlight=False)
+    try:
+        with running(spec, log, host=host, port=port, timeout_s=timeout) as server:
+            console.print(f"[green]healthy[/] at {server.url} after {time.monotonic() - server.started:.0f} s; "
+                          f"log {log}")
+            if check:
+                console.print(f"one request: {_one_request(server.url)!r}", highlight=False)
+                time.sleep(2.5)  # let the schedulers flush their reports
+            show_reports(run_dir / "reports", expect_ops=spec.env.get("SPEEDRUN_OVERLAYS", ""))
+            if not check:
+                console.print("serving; Ctrl-C stops the server and every child process")
+                while server.alive():
+                    time.sleep(1)
+                fail(f"server exited with code {server.proc.returncode}; log tail:\n{server.log_tail()}")
+    except ServerError as exc:
+        fail(str(exc), 1)
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+def _one_request(url: str) -> str:
+    import urllib.request
+
+    body = json.dumps({"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8,
+                                                                                "temperature": 0}}).encode()
+    req = urllib.request.Request(f"{url}/generate", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read())["text"]
+
+
+# ---------------------------------------------------------------- report
+def show_reports(directory: Path, expect_ops: str = "") -> list[dict]:
+    """Print the per-process overlay reports in `directory`; errors are shown in red."""
+    from speedrun.overlays import report
+
+    reports = report.read_all(directory)
+    if not reports:
+        note = " (overlays were requested!)" if expect_ops else ""
+        console.print(f"no overlay reports in {directory}{note}", style="red" if expect_ops else None)
+        return reports
+    t = Table(title=f"overlay reports ({directory})")
+    for col in ("role", "tp", "pid", "ops", "hooks applied", "calls", "fallbacks", "errors"):
+        t.add_column(col)
+    for r in reports:
+        calls = ", ".join(f"{k}={v}" for k, v in sorted(r.get("calls", {}).items())) or "-"
+        fb = sum(sum(v.values()) for v in r.get("fallbacks", {}).values())
+        errors = "\n".join(r.get("errors", [])) or "-"
+        t.add_row(r.get("role", "?"), str(r.get("tp_rank", "-")), str(r.get("pid")),
+                  ",".join(r.get("ops_requested", [])) or "-", str(len(r.get("applied", []))), calls,
+                  str(fb), f"[red]{errors}[/]" if r.get("errors") else "-")
+    console.print(t)
+    return reports
+
+
+def report_cmd(directory: Annotated[Path, typer.Argument(help="SPEEDRUN_REPORT_DIR of a run")]) -> None:
+    """Show the per-process overlay reports of a run; exit 1 if any process reports an error."""
+    reports = show_reports(directory)
+    if any(r.get("errors") for r in reports):
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- doctor
+def doctor() -> None:
+    """Versions, GPU and arch, which overlays would apply, and whether the patch series is applied."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from speedrun.overlays import hooks
+    from speedrun.sglang_source import sglang_root, target_exists
+
+    t = Table(title="stack")
+    t.add_column("package")
+    t.add_column("installed")
+    t.add_column("pinned")
+    pins = {"sglang": SGLANG_PIN, "torch": "2.11.0", "triton": "3.6.0", "sglang-kernel": "0.4.5",
+            "flashinfer-python": "0.6.15.post1", "transformers": "5.12.1", "aiter": "-"}
+    for pkg, pin in pins.items():
+        try:
+            got = version(pkg)
+        except PackageNotFoundError:
+            got = "-"
+        style = "green" if got.split("+")[0] == pin or pin == "-" else "yellow"
+        t.add_row(pkg, f"[{style}]{got}[/]", pin)
+    console.print(t)
+    console.print(f"GPU: {_gpu()}")
+    root = sglang_root()
+    h = Table(title="overlay hook targets in the installed sglang")
+    for col in ("op", "target", "present", "when"):
+        h.add_column(col)
+    for row in hooks():
+        ok = root is not None and target_exists(row.target, root)
+        h.add_row(row.op, row.target, "[green]yes[/]" if ok else "[red]no[/]", row.when)
+    console.print(h)
+    if root is not None:
+        try:
+            for name, state in patching.status(patching.load_series(SGLANG_PIN), root.parent).items():
+                console.print(f"patch {name}: {state}", highlight=False)
+        except patching.PatchError as exc:
+            console.print(f"patch series: {exc}")
+
+
+def _gpu() -> str:
+    try:
+        import torch
+
+        from speedrun.overlays.arch import current_arch
+
+        if not torch.cuda.is_available():
+            return "none (CPU only: kernels run under the Triton interpreter)"
+        return f"{torch.cuda.get_device_name(0)} ({current_arch()}), torch {torch.__version__}"
+    except ImportError:
+        return "torch not installed"
+
+
+# ---------------------------------------------------------------- patch
+def patch_cmd(
+    action: Annotated[str, typer.Argument(help="apply | check | revert | status")],
+    target: Annotated[Path | None, typer.Option(help="folder holding sglang/ (default: installed)")] = None,
+    version: str = SGLANG_PIN,
+) -> None:
+    """Apply, check, revert or show the SGLang patch series (all-or-nothing)."""
+    if action not in ("apply", "check", "revert", "status"):
+        fail(f"unknown action {action!r}: expected apply, check, revert or status")
+    try:
+        series = patching.load_series(version)
+        root = target if target is not None else patching.installed_root()
+        if action == "status":
+            for name, state in patching.status(series, root).items():
+                console.print(f"{name}: {state}", highlight=False)
+            return
+        changed = patching.apply(series, root, reverse=action == "revert", check=action == "check")
+    except patching.PatchError as exc:
+        fail(str(exc), 1)
+    verb = {"apply": "patched", "revert": "reverted", "check": "would change"}[action]
+    console.print(f"{verb} {len(changed)} file(s) under {root}")
+    for f in changed:
+        console.print(f"  {f}", highlight=False)
+
+
+# ---------------------------------------------------------------- recipes / model
+recipes_app = typer.Typer(help="List, validate and show recipes.", no_args_is_help=True)
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    t = Table()
+    for col in ("name", "model", "hardware", "overlays"):
+        t.add_column(col)
+    for path in all_recipes():
+        r = load_recipe(path)
+        t.add_row(r.name, r.model.path, f"{r.hardware.gpus}x {r.hardware.arch}", ",".join(r.overlays.enabled_ops()))
+    console.print(t)
+
+
+@recipes_app.command("validate")
+def recipes_validate(paths: Annotated[list[Path] | None, typer.Argument()] = None) -> None:
+    """Validate recipe files (default: all in recipes/); every error names file and field."""
+    bad = 0
+    for path in paths or all_recipes():
+        try:
+            load_recipe(path)
+            console.print(f"[green]ok[/] {path}", highlight=False)
+        except RecipeError as exc:
+            bad += 1
+            err.print(f"[red]{exc}[/]", highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+@recipes_app.command("show")
+def recipes_show(recipe: str) -> None:
+    console.print_json(recipe_or_fail(recipe).model_dump_json())
+
+
+model_app = typer.Typer(help="Synthetic model folders.", no_args_is_help=True)
+
+
+@model_app.command("synth")
+def model_synth(recipe: str, root: Path = Path(".models")) -> None:
+    """Generate a recipe's synthetic model folder (config.json + a tokenizer trained here)."""
+    from speedrun.synth import ensure_model
+
+    r = recipe_or_fail(recipe)
+    if r.model.synthetic is None:
+        fail(f"{recipe}: model.synthetic is not set; nothing to generate")
+    console.print(f"model folder: {ensure_model(r, root)}")
+
+
+# ---------------------------------------------------------------- kernels
+kernels_app = typer.Typer(help="Kernel microbenchmarks and ahead-of-time compilation.", no_args_is_help=True)
+OPS = ("mla_decode", "mxfp4_moe", "mxfp4_gemm")
+
+
+@kernels_app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def kernels_bench(ctx: typer.Context, op: str, out: Path = Path(".runs/kernels")) -> None:
+    """Run an op's microbenchmark (ours vs SGLang's kernels, one run): writes OUT/<op>.json and .png."""
+    if op not in OPS:
+        fail(f"unknown op {op!r}: expected one of {', '.join(OPS)}")
+    bench = importlib.import_module(f"speedrun.overlays.{op}.bench")
+    raise typer.Exit(bench.main(["--out", str(out), *ctx.args]))
+
+
+@kernels_app.command("compile")
+def kernels_compile(
+    arch: Annotated[str, typer.Option(help="gfx950 | sm90 | all")] = "all",
+    op: Annotated[list[str] | None, typer.Option(help="op(s); default all")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Compile every kernel x config for the target arch on this machine (no GPU needed)."""
+    from speedrun.overlays.aot import compile_spec
+
+    archs = ("gfx950", "sm90") if arch == "all" else (arch,)
+    rows, failed = [], 0
+    for name in op or OPS:
+        mod = importlib.import_module(f"speedrun.overlays.{name}.compile")
+        for a in archs:
+            for spec in mod.compile_specs(a):
+                res = compile_spec(spec, a)
+                failed += not res.ok
+                rows.append({"op": name, "kernel": res.name, "arch": a, "ok": res.ok, "mma": res.mma,
+                             "shared": res.shared, "error": res.error})
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        t = Table(title="AOT compile")
+        for col in ("op", "kernel", "arch", "ok", "matrix instr", "shared B", "error"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["op"], r["kernel"], r["arch"], "[green]ok[/]" if r["ok"] else "[red]FAIL[/]",
+                      ",".join(r["mma"])[:60], str(r["shared"]), (r["error"] or "")[:80])
+        console.print(t)
+    if failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("launch")(launch)
+    app.command("doctor")(doctor)
+    app.command("patch")(patch_cmd)
+    app.command("report")(report_cmd)
+    app.add_typer(recipes_app, name="recipes")
+    app.add_typer(model_app, name="model")
+    app.add_typer(kernels_app, name="kernels")
+
+

@@ -1,0 +1,216 @@
+"""Recipe schema: one YAML file describes a model, the hardware, the server flags, the overlays, the
+benchmark scenarios and the accuracy gates. Validated with pydantic; every error names the file, the field
+path and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Synthetic(Strict):
+    """A model folder generated locally (config.json + a locally trained tokenizer), served with dummy weights."""
+
+    arch: Literal["deepseek_v3", "gpt_oss"]
+    overrides: dict[str, Any] = Field(default_factory=dict, description="config.json keys to override")
+    quantization: Literal["quark_mxfp4", "fp8_block", "mxfp4", "bf16"] = "bf16"
+    fill: bool = Field(True, description="fill dummy weights sanely (MXFP4 bytes/scales too), same seed everywhere")
+    seed: int = 0
+    vocab_size: int = Field(8192, ge=256, description="size of the locally trained tokenizer")
+
+
+class Model(Strict):
+    path: str = Field(..., description="HF id or local folder; for synthetic models, the folder name to generate")
+    revision: str | None = None
+    tokenizer: str | None = None
+    synthetic: Synthetic | None = None
+
+
+class Hardware(Strict):
+    platform: Literal["cuda", "rocm"]
+    arch: Literal["sm90", "gfx950"]
+    gpus: int = Field(1, ge=1, le=64)
+
+
+class Speculative(Strict):
+    algorithm: Literal["EAGLE", "EAGLE3", "NEXTN"]
+    num_steps: int = 3
+    eagle_topk: int = 1
+    num_draft_tokens: int = 4
+
+
+class Server(Strict):
+    tp: int = Field(1, ge=1)
+    ep: int = Field(1, ge=1)
+    dp_attention: bool = False
+    dp: int = Field(1, ge=1)
+    kv_cache_dtype: Literal["auto", "bf16", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    mem_fraction_static: float | None = Field(None, gt=0, lt=1)
+    chunked_prefill_size: int | None = None
+    max_prefill_tokens: int | None = None
+    max_running_requests: int | None = None
+    cuda_graph_max_bs: int | None = None
+    attention_backend: str | None = None
+    decode_attention_backend: str | None = None
+    prefill_attention_backend: str | None = None
+    moe_runner_backend: str | None = None
+    page_size: int | None = None
+    disable_radix_cache: bool = False
+    context_length: int | None = None
+    load_format: Literal["auto", "dummy", "safetensors"] = "auto"
+    trust_remote_code: bool = False
+    speculative: Speculative | None = None
+    extra_args: list[str] = Field(default_factory=list, description="passed verbatim to sglang.launch_server")
+
+
+class OverlayOp(Strict):
+    enabled: bool = True
+    backend: Literal["triton", "aiter", "reference"] = "triton"
+
+
+class Overlays(Strict):
+    mla_decode: OverlayOp = Field(default_factory=lambda: OverlayOp(enabled=False))
+    mxfp4_moe: OverlayOp = Field(default_factory=lambda: OverlayOp(enabled=False))
+    mxfp4_gemm: OverlayOp = Field(default_factory=lambda: OverlayOp(enabled=False))
+    server: dict[str, Any] = Field(
+        default_factory=dict, description="Server fields that differ with overlays on (e.g. attention_backend)"
+    )
+
+    def enabled_ops(self) -> list[str]:
+        return [op for op in ("mla_decode", "mxfp4_moe", "mxfp4_gemm") if getattr(self, op).enabled]
+
+    @model_validator(mode="after")
+    def _server_keys_exist(self) -> Overlays:
+        unknown = sorted(set(self.server) - set(Server.model_fields))
+        if unknown:
+            raise ValueError(f"overlays.server has unknown server field(s) {unknown}")
+        return self
+
+
+class Scenario(Strict):
+    isl: int = Field(..., ge=1)
+    osl: int = Field(..., ge=1)
+    concurrency: list[int] = Field(..., min_length=1)
+    prompts_per_concurrency: int = Field(10, ge=1, description="prompts = this x concurrency (finals: 10)")
+    warmup_per_concurrency: int = Field(2, ge=0, description="warm-up requests = this x concurrency (finals: 2)")
+    range_ratio: float = Field(1.0, gt=0, le=1)
+    request_rate: float = float("inf")
+    ignore_eos: bool = True
+
+
+class Benchmarks(Strict):
+    scenarios: list[Scenario] = Field(
+        default_factory=lambda: [Scenario(isl=8192, osl=1024, concurrency=[4, 32, 128])],
+        description="default: the finals method, ISL 8192 / OSL 1024 at concurrency 4, 32, 128",
+    )
+    timeout_s: float = Field(1800, gt=0, description="per scenario")
+
+
+class Gsm8k(Strict):
+    shots: int = Field(3, ge=0)
+    questions: int | None = Field(None, ge=1, description="None = all 1319")
+    min_score: float = Field(..., ge=0, le=1)
+    concurrency: int = 64
+    data: str | None = Field(None, description="folder with test.jsonl/train.jsonl (default: $SPEEDRUN_GSM8K_DIR)")
+    max_tokens: int = 512
+
+
+class Agreement(Strict):
+    prompts: int = Field(16, ge=1)
+    prompt_len: int = Field(64, ge=1)
+    tokens: int = Field(32, ge=1, description="greedy tokens compared per prompt")
+    min_token_match: float = Field(0.9, ge=0, le=1)
+    max_logprob_diff: float = Field(0.5, gt=0, description="max |logprob(overlay) - logprob(baseline)|")
+    mean_logprob_diff: float = Field(0.05, gt=0)
+
+
+class Accuracy(Strict):
+    gsm8k: Gsm8k | None = None
+    agreement: Agreement | None = None
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    model: Model
+    baseline_model: Model | None = Field(
+        None, description="what the baseline serves when stock SGLang cannot run `model` (quark MXFP4 on CUDA)"
+    )
+    hardware: Hardware
+    server: Server = Field(default_factory=Server)
+    env: dict[str, str] = Field(default_factory=dict)
+    overlays: Overlays = Field(default_factory=Overlays)
+    benchmarks: Benchmarks = Field(default_factory=Benchmarks)
+    accuracy: Accuracy = Field(default_factory=Accuracy)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if self.server.tp * self.server.dp > self.hardware.gpus and not self.server.dp_attention:
+            raise ValueError(f"server.tp x server.dp = {self.server.tp * self.server.dp} > hardware.gpus")
+        if self.server.tp > self.hardware.gpus:
+            raise ValueError(f"server.tp = {self.server.tp} > hardware.gpus = {self.hardware.gpus}")
+        for m in (self.model, self.baseline_model):
+            if m and m.synthetic and self.server.load_format != "dummy":
+                raise ValueError("model.synthetic needs server.load_format: dummy")
+        return self
+
+    def model_for(self, baseline: bool) -> Model:
+        return self.baseline_model if baseline and self.baseline_model else self.model
+
+    def server_for(self, baseline: bool) -> Server:
+        """Server settings of one side: the overlay side applies `overlays.server` on top."""
+        if baseline or not self.overlays.server:
+            return self.server
+        return self.server.model_copy(update=self.overlays.server)
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and every bad field."""
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """A path, or a recipe name looked up in recipes/ (with or without .yaml)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    for cand in (RECIPES_DIR / f"{name_or_path}.yaml", RECIPES_DIR / str(name_or_path)):
+        if cand.exists():
+            return cand
+    known = ", ".join(sorted(f.stem for f in RECIPES_DIR.glob("*.yaml")))
+    raise RecipeError(f"{name_or_path}: no such recipe file (known recipes: {known})")
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    path = resolve_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(format_errors(path, exc)) from None
+
+
+def format_errors(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} error(s)"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = f" (got {err['input']!r})" if err["type"] != "missing" and "input" in err else ""
+        lines.append(f"  {loc}: {err['msg']}{got}")
+    return "\n".join(lines)
+
+
+def all_recipes() -> list[Path]:
+    return sorted(RECIPES_DIR.glob("*.yaml"))

@@ -1,0 +1,86 @@
+"""Launcher lifecycle against a real local HTTP process: start, health, crash, timeout, teardown."""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from speedrun.launch.command import LaunchSpec
+from speedrun.launch.server import ServerError, free_port, port_in_use, running, start
+
+SERVER = Path(__file__).parent / "servers" / "lifecycle_server.py"
+
+
+def spec(port: int, mode: str, tmp_path: Path, delay: float = 0.5) -> LaunchSpec:
+    argv = [sys.executable, str(SERVER), "--port", str(port), "--mode", mode, "--delay", str(delay),
+            "--child-pid-file", str(tmp_path / "child.pid")]
+    return LaunchSpec(argv=argv, env={"SPEEDRUN_TEST": "1"}, side="overlay")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purposes
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def test_healthy_then_teardown_kills_whole_group(tmp_path):
+    port = free_port()
+    with running(spec(port, "ok", tmp_path), tmp_path / "log", port=port, timeout_s=30, show_progress=False) as srv:
+        assert srv.healthy()
+        assert port_in_use("127.0.0.1", port)
+        child = int((tmp_path / "child.pid").read_text())
+        assert pid_alive(child)
+    deadline = time.monotonic() + 10
+    while pid_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(child), "the server's child process survived teardown"
+    assert not port_in_use("127.0.0.1", port)
+    assert "fired up" in (tmp_path / "log").read_text()
+
+
+def test_crash_before_healthy_reports_log_tail(tmp_path):
+    port = free_port()
+    with pytest.raises(ServerError) as exc:
+        with running(spec(port, "crash", tmp_path), tmp_path / "log", port=port, timeout_s=30, show_progress=False):
+            pass
+    assert "exited with code 3" in str(exc.value)
+    assert "CUDA out of memory (simulated)" in str(exc.value)
+
+
+def test_timeout_kills_server(tmp_path):
+    port = free_port()
+    t0 = time.monotonic()
+    with pytest.raises(ServerError, match="not healthy after 3 s"):
+        with running(spec(port, "never-healthy", tmp_path), tmp_path / "log", port=port, timeout_s=3,
+                     show_progress=False):
+            pass
+    assert time.monotonic() - t0 < 30
+    child = int((tmp_path / "child.pid").read_text())
+    time.sleep(0.5)
+    assert not pid_alive(child)
+    assert not port_in_use("127.0.0.1", port)
+
+
+def test_port_in_use_is_one_clear_error(tmp_path):
+    port = free_port()
+    first = start(spec(port, "ok", tmp_path), tmp_path / "log1", "127.0.0.1", port)
+    try:
+        deadline = time.monotonic() + 20
+        while not first.healthy() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with pytest.raises(ServerError, match=f"port {port} .* already in use"):
+            start(spec(port, "ok", tmp_path), tmp_path / "log2", "127.0.0.1", port)
+    finally:
+        first.stop()
+
+
+def test_missing_executable_is_an_error(tmp_path):
+    bad = LaunchSpec(argv=["/nonexistent/python", "-m", "x"], env={}, side="baseline")
+    with pytest.raises(ServerError, match="cannot start"):
+        start(bad, tmp_path / "log", "127.0.0.1", free_port())

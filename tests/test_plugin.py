@@ -1,0 +1,124 @@
+"""The plugin: register() against SGLang 0.5.17's real HookRegistry (loaded from the installed wheel's
+source file, since the full sglang package needs a GPU stack to import), the report, the hook table."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+import speedrun.overlays as plugin
+from speedrun.overlays import Hook, hooks, report
+from speedrun.overlays.hooks import Unsupported, around, backend_for, requested_ops
+from speedrun.sglang_source import sglang_root, target_exists
+
+needs_sglang = pytest.mark.skipif(sglang_root() is None, reason="sglang wheel not installed (scripts/test.sh does)")
+
+
+@pytest.fixture
+def registry(monkeypatch, tmp_path):
+    """SGLang's own HookRegistry module, fresh per test, plus a clean plugin state and report dir."""
+    path = sglang_root() / "srt" / "plugins" / "hook_registry.py"
+    spec = importlib.util.spec_from_file_location("sglang.srt.plugins.hook_registry", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setitem(sys.modules, "sglang.srt.plugins.hook_registry", mod)
+    monkeypatch.setattr(plugin, "_registered", None)
+    monkeypatch.setenv("SPEEDRUN_REPORT_DIR", str(tmp_path))
+    monkeypatch.delenv("SPEEDRUN_SYNTHETIC_FILL", raising=False)
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    yield mod.HookRegistry
+    mod.HookRegistry.reset()
+
+
+def read_report(tmp_path):
+    (f,) = tmp_path.glob("overlay-*.json")
+    return json.loads(f.read_text())
+
+
+def test_requested_ops_parsing():
+    assert requested_ops({}) == []
+    assert requested_ops({"SPEEDRUN_OVERLAYS": "all"}) == ["mla_decode", "mxfp4_moe", "mxfp4_gemm"]
+    assert requested_ops({"SPEEDRUN_OVERLAYS": " mxfp4_gemm ,mla_decode"}) == ["mxfp4_gemm", "mla_decode"]
+    with pytest.raises(ValueError, match="unknown op.*mla"):
+        requested_ops({"SPEEDRUN_OVERLAYS": "mla"})
+    assert backend_for("mxfp4_moe", {"SPEEDRUN_MXFP4_MOE_BACKEND": "reference"}) == "reference"
+    with pytest.raises(ValueError, match="SPEEDRUN_MLA_DECODE_BACKEND"):
+        backend_for("mla_decode", {"SPEEDRUN_MLA_DECODE_BACKEND": "cuda"})
+
+
+@needs_sglang
+def test_register_is_a_noop_without_env(registry, monkeypatch, tmp_path):
+    monkeypatch.delenv("SPEEDRUN_OVERLAYS", raising=False)
+    assert plugin.register() == {"ops": [], "applied": [], "failed": []}
+    assert not registry._hooks
+    assert not list(tmp_path.glob("*.json"))
+
+
+def _impl(original, x):
+    if x < 0:
+        raise Unsupported("negative input")
+    return f"speedrun({x})"
+
+
+@needs_sglang
+def test_register_applies_counts_and_falls_back(registry, monkeypatch, tmp_path):
+    monkeypatch.setenv("SPEEDRUN_OVERLAYS", "mla_decode")
+    monkeypatch.setattr(plugin, "TABLE", [Hook("mla_decode", "plugin_target.compute", "test:impl", "around", "x >= 0")])
+    monkeypatch.setattr(plugin, "resolve", lambda spec: around("mla_decode", _impl))
+    import plugin_target
+
+    out = plugin.register()
+    assert out["applied"] == ["plugin_target.compute"] and not out["failed"]
+    assert plugin.register() is out  # idempotent: no second wrapper
+    assert plugin_target.compute(3) == "speedrun(3)"
+    assert plugin_target.compute(-1) == "stock(-1)"
+    report.flush(force=True)
+    rep = read_report(tmp_path)
+    assert rep["role"] == "launcher" and rep["ops_requested"] == ["mla_decode"]
+    assert rep["calls"] == {"mla_decode/_impl": 1}
+    assert rep["fallbacks"] == {"mla_decode/_impl": {"negative input": 1}}
+    assert rep["errors"] == []
+
+
+@needs_sglang
+def test_requested_but_not_applied_is_an_error(registry, monkeypatch, tmp_path):
+    """On a CPU machine the real targets cannot import (no CUDA stack): the report must say so."""
+    monkeypatch.setenv("SPEEDRUN_OVERLAYS", "mxfp4_moe")
+    target = "sglang.srt.layers.quantization.mxfp4.Mxfp4MoEMethod.apply"
+    monkeypatch.setattr(plugin, "TABLE", [Hook("mxfp4_moe", target, "x:y", "around")])
+    monkeypatch.setattr(plugin, "resolve", lambda spec: around("mxfp4_moe", _impl))
+    out = plugin.register()
+    assert out["failed"] == [target]
+    assert any(target in e and "could not apply" in e for e in read_report(tmp_path)["errors"])
+
+
+@needs_sglang
+def test_unresolvable_hook_is_an_error(registry, monkeypatch, tmp_path):
+    monkeypatch.setenv("SPEEDRUN_OVERLAYS", "mxfp4_gemm")
+    monkeypatch.setattr(plugin, "TABLE", [Hook("mxfp4_gemm", "plugin_target.compute", "synthetic.hook:nope")])
+    out = plugin.register()
+    assert out["failed"] == ["plugin_target.compute"]
+    assert "AttributeError" in read_report(tmp_path)["errors"][0]
+
+
+def test_process_identity_reads_scheduler_frame():
+    def run_scheduler_process(server_args, port_args, gpu_id, tp_rank, *rest):
+        return report.process_identity()
+
+    ident = run_scheduler_process(None, None, 3, 2)
+    assert ident["role"] == "scheduler" and ident["tp_rank"] == 2 and ident["gpu_id"] == 3
+    assert report.process_identity()["role"] == "launcher"
+
+
+@needs_sglang
+@pytest.mark.parametrize("row", hooks(), ids=lambda r: r.target.rsplit(".", 2)[-2] + "." + r.target.rsplit(".", 1)[-1])
+def test_every_hook_target_exists_in_sglang_source(row):
+    assert target_exists(row.target), f"{row.target} is not defined in the installed sglang"
+
+
+@pytest.mark.parametrize("row", hooks(), ids=lambda r: r.fn)
+def test_every_hook_function_resolves(row):
+    fn = plugin.resolve(row.fn)
+    assert callable(fn)
+    assert row.kind in ("around", "after", "before", "replace", "registry")
