@@ -78,17 +78,30 @@ def register() -> dict[str, Any]:
             report.error(f"{row.op}: {row.target}: {type(exc).__name__}: {exc}")
         report.add_hook({"op": row.op, "target": row.target, "hook": row.fn, "kind": row.kind, "when": row.when})
 
-    HookRegistry.apply_hooks()  # idempotent; load_plugins() calls it again after every plugin ran
     for row in hooks():
         if row.op in wanted and row.kind != "registry" and row.target not in _registered["failed"]:
-            if row.target in HookRegistry._patched:
+            error = _apply(HookRegistry, row.target)
+            if error is None:
                 _registered["applied"].append(row.target)
             else:
                 _registered["failed"].append(row.target)
-                report.error(f"{row.op}: {row.target}: HookRegistry could not apply the hook (see SGLang log)")
+                report.error(f"{row.op}: {row.target}: not applied: {error}")
     report._state["applied"] = _registered["applied"]
     report.flush(force=True)
     return _registered
+
+
+def _apply(registry: Any, target: str) -> str | None:
+    """Apply the hooks of one target now (what `HookRegistry.apply_hooks()` does per target, which only logs
+    failures); returns the error text, so the report can say why. `load_plugins()` skips patched targets."""
+    if target in registry._patched:
+        return None
+    try:
+        registry._apply_target(target, registry._hooks[target])
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    registry._patched.add(target)
+    return None
 
 
 def _sglang_version() -> str | None:

@@ -154,10 +154,9 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        if self.server.tp * self.server.dp > self.hardware.gpus and not self.server.dp_attention:
-            raise ValueError(f"server.tp x server.dp = {self.server.tp * self.server.dp} > hardware.gpus")
-        if self.server.tp > self.hardware.gpus:
-            raise ValueError(f"server.tp = {self.server.tp} > hardware.gpus = {self.hardware.gpus}")
+        used = self.server.tp * (1 if self.server.dp_attention else self.server.dp)
+        if used > self.hardware.gpus:
+            raise ValueError(f"server.tp x server.dp = {used} GPUs > hardware.gpus = {self.hardware.gpus}")
         for m in (self.model, self.baseline_model):
             if m and m.synthetic and self.server.load_format != "dummy":
                 raise ValueError("model.synthetic needs server.load_format: dummy")
@@ -207,7 +206,8 @@ def format_errors(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: {exc.error_count()} error(s)"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        got = f" (got {err['input']!r})" if err["type"] != "missing" and "input" in err else ""
+        shown = err["type"] != "missing" and "input" in err and err["loc"]  # not the whole file for model checks
+        got = f" (got {err['input']!r})" if shown else ""
         lines.append(f"  {loc}: {err['msg']}{got}")
     return "\n".join(lines)
 
