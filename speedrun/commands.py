@@ -255,9 +255,11 @@ def model_synth(recipe: str, root: Path = Path(".models")) -> None:
     from speedrun.synth import ensure_model
 
     r = recipe_or_fail(recipe)
-    if r.model.synthetic is None:
+    sides = {r.model_for(b).path: b for b in (True, False) if r.model_for(b).synthetic is not None}
+    if not sides:
         fail(f"{recipe}: model.synthetic is not set; nothing to generate")
-    console.print(f"model folder: {ensure_model(r, root)}")
+    for baseline in sides.values():
+        console.print(f"model folder: {ensure_model(r, root, baseline=baseline)}", highlight=False)
 
 
 # ---------------------------------------------------------------- kernels

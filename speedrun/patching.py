@@ -103,15 +103,15 @@ def _find(src: list[str], block: list[str], hint: int, start: int) -> int | None
     return min(candidates, key=lambda i: abs(i - hint)) if candidates else None
 
 
-def series_dir(version: str) -> Path:
-    d = PATCHES / f"sglang-{version}"
+def series_dir(version: str, base: Path = PATCHES) -> Path:
+    d = base / f"sglang-{version}"
     if not (d / "series").exists():
         raise PatchError(f"no patch series for sglang {version}: expected {d / 'series'}")
     return d
 
 
-def load_series(version: str) -> list[Patch]:
-    d = series_dir(version)
+def load_series(version: str, base: Path = PATCHES) -> list[Patch]:
+    d = series_dir(version, base)
     names = [ln.strip() for ln in (d / "series").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     return [parse((d / n).read_text(), n) for n in names]
 
