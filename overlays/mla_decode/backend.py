@@ -1,0 +1,124 @@
+"""`speedrun_mla`: SGLang's TritonAttnBackend with our MLA decode kernel in place of its decode callable.
+
+TritonAttnBackend calls `self.decode_attention_fwd(q, k_buffer, v_buffer, o, kv_indptr, kv_indices,
+attn_logits, attn_lse, num_kv_splits, max_kv_splits, sm_scale, k_scale, v_scale, ...)` from forward_decode,
+eager and under CUDA graphs, with its own metadata. Swapping that one callable keeps stock prefill, KV
+writes and graph metadata; our kernel reuses attn_logits/attn_lse as its split workspace when they are
+large enough (they are sized for the graph's max batch), else a buffer sized once in init_cuda_graph_state.
+Imports sglang at module import: only `hook.create_backend` imports this module, inside SGLang.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+
+from speedrun.overlays.hooks import Unsupported, around, backend_for
+from speedrun.overlays.mla_decode import ops
+from speedrun.overlays.mla_decode.kernel import D_LATENT
+
+
+class SpeedrunMLABackend(TritonAttnBackend):
+    def __init__(self, model_runner: Any, **kwargs: Any) -> None:
+        super().__init__(model_runner, **kwargs)
+        self.impl = backend_for("mla_decode")
+        is_hip = bool(getattr(torch.version, "hip", None))
+        if self.impl == "aiter" and not is_hip:
+            raise ValueError("SPEEDRUN_MLA_DECODE_BACKEND=aiter needs ROCm with aiter; use triton|reference on CUDA")
+        self.arch = ops.current_arch()
+        self.cfg = ops.config_for(self.num_head, self.arch)
+        self.programs = ops.num_programs(self.num_head, self.cfg, max(1, self.device_core_count))
+        self.own_ws: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.aiter_bufs: dict[str, torch.Tensor] = {}
+        stock = self.decode_attention_fwd
+        self.decode_attention_fwd = torch.compiler.disable(functools.partial(around("mla_decode", self.decode), stock))
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int, *args: Any, **kwargs: Any) -> None:
+        super().init_cuda_graph_state(max_bs, max_num_tokens, *args, **kwargs)
+        # Size our workspace now (outside capture) when SGLang's split buffers cannot hold it.
+        if not self._fits(self.cuda_graph_attn_logits, self.cuda_graph_attn_lse, max_num_tokens):
+            self.own_ws = ops.alloc_workspace(max_num_tokens, self.num_head, self.programs, self.device)
+        if self.impl == "aiter":
+            self._aiter_buffers(max_num_tokens)
+
+    def _fits(self, logits: torch.Tensor | None, lse: torch.Tensor | None, bs: int) -> bool:
+        rows = ops.workspace_rows(bs, self.programs)
+        return (
+            logits is not None
+            and lse is not None
+            and logits.is_contiguous()
+            and lse.is_contiguous()
+            and logits.numel() >= rows * self.num_head * D_LATENT
+            and lse.numel() >= rows * self.num_head
+        )
+
+    def _workspace(self, bs: int, logits: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._fits(logits, lse, bs):
+            return logits.view(-1), lse.view(-1)
+        own = self.own_ws
+        if own is None or own[1].numel() < ops.workspace_rows(bs, self.programs) * self.num_head:
+            if torch.cuda.is_current_stream_capturing():
+                raise Unsupported(f"workspace for bs={bs} was not sized before CUDA-graph capture")
+            own = self.own_ws = ops.alloc_workspace(bs, self.num_head, self.programs, self.device)
+        return own
+
+    def decode(self, original: Any, q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+               o: torch.Tensor, kv_indptr: torch.Tensor, kv_indices: torch.Tensor, attn_logits: torch.Tensor,
+               attn_lse: torch.Tensor, num_kv_splits: torch.Tensor, max_kv_splits: int, sm_scale: float,
+               k_scale: float, v_scale: float, logit_cap: float = 0.0, sinks: Any = None,
+               xai_temperature_len: int = -1, has_mla: bool = False, use_pdl: bool = False, page_size: int = 1,
+               score_mod: Any = None, aux_tensors: Any = None) -> torch.Tensor:  # fmt: skip
+        """Same signature as SGLang's decode_attention_fwd (after `original`); Unsupported -> stock kernel."""
+        if not has_mla:
+            raise Unsupported("not the absorbed-MLA decode call (MHA model or DCP path)")
+        if logit_cap and logit_cap > 0:
+            raise Unsupported("logit cap")
+        if sinks is not None or score_mod is not None or (xai_temperature_len or -1) > 0:
+            raise Unsupported("attention sinks / score_mod / xai temperature")
+        if v_buffer.data_ptr() != k_buffer.data_ptr() or v_buffer.shape[-1] != D_LATENT:
+            raise Unsupported("V is not the first 512 dims of the latent KV buffer")
+        ops.check_shapes(q, k_buffer, o, page_size)
+        if self.impl == "reference":
+            return _reference(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size)
+        if self.impl == "aiter":
+            return self._aiter(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale)
+        ws = self._workspace(q.shape[0], attn_logits, attn_lse)
+        return ops.mla_decode(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale,
+                              page_size=page_size, workspace=ws, config=self.cfg, programs=self.programs,
+                              arch=self.arch)  # fmt: skip
+
+    # ------------------------------------------------------------------ ROCm: aiter (UNEXECUTED here)
+    def _aiter_buffers(self, bs: int) -> dict[str, torch.Tensor]:
+        if self.aiter_bufs.get("qo_indptr") is None or self.aiter_bufs["qo_indptr"].numel() < bs + 1:
+            self.aiter_bufs = {
+                "qo_indptr": torch.arange(bs + 1, dtype=torch.int32, device=self.device),
+                "last_page_len": torch.ones(bs, dtype=torch.int32, device=self.device),
+            }
+        return self.aiter_bufs
+
+    def _aiter(self, q, kv, o, kv_indptr, kv_indices, sm_scale, k_scale):
+        """UNEXECUTED (no ROCm here): aiter's MLA decode as SGLang's aiter backend calls it, bf16 KV only."""
+        from aiter.mla import mla_decode_fwd
+
+        if kv.dtype != torch.bfloat16 or k_scale != 1.0:
+            raise Unsupported("aiter dispatch is wired for bf16 KV only")
+        bs = q.shape[0]
+        bufs = self._aiter_buffers(bs)
+        mla_decode_fwd(q, kv.view(-1, 1, 1, kv.shape[-1]), o, qo_indptr=bufs["qo_indptr"][: bs + 1],
+                       kv_indptr=kv_indptr, kv_indices=kv_indices.to(torch.int32),
+                       kv_last_page_lens=bufs["last_page_len"][:bs], max_seqlen_q=1, sm_scale=sm_scale,
+                       logit_cap=0.0)  # fmt: skip
+        return o
+
+
+def _reference(q, kv, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size):
+    """The float32 torch reference (host loop: eager only, not CUDA-graph safe)."""
+    from speedrun.overlays.mla_decode.reference import mla_decode_reference
+
+    if torch.cuda.is_current_stream_capturing():
+        raise Unsupported("reference backend cannot run under CUDA-graph capture (use --disable-cuda-graph)")
+    ref = mla_decode_reference(q, kv, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size)
+    return o.copy_(ref.to(o.dtype))

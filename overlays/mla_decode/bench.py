@@ -1,0 +1,278 @@
+"""MLA decode benchmark, side by side on the same inputs: ours vs SGLang's triton decode kernel, flashinfer MLA
+(BatchMLAPagedAttentionWrapper) and FlashMLA (sgl_kernel, page size 64).
+
+`python -m speedrun.overlays.mla_decode.bench --out DIR [--quick] [--sweep]` writes DIR/mla_decode.json and
+DIR/mla_decode.png. Each impl is captured in a CUDA graph; every replay follows an L2 flush (a 256 MB write,
+outside the timed events) and the median of the replays is reported. GB/s counts the minimal bytes: the cached
+latent rows only (576 x 2 = 1152 B per token in bf16, 576 B in fp8); % of peak uses 3.35 TB/s (H100 SXM
+nominal). All impls read one paged pool (page 64, pages scattered); the token-slot impls get the expanded
+kv_indices, FlashMLA the block table. Every impl runs in try/except: failures become rows with `error`.
+`--sweep` times config variants of our kernel instead (for tuning configs/sm90.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PEAK_GBPS = 3350.0
+HEADS = 16
+PAGE = 64
+SM_SCALE = 1.0 / math.sqrt(192)
+CONTEXT_LEN = 163840  # DeepSeek-R1: sizes SGLang's max_kv_splits exactly as the server would
+BUDGET_S = 215.0  # the whole bench stays under 4 minutes: later shapes are skipped (error rows)
+IMPLS = ("speedrun", "sglang_triton", "flashinfer", "flashmla")
+SWEEP_KEYS = ("BLOCK_N", "num_stages", "num_warps", "programs_per_sm", "min_chunk")
+SWEEP = [
+    (64, 3, 4, 2, 64), (64, 3, 4, 1, 64), (64, 3, 4, 3, 64), (64, 3, 4, 4, 64), (64, 5, 4, 1, 64),
+    (64, 5, 4, 2, 64), (64, 3, 8, 2, 64), (32, 3, 4, 2, 64), (32, 3, 4, 4, 64), (32, 5, 4, 3, 64),
+    (64, 2, 4, 2, 64), (64, 3, 4, 2, 128), (64, 3, 4, 2, 256),
+]  # fmt: skip
+
+
+def make_inputs(bs: int, kv_len: int, kv_dtype: torch.dtype, seed: int = 0) -> dict[str, Any]:
+    """One paged pool (page 64, pages scattered at random) and every view the impls need."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    pages = -(-kv_len // PAGE)
+    perm = torch.randperm(bs * pages + 1, device="cuda", generator=g)[: bs * pages].view(bs, pages).int()
+    kv = torch.randn((bs * pages + 1) * PAGE, 1, 576, device="cuda", generator=g, dtype=torch.bfloat16).to(kv_dtype)
+    t = torch.arange(kv_len, device="cuda")
+    slots = (perm[:, t // PAGE].long() * PAGE + t % PAGE).reshape(-1)
+    lens = torch.full((bs,), kv_len, dtype=torch.int32, device="cuda")
+    indptr = torch.zeros(bs + 1, dtype=torch.int32, device="cuda")
+    indptr[1:] = torch.cumsum(lens, 0)
+    q = torch.randn(bs, HEADS, 576, device="cuda", generator=g, dtype=torch.bfloat16) * 0.5
+    return dict(q=q, kv=kv, slots=slots, lens=lens, indptr=indptr, block_table=perm, bs=bs, kv_len=kv_len)
+
+
+def setup_speedrun(x: dict[str, Any], config: dict[str, Any] | None = None) -> Callable[[], torch.Tensor]:
+    from speedrun.overlays.mla_decode import ops
+
+    cfg = config or ops.config_for(HEADS)
+    programs = ops.num_programs(HEADS, cfg, ops.sm_count(0))
+    ws = ops.alloc_workspace(x["bs"], HEADS, programs, x["q"].device)
+    o = torch.empty(x["bs"], HEADS, 512, dtype=torch.bfloat16, device="cuda")
+    args = (x["q"], x["kv"], o, x["indptr"], x["slots"], SM_SCALE)
+    return lambda: ops.mla_decode(*args, workspace=ws, config=cfg, programs=programs)
+
+
+def setup_sglang_triton(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
+    import triton
+    from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
+    from sglang.kernels.ops.attention.metadata import get_num_kv_splits_triton
+
+    sms, bs = torch.cuda.get_device_properties(0).multi_processor_count, x["bs"]
+    # TritonAttnBackend for MLA: max(8, min(next_pow2(SMs), next_pow2(ctx / 32))) splits, then its own policy
+    max_splits = max(8, min(triton.next_power_of_2(sms), triton.next_power_of_2(CONTEXT_LEN // 32)))
+    splits = torch.empty(bs, dtype=torch.int32, device="cuda")
+    get_num_kv_splits_triton[(1,)](splits, x["lens"], bs, 1, HEADS, 1, max_splits, sms,
+                                   MAX_NUM_SEQ=max(256, triton.next_power_of_2(bs)))  # fmt: skip
+    logits = torch.empty(bs, HEADS, max_splits, 512, dtype=torch.float32, device="cuda")
+    lse = torch.empty(bs, HEADS, max_splits, dtype=torch.float32, device="cuda")
+    o = torch.empty(bs, HEADS, 512, dtype=torch.bfloat16, device="cuda")
+    kv = x["kv"]
+
+    def run() -> torch.Tensor:
+        decode_attention_fwd(x["q"], kv, kv[..., :512], o, x["indptr"], x["slots"], logits, lse, splits, max_splits,
+                             SM_SCALE, 1.0, 1.0, has_mla=True, page_size=1)  # fmt: skip
+        return o
+
+    return run
+
+
+def setup_flashinfer(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
+    from flashinfer.mla import BatchMLAPagedAttentionWrapper
+
+    bs, kv, q = x["bs"], x["kv"], x["q"]
+    wrapper = BatchMLAPagedAttentionWrapper(torch.empty(128 << 20, dtype=torch.int8, device="cuda"), backend="auto")
+    qo = torch.arange(bs + 1, dtype=torch.int32, device="cuda")
+    wrapper.plan(qo, x["indptr"], x["slots"].int(), x["lens"], HEADS, 512, 64, 1, False, SM_SCALE, q.dtype, kv.dtype)
+    o = torch.empty(bs, HEADS, 512, dtype=torch.bfloat16, device="cuda")
+    scales = {"ckv_scale": 1.0, "kpe_scale": 1.0} if kv.dtype != torch.bfloat16 else {}
+    q_nope, q_pe, ckv, kpe = q[..., :512], q[..., 512:], kv[..., :512], kv[..., 512:]
+    return lambda: wrapper.run(q_nope, q_pe, ckv, kpe, out=o, **scales)
+
+
+def setup_flashmla(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
+    from sgl_kernel.flash_mla import flash_mla_with_kvcache, get_mla_metadata
+
+    bs, kv, q = x["bs"], x["kv"], x["q"]
+    fp8 = kv.dtype != torch.bfloat16
+    meta, splits = get_mla_metadata(x["lens"], HEADS, 1, is_fp8_kvcache=fp8)
+    q4 = (q.to(kv.dtype) if fp8 else q).view(bs, 1, HEADS, 576)
+    extra = {}
+    if fp8:  # as SGLang's flashmla backend: fp8 q and per-tensor descales
+        one = torch.ones(1, dtype=torch.float32, device="cuda")
+        extra = {"descale_q": one, "descale_k": one}
+    cache = kv.view(-1, PAGE, 1, 576)
+    return lambda: flash_mla_with_kvcache(q4, cache, x["block_table"], x["lens"], 512, meta, splits,
+                                          softmax_scale=SM_SCALE, causal=True, **extra)[0]  # fmt: skip
+
+
+SETUP = {"speedrun": setup_speedrun, "sglang_triton": setup_sglang_triton, "flashinfer": setup_flashinfer,
+         "flashmla": setup_flashmla}  # fmt: skip
+
+
+def time_graph(run: Callable[[], torch.Tensor], flush: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Median µs of CUDA-graph replays, each after an L2 flush that the events do not cover."""
+    out = run()  # compile / plan outside capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    graph.replay()
+    torch.cuda.synchronize()
+    reps = max(5, min(30, int(0.1 / max(time.perf_counter() - t0, 1e-6))))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        flush.zero_()
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events) * 1e3, out.reshape(out.shape[0], HEADS, 512)
+
+
+def bench_shape(bs: int, kv_len: int, kv_dtype: torch.dtype, impls: tuple[str, ...], flush: torch.Tensor,
+                gpu: str, deadline: float) -> list[dict[str, Any]]:  # fmt: skip
+    x = make_inputs(bs, kv_len, kv_dtype, seed=bs + kv_len)
+    nbytes = bs * kv_len * 576 * kv_dtype.itemsize
+    rows, ours = [], None
+    for impl in impls:
+        row = {"impl": impl, "gpu": gpu, "bs": bs, "kv_len": kv_len, "heads": HEADS,
+               "kv_dtype": "bf16" if kv_dtype == torch.bfloat16 else "fp8_e4m3", "us": None, "gbps": None}  # fmt: skip
+        try:
+            if time.monotonic() > deadline:
+                raise TimeoutError("skipped: bench time budget spent")
+            us, out = time_graph(SETUP[impl](x), flush)
+            gbps = nbytes / (us * 1e-6) / 1e9
+            row.update(us=round(us, 2), gbps=round(gbps, 1), pct_hbm_peak=round(100 * gbps / PEAK_GBPS, 1))
+            if impl == "speedrun":
+                ours = out.float()
+            elif ours is not None:
+                row["max_diff_vs_speedrun"] = round((out.float() - ours).abs().max().item(), 5)
+        except Exception as exc:  # every baseline may be missing or reject a shape: record, go on
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        rows.append(row)
+    del x
+    torch.cuda.empty_cache()
+    return rows
+
+
+def shapes(quick: bool) -> list[tuple[int, int, torch.dtype]]:
+    """Most important first (bf16, kv 8k), so a spent time budget drops the least useful rows."""
+    bss = [4, 32, 256] if quick else [1, 4, 32, 64, 128, 256]
+    kvs = [8192] if quick else [8192, 1024, 32768]
+    dts = [torch.bfloat16] if quick else [torch.bfloat16, torch.float8_e4m3fn]
+    return [(bs, kv, dt) for dt in dts for kv in kvs for bs in bss]
+
+
+def summarize(rows: list[dict[str, Any]]) -> str:
+    by = {}
+    for r in rows:
+        by.setdefault((r["kv_dtype"], r["kv_len"], r["bs"]), {})[r["impl"]] = r
+    lines = [f"{'kv':>8} {'len':>6} {'bs':>4} " + " ".join(f"{i:>13}" for i in IMPLS) + "  x_sgl  x_best  %peak"]
+    for (dt, kv, bs), imp in sorted(by.items()):
+        us = {i: (imp.get(i) or {}).get("us") for i in IMPLS}
+        cells = " ".join(f"{(f'{v:.1f}' if v else 'err'):>13}" for v in us.values())
+        mine = us["speedrun"]
+        best = min([v for k, v in us.items() if k in ("flashinfer", "flashmla") and v] or [float("nan")])
+        x_sgl = us["sglang_triton"] / mine if mine and us["sglang_triton"] else float("nan")
+        x_best = best / mine if mine else float("nan")
+        peak = (imp.get("speedrun") or {}).get("pct_hbm_peak") or float("nan")
+        lines.append(f"{dt:>8} {kv:>6} {bs:>4} {cells}  {x_sgl:5.2f}  {x_best:6.2f}  {peak:5.1f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dts, kvs = sorted({r["kv_dtype"] for r in rows}), sorted({r["kv_len"] for r in rows})
+    fig, axes = plt.subplots(len(dts), len(kvs), figsize=(4.5 * len(kvs), 3.6 * len(dts)), squeeze=False)
+    for i, dt in enumerate(dts):
+        for j, kv in enumerate(kvs):
+            ax = axes[i][j]
+            for impl in IMPLS:
+                mine = [r for r in rows if (r["impl"], r["kv_dtype"], r["kv_len"]) == (impl, dt, kv) and r["us"]]
+                pts = sorted((r["bs"], r["us"]) for r in mine)
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="o", label=impl)
+            ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="µs (CUDA graph, L2 flushed)",
+                   title=f"MLA decode, 16 heads, {dt} KV, kv {kv}")  # fmt: skip
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def sweep(flush: torch.Tensor, gpu: str) -> list[dict[str, Any]]:
+    from speedrun.overlays.mla_decode import ops
+
+    base = ops.config_for(HEADS)
+    rows = []
+    for bs, kv_len in [(1, 32768), (4, 1024), (32, 8192), (128, 8192), (256, 8192)]:
+        x = make_inputs(bs, kv_len, torch.bfloat16)
+        for variant in SWEEP:
+            cfg = {**base, **dict(zip(SWEEP_KEYS, variant, strict=True))}
+            row = {"impl": "speedrun", "variant": dict(zip(SWEEP_KEYS, variant, strict=True)), "gpu": gpu, "bs": bs,
+                   "kv_len": kv_len, "heads": HEADS, "kv_dtype": "bf16"}  # fmt: skip
+            try:
+                us, _ = time_graph(setup_speedrun(x, cfg), flush)
+                row.update(us=round(us, 2), gbps=round(bs * kv_len * 1152 / us / 1e3, 1))
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            rows.append(row)
+            print(f"bs={bs:4} kv={kv_len:6} {variant} {SWEEP_KEYS}: {row.get('us', row.get('error'))} µs")
+        del x
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true", help="bf16, kv 8k, bs 4/32/256 only")
+    ap.add_argument("--sweep", action="store_true", help="time config variants of our kernel (for tuning)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("mla_decode bench needs a GPU")
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.get_device_name(0)
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # > 50 MB L2
+    meta = {"op": "mla_decode", "gpu": gpu, "peak_gbps": PEAK_GBPS, "sm_scale": SM_SCALE, "page_size": PAGE,
+            "timing": "CUDA graph replay, median, L2 flushed (256 MB write) before each replay",
+            "bytes": "cached latent rows only: 1152 B/token bf16, 576 B/token fp8"}  # fmt: skip
+    if args.sweep:
+        rows = sweep(flush, gpu)
+        (args.out / "mla_decode_sweep.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        return 0
+    deadline, rows = time.monotonic() + BUDGET_S, []
+    for bs, kv_len, dt in shapes(args.quick):
+        rows += bench_shape(bs, kv_len, dt, IMPLS, flush, gpu, deadline)
+        print(f"done bs={bs} kv={kv_len} {dt}: " + ", ".join(f"{r['impl']}={r.get('us')}" for r in rows[-4:]))
+    (args.out / "mla_decode.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    try:
+        plot(rows, args.out / "mla_decode.png")
+    except Exception as exc:  # a missing plot must not lose the numbers
+        print(f"plot failed: {exc}")
+    print(summarize(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""AOT compile specs for the MLA decode kernels: per config bucket, the partial kernel for bf16 and fp8 KV
+(it must use the matrix unit) and the merge kernel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from speedrun.overlays.aot import CompileSpec
+from speedrun.overlays.arch import load_configs
+from speedrun.overlays.mla_decode.kernel import D_LATENT, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
+from speedrun.overlays.mla_decode.ops import block_h
+
+KV_TYPES = {"bf16": "*bf16", "fp8": "*fp8e4nv"}  # fp8 e4m3fn (OCP): sm90 and gfx950 both take it
+EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
+PARTIAL_ARGS = ["Q", "KV", "O", "PartO", "PartLse", "kv_indptr", "kv_indices"]
+SCALARS = {"qk_scale": "fp32", "v_scale": "fp32", "bs": "i32", "num_programs": "i32"}
+STRIDES = ["stride_qb", "stride_qh", "stride_kv_page", "stride_kv_tok", "stride_ob", "stride_oh"]
+
+
+def _options(cfg: dict[str, Any]) -> dict[str, Any]:
+    keys = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim")
+    return {k: cfg[k] for k in keys if k in cfg}
+
+
+def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: str) -> CompileSpec:
+    ptrs = dict(zip(PARTIAL_ARGS, ["*bf16", KV_TYPES[kv], "*bf16", "*fp32", "*fp32", "*i32", "*i64"], strict=True))
+    const = {"H": heads, "BLOCK_H": block_h(heads, cfg), "BLOCK_N": cfg["BLOCK_N"], "BLOCK_B": 256,
+             "MIN_CHUNK": cfg["min_chunk"], "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE}  # fmt: skip
+    sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
+    name = f"mla_decode/partial[{bucket},{kv}]"
+    return CompileSpec(name, _mla_partial_kernel, sig, const, _options(cfg), EXPECT_MMA[arch])
+
+
+def merge_spec(bucket: str, heads: int, cfg: dict[str, Any], block_dv: int) -> CompileSpec:
+    """The merge at one column block (the launcher picks 64..512 by batch; the extremes are compiled)."""
+    m = cfg["merge"]
+    block_p = min(m["BLOCK_P"], 8192 // block_dv)
+    const = {"H": heads, "BLOCK_P": block_p, "BLOCK_DV": block_dv, "MIN_CHUNK": cfg["min_chunk"],
+             "DL": D_LATENT}  # fmt: skip
+    sig = {"O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32", "kv_indptr": "*i32", "v_scale": "fp32",
+           "bs": "i32", "num_programs": "i32", "stride_ob": "i32", "stride_oh": "i32",
+           **dict.fromkeys(const, "constexpr")}  # fmt: skip
+    return CompileSpec(f"mla_decode/merge[{bucket},dv{block_dv}]", _mla_merge_kernel, sig, const, _options(m))
+
+
+def compile_specs(arch: str) -> list[CompileSpec]:
+    """Per bucket: the partial kernel for each KV format, the merge at the smallest and largest column block."""
+    specs = []
+    for bucket, cfg in load_configs("mla_decode", arch).items():
+        if not bucket.startswith("heads<="):
+            continue
+        heads = int(bucket.split("<=")[1])
+        specs += [partial_spec(bucket, heads, cfg, kv, arch) for kv in KV_TYPES]
+        specs += [merge_spec(bucket, heads, cfg, dv) for dv in (cfg["merge"]["min_block_dv"], D_LATENT)]
+    return specs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m speedrun.overlays.mla_decode.compile ARCH...`: compile every spec, print one JSON line each.
+    Run it without TRITON_INTERPRET (the interpreter replaces @triton.jit functions at import)."""
+    import json
+    import sys
+
+    from speedrun.overlays.aot import compile_spec
+
+    failed = 0
+    for arch in (argv if argv is not None else sys.argv[1:]) or ["sm90", "gfx950"]:
+        for spec in compile_specs(arch):
+            res = compile_spec(spec, arch)
+            failed += not res.ok
+            print(json.dumps({"name": res.name, "arch": arch, "ok": res.ok, "error": res.error, "mma": res.mma,
+                              "shared": res.shared}))  # fmt: skip
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

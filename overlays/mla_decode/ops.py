@@ -1,0 +1,150 @@
+"""Host side of the MLA decode kernels: per-arch config, split plan, workspace, launches.
+
+Everything here is CUDA-graph safe: the launch depends only on shapes (bs, heads) and the device's SM
+count, never on sequence lengths (those are read on the device), and the workspace is either passed
+in (sized once for the graph's max batch) or allocated with torch.empty (no sync).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+import triton
+
+from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs
+from speedrun.overlays.hooks import Unsupported
+from speedrun.overlays.mla_decode.kernel import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
+
+LOG2E = 1.4426950408889634
+MAX_BS = 8192  # the partial kernel loads kv_indptr[1:bs+1] as one vector to find its first sequence
+KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+Q_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def config_for(heads: int, arch: str | None = None) -> dict[str, Any]:
+    """The first `heads<=N` bucket of the arch's table that holds `heads` (the largest one otherwise)."""
+    arch = arch or current_arch()
+    try:
+        table = load_configs("mla_decode", arch)
+    except FileNotFoundError:  # another AMD arch: the gfx950 table is the closest we have
+        table = load_configs("mla_decode", "gfx950" if is_amd(arch) else "sm90")
+    buckets = sorted((int(k.split("<=")[1]), v) for k, v in table.items() if k.startswith("heads<="))
+    for limit, cfg in buckets:
+        if heads <= limit:
+            return cfg
+    return buckets[-1][1]
+
+
+@functools.cache
+def sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def block_h(heads: int, cfg: dict[str, Any]) -> int:
+    # tl.dot wants M >= 16: fewer heads are padded (masked), more are split into head groups.
+    return max(16, min(cfg["BLOCK_H"], triton.next_power_of_2(heads)))
+
+
+def num_programs(heads: int, cfg: dict[str, Any], sms: int) -> int:
+    """KV chunks per launch: `programs_per_sm` waves of the GPU, shared by the head groups of a chunk."""
+    groups = math.ceil(heads / block_h(heads, cfg))
+    return max(1, (cfg["programs_per_sm"] * sms) // groups)
+
+
+def merge_blocks(bs: int, heads: int, merge_cfg: dict[str, Any], sms: int) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_DV) of the merge: split the 512 output columns until there are ~4 programs per SM,
+    so a lone long sequence (hundreds of partials) merges in parallel; cap the [P, DV] tile at 8K floats."""
+    split = max(1, min(D_LATENT // merge_cfg["min_block_dv"], triton.next_power_of_2(-(-4 * sms // (bs * heads)))))
+    block_dv = D_LATENT // split
+    return min(merge_cfg["BLOCK_P"], 8192 // block_dv), block_dv
+
+
+def workspace_rows(bs: int, programs: int) -> int:
+    """Partial slots: segment (chunk p, sequence b) lives at p + b < programs + bs."""
+    return programs + bs
+
+
+def alloc_workspace(bs: int, heads: int, programs: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = workspace_rows(bs, programs)
+    return (
+        torch.empty(rows * heads * D_LATENT, dtype=torch.float32, device=device),
+        torch.empty(rows * heads, dtype=torch.float32, device=device),
+    )
+
+
+def check_shapes(q: torch.Tensor, kv: torch.Tensor, o: torch.Tensor, page_size: int) -> None:
+    """Raise Unsupported for anything the kernel does not serve (the caller then runs stock SGLang)."""
+    if q.dim() != 3 or q.shape[-1] != D_QK:
+        raise Unsupported(f"q must be [bs, heads, {D_QK}], got {tuple(q.shape)}")
+    if kv.shape[-1] != D_QK or kv.shape[-2] != 1 or kv.dim() not in (3, 4) or kv.stride(-1) != 1:
+        raise Unsupported(f"KV pool must be [slots, 1, {D_QK}] or [pages, ps, 1, {D_QK}], got {tuple(kv.shape)}")
+    if kv.dim() == 4 and kv.shape[1] != page_size:
+        raise Unsupported(f"4-D KV pool dim 1 ({kv.shape[1]}) != page_size {page_size}")
+    if o.shape != (q.shape[0], q.shape[1], D_LATENT) or o.stride(-1) != 1:
+        raise Unsupported(f"o must be [bs, heads, {D_LATENT}] (unit stride), got {tuple(o.shape)}")
+    if q.dtype not in Q_DTYPES or kv.dtype not in KV_DTYPES:
+        raise Unsupported(f"dtypes q={q.dtype} kv={kv.dtype} not served")
+    if q.stride(-1) != 1:
+        raise Unsupported("q must have unit stride in its last dim")
+    if q.shape[0] > MAX_BS:
+        raise Unsupported(f"batch {q.shape[0]} > {MAX_BS}")
+
+
+def kv_strides(kv: torch.Tensor, page_size: int) -> tuple[int, int]:
+    """(page stride, token stride) in elements: token slot t lives at (t // ps) * page + (t % ps) * tok."""
+    if kv.dim() == 4:
+        return kv.stride(0), kv.stride(1)
+    return kv.stride(0) * page_size, kv.stride(0)
+
+
+def mla_decode(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    o: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    sm_scale: float,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
+    *,
+    page_size: int = 1,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    config: dict[str, Any] | None = None,
+    programs: int | None = None,
+    arch: str | None = None,
+) -> torch.Tensor:
+    """Absorbed-MLA decode into `o` [bs, H, 512]; q [bs, H, 576]; kv the latent pool; token-slot kv_indices."""
+    check_shapes(q, kv, o, page_size)
+    bs, heads, _ = q.shape
+    if bs == 0:
+        return o
+    arch = arch or current_arch()
+    cfg = config or config_for(heads, arch)
+    bh = block_h(heads, cfg)
+    sms = sm_count(q.device.index or 0) if q.is_cuda else 4
+    if programs is None:
+        programs = num_programs(heads, cfg, sms)
+    part_o, part_lse = workspace if workspace is not None else alloc_workspace(bs, heads, programs, q.device)
+    rows = workspace_rows(bs, programs)
+    if part_o.numel() < rows * heads * D_LATENT or part_lse.numel() < rows * heads:
+        raise ValueError(f"workspace too small for bs={bs} heads={heads} programs={programs}")
+    page_stride, tok_stride = kv_strides(kv, page_size)
+    groups = math.ceil(heads / bh)
+    opts = launch_options(cfg, arch) if not arch == "cpu" else {}
+    _mla_partial_kernel[(programs * groups,)](
+        q, kv, o, part_o, part_lse, kv_indptr, kv_indices,
+        float(sm_scale) * float(k_scale) * LOG2E, float(v_scale), bs, programs,
+        q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
+        H=heads, BLOCK_H=bh, BLOCK_N=cfg["BLOCK_N"], BLOCK_B=max(256, triton.next_power_of_2(bs)),
+        MIN_CHUNK=cfg["min_chunk"], PAGE_SIZE=page_size, DL=D_LATENT, DR=D_ROPE, **opts,
+    )  # fmt: skip
+    block_p, block_dv = merge_blocks(bs, heads, cfg["merge"], sms)
+    mopts = launch_options(cfg["merge"], arch) if not arch == "cpu" else {}
+    _mla_merge_kernel[(bs, heads, D_LATENT // block_dv)](
+        o, part_o, part_lse, kv_indptr, float(v_scale), bs, programs, o.stride(0), o.stride(1),
+        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, MIN_CHUNK=cfg["min_chunk"], DL=D_LATENT, **mopts,
+    )  # fmt: skip
+    return o

@@ -1,0 +1,258 @@
+"""CPU tests of the MLA decode overlay: the kernels under the Triton interpreter against the torch reference,
+AOT compilation for gfx950 and sm90, configs, and the SGLang wiring (checked against SGLang's source)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from speedrun.overlays.mla_decode import hook, ops
+from speedrun.overlays.mla_decode.reference import mla_decode_reference
+
+HERE = Path(__file__).resolve().parent
+DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter():
+    if DEV == "cpu":
+        from speedrun.overlays.mla_decode.interp_shim import patch_interpreter
+
+        patch_interpreter()
+
+
+def make_batch(heads: int, lens: list[int], kv_dtype: torch.dtype, page_size: int, seed: int = 0) -> dict:
+    """A paged latent pool with pages scattered at random and token-slot kv_indices (SGLang's layout)."""
+    g = torch.Generator().manual_seed(seed)
+    pages = [-(-n // page_size) for n in lens]
+    num_pages = sum(pages) + 2
+    kv = (torch.randn(num_pages * page_size, 1, 576, generator=g) * 0.5).to(kv_dtype)
+    order = torch.randperm(num_pages, generator=g).tolist()
+    slots = []
+    for n, npg in zip(lens, pages, strict=True):
+        mine, order = order[:npg], order[npg:]
+        slots += [mine[t // page_size] * page_size + t % page_size for t in range(n)]
+    indptr = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q = torch.randn(len(lens), heads, 576, generator=g).to(torch.bfloat16)
+    return dict(q=q.to(DEV), kv=kv.to(DEV), kv_indptr=indptr.to(DEV), kv_indices=torch.tensor(slots).to(DEV))
+
+
+CASES = {
+    # name: heads, lens (mixed, with an empty sequence), kv dtype, page size, programs, config override
+    "bf16-ps1-mixed": (16, [3, 0, 70, 1], torch.bfloat16, 1, 4, {}),
+    "fp8-ps16-split": (16, [130, 5], torch.float8_e4m3fn, 16, 6, {}),
+    "bf16-ps64-one-program": (16, [65, 2, 40], torch.bfloat16, 64, 1, {}),
+    "bf16-8heads-padded": (8, [33, 17], torch.bfloat16, 1, 2, {}),
+    "bf16-32heads-2groups": (32, [50, 20], torch.bfloat16, 1, 3, {"BLOCK_H": 16}),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernel_matches_reference(name: str) -> None:
+    heads, lens, kv_dtype, ps, programs, override = CASES[name]
+    b = make_batch(heads, lens, kv_dtype, ps)
+    kv = b["kv"].view(-1, ps, 1, 576) if ps > 1 else b["kv"]  # 4-D paged view for ps > 1
+    cfg = {**ops.config_for(heads, "sm90"), **override}
+    o = torch.full((len(lens), heads, 512), float("nan"), dtype=torch.float32, device=DEV)
+    args = (b["q"], kv, o, b["kv_indptr"], b["kv_indices"], 0.09)
+    ops.mla_decode(*args, k_scale=1.5, v_scale=0.75, page_size=ps, config=cfg, programs=programs, arch="cpu")
+    ref = mla_decode_reference(b["q"], kv, b["kv_indptr"], b["kv_indices"], 0.09, 1.5, 0.75, ps)
+    # bf16 P in the PV product: ~2^-9 relative per weight; fp32 output, so nothing else rounds.
+    assert torch.isfinite(o).all()
+    assert (o - ref).abs().max().item() <= 4e-3 * max(1.0, ref.abs().max().item())
+    assert all(o[i].abs().max() > 0 for i, n in enumerate(lens) if n)  # every sequence was written
+    if 0 in lens:
+        assert (o[lens.index(0)] == 0).all()  # an empty sequence reads as zeros, never garbage
+
+
+def test_bf16_output_and_programs_invariance() -> None:
+    """Any split (1 program .. many) gives the same answer; bf16 output rounds once."""
+    b = make_batch(16, [90, 7], torch.bfloat16, 1, seed=3)
+    outs = []
+    for programs in (1, 5):
+        o = torch.empty(2, 16, 512, dtype=torch.bfloat16, device=DEV)
+        ops.mla_decode(b["q"], b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.1, programs=programs, arch="cpu")
+        outs.append(o.float())
+    ref = mla_decode_reference(b["q"], b["kv"], b["kv_indptr"], b["kv_indices"], 0.1)
+    for o in outs:
+        assert (o - ref).abs().max().item() <= 1e-2 * ref.abs().max().item()
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-2 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize(
+    "q_shape,kv_shape,o_shape",
+    [((2, 16, 512), (9, 1, 576), (2, 16, 512)), ((2, 16, 576), (9, 2, 576), (2, 16, 512)),
+     ((2, 16, 576), (9, 1, 576), (2, 16, 576))],
+)  # fmt: skip
+def test_unsupported_shapes_raise(q_shape, kv_shape, o_shape) -> None:
+    from speedrun.overlays.hooks import Unsupported
+
+    q, kv = torch.zeros(q_shape, dtype=torch.bfloat16), torch.zeros(kv_shape, dtype=torch.bfloat16)
+    o = torch.zeros(o_shape, dtype=torch.bfloat16)
+    with pytest.raises(Unsupported):
+        ops.check_shapes(q, kv, o, 1)
+
+
+def test_configs_are_complete() -> None:
+    needed = {"BLOCK_H", "BLOCK_N", "num_warps", "num_stages", "programs_per_sm", "min_chunk", "merge"}
+    needed_merge = {"BLOCK_P", "min_block_dv", "num_warps"}
+    for arch in ("sm90", "gfx950"):
+        table = json.loads((HERE / "configs" / f"{arch}.json").read_text())
+        assert table["_meta"]["arch"] == arch
+        buckets = [k for k in table if k.startswith("heads<=")]
+        assert max(int(k.split("<=")[1]) for k in buckets) >= 128
+        for k in buckets:
+            assert needed <= set(table[k]) and needed_merge <= set(table[k]["merge"]), (arch, k)
+            assert table[k]["BLOCK_N"] & (table[k]["BLOCK_N"] - 1) == 0
+    assert json.loads((HERE / "configs" / "gfx950.json").read_text())["_meta"]["tuned"] is False
+
+
+@pytest.mark.parametrize("arch", ["sm90", "gfx950"])
+def test_compiles_for_arch(arch: str) -> None:
+    """Every config compiles (in a clean process: the interpreter swaps out @triton.jit functions)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.overlays.mla_decode.compile", arch]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == 12, proc.stderr[-2000:]  # 3 buckets x (bf16 partial, fp8 partial, 2 merges)
+    for res in results:
+        assert res["ok"], f"{res['name']}: {res['error']}"
+        if "partial" in res["name"]:
+            assert res["mma"], f"{res['name']} does not use the matrix unit on {arch}"
+    assert proc.returncode == 0
+
+
+# ----------------------------------------------------------------------------- SGLang wiring
+
+
+def sglang_file(rel: str) -> Path:
+    spec = importlib.util.find_spec("sglang")
+    if spec is None or spec.origin is None:
+        pytest.skip("sglang source not installed")
+    return Path(spec.origin).parent.parent / rel
+
+
+def defined_names(path: Path) -> set[str]:
+    """Names a module defines: defs, classes, assignments, and attributes assigned as `x.attr = ...`."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+    return names
+
+
+@pytest.mark.parametrize("rel", list(hook.SGLANG_API))
+def test_sglang_api_exists(rel: str) -> None:
+    missing = set(hook.SGLANG_API[rel]) - defined_names(sglang_file(rel))
+    assert not missing, f"{rel} lacks {missing}"
+
+
+def _decode_params() -> list[str]:
+    tree = ast.parse((HERE / "backend.py").read_text())
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "decode")
+    return [a.arg for a in fn.args.args][2:]  # drop self, original
+
+
+def test_forward_decode_call_matches_our_signature() -> None:
+    """Every `self.decode_attention_fwd(...)` call in SGLang's triton backend binds to our `decode`."""
+    params = _decode_params()
+    stock = sglang_file("sglang/kernels/ops/attention/decode_attention.py")
+    tree = ast.parse(stock.read_text())
+    stock_fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "decode_attention_fwd")
+    assert [a.arg for a in stock_fn.args.args] == params  # same parameters, same order
+    calls = [
+        n
+        for n in ast.walk(ast.parse(sglang_file("sglang/srt/layers/attention/triton_backend.py").read_text()))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "decode_attention_fwd"
+    ]
+    assert calls
+    for call in calls:
+        assert len(call.args) <= len(params) and {k.arg for k in call.keywords} <= set(params)
+
+
+def test_table_row() -> None:
+    import speedrun.overlays as overlays
+
+    rows = [r for r in overlays.hooks() if r.op == "mla_decode"]
+    assert [(r.fn, r.kind) for r in rows] == [("mla_decode.hook:register_backend", "registry")]
+    assert overlays.resolve(rows[0].fn) is hook.register_backend
+    assert "mla_decode" in overlays.OPS
+
+
+def _stub(monkeypatch, name: str, **attrs) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    monkeypatch.setitem(sys.modules, name, mod)
+    parent, _, child = name.rpartition(".")
+    if parent in sys.modules:
+        setattr(sys.modules[parent], child, mod)
+    return mod
+
+
+def test_register_backend_with_stub_sglang(monkeypatch) -> None:
+    registry: dict = {}
+    choices = ["triton"]
+
+    def register_attention_backend(name):
+        def deco(fn):
+            registry[name] = fn
+            return fn
+
+        return deco
+
+    for name in ("sglang", "sglang.srt", "sglang.srt.layers", "sglang.srt.layers.attention"):
+        _stub(monkeypatch, name)
+    _stub(monkeypatch, "sglang.srt.server_args", ATTENTION_BACKEND_CHOICES=choices,
+          add_attention_backend_choices=choices.extend)  # fmt: skip
+    _stub(monkeypatch, "sglang.srt.layers.attention.attention_registry", ATTENTION_BACKENDS=registry,
+          register_attention_backend=register_attention_backend)  # fmt: skip
+    hook.register_backend()
+    hook.register_backend()  # idempotent
+    assert registry == {"speedrun_mla": hook.create_backend}
+    assert choices == ["triton", "speedrun_mla"]
+
+
+def test_deepseek_handler_behaves_as_triton(monkeypatch) -> None:
+    seen = {}
+    handlers = {}
+
+    class Registry:
+        @classmethod
+        def register(cls, name, fn):
+            handlers[name] = fn
+
+    def handle_attention_triton(attn, batch):
+        seen["backend"] = attn.current_attention_backend
+        return "MLA"
+
+    for name in ("sglang", "sglang.srt", "sglang.srt.models", "sglang.srt.models.deepseek_common"):
+        _stub(monkeypatch, name)
+    _stub(monkeypatch, "sglang.srt.models.deepseek_common.attention_backend_handler",
+          AttentionBackendRegistry=Registry, handle_attention_triton=handle_attention_triton)  # fmt: skip
+    hook.register_deepseek_handler()
+    attn = types.SimpleNamespace(current_attention_backend="speedrun_mla")
+    assert handlers["speedrun_mla"](attn, None) == "MLA"
+    assert seen["backend"] == "triton"
+
+
+def test_hook_module_is_light() -> None:
+    """hook.py runs in the launcher: no torch/triton/sglang import at module level."""
+    top = [n for n in ast.parse(inspect.getsource(hook)).body if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert all(not (getattr(n, "module", "") or "").startswith(("sglang", "torch", "triton")) for n in top)

@@ -1,0 +1,143 @@
+"""GPU tests of the MLA decode overlay at DeepSeek-R1 shapes: against the float32 torch reference, under CUDA
+graphs with changing lengths, and through SGLang's own decode call (backend subclass) vs its stock kernel.
+
+Tolerance: |ours - ref| <= 1e-2 * max|ref| + 1e-3 (bf16 output rounds at 2^-9 relative; P is cast to
+bf16 before the PV product). fp8 KV: the reference dequantizes the same fp8 codes, so the same bound holds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
+
+SM_SCALE = 1.0 / math.sqrt(192)  # DeepSeek qk_head_dim 128 + 64 (SGLang passes layer.scaling)
+BS = [1, 4, 32, 64, 128, 256]
+KV_LENS = [1024, 8192, 32768]
+MAX_POOL_BYTES = 12 << 30
+
+
+def make_batch(bs, heads, lens, kv_dtype, page_size=64, seed=0):
+    """Pages scattered at random through the pool; kv_indices hold token slots (SGLang's triton layout)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    lens_t = torch.tensor(lens, device="cuda")
+    pages = (lens_t + page_size - 1) // page_size
+    num_pages = int(pages.sum()) + 1
+    kv = torch.randn(num_pages * page_size, 1, 576, device="cuda", generator=g, dtype=torch.bfloat16).to(kv_dtype)
+    perm = torch.randperm(num_pages, device="cuda", generator=g)
+    page_start = torch.cumsum(pages, 0) - pages
+    seq_of_tok = torch.repeat_interleave(torch.arange(bs, device="cuda"), lens_t)
+    tok_start = torch.repeat_interleave(torch.cumsum(lens_t, 0) - lens_t, lens_t)
+    t = torch.arange(int(lens_t.sum()), device="cuda") - tok_start
+    slots = perm[page_start[seq_of_tok] + t // page_size] * page_size + t % page_size
+    indptr = torch.zeros(bs + 1, dtype=torch.int32, device="cuda")
+    indptr[1:] = torch.cumsum(lens_t, 0)
+    q = torch.randn(bs, heads, 576, device="cuda", generator=g, dtype=torch.bfloat16)
+    return q, kv, indptr, slots
+
+
+def check(o, ref, what):
+    err = (o.float() - ref).abs().max().item()
+    bound = 1e-2 * ref.abs().max().item() + 1e-3
+    assert err <= bound, f"{what}: max err {err:.3e} > {bound:.3e}"
+
+
+def run_ours(q, kv, indptr, slots, k_scale=1.0, v_scale=1.0, **kw):
+    from speedrun.overlays.mla_decode.ops import mla_decode
+
+    o = torch.empty(q.shape[0], q.shape[1], 512, dtype=torch.bfloat16, device="cuda")
+    return mla_decode(q, kv, o, indptr, slots, SM_SCALE, k_scale, v_scale, **kw)
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("kv_len", KV_LENS)
+def test_real_shapes(kv_len, kv_dtype):
+    from speedrun.overlays.mla_decode.reference import mla_decode_reference
+
+    for bs in BS:
+        if bs * kv_len * 576 * kv_dtype.itemsize > MAX_POOL_BYTES:
+            continue
+        q, kv, indptr, slots = make_batch(bs, 16, [kv_len] * bs, kv_dtype, seed=bs)
+        o = run_ours(q, kv, indptr, slots, k_scale=0.8, v_scale=1.25)
+        sample = torch.arange(0, bs, max(1, bs // 8), device="cuda")  # reference on up to 8 sequences
+        sub_indptr = torch.zeros(len(sample) + 1, dtype=torch.int32, device="cuda")
+        sub_indptr[1:] = torch.cumsum(indptr[sample + 1] - indptr[sample], 0)
+        sub_slots = torch.cat([slots[indptr[b] : indptr[b + 1]] for b in sample.tolist()])
+        ref = mla_decode_reference(q[sample], kv, sub_indptr, sub_slots, SM_SCALE, 0.8, 1.25)
+        check(o[sample], ref, f"bs={bs} kv={kv_len} {kv_dtype}")
+
+
+BF16, FP8 = torch.bfloat16, torch.float8_e4m3fn
+
+
+@pytest.mark.parametrize("heads,kv_dtype", [(16, BF16), (16, FP8), (32, BF16), (64, FP8), (128, BF16), (128, FP8)])
+def test_mixed_lengths_and_heads(heads, kv_dtype):
+    from speedrun.overlays.mla_decode.reference import mla_decode_reference
+
+    g = torch.Generator().manual_seed(heads)
+    lens = torch.randint(1, 9000, (37,), generator=g).tolist() + [1, 64, 65, 20000]
+    q, kv, indptr, slots = make_batch(len(lens), heads, lens, kv_dtype, page_size=16, seed=heads)
+    ref = mla_decode_reference(q, kv, indptr, slots, SM_SCALE)
+    check(run_ours(q, kv, indptr, slots), ref, f"mixed heads={heads} {kv_dtype}")
+    if heads == 16:  # the 4-D paged view of the same pool addresses the same tokens
+        check(run_ours(q, kv.view(-1, 16, 1, 576), indptr, slots, page_size=16), ref, "4-D paged view")
+
+
+def test_cuda_graph_replay_with_new_lengths():
+    """The split is computed on the device: one captured graph serves any lengths of the same batch size."""
+    from speedrun.overlays.mla_decode.ops import alloc_workspace, config_for, mla_decode, num_programs, sm_count
+    from speedrun.overlays.mla_decode.reference import mla_decode_reference
+
+    bs, heads = 8, 16
+    q, kv, indptr, slots = make_batch(bs, heads, [4096] * bs, torch.bfloat16, seed=1)
+    programs = num_programs(heads, config_for(heads), sm_count(0))
+    ws = alloc_workspace(bs, heads, programs, q.device)
+    o = torch.empty(bs, heads, 512, dtype=torch.bfloat16, device="cuda")
+    s_indptr, s_slots = indptr.clone(), slots.clone()
+    mla_decode(q, kv, o, s_indptr, s_slots, SM_SCALE, workspace=ws, programs=programs)  # compile outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        mla_decode(q, kv, o, s_indptr, s_slots, SM_SCALE, workspace=ws, programs=programs)
+    for lens in ([4096] * bs, [1, 4000, 7, 2048, 64, 3000, 100, 9], [1] * bs):
+        _, _, new_indptr, new_slots = make_batch(bs, heads, lens, torch.bfloat16, seed=2)
+        s_indptr.copy_(new_indptr)
+        s_slots[: new_slots.numel()].copy_(new_slots)
+        graph.replay()
+        ref = mla_decode_reference(q, kv, new_indptr, new_slots, SM_SCALE)
+        check(o, ref, f"graph replay lens={lens[:3]}...")
+
+
+def test_sglang_decode_call_matches_stock():
+    """Our backend's decode callable, called exactly as TritonAttnBackend.forward_decode calls it, agrees with
+    SGLang's stock kernel; a logit cap (unsupported) falls back to the stock kernel."""
+    decode_mod = pytest.importorskip("sglang.kernels.ops.attention.decode_attention")
+    backend_mod = pytest.importorskip("speedrun.overlays.mla_decode.backend")
+    from speedrun.overlays import report
+    from speedrun.overlays.hooks import around
+    from speedrun.overlays.mla_decode import ops
+
+    bs, heads, max_splits = 16, 16, 64
+    be = backend_mod.SpeedrunMLABackend.__new__(backend_mod.SpeedrunMLABackend)  # no ModelRunner needed
+    be.impl, be.arch, be.num_head, be.device, be.own_ws = "triton", ops.current_arch(), heads, "cuda", None
+    be.cfg = ops.config_for(heads, be.arch)
+    be.programs = ops.num_programs(heads, be.cfg, ops.sm_count(0))
+    fwd = around("mla_decode", be.decode)
+    q, kv, indptr, slots = make_batch(bs, heads, [3000 + 100 * i for i in range(bs)], torch.bfloat16, page_size=1)
+    logits = torch.empty(bs, heads, max_splits, 512, device="cuda")
+    lse = torch.empty(bs, heads, max_splits, device="cuda")
+    splits = torch.full((bs,), max_splits, dtype=torch.int32, device="cuda")
+    outs = []
+    for fn in (lambda *a, **k: fwd(decode_mod.decode_attention_fwd, *a, **k), decode_mod.decode_attention_fwd):
+        o = torch.empty(bs, heads, 512, dtype=torch.bfloat16, device="cuda")
+        fn(q, kv, kv[..., :512], o, indptr, slots, logits, lse, splits, max_splits, SM_SCALE, 1.0, 1.0,
+           logit_cap=0.0, sinks=None, xai_temperature_len=-1, has_mla=True, use_pdl=False, page_size=1)  # fmt: skip
+        outs.append(o)
+    check(outs[0], outs[1].float(), "ours vs stock SGLang triton")
+    before = dict(report._fallbacks.get("mla_decode/decode", {}))
+    o = torch.empty_like(outs[0])
+    fwd(decode_mod.decode_attention_fwd, q, kv, kv[..., :512], o, indptr, slots, logits, lse, splits, max_splits,
+        SM_SCALE, 1.0, 1.0, logit_cap=30.0, has_mla=True)  # fmt: skip
+    assert sum(report._fallbacks["mla_decode/decode"].values()) == sum(before.values()) + 1
