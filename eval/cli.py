@@ -41,41 +41,25 @@ def _recipe(name: str):
 
 def _options(
     recipe,
-    out,
-    filters,
-    conc,
-    ppc,
-    wpc,
-    isl,
-    osl,
-    driver="speedrun",
-    questions=None,
-    startup=1200.0,
-    quiet=False,
-    bench=True,
-    accuracy=True,
+    out: Path | None,
+    *,
+    concurrency: str | None = None,
+    driver: str = "speedrun",
+    cut: list[str] | None = None,
+    **kw,
 ):
+    """Options from the CLI; `kw`: filters, prompts_per_concurrency, warmup_per_concurrency, isl, osl, and
+    Options fields (bench, accuracy, gsm8k_questions, startup_timeout_s, show_progress)."""
     from speedrun.eval.run import Options
     from speedrun.eval.scenarios import Scale, parse_ints
 
     if driver not in ("speedrun", "sglang"):
         err.print(f"[red]--driver must be speedrun or sglang, not {driver!r}[/red]")
         raise typer.Exit(2)
+    scale_keys = ("prompts_per_concurrency", "warmup_per_concurrency", "isl", "osl")
+    scale = Scale(concurrency=parse_ints(concurrency), **{k: kw.pop(k, None) for k in scale_keys})
     out = out or Path(".runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    scale = Scale(
-        concurrency=parse_ints(conc), prompts_per_concurrency=ppc, warmup_per_concurrency=wpc, isl=isl, osl=osl
-    )
-    return Options(
-        out=out,
-        scale=scale,
-        filters=filters,
-        bench=bench,
-        accuracy=accuracy,
-        driver=driver,
-        gsm8k_questions=questions,
-        startup_timeout_s=startup,
-        show_progress=not quiet,
-    )
+    return Options(out=out, scale=scale, driver=driver, cut=cut or [], **kw)
 
 
 def _one_side(recipe, opts, side: str, server: str | None) -> dict:
@@ -118,15 +102,15 @@ def bench(
     opts = _options(
         r,
         out,
-        scenario_filter,
-        concurrency,
-        prompts_per_concurrency,
-        warmup_per_concurrency,
-        isl,
-        osl,
-        driver,
-        startup=startup_timeout,
-        quiet=no_progress,
+        concurrency=concurrency,
+        driver=driver,
+        filters=scenario_filter,
+        prompts_per_concurrency=prompts_per_concurrency,
+        warmup_per_concurrency=warmup_per_concurrency,
+        isl=isl,
+        osl=osl,
+        startup_timeout_s=startup_timeout,
+        show_progress=not no_progress,
         accuracy=False,
     )
     data = _one_side(r, opts, side, server)
@@ -151,15 +135,9 @@ def eval_cmd(
     opts = _options(
         r,
         out,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        questions=gsm8k_questions,
-        startup=startup_timeout,
-        quiet=no_progress,
+        gsm8k_questions=gsm8k_questions,
+        startup_timeout_s=startup_timeout,
+        show_progress=not no_progress,
         bench=False,
     )
     data = _one_side(r, opts, side, server)
@@ -209,17 +187,18 @@ def run(
     opts = _options(
         r,
         out,
-        scenario_filter,
-        concurrency,
-        prompts_per_concurrency,
-        warmup_per_concurrency,
-        isl,
-        osl,
-        driver,
-        gsm8k_questions,
-        startup_timeout,
-        no_progress,
+        concurrency=concurrency,
+        driver=driver,
+        filters=scenario_filter,
+        prompts_per_concurrency=prompts_per_concurrency,
+        warmup_per_concurrency=warmup_per_concurrency,
+        isl=isl,
+        osl=osl,
+        gsm8k_questions=gsm8k_questions,
+        startup_timeout_s=startup_timeout,
+        show_progress=not no_progress,
         accuracy=not skip_accuracy,
+        cut=["accuracy skipped (--skip-accuracy)"] if skip_accuracy else [],
     )
     _conclude(run_both(r, opts), opts.out)
 

@@ -1,0 +1,163 @@
+"""Two results files (baseline, overlay) -> paired scenarios, speedups, agreement and the pass/fail gates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from speedrun.eval import agreement as agreement_mod
+from speedrun.eval.results import ResultsFile
+from speedrun.recipe import Agreement
+
+
+@dataclass
+class Row:
+    name: str
+    case: dict[str, Any]
+    base: dict[str, Any] | None
+    over: dict[str, Any] | None
+
+    def metric(self, side: str, key: str) -> float | None:
+        entry = self.base if side == "base" else self.over
+        v = ((entry or {}).get("metrics") or {}).get(key)
+        return v if isinstance(v, int | float) else None
+
+    def ratio(self, key: str, higher_is_better: bool = True) -> float | None:
+        """overlay vs baseline, > 1 = overlay better (for latencies: baseline / overlay)."""
+        b, o = self.metric("base", key), self.metric("over", key)
+        if not b or not o:
+            return None
+        return o / b if higher_is_better else b / o
+
+    @property
+    def speedup(self) -> float | None:
+        return self.ratio("total_throughput_per_gpu")
+
+
+@dataclass
+class Gate:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Comparison:
+    base: dict[str, Any]
+    over: dict[str, Any]
+    rows: list[Row]
+    agreement: dict[str, Any] | None
+    gates: list[Gate] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+
+def first_line(text: str | None, limit: int = 300) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
+def pair(base: dict[str, Any], over: dict[str, Any]) -> list[Row]:
+    b = {e["name"]: e for e in base.get("scenarios", [])}
+    o = {e["name"]: e for e in over.get("scenarios", [])}
+    names = list(b) + [n for n in o if n not in b]
+    return [Row(n, (b.get(n) or o.get(n))["case"], b.get(n), o.get(n)) for n in names]
+
+
+def agreement_of(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any] | None:
+    sb = base.get("accuracy", {}).get("agreement_samples")
+    so = over.get("accuracy", {}).get("agreement_samples")
+    if not sb or not so:
+        return None
+    return agreement_mod.compare(sb, so, Agreement(**so["config"]))
+
+
+def server_gates(c: Comparison) -> list[Gate]:
+    out = []
+    for label, side in (("baseline", c.base), ("overlay", c.over)):
+        errs = [f"{e['what']}: {first_line(e.get('message'), 200)}" for e in side.get("errors", [])]
+        out.append(Gate(f"{label} side", not errs, "; ".join(errs) or "started, ran, stopped"))
+    return out
+
+
+def throughput_gate(c: Comparison) -> Gate:
+    bad = [
+        f"{r.name} ({lbl}: {(e or {}).get('status', 'missing')})"
+        for r in c.rows
+        for lbl, e in (("baseline", r.base), ("overlay", r.over))
+        if (e or {}).get("status") != "ok"
+    ]
+    ok = f"{len(c.rows)} scenario(s) complete on both sides"
+    return Gate("throughput scenarios", not bad and bool(c.rows), "; ".join(bad) if bad else ok)
+
+
+def accuracy_gates(c: Comparison) -> list[Gate]:
+    """A requested check with no result fails: a crash must not pass for a skipped gate."""
+    out = []
+    g = c.over.get("accuracy", {}).get("gsm8k")
+    if g:
+        detail = f"{g['score_flexible']:.3f} vs min {g['min_score']:.3f} ({g['questions']} questions)"
+        out.append(Gate("GSM8K (overlay)", bool(g.get("passed")), detail))
+    elif c.over.get("accuracy_requested", {}).get("gsm8k"):
+        out.append(Gate("GSM8K (overlay)", False, "requested but no result (see Cut or failed)"))
+    a = c.agreement
+    if a:
+        detail = (
+            f"match {a['match_rate']:.3f} (min {a['min_token_match']}), max |dlogp| "
+            f"{a['max_logprob_diff']:.3g} (<= {a['max_logprob_diff_limit']}), mean "
+            f"{a['mean_logprob_diff']:.3g} (<= {a['mean_logprob_diff_limit']})"
+        )
+        out.append(Gate("agreement", bool(a["passed"]), detail))
+    elif any(side.get("accuracy_requested", {}).get("agreement") for side in (c.base, c.over)):
+        out.append(Gate("agreement", False, "requested but samples are missing on a side"))
+    return out
+
+
+def overlay_gate(c: Comparison) -> list[Gate]:
+    """The overlay side must have run the overlays: reports present, calls counted, no errors."""
+    reports, asked = c.over.get("overlay_reports"), c.over.get("overlays_requested")
+    if reports is None or not asked:
+        return []
+    errs = [str(e) for r in reports for e in r.get("errors", [])]
+    calls = sum(n for r in reports for n in (r.get("calls") or {}).values())
+    if not reports:
+        detail = "no per-process overlay report: was the plugin loaded?"
+    elif errs:
+        detail = "; ".join(errs)
+    else:
+        detail = f"{calls} overlay call(s) in {len(reports)} process(es); requested {', '.join(asked)}"
+    return [Gate("overlays applied", bool(reports) and not errs and calls > 0, detail)]
+
+
+def gates(c: Comparison) -> list[Gate]:
+    return [*server_gates(c), throughput_gate(c), *accuracy_gates(c), *overlay_gate(c)]
+
+
+def warnings_of(c: Comparison) -> list[str]:
+    w = []
+    nb, no = c.base.get("scale_notes", []), c.over.get("scale_notes", [])
+    w += [f"scaled down: {n}" for n in no if n in nb]
+    w += [f"baseline only, scaled down: {n}" for n in nb if n not in no]
+    w += [f"overlay only, scaled down: {n}" for n in no if n not in nb]
+    g = c.base.get("accuracy", {}).get("gsm8k")
+    if g and not g.get("passed"):
+        w.append(
+            f"baseline GSM8K {g['score_flexible']:.3f} is below the recipe's min {g['min_score']}: "
+            "the threshold or the model setup is off"
+        )
+    return w
+
+
+def compare(base: dict[str, Any], over: dict[str, Any]) -> Comparison:
+    c = Comparison(base, over, pair(base, over), agreement_of(base, over))
+    c.gates = gates(c)
+    c.warnings = warnings_of(c)
+    return c
+
+
+def load_pair(a: Path, b: Path) -> Comparison:
+    return compare(ResultsFile.load(a).data, ResultsFile.load(b).data)

@@ -1,0 +1,242 @@
+"""A stand-in for an SGLang server, for CPU tests: `/health`, `/model_info`, `/server_info` and `/generate`
+in SGLang's wire format (SSE `data: {...}` chunks with cumulative `text`/`output_ids`/`meta_info`, then
+`data: [DONE]`; or one JSON object when not streaming).
+
+The "model" is a deterministic function of the prompt, so two servers agree unless told to differ
+(`--diverge-every`, `--logprob-noise`); text prompts in GSM8K's few-shot form are answered from the data
+set (`--gsm8k-dir`), wrong on purpose for every `--wrong-every`-th question. `--die-after N` kills the process
+during the N-th request, to test mid-run failures.
+
+    python -m speedrun.eval.fakeserver --port 30000 --tpot-ms 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+VOCAB = 8192
+
+
+def next_token(context: list[int], step: int) -> int:
+    return (sum(context[-4:]) * 31 + 7 * step + len(context)) % VOCAB
+
+
+def token_logprob(token: int, step: int) -> float:
+    return -((token * 13 + step) % 97) / 40.0
+
+
+class Model:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.answers: dict[str, str] = {}
+        if args.gsm8k_dir:
+            for line in (Path(args.gsm8k_dir) / "test.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                self.answers[row["question"].strip()] = row["answer"]
+
+    def tokens(self, ids: list[int], n: int) -> tuple[list[int], list[float]]:
+        ctx, out, lps = list(ids), [], []
+        diverge = self.args.diverge_every and sum(ids) % self.args.diverge_every == 0
+        for step in range(n):
+            tok = next_token(ctx, step)
+            if diverge and step == self.args.diverge_at:
+                tok = (tok + 1) % VOCAB
+            lp = token_logprob(tok, step)
+            if self.args.logprob_noise:
+                lp += self.args.logprob_noise * ((zlib.crc32(bytes([step % 256, tok % 256])) % 3) - 1)
+            ctx.append(tok)
+            out.append(tok)
+            lps.append(lp)
+        return out, lps
+
+    def answer_text(self, prompt: str) -> str:
+        """GSM8K: the reference solution of the last question in the prompt (or a wrong one on purpose)."""
+        q = prompt.rsplit("Question:", 1)[-1].rsplit("\nAnswer:", 1)[0].strip()
+        ans = self.answers.get(q)
+        if ans is None:
+            return " I do not know.\n\nQuestion: what next?"
+        if self.args.wrong_every and zlib.crc32(q.encode()) % self.args.wrong_every == 0:
+            num = ans.rsplit("####", 1)[-1].strip().replace(",", "")
+            ans = ans.rsplit("####", 1)[0] + f"#### {int(float(num)) + 1}"
+        return " " + ans + "\n\nQuestion: Another one?"
+
+
+def apply_stop(text: str, stops: list[str]) -> str:
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+class State:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.model = Model(args)
+        self.inflight = 0
+        self.max_inflight = 0
+        self.requests = 0
+        self.on_request: Callable[[], object] = lambda: None
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    st: State = request.app[STATE]
+    body = await request.json()
+    st.requests += 1
+    st.on_request()
+    if st.args.die_after and st.requests >= st.args.die_after:
+        asyncio.get_running_loop().call_later(0.05, os._exit, 3)
+    st.inflight += 1
+    st.max_inflight = max(st.max_inflight, st.inflight)
+    try:
+        return await _generate(request, st, body)
+    finally:
+        st.inflight -= 1
+
+
+async def _generate(request: web.Request, st: State, body: dict[str, Any]) -> web.StreamResponse:
+    params = body.get("sampling_params") or {}
+    n = int(params.get("max_new_tokens", 16))
+    text_prompt = body.get("text")
+    ids = body.get("input_ids") or [ord(c) % VOCAB for c in (text_prompt or "")[-64:]]
+    if len(ids) > st.args.max_len:
+        err = {"error": {"message": f"input too long ({len(ids)} > {st.args.max_len})", "code": 400}}
+        return web.json_response(err, status=400)
+    toks, lps = st.model.tokens(ids, n)
+    text = apply_stop(st.model.answer_text(text_prompt), params.get("stop") or []) if text_prompt else ""
+    if text_prompt:
+        toks, lps = toks[: max(1, len(text.split()))], lps[: max(1, len(text.split()))]
+    want_lp = bool(body.get("return_logprob"))
+    if not body.get("stream"):
+        await asyncio.sleep((st.args.ttft_ms + st.args.tpot_ms * len(toks)) / 1000)
+        return web.json_response(chunk(text, toks, lps, len(ids), True, want_lp))
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await asyncio.sleep(st.args.ttft_ms / 1000)
+    every = max(1, st.args.stream_interval)
+    for k in range(1, len(toks) + 1):
+        if k > 1:
+            await asyncio.sleep(st.args.tpot_ms / 1000)
+        if k % every == 0 or k == len(toks):
+            part = text[: len(text) * k // len(toks)]
+            data = chunk(part, toks[:k], lps[:k], len(ids), k == len(toks), want_lp)
+            await resp.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+def chunk(text: str, toks: list[int], lps: list[float], prompt_len: int, last: bool, want_lp: bool) -> dict:
+    meta: dict[str, Any] = {
+        "prompt_tokens": prompt_len,
+        "completion_tokens": len(toks),
+        "cached_tokens": 0,
+        "finish_reason": {"type": "length", "length": len(toks)} if last else None,
+    }
+    if want_lp:
+        meta["output_token_logprobs"] = [[lp, t, None] for lp, t in zip(lps, toks, strict=False)]
+    return {"text": text, "output_ids": list(toks), "meta_info": meta}
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="")
+
+
+async def server_info(request: web.Request) -> web.Response:
+    st: State = request.app[STATE]
+    return web.json_response({"max_inflight": st.max_inflight, "requests": st.requests, "fake": True})
+
+
+async def model_info(request: web.Request) -> web.Response:
+    return web.json_response({"model_path": "fake", "tokenizer_path": None, "is_generation": True})
+
+
+STATE = web.AppKey("state", State)
+
+
+def make_app(args: argparse.Namespace) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024**2)
+    app[STATE] = State(args)
+    app.router.add_get("/health", health)
+    app.router.add_get("/server_info", server_info)
+    app.router.add_get("/model_info", model_info)
+    app.router.add_post("/generate", generate)
+    return app
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fakeserver", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ttft-ms", type=float, default=5.0)
+    p.add_argument("--tpot-ms", type=float, default=1.0)
+    p.add_argument("--stream-interval", type=int, default=1)
+    p.add_argument("--max-len", type=int, default=1 << 20)
+    p.add_argument("--diverge-every", type=int, default=0)
+    p.add_argument("--diverge-at", type=int, default=3)
+    p.add_argument("--logprob-noise", type=float, default=0.0)
+    p.add_argument("--gsm8k-dir", default=None)
+    p.add_argument("--wrong-every", type=int, default=0)
+    p.add_argument("--die-after", type=int, default=0)
+    return p
+
+
+@contextlib.contextmanager
+def background(**overrides: Any) -> Iterator[tuple[str, State]]:
+    """Serve in a thread of this process on a free port (for client tests); yields (url, state).
+    `die_after` would end the whole process here: use a subprocess (`python -m ...`) for that."""
+    args = argparse.Namespace(**{**vars(parser().parse_args(["--port", "0"])), **overrides})
+    app = make_app(args)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", app[STATE]
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def fake_overlay_report(app: web.Application) -> None:
+    """Like the plugin in a scheduler: a per-process report in SPEEDRUN_REPORT_DIR, one call per request."""
+    ops = [op for op in os.environ.get("SPEEDRUN_OVERLAYS", "").split(",") if op]
+    if not ops or not os.environ.get("SPEEDRUN_REPORT_DIR"):
+        return
+    from speedrun.overlays import report
+
+    report.start(role="scheduler", tp_rank=0, requested=ops)
+    for op in ops:
+        report.add_hook({"op": op, "target": "fakeserver", "kind": "around"})
+    report.flush(force=True)
+    app[STATE].on_request = lambda: [report.called(f"{op}:fake") for op in ops]
+
+    async def flush(_app: web.Application) -> None:
+        report.flush(force=True)
+
+    app.on_shutdown.append(flush)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    app = make_app(args)
+    fake_overlay_report(app)
+    web.run_app(app, host=args.host, port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

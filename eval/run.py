@@ -1,0 +1,214 @@
+"""`speedrun run`: baseline launch -> measure -> teardown -> overlay launch -> measure -> teardown -> report.
+
+Everything lands in one folder: `<side>.json` (results, rewritten after every step), `<side>/server.log`,
+`<side>/overlay-reports/`, `<side>/traces/`, `report.md`, the PNGs and `summary.json`. A failure in one step is
+recorded (with the server log tail) and the run goes on with what can still be done.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from speedrun.eval import agreement, gsm8k
+from speedrun.eval.bench import Target, run_cases
+from speedrun.eval.compare import Comparison, compare
+from speedrun.eval.prompts import TokenPool
+from speedrun.eval.report import render
+from speedrun.eval.results import ResultsFile, write_json_atomic
+from speedrun.eval.scenarios import Scale, expand
+from speedrun.eval.serve import SIDES, SpecFactory, default_spec, launched, model_path, pool_for
+from speedrun.recipe import Recipe
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Options:
+    out: Path
+    scale: Scale = field(default_factory=Scale)
+    filters: list[str] | None = None
+    bench: bool = True
+    accuracy: bool = True
+    driver: str = "speedrun"
+    gsm8k_questions: int | None = None
+    startup_timeout_s: float = 1200
+    seed: int = 0
+    show_progress: bool = True
+    cut: list[str] = field(default_factory=list)  # what the user chose to leave out, for the report
+
+    def notes(self, recipe: Recipe) -> list[str]:
+        out = self.scale.notes(recipe.benchmarks.scenarios)
+        if self.filters:
+            out.append(f"scenario filter: {', '.join(self.filters)}")
+        if self.gsm8k_questions and recipe.accuracy.gsm8k:
+            out.append(f"gsm8k questions: recipe {recipe.accuracy.gsm8k.questions or 'all'} -> {self.gsm8k_questions}")
+        return out + self.cut
+
+
+def results_file(path: Path, recipe: Recipe, side: str, opts: Options, pool: TokenPool, **extra) -> ResultsFile:
+    """A side's results file: continued when it exists (bench then eval into one folder), else created."""
+    if path.exists():
+        rf = ResultsFile.load(path)
+        notes = rf.data.setdefault("scale_notes", [])
+        notes += [n for n in opts.notes(recipe) if n not in notes]
+        rf.data.update(extra)
+        rf.save()
+        return rf
+    return ResultsFile.create(
+        path,
+        side=side,
+        recipe=recipe.name,
+        description=recipe.description,
+        gpus=recipe.hardware.gpus,
+        token_source=pool.source,
+        driver=opts.driver,
+        scale_notes=opts.notes(recipe),
+        **extra,
+    )
+
+
+def step(rf: ResultsFile, what: str, target: Target, fn) -> None:
+    """Run one step; an exception is recorded (with the server log tail), not raised."""
+    try:
+        fn()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        console.print(f"[red]{rf.data.get('side')}: {what} failed: {exc}[/red]", highlight=False)
+        tail = target.log_tail() if target.log_tail else ""
+        rf.add_error(what, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}", tail)
+
+
+def measure(
+    recipe: Recipe, side: str, target: Target, pool: TokenPool, rf: ResultsFile, side_dir: Path, opts: Options
+) -> None:
+    """Everything measured on one live server: agreement samples, throughput cases, GSM8K."""
+    acc = recipe.accuracy
+    if opts.accuracy:  # what was asked for, so a step that never produced a result reads as a failed gate
+        asked = rf.data.get("accuracy_requested", {}) | {"gsm8k": bool(acc.gsm8k), "agreement": bool(acc.agreement)}
+        rf.set("accuracy_requested", asked)
+    if opts.accuracy and acc.agreement:
+
+        def agree() -> None:
+            samples = agreement.collect(target.url, pool, acc.agreement)
+            rf.set("agreement_samples", samples | {"config": acc.agreement.model_dump()}, section="accuracy")
+
+        step(rf, "agreement", target, agree)
+    if opts.bench:
+        cases = expand(recipe.benchmarks.scenarios, opts.scale, opts.filters)
+        step(
+            rf,
+            "throughput",
+            target,
+            lambda: run_cases(
+                cases,
+                target,
+                pool,
+                rf,
+                gpus=recipe.hardware.gpus,
+                seed=opts.seed,
+                timeout_s=recipe.benchmarks.timeout_s,
+                traces_dir=side_dir / "traces",
+                side=side,
+                show_progress=opts.show_progress,
+                driver=opts.driver,
+                tokenizer=pool_tokenizer(pool),
+            ),
+        )
+    if opts.accuracy and acc.gsm8k and target.alive is not None and not target.alive():
+        rf.add_error("gsm8k", "not run: the server died before it", target.log_tail() if target.log_tail else "")
+    elif opts.accuracy and acc.gsm8k:
+
+        def gsm() -> None:
+            res = gsm8k.run(target.url, acc.gsm8k, side_dir / "gsm8k.jsonl", opts.gsm8k_questions)
+            rf.set("gsm8k", res, section="accuracy")
+            color = "green" if res["passed"] else "red"
+            console.print(f"[{color}]{side} GSM8K {res['score_flexible']:.3f} (min {res['min_score']})[/{color}]")
+
+        step(rf, "gsm8k", target, gsm)
+
+
+def pool_tokenizer(pool: TokenPool) -> str | None:
+    """The folder/id behind the vocabulary, for `sglang.bench_serving --tokenizer`."""
+    for prefix in ("tokenizer.json of ", "vocab_size of "):
+        if pool.source.startswith(prefix):
+            return pool.source[len(prefix) :].removesuffix("/config.json")
+    return None
+
+
+def run_side(recipe: Recipe, side: str, opts: Options, pool: TokenPool, spec_for: SpecFactory) -> ResultsFile:
+    side_dir = opts.out / side
+    rf = results_file(
+        opts.out / f"{side}.json",
+        recipe,
+        side,
+        opts,
+        pool,
+        overlays_requested=[] if side == "baseline" else recipe.overlays.enabled_ops(),
+    )
+    console.rule(f"{recipe.name}: {side}")
+    from speedrun.launch.server import ServerError
+
+    t0 = time.monotonic()
+    try:
+        with launched(
+            recipe,
+            side,
+            side_dir,
+            spec_for=spec_for,
+            startup_timeout_s=opts.startup_timeout_s,
+            show_progress=opts.show_progress,
+            on_spec=lambda spec: rf.set("launch", spec.shell()),
+        ) as (target, _):
+            rf.set("startup_s", round(time.monotonic() - t0, 1))
+            measure(recipe, side, target, pool, rf, side_dir, opts)
+            time.sleep(2.5 if recipe.overlays.enabled_ops() else 0)  # schedulers flush reports every 2 s
+    except ServerError as exc:
+        rf.add_error("server", str(exc).split("\n", 1)[0], str(exc).split("\n", 1)[-1])
+    except Exception as exc:  # e.g. synthetic model generation: recorded, the other side still runs
+        rf.add_error("launch", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
+    from speedrun.overlays.report import read_all
+
+    rf.set("overlay_reports", read_all(side_dir / "overlay-reports"))
+    return rf
+
+
+def overlay_pool(recipe: Recipe) -> TokenPool:
+    """Prompts come from the overlay side's vocabulary, for both sides."""
+    try:
+        model = model_path(recipe, "overlay")
+    except Exception as exc:  # e.g. synthetic generation failed: each side's launch records it properly
+        console.print(f"[yellow]model folder: {exc}[/yellow]", highlight=False)
+        model = None
+    return pool_for(recipe, model=model)
+
+
+def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> Comparison:
+    """Both sides, then the report; returns the comparison (its `passed` decides the exit code)."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    pool = overlay_pool(recipe)
+    sides = {side: run_side(recipe, side, opts, pool, spec_for or default_spec).data for side in SIDES}
+    return finish(sides["baseline"], sides["overlay"], opts.out, recipe.name)
+
+
+def finish(base: dict, over: dict, out: Path, title: str = "") -> Comparison:
+    """Compare, write report.md, PNGs and summary.json into `out`."""
+    c = compare(base, over)
+    md = render(c, out, title)
+    write_json_atomic(
+        out / "summary.json",
+        {
+            "passed": c.passed,
+            "gates": [g.__dict__ for g in c.gates],
+            "warnings": c.warnings,
+            "agreement": c.agreement,
+            "report": md.name,
+            "speedup": {r.name: r.speedup for r in c.rows},
+        },
+    )
+    return c

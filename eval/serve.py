@@ -1,0 +1,77 @@
+"""One side's server for the evaluation commands: an existing URL, or launched from the recipe (log, overlay
+reports and launch command kept in the side's folder) and always torn down."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from speedrun.eval.bench import Target
+from speedrun.eval.prompts import TokenPool, token_pool
+from speedrun.launch.command import LaunchSpec, build
+from speedrun.recipe import Recipe
+
+SIDES = ("baseline", "overlay")
+SpecFactory = Callable[[Recipe, str, int, Path, str], LaunchSpec]  # (recipe, side, port, report_dir, model)
+
+
+def default_spec(recipe: Recipe, side: str, port: int, report_dir: Path, model_path: str) -> LaunchSpec:
+    return build(recipe, baseline=side == "baseline", port=port, model_path=model_path, report_dir=report_dir)
+
+
+def model_path(recipe: Recipe, side: str) -> str:
+    """The side's model: a HF id or folder, or the generated synthetic folder (made once, cached)."""
+    model = recipe.model_for(side == "baseline")
+    if model.synthetic is None:
+        return model.path
+    from speedrun.synth import ensure_model  # lazily: needs `tokenizers`, only for synthetic recipes
+
+    return str(ensure_model(recipe, baseline=side == "baseline"))
+
+
+def server_model_info(url: str) -> list[str]:
+    """model/tokenizer paths a running SGLang reports (to find its vocabulary locally)."""
+    try:
+        with urllib.request.urlopen(f"{url}/model_info", timeout=10) as r:
+            info = json.loads(r.read())
+    except (OSError, ValueError):
+        return []
+    return [p for p in (info.get("tokenizer_path"), info.get("model_path")) if isinstance(p, str)]
+
+
+def pool_for(recipe: Recipe | None, url: str | None = None, model: str | None = None) -> TokenPool:
+    """The prompt vocabulary: the overlay side's model decides, so both sides get identical prompts."""
+    cands: list[str | None] = [model]
+    if recipe is not None:
+        cands += [recipe.model.tokenizer, recipe.model.path]
+    if url:
+        cands += server_model_info(url)
+    return token_pool(cands)
+
+
+@contextlib.contextmanager
+def launched(
+    recipe: Recipe,
+    side: str,
+    side_dir: Path,
+    *,
+    spec_for: SpecFactory = default_spec,
+    model: str | None = None,
+    startup_timeout_s: float = 1200,
+    show_progress: bool = True,
+    on_spec: Callable[[LaunchSpec], None] | None = None,
+) -> Iterator[tuple[Target, LaunchSpec]]:
+    """Start the side's server on a free port, yield where to reach it, stop it (whole process group)."""
+    from speedrun.launch.server import free_port, running
+
+    port = free_port()
+    spec = spec_for(recipe, side, port, side_dir / "overlay-reports", model or model_path(recipe, side))
+    if on_spec is not None:  # recorded before the start, so a server that never comes up is still documented
+        on_spec(spec)
+    with running(
+        spec, side_dir / "server.log", port=port, timeout_s=startup_timeout_s, show_progress=show_progress
+    ) as srv:
+        yield Target(srv.url, alive=srv.alive, log_tail=srv.log_tail), spec

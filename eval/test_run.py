@@ -1,0 +1,191 @@
+"""`speedrun run` end to end on the CPU: two fake SGLang servers (baseline slower, overlay faster) launched as
+subprocesses through the real launcher, then throughput, GSM8K, agreement, the report and the PNGs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zlib
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from speedrun.eval import gsm8k
+from speedrun.eval.run import Options, run
+from speedrun.eval.scenarios import Scale
+from speedrun.launch.command import LaunchSpec, build
+from speedrun.recipe import Recipe
+
+DATA = gsm8k.REPO.parent / "shared" / "data" / "gsm8k"
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not (DATA / "test.jsonl").is_file(), reason=f"no GSM8K copy at {DATA}"),
+]
+QUESTIONS, WRONG_EVERY = 40, 7
+
+
+def recipe_dict(tmp_path) -> dict:
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text(json.dumps({"vocab_size": 4096}))
+    return {
+        "name": "fake-e2e",
+        "description": "two fake servers",
+        "model": {"path": str(model)},
+        "hardware": {"platform": "cuda", "arch": "sm90", "gpus": 2},
+        "overlays": {"mla_decode": {"enabled": True}},
+        "benchmarks": {
+            "scenarios": [
+                {
+                    "isl": 256,
+                    "osl": 32,
+                    "concurrency": [2, 4, 8],
+                    "prompts_per_concurrency": 2,
+                    "warmup_per_concurrency": 1,
+                }
+            ],
+            "timeout_s": 60,
+        },
+        "accuracy": {
+            "gsm8k": {"shots": 3, "questions": QUESTIONS, "min_score": 0.8, "concurrency": 8, "data": str(DATA)},
+            "agreement": {"prompts": 4, "prompt_len": 16, "tokens": 8},
+        },
+    }
+
+
+def fake_specs(**per_side: list[str]):
+    """A spec factory: the real `build()` environment (overlays, report dir), the fake server's argv."""
+
+    def spec_for(recipe, side, port, report_dir, model) -> LaunchSpec:
+        env = build(recipe, baseline=side == "baseline", port=port, model_path=model, report_dir=report_dir).env
+        argv = [
+            sys.executable,
+            "-m",
+            "speedrun.eval.fakeserver",
+            "--port",
+            str(port),
+            "--ttft-ms",
+            "2",
+            "--gsm8k-dir",
+            str(DATA),
+            "--wrong-every",
+            str(WRONG_EVERY),
+            *per_side.get(side, []),
+        ]
+        return LaunchSpec(argv, env, side)
+
+    return spec_for
+
+
+def expected_gsm8k() -> float:
+    rows = gsm8k.read_jsonl(DATA / "test.jsonl")[:QUESTIONS]
+    return sum(zlib.crc32(r["question"].strip().encode()) % WRONG_EVERY != 0 for r in rows) / QUESTIONS
+
+
+def test_run_end_to_end(tmp_path):
+    recipe = Recipe.model_validate(recipe_dict(tmp_path))
+    opts = Options(out=tmp_path / "run", scale=Scale(concurrency=[2, 4]), show_progress=False)
+    specs = fake_specs(baseline=["--tpot-ms", "8"], overlay=["--tpot-ms", "2", "--logprob-noise", "0.001"])
+    c = run(recipe, opts, specs)
+    out = opts.out
+    assert c.passed, [g for g in c.gates if not g.passed]
+    assert [r.name for r in c.rows] == ["isl256-osl32-c2", "isl256-osl32-c4"]  # c8 scaled away
+    assert all(r.speedup and r.speedup > 1.5 for r in c.rows)  # 4x faster decode on the overlay side
+    over = json.loads((out / "overlay.json").read_text())
+    assert over["accuracy"]["gsm8k"]["score_flexible"] == pytest.approx(expected_gsm8k())
+    assert 0 < c.agreement["max_logprob_diff"] <= 0.0021 and c.agreement["match_rate"] == 1.0
+    assert over["overlay_reports"][0]["calls"]["mla_decode:fake"] > 0  # the report dir reached the server
+    assert over["scale_notes"] == ["concurrency: recipe [2, 4, 8] -> [2, 4]"]
+    for f in (
+        "report.md",
+        "throughput_vs_interactivity.png",
+        "speedup.png",
+        "summary.json",
+        "baseline/server.log",
+        "overlay/gsm8k.jsonl",
+        "overlay/traces/overlay-isl256-osl32-c4.json.gz",
+    ):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "**Verdict: PASS**" in md and "| isl256-osl32-c4 |" in md and "scaled down: concurrency" in md
+    assert "mla_decode:fake" in md and "Nothing failed." in md
+
+
+def test_run_cli_records_failures(tmp_path, monkeypatch):
+    """Overlay diverges and dies mid-throughput: the report says so with the log tail, the exit code is 1."""
+    import speedrun.eval.run as run_mod
+    from speedrun.cli import _register_commands, app
+
+    specs = fake_specs(overlay=["--diverge-every", "1", "--diverge-at", "2", "--die-after", "9"])
+    monkeypatch.setattr(run_mod, "default_spec", specs)
+    recipe_file = tmp_path / "fake.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe_dict(tmp_path)))
+    _register_commands()
+    args = [
+        "run",
+        str(recipe_file),
+        "--out",
+        str(tmp_path / "run"),
+        "--concurrency",
+        "2,4",
+        "--isl",
+        "64",
+        "--osl",
+        "16",
+        "--prompts-per-concurrency",
+        "2",
+        "--gsm8k-questions",
+        "8",
+        "--no-progress",
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    failed = {g["name"] for g in summary["gates"] if not g["passed"]}
+    assert (
+        {"agreement", "throughput scenarios"} <= failed and "baseline side" not in failed and "overlay side" in failed
+    )
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "**Verdict: FAIL**" in md and "server died" in md and "speedrun.eval.fakeserver" in md  # log tail
+    assert "isl: recipe 256 -> 64" in md and "gsm8k questions: recipe 40 -> 8" in md
+    base = json.loads((tmp_path / "run" / "baseline.json").read_text())
+    assert base["accuracy"]["gsm8k"]["questions"] == 8 and all(s["status"] == "ok" for s in base["scenarios"])
+
+
+def test_bench_eval_compare_cli_against_running_servers(tmp_path):
+    """`bench`/`eval` with --server (no launch), then `compare` of the two results files."""
+    from speedrun.cli import _register_commands, app
+    from speedrun.eval.fakeserver import background
+
+    recipe_file = tmp_path / "fake.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe_dict(tmp_path)))
+    _register_commands()
+    cli = CliRunner()
+    for side, tpot in (("baseline", 6.0), ("overlay", 1.5)):
+        with background(tpot_ms=tpot, gsm8k_dir=str(DATA), wrong_every=WRONG_EVERY) as (url, st):
+            common = [str(recipe_file), "--server", url, "--side", side, "--out", str(tmp_path / side), "--no-progress"]
+            res = cli.invoke(app, ["bench", *common, "--scenario-filter", "c4", "--osl", "16"])
+            assert res.exit_code == 0, res.output
+            assert st.max_inflight == 4  # only the c4 case ran
+            res = cli.invoke(app, ["eval", *common, "--gsm8k-questions", "14"])
+            assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "overlay" / "overlay.json").read_text())
+    assert [s["name"] for s in data["scenarios"]] == ["isl256-osl16-c4"]
+    assert data["accuracy"]["gsm8k"]["questions"] == 14 and "agreement_samples" in data["accuracy"]
+    res = cli.invoke(
+        app,
+        [
+            "compare",
+            str(tmp_path / "baseline" / "baseline.json"),
+            str(tmp_path / "overlay" / "overlay.json"),
+            "--out",
+            str(tmp_path / "cmp"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "speedup" in res.output and (tmp_path / "cmp" / "report.md").is_file()
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "### Agreement" in md and "scenario filter: c4" in md and "| isl256-osl16-c4 |" in md
+    assert "gsm8k questions: recipe 40 -> 14" in md and "skip" not in md

@@ -1,0 +1,1 @@
+"""mxfp4_gemm overlay."""

@@ -1,0 +1,118 @@
+"""AOT compile specs of the MXFP4 GEMM: every config entry of the arch's JSON in the A mode its route runs,
+plus the w4a16 (A_MODE 0) variant of each default bucket and the quantizer/dequantizer kernels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from speedrun.overlays.aot import CompileSpec
+from speedrun.overlays.arch import load_configs
+
+# gfx950 must use the scaled MFMA for FP4 x FP4; sm90 has no FP4 MMA, so bf16 wgmma (or mma.sync) after dequant.
+SM90_BF16 = r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16|mma\.sync\.aligned\.m16n8k16\.\S*bf16"
+EXPECT = {"gfx950": r"v_mfma_scale_f32_\w+", "sm90": SM90_BF16}
+EXPECT_BF16 = {"gfx950": r"v_mfma_f32_\w+bf16", "sm90": EXPECT["sm90"]}
+
+GEMM_SIG = {
+    "a_ptr": "*bf16", "as_ptr": "*u8", "w_ptr": "*u8", "ws_ptr": "*u8", "c_ptr": "*bf16", "part_ptr": "*fp32",
+    "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_asm": "i32",
+    "stride_ask": "i32", "stride_wn": "i32", "stride_wsn": "i32", "stride_cm": "i32",
+}  # fmt: skip
+CONST_KEYS = ("A_MODE", "DOT_SCALED", "DOT_F32", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP", "EVEN_K")
+
+
+def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: int) -> CompileSpec:
+    from speedrun.overlays.arch import launch_options
+    from speedrun.overlays.mxfp4_gemm.kernel import mxfp4_gemm_kernel
+
+    dot_scaled = arch == "gfx950" and a_mode != 0
+    consts = {"A_MODE": a_mode, "DOT_SCALED": dot_scaled, "DOT_F32": False, "BLOCK_M": cfg["BLOCK_M"],
+              "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "SPLIT_K": split_k,
+              "GROUP": cfg.get("GROUP", 1), "EVEN_K": True}  # fmt: skip
+    sig = dict(GEMM_SIG)
+    if a_mode == 2:
+        sig["a_ptr"] = "*u8"
+    sig.update({k: "constexpr" for k in CONST_KEYS})
+    expect = EXPECT[arch] if dot_scaled or arch == "sm90" else EXPECT_BF16[arch]
+    return CompileSpec(name, mxfp4_gemm_kernel, sig, consts, launch_options(cfg, arch), expect)
+
+
+def _a_mode(route: str, arch: str) -> int:
+    if route == "fused":
+        return 1
+    return 2 if arch == "gfx950" else 0  # prequant / dequant_w feed quantized (gfx950) or qdq bf16 (sm90) A
+
+
+def helper_specs(arch: str) -> list[CompileSpec]:
+    from speedrun.overlays.mxfp4_gemm.kernel import mxfp4_dequant_kernel, mxfp4_quant_kernel
+
+    qsig = {"x_ptr": "*bf16", "q_ptr": "*bf16", "s_ptr": "*u8", "M": "i32", "K": "i32", "stride_xm": "i32",
+            "stride_qm": "i32", "stride_sm": "i32", "QDQ": "constexpr", "BLOCK_M": "constexpr",
+            "BLOCK_K": "constexpr"}  # fmt: skip
+    specs = [CompileSpec("mxfp4_gemm/quant[qdq]", mxfp4_quant_kernel, qsig,
+                         {"QDQ": True, "BLOCK_M": 16, "BLOCK_K": 256}, {"num_warps": 4})]  # fmt: skip
+    specs.append(CompileSpec("mxfp4_gemm/quant[packed]", mxfp4_quant_kernel, dict(qsig, q_ptr="*u8"),
+                             {"QDQ": False, "BLOCK_M": 16, "BLOCK_K": 256}, {"num_warps": 4}))  # fmt: skip
+    dsig = {"w_ptr": "*u8", "ws_ptr": "*u8", "o_ptr": "*bf16", "N": "i32", "K": "i32",
+            "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}  # fmt: skip
+    specs.append(CompileSpec("mxfp4_gemm/dequant_w", mxfp4_dequant_kernel, dsig, {"BLOCK_N": 32, "BLOCK_K": 256},
+                             {"num_warps": 4}))  # fmt: skip
+    return specs
+
+
+def compile_specs(arch: str) -> list[CompileSpec]:
+    """One spec per (shape entry, bucket) config in its route's A mode, w4a16 per default bucket, helpers."""
+    table = load_configs("mxfp4_gemm", arch)
+    specs: list[CompileSpec] = []
+    seen: set[tuple[Any, ...]] = set()
+    for shape, buckets in table.items():
+        if shape.startswith("_"):
+            continue
+        for bucket, over in buckets.items():
+            cfg = {**table["default"].get(bucket, {}), **over}
+            variants = [(_a_mode(cfg.get("route", "fused"), arch), cfg)]
+            if shape == "default":  # the w4a16 variant: bf16 A, dequant path, with the bucket's "a16" overrides
+                variants.append((0, {**cfg, **cfg.get("a16", {})}))
+            for mode, c in variants:
+                split = 2 if int(c.get("SPLIT_K", 0)) != 1 else 1  # auto split-K compiles the split epilogue
+                key = (mode, split, *sorted((k, str(v)) for k, v in c.items() if k not in ("route", "a16")))
+                if key in seen:
+                    continue
+                seen.add(key)
+                name = f"mxfp4_gemm/{shape}[m<={bucket},{c.get('route', 'fused')},A_MODE={mode}]"
+                specs.append(gemm_spec(name, c, mode, arch, split))
+    return specs + helper_specs(arch)
+
+
+SMEM_LIMIT = {"sm90": 232448, "gfx950": 163840}  # bytes of shared memory / LDS per CTA
+
+
+def check_all(arch: str) -> list[str]:
+    """Compile every spec for `arch`; the failures (errors, missing MMA, too much shared memory), empty if none.
+    Needs a process without TRITON_INTERPRET (interpreted kernels cannot be compiled)."""
+    from speedrun.overlays.aot import compile_spec
+
+    bad = []
+    for spec in compile_specs(arch):
+        res = compile_spec(spec, arch)
+        if not res.ok:
+            bad.append(f"{spec.name}: {res.error}"[:400])
+        elif (res.shared or 0) > SMEM_LIMIT[arch]:
+            bad.append(f"{spec.name}: shared memory {res.shared} > {SMEM_LIMIT[arch]}")
+        elif arch == "gfx950" and spec.constexprs.get("DOT_SCALED") and not any("mfma_scale" in m for m in res.mma):
+            bad.append(f"{spec.name}: no scaled MFMA in {res.mma}")
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+    import sys
+
+    archs = (argv if argv is not None else sys.argv[1:]) or ["sm90", "gfx950"]
+    bad = {arch: check_all(arch) for arch in archs}
+    print(json.dumps({"specs": {a: len(compile_specs(a)) for a in archs}, "failures": bad}, indent=1))
+    return 1 if any(bad.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

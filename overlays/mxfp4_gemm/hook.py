@@ -1,0 +1,121 @@
+"""SGLang binding of the MXFP4 GEMM (quark `w_mxfp4_a_mxfp4` linear layers), and what CUDA needs on that path.
+
+Stock SGLang 0.5.17 cannot run a quark MXFP4 DeepSeek-V3 on CUDA:
+1. QuarkW4A4MXFP4.apply_weights calls aiter (gemm_afp4wfp4 / dynamic_mxfp4_quant), only imported on ROCm
+   -> NameError. `apply_weights` below serves every input form SGLang passes (plain tensor, (x_fp4, x_scale),
+   (x, None, y)); the 5-tuple split-cat form (ROCm-only MHA path) falls back.
+2. DeepSeek's post_load_weights splits kv_b_proj into w_kc / w_vc for the absorbed MLA bmm; with packed uint8
+   weights it yields uint8 w_kc / w_vc and sets w_scale to the E8M0 bytes (torch.bmm then fails). Only gfx950
+   re-quantizes them (aiter). `deepseek_post_load_weights` rebuilds them in bf16 from the dequantized weight.
+QuarkConfig / scheme selection / create_weights / capability checks (min capability 70) already pass on sm90;
+online quantization (`--quantization quark_mxfp4`, an unquantized checkpoint) stays ROCm-only (mxfp_supported()).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from speedrun.overlays.hooks import Unsupported, around, backend_for
+
+OP = "mxfp4_gemm"
+
+
+def run_backend(backend: str, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor | None,
+                out: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+    """One GEMM through the selected backend (triton | reference | aiter)."""
+    if backend == "reference":
+        from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref
+
+        y = mxfp4_gemm_ref(x, w, w_scale, a_scale=x_scale, out_dtype=out_dtype)
+        return out.copy_(y) if out is not None else y
+    if backend == "aiter":
+        from speedrun.overlays.mxfp4_gemm.aiter_backend import aiter_gemm
+
+        return aiter_gemm(x, w, w_scale, a_scale=x_scale, out=out, out_dtype=out_dtype)
+    from speedrun.overlays.mxfp4_gemm.gemm import mxfp4_gemm
+
+    try:
+        return mxfp4_gemm(x, w, w_scale, a_scale=x_scale, out=out, out_dtype=out_dtype)
+    except NotImplementedError as why:  # e.g. an AMD arch without scaled MFMA
+        raise Unsupported(str(why)) from why
+
+
+def _unpack_input(x: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(x, x_scale, y_out) from the forms QuarkW4A4MXFP4.apply_weights accepts."""
+    if not isinstance(x, tuple):
+        return x, None, None
+    if len(x) == 2:
+        return x[0], x[1], None
+    if len(x) == 3:
+        return x[0], x[1], x[2]
+    raise Unsupported(f"tuple input of length {len(x)} (fused gemm + split-cat form)")
+
+
+def _apply_weights(original: Any, self: Any, layer: torch.nn.Module, x: Any, bias: torch.Tensor | None = None) -> Any:
+    x, x_scale, y = _unpack_input(x)
+    w, w_scale = layer.weight, getattr(layer, "weight_scale", None)
+    if w.dtype != torch.uint8 or w_scale is None or w_scale.dtype != torch.uint8:
+        raise Unsupported(f"weight {w.dtype} / scale {getattr(w_scale, 'dtype', None)} is not packed MXFP4")
+    n, k = w.shape[0], w.shape[1] * 2
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x_scale is not None:
+        x2, x_scale = x2.view(torch.uint8), x_scale.reshape(-1, x_scale.shape[-1]).view(torch.uint8)
+        if x2.shape[1] * 2 != k or x_scale.shape[1] * 32 != k:
+            raise Unsupported(f"pre-quantized input {tuple(x2.shape)} / {tuple(x_scale.shape)} for K={k}")
+        out_dtype = self.out_dtype
+    else:
+        if x2.dtype not in (torch.bfloat16, torch.float16) or x2.shape[1] != k or k % 32:
+            raise Unsupported(f"input {x2.dtype} {tuple(x2.shape)} for K={k}")
+        out_dtype = x2.dtype if y is not None else self.out_dtype  # stock returns y.to(x.dtype) in that form
+    # A caller-provided y (SGLang's zeroed bump buffer, fp32 there) is only an output slot: use it when it fits.
+    out = y if y is not None and y.dtype == out_dtype and tuple(y.shape) == (x2.shape[0], n) else None
+    result = run_backend(backend_for(OP), x2, w, w_scale, x_scale, out, out_dtype)
+    if bias is not None:
+        result = result + bias
+    return result.view(*lead, n)
+
+
+def _process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
+    original(self, layer)
+    # Allocate the split-K arrival counters now, outside any CUDA-graph capture.
+    if layer.weight.is_cuda and backend_for(OP) == "triton":
+        from speedrun.overlays.mxfp4_gemm.gemm import counters
+
+        counters(layer.weight.device, 4096)
+
+
+def fix_mla_absorbed_weights(model: torch.nn.Module) -> int:
+    """bf16 w_kc / w_vc for every MLA attention whose kv_b_proj is packed MXFP4 and was left in uint8."""
+    from speedrun.overlays.mx.format import dequant_mxfp4
+
+    fixed = 0
+    for mod in model.modules():
+        kv = getattr(mod, "kv_b_proj", None)
+        w, s = getattr(kv, "weight", None), getattr(kv, "weight_scale", None)
+        if w is None or s is None or w.dtype != torch.uint8 or s.dtype != torch.uint8:
+            continue
+        w_kc = getattr(mod, "w_kc", None)
+        if getattr(mod, "w_scale_k", None) is not None or (w_kc is not None and w_kc.dtype != torch.uint8):
+            continue  # gfx950's own MXFP4 re-quantization, or already usable
+        nope, vdim = mod.qk_nope_head_dim, mod.v_head_dim
+        wf = dequant_mxfp4(w, s, torch.bfloat16)
+        kc, vc = wf.unflatten(0, (-1, nope + vdim)).split([nope, vdim], dim=1)
+        mod.w_kc = kc.transpose(1, 2).contiguous().transpose(1, 2)  # the layout stock gives bf16 weights
+        mod.w_vc = vc.contiguous().transpose(1, 2)
+        mod.w_scale = None
+        fixed += 1
+    return fixed
+
+
+def _deepseek_post_load_weights(original: Any, self: Any, *args: Any, **kwargs: Any) -> Any:
+    result = original(self, *args, **kwargs)
+    fix_mla_absorbed_weights(self)
+    return result
+
+
+apply_weights = around(OP, _apply_weights)
+process_weights = around(OP, _process_weights)
+deepseek_post_load_weights = around(OP, _deepseek_post_load_weights)

@@ -1,0 +1,192 @@
+"""Triton kernels of the MXFP4 GEMM: C[M, N] = A[M, K] . W[N, K]^T with W in MXFP4 (E2M1 + E8M0 per 32 along K).
+
+One kernel source, two constexpr switches:
+- A_MODE: 0 = bf16 A used as is (w4a16, or A already quantize-dequantized), 1 = bf16 A quantized to MXFP4 in the
+  A-load (w4a4, bit-exact with the reference quantizer), 2 = A already MXFP4 (packed codes + E8M0 scales).
+- DOT_SCALED: False = dequantize to bf16 in registers and tl.dot (sm90, and the interpreter); True = native scaled
+  MFMA through tl.dot_scaled e2m1 x e2m1 (gfx950; A_MODE 1 and 2 only).
+Tiles are computed transposed (acc[BLOCK_N, BLOCK_M] = W . A^T): the weight rows fill the MMA's M side, so a decode
+batch of a few tokens only needs a narrow MMA N side (16 on sm90) instead of padding tokens to 64.
+Split-K is deterministic and single-launch: every split writes its fp32 partial tile, the last split to arrive
+(per-tile counter) sums all partials in split order and resets the counter to 0 for the next launch.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from speedrun.overlays.mx import triton_helpers as mx
+
+
+@triton.jit
+def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Grouped order: GROUP consecutive M tiles share a band of N tiles, so W tiles are reused from L2."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP * num_n
+    first_m = (pid // per_group) * GROUP
+    size = min(num_m - first_m, GROUP)
+    pid_m = first_m + (pid % per_group) % size
+    pid_n = (pid % per_group) // size
+    return pid_m, pid_n
+
+
+@triton.jit
+def _load_a(a_ptr, as_ptr, offs_m, k0, K, stride_am, stride_asm, stride_ask,
+            A_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
+    """The A tile [BLOCK_M, BLOCK_K] as bf16 values (A_MODE 0/1: raw bf16; 2: packed + scales, both returned)."""
+    rows = offs_m.to(tl.int64)[:, None]
+    if A_MODE == 2:
+        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        if EVEN_K:
+            first = tl.load(a_ptr + rows * stride_am + kb[None, :])
+            second = tl.load(as_ptr + rows * stride_asm + ks[None, :] * stride_ask)
+        else:
+            first = tl.load(a_ptr + rows * stride_am + kb[None, :], mask=kb[None, :] < K // 2, other=0)
+            second = tl.load(as_ptr + rows * stride_asm + ks[None, :] * stride_ask, mask=ks[None, :] < K // 32,
+                             other=127)  # fmt: skip
+    else:
+        kk = k0 + tl.arange(0, BLOCK_K)
+        if EVEN_K:
+            first = tl.load(a_ptr + rows * stride_am + kk[None, :])
+        else:
+            first = tl.load(a_ptr + rows * stride_am + kk[None, :], mask=kk[None, :] < K, other=0.0)
+        second = first  # unused
+    return first, second
+
+
+@triton.jit
+def _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn,
+            BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
+    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    rows = offs_n.to(tl.int64)[:, None]
+    if EVEN_K:
+        packed = tl.load(w_ptr + rows * stride_wn + kb[None, :])
+        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :])
+    else:
+        packed = tl.load(w_ptr + rows * stride_wn + kb[None, :], mask=kb[None, :] < K // 2, other=0)
+        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :], mask=ks[None, :] < K // 32, other=127)
+    return packed, scales
+
+
+@triton.jit
+def _mma(acc, w_packed, w_scales, a, a_scales,
+         A_MODE: tl.constexpr, DOT_SCALED: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr,
+         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """acc[BLOCK_N, BLOCK_M] += W_tile . A_tile^T for one K step."""
+    if DOT_SCALED:
+        if A_MODE == 1:
+            a_packed, a_sc = mx.quant_mxfp4(a.to(tl.float32), BLOCK_M, BLOCK_K)
+        else:
+            a_packed, a_sc = a, a_scales
+        return tl.dot_scaled(w_packed, w_scales, "e2m1", tl.trans(a_packed), a_sc, "e2m1", acc)
+    w = mx.mxfp4_to_bf16(w_packed, w_scales, BLOCK_N, BLOCK_K)
+    if A_MODE == 1:
+        a_bf16 = mx.qdq_mxfp4_bf16(a.to(tl.float32), BLOCK_M, BLOCK_K)
+    elif A_MODE == 2:
+        a_bf16 = mx.mxfp4_to_bf16(a, a_scales, BLOCK_M, BLOCK_K)
+    else:
+        a_bf16 = a.to(tl.bfloat16)
+    if DOT_F32:  # the interpreter's tl.dot mishandles bf16 (numpy has none); the values are exact in fp32
+        return tl.dot(w.to(tl.float32), tl.trans(a_bf16.to(tl.float32)), acc)
+    return tl.dot(w, tl.trans(a_bf16), acc)
+
+
+@triton.jit
+def mxfp4_gemm_kernel(
+    a_ptr, as_ptr, w_ptr, ws_ptr, c_ptr, part_ptr, cnt_ptr,
+    M, N, K,
+    stride_am, stride_asm, stride_ask, stride_wn, stride_wsn, stride_cm,
+    A_MODE: tl.constexpr, DOT_SCALED: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
+):  # fmt: skip
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP)
+    pid_k = tl.program_id(1)
+    # Rows past the edge wrap around (loads stay in bounds, no masks); their results are never stored.
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    kt0 = pid_k * per_split
+    kt1 = min(kt0 + per_split, k_tiles)
+
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for kt in range(kt0, kt1):
+        k0 = kt * BLOCK_K
+        w_packed, w_scales = _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
+        a, a_scales = _load_a(a_ptr, as_ptr, offs_m, k0, K, stride_am, stride_asm, stride_ask,
+                              A_MODE, BLOCK_M, BLOCK_K, EVEN_K)  # fmt: skip
+        acc = _mma(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_SCALED, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K)
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ptrs = c_ptr + rm.to(tl.int64)[None, :] * stride_cm + rn[:, None]
+    c_mask = (rm[None, :] < M) & (rn[:, None] < N)
+    if SPLIT_K == 1:
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+    else:
+        _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N,
+                          BLOCK_M, BLOCK_N, SPLIT_K)  # fmt: skip
+
+
+@triton.jit
+def _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):  # fmt: skip
+    tile = pid_m * tl.cdiv(N, BLOCK_N) + pid_n
+    tile_elems = BLOCK_N * BLOCK_M
+    local = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+    base = part_ptr + tile.to(tl.int64) * (SPLIT_K * tile_elems)
+    tl.store(base + pid_k * tile_elems + local, acc)
+    # Every thread's partial must be written before one thread publishes the arrival (release, gpu scope).
+    tl.debug_barrier()
+    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+    if arrived == SPLIT_K - 1:
+        total = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for s in range(SPLIT_K):  # fixed order: the sum does not depend on which split came last
+            total += tl.load(base + s * tile_elems + local, cache_modifier=".cg")
+        tl.store(c_ptrs, total.to(c_ptrs.dtype.element_ty), mask=c_mask)
+        tl.atomic_xchg(cnt_ptr + tile, 0)
+
+
+@triton.jit
+def mxfp4_quant_kernel(
+    x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm,
+    QDQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Standalone activation quantizer (large-M route): QDQ=True writes dequant(quant(x)) as bf16 [M, K]
+    (the sm90 GEMM then reads A_MODE 0); QDQ=False writes packed codes [M, K/2] + E8M0 scales [M, K/32]."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    k0 = tl.program_id(1) * BLOCK_K
+    rows = rm.to(tl.int64)[:, None]
+    kk = k0 + tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + rows * stride_xm + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+    x = x.to(tl.float32)
+    if QDQ:
+        tl.store(q_ptr + rows * stride_qm + kk[None, :], mx.qdq_mxfp4_bf16(x, BLOCK_M, BLOCK_K),
+                 mask=(rm[:, None] < M) & (kk[None, :] < K))  # fmt: skip
+    else:
+        packed, scales = mx.quant_mxfp4(x, BLOCK_M, BLOCK_K)
+        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        tl.store(q_ptr + rows * stride_qm + kb[None, :], packed, mask=(rm[:, None] < M) & (kb[None, :] < K // 2))
+        tl.store(s_ptr + rows * stride_sm + ks[None, :], scales, mask=(rm[:, None] < M) & (ks[None, :] < K // 32))
+
+
+@triton.jit
+def mxfp4_dequant_kernel(w_ptr, ws_ptr, o_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """W [N, K/2] + scales [N, K/32] (contiguous) -> bf16 [N, K]: the dequantize-then-cuBLAS route."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    rows = rn.to(tl.int64)[:, None]
+    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    ok = rn[:, None] < N
+    packed = tl.load(w_ptr + rows * (K // 2) + kb[None, :], mask=ok & (kb[None, :] < K // 2), other=0)
+    scales = tl.load(ws_ptr + rows * (K // 32) + ks[None, :], mask=ok & (ks[None, :] < K // 32), other=127)
+    kk = k0 + tl.arange(0, BLOCK_K)
+    tl.store(o_ptr + rows * K + kk[None, :], mx.mxfp4_to_bf16(packed, scales, BLOCK_N, BLOCK_K),
+             mask=ok & (kk[None, :] < K))  # fmt: skip

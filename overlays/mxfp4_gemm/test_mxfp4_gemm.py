@@ -1,0 +1,250 @@
+"""MXFP4 GEMM on the CPU: kernels under the Triton interpreter (dequant path, fused activation quant bit-exact,
+split-K, edges), configs, AOT compile of every config for gfx950 and sm90, and the SGLang hook with fake layers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+if not torch.cuda.is_available():  # see overlays/mx/test_mx.py: only where no GPU tests share the process
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+import pytest  # noqa: E402
+
+from speedrun.overlays import report  # noqa: E402
+from speedrun.overlays.mx import interpreter  # noqa: E402
+from speedrun.overlays.mx.format import dequant_mxfp4  # noqa: E402
+from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4  # noqa: E402
+from speedrun.overlays.mxfp4_gemm import gemm, hook  # noqa: E402
+from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight  # noqa: E402
+
+interpreter.patch()
+SMALL = {"route": "fused", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1, "GROUP": 1}
+
+
+def _case(m: int, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    w, ws = random_mxfp4_weight(n, k, seed=seed, device=DEV)
+    a = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).to(torch.bfloat16).to(DEV)
+    return a, w, ws
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """fp32 accumulation in another order, then one bf16 rounding: within 2 bf16 ulps of the output scale."""
+    out, ref = out.float().cpu(), ref.float().cpu()
+    tol = 2 * 2.0**-8 * ref.abs().amax().clamp_min(1e-6)
+    assert (out - ref).abs().max() <= tol, f"max err {(out - ref).abs().max():.3g} > {tol:.3g}"
+
+
+# ----------------------------------------------------------------------------- kernels (interpreter)
+
+
+@pytest.mark.parametrize("route", ["fused", "prequant", "dequant_w"])
+@pytest.mark.parametrize("split", [1, 3])
+def test_routes_match_reference(route: str, split: int):
+    a, w, ws = _case(5, 48, 192)
+    out = gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "route": route, "SPLIT_K": split})
+    _close(out, mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu()))
+
+
+def test_fused_quant_is_bit_exact_in_the_gemm():
+    # Same tiles and K order: the fused A-load quantizer must produce exactly the values of the reference
+    # quantizer, so the outputs match bitwise both with bf16 qdq input and with pre-quantized (packed) input.
+    a, w, ws = _case(20, 32, 256, seed=3)
+    a[0, :32] = torch.tensor([6.0, 5.0, 3.5, 2.5, 1.25, 0.75, 0.25, -7.0] * 4, dtype=a.dtype)  # ties, rounding up
+    fused = gemm.mxfp4_gemm(a, w, ws, config=SMALL)
+    via_qdq = gemm.mxfp4_gemm(qdq_mxfp4(a.cpu()).to(DEV), w, ws, quant_a=False, config=SMALL)
+    packed, scales = quant_mxfp4(a.cpu())
+    via_packed = gemm.mxfp4_gemm(packed.to(DEV), w, ws, a_scale=scales.to(DEV), config=SMALL)
+    assert torch.equal(fused, via_qdq)
+    assert torch.equal(fused, via_packed)
+
+
+def test_w4a16_and_prequantized_column_major_scales():
+    a, w, ws = _case(7, 32, 128, seed=5)
+    _close(
+        gemm.mxfp4_gemm(a, w, ws, quant_a=False, config=SMALL),
+        mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu(), quant_a=False),
+    )
+    packed, scales = quant_mxfp4(a.cpu())
+    col_major = scales.t().contiguous().t()  # aiter's layout: [M, K/32] view of a [K/32, M] buffer
+    out = gemm.mxfp4_gemm(packed.to(DEV), w, ws, a_scale=col_major.to(DEV), config=SMALL)
+    _close(out, mxfp4_gemm_ref(packed, w.cpu(), ws.cpu(), a_scale=scales))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 16, 64), (17, 40, 96), (33, 24, 160)])
+def test_edges_ragged_m_n_and_k(m: int, n: int, k: int):
+    a, w, ws = _case(m, n, k, seed=m)
+    out = gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "SPLIT_K": 2})
+    assert out.shape == (m, n)
+    _close(out, mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu()))
+
+
+def test_split_k_counters_are_left_zero_and_reused():
+    a, w, ws = _case(4, 32, 256, seed=7)
+    first = gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "SPLIT_K": 4})
+    assert int(gemm.counters(a.device, 1).abs().sum()) == 0
+    assert torch.equal(first, gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "SPLIT_K": 4}))
+
+
+def test_quantize_and_dequantize_kernels_match_torch():
+    a, w, ws = _case(9, 16, 512, seed=9)
+    q, _ = gemm.quantize(a, qdq=True)
+    assert torch.equal(q.cpu(), qdq_mxfp4(a.cpu()))
+    p, s = gemm.quantize(a, qdq=False)
+    want_p, want_s = quant_mxfp4(a.cpu())
+    assert torch.equal(p.cpu(), want_p) and torch.equal(s.cpu(), want_s)
+    assert torch.equal(gemm.dequantize_weight(w, ws).cpu(), dequant_mxfp4(w.cpu(), ws.cpu(), torch.bfloat16))
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("arch", ["sm90", "gfx950"])
+def test_config_tables_are_complete(arch: str):
+    table = json.loads((Path(gemm.__file__).parent / "configs" / f"{arch}.json").read_text())
+    assert set(table["default"]) == {*map(str, gemm.BUCKETS), "max"}
+    for shape, buckets in table.items():
+        if shape.startswith("_"):
+            continue
+        assert shape == "default" or re.fullmatch(r"\d+x\d+", shape), shape
+        for cfg in buckets.values():
+            cfg = {**table["default"]["16"], **cfg}
+            assert cfg["route"] in ("fused", "prequant", "dequant_w")
+            assert cfg["BLOCK_K"] >= (128 if arch == "gfx950" else 32) and cfg["BLOCK_K"] & (cfg["BLOCK_K"] - 1) == 0
+            assert cfg["BLOCK_M"] >= 16 and cfg["BLOCK_N"] >= 16
+    if arch == "gfx950":
+        assert table["_meta"]["tuned"] is False
+        assert all(c["route"] != "dequant_w" for c in table["default"].values())
+
+
+def test_pick_config_buckets_and_split_k():
+    assert gemm.bucket_of(1) == "16" and gemm.bucket_of(17) == "32" and gemm.bucket_of(5000) == "max"
+    assert gemm.pick_config(4, 2880, 512, "sm90")["route"] == "fused"
+    assert gemm.pick_config(16384, 2112, 7168, "sm90")["BLOCK_M"] >= 128
+    cfg = {"SPLIT_K": 0, "MIN_K_TILES": 2}
+    assert gemm.split_k(cfg, tiles=33, k_tiles=28, sms=132) == 7  # ceil(264/33)=8 -> 7 splits of 4 tiles
+    assert gemm.split_k(cfg, tiles=400, k_tiles=28, sms=132) == 1
+    assert gemm.split_k({"SPLIT_K": 5}, tiles=1, k_tiles=3, sms=132) == 3
+
+
+# ----------------------------------------------------------------------------- AOT compile
+
+
+@pytest.mark.parametrize("arch", ["sm90", "gfx950"])
+def test_compile_every_config(arch: str):
+    # In a child process: kernels decorated under TRITON_INTERPRET cannot be compiled.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.overlays.mxfp4_gemm.compile", arch]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert result["specs"][arch] >= 10 and result["failures"][arch] == []
+
+
+# ----------------------------------------------------------------------------- SGLang hook (fake layers)
+
+
+def _layer(n: int = 32, k: int = 128) -> SimpleNamespace:
+    w, ws = random_mxfp4_weight(n, k, seed=11, device=DEV)
+    return SimpleNamespace(weight=w, weight_scale=ws)
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("stock apply_weights must not run")
+
+
+@pytest.fixture
+def small_configs(monkeypatch):
+    monkeypatch.setattr(gemm, "pick_config", lambda m, n, k, arch: dict(SMALL))
+
+
+def test_hook_plain_3d_and_prequantized_inputs(small_configs):
+    layer, scheme = _layer(), SimpleNamespace(out_dtype=torch.bfloat16)
+    x = torch.randn(2, 3, 128).to(torch.bfloat16).to(DEV)
+    y = hook.apply_weights(_never, scheme, layer, x)
+    assert y.shape == (2, 3, 32)
+    _close(y.reshape(6, 32), mxfp4_gemm_ref(x.reshape(6, 128).cpu(), layer.weight.cpu(), layer.weight_scale.cpu()))
+    packed, scales = quant_mxfp4(x.reshape(6, 128).cpu())
+    y2 = hook.apply_weights(_never, scheme, layer, (packed.to(DEV), scales.to(DEV)))
+    assert torch.equal(y2, y.reshape(6, 32))
+
+
+def test_hook_output_slot_form_and_bias(small_configs):
+    layer, scheme = _layer(), SimpleNamespace(out_dtype=torch.bfloat16)
+    x = torch.randn(4, 128).to(torch.bfloat16).to(DEV)
+    fp32_slot = torch.zeros(4, 32, device=DEV)  # SGLang's zeroed bump buffer is fp32: not used as output
+    y = hook.apply_weights(_never, scheme, layer, (x, None, fp32_slot))
+    assert y.dtype == torch.bfloat16 and fp32_slot.abs().sum() == 0
+    bf16_slot = torch.empty(4, 32, dtype=torch.bfloat16, device=DEV)
+    y2 = hook.apply_weights(_never, scheme, layer, (x, None, bf16_slot))
+    assert y2.data_ptr() == bf16_slot.data_ptr() and torch.equal(y2, y)
+    bias = torch.ones(32, dtype=torch.bfloat16, device=DEV)
+    assert torch.equal(hook.apply_weights(_never, scheme, layer, x, bias=bias), y + bias)
+
+
+def test_hook_falls_back_and_reports(small_configs):
+    layer, scheme = _layer(), SimpleNamespace(out_dtype=torch.bfloat16)
+    calls = []
+    stock = lambda *args, **kwargs: calls.append(args) or "stock"
+    x = torch.randn(4, 128).to(torch.bfloat16).to(DEV)
+    assert hook.apply_weights(stock, scheme, layer, (x, None, 1, 2, torch.bfloat16)) == "stock"
+    bf16_layer = SimpleNamespace(weight=torch.zeros(32, 128, dtype=torch.bfloat16), weight_scale=None)
+    assert hook.apply_weights(stock, scheme, bf16_layer, x) == "stock"
+    assert len(calls) == 2
+    reasons = report.snapshot()["fallbacks"]
+    assert any("split-cat" in r for r in json.dumps(reasons).split('"'))
+
+
+def test_hook_reference_backend(monkeypatch):
+    monkeypatch.setenv("SPEEDRUN_MXFP4_GEMM_BACKEND", "reference")
+    layer, scheme = _layer(), SimpleNamespace(out_dtype=torch.bfloat16)
+    x = torch.randn(3, 128).to(torch.bfloat16).to(DEV)
+    want = mxfp4_gemm_ref(x, layer.weight, layer.weight_scale)
+    assert torch.equal(hook.apply_weights(_never, scheme, layer, x), want)
+
+
+def test_aiter_backend_is_a_clear_error_without_rocm(monkeypatch, small_configs):
+    if getattr(torch.version, "hip", None):
+        pytest.skip("ROCm build")
+    monkeypatch.setenv("SPEEDRUN_MXFP4_GEMM_BACKEND", "aiter")
+    layer, scheme = _layer(), SimpleNamespace(out_dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="needs ROCm"):
+        hook.apply_weights(_never, scheme, layer, torch.randn(2, 128).to(torch.bfloat16).to(DEV))
+
+
+def test_mla_absorbed_weights_rebuilt_in_bf16():
+    heads, nope, vdim, rank = 2, 128, 128, 64
+    w, ws = random_mxfp4_weight(heads * (nope + vdim), rank, seed=13)
+    attn = torch.nn.Module()
+    attn.kv_b_proj = SimpleNamespace(weight=w, weight_scale=ws)
+    attn.qk_nope_head_dim, attn.v_head_dim = nope, vdim
+    attn.w_kc, attn.w_vc, attn.w_scale = w[:, :64].reshape(heads, nope, -1), None, ws  # what stock leaves
+    model = torch.nn.Module()
+    model.attn = attn
+    assert hook.fix_mla_absorbed_weights(model) == 1
+    full = dequant_mxfp4(w, ws, torch.bfloat16).unflatten(0, (heads, nope + vdim))
+    assert attn.w_kc.dtype == torch.bfloat16 and attn.w_scale is None
+    assert torch.equal(attn.w_kc, full[:, :nope]) and attn.w_kc.shape == (heads, nope, rank)
+    assert torch.equal(attn.w_vc, full[:, nope:].transpose(1, 2)) and attn.w_vc.shape == (heads, rank, vdim)
+    assert hook.fix_mla_absorbed_weights(model) == 0  # idempotent
+
+
+def test_bench_helpers(tmp_path):
+    from speedrun.overlays.mxfp4_gemm import bench
+
+    w, ws = random_mxfp4_weight(8, 64, seed=1)
+    assert torch.equal(bench.torch_dequant(w, ws, bench._lut(w.device)), dequant_mxfp4(w, ws, torch.bfloat16))
+    rows = [bench._row(i, "cpu", 16, 2112, 7168, us) for i, us in (("speedrun", 4.0), ("dequant_cublas", 40.0),
+                                                                  ("bf16_cublas", 12.0))]  # fmt: skip
+    assert rows[0]["gbps"] == round(bench._bytes(16, 2112, 7168, False) / 4.0 / 1e3, 1)
+    bench.plot(rows, tmp_path / "p.png")
+    bench.summary(rows)
+    assert (tmp_path / "p.png").stat().st_size > 1000 and len(bench.shapes()) >= 30

@@ -1,0 +1,54 @@
+"""Test-side shims for Triton 3.6's CPU interpreter (kernels are unchanged; GPU runs never import this).
+
+1. A scalar is a 1-element array and `range(...)` bounds call `int()` on it, which numpy >= 2.4 rejects
+   ("only 0-dimensional arrays can be converted to Python scalars").
+2. `tl.dot` on bf16 operands multiplies the raw uint16 storage (bf16 is stored as uint16); we widen bf16
+   operands to fp32 first, which is exact.
+3. fp32 -> bf16 casts truncate; GPUs round to nearest even, and so do we (through torch).
+Idempotent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _bf16_to_f32(data: np.ndarray) -> np.ndarray:
+    return (data.astype(np.uint32) << 16).view(np.float32)
+
+
+def patch_interpreter() -> None:
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_speedrun_patched", False):
+        return
+    patch_lang_tensor = interpreter._patch_lang_tensor
+
+    def patched_lang_tensor(tensor, scope):
+        patch_lang_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    create_dot = interpreter.InterpreterBuilder.create_dot
+
+    def patched_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if a.dtype == tl.bfloat16:
+            a = interpreter.TensorHandle(_bf16_to_f32(a.data), tl.float32)
+        if b.dtype == tl.bfloat16:
+            b = interpreter.TensorHandle(_bf16_to_f32(b.data), tl.float32)
+        return create_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    cast_impl = interpreter.InterpreterBuilder.cast_impl
+
+    def patched_cast(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rne = torch.from_numpy(np.ascontiguousarray(src.data, dtype=np.float32)).to(torch.bfloat16)
+            return interpreter.TensorHandle(rne.view(torch.int16).numpy().view(np.uint16), tl.bfloat16)
+        return cast_impl(self, src, dst_type)
+
+    interpreter.InterpreterBuilder.cast_impl = patched_cast
+    interpreter.InterpreterBuilder.create_fp_trunc = lambda self, src, dst_type: patched_cast(self, src, dst_type)
+    interpreter._patch_lang_tensor = patched_lang_tensor
+    interpreter.InterpreterBuilder.create_dot = patched_dot
+    interpreter._speedrun_patched = True

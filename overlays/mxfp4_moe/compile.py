@@ -1,0 +1,97 @@
+"""AOT compile specs for the MXFP4 MoE: GEMM1 and GEMM2 per config bucket (each must use the matrix unit;
+w4a4 on gfx950 must use v_mfma_scale), plus the sort and activation-quant kernels (no matrix unit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from speedrun.overlays.aot import CompileSpec
+from speedrun.overlays.arch import is_amd, load_configs
+from speedrun.overlays.mxfp4_moe import sort
+from speedrun.overlays.mxfp4_moe.gemm import moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
+
+OP = "mxfp4_moe"
+TOPK = {"w4a16": 4, "w4a4": 9}  # GPT-OSS top-4; DeepSeek top-8 + fused shared expert
+EXPECT = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
+EXPECT_W4A4_GFX950 = r"v_mfma_scale"
+
+
+def _options(cfg: dict[str, Any], which: str, arch: str) -> dict[str, Any]:
+    opts = {"num_warps": cfg[f"warps{which}"], "num_stages": cfg[f"stages{which}"]}
+    if is_amd(arch):
+        opts.update({k: cfg[k] for k in ("waves_per_eu", "matrix_instr_nonkdim", "kpack") if k in cfg})
+    return opts
+
+
+def _types(fmt: str) -> dict[str, str]:
+    a4 = fmt == "w4a4"
+    act = "*u8" if a4 else "*bf16"
+    return {"act": act, "bias": "*u8" if a4 else "*fp32"}  # w4a4 has no bias: a scale tensor stands in
+
+
+def gemm1_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
+    fmt = key.split(":")[0]
+    t, a4 = _types(fmt), fmt == "w4a4"
+    sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*u8", "ws_ptr": "*u8", "b_ptr": t["bias"],
+           "o_ptr": t["act"], "os_ptr": t["act"], "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
+           "npad_ptr": "*i32", **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we",
+           "stride_wn", "stride_wse", "stride_wsn", "stride_be", "stride_om", "stride_osm"), "i32"),
+           "alpha": "fp32", "limit": "fp32"}  # fmt: skip
+    const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": 0 if a4 else 1, "HAS_BIAS": not a4,
+             "DOT_SCALED": bool(cfg.get("dot_scaled")), "BLOCK_M": cfg["BLOCK_M"],
+             "BLOCK_N": cfg["BLOCK_N1"], "BLOCK_K": cfg["BLOCK_K1"]}  # fmt: skip
+    expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
+    sig.update(dict.fromkeys(const, "constexpr"))
+    return CompileSpec(f"{OP}/gemm1[{key}]", moe_gemm1_kernel, sig, const, _options(cfg, "1", arch), expect)
+
+
+def gemm2_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
+    fmt = key.split(":")[0]
+    t, a4 = _types(fmt), fmt == "w4a4"
+    sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*u8", "ws_ptr": "*u8", "b_ptr": t["bias"],
+           "tw_ptr": "*fp32", "o_ptr": "*fp32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32", "npad_ptr": "*i32",
+           **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we", "stride_wn", "stride_wse",
+           "stride_wsn", "stride_be", "stride_om"), "i32")}  # fmt: skip
+    scaled = bool(cfg.get("dot_scaled"))
+    const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not a4, "DOT_SCALED": scaled, "BLOCK_M": cfg["BLOCK_M"],
+             "BLOCK_N": cfg["BLOCK_N2"], "BLOCK_K": cfg["BLOCK_K2"]}  # fmt: skip
+    expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
+    sig.update(dict.fromkeys(const, "constexpr"))
+    return CompileSpec(f"{OP}/gemm2[{key}]", moe_gemm2_kernel, sig, const, _options(cfg, "2", arch), expect)
+
+
+def aux_specs() -> list[CompileSpec]:
+    """Sort (small and large paths) and the activation quantizer, at DeepSeek's 257 experts."""
+    e = {"E_POW2": 512}
+    small_sig = {"ids_ptr": "*i32", "counts_ptr": "*i32", "rank_ptr": "*i32", "offsets_ptr": "*i32",
+                 "sorted_ptr": "*i32", "expert_ids_ptr": "*i32", "npad_ptr": "*i32", "NUM": "i32", "E": "i32",
+                 "max_blocks": "i32"}  # fmt: skip
+    c_small = {"BLOCK_M": 16, **e, "CHUNK": sort.CHUNK, "BCHUNK": 64}
+    c_off = {"BLOCK_M": 64, **e, "BCHUNK": 64}
+    off_sig = {k: small_sig[k] for k in small_sig if k not in ("ids_ptr", "rank_ptr")}
+    rank_sig = {"ids_ptr": "*i32", "counts_ptr": "*i32", "rank_ptr": "*i32", "NUM": "i32", "E": "i32"}
+    scat_sig = {"ids_ptr": "*i32", "rank_ptr": "*i32", "offsets_ptr": "*i32", "sorted_ptr": "*i32",
+                "NUM": "i32", "E": "i32"}  # fmt: skip
+    q_sig = {"x_ptr": "*bf16", "q_ptr": "*u8", "s_ptr": "*u8", "M": "i32", "K": "i32", "stride_xm": "i32",
+             "stride_qm": "i32", "stride_sm": "i32"}  # fmt: skip
+    c_chunk, c_q = {"CHUNK": sort.CHUNK}, {"BLOCK_R": 4, "BLOCK_K": 256}
+    mk = lambda name, fn, sig, c, w: CompileSpec(
+        f"{OP}/{name}", fn, {**sig, **dict.fromkeys(c, "constexpr")}, c, {"num_warps": w}
+    )
+    return [
+        mk("sort_small", sort._align_small_kernel, small_sig, c_small, 8),
+        mk("sort_rank", sort._rank_kernel, rank_sig, c_chunk, 4),
+        mk("sort_offsets", sort._offsets_kernel, off_sig, c_off, 8),
+        mk("sort_scatter", sort._scatter_kernel, scat_sig, c_chunk, 4),
+        mk("quant_rows", quant_rows_kernel, q_sig, c_q, 4),
+    ]
+
+
+def compile_specs(arch: str) -> list[CompileSpec]:
+    """GEMM1 + GEMM2 per config bucket of `arch`, then the auxiliary kernels."""
+    specs = []
+    for key, cfg in load_configs(OP, arch).items():
+        if key.startswith("_"):
+            continue
+        specs += [gemm1_spec(key, cfg, arch), gemm2_spec(key, cfg, arch)]
+    return specs + aux_specs()

@@ -1,0 +1,176 @@
+"""Routing-aware grouped GEMMs for MXFP4 experts (one CTA = BLOCK_M sorted slots of one expert x BLOCK_N).
+
+GEMM1: gathers token rows (slot // TOPK) of x, multiplies by the expert's [gate ; up] rows, adds biases and
+applies SwiGLU-OAI or SiLU-gate in the epilogue; writes bf16 or (w4a4) MXFP4 rows indexed by slot.
+GEMM2: reads those slot rows, multiplies by w2, adds the bias, scales by the routing weight and scatter-adds
+(fp32 atomics) into the token's output row.
+
+Operands: weights always MXFP4 [E, rows, K/2] + [E, rows, K/32]; activations bf16 (w4a16) or MXFP4 (w4a4).
+DOT_SCALED=False dequantizes both to bf16 in registers and uses tl.dot (sm90, and the CPU interpreter);
+DOT_SCALED=True hands the packed operands to tl.dot_scaled (gfx950: v_mfma_scale for e2m1 x e2m1).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from speedrun.overlays.mx.triton_helpers import mxfp4_to_bf16, quant_mxfp4
+
+ACT_SILU, ACT_SWIGLU_OAI = 0, 1
+
+
+@triton.jit
+def _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm,
+            A_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """A tile at K offset k0: bf16 [BM, BK], or packed [BM, BK/2] + scales [BM, BK/32] (A twice for bf16)."""
+    if A_FP4:
+        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        a = tl.load(a_ptr + rows[:, None] * stride_am + kb[None, :], mask=m_ok[:, None] & (kb[None, :] < K // 2),
+                    other=0)  # fmt: skip
+        a_s = tl.load(as_ptr + rows[:, None] * stride_asm + ks[None, :],
+                      mask=m_ok[:, None] & (ks[None, :] < K // 32), other=127)  # fmt: skip
+    else:
+        kk = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptr + rows[:, None] * stride_am + kk[None, :], mask=m_ok[:, None] & (kk[None, :] < K),
+                    other=0.0)  # fmt: skip
+        a_s = a  # unused for bf16 activations
+    return a, a_s
+
+
+@triton.jit
+def _load_w(w_ptr, ws_ptr, wrows, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K: tl.constexpr):
+    """Weight tile: packed [BN, BK/2] + E8M0 [BN, BK/32] (masked bytes read as +0 with scale 1)."""
+    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    w = tl.load(w_ptr + wrows[:, None] * stride_wn + kb[None, :], mask=n_ok[:, None] & (kb[None, :] < K // 2),
+                other=0)  # fmt: skip
+    ws = tl.load(ws_ptr + wrows[:, None] * stride_wsn + ks[None, :], mask=n_ok[:, None] & (ks[None, :] < K // 32),
+                 other=127)  # fmt: skip
+    return w, ws
+
+
+@triton.jit
+def _mma(acc, a, a_s, w, ws, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr,
+         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """acc += A @ W^T for one K step."""
+    if DOT_SCALED:
+        if A_FP4:
+            acc = tl.dot_scaled(a, a_s, "e2m1", tl.trans(w), ws, "e2m1", acc)
+        else:
+            acc = tl.dot_scaled(a, None, "bf16", tl.trans(w), ws, "e2m1", acc)
+    else:
+        if A_FP4:
+            a = mxfp4_to_bf16(a, a_s, BLOCK_M, BLOCK_K)
+        acc = tl.dot(a, tl.trans(mxfp4_to_bf16(w, ws, BLOCK_N, BLOCK_K)), acc)
+    return acc
+
+
+@triton.jit
+def _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M: tl.constexpr):
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.load(sorted_ptr + offs_m)
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    return slot.to(tl.int64), slot < NUM, expert
+
+
+@triton.jit
+def moe_gemm1_kernel(
+    a_ptr, as_ptr, w_ptr, ws_ptr, b_ptr, o_ptr, os_ptr, sorted_ptr, expert_ids_ptr, npad_ptr,
+    NUM, N, K, stride_am, stride_asm, stride_we, stride_wn, stride_wse, stride_wsn, stride_be, stride_om,
+    stride_osm, alpha, limit,
+    TOPK: tl.constexpr, A_FP4: tl.constexpr, OUT_FP4: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)]."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    if pid_m * BLOCK_M >= tl.load(npad_ptr):
+        return
+    slot, m_ok, expert = _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M)
+    rows = slot // TOPK
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    w_ptr += expert * stride_we
+    ws_ptr += expert * stride_wse
+    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K)
+        wg, wgs = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+        wu, wus = _load_w(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+        acc_g = _mma(acc_g, a, a_s, wg, wgs, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K)
+        acc_u = _mma(acc_u, a, a_s, wu, wus, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K)
+    if HAS_BIAS:
+        acc_g += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        acc_u += tl.load(b_ptr + expert * stride_be + N + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    # SGLang rounds the GEMM1 output to bf16 before the activation; so do we.
+    g = acc_g.to(tl.bfloat16).to(tl.float32)
+    u = acc_u.to(tl.bfloat16).to(tl.float32)
+    if ACT == 1:
+        g = tl.minimum(g, limit)
+        u = tl.minimum(tl.maximum(u, -limit), limit)
+        h = g * tl.sigmoid(alpha * g) * (u + 1.0)
+    else:
+        h = g * tl.sigmoid(g) * u
+    h = h.to(tl.bfloat16)
+    if OUT_FP4:
+        q, s = quant_mxfp4(h.to(tl.float32), BLOCK_M, BLOCK_N)
+        ob = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        osb = pid_n * (BLOCK_N // 32) + tl.arange(0, BLOCK_N // 32)
+        tl.store(o_ptr + slot[:, None] * stride_om + ob[None, :], q, mask=m_ok[:, None] & (ob[None, :] < N // 2))
+        tl.store(os_ptr + slot[:, None] * stride_osm + osb[None, :], s,
+                 mask=m_ok[:, None] & (osb[None, :] < N // 32))  # fmt: skip
+    else:
+        tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], h, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def moe_gemm2_kernel(
+    a_ptr, as_ptr, w_ptr, ws_ptr, b_ptr, tw_ptr, o_ptr, sorted_ptr, expert_ids_ptr, npad_ptr,
+    NUM, N, K, stride_am, stride_asm, stride_we, stride_wn, stride_wse, stride_wsn, stride_be, stride_om,
+    TOPK: tl.constexpr, A_FP4: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_SCALED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """out32[slot // TOPK, n] += topk_weight[slot] * (h[slot] . w2[n] + b2[n])."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    if pid_m * BLOCK_M >= tl.load(npad_ptr):
+        return
+    slot, m_ok, expert = _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    w_ptr += expert * stride_we
+    ws_ptr += expert * stride_wse
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K)
+        w, ws = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+        acc = _mma(acc, a, a_s, w, ws, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    acc *= tl.load(tw_ptr + slot, mask=m_ok, other=0.0).to(tl.float32)[:, None]
+    rows = slot // TOPK
+    tl.atomic_add(o_ptr + rows[:, None] * stride_om + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :],
+                  sem="relaxed")  # fmt: skip
+
+
+@triton.jit
+def quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm,
+                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """Dynamic MXFP4 quantization of activation rows (w4a4 GEMM1 input)."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    ok = (r[:, None] < M) & (k[None, :] < K)
+    x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xm + k[None, :], mask=ok, other=0.0).to(tl.float32)
+    q, s = quant_mxfp4(x, BLOCK_R, BLOCK_K)
+    kb = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    ks = tl.program_id(1) * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
+    tl.store(q_ptr + r[:, None].to(tl.int64) * stride_qm + kb[None, :], q,
+             mask=(r[:, None] < M) & (kb[None, :] < K // 2))  # fmt: skip
+    tl.store(s_ptr + r[:, None].to(tl.int64) * stride_sm + ks[None, :], s,
+             mask=(r[:, None] < M) & (ks[None, :] < K // 32))  # fmt: skip
+
+
+__all__ = ["ACT_SILU", "ACT_SWIGLU_OAI", "moe_gemm1_kernel", "moe_gemm2_kernel", "quant_rows_kernel", "triton"]

@@ -1,0 +1,167 @@
+"""SGLang binding: AROUND hooks on GPT-OSS `Mxfp4MoEMethod` and quark `QuarkW4A4MXFp4MoE`.
+
+process_weights_after_loading: if we serve the layer, re-lay the experts out as `MoeWeights` (GPT-OSS:
+de-interleave gate/up rows, fp32 biases; quark: as loaded) and skip the stock processing (which on CUDA would
+dequantize GPT-OSS experts to bf16 or swizzle them for triton_kernels, and cannot run quark at all). If we do
+not serve it (`Unsupported`), stock processing runs and `apply` falls back too: the two decisions are tied
+by `layer._speedrun_moe`.
+
+apply / apply_weights: standard top-k output (also the triton_kernels routing format, converted on the GPU,
+and the bypassed format), no EP dispatcher beyond local-id mapping (-1 ids are skipped).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+
+from speedrun.overlays.hooks import Unsupported, around, backend_for
+from speedrun.overlays.mxfp4_moe.moe import ACT_SILU, ACT_SWIGLU_OAI, OP, MoeWeights, fused_moe_mxfp4
+
+SERVED_RUNNERS = ("auto", "triton", "triton_kernel", "triton_kernels")
+
+
+def _check_serving(self: Any) -> None:
+    backend = backend_for(OP)
+    if backend == "aiter":
+        raise Unsupported("backend aiter: stock SGLang runs aiter fused_moe (per_1x32) itself")
+    if not torch.cuda.is_available():
+        raise Unsupported("no GPU")
+    from sglang.srt.layers.moe import get_moe_a2a_backend, get_moe_runner_backend
+
+    if not get_moe_a2a_backend().is_none():
+        raise Unsupported(f"moe a2a backend {get_moe_a2a_backend()} (we take the standard dispatcher only)")
+    runner = str(getattr(get_moe_runner_backend(), "value", get_moe_runner_backend()))
+    if runner not in SERVED_RUNNERS:
+        raise Unsupported(f"moe runner backend {runner!r} (we serve {SERVED_RUNNERS})")
+    cfg = getattr(self, "moe_runner_config", None)
+    if cfg is not None and (cfg.no_combine or cfg.apply_router_weight_on_input or not cfg.is_gated):
+        raise Unsupported("no_combine / apply_router_weight_on_input / non-gated experts")
+    if cfg is not None and cfg.activation != "silu":
+        raise Unsupported(f"activation {cfg.activation!r}")
+    if cfg is not None and cfg.gemm1_alpha is None and (cfg.gemm1_clamp_limit or cfg.swiglu_limit):
+        raise Unsupported("clamped SiLU without alpha (not GPT-OSS / DeepSeek-R1 experts)")
+
+
+def _set(layer: torch.nn.Module, name: str, value: torch.Tensor) -> torch.Tensor:
+    setattr(layer, name, torch.nn.Parameter(value, requires_grad=False))
+    return getattr(layer, name)
+
+
+def _deinterleave(t: torch.Tensor, n: int) -> torch.Tensor:
+    """[E, 2*N_pad, ...] interleaved (g0, u0, g1, u1, ...) -> [E, 2n, ...] = [gate[:n] ; up[:n]]."""
+    return torch.cat((t[:, 0::2][:, :n], t[:, 1::2][:, :n]), dim=1).contiguous()
+
+
+def _used_inter(layer: torch.nn.Module, padded: int) -> int:
+    """The unpadded intermediate size when it keeps whole MXFP4 blocks, else the padded one (zeros add 0)."""
+    real = getattr(layer, "intermediate_size_per_partition", padded)
+    return real if real <= padded and real % 32 == 0 else padded
+
+
+def _gptoss_process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
+    _check_serving(self)
+    cfg = self.moe_runner_config
+    n = _used_inter(layer, layer.w13_weight.shape[1] // 2)
+    interleaved = getattr(cfg, "gate_up_interleaved", True)
+    fix = (lambda t: _deinterleave(t, n)) if interleaved else (lambda t: t.contiguous())
+    w13 = _set(layer, "w13_weight", fix(layer.w13_weight.data))
+    s13 = _set(layer, "w13_weight_scale", fix(layer.w13_weight_scale.data))
+    w2 = _set(layer, "w2_weight", layer.w2_weight.data[:, :, : n // 2].contiguous())
+    s2 = _set(layer, "w2_weight_scale", layer.w2_weight_scale.data[:, :, : n // 32].contiguous())
+    b13 = b2 = None
+    if getattr(layer, "w13_weight_bias", None) is not None:
+        b13 = _set(layer, "w13_weight_bias", fix(layer.w13_weight_bias.data.float()))
+        b2 = _set(layer, "w2_weight_bias", layer.w2_weight_bias.data.float().contiguous())
+    act = ACT_SWIGLU_OAI if cfg.gemm1_alpha is not None else ACT_SILU
+    layer._speedrun_moe = MoeWeights(w13, s13, w2, s2, b13, b2, a4=False, act=act,
+                                     alpha=cfg.gemm1_alpha or 1.702, limit=cfg.gemm1_clamp_limit or 7.0)  # fmt: skip
+    torch.cuda.empty_cache()
+
+
+def _quark_process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
+    _check_serving(self)
+    if not getattr(self, "is_checkpoint_mxfp4_serialized", True) or getattr(self, "dequantization_config", None):
+        raise Unsupported("online-quantized quark experts (ROCm-only loaders)")
+    w13, w2 = layer.w13_weight.data, layer.w2_weight.data
+    if w13.dtype != torch.uint8 or w13.shape[1] != 2 * w2.shape[2] * 2:
+        raise Unsupported(f"unexpected quark expert shapes w13 {tuple(w13.shape)} w2 {tuple(w2.shape)}")
+    layer._speedrun_moe = MoeWeights(
+        _set(layer, "w13_weight", w13.contiguous()),
+        _set(layer, "w13_weight_scale", layer.w13_weight_scale.data.contiguous()),
+        _set(layer, "w2_weight", w2.contiguous()),
+        _set(layer, "w2_weight_scale", layer.w2_weight_scale.data.contiguous()),
+        a4=True,
+        act=ACT_SILU,
+    )
+
+
+def _triton_kernels_to_standard(topk_output: Any, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """TritonKernelTopKOutput (expert-sorted gate scales + combine index) -> (weights, ids) [M, topk], on GPU."""
+    routing, gather, _ = topk_output
+    k = routing.n_expts_act
+    combine = gather.src_indx.long()  # sorted position -> flat slot t*k + j
+    ends = torch.cumsum(routing.expt_hist, 0)
+    pos = torch.arange(combine.numel(), device=combine.device)
+    experts = torch.searchsorted(ends, pos, right=True).to(torch.int32)
+    ids = torch.empty(num_tokens * k, dtype=torch.int32, device=combine.device).scatter_(0, combine, experts)
+    weights = torch.empty(num_tokens * k, dtype=torch.float32, device=combine.device)
+    weights.scatter_(0, combine, routing.gate_scal.float())
+    return weights.view(num_tokens, k), ids.view(num_tokens, k)
+
+
+def _standard_topk(topk_output: Any, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from sglang.srt.layers.moe.topk import TopKOutputChecker
+
+    if TopKOutputChecker.format_is_triton_kernels(topk_output):
+        return _triton_kernels_to_standard(topk_output, num_tokens)
+    if TopKOutputChecker.format_is_bypassed(topk_output):
+        topk_output = topk_output.to_standard()
+    return topk_output.topk_weights, topk_output.topk_ids
+
+
+@functools.cache
+def _experts_apply_scaling() -> bool:
+    """DeepSeek leaves routed_scaling_factor to the experts on CUDA and with aiter; else the model applies it."""
+    if torch.version.hip is None:
+        return True
+    return os.environ.get("SGLANG_USE_AITER", "0").lower() in ("1", "true", "yes")
+
+
+def _run(self: Any, layer: torch.nn.Module, dispatch_output: Any) -> Any:
+    w: MoeWeights | None = getattr(layer, "_speedrun_moe", None)
+    if w is None:
+        raise Unsupported("experts not prepared by speedrun (process_weights fell back to stock)")
+    from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
+
+    x = dispatch_output.hidden_states
+    topk_weights, topk_ids = _standard_topk(dispatch_output.topk_output, x.shape[0])
+    cfg = getattr(self, "moe_runner_config", None) or layer.moe_runner_config
+    rsf = (cfg.routed_scaling_factor or 1.0) if _experts_apply_scaling() else 1.0
+    if backend_for(OP) == "reference":
+        from speedrun.overlays.mxfp4_moe.reference import moe_reference
+
+        pad = w.w13.shape[2] * 2 - x.shape[1]  # hidden padding of aiter layouts
+        out = moe_reference(torch.nn.functional.pad(x, (0, pad)), w.w13, w.w13_scale, w.w2, w.w2_scale, topk_ids,
+                            topk_weights, b13=w.b13, b2=w.b2, a4=w.a4, act=w.act, alpha=w.alpha, limit=w.limit,
+                            routed_scaling_factor=rsf)[:, : x.shape[1]]  # fmt: skip
+    else:
+        out = fused_moe_mxfp4(x, w, topk_ids, topk_weights, rsf)
+    return StandardCombineInput(hidden_states=out)
+
+
+def _gptoss_apply(original: Any, self: Any, layer: torch.nn.Module, dispatch_output: Any, *args: Any) -> Any:
+    return _run(self, layer, dispatch_output)
+
+
+def _quark_apply(original: Any, self: Any, layer: torch.nn.Module, dispatch_output: Any, *args: Any) -> Any:
+    return _run(self, layer, dispatch_output)
+
+
+gptoss_process_weights = around(OP, _gptoss_process_weights)
+gptoss_apply = around(OP, _gptoss_apply)
+quark_process_weights = around(OP, _quark_process_weights)
+quark_apply = around(OP, _quark_apply)

@@ -1,0 +1,226 @@
+"""CPU tests: the MoE kernels under the Triton interpreter vs the torch reference (small shapes, both
+formats, routing / padding / EP-filtered slots), the sort, the load-time re-layouts, configs, AOT compile."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import torch
+
+# The interpreter only where there is no GPU (TRITON_INTERPRET is read when kernels are decorated, so setting it
+# in a process that also runs GPU tests would interpret their kernels); on a GPU host these tests skip.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+from speedrun.overlays.arch import load_configs
+from speedrun.overlays.mx.quant import quant_mxfp4
+from speedrun.overlays.mxfp4_moe import sort
+from speedrun.overlays.mxfp4_moe._interp import patch_interpreter
+from speedrun.overlays.mxfp4_moe.hook import _deinterleave, _triton_kernels_to_standard
+from speedrun.overlays.mxfp4_moe.moe import ACT_SILU, ACT_SWIGLU_OAI, MoeWeights, fused_moe_mxfp4, quant_rows
+from speedrun.overlays.mxfp4_moe.reference import moe_reference
+
+TINY = dict(BLOCK_M=16, BLOCK_N1=32, BLOCK_K1=64, warps1=4, stages1=1, BLOCK_N2=32, BLOCK_K2=64, warps2=4, stages2=1)
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="CPU interpreter tests (GPU hosts run test_mxfp4_moe_gpu.py)"
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interp():
+    patch_interpreter()
+
+
+def _routing(m: int, e: int, topk: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(e, generator=g)[:topk] for _ in range(m)]).int()
+    return ids, torch.rand(m, topk, generator=g)
+
+
+def _weights(e: int, n: int, h: int, seed: int, **kw) -> MoeWeights:
+    g = torch.Generator().manual_seed(seed)
+    u8 = lambda *s, lo=0, hi=256: torch.randint(lo, hi, s, generator=g, dtype=torch.uint8)
+    return MoeWeights(u8(e, 2 * n, h // 2), u8(e, 2 * n, h // 32, lo=121, hi=126), u8(e, h, n // 2),
+                      u8(e, h, n // 32, lo=121, hi=126), **kw)  # fmt: skip
+
+
+def _check(out: torch.Tensor, ref: torch.Tensor, rel: float) -> None:
+    err = (out.float() - ref.float()).norm() / ref.float().norm()
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16
+    assert err < rel, f"relative L2 error {err:.4f} >= {rel}"
+
+
+def _ref(x, w: MoeWeights, ids, tw, **kw):
+    return moe_reference(x, w.w13, w.w13_scale, w.w2, w.w2_scale, ids, tw, b13=w.b13, b2=w.b2, a4=w.a4, act=w.act,
+                         alpha=w.alpha, limit=w.limit, **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("m,e,topk,bm", [(1, 128, 4, 16), (37, 257, 9, 16), (300, 32, 8, 32), (5, 6, 6, 16)])
+@pytest.mark.parametrize("small", [True, False])
+def test_sort_groups_slots_by_expert(m, e, topk, bm, small, monkeypatch):
+    monkeypatch.setattr(sort, "SMALL_MAX", 1 << 30 if small else 0)
+    ids, _ = _routing(m, e, topk, seed=m)
+    ids[(ids % 5) == 0] = -1  # EP-filtered slots are dropped
+    s = sort.sort_tokens(ids, e, bm)
+    flat, npad = ids.reshape(-1), int(s.num_padded)
+    body = s.sorted_ids[:npad]
+    real = body[body < flat.numel()]
+    assert sorted(real.tolist()) == [i for i in range(flat.numel()) if flat[i] >= 0]
+    assert npad % bm == 0 and npad <= s.max_blocks * bm
+    for b in range(npad // bm):
+        blk = body[b * bm : (b + 1) * bm]
+        blk = blk[blk < flat.numel()].long()
+        assert blk.numel() > 0 and (flat[blk] == s.expert_ids[b]).all()
+    assert (s.expert_ids[npad // bm :] == -1).all() and (s.sorted_ids[npad:] == flat.numel()).all()
+
+
+def test_quant_rows_bit_exact_with_reference_quantizer():
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(6, 512, generator=g) * torch.logspace(-3, 3, 512)).bfloat16()
+    x[0, :32] = 0
+    q, s = quant_rows(x)
+    rq, rs = quant_mxfp4(x)
+    assert torch.equal(q, rq) and torch.equal(s, rs)
+
+
+@pytest.mark.parametrize("m,topk", [(1, 4), (19, 4)])
+def test_w4a16_swiglu_bias_matches_reference(m, topk):
+    e, n, h = 6, 64, 96
+    w = _weights(e, n, h, seed=2, act=ACT_SWIGLU_OAI)
+    g = torch.Generator().manual_seed(3)
+    w.b13, w.b2 = torch.randn(e, 2 * n, generator=g), torch.randn(e, h, generator=g)
+    x = torch.randn(m, h, generator=g).bfloat16()
+    ids, tw = _routing(m, e, topk, seed=4)
+    _check(fused_moe_mxfp4(x, w, ids, tw, cfg=TINY, arch="sm90"), _ref(x, w, ids, tw), 1e-2)
+
+
+def test_w4a16_hidden_padding_is_ignored():
+    """aiter layouts pad hidden: w13 K and w2 rows beyond x's width must not change the result."""
+    e, n, h, pad = 4, 32, 64, 32
+    w = _weights(e, n, h + pad, seed=5, act=ACT_SWIGLU_OAI)
+    w.w13[:, :, h // 2 :] = 0
+    x = torch.randn(3, h).bfloat16()
+    ids, tw = _routing(3, e, 2, seed=6)
+    ref = _ref(torch.nn.functional.pad(x, (0, pad)), w, ids, tw)[:, :h]
+    _check(fused_moe_mxfp4(x, w, ids, tw, cfg=TINY, arch="sm90"), ref, 1e-2)
+
+
+@pytest.mark.parametrize("m", [1, 21])
+def test_w4a4_silu_matches_reference(m):
+    e, n, h, topk = 9, 64, 128, 5
+    w = _weights(e, n, h, seed=7, a4=True, act=ACT_SILU)
+    x = torch.randn(m, h).bfloat16()
+    ids, tw = _routing(m, e, topk, seed=8)
+    ids[:, -1] = -1  # one EP-filtered slot per token
+    out = fused_moe_mxfp4(x, w, ids, tw, routed_scaling_factor=2.5, cfg=TINY, arch="sm90")
+    _check(out, _ref(x, w, ids, tw, routed_scaling_factor=2.5), 3e-2)
+
+
+def test_deinterleave_matches_gptoss_swiglu_layout():
+    """Rows (g0, u0, g1, u1, ...) -> [gate ; up]; SGLang reads gate = x[..., ::2], up = x[..., 1::2]."""
+    t = torch.arange(2 * 2 * 6).view(2, 12, 1)
+    out = _deinterleave(t, 6)
+    assert torch.equal(out[:, :6, 0], t[:, 0::2, 0]) and torch.equal(out[:, 6:, 0], t[:, 1::2, 0])
+    assert torch.equal(_deinterleave(t, 4)[:, :4, 0], t[:, 0:8:2, 0])  # padded tail dropped
+
+
+def test_triton_kernels_topk_conversion():
+    m, e, k = 7, 10, 3
+    ids, tw = _routing(m, e, k, seed=9)
+    flat = ids.reshape(-1).long()
+    order = torch.argsort(flat * 1000 + torch.arange(flat.numel()))  # expert-sorted slots (combine index)
+    routing = SimpleNamespace(n_expts_act=k, expt_hist=torch.bincount(flat, minlength=e),
+                              gate_scal=tw.reshape(-1)[order])  # fmt: skip
+    w2, i2 = _triton_kernels_to_standard((routing, SimpleNamespace(src_indx=order.int()), None), m)
+    assert torch.equal(i2, ids) and torch.equal(w2, tw)
+
+
+@pytest.mark.parametrize("arch", ["sm90", "gfx950"])
+def test_configs_are_complete_and_legal(arch):
+    cfgs = load_configs("mxfp4_moe", arch)
+    for fmt in ("w4a16", "w4a4"):
+        for b in ("tpe<=1", "tpe<=4", "tpe<=16", "tpe<=64", "tpe<=256", "tpe>256"):
+            c = cfgs[f"{fmt}:{b}"]
+            assert c["BLOCK_M"] >= 16 and c["BLOCK_K1"] % 64 == 0 and c["BLOCK_K2"] % 64 == 0
+            assert fmt == "w4a16" or c["BLOCK_N1"] % 32 == 0  # GEMM1 quantizes its output per 32
+            assert arch != "gfx950" or (c["dot_scaled"] and c["BLOCK_K1"] % 128 == 0)
+
+
+COMPILE_ALL = """
+import json, sys
+from speedrun.overlays.aot import compile_spec
+from speedrun.overlays.mxfp4_moe.compile import compile_specs
+results = [compile_spec(s, sys.argv[1]) for s in compile_specs(sys.argv[1])]
+print(json.dumps({"n": len(results), "bad": [(r.name, r.error) for r in results if not r.ok],
+                  "mma": sorted({m for r in results for m in r.mma})}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["sm90", "gfx950"])
+def test_aot_compile_all_configs(arch):
+    """Every kernel x config compiles for the target and uses its matrix unit (w4a4 on gfx950: v_mfma_scale).
+    Runs in a child process: kernels decorated under TRITON_INTERPRET=1 cannot be compiled."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", COMPILE_ALL, arch], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["n"] == 24 + 5 and not res["bad"], res["bad"]
+    assert arch != "gfx950" or any(m.startswith("v_mfma_scale") for m in res["mma"])
+
+
+def test_bench_reporting_on_fake_rows(tmp_path):
+    from speedrun.overlays.mxfp4_moe import bench
+
+    sets = [{"ids": torch.tensor([[0, 1], [1, 2]]), "x": torch.zeros(2, 64)}]
+    per_expert = 2 * 32 * 64 // 2 + 2 * 32 * 64 // 32 + 64 * 32 // 2 + 64 * 32 // 32
+    assert bench.min_bytes(sets, 8, 64, 32, gptoss=False) == 3 * per_expert + 2 * 2 * 64 * 2
+    base = dict(gpu="H100", model="m", experts=8, topk=2, hidden=64, inter=32)
+    rows = [dict(impl="speedrun", m=1, us=10.0, gbps=100.0, pct_hbm_peak=3.0, **base),
+            dict(impl="triton_kernels", m=1, us=15.0, gbps=66.0, pct_hbm_peak=2.0, **base),
+            dict(impl="flashinfer", m=1, us=None, gbps=None, error="setup: x", **base)]  # fmt: skip
+    text = bench.summary(rows)
+    assert "1.50" in text and "error" in text
+    bench.plot(rows, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_gptoss_process_weights_keeps_sglang_semantics(monkeypatch):
+    """Raw SGLang layout (interleaved gate/up rows, bf16 biases) through our process hook, then our kernels,
+    against SGLang's own formula on the raw layout: gate = h[..., ::2], up = h[..., 1::2]."""
+    from speedrun.overlays.mx.format import dequant_mxfp4
+    from speedrun.overlays.mxfp4_moe import hook
+
+    monkeypatch.setattr(hook, "_check_serving", lambda self: None)
+    e, n, h, m, topk = 4, 32, 64, 3, 2
+    raw = _weights(e, n, h, seed=11)
+    g = torch.Generator().manual_seed(12)
+    layer = torch.nn.Module()
+    for name, t in (("w13_weight", raw.w13), ("w13_weight_scale", raw.w13_scale), ("w2_weight", raw.w2),
+                    ("w2_weight_scale", raw.w2_scale), ("w13_weight_bias", torch.randn(e, 2 * n, generator=g)),
+                    ("w2_weight_bias", torch.randn(e, h, generator=g))):  # fmt: skip
+        layer.register_parameter(name, torch.nn.Parameter(t.clone(), requires_grad=False))
+    layer.intermediate_size_per_partition = n
+    b13, b2 = layer.w13_weight_bias.data.clone(), layer.w2_weight_bias.data.clone()
+    cfg = SimpleNamespace(gemm1_alpha=1.702, gemm1_clamp_limit=7.0, gate_up_interleaved=True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    hook._gptoss_process_weights(None, SimpleNamespace(moe_runner_config=cfg), layer)
+    x = torch.randn(m, h, generator=g).bfloat16()
+    ids, tw = _routing(m, e, topk, seed=13)
+    out = fused_moe_mxfp4(x, layer._speedrun_moe, ids, tw, cfg=TINY, arch="sm90")
+    want = torch.zeros(m, h)
+    for t in range(m):
+        for j in range(topk):
+            ex = int(ids[t, j])
+            hh = (x[t].float() @ dequant_mxfp4(raw.w13[ex], raw.w13_scale[ex]).T + b13[ex]).bfloat16().float()
+            gate, up = hh[0::2].clamp(max=7.0), hh[1::2].clamp(-7.0, 7.0)
+            act = (gate * torch.sigmoid(1.702 * gate) * (up + 1)).bfloat16().float()
+            want[t] += tw[t, j] * (act @ dequant_mxfp4(raw.w2[ex], raw.w2_scale[ex]).T + b2[ex])
+    _check(out, want.bfloat16(), 1e-2)
