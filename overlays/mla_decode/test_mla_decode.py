@@ -29,9 +29,9 @@ DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 @pytest.fixture(autouse=True, scope="module")
 def _interpreter():
     if DEV == "cpu":
-        from speedrun.overlays.mla_decode.interp_shim import patch_interpreter
+        from speedrun.overlays import interpreter
 
-        patch_interpreter()
+        interpreter.patch()
 
 
 def make_batch(heads: int, lens: list[int], kv_dtype: torch.dtype, page_size: int, seed: int = 0) -> dict:

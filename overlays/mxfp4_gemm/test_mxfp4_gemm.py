@@ -19,8 +19,7 @@ DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 import pytest  # noqa: E402
 
-from speedrun.overlays import report  # noqa: E402
-from speedrun.overlays.mx import interpreter  # noqa: E402
+from speedrun.overlays import interpreter, report  # noqa: E402
 from speedrun.overlays.mx.format import dequant_mxfp4  # noqa: E402
 from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4  # noqa: E402
 from speedrun.overlays.mxfp4_gemm import gemm, hook  # noqa: E402

@@ -18,10 +18,10 @@ if not torch.cuda.is_available():
 
 import pytest
 
+from speedrun.overlays import interpreter
 from speedrun.overlays.arch import load_configs
 from speedrun.overlays.mx.quant import quant_mxfp4
 from speedrun.overlays.mxfp4_moe import sort
-from speedrun.overlays.mxfp4_moe._interp import patch_interpreter
 from speedrun.overlays.mxfp4_moe.hook import _deinterleave, _triton_kernels_to_standard
 from speedrun.overlays.mxfp4_moe.moe import ACT_SILU, ACT_SWIGLU_OAI, MoeWeights, fused_moe_mxfp4, quant_rows
 from speedrun.overlays.mxfp4_moe.reference import moe_reference
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True, scope="module")
 def _interp():
-    patch_interpreter()
+    interpreter.patch()
 
 
 def _routing(m: int, e: int, topk: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Test-side shims for Triton 3.6's CPU interpreter (kernels are unchanged; GPU runs never import this).
+"""Test-side shims for Triton 3.6's CPU interpreter, shared by every op's CPU tests (kernels are unchanged;
+GPU runs never import this).
 
 1. A scalar is a 1-element array and `range(...)` bounds call `int()` on it, which numpy >= 2.4 rejects
    ("only 0-dimensional arrays can be converted to Python scalars").
@@ -18,7 +19,7 @@ def _bf16_to_f32(data: np.ndarray) -> np.ndarray:
     return (data.astype(np.uint32) << 16).view(np.float32)
 
 
-def patch_interpreter() -> None:
+def patch() -> None:
     import triton.language as tl
     from triton.runtime import interpreter
 
