@@ -21,6 +21,7 @@ Q = "sglang.srt.layers.quantization"
 TABLE: list[Hook | tuple] = [
     ("synthetic", "sglang.srt.model_loader.weight_utils.initialize_dummy_weights", "synthetic.hook:fill_after_dummy", "after", "--load-format dummy + SPEEDRUN_SYNTHETIC_FILL=1"),
     ("mla_decode", "sglang.srt.layers.attention.attention_registry.ATTENTION_BACKENDS", "mla_decode.hook:register_backend", "registry", "--attention-backend / --decode-attention-backend speedrun_mla on an MLA model"),
+    ("mla_decode", "sglang.srt.speculative.draft_utils.DRAFT_BACKEND_ALIASES", "mla_decode.draft:alias_draft_backend", "registry", "speculative decoding: the EAGLE/MTP draft runs triton (patch 0001)"),
     ("mxfp4_moe", f"{Q}.mxfp4.Mxfp4MoEMethod.process_weights_after_loading", "mxfp4_moe.hook:gptoss_process_weights", "around", "GPT-OSS mxfp4 experts, moe runner auto|triton|triton_kernel"),
     ("mxfp4_moe", f"{Q}.mxfp4.Mxfp4MoEMethod.apply", "mxfp4_moe.hook:gptoss_apply", "around", "standard / triton_kernel / bypassed top-k output, no a2a dispatch"),
     ("mxfp4_moe", f"{Q}.quark.schemes.quark_w4a4_mxfp4_moe.QuarkW4A4MXFp4MoE.process_weights_after_loading", "mxfp4_moe.hook:quark_process_weights", "around", "quark w_mxfp4_a_mxfp4 experts"),

@@ -158,16 +158,19 @@ def doctor() -> None:
     console.print(t)
     console.print(f"GPU: {_gpu()}")
     root = sglang_root()
+    series = patching.load_series(SGLANG_PIN)
     h = Table(title="overlay hook targets in the installed sglang")
     for col in ("op", "target", "present", "when"):
         h.add_column(col)
     for row in hooks():
         ok = root is not None and target_exists(row.target, root)
-        h.add_row(row.op, row.target, "[green]yes[/]" if ok else "[red]no[/]", row.when)
+        via = None if ok else patching.provided_by(row.target, series)
+        present = "[green]yes[/]" if ok else f"[yellow]after {via}[/]" if via else "[red]no[/]"
+        h.add_row(row.op, row.target, present, row.when)
     console.print(h)
     if root is not None:
         try:
-            for name, state in patching.status(patching.load_series(SGLANG_PIN), root.parent).items():
+            for name, state in patching.status(series, root.parent).items():
                 console.print(f"patch {name}: {state}", highlight=False)
         except patching.PatchError as exc:
             console.print(f"patch series: {exc}")
@@ -279,34 +282,37 @@ def kernels_bench(ctx: typer.Context, op: str, out: Path = Path(".runs/kernels")
 @kernels_app.command("compile")
 def kernels_compile(
     arch: Annotated[str, typer.Option(help="gfx950 | sm90 | all")] = "all",
-    op: Annotated[list[str] | None, typer.Option(help="op(s); default all")] = None,
+    op: Annotated[list[str] | None, typer.Option(help="op(s) or module[:function]; default all ops")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    workers: Annotated[int, typer.Option(help="compile processes")] = 2,
+) -> None:
+    """Compile every kernel x config for the target arch on this machine (no GPU needed): matrix instructions,
+    registers, shared memory, spills, occupancy. Exit 1 when one fails to compile, spills, or lacks its MMA."""
+    from speedrun.overlays.readiness import report
+
+    archs = report.ARCHS if arch == "all" else (arch,)
+    bad = [a for a in archs if a not in report.ARCHS] + [o for o in op or () if o not in OPS and "." not in o]
+    if bad:  # a dotted "module[:function]" returning CompileSpecs is accepted too (tests, new ops)
+        fail(f"unknown arch/op {bad}: archs {report.ARCHS}, ops {OPS}")
+    result = report.run(op or OPS, archs, workers=workers)
+    if as_json:
+        print(json.dumps(result, indent=1))
+    else:
+        console.print(report.table(result))
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+@kernels_app.command("roofline")
+def kernels_roofline(
+    results: Annotated[Path, typer.Option(help="folder of measured <op>.json")] = Path("docs/results/kernels"),
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Compile every kernel x config for the target arch on this machine (no GPU needed)."""
-    from speedrun.overlays.aot import compile_spec
+    """ESTIMATE: MI355X roofline per op and shape (vendor peak figures) next to the measured card's fraction."""
+    from speedrun.overlays.readiness import roofline
 
-    archs = ("gfx950", "sm90") if arch == "all" else (arch,)
-    rows, failed = [], 0
-    for name in op or OPS:
-        mod = importlib.import_module(f"speedrun.overlays.{name}.compile")
-        for a in archs:
-            for spec in mod.compile_specs(a):
-                res = compile_spec(spec, a)
-                failed += not res.ok
-                rows.append({"op": name, "kernel": res.name, "arch": a, "ok": res.ok, "mma": res.mma,
-                             "shared": res.shared, "error": res.error})
-    if as_json:
-        print(json.dumps(rows, indent=1))
-    else:
-        t = Table(title="AOT compile")
-        for col in ("op", "kernel", "arch", "ok", "matrix instr", "shared B", "error"):
-            t.add_column(col)
-        for r in rows:
-            t.add_row(r["op"], r["kernel"], r["arch"], "[green]ok[/]" if r["ok"] else "[red]FAIL[/]",
-                      ",".join(r["mma"])[:60], str(r["shared"]), (r["error"] or "")[:80])
-        console.print(t)
-    if failed:
-        raise typer.Exit(1)
+    rows = roofline.table(results)
+    print(json.dumps({"meta": roofline.META, "rows": rows}, indent=1) if as_json else roofline.markdown(rows))
 
 
 def register(app: typer.Typer) -> None:

@@ -166,3 +166,15 @@ def apply(patches: list[Patch], root: Path, *, reverse: bool = False, check: boo
         for path, text in files.items():
             path.write_text(text)
     return sorted(files)
+
+
+def provided_by(target: str, patches: list[Patch]) -> str | None:
+    """The patch of the series that defines `target` (a dotted sglang path), if any: a hook point we add."""
+    module, _, attr = target.rpartition(".")
+    path = module.replace(".", "/") + ".py"
+    for p in patches:
+        for fp in p.files:
+            added = [ln[1:] for h in fp.hunks for ln in h.lines if ln.startswith("+")]
+            if fp.path == path and any(ln.startswith((f"{attr} ", f"{attr}:", f"{attr}=")) for ln in added):
+                return p.name
+    return None

@@ -114,7 +114,11 @@ def test_process_identity_reads_scheduler_frame():
 @needs_sglang
 @pytest.mark.parametrize("row", hooks(), ids=lambda r: r.target.rsplit(".", 2)[-2] + "." + r.target.rsplit(".", 1)[-1])
 def test_every_hook_target_exists_in_sglang_source(row):
-    assert target_exists(row.target), f"{row.target} is not defined in the installed sglang"
+    """Every target is in SGLang 0.5.17's source, or is a hook point our patch series adds."""
+    from speedrun.patching import load_series, provided_by
+
+    if not target_exists(row.target):
+        assert provided_by(row.target, load_series("0.5.17")), f"{row.target}: not in sglang, no patch adds it"
 
 
 @pytest.mark.parametrize("row", hooks(), ids=lambda r: r.fn)
