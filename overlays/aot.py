@@ -2,6 +2,18 @@
 
 Each op exposes `compile_specs(arch) -> list[CompileSpec]` (in `overlays/<op>/compile.py`), one per
 kernel x config in its per-arch table; `speedrun kernels compile` and CI compile them all.
+
+Specialization hints (`CompileSpec.attrs`). A JIT launch specializes each argument on what it sees: a pointer
+whose address is 16-byte aligned and an integer divisible by 16 get `tt.divisibility = 16` ("D"), and on AMD a
+tensor smaller than 2 GiB gets `tt.pointer_range = 32` ("S", which enables buffer loads). An AOT compile sees
+no values, so without hints it assumes nothing: no vectorized loads, often no software pipelining, and the
+report would describe a different kernel from the one that runs. Pass the JIT's codes per argument name:
+
+    CompileSpec(..., attrs={"a_ptr": "DS", "w_ptr": "DS", "stride_am": "D"})   # or attrs=aligned(sig, ...)
+
+Each backend turns the codes into IR attributes exactly as the JIT does (CUDA ignores "S"). Only promise what
+every real launch satisfies (torch allocations are 256-byte aligned; a stride is "D" only if always % 16 == 0).
+Empty attrs (the default) compile as before.
 """
 
 from __future__ import annotations
@@ -21,6 +33,25 @@ class CompileSpec:
     constexprs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # num_warps, num_stages, waves_per_eu, ...
     expect_mma: str | None = None  # regex that must appear in the assembly (e.g. v_mfma_scale on gfx950)
+    attrs: dict[str, str] = field(default_factory=dict)  # arg -> JIT specialization codes "D" / "S" / "DS"
+
+
+def aligned(signature: dict[str, str], *names: str) -> dict[str, str]:
+    """attrs for `names` (all pointers and ints of `signature` when none given) as a JIT launch would see them
+    with aligned tensors and multiple-of-16 integers: pointers "DS", integers "D"."""
+    picked = names or [k for k, v in signature.items() if v.startswith("*") or v[0] in "iu"]
+    return {k: "DS" if signature[k].startswith("*") else "D" for k in picked}
+
+
+def ir_attrs(fn: Any, attrs: dict[str, str], backend: Any) -> dict[tuple[int, ...], list[list[Any]]]:
+    """CompileSpec.attrs -> ASTSource attrs ({(arg index,): [[name, value], ...]}) through the backend's own
+    `parse_attr`, the function the JIT uses on its specialization codes."""
+    out = {}
+    for name, codes in attrs.items():
+        parsed = backend.parse_attr(codes)
+        if parsed:
+            out[(fn.arg_names.index(name),)] = parsed
+    return out
 
 
 @dataclass
@@ -32,9 +63,12 @@ class CompileResult:
     mma: list[str] = field(default_factory=list)
     shared: int | None = None
     asm: str = ""
+    binary: bytes | None = None  # cubin (sm90) / hsaco (gfx950): `speedrun kernels compile` reads registers here
+    num_warps: int | None = None
 
 
-MMA_PATTERNS = {"gfx950": r"v_mfma\w*", "sm90": r"wgmma\.\w+|mma\.sync\.aligned\.\w+"}
+# The matrix instructions themselves (wgmma fence/commit/wait are bookkeeping, left out).
+MMA_PATTERNS = {"gfx950": r"v_mfma\w*", "sm90": r"wgmma\.mma_async\.sync\.aligned\.\w+|mma\.sync\.aligned\.\w+"}
 
 
 def compile_spec(spec: CompileSpec, arch: str) -> CompileResult:
@@ -42,13 +76,16 @@ def compile_spec(spec: CompileSpec, arch: str) -> CompileResult:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
 
     try:
-        src = ASTSource(spec.fn, signature=spec.signature, constexprs=spec.constexprs)
+        target = GPUTarget(*TARGETS[arch])
+        attrs = ir_attrs(spec.fn, spec.attrs, make_backend(target)) if spec.attrs else None
+        src = ASTSource(spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
         opts = dict(spec.options)
         if arch != "gfx950":
             opts = {k: v for k, v in opts.items() if k not in ("waves_per_eu", "matrix_instr_nonkdim", "kpack")}
-        kernel = triton.compile(src, target=GPUTarget(*TARGETS[arch]), options=opts)
+        kernel = triton.compile(src, target=target, options=opts)
     except Exception as exc:  # the report names the failing kernel and config
         return CompileResult(spec.name, arch, ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
     asm = kernel.asm.get("amdgcn") or kernel.asm.get("ptx") or ""
@@ -56,4 +93,6 @@ def compile_spec(spec: CompileSpec, arch: str) -> CompileResult:
     ok, err = True, None
     if spec.expect_mma and not re.search(spec.expect_mma, asm):
         ok, err = False, f"expected matrix instruction /{spec.expect_mma}/ not in {arch} assembly"
-    return CompileResult(spec.name, arch, ok, err, mma, getattr(kernel.metadata, "shared", None), asm)
+    binary = kernel.asm.get("hsaco") or kernel.asm.get("cubin")
+    md = kernel.metadata
+    return CompileResult(spec.name, arch, ok, err, mma, getattr(md, "shared", None), asm, binary, md.num_warps)
