@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 
+from speedrun.overlays import report
 from speedrun.overlays.hooks import Unsupported, around, backend_for
 from speedrun.overlays.mla_decode import ops
 from speedrun.overlays.mla_decode.kernel import D_LATENT
@@ -43,6 +44,13 @@ class SpeedrunMLABackend(TritonAttnBackend):
             self.own_ws = ops.alloc_workspace(max_num_tokens, self.num_head, self.programs, self.device)
         if self.impl == "aiter":
             self._aiter_buffers(max_num_tokens)
+
+    def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False) -> None:
+        """SGLang's replay prep (DecodeCudaGraphRunner calls it before each replay): counted, so the process
+        report shows our kernel serving replays too, not only the captures that went through `decode`."""
+        super().init_forward_metadata_out_graph(forward_batch, in_capture=in_capture)
+        if not in_capture and getattr(self, "graphs_run_ours", False) and forward_batch.forward_mode.is_decode():
+            report.called("mla_decode/graph_replay")
 
     def _fits(self, logits: torch.Tensor | None, lse: torch.Tensor | None, bs: int) -> bool:
         rows = ops.workspace_rows(bs, self.programs)
@@ -86,9 +94,11 @@ class SpeedrunMLABackend(TritonAttnBackend):
         if self.impl == "aiter":
             return self._aiter(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale)
         ws = self._workspace(q.shape[0], attn_logits, attn_lse)
-        return ops.mla_decode(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale,
-                              page_size=page_size, workspace=ws, config=self.cfg, programs=self.programs,
-                              arch=self.arch)  # fmt: skip
+        ops.mla_decode(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size=page_size,
+                       workspace=ws, config=self.cfg, programs=self.programs, arch=self.arch)  # fmt: skip
+        if torch.cuda.is_current_stream_capturing():
+            self.graphs_run_ours = True  # captured graphs replay our kernel: count their replays
+        return o
 
     # ------------------------------------------------------------------ ROCm: aiter (UNEXECUTED here)
     def _aiter_buffers(self, bs: int) -> dict[str, torch.Tensor]:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from speedrun.overlays.aot import CompileSpec
 from speedrun.overlays.arch import load_configs
 from speedrun.overlays.mla_decode.kernel import D_LATENT, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
-from speedrun.overlays.mla_decode.ops import block_h
+from speedrun.overlays.mla_decode.ops import block_h, kernel_constexprs, kv_config
 
 KV_TYPES = {"bf16": "*bf16", "fp8": "*fp8e4nv"}  # fp8 e4m3fn (OCP): sm90 and gfx950 both take it
+KV_TORCH = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 PARTIAL_ARGS = ["Q", "KV", "O", "PartO", "PartLse", "kv_indptr", "kv_indices"]
 SCALARS = {"qk_scale": "fp32", "v_scale": "fp32", "bs": "i32", "num_programs": "i32"}
@@ -23,9 +26,12 @@ def _options(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: str) -> CompileSpec:
+    """The partial kernel as the launcher builds it for this KV format (fp8 overrides and constexprs included)."""
+    cfg = kv_config(cfg, KV_TORCH[kv])
     ptrs = dict(zip(PARTIAL_ARGS, ["*bf16", KV_TYPES[kv], "*bf16", "*fp32", "*fp32", "*i32", "*i64"], strict=True))
     const = {"H": heads, "BLOCK_H": block_h(heads, cfg), "BLOCK_N": cfg["BLOCK_N"], "BLOCK_B": 256,
-             "MIN_CHUNK": cfg["min_chunk"], "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE}  # fmt: skip
+             "MIN_CHUNK": cfg["min_chunk"], "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE,
+             **kernel_constexprs(cfg, torch.bfloat16, KV_TORCH[kv], arch)}  # fmt: skip
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
     name = f"mla_decode/partial[{bucket},{kv}]"
     return CompileSpec(name, _mla_partial_kernel, sig, const, _options(cfg), EXPECT_MMA[arch])

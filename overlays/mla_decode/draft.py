@@ -16,8 +16,11 @@ def alias_draft_backend() -> None:
 
     aliases = getattr(draft_utils, "DRAFT_BACKEND_ALIASES", None)
     if aliases is None:
-        report.fallback("mla_decode", "mla_decode/draft_alias",
-                        "patch 0001 not applied: EAGLE/MTP drafts cannot be built with speedrun_mla "
-                        "(run `speedrun patch apply`, or pass --speculative-draft-attention-backend)")
+        report.fallback(
+            "mla_decode",
+            "mla_decode/draft_alias",
+            "patch 0001 not applied: EAGLE/MTP drafts cannot be built with speedrun_mla "
+            "(run `speedrun patch apply`, or pass --speculative-draft-attention-backend)",
+        )
         return
     aliases["speedrun_mla"] = DRAFT_BACKEND

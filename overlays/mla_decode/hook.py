@@ -25,6 +25,7 @@ SGLANG_API = {
         "TritonAttnBackend",
         "decode_attention_fwd",
         "init_cuda_graph_state",
+        "init_forward_metadata_out_graph",
         "cuda_graph_attn_logits",
         "cuda_graph_attn_lse",
         "device_core_count",

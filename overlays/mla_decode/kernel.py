@@ -13,6 +13,9 @@ Two Triton kernels, both CUDA-graph safe (no host syncs; the split is computed o
    (chunks p0..p1 -> slots p0+b..p1+b) with a log-sum-exp combine.
 
 Equal chunks keep every program equally busy however the lengths in the batch are mixed.
+Constexpr variants (configs/<arch>.json, see PERF.md): SPLIT_D=4 runs each step as four 128-column dot slices
+(mma.sync holds a whole B operand in registers: the 512-column tile spills at 4 warps); CDT=f16 with CVT_ASM
+computes fp8 caches in f16 (e4m3 -> f16 is exact) with one packed convert per tile.
 """
 
 from __future__ import annotations
@@ -34,6 +37,144 @@ def _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK: tl.constexpr):
     chunk = tl.maximum(tl.cdiv(total, num_programs), MIN_CHUNK)
     chunk = tl.cdiv(chunk, 16) * 16
     return base, total, chunk
+
+
+@triton.jit
+def _kv_tile(KV, row, col, mask_n, W: tl.constexpr, CDT: tl.constexpr, CVT_ASM: tl.constexpr):
+    """A [BLOCK_N, W] slice of gathered latent rows, in the MMA dtype. Masked rows read as zeros: garbage (even
+    NaN fp8 codes) in unused slots never reaches PV."""
+    k = tl.load(KV + row[:, None] + col + tl.arange(0, W)[None, :], mask=mask_n[:, None], other=0.0)
+    if CVT_ASM:
+        # e4m3 -> f16 with the packed sm89+ convert (2 values per instruction). Not pure, on purpose: Triton
+        # then cannot re-run the convert at each dot operand, so the fp8 tile has a single register use, the
+        # pipeliner stages it with cp.async and both dots read one converted f16 copy from shared memory.
+        return tl.inline_asm_elementwise(
+            "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2.e4m3x2 $0, lo; cvt.rn.f16x2.e4m3x2 $1, hi; }",
+            "=r,=r,r", [k], dtype=tl.float16, is_pure=False, pack=4,
+        )  # fmt: skip
+    else:
+        return k.to(CDT)
+
+
+@triton.jit
+def _q_tile(q_row, col, mask_h, W: tl.constexpr, CDT: tl.constexpr, q_mul):
+    return (tl.load(q_row + col + tl.arange(0, W)[None, :], mask=mask_h[:, None], other=0.0) * q_mul).to(CDT)
+
+
+@triton.jit
+def _abs_max(q_row, col, mask_h, W: tl.constexpr):
+    q = tl.load(q_row + col + tl.arange(0, W)[None, :], mask=mask_h[:, None], other=0.0).to(tl.float32)
+    return tl.max(tl.max(tl.abs(q), axis=1), axis=0)
+
+
+@triton.jit
+def _q_multiplier(q_row, mask_h, DL: tl.constexpr, DR: tl.constexpr, CDT: tl.constexpr):
+    """f16 MMA (fp8 KV) on a bf16 q: a power of two that brings max|q| under 2^14 (exact; undone in qk_scale),
+    so q and the f16 scores stay finite however large the absorbed q is."""
+    if CDT == tl.float16:
+        amax = tl.maximum(_abs_max(q_row, 0, mask_h, DL), _abs_max(q_row, DL, mask_h, DR))
+        return tl.exp2(-tl.maximum(tl.ceil(tl.log2(tl.maximum(amax, 1.0))) - 14.0, 0.0))
+    else:
+        return 1.0
+
+
+@triton.jit
+def _row_ptr(KV, loc, stride_kv_page, stride_kv_tok, PAGE_SIZE: tl.constexpr):
+    if PAGE_SIZE == 1:
+        return loc * stride_kv_tok
+    else:
+        return (loc // PAGE_SIZE) * stride_kv_page + (loc % PAGE_SIZE) * stride_kv_tok
+
+
+@triton.jit
+def _online_softmax(s, mask_n, qk_scale, m_i, l_i):
+    s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    pr = tl.exp2(s - m_new[:, None])
+    return pr, alpha, m_new, l_i * alpha + tl.sum(pr, axis=1)
+
+
+@triton.jit
+def _attend_whole(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
+                  BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
+                  DR: tl.constexpr, CDT: tl.constexpr, CVT_ASM: tl.constexpr):  # fmt: skip
+    """One segment, the 512 latent columns as one [BLOCK_N, 512] tile: (acc, m, l)."""
+    q_mul = _q_multiplier(q_row, mask_h, DL, DR, CDT)
+    q_lat = _q_tile(q_row, 0, mask_h, DL, CDT, q_mul)
+    q_rope = _q_tile(q_row, DL, mask_h, DR, CDT, q_mul)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, DL], tl.float32)
+    for n0 in range(pos, seg_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < seg_hi
+        loc = tl.load(kv_indices + offs_n, mask=mask_n, other=0).to(tl.int64)
+        row = _row_ptr(KV, loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
+        k_lat = _kv_tile(KV, row, 0, mask_n, DL, CDT, CVT_ASM)
+        k_rope = _kv_tile(KV, row, DL, mask_n, DR, CDT, CVT_ASM)
+        s = tl.dot(q_lat, tl.trans(k_lat))
+        s = tl.dot(q_rope, tl.trans(k_rope), acc=s)
+        pr, alpha, m_i, l_i = _online_softmax(s, mask_n, qk_scale / q_mul, m_i, l_i)
+        acc = tl.dot(pr.to(CDT), k_lat, acc=acc * alpha[:, None])
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
+                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
+                   DR: tl.constexpr, CDT: tl.constexpr, CVT_ASM: tl.constexpr):  # fmt: skip
+    """Same segment, the latent columns in 4 slices of 128: each dot operand is a quarter of the tile, so
+    Triton's mma.sync path (which holds a whole B operand in registers) stays far from spilling."""
+    DC: tl.constexpr = DL // 4
+    q_mul = _q_multiplier(q_row, mask_h, DL, DR, CDT)
+    q0 = _q_tile(q_row, 0, mask_h, DC, CDT, q_mul)
+    q1 = _q_tile(q_row, DC, mask_h, DC, CDT, q_mul)
+    q2 = _q_tile(q_row, 2 * DC, mask_h, DC, CDT, q_mul)
+    q3 = _q_tile(q_row, 3 * DC, mask_h, DC, CDT, q_mul)
+    q_rope = _q_tile(q_row, DL, mask_h, DR, CDT, q_mul)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc0 = tl.zeros([BLOCK_H, DC], tl.float32)
+    acc1 = tl.zeros([BLOCK_H, DC], tl.float32)
+    acc2 = tl.zeros([BLOCK_H, DC], tl.float32)
+    acc3 = tl.zeros([BLOCK_H, DC], tl.float32)
+    for n0 in range(pos, seg_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < seg_hi
+        loc = tl.load(kv_indices + offs_n, mask=mask_n, other=0).to(tl.int64)
+        row = _row_ptr(KV, loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
+        k0 = _kv_tile(KV, row, 0, mask_n, DC, CDT, CVT_ASM)
+        k1 = _kv_tile(KV, row, DC, mask_n, DC, CDT, CVT_ASM)
+        k2 = _kv_tile(KV, row, 2 * DC, mask_n, DC, CDT, CVT_ASM)
+        k3 = _kv_tile(KV, row, 3 * DC, mask_n, DC, CDT, CVT_ASM)
+        kr = _kv_tile(KV, row, DL, mask_n, DR, CDT, CVT_ASM)
+        s = tl.dot(q_rope, tl.trans(kr))
+        s = tl.dot(q0, tl.trans(k0), acc=s)
+        s = tl.dot(q1, tl.trans(k1), acc=s)
+        s = tl.dot(q2, tl.trans(k2), acc=s)
+        s = tl.dot(q3, tl.trans(k3), acc=s)
+        pr, alpha, m_i, l_i = _online_softmax(s, mask_n, qk_scale / q_mul, m_i, l_i)
+        pc = pr.to(CDT)
+        acc0 = tl.dot(pc, k0, acc=acc0 * alpha[:, None])
+        acc1 = tl.dot(pc, k1, acc=acc1 * alpha[:, None])
+        acc2 = tl.dot(pc, k2, acc=acc2 * alpha[:, None])
+        acc3 = tl.dot(pc, k3, acc=acc3 * alpha[:, None])
+    return acc0, acc1, acc2, acc3, m_i, l_i
+
+
+@triton.jit
+def _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
+               H: tl.constexpr, W: tl.constexpr, DL: tl.constexpr):  # fmt: skip
+    """W columns of a segment's result (O and PartO point at the first): the final output, or its fp32
+    partial in slot `slot`."""
+    out = acc / l_i[:, None]
+    offs = tl.arange(0, W)
+    if final:
+        o_ptr = O + b.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh + offs[None, :]
+        tl.store(o_ptr, (out * v_scale).to(O.dtype.element_ty), mask=mask_h[:, None])
+    else:
+        tl.store(PartO + (slot * H + offs_h[:, None]) * DL + offs[None, :], out, mask=mask_h[:, None])
 
 
 @triton.jit
@@ -63,25 +204,35 @@ def _mla_partial_kernel(
     PAGE_SIZE: tl.constexpr,
     DL: tl.constexpr,
     DR: tl.constexpr,
+    SPLIT_D: tl.constexpr = 1,  # 1: one [BLOCK_N, 512] tile per step; 4: four 128-column slices
+    CDT: tl.constexpr = tl.bfloat16,  # MMA input dtype (q's; f16 for fp8 KV: e4m3 -> f16 is exact and packed)
+    CVT_ASM: tl.constexpr = False,  # e4m3fn KV on sm89+: the packed inline-asm convert (never in the interpreter)
+    PER_SEQ: tl.constexpr = False,  # one program per sequence (grid = bs x head groups) instead of equal chunks
 ):
     NHG: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
     pid = tl.program_id(0)
     hg = pid % NHG  # head groups of one chunk are neighbours: they share its KV tiles in L2
     p = pid // NHG
-    base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK)
-    start = p.to(tl.int64) * chunk
-    end = tl.minimum(start + chunk, total)
-
     offs_h = hg * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_h = offs_h < H
-    offs_l = tl.arange(0, DL)
-    offs_r = tl.arange(0, DR)
-    offs_bb = tl.arange(0, BLOCK_B)
-
-    # First sequence of this chunk: the number of sequences that end at or before `start`.
-    ends = tl.load(kv_indptr + 1 + offs_bb, mask=offs_bb < bs, other=0).to(tl.int64) - base
-    ends = tl.where(offs_bb < bs, ends, total + 1)
-    b = tl.sum((ends <= start).to(tl.int32), axis=0)
+    base = tl.load(kv_indptr).to(tl.int64)
+    if PER_SEQ:  # program p is sequence p: no partials, no merge (large batches of similar lengths)
+        b = p
+        start = tl.load(kv_indptr + p).to(tl.int64) - base
+        end = tl.load(kv_indptr + p + 1).to(tl.int64) - base
+        if end == start:  # an empty sequence attends to nothing: zeros, never garbage (the merge is skipped)
+            offs = tl.arange(0, DL)
+            o_ptr = O + b.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh + offs[None, :]
+            tl.store(o_ptr, tl.zeros([BLOCK_H, DL], tl.float32).to(O.dtype.element_ty), mask=mask_h[:, None])
+    else:
+        base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK)
+        start = p.to(tl.int64) * chunk
+        end = tl.minimum(start + chunk, total)
+        # First sequence of this chunk: the number of sequences that end at or before `start`.
+        offs_bb = tl.arange(0, BLOCK_B)
+        ends = tl.load(kv_indptr + 1 + offs_bb, mask=offs_bb < bs, other=0).to(tl.int64) - base
+        ends = tl.where(offs_bb < bs, ends, total + 1)
+        b = tl.sum((ends <= start).to(tl.int32), axis=0)
     pos = start
     while pos < end:
         seq_lo = tl.load(kv_indptr + b).to(tl.int64) - base
@@ -89,41 +240,31 @@ def _mla_partial_kernel(
         seg_hi = tl.minimum(seq_hi, end)
         if seg_hi > pos:  # empty sequences own no segment
             q_row = Q + b.to(tl.int64) * stride_qb + offs_h[:, None] * stride_qh
-            q_lat = tl.load(q_row + offs_l[None, :], mask=mask_h[:, None], other=0.0)
-            q_rope = tl.load(q_row + DL + offs_r[None, :], mask=mask_h[:, None], other=0.0)
-            m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-            l_i = tl.zeros([BLOCK_H], tl.float32)
-            acc = tl.zeros([BLOCK_H, DL], tl.float32)
-            for n0 in range(pos, seg_hi, BLOCK_N):
-                offs_n = n0 + tl.arange(0, BLOCK_N)
-                mask_n = offs_n < seg_hi
-                loc = tl.load(kv_indices + base + offs_n, mask=mask_n, other=0).to(tl.int64)
-                if PAGE_SIZE == 1:
-                    row = loc * stride_kv_tok
-                else:
-                    row = (loc // PAGE_SIZE) * stride_kv_page + (loc % PAGE_SIZE) * stride_kv_tok
-                # Masked rows read as zeros: garbage (even NaN fp8 codes) in unused slots never reaches PV.
-                k_lat = tl.load(KV + row[:, None] + offs_l[None, :], mask=mask_n[:, None], other=0.0)
-                k_rope = tl.load(KV + row[:, None] + DL + offs_r[None, :], mask=mask_n[:, None], other=0.0)
-                k_lat = k_lat.to(q_lat.dtype)  # fp8 -> bf16 in registers; the scale is folded elsewhere
-                k_rope = k_rope.to(q_lat.dtype)
-                s = tl.dot(q_lat, tl.trans(k_lat))
-                s = tl.dot(q_rope, tl.trans(k_rope), acc=s)
-                s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, axis=1))
-                alpha = tl.exp2(m_i - m_new)
-                pr = tl.exp2(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(pr, axis=1)
-                acc = acc * alpha[:, None] + tl.dot(pr.to(k_lat.dtype), k_lat)
-                m_i = m_new
-            out = acc / l_i[:, None]
-            if (pos == seq_lo) & (seg_hi == seq_hi):  # whole sequence in this chunk: final output
-                o_ptr = O + b.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh + offs_l[None, :]
-                tl.store(o_ptr, (out * v_scale).to(O.dtype.element_ty), mask=mask_h[:, None])
+            final = (pos == seq_lo) & (seg_hi == seq_hi)  # whole sequence in this chunk: write the output
+            slot = (p + b).to(tl.int64)
+            kv_idx = kv_indices + base
+            if SPLIT_D == 4:
+                DC: tl.constexpr = DL // 4
+                acc0, acc1, acc2, acc3, m_i, l_i = _attend_split4(
+                    KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
+                    BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, CDT, CVT_ASM,
+                )  # fmt: skip
+                _store_out(O, PartO, acc0, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
+                           H, DC, DL)  # fmt: skip
+                _store_out(O + DC, PartO + DC, acc1, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob,
+                           stride_oh, H, DC, DL)  # fmt: skip
+                _store_out(O + 2 * DC, PartO + 2 * DC, acc2, l_i, final, b, slot, offs_h, mask_h, v_scale,
+                           stride_ob, stride_oh, H, DC, DL)  # fmt: skip
+                _store_out(O + 3 * DC, PartO + 3 * DC, acc3, l_i, final, b, slot, offs_h, mask_h, v_scale,
+                           stride_ob, stride_oh, H, DC, DL)  # fmt: skip
             else:
-                slot = (p + b).to(tl.int64)
-                po_ptr = PartO + (slot * H + offs_h[:, None]) * DL + offs_l[None, :]
-                tl.store(po_ptr, out, mask=mask_h[:, None])
+                acc, m_i, l_i = _attend_whole(
+                    KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
+                    BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, CDT, CVT_ASM,
+                )  # fmt: skip
+                _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
+                           H, DL, DL)  # fmt: skip
+            if (pos != seq_lo) | (seg_hi != seq_hi):  # a partial: its log2-sum-exp for the merge
                 tl.store(PartLse + slot * H + offs_h, m_i + tl.log2(l_i), mask=mask_h)
         pos = tl.maximum(seg_hi, pos)
         b += 1

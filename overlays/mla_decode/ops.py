@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import triton
+import triton.language as tl
 
 from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs
 from speedrun.overlays.hooks import Unsupported
@@ -36,6 +37,30 @@ def config_for(heads: int, arch: str | None = None) -> dict[str, Any]:
         if heads <= limit:
             return cfg
     return buckets[-1][1]
+
+
+FP8_KNOBS = ("BLOCK_N", "num_warps", "num_stages", "split_d", "fp8_cvt")  # what cfg["fp8"] may override
+
+
+def kv_config(cfg: dict[str, Any], kv_dtype: torch.dtype) -> dict[str, Any]:
+    """The bucket's config for this KV dtype: fp8 caches take the kernel knobs of cfg["fp8"] (never the split
+    width: programs_per_sm sizes the workspace the caller already holds)."""
+    if kv_dtype.itemsize != 1 or "fp8" not in cfg:
+        return cfg
+    return {**cfg, **{k: v for k, v in cfg["fp8"].items() if k in FP8_KNOBS}}
+
+
+def kernel_constexprs(cfg: dict[str, Any], q_dtype: torch.dtype, kv_dtype: torch.dtype, arch: str) -> dict:
+    """SPLIT_D, CDT (MMA input dtype) and CVT_ASM for the partial kernel.
+    fp8_cvt: "bf16" converts fp8 to q's dtype; "f16" computes in f16 (e4m3 -> f16 is exact; q gets a
+    power-of-two guard); "asm" is "f16" with the packed sm89+ inline-asm convert (e4m3fn on CUDA only)."""
+    cdt = tl.float16 if q_dtype == torch.float16 else tl.bfloat16
+    cvt = cfg.get("fp8_cvt", "bf16") if kv_dtype.itemsize == 1 else "none"
+    if cvt in ("f16", "asm"):
+        cdt = tl.float16
+    sm = int("".join(c for c in arch[2:] if c.isdigit()) or 0) if arch.startswith("sm") else 0
+    asm = cvt == "asm" and kv_dtype == torch.float8_e4m3fn and sm >= 89
+    return {"SPLIT_D": cfg.get("split_d", 1), "CDT": cdt, "CVT_ASM": asm}
 
 
 @functools.cache
@@ -122,7 +147,7 @@ def mla_decode(
     if bs == 0:
         return o
     arch = arch or current_arch()
-    cfg = config or config_for(heads, arch)
+    cfg = kv_config(config or config_for(heads, arch), kv.dtype)
     bh = block_h(heads, cfg)
     sms = sm_count(q.device.index or 0) if q.is_cuda else 4
     if programs is None:
@@ -134,13 +159,19 @@ def mla_decode(
     page_stride, tok_stride = kv_strides(kv, page_size)
     groups = math.ceil(heads / bh)
     opts = launch_options(cfg, arch) if not arch == "cpu" else {}
-    _mla_partial_kernel[(programs * groups,)](
+    # One program per sequence once the batch alone fills the GPU (per_seq_min_bs, a shape-only choice:
+    # graph safe): no partials and no merge. Equal chunks otherwise (they balance mixed lengths).
+    per_seq = bool(cfg.get("per_seq_min_bs")) and bs >= cfg["per_seq_min_bs"]
+    _mla_partial_kernel[((bs if per_seq else programs) * groups,)](
         q, kv, o, part_o, part_lse, kv_indptr, kv_indices,
         float(sm_scale) * float(k_scale) * LOG2E, float(v_scale), bs, programs,
         q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
         H=heads, BLOCK_H=bh, BLOCK_N=cfg["BLOCK_N"], BLOCK_B=max(256, triton.next_power_of_2(bs)),
-        MIN_CHUNK=cfg["min_chunk"], PAGE_SIZE=page_size, DL=D_LATENT, DR=D_ROPE, **opts,
+        MIN_CHUNK=cfg["min_chunk"], PAGE_SIZE=page_size, DL=D_LATENT, DR=D_ROPE,
+        **kernel_constexprs(cfg, q.dtype, kv.dtype, arch), PER_SEQ=per_seq, **opts,
     )  # fmt: skip
+    if per_seq:
+        return o
     block_p, block_dv = merge_blocks(bs, heads, cfg["merge"], sms)
     mopts = launch_options(cfg["merge"], arch) if not arch == "cpu" else {}
     _mla_merge_kernel[(bs, heads, D_LATENT // block_dv)](

@@ -141,3 +141,44 @@ def test_sglang_decode_call_matches_stock():
     fwd(decode_mod.decode_attention_fwd, q, kv, kv[..., :512], o, indptr, slots, logits, lse, splits, max_splits,
         SM_SCALE, 1.0, 1.0, logit_cap=30.0, has_mla=True)  # fmt: skip
     assert sum(report._fallbacks["mla_decode/decode"].values()) == sum(before.values()) + 1
+
+
+VARIANTS = [
+    "default",
+    "round1",
+    "s4_n32_w4",
+    "s4_n32_w4_st3",
+    "s4_n64_w4_st3",
+    "s4_n64_w8_st3",
+    "s4_n32_w8",
+    "s1_asm_n64_w8",
+    "s4_n32_w4_pps1",
+    "s4_n32_w4_pps3",
+    "fp8_f16_pure",
+    "perseq_bs128",
+]
+
+
+@pytest.mark.parametrize("kv_dtype", [BF16, FP8], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sweep_variants(variant, kv_dtype):
+    """Every config variant that bench --sweep times is correct: mixed lengths (splits and whole sequences),
+    scales, and (fp8) a q far beyond the f16 range, which the f16-MMA paths must rescale."""
+    from speedrun.overlays.mla_decode import bench, ops
+    from speedrun.overlays.mla_decode.reference import mla_decode_reference
+
+    assert set(bench.VARIANTS) == set(VARIANTS)  # every variant the sweep times is tested here
+    cfg = bench.variant_config(variant)
+    if "per_seq_min_bs" in cfg:
+        cfg = {**cfg, "per_seq_min_bs": 1}  # this batch (32, with an empty sequence) takes the per-sequence path
+    g = torch.Generator().manual_seed(7)
+    lens = torch.randint(1, 3000, (29,), generator=g).tolist() + [1, 0, 9000]
+    q, kv, indptr, slots = make_batch(len(lens), 16, lens, kv_dtype, seed=5)
+    q_mul = 3e4 if kv_dtype == FP8 else 1.0  # fp8: |q| up to ~1.5e5 overflows f16 unless rescaled
+    q = (q.float() * q_mul).to(torch.bfloat16)
+    programs = ops.num_programs(16, cfg, ops.sm_count(0))
+    o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device="cuda")  # logits as usual: sm_scale / q_mul
+    ops.mla_decode(q, kv, o, indptr, slots, SM_SCALE / q_mul, 0.8, 1.25, config=cfg, programs=programs)
+    ref = mla_decode_reference(q, kv, indptr, slots, SM_SCALE / q_mul, 0.8, 1.25)
+    assert torch.isfinite(o.float()).all(), f"variant {variant} {kv_dtype}: non-finite output"
+    check(o, ref, f"variant {variant} {kv_dtype}")
