@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays.aot import CompileSpec
+from speedrun.overlays.aot import CompileSpec, aligned
 from speedrun.overlays.arch import load_configs
 from speedrun.overlays.mla_decode.kernel import D_LATENT, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 from speedrun.overlays.mla_decode.ops import block_h, kernel_constexprs, kv_config
@@ -34,7 +34,9 @@ def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: st
              **kernel_constexprs(cfg, torch.bfloat16, KV_TORCH[kv], arch)}  # fmt: skip
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
     name = f"mla_decode/partial[{bucket},{kv}]"
-    return CompileSpec(name, _mla_partial_kernel, sig, const, _options(cfg), EXPECT_MMA[arch])
+    # As the JIT sees SGLang's buffers: aligned pointers, strides that are multiples of 576 or 512 (so of 16).
+    attrs = aligned(sig, *PARTIAL_ARGS, *STRIDES)
+    return CompileSpec(name, _mla_partial_kernel, sig, const, _options(cfg), EXPECT_MMA[arch], attrs=attrs)
 
 
 def merge_spec(bucket: str, heads: int, cfg: dict[str, Any], block_dv: int) -> CompileSpec:
@@ -46,7 +48,9 @@ def merge_spec(bucket: str, heads: int, cfg: dict[str, Any], block_dv: int) -> C
     sig = {"O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32", "kv_indptr": "*i32", "v_scale": "fp32",
            "bs": "i32", "num_programs": "i32", "stride_ob": "i32", "stride_oh": "i32",
            **dict.fromkeys(const, "constexpr")}  # fmt: skip
-    return CompileSpec(f"mla_decode/merge[{bucket},dv{block_dv}]", _mla_merge_kernel, sig, const, _options(m))
+    attrs = aligned(sig, "O", "PartO", "PartLse", "kv_indptr", "stride_ob", "stride_oh")
+    return CompileSpec(f"mla_decode/merge[{bucket},dv{block_dv}]", _mla_merge_kernel, sig, const, _options(m),
+                       attrs=attrs)
 
 
 def compile_specs(arch: str) -> list[CompileSpec]:
