@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Kernel proof on the GPU host, one call: GPU reference tests, then each op's microbenchmark
-# (ours vs SGLang's kernels, same inputs, same run). Results land in $OUT/kernels/.
-#   device: bash scripts/device/kernels.sh [OPS...]   (carry .gpu-bundle)
+# Kernel proof on the GPU host in one call, most important first, inside a deadline (default 560 s):
+# every op's GPU correctness tests, then each op's microbenchmark (ours vs SGLang's kernels, same inputs,
+# same run), then the tuning sweeps while time is left. Results come back as $OUT/kernels.tgz.
+#   device: bash scripts/device/kernels.sh     (carry .gpu-bundle)
 set -uo pipefail
 source scripts/device/setup.sh || exit 1
-OPS=${*:-mla_decode mxfp4_gemm mxfp4_moe}
-mkdir -p "$OUT/kernels"
-for op in $OPS; do
-  echo "=== $op: GPU tests"
-  timeout 240 python3 -m pytest -q -m gpu "overlays/$op" -x -p no:cacheprovider 2>&1 | tail -n 25
-  echo "=== $op: bench"
-  timeout 300 speedrun kernels bench "$op" --out "$OUT/kernels" 2>&1 | tail -n 40
+START=$(date +%s); DEADLINE=${DEADLINE:-560}
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+step() {  # step SECONDS COMMAND...: run with a timeout capped by the time left
+  local t=$1; shift; local l; l=$(left); (( l < 20 )) && { echo "SKIPPED (deadline): $*"; return; }
+  (( t > l )) && t=$l; echo "=== [$(left)s left] $*"; timeout "$t" "$@" 2>&1 | tail -n 30
+}
+K=/tmp/kernels; mkdir -p "$K"   # tarred at the end: $OUT takes 8 files at most
+for op in mla_decode mxfp4_gemm mxfp4_moe; do
+  step 110 python3 -m pytest -q -m gpu "overlays/$op" -p no:cacheprovider
 done
-ls -la "$OUT/kernels"
+for op in mxfp4_gemm mxfp4_moe mla_decode; do
+  step 120 speedrun kernels bench "$op" --out "$K"
+done
+for op in mla_decode mxfp4_moe mxfp4_gemm; do
+  step 130 python3 -m "speedrun.overlays.$op.bench" --out "$K" --sweep
+done
+ls -la "$K"; tar czf "$OUT/kernels.tgz" -C /tmp kernels
