@@ -182,3 +182,117 @@ def test_triton_round_exhaustive_bf16():
 
 def test_pack_layout_low_nibble_first():
     assert pack_e2m1(torch.tensor([1, 2, 15, 0])).tolist() == [0x21, 0x0F]
+
+
+# ----------------------------------------------------------------------------- fast decode (mxfp4_halves_bf16)
+
+
+def _emulate_e2m1_asm(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PTX of th.E2M1_BF16_ASM step by step in torch (the CPU cannot run it): bytes [b0 b1 b2 b3] ->
+    prmt to 16-bit halves, nibble mask, x * 0x1040 (or 0x104), mask 0x81C081C0, bf16 * 2**126, bf16 * scale."""
+    b = packed.to(torch.int64)  # one 16-bit half per byte: prmt 0x4140/0x4342 puts byte k at half k % 2
+    lo = (((b & 0xF) * 0x1040) & 0x81C0).to(torch.int32)
+    hi = (((b & 0xF0) * 0x104) & 0x81C0).to(torch.int32)
+    scale = e8m0_bits(scales).to(torch.int32).to(torch.int16).view(torch.bfloat16)
+
+    def finish(bits: torch.Tensor) -> torch.Tensor:
+        x = bits.to(torch.int16).view(torch.bfloat16)
+        y = (x.float() * 2.0**126).to(torch.bfloat16)  # exact: E2M1 values are normal bf16
+        return (y.float() * scale.float()).to(torch.bfloat16)
+
+    return finish(lo), finish(hi)
+
+
+def e8m0_bits(s: torch.Tensor) -> torch.Tensor:
+    """th.e8m0_to_bf16 in torch: bf16 bits of 2**(s-127) (0 -> subnormal 2**-127, 255 -> NaN)."""
+    si = s.to(torch.int32)
+    bits = torch.where(si == 0, torch.full_like(si, 0x40), si << 7)
+    return torch.where(si == 255, torch.full_like(si, 0x7FC0), bits)
+
+
+def test_e2m1_asm_bit_trick_is_exact_for_every_byte_and_scale():
+    """Every packed byte x every E8M0 scale 1..254: the asm's bit placement equals the reference dequant bitwise."""
+    packed = torch.arange(256, dtype=torch.uint8).repeat_interleave(254)
+    scales = torch.arange(1, 255, dtype=torch.uint8).repeat(256)
+    lo, hi = _emulate_e2m1_asm(packed, scales)
+    ref = torch.stack((E2M1_VALUES_T[packed.long() & 15], E2M1_VALUES_T[packed.long() >> 4]), -1)
+    ref = (ref * torch.exp2(scales.float() - 127)[:, None]).to(torch.bfloat16)
+    got = torch.stack((lo, hi), -1)
+    normal = (ref.float().abs() >= 2.0**-126) | (ref == 0)
+    assert torch.equal(got.view(torch.int16)[normal], ref.view(torch.int16)[normal])
+    assert normal.float().mean() > 0.95
+
+
+E2M1_VALUES_T = torch.tensor(E2M1_VALUES)
+
+
+@triton.jit
+def _halves_kernel(p_ptr, s_ptr, lo_ptr, hi_ptr, R: tl.constexpr, C: tl.constexpr):
+    r = tl.arange(0, R)[:, None]
+    packed = tl.load(p_ptr + r * (C // 2) + tl.arange(0, C // 2)[None, :])
+    scales = tl.load(s_ptr + r * (C // 32) + tl.arange(0, C // 32)[None, :])
+    lo, hi = th.mxfp4_halves_bf16(packed, scales, R, C, DEV == "cuda")
+    tl.store(lo_ptr + r * (C // 2) + tl.arange(0, C // 2)[None, :], lo)
+    tl.store(hi_ptr + r * (C // 2) + tl.arange(0, C // 2)[None, :], hi)
+
+
+def test_triton_halves_match_format():
+    """mxfp4_halves_bf16 (exact Triton under the interpreter, inline PTX on a CUDA GPU) = even / odd K of dequant."""
+    g = torch.Generator().manual_seed(4)
+    packed = torch.randint(0, 256, (8, 64), dtype=torch.uint8, generator=g)
+    scales = torch.randint(100, 140, (8, 4), dtype=torch.uint8, generator=g)
+    lo = torch.empty(8, 64, dtype=torch.bfloat16, device=DEV)
+    hi = torch.empty_like(lo)
+    _halves_kernel[(1,)](packed.to(DEV), scales.to(DEV), lo, hi, 8, 128)
+    want = dequant_mxfp4(packed, scales, torch.bfloat16)
+    assert torch.equal(lo.cpu(), want[:, 0::2])
+    assert torch.equal(hi.cpu(), want[:, 1::2])
+
+
+def _emulate_word_asm(words: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """th.E2M1_WORD_ASM in torch: int32 words -> [..., 8] bf16 (output i = nibble i), per-pair masks and shifts."""
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    pairs = {0: ((w & 0x000F000F) * 0x1040), 1: ((w & 0x00F000F0) * 0x104),
+             2: (((w & 0x0F000F00) >> 2) * 0x41), 3: ((w & 0xF000F000) | ((w & 0xF000F000) >> 6))}  # fmt: skip
+    scale = e8m0_bits(scales).to(torch.int16).view(torch.bfloat16).float()
+    out = [None] * 8
+    for p, v in pairs.items():
+        v = v & 0x81C081C0
+        for half, i in ((v & 0xFFFF, p), ((v >> 16) & 0xFFFF, p + 4)):
+            x = half.to(torch.int32).to(torch.int16).view(torch.bfloat16).float()
+            out[i] = ((x * 2.0**126).to(torch.bfloat16).float() * scale).to(torch.bfloat16)
+    return torch.stack(out, -1)
+
+
+def test_e2m1_word_asm_bit_trick_is_exact():
+    """The word decode's per-pair shifts, on random words under every scale 1..254, equal the reference bitwise."""
+    g = torch.Generator().manual_seed(6)
+    words = torch.randint(-(2**31), 2**31, (254 * 64,), dtype=torch.int64, generator=g).to(torch.int32)
+    scales = torch.arange(1, 255, dtype=torch.uint8).repeat_interleave(64)
+    got = _emulate_word_asm(words, scales)
+    packed = words.view(torch.uint8).view(-1, 4)  # little-endian: nibble 2b of the word = low nibble of byte b
+    ref = dequant_mxfp4(packed.repeat(1, 4), scales[:, None], torch.bfloat16)[:, :8]
+    normal = (ref.float().abs() >= 2.0**-126) | (ref == 0)
+    assert normal.float().mean() > 0.95
+    assert torch.equal(got.view(torch.int16)[normal], ref.view(torch.int16)[normal])
+
+
+@triton.jit
+def _words_kernel(w_ptr, s_ptr, o_ptr, R: tl.constexpr, C: tl.constexpr):
+    r = tl.arange(0, R)[:, None]
+    words = tl.load(w_ptr + r * (C // 8) + tl.arange(0, C // 8)[None, :])
+    scales = tl.load(s_ptr + r * (C // 32) + tl.arange(0, C // 32)[None, :])
+    vals = th.mxfp4_words_bf16(words, scales, R, C, DEV == "cuda")
+    j = tl.arange(0, C // 8)[None, :] * 8
+    for i in tl.static_range(8):
+        tl.store(o_ptr + r * C + j + i, vals[i])
+
+
+def test_triton_words_match_format():
+    """mxfp4_words_bf16 (exact Triton under the interpreter, inline PTX on a CUDA GPU) = dequant, K = 8j + i."""
+    g = torch.Generator().manual_seed(7)
+    packed = torch.randint(0, 256, (4, 64), dtype=torch.uint8, generator=g)
+    scales = torch.randint(100, 140, (4, 4), dtype=torch.uint8, generator=g)
+    out = torch.empty(4, 128, dtype=torch.bfloat16, device=DEV)
+    _words_kernel[(1,)](packed.view(torch.int32).to(DEV), scales.to(DEV), out, 4, 128)
+    assert torch.equal(out.cpu(), dequant_mxfp4(packed, scales, torch.bfloat16))

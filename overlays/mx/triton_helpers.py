@@ -6,6 +6,8 @@ All operate on register tiles whose last axis is K (a multiple of 32); R and C a
   `speedrun.overlays.mx.quant.quant_mxfp4` (the rule is stated there).
 - `qdq_mxfp4_bf16(x, R, C)`: fp32 [R, C] -> bf16 dequant(quant(x)) without building codes (the fused
   activation-quant path of the dequant GEMM; same values as quant_mxfp4 then mxfp4_to_bf16).
+- `mxfp4_halves_bf16(packed, scales, R, C, ASM)`: the fast decode (sm90 inline PTX when ASM) as (even-K, odd-K)
+  halves [R, C/2]; `split_k_pairs` splits the other GEMM operand the same way.
 Decoding is exact (values are built from bits, no exp2/log2 approximations), so every path agrees bitwise.
 """
 
@@ -117,3 +119,163 @@ def qdq_mxfp4_bf16(x, R: tl.constexpr, C: tl.constexpr):
     q = x.reshape(R, C // 32, 32) * pow2_f32(-e)[:, :, None]
     v = e2m1_round_value(q) * pow2_f32(e)[:, :, None]
     return v.reshape(R, C).to(tl.bfloat16)
+
+
+# E2M1 -> bf16 on packed registers (sm90 fast path): one asm instance takes 4 bytes (8 codes) and returns the 4 low-
+# nibble values and the 4 high-nibble values, two bf16 per 32-bit register, without any cross-byte mixing (so it is
+# correct for whatever register layout Triton picks). Per register pair: spread bytes to 16-bit halves (prmt), mask
+# one nibble per half, place magnitude bits at bf16 bits 8..6 and the sign at bit 15 with one IMAD (x*0x1040 =
+# x<<6 + x<<12, no overlap), mask; that bf16 pattern is exactly E2M1 * 2**-126 (code 1 = bf16 subnormal 2**-127),
+# so one bf16x2 multiply by 2**126 and one by the E8M0 scale finish it (both exact for normal results).
+# ~15 integer ops + 8 bf16x2 multiplies per 8 values, vs ~30 ops per value for the generic path above.
+E2M1_BF16_ASM: tl.constexpr = tl.constexpr(
+    "{\n"
+    ".reg .b32 q<2>, t<4>, c;\n"
+    "mov.b32 c, 0x7E807E80;\n"
+    "prmt.b32 q0, $4, 0, 0x4140;\n"
+    "prmt.b32 q1, $4, 0, 0x4342;\n"
+    "and.b32 t0, q0, 0x000F000F;\n"
+    "and.b32 t1, q1, 0x000F000F;\n"
+    "and.b32 t2, q0, 0x00F000F0;\n"
+    "and.b32 t3, q1, 0x00F000F0;\n"
+    "mul.lo.u32 t0, t0, 0x1040;\n"
+    "mul.lo.u32 t1, t1, 0x1040;\n"
+    "mul.lo.u32 t2, t2, 0x104;\n"
+    "mul.lo.u32 t3, t3, 0x104;\n"
+    "and.b32 t0, t0, 0x81C081C0;\n"
+    "and.b32 t1, t1, 0x81C081C0;\n"
+    "and.b32 t2, t2, 0x81C081C0;\n"
+    "and.b32 t3, t3, 0x81C081C0;\n"
+    "mul.rn.bf16x2 t0, t0, c;\n"
+    "mul.rn.bf16x2 t1, t1, c;\n"
+    "mul.rn.bf16x2 t2, t2, c;\n"
+    "mul.rn.bf16x2 t3, t3, c;\n"
+    "mul.rn.bf16x2 $0, t0, $5;\n"
+    "mul.rn.bf16x2 $1, t1, $6;\n"
+    "mul.rn.bf16x2 $2, t2, $5;\n"
+    "mul.rn.bf16x2 $3, t3, $6;\n"
+    "}"
+)
+
+
+@triton.jit
+def e8m0_to_bf16(s):
+    """uint8 E8M0 -> bfloat16 2**(s-127) built from bits (0 -> subnormal 2**-127, 255 -> NaN)."""
+    si = s.to(tl.uint16)
+    bits = tl.where(si == 0, 0x40, si << 7)
+    bits = tl.where(si == 255, 0x7FC0, bits)
+    return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def mxfp4_halves_bf16(packed, scales, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """packed [R, C/2] + E8M0 [R, C/32] -> (even-K values, odd-K values), each bf16 [R, C/2] (low / high nibbles).
+
+    No join/reshape of the big tile: a GEMM multiplies each half by the matching half of the other operand.
+    ASM=True is the sm90 register path (inline PTX); ASM=False is exact portable Triton (and the interpreter)."""
+    if ASM:
+        sc = e8m0_to_bf16(scales)
+        sc = tl.broadcast_to(sc[:, :, None], (R, C // 32, 16)).reshape(R, C // 2)
+        lo, hi = tl.inline_asm_elementwise(E2M1_BF16_ASM, "=r,=r,=r,=r,r,r,r", [packed, sc],
+                                           dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)  # fmt: skip
+    else:
+        p = packed.to(tl.uint32)
+        sf = e8m0_to_f32(scales)
+        sf = tl.broadcast_to(sf[:, :, None], (R, C // 32, 16)).reshape(R, C // 2)
+        lo = (e2m1_to_f32(p & 0xF) * sf).to(tl.bfloat16)
+        hi = (e2m1_to_f32(p >> 4) * sf).to(tl.bfloat16)
+    return lo, hi
+
+
+@triton.jit
+def mxfp4_to_bf16_fast(packed, scales, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """Like mxfp4_to_bf16 but through mxfp4_halves_bf16 (the halves interleaved back along K)."""
+    lo, hi = mxfp4_halves_bf16(packed, scales, R, C, ASM)
+    return tl.join(lo, hi).reshape(R, C)
+
+
+@triton.jit
+def split_k_pairs(x, R: tl.constexpr, C: tl.constexpr):
+    """[R, C] -> (even-K columns, odd-K columns), each [R, C/2]: the partner of mxfp4_halves_bf16."""
+    return tl.split(x.reshape(R, C // 2, 2))
+
+
+# Word variant (one asm instance per 32-bit word = 8 codes, pack=1): no byte (un)packing at all. Nibble pairs 16 bits
+# apart (i, i+4) share a register: mask, then shift/IMAD the magnitude to bits 8..6 and the sign to 15 as above.
+E2M1_WORD_ASM: tl.constexpr = tl.constexpr(
+    "{\n"
+    ".reg .b32 t<4>, u, c;\n"
+    "mov.b32 c, 0x7E807E80;\n"
+    "and.b32 t0, $8, 0x000F000F;\n"
+    "and.b32 t1, $8, 0x00F000F0;\n"
+    "and.b32 t2, $8, 0x0F000F00;\n"
+    "and.b32 t3, $8, 0xF000F000;\n"
+    "mul.lo.u32 t0, t0, 0x1040;\n"
+    "mul.lo.u32 t1, t1, 0x104;\n"
+    "shr.b32 t2, t2, 2;\n"
+    "mul.lo.u32 t2, t2, 0x41;\n"
+    "shr.b32 u, t3, 6;\n"
+    "or.b32 t3, t3, u;\n"
+    "and.b32 t0, t0, 0x81C081C0;\n"
+    "and.b32 t1, t1, 0x81C081C0;\n"
+    "and.b32 t2, t2, 0x81C081C0;\n"
+    "and.b32 t3, t3, 0x81C081C0;\n"
+    "mul.rn.bf16x2 t0, t0, c;\n"
+    "mul.rn.bf16x2 t1, t1, c;\n"
+    "mul.rn.bf16x2 t2, t2, c;\n"
+    "mul.rn.bf16x2 t3, t3, c;\n"
+    "mul.rn.bf16x2 t0, t0, $9;\n"
+    "mul.rn.bf16x2 t1, t1, $9;\n"
+    "mul.rn.bf16x2 t2, t2, $9;\n"
+    "mul.rn.bf16x2 t3, t3, $9;\n"
+    "mov.b32 {$0, $4}, t0;\n"
+    "mov.b32 {$1, $5}, t1;\n"
+    "mov.b32 {$2, $6}, t2;\n"
+    "mov.b32 {$3, $7}, t3;\n"
+    "}"
+)
+
+
+@triton.jit
+def e8m0_to_bf16x2_bits(s):
+    """uint8 E8M0 -> int32 holding bf16 2**(s-127) in both halves (the word decode's scale operand)."""
+    one = e8m0_to_bf16(s).to(tl.uint16, bitcast=True).to(tl.uint32)
+    return (one | (one << 16)).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def mxfp4_words_bf16(words, scales, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """int32 words [R, C/8] (8 codes each, little-endian bytes) + E8M0 [R, C/32] -> 8 bf16 tensors [R, C/8]:
+    output i holds K positions 8j + i. ASM=True is inline PTX (sm90); ASM=False exact Triton (interpreter)."""
+    if ASM:
+        sc = e8m0_to_bf16x2_bits(scales)
+        sc = tl.broadcast_to(sc[:, :, None], (R, C // 32, 4)).reshape(R, C // 8)
+        v0, v1, v2, v3, v4, v5, v6, v7 = tl.inline_asm_elementwise(
+            E2M1_WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [words, sc], dtype=(tl.bfloat16,) * 8, is_pure=True,
+            pack=1)  # fmt: skip
+    else:
+        w = words.to(tl.uint32, bitcast=True)
+        sf = e8m0_to_f32(scales)
+        sf = tl.broadcast_to(sf[:, :, None], (R, C // 32, 4)).reshape(R, C // 8)
+        v0 = (e2m1_to_f32(w & 0xF) * sf).to(tl.bfloat16)
+        v1 = (e2m1_to_f32((w >> 4) & 0xF) * sf).to(tl.bfloat16)
+        v2 = (e2m1_to_f32((w >> 8) & 0xF) * sf).to(tl.bfloat16)
+        v3 = (e2m1_to_f32((w >> 12) & 0xF) * sf).to(tl.bfloat16)
+        v4 = (e2m1_to_f32((w >> 16) & 0xF) * sf).to(tl.bfloat16)
+        v5 = (e2m1_to_f32((w >> 20) & 0xF) * sf).to(tl.bfloat16)
+        v6 = (e2m1_to_f32((w >> 24) & 0xF) * sf).to(tl.bfloat16)
+        v7 = (e2m1_to_f32((w >> 28) & 0xF) * sf).to(tl.bfloat16)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
+def split_k_octets(x, R: tl.constexpr, C: tl.constexpr):
+    """[R, C] -> 8 tensors [R, C/8], output i = columns 8j + i: the partner of mxfp4_words_bf16."""
+    a, b = tl.split(x.reshape(R, C // 8, 2, 2, 2))  # last axis: bit 0 of i
+    a0, a1 = tl.split(a)  # bit 1
+    b0, b1 = tl.split(b)
+    x0, x4 = tl.split(a0)  # bit 2
+    x2, x6 = tl.split(a1)
+    x1, x5 = tl.split(b0)
+    x3, x7 = tl.split(b1)
+    return x0, x1, x2, x3, x4, x5, x6, x7

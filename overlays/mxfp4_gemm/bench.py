@@ -5,7 +5,8 @@ impl `dequant_cublas`: W dequantized to bf16 in torch on every call (LUT gather 
 impl `bf16_cublas`: torch.matmul with weights dequantized beforehand (the bf16 compute ceiling; no quantization).
 Timing: triton.testing.do_bench median, L2 flushed before every rep (256 MB write), CUDA events.
 GB/s counts minimal bytes: MXFP4 W (N*K/2 + N*K/32) + bf16 A + bf16 C; bf16_cublas counts bf16 W (N*K*2).
-HBM % uses 3.35 TB/s (H100 SXM nominal). `--sweep` times alternative configs for tuning (not in the default run).
+HBM % uses 3.35 TB/s (H100 SXM nominal). `--sweep` times only the variants (SWEEP_VARIANTS) at the decode shapes
+and writes DIR/mxfp4_gemm_sweep.json (rows carry `variant` and `config`; the best per shape is printed).
 
 python -m speedrun.overlays.mxfp4_gemm.bench --out DIR   -> DIR/mxfp4_gemm.json, DIR/mxfp4_gemm.png
 """
@@ -95,31 +96,59 @@ def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor) -> list[dic
     return rows
 
 
+SWEEP_SHAPES = ((1, 36864, 7168), (16, 7168, 16384), (16, 2112, 7168), (64, 7168, 2048))
+# Each variant overrides the tuned config: the previous default (generic decode + fused A-quant), the fast decode
+# interleaved (deq 1) or as halves (deq 2), fused vs pre-quantized A, and tile/pipeline alternatives.
+SWEEP_VARIANTS = {
+    "old_deq0_fused": {"deq": 0, "route": "fused"},
+    "deq2_fused": {"deq": 2, "route": "fused"},
+    "deq1_prequant": {"deq": 1, "route": "prequant", "fused_below_nk": 0},
+    "deq2_prequant": {"deq": 2, "route": "prequant", "fused_below_nk": 0},
+    "deq2_prequant_bk256": {"deq": 2, "route": "prequant", "fused_below_nk": 0, "BLOCK_K": 256, "num_stages": 4},
+    "deq2_prequant_bn128w8": {
+        "deq": 2,
+        "route": "prequant",
+        "fused_below_nk": 0,
+        "BLOCK_N": 128,
+        "num_warps": 8,
+        "num_stages": 4,
+    },
+    "deq2_prequant_st3": {"deq": 2, "route": "prequant", "fused_below_nk": 0, "num_stages": 3},
+    "deq3_prequant": {"deq": 3, "route": "prequant", "fused_below_nk": 0},
+    "deq2_prequant_sk1": {"deq": 2, "route": "prequant", "fused_below_nk": 0, "SPLIT_K": 1},
+}
+
+
 def sweep_rows(gpu: str) -> list[dict[str, Any]]:
-    """Alternative configs at representative shapes (tuning aid; prints the best per shape)."""
+    """Every SWEEP_VARIANTS entry on the decode shapes (tuning aid; prints the best per shape)."""
     from speedrun.overlays.mxfp4_gemm.gemm import config_arch, mxfp4_gemm, pick_config
     from speedrun.overlays.mxfp4_gemm.reference import random_mxfp4_weight
 
-    decode = [{"BLOCK_N": bn, "BLOCK_K": bk, "num_stages": st, "num_warps": nw, "SPLIT_K": sk}
-              for bn in (32, 64, 128) for bk in (128, 256) for st in (3, 5) for nw in (4, 8)
-              for sk in (0, 4)]  # fmt: skip
-    prefill = [{"route": r, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_stages": st, "num_warps": 8}
-               for r in ("prequant", "dequant_w") for bm in (128, 256) for bn in (128, 256) for bk in (64,)
-               for st in (3, 4)]  # fmt: skip
     rows = []
-    for (m, n, k), variants in [((16, 2112, 7168), decode), ((64, 7168, 2048), decode), ((4096, 2112, 7168), prefill)]:
+    for m, n, k in SWEEP_SHAPES:
         w, ws = random_mxfp4_weight(n, k, device="cuda")
         a = torch.randn(m, k, device="cuda").to(torch.bfloat16)
         base = pick_config(m, n, k, config_arch(a.device))
-        for var in variants:
+        try:
+            want = mxfp4_gemm(a, w, ws, config=base).float()
+        except Exception:  # the config's own row records the error below
+            want = None
+        for name, var in {"config": {}, **SWEEP_VARIANTS}.items():
             cfg = {**base, **var}
+            row: dict[str, Any] = {"variant": name, "config": cfg}
             try:
+                got = mxfp4_gemm(a, w, ws, config=cfg).float()
+                if want is not None:
+                    row["max_rel_diff_vs_config"] = round(((got - want).abs().max() / want.abs().max()).item(), 5)
                 us = _time(lambda a=a, w=w, ws=ws, cfg=cfg: mxfp4_gemm(a, w, ws, config=cfg))
-                rows.append({**_row("speedrun", gpu, m, n, k, us), "config": cfg})
+                rows.append({**_row("speedrun", gpu, m, n, k, us), **row})
             except Exception as exc:
-                rows.append({**_row("speedrun", gpu, m, n, k, None, f"{type(exc).__name__}: {exc}"), "config": cfg})
-        best = min((r for r in rows if r["m"] == m and r["n"] == n and r.get("us")), key=lambda r: r["us"])
-        print(f"sweep best ({m},{n},{k}): {best['us']} us  {best['config']}")
+                rows.append({**_row("speedrun", gpu, m, n, k, None, f"{type(exc).__name__}: {exc}"), **row})
+        done = [r for r in rows if (r["m"], r["n"], r["k"]) == (m, n, k) and r.get("us")]
+        for r in sorted(done, key=lambda r: r["us"]):
+            print(f"sweep ({m},{n},{k}) {r['variant']:24} {r['us']:9.2f} us {r.get('hbm_pct', '-'):>5} %HBM")
+        del w, ws
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -160,7 +189,7 @@ def summary(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("."))
-    ap.add_argument("--sweep", action="store_true", help="also time alternative configs (tuning)")
+    ap.add_argument("--sweep", action="store_true", help="only time the variants (tuning): DIR/mxfp4_gemm_sweep.json")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench needs a GPU")
@@ -169,11 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name()
     lut = _lut(torch.device("cuda"))
     t0, rows = time.time(), []
+    if args.sweep:
+        args.out.mkdir(parents=True, exist_ok=True)
+        rows = sweep_rows(gpu)
+        (args.out / "mxfp4_gemm_sweep.json").write_text(json.dumps(rows, indent=1))
+        print(f"wrote {args.out / 'mxfp4_gemm_sweep.json'} in {time.time() - t0:.0f} s")
+        return 0 if all(r.get("us") for r in rows) else 1
     for m, n, k in shapes():
         rows += bench_shape(m, n, k, gpu, lut)
         torch.cuda.empty_cache()
-    if args.sweep:
-        rows += sweep_rows(gpu)
     args.out.mkdir(parents=True, exist_ok=True)
     main_rows = [r for r in rows if "config" not in r]
     (args.out / "mxfp4_gemm.json").write_text(json.dumps(rows, indent=1))

@@ -18,7 +18,8 @@ GEMM_SIG = {
     "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_asm": "i32",
     "stride_ask": "i32", "stride_wn": "i32", "stride_wsn": "i32", "stride_cm": "i32",
 }  # fmt: skip
-CONST_KEYS = ("A_MODE", "DOT_SCALED", "DOT_F32", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP", "EVEN_K")
+CONST_KEYS = ("A_MODE", "DOT_SCALED", "DOT_F32", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP", "EVEN_K",
+              "W_DEQ", "W_ASM")  # fmt: skip
 
 
 def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: int) -> CompileSpec:
@@ -28,7 +29,9 @@ def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: i
     dot_scaled = arch == "gfx950" and a_mode != 0
     consts = {"A_MODE": a_mode, "DOT_SCALED": dot_scaled, "DOT_F32": False, "BLOCK_M": cfg["BLOCK_M"],
               "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "SPLIT_K": split_k,
-              "GROUP": cfg.get("GROUP", 1), "EVEN_K": True}  # fmt: skip
+              "GROUP": cfg.get("GROUP", 1), "EVEN_K": True,
+              "W_DEQ": 0 if dot_scaled else (2 if cfg.get("deq") == 3 and cfg["BLOCK_K"] < 128 else cfg.get("deq", 0)),
+              "W_ASM": not dot_scaled and arch == "sm90" and int(cfg.get("deq", 0)) > 0}  # fmt: skip
     sig = dict(GEMM_SIG)
     if a_mode == 2:
         sig["a_ptr"] = "*u8"
@@ -71,6 +74,8 @@ def compile_specs(arch: str) -> list[CompileSpec]:
         for bucket, over in buckets.items():
             cfg = {**table["default"].get(bucket, {}), **over}
             variants = [(_a_mode(cfg.get("route", "fused"), arch), cfg)]
+            if cfg.get("fused_below_nk"):  # small weights take the fused route (gemm.route_for)
+                variants.append((1, cfg))
             if shape == "default":  # the w4a16 variant: bf16 A, dequant path, with the bucket's "a16" overrides
                 variants.append((0, {**cfg, **cfg.get("a16", {})}))
             for mode, c in variants:

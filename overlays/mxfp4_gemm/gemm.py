@@ -103,9 +103,27 @@ def launch_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Tensor, 
         a.stride(0), sa.stride(0), sa.stride(1), w.stride(0), w_scale.stride(0), out.stride(0),
         A_MODE=a_mode, DOT_SCALED=dot_scaled, DOT_F32=out.device.type == "cpu", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         SPLIT_K=s, GROUP=int(cfg.get("GROUP", 1)), EVEN_K=k % bk == 0,
-        **launch_options(cfg, arch),
+        **deq_flags({**cfg, "BLOCK_K": bk}, out.device, dot_scaled), **launch_options(cfg, arch),
     )  # fmt: skip
     return out
+
+
+def route_for(cfg: dict[str, Any], n: int, k: int) -> str:
+    """The config's route, except "prequant" falls back to "fused" for weights under "fused_below_nk" elements:
+    there the quantizer's extra launch costs more than re-quantizing A in every CTA (decode sizes)."""
+    route = cfg.get("route", "fused")
+    if route == "prequant" and n * k < int(cfg.get("fused_below_nk", 0)):
+        return "fused"
+    return route
+
+
+def deq_flags(cfg: dict[str, Any], device: torch.device, dot_scaled: bool) -> dict[str, Any]:
+    """W_DEQ from the config's "deq" (0 generic, 1 fast interleaved, 2 fast halves, 3 words; 3 needs BLOCK_K >= 128,
+    else 2); inline PTX only on CUDA."""
+    deq = 0 if dot_scaled else int(cfg.get("deq", 0))
+    if deq == 3 and int(cfg["BLOCK_K"]) < 128:
+        deq = 2
+    return {"W_DEQ": deq, "W_ASM": deq > 0 and device.type == "cuda" and torch.version.hip is None}
 
 
 def quantize(a: torch.Tensor, qdq: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -158,7 +176,7 @@ def mxfp4_gemm(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, *, a_sca
         a = a.contiguous()
     if a_scale is not None:
         return launch_gemm(a.view(torch.uint8), a_scale.view(torch.uint8), w, w_scale, out, 2, cfg, arch, amd)
-    route = cfg.get("route", "fused")
+    route = route_for(cfg, n, k)
     if route == "dequant_w" and not amd:
         a_eff = quantize(a, qdq=True)[0] if quant_a else a
         return torch.matmul(a_eff, dequantize_weight(w, w_scale).t(), out=out)

@@ -5,6 +5,10 @@ One kernel source, two constexpr switches:
   A-load (w4a4, bit-exact with the reference quantizer), 2 = A already MXFP4 (packed codes + E8M0 scales).
 - DOT_SCALED: False = dequantize to bf16 in registers and tl.dot (sm90, and the interpreter); True = native scaled
   MFMA through tl.dot_scaled e2m1 x e2m1 (gfx950; A_MODE 1 and 2 only).
+- W_DEQ (dequant path only; config key "deq"): 0 = generic exact decode, interleaved; 1 = fast decode
+  (mx.mxfp4_halves_bf16, inline PTX when W_ASM) interleaved back along K; 2 = fast decode kept as even/odd-K
+  halves, A split to match, two K/2 dots (no interleave of the big operand); 3 = W loaded as int32 words and decoded
+  8 codes per asm instance into 8 K-strided tensors, eight K/8 dots. W_ASM is False under the interpreter.
 Tiles are computed transposed (acc[BLOCK_N, BLOCK_M] = W . A^T): the weight rows fill the MMA's M side, so a decode
 batch of a few tokens only needs a narrow MMA N side (16 on sm90) instead of padding tokens to 64.
 Split-K is deterministic and single-launch: every split writes its fp32 partial tile, the last split to arrive
@@ -58,11 +62,28 @@ def _load_a(a_ptr, as_ptr, offs_m, k0, K, stride_am, stride_asm, stride_ask,
 
 
 @triton.jit
-def _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn,
-            BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
-    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+def _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn,
+                  BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
+    """W tile as int32 words [BN, BK/8] (8 codes each) + E8M0 [BN, BK/32]; K % 32 == 0 keeps words whole."""
     ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
     rows = offs_n.to(tl.int64)[:, None]
+    kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    wp = w_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_wn // 4) + kw[None, :]
+    if EVEN_K:
+        words = tl.load(wp)
+        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :])
+    else:
+        words = tl.load(wp, mask=kw[None, :] < K // 8, other=0)
+        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :], mask=ks[None, :] < K // 32, other=127)
+    return words, scales
+
+
+@triton.jit
+def _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn,
+            BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
+    ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    rows = offs_n.to(tl.int64)[:, None]
+    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
     if EVEN_K:
         packed = tl.load(w_ptr + rows * stride_wn + kb[None, :])
         scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :])
@@ -75,7 +96,7 @@ def _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn,
 @triton.jit
 def _mma(acc, w_packed, w_scales, a, a_scales,
          A_MODE: tl.constexpr, DOT_SCALED: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr,
-         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_DEQ: tl.constexpr, W_ASM: tl.constexpr):  # fmt: skip
     """acc[BLOCK_N, BLOCK_M] += W_tile . A_tile^T for one K step."""
     if DOT_SCALED:
         if A_MODE == 1:
@@ -83,16 +104,69 @@ def _mma(acc, w_packed, w_scales, a, a_scales,
         else:
             a_packed, a_sc = a, a_scales
         return tl.dot_scaled(w_packed, w_scales, "e2m1", tl.trans(a_packed), a_sc, "e2m1", acc)
-    w = mx.mxfp4_to_bf16(w_packed, w_scales, BLOCK_N, BLOCK_K)
-    if A_MODE == 1:
-        a_bf16 = mx.qdq_mxfp4_bf16(a.to(tl.float32), BLOCK_M, BLOCK_K)
-    elif A_MODE == 2:
-        a_bf16 = mx.mxfp4_to_bf16(a, a_scales, BLOCK_M, BLOCK_K)
+    if W_DEQ == 3:  # if/elif/else, not early returns: Triton still traces the code after a constexpr return
+        acc = _mma_words(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM)
+    elif W_DEQ == 2:
+        acc = _mma_halves(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM)
     else:
-        a_bf16 = a.to(tl.bfloat16)
-    if DOT_F32:  # the interpreter's tl.dot mishandles bf16 (numpy has none); the values are exact in fp32
-        return tl.dot(w.to(tl.float32), tl.trans(a_bf16.to(tl.float32)), acc)
-    return tl.dot(w, tl.trans(a_bf16), acc)
+        if W_DEQ == 1:
+            w = mx.mxfp4_to_bf16_fast(w_packed, w_scales, BLOCK_N, BLOCK_K, W_ASM)
+        else:
+            w = mx.mxfp4_to_bf16(w_packed, w_scales, BLOCK_N, BLOCK_K)
+        acc = _dot(acc, w, _a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K), DOT_F32)
+    return acc
+
+
+@triton.jit
+def _a_bf16(a, a_scales, A_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    if A_MODE == 1:
+        return mx.qdq_mxfp4_bf16(a.to(tl.float32), BLOCK_M, BLOCK_K)
+    elif A_MODE == 2:
+        return mx.mxfp4_to_bf16(a, a_scales, BLOCK_M, BLOCK_K)
+    else:
+        return a.to(tl.bfloat16)
+
+
+@triton.jit
+def _mma_halves(acc, w_packed, w_scales, a, a_scales, A_MODE: tl.constexpr, DOT_F32: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_ASM: tl.constexpr):  # fmt: skip
+    """W_DEQ=2: W decoded as (even-K, odd-K) halves, never interleaved back; A split the same way (A is the small
+    operand at decode sizes, so any shuffle lands there), then two K/2 dots."""
+    w_lo, w_hi = mx.mxfp4_halves_bf16(w_packed, w_scales, BLOCK_N, BLOCK_K, W_ASM)
+    if A_MODE == 2:
+        a_lo, a_hi = mx.mxfp4_halves_bf16(a, a_scales, BLOCK_M, BLOCK_K, False)
+    else:
+        a_lo, a_hi = mx.split_k_pairs(_a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K), BLOCK_M, BLOCK_K)
+    if DOT_F32:
+        acc = tl.dot(w_lo.to(tl.float32), tl.trans(a_lo.to(tl.float32)), acc)
+        return tl.dot(w_hi.to(tl.float32), tl.trans(a_hi.to(tl.float32)), acc)
+    acc = tl.dot(w_lo, tl.trans(a_lo), acc)
+    return tl.dot(w_hi, tl.trans(a_hi), acc)
+
+
+@triton.jit
+def _dot(acc, w, a, DOT_F32: tl.constexpr):
+    if DOT_F32:
+        return tl.dot(w.to(tl.float32), tl.trans(a.to(tl.float32)), acc)
+    return tl.dot(w, tl.trans(a), acc)
+
+
+@triton.jit
+def _mma_words(acc, w_words, w_scales, a, a_scales, A_MODE: tl.constexpr, DOT_F32: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_ASM: tl.constexpr):  # fmt: skip
+    """W_DEQ=3: W read as int32 words (8 codes each, no byte packing in registers), decoded into 8 tensors of K
+    positions 8j+i; A split the same way; eight K/8 dots (BLOCK_K >= 128)."""
+    w0, w1, w2, w3, w4, w5, w6, w7 = mx.mxfp4_words_bf16(w_words, w_scales, BLOCK_N, BLOCK_K, W_ASM)
+    a_bf16 = _a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K)
+    a0, a1, a2, a3, a4, a5, a6, a7 = mx.split_k_octets(a_bf16, BLOCK_M, BLOCK_K)
+    acc = _dot(acc, w0, a0, DOT_F32)
+    acc = _dot(acc, w1, a1, DOT_F32)
+    acc = _dot(acc, w2, a2, DOT_F32)
+    acc = _dot(acc, w3, a3, DOT_F32)
+    acc = _dot(acc, w4, a4, DOT_F32)
+    acc = _dot(acc, w5, a5, DOT_F32)
+    acc = _dot(acc, w6, a6, DOT_F32)
+    return _dot(acc, w7, a7, DOT_F32)
 
 
 @triton.jit
@@ -102,7 +176,8 @@ def mxfp4_gemm_kernel(
     stride_am, stride_asm, stride_ask, stride_wn, stride_wsn, stride_cm,
     A_MODE: tl.constexpr, DOT_SCALED: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr, W_DEQ: tl.constexpr = 0,
+    W_ASM: tl.constexpr = False,
 ):  # fmt: skip
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP)
     pid_k = tl.program_id(1)
@@ -117,10 +192,14 @@ def mxfp4_gemm_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for kt in range(kt0, kt1):
         k0 = kt * BLOCK_K
-        w_packed, w_scales = _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
+        if W_DEQ == 3:
+            w_packed, w_scales = _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
+        else:
+            w_packed, w_scales = _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
         a, a_scales = _load_a(a_ptr, as_ptr, offs_m, k0, K, stride_am, stride_asm, stride_ask,
                               A_MODE, BLOCK_M, BLOCK_K, EVEN_K)  # fmt: skip
-        acc = _mma(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_SCALED, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K)
+        acc = _mma(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_SCALED, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K,
+                   W_DEQ, W_ASM)  # fmt: skip
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

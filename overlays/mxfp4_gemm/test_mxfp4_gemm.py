@@ -53,6 +53,27 @@ def test_routes_match_reference(route: str, split: int):
     _close(out, mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu()))
 
 
+@pytest.mark.parametrize("deq", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["fused", "prequant", "w4a16", "packed"])
+def test_fast_decode_variants_match_reference(deq: int, mode: str):
+    """W_DEQ 1 (fast decode, interleaved), 2 (even/odd-K halves, two dots), 3 (int32 words, 8 dots; BLOCK_K 128,
+    K = 320 leaves a masked partial tile) in every A mode, with split-K."""
+    a, w, ws = _case(5, 48, 320 if deq == 3 else 192, seed=11)
+    cfg = {**SMALL, "deq": deq, "route": "prequant" if mode == "prequant" else "fused", "SPLIT_K": 2}
+    cfg["BLOCK_K"] = 128 if deq == 3 else cfg["BLOCK_K"]
+    if mode == "w4a16":
+        out, ref = gemm.mxfp4_gemm(a, w, ws, quant_a=False, config=cfg), mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu(),
+                                                                                         quant_a=False)  # fmt: skip
+    elif mode == "packed":
+        packed, scales = quant_mxfp4(a.cpu())
+        out = gemm.mxfp4_gemm(packed.to(DEV), w, ws, a_scale=scales.to(DEV), config=cfg)
+        ref = mxfp4_gemm_ref(packed, w.cpu(), ws.cpu(), a_scale=scales)
+    else:
+        out, ref = gemm.mxfp4_gemm(a, w, ws, config=cfg), mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu())
+    _close(out, ref)
+    assert gemm.deq_flags(cfg, torch.device(DEV), False) == {"W_DEQ": deq, "W_ASM": DEV == "cuda"}
+
+
 def test_fused_quant_is_bit_exact_in_the_gemm():
     # Same tiles and K order: the fused A-load quantizer must produce exactly the values of the reference
     # quantizer, so the outputs match bitwise both with bf16 qdq input and with pre-quantized (packed) input.
@@ -126,7 +147,8 @@ def test_config_tables_are_complete(arch: str):
 
 def test_pick_config_buckets_and_split_k():
     assert gemm.bucket_of(1) == "16" and gemm.bucket_of(17) == "32" and gemm.bucket_of(5000) == "max"
-    assert gemm.pick_config(4, 2880, 512, "sm90")["route"] == "fused"
+    assert gemm.route_for(gemm.pick_config(4, 2880, 512, "sm90"), 2880, 512) == "fused"
+    assert gemm.route_for(gemm.pick_config(1, 36864, 7168, "sm90"), 36864, 7168) == "prequant"
     assert gemm.pick_config(16384, 2112, 7168, "sm90")["BLOCK_M"] >= 128
     cfg = {"SPLIT_K": 0, "MIN_K_TILES": 2}
     assert gemm.split_k(cfg, tiles=33, k_tiles=28, sms=132) == 7  # ceil(264/33)=8 -> 7 splits of 4 tiles

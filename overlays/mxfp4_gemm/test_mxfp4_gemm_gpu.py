@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
+from speedrun.overlays.mx import triton_helpers as mx
+from speedrun.overlays.mx.format import dequant_mxfp4
 from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4
 from speedrun.overlays.mxfp4_gemm import gemm
+from speedrun.overlays.mxfp4_gemm.bench import SWEEP_VARIANTS
 from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight
 from speedrun.overlays.mxfp4_gemm.shapes import BRIEF, DEEPSEEK_NK, PREFILL_M
 
@@ -97,3 +102,65 @@ def test_cuda_graph_capture_and_replay():
     graph.replay()
     torch.cuda.synchronize()
     _check(out, mxfp4_gemm_ref(a, w, ws))
+
+
+@pytest.mark.parametrize("variant", ["config", *SWEEP_VARIANTS], ids=str)
+@pytest.mark.parametrize("m,n,k", [(1, 2112, 7168), (64, 4096, 512)], ids=lambda v: str(v))
+def test_every_sweep_variant_matches_reference(variant: str, m: int, n: int, k: int):
+    """Each config variant the bench sweeps (fast decode deq 1/2, fused/prequant, tiles) is checked here first."""
+    a, w, ws = _case(m, n, k, seed=19)
+    cfg = {**gemm.pick_config(m, n, k, gemm.config_arch(a.device)), **SWEEP_VARIANTS.get(variant, {})}
+    _check(gemm.mxfp4_gemm(a, w, ws, config=cfg), mxfp4_gemm_ref(a, w, ws))
+    _check(gemm.mxfp4_gemm(a, w, ws, quant_a=False, config=cfg), mxfp4_gemm_ref(a, w, ws, quant_a=False))
+
+
+@triton.jit
+def _halves_kernel(p_ptr, s_ptr, lo_ptr, hi_ptr, R: tl.constexpr, C: tl.constexpr):
+    offs = tl.program_id(0) * R + tl.arange(0, R)[:, None]
+    packed = tl.load(p_ptr + offs * (C // 2) + tl.arange(0, C // 2)[None, :])
+    scales = tl.load(s_ptr + offs * (C // 32) + tl.arange(0, C // 32)[None, :])
+    lo, hi = mx.mxfp4_halves_bf16(packed, scales, R, C, True)
+    tl.store(lo_ptr + offs * (C // 2) + tl.arange(0, C // 2)[None, :], lo)
+    tl.store(hi_ptr + offs * (C // 2) + tl.arange(0, C // 2)[None, :], hi)
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="inline PTX: CUDA only")
+def test_inline_ptx_decode_is_bit_exact_for_every_byte_and_scale():
+    """mx.mxfp4_halves_bf16 with ASM on the GPU vs the torch dequant: every byte value under every scale 1..254."""
+    rows = 254 * 16  # each row: one scale per 32 elements; the 256 byte values spread over 16 rows of 16 bytes
+    packed = torch.arange(256, dtype=torch.uint8, device="cuda").view(16, 16).repeat(254, 1).contiguous()
+    scales = torch.arange(1, 255, dtype=torch.uint8, device="cuda").repeat_interleave(16)[:, None].contiguous()
+    lo = torch.empty(rows, 16, dtype=torch.bfloat16, device="cuda")
+    hi = torch.empty_like(lo)
+    _halves_kernel[(rows // 16,)](packed, scales, lo, hi, 16, 32, num_warps=1)  # 8 bytes per thread: whole packs
+    want = dequant_mxfp4(packed, scales, torch.bfloat16)
+    got = torch.stack((lo, hi), -1).flatten(-2)
+    normal = (want.float().abs() >= 2.0**-126) | (want == 0)
+    assert normal.float().mean() > 0.95
+    assert torch.equal(got.view(torch.int16)[normal], want.view(torch.int16)[normal])
+
+
+@triton.jit
+def _words_kernel(w_ptr, s_ptr, o_ptr, R: tl.constexpr, C: tl.constexpr):
+    offs = tl.program_id(0) * R + tl.arange(0, R)[:, None]
+    words = tl.load(w_ptr + offs * (C // 8) + tl.arange(0, C // 8)[None, :])
+    scales = tl.load(s_ptr + offs * (C // 32) + tl.arange(0, C // 32)[None, :])
+    vals = mx.mxfp4_words_bf16(words, scales, R, C, True)
+    j = tl.arange(0, C // 8)[None, :] * 8
+    for i in tl.static_range(8):
+        tl.store(o_ptr + offs * C + j + i, vals[i])
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="inline PTX: CUDA only")
+def test_inline_ptx_word_decode_is_bit_exact_for_every_scale():
+    """mx.mxfp4_words_bf16 with ASM on the GPU vs the torch dequant: random words under every scale 1..254."""
+    rows = 254 * 16
+    g = torch.Generator(device="cuda").manual_seed(23)
+    packed = torch.randint(0, 256, (rows, 64), dtype=torch.uint8, device="cuda", generator=g)
+    scales = torch.arange(1, 255, dtype=torch.uint8, device="cuda").repeat_interleave(16)[:, None].repeat(1, 4)
+    out = torch.empty(rows, 128, dtype=torch.bfloat16, device="cuda")
+    _words_kernel[(rows // 16,)](packed.view(torch.int32), scales.contiguous(), out, 16, 128)
+    want = dequant_mxfp4(packed, scales, torch.bfloat16)
+    normal = (want.float().abs() >= 2.0**-126) | (want == 0)
+    assert normal.float().mean() > 0.95
+    assert torch.equal(out.view(torch.int16)[normal], want.view(torch.int16)[normal])

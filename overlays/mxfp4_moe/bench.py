@@ -148,6 +148,53 @@ def bench_model(model: str, gpu: str, ms: tuple[int, ...], allow_jit: bool = Fal
     return rows
 
 
+SWEEP_MS = {"gpt-oss-120b": (1, 64), "deepseek-r1-mxfp4-tp8": (1, 128)}
+# Overrides of the tuned config: the previous default (no swap, generic decode), each new knob alone, Triton's own
+# sm90 dot_scaled upcast, deeper / shallower K tiles, and GEMM1 without split-K.
+SWEEP_VARIANTS = {
+    "old_noswap_deq0": {"swap": False, "deq": 0},
+    "noswap_deq2": {"swap": False, "deq": 2},
+    "swap_deq0": {"swap": True, "deq": 0},
+    "dot_scaled": {"dot_scaled": True},
+    "swap_deq2_bk256": {"swap": True, "deq": 2, "BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
+    "swap_deq2_bk128": {"swap": True, "deq": 2, "BLOCK_K1": 128, "BLOCK_K2": 128},
+    "no_split1": {"split1": 1},
+}
+
+
+def sweep_model(model: str, gpu: str) -> list[dict[str, Any]]:
+    """Every SWEEP_VARIANTS entry (plus the config itself) at SWEEP_MS[model]; rows carry `variant` + `config`."""
+    e, topk, h, n, a4, _ = MODELS[model]
+    raw = make_raw(e, h, n, gptoss=not a4)
+    w = ours(raw, gptoss=not a4)
+    rows = []
+    for m in SWEEP_MS[model]:
+        sets = routing_sets(m, e, topk, h)
+        nbytes = min_bytes(sets, e, h, n, gptoss=not a4)
+        base_cfg = pick_config(w, m, topk)
+        try:
+            want = fused_moe_mxfp4(sets[0]["x"], w, sets[0]["ids"], sets[0]["tw"]).float()
+        except Exception:  # the config's own row records the error below
+            want = None
+        for name, var in {"config": {}, **SWEEP_VARIANTS}.items():
+            cfg = {**base_cfg, **var}
+            row = dict(impl="speedrun", variant=name, config=cfg, gpu=gpu, model=model, m=m, bytes=nbytes)
+            try:
+                got = fused_moe_mxfp4(sets[0]["x"], w, sets[0]["ids"], sets[0]["tw"], cfg=cfg).float()
+                if want is not None:
+                    row["rel_diff_vs_config"] = round(((got - want).norm() / want.norm()).item(), 5)
+                calls = [lambda s=s, cfg=cfg: fused_moe_mxfp4(s["x"], w, s["ids"], s["tw"], cfg=cfg) for s in sets]
+                us, mode = time_calls(calls)
+                gbps = nbytes / us / 1e3
+                rows.append({**row, "us": round(us, 2), "gbps": round(gbps, 1),
+                             "pct_hbm_peak": round(100 * gbps * 1e9 / HBM_PEAK, 1), "timing": mode})  # fmt: skip
+            except Exception as exc:
+                rows.append({**row, "us": None, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        for r in sorted((r for r in rows if r["m"] == m and r["us"]), key=lambda r: r["us"]):
+            print(f"sweep {model} M={m} {r['variant']:18} {r['us']:9.1f} us {r['pct_hbm_peak']:5.1f} %HBM")
+    return rows
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -186,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--ms", default=",".join(map(str, MS)))
+    ap.add_argument("--sweep", action="store_true", help="only time the variants: DIR/mxfp4_moe_sweep.json")
     ap.add_argument("--allow-jit", action="store_true", help="let flashinfer JIT-compile its CUTLASS MoE (minutes)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -194,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     gpu, t0, rows = torch.cuda.get_device_name(), time.time(), []
     ms = tuple(int(v) for v in args.ms.split(","))
+    if args.sweep:
+        for model in args.models.split(","):
+            rows += sweep_model(model, gpu)
+            torch.cuda.empty_cache()
+        (args.out / "mxfp4_moe_sweep.json").write_text(json.dumps({"meta": {"hbm_peak_Bps": HBM_PEAK}, "rows": rows}))
+        print(f"[{time.time() - t0:.1f} s] -> {args.out / 'mxfp4_moe_sweep.json'}")
+        return 0 if all(r["us"] for r in rows) else 1
     for model in args.models.split(","):
         rows += bench_model(model, gpu, ms, args.allow_jit)
         torch.cuda.empty_cache()

@@ -29,6 +29,14 @@ def _types(fmt: str) -> dict[str, str]:
     return {"act": act, "bias": "*u8" if a4 else "*fp32"}  # w4a4 has no bias: a scale tensor stands in
 
 
+def sm90_consts(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    """SWAP / W_DEQ / W_ASM as moe.sm90_flags sets them on a CUDA device (all off for dot_scaled and gfx950)."""
+    if cfg.get("dot_scaled") or is_amd(arch):
+        return {"SWAP": False, "W_DEQ": 0, "W_ASM": False}
+    deq = int(cfg.get("deq", 0))
+    return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": deq > 0}
+
+
 def gemm1_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
     fmt = key.split(":")[0]
     t, a4 = _types(fmt), fmt == "w4a4"
@@ -36,10 +44,11 @@ def gemm1_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
            "o_ptr": t["act"], "os_ptr": t["act"], "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
            "npad_ptr": "*i32", **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we",
            "stride_wn", "stride_wse", "stride_wsn", "stride_be", "stride_om", "stride_osm"), "i32"),
-           "alpha": "fp32", "limit": "fp32"}  # fmt: skip
+           "alpha": "fp32", "limit": "fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32"}  # fmt: skip
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": 0 if a4 else 1, "HAS_BIAS": not a4,
              "DOT_SCALED": bool(cfg.get("dot_scaled")), "BLOCK_M": cfg["BLOCK_M"],
-             "BLOCK_N": cfg["BLOCK_N1"], "BLOCK_K": cfg["BLOCK_K1"]}  # fmt: skip
+             "BLOCK_N": cfg["BLOCK_N1"], "BLOCK_K": cfg["BLOCK_K1"], **sm90_consts(cfg, arch),
+             "SPLIT_K": 2 if int(cfg.get("split1", 1)) != 1 else 1}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     return CompileSpec(f"{OP}/gemm1[{key}]", moe_gemm1_kernel, sig, const, _options(cfg, "1", arch), expect)
@@ -54,7 +63,7 @@ def gemm2_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
            "stride_wsn", "stride_be", "stride_om"), "i32")}  # fmt: skip
     scaled = bool(cfg.get("dot_scaled"))
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not a4, "DOT_SCALED": scaled, "BLOCK_M": cfg["BLOCK_M"],
-             "BLOCK_N": cfg["BLOCK_N2"], "BLOCK_K": cfg["BLOCK_K2"]}  # fmt: skip
+             "BLOCK_N": cfg["BLOCK_N2"], "BLOCK_K": cfg["BLOCK_K2"], **sm90_consts(cfg, arch)}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     return CompileSpec(f"{OP}/gemm2[{key}]", moe_gemm2_kernel, sig, const, _options(cfg, "2", arch), expect)

@@ -8,6 +8,8 @@ GEMM2: reads those slot rows, multiplies by w2, adds the bias, scales by the rou
 Operands: weights always MXFP4 [E, rows, K/2] + [E, rows, K/32]; activations bf16 (w4a16) or MXFP4 (w4a4).
 DOT_SCALED=False dequantizes both to bf16 in registers and uses tl.dot (sm90, and the CPU interpreter);
 DOT_SCALED=True hands the packed operands to tl.dot_scaled (gfx950: v_mfma_scale for e2m1 x e2m1).
+sm90 knobs: SWAP computes acc^T = W @ A^T (weights on the MMA's M side, from registers; tokens on its narrow N
+side); W_DEQ=2 uses the fast even/odd-K decode (mx.mxfp4_halves_bf16, inline PTX when W_ASM).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from speedrun.overlays.mx.triton_helpers import mxfp4_to_bf16, quant_mxfp4
+from speedrun.overlays.mx.triton_helpers import mxfp4_halves_bf16, mxfp4_to_bf16, quant_mxfp4, split_k_pairs
 
 ACT_SILU, ACT_SWIGLU_OAI = 0, 1
 
@@ -53,17 +55,34 @@ def _load_w(w_ptr, ws_ptr, wrows, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K: t
 
 @triton.jit
 def _mma(acc, a, a_s, w, ws, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr,
-         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-    """acc += A @ W^T for one K step."""
+         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+         SWAP: tl.constexpr, W_DEQ: tl.constexpr, W_ASM: tl.constexpr):  # fmt: skip
+    """acc += A @ W^T for one K step (acc is [BN, BM] = W @ A^T when SWAP)."""
     if DOT_SCALED:
         if A_FP4:
             acc = tl.dot_scaled(a, a_s, "e2m1", tl.trans(w), ws, "e2m1", acc)
         else:
             acc = tl.dot_scaled(a, None, "bf16", tl.trans(w), ws, "e2m1", acc)
+    elif W_DEQ == 2:
+        # Fast decode kept as even/odd-K halves (no interleave of the weight tile); A split the same way.
+        w_lo, w_hi = mxfp4_halves_bf16(w, ws, BLOCK_N, BLOCK_K, W_ASM)
+        if A_FP4:
+            a_lo, a_hi = mxfp4_halves_bf16(a, a_s, BLOCK_M, BLOCK_K, W_ASM)
+        else:
+            a_lo, a_hi = split_k_pairs(a.to(tl.bfloat16), BLOCK_M, BLOCK_K)
+        if SWAP:
+            acc = tl.dot(w_lo, tl.trans(a_lo), acc)
+            acc = tl.dot(w_hi, tl.trans(a_hi), acc)
+        else:
+            acc = tl.dot(a_lo, tl.trans(w_lo), acc)
+            acc = tl.dot(a_hi, tl.trans(w_hi), acc)
     else:
         if A_FP4:
             a = mxfp4_to_bf16(a, a_s, BLOCK_M, BLOCK_K)
-        acc = tl.dot(a, tl.trans(mxfp4_to_bf16(w, ws, BLOCK_N, BLOCK_K)), acc)
+        if SWAP:
+            acc = tl.dot(mxfp4_to_bf16(w, ws, BLOCK_N, BLOCK_K), tl.trans(a), acc)
+        else:
+            acc = tl.dot(a, tl.trans(mxfp4_to_bf16(w, ws, BLOCK_N, BLOCK_K)), acc)
     return acc
 
 
@@ -76,32 +95,10 @@ def _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def moe_gemm1_kernel(
-    a_ptr, as_ptr, w_ptr, ws_ptr, b_ptr, o_ptr, os_ptr, sorted_ptr, expert_ids_ptr, npad_ptr,
-    NUM, N, K, stride_am, stride_asm, stride_we, stride_wn, stride_wse, stride_wsn, stride_be, stride_om,
-    stride_osm, alpha, limit,
-    TOPK: tl.constexpr, A_FP4: tl.constexpr, OUT_FP4: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DOT_SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)]."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    if pid_m * BLOCK_M >= tl.load(npad_ptr):
-        return
-    slot, m_ok, expert = _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M)
-    rows = slot // TOPK
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
-    w_ptr += expert * stride_we
-    ws_ptr += expert * stride_wse
-    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K)
-        wg, wgs = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-        wu, wus = _load_w(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-        acc_g = _mma(acc_g, a, a_s, wg, wgs, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K)
-        acc_u = _mma(acc_u, a, a_s, wu, wus, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K)
+def _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs_n, n_ok, pid_n, N, stride_be,
+                    stride_om, stride_osm, alpha, limit, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    OUT_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Biases, bf16 rounding, activation, and the bf16 (or re-quantized MXFP4) store of h[slot, n]."""
     if HAS_BIAS:
         acc_g += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         acc_u += tl.load(b_ptr + expert * stride_be + N + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -127,11 +124,76 @@ def moe_gemm1_kernel(
 
 
 @triton.jit
+def moe_gemm1_kernel(
+    a_ptr, as_ptr, w_ptr, ws_ptr, b_ptr, o_ptr, os_ptr, sorted_ptr, expert_ids_ptr, npad_ptr,
+    NUM, N, K, stride_am, stride_asm, stride_we, stride_wn, stride_wse, stride_wsn, stride_be, stride_om,
+    stride_osm, alpha, limit,
+    TOPK: tl.constexpr, A_FP4: tl.constexpr, OUT_FP4: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False,
+    part_ptr=None, cnt_ptr=None, SPLIT_K: tl.constexpr = 1,
+):  # fmt: skip
+    """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)].
+    SPLIT_K > 1 (grid axis 2; 1-2 tokens per expert, too few CTAs): each split writes fp32 partials, the last one
+    to arrive (per-tile counter, left zeroed) sums them in split order and runs the epilogue."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    if pid_m * BLOCK_M >= tl.load(npad_ptr):
+        return
+    slot, m_ok, expert = _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M)
+    rows = slot // TOPK
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    w_ptr += expert * stride_we
+    ws_ptr += expert * stride_wse
+    if SWAP:  # weights on the MMA's M side (registers on sm90), the few tokens on its narrow N side
+        acc_g = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    for k0 in range(pid_k * per_split, min(pid_k * per_split + per_split, K), BLOCK_K):
+        a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K)
+        wg, wgs = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+        wu, wus = _load_w(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+        acc_g = _mma(acc_g, a, a_s, wg, wgs, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+        acc_u = _mma(acc_u, a, a_s, wu, wus, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+    if SWAP:
+        acc_g = tl.trans(acc_g)
+        acc_u = tl.trans(acc_u)
+    if SPLIT_K == 1:
+        _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs_n, n_ok, pid_n, N, stride_be,
+                        stride_om, stride_osm, alpha, limit, ACT, HAS_BIAS, OUT_FP4, BLOCK_M, BLOCK_N)  # fmt: skip
+    else:
+        tile = pid_m * tl.num_programs(1) + pid_n
+        t_elems: tl.constexpr = BLOCK_M * BLOCK_N
+        local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        base = part_ptr + tile.to(tl.int64) * (SPLIT_K * 2 * t_elems)
+        tl.store(base + pid_k * (2 * t_elems) + local, acc_g)
+        tl.store(base + pid_k * (2 * t_elems) + t_elems + local, acc_u)
+        tl.debug_barrier()  # every thread's partial is written before the arrival is published (release)
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for s in range(SPLIT_K):  # fixed order: the sum does not depend on which split came last
+                acc_g += tl.load(base + s * (2 * t_elems) + local, cache_modifier=".cg")
+                acc_u += tl.load(base + s * (2 * t_elems) + t_elems + local, cache_modifier=".cg")
+            _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs_n, n_ok, pid_n, N,
+                            stride_be, stride_om, stride_osm, alpha, limit, ACT, HAS_BIAS, OUT_FP4, BLOCK_M,
+                            BLOCK_N)  # fmt: skip
+            tl.atomic_xchg(cnt_ptr + tile, 0)
+
+
+@triton.jit
 def moe_gemm2_kernel(
     a_ptr, as_ptr, w_ptr, ws_ptr, b_ptr, tw_ptr, o_ptr, sorted_ptr, expert_ids_ptr, npad_ptr,
     NUM, N, K, stride_am, stride_asm, stride_we, stride_wn, stride_wse, stride_wsn, stride_be, stride_om,
     TOPK: tl.constexpr, A_FP4: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_SCALED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False,
 ):  # fmt: skip
     """out32[slot // TOPK, n] += topk_weight[slot] * (h[slot] . w2[n] + b2[n])."""
     pid_m = tl.program_id(0)
@@ -143,11 +205,16 @@ def moe_gemm2_kernel(
     n_ok = offs_n < N
     w_ptr += expert * stride_we
     ws_ptr += expert * stride_wse
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if SWAP:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K)
         w, ws = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-        acc = _mma(acc, a, a_s, w, ws, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K)
+        acc = _mma(acc, a, a_s, w, ws, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+    if SWAP:
+        acc = tl.trans(acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     acc *= tl.load(tw_ptr + slot, mask=m_ok, other=0.0).to(tl.float32)[:, None]

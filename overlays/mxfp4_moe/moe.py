@@ -83,6 +83,45 @@ def _opts(cfg: dict[str, Any], which: str, arch: str) -> dict[str, Any]:
     return launch_options(knobs, arch)
 
 
+def sm90_flags(cfg: dict[str, Any], dot_scaled: bool, device: torch.device) -> dict[str, Any]:
+    """SWAP / W_DEQ / W_ASM from the config keys "swap" and "deq" (dequant path only; PTX only on CUDA)."""
+    if dot_scaled:
+        return {}
+    deq = int(cfg.get("deq", 0))
+    asm = deq > 0 and device.type == "cuda" and torch.version.hip is None
+    return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": asm}
+
+
+_counter_bufs: dict[tuple[Any, ...], torch.Tensor] = {}
+_sm_count: dict[Any, int] = {}
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed split-K arrival counters per (device, stream); GEMM1 leaves them zeroed. Replaced only when too small
+    (a graph captured before would then point at the old buffer): 16384 covers split-K's tiny-M use by far."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device.type, device.index, stream)
+    buf = _counter_bufs.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 16384), dtype=torch.int32, device=device)
+        _counter_bufs[key] = buf
+    return buf
+
+
+def gemm1_split(cfg: dict[str, Any], max_ctas: int, k_tiles: int, device: torch.device) -> int:
+    """GEMM1 split-K: config "split1" (0 = auto: ~2 CTAs per SM when the active experts x N tiles, an upper bound
+    known from M alone, fill less than one wave; >= 4 K tiles per split). Host-only arithmetic: graph safe."""
+    want = int(cfg.get("split1", 1))
+    if want == 0:
+        if device.type == "cuda":
+            idx = device.index if device.index is not None else torch.cuda.current_device()
+            sms = _sm_count.setdefault(idx, torch.cuda.get_device_properties(idx).multi_processor_count)
+        else:
+            sms = 4
+        want = 1 if max_ctas >= sms else min(-(-2 * sms // max_ctas), k_tiles // 4)
+    return max(1, min(want, k_tiles, 8))
+
+
 def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """bf16 [M, K] -> MXFP4 (packed [M, K/2], E8M0 [M, K/32]) with the kernels' quantizer."""
     m, k = x.shape
@@ -113,6 +152,7 @@ def fused_moe_mxfp4(
     s = sort_tokens(topk_ids, w.num_experts, cfg["BLOCK_M"])
     topk_weights = topk_weights.contiguous()
     dev = x.device
+    flags = sm90_flags(cfg, dot_scaled, dev)
     if w.a4:
         a, a_s = quant_rows(x)
         inter = torch.empty(num, n // 2, dtype=torch.uint8, device=dev)
@@ -122,13 +162,19 @@ def fused_moe_mxfp4(
         inter = torch.empty(num, n, dtype=torch.bfloat16, device=dev)
         inter_s = inter
     b13 = w.b13 if w.b13 is not None else w.w13_scale
-    grid1 = (s.max_blocks, triton.cdiv(n, cfg["BLOCK_N1"]))
+    n_tiles = triton.cdiv(n, cfg["BLOCK_N1"])
+    split = gemm1_split(cfg, min(w.num_experts, num) * n_tiles, triton.cdiv(h, cfg["BLOCK_K1"]), dev)
+    part = torch.empty(s.max_blocks * n_tiles * split * 2 * cfg["BLOCK_M"] * cfg["BLOCK_N1"] if split > 1 else 1,
+                       dtype=torch.float32, device=dev)  # fmt: skip
+    cnt = _counters(dev, s.max_blocks * n_tiles) if split > 1 else s.num_padded
+    grid1 = (s.max_blocks, n_tiles, split)
     moe_gemm1_kernel[grid1](
         a, a_s, w.w13, w.w13_scale, b13, inter, inter_s, s.sorted_ids, s.expert_ids, s.num_padded,
         num, n, h, a.stride(0), a_s.stride(0), w.w13.stride(0), w.w13.stride(1), w.w13_scale.stride(0),
         w.w13_scale.stride(1), b13.stride(0), inter.stride(0), inter_s.stride(0), float(w.alpha), float(w.limit),
         TOPK=topk, A_FP4=w.a4, OUT_FP4=w.a4, ACT=w.act, HAS_BIAS=w.b13 is not None, DOT_SCALED=dot_scaled,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N1"], BLOCK_K=cfg["BLOCK_K1"], **_opts(cfg, "1", arch),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N1"], BLOCK_K=cfg["BLOCK_K1"], **_opts(cfg, "1", arch), **flags,
+        part_ptr=part, cnt_ptr=cnt, SPLIT_K=split,
     )  # fmt: skip
     out = torch.zeros(m, h, dtype=torch.float32, device=dev)
     b2 = w.b2 if w.b2 is not None else w.w2_scale
@@ -138,7 +184,7 @@ def fused_moe_mxfp4(
         num, h, n, inter.stride(0), inter_s.stride(0), w.w2.stride(0), w.w2.stride(1), w.w2_scale.stride(0),
         w.w2_scale.stride(1), b2.stride(0), out.stride(0),
         TOPK=topk, A_FP4=w.a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N2"], BLOCK_K=cfg["BLOCK_K2"], **_opts(cfg, "2", arch),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N2"], BLOCK_K=cfg["BLOCK_K2"], **_opts(cfg, "2", arch), **flags,
     )  # fmt: skip
     if routed_scaling_factor != 1.0:
         out.mul_(routed_scaling_factor)

@@ -21,6 +21,7 @@ import pytest
 from speedrun.overlays import interpreter
 from speedrun.overlays.arch import load_configs
 from speedrun.overlays.mx.quant import quant_mxfp4
+from speedrun.overlays.mxfp4_moe import moe as moe_mod
 from speedrun.overlays.mxfp4_moe import sort
 from speedrun.overlays.mxfp4_moe.hook import _deinterleave, _triton_kernels_to_standard
 from speedrun.overlays.mxfp4_moe.moe import ACT_SILU, ACT_SWIGLU_OAI, MoeWeights, fused_moe_mxfp4, quant_rows
@@ -99,6 +100,33 @@ def test_w4a16_swiglu_bias_matches_reference(m, topk):
     x = torch.randn(m, h, generator=g).bfloat16()
     ids, tw = _routing(m, e, topk, seed=4)
     _check(fused_moe_mxfp4(x, w, ids, tw, cfg=TINY, arch="sm90"), _ref(x, w, ids, tw), 1e-2)
+
+
+@pytest.mark.parametrize("swap,deq", [(True, 2), (False, 2), (True, 0)])
+@pytest.mark.parametrize("a4", [False, True])
+def test_sm90_swap_and_fast_decode_variants(swap, deq, a4):
+    """SWAP (acc^T = W @ A^T) and W_DEQ 2 (even/odd-K halves; exact Triton under the interpreter)."""
+    e, n, h, topk, m = 5, 64, 128, 3, 7
+    w = _weights(e, n, h, seed=9, a4=a4, act=ACT_SILU if a4 else ACT_SWIGLU_OAI)
+    x = torch.randn(m, h, generator=torch.Generator().manual_seed(10)).bfloat16()
+    ids, tw = _routing(m, e, topk, seed=11)
+    out = fused_moe_mxfp4(x, w, ids, tw, cfg={**TINY, "swap": swap, "deq": deq}, arch="sm90")
+    _check(out, _ref(x, w, ids, tw), 3e-2 if a4 else 1e-2)
+
+
+@pytest.mark.parametrize("a4", [False, True])
+def test_gemm1_split_k_matches_reference_and_resets_counters(a4):
+    """GEMM1 split-K (3 splits over 4 K tiles, one split empty-ranged): same result, counters left zeroed."""
+    e, n, h, topk, m = 4, 64, 256, 2, 3
+    w = _weights(e, n, h, seed=12, a4=a4, act=ACT_SILU if a4 else ACT_SWIGLU_OAI)
+    x = torch.randn(m, h, generator=torch.Generator().manual_seed(13)).bfloat16()
+    ids, tw = _routing(m, e, topk, seed=14)
+    cfg = {**TINY, "swap": True, "deq": 2, "split1": 3}
+    assert moe_mod.gemm1_split(cfg, 8, 4, torch.device("cpu")) == 3
+    assert moe_mod.gemm1_split({"split1": 0}, 72, 28, torch.device("cpu")) == 1  # 4 "SMs" on the CPU: one wave
+    out = fused_moe_mxfp4(x, w, ids, tw, cfg=cfg, arch="sm90")
+    _check(out, _ref(x, w, ids, tw), 3e-2 if a4 else 1e-2)
+    assert all(int(b.abs().sum()) == 0 for b in moe_mod._counter_bufs.values())
 
 
 def test_w4a16_hidden_padding_is_ignored():

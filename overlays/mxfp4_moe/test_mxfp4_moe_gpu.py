@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from speedrun.overlays.mxfp4_moe.bench import SWEEP_VARIANTS
 from speedrun.overlays.mxfp4_moe.moe import ACT_SILU, ACT_SWIGLU_OAI, MoeWeights, fused_moe_mxfp4, pick_config
 from speedrun.overlays.mxfp4_moe.reference import moe_reference
 
@@ -114,3 +115,16 @@ def test_triton_kernels_routing_conversion():
     order_got, order_want = ids.long().sort(1), want_ids.sort(1)
     assert torch.equal(order_got.values, order_want.values)
     assert torch.allclose(tw.gather(1, order_got.indices), want_w.gather(1, order_want.indices), atol=1e-2)
+
+
+@pytest.mark.parametrize("variant", list(SWEEP_VARIANTS))
+@pytest.mark.parametrize("m", [1, 128])
+def test_every_sweep_variant_matches_reference(model, m, variant):
+    """Each config variant the bench sweeps (swap, fast decode, dot_scaled, tiles) is checked here first."""
+    name, w = model
+    x, ids, tw = make_routing(name, m, seed=5)
+    cfg = {**pick_config(w, m, ids.shape[1]), **SWEEP_VARIANTS[variant]}
+    out = fused_moe_mxfp4(x, w, ids, tw, cfg=cfg)
+    ref = reference(x, w, ids, tw)
+    assert torch.isfinite(out.float()).all()
+    assert rel_err(out, ref) < (2e-2 if w.a4 else 1e-2), f"{name} M={m} {variant}: rel err {rel_err(out, ref):.4f}"
