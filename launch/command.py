@@ -37,8 +37,11 @@ FLAGS: dict[str, str] = {  # Server field -> sglang.launch_server flag (value fl
     "load_format": "--load-format",
 }
 DEFAULTS = {"load_format": "auto", "kv_cache_dtype": "auto", "tp": 1, "ep": 1, "dp": 1}  # not passed
-SWITCHES = {"dp_attention": "--enable-dp-attention", "disable_radix_cache": "--disable-radix-cache",
-            "trust_remote_code": "--trust-remote-code"}
+SWITCHES = {
+    "dp_attention": "--enable-dp-attention",
+    "disable_radix_cache": "--disable-radix-cache",
+    "trust_remote_code": "--trust-remote-code",
+}
 
 
 @dataclass
@@ -65,19 +68,43 @@ def server_args(server: Server) -> list[str]:
     args += [flag for field, flag in SWITCHES.items() if getattr(server, field)]
     if server.speculative:
         s = server.speculative
-        args += ["--speculative-algorithm", s.algorithm, "--speculative-num-steps", str(s.num_steps),
-                 "--speculative-eagle-topk", str(s.eagle_topk), "--speculative-num-draft-tokens",
-                 str(s.num_draft_tokens)]
+        args += [
+            "--speculative-algorithm",
+            s.algorithm,
+            "--speculative-num-steps",
+            str(s.num_steps),
+            "--speculative-eagle-topk",
+            str(s.eagle_topk),
+            "--speculative-num-draft-tokens",
+            str(s.num_draft_tokens),
+        ]
     return args + list(server.extra_args)
 
 
-def build(recipe: Recipe, *, baseline: bool, port: int, host: str = "127.0.0.1", model_path: str | None = None,
-          report_dir: Path | None = None, python: str | None = None) -> LaunchSpec:
+def build(
+    recipe: Recipe,
+    *,
+    baseline: bool,
+    port: int,
+    host: str = "127.0.0.1",
+    model_path: str | None = None,
+    report_dir: Path | None = None,
+    python: str | None = None,
+) -> LaunchSpec:
     """The launch of one side. `model_path` overrides recipe.model.path (e.g. a generated synthetic folder)."""
     server = recipe.server_for(baseline)
     model = recipe.model_for(baseline)
-    argv = [python or sys.executable, "-m", "sglang.launch_server", "--model-path", model_path or model.path,
-            "--host", host, "--port", str(port)]
+    argv = [
+        python or sys.executable,
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        model_path or model.path,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     if model.revision:
         argv += ["--revision", model.revision]
     if model.tokenizer:

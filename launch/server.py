@@ -97,8 +97,14 @@ def start(spec: LaunchSpec, log_path: Path, host: str, port: int) -> Server:
     log = open(log_path, "ab", buffering=0)
     log.write(f"# {spec.side}: {spec.shell()}\n".encode())
     try:
-        proc = subprocess.Popen(spec.argv, env=merged_env(spec), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            spec.argv,
+            env=merged_env(spec),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     except FileNotFoundError as exc:
         raise ServerError(f"cannot start {spec.argv[0]}: {exc}") from None
     finally:
@@ -111,26 +117,41 @@ def wait_healthy(server: Server, timeout_s: float, show_progress: bool = True) -
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     t0 = time.monotonic()
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  disable=not show_progress, transient=True) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+        transient=True,
+    ) as progress:
         task = progress.add_task(f"starting {server.spec.side} server on :{server.port}")
         while True:
             if not server.alive():
-                raise ServerError(f"server exited with code {server.proc.returncode} before it was healthy; "
-                                  f"log {server.log_path}:\n{server.log_tail()}")
+                raise ServerError(
+                    f"server exited with code {server.proc.returncode} before it was healthy; "
+                    f"log {server.log_path}:\n{server.log_tail()}"
+                )
             if server.healthy():
                 return time.monotonic() - t0
             if time.monotonic() - t0 > timeout_s:
-                raise ServerError(f"server not healthy after {timeout_s:.0f} s; log {server.log_path}:\n"
-                                  f"{server.log_tail()}")
+                raise ServerError(
+                    f"server not healthy after {timeout_s:.0f} s; log {server.log_path}:\n{server.log_tail()}"
+                )
             last = server.log_tail(1).strip()[-90:]
             progress.update(task, description=f"starting {server.spec.side} server on :{server.port}  {last}")
             time.sleep(1.0)
 
 
 @contextlib.contextmanager
-def running(spec: LaunchSpec, log_path: Path, *, host: str = "127.0.0.1", port: int,
-            timeout_s: float = 1200, show_progress: bool = True) -> Iterator[Server]:
+def running(
+    spec: LaunchSpec,
+    log_path: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int,
+    timeout_s: float = 1200,
+    show_progress: bool = True,
+) -> Iterator[Server]:
     """Start, wait for health, yield, and always tear the whole group down (also on Ctrl-C)."""
     server = start(spec, log_path, host, port)
     try:

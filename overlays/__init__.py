@@ -63,8 +63,13 @@ def register() -> dict[str, Any]:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     version = _sglang_version()
-    report.start(**report.process_identity(), ops_requested=ops, sglang=version,
-                 backends={op: backend_for(op) for op in ops}, synthetic_fill="synthetic" in wanted)
+    report.start(
+        **report.process_identity(),
+        ops_requested=ops,
+        sglang=version,
+        backends={op: backend_for(op) for op in ops},
+        synthetic_fill="synthetic" in wanted,
+    )
     for row in hooks():
         if row.op not in wanted:
             continue

@@ -35,8 +35,13 @@ def process_identity() -> dict[str, Any]:
         name = frame.f_code.co_name
         if name == "run_scheduler_process":
             loc = frame.f_locals
-            return {"role": "scheduler", "tp_rank": loc.get("tp_rank"), "gpu_id": loc.get("gpu_id"),
-                    "pp_rank": loc.get("pp_rank"), "dp_rank": loc.get("dp_rank")}
+            return {
+                "role": "scheduler",
+                "tp_rank": loc.get("tp_rank"),
+                "gpu_id": loc.get("gpu_id"),
+                "pp_rank": loc.get("pp_rank"),
+                "dp_rank": loc.get("dp_rank"),
+            }
         frame = frame.f_back
     return {"role": "launcher", "tp_rank": None, "gpu_id": None, "pp_rank": None, "dp_rank": None}
 
@@ -72,8 +77,12 @@ def fallback(op: str, hook: str, reason: str) -> None:
 
 
 def snapshot() -> dict[str, Any]:
-    return {**_state, "calls": dict(_calls), "fallbacks": {k: dict(v) for k, v in _fallbacks.items()},
-            "updated": time.time()}
+    return {
+        **_state,
+        "calls": dict(_calls),
+        "fallbacks": {k: dict(v) for k, v in _fallbacks.items()},
+        "updated": time.time(),
+    }
 
 
 def path() -> Path | None:

@@ -76,8 +76,9 @@ def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: boo
     console.print(f"[bold]{spec.side}[/]: {spec.shell()}", highlight=False)
     try:
         with running(spec, log, host=host, port=port, timeout_s=timeout) as server:
-            console.print(f"[green]healthy[/] at {server.url} after {time.monotonic() - server.started:.0f} s; "
-                          f"log {log}")
+            console.print(
+                f"[green]healthy[/] at {server.url} after {time.monotonic() - server.started:.0f} s; log {log}"
+            )
             if check:
                 console.print(f"one request: {_one_request(server.url)!r}", highlight=False)
                 time.sleep(2.5)  # let the schedulers flush their reports
@@ -96,8 +97,9 @@ def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: boo
 def _one_request(url: str) -> str:
     import urllib.request
 
-    body = json.dumps({"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8,
-                                                                                "temperature": 0}}).encode()
+    body = json.dumps(
+        {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
+    ).encode()
     req = urllib.request.Request(f"{url}/generate", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=300) as r:
         return json.loads(r.read())["text"]
@@ -120,9 +122,16 @@ def show_reports(directory: Path, expect_ops: str = "") -> list[dict]:
         calls = ", ".join(f"{k}={v}" for k, v in sorted(r.get("calls", {}).items())) or "-"
         fb = sum(sum(v.values()) for v in r.get("fallbacks", {}).values())
         errors = "\n".join(r.get("errors", [])) or "-"
-        t.add_row(r.get("role", "?"), str(r.get("tp_rank", "-")), str(r.get("pid")),
-                  ",".join(r.get("ops_requested", [])) or "-", str(len(r.get("applied", []))), calls,
-                  str(fb), f"[red]{errors}[/]" if r.get("errors") else "-")
+        t.add_row(
+            r.get("role", "?"),
+            str(r.get("tp_rank", "-")),
+            str(r.get("pid")),
+            ",".join(r.get("ops_requested", [])) or "-",
+            str(len(r.get("applied", []))),
+            calls,
+            str(fb),
+            f"[red]{errors}[/]" if r.get("errors") else "-",
+        )
     console.print(t)
     return reports
 
@@ -146,8 +155,15 @@ def doctor() -> None:
     t.add_column("package")
     t.add_column("installed")
     t.add_column("pinned")
-    pins = {"sglang": SGLANG_PIN, "torch": "2.11.0", "triton": "3.6.0", "sglang-kernel": "0.4.5",
-            "flashinfer-python": "0.6.15.post1", "transformers": "5.12.1", "aiter": "-"}
+    pins = {
+        "sglang": SGLANG_PIN,
+        "torch": "2.11.0",
+        "triton": "3.6.0",
+        "sglang-kernel": "0.4.5",
+        "flashinfer-python": "0.6.15.post1",
+        "transformers": "5.12.1",
+        "aiter": "-",
+    }
     for pkg, pin in pins.items():
         try:
             got = version(pkg)
@@ -323,5 +339,3 @@ def register(app: typer.Typer) -> None:
     app.add_typer(recipes_app, name="recipes")
     app.add_typer(model_app, name="model")
     app.add_typer(kernels_app, name="kernels")
-
-

@@ -13,29 +13,57 @@ from speedrun.recipe import Recipe, Synthetic
 
 CONFIGS = Path(__file__).resolve().parent / "model_configs"
 DEFAULT_ROOT = Path(".models")
-SPECIALS = {"deepseek_v3": ["<|begin▁of▁sentence|>", "<|end▁of▁sentence|>"],
-            "gpt_oss": ["<|startoftext|>", "<|endoftext|>"]}
+SPECIALS = {
+    "deepseek_v3": ["<|begin▁of▁sentence|>", "<|end▁of▁sentence|>"],
+    "gpt_oss": ["<|startoftext|>", "<|endoftext|>"],
+}
 
 QUARK_MXFP4 = {  # the shape of a quark export (amd/*-MXFP4): MXFP4 weights, dynamic MXFP4 activations
     "quant_method": "quark",
     "export": {"kv_cache_group": [], "pack_method": "reorder", "weight_format": "real_quantized"},
     "exclude": ["re:.*lm_head", "re:.*embed_tokens", "re:.*self_attn.*", "re:.*mlp.gate$"],
     "global_quant_config": {
-        "weight": {"dtype": "fp4", "qscheme": "per_group", "group_size": 32, "ch_axis": -1, "is_dynamic": False,
-                   "scale_format": "e8m0", "round_method": "half_even"},
-        "input_tensors": {"dtype": "fp4", "qscheme": "per_group", "group_size": 32, "ch_axis": -1,
-                          "is_dynamic": True, "scale_format": "e8m0", "round_method": "half_even"},
-        "output_tensors": None, "bias": None,
+        "weight": {
+            "dtype": "fp4",
+            "qscheme": "per_group",
+            "group_size": 32,
+            "ch_axis": -1,
+            "is_dynamic": False,
+            "scale_format": "e8m0",
+            "round_method": "half_even",
+        },
+        "input_tensors": {
+            "dtype": "fp4",
+            "qscheme": "per_group",
+            "group_size": 32,
+            "ch_axis": -1,
+            "is_dynamic": True,
+            "scale_format": "e8m0",
+            "round_method": "half_even",
+        },
+        "output_tensors": None,
+        "bias": None,
     },
-    "layer_quant_config": {}, "layer_type_quant_config": {},
+    "layer_quant_config": {},
+    "layer_type_quant_config": {},
 }
 QUANT = {
     "quark_mxfp4": QUARK_MXFP4,
-    "fp8_block": {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
-                  "weight_block_size": [128, 128]},
-    "mxfp4": {"quant_method": "mxfp4",
-              "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
-                                         "model.embed_tokens", "lm_head"]},
+    "fp8_block": {
+        "quant_method": "fp8",
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "weight_block_size": [128, 128],
+    },
+    "mxfp4": {
+        "quant_method": "mxfp4",
+        "modules_to_not_convert": [
+            "model.layers.*.self_attn",
+            "model.layers.*.mlp.router",
+            "model.embed_tokens",
+            "lm_head",
+        ],
+    },
     "bf16": None,
 }
 
@@ -71,8 +99,12 @@ def train_tokenizer(vocab_size: int, specials: list[str]) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus(), trainer=trainer)
     return tok
 
@@ -89,12 +121,20 @@ def write_model(syn: Synthetic, out: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     tok.save(str(tmp / "tokenizer.json"))
-    (tmp / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": specials[0], "eos_token": specials[1],
-        "model_max_length": 1 << 20, "clean_up_tokenization_spaces": False,
-        "chat_template": "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}assistant: {% endif %}",
-    }, indent=2))
+    (tmp / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": specials[0],
+                "eos_token": specials[1],
+                "model_max_length": 1 << 20,
+                "clean_up_tokenization_spaces": False,
+                "chat_template": "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}assistant: {% endif %}",
+            },
+            indent=2,
+        )
+    )
     (tmp / "config.json").write_text(json.dumps(make_config(syn, eos, bos), indent=2))
     (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": bos, "eos_token_id": eos}))
     (tmp / "speedrun.json").write_text(json.dumps({"fingerprint": fingerprint(syn), "synthetic": syn.model_dump()}))

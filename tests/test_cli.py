@@ -24,8 +24,16 @@ def test_dry_run_prints_one_copy_pasteable_command():
 
 def test_bad_recipe_is_one_clear_error(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"name": "x", "model": {"path": "m"},
-                                   "hardware": {"platform": "cuda", "arch": "sm90"}, "server": {"tp": "eight"}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "model": {"path": "m"},
+                "hardware": {"platform": "cuda", "arch": "sm90"},
+                "server": {"tp": "eight"},
+            }
+        )
+    )
     r = run("launch", str(bad), "--dry-run")
     assert r.exit_code == 2
     assert "bad.yaml" in r.output and "server.tp: Input should be a valid integer" in r.output

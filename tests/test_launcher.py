@@ -14,8 +14,18 @@ SERVER = Path(__file__).parent / "servers" / "lifecycle_server.py"
 
 
 def spec(port: int, mode: str, tmp_path: Path, delay: float = 0.5) -> LaunchSpec:
-    argv = [sys.executable, str(SERVER), "--port", str(port), "--mode", mode, "--delay", str(delay),
-            "--child-pid-file", str(tmp_path / "child.pid")]
+    argv = [
+        sys.executable,
+        str(SERVER),
+        "--port",
+        str(port),
+        "--mode",
+        mode,
+        "--delay",
+        str(delay),
+        "--child-pid-file",
+        str(tmp_path / "child.pid"),
+    ]
     return LaunchSpec(argv=argv, env={"SPEEDRUN_TEST": "1"}, side="overlay")
 
 
@@ -57,8 +67,9 @@ def test_timeout_kills_server(tmp_path):
     port = free_port()
     t0 = time.monotonic()
     with pytest.raises(ServerError, match="not healthy after 3 s"):
-        with running(spec(port, "never-healthy", tmp_path), tmp_path / "log", port=port, timeout_s=3,
-                     show_progress=False):
+        with running(
+            spec(port, "never-healthy", tmp_path), tmp_path / "log", port=port, timeout_s=3, show_progress=False
+        ):
             pass
     assert time.monotonic() - t0 < 30
     child = int((tmp_path / "child.pid").read_text())

@@ -24,8 +24,9 @@ def copy_real(tmp_path, rels):
 def make_patch(root, rel, old, new, why):
     text = (root / rel).read_text()
     assert old in text
-    diff = difflib.unified_diff(text.splitlines(True), text.replace(old, new, 1).splitlines(True),
-                                f"a/{rel}", f"b/{rel}", n=3)
+    diff = difflib.unified_diff(
+        text.splitlines(True), text.replace(old, new, 1).splitlines(True), f"a/{rel}", f"b/{rel}", n=3
+    )
     return f"{why}\n\n" + "".join(diff)
 
 
@@ -34,10 +35,12 @@ def series(tmp_path):
     root = copy_real(tmp_path, [REAL, REAL2])
     d = tmp_path / "patches" / "sglang-9.9"
     d.mkdir(parents=True)
-    (d / "0001-a.patch").write_text(make_patch(root, REAL, "_plugins_loaded = False", "_plugins_loaded = False  # x",
-                                                "Why: a test patch"))
-    (d / "0002-b.patch").write_text(make_patch(root, REAL2, "class HookType(Enum):", "class HookType(Enum):  # y",
-                                                "Why: another"))
+    (d / "0001-a.patch").write_text(
+        make_patch(root, REAL, "_plugins_loaded = False", "_plugins_loaded = False  # x", "Why: a test patch")
+    )
+    (d / "0002-b.patch").write_text(
+        make_patch(root, REAL2, "class HookType(Enum):", "class HookType(Enum):  # y", "Why: another")
+    )
     (d / "series").write_text("# order matters\n0001-a.patch\n0002-b.patch\n")
     return root, patching.load_series("9.9", tmp_path / "patches")
 

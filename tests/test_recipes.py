@@ -20,9 +20,15 @@ def write(tmp_path, data, name="r.yaml"):
 
 def test_ships_the_finals_and_synthetic_recipes():
     names = {p.stem for p in RECIPES}
-    assert {"deepseek-r1-mxfp4-mi355x", "deepseek-r1-mxfp4-mtp-mi355x", "deepseek-r1-fp8-mi355x",
-            "gpt-oss-120b-mi355x", "synth-deepseek-h100", "synth-deepseek-mxfp4-h100",
-            "synth-gpt-oss-h100"} <= names
+    assert {
+        "deepseek-r1-mxfp4-mi355x",
+        "deepseek-r1-mxfp4-mtp-mi355x",
+        "deepseek-r1-fp8-mi355x",
+        "gpt-oss-120b-mi355x",
+        "synth-deepseek-h100",
+        "synth-deepseek-mxfp4-h100",
+        "synth-gpt-oss-h100",
+    } <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -32,20 +38,30 @@ def test_shipped_recipe_is_valid(path):
 
 
 BAD = {  # id: (recipe fields on top of MINIMAL, what the error must say)
-    "arch": ({"hardware": {"platform": "cuda", "arch": "sm100", "gpus": 1}},
-             "hardware.arch: Input should be 'sm90' or 'gfx950' (got 'sm100')"),
+    "arch": (
+        {"hardware": {"platform": "cuda", "arch": "sm100", "gpus": 1}},
+        "hardware.arch: Input should be 'sm90' or 'gfx950' (got 'sm100')",
+    ),
     "type": ({"server": {"tp": "eight"}}, "server.tp: Input should be a valid integer"),
     "extra": ({"server": {"tensor_parallel": 8}}, "server.tensor_parallel: Extra inputs are not permitted"),
     "tp>gpus": ({"server": {"tp": 8}}, "(top level): Value error, server.tp x server.dp = 8 GPUs > hardware.gpus = 1"),
-    "backend": ({"overlays": {"mla_decode": {"backend": "cuda"}}},
-                "overlays.mla_decode.backend: Input should be 'triton', 'aiter' or 'reference'"),
+    "backend": (
+        {"overlays": {"mla_decode": {"backend": "cuda"}}},
+        "overlays.mla_decode.backend: Input should be 'triton', 'aiter' or 'reference'",
+    ),
     "overlay-server": ({"overlays": {"server": {"attn": "x"}}}, "overlays.server has unknown server field(s) ['attn']"),
-    "scenario": ({"benchmarks": {"scenarios": [{"isl": 1024, "concurrency": [4]}]}},
-                 "benchmarks.scenarios.0.osl: Field required"),
-    "gsm8k": ({"accuracy": {"gsm8k": {"min_score": 1.5}}},
-              "accuracy.gsm8k.min_score: Input should be less than or equal to 1"),
-    "synthetic": ({"model": {"path": "m", "synthetic": {"arch": "deepseek_v3"}}},
-                  "model.synthetic needs server.load_format: dummy"),
+    "scenario": (
+        {"benchmarks": {"scenarios": [{"isl": 1024, "concurrency": [4]}]}},
+        "benchmarks.scenarios.0.osl: Field required",
+    ),
+    "gsm8k": (
+        {"accuracy": {"gsm8k": {"min_score": 1.5}}},
+        "accuracy.gsm8k.min_score: Input should be less than or equal to 1",
+    ),
+    "synthetic": (
+        {"model": {"path": "m", "synthetic": {"arch": "deepseek_v3"}}},
+        "model.synthetic needs server.load_format: dummy",
+    ),
 }
 
 
@@ -78,7 +94,7 @@ def test_dry_run_commands(path, tmp_path):
     for side in (over, base):
         assert side.argv[1:3] == ["-m", "sglang.launch_server"]
         assert side.env.items() >= NO_MULTICAST.items()
-        assert shlex.split(side.shell())[-len(side.argv):] == side.argv  # the printed line is the command
+        assert shlex.split(side.shell())[-len(side.argv) :] == side.argv  # the printed line is the command
     ops = r.overlays.enabled_ops()
     assert over.env["SPEEDRUN_OVERLAYS"] == ",".join(ops)
     assert base.env["SPEEDRUN_OVERLAYS"] == ""
@@ -88,7 +104,7 @@ def test_dry_run_commands(path, tmp_path):
         assert over.argv[over.argv.index("--tp-size") + 1] == str(r.server.tp)
     for field, value in r.overlays.server.items():
         if field == "extra_args":
-            assert over.argv[-len(value):] == value
+            assert over.argv[-len(value) :] == value
             continue
         flag = "--" + field.replace("_", "-")
         assert over.argv[over.argv.index(flag) + 1] == str(value)
@@ -101,9 +117,15 @@ def test_finals_recipe_flags():
     r = load_recipe("deepseek-r1-mxfp4-mi355x")
     argv = build(r, baseline=True, port=30000).argv
     joined = " ".join(argv)
-    for part in ("--tp-size 8", "--kv-cache-dtype fp8_e4m3", "--attention-backend aiter",
-                 "--chunked-prefill-size 196608", "--cuda-graph-max-bs 128", "--mem-fraction-static 0.8",
-                 "--disable-radix-cache"):
+    for part in (
+        "--tp-size 8",
+        "--kv-cache-dtype fp8_e4m3",
+        "--attention-backend aiter",
+        "--chunked-prefill-size 196608",
+        "--cuda-graph-max-bs 128",
+        "--mem-fraction-static 0.8",
+        "--disable-radix-cache",
+    ):
         assert part in joined
     assert r.env["SGLANG_USE_AITER"] == "1"
     sc = r.benchmarks.scenarios[0]

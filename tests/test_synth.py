@@ -24,8 +24,13 @@ def test_config_is_the_real_architecture_with_the_slice(deepseek_folder):
     assert (cfg["n_routed_experts"], cfg["moe_intermediate_size"], cfg["hidden_size"]) == (256, 256, 7168)
     q = cfg["quantization_config"]
     assert q["quant_method"] == "quark"
-    assert q["global_quant_config"]["weight"] == {**q["global_quant_config"]["weight"], "dtype": "fp4",
-                                                  "group_size": 32, "scale_format": "e8m0", "is_dynamic": False}
+    assert q["global_quant_config"]["weight"] == {
+        **q["global_quant_config"]["weight"],
+        "dtype": "fp4",
+        "group_size": 32,
+        "scale_format": "e8m0",
+        "is_dynamic": False,
+    }
     assert q["global_quant_config"]["input_tensors"]["is_dynamic"] is True
 
 
@@ -71,8 +76,16 @@ def toy_model() -> torch.nn.Module:
 def test_fill_rules_give_sane_numbers():
     m = toy_model()
     counts = fill_model_(m, seed=7)
-    assert counts == {"mxfp4_bytes": 1, "e8m0_scale": 1, "zeros": 2, "matrix": 1, "lm_head": 1, "ones": 1,
-                      "fp8_codes": 1, "fp8_block_scale": 1}
+    assert counts == {
+        "mxfp4_bytes": 1,
+        "e8m0_scale": 1,
+        "zeros": 2,
+        "matrix": 1,
+        "lm_head": 1,
+        "ones": 1,
+        "fp8_codes": 1,
+        "fp8_block_scale": 1,
+    }
     w = dequant_mxfp4(m.experts.w13_weight.data, m.experts.w13_weight_scale.data)
     rms = w.pow(2).mean().sqrt().item()
     assert 0.5 / math.sqrt(1024) < rms < 2.0 / math.sqrt(1024), rms  # ~1/sqrt(fan_in), not 0, not 2**-126

@@ -49,8 +49,9 @@ def merge_spec(bucket: str, heads: int, cfg: dict[str, Any], block_dv: int) -> C
            "bs": "i32", "num_programs": "i32", "stride_ob": "i32", "stride_oh": "i32",
            **dict.fromkeys(const, "constexpr")}  # fmt: skip
     attrs = aligned(sig, "O", "PartO", "PartLse", "kv_indptr", "stride_ob", "stride_oh")
-    return CompileSpec(f"mla_decode/merge[{bucket},dv{block_dv}]", _mla_merge_kernel, sig, const, _options(m),
-                       attrs=attrs)
+    return CompileSpec(
+        f"mla_decode/merge[{bucket},dv{block_dv}]", _mla_merge_kernel, sig, const, _options(m), attrs=attrs
+    )
 
 
 def compile_specs(arch: str) -> list[CompileSpec]:
