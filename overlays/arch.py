@@ -29,6 +29,26 @@ def current_arch() -> str:
     return f"sm{props.major}{props.minor}"
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: Any = None) -> int:
+    """Multiprocessors (CUs on ROCm) of a device (torch.device or index); 4 on the CPU, where the Triton
+    interpreter runs the kernels and a small grid keeps tests fast."""
+    import torch
+
+    if isinstance(device, int):
+        return _sm_count(device)
+    if device is not None and torch.device(device).type != "cuda":
+        return 4
+    index = torch.device(device).index if device is not None else None
+    return _sm_count(index if index is not None else torch.cuda.current_device())
+
+
 def is_amd(arch: str) -> bool:
     return arch.startswith("gfx")
 

@@ -7,7 +7,6 @@ in (sized once for the graph's max batch) or allocated with torch.empty (no sync
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs
+from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
 from speedrun.overlays.hooks import Unsupported
 from speedrun.overlays.mla_decode.kernel import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 
@@ -61,11 +60,6 @@ def kernel_constexprs(cfg: dict[str, Any], q_dtype: torch.dtype, kv_dtype: torch
     sm = int("".join(c for c in arch[2:] if c.isdigit()) or 0) if arch.startswith("sm") else 0
     asm = cvt == "asm" and kv_dtype == torch.float8_e4m3fn and sm >= 89
     return {"SPLIT_D": cfg.get("split_d", 1), "CDT": cdt, "CVT_ASM": asm}
-
-
-@functools.cache
-def sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def block_h(heads: int, cfg: dict[str, Any]) -> int:
@@ -149,7 +143,7 @@ def mla_decode(
     arch = arch or current_arch()
     cfg = kv_config(config or config_for(heads, arch), kv.dtype)
     bh = block_h(heads, cfg)
-    sms = sm_count(q.device.index or 0) if q.is_cuda else 4
+    sms = sm_count(q.device)
     if programs is None:
         programs = num_programs(heads, cfg, sms)
     part_o, part_lse = workspace if workspace is not None else alloc_workspace(bs, heads, programs, q.device)

@@ -16,12 +16,11 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs
+from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
+from speedrun.overlays.buffers import splitk_counters
 
 BUCKETS = (16, 32, 64, 128, 256, 1024)
 OP = "mxfp4_gemm"
-_counters: dict[tuple[Any, ...], torch.Tensor] = {}
-_sm_count: dict[int, int] = {}
 
 
 def config_arch(device: torch.device) -> str:
@@ -47,15 +46,6 @@ def pick_config(m: int, n: int, k: int, arch: str) -> dict[str, Any]:
     return cfg
 
 
-def _sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _sm_count:
-        _sm_count[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _sm_count[idx]
-
-
 def split_k(cfg: dict[str, Any], tiles: int, k_tiles: int, sms: int) -> int:
     """Explicit SPLIT_K, or enough splits to give every SM ~2 CTAs while keeping >= MIN_K_TILES per split."""
     s = int(cfg.get("SPLIT_K", 0))
@@ -64,17 +54,6 @@ def split_k(cfg: dict[str, Any], tiles: int, k_tiles: int, sms: int) -> int:
         s = min(s, max(1, k_tiles // int(cfg.get("MIN_K_TILES", 2))), 32)
     s = max(1, min(s, k_tiles))
     return math.ceil(k_tiles / math.ceil(k_tiles / s))  # no empty splits
-
-
-def counters(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed split-K arrival counters, one buffer per (device, stream); kernels leave them zeroed."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device.type, device.index, stream)
-    buf = _counters.get(key)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        _counters[key] = buf
-    return buf
 
 
 def _block_k(cfg: dict[str, Any], k: int) -> int:
@@ -94,9 +73,9 @@ def launch_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Tensor, 
     bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), _block_k(cfg, k)
     tiles = math.ceil(m / bm) * math.ceil(n / bn)
     k_tiles = math.ceil(k / bk)
-    s = split_k(cfg, tiles, k_tiles, _sms(out.device))
+    s = split_k(cfg, tiles, k_tiles, sm_count(out.device))
     part = torch.empty(tiles * s * bm * bn if s > 1 else 1, dtype=torch.float32, device=out.device)
-    cnt = counters(out.device, tiles) if s > 1 else part
+    cnt = splitk_counters(out.device, tiles) if s > 1 else part
     sa = a_scale if a_scale is not None else w_scale  # unused pointer in modes 0/1
     mxfp4_gemm_kernel[(tiles, s)](
         a, sa, w, w_scale, out, part, cnt, m, n, k,

@@ -82,9 +82,9 @@ def _process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
     original(self, layer)
     # Allocate the split-K arrival counters now, outside any CUDA-graph capture.
     if layer.weight.is_cuda and backend_for(OP) == "triton":
-        from speedrun.overlays.mxfp4_gemm.gemm import counters
+        from speedrun.overlays.buffers import splitk_counters
 
-        counters(layer.weight.device, 4096)
+        splitk_counters(layer.weight.device, 0)
 
 
 def fix_mla_absorbed_weights(model: torch.nn.Module) -> int:

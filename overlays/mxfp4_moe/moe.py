@@ -13,7 +13,8 @@ from typing import Any
 import torch
 import triton
 
-from speedrun.overlays.arch import current_arch, launch_options, load_configs
+from speedrun.overlays.arch import current_arch, launch_options, load_configs, sm_count
+from speedrun.overlays.buffers import splitk_counters
 from speedrun.overlays.mxfp4_moe.gemm import (
     ACT_SILU,
     ACT_SWIGLU_OAI,
@@ -92,32 +93,12 @@ def sm90_flags(cfg: dict[str, Any], dot_scaled: bool, device: torch.device) -> d
     return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": asm}
 
 
-_counter_bufs: dict[tuple[Any, ...], torch.Tensor] = {}
-_sm_count: dict[Any, int] = {}
-
-
-def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed split-K arrival counters per (device, stream); GEMM1 leaves them zeroed. Replaced only when too small
-    (a graph captured before would then point at the old buffer): 16384 covers split-K's tiny-M use by far."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device.type, device.index, stream)
-    buf = _counter_bufs.get(key)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 16384), dtype=torch.int32, device=device)
-        _counter_bufs[key] = buf
-    return buf
-
-
 def gemm1_split(cfg: dict[str, Any], max_ctas: int, k_tiles: int, device: torch.device) -> int:
     """GEMM1 split-K: config "split1" (0 = auto: ~2 CTAs per SM when the active experts x N tiles, an upper bound
     known from M alone, fill less than one wave; >= 4 K tiles per split). Host-only arithmetic: graph safe."""
     want = int(cfg.get("split1", 1))
     if want == 0:
-        if device.type == "cuda":
-            idx = device.index if device.index is not None else torch.cuda.current_device()
-            sms = _sm_count.setdefault(idx, torch.cuda.get_device_properties(idx).multi_processor_count)
-        else:
-            sms = 4
+        sms = sm_count(device)
         want = 1 if max_ctas >= sms else min(-(-2 * sms // max_ctas), k_tiles // 4)
     return max(1, min(want, k_tiles, 8))
 
@@ -166,7 +147,7 @@ def fused_moe_mxfp4(
     split = gemm1_split(cfg, min(w.num_experts, num) * n_tiles, triton.cdiv(h, cfg["BLOCK_K1"]), dev)
     part = torch.empty(s.max_blocks * n_tiles * split * 2 * cfg["BLOCK_M"] * cfg["BLOCK_N1"] if split > 1 else 1,
                        dtype=torch.float32, device=dev)  # fmt: skip
-    cnt = _counters(dev, s.max_blocks * n_tiles) if split > 1 else s.num_padded
+    cnt = splitk_counters(dev, s.max_blocks * n_tiles) if split > 1 else s.num_padded
     grid1 = (s.max_blocks, n_tiles, split)
     moe_gemm1_kernel[grid1](
         a, a_s, w.w13, w.w13_scale, b13, inter, inter_s, s.sorted_ids, s.expert_ids, s.num_padded,

@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
 
 import pytest
 
-from speedrun.overlays import interpreter
+from speedrun.overlays import buffers, interpreter
 from speedrun.overlays.arch import load_configs
 from speedrun.overlays.mx.quant import quant_mxfp4
 from speedrun.overlays.mxfp4_moe import moe as moe_mod
@@ -126,7 +126,7 @@ def test_gemm1_split_k_matches_reference_and_resets_counters(a4):
     assert moe_mod.gemm1_split({"split1": 0}, 72, 28, torch.device("cpu")) == 1  # 4 "SMs" on the CPU: one wave
     out = fused_moe_mxfp4(x, w, ids, tw, cfg=cfg, arch="sm90")
     _check(out, _ref(x, w, ids, tw), 3e-2 if a4 else 1e-2)
-    assert all(int(b.abs().sum()) == 0 for b in moe_mod._counter_bufs.values())
+    assert all(int(b.abs().sum()) == 0 for b in buffers._counters.values())
 
 
 def test_w4a16_hidden_padding_is_ignored():
