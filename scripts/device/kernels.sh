@@ -9,7 +9,8 @@ START=$(date +%s); DEADLINE=${DEADLINE:-560}
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
 step() {  # step SECONDS COMMAND...: run with a timeout capped by the time left
   local t=$1; shift; local l; l=$(left); (( l < 20 )) && { echo "SKIPPED (deadline): $*"; return; }
-  (( t > l )) && t=$l; echo "=== [$(left)s left] $*"; timeout "$t" "$@" 2>&1 | tail -n 30
+  (( t > l )) && t=$l; echo "=== [$(left)s left] $*" | tee -a "$K/log.txt"
+  timeout "$t" "$@" 2>&1 | tee -a "$K/log.txt" | tail -n 30   # the whole log travels back in the tarball
 }
 K=/tmp/kernels; mkdir -p "$K"   # tarred at the end: $OUT takes 8 files at most
 for op in mla_decode mxfp4_gemm mxfp4_moe; do
