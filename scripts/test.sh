@@ -23,10 +23,9 @@ fi
 echo "== ruff"
 ruff check .
 ruff format --check . || echo "(ruff format: files above would be reformatted; style only)"
-# The readiness gate (compiles, expected MMA, no spill to memory, fits) for the ops that pass it today.
-# mxfp4_gemm / mxfp4_moe join when their specs carry alignment attrs and their gfx950 spills are fixed
-# (issue 8); their own tests below still compile every config for both archs and check the MMA.
-GATED_OPS=${GATED_OPS:-"mla_decode"}
+# The readiness gate: every kernel x config compiles for gfx950 and sm90 with its expected MMA, no spill to
+# memory, and fits (issue 8).
+GATED_OPS=${GATED_OPS:-"mla_decode mxfp4_gemm mxfp4_moe"}
 echo "== speedrun kernels compile --arch all --op {$GATED_OPS} (gfx950 + sm90, AOT on this CPU)"
 speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS) --json > /tmp/speedrun-compile.json \
   || { speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS); exit 1; }

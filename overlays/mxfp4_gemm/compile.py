@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from speedrun.overlays.aot import CompileSpec
+from speedrun.overlays.aot import CompileSpec, aligned
 from speedrun.overlays.arch import load_configs
 
 # gfx950 must use the scaled MFMA for FP4 x FP4; sm90 has no FP4 MMA, so bf16 wgmma (or mma.sync) after dequant.
@@ -37,7 +37,12 @@ def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: i
         sig["a_ptr"] = "*u8"
     sig.update({k: "constexpr" for k in CONST_KEYS})
     expect = EXPECT[arch] if dot_scaled or arch == "sm90" else EXPECT_BF16[arch]
-    return CompileSpec(name, mxfp4_gemm_kernel, sig, consts, launch_options(cfg, arch), expect)
+    # As the JIT sees the tensors: aligned pointers; N, K and the row strides of the real shapes are multiples
+    # of 16 (scale strides are K/32 and may not be, so they get no hint).
+    attrs = aligned(
+        sig, *[k for k, v in GEMM_SIG.items() if v.startswith("*")], "N", "K", "stride_am", "stride_wn", "stride_cm"
+    )
+    return CompileSpec(name, mxfp4_gemm_kernel, sig, consts, launch_options(cfg, arch), expect, attrs=attrs)
 
 
 def _a_mode(route: str, arch: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from speedrun.overlays.aot import CompileSpec
+from speedrun.overlays.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd, load_configs
 from speedrun.overlays.mxfp4_moe import sort
 from speedrun.overlays.mxfp4_moe.gemm import moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
@@ -37,6 +37,13 @@ def sm90_consts(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
     return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": deq > 0}
 
 
+def _runtime_attrs(sig: dict[str, str], *extra: str) -> dict[str, str]:
+    """As the JIT sees the real shapes: aligned pointers; N, K and the weight/activation row strides are
+    multiples of 16 (scale strides are K/32 and may not be, so they get no hint)."""
+    ptrs = [k for k, v in sig.items() if v.startswith("*")]
+    return aligned(sig, *ptrs, "N", "K", "stride_am", "stride_we", "stride_wn", "stride_be", *extra)
+
+
 def gemm1_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
     fmt = key.split(":")[0]
     t, a4 = _types(fmt), fmt == "w4a4"
@@ -51,7 +58,10 @@ def gemm1_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
              "SPLIT_K": 2 if int(cfg.get("split1", 1)) != 1 else 1}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
-    return CompileSpec(f"{OP}/gemm1[{key}]", moe_gemm1_kernel, sig, const, _options(cfg, "1", arch), expect)
+    attrs = _runtime_attrs(sig, "stride_om")
+    return CompileSpec(
+        f"{OP}/gemm1[{key}]", moe_gemm1_kernel, sig, const, _options(cfg, "1", arch), expect, attrs=attrs
+    )
 
 
 def gemm2_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
@@ -66,7 +76,10 @@ def gemm2_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
              "BLOCK_N": cfg["BLOCK_N2"], "BLOCK_K": cfg["BLOCK_K2"], **sm90_consts(cfg, arch)}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
-    return CompileSpec(f"{OP}/gemm2[{key}]", moe_gemm2_kernel, sig, const, _options(cfg, "2", arch), expect)
+    attrs = _runtime_attrs(sig, "stride_om")
+    return CompileSpec(
+        f"{OP}/gemm2[{key}]", moe_gemm2_kernel, sig, const, _options(cfg, "2", arch), expect, attrs=attrs
+    )
 
 
 def aux_specs() -> list[CompileSpec]:
