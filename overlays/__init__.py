@@ -93,8 +93,7 @@ def register() -> dict[str, Any]:
             else:
                 _registered["failed"].append(row.target)
                 report.error(f"{row.op}: {row.target}: not applied: {error}")
-    report._state["applied"] = _registered["applied"]
-    report.flush(force=True)
+    report.record(applied=_registered["applied"])
     return _registered
 
 

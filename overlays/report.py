@@ -55,6 +55,12 @@ def start(**fields: Any) -> None:
     flush(force=True)
 
 
+def record(**fields: Any) -> None:
+    """Set top-level report fields (e.g. what was applied, what the synthetic filler did) and write them now."""
+    _state.update(fields)
+    flush(force=True)
+
+
 def add_hook(row: dict[str, Any]) -> None:
     _state.setdefault("hooks", []).append(row)
 

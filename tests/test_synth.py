@@ -104,3 +104,17 @@ def test_fill_is_deterministic_per_seed_and_name():
     assert torch.equal(a.proj.weight, b.proj.weight)
     assert not torch.equal(a.experts.w13_weight, c.experts.w13_weight)
     assert kind_of("model.layers.0.mlp.experts.w2_weight_scale", torch.zeros(1, dtype=torch.uint8)) == "e8m0_scale"
+
+
+def test_fill_hook_records_what_it_did(tmp_path, monkeypatch):
+    from speedrun.overlays import report
+    from speedrun.overlays.synthetic.hook import fill_after_dummy
+
+    monkeypatch.setenv("SPEEDRUN_REPORT_DIR", str(tmp_path))
+    monkeypatch.setenv("SPEEDRUN_SEED", "3")
+    report.start(role="test", tp_rank=None)
+    fill_after_dummy(None, toy_model())
+    (f,) = tmp_path.glob("overlay-*.json")
+    rep = json.loads(f.read_text())
+    assert rep["synthetic"]["seed"] == 3 and rep["synthetic"]["tensors"]["mxfp4_bytes"] == 1
+    assert rep["calls"] == {"synthetic/fill_after_dummy": 1}
