@@ -1,6 +1,15 @@
-"""Agreement between the two sides, for synthetic weights where GSM8K means nothing: the same seeded random
-prompts, greedy decoding, token logprobs; compare greedy tokens up to each prompt's first divergence and
-the logprobs on that matched prefix (after a divergence the contexts differ, so nothing later is comparable).
+"""Agreement between two servers, for synthetic weights where GSM8K means nothing: the same seeded random
+prompts, greedy decoding, token logprobs (+ the top-k at every step); compare greedy tokens up to each
+prompt's first divergence and the logprobs on that matched prefix (after a divergence the contexts differ, so
+nothing later is comparable).
+
+Random-weight models have nearly flat next-token distributions, so two correct implementations that round
+differently flip the argmax wherever the top two are close. Two things separate that from a bug:
+- each divergence's *margin*: how far, in the reference side's own logprobs, the token the other side chose
+  was below its own choice (a near tie, <= `tie_margin`, is rounding; a token far below, or outside the
+  top-k, is not);
+- a *control*: a second stock configuration (another attention or MoE backend) compared with the baseline in
+  the same way measures how much stock SGLang disagrees with itself on this model (`calibrated` gate).
 """
 
 from __future__ import annotations
@@ -22,24 +31,28 @@ def prompts(pool: TokenPool, cfg: Agreement, seed: int = SEED) -> list[GenReques
     return [GenRequest(ids, n) for ids, n in rows]
 
 
-def parse_logprobs(out: dict[str, Any]) -> tuple[list[int], list[float]]:
-    """SGLang's `meta_info.output_token_logprobs`: [[logprob, token_id, text|None], ...]."""
-    rows = (out.get("meta_info") or {}).get("output_token_logprobs") or []
-    return [int(r[1]) for r in rows], [float(r[0]) for r in rows]
+def parse_logprobs(out: dict[str, Any]) -> tuple[list[int], list[float], list[dict[int, float]]]:
+    """SGLang's `meta_info.output_token_logprobs`: [[logprob, token_id, text|None], ...] and
+    `output_top_logprobs`: per step a list of the same triples (absent unless `top_logprobs_num` was asked)."""
+    meta = out.get("meta_info") or {}
+    rows = meta.get("output_token_logprobs") or []
+    tops = [{int(t[1]): float(t[0]) for t in (step or [])} for step in meta.get("output_top_logprobs") or []]
+    return [int(r[1]) for r in rows], [float(r[0]) for r in rows], tops
 
 
-async def _collect(url: str, reqs: list[GenRequest], concurrency: int) -> list[dict[str, Any]]:
+async def _collect(url: str, reqs: list[GenRequest], concurrency: int, top_k: int) -> list[dict[str, Any]]:
     sem = asyncio.Semaphore(concurrency)
     async with session() as http:
 
         async def one(r: GenRequest) -> dict[str, Any]:
             async with sem:
                 try:
-                    out = await post_json(http, f"{url}/generate", payload(r, True, False, return_logprob=True))
+                    body = payload(r, True, False, return_logprob=True, top_logprobs_num=top_k)
+                    out = await post_json(http, f"{url}/generate", body)
                 except Exception as exc:  # recorded; the comparison counts it as no match
                     return {"ids": [], "logprobs": [], "error": f"{type(exc).__name__}: {exc}"}
-            ids, lps = parse_logprobs(out)
-            return {"ids": ids, "logprobs": lps}
+            ids, lps, tops = parse_logprobs(out)
+            return {"ids": ids, "logprobs": lps, "top": [[[t, lp] for t, lp in d.items()] for d in tops]}
 
         return await asyncio.gather(*(one(r) for r in reqs))
 
@@ -51,7 +64,7 @@ def collect(url: str, pool: TokenPool, cfg: Agreement, concurrency: int = 16) ->
         "token_source": pool.source,
         "prompt_len": cfg.prompt_len,
         "tokens": cfg.tokens,
-        "samples": asyncio.run(_collect(url, reqs, concurrency)),
+        "samples": asyncio.run(_collect(url, reqs, concurrency, cfg.top_logprobs)),
     }
 
 
@@ -62,15 +75,36 @@ def matched_prefix(a: list[int], b: list[int], n: int) -> int:
     return k
 
 
+def margin(ref: dict[str, Any], k: int, other_token: int) -> float | None:
+    """At step k, how far below its own choice the reference side put the token the other side chose
+    (None: the reference's top-k at k is unknown or does not contain it, i.e. the margin is large)."""
+    tops = ref.get("top") or []
+    if k >= len(tops) or k >= len(ref["logprobs"]):
+        return None
+    top = {int(t): float(lp) for t, lp in tops[k]}
+    return None if other_token not in top else max(0.0, ref["logprobs"][k] - top[other_token])
+
+
+def divergence(b: dict[str, Any], o: dict[str, Any], k: int, tie_margin: float) -> dict[str, Any]:
+    """One prompt's first divergence, with the baseline's margin between the two choices."""
+    bt = b["ids"][k] if k < len(b["ids"]) else None
+    ot = o["ids"][k] if k < len(o["ids"]) else None
+    m = margin(b, k, ot) if ot is not None else None
+    return {"pos": k, "base_token": bt, "other_token": ot, "margin": m, "near_tie": m is not None and m <= tie_margin}
+
+
 def compare(base: dict[str, Any], over: dict[str, Any], cfg: Agreement) -> dict[str, Any]:
-    """Match rate over the first `cfg.tokens` tokens (prefix up to the first divergence) and logprob diffs."""
+    """Match rate over the first `cfg.tokens` tokens (prefix up to the first divergence), logprob diffs on the
+    matched prefix, and each divergence's margin (near tie or not)."""
     n = cfg.tokens
-    prefixes, diffs, first_div = [], [], []
+    prefixes, diffs, first_div, divs = [], [], [], []
     for b, o in zip(base["samples"], over["samples"], strict=False):
         k = matched_prefix(b["ids"], o["ids"], n)
         prefixes.append(k)
         first_div.append(None if k == n else k)
         diffs += [abs(x - y) for x, y in zip(b["logprobs"][:k], o["logprobs"][:k], strict=False)]
+        if k < n:
+            divs.append(divergence(b, o, k, cfg.tie_margin))
     total = n * max(len(prefixes), 1)
     d = np.asarray(diffs or [0.0])
     res = {
@@ -79,6 +113,9 @@ def compare(base: dict[str, Any], over: dict[str, Any], cfg: Agreement) -> dict[
         "match_rate": sum(prefixes) / total,
         "prompts_fully_matched": sum(k == n for k in prefixes),
         "first_divergence": first_div,
+        "divergences": divs,
+        "near_tie_divergences": sum(x["near_tie"] for x in divs),
+        "tie_margin": cfg.tie_margin,
         "max_logprob_diff": float(d.max()),
         "mean_logprob_diff": float(d.mean()),
         "min_token_match": cfg.min_token_match,
@@ -93,3 +130,27 @@ def compare(base: dict[str, Any], over: dict[str, Any], cfg: Agreement) -> dict[
         and len(prefixes) == cfg.prompts
     )
     return res
+
+
+def unexplained(res: dict[str, Any]) -> int:
+    return len(res["divergences"]) - res["near_tie_divergences"]
+
+
+def calibrated(over: dict[str, Any], control: dict[str, Any], cfg: Agreement) -> dict[str, Any]:
+    """The overlay judged against stock's own disagreement (baseline vs control, same prompts): it must match
+    about as long, differ in logprobs by at most `noise_factor` x what the control differs, and have no more
+    divergences that are not near ties than the control has. Returns the criteria with their numbers."""
+    floor = max(control["mean_logprob_diff"], 1e-3)  # a control identical to the baseline still allows rounding
+    crit = {
+        "match_rate": (over["match_rate"], control["match_rate"] - cfg.match_slack),
+        "mean_logprob_diff": (over["mean_logprob_diff"], cfg.noise_factor * floor),
+        "unexplained_divergences": (unexplained(over), unexplained(control)),
+    }
+    ok = {
+        "match_rate": crit["match_rate"][0] >= crit["match_rate"][1],
+        "mean_logprob_diff": crit["mean_logprob_diff"][0] <= crit["mean_logprob_diff"][1],
+        "unexplained_divergences": crit["unexplained_divergences"][0] <= crit["unexplained_divergences"][1],
+    }
+    errors_ok = over["errors"] == 0 and over["prompts"] == cfg.prompts
+    return {"criteria": {k: {"value": v, "limit": lim, "ok": ok[k]} for k, (v, lim) in crit.items()},
+            "passed": all(ok.values()) and errors_ok}  # fmt: skip

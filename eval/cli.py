@@ -16,7 +16,7 @@ err = Console(stderr=True)
 
 Out = Annotated[Path | None, typer.Option("--out", help="run folder (default .runs/<recipe>-<time>)")]
 ServerUrl = Annotated[str | None, typer.Option("--server", help="use this running server instead of launching")]
-Side = Annotated[str, typer.Option("--side", help="baseline | overlay: what to launch, and the label")]
+Side = Annotated[str, typer.Option("--side", help="baseline | overlay | control: what to launch, and the label")]
 Filter = Annotated[list[str] | None, typer.Option("--scenario-filter", help="keep matching cases: c32, isl8192-*")]
 Conc = Annotated[str | None, typer.Option("--concurrency", help="scale down: e.g. 4,32 (replaces the recipe's)")]
 Ppc = Annotated[int | None, typer.Option("--prompts-per-concurrency", help="scale down (finals: 10)")]
@@ -65,12 +65,17 @@ def _options(
 def _one_side(recipe, opts, side: str, server: str | None) -> dict:
     """Measure one side (existing server or launched); returns its results."""
     from speedrun.eval.bench import Target
-    from speedrun.eval.run import measure, overlay_pool, results_file, run_side
-    from speedrun.eval.serve import SIDES, default_spec, pool_for
+    from speedrun.eval.run import control_recipe, measure, overlay_pool, results_file, run_side
+    from speedrun.eval.serve import CONTROL, SIDES, default_spec, pool_for
 
-    if side not in SIDES:
-        err.print(f"[red]--side must be one of {SIDES}[/red]")
+    if side not in (*SIDES, CONTROL):
+        err.print(f"[red]--side must be one of {(*SIDES, CONTROL)}[/red]")
         raise typer.Exit(2)
+    if side == CONTROL:  # the recipe's agreement control: the baseline with other server fields
+        recipe = control_recipe(recipe)
+        if recipe is None:
+            err.print("[red]--side control: the recipe has no accuracy.agreement.control[/red]")
+            raise typer.Exit(2)
     opts.out.mkdir(parents=True, exist_ok=True)
     if server is None:
         pool = overlay_pool(recipe)
@@ -152,6 +157,7 @@ def compare_cmd(
     baseline: Annotated[Path, typer.Argument(help="results of stock SGLang (A)")],
     overlay: Annotated[Path, typer.Argument(help="results of the overlay (B)")],
     out: Annotated[Path | None, typer.Option(help="report folder (default: B's folder)")] = None,
+    control: Annotated[Path | None, typer.Option(help="results of a second stock configuration (agreement)")] = None,
 ) -> None:
     """Report B against A: report.md, PNGs, summary.json; exit 1 when a gate fails."""
     from speedrun.eval.results import ResultsFile
@@ -159,16 +165,18 @@ def compare_cmd(
 
     try:
         a, b = ResultsFile.load(baseline).data, ResultsFile.load(overlay).data
+        ctl = ResultsFile.load(control).data if control else None
     except (OSError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    _conclude(finish(a, b, out or overlay.parent, b.get("recipe", "")), out or overlay.parent)
+    _conclude(finish(a, b, out or overlay.parent, b.get("recipe", ""), ctl), out or overlay.parent)
 
 
 def run(
     recipe: str,
     out: Out = None,
     skip_accuracy: Annotated[bool, typer.Option("--skip-accuracy")] = False,
+    no_control: Annotated[bool, typer.Option("--no-control", help="skip the agreement control side")] = False,
     scenario_filter: Filter = None,
     concurrency: Conc = None,
     prompts_per_concurrency: Ppc = None,
@@ -198,7 +206,8 @@ def run(
         startup_timeout_s=startup_timeout,
         show_progress=not no_progress,
         accuracy=not skip_accuracy,
-        cut=["accuracy skipped (--skip-accuracy)"] if skip_accuracy else [],
+        control=not no_control,
+        cut=["accuracy skipped (--skip-accuracy)"] * skip_accuracy + ["agreement control skipped"] * no_control,
     )
     _conclude(run_both(r, opts), opts.out)
 

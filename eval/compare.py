@@ -1,4 +1,6 @@
-"""Two results files (baseline, overlay) -> paired scenarios, speedups, agreement and the pass/fail gates."""
+"""Two results files (baseline, overlay) -> paired scenarios, speedups, agreement and the pass/fail gates; with a
+third (control: a second stock configuration, agreement samples only) the agreement is also judged against
+stock's own disagreement."""
 
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ class Comparison:
     over: dict[str, Any]
     rows: list[Row]
     agreement: dict[str, Any] | None
+    control: dict[str, Any] | None = None  # baseline vs control, + "label" and "calibrated" (the overlay's verdict)
+    control_requested: bool = False
     gates: list[Gate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -68,12 +72,28 @@ def pair(base: dict[str, Any], over: dict[str, Any]) -> list[Row]:
     return [Row(n, (b.get(n) or o.get(n))["case"], b.get(n), o.get(n)) for n in names]
 
 
+def samples(side: dict[str, Any] | None) -> dict[str, Any] | None:
+    return ((side or {}).get("accuracy") or {}).get("agreement_samples")
+
+
 def agreement_of(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any] | None:
-    sb = base.get("accuracy", {}).get("agreement_samples")
-    so = over.get("accuracy", {}).get("agreement_samples")
+    sb, so = samples(base), samples(over)
     if not sb or not so:
         return None
     return agreement_mod.compare(sb, so, Agreement(**so["config"]))
+
+
+def control_of(base: dict[str, Any], control: dict[str, Any] | None, over_agreement: dict[str, Any] | None):
+    """Baseline vs control with the same maths, and the overlay's calibrated verdict against it."""
+    sb, sc = samples(base), samples(control)
+    if not sb or not sc:
+        return None
+    cfg = Agreement(**sc["config"])
+    res = agreement_mod.compare(sb, sc, cfg)
+    res["label"] = cfg.control.label if cfg.control else "control"
+    if over_agreement is not None:
+        res["calibrated"] = agreement_mod.calibrated(over_agreement, res, cfg)
+    return res
 
 
 def server_gates(c: Comparison) -> list[Gate]:
@@ -106,15 +126,29 @@ def accuracy_gates(c: Comparison) -> list[Gate]:
         out.append(Gate("GSM8K (overlay)", False, "requested but no result (see Cut or failed)"))
     a = c.agreement
     if a:
-        detail = (
-            f"match {a['match_rate']:.3f} (min {a['min_token_match']}), max |dlogp| "
-            f"{a['max_logprob_diff']:.3g} (<= {a['max_logprob_diff_limit']}), mean "
-            f"{a['mean_logprob_diff']:.3g} (<= {a['mean_logprob_diff_limit']})"
-        )
-        out.append(Gate("agreement", bool(a["passed"]), detail))
+        out.append(agreement_gate(a, c.control, c.control_requested))
     elif any(side.get("accuracy_requested", {}).get("agreement") for side in (c.base, c.over)):
         out.append(Gate("agreement", False, "requested but samples are missing on a side"))
     return out
+
+
+def agreement_gate(a: dict[str, Any], ctl: dict[str, Any] | None, calibrate: bool) -> Gate:
+    """Absolute limits, or (gate: calibrated) the overlay against the control's numbers; a calibrated gate whose
+    control did not run fails rather than silently falling back."""
+    detail = (
+        f"match {a['match_rate']:.3f} (min {a['min_token_match']}), max |dlogp| "
+        f"{a['max_logprob_diff']:.3g} (<= {a['max_logprob_diff_limit']}), mean "
+        f"{a['mean_logprob_diff']:.3g} (<= {a['mean_logprob_diff_limit']}), "
+        f"near-tie divergences {a['near_tie_divergences']}/{len(a['divergences'])}"
+    )
+    if not calibrate:
+        return Gate("agreement", bool(a["passed"]), detail)
+    if not ctl or "calibrated" not in ctl:
+        return Gate("agreement (calibrated)", False, "the control side has no agreement samples; " + detail)
+    crit = ctl["calibrated"]["criteria"]
+    parts = [f"{k} {v['value']:.3g} vs limit {v['limit']:.3g}{'' if v['ok'] else ' FAIL'}" for k, v in crit.items()]
+    label = f"agreement (calibrated on stock vs {ctl['label']})"
+    return Gate(label, bool(ctl["calibrated"]["passed"]), "; ".join(parts) + f" [absolute: {detail}]")
 
 
 def overlay_gate(c: Comparison) -> list[Gate]:
@@ -143,6 +177,8 @@ def warnings_of(c: Comparison) -> list[str]:
     w += [f"scaled down: {n}" for n in no if n in nb]
     w += [f"baseline only, scaled down: {n}" for n in nb if n not in no]
     w += [f"overlay only, scaled down: {n}" for n in no if n not in nb]
+    if c.control_requested and c.control is None:
+        w.append("agreement control: no samples (did the control side run? see control.json)")
     g = c.base.get("accuracy", {}).get("gsm8k")
     if g and not g.get("passed"):
         w.append(
@@ -152,12 +188,15 @@ def warnings_of(c: Comparison) -> list[str]:
     return w
 
 
-def compare(base: dict[str, Any], over: dict[str, Any]) -> Comparison:
-    c = Comparison(base, over, pair(base, over), agreement_of(base, over))
+def compare(base: dict[str, Any], over: dict[str, Any], control: dict[str, Any] | None = None) -> Comparison:
+    a = agreement_of(base, over)
+    cfg = (samples(over) or {}).get("config") or {}
+    c = Comparison(base, over, pair(base, over), a, control_of(base, control, a), cfg.get("gate") == "calibrated")
     c.gates = gates(c)
     c.warnings = warnings_of(c)
     return c
 
 
-def load_pair(a: Path, b: Path) -> Comparison:
-    return compare(ResultsFile.load(a).data, ResultsFile.load(b).data)
+def load_pair(a: Path, b: Path, control: Path | None = None) -> Comparison:
+    ctl = ResultsFile.load(control).data if control else None
+    return compare(ResultsFile.load(a).data, ResultsFile.load(b).data, ctl)

@@ -3,9 +3,11 @@ in SGLang's wire format (SSE `data: {...}` chunks with cumulative `text`/`output
 `data: [DONE]`; or one JSON object when not streaming).
 
 The "model" is a deterministic function of the prompt, so two servers agree unless told to differ
-(`--diverge-every`, `--logprob-noise`); text prompts in GSM8K's few-shot form are answered from the data
-set (`--gsm8k-dir`), wrong on purpose for every `--wrong-every`-th question. `--die-after N` kills the process
-during the N-th request, to test mid-run failures.
+(`--diverge-every`, `--logprob-noise`). With `top_logprobs_num` each step also lists the runner-up token (next
+id) `--tie-gap` nats below the choice; a diverging server picks the token `--diverge-offset` ids further (1:
+that runner-up, a near tie; large: a token outside the other side's top-k). Text prompts in GSM8K's few-shot
+form are answered from the data set (`--gsm8k-dir`), wrong on purpose for every `--wrong-every`-th question.
+`--die-after N` kills the process during the N-th request, to test mid-run failures.
 
     python -m speedrun.eval.fakeserver --port 30000 --tpot-ms 2
 """
@@ -45,20 +47,21 @@ class Model:
                 row = json.loads(line)
                 self.answers[row["question"].strip()] = row["answer"]
 
-    def tokens(self, ids: list[int], n: int) -> tuple[list[int], list[float]]:
-        ctx, out, lps = list(ids), [], []
+    def tokens(self, ids: list[int], n: int) -> tuple[list[int], list[float], list[list[list[Any]]]]:
+        ctx, out, lps, tops = list(ids), [], [], []
         diverge = self.args.diverge_every and sum(ids) % self.args.diverge_every == 0
         for step in range(n):
             tok = next_token(ctx, step)
             if diverge and step == self.args.diverge_at:
-                tok = (tok + 1) % VOCAB
+                tok = (tok + self.args.diverge_offset) % VOCAB
             lp = token_logprob(tok, step)
             if self.args.logprob_noise:
                 lp += self.args.logprob_noise * ((zlib.crc32(bytes([step % 256, tok % 256])) % 3) - 1)
             ctx.append(tok)
             out.append(tok)
             lps.append(lp)
-        return out, lps
+            tops.append([[lp, tok, None], [lp - self.args.tie_gap, (tok + 1) % VOCAB, None]])
+        return out, lps, tops
 
     def answer_text(self, prompt: str) -> str:
         """GSM8K: the reference solution of the last question in the prompt (or a wrong one on purpose)."""
@@ -110,14 +113,16 @@ async def _generate(request: web.Request, st: State, body: dict[str, Any]) -> we
     if len(ids) > st.args.max_len:
         err = {"error": {"message": f"input too long ({len(ids)} > {st.args.max_len})", "code": 400}}
         return web.json_response(err, status=400)
-    toks, lps = st.model.tokens(ids, n)
+    toks, lps, tops = st.model.tokens(ids, n)
+    tops = tops if body.get("top_logprobs_num") else None
     text = apply_stop(st.model.answer_text(text_prompt), params.get("stop") or []) if text_prompt else ""
     if text_prompt:
-        toks, lps = toks[: max(1, len(text.split()))], lps[: max(1, len(text.split()))]
+        keep = max(1, len(text.split()))
+        toks, lps, tops = toks[:keep], lps[:keep], tops and tops[:keep]
     want_lp = bool(body.get("return_logprob"))
     if not body.get("stream"):
         await asyncio.sleep((st.args.ttft_ms + st.args.tpot_ms * len(toks)) / 1000)
-        return web.json_response(chunk(text, toks, lps, len(ids), True, want_lp))
+        return web.json_response(chunk(text, toks, lps, len(ids), True, want_lp, tops))
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     await asyncio.sleep(st.args.ttft_ms / 1000)
@@ -127,14 +132,16 @@ async def _generate(request: web.Request, st: State, body: dict[str, Any]) -> we
             await asyncio.sleep(st.args.tpot_ms / 1000)
         if k % every == 0 or k == len(toks):
             part = text[: len(text) * k // len(toks)]
-            data = chunk(part, toks[:k], lps[:k], len(ids), k == len(toks), want_lp)
+            data = chunk(part, toks[:k], lps[:k], len(ids), k == len(toks), want_lp, tops and tops[:k])
             await resp.write(b"data: " + json.dumps(data).encode() + b"\n\n")
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp
 
 
-def chunk(text: str, toks: list[int], lps: list[float], prompt_len: int, last: bool, want_lp: bool) -> dict:
+def chunk(
+    text: str, toks: list[int], lps: list[float], prompt_len: int, last: bool, want_lp: bool, tops: list | None = None
+) -> dict:
     meta: dict[str, Any] = {
         "prompt_tokens": prompt_len,
         "completion_tokens": len(toks),
@@ -143,6 +150,8 @@ def chunk(text: str, toks: list[int], lps: list[float], prompt_len: int, last: b
     }
     if want_lp:
         meta["output_token_logprobs"] = [[lp, t, None] for lp, t in zip(lps, toks, strict=False)]
+        if tops is not None:
+            meta["output_top_logprobs"] = tops
     return {"text": text, "output_ids": list(toks), "meta_info": meta}
 
 
@@ -182,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=1 << 20)
     p.add_argument("--diverge-every", type=int, default=0)
     p.add_argument("--diverge-at", type=int, default=3)
+    p.add_argument("--diverge-offset", type=int, default=1)
+    p.add_argument("--tie-gap", type=float, default=0.05)
     p.add_argument("--logprob-noise", type=float, default=0.0)
     p.add_argument("--gsm8k-dir", default=None)
     p.add_argument("--wrong-every", type=int, default=0)

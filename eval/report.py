@@ -142,9 +142,35 @@ def accuracy_section(c: Comparison) -> list[str]:
             f"(<= {a['max_logprob_diff_limit']}), mean {a['mean_logprob_diff']:.4g} "
             f"(<= {a['mean_logprob_diff_limit']})",
             f"- first divergence per prompt: {a['first_divergence']}",
+            f"- divergences that are near ties (the baseline ranked the overlay's token within "
+            f"{a['tie_margin']} nats of its own): {a['near_tie_divergences']}/{len(a['divergences'])}; "
+            f"margins: {margins(a)}",
             "",
+            *control_lines(c.control),
         ]
     return out or ["(accuracy not run)", ""]
+
+
+def margins(a: dict[str, Any]) -> str:
+    return ", ".join("outside top-k" if d["margin"] is None else f"{d['margin']:.3g}" for d in a["divergences"]) or "—"
+
+
+def control_lines(ctl: dict[str, Any] | None) -> list[str]:
+    """Stock vs stock (baseline vs the control configuration): the yardstick for rounding-level disagreement."""
+    if not ctl:
+        return []
+    out = [
+        f"Control — stock vs stock ({ctl['label']}), same prompts: match **{ctl['match_rate']:.3f}**, "
+        f"mean |dlogp| {ctl['mean_logprob_diff']:.4g}, max {ctl['max_logprob_diff']:.4g}, near-tie divergences "
+        f"{ctl['near_tie_divergences']}/{len(ctl['divergences'])} (margins: {margins(ctl)})",
+        "",
+    ]
+    cal = ctl.get("calibrated")
+    if cal:
+        rows = [f"{k}: {v['value']:.4g} vs {v['limit']:.4g} ({'ok' if v['ok'] else 'FAIL'})" for k, v in
+                cal["criteria"].items()]  # fmt: skip
+        out += [f"Overlay judged against it: {'; '.join(rows)} → **{'pass' if cal['passed'] else 'FAIL'}**", ""]
+    return out
 
 
 def overlay_section(reports: list[dict[str, Any]]) -> list[str]:

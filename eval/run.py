@@ -1,4 +1,5 @@
-"""`speedrun run`: baseline launch -> measure -> teardown -> overlay launch -> measure -> teardown -> report.
+"""`speedrun run`: baseline launch -> measure -> teardown -> [control: a second stock configuration, agreement
+only] -> overlay launch -> measure -> teardown -> report.
 
 Everything lands in one folder: `<side>.json` (results, rewritten after every step), `<side>/server.log`,
 `<side>/overlay-reports/`, `<side>/traces/`, `report.md`, the PNGs and `summary.json`. A failure in one step is
@@ -7,6 +8,7 @@ recorded (with the server log tail) and the run goes on with what can still be d
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -21,8 +23,8 @@ from speedrun.eval.prompts import TokenPool
 from speedrun.eval.report import render
 from speedrun.eval.results import ResultsFile, write_json_atomic
 from speedrun.eval.scenarios import Scale, expand
-from speedrun.eval.serve import SIDES, SpecFactory, default_spec, launched, model_path, pool_for
-from speedrun.recipe import Recipe
+from speedrun.eval.serve import CONTROL, SpecFactory, default_spec, launched, model_path, pool_for
+from speedrun.recipe import Recipe, Server
 
 console = Console(stderr=True)
 
@@ -34,6 +36,8 @@ class Options:
     filters: list[str] | None = None
     bench: bool = True
     accuracy: bool = True
+    gsm8k: bool = True
+    control: bool = True  # run the recipe's agreement control side when it has one
     driver: str = "speedrun"
     gsm8k_questions: int | None = None
     startup_timeout_s: float = 1200
@@ -120,6 +124,8 @@ def measure(
                 tokenizer=pool_tokenizer(pool),
             ),
         )
+    if not opts.gsm8k:
+        return
     if opts.accuracy and acc.gsm8k and target.alive is not None and not target.alive():
         rf.add_error("gsm8k", "not run: the server died before it", target.log_tail() if target.log_tail else "")
     elif opts.accuracy and acc.gsm8k:
@@ -188,17 +194,38 @@ def overlay_pool(recipe: Recipe) -> TokenPool:
     return pool_for(recipe, model=model)
 
 
+def control_recipe(recipe: Recipe) -> Recipe | None:
+    """The recipe as the control side runs it: the baseline with the control's server fields and env."""
+    ag = recipe.accuracy.agreement
+    if ag is None or ag.control is None:
+        return None
+    server = Server.model_validate(recipe.server.model_dump() | ag.control.server)
+    return recipe.model_copy(update={"server": server, "env": recipe.env | ag.control.env})
+
+
+def run_control(recipe: Recipe, opts: Options, pool: TokenPool, spec_for: SpecFactory) -> dict | None:
+    """The control side: agreement samples only (no throughput, no GSM8K)."""
+    ctl = control_recipe(recipe)
+    if ctl is None or not opts.control or not opts.accuracy:
+        return None
+    return run_side(ctl, CONTROL, dataclasses.replace(opts, bench=False, gsm8k=False), pool, spec_for).data
+
+
 def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> Comparison:
-    """Both sides, then the report; returns the comparison (its `passed` decides the exit code)."""
+    """Both sides (and the control, when the recipe has one), then the report; returns the comparison (its
+    `passed` decides the exit code)."""
     opts.out.mkdir(parents=True, exist_ok=True)
     pool = overlay_pool(recipe)
-    sides = {side: run_side(recipe, side, opts, pool, spec_for or default_spec).data for side in SIDES}
-    return finish(sides["baseline"], sides["overlay"], opts.out, recipe.name)
+    spec_for = spec_for or default_spec
+    base = run_side(recipe, "baseline", opts, pool, spec_for).data
+    control = run_control(recipe, opts, pool, spec_for)
+    over = run_side(recipe, "overlay", opts, pool, spec_for).data
+    return finish(base, over, opts.out, recipe.name, control)
 
 
-def finish(base: dict, over: dict, out: Path, title: str = "") -> Comparison:
+def finish(base: dict, over: dict, out: Path, title: str = "", control: dict | None = None) -> Comparison:
     """Compare, write report.md, PNGs and summary.json into `out`."""
-    c = compare(base, over)
+    c = compare(base, over, control)
     md = render(c, out, title)
     write_json_atomic(
         out / "summary.json",
@@ -207,6 +234,7 @@ def finish(base: dict, over: dict, out: Path, title: str = "") -> Comparison:
             "gates": [g.__dict__ for g in c.gates],
             "warnings": c.warnings,
             "agreement": c.agreement,
+            "control_agreement": c.control,
             "report": md.name,
             "speedup": {r.name: r.speedup for r in c.rows},
         },

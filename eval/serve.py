@@ -15,21 +15,28 @@ from speedrun.launch.command import LaunchSpec, build
 from speedrun.recipe import Recipe
 
 SIDES = ("baseline", "overlay")
+CONTROL = "control"  # a second stock configuration, for the agreement yardstick (recipe accuracy.agreement.control)
+
+
+def is_stock(side: str) -> bool:
+    return side != "overlay"
+
+
 SpecFactory = Callable[[Recipe, str, int, Path, str], LaunchSpec]  # (recipe, side, port, report_dir, model)
 
 
 def default_spec(recipe: Recipe, side: str, port: int, report_dir: Path, model_path: str) -> LaunchSpec:
-    return build(recipe, baseline=side == "baseline", port=port, model_path=model_path, report_dir=report_dir)
+    return build(recipe, baseline=is_stock(side), port=port, model_path=model_path, report_dir=report_dir)
 
 
 def model_path(recipe: Recipe, side: str) -> str:
     """The side's model: a HF id or folder, or the generated synthetic folder (made once, cached)."""
-    model = recipe.model_for(side == "baseline")
+    model = recipe.model_for(is_stock(side))
     if model.synthetic is None:
         return model.path
     from speedrun.synth import ensure_model  # lazily: needs `tokenizers`, only for synthetic recipes
 
-    return str(ensure_model(recipe, baseline=side == "baseline"))
+    return str(ensure_model(recipe, baseline=is_stock(side)))
 
 
 def server_model_info(url: str) -> list[str]:

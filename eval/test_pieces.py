@@ -145,3 +145,31 @@ def test_sglang_driver_runs_and_parses(tmp_path, monkeypatch):
     monkeypatch.setattr(sglang_driver, "command", lambda c, u, out, t, s: [sys.executable, "-c", "raise SystemExit(3)"])
     bad = sglang_driver.run_case(case, "u", tmp_path, gpus=1, tokenizer=None, seed=0, timeout_s=30, side="x")
     assert bad["status"] == "failed" and "exit 3" in bad["error"]
+
+
+def test_divergence_margins_and_calibration():
+    """Margins come from the baseline's top-k at the divergence; the calibrated verdict moves with the control."""
+    cfg = Agreement(prompts=2, prompt_len=4, tokens=4, tie_margin=0.2, noise_factor=2.0, match_slack=0.1)
+    top = [[[7, -1.0], [8, -1.15], [9, -3.0]]] * 4
+    base = {"samples": [{"ids": [7, 7, 7, 7], "logprobs": [-1.0] * 4, "top": top}] * 2}
+    near = {"ids": [7, 8, 7, 7], "logprobs": [-1.01, -1.1, -1, -1]}
+    far = {"ids": [7, 9, 7, 7], "logprobs": [-1.01, -1.1, -1, -1]}
+    off = {"ids": [7, 5, 7, 7], "logprobs": [-1.01, -1.1, -1, -1]}  # not in the baseline's top-k
+    r = agreement.compare(base, {"samples": [near, far]}, cfg)
+    assert [d["margin"] for d in r["divergences"]] == [pytest.approx(0.15), pytest.approx(2.0)]
+    assert r["near_tie_divergences"] == 1 and agreement.unexplained(r) == 1
+    assert agreement.compare(base, {"samples": [off, off]}, cfg)["divergences"][0]["margin"] is None
+    ctl_clean = agreement.compare(base, {"samples": [near, near]}, cfg)  # stock disagrees only at near ties
+    ctl_far = agreement.compare(base, {"samples": [far, near]}, cfg)  # stock itself has one far divergence
+    assert not agreement.calibrated(r, ctl_clean, cfg)["passed"]  # one far divergence more than the control
+    assert agreement.calibrated(r, ctl_far, cfg)["passed"]
+    noisy = agreement.compare(base, {"samples": [dict(near, logprobs=[-1.5] + near["logprobs"][1:])] * 2}, cfg)
+    crit = agreement.calibrated(noisy, ctl_clean, cfg)["criteria"]["mean_logprob_diff"]
+    assert not crit["ok"] and crit["limit"] == pytest.approx(2.0 * 0.01)  # 2 x the control's mean |dlogp|
+
+
+def test_agreement_control_schema_errors():
+    with pytest.raises(ValueError, match="needs a `control`"):
+        Agreement(gate="calibrated")
+    with pytest.raises(ValueError, match=r"unknown server field\(s\) \['atention_backend'\]"):
+        Agreement(control={"label": "x", "server": {"atention_backend": "flashinfer"}})

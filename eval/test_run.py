@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from speedrun.eval import gsm8k
-from speedrun.eval.run import Options, run
+from speedrun.eval.run import Options, finish, run
 from speedrun.eval.scenarios import Scale
 from speedrun.launch.command import LaunchSpec, build
 from speedrun.recipe import Recipe
@@ -58,7 +58,7 @@ def fake_specs(**per_side: list[str]):
     """A spec factory: the real `build()` environment (overlays, report dir), the fake server's argv."""
 
     def spec_for(recipe, side, port, report_dir, model) -> LaunchSpec:
-        env = build(recipe, baseline=side == "baseline", port=port, model_path=model, report_dir=report_dir).env
+        env = build(recipe, baseline=side != "overlay", port=port, model_path=model, report_dir=report_dir).env
         argv = [
             sys.executable,
             "-m",
@@ -73,8 +73,11 @@ def fake_specs(**per_side: list[str]):
             str(WRONG_EVERY),
             *per_side.get(side, []),
         ]
+        seen.append((side, recipe.server.attention_backend))
         return LaunchSpec(argv, env, side)
 
+    seen: list[tuple[str, str | None]] = []
+    spec_for.seen = seen  # type: ignore[attr-defined]  # which recipe each side was launched from
     return spec_for
 
 
@@ -111,6 +114,40 @@ def test_run_end_to_end(tmp_path):
     md = (out / "report.md").read_text()
     assert "**Verdict: PASS**" in md and "| isl256-osl32-c4 |" in md and "scaled down: concurrency" in md
     assert "mla_decode:fake" in md and "Nothing failed." in md
+
+
+def test_run_with_control_calibrates_agreement(tmp_path):
+    """A control side (stock with another backend) that itself diverges at near ties: the overlay diverging
+    the same way passes the calibrated gate though it misses the absolute match limit; the same overlay
+    choosing a token far outside the baseline's top-k fails it."""
+    d = recipe_dict(tmp_path)
+    control = {"label": "flashinfer attention", "server": {"attention_backend": "flashinfer"}}
+    d["accuracy"] = {"agreement": {"prompts": 8, "prompt_len": 16, "tokens": 8, "min_token_match": 0.99,
+                                   "gate": "calibrated", "control": control}}  # fmt: skip
+    recipe = Recipe.model_validate(d)
+    opts = Options(out=tmp_path / "run", scale=Scale(concurrency=[2]), show_progress=False)
+    near = ["--diverge-every", "2", "--diverge-at", "3", "--tie-gap", "0.1"]
+    specs = fake_specs(
+        baseline=["--tie-gap", "0.1"], control=["--diverge-every", "2", "--diverge-at", "2"], overlay=near
+    )
+    c = run(recipe, opts, specs)
+    assert specs.seen == [("baseline", None), ("control", "flashinfer"), ("overlay", None)]
+    assert c.agreement["match_rate"] < 0.99 and not c.agreement["passed"]  # the absolute limit alone would fail
+    assert c.agreement["near_tie_divergences"] == len(c.agreement["divergences"]) > 0
+    assert c.agreement["divergences"][0]["margin"] == pytest.approx(0.1)  # the baseline's gap, not the overlay's
+    assert c.control["match_rate"] < c.agreement["match_rate"] and c.control["label"] == "flashinfer attention"
+    gate = next(g for g in c.gates if g.name.startswith("agreement"))
+    assert gate.passed and "calibrated" in gate.name, gate
+    assert not (opts.out / "control.json").read_text().count('"scenarios": [{')  # agreement only, no throughput
+    md = (opts.out / "report.md").read_text()
+    assert "Control — stock vs stock (flashinfer attention)" in md and "**pass**" in md
+
+    base, over, ctl = (json.loads((opts.out / f"{s}.json").read_text()) for s in ("baseline", "overlay", "control"))
+    for smp in over["accuracy"]["agreement_samples"]["samples"]:  # step 3: a token far outside the top-k
+        smp["ids"][3] += 500
+    bad = finish(base, over, tmp_path / "bad", "x", ctl)
+    gate = next(g for g in bad.gates if g.name.startswith("agreement"))
+    assert not gate.passed and "unexplained_divergences" in gate.detail and "FAIL" in gate.detail
 
 
 def test_run_cli_records_failures(tmp_path, monkeypatch):

@@ -124,6 +124,22 @@ class Gsm8k(Strict):
     max_tokens: int = 512
 
 
+class Control(Strict):
+    """A second stock configuration (e.g. another attention or MoE backend): how much stock SGLang disagrees
+    with itself on this model, the yardstick for the `calibrated` agreement gate."""
+
+    label: str = Field(..., description="what differs, for the report (e.g. 'flashinfer MLA')")
+    server: dict[str, Any] = Field(..., min_length=1, description="Server fields that differ from the baseline")
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _server_keys_exist(self) -> Control:
+        unknown = sorted(set(self.server) - set(Server.model_fields))
+        if unknown:
+            raise ValueError(f"control.server has unknown server field(s) {unknown}")
+        return self
+
+
 class Agreement(Strict):
     prompts: int = Field(16, ge=1)
     prompt_len: int = Field(64, ge=1)
@@ -131,6 +147,20 @@ class Agreement(Strict):
     min_token_match: float = Field(0.9, ge=0, le=1)
     max_logprob_diff: float = Field(0.5, gt=0, description="max |logprob(overlay) - logprob(baseline)|")
     mean_logprob_diff: float = Field(0.05, gt=0)
+    top_logprobs: int = Field(5, ge=0, le=20, description="top-k logprobs kept per step (divergence margins)")
+    tie_margin: float = Field(0.25, gt=0, description="a divergence within this many nats is a near tie")
+    control: Control | None = None
+    gate: Literal["absolute", "calibrated"] = Field(
+        "absolute", description="absolute: the limits above; calibrated: judged against the control's numbers"
+    )
+    match_slack: float = Field(0.15, ge=0, le=1, description="calibrated: match >= control's match - this")
+    noise_factor: float = Field(2.0, ge=1, description="calibrated: mean |dlogp| <= this x the control's")
+
+    @model_validator(mode="after")
+    def _calibrated_needs_control(self) -> Agreement:
+        if self.gate == "calibrated" and self.control is None:
+            raise ValueError("gate 'calibrated' needs a `control` (a second stock configuration to compare with)")
+        return self
 
 
 class Accuracy(Strict):

@@ -95,3 +95,37 @@ def test_missing_executable_is_an_error(tmp_path):
     bad = LaunchSpec(argv=["/nonexistent/python", "-m", "x"], env={}, side="baseline")
     with pytest.raises(ServerError, match="cannot start"):
         start(bad, tmp_path / "log", "127.0.0.1", free_port())
+
+
+def test_sigterm_to_the_cli_tears_the_server_down(tmp_path):
+    """`timeout`/`kill` on a speedrun process holding a server: the CLI's SIGTERM handler unwinds like Ctrl-C,
+    so the server's whole process group goes too (no orphan left on a GPU host)."""
+    import signal
+    import subprocess
+
+    port = free_port()
+    code = (
+        "import signal, sys, time\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_launcher import spec\n"
+        "from speedrun.cli import _terminate\n"
+        "from speedrun.launch.server import running\n"
+        "signal.signal(signal.SIGTERM, _terminate)\n"
+        "tmp, port = Path(sys.argv[2]), int(sys.argv[3])\n"
+        "with running(spec(port, 'ok', tmp), tmp / 'log', port=port, timeout_s=30, show_progress=False):\n"
+        "    print('up', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    argv = [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path), str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    child = int((tmp_path / "child.pid").read_text())
+    assert pid_alive(child)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    deadline = time.monotonic() + 10
+    while pid_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(child), "SIGTERM to the CLI left the server running"
+    assert not port_in_use("127.0.0.1", port)
