@@ -212,6 +212,60 @@ def run(
     _conclude(run_both(r, opts), opts.out)
 
 
+def profile(
+    recipe: str,
+    side: Annotated[str, typer.Option(help="baseline | overlay | both")] = "both",
+    server: ServerUrl = None,
+    out: Out = None,
+    concurrency: Annotated[int, typer.Option(help="requests decoding together")] = 4,
+    isl: Annotated[int, typer.Option(help="input length")] = 1024,
+    osl: Annotated[int, typer.Option(help="output length (>= steps + 8)")] = 128,
+    steps: Annotated[int, typer.Option(help="decode passes to trace")] = 20,
+    startup_timeout: Startup = 1200.0,
+    no_progress: Quiet = False,
+) -> None:
+    """Where decode time goes: SGLang's torch profiler over `steps` decode passes, kernels by op, per side."""
+    from speedrun.eval.profile import compare_md, profile_server
+    from speedrun.eval.results import write_json_atomic
+    from speedrun.eval.serve import SIDES, launched, pool_for
+
+    r = _recipe(recipe)
+    sides = list(SIDES) if side == "both" else [side]
+    if any(s not in SIDES for s in sides) or (server and len(sides) > 1):
+        err.print("[red]--side must be baseline, overlay or both (one side with --server)[/red]")
+        raise typer.Exit(2)
+    out = out or Path(".runs") / f"profile-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    results, kw = {}, dict(concurrency=concurrency, isl=isl, osl=osl, steps=steps)
+    for s in sides:
+        try:
+            if server:
+                results[s] = profile_server(server.rstrip("/"), pool_for(r, url=server), out / s / "trace", **kw)
+                continue
+            pool = pool_for(r, model=_model_or_none(r, s))
+            with launched(r, s, out / s, startup_timeout_s=startup_timeout, show_progress=not no_progress) as (t, _):
+                results[s] = profile_server(t.url, pool, out / s / "trace", **kw)
+        except Exception as exc:  # one side failing still leaves the other's profile
+            err.print(f"[red]{s}: profile failed: {type(exc).__name__}: {escape(str(exc))}[/red]")
+            results[s] = {"error": f"{type(exc).__name__}: {exc}"}
+    write_json_atomic(out / "profile.json", {"recipe": r.name, **kw, "sides": results})
+    ok = {k: v for k, v in results.items() if "error" not in v}
+    if ok:
+        (out / "profile.md").write_text(f"# Decode profile: {r.name}\n\n" + compare_md(ok) + "\n")
+        console.print(compare_md(ok), markup=False, highlight=False)
+    console.print(f"profile: {out / 'profile.json'}")
+    if len(ok) < len(results):
+        raise typer.Exit(1)
+
+
+def _model_or_none(recipe, side: str) -> str | None:
+    from speedrun.eval.serve import model_path
+
+    try:
+        return model_path(recipe, side)
+    except Exception:  # the launch itself reports it properly
+        return None
+
+
 def _conclude(c, out: Path) -> None:
     t = Table(title="stock SGLang vs overlay")
     for col in ("scenario", "tok/s/GPU stock", "overlay", "speedup", "tok/s/user stock", "overlay"):
@@ -238,3 +292,4 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_cmd)
     app.command("compare")(compare_cmd)
     app.command("run")(run)
+    app.command("profile")(profile)

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -168,6 +169,26 @@ async def model_info(request: web.Request) -> web.Response:
     return web.json_response({"model_path": "fake", "tokenizer_path": None, "is_generation": True})
 
 
+async def start_profile(request: web.Request) -> web.Response:
+    """Like SGLang's by-stage profiling, with the real torch profiler over a CPU stand-in for decode steps:
+    the trace lands in `output_dir` as `<id>-TP-0-DECODE.trace.json.gz` a moment after the call."""
+    body = await request.json()
+    out, steps = Path(body.get("output_dir") or "/tmp"), int(body.get("num_steps") or 5)
+    threading.Thread(target=_write_trace, args=(out, steps), daemon=True).start()
+    return web.Response(text="Start profiling.\n")
+
+
+def _write_trace(out: Path, steps: int) -> None:
+    import torch
+
+    a = torch.randn(64, 64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            torch.mm(a, a).relu_()
+    out.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out / f"{time.time():.0f}-TP-0-DECODE.trace.json.gz"))
+
+
 STATE = web.AppKey("state", State)
 
 
@@ -178,6 +199,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
     app.router.add_get("/server_info", server_info)
     app.router.add_get("/model_info", model_info)
     app.router.add_post("/generate", generate)
+    app.router.add_post("/start_profile", start_profile)
     return app
 
 
