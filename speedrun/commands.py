@@ -301,10 +301,17 @@ def kernels_compile(
     op: Annotated[list[str] | None, typer.Option(help="op(s) or module[:function]; default all ops")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     workers: Annotated[int, typer.Option(help="compile processes")] = 2,
+    check_device: Annotated[
+        bool, typer.Option("--check-device", help="sm90 on an H100: compare the report with the GPU's own figures")
+    ] = False,
 ) -> None:
     """Compile every kernel x config for the target arch on this machine (no GPU needed): matrix instructions,
     registers, shared memory, spills, occupancy. Exit 1 when one fails to compile, spills, or lacks its MMA."""
     from speedrun.overlays.readiness import report
+
+    if check_device:
+        _check_device(arch, op, as_json, workers)
+        return
 
     archs = report.ARCHS if arch == "all" else (arch,)
     bad = [a for a in archs if a not in report.ARCHS] + [o for o in op or () if o not in OPS and "." not in o]
@@ -317,6 +324,95 @@ def kernels_compile(
         console.print(report.table(result))
     if result["failed"]:
         raise typer.Exit(1)
+
+
+def _check_device(arch: str, op: list[str] | None, as_json: bool, workers: int) -> None:
+    """Exit 1 when a kernel's registers, spills or shared memory on this GPU differ from the sm90 AOT report."""
+    from speedrun.overlays.arch import current_arch
+    from speedrun.overlays.readiness import device_check
+
+    if arch not in ("sm90", "all"):
+        fail(f"--check-device checks sm90 on a CUDA GPU, not --arch {arch}")
+    here = current_arch()
+    if here != "sm90":
+        fail(f"--check-device needs an sm90 GPU (found {here!r})")
+    bad = [o for o in op or () if o not in OPS and "." not in o]
+    if bad:
+        fail(f"unknown op(s) {bad}: expected {', '.join(OPS)}")
+    result = device_check.run(list(op or OPS), workers=workers)
+    if as_json:
+        print(json.dumps(result, indent=1))
+    else:
+        console.print(device_check.table(result))
+    if result["failed"] or not result["rows"]:
+        raise typer.Exit(1)
+
+
+@kernels_app.command("tune")
+def kernels_tune(
+    op: Annotated[list[str], typer.Option(help="op(s) to sweep and tune")],
+    write: Annotated[bool, typer.Option("--write", help="update configs/<arch>.json in place")] = False,
+    out: Annotated[Path, typer.Option(help="folder for <op>_sweep.json")] = Path(".runs/tune"),
+    sweep_from: Annotated[Path | None, typer.Option("--from", help="use DIR/<op>_sweep.json, no new sweep")] = None,
+    min_gain: Annotated[float, typer.Option(help="keep the current config unless the winner is this fast")] = 1.02,
+) -> None:
+    """Sweep each op's candidates on this GPU, pick the fastest variant per config bucket, optionally write it."""
+    import datetime
+    import subprocess
+    import sys
+
+    from speedrun.overlays.arch import HERE
+    from speedrun.overlays.readiness import tune
+
+    bad = [o for o in op if o not in OPS]
+    if bad:
+        fail(f"unknown op(s) {bad}: expected {', '.join(OPS)}")
+    arch = _tune_arch(sweep_from)
+    for o in op:
+        sweep = (sweep_from or out) / f"{o}_sweep.json"
+        if sweep_from is None:
+            started = time.time()
+            cmd = [sys.executable, "-m", f"speedrun.overlays.{o}.bench", "--out", str(out), "--sweep"]
+            rc = subprocess.run(cmd).returncode
+            if not sweep.exists() or sweep.stat().st_mtime < started:  # a stale file from an earlier run is no result
+                fail(f"{o}: the sweep wrote no {sweep} (exit code {rc})", 1)
+            if rc:  # error rows (a baseline that failed) are dropped by the selection; say so, go on
+                err.print(f"{o}: sweep exited with code {rc}; using the rows it wrote", highlight=False)
+        elif not sweep.exists():
+            fail(f"{o}: no {sweep}", 1)
+        path = HERE / o / "configs" / f"{arch}.json"
+        table = json.loads(path.read_text())
+        try:
+            choices = tune.select(tune.load_rows(sweep), table, str(sweep), min_gain)
+        except tune.TuneError as exc:
+            fail(str(exc), 1)
+        console.print(tune.rich_table(o, choices))
+        if write and any(c.changed for c in choices):
+            gpu = ", ".join(sorted({str(r.get("gpu", "?")) for r in tune.load_rows(sweep)}))
+            date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+            command = " ".join(["speedrun", *sys.argv[1:]])
+            prov = {"gpu": gpu, "date": date, "command": command, "sweep": str(sweep), "min_gain": min_gain}
+            tune.write_table(path, tune.apply(table, choices, prov))
+            console.print(f"wrote {path}", highlight=False)
+        elif write:
+            console.print(f"{o}: current configs kept (no winner beats them by {min_gain}x)")
+
+
+def _tune_arch(sweep_from: Path | None) -> str:
+    """sm90 only: gfx950 tables are reasoned (no MI355X here), and tuning needs the GPU it tunes for."""
+    from speedrun.overlays.arch import current_arch
+
+    try:
+        arch = current_arch()
+    except ImportError:
+        arch = "cpu"
+    if arch == "cpu" and sweep_from is not None:
+        return "sm90"  # re-selecting from a stored sweep (measured on the H100) needs no GPU
+    if arch == "cpu":
+        fail("no GPU visible: `kernels tune` sweeps on the GPU it tunes for (or pass --from DIR of a stored sweep)")
+    if arch != "sm90":
+        fail(f"arch {arch}: only sm90 tables are tuned here; gfx950 tables are reasoned from the arch, marked untuned")
+    return arch
 
 
 @kernels_app.command("roofline")

@@ -1,0 +1,162 @@
+"""`speedrun kernels tune`: winner selection per bucket and the config write-back, on sweep fixtures (no GPU)."""
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from speedrun.commands import kernels_app
+from speedrun.overlays.readiness import tune
+
+TABLE = {
+    "_meta": {"arch": "sm90", "tuned": False, "why": "reasoned"},
+    "default": {"16": {"BLOCK_N": 64, "num_warps": 4}, "32": {"BLOCK_N": 64, "num_warps": 4}},
+    "heads<=16": {"BLOCK_N": 32, "fp8": {"BLOCK_N": 32, "num_stages": 5}},
+}
+
+
+def row(bucket, variant, m, us, config=None, **extra):
+    r = {"impl": "speedrun", "bucket": bucket, "variant": variant, "m": m, "n": 4096, "gbps": 1.5, "us": us}
+    return {**r, "config": config if config is not None else {}, **extra}
+
+
+def bucket16(times: dict[str, tuple[float, float]], configs=None) -> list[dict]:
+    configs = configs or {}
+    return [row("default/16", v, m, t[i], configs.get(v)) for v, t in times.items() for i, m in enumerate((1, 16))]
+
+
+def test_geomean_winner_and_speedup():
+    rows = bucket16({"config": (10.0, 20.0), "wide": (8.0, 22.0), "fast": (9.0, 15.0)},
+                    {"wide": {"BLOCK_N": 128}, "fast": {"num_warps": 8}})  # fmt: skip
+    (c,) = tune.select(rows, TABLE)
+    assert (c.bucket, c.current, c.winner, c.shapes, c.candidates) == ("default/16", "config", "fast", 2, 3)
+    assert c.speedup == pytest.approx(1 / math.sqrt(0.9 * 0.75))
+    # "wide" wins the small shape but loses the geomean: sqrt(0.8 * 1.1) = 0.938 > sqrt(0.9 * 0.75) = 0.822
+    assert c.config == {"num_warps": 8}
+
+
+def test_variant_missing_a_shape_cannot_win_and_errors_are_dropped():
+    rows = bucket16({"config": (10.0, 20.0)}) + [row("default/16", "partial", 1, 1.0, {"BLOCK_N": 16})]
+    rows += [row("default/16", "broken", m, 0.5, {"BLOCK_N": 8}, error="OutOfResources") for m in (1, 16)]
+    rows += [{**row("default/16", "sglang", m, 0.1), "impl": "sglang"} for m in (1, 16)]  # a baseline, not ours
+    (c,) = tune.select(rows, TABLE)
+    assert c.winner == "config" and c.candidates == 1 and not c.changed
+
+
+def test_tie_keeps_current_and_min_gain():
+    rows = bucket16({"config": (10.0, 20.0), "same": (10.0, 20.0), "bit": (9.9, 19.9)},
+                    {"same": {"num_warps": 8}, "bit": {"num_warps": 2}})  # fmt: skip
+    assert tune.select(rows, TABLE, min_gain=1.02)[0].winner == "config"  # 0.7 % is noise
+    assert tune.select(rows, TABLE, min_gain=1.0)[0].winner == "bit"
+    tie = bucket16({"config": (10.0, 20.0), "b": (5.0, 10.0), "a": (5.0, 10.0)},
+                   {"a": {"num_warps": 8}, "b": {"num_warps": 2}})  # fmt: skip
+    assert tune.select(tie, TABLE)[0].winner == "a"  # equal challengers: by name, deterministic
+
+
+def test_missing_bucket_field_names_the_file(tmp_path):
+    f = tmp_path / "mxfp4_gemm_sweep.json"
+    f.write_text(json.dumps({"rows": [{"impl": "speedrun", "variant": "config", "config": {}, "m": 1, "us": 3.0}]}))
+    with pytest.raises(tune.TuneError, match=r"mxfp4_gemm_sweep\.json: row 0 .*no 'bucket'"):
+        tune.select(tune.load_rows(f), TABLE, str(f))
+
+
+def test_no_current_row_unknown_bucket_and_all_errors():
+    rows = bucket16({"other": (1.0, 1.0)}, {"other": {"BLOCK_N": 16}})
+    with pytest.raises(tune.TuneError, match="no row measures the current config"):
+        tune.select(rows, TABLE)
+    with pytest.raises(tune.TuneError, match="'default/999' is not a config key"):
+        tune.select([row("default/999", "config", 1, 1.0)], TABLE)
+    with pytest.raises(tune.TuneError, match="no usable rows"):
+        tune.select([row("default/16", "config", 1, 1.0, error="boom")], TABLE)
+
+
+def test_shapes_are_those_the_current_config_was_measured_on():
+    rows = bucket16({"default": (10.0, 20.0), "x": (5.0, 10.0)}, {"x": {"BLOCK_N": 16}})
+    rows.append(row("default/16", "config", 1, 10.0))  # a no-op too, but on one shape only
+    rows.append(row("default/16", "extra", 64, 1.0, {"BLOCK_N": 8}))  # a shape with no current time: not compared
+    (c,) = tune.select(rows, TABLE)
+    assert (c.current, c.winner, c.shapes, c.candidates) == ("default", "x", 2, 2)
+
+
+def test_apply_merges_nested_keeps_meta_and_other_buckets():
+    rows = bucket16({"config": (10.0, 20.0), "fast": (5.0, 10.0)}, {"fast": {"num_warps": 8}})
+    rows += [row("heads<=16/fp8", v, 1, t, c) for v, t, c in (("default", 4.0, {}), ("st3", 3.0, {"num_stages": 3}))]
+    choices = tune.select(rows, TABLE)
+    out = tune.apply(TABLE, choices, {"gpu": "NVIDIA H100 80GB HBM3", "command": "speedrun kernels tune"})
+    assert out["default"]["16"] == {"BLOCK_N": 64, "num_warps": 8}
+    assert out["default"]["32"] == TABLE["default"]["32"]
+    assert out["heads<=16"] == {"BLOCK_N": 32, "fp8": {"BLOCK_N": 32, "num_stages": 3}}
+    assert out["_meta"]["why"] == "reasoned" and out["_meta"]["tuned"]["gpu"].startswith("NVIDIA H100")
+    assert out["_meta"]["tuned"]["buckets"]["default/16"] == {"from": "config", "to": "fast", "speedup": 2.0,
+                                                            "shapes": 2}  # fmt: skip
+    assert TABLE["default"]["16"]["num_warps"] == 4  # the input is not modified
+
+
+def test_shape_of_ignores_measurements():
+    a = row("b", "v", 1, 3.0, gpu="H100", timing="graph", bytes=1.0e6, pct_hbm_peak=3.0, kv_dtype="fp8")
+    b = row("b", "w", 1, 9.0, gpu="H100", timing="do_bench", bytes=1.0e6, pct_hbm_peak=1.0, kv_dtype="fp8")
+    assert tune.shape_of(a) == tune.shape_of(b) == (("kv_dtype", "fp8"), ("m", 1), ("n", 4096))
+
+
+def test_cli_from_stored_sweep_and_write(tmp_path, monkeypatch):
+    from speedrun.overlays import arch
+
+    op_dir = tmp_path / "mxfp4_gemm" / "configs"
+    op_dir.mkdir(parents=True)
+    (op_dir / "sm90.json").write_text(json.dumps(TABLE, indent=2))
+    monkeypatch.setattr(arch, "HERE", tmp_path)
+    rows = bucket16({"config": (10.0, 20.0), "fast": (5.0, 10.0)}, {"fast": {"num_warps": 8}})
+    (tmp_path / "mxfp4_gemm_sweep.json").write_text(json.dumps({"rows": [{**r, "gpu": "H100"} for r in rows]}))
+    res = CliRunner().invoke(kernels_app, ["tune", "--op", "mxfp4_gemm", "--from", str(tmp_path), "--write"])
+    assert res.exit_code == 0, res.output
+    assert "fast" in res.output and "2.000x" in res.output
+    written = json.loads((op_dir / "sm90.json").read_text())
+    assert written["default"]["16"]["num_warps"] == 8 and written["_meta"]["tuned"]["gpu"] == "H100"
+    assert "--from" in written["_meta"]["tuned"]["command"] or written["_meta"]["tuned"]["sweep"].endswith(".json")
+
+
+def test_cli_refuses_without_gpu_and_unknown_op(monkeypatch):
+    from speedrun.overlays import arch
+
+    monkeypatch.setattr(arch, "current_arch", lambda: "cpu")  # also on a GPU host: never start a real sweep
+    res = CliRunner().invoke(kernels_app, ["tune", "--op", "mxfp4_gemm"])
+    assert res.exit_code == 2 and "no GPU visible" in " ".join(res.output.split())
+    res = CliRunner().invoke(kernels_app, ["tune", "--op", "nope"])
+    assert res.exit_code == 2 and "unknown op" in res.output
+
+
+def test_cli_refuses_gfx950(monkeypatch):
+    from speedrun.overlays import arch
+
+    monkeypatch.setattr(arch, "current_arch", lambda: "gfx950")
+    res = CliRunner().invoke(kernels_app, ["tune", "--op", "mxfp4_gemm"])
+    assert res.exit_code == 2 and "gfx950 tables are reasoned" in " ".join(res.output.split())
+
+
+def test_full_config_rows_write_only_the_change_and_replace_nested():
+    """mla_decode style: rows carry the whole bucket config; a variant's "fp8": {} clears the fp8 overrides."""
+    base = TABLE["heads<=16"]
+    s4 = {**base, "BLOCK_N": 64, "fp8": {}}
+    variants = (("default", 10.0, base), ("s4", 7.0, s4), ("flat", 9.5, {**base, "snap": False}))
+    shapes = [(d, m) for d in ("bf16", "fp8_e4m3") for m in (1, 32)]
+    rows = [row("heads<=16", v, m, t, c, kv_dtype=d) for d, m in shapes for v, t, c in variants]
+    (c,) = tune.select(rows, TABLE)
+    assert (c.current, c.winner, c.shapes, c.config) == ("default", "s4", 4, {"BLOCK_N": 64, "fp8": {}})
+    out = tune.apply(TABLE, [c], {"gpu": "H100"})
+    assert out["heads<=16"] == {"BLOCK_N": 64, "fp8": {}}
+
+
+def test_gemm_bucket_resolves_under_default_and_per_shape_values_do_not_leak():
+    """mxfp4_gemm style: bucket "16" lives under "default"; a shape with a per-shape override runs other knobs."""
+    table = {**TABLE, "7168x2048": {"16": {"BLOCK_N": 32}}}
+    own, over = TABLE["default"]["16"], {**TABLE["default"]["16"], "BLOCK_N": 32}
+    rows = [row("16", "config", 1, 10.0, own, nk="36864x7168"), row("16", "w8", 1, 8.0, {**own, "num_warps": 8},
+            nk="36864x7168"), row("16", "config", 1, 10.0, over, nk="7168x2048"),
+            row("16", "w8", 1, 8.0, {**over, "num_warps": 8}, nk="7168x2048")]  # fmt: skip
+    (c,) = tune.select(rows, table)
+    assert (c.bucket, c.current, c.winner, c.config) == ("default/16", "config", "w8", {"num_warps": 8})
+    out = tune.apply(table, [c], {})
+    assert out["default"]["16"] == {"BLOCK_N": 64, "num_warps": 8} and out["7168x2048"] == {"16": {"BLOCK_N": 32}}
+    with pytest.raises(tune.TuneError, match="ambiguous"):
+        tune.resolve({"a": {"16": {}}, "b": {"16": {}}}, "16")
