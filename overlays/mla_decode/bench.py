@@ -28,28 +28,47 @@ HEADS = 16
 PAGE = 64
 SM_SCALE = 1.0 / math.sqrt(192)
 CONTEXT_LEN = 163840  # DeepSeek-R1: sizes SGLang's max_kv_splits exactly as the server would
-BUDGET_S = 215.0  # the whole bench stays under 4 minutes: later shapes are skipped (error rows)
+BUDGET_S = 105.0  # under the device script's 120 s step (the JSON is written at the end): later shapes skip
 IMPLS = ("speedrun", "sglang_triton", "flashinfer", "flashmla")
 # --sweep: named overrides of the heads<=16 bucket (an empty "fp8" dict makes the variant govern fp8 caches too).
 # "default" is the shipped table as is (fp8 caches take its "fp8" overrides); "round1" is the first measured path.
 S4 = {"split_d": 4, "fp8_cvt": "asm", "num_stages": 5}  # BLOCK_N 32 at 5 stages: two cp.async tile buffers
+R1 = {"split_d": 1, "fp8_cvt": "bf16", "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "snap": False}
+FP8_R2 = {"BLOCK_N": 32, "num_warps": 4, "num_stages": 5, "split_d": 4, "fp8_cvt": "asm"}
+MERGE_R2 = {"BLOCK_P": 32, "min_block_dv": 64, "num_warps": 4, "num_stages": 2}
 VARIANTS = {
-    "default": {},
-    "round1": {"split_d": 1, "fp8_cvt": "bf16", "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
-    "s4_n32_w4": {**S4, "BLOCK_N": 32, "num_warps": 4},
-    "s4_n32_w4_st3": {**S4, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3},  # one tile buffer
+    "default": {},  # round 3: snap (uniform batches cut at sequence boundaries), flat equal chunks otherwise
+    "flat": {"snap": False},  # the round-2 split: equal cuts of the flat KV range
+    "seqsplit": {"split": "seq"},  # sequence-aligned pieces (no cut inside a sequence of <= ~one chunk)
+    "perseq_bs128": {"per_seq_min_bs": 128},  # one program per sequence at bs >= 128 (no merge; unsafe if mixed)
+    "pdl": {"pdl": True},  # the default with the merge launched as a programmatic dependent (hides its launch)
+    "merge_p32": {"merge": MERGE_R2},  # the round-2 merge (9 dependent steps for 264 partials)
+    "qk1": {"qk_chains": 1},  # the round-2 QK: one dependent mma chain of 36 per warp and tile
+    "fp8_st7": {"fp8": {**FP8_R2, "num_stages": 7}},  # fp8: one more 18 KB tile in flight (110 KB: 2 CTAs/SM)
+    "round1": {**R1, "merge": MERGE_R2},
     "s4_n64_w4_st3": {**S4, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},  # one 72 KB buffer (bf16)
-    "s4_n64_w8_st3": {**S4, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
-    "s4_n32_w8": {**S4, "BLOCK_N": 32, "num_warps": 8},
-    "s1_asm_n64_w8": {"split_d": 1, "fp8_cvt": "asm", "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
     "s4_n32_w4_pps1": {**S4, "BLOCK_N": 32, "num_warps": 4, "programs_per_sm": 1},
-    "s4_n32_w4_pps3": {**S4, "BLOCK_N": 32, "num_warps": 4, "programs_per_sm": 3},
-    "fp8_f16_pure": {**S4, "fp8_cvt": "f16", "BLOCK_N": 32, "num_warps": 4},
-    "perseq_bs128": {"per_seq_min_bs": 128},  # the default, but one program per sequence at bs >= 128
+    # 16-token tiles, 9 stages: ~4 buffers of 18 KB (bf16 190 regs, 91.5 KB; fp8 250 regs, 73 KB: 2 CTAs/SM) ->
+    # up to 3 tiles in flight per CTA instead of ~1; costs 1.5x the mma.sync per token (QK duplicated over warps)
+    "s4_n16_w4_st9": {**S4, "BLOCK_N": 16, "num_warps": 4, "num_stages": 9},
 }
-BF16_SKIP = {"fp8_f16_pure"}  # fp8_cvt only changes fp8 caches
-SWEEP_SHAPES = [(256, 8192), (32, 8192), (256, 1024), (32, 1024), (4, 32768), (256, 32768)]
-SWEEP_BUDGET_S = 130.0
+SPLIT_VARIANTS = ("default", "flat", "seqsplit", "perseq_bs128", "pdl", "merge_p32", "qk1", "fp8_st7")
+# Variants that only change fp8 caches still run bf16 (= default there): the tuner compares a bucket's variants
+# over all of its shapes, so a variant without bf16 rows could never win.
+BF16_SKIP: set[str] = set()
+BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)
+MIXED = "mixed32k"  # kv_len label of the mixed batch: one 32k sequence among 1k ones
+# (bs, kv_len); kv_len MIXED: lens [32768] + [1024] * (bs - 1)
+SWEEP_SHAPES = [
+    (256, 8192),
+    (32, 8192),
+    (256, 1024),
+    (1, 32768),
+    (256, MIXED),
+    (128, 8192),
+    (4, 32768),
+]
+SWEEP_BUDGET_S = 115.0  # under the device script's 130 s step
 
 
 def variant_config(name: str) -> dict[str, Any]:
@@ -57,24 +76,37 @@ def variant_config(name: str) -> dict[str, Any]:
     from speedrun.overlays.mla_decode import ops
 
     base = ops.config_for(HEADS)
-    if name == "default" or name.startswith("perseq"):  # perseq: the default kernel knobs, fp8 overrides kept
+    if name in SPLIT_VARIANTS:  # split/launch knobs only: the fp8 overrides of the table stay
         return {**base, **VARIANTS.get(name, {})}
     return {**base, **VARIANTS[name], "fp8": {}}
 
 
-def make_inputs(bs: int, kv_len: int, kv_dtype: torch.dtype, seed: int = 0) -> dict[str, Any]:
+def seed_of(bs: int, kv_len: int | str) -> int:
+    return bs + (kv_len if isinstance(kv_len, int) else 7)
+
+
+def seq_lens(bs: int, kv_len: int | str) -> list[int]:
+    return [32768] + [1024] * (bs - 1) if kv_len == MIXED else [int(kv_len)] * bs
+
+
+def make_inputs(bs: int, kv_len: int | str, kv_dtype: torch.dtype, seed: int = 0) -> dict[str, Any]:
     """One paged pool (page 64, pages scattered at random) and every view the impls need."""
     g = torch.Generator(device="cuda").manual_seed(seed)
-    pages = -(-kv_len // PAGE)
-    perm = torch.randperm(bs * pages + 1, device="cuda", generator=g)[: bs * pages].view(bs, pages).int()
-    kv = torch.randn((bs * pages + 1) * PAGE, 1, 576, device="cuda", generator=g, dtype=torch.bfloat16).to(kv_dtype)
-    t = torch.arange(kv_len, device="cuda")
-    slots = (perm[:, t // PAGE].long() * PAGE + t % PAGE).reshape(-1)
-    lens = torch.full((bs,), kv_len, dtype=torch.int32, device="cuda")
+    lens_l = seq_lens(bs, kv_len)
+    pages_l = [-(-n // PAGE) for n in lens_l]
+    perm = torch.randperm(sum(pages_l) + 1, device="cuda", generator=g)[: sum(pages_l)].int()
+    block_table = torch.zeros(bs, max(pages_l), dtype=torch.int32, device="cuda")  # tails past a length: unread
+    for b, off in enumerate(torch.tensor([0, *pages_l]).cumsum(0)[:-1].tolist()):
+        block_table[b, : pages_l[b]] = perm[off : off + pages_l[b]]
+    kv = torch.randn((sum(pages_l) + 1) * PAGE, 1, 576, device="cuda", generator=g, dtype=torch.bfloat16)
+    kv = kv.to(kv_dtype)
+    slots = torch.cat([(block_table[b, torch.arange(n, device="cuda") // PAGE].long() * PAGE
+                        + torch.arange(n, device="cuda") % PAGE) for b, n in enumerate(lens_l)])  # fmt: skip
+    lens = torch.tensor(lens_l, dtype=torch.int32, device="cuda")
     indptr = torch.zeros(bs + 1, dtype=torch.int32, device="cuda")
     indptr[1:] = torch.cumsum(lens, 0)
     q = torch.randn(bs, HEADS, 576, device="cuda", generator=g, dtype=torch.bfloat16) * 0.5
-    return dict(q=q, kv=kv, slots=slots, lens=lens, indptr=indptr, block_table=perm, bs=bs, kv_len=kv_len)
+    return dict(q=q, kv=kv, slots=slots, lens=lens, indptr=indptr, block_table=block_table, bs=bs, kv_len=kv_len)
 
 
 def setup_speedrun(x: dict[str, Any], config: dict[str, Any] | None = None) -> Callable[[], torch.Tensor]:
@@ -170,11 +202,11 @@ def time_graph(run: Callable[[], torch.Tensor], flush: torch.Tensor) -> tuple[fl
 
 def bench_shape(bs: int, kv_len: int, kv_dtype: torch.dtype, impls: tuple[str, ...], flush: torch.Tensor,
                 gpu: str, deadline: float) -> list[dict[str, Any]]:  # fmt: skip
-    x = make_inputs(bs, kv_len, kv_dtype, seed=bs + kv_len)
-    nbytes = bs * kv_len * 576 * kv_dtype.itemsize
+    x = make_inputs(bs, kv_len, kv_dtype, seed=seed_of(bs, kv_len))
+    nbytes = sum(seq_lens(bs, kv_len)) * 576 * kv_dtype.itemsize
     rows, ours = [], None
     for impl in impls:
-        row = {"impl": impl, "gpu": gpu, "bs": bs, "kv_len": kv_len, "heads": HEADS,
+        row = {"impl": impl, "bucket": BUCKET, "gpu": gpu, "bs": bs, "kv_len": kv_len, "heads": HEADS,
                "kv_dtype": "bf16" if kv_dtype == torch.bfloat16 else "fp8_e4m3", "us": None, "gbps": None}  # fmt: skip
         try:
             if time.monotonic() > deadline:
@@ -194,12 +226,12 @@ def bench_shape(bs: int, kv_len: int, kv_dtype: torch.dtype, impls: tuple[str, .
     return rows
 
 
-def shapes(quick: bool) -> list[tuple[int, int, torch.dtype]]:
-    """Most important first (bf16, kv 8k), so a spent time budget drops the least useful rows."""
+def shapes(quick: bool) -> list[tuple[int, int | str, torch.dtype]]:
+    """Most important first (bf16, kv 8k, then the mixed batch), so a spent time budget drops the least useful rows."""
     bss = [4, 32, 256] if quick else [1, 4, 32, 64, 128, 256]
-    kvs = [8192] if quick else [8192, 1024, 32768]
+    kvs = [8192] if quick else [8192, MIXED, 1024, 32768]  # MIXED: bs 256 only (one 32k sequence among 255 of 1k)
     dts = [torch.bfloat16] if quick else [torch.bfloat16, torch.float8_e4m3fn]
-    return [(bs, kv, dt) for dt in dts for kv in kvs for bs in bss]
+    return [(bs, kv, dt) for dt in dts for kv in kvs for bs in bss if kv != MIXED or bs == 256]
 
 
 def summarize(rows: list[dict[str, Any]]) -> str:
@@ -207,7 +239,7 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         by.setdefault((r["kv_dtype"], r["kv_len"], r["bs"]), {})[r["impl"]] = r
     lines = [f"{'kv':>8} {'len':>6} {'bs':>4} " + " ".join(f"{i:>13}" for i in IMPLS) + "  x_sgl  x_best  %peak"]
-    for (dt, kv, bs), imp in sorted(by.items()):
+    for (dt, kv, bs), imp in sorted(by.items(), key=lambda it: (it[0][0], str(it[0][1]).zfill(8), it[0][2])):
         us = {i: (imp.get(i) or {}).get("us") for i in IMPLS}
         cells = " ".join(f"{(f'{v:.1f}' if v else 'err'):>13}" for v in us.values())
         mine = us["speedrun"]
@@ -225,7 +257,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dts, kvs = sorted({r["kv_dtype"] for r in rows}), sorted({r["kv_len"] for r in rows})
+    dts, kvs = sorted({r["kv_dtype"] for r in rows}), sorted({r["kv_len"] for r in rows if r["kv_len"] != MIXED})
     fig, axes = plt.subplots(len(dts), len(kvs), figsize=(4.5 * len(kvs), 3.6 * len(dts)), squeeze=False)
     for i, dt in enumerate(dts):
         for j, kv in enumerate(kvs):
@@ -249,17 +281,18 @@ def sweep(flush: torch.Tensor, gpu: str) -> list[dict[str, Any]]:
     for bs, kv_len in SWEEP_SHAPES:  # most important first: a spent budget drops the tail
         for dt in (torch.float8_e4m3fn, torch.bfloat16):
             name = "bf16" if dt == torch.bfloat16 else "fp8_e4m3"
-            x = make_inputs(bs, kv_len, dt, seed=bs + kv_len)
+            x = make_inputs(bs, kv_len, dt, seed=seed_of(bs, kv_len))
             for variant in VARIANTS:
                 if variant in BF16_SKIP and dt == torch.bfloat16:
                     continue
-                row = {"impl": "speedrun", "variant": variant, "config": VARIANTS[variant], "gpu": gpu, "bs": bs,
-                       "kv_len": kv_len, "heads": HEADS, "kv_dtype": name}  # fmt: skip
+                cfg = variant_config(variant)  # the whole bucket config, so a tuner can write the winner back
+                row = {"impl": "speedrun", "bucket": BUCKET, "variant": variant, "config": cfg, "gpu": gpu,
+                       "bs": bs, "kv_len": kv_len, "heads": HEADS, "kv_dtype": name, "us": None}  # fmt: skip
                 try:
                     if time.monotonic() > deadline:
                         raise TimeoutError("skipped: sweep time budget spent")
-                    us, _ = time_graph(setup_speedrun(x, variant_config(variant)), flush)
-                    gbps = bs * kv_len * 576 * dt.itemsize / us / 1e3
+                    us, _ = time_graph(setup_speedrun(x, cfg), flush)
+                    gbps = sum(seq_lens(bs, kv_len)) * 576 * dt.itemsize / us / 1e3
                     row.update(us=round(us, 2), gbps=round(gbps, 1), pct_hbm_peak=round(100 * gbps / PEAK_GBPS, 1))
                 except Exception as exc:
                     row["error"] = f"{type(exc).__name__}: {exc}"[:300]

@@ -10,7 +10,7 @@ import torch
 from speedrun.overlays.aot import CompileSpec, aligned
 from speedrun.overlays.arch import load_configs
 from speedrun.overlays.mla_decode.kernel import D_LATENT, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
-from speedrun.overlays.mla_decode.ops import block_h, kernel_constexprs, kv_config
+from speedrun.overlays.mla_decode.ops import block_h, kernel_constexprs, kv_config, split_constexprs, use_pdl
 
 KV_TYPES = {"bf16": "*bf16", "fp8": "*fp8e4nv"}  # fp8 e4m3fn (OCP): sm90 and gfx950 both take it
 KV_TORCH = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
@@ -31,7 +31,7 @@ def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: st
     ptrs = dict(zip(PARTIAL_ARGS, ["*bf16", KV_TYPES[kv], "*bf16", "*fp32", "*fp32", "*i32", "*i64"], strict=True))
     const = {"H": heads, "BLOCK_H": block_h(heads, cfg), "BLOCK_N": cfg["BLOCK_N"], "BLOCK_B": 256,
              "MIN_CHUNK": cfg["min_chunk"], "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE,
-             **kernel_constexprs(cfg, torch.bfloat16, KV_TORCH[kv], arch)}  # fmt: skip
+             **kernel_constexprs(cfg, torch.bfloat16, KV_TORCH[kv], arch), "PDL": use_pdl(cfg, arch)}  # fmt: skip
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
     name = f"mla_decode/partial[{bucket},{kv}]"
     # As the JIT sees SGLang's buffers: aligned pointers, strides that are multiples of 576 or 512 (so of 16).
@@ -39,12 +39,12 @@ def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: st
     return CompileSpec(name, _mla_partial_kernel, sig, const, _options(cfg), EXPECT_MMA[arch], attrs=attrs)
 
 
-def merge_spec(bucket: str, heads: int, cfg: dict[str, Any], block_dv: int) -> CompileSpec:
+def merge_spec(bucket: str, heads: int, cfg: dict[str, Any], block_dv: int, arch: str) -> CompileSpec:
     """The merge at one column block (the launcher picks 64..512 by batch; the extremes are compiled)."""
     m = cfg["merge"]
     block_p = min(m["BLOCK_P"], 8192 // block_dv)
     const = {"H": heads, "BLOCK_P": block_p, "BLOCK_DV": block_dv, "MIN_CHUNK": cfg["min_chunk"],
-             "DL": D_LATENT}  # fmt: skip
+             "DL": D_LATENT, **split_constexprs(cfg), "BLOCK_B": 256, "PDL": use_pdl(cfg, arch)}  # fmt: skip
     sig = {"O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32", "kv_indptr": "*i32", "v_scale": "fp32",
            "bs": "i32", "num_programs": "i32", "stride_ob": "i32", "stride_oh": "i32",
            **dict.fromkeys(const, "constexpr")}  # fmt: skip
@@ -62,7 +62,7 @@ def compile_specs(arch: str) -> list[CompileSpec]:
             continue
         heads = int(bucket.split("<=")[1])
         specs += [partial_spec(bucket, heads, cfg, kv, arch) for kv in KV_TYPES]
-        specs += [merge_spec(bucket, heads, cfg, dv) for dv in (cfg["merge"]["min_block_dv"], D_LATENT)]
+        specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg["merge"]["min_block_dv"], D_LATENT)]
     return specs
 
 

@@ -19,6 +19,9 @@ from speedrun.overlays.hooks import Unsupported
 from speedrun.overlays.mla_decode.kernel import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 
 LOG2E = 1.4426950408889634
+# SNAP reads the whole batch's lengths in every merge program (bs x heads of them): past this batch the merge
+# traffic would grow as bs^2, while the flat split already cuts at most one sequence per program.
+SNAP_MAX_BS = 512
 MAX_BS = 8192  # the partial kernel loads kv_indptr[1:bs+1] as one vector to find its first sequence
 KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 Q_DTYPES = (torch.bfloat16, torch.float16)
@@ -38,7 +41,7 @@ def config_for(heads: int, arch: str | None = None) -> dict[str, Any]:
     return buckets[-1][1]
 
 
-FP8_KNOBS = ("BLOCK_N", "num_warps", "num_stages", "split_d", "fp8_cvt")  # what cfg["fp8"] may override
+FP8_KNOBS = ("BLOCK_N", "num_warps", "num_stages", "split_d", "fp8_cvt", "qk_chains")  # what cfg["fp8"] may override
 
 
 def kv_config(cfg: dict[str, Any], kv_dtype: torch.dtype) -> dict[str, Any]:
@@ -59,7 +62,34 @@ def kernel_constexprs(cfg: dict[str, Any], q_dtype: torch.dtype, kv_dtype: torch
         cdt = tl.float16
     sm = int("".join(c for c in arch[2:] if c.isdigit()) or 0) if arch.startswith("sm") else 0
     asm = cvt == "asm" and kv_dtype == torch.float8_e4m3fn and sm >= 89
-    return {"SPLIT_D": cfg.get("split_d", 1), "CDT": cdt, "CVT_ASM": asm}
+    return {
+        "SPLIT_D": cfg.get("split_d", 1),
+        "CDT": cdt,
+        "CVT_ASM": asm,
+        "QK_CHAINS": cfg.get("qk_chains", 1),
+        **split_constexprs(cfg),
+    }
+
+
+def use_pdl(cfg: dict[str, Any], arch: str) -> bool:
+    """pdl: launch the merge as a programmatic dependent of the partial kernel (sm90+; hides its launch)."""
+    sm = int("".join(c for c in arch[2:] if c.isdigit()) or 0) if arch.startswith("sm") else 0
+    return bool(cfg.get("pdl")) and sm >= 90
+
+
+def block_b(bs: int) -> int:
+    """The batch as one vector (the kernels find a chunk's first sequence and the longest one with it)."""
+    return max(256, triton.next_power_of_2(bs))
+
+
+def split_constexprs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """split "seq": sequence-aligned pieces of >= one chunk (align tokens); "flat" (default): equal cuts of the
+    concatenated KV range. Both kernels must agree: the merge finds the partials from the same rule."""
+    return {
+        "SEQ_SPLIT": cfg.get("split", "flat") == "seq",
+        "ALIGN": cfg.get("align", 64),
+        "SNAP": bool(cfg.get("snap", False)),
+    }
 
 
 def block_h(heads: int, cfg: dict[str, Any]) -> int:
@@ -71,6 +101,31 @@ def num_programs(heads: int, cfg: dict[str, Any], sms: int) -> int:
     """KV chunks per launch: `programs_per_sm` waves of the GPU, shared by the head groups of a chunk."""
     groups = math.ceil(heads / block_h(heads, cfg))
     return max(1, (cfg["programs_per_sm"] * sms) // groups)
+
+
+def chunk_tokens(lens: list[int], programs: int, min_chunk: int, snap: bool = False) -> int:
+    """Host mirror of the kernels' `_chunk_size` (tests and predictions only; the kernels compute it on the device)."""
+    chunk = -(-max(-(-sum(lens) // programs), min_chunk) // 16) * 16
+    if not snap:
+        return chunk
+    lmax = max(max(lens, default=1), 1)
+    snapped = -(-lmax // max(lmax // chunk, 1)) if lmax >= chunk else -(-chunk // lmax) * lmax
+    return snapped if snapped * 16 <= chunk * 17 else chunk
+
+
+def seq_split_plan(lens: list[int], programs: int, min_chunk: int, align: int = 64, snap: bool = False) -> list:
+    """Host mirror of the SEQ_SPLIT rule: per program, its (sequence, start, end) pieces (positions relative to
+    the sequence)."""
+    chunk = chunk_tokens(lens, programs, min_chunk, snap)
+    plan: list[list[tuple]] = [[] for _ in range(programs)]
+    start = 0
+    for b, n in enumerate(lens):
+        per = -(-n // max(n // chunk, 1))  # floor(n / chunk) equal pieces (at least one), rounded up to align
+        piece = max(-(-per // align) * align, align)
+        for lo in range(0, n, piece):
+            plan[(start + lo) // chunk].append((b, lo, min(lo + piece, n)))
+        start += n
+    return plan
 
 
 def merge_blocks(bs: int, heads: int, merge_cfg: dict[str, Any], sms: int) -> tuple[int, int]:
@@ -142,6 +197,8 @@ def mla_decode(
         return o
     arch = arch or current_arch()
     cfg = kv_config(config or config_for(heads, arch), kv.dtype)
+    if bs > SNAP_MAX_BS:  # a shape-only choice (graph safe); both kernels read the same cfg
+        cfg = {**cfg, "snap": False}
     bh = block_h(heads, cfg)
     sms = sm_count(q.device)
     if programs is None:
@@ -156,20 +213,24 @@ def mla_decode(
     # One program per sequence once the batch alone fills the GPU (per_seq_min_bs, a shape-only choice:
     # graph safe): no partials and no merge. Equal chunks otherwise (they balance mixed lengths).
     per_seq = bool(cfg.get("per_seq_min_bs")) and bs >= cfg["per_seq_min_bs"]
+    pdl = use_pdl(cfg, arch) and not per_seq
     _mla_partial_kernel[((bs if per_seq else programs) * groups,)](
         q, kv, o, part_o, part_lse, kv_indptr, kv_indices,
         float(sm_scale) * float(k_scale) * LOG2E, float(v_scale), bs, programs,
         q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
-        H=heads, BLOCK_H=bh, BLOCK_N=cfg["BLOCK_N"], BLOCK_B=max(256, triton.next_power_of_2(bs)),
+        H=heads, BLOCK_H=bh, BLOCK_N=cfg["BLOCK_N"], BLOCK_B=block_b(bs),
         MIN_CHUNK=cfg["min_chunk"], PAGE_SIZE=page_size, DL=D_LATENT, DR=D_ROPE,
-        **kernel_constexprs(cfg, q.dtype, kv.dtype, arch), PER_SEQ=per_seq, **opts,
+        **kernel_constexprs(cfg, q.dtype, kv.dtype, arch), PER_SEQ=per_seq, PDL=pdl, **opts,
     )  # fmt: skip
     if per_seq:
         return o
     block_p, block_dv = merge_blocks(bs, heads, cfg["merge"], sms)
     mopts = launch_options(cfg["merge"], arch) if not arch == "cpu" else {}
+    if pdl:
+        mopts["launch_pdl"] = True
     _mla_merge_kernel[(bs, heads, D_LATENT // block_dv)](
         o, part_o, part_lse, kv_indptr, float(v_scale), bs, programs, o.stride(0), o.stride(1),
-        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, MIN_CHUNK=cfg["min_chunk"], DL=D_LATENT, **mopts,
+        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, MIN_CHUNK=cfg["min_chunk"], DL=D_LATENT,
+        BLOCK_B=block_b(bs), **split_constexprs(cfg), PDL=pdl, **mopts,
     )  # fmt: skip
     return o

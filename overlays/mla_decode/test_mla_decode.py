@@ -64,6 +64,21 @@ CASES = {
     # one program per sequence (no partials, no merge): the empty sequence must still read as zeros
     "bf16-per-seq": (16, [3, 0, 70, 1], torch.bfloat16, 1, 4, {"per_seq_min_bs": 2}),
     "fp8-per-seq": (16, [130, 0, 5], torch.float8_e4m3fn, 16, 6, {"per_seq_min_bs": 2}),
+    # sequence-aligned split (round 3): whole short sequences, a long one cut into pieces, empty ones skipped
+    "bf16-seq-mixed": (16, [3, 0, 300, 1, 0], torch.bfloat16, 1, 5, {"split": "seq", "align": 16}),
+    "fp8-seq-ps16": (16, [130, 0, 5, 64], torch.float8_e4m3fn, 16, 6, {"split": "seq", "align": 16}),
+    "bf16-seq-uniform-whole": (16, [40, 40, 40], torch.bfloat16, 64, 2, {"split": "seq", "align": 16}),
+    "bf16-seq-flat-align64": (16, [200, 7, 1], torch.bfloat16, 1, 7, {"split": "seq", "min_chunk": 16}),
+    "bf16-seq-32heads": (32, [50, 0, 90], torch.bfloat16, 1, 3, {"BLOCK_H": 16, "split": "seq", "align": 16}),
+    # SNAP: uniform lengths cut at sequence boundaries (here 4 x 80 on 4 programs: whole sequences); mixed ones
+    # keep equal chunks; an all-empty batch must not divide by zero
+    "bf16-snap-uniform": (16, [80, 80, 80, 80], torch.bfloat16, 1, 4, {"snap": True, "min_chunk": 16}),
+    "fp8-snap-mixed": (16, [130, 0, 5, 77], torch.float8_e4m3fn, 16, 6, {"snap": True, "min_chunk": 16}),
+    "bf16-snap-short-seqs": (16, [9, 9, 9, 9, 9], torch.bfloat16, 1, 2, {"snap": True, "min_chunk": 16}),
+    "bf16-snap-seq": (16, [96, 96, 3], torch.bfloat16, 1, 3, {"snap": True, "split": "seq", "align": 16}),
+    # the shipped heads<=16 config runs two QK chains; the single-chain form stays a sweep variant
+    "fp8-qk-one-chain": (16, [130, 0, 5], torch.float8_e4m3fn, 16, 6, {"qk_chains": 1}),
+    "bf16-n16-tiles": (16, [70, 0, 9], torch.bfloat16, 1, 3, {"BLOCK_N": 16}),
 }
 
 
@@ -292,3 +307,64 @@ def test_hook_module_is_light() -> None:
     """hook.py runs in the launcher: no torch/triton/sglang import at module level."""
     top = [n for n in ast.parse(inspect.getsource(hook)).body if isinstance(n, ast.Import | ast.ImportFrom)]
     assert all(not (getattr(n, "module", "") or "").startswith(("sglang", "torch", "triton")) for n in top)
+
+
+@pytest.mark.parametrize("lens", [[1024] * 256, [8192] * 128, [8192] * 32, [32768], [1000] * 250, [128] * 2000])
+def test_snap_cuts_uniform_batches_at_sequence_boundaries(lens: list[int]) -> None:
+    """SNAP (host mirror of the device rule, H100: 264 programs): a uniform batch is cut only at sequence
+    boundaries, within 1/16 of the plain chunk, and never needs more programs than the grid has."""
+    plain = ops.chunk_tokens(lens, 264, 64)
+    chunk = ops.chunk_tokens(lens, 264, 64, snap=True)
+    assert plain <= chunk <= plain * 17 / 16
+    assert lens[0] % chunk == 0 or chunk % lens[0] == 0
+    assert -(-sum(lens) // chunk) <= 264
+
+
+def test_snap_keeps_mixed_batches_balanced() -> None:
+    """One 32k sequence among short ones, and random lengths: equal chunks (the flat split), at most 1/16 wider."""
+    g = torch.Generator().manual_seed(0)
+    for lens in ([32768] + [1024] * 255, torch.randint(1, 9000, (200,), generator=g).tolist()):
+        plain = ops.chunk_tokens(lens, 264, 64)
+        assert plain <= ops.chunk_tokens(lens, 264, 64, snap=True) <= plain * 17 / 16
+
+
+def test_seq_split_plan_covers_every_token_once() -> None:
+    """The SEQ_SPLIT rule: every token in exactly one piece, pieces of one sequence in distinct programs."""
+    g = torch.Generator().manual_seed(1)
+    lens = [32768, 0] + torch.randint(0, 3000, (60,), generator=g).tolist()
+    plan = ops.seq_split_plan(lens, 264, 64)
+    seen = [0] * len(lens)
+    for pieces in plan:
+        assert len({b for b, _, _ in pieces}) == len(pieces)  # slot p + b is unique
+        for b, lo, hi in pieces:
+            assert lo == seen[b] and hi > lo
+            seen[b] = hi
+    assert seen == lens
+    assert sum(1 for pieces in plan if any(b == 0 for b, _, _ in pieces)) >= 8  # the long one is spread out
+
+
+def test_split_and_pdl_knobs() -> None:
+    """sm90 ships snap on (flat split otherwise); pdl only ever reaches CUDA sm90+ launches."""
+    cfg = ops.config_for(16, "sm90")
+    assert ops.kernel_constexprs(cfg, torch.bfloat16, torch.bfloat16, "sm90")["SNAP"] is True
+    assert ops.split_constexprs({**cfg, "split": "seq"})["SEQ_SPLIT"] is True
+    assert ops.split_constexprs(ops.config_for(16, "gfx950"))["SNAP"] is False  # gfx950 keeps the round-1 path
+    assert not ops.use_pdl(cfg, "sm90")
+    assert ops.use_pdl({**cfg, "pdl": True}, "sm90")
+    assert not any(ops.use_pdl({**cfg, "pdl": True}, a) for a in ("sm80", "gfx950", "cpu"))
+
+
+@pytest.mark.parametrize("snap,partials", [(False, 12), (True, 8)])
+def test_snap_writes_fewer_partials(snap: bool, partials: int) -> None:
+    """4 x 200 tokens on 9 programs: flat chunks of 96 cut each sequence 3 times (12 partials); snapped chunks of
+    100 halve each sequence exactly (8 partials). Counted from the partial slots the kernel wrote."""
+    b = make_batch(16, [200] * 4, torch.bfloat16, 1, seed=4)
+    cfg = {**ops.config_for(16, "sm90"), "snap": snap, "min_chunk": 16}
+    part_o, part_lse = ops.alloc_workspace(4, 16, 9, torch.device(DEV))
+    part_lse.fill_(float("nan"))
+    o = torch.empty(4, 16, 512, dtype=torch.float32, device=DEV)
+    args = (b["q"], b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.09)
+    ops.mla_decode(*args, config=cfg, programs=9, workspace=(part_o, part_lse), arch="cpu")
+    assert int(torch.isfinite(part_lse.view(-1, 16)[:, 0]).sum()) == partials
+    ref = mla_decode_reference(b["q"], b["kv"], b["kv_indptr"], b["kv_indices"], 0.09)
+    assert (o - ref).abs().max().item() <= 4e-3 * max(1.0, ref.abs().max().item())

@@ -145,17 +145,17 @@ def test_sglang_decode_call_matches_stock():
 
 VARIANTS = [
     "default",
-    "round1",
-    "s4_n32_w4",
-    "s4_n32_w4_st3",
-    "s4_n64_w4_st3",
-    "s4_n64_w8_st3",
-    "s4_n32_w8",
-    "s1_asm_n64_w8",
-    "s4_n32_w4_pps1",
-    "s4_n32_w4_pps3",
-    "fp8_f16_pure",
+    "flat",
+    "seqsplit",
     "perseq_bs128",
+    "pdl",
+    "merge_p32",
+    "qk1",
+    "fp8_st7",
+    "round1",
+    "s4_n64_w4_st3",
+    "s4_n32_w4_pps1",
+    "s4_n16_w4_st9",
 ]
 
 
@@ -182,3 +182,60 @@ def test_sweep_variants(variant, kv_dtype):
     ref = mla_decode_reference(q, kv, indptr, slots, SM_SCALE / q_mul, 0.8, 1.25)
     assert torch.isfinite(o.float()).all(), f"variant {variant} {kv_dtype}: non-finite output"
     check(o, ref, f"variant {variant} {kv_dtype}")
+
+
+def sampled_check(o, q, kv, indptr, slots, lens, what, page_size=64):
+    """Reference on every 32nd sequence plus the longest one (the full reference of 256 sequences is slow)."""
+    from speedrun.overlays.mla_decode.reference import mla_decode_reference
+
+    sample = sorted(set(range(0, len(lens), 32)) | {max(range(len(lens)), key=lambda i: lens[i])})
+    sub_indptr = torch.zeros(len(sample) + 1, dtype=torch.int32, device="cuda")
+    sub_indptr[1:] = torch.cumsum(torch.tensor([lens[i] for i in sample], device="cuda"), 0)
+    sub_slots = torch.cat([slots[indptr[i] : indptr[i + 1]] for i in sample])
+    ref = mla_decode_reference(q[sample], kv, sub_indptr, sub_slots, SM_SCALE)
+    assert torch.isfinite(o.float()).all(), f"{what}: non-finite output"
+    check(o[sample], ref, what)
+
+
+@pytest.mark.parametrize("kv_dtype", [BF16, FP8], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("variant", ["default", "flat", "seqsplit", "perseq_bs128", "pdl"])
+def test_split_modes_under_graph_uniform_then_mixed(variant, kv_dtype):
+    """The round-3 split modes at bs 256 in ONE captured graph: uniform 1k lengths (SNAP cuts at sequence
+    boundaries: whole sequences, no merge), then one 32k sequence among 255 short ones, then ragged lengths
+    with empty sequences, each replayed with the lengths copied into the captured buffers."""
+    from speedrun.overlays.mla_decode import bench, ops
+
+    bs, heads = 256, 16
+    cfg = bench.variant_config(variant)
+    programs = ops.num_programs(heads, cfg, ops.sm_count(0))
+    g = torch.Generator().manual_seed(11)
+    ragged = torch.randint(0, 2500, (bs,), generator=g).tolist()
+    ragged[5] = ragged[200] = 0
+    batches = [[1024] * bs, [32768] + [1024] * (bs - 1), ragged]
+    made = [make_batch(bs, heads, lens, kv_dtype, page_size=64, seed=i) for i, lens in enumerate(batches)]
+    q = made[0][0]
+    s_indptr = made[0][2].clone()
+    s_slots = torch.zeros(max(m[3].numel() for m in made), dtype=torch.int64, device="cuda")
+    s_slots[: made[0][3].numel()].copy_(made[0][3])
+    ws = ops.alloc_workspace(bs, heads, programs, q.device)
+    o = torch.empty(bs, heads, 512, dtype=torch.bfloat16, device="cuda")
+    kvs = [m[1] for m in made]
+    # One pool (bytes concatenated: cat of fp8 tensors is not needed): batch i's slots move by the rows before it.
+    pool = torch.cat([k.view(torch.uint8) for k in kvs]).view(kv_dtype)
+    offsets = [0, kvs[0].shape[0], kvs[0].shape[0] + kvs[1].shape[0]]
+    ps = 64 if kv_dtype == FP8 else 1  # fp8: the 4-D paged view (PAGE_SIZE 64 path); bf16: token rows
+    view = pool.view(-1, 64, 1, 576) if ps > 1 else pool
+    run = lambda: ops.mla_decode(q, view, o, s_indptr, s_slots, SM_SCALE, workspace=ws, config=cfg,
+                                 programs=programs, page_size=ps)  # fmt: skip
+    run()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for i, (lens, (_, _, indptr, slots)) in enumerate(zip(batches, made, strict=True)):
+        s_indptr.copy_(indptr)
+        s_slots[: slots.numel()].copy_(slots + offsets[i])
+        graph.replay()
+        torch.cuda.synchronize()
+        sampled_check(o, q, pool, indptr, slots + offsets[i], lens, f"{variant} {kv_dtype} batch {i} (graph)")
+        if 0 in lens:
+            assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
