@@ -23,10 +23,10 @@ from speedrun.eval.prompts import TokenPool, random_prompts
 
 # Kernel name -> op category (first match wins); names of SGLang's, flashinfer's, triton_kernels' and ours.
 CATEGORIES = (
-    ("attention", r"mla|attn|attention|flash|fmha|_fwd_kernel|decode_|extend|merge_state|_partial_kernel"),
-    ("moe", r"moe|expert|matmul_ogs|topk|routing|_gemm[12]_kernel|align_block|sort"),
-    ("gemm", r"gemm|gemv|matmul|cublas|cutlass|sm90_xmma|nvjet|wgmma|mxfp4|fp8|quant"),
+    ("moe", r"moe|expert|matmul_ogs|topk|routing|_gemm[12]_kernel|align_block|_align_small|sort"),
     ("norm/act", r"norm|silu|gelu|swiglu|act_and_mul|rotary|rope"),
+    ("attention", r"mla|attn|attention|fmha|_fwd_kernel|_fwd_grouped_kernel|decode_|extend|merge_state"),
+    ("gemm", r"gemm|gemv|matmul|cublas|cutlass|sm90_xmma|nvjet|wgmma|mxfp4|fp8|quant"),
     ("memory", r"copy|memcpy|memset|fill|cat|index|gather|scatter|elementwise"),
 )
 
