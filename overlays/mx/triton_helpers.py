@@ -279,3 +279,94 @@ def split_k_octets(x, R: tl.constexpr, C: tl.constexpr):
     x1, x5 = tl.split(b0)
     x3, x7 = tl.split(b1)
     return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+# swz128 value layout (mx.layout): one 32-bit word = 8 codes of one scale group, nibbles i and i + 4 an MMA pair.
+# WORD1: E2M1_WORD_ASM with the 2**126 and the scale folded into one bf16x2 multiply by 2**(s - 1): exact when that
+# constant is a normal bf16, i.e. every E8M0 s <= 128 (scale <= 2; checked at load time), and then its bits are
+# just (s + 126) << 7 per half (no special cases). 4 AND + 3 IMAD + 3 shift/or + 4 AND + 4 HMUL2 per 8 codes.
+E2M1_WORD1_ASM: tl.constexpr = tl.constexpr(
+    "{\n"
+    ".reg .b32 t<4>, u;\n"
+    "and.b32 t0, $8, 0x000F000F;\n"
+    "and.b32 t1, $8, 0x00F000F0;\n"
+    "and.b32 t2, $8, 0x0F000F00;\n"
+    "and.b32 t3, $8, 0xF000F000;\n"
+    "mul.lo.u32 t0, t0, 0x1040;\n"
+    "mul.lo.u32 t1, t1, 0x104;\n"
+    "shr.b32 t2, t2, 2;\n"
+    "mul.lo.u32 t2, t2, 0x41;\n"
+    "shr.b32 u, t3, 6;\n"
+    "or.b32 t3, t3, u;\n"
+    "and.b32 t0, t0, 0x81C081C0;\n"
+    "and.b32 t1, t1, 0x81C081C0;\n"
+    "and.b32 t2, t2, 0x81C081C0;\n"
+    "and.b32 t3, t3, 0x81C081C0;\n"
+    "mul.rn.bf16x2 t0, t0, $9;\n"
+    "mul.rn.bf16x2 t1, t1, $9;\n"
+    "mul.rn.bf16x2 t2, t2, $9;\n"
+    "mul.rn.bf16x2 t3, t3, $9;\n"
+    "mov.b32 {$0, $4}, t0;\n"
+    "mov.b32 {$1, $5}, t1;\n"
+    "mov.b32 {$2, $6}, t2;\n"
+    "mov.b32 {$3, $7}, t3;\n"
+    "}"
+)
+
+
+@triton.jit
+def _words_scaled_bf16(words, sc_words, ASM: tl.constexpr, MUL1: tl.constexpr):
+    """int32 words + one E8M0 uint8 per word (same shape) -> 8 bf16 tensors, output i = nibble i.
+    MUL1 (with ASM): the one-multiply decode, valid only when every scale byte is <= 128."""
+    if ASM:
+        if MUL1:
+            c = ((sc_words.to(tl.uint32) + 126) * 0x00800080).to(tl.int32, bitcast=True)
+            v0, v1, v2, v3, v4, v5, v6, v7 = tl.inline_asm_elementwise(
+                E2M1_WORD1_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [words, c], dtype=(tl.bfloat16,) * 8,
+                is_pure=True, pack=1)  # fmt: skip
+        else:
+            v0, v1, v2, v3, v4, v5, v6, v7 = tl.inline_asm_elementwise(
+                E2M1_WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [words, e8m0_to_bf16x2_bits(sc_words)],
+                dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)  # fmt: skip
+    else:
+        w = words.to(tl.uint32, bitcast=True)
+        sf = e8m0_to_f32(sc_words)
+        v0 = (e2m1_to_f32(w & 0xF) * sf).to(tl.bfloat16)
+        v1 = (e2m1_to_f32((w >> 4) & 0xF) * sf).to(tl.bfloat16)
+        v2 = (e2m1_to_f32((w >> 8) & 0xF) * sf).to(tl.bfloat16)
+        v3 = (e2m1_to_f32((w >> 12) & 0xF) * sf).to(tl.bfloat16)
+        v4 = (e2m1_to_f32((w >> 16) & 0xF) * sf).to(tl.bfloat16)
+        v5 = (e2m1_to_f32((w >> 20) & 0xF) * sf).to(tl.bfloat16)
+        v6 = (e2m1_to_f32((w >> 24) & 0xF) * sf).to(tl.bfloat16)
+        v7 = (e2m1_to_f32((w >> 28) & 0xF) * sf).to(tl.bfloat16)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
+def swz_word_scale_cols(k0, C: tl.constexpr):
+    """Scale column of each word of a swz128 tile at K offset k0 (word 4c + w of a chunk -> group w): loading the
+    scales with these columns gives them the words' own layout (4 contiguous bytes per row, no redistribution)."""
+    j = tl.arange(0, C // 8)
+    return k0 // 32 + (j // 16) * 4 + (j % 4)
+
+
+@triton.jit
+def mxfp4_swz_words_bf16(words, sc_words, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr,
+                         MUL1: tl.constexpr = False):  # fmt: skip
+    """swz128 words int32 [R, C/8] + E8M0 per word uint8 [R, C/8] (see swz_word_scale_cols) -> bf16 [R, C] in
+    plain k order (C % 128 == 0). Only joins, reshapes and one permute after the per-word decode: with the tile
+    feeding an MMA's register operand, Triton's layouts map each lane's loaded words onto its fragment."""
+    KC: tl.constexpr = C // 128
+    v0, v1, v2, v3, v4, v5, v6, v7 = _words_scaled_bf16(words, sc_words, ASM, MUL1)
+    x = tl.join(tl.join(tl.join(v0, v1), tl.join(v2, v3)), tl.join(tl.join(v4, v5), tl.join(v6, v7)))
+    x = x.reshape(R, KC, 4, 4, 2, 2, 2)  # (row, chunk, c, w, h, u, t): nibble 4t + 2u + h of word 4c + w
+    x = tl.permute(x, (0, 1, 3, 5, 4, 2, 6))  # -> (row, chunk, w, u, h, c, t): k = 32w + 16u + 8h + 2c + t
+    return x.reshape(R, C)
+
+
+@triton.jit
+def mxfp4_swz_bf16(words, scales, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+    """swz128 words int32 [R, C/8] + plain E8M0 [R, C/32] -> bf16 [R, C] in plain k order (C % 128 == 0)."""
+    KC: tl.constexpr = C // 128
+    sc = tl.broadcast_to(tl.reshape(scales, (R, KC, 1, 4)), (R, KC, 4, 4)).reshape(R, C // 8)
+    return mxfp4_swz_words_bf16(words, sc, R, C, ASM)

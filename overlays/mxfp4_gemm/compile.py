@@ -15,34 +15,39 @@ EXPECT_BF16 = {"gfx950": r"v_mfma_f32_\w+bf16", "sm90": EXPECT["sm90"]}
 
 GEMM_SIG = {
     "a_ptr": "*bf16", "as_ptr": "*u8", "w_ptr": "*u8", "ws_ptr": "*u8", "c_ptr": "*bf16", "part_ptr": "*fp32",
-    "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_asm": "i32",
+    "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "split_k": "i32", "stride_am": "i32", "stride_asm": "i32",
     "stride_ask": "i32", "stride_wn": "i32", "stride_wsn": "i32", "stride_cm": "i32",
 }  # fmt: skip
-CONST_KEYS = ("A_MODE", "DOT_SCALED", "DOT_F32", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "GROUP", "EVEN_K",
-              "W_DEQ", "W_ASM")  # fmt: skip
+CONST_KEYS = ("A_MODE", "DOT_SCALED", "DOT_F32", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT", "GROUP", "EVEN_K",
+              "W_DEQ", "W_ASM", "W_MUL1")  # fmt: skip
 
 
-def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: int) -> CompileSpec:
+def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: int,
+              layout: str = "plain") -> CompileSpec:  # fmt: skip
     from speedrun.overlays.arch import launch_options
     from speedrun.overlays.mxfp4_gemm.kernel import mxfp4_gemm_kernel
 
     dot_scaled = arch == "gfx950" and a_mode != 0
     consts = {"A_MODE": a_mode, "DOT_SCALED": dot_scaled, "DOT_F32": False, "BLOCK_M": cfg["BLOCK_M"],
-              "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "SPLIT_K": split_k,
+              "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "SPLIT": split_k > 1,
               "GROUP": cfg.get("GROUP", 1), "EVEN_K": True,
               "W_DEQ": 0 if dot_scaled else (2 if cfg.get("deq") == 3 and cfg["BLOCK_K"] < 128 else cfg.get("deq", 0)),
-              "W_ASM": not dot_scaled and arch == "sm90" and int(cfg.get("deq", 0)) > 0}  # fmt: skip
+              "W_ASM": not dot_scaled and arch == "sm90" and int(cfg.get("deq", 0)) > 0, "W_MUL1": False}  # fmt: skip
+    if layout != "plain":  # swz128 weights (gemm.relayout_weight): whole 128-wide chunks, word decode
+        consts.update(W_DEQ=4, W_ASM=True, W_MUL1=layout == "swz128_mul1", BLOCK_K=max(cfg["BLOCK_K"], 128))
     sig = dict(GEMM_SIG)
     if a_mode == 2:
         sig["a_ptr"] = "*u8"
     sig.update({k: "constexpr" for k in CONST_KEYS})
     expect = EXPECT[arch] if dot_scaled or arch == "sm90" else EXPECT_BF16[arch]
-    # As the JIT sees the tensors: aligned pointers; N, K and the row strides of the real shapes are multiples
-    # of 16 (scale strides are K/32 and may not be, so they get no hint).
-    attrs = aligned(
-        sig, *[k for k, v in GEMM_SIG.items() if v.startswith("*")], "N", "K", "stride_am", "stride_wn", "stride_cm"
-    )
-    return CompileSpec(name, mxfp4_gemm_kernel, sig, consts, launch_options(cfg, arch), expect, attrs=attrs)
+    # As the JIT sees the tensors at the DeepSeek shapes: aligned pointers; N, K and the row strides are multiples
+    # of 16, and so is the weight-scale row stride (K/32 with K a multiple of 512; swz128 pads it to 16 anyway).
+    strides = ("stride_am", "stride_wn", "stride_cm", "stride_wsn")
+    attrs = aligned(sig, *[k for k, v in GEMM_SIG.items() if v.startswith("*")], "N", "K", *strides)
+    opts = launch_options(cfg, arch)
+    if cfg.get("maxnreg") and arch == "sm90":
+        opts["maxnreg"] = int(cfg["maxnreg"])
+    return CompileSpec(name, mxfp4_gemm_kernel, sig, consts, opts, expect, attrs=attrs)
 
 
 def _a_mode(route: str, arch: str) -> int:
@@ -61,10 +66,11 @@ def helper_specs(arch: str) -> list[CompileSpec]:
                          {"QDQ": True, "BLOCK_M": 16, "BLOCK_K": 256}, {"num_warps": 4})]  # fmt: skip
     specs.append(CompileSpec("mxfp4_gemm/quant[packed]", mxfp4_quant_kernel, dict(qsig, q_ptr="*u8"),
                              {"QDQ": False, "BLOCK_M": 16, "BLOCK_K": 256}, {"num_warps": 4}))  # fmt: skip
-    dsig = {"w_ptr": "*u8", "ws_ptr": "*u8", "o_ptr": "*bf16", "N": "i32", "K": "i32",
-            "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}  # fmt: skip
-    specs.append(CompileSpec("mxfp4_gemm/dequant_w", mxfp4_dequant_kernel, dsig, {"BLOCK_N": 32, "BLOCK_K": 256},
-                             {"num_warps": 4}))  # fmt: skip
+    dsig = {"w_ptr": "*u8", "ws_ptr": "*u8", "o_ptr": "*bf16", "N": "i32", "K": "i32", "stride_wsn": "i32",
+            "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "SWZ": "constexpr"}  # fmt: skip
+    for swz in (False, True):
+        specs.append(CompileSpec(f"mxfp4_gemm/dequant_w[swz={swz}]", mxfp4_dequant_kernel, dsig,
+                                 {"BLOCK_N": 32, "BLOCK_K": 256, "SWZ": swz}, {"num_warps": 4}))  # fmt: skip
     return specs
 
 
@@ -85,13 +91,29 @@ def compile_specs(arch: str) -> list[CompileSpec]:
                 variants.append((0, {**cfg, **cfg.get("a16", {})}))
             for mode, c in variants:
                 split = 2 if int(c.get("SPLIT_K", 0)) != 1 else 1  # auto split-K compiles the split epilogue
-                key = (mode, split, *sorted((k, str(v)) for k, v in c.items() if k not in ("route", "a16")))
+                key = (mode, split, *sorted((k, str(v)) for k, v in c.items() if k not in ("route", "a16", "swz")))
                 if key in seen:
                     continue
                 seen.add(key)
                 name = f"mxfp4_gemm/{shape}[m<={bucket},{c.get('route', 'fused')},A_MODE={mode}]"
                 specs.append(gemm_spec(name, c, mode, arch, split))
-    return specs + helper_specs(arch)
+    return specs + swz_specs(table, arch) + helper_specs(arch)
+
+
+def swz_specs(table: dict[str, Any], arch: str) -> list[CompileSpec]:
+    """sm90 GEMM buckets with swz128 weights (the table's "_layout": what the hook gives the weights at load), with
+    each bucket's "swz" overrides; the dequant_w route's swz decode is in helper_specs."""
+    if arch != "sm90":
+        return []
+    out = []
+    for bucket, base in table["default"].items():
+        cfg = {**base, **base.get("swz", {})}
+        if cfg.get("route") == "dequant_w":
+            continue
+        for mode in sorted({_a_mode(cfg.get("route", "fused"), arch), 1 if cfg.get("fused_below_nk") else 0}):
+            name = f"mxfp4_gemm/default[m<={bucket},swz128_mul1,A_MODE={mode}]"
+            out.append(gemm_spec(name, cfg, mode, arch, 2, layout="swz128_mul1"))
+    return out
 
 
 SMEM_LIMIT = {"sm90": 232448, "gfx950": 163840}  # bytes of shared memory / LDS per CTA

@@ -23,7 +23,7 @@ OP = "mxfp4_gemm"
 
 
 def run_backend(backend: str, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor | None,
-                out: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+                out: torch.Tensor | None, out_dtype: torch.dtype, layout: str = "plain") -> torch.Tensor:  # fmt: skip
     """One GEMM through the selected backend (triton | reference | aiter)."""
     if backend == "reference":
         from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref
@@ -37,7 +37,7 @@ def run_backend(backend: str, x: torch.Tensor, w: torch.Tensor, w_scale: torch.T
     from speedrun.overlays.mxfp4_gemm.gemm import mxfp4_gemm
 
     try:
-        return mxfp4_gemm(x, w, w_scale, a_scale=x_scale, out=out, out_dtype=out_dtype)
+        return mxfp4_gemm(x, w, w_scale, a_scale=x_scale, out=out, out_dtype=out_dtype, w_layout=layout)
     except NotImplementedError as why:  # e.g. an AMD arch without scaled MFMA
         raise Unsupported(str(why)) from why
 
@@ -72,7 +72,11 @@ def _apply_weights(original: Any, self: Any, layer: torch.nn.Module, x: Any, bia
         out_dtype = x2.dtype if y is not None else self.out_dtype  # stock returns y.to(x.dtype) in that form
     # A caller-provided y (SGLang's zeroed bump buffer, fp32 there) is only an output slot: use it when it fits.
     out = y if y is not None and y.dtype == out_dtype and tuple(y.shape) == (x2.shape[0], n) else None
-    result = run_backend(backend_for(OP), x2, w, w_scale, x_scale, out, out_dtype)
+    layout = getattr(layer, "speedrun_w_layout", "plain")
+    backend = backend_for(OP)
+    if layout != "plain" and backend != "triton":  # re-laid out at load for our kernels only
+        raise Unsupported(f"{layout} weights need the triton backend, not {backend}")
+    result = run_backend(backend, x2, w, w_scale, x_scale, out, out_dtype, layout)
     if bias is not None:
         result = result + bias
     return result.view(*lead, n)
@@ -83,13 +87,37 @@ def _process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
     # Allocate the split-K arrival counters now, outside any CUDA-graph capture.
     if layer.weight.is_cuda and backend_for(OP) == "triton":
         from speedrun.overlays.buffers import splitk_counters
+        from speedrun.overlays.mxfp4_gemm.gemm import config_arch, weight_layout
 
         splitk_counters(layer.weight.device, 0)
+        if weight_layout(config_arch(layer.weight.device)) != "plain":
+            relayout(layer)
+
+
+def relayout(layer: torch.nn.Module) -> str:
+    """Re-lay a packed MXFP4 layer's codes out in place as swz128 (gemm.relayout_weight; same shape when
+    K % 128 == 0, else left plain) and record the layout on the layer; returns it. Runs after SGLang's
+    post_load_weights (DeepSeek's w_kc / w_vc were built from the plain weights already)."""
+    from speedrun.overlays.mxfp4_gemm.gemm import relayout_weight
+
+    w, s = layer.weight, getattr(layer, "weight_scale", None)
+    current = getattr(layer, "speedrun_w_layout", "plain")
+    if current != "plain" or w.dtype != torch.uint8 or s is None or s.dtype != torch.uint8 or (w.shape[1] * 2) % 128:
+        return current
+    w_swz, s_pad, layout = relayout_weight(w.data, s.data)
+    w.data.copy_(w_swz)
+    if s_pad.shape == s.shape:
+        s.data.copy_(s_pad)
+    else:
+        layer.weight_scale = torch.nn.Parameter(s_pad, requires_grad=False)
+    layer.speedrun_w_layout = layout
+    return layout
 
 
 def fix_mla_absorbed_weights(model: torch.nn.Module) -> int:
     """bf16 w_kc / w_vc for every MLA attention whose kv_b_proj is packed MXFP4 and was left in uint8."""
     from speedrun.overlays.mx.format import dequant_mxfp4
+    from speedrun.overlays.mxfp4_gemm.gemm import plain_weight
 
     fixed = 0
     for mod in model.modules():
@@ -101,6 +129,7 @@ def fix_mla_absorbed_weights(model: torch.nn.Module) -> int:
         if getattr(mod, "w_scale_k", None) is not None or (w_kc is not None and w_kc.dtype != torch.uint8):
             continue  # gfx950's own MXFP4 re-quantization, or already usable
         nope, vdim = mod.qk_nope_head_dim, mod.v_head_dim
+        w, s = plain_weight(w, s, getattr(kv, "speedrun_w_layout", "plain"))
         wf = dequant_mxfp4(w, s, torch.bfloat16)
         kc, vc = wf.unflatten(0, (-1, nope + vdim)).split([nope, vdim], dim=1)
         mod.w_kc = kc.transpose(1, 2).contiguous().transpose(1, 2)  # the layout stock gives bf16 weights

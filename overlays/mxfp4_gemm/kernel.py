@@ -11,8 +11,9 @@ One kernel source, two constexpr switches:
   8 codes per asm instance into 8 K-strided tensors, eight K/8 dots. W_ASM is False under the interpreter.
 Tiles are computed transposed (acc[BLOCK_N, BLOCK_M] = W . A^T): the weight rows fill the MMA's M side, so a decode
 batch of a few tokens only needs a narrow MMA N side (16 on sm90) instead of padding tokens to 64.
-Split-K is deterministic and single-launch: every split writes its fp32 partial tile, the last split to arrive
-(per-tile counter) sums all partials in split order and resets the counter to 0 for the next launch.
+Split-K is deterministic and single-launch (the split count is a runtime argument, so one binary serves every
+split count; the constexpr SPLIT only selects the epilogue): every split writes its fp32 partial tile, the last split
+to arrive (per-tile counter) sums all partials in split order and resets the counter to 0 for the next launch.
 """
 
 from __future__ import annotations
@@ -79,6 +80,23 @@ def _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn,
 
 
 @triton.jit
+def _load_w_swz(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """W in mx.layout's swz128 layout (K % 128 == 0): int32 words [BN, BK/8], each lane's words of a 128-wide chunk
+    contiguous (16-byte loads in MMA fragment order), and each word's E8M0 scale [BN, BK/8]."""
+    rows = offs_n.to(tl.int64)[:, None]
+    kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    ks = mx.swz_word_scale_cols(k0, BLOCK_K)
+    wp = w_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_wn // 4) + kw[None, :]
+    if EVEN_K:
+        words = tl.load(wp)
+        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :])
+    else:
+        words = tl.load(wp, mask=kw[None, :] < K // 8, other=0)
+        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :], mask=kw[None, :] < K // 8, other=127)
+    return words, scales
+
+
+@triton.jit
 def _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn,
             BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
     ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
@@ -96,7 +114,8 @@ def _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn,
 @triton.jit
 def _mma(acc, w_packed, w_scales, a, a_scales,
          A_MODE: tl.constexpr, DOT_SCALED: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr,
-         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_DEQ: tl.constexpr, W_ASM: tl.constexpr):  # fmt: skip
+         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_DEQ: tl.constexpr, W_ASM: tl.constexpr,
+         W_MUL1: tl.constexpr):  # fmt: skip
     """acc[BLOCK_N, BLOCK_M] += W_tile . A_tile^T for one K step."""
     if DOT_SCALED:
         if A_MODE == 1:
@@ -104,7 +123,10 @@ def _mma(acc, w_packed, w_scales, a, a_scales,
         else:
             a_packed, a_sc = a, a_scales
         return tl.dot_scaled(w_packed, w_scales, "e2m1", tl.trans(a_packed), a_sc, "e2m1", acc)
-    if W_DEQ == 3:  # if/elif/else, not early returns: Triton still traces the code after a constexpr return
+    if W_DEQ == 4:  # if/elif/else, not early returns: Triton still traces the code after a constexpr return
+        w = mx.mxfp4_swz_words_bf16(w_packed, w_scales, BLOCK_N, BLOCK_K, W_ASM, W_MUL1)
+        acc = _dot(acc, w, _a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K), DOT_F32)
+    elif W_DEQ == 3:
         acc = _mma_words(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM)
     elif W_DEQ == 2:
         acc = _mma_halves(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM)
@@ -172,12 +194,12 @@ def _mma_words(acc, w_words, w_scales, a, a_scales, A_MODE: tl.constexpr, DOT_F3
 @triton.jit
 def mxfp4_gemm_kernel(
     a_ptr, as_ptr, w_ptr, ws_ptr, c_ptr, part_ptr, cnt_ptr,
-    M, N, K,
+    M, N, K, split_k,
     stride_am, stride_asm, stride_ask, stride_wn, stride_wsn, stride_cm,
     A_MODE: tl.constexpr, DOT_SCALED: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr, W_DEQ: tl.constexpr = 0,
-    W_ASM: tl.constexpr = False,
+    SPLIT: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr, W_DEQ: tl.constexpr = 0,
+    W_ASM: tl.constexpr = False, W_MUL1: tl.constexpr = False,
 ):  # fmt: skip
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP)
     pid_k = tl.program_id(1)
@@ -185,47 +207,49 @@ def mxfp4_gemm_kernel(
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
     k_tiles = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    per_split = tl.cdiv(k_tiles, split_k)
     kt0 = pid_k * per_split
     kt1 = min(kt0 + per_split, k_tiles)
 
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for kt in range(kt0, kt1):
         k0 = kt * BLOCK_K
-        if W_DEQ == 3:
+        if W_DEQ == 4:
+            w_packed, w_scales = _load_w_swz(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
+        elif W_DEQ == 3:
             w_packed, w_scales = _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
         else:
             w_packed, w_scales = _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
         a, a_scales = _load_a(a_ptr, as_ptr, offs_m, k0, K, stride_am, stride_asm, stride_ask,
                               A_MODE, BLOCK_M, BLOCK_K, EVEN_K)  # fmt: skip
         acc = _mma(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_SCALED, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K,
-                   W_DEQ, W_ASM)  # fmt: skip
+                   W_DEQ, W_ASM, W_MUL1)  # fmt: skip
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     c_ptrs = c_ptr + rm.to(tl.int64)[None, :] * stride_cm + rn[:, None]
     c_mask = (rm[None, :] < M) & (rn[:, None] < N)
-    if SPLIT_K == 1:
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+    if SPLIT:
+        _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N, split_k,
+                          BLOCK_M, BLOCK_N)  # fmt: skip
     else:
-        _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N,
-                          BLOCK_M, BLOCK_N, SPLIT_K)  # fmt: skip
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
 @triton.jit
-def _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr):  # fmt: skip
+def _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N, split_k,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     tile = pid_m * tl.cdiv(N, BLOCK_N) + pid_n
     tile_elems = BLOCK_N * BLOCK_M
     local = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
-    base = part_ptr + tile.to(tl.int64) * (SPLIT_K * tile_elems)
+    base = part_ptr + tile.to(tl.int64) * (split_k * tile_elems)
     tl.store(base + pid_k * tile_elems + local, acc)
     # Every thread's partial must be written before one thread publishes the arrival (release, gpu scope).
     tl.debug_barrier()
     arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
-    if arrived == SPLIT_K - 1:
+    if arrived == split_k - 1:
         total = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for s in range(SPLIT_K):  # fixed order: the sum does not depend on which split came last
+        for s in range(split_k):  # fixed order: the sum does not depend on which split came last
             total += tl.load(base + s * tile_elems + local, cache_modifier=".cg")
         tl.store(c_ptrs, total.to(c_ptrs.dtype.element_ty), mask=c_mask)
         tl.atomic_xchg(cnt_ptr + tile, 0)
@@ -256,16 +280,26 @@ def mxfp4_quant_kernel(
 
 
 @triton.jit
-def mxfp4_dequant_kernel(w_ptr, ws_ptr, o_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """W [N, K/2] + scales [N, K/32] (contiguous) -> bf16 [N, K]: the dequantize-then-cuBLAS route."""
+def mxfp4_dequant_kernel(w_ptr, ws_ptr, o_ptr, N, K, stride_wsn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         SWZ: tl.constexpr = False):  # fmt: skip
+    """W [N, K/2] + scales [N, stride_wsn] -> bf16 [N, K]: the dequantize-then-cuBLAS route. SWZ: W in swz128
+    (K % 128 == 0, BLOCK_K % 128 == 0), decoded back to plain k order in registers."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
     rows = rn.to(tl.int64)[:, None]
-    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
     ok = rn[:, None] < N
-    packed = tl.load(w_ptr + rows * (K // 2) + kb[None, :], mask=ok & (kb[None, :] < K // 2), other=0)
-    scales = tl.load(ws_ptr + rows * (K // 32) + ks[None, :], mask=ok & (ks[None, :] < K // 32), other=127)
     kk = k0 + tl.arange(0, BLOCK_K)
-    tl.store(o_ptr + rows * K + kk[None, :], mx.mxfp4_to_bf16(packed, scales, BLOCK_N, BLOCK_K),
-             mask=ok & (kk[None, :] < K))  # fmt: skip
+    if SWZ:
+        kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+        wok = ok & (kw[None, :] < K // 8)
+        words = tl.load(w_ptr.to(tl.pointer_type(tl.int32)) + rows * (K // 8) + kw[None, :], mask=wok, other=0)
+        cols = mx.swz_word_scale_cols(k0, BLOCK_K)
+        scales = tl.load(ws_ptr + rows * stride_wsn + cols[None, :], mask=wok, other=127)
+        vals = mx.mxfp4_swz_words_bf16(words, scales, BLOCK_N, BLOCK_K, False)
+    else:
+        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        packed = tl.load(w_ptr + rows * (K // 2) + kb[None, :], mask=ok & (kb[None, :] < K // 2), other=0)
+        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :], mask=ok & (ks[None, :] < K // 32), other=127)
+        vals = mx.mxfp4_to_bf16(packed, scales, BLOCK_N, BLOCK_K)
+    tl.store(o_ptr + rows * K + kk[None, :], vals, mask=ok & (kk[None, :] < K))

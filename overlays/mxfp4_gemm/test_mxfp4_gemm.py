@@ -157,6 +157,96 @@ def test_pick_config_buckets_and_split_k():
     assert gemm.split_k({"SPLIT_K": 5}, tiles=1, k_tiles=3, sms=132) == 3
 
 
+def test_wave_balanced_split_k_and_routes_per_bucket():
+    waves = {"SPLIT_K": 0, "MIN_K_TILES": 2, "CTAS_PER_SM": 4}
+    # 576 tiles on 528 slots: split 1 is two waves of 56 K tiles (the second 9% full); split 4 is 5 waves of 14.
+    assert gemm.split_k(waves, tiles=576, k_tiles=56, sms=132) == 4
+    assert gemm.split_k(waves, tiles=384, k_tiles=12, sms=132) == 1  # one full-enough wave: no partials
+    assert gemm.split_k(waves, tiles=112, k_tiles=128, sms=132) == 4  # 448 CTAs <= 528 slots
+    for tiles, kt in [(33, 56), (112, 16), (576, 56), (7, 3)]:
+        s = gemm.split_k(waves, tiles=tiles, k_tiles=kt, sms=132)
+        assert 1 <= s <= min(kt, 32) and kt // s >= 1
+    # M = 64 never fuses the A-quant (loop 1575 vs 471 instructions); M <= 32 fuses below 4M codes only.
+    assert gemm.route_for(gemm.pick_config(64, 7168, 2048, "sm90"), 7168, 2048) == "prequant"
+    assert gemm.route_for(gemm.pick_config(32, 4096, 512, "sm90"), 4096, 512) == "fused"
+    assert gemm.route_for(gemm.pick_config(16, 2112, 7168, "sm90"), 2112, 7168) == "prequant"
+
+
+def test_maxnreg_is_a_cuda_launch_option_only():
+    cfg = {"num_warps": 4, "num_stages": 4, "maxnreg": 72, "waves_per_eu": 2}
+    assert gemm.kernel_options(cfg, "sm90", torch.device("cuda")) == {"num_warps": 4, "num_stages": 4, "maxnreg": 72}
+    assert "maxnreg" not in gemm.kernel_options(cfg, "sm90", torch.device("cpu"))
+    assert "maxnreg" not in gemm.kernel_options(cfg, "gfx950", torch.device("cuda"))
+
+
+def test_sweep_variants_are_valid_configs():
+    from speedrun.overlays.mxfp4_gemm.bench import SWEEP_VARIANTS, VARIANT_CTAS, variant_config
+
+    table = json.loads((Path(gemm.__file__).parent / "configs" / "sm90.json").read_text())
+    known = {k for cfg in table["default"].values() for k in cfg} | {"maxnreg", "w_layout"}
+    for name, var in SWEEP_VARIANTS.items():
+        assert set(var) <= known, (name, set(var) - known)
+    assert set(VARIANT_CTAS) <= set(SWEEP_VARIANTS)
+    b16 = table["default"]["16"]
+    cfg, layout = variant_config(b16, "config", "16", "swz128")
+    assert layout == "swz128" and cfg == b16
+    cfg, layout = variant_config(b16, "st3", "16", "swz128")  # swz128 weights: the knobs go into the "swz" overrides
+    assert cfg["swz"] == {**b16["swz"], "num_stages": 3, "CTAS_PER_SM": 9} and cfg["num_stages"] == b16["num_stages"]
+    cfg, layout = variant_config(b16, "plain_bk64_st6", "16", "swz128")
+    assert layout == "plain" and cfg["BLOCK_K"] == 64 and cfg["CTAS_PER_SM"] == 8 and cfg["num_stages"] == 6
+    assert gemm.weight_layout("sm90") == "swz128" and gemm.weight_layout("gfx950") == "plain"
+
+
+def test_sweep_rows_feed_kernels_tune():
+    """Rows shaped like bench --sweep's go through `speedrun kernels tune`'s selection: the current config is found,
+    the winner's change is written into the bucket's "swz" overrides, plain-layout rows do not compete."""
+    from speedrun.overlays.mxfp4_gemm.bench import variant_config
+    from speedrun.overlays.readiness import tune
+
+    table = json.loads((Path(gemm.__file__).parent / "configs" / "sm90.json").read_text())
+    times = {"config": 10.0, "st3": 8.0, "fused": 12.0, "plain": 5.0}
+    rows = []
+    for m, n, k in [(1, 36864, 7168), (16, 2112, 7168)]:
+        for name, us in times.items():
+            cfg, layout = variant_config(gemm.pick_config(m, n, k, "sm90"), name, "16", "swz128")
+            impl = "speedrun" if layout == "swz128" else "speedrun_plain"
+            rows.append({"impl": impl, "m": m, "n": n, "k": k, "us": us, "variant": name, "bucket": "16",
+                         "nk": f"{n}x{k}", "w_layout": layout, "config": cfg, "current": name == "config"})  # fmt: skip
+    (choice,) = tune.select(rows, table)
+    assert (choice.bucket, choice.current, choice.winner, choice.candidates) == ("default/16", "config", "st3", 3)
+    out = tune.apply(table, [choice], {"gpu": "test"})
+    assert out["default"]["16"]["swz"]["num_stages"] == 3 and out["default"]["16"]["num_stages"] == 6
+
+
+@pytest.mark.parametrize("m,n,k,route", [(3, 24, 256, "fused"), (5, 40, 384, "prequant"), (2, 16, 128, "dequant_w")])
+def test_swz128_weights_match_plain(m: int, n: int, k: int, route: str):
+    """Weights re-laid out as the hook does (mx.layout swz128) give the reference result on every route."""
+    a, w, ws = _case(m, n, k, seed=k)
+    w2, s2, layout = gemm.relayout_weight(w, ws)
+    assert layout == "swz128_mul1" and w2.shape == w.shape  # scales 2**-9..2**-3 <= 2: the one-multiply decode
+    assert torch.equal(gemm.plain_weight(w2, s2, layout)[0], w)
+    cfg = {**SMALL, "route": route, "BLOCK_K": 128, "SPLIT_K": 2}
+    ref = mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu())
+    _close(gemm.mxfp4_gemm(a, w2, s2, config=cfg, w_layout=layout), ref)
+    if route == "fused":
+        packed, scales = quant_mxfp4(a.cpu())
+        pre = gemm.mxfp4_gemm(packed.to(DEV), w2, s2, a_scale=scales.to(DEV), config=cfg, w_layout=layout)
+        _close(pre, mxfp4_gemm_ref(packed, w.cpu(), ws.cpu(), a_scale=scales))
+        _close(gemm.mxfp4_gemm(a, w2, s2, quant_a=False, config=cfg, w_layout="swz128"),
+               mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu(), quant_a=False))  # fmt: skip
+    if route == "dequant_w":
+        assert torch.equal(
+            gemm.dequantize_weight(w2, s2, layout).cpu(), dequant_mxfp4(w.cpu(), ws.cpu(), torch.bfloat16)
+        )
+
+
+def test_relayout_picks_the_general_decode_for_big_scales():
+    w, ws = random_mxfp4_weight(16, 128, seed=3, scale_lo=120, scale_hi=131)
+    assert gemm.relayout_weight(w, ws)[2] == "swz128"
+    with pytest.raises(NotImplementedError):
+        gemm.relayout_weight(*random_mxfp4_weight(16, 96, seed=3))
+
+
 # ----------------------------------------------------------------------------- AOT compile
 
 
@@ -257,6 +347,36 @@ def test_mla_absorbed_weights_rebuilt_in_bf16():
     assert torch.equal(attn.w_kc, full[:, :nope]) and attn.w_kc.shape == (heads, nope, rank)
     assert torch.equal(attn.w_vc, full[:, nope:].transpose(1, 2)) and attn.w_vc.shape == (heads, rank, vdim)
     assert hook.fix_mla_absorbed_weights(model) == 0  # idempotent
+
+
+def test_hook_relayout_in_place_and_mla_from_swizzled():
+    import torch.nn as nn
+
+    heads, nope, vdim, rank = 2, 128, 128, 128
+    w, ws = random_mxfp4_weight(heads * (nope + vdim), rank, seed=17)
+    kv = nn.Module()
+    kv.weight, kv.weight_scale = (
+        nn.Parameter(w.clone(), requires_grad=False),
+        nn.Parameter(ws.clone(), requires_grad=False),
+    )
+    assert hook.relayout(kv) == "swz128_mul1" and hook.relayout(kv) == "swz128_mul1"  # idempotent
+    assert not torch.equal(kv.weight, w) and torch.equal(gemm.plain_weight(kv.weight, kv.weight_scale, "swz128")[0], w)
+    attn = torch.nn.Module()
+    attn.kv_b_proj, attn.qk_nope_head_dim, attn.v_head_dim = kv, nope, vdim
+    attn.w_kc, attn.w_vc, attn.w_scale = kv.weight[:, :64].reshape(heads, nope, -1), None, ws
+    model = torch.nn.Module()
+    model.attn = attn
+    assert hook.fix_mla_absorbed_weights(model) == 1
+    full = dequant_mxfp4(w, ws, torch.bfloat16).unflatten(0, (heads, nope + vdim))
+    assert torch.equal(attn.w_kc, full[:, :nope]) and torch.equal(attn.w_vc, full[:, nope:].transpose(1, 2))
+
+
+def test_hook_swizzled_layer_needs_triton(monkeypatch):
+    layer, scheme = _layer(), SimpleNamespace(out_dtype=torch.bfloat16)
+    layer.speedrun_w_layout = "swz128"
+    monkeypatch.setenv("SPEEDRUN_MXFP4_GEMM_BACKEND", "reference")
+    x = torch.randn(2, 128).to(torch.bfloat16).to(DEV)
+    assert hook.apply_weights(lambda *a, **k: "stock", scheme, layer, x) == "stock"
 
 
 def test_bench_helpers(tmp_path):

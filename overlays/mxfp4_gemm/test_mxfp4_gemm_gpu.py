@@ -3,6 +3,9 @@ the fused activation quantization (GPU quantizer vs torch, fused vs pre-quantize
 
 from __future__ import annotations
 
+from functools import partial
+from types import SimpleNamespace
+
 import pytest
 import torch
 import triton
@@ -11,10 +14,11 @@ import triton.language as tl
 from speedrun.overlays.mx import triton_helpers as mx
 from speedrun.overlays.mx.format import dequant_mxfp4
 from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4
-from speedrun.overlays.mxfp4_gemm import gemm
-from speedrun.overlays.mxfp4_gemm.bench import SWEEP_VARIANTS
+from speedrun.overlays.mxfp4_gemm import gemm, hook
+from speedrun.overlays.mxfp4_gemm.bench import SWEEP_VARIANTS, variant_config
 from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight
 from speedrun.overlays.mxfp4_gemm.shapes import BRIEF, DEEPSEEK_NK, PREFILL_M
+from speedrun.overlays.mxfp4_gemm.timing import time_graph
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,13 +44,14 @@ def _check(out: torch.Tensor, ref: torch.Tensor) -> None:
 @pytest.mark.parametrize("m,n,k", BRIEF + DECODE, ids=lambda v: str(v))
 def test_decode_shapes_match_reference(m: int, n: int, k: int):
     a, w, ws = _case(m, n, k, seed=n + k)
-    _check(gemm.mxfp4_gemm(a, w, ws), mxfp4_gemm_ref(a, w, ws))
+    layout = gemm.weight_layout(gemm.config_arch(a.device))  # what the hook leaves the weights in
+    _check(_ours(a, w, ws, None, layout), mxfp4_gemm_ref(a, w, ws))
 
 
 @pytest.mark.parametrize("m,n,k", PREFILL, ids=lambda v: str(v))
 def test_prefill_shapes_match_reference(m: int, n: int, k: int):
     a, w, ws = _case(m, n, k, seed=7)
-    out = gemm.mxfp4_gemm(a, w, ws)
+    out = _ours(a, w, ws, None, gemm.weight_layout(gemm.config_arch(a.device)))
     ref = mxfp4_gemm_ref(a, w, ws)
     _check(out, ref)
     del ref
@@ -104,14 +109,95 @@ def test_cuda_graph_capture_and_replay():
     _check(out, mxfp4_gemm_ref(a, w, ws))
 
 
+def _ours(a, w, ws, cfg, layout, **kw):
+    """Our GEMM with the weights in `layout` (re-laid out as the hook does at load time)."""
+    if layout == "plain":
+        return gemm.mxfp4_gemm(a, w, ws, config=cfg, **kw)
+    w2, s2, lay = gemm.relayout_weight(w, ws)
+    return gemm.mxfp4_gemm(a, w2, s2, config=cfg, w_layout=lay, **kw)
+
+
 @pytest.mark.parametrize("variant", ["config", *SWEEP_VARIANTS], ids=str)
-@pytest.mark.parametrize("m,n,k", [(1, 2112, 7168), (64, 4096, 512)], ids=lambda v: str(v))
+@pytest.mark.parametrize("m,n,k", [(16, 7168, 2048), (64, 4096, 512)], ids=lambda v: str(v))
 def test_every_sweep_variant_matches_reference(variant: str, m: int, n: int, k: int):
-    """Each config variant the bench sweeps (fast decode deq 1/2, fused/prequant, tiles) is checked here first."""
+    """Each config variant the bench sweeps (layouts, routes, split-K policy, stages, tiles) is checked here first,
+    at DeepSeek shapes of the 16 and 64 buckets (w4a16 too for the default)."""
     a, w, ws = _case(m, n, k, seed=19)
-    cfg = {**gemm.pick_config(m, n, k, gemm.config_arch(a.device)), **SWEEP_VARIANTS.get(variant, {})}
-    _check(gemm.mxfp4_gemm(a, w, ws, config=cfg), mxfp4_gemm_ref(a, w, ws))
-    _check(gemm.mxfp4_gemm(a, w, ws, quant_a=False, config=cfg), mxfp4_gemm_ref(a, w, ws, quant_a=False))
+    arch = gemm.config_arch(a.device)
+    cfg, layout = variant_config(gemm.pick_config(m, n, k, arch), variant, gemm.bucket_of(m), gemm.weight_layout(arch))
+    _check(_ours(a, w, ws, cfg, layout), mxfp4_gemm_ref(a, w, ws))
+    if variant == "config":
+        _check(_ours(a, w, ws, cfg, layout, quant_a=False), mxfp4_gemm_ref(a, w, ws, quant_a=False))
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="swz128 is the sm90 layout")
+@pytest.mark.parametrize("m", [1, 16, 32, 64, 128, 256, 1024, 4096], ids=str)
+def test_swz128_default_path_every_bucket(m: int):
+    """What the hook runs on sm90 (weights re-laid out at load): every bucket, its route, DeepSeek o_proj-like K."""
+    a, w, ws = _case(m, 2112, 7168, seed=31)
+    _check(_ours(a, w, ws, None, "swz128"), mxfp4_gemm_ref(a, w, ws))
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="swz128 is the sm90 layout")
+@pytest.mark.parametrize("route", ["fused", "prequant", "dequant_w"])
+def test_swz128_routes_and_prequantized_input(route: str):
+    m, n, k = 16, 7168, 2048
+    a, w, ws = _case(m, n, k, seed=37)
+    cfg = {**gemm.pick_config(m, n, k, "sm90"), "route": route, "fused_below_nk": 0}
+    w2, s2, lay = gemm.relayout_weight(w, ws)
+    _check(gemm.mxfp4_gemm(a, w2, s2, config=cfg, w_layout=lay), mxfp4_gemm_ref(a, w, ws))
+    packed, scales = quant_mxfp4(a)
+    got = gemm.mxfp4_gemm(packed, w2, s2, a_scale=scales, config=cfg, w_layout=lay)
+    _check(got, mxfp4_gemm_ref(packed, w, ws, a_scale=scales))
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="swz128 is the sm90 layout")
+def test_swz128_one_multiply_decode_is_exact():
+    """W_MUL1 (scales <= 2) decodes exactly what the general word decode does: bitwise equal GEMMs; the dequant
+    kernel's swz decode gives the plain dequant bit for bit."""
+    m, n, k = 16, 4096, 7168
+    a, w, ws = _case(m, n, k, seed=41)
+    w2, s2, lay = gemm.relayout_weight(w, ws)
+    assert lay == "swz128_mul1"
+    cfg = gemm.pick_config(m, n, k, "sm90")
+    one = gemm.mxfp4_gemm(a, w2, s2, config=cfg, w_layout="swz128_mul1")
+    assert torch.equal(one, gemm.mxfp4_gemm(a, w2, s2, config=cfg, w_layout="swz128"))
+    assert torch.equal(gemm.dequantize_weight(w2, s2, lay), gemm.dequantize_weight(w, ws))
+    wb, sb = random_mxfp4_weight(256, 1024, seed=43, device="cuda", scale_lo=125, scale_hi=133)
+    w3, s3, lay3 = gemm.relayout_weight(wb, sb)
+    assert lay3 == "swz128"
+    _check(gemm.mxfp4_gemm(a[:, :1024].contiguous(), w3, s3, w_layout=lay3), mxfp4_gemm_ref(a[:, :1024], wb, sb))
+
+
+@pytest.mark.parametrize("variant", ["config", "old_split", "plain", "st3"], ids=str)
+def test_graph_of_rotating_calls_matches_reference(variant: str):
+    """The bench's timing method (timing.time_graph: N calls on N weight copies, private capture stream, replays
+    after L2 flushes) leaves every call's output right, split-K counters included."""
+    m, n, k = 16, 7168, 2048
+    arch = gemm.config_arch(torch.device("cuda"))
+    cfg, layout = variant_config(gemm.pick_config(m, n, k, arch), variant, "16", gemm.weight_layout(arch))
+    cases = [_case(m, n, k, seed=29 + i) for i in range(3)]
+    outs = [torch.empty(m, n, dtype=torch.bfloat16, device="cuda") for _ in cases]
+    relaid = [gemm.relayout_weight(w, ws) if layout != "plain" else (w, ws, "plain") for _, w, ws in cases]
+    calls = [partial(gemm.mxfp4_gemm, a, w2, s2, out=o, config=cfg, w_layout=lay)
+             for (a, _, _), (w2, s2, lay), o in zip(cases, relaid, outs, strict=True)]  # fmt: skip
+    assert time_graph(calls, reps=3) > 0
+    for (a, w, ws), out in zip(cases, outs, strict=True):
+        _check(out, mxfp4_gemm_ref(a, w, ws))
+
+
+def test_hook_relayout_then_apply_on_gpu():
+    """process_weights' re-layout in place, then apply_weights on the re-laid layer: the reference result."""
+    layer = torch.nn.Module()
+    w, ws = random_mxfp4_weight(2112, 7168, seed=47, device="cuda")
+    layer.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
+    layer.weight_scale = torch.nn.Parameter(ws.clone(), requires_grad=False)
+    want = "plain" if torch.version.hip else "swz128_mul1"
+    if want != "plain":
+        assert hook.relayout(layer) == want and layer.speedrun_w_layout == want
+    x = torch.randn(4, 7168, device="cuda").bfloat16()
+    y = hook.apply_weights(None, SimpleNamespace(out_dtype=torch.bfloat16), layer, x)
+    _check(y, mxfp4_gemm_ref(x, w, ws))
 
 
 @triton.jit

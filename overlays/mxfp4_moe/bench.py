@@ -5,8 +5,9 @@ flashinfer's sm90 cutlass MXFP4 path. DeepSeek-R1 MXFP4 TP8 shard (E=256+1 share
 w4a4): speedrun vs experts dequantized to bf16 + SGLang's Triton fused-MoE kernel.
 
 Timing: each impl runs R routing sets (different experts, so weights stream from HBM rather than L2) captured
-in one CUDA graph (eager fallback if capture fails); µs per call. `speedrun_dot_scaled` / `speedrun_dequant`
-is ours with the other MMA path than the config's (a tuning aid). GB/s counts the minimal bytes: the MXFP4
+in one CUDA graph (eager fallback if capture fails); µs per call. `speedrun` is the serving default on sm90
+(experts in mx.layout's swz128 value layout), `speedrun_plain` the same configs on plain-layout experts
+(round 2). GB/s counts the minimal bytes: the MXFP4
 weights+scales (+biases) of the distinct experts each call touches, plus x and the output; % of HBM uses the
 H100 SXM nominal 3.35 TB/s. Top-k selection is not timed for anyone (triton_kernels' routing() also sorts,
 so its expert sort is free here, ours is timed).
@@ -26,7 +27,15 @@ import torch
 
 from speedrun.overlays.mxfp4_moe.baselines import BUILDERS, Raw
 from speedrun.overlays.mxfp4_moe.hook import _deinterleave
-from speedrun.overlays.mxfp4_moe.moe import ACT_SILU, ACT_SWIGLU_OAI, MoeWeights, fused_moe_mxfp4, pick_config
+from speedrun.overlays.mxfp4_moe.moe import (
+    ACT_SILU,
+    ACT_SWIGLU_OAI,
+    MoeWeights,
+    bucket_key,
+    fused_moe_mxfp4,
+    pick_config,
+    swizzled,
+)
 
 HBM_PEAK = 3.35e12  # H100 SXM nominal
 ROUTING_SETS = 8
@@ -53,13 +62,6 @@ def ours(raw: Raw, gptoss: bool) -> MoeWeights:
     n = raw.w13.shape[1] // 2
     return MoeWeights(_deinterleave(raw.w13, n), _deinterleave(raw.s13, n), raw.w2, raw.s2,
                       _deinterleave(raw.b13.float(), n), raw.b2.float(), act=ACT_SWIGLU_OAI)  # fmt: skip
-
-
-def flipped(w: MoeWeights, m: int, topk: int) -> dict[str, Any]:
-    """The tuned config with the other MMA path (dot_scaled <-> register dequant + tl.dot)."""
-    cfg = dict(pick_config(w, m, topk))
-    cfg["dot_scaled"] = not cfg.get("dot_scaled", False)
-    return cfg
 
 
 def routing_sets(m: int, e: int, topk: int, h: int) -> list[dict[str, torch.Tensor]]:
@@ -110,9 +112,10 @@ def bench_model(model: str, gpu: str, ms: tuple[int, ...], allow_jit: bool = Fal
     raw = make_raw(e, h, n, gptoss=not a4)
     w = ours(raw, gptoss=not a4)
     ids_tw = lambda i, t, lg: (i, t)
-    impls: dict[str, Any] = {"speedrun": (ids_tw, lambda x, st: fused_moe_mxfp4(x, w, *st))}
-    alt = "speedrun_dequant" if pick_config(w, 1, topk).get("dot_scaled") else "speedrun_dot_scaled"
-    impls[alt] = (ids_tw, lambda x, st: fused_moe_mxfp4(x, w, *st, cfg=flipped(w, x.shape[0], topk)))
+    ws = swizzled(w)
+    impls: dict[str, Any] = {"speedrun": (ids_tw, lambda x, st: fused_moe_mxfp4(x, ws, *st))}
+    alt = "speedrun_plain"
+    impls[alt] = (ids_tw, lambda x, st: fused_moe_mxfp4(x, w, *st))
     errors: dict[str, str] = {}
     for name in baselines:
         try:
@@ -123,7 +126,8 @@ def bench_model(model: str, gpu: str, ms: tuple[int, ...], allow_jit: bool = Fal
     for m in ms:
         sets = routing_sets(m, e, topk, h)
         nbytes = min_bytes(sets, e, h, n, gptoss=not a4)
-        base = dict(gpu=gpu, model=model, m=m, experts=e, topk=topk, hidden=h, inter=n, bytes=nbytes)
+        base = dict(gpu=gpu, model=model, m=m, bucket=bucket_key(w.fmt, m, topk, e), experts=e, topk=topk, hidden=h,
+                    inter=n, bytes=nbytes)  # fmt: skip
         ref_out = None
         for name in ("speedrun", alt, *baselines):
             row = dict(impl=name, **base)
@@ -148,50 +152,80 @@ def bench_model(model: str, gpu: str, ms: tuple[int, ...], allow_jit: bool = Fal
     return rows
 
 
-SWEEP_MS = {"gpt-oss-120b": (1, 64), "deepseek-r1-mxfp4-tp8": (1, 128)}
-# Overrides of the tuned config: the previous default (no swap, generic decode), each new knob alone, Triton's own
-# sm90 dot_scaled upcast, deeper / shallower K tiles, and GEMM1 without split-K.
+SWEEP_MS = {"gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512), "deepseek-r1-mxfp4-tp8": (1, 16, 128)}
+# Overrides of the tuned config ("layout" picks the experts' value layout, default swz128 = what the sm90 hook
+# stores): the round-2 path (plain layout), Triton's own sm90 dot_scaled upcast (plain), and swz128 knobs: deeper
+# K tiles, no swap-AB, the two-multiply decode, 128-row weight tiles (2 warpgroups), GEMM1 without split-K (round
+# 2's 32-row w4a4 GEMM1 tile is not swept: 2.5x more loop instructions per code in SASS, PERF.md).
 SWEEP_VARIANTS = {
-    "old_noswap_deq0": {"swap": False, "deq": 0},
-    "noswap_deq2": {"swap": False, "deq": 2},
-    "swap_deq0": {"swap": True, "deq": 0},
-    "dot_scaled": {"dot_scaled": True},
-    "swap_deq2_bk256": {"swap": True, "deq": 2, "BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
-    "swap_deq2_bk128": {"swap": True, "deq": 2, "BLOCK_K1": 128, "BLOCK_K2": 128},
-    "no_split1": {"split1": 1},
+    "plain": {"layout": "plain"},
+    "dot_scaled": {"layout": "plain", "dot_scaled": True},
+    "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
+    "swz_noswap": {"swap": False},
+    "swz_mul2": {"mul1": False},
+    "swz_bn128": {"BLOCK_N1": 128, "BLOCK_N2": 128, "warps1": 8, "warps2": 8, "stages1": 3, "stages2": 3},
+    "swz_no_split1": {"split1": 1},
 }
 
 
+KNOB_DEFAULTS = {"split1": 1, "mul1": True, "swap": False, "deq": 0, "dot_scaled": False}  # as moe.py reads them
+
+
+def variant_cfg(base: dict[str, Any], var: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(config for fused_moe_mxfp4, value layout) of a sweep variant on top of a bucket's config."""
+    cfg = {**base, "dot_scaled": False, **var}
+    return {k: v for k, v in cfg.items() if k != "layout"}, var.get("layout", "swz")
+
+
+def _sweep_row(w: dict[str, MoeWeights], sets: list[dict], cfg: dict[str, Any], layout: str, want: Any,
+               row: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    try:
+        wl = w[layout]
+        got = fused_moe_mxfp4(sets[0]["x"], wl, sets[0]["ids"], sets[0]["tw"], cfg=cfg).float()
+        if want is not None:
+            row["rel_diff_vs_config"] = round(((got - want).norm() / want.norm()).item(), 5)
+        calls = [lambda s=s: fused_moe_mxfp4(s["x"], wl, s["ids"], s["tw"], cfg=cfg) for s in sets]
+        us, mode = time_calls(calls)
+        gbps = row["bytes"] / us / 1e3
+        return {**row, "us": round(us, 2), "gbps": round(gbps, 1),
+                "pct_hbm_peak": round(100 * gbps * 1e9 / HBM_PEAK, 1), "timing": mode}  # fmt: skip
+    except Exception as exc:
+        return {**row, "us": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
 def sweep_model(model: str, gpu: str) -> list[dict[str, Any]]:
-    """Every SWEEP_VARIANTS entry (plus the config itself) at SWEEP_MS[model]; rows carry `variant` + `config`."""
+    """Every SWEEP_VARIANTS entry (plus the config itself) at SWEEP_MS[model]; rows carry `bucket` (the config
+    key the shape maps to), `variant`, `config` (what fused_moe_mxfp4 ran) and `us`; impl "speedrun" on swz128
+    experts (the sm90 serving layout), "speedrun_plain" on plain ones."""
     e, topk, h, n, a4, _ = MODELS[model]
     raw = make_raw(e, h, n, gptoss=not a4)
-    w = ours(raw, gptoss=not a4)
+    plain_w = ours(raw, gptoss=not a4)
+    w = {"plain": plain_w, "swz": swizzled(plain_w)}
     rows = []
     for m in SWEEP_MS[model]:
         sets = routing_sets(m, e, topk, h)
         nbytes = min_bytes(sets, e, h, n, gptoss=not a4)
-        base_cfg = pick_config(w, m, topk)
+        base_cfg = pick_config(plain_w, m, topk)
+        bucket = bucket_key(plain_w.fmt, m, topk, e)
         try:
-            want = fused_moe_mxfp4(sets[0]["x"], w, sets[0]["ids"], sets[0]["tw"]).float()
+            want = fused_moe_mxfp4(sets[0]["x"], w["swz"], sets[0]["ids"], sets[0]["tw"]).float()
         except Exception:  # the config's own row records the error below
             want = None
+        seen: list[tuple[dict[str, Any], str]] = []
         for name, var in {"config": {}, **SWEEP_VARIANTS}.items():
-            cfg = {**base_cfg, **var}
-            row = dict(impl="speedrun", variant=name, config=cfg, gpu=gpu, model=model, m=m, bytes=nbytes)
-            try:
-                got = fused_moe_mxfp4(sets[0]["x"], w, sets[0]["ids"], sets[0]["tw"], cfg=cfg).float()
-                if want is not None:
-                    row["rel_diff_vs_config"] = round(((got - want).norm() / want.norm()).item(), 5)
-                calls = [lambda s=s, cfg=cfg: fused_moe_mxfp4(s["x"], w, s["ids"], s["tw"], cfg=cfg) for s in sets]
-                us, mode = time_calls(calls)
-                gbps = nbytes / us / 1e3
-                rows.append({**row, "us": round(us, 2), "gbps": round(gbps, 1),
-                             "pct_hbm_peak": round(100 * gbps * 1e9 / HBM_PEAK, 1), "timing": mode})  # fmt: skip
-            except Exception as exc:
-                rows.append({**row, "us": None, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            cfg, layout = variant_cfg(base_cfg, var)
+            key = ({**KNOB_DEFAULTS, **cfg}, layout)
+            if key in seen:  # a no-op here (e.g. split1 outside tpe<=1): the config's row stands for it
+                continue
+            seen.append(key)
+            # the value layout is per process, not a bucket knob: plain-layout rows are "speedrun_plain" so that
+            # `speedrun kernels tune` (which reads impl "speedrun" rows) never writes a layout into the table
+            impl = "speedrun" if layout == "swz" else "speedrun_plain"
+            row = dict(impl=impl, variant=name, bucket=bucket, config=cfg, gpu=gpu, model=model, m=m, bytes=nbytes)
+            rows.append(_sweep_row(w, sets, cfg, layout, want, row))
         for r in sorted((r for r in rows if r["m"] == m and r["us"]), key=lambda r: r["us"]):
-            print(f"sweep {model} M={m} {r['variant']:18} {r['us']:9.1f} us {r['pct_hbm_peak']:5.1f} %HBM")
+            print(f"sweep {model} M={m} {bucket} {r['variant']:14} {r['impl']:15} {r['us']:9.1f} us "
+                  f"{r['pct_hbm_peak']:5.1f} %HBM")  # fmt: skip
     return rows
 
 

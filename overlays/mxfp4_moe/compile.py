@@ -8,12 +8,14 @@ from typing import Any
 from speedrun.overlays.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd, load_configs
 from speedrun.overlays.mxfp4_moe import sort
-from speedrun.overlays.mxfp4_moe.gemm import moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
+from speedrun.overlays.mxfp4_moe.gemm import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
+from speedrun.overlays.mxfp4_moe.moe import swz_block_k
 
 OP = "mxfp4_moe"
 TOPK = {"w4a16": 4, "w4a4": 9}  # GPT-OSS top-4; DeepSeek top-8 + fused shared expert
 EXPECT = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 EXPECT_W4A4_GFX950 = r"v_mfma_scale"
+PLAIN_FALLBACK_KEY = "w4a16:tpe<=4"  # SPEEDRUN_MXFP4_MOE_LAYOUT=plain on sm90: also compiled
 
 
 def _options(cfg: dict[str, Any], which: str, arch: str) -> dict[str, Any]:
@@ -29,56 +31,75 @@ def _types(fmt: str) -> dict[str, str]:
     return {"act": act, "bias": "*u8" if a4 else "*fp32"}  # w4a4 has no bias: a scale tensor stands in
 
 
-def sm90_consts(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
-    """SWAP / W_DEQ / W_ASM as moe.sm90_flags sets them on a CUDA device (all off for dot_scaled and gfx950)."""
+def sm90_consts(cfg: dict[str, Any], arch: str, swz: bool = False) -> dict[str, Any]:
+    """SWAP / W_DEQ / W_ASM / W_SWZ as moe.sm90_flags sets them on a CUDA device (all off for dot_scaled and
+    gfx950); swz: the weights in mx.layout's swz128 layout (what the sm90 hook stores by default)."""
     if cfg.get("dot_scaled") or is_amd(arch):
-        return {"SWAP": False, "W_DEQ": 0, "W_ASM": False}
+        return {"SWAP": False, "W_DEQ": 0, "W_ASM": False, "W_SWZ": False, "W_MUL1": False}
     deq = int(cfg.get("deq", 0))
-    return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": deq > 0}
+    return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": deq > 0 or swz, "W_SWZ": swz,
+            "W_MUL1": swz}  # fmt: skip
 
 
 def _runtime_attrs(sig: dict[str, str], *extra: str) -> dict[str, str]:
     """As the JIT sees the real shapes: aligned pointers; N, K and the weight/activation row strides are
-    multiples of 16 (scale strides are K/32 and may not be, so they get no hint)."""
+    multiples of 16 (plain scale strides are K/32 and may not be, so they get no hint; swz128 scale rows are
+    padded to 16 bytes, see mx.layout)."""
     ptrs = [k for k, v in sig.items() if v.startswith("*")]
     return aligned(sig, *ptrs, "N", "K", "stride_am", "stride_we", "stride_wn", "stride_be", *extra)
 
 
-def gemm1_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
+def gemm1_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> CompileSpec:
     fmt = key.split(":")[0]
+    swz = swz and not cfg.get("dot_scaled") and not is_amd(arch)
     t, a4 = _types(fmt), fmt == "w4a4"
-    sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*u8", "ws_ptr": "*u8", "b_ptr": t["bias"],
-           "o_ptr": t["act"], "os_ptr": t["act"], "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
+    sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
+           "b_ptr": t["bias"], "o_ptr": t["act"], "os_ptr": t["act"], "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
            "npad_ptr": "*i32", **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we",
            "stride_wn", "stride_wse", "stride_wsn", "stride_be", "stride_om", "stride_osm"), "i32"),
            "alpha": "fp32", "limit": "fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32"}  # fmt: skip
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": 0 if a4 else 1, "HAS_BIAS": not a4,
              "DOT_SCALED": bool(cfg.get("dot_scaled")), "BLOCK_M": cfg["BLOCK_M"],
-             "BLOCK_N": cfg["BLOCK_N1"], "BLOCK_K": cfg["BLOCK_K1"], **sm90_consts(cfg, arch),
+             "BLOCK_N": cfg["BLOCK_N1"], "BLOCK_K": swz_block_k(cfg["BLOCK_K1"], swz), **sm90_consts(cfg, arch, swz),
              "SPLIT_K": 2 if int(cfg.get("split1", 1)) != 1 else 1}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
-    attrs = _runtime_attrs(sig, "stride_om")
+    attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))
     return CompileSpec(
-        f"{OP}/gemm1[{key}]", moe_gemm1_kernel, sig, const, _options(cfg, "1", arch), expect, attrs=attrs
+        f"{OP}/gemm1[{key}]" + ("/swz" if swz else ""),
+        moe_gemm1_kernel,
+        sig,
+        const,
+        _options(cfg, "1", arch),
+        expect,
+        attrs=attrs,
     )
 
 
-def gemm2_spec(key: str, cfg: dict[str, Any], arch: str) -> CompileSpec:
+def gemm2_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> CompileSpec:
     fmt = key.split(":")[0]
+    swz = swz and not cfg.get("dot_scaled") and not is_amd(arch)
     t, a4 = _types(fmt), fmt == "w4a4"
-    sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*u8", "ws_ptr": "*u8", "b_ptr": t["bias"],
-           "tw_ptr": "*fp32", "o_ptr": "*fp32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32", "npad_ptr": "*i32",
+    sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
+           "b_ptr": t["bias"], "tw_ptr": "*fp32", "o_ptr": "*fp32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
+           "npad_ptr": "*i32",
            **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we", "stride_wn", "stride_wse",
            "stride_wsn", "stride_be", "stride_om"), "i32")}  # fmt: skip
     scaled = bool(cfg.get("dot_scaled"))
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not a4, "DOT_SCALED": scaled, "BLOCK_M": cfg["BLOCK_M"],
-             "BLOCK_N": cfg["BLOCK_N2"], "BLOCK_K": cfg["BLOCK_K2"], **sm90_consts(cfg, arch)}  # fmt: skip
+             "BLOCK_N": cfg["BLOCK_N2"], "BLOCK_K": swz_block_k(cfg["BLOCK_K2"], swz),
+             **sm90_consts(cfg, arch, swz)}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
-    attrs = _runtime_attrs(sig, "stride_om")
+    attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))
     return CompileSpec(
-        f"{OP}/gemm2[{key}]", moe_gemm2_kernel, sig, const, _options(cfg, "2", arch), expect, attrs=attrs
+        f"{OP}/gemm2[{key}]" + ("/swz" if swz else ""),
+        moe_gemm2_kernel,
+        sig,
+        const,
+        _options(cfg, "2", arch),
+        expect,
+        attrs=attrs,
     )
 
 
@@ -97,6 +118,8 @@ def aux_specs() -> list[CompileSpec]:
     q_sig = {"x_ptr": "*bf16", "q_ptr": "*u8", "s_ptr": "*u8", "M": "i32", "K": "i32", "stride_xm": "i32",
              "stride_qm": "i32", "stride_sm": "i32"}  # fmt: skip
     c_chunk, c_q = {"CHUNK": sort.CHUNK}, {"BLOCK_R": 4, "BLOCK_K": 256}
+    comb_sig = {"y_ptr": "*fp32", "ids_ptr": "*i32", "o_ptr": "*bf16", "H": "i32", "E": "i32", "stride_ym": "i32",
+                "stride_om": "i32", "scale": "fp32"}  # fmt: skip
     mk = lambda name, fn, sig, c, w: CompileSpec(
         f"{OP}/{name}", fn, {**sig, **dict.fromkeys(c, "constexpr")}, c, {"num_warps": w}
     )
@@ -106,14 +129,19 @@ def aux_specs() -> list[CompileSpec]:
         mk("sort_offsets", sort._offsets_kernel, off_sig, c_off, 8),
         mk("sort_scatter", sort._scatter_kernel, scat_sig, c_chunk, 4),
         mk("quant_rows", quant_rows_kernel, q_sig, c_q, 4),
+        mk("combine", combine_kernel, comb_sig, {"TOPK": 9, "BLOCK_H": 1024}, 4),
     ]
 
 
 def compile_specs(arch: str) -> list[CompileSpec]:
-    """GEMM1 + GEMM2 per config bucket of `arch`, then the auxiliary kernels."""
+    """GEMM1 + GEMM2 per config bucket of `arch` on the weights the hook stores there (sm90: swz128 values,
+    mx.layout; plus the plain-layout fallback of one decode bucket), then the auxiliary kernels."""
     specs = []
+    swz = not is_amd(arch)
     for key, cfg in load_configs(OP, arch).items():
         if key.startswith("_"):
             continue
-        specs += [gemm1_spec(key, cfg, arch), gemm2_spec(key, cfg, arch)]
+        specs += [gemm1_spec(key, cfg, arch, swz), gemm2_spec(key, cfg, arch, swz)]
+        if swz and key == PLAIN_FALLBACK_KEY:
+            specs += [gemm1_spec(key, cfg, arch), gemm2_spec(key, cfg, arch)]
     return specs + aux_specs()

@@ -2,14 +2,17 @@
 
 GEMM1: gathers token rows (slot // TOPK) of x, multiplies by the expert's [gate ; up] rows, adds biases and
 applies SwiGLU-OAI or SiLU-gate in the epilogue; writes bf16 or (w4a4) MXFP4 rows indexed by slot.
-GEMM2: reads those slot rows, multiplies by w2, adds the bias, scales by the routing weight and scatter-adds
-(fp32 atomics) into the token's output row.
+GEMM2: reads those slot rows, multiplies by w2, adds the bias, scales by the routing weight and stores one fp32 row
+per slot; combine_kernel sums each token's rows (fixed order: deterministic), scales and casts to bf16.
 
 Operands: weights always MXFP4 [E, rows, K/2] + [E, rows, K/32]; activations bf16 (w4a16) or MXFP4 (w4a4).
 DOT_SCALED=False dequantizes both to bf16 in registers and uses tl.dot (sm90, and the CPU interpreter);
 DOT_SCALED=True hands the packed operands to tl.dot_scaled (gfx950: v_mfma_scale for e2m1 x e2m1).
 sm90 knobs: SWAP computes acc^T = W @ A^T (weights on the MMA's M side, from registers; tokens on its narrow N
 side); W_DEQ=2 uses the fast even/odd-K decode (mx.mxfp4_halves_bf16, inline PTX when W_ASM).
+W_SWZ: the weights are in mx.layout's swz128 layout (int32 words, K padded to 128, scales padded alike): each
+thread loads its MMA fragment's codes as 16-byte vectors and decodes them in place (mx.mxfp4_swz_words_bf16);
+W_MUL1: one bf16x2 multiply per decoded pair (valid when every weight scale byte is <= 128, checked at load).
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from speedrun.overlays.mx.triton_helpers import mxfp4_halves_bf16, mxfp4_to_bf16, quant_mxfp4, split_k_pairs
+from speedrun.overlays.mx.triton_helpers import (
+    mxfp4_halves_bf16,
+    mxfp4_swz_words_bf16,
+    mxfp4_to_bf16,
+    mxfp4_to_bf16_fast,
+    quant_mxfp4,
+    split_k_pairs,
+    swz_word_scale_cols,
+)
 
 ACT_SILU, ACT_SWIGLU_OAI = 0, 1
 
@@ -51,6 +62,33 @@ def _load_w(w_ptr, ws_ptr, wrows, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K: t
     ws = tl.load(ws_ptr + wrows[:, None] * stride_wsn + ks[None, :], mask=n_ok[:, None] & (ks[None, :] < K // 32),
                  other=127)  # fmt: skip
     return w, ws
+
+
+@triton.jit
+def _load_w_swz(w_ptr, ws_ptr, wrows, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K: tl.constexpr):
+    """swz128 weight tile: int32 words [BN, BK/8] (row stride in words; K padded to 128) + each word's E8M0
+    scale [BN, BK/8] (4 contiguous bytes per row and lane: scale rows are padded to 16 bytes)."""
+    kp = tl.cdiv(K, 128) * 128
+    kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    ks = swz_word_scale_cols(k0, BLOCK_K)
+    ok = n_ok[:, None] & (kw[None, :] < kp // 8)
+    w = tl.load(w_ptr + wrows[:, None] * stride_wn + kw[None, :], mask=ok, other=0)
+    ws = tl.load(ws_ptr + wrows[:, None] * stride_wsn + ks[None, :], mask=ok, other=127)
+    return w, ws
+
+
+@triton.jit
+def _mma_swz(acc, a, a_s, w, ws, A_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_K: tl.constexpr, SWAP: tl.constexpr, W_ASM: tl.constexpr, W_MUL1: tl.constexpr):  # fmt: skip
+    """acc += A @ W^T with W from swz128 words (decoded to plain k order in registers)."""
+    wb = mxfp4_swz_words_bf16(w, ws, BLOCK_N, BLOCK_K, W_ASM, W_MUL1)
+    if A_FP4:
+        a = mxfp4_to_bf16_fast(a, a_s, BLOCK_M, BLOCK_K, W_ASM)
+    if SWAP:
+        acc = tl.dot(wb, tl.trans(a.to(tl.bfloat16)), acc)
+    else:
+        acc = tl.dot(a.to(tl.bfloat16), tl.trans(wb), acc)
+    return acc
 
 
 @triton.jit
@@ -131,7 +169,8 @@ def moe_gemm1_kernel(
     TOPK: tl.constexpr, A_FP4: tl.constexpr, OUT_FP4: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
     DOT_SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False,
-    part_ptr=None, cnt_ptr=None, SPLIT_K: tl.constexpr = 1,
+    part_ptr=None, cnt_ptr=None, SPLIT_K: tl.constexpr = 1, W_SWZ: tl.constexpr = False,
+    W_MUL1: tl.constexpr = False,
 ):  # fmt: skip
     """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)].
     SPLIT_K > 1 (grid axis 2; 1-2 tokens per expert, too few CTAs): each split writes fp32 partials, the last one
@@ -156,10 +195,16 @@ def moe_gemm1_kernel(
     per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
     for k0 in range(pid_k * per_split, min(pid_k * per_split + per_split, K), BLOCK_K):
         a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K)
-        wg, wgs = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-        wu, wus = _load_w(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-        acc_g = _mma(acc_g, a, a_s, wg, wgs, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
-        acc_u = _mma(acc_u, a, a_s, wu, wus, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+        if W_SWZ:
+            wg, wgs = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+            wu, wus = _load_w_swz(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+            acc_g = _mma_swz(acc_g, a, a_s, wg, wgs, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
+            acc_u = _mma_swz(acc_u, a, a_s, wu, wus, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
+        else:
+            wg, wgs = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+            wu, wus = _load_w(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+            acc_g = _mma(acc_g, a, a_s, wg, wgs, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+            acc_u = _mma(acc_u, a, a_s, wu, wus, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
     if SWAP:
         acc_g = tl.trans(acc_g)
         acc_u = tl.trans(acc_u)
@@ -193,9 +238,10 @@ def moe_gemm2_kernel(
     NUM, N, K, stride_am, stride_asm, stride_we, stride_wn, stride_wse, stride_wsn, stride_be, stride_om,
     TOPK: tl.constexpr, A_FP4: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_SCALED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False,
+    SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False, W_SWZ: tl.constexpr = False,
+    W_MUL1: tl.constexpr = False,
 ):  # fmt: skip
-    """out32[slot // TOPK, n] += topk_weight[slot] * (h[slot] . w2[n] + b2[n])."""
+    """y[slot, n] = topk_weight[slot] * (h[slot] . w2[n] + b2[n]) (fp32; summed per token by combine_kernel)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     if pid_m * BLOCK_M >= tl.load(npad_ptr):
@@ -211,16 +257,34 @@ def moe_gemm2_kernel(
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K)
-        w, ws = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-        acc = _mma(acc, a, a_s, w, ws, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+        if W_SWZ:
+            w, ws = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+            acc = _mma_swz(acc, a, a_s, w, ws, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
+        else:
+            w, ws = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+            acc = _mma(acc, a, a_s, w, ws, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
     if SWAP:
         acc = tl.trans(acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     acc *= tl.load(tw_ptr + slot, mask=m_ok, other=0.0).to(tl.float32)[:, None]
-    rows = slot // TOPK
-    tl.atomic_add(o_ptr + rows[:, None] * stride_om + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :],
-                  sem="relaxed")  # fmt: skip
+    # one fp32 row per slot (no atomics, no zero-fill): combine_kernel sums a token's TOPK rows in a fixed order
+    tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def combine_kernel(y_ptr, ids_ptr, o_ptr, H, E, stride_ym, stride_om, scale,
+                   TOPK: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+    """out[t, :H] = bf16(scale * sum_k y[t * TOPK + k]) over the slots whose expert id is in [0, E) (EP-filtered
+    slots were never written); deterministic: the same order whatever the routing."""
+    t = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for k in tl.static_range(TOPK):
+        e = tl.load(ids_ptr + t * TOPK + k)
+        ok = (e >= 0) & (e < E)
+        acc += tl.load(y_ptr + (t * TOPK + k) * stride_ym + offs, mask=(offs < H) & ok, other=0.0)
+    tl.store(o_ptr + t * stride_om + offs, (acc * scale).to(tl.bfloat16), mask=offs < H)
 
 
 @triton.jit
@@ -240,4 +304,12 @@ def quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm
              mask=(r[:, None] < M) & (ks[None, :] < K // 32))  # fmt: skip
 
 
-__all__ = ["ACT_SILU", "ACT_SWIGLU_OAI", "moe_gemm1_kernel", "moe_gemm2_kernel", "quant_rows_kernel", "triton"]
+__all__ = [
+    "ACT_SILU",
+    "ACT_SWIGLU_OAI",
+    "combine_kernel",
+    "moe_gemm1_kernel",
+    "moe_gemm2_kernel",
+    "quant_rows_kernel",
+    "triton",
+]

@@ -1,7 +1,8 @@
 """SGLang binding: AROUND hooks on GPT-OSS `Mxfp4MoEMethod` and quark `QuarkW4A4MXFp4MoE`.
 
 process_weights_after_loading: if we serve the layer, re-lay the experts out as `MoeWeights` (GPT-OSS:
-de-interleave gate/up rows, fp32 biases; quark: as loaded) and skip the stock processing (which on CUDA would
+de-interleave gate/up rows, fp32 biases; quark: as loaded; then on CUDA the values in mx.layout's swz128 layout,
+unless SPEEDRUN_MXFP4_MOE_LAYOUT=plain) and skip the stock processing (which on CUDA would
 dequantize GPT-OSS experts to bf16 or swizzle them for triton_kernels, and cannot run quark at all). If we do
 not serve it (`Unsupported`), stock processing runs and `apply` falls back too: the two decisions are tied
 by `layer._speedrun_moe`.
@@ -19,7 +20,15 @@ from typing import Any
 import torch
 
 from speedrun.overlays.hooks import Unsupported, around, backend_for
-from speedrun.overlays.mxfp4_moe.moe import ACT_SILU, ACT_SWIGLU_OAI, OP, MoeWeights, fused_moe_mxfp4
+from speedrun.overlays.mxfp4_moe.moe import (
+    ACT_SILU,
+    ACT_SWIGLU_OAI,
+    OP,
+    MoeWeights,
+    fused_moe_mxfp4,
+    plain,
+    swizzled,
+)
 
 SERVED_RUNNERS = ("auto", "triton", "triton_kernel", "triton_kernels")
 
@@ -51,6 +60,25 @@ def _set(layer: torch.nn.Module, name: str, value: torch.Tensor) -> torch.Tensor
     return getattr(layer, name)
 
 
+def weight_layout() -> str:
+    """The value layout experts are stored in: "swz" (sm90 default: mx.layout's swz128, 16-byte fragment loads)
+    or "plain" (HIP default); SPEEDRUN_MXFP4_MOE_LAYOUT overrides."""
+    v = os.environ.get("SPEEDRUN_MXFP4_MOE_LAYOUT", "").strip().lower()
+    if v in ("swz", "plain"):
+        return v
+    return "plain" if torch.version.hip is not None else "swz"
+
+
+def _finish(layer: torch.nn.Module, w: MoeWeights) -> MoeWeights:
+    """Store the experts in the serving layout (the layer's parameters are replaced, the plain copies freed)."""
+    if weight_layout() == "swz":
+        w = swizzled(w)
+        for name, t in (("w13_weight", w.w13), ("w13_weight_scale", w.w13_scale), ("w2_weight", w.w2),
+                        ("w2_weight_scale", w.w2_scale)):  # fmt: skip
+            _set(layer, name, t)
+    return w
+
+
 def _deinterleave(t: torch.Tensor, n: int) -> torch.Tensor:
     """[E, 2*N_pad, ...] interleaved (g0, u0, g1, u1, ...) -> [E, 2n, ...] = [gate[:n] ; up[:n]]."""
     return torch.cat((t[:, 0::2][:, :n], t[:, 1::2][:, :n]), dim=1).contiguous()
@@ -77,8 +105,9 @@ def _gptoss_process_weights(original: Any, self: Any, layer: torch.nn.Module) ->
         b13 = _set(layer, "w13_weight_bias", fix(layer.w13_weight_bias.data.float()))
         b2 = _set(layer, "w2_weight_bias", layer.w2_weight_bias.data.float().contiguous())
     act = ACT_SWIGLU_OAI if cfg.gemm1_alpha is not None else ACT_SILU
-    layer._speedrun_moe = MoeWeights(w13, s13, w2, s2, b13, b2, a4=False, act=act,
-                                     alpha=cfg.gemm1_alpha or 1.702, limit=cfg.gemm1_clamp_limit or 7.0)  # fmt: skip
+    w = MoeWeights(w13, s13, w2, s2, b13, b2, a4=False, act=act, alpha=cfg.gemm1_alpha or 1.702,
+                   limit=cfg.gemm1_clamp_limit or 7.0)  # fmt: skip
+    layer._speedrun_moe = _finish(layer, w)
     torch.cuda.empty_cache()
 
 
@@ -89,7 +118,7 @@ def _quark_process_weights(original: Any, self: Any, layer: torch.nn.Module) -> 
     w13, w2 = layer.w13_weight.data, layer.w2_weight.data
     if w13.dtype != torch.uint8 or w13.shape[1] != 2 * w2.shape[2] * 2:
         raise Unsupported(f"unexpected quark expert shapes w13 {tuple(w13.shape)} w2 {tuple(w2.shape)}")
-    layer._speedrun_moe = MoeWeights(
+    w = MoeWeights(
         _set(layer, "w13_weight", w13.contiguous()),
         _set(layer, "w13_weight_scale", layer.w13_weight_scale.data.contiguous()),
         _set(layer, "w2_weight", w2.contiguous()),
@@ -97,6 +126,8 @@ def _quark_process_weights(original: Any, self: Any, layer: torch.nn.Module) -> 
         a4=True,
         act=ACT_SILU,
     )
+    layer._speedrun_moe = _finish(layer, w)
+    torch.cuda.empty_cache()
 
 
 def _triton_kernels_to_standard(topk_output: Any, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +175,8 @@ def _run(self: Any, layer: torch.nn.Module, dispatch_output: Any) -> Any:
     if backend_for(OP) == "reference":
         from speedrun.overlays.mxfp4_moe.reference import moe_reference
 
-        pad = w.w13.shape[2] * 2 - x.shape[1]  # hidden padding of aiter layouts
+        w = plain(w, w.w13.shape[2] * 8, w.inter)  # swz128 -> plain (K of w13 as padded)
+        pad = w.w13.shape[2] * 2 - x.shape[1]  # hidden padding of aiter layouts (or of swz128)
         out = moe_reference(torch.nn.functional.pad(x, (0, pad)), w.w13, w.w13_scale, w.w2, w.w2_scale, topk_ids,
                             topk_weights, b13=w.b13, b2=w.b2, a4=w.a4, act=w.act, alpha=w.alpha, limit=w.limit,
                             routed_scaling_factor=rsf)[:, : x.shape[1]]  # fmt: skip

@@ -7,7 +7,7 @@ quantities (expert runs, padded length) stay on the device.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -15,9 +15,11 @@ import triton
 
 from speedrun.overlays.arch import current_arch, launch_options, load_configs, sm_count
 from speedrun.overlays.buffers import splitk_counters
+from speedrun.overlays.mx.layout import swizzle_experts, unswizzle_mxfp4
 from speedrun.overlays.mxfp4_moe.gemm import (
     ACT_SILU,
     ACT_SWIGLU_OAI,
+    combine_kernel,
     moe_gemm1_kernel,
     moe_gemm2_kernel,
     quant_rows_kernel,
@@ -26,22 +28,30 @@ from speedrun.overlays.mxfp4_moe.sort import sort_tokens
 
 OP = "mxfp4_moe"
 TPE_BUCKETS = (1, 4, 16, 64, 256)  # config keys "<fmt>:tpe<=B" and "<fmt>:tpe>256"
+COMBINE_BLOCK = 1024  # hidden columns per combine program
 
 
 @dataclass
 class MoeWeights:
-    """Experts in our layout: w13 rows [gate (N) ; up (N)]; packed E2M1 along K + E8M0 per 32."""
+    """Experts in our layout: w13 rows [gate (N) ; up (N)]; packed E2M1 along K + E8M0 per 32. Values either
+    plain (uint8, codes in k order) or, on sm90, mx.layout's swz128 (int32 words, K padded to 128; scales
+    padded alike): see `swizzled` / `plain`."""
 
-    w13: torch.Tensor  # uint8 [E, 2N, H/2]
-    w13_scale: torch.Tensor  # uint8 [E, 2N, H/32]
-    w2: torch.Tensor  # uint8 [E, H, N/2]
-    w2_scale: torch.Tensor  # uint8 [E, H, N/32]
+    w13: torch.Tensor  # uint8 [E, 2N, H/2] | int32 [E, 2N, Hp/8] (swz128)
+    w13_scale: torch.Tensor  # uint8 [E, 2N, H/32] (swz128: padded columns)
+    w2: torch.Tensor  # uint8 [E, H, N/2] | int32 [E, H, Np/8] (swz128)
+    w2_scale: torch.Tensor  # uint8 [E, H, N/32] (swz128: padded columns)
     b13: torch.Tensor | None = None  # fp32 [E, 2N]
     b2: torch.Tensor | None = None  # fp32 [E, H]
     a4: bool = False  # w4a4: activations dynamically quantized to MXFP4
     act: int = ACT_SILU
     alpha: float = 1.702
     limit: float = 7.0
+    mul1: bool = False  # swz128 and every weight scale byte <= 128: the one-multiply decode is exact
+
+    @property
+    def swz(self) -> bool:
+        return self.w13.dtype == torch.int32
 
     @property
     def fmt(self) -> str:
@@ -58,6 +68,26 @@ class MoeWeights:
     @property
     def hidden(self) -> int:
         return self.w2.shape[1]
+
+
+def swizzled(w: MoeWeights, chunk: int = 8) -> MoeWeights:
+    """The same experts with values in swz128 (load time; `chunk` experts at a time bounds the temporaries)."""
+    if w.swz:
+        return w
+    w13, s13 = swizzle_experts(w.w13, w.w13_scale, chunk)
+    w2, s2 = swizzle_experts(w.w2, w.w2_scale, chunk)
+    mul1 = bool(max(w.w13_scale.max().item(), w.w2_scale.max().item()) <= 128)  # load time: a sync is fine
+    return replace(w, w13=w13.view(torch.int32), w13_scale=s13, w2=w2.view(torch.int32), w2_scale=s2, mul1=mul1)
+
+
+def plain(w: MoeWeights, hidden: int, inter: int) -> MoeWeights:
+    """Plain-layout copy of swz128 experts (reference checks; K of w13 = hidden, K of w2 = inter)."""
+    if not w.swz:
+        return w
+    w13 = unswizzle_mxfp4(w.w13.view(torch.uint8), hidden)
+    w2 = unswizzle_mxfp4(w.w2.view(torch.uint8), inter)
+    return replace(w, w13=w13, w13_scale=w.w13_scale[..., : hidden // 32].contiguous(), w2=w2,
+                   w2_scale=w.w2_scale[..., : inter // 32].contiguous(), mul1=False)  # fmt: skip
 
 
 def bucket_key(fmt: str, num_tokens: int, topk: int, num_experts: int) -> str:
@@ -84,13 +114,25 @@ def _opts(cfg: dict[str, Any], which: str, arch: str) -> dict[str, Any]:
     return launch_options(knobs, arch)
 
 
-def sm90_flags(cfg: dict[str, Any], dot_scaled: bool, device: torch.device) -> dict[str, Any]:
-    """SWAP / W_DEQ / W_ASM from the config keys "swap" and "deq" (dequant path only; PTX only on CUDA)."""
+def sm90_flags(cfg: dict[str, Any], dot_scaled: bool, device: torch.device, w: MoeWeights | None = None
+               ) -> dict[str, Any]:  # fmt: skip
+    """SWAP / W_DEQ / W_ASM (/ W_SWZ / W_MUL1 for swz128 weights) from the config keys "swap" and "deq" (dequant
+    path only; PTX only on CUDA)."""
+    cuda = device.type == "cuda" and torch.version.hip is None
+    if w is not None and w.swz:
+        if dot_scaled:
+            raise ValueError("dot_scaled needs plain-layout weights (these are swz128)")
+        return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": 0, "W_ASM": cuda, "W_SWZ": True,
+                "W_MUL1": cuda and w.mul1 and bool(cfg.get("mul1", True))}  # fmt: skip
     if dot_scaled:
         return {}
     deq = int(cfg.get("deq", 0))
-    asm = deq > 0 and device.type == "cuda" and torch.version.hip is None
-    return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": asm}
+    return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": deq > 0 and cuda}
+
+
+def swz_block_k(bk: int, swz: bool) -> int:
+    """swz128 tiles hold whole 128-code chunks: BLOCK_K rounded up to a multiple of 128."""
+    return -(-bk // 128) * 128 if swz else bk
 
 
 def gemm1_split(cfg: dict[str, Any], max_ctas: int, k_tiles: int, device: torch.device) -> int:
@@ -133,7 +175,8 @@ def fused_moe_mxfp4(
     s = sort_tokens(topk_ids, w.num_experts, cfg["BLOCK_M"])
     topk_weights = topk_weights.contiguous()
     dev = x.device
-    flags = sm90_flags(cfg, dot_scaled, dev)
+    flags = sm90_flags(cfg, dot_scaled, dev, w)
+    bk1, bk2 = swz_block_k(cfg["BLOCK_K1"], w.swz), swz_block_k(cfg["BLOCK_K2"], w.swz)
     if w.a4:
         a, a_s = quant_rows(x)
         inter = torch.empty(num, n // 2, dtype=torch.uint8, device=dev)
@@ -144,32 +187,47 @@ def fused_moe_mxfp4(
         inter_s = inter
     b13 = w.b13 if w.b13 is not None else w.w13_scale
     n_tiles = triton.cdiv(n, cfg["BLOCK_N1"])
-    split = gemm1_split(cfg, min(w.num_experts, num) * n_tiles, triton.cdiv(h, cfg["BLOCK_K1"]), dev)
-    part = torch.empty(s.max_blocks * n_tiles * split * 2 * cfg["BLOCK_M"] * cfg["BLOCK_N1"] if split > 1 else 1,
-                       dtype=torch.float32, device=dev)  # fmt: skip
-    cnt = splitk_counters(dev, s.max_blocks * n_tiles) if split > 1 else s.num_padded
+    split = gemm1_split(cfg, min(w.num_experts, num) * n_tiles, triton.cdiv(h, bk1), dev)
+    y = torch.empty(num, h, dtype=torch.float32, device=dev)  # GEMM2 writes every routed slot's row
+    if split > 1:
+        part = torch.empty(s.max_blocks * n_tiles * split * 2 * cfg["BLOCK_M"] * cfg["BLOCK_N1"], dtype=torch.float32,
+                           device=dev)  # fmt: skip
+        cnt = splitk_counters(dev, s.max_blocks * n_tiles)
+    else:  # unused by the kernel: any tensor of the right dtype, no allocation
+        part, cnt = y, s.num_padded
     grid1 = (s.max_blocks, n_tiles, split)
     moe_gemm1_kernel[grid1](
         a, a_s, w.w13, w.w13_scale, b13, inter, inter_s, s.sorted_ids, s.expert_ids, s.num_padded,
         num, n, h, a.stride(0), a_s.stride(0), w.w13.stride(0), w.w13.stride(1), w.w13_scale.stride(0),
         w.w13_scale.stride(1), b13.stride(0), inter.stride(0), inter_s.stride(0), float(w.alpha), float(w.limit),
         TOPK=topk, A_FP4=w.a4, OUT_FP4=w.a4, ACT=w.act, HAS_BIAS=w.b13 is not None, DOT_SCALED=dot_scaled,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N1"], BLOCK_K=cfg["BLOCK_K1"], **_opts(cfg, "1", arch), **flags,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N1"], BLOCK_K=bk1, **_opts(cfg, "1", arch), **flags,
         part_ptr=part, cnt_ptr=cnt, SPLIT_K=split,
     )  # fmt: skip
-    out = torch.zeros(m, h, dtype=torch.float32, device=dev)
     b2 = w.b2 if w.b2 is not None else w.w2_scale
     grid2 = (s.max_blocks, triton.cdiv(h, cfg["BLOCK_N2"]))
     moe_gemm2_kernel[grid2](
-        inter, inter_s, w.w2, w.w2_scale, b2, topk_weights, out, s.sorted_ids, s.expert_ids, s.num_padded,
+        inter, inter_s, w.w2, w.w2_scale, b2, topk_weights, y, s.sorted_ids, s.expert_ids, s.num_padded,
         num, h, n, inter.stride(0), inter_s.stride(0), w.w2.stride(0), w.w2.stride(1), w.w2_scale.stride(0),
-        w.w2_scale.stride(1), b2.stride(0), out.stride(0),
+        w.w2_scale.stride(1), b2.stride(0), y.stride(0),
         TOPK=topk, A_FP4=w.a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N2"], BLOCK_K=cfg["BLOCK_K2"], **_opts(cfg, "2", arch), **flags,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N2"], BLOCK_K=bk2, **_opts(cfg, "2", arch), **flags,
     )  # fmt: skip
-    if routed_scaling_factor != 1.0:
-        out.mul_(routed_scaling_factor)
-    return out.to(torch.bfloat16)
+    out = torch.empty(m, h, dtype=torch.bfloat16, device=dev)
+    combine_kernel[(m, triton.cdiv(h, COMBINE_BLOCK))](y, s.ids, out, h, w.num_experts, y.stride(0), out.stride(0),
+                                                       float(routed_scaling_factor), TOPK=topk,
+                                                       BLOCK_H=COMBINE_BLOCK, num_warps=4)  # fmt: skip
+    return out
 
 
-__all__ = ["ACT_SILU", "ACT_SWIGLU_OAI", "MoeWeights", "bucket_key", "fused_moe_mxfp4", "pick_config", "quant_rows"]
+__all__ = [
+    "ACT_SILU",
+    "ACT_SWIGLU_OAI",
+    "MoeWeights",
+    "bucket_key",
+    "fused_moe_mxfp4",
+    "pick_config",
+    "plain",
+    "quant_rows",
+    "swizzled",
+]

@@ -196,9 +196,15 @@ def _dispatch(x: torch.Tensor, topk_output: Any) -> Any:
 
 def test_process_weights_layout(sides: dict[str, Any]) -> None:
     """Our MoeWeights must be SGLang's interleaved rows split as gate = even rows, up = odd rows (what stock's
-    swiglu_fn reads: tl.reshape(.., N, 2) -> (gelu, linear)), biases unchanged in value."""
+    swiglu_fn reads: tl.reshape(.., N, 2) -> (gelu, linear)), biases unchanged in value (values compared in the
+    plain layout after undoing the sm90 swz128 re-layout)."""
+    from speedrun.overlays.mxfp4_moe.hook import weight_layout
+    from speedrun.overlays.mxfp4_moe.moe import plain
+
     raw, (ours, _) = sides["raw"], sides["ours"]
     w = ours._speedrun_moe
+    assert w.swz == (weight_layout() == "swz"), "[our process_weights] value layout is not the configured one"
+    w = plain(w, H, N)  # swz128 (sm90 default) -> plain: exact inverse (mx.layout), so compare as plain
     checks = [
         (w.w13, _split(raw["w13_weight"]), "w13"),
         (w.w13_scale, _split(raw["w13_weight_scale"]), "w13_scale"),

@@ -13,13 +13,15 @@ step() {  # step SECONDS COMMAND...: run with a timeout capped by the time left
   timeout "$t" "$@" 2>&1 | tee -a "$K/log.txt" | tail -n 30   # the whole log travels back in the tarball
 }
 K=/tmp/kernels; mkdir -p "$K"   # tarred at the end: $OUT takes 8 files at most
-for op in mla_decode mxfp4_gemm mxfp4_moe; do
-  step 110 python3 -m pytest -q -m gpu "overlays/$op" -p no:cacheprovider
+# Which ops each phase covers and the per-step limits (seconds) can be narrowed for a short call:
+#   TESTS="mxfp4_moe" BENCHES="mxfp4_moe" SWEEPS="" T_TEST=240 bash scripts/device/kernels.sh
+for op in ${TESTS-mla_decode mxfp4_gemm mxfp4_moe}; do
+  step "${T_TEST:-180}" python3 -m pytest -q -m gpu "overlays/$op" -p no:cacheprovider
 done
-for op in mxfp4_gemm mxfp4_moe mla_decode; do
-  step 120 speedrun kernels bench "$op" --out "$K"
+for op in ${BENCHES-mxfp4_gemm mxfp4_moe mla_decode}; do
+  step "${T_BENCH:-120}" speedrun kernels bench "$op" --out "$K"
 done
-for op in mla_decode mxfp4_moe mxfp4_gemm; do
-  step 130 python3 -m "speedrun.overlays.$op.bench" --out "$K" --sweep
+for op in ${SWEEPS-mla_decode mxfp4_moe mxfp4_gemm}; do
+  step "${T_SWEEP:-130}" python3 -m "speedrun.overlays.$op.bench" --out "$K" --sweep
 done
 ls -la "$K"; tar czf "$OUT/kernels.tgz" -C /tmp kernels

@@ -1,0 +1,93 @@
+"""Load-time MXFP4 value re-layout for sm90 kernels that put the weights on the MMA's register (A) side.
+
+Why: a bf16 MMA fragment (mma.sync m16n8k16 / wgmma A-from-registers) gives lane l of a warp, for each 16-wide k
+step s, the k columns 16s + 2c + {0, 1, 8, 9} with c = l % 4 (rows l // 4 and l // 4 + 8). In the plain layout
+(codes in k order) those 4 codes sit in 2 different bytes and the lane's codes of 8 k steps are spread over a row
+of 64 bytes, so the kernel loads narrow pieces and shuffles them (shared memory round trip or byte permutes).
+Here each lane's codes for a 128-wide K chunk are made contiguous: one 16-byte vector load per row straight
+into the fragment order, and each 32-bit word decodes to bf16 pairs (k, k+1) with no byte shuffles.
+
+Layout ("swz128"), per row, per chunk of 128 codes along K (K is zero-padded to a multiple of 128; scales pad
+with 127 = 1.0): the chunk's 64 bytes are 16 little-endian 32-bit words; word j = 4c + w (c = 0..3 the lane in
+its quad, w = 0..3 the 32-wide scale group); nibble i (bits 4i..4i+3) of a word is i = 4t + 2u + h, and holds
+the code of
+
+    k = 128 * chunk + 32 w + 16 u + 8 h + 2 c + t        (t, u, h in {0, 1})
+
+so nibbles i and i + 4 of a word are an MMA pair (k, k+1), a word has one scale (group w of its chunk), and lane
+c's 4 words (bytes 16c..16c+15) cover k steps 2w + u of its fragment. Rows, experts and the E8M0 scales keep their
+plain layout (scales are only padded: to padded_k(K)/32 columns, then to a multiple of 16 bytes per
+row). `swizzle_mxfp4` / `unswizzle_mxfp4` convert the packed bytes, exactly inverse. In Triton,
+`mx.triton_helpers.mxfp4_swz_bf16` (plain scales) / `mxfp4_swz_words_bf16` (scales gathered per word with
+`swz_word_scale_cols`: 4 contiguous bytes per row, no redistribution) decode a loaded tile to plain k order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK = 128  # codes per swizzle chunk along K (64 bytes per row)
+
+
+def padded_k(k: int) -> int:
+    """K rounded up to whole swizzle chunks."""
+    return -(-k // CHUNK) * CHUNK
+
+
+def _codes(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., K/2] -> codes uint8 [..., K] (low nibble first)."""
+    return torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2)
+
+
+def _pack(codes: torch.Tensor) -> torch.Tensor:
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def swizzle_mxfp4(packed: torch.Tensor) -> torch.Tensor:
+    """Plain packed E2M1 uint8 [..., K/2] -> swz128 uint8 [..., padded_k(K)/2] (same device, new tensor)."""
+    k = packed.shape[-1] * 2
+    kp = padded_k(k)
+    codes = torch.nn.functional.pad(_codes(packed), (0, kp - k))
+    lead = codes.shape[:-1]
+    # plain k = (chunk, w, u, h, c, t) -> stored (chunk, c, w, t, u, h)
+    codes = codes.reshape(*lead, kp // CHUNK, 4, 2, 2, 4, 2)
+    nd = len(lead)
+    perm = [*range(nd), nd, nd + 4, nd + 1, nd + 5, nd + 2, nd + 3]
+    return _pack(codes.permute(*perm).reshape(*lead, kp)).contiguous()
+
+
+def unswizzle_mxfp4(swz: torch.Tensor, k: int) -> torch.Tensor:
+    """swz128 uint8 [..., padded_k(k)/2] -> plain packed uint8 [..., k/2] (the exact inverse of swizzle_mxfp4)."""
+    kp = swz.shape[-1] * 2
+    if kp != padded_k(k):
+        raise ValueError(f"swizzled rows hold {kp} codes; K={k} needs {padded_k(k)}")
+    codes = _codes(swz)
+    lead = codes.shape[:-1]
+    nd = len(lead)
+    codes = codes.reshape(*lead, kp // CHUNK, 4, 4, 2, 2, 2)  # stored (chunk, c, w, t, u, h)
+    perm = [*range(nd), nd, nd + 2, nd + 4, nd + 5, nd + 1, nd + 3]  # -> (chunk, w, u, h, c, t)
+    return _pack(codes.permute(*perm).reshape(*lead, kp)[..., :k]).contiguous()
+
+
+SCALE_ROW_ALIGN = 16  # bytes: scale rows padded so a kernel may load a row's 4 scales of a chunk as one word
+
+
+def pad_scales(scales: torch.Tensor, align: int = SCALE_ROW_ALIGN) -> torch.Tensor:
+    """E8M0 uint8 [..., K/32] -> [..., padded_k(K)/32 rounded up to `align`], padded with 127 (1.0; the padded
+    codes are zero and kernels mask past padded_k(K)/32 anyway)."""
+    k = scales.shape[-1] * 32
+    cols = -(-(padded_k(k) // 32) // align) * align
+    return torch.nn.functional.pad(scales, (0, cols - scales.shape[-1]), value=127).contiguous()
+
+
+def swizzle_experts(packed: torch.Tensor, scales: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """[E, rows, K/2] + [E, rows, K/32] -> swz128 values + padded scales, `chunk` experts at a time so the
+    temporaries stay small next to the weights (load time, on the weights' device)."""
+    e, rows, kb = packed.shape
+    out = torch.empty(e, rows, padded_k(kb * 2) // 2, dtype=torch.uint8, device=packed.device)
+    for i in range(0, e, chunk):
+        out[i : i + chunk] = swizzle_mxfp4(packed[i : i + chunk])
+    return out, pad_scales(scales)
+
+
+__all__ = ["CHUNK", "SCALE_ROW_ALIGN", "pad_scales", "padded_k", "swizzle_experts", "swizzle_mxfp4", "unswizzle_mxfp4"]

@@ -1,0 +1,96 @@
+"""swz128 value layout (mx.layout): exact round trip, the stated formula checked element by element, padding."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # see test_mx.py: the interpreter only where there is no GPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+import pytest  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from speedrun.overlays.mx import triton_helpers as th  # noqa: E402
+from speedrun.overlays.mx.format import dequant_mxfp4  # noqa: E402
+from speedrun.overlays.mx.layout import (  # noqa: E402
+    CHUNK,
+    pad_scales,
+    padded_k,
+    swizzle_experts,
+    swizzle_mxfp4,
+    unswizzle_mxfp4,
+)
+
+
+def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("k", [128, 256, 2880, 7168, 96])
+def test_round_trip_exact(k: int) -> None:
+    packed = _rand(3, 5, k // 2, seed=k)
+    swz = swizzle_mxfp4(packed)
+    assert swz.shape == (3, 5, padded_k(k) // 2) and swz.dtype == torch.uint8
+    assert torch.equal(unswizzle_mxfp4(swz, k), packed)
+    if k % CHUNK:  # padding codes are zero
+        assert not torch.equal(swz, swizzle_mxfp4(_rand(3, 5, k // 2, seed=k + 1)))
+
+
+def test_formula_of_the_docstring() -> None:
+    """Code k of a row lands at word 4c + w, nibble 4t + 2u + h of chunk k // 128 (k = 32w + 16u + 8h + 2c + t)."""
+    k = 256
+    for shift in (0, 4):  # two 4-bit digits of k: each position's code is pinned
+        val = (torch.arange(k) >> shift) & 0xF
+        packed = (val[0::2] | (val[1::2] << 4)).to(torch.uint8)[None]
+        words = swizzle_mxfp4(packed)[0].view(torch.int32)
+        for kk in range(k):
+            ch, r = divmod(kk, CHUNK)
+            w, u, h, c, t = r // 32, (r // 16) % 2, (r // 8) % 2, (r // 2) % 4, r % 2
+            word = int(words[ch * 16 + 4 * c + w]) & 0xFFFFFFFF
+            assert (word >> (4 * (4 * t + 2 * u + h))) & 0xF == int(val[kk]), (kk, shift)
+
+
+def test_scales_and_experts() -> None:
+    packed, scales = _rand(5, 3, 1440), _rand(5, 3, 90)
+    swz, sp = swizzle_experts(packed, scales, chunk=2)
+    assert torch.equal(swz, swizzle_mxfp4(packed))
+    assert sp.shape == (5, 3, 96) and torch.equal(sp[..., :90], scales) and bool((sp[..., 90:] == 127).all())
+    assert torch.equal(pad_scales(scales[..., :16]), scales[..., :16])
+    assert pad_scales(scales[..., :4]).shape[-1] == 16 and pad_scales(scales[..., :4], align=4).shape[-1] == 4
+
+
+@triton.jit
+def _decode_kernel(w_ptr, s_ptr, o_ptr, KP, stride_w, stride_s, R: tl.constexpr, C: tl.constexpr,
+                   WORD_SCALES: tl.constexpr):  # fmt: skip
+    r = tl.arange(0, R)
+    k0 = tl.program_id(0) * C
+    kw = k0 // 8 + tl.arange(0, C // 8)
+    words = tl.load(w_ptr + r[:, None] * stride_w + kw[None, :])
+    if WORD_SCALES:
+        sc = tl.load(s_ptr + r[:, None] * stride_s + th.swz_word_scale_cols(k0, C)[None, :])
+        v = th.mxfp4_swz_words_bf16(words, sc, R, C, False)
+    else:
+        ks = k0 // 32 + tl.arange(0, C // 32)
+        v = th.mxfp4_swz_bf16(words, tl.load(s_ptr + r[:, None] * stride_s + ks[None, :]), R, C, False)
+    kk = k0 + tl.arange(0, C)
+    tl.store(o_ptr + r[:, None] * KP + kk[None, :], v)
+
+
+@pytest.mark.parametrize("word_scales", [False, True])
+@pytest.mark.parametrize("c", [128, 256])
+def test_triton_decode_of_swz_tile_is_plain_dequant(word_scales: bool, c: int) -> None:
+    """mxfp4_swz_(words_)bf16 on swz128 tiles == dequant_mxfp4 of the plain tensor, bitwise (exact path)."""
+    r, k = 4, 512
+    packed = _rand(r, k // 2, seed=c)
+    g = torch.Generator().manual_seed(c + 1)
+    scales = torch.randint(110, 135, (r, k // 32), generator=g, dtype=torch.uint8)
+    words = swizzle_mxfp4(packed).view(torch.int32).to(DEV)
+    sp = pad_scales(scales).to(DEV)
+    out = torch.empty(r, k, dtype=torch.bfloat16, device=DEV)
+    _decode_kernel[(k // c,)](words, sp, out, k, words.stride(0), sp.stride(0), R=r, C=c, WORD_SCALES=word_scales)
+    assert torch.equal(out.cpu(), dequant_mxfp4(packed, scales, torch.bfloat16))
