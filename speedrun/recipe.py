@@ -72,6 +72,13 @@ class Server(Strict):
     extra_args: list[str] = Field(default_factory=list, description="passed verbatim to sglang.launch_server")
 
 
+def check_server_keys(fields: dict[str, Any], where: str) -> None:
+    """Partial Server overrides (a dict, so unset fields stay the recipe's) must still name real fields."""
+    unknown = sorted(set(fields) - set(Server.model_fields))
+    if unknown:
+        raise ValueError(f"{where} has unknown server field(s) {unknown}")
+
+
 class OverlayOp(Strict):
     enabled: bool = True
     backend: Literal["triton", "aiter", "reference"] = "triton"
@@ -90,9 +97,7 @@ class Overlays(Strict):
 
     @model_validator(mode="after")
     def _server_keys_exist(self) -> Overlays:
-        unknown = sorted(set(self.server) - set(Server.model_fields))
-        if unknown:
-            raise ValueError(f"overlays.server has unknown server field(s) {unknown}")
+        check_server_keys(self.server, "overlays.server")
         return self
 
 
@@ -134,9 +139,7 @@ class Control(Strict):
 
     @model_validator(mode="after")
     def _server_keys_exist(self) -> Control:
-        unknown = sorted(set(self.server) - set(Server.model_fields))
-        if unknown:
-            raise ValueError(f"control.server has unknown server field(s) {unknown}")
+        check_server_keys(self.server, "control.server")
         return self
 
 
