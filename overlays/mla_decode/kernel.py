@@ -113,6 +113,16 @@ def _online_softmax(s, mask_n, qk_scale, m_i, l_i):
 
 
 @triton.jit
+def _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N: tl.constexpr,
+               PAGE_SIZE: tl.constexpr):  # fmt: skip
+    """The KV row pointers of tokens [n0, n0 + BLOCK_N) of a segment ending at seg_hi, and which are in it."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < seg_hi
+    loc = tl.load(kv_indices + offs_n, mask=mask_n, other=0).to(tl.int64)
+    return _row_ptr(KV, loc, stride_kv_page, stride_kv_tok, PAGE_SIZE), mask_n
+
+
+@triton.jit
 def _attend_whole(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
                   DR: tl.constexpr, CDT: tl.constexpr, CVT_ASM: tl.constexpr):  # fmt: skip
@@ -124,10 +134,7 @@ def _attend_whole(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_k
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, DL], tl.float32)
     for n0 in range(pos, seg_hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < seg_hi
-        loc = tl.load(kv_indices + offs_n, mask=mask_n, other=0).to(tl.int64)
-        row = _row_ptr(KV, loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
+        row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
         k_lat = _kv_tile(KV, row, 0, mask_n, DL, CDT, CVT_ASM)
         k_rope = _kv_tile(KV, row, DL, mask_n, DR, CDT, CVT_ASM)
         s = tl.dot(q_lat, tl.trans(k_lat))
@@ -157,10 +164,7 @@ def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_
     acc2 = tl.zeros([BLOCK_H, DC], tl.float32)
     acc3 = tl.zeros([BLOCK_H, DC], tl.float32)
     for n0 in range(pos, seg_hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < seg_hi
-        loc = tl.load(kv_indices + offs_n, mask=mask_n, other=0).to(tl.int64)
-        row = _row_ptr(KV, loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
+        row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
         k0 = _kv_tile(KV, row, 0, mask_n, DC, CDT, CVT_ASM)
         k1 = _kv_tile(KV, row, DC, mask_n, DC, CDT, CVT_ASM)
         k2 = _kv_tile(KV, row, 2 * DC, mask_n, DC, CDT, CVT_ASM)

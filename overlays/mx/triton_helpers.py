@@ -202,10 +202,9 @@ def split_k_pairs(x, R: tl.constexpr, C: tl.constexpr):
 
 # Word variant (one asm instance per 32-bit word = 8 codes, pack=1): no byte (un)packing at all. Nibble pairs 16 bits
 # apart (i, i+4) share a register: mask, then shift/IMAD the magnitude to bits 8..6 and the sign to 15 as above.
-E2M1_WORD_ASM: tl.constexpr = tl.constexpr(
-    "{\n"
-    ".reg .b32 t<4>, u, c;\n"
-    "mov.b32 c, 0x7E807E80;\n"
+# The two word decodes share their body: place each nibble pair's magnitude/sign (_WORD_PLACE), then multiply by
+# the scale operand $9 and unpack the halves (_WORD_SCALE_OUT); they differ only in the 2**126 multiply before.
+_WORD_PLACE = (
     "and.b32 t0, $8, 0x000F000F;\n"
     "and.b32 t1, $8, 0x00F000F0;\n"
     "and.b32 t2, $8, 0x0F000F00;\n"
@@ -220,10 +219,8 @@ E2M1_WORD_ASM: tl.constexpr = tl.constexpr(
     "and.b32 t1, t1, 0x81C081C0;\n"
     "and.b32 t2, t2, 0x81C081C0;\n"
     "and.b32 t3, t3, 0x81C081C0;\n"
-    "mul.rn.bf16x2 t0, t0, c;\n"
-    "mul.rn.bf16x2 t1, t1, c;\n"
-    "mul.rn.bf16x2 t2, t2, c;\n"
-    "mul.rn.bf16x2 t3, t3, c;\n"
+)
+_WORD_SCALE_OUT = (
     "mul.rn.bf16x2 t0, t0, $9;\n"
     "mul.rn.bf16x2 t1, t1, $9;\n"
     "mul.rn.bf16x2 t2, t2, $9;\n"
@@ -233,6 +230,14 @@ E2M1_WORD_ASM: tl.constexpr = tl.constexpr(
     "mov.b32 {$2, $6}, t2;\n"
     "mov.b32 {$3, $7}, t3;\n"
     "}"
+)
+E2M1_WORD_ASM: tl.constexpr = tl.constexpr(
+    "{\n"
+    ".reg .b32 t<4>, u, c;\n"
+    "mov.b32 c, 0x7E807E80;\n" + _WORD_PLACE + "mul.rn.bf16x2 t0, t0, c;\n"
+    "mul.rn.bf16x2 t1, t1, c;\n"
+    "mul.rn.bf16x2 t2, t2, c;\n"
+    "mul.rn.bf16x2 t3, t3, c;\n" + _WORD_SCALE_OUT
 )
 
 
@@ -285,33 +290,7 @@ def split_k_octets(x, R: tl.constexpr, C: tl.constexpr):
 # WORD1: E2M1_WORD_ASM with the 2**126 and the scale folded into one bf16x2 multiply by 2**(s - 1): exact when that
 # constant is a normal bf16, i.e. every E8M0 s <= 128 (scale <= 2; checked at load time), and then its bits are
 # just (s + 126) << 7 per half (no special cases). 4 AND + 3 IMAD + 3 shift/or + 4 AND + 4 HMUL2 per 8 codes.
-E2M1_WORD1_ASM: tl.constexpr = tl.constexpr(
-    "{\n"
-    ".reg .b32 t<4>, u;\n"
-    "and.b32 t0, $8, 0x000F000F;\n"
-    "and.b32 t1, $8, 0x00F000F0;\n"
-    "and.b32 t2, $8, 0x0F000F00;\n"
-    "and.b32 t3, $8, 0xF000F000;\n"
-    "mul.lo.u32 t0, t0, 0x1040;\n"
-    "mul.lo.u32 t1, t1, 0x104;\n"
-    "shr.b32 t2, t2, 2;\n"
-    "mul.lo.u32 t2, t2, 0x41;\n"
-    "shr.b32 u, t3, 6;\n"
-    "or.b32 t3, t3, u;\n"
-    "and.b32 t0, t0, 0x81C081C0;\n"
-    "and.b32 t1, t1, 0x81C081C0;\n"
-    "and.b32 t2, t2, 0x81C081C0;\n"
-    "and.b32 t3, t3, 0x81C081C0;\n"
-    "mul.rn.bf16x2 t0, t0, $9;\n"
-    "mul.rn.bf16x2 t1, t1, $9;\n"
-    "mul.rn.bf16x2 t2, t2, $9;\n"
-    "mul.rn.bf16x2 t3, t3, $9;\n"
-    "mov.b32 {$0, $4}, t0;\n"
-    "mov.b32 {$1, $5}, t1;\n"
-    "mov.b32 {$2, $6}, t2;\n"
-    "mov.b32 {$3, $7}, t3;\n"
-    "}"
-)
+E2M1_WORD1_ASM: tl.constexpr = tl.constexpr("{\n.reg .b32 t<4>, u;\n" + _WORD_PLACE + _WORD_SCALE_OUT)
 
 
 @triton.jit
