@@ -7,11 +7,13 @@ import os
 from typing import Any
 
 from speedrun.overlays import report
-from speedrun.overlays.synthetic.fill import fill_model_
+from speedrun.overlays.synthetic.fill import fill_report_
 
 
 def fill_after_dummy(result: Any, model: Any, *args: Any, **kwargs: Any) -> None:
     seed = int(os.environ.get("SPEEDRUN_SEED", "0"))
-    counts = fill_model_(model, seed)
+    done = fill_report_(model, seed)
     report.called("synthetic/fill_after_dummy")
-    report.record(synthetic={"seed": seed, "tensors": counts})
+    # tp_unmapped: tensors drawn from local coordinates (their TP=N values differ from TP=1); capped for the report
+    unmapped = done["tp_unmapped"]
+    report.record(synthetic={"seed": seed, **done, "tp_unmapped": unmapped[:50], "tp_unmapped_count": len(unmapped)})
