@@ -50,6 +50,20 @@ def backend_for(op: str, env: dict[str, str] | None = None) -> str:
     return value
 
 
+def require_aiter(op: str) -> None:
+    """`backend: aiter` is ROCm-only: on CUDA, or on ROCm without an importable aiter, a clear error (the server
+    stops at load time) instead of a silent fallback to stock."""
+    import importlib.util
+
+    import torch
+
+    var = f"SPEEDRUN_{op.upper()}_BACKEND=aiter"
+    if getattr(torch.version, "hip", None) is None:
+        raise RuntimeError(f"{var} needs ROCm with aiter; this torch is not a ROCm build: use triton or reference")
+    if importlib.util.find_spec("aiter") is None:
+        raise RuntimeError(f"{var}: aiter is not importable on this ROCm machine (pip install aiter), or use triton")
+
+
 def around(op: str, impl: Callable[..., Any]) -> Callable[..., Any]:
     """AROUND hook: run `impl(original, *args, **kwargs)`; on `Unsupported`, run the original.
 

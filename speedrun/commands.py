@@ -417,7 +417,7 @@ def _tune_arch(sweep_from: Path | None) -> str:
 
 @kernels_app.command("roofline")
 def kernels_roofline(
-    results: Annotated[Path, typer.Option(help="folder of measured <op>.json")] = Path("docs/results/kernels"),
+    results: Annotated[Path, typer.Option(help="folder of measured <op>.json")] = Path("docs/results/kernels/round3"),
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """ESTIMATE: MI355X roofline per op and shape (vendor peak figures) next to the measured card's fraction."""

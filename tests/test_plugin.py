@@ -126,3 +126,27 @@ def test_every_hook_function_resolves(row):
     fn = plugin.resolve(row.fn)
     assert callable(fn)
     assert row.kind in ("around", "after", "before", "replace", "registry")
+
+
+def test_aiter_backend_is_a_clear_error_off_rocm(monkeypatch):
+    """`backend: aiter` on CUDA (or CPU) stops with the variable's name for every op, before any kernel runs."""
+    import torch
+
+    from speedrun.overlays.hooks import require_aiter
+
+    if getattr(torch.version, "hip", None):
+        pytest.skip("ROCm build")
+    for op in ("mla_decode", "mxfp4_moe", "mxfp4_gemm"):
+        with pytest.raises(RuntimeError, match=f"SPEEDRUN_{op.upper()}_BACKEND=aiter needs ROCm"):
+            require_aiter(op)
+    monkeypatch.setattr(torch.version, "hip", "6.4")  # a ROCm build whose Python has no aiter
+    with pytest.raises(RuntimeError, match="aiter is not importable"):
+        require_aiter("mxfp4_moe")
+
+
+def test_moe_aiter_backend_checks_before_falling_back(monkeypatch):
+    from speedrun.overlays.mxfp4_moe import hook
+
+    monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_BACKEND", "aiter")
+    with pytest.raises(RuntimeError, match="needs ROCm"):
+        hook._check_serving(object())

@@ -5,6 +5,7 @@ documented definitions."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,13 +155,30 @@ def test_roofline_maths():
 
 
 def test_roofline_table_and_markdown(tmp_path):
-    rows = [{"impl": "speedrun", "m": 16, "n": 2112, "k": 7168, "us": 24.5},
+    rows = [{"impl": "speedrun", "m": 16, "n": 2112, "k": 7168, "us": 24.5, "gpu": "NVIDIA H100 80GB HBM3"},
+            {"impl": "speedrun", "m": 32, "n": 2112, "k": 7168, "us": 20.0, "gpu": "NVIDIA H200"},
             {"impl": "bf16_cublas", "m": 16, "n": 2112, "k": 7168, "us": 22.0}]  # fmt: skip
     (tmp_path / "mxfp4_gemm.json").write_text(json.dumps(rows))
     out = roofline.table(tmp_path)
     assert len(out) == 1 and out[0]["mi355x_bound"] == "memory"
     md = roofline.markdown(out)
     assert "ESTIMATE" in md and "| mxfp4_gemm | m=16, n=2112, k=7168 | MXFP4 |" in md
+
+
+def test_every_gfx950_table_is_marked_untuned_and_roofline_reads_the_newest_round(monkeypatch):
+    from speedrun.cli import _register_commands, app
+
+    _register_commands()
+    root = Path(__file__).resolve().parents[1]
+    for op in ("mla_decode", "mxfp4_moe", "mxfp4_gemm"):
+        meta = json.loads((root / "overlays" / op / "configs" / "gfx950.json").read_text())["_meta"]
+        assert meta["tuned"] is False, op
+    monkeypatch.chdir(root)
+    out = CliRunner().invoke(app, ["kernels", "roofline", "--json"])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.output)["rows"]
+    round3 = {json.dumps(r["shape"], sort_keys=True) for r in roofline.table(root / "docs/results/kernels/round3")}
+    assert rows and {json.dumps(r["shape"], sort_keys=True) for r in rows} == round3
 
 
 # ---------------------------------------------------------------- aiter layouts

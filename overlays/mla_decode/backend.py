@@ -17,7 +17,7 @@ import torch
 from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 
 from speedrun.overlays import report
-from speedrun.overlays.hooks import Unsupported, around, backend_for
+from speedrun.overlays.hooks import Unsupported, around, backend_for, require_aiter
 from speedrun.overlays.mla_decode import ops
 from speedrun.overlays.mla_decode.kernel import D_LATENT
 
@@ -26,9 +26,8 @@ class SpeedrunMLABackend(TritonAttnBackend):
     def __init__(self, model_runner: Any, **kwargs: Any) -> None:
         super().__init__(model_runner, **kwargs)
         self.impl = backend_for("mla_decode")
-        is_hip = bool(getattr(torch.version, "hip", None))
-        if self.impl == "aiter" and not is_hip:
-            raise ValueError("SPEEDRUN_MLA_DECODE_BACKEND=aiter needs ROCm with aiter; use triton|reference on CUDA")
+        if self.impl == "aiter":
+            require_aiter("mla_decode")
         self.arch = ops.current_arch()
         self.cfg = ops.config_for(self.num_head, self.arch)
         self.programs = ops.num_programs(self.num_head, self.cfg, max(1, self.device_core_count))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from speedrun.overlays.aot import CompileSpec, aligned
-from speedrun.overlays.arch import load_configs
+from speedrun.overlays.arch import LAUNCH_KEYS, load_configs
 from speedrun.overlays.mla_decode.kernel import D_LATENT, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 from speedrun.overlays.mla_decode.ops import block_h, kernel_constexprs, kv_config, split_constexprs, use_pdl
 
@@ -21,8 +21,7 @@ STRIDES = ["stride_qb", "stride_qh", "stride_kv_page", "stride_kv_tok", "stride_
 
 
 def _options(cfg: dict[str, Any]) -> dict[str, Any]:
-    keys = ("num_warps", "num_stages", "waves_per_eu", "matrix_instr_nonkdim")
-    return {k: cfg[k] for k in keys if k in cfg}
+    return {k: cfg[k] for k in LAUNCH_KEYS if k in cfg}  # the launch's own keys (aot.py drops AMD ones for CUDA)
 
 
 def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: str) -> CompileSpec:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from speedrun.overlays.hooks import require_aiter
+
 
 def aiter_gemm(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, *, a_scale: torch.Tensor | None = None,
                out: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:  # fmt: skip
-    if getattr(torch.version, "hip", None) is None:
-        raise RuntimeError("SPEEDRUN_MXFP4_GEMM_BACKEND=aiter needs ROCm (aiter); on CUDA use triton or reference")
+    require_aiter("mxfp4_gemm")
     from aiter.ops.triton.gemm_afp4wfp4 import gemm_afp4wfp4
     from aiter.ops.triton.quant import dynamic_mxfp4_quant
 

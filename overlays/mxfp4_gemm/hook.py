@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays.hooks import Unsupported, around, backend_for
+from speedrun.overlays.hooks import Unsupported, around, backend_for, require_aiter
 
 OP = "mxfp4_gemm"
 
@@ -83,6 +83,8 @@ def _apply_weights(original: Any, self: Any, layer: torch.nn.Module, x: Any, bia
 
 
 def _process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
+    if backend_for(OP) == "aiter":
+        require_aiter(OP)  # at load time, not at the first forward
     original(self, layer)
     # Allocate the split-K arrival counters now, outside any CUDA-graph capture.
     if layer.weight.is_cuda and backend_for(OP) == "triton":

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays.hooks import Unsupported, around, backend_for
+from speedrun.overlays.hooks import Unsupported, around, backend_for, require_aiter
 from speedrun.overlays.mxfp4_moe.moe import (
     ACT_SILU,
     ACT_SWIGLU_OAI,
@@ -35,8 +35,9 @@ SERVED_RUNNERS = ("auto", "triton", "triton_kernel", "triton_kernels")
 
 def _check_serving(self: Any) -> None:
     backend = backend_for(OP)
-    if backend == "aiter":
-        raise Unsupported("backend aiter: stock SGLang runs aiter fused_moe (per_1x32) itself")
+    if backend == "aiter":  # on ROCm, stock SGLang's own aiter path is the aiter dispatch: fused_moe per_1x32
+        require_aiter(OP)  # with its e8m0/weight shuffles done once at load (readiness/aiter_layouts.py)
+        raise Unsupported("backend aiter: stock SGLang's aiter fused_moe (per_1x32) serves this layer")
     if not torch.cuda.is_available():
         raise Unsupported("no GPU")
     from sglang.srt.layers.moe import get_moe_a2a_backend, get_moe_runner_backend

@@ -81,7 +81,16 @@ def estimate(op: str, r: dict[str, Any]) -> dict[str, Any]:
 def load_rows(path: Path) -> list[dict[str, Any]]:
     data = json.loads(path.read_text())
     rows = data["rows"] if isinstance(data, dict) else data
-    return [r for r in rows if r.get("impl") == "speedrun" and r.get("us")]
+    # the fractions use the H100's peaks: rows timed on another card (an H200 lent instead) are left out, and so
+    # are mixed-length batches (MLA's "mixed32k": no single kv_len to price)
+    return [
+        r
+        for r in rows
+        if r.get("impl") == "speedrun"
+        and r.get("us")
+        and "H100" in str(r.get("gpu", "H100"))
+        and all(isinstance(v, int) for k, v in r.items() if k in ("bs", "kv_len", "m", "n", "k"))
+    ]
 
 
 def table(folder: Path) -> list[dict[str, Any]]:
