@@ -247,3 +247,55 @@ def test_mla_page1_layout_reproduces_token_gather():
         if lens[b]:
             p = torch.softmax(q[b].float() @ rows.T * 0.07, -1)
             torch.testing.assert_close(p @ rows[:, :512], ref[b], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(256, 8), (300, 12), (7, 224)])
+def test_graph_safe_shuffle_views_equal_the_index_forms(shape):
+    g = torch.Generator().manual_seed(5)
+    s = torch.randint(0, 255, shape, dtype=torch.uint8, generator=g)
+    assert torch.equal(al.e8m0_shuffle_view(s), al.e8m0_shuffle(s))
+    w = torch.randint(0, 255, (2, 64, 128), dtype=torch.uint8, generator=g)
+    assert torch.equal(al.shuffle_weight_view(w), al.shuffle_weight(w))
+
+
+def test_gemm_a4w4_route_feeds_aiter_the_documented_layouts(monkeypatch):
+    """aiter cannot run here: a stand-in `aiter.ops.gemm_op_a4w4.gemm_a4w4` implements the documented contract
+    (B = shuffle_weight(W), B_scale / A_scale = e8m0_shuffle(...) padded, out [M_pad, N]) by undoing the shuffles
+    with our index forms and multiplying; our route must then equal the reference GEMM on every row."""
+    import sys
+    import types
+
+    from speedrun.overlays.mx.format import dequant_mxfp4
+    from speedrun.overlays.mxfp4_gemm import aiter_backend, hook
+    from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight
+
+    calls = []
+
+    def gemm_a4w4(a, b, a_scale, b_scale, out, bias=None, alpha=1.0, beta=0.0, bpreshuffle=True):
+        n, k2 = b.shape
+        assert bpreshuffle and a.shape[0] == a_scale.shape[0] == out.shape[0] and a.shape[0] % 256 == 0
+        w = al.unshuffle_weight(b)
+        ws = al.e8m0_unshuffle(b_scale, n, k2 // 16)
+        as_ = al.e8m0_unshuffle(a_scale, a.shape[0], k2 // 16)
+        out.copy_((dequant_mxfp4(a, as_) @ dequant_mxfp4(w, ws).t()).to(out.dtype))
+        calls.append(a.shape[0])
+        return out
+
+    mod = types.ModuleType("aiter.ops.gemm_op_a4w4")
+    mod.gemm_a4w4 = gemm_a4w4
+    for name in ("aiter", "aiter.ops"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "aiter.ops.gemm_op_a4w4", mod)
+    monkeypatch.setattr(torch.version, "hip", "6.4")
+    monkeypatch.setattr(hook, "require_aiter", lambda op: None)
+    monkeypatch.setattr(aiter_backend, "require_aiter", lambda op: None)
+    monkeypatch.setenv("SPEEDRUN_MXFP4_GEMM_BACKEND", "aiter")
+
+    w, ws = random_mxfp4_weight(64, 256, seed=3)
+    layer = types.SimpleNamespace(weight=torch.nn.Parameter(w, requires_grad=False),
+                                  weight_scale=torch.nn.Parameter(ws, requires_grad=False))  # fmt: skip
+    hook.process_weights(lambda self, lyr: None, None, layer)
+    assert torch.equal(al.unshuffle_weight(layer.speedrun_aiter_w), w)  # plain copies stay for other readers
+    x = torch.randn(5, 256).to(torch.bfloat16)
+    y = hook.apply_weights(lambda *a: 1 / 0, types.SimpleNamespace(out_dtype=torch.bfloat16), layer, x)
+    assert calls == [256] and torch.equal(y, mxfp4_gemm_ref(x, w, ws))

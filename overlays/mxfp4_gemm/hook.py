@@ -23,7 +23,8 @@ OP = "mxfp4_gemm"
 
 
 def run_backend(backend: str, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor | None,
-                out: torch.Tensor | None, out_dtype: torch.dtype, layout: str = "plain") -> torch.Tensor:  # fmt: skip
+                out: torch.Tensor | None, out_dtype: torch.dtype, layout: str = "plain",
+                layer: torch.nn.Module | None = None) -> torch.Tensor:  # fmt: skip
     """One GEMM through the selected backend (triton | reference | aiter)."""
     if backend == "reference":
         from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref
@@ -33,7 +34,7 @@ def run_backend(backend: str, x: torch.Tensor, w: torch.Tensor, w_scale: torch.T
     if backend == "aiter":
         from speedrun.overlays.mxfp4_gemm.aiter_backend import aiter_gemm
 
-        return aiter_gemm(x, w, w_scale, a_scale=x_scale, out=out, out_dtype=out_dtype)
+        return aiter_gemm(x, w, w_scale, a_scale=x_scale, out=out, out_dtype=out_dtype, layer=layer)
     from speedrun.overlays.mxfp4_gemm.gemm import mxfp4_gemm
 
     try:
@@ -76,7 +77,7 @@ def _apply_weights(original: Any, self: Any, layer: torch.nn.Module, x: Any, bia
     backend = backend_for(OP)
     if layout != "plain" and backend != "triton":  # re-laid out at load for our kernels only
         raise Unsupported(f"{layout} weights need the triton backend, not {backend}")
-    result = run_backend(backend, x2, w, w_scale, x_scale, out, out_dtype, layout)
+    result = run_backend(backend, x2, w, w_scale, x_scale, out, out_dtype, layout, layer)
     if bias is not None:
         result = result + bias
     return result.view(*lead, n)
@@ -86,6 +87,11 @@ def _process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
     if backend_for(OP) == "aiter":
         require_aiter(OP)  # at load time, not at the first forward
     original(self, layer)
+    if backend_for(OP) == "aiter":
+        from speedrun.overlays.mxfp4_gemm.aiter_backend import aiter_kernel, preshuffle
+
+        if aiter_kernel() == "a4w4":
+            preshuffle(layer)
     # Allocate the split-K arrival counters now, outside any CUDA-graph capture.
     if layer.weight.is_cuda and backend_for(OP) == "triton":
         from speedrun.overlays.buffers import splitk_counters

@@ -2,13 +2,14 @@
 index maps (tests/test_readiness.py checks them against those definitions step by step, on the CPU).
 
 Which overlay aiter path relies on which layout (read from the op folders; aiter never ran here):
-- mxfp4_moe, backend aiter: our hook raises Unsupported, so stock SGLang 0.5.17's QuarkW4A4MXFp4MoE
+- mxfp4_moe, backend aiter: our hook hands the layer to stock SGLang 0.5.17, whose QuarkW4A4MXFp4MoE
   .process_weights_after_loading prepares fused_moe (QuantType.per_1x32) itself: `e8m0_shuffle` on the
   [E * 2I, H/32] and [E * H, I/32] scale matrices, and on gfx950 `shuffle_weight(w, (16, 16))` on the packed
-  uint8 experts. When we serve the layer our hook skips that step, so our kernels read unshuffled weights.
-- mxfp4_gemm, backend aiter: aiter's Triton gemm_afp4wfp4 with the plain layouts (w [N, K/2] uint8 packed
-  E2M1 low nibble first, w_scale [N, K/32] E8M0): no shuffle. The asm `gemm_a4w4` would need
-  `shuffle_weight` + `e8m0_shuffle` (SGLang's multimodal path does that); ours does not call it.
+  uint8 experts. (backend triton: our hook skips that step, so our kernels read unshuffled weights.)
+- mxfp4_gemm, backend aiter, kernel a4w4 (default): `gemm_a4w4` with `shuffle_weight_view` + `e8m0_shuffle_view`
+  on W and its scales once at load, and `e8m0_shuffle_view` on A's scales per call (pad + permute: graph safe);
+  kernel afp4wfp4: aiter's Triton gemm_afp4wfp4 on the plain layouts (w [N, K/2] uint8 packed E2M1 low nibble
+  first, w_scale [N, K/32] E8M0), as stock SGLang calls it.
 - mla_decode, backend aiter: mla_decode_fwd on the KV pool viewed as pages of one token
   [slots, page=1, kv_heads=1, 576], kv_indptr/kv_indices as SGLang's Triton backend builds them (token
   slots), qo_indptr = arange(bs + 1), kv_last_page_lens = 1: `mla_page1_view` / `mla_page1_meta` here.
@@ -78,6 +79,22 @@ def e8m0_shuffle(scale: torch.Tensor, pad_value: int = 0) -> torch.Tensor:
 def e8m0_unshuffle(shuffled: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     sm, sn = shuffled.shape
     return shuffled.reshape(-1)[e8m0_shuffle_index(sm, sn).view(-1)].view(sm, sn)[:rows, :cols]
+
+
+def shuffle_weight_view(w: torch.Tensor) -> torch.Tensor:
+    """shuffle_weight as one view/permute/copy on w's device (load time, any device): equal to `shuffle_weight`."""
+    *lead, rows, cols = w.shape
+    v = w.reshape(-1, rows // 16, 16, cols // 32, 2, 16)
+    return v.permute(0, 1, 3, 4, 2, 5).contiguous().view(w.shape)
+
+
+def e8m0_shuffle_view(scale: torch.Tensor) -> torch.Tensor:
+    """e8m0_shuffle as pad + view/permute on scale's device, no index tensors and no host sync, so it can run
+    per call on activation scales inside a CUDA/HIP graph; equal to `e8m0_shuffle` (tested)."""
+    rows, cols = scale.shape
+    sm, sn = _ceil(rows, 256), _ceil(cols, 8)
+    padded = torch.nn.functional.pad(scale, (0, sn - cols, 0, sm - rows))
+    return padded.view(sm // 32, 2, 16, sn // 8, 2, 4).permute(0, 3, 5, 2, 4, 1).contiguous().view(sm, sn)
 
 
 def moe_scales_keep_shape(experts: int, rows_per_expert: int, groups: int) -> bool:
