@@ -200,9 +200,48 @@ def test_moe_experts_match_tp1(tp, ep):
             assert torch.equal(t[k], t1[k][..., rank * n : (rank + 1) * n]), k
 
 
+class Mxfp4MoEMethod:
+    def __init__(self, padded):
+        self.intermediate_size_per_partition = padded
+
+
+def gpt_oss_experts(experts, hidden, inter, tp, rank, align=64):
+    """GPT-OSS MXFP4 experts: FusedMoE keeps I / tp, Mxfp4MoEMethod pads the buffers (triton_kernels: to 64)."""
+    m = FusedMoE(experts, hidden, inter, tp, rank)
+    m.moe_runner_config.gemm1_alpha = 1.702
+    padded = -(-(inter // tp) // align) * align
+    m.quant_method = Mxfp4MoEMethod(padded)
+    u8 = torch.uint8
+    m.w13_weight = param((experts, 2 * padded, hidden // 2), u8)
+    m.w13_weight_scale = param((experts, 2 * padded, hidden // 32), u8)
+    m.w2_weight = param((experts, hidden, padded // 2), u8)
+    m.w2_weight_scale = param((experts, hidden, padded // 32), u8)
+    return m
+
+
+@pytest.mark.parametrize("tp", [2, 8])
+def test_gpt_oss_experts_match_tp1_as_its_loader_narrows(tp):
+    """models/gpt_oss.py: per-rank I = ceil(I / 32 / tp) * 32 (2880 over 8: 7 x 384 + 192), interleaved gate/up
+    rows 2*start:2*end, copied into the leading part of the padded buffer; the padding stays zero."""
+    inter, per = 2880, -(-2880 // (32 * tp)) * 32
+    t1, rep1 = fill(gpt_oss_experts(2, 64, inter, 1, 0, align=256))  # buffers padded 2880 -> 3072
+    assert rep1["tp_unmapped"] == [] and t1["m.w13_weight"][:, 2 * inter :].count_nonzero() == 0
+    assert t1["m.w2_weight"][..., inter // 2 :].count_nonzero() == 0 and t1["m.w13_weight"].count_nonzero() > 0
+    for rank in range(tp):
+        start, end = rank * per, min((rank + 1) * per, inter)
+        t, rep = fill(gpt_oss_experts(2, 64, inter, tp, rank))
+        assert rep["tp_unmapped"] == []
+        for k, (dim, per_row) in {"m.w13_weight": (1, 2), "m.w13_weight_scale": (1, 2), "m.w2_weight": (2, 1 / 2),
+                                  "m.w2_weight_scale": (2, 1 / 32)}.items():  # fmt: skip
+            a, b = int(start * per_row), int(end * per_row)
+            want = torch.zeros_like(t[k])
+            want.narrow(dim, 0, b - a).copy_(t1[k].narrow(dim, a, b - a))
+            assert torch.equal(t[k], want), (k, rank)
+
+
 def test_unknown_layouts_are_reported_not_guessed():
     m = FusedMoE(8, 256, 512, 2, 1)
-    m.moe_runner_config.gemm1_alpha = 1.702  # GPT-OSS: fused interleaved gate_up, sharded by the model's loader
+    m.moe_runner_config.gemm1_alpha = 1.702  # fused interleaved gate_up without the MXFP4 loader: not known
     _, rep = fill(m)
     assert "m.w13_weight" in rep["tp_unmapped"] and "m.w2_weight" in rep["tp_unmapped"]
     assert global_view(m, "w13_weight", m.w13_weight) is None
@@ -236,6 +275,14 @@ SOURCE_FACTS = {
                                               r"return expert_id - self\._num_global_routed \+ self\._num_local_routed",
                                               r"gemm1_alpha=gemm1_alpha"],
     "layers/quantization/quark/schemes/quark_w4a4_mxfp4.py": [r"input_dim=1,", r"output_dim=0,"],
+    "layers/quantization/mxfp4.py": [r"class Mxfp4MoEMethod\(",
+                                     r"self\.intermediate_size_per_partition = intermediate_size_per_partition_after",
+                                     r"2 \* intermediate_size_per_partition_after_pad"],
+    "models/gpt_oss.py": [r"per_rank_intermediate_size_block = math\.ceil\(",
+                          r"moe_tp_rank_start = moe_tp_rank \* per_rank_intermediate_size",
+                          r"2 \* moe_tp_rank_start : 2 \* moe_tp_rank_end",
+                          r"moe_tp_rank_start // 2 : moe_tp_rank_end // 2",
+                          r"moe_tp_rank_start // mxfp4_block : moe_tp_rank_end // mxfp4_block"],
 }  # fmt: skip
 
 

@@ -55,9 +55,11 @@ def _normal(h: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
 
 
-def _global_flat(view: View, local: tuple[int, ...], rows: slice, device: torch.device) -> torch.Tensor:
-    """Global flat index of each element of local rows `rows` (dim 0), broadcast to the chunk's shape."""
+def _global_flat(view: View, local: tuple[int, ...], rows: slice, device: torch.device):
+    """Global flat index of each element of local rows `rows` (dim 0), broadcast to the chunk's shape, and the
+    mask of padding positions (index -1: the loader leaves them zero), or None."""
     flat = torch.zeros((), dtype=torch.int64, device=device)
+    pad = None
     stride = 1
     for d in reversed(range(len(local))):
         idx = view.index.get(d)
@@ -66,9 +68,12 @@ def _global_flat(view: View, local: tuple[int, ...], rows: slice, device: torch.
             idx = idx[rows]
         shape = [1] * len(local)
         shape[d] = -1
-        flat = flat + idx.to(device=device, dtype=torch.int64).view(shape) * stride
-        stride *= view.shape[d] if d < len(view.shape) else 1
-    return flat
+        idx = idx.to(device=device, dtype=torch.int64).view(shape)
+        if bool((idx < 0).any()):
+            pad = (idx < 0) if pad is None else (pad | (idx < 0))
+        flat = flat + idx.clamp(min=0) * stride
+        stride *= view.shape[d]
+    return flat, pad
 
 
 def draw(t: torch.Tensor, seed: int, name: str, view: View, fn: Any) -> None:
@@ -86,7 +91,9 @@ def draw(t: torch.Tensor, seed: int, name: str, view: View, fn: Any) -> None:
     step = max(1, CHUNK // per_row)
     for r0 in range(0, local[0], step):
         rows = slice(r0, min(r0 + step, local[0]))
-        flat_t[rows].copy_(fn(hash64(key, _global_flat(view, local, rows, t.device))).to(t.dtype))
+        flat, pad = _global_flat(view, local, rows, t.device)
+        vals = fn(hash64(key, flat))
+        flat_t[rows].copy_((vals if pad is None else vals.masked_fill(pad, 0)).to(t.dtype))
 
 
 def kind_of(name: str, t: torch.Tensor) -> str:

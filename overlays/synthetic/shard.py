@@ -9,7 +9,8 @@ The rules mirror SGLang 0.5.17's weight loaders (tests/test_synth_tp.py checks t
 its source): column-parallel linears shard `param.output_dim` per logical output (MergedColumn: `output_sizes`;
 QKV: q heads, and kv heads with `num_kv_head_replicas`), row-parallel ones `param.input_dim`; the vocab
 embedding / lm_head shard rows by `shard_indices`; FusedMoE shards experts by EP rank (fused shared experts
-last) and the intermediate size by MoE TP rank, w13 as [gate; up] halves (DeepSeek's w1/w3 loads). Every unit a
+last) and the intermediate size by MoE TP rank, w13 as [gate; up] halves (DeepSeek's w1/w3 loads); GPT-OSS's
+MXFP4 experts follow models/gpt_oss.py (interleaved rows, uneven split, zero padding: index -1). Every unit a
 parameter is stored in (rows, packed bytes, 32-wide MXFP4 scale groups, 128-wide FP8 blocks) is handled by
 scaling the logical sizes by the parameter's own size along that dim.
 """
@@ -17,6 +18,7 @@ scaling the logical sizes by the parameter's own size along that dim.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -135,11 +137,13 @@ def _moe_view(module: Any, name: str, t: torch.Tensor) -> View | None:
         idx = torch.arange(e_local)
         idx = torch.where(idx < routed, idx + rank * routed, idx - routed + glob_routed)  # fused shared: last
         view = View((glob_routed + e_local - routed, *shape[1:]), {0: idx})
-    if tp == 1:
-        return view
     if t.dim() < 2 or (name.startswith("w2") and "bias" in name):
         return view  # per-expert scalars; w2's bias is per output (hidden) channel: not TP-sharded
-    if not name.startswith(("w13", "w2")) or _fused_w13(module):
+    if _fused_w13(module):
+        return _gpt_oss_view(module, name, t, view) if _is_mxfp4(module) and name.startswith(("w13", "w2")) else None
+    if tp == 1:
+        return view
+    if not name.startswith(("w13", "w2")):
         return None
     inter = int(module.intermediate_size_per_partition)
     rank = int(module.moe_tp_rank)
@@ -153,8 +157,34 @@ def _moe_view(module: Any, name: str, t: torch.Tensor) -> View | None:
 
 
 def _fused_w13(module: Any) -> bool:
-    """GPT-OSS style experts: one fused, interleaved gate_up checkpoint tensor, sharded (and padded to MXFP4
-    blocks) by the model's own loader; not mapped here."""
+    """GPT-OSS style experts (SwiGLU with alpha): one fused, interleaved gate_up checkpoint tensor."""
     cfg = getattr(module, "moe_runner_config", None)
-    method = type(getattr(module, "quant_method", None)).__name__
-    return getattr(cfg, "gemm1_alpha", None) is not None or "Mxfp4" in method
+    return getattr(cfg, "gemm1_alpha", None) is not None or _is_mxfp4(module)
+
+
+def _is_mxfp4(module: Any) -> bool:
+    return "Mxfp4" in type(getattr(module, "quant_method", None)).__name__
+
+
+def _gpt_oss_view(module: Any, name: str, t: torch.Tensor, view: View) -> View | None:
+    """GPT-OSS MXFP4 experts as models/gpt_oss.py loads them: rank r holds intermediate rows [start, start + n) with
+    per-rank size ceil(I / 32 / tp) * 32 (the last rank may hold fewer), w13 rows interleaved gate/up (2i, 2i + 1),
+    copied into the leading part of a buffer Mxfp4MoEMethod pads; the padding stays zero (index -1)."""
+    tp, rank = int(getattr(module, "moe_tp_size", 1)), int(getattr(module, "moe_tp_rank", 0))
+    inter = int(module.intermediate_size_per_partition) * tp  # FusedMoE asserts I % tp == 0; padding is the method's
+    per = -(-inter // (32 * tp)) * 32
+    start = rank * per
+    n = max(0, min(per, inter - start))
+    w13 = name.startswith("w13")
+    dim = 1 if w13 else t.dim() - 1
+    k = 2 if w13 else 1  # w13 holds gate and up rows of each intermediate channel
+    padded = int(getattr(module.quant_method, "intermediate_size_per_partition", n))  # the method's padded size
+    unit = Fraction(t.shape[dim], k * padded)  # this tensor's elements per logical row (1, 1/2 bytes, 1/32 groups)
+    mine, first, width = (unit * k * n, unit * k * start, unit * k * inter)
+    if padded < n or any(x.denominator != 1 for x in (mine, first, width)):
+        return None
+    idx = torch.full((t.shape[dim],), -1, dtype=torch.int64)
+    idx[: int(mine)] = torch.arange(int(mine)) + int(first)
+    g = list(view.shape)
+    g[dim] = int(width)
+    return View(tuple(g), {**view.index, dim: idx})
