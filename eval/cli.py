@@ -177,6 +177,9 @@ def run(
     out: Out = None,
     skip_accuracy: Annotated[bool, typer.Option("--skip-accuracy")] = False,
     no_control: Annotated[bool, typer.Option("--no-control", help="skip the agreement control side")] = False,
+    sides: Annotated[str, typer.Option("--sides", help="serve only these; the others are read from --out")] = (
+        "baseline,control,overlay"
+    ),
     scenario_filter: Filter = None,
     concurrency: Conc = None,
     prompts_per_concurrency: Ppc = None,
@@ -208,7 +211,13 @@ def run(
         accuracy=not skip_accuracy,
         control=not no_control,
         cut=["accuracy skipped (--skip-accuracy)"] * skip_accuracy + ["agreement control skipped"] * no_control,
+        sides=tuple(x.strip() for x in sides.split(",") if x.strip()),
     )
+    unknown = set(opts.sides) - {"baseline", "control", "overlay"}
+    if unknown or not opts.sides:
+        raise typer.BadParameter(f"expected some of baseline,control,overlay; got {sides!r}", param_hint="--sides")
+    if out is None and set(opts.sides) != {"baseline", "control", "overlay"}:
+        raise typer.BadParameter("a run split over calls needs the same --out in each call", param_hint="--sides")
     _conclude(run_both(r, opts), opts.out)
 
 
@@ -267,6 +276,8 @@ def _model_or_none(recipe, side: str) -> str | None:
 
 
 def _conclude(c, out: Path) -> None:
+    if c is None:  # a side is still to be served (`--sides`): nothing to judge yet
+        return
     t = Table(title="stock SGLang vs overlay")
     for col in ("scenario", "tok/s/GPU stock", "overlay", "speedup", "tok/s/user stock", "overlay"):
         t.add_column(col, justify="left" if col == "scenario" else "right")

@@ -38,6 +38,9 @@ class Options:
     accuracy: bool = True
     gsm8k: bool = True
     control: bool = True  # run the recipe's agreement control side when it has one
+    # sides this invocation serves; the others are read from the run folder (a run split over several calls,
+    # e.g. one 10-minute device call per side), and the report is written once baseline and overlay exist
+    sides: tuple[str, ...] = ("baseline", "control", "overlay")
     driver: str = "speedrun"
     gsm8k_questions: int | None = None
     startup_timeout_s: float = 1200
@@ -211,16 +214,37 @@ def run_control(recipe: Recipe, opts: Options, pool: TokenPool, spec_for: SpecFa
     return run_side(ctl, CONTROL, dataclasses.replace(opts, bench=False, gsm8k=False), pool, spec_for).data
 
 
-def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> Comparison:
-    """Both sides (and the control, when the recipe has one), then the report; returns the comparison (its
-    `passed` decides the exit code)."""
+SIDES = ("baseline", "control", "overlay")
+
+
+def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> Comparison | None:
+    """The sides in `opts.sides` (a side served here starts its results afresh), then the report when baseline and
+    overlay results are both in the folder; returns the comparison (its `passed` decides the exit code), or None
+    while a side is still to be served."""
+    bad = [s for s in opts.sides if s not in SIDES]
+    if bad:
+        raise ValueError(f"unknown side(s) {bad}; expected some of {', '.join(SIDES)}")
     opts.out.mkdir(parents=True, exist_ok=True)
     pool = overlay_pool(recipe)
     spec_for = spec_for or default_spec
-    base = run_side(recipe, "baseline", opts, pool, spec_for).data
-    control = run_control(recipe, opts, pool, spec_for)
-    over = run_side(recipe, "overlay", opts, pool, spec_for).data
-    return finish(base, over, opts.out, recipe.name, control)
+    serve = {
+        "baseline": lambda: run_side(recipe, "baseline", opts, pool, spec_for).data,
+        "control": lambda: run_control(recipe, opts, pool, spec_for),
+        "overlay": lambda: run_side(recipe, "overlay", opts, pool, spec_for).data,
+    }
+    got: dict[str, dict | None] = {}
+    for side in SIDES:
+        path = opts.out / f"{side}.json"
+        if side in opts.sides:
+            path.unlink(missing_ok=True)
+            got[side] = serve[side]()
+        else:
+            got[side] = ResultsFile.load(path).data if path.exists() else None
+    missing = [s for s in ("baseline", "overlay") if got[s] is None]
+    if missing:
+        console.print(f"report waits for: {', '.join(missing)} (run again with --sides, same --out)")
+        return None
+    return finish(got["baseline"], got["overlay"], opts.out, recipe.name, got["control"])
 
 
 def finish(base: dict, over: dict, out: Path, title: str = "", control: dict | None = None) -> Comparison:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import zlib
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -148,6 +149,24 @@ def test_run_with_control_calibrates_agreement(tmp_path):
     bad = finish(base, over, tmp_path / "bad", "x", ctl)
     gate = next(g for g in bad.gates if g.name.startswith("agreement"))
     assert not gate.passed and "unexplained_divergences" in gate.detail and "FAIL" in gate.detail
+
+
+def test_run_split_over_calls_by_side(tmp_path):
+    """One side per call (as on a device with a 10-minute call limit): no report until both sides exist, then the
+    same verdict as one call; a side served again starts its results afresh."""
+    recipe = Recipe.model_validate(recipe_dict(tmp_path))
+    specs = fake_specs(baseline=["--tpot-ms", "8"], overlay=["--tpot-ms", "2"])
+    opts = Options(out=tmp_path / "run", scale=Scale(concurrency=[2]), show_progress=False, sides=("baseline",))
+    assert run(recipe, opts, specs) is None and not (opts.out / "report.md").exists()
+    assert run(recipe, replace(opts, sides=("baseline",)), specs) is None  # served again: replaced, not appended
+    base = json.loads((opts.out / "baseline.json").read_text())
+    assert len(base["scenarios"]) == 1, base["scenarios"]
+    c = run(recipe, replace(opts, sides=("overlay",)), specs)
+    assert c is not None and c.passed and c.rows[0].speedup > 1.5
+    assert [s for s, _ in specs.seen] == ["baseline", "baseline", "overlay"]
+    assert "**Verdict: PASS**" in (opts.out / "report.md").read_text()
+    with pytest.raises(ValueError, match="unknown side"):
+        run(recipe, replace(opts, sides=("stock",)), specs)
 
 
 def test_run_cli_records_failures(tmp_path, monkeypatch):
