@@ -304,6 +304,9 @@ def kernels_compile(
     check_device: Annotated[
         bool, typer.Option("--check-device", help="sm90 on an H100: compare the report with the GPU's own figures")
     ] = False,
+    against: Annotated[
+        Path | None, typer.Option(help="an earlier --json report: exit 1 if any kernel's machine code changed")
+    ] = None,
 ) -> None:
     """Compile every kernel x config for the target arch on this machine (no GPU needed): matrix instructions,
     registers, shared memory, spills, occupancy. Exit 1 when one fails to compile, spills, or lacks its MMA."""
@@ -323,6 +326,24 @@ def kernels_compile(
     else:
         console.print(report.table(result))
     if result["failed"]:
+        raise typer.Exit(1)
+    if against is not None:
+        _same_code(against, result)
+
+
+def _same_code(against: Path, result: dict) -> None:
+    """Fingerprints vs an earlier report (same ops and archs): a refactor that must not change the GPU code."""
+    from speedrun.overlays.readiness.fingerprint import compare
+
+    if not against.is_file():
+        fail(f"{against}: no such report (make one with: speedrun kernels compile --json > FILE)")
+    diff = compare(json.loads(against.read_text())["rows"], result["rows"])
+    err.print(f"machine code vs {against}: {len(diff['same'])} same, {len(diff['changed'])} changed, "
+              f"{len(diff['new'])} new, {len(diff['gone'])} gone")  # fmt: skip
+    for k in ("changed", "new", "gone"):
+        for name in diff[k]:
+            err.print(f"  {k}: {name}", markup=False, highlight=False)
+    if diff["changed"] or diff["gone"]:
         raise typer.Exit(1)
 
 

@@ -299,3 +299,28 @@ def test_gemm_a4w4_route_feeds_aiter_the_documented_layouts(monkeypatch):
     x = torch.randn(5, 256).to(torch.bfloat16)
     y = hook.apply_weights(lambda *a: 1 / 0, types.SimpleNamespace(out_dtype=torch.bfloat16), layer, x)
     assert calls == [256] and torch.equal(y, mxfp4_gemm_ref(x, w, ws))
+
+
+def test_fingerprint_sees_through_refactors_and_catches_changes(tmp_path):
+    """A helper-function refactor compiles to the same machine code on both archs; a real change does not; and
+    `kernels compile --against` exits 1 on a changed kernel."""
+    from speedrun.cli import _register_commands, app
+
+    _register_commands()
+    runner = CliRunner()
+    first = runner.invoke(app, ["kernels", "compile", "--op", f"{SAMPLE}:refactor_specs", "--json"])
+    assert first.exit_code == 0, first.output
+    rows = {(r["kernel"], r["arch"]): r for r in json.loads(first.output)["rows"]}
+    for arch in report.ARCHS:
+        add, helper, sub = (rows[f"sample/{k}", arch] for k in ("add", "add_helper", "sub"))
+        assert add["fingerprint"] == helper["fingerprint"] != sub["fingerprint"], arch
+        assert add["instructions"] > 10
+    old = tmp_path / "old.json"
+    old.write_text(first.output)
+    same = runner.invoke(app, ["kernels", "compile", "--op", f"{SAMPLE}:refactor_specs", "--against", str(old)])
+    assert same.exit_code == 0 and "0 changed" in same.output, same.output
+    data = json.loads(first.output)
+    data["rows"][0]["fingerprint"] = "0" * 16
+    old.write_text(json.dumps(data))
+    changed = runner.invoke(app, ["kernels", "compile", "--op", f"{SAMPLE}:refactor_specs", "--against", str(old)])
+    assert changed.exit_code == 1 and "changed: " in changed.output, changed.output

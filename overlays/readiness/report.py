@@ -93,6 +93,13 @@ def measure(spec: Any, arch: str) -> dict[str, Any]:
             row.update(use.dict())
         except Exception as exc:  # an unreadable resource report is a failure, not a crash of the whole run
             row.update(ok=False, error=f"resource usage unreadable: {type(exc).__name__}: {exc}"[:500])
+    if res.ok:
+        from speedrun.overlays.readiness.fingerprint import fingerprint
+
+        try:
+            row["fingerprint"], row["instructions"] = fingerprint(arch, res.asm, res.binary)
+        except Exception as exc:  # a fingerprint is evidence, not a gate: its absence is a note
+            row["fingerprint_error"] = f"{type(exc).__name__}: {exc}"[:200]
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
 

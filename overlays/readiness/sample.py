@@ -30,6 +30,25 @@ def add_kernel(x, y, out, n, BLOCK: tl.constexpr):
     tl.store(out + offs, tl.load(x + offs, mask=mask) + tl.load(y + offs, mask=mask), mask=mask)
 
 
+@triton.jit
+def _masked(ptr, offs, n):
+    return tl.load(ptr + offs, mask=offs < n)
+
+
+@triton.jit
+def add_helper_kernel(x, y, out, n, BLOCK: tl.constexpr):
+    """add_kernel with its loads folded into a helper: the same machine code (fingerprint tests)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out + offs, _masked(x, offs, n) + _masked(y, offs, n), mask=offs < n)
+
+
+@triton.jit
+def sub_kernel(x, y, out, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(out + offs, tl.load(x + offs, mask=mask) - tl.load(y + offs, mask=mask), mask=mask)
+
+
 MM_SIG = {"a": "*bf16", "b": "*bf16", "c": "*bf16", "K": "i32", "stride_am": "i32", "stride_bk": "i32",
           "stride_cm": "i32", "BM": "constexpr", "BN": "constexpr", "BK": "constexpr"}  # fmt: skip
 ADD_SIG = {"x": "*fp32", "y": "*fp32", "out": "*fp32", "n": "i32", "BLOCK": "constexpr"}
@@ -59,6 +78,13 @@ def bad_specs(arch: str) -> list[CompileSpec]:
     wgmma outright) so that it spills."""
     squeeze = {"waves_per_eu": 8} if arch == "gfx950" else {"maxnreg": 96}
     return [add_spec(MMA[arch]), matmul_spec(arch, block=128, **squeeze)]
+
+
+def refactor_specs(arch: str) -> list[CompileSpec]:
+    """The add, the add refactored through a helper (same code), and a subtraction (other code)."""
+    attrs = aligned(ADD_SIG, "x", "y", "out")
+    return [add_spec()] + [CompileSpec(f"sample/{n}", fn, ADD_SIG, {"BLOCK": 1024}, {"num_warps": 4}, None, attrs)
+                           for n, fn in (("add_helper", add_helper_kernel), ("sub", sub_kernel))]  # fmt: skip
 
 
 def hint_specs(arch: str) -> list[CompileSpec]:
