@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+from speedrun.console import cli_console
+
+console = cli_console()
+err = cli_console(stderr=True)
 
 Out = Annotated[Path | None, typer.Option("--out", help="run folder (default .runs/<recipe>-<time>)")]
 ServerUrl = Annotated[str | None, typer.Option("--server", help="use this running server instead of launching")]
@@ -280,7 +281,7 @@ def _conclude(c, out: Path) -> None:
         return
     t = Table(title="stock SGLang vs overlay")
     for col in ("scenario", "tok/s/GPU stock", "overlay", "speedup", "tok/s/user stock", "overlay"):
-        t.add_column(col, justify="left" if col == "scenario" else "right")
+        t.add_column(col, justify="left" if col == "scenario" else "right", overflow="fold")  # no … in names
     for row in c.rows:
         cells = [row.metric(s, k) for k in ("total_throughput_per_gpu", "interactivity") for s in ("base", "over")]
         txt = [f"{v:,.1f}" if v is not None else "—" for v in cells]

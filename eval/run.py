@@ -14,8 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-
+from speedrun.console import cli_console
 from speedrun.eval import agreement, gsm8k
 from speedrun.eval.bench import Target, run_cases
 from speedrun.eval.compare import Comparison, compare
@@ -26,7 +25,7 @@ from speedrun.eval.scenarios import Scale, expand
 from speedrun.eval.serve import CONTROL, SpecFactory, default_spec, launched, model_path, pool_for
 from speedrun.recipe import Recipe, Server
 
-console = Console(stderr=True)
+console = cli_console(stderr=True)
 
 
 @dataclass

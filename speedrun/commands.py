@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from speedrun import patching
+from speedrun.console import cli_console
 from speedrun.recipe import RecipeError, all_recipes, load_recipe
 
-console = Console()
-err = Console(stderr=True)
+console = cli_console()
+err = cli_console(stderr=True)
 SGLANG_PIN = "0.5.17"
 
 
@@ -117,7 +117,7 @@ def show_reports(directory: Path, expect_ops: str = "") -> list[dict]:
         return reports
     t = Table(title=f"overlay reports ({directory})")
     for col in ("role", "tp", "pid", "ops", "hooks applied", "calls", "fallbacks", "errors"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # on a narrow terminal too: whole names, no …
     for r in reports:
         calls = ", ".join(f"{k}={v}" for k, v in sorted(r.get("calls", {}).items())) or "-"
         fb = sum(sum(v.values()) for v in r.get("fallbacks", {}).values())
@@ -177,7 +177,7 @@ def doctor() -> None:
     series = patching.load_series(SGLANG_PIN)
     h = Table(title="overlay hook targets in the installed sglang")
     for col in ("op", "target", "present", "when"):
-        h.add_column(col)
+        h.add_column(col, overflow="fold")  # on a narrow terminal too: whole names, no …
     for row in hooks():
         ok = root is not None and target_exists(row.target, root)
         via = None if ok else patching.provided_by(row.target, series)
@@ -238,7 +238,7 @@ recipes_app = typer.Typer(help="List, validate and show recipes.", no_args_is_he
 def recipes_list() -> None:
     t = Table()
     for col in ("name", "model", "hardware", "overlays"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # on a narrow terminal too: whole names, no …
     for path in all_recipes():
         r = load_recipe(path)
         t.add_row(r.name, r.model.path, f"{r.hardware.gpus}x {r.hardware.arch}", ",".join(r.overlays.enabled_ops()))
