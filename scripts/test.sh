@@ -23,6 +23,8 @@ fi
 echo "== ruff"
 ruff check .
 ruff format --check . || echo "(ruff format: files above would be reformatted; style only)"
+echo "== wheel check (a built wheel, installed non-editable, runs outside the repo)"
+bash scripts/wheel_check.sh
 # The readiness gate: every kernel x config compiles for gfx950 and sm90 with its expected MMA, no spill to
 # memory, and fits (issue 8).
 GATED_OPS=${GATED_OPS:-"mla_decode mxfp4_gemm mxfp4_moe"}

@@ -444,7 +444,10 @@ def kernels_roofline(
     """ESTIMATE: MI355X roofline per op and shape (vendor peak figures) next to the measured card's fraction."""
     from speedrun.overlays.readiness import roofline
 
-    rows = roofline.table(results)
+    try:
+        rows = roofline.table(results)
+    except FileNotFoundError as exc:  # docs/ is the repo's, not the package's
+        fail(f"{exc}: pass --results DIR, a folder of measured <op>.json (the repo's docs/results/kernels/round3)")
     print(json.dumps({"meta": roofline.META, "rows": rows}, indent=1) if as_json else roofline.markdown(rows))
 
 

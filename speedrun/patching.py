@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib.util
 import re
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
-PATCHES = Path(__file__).resolve().parent.parent / "patches"
+PATCHES = Path(str(files("speedrun.patches")))  # patches/ is the package speedrun.patches (wheel or editable)
 HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 

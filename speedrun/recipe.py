@@ -4,13 +4,15 @@ path and what was expected."""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# recipes/ is the package speedrun.recipes: found the same way in a wheel and in an editable install
+RECIPES_DIR = Path(str(files("speedrun.recipes")))
 
 
 class Strict(BaseModel):

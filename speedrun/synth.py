@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import sysconfig
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from speedrun.recipe import Recipe, Synthetic
 
-CONFIGS = Path(__file__).resolve().parent / "model_configs"
+CONFIGS = files("speedrun") / "model_configs"  # package data (pyproject.toml)
 DEFAULT_ROOT = Path(".models")
 SPECIALS = {
     "deepseek_v3": ["<|begin▁of▁sentence|>", "<|end▁of▁sentence|>"],

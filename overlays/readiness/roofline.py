@@ -94,13 +94,13 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def table(folder: Path) -> list[dict[str, Any]]:
-    """Estimates for every op whose measured JSON is in `folder` (ops without one are skipped)."""
-    out = []
-    for op in WORK:
-        path = Path(folder) / f"{op}.json"
-        if path.exists():
-            out += [estimate(op, r) for r in load_rows(path)]
-    return out
+    """Estimates for every op whose measured JSON is in `folder` (ops without one are skipped; none at all is an
+    error: an empty table would read as "nothing measured")."""
+    found = {op: Path(folder) / f"{op}.json" for op in WORK if (Path(folder) / f"{op}.json").is_file()}
+    if not found:
+        first, *rest = WORK
+        raise FileNotFoundError(f"{Path(folder) / first}.json: no such file (nor {'.json, '.join(rest)}.json)")
+    return [estimate(op, r) for op, path in found.items() for r in load_rows(path)]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
