@@ -90,8 +90,7 @@ def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: boo
                 fail(f"server exited with code {server.proc.returncode}; log tail:\n{server.log_tail()}")
     except ServerError as exc:
         fail(str(exc), 1)
-    except KeyboardInterrupt:
-        console.print("stopped")
+    # Ctrl-C/SIGTERM: `running` said what it stopped and showed the log tail; the CLI exits 130/143
 
 
 def _one_request(url: str) -> str:
