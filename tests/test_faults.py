@@ -1,6 +1,7 @@
 """Process faults against real processes and real signals: `speedrun launch|bench|run` as subprocesses, each
 serving the fake server (eval/fakeserver.py) as if it were `python -m sglang.launch_server`; Ctrl-C and SIGTERM,
-once or twice, must leave no process and no port behind, exit 130/143 and say what was stopped."""
+once or twice, must leave no process and no port behind, exit 130/143 and say what was stopped. Also
+`speedrun report` on a missing path and on unreadable report files."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from speedrun.launch.server import free_port, port_in_use
 
@@ -215,3 +217,63 @@ def test_report_is_written_before_a_teardown_that_is_interrupted(tmp_path, speed
     assert summary["speedup"] and "isl64-osl16-c2" in (out / "report.md").read_text()
     over = json.loads((out / "overlay.json").read_text())
     assert over["errors"] == [] and over["scenarios"][0]["status"] == "ok"  # measured in full: no "interrupted"
+
+
+# ---------------------------------------------------------------- speedrun report
+def report(*args: str):
+    from speedrun.cli import _register_commands, app
+
+    _register_commands()
+    return CliRunner().invoke(app, ["report", *args])
+
+
+def good_report(pid: int = 7) -> dict:
+    return {"role": "scheduler", "tp_rank": 0, "pid": pid, "ops_requested": ["mla_decode"], "applied": ["x"],
+            "calls": {"mla_decode:triton": 3}, "fallbacks": {}, "errors": []}  # fmt: skip
+
+
+def test_report_on_a_missing_path_is_one_line_error(tmp_path):
+    res = report(str(tmp_path / "nope"))
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "nope: no such file or folder" in lines[0], res.output
+
+
+def test_report_names_unreadable_files_and_fails(tmp_path):
+    (tmp_path / "overlay-scheduler-tp0-4242.json").write_text(json.dumps(good_report(4242)))
+    (tmp_path / "overlay-scheduler-tp1-8.json").write_text(json.dumps(good_report(8))[:40])  # torn
+    (tmp_path / "overlay-launcher-9.json").write_text("[1, 2]")
+    res = report(str(tmp_path))
+    assert res.exit_code == 1, res.output
+    lines = res.output.splitlines()
+    torn = [ln for ln in lines if "overlay-scheduler-tp1-8.json: unreadable report: not valid JSON" in ln]
+    listed = [ln for ln in lines if "launcher-9.json: unreadable report: expected a JSON object, got list" in ln]
+    assert len(torn) == len(listed) == 1, res.output
+    assert "4242" in res.output  # the readable one is still shown
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ("null", "expected a JSON object, got null"),
+        ('"text"', "expected a JSON object, got str"),
+        ('{"pid": 1, "calls": "many"}', "calls: Input should be a valid dictionary"),
+        ('{"pid": 1, "errors": "boom"}', "errors: Input should be a valid list"),
+    ],
+)
+def test_report_file_of_the_wrong_shape_is_one_line_error(tmp_path, content, why):
+    f = tmp_path / "overlay-scheduler-tp0-1.json"
+    f.write_text(content)
+    res = report(str(f))
+    assert res.exit_code == 1, res.output
+    err = [ln for ln in res.output.splitlines() if "error:" in ln]
+    assert len(err) == 1 and f"{f}: unreadable report: {why}" in err[0], res.output
+    assert "Traceback" not in res.output
+
+
+def test_report_of_an_empty_folder_fails(tmp_path):
+    res = report(str(tmp_path))
+    assert res.exit_code == 1 and "no overlay reports" in res.output
+    (tmp_path / "overlay-scheduler-tp0-7.json").write_text(json.dumps(good_report()))
+    assert report(str(tmp_path)).exit_code == 0
