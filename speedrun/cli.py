@@ -22,8 +22,11 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM: unwinds like Ctrl-C; the CLI then exits with 128 + `signum` (130, 143)."""
 
     def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(signum)  # args == (signum,): it pickles back (e.g. from a multiprocessing worker)
         self.signum = signum
+
+    def __str__(self) -> str:
+        return signal.Signals(self.signum).name
 
 
 _signals: list[int] = []  # Ctrl-C / SIGTERM received, in order: the first decides the exit code
