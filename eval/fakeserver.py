@@ -7,7 +7,9 @@ The "model" is a deterministic function of the prompt, so two servers agree unle
 id) `--tie-gap` nats below the choice; a diverging server picks the token `--diverge-offset` ids further (1:
 that runner-up, a near tie; large: a token outside the other side's top-k). Text prompts in GSM8K's few-shot
 form are answered from the data set (`--gsm8k-dir`), wrong on purpose for every `--wrong-every`-th question.
-`--die-after N` kills the process during the N-th request, to test mid-run failures.
+`--die-after N` kills the process during the N-th request, to test mid-run failures. `--ignore-sigterm` makes a
+server that only SIGKILL stops (a wedged teardown), `--child-pid-file F` adds a worker process to its process group
+(as SGLang's schedulers are), to test that teardown leaves nothing behind.
 
     python -m speedrun.eval.fakeserver --port 30000 --tpot-ms 2
 """
@@ -19,6 +21,9 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -219,6 +224,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gsm8k-dir", default=None)
     p.add_argument("--wrong-every", type=int, default=0)
     p.add_argument("--die-after", type=int, default=0)
+    p.add_argument("--ignore-sigterm", action="store_true")
+    p.add_argument("--child-pid-file", default=None)
     return p
 
 
@@ -268,7 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     app = make_app(args)
     fake_overlay_report(app)
-    web.run_app(app, host=args.host, port=args.port, print=None)
+    if args.ignore_sigterm:  # set before the child starts: an ignored signal stays ignored across exec
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.child_pid_file:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        Path(args.child_pid_file).write_text(str(child.pid))
+    web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=not args.ignore_sigterm)
 
 
 if __name__ == "__main__":

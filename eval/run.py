@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from speedrun.eval.serve import CONTROL, SpecFactory, default_spec, launched, mo
 from speedrun.recipe import Recipe, Server
 
 console = cli_console(stderr=True)
+OnMeasured = Callable[[ResultsFile], None]
 
 
 @dataclass
@@ -149,7 +151,16 @@ def pool_tokenizer(pool: TokenPool) -> str | None:
     return None
 
 
-def run_side(recipe: Recipe, side: str, opts: Options, pool: TokenPool, spec_for: SpecFactory) -> ResultsFile:
+def run_side(
+    recipe: Recipe,
+    side: str,
+    opts: Options,
+    pool: TokenPool,
+    spec_for: SpecFactory,
+    on_measured: OnMeasured | None = None,
+) -> ResultsFile:
+    """Launch, measure, tear down one side. `on_measured` runs while the server is still up, once measuring is
+    over: what must not wait for (or be lost in) a slow or interrupted teardown, e.g. the report."""
     side_dir = opts.out / side
     rf = results_file(
         opts.out / f"{side}.json",
@@ -160,9 +171,11 @@ def run_side(recipe: Recipe, side: str, opts: Options, pool: TokenPool, spec_for
         overlays_requested=[] if side == "baseline" else recipe.overlays.enabled_ops(),
     )
     console.rule(f"{recipe.name}: {side}")
+    from speedrun.launch.procgroup import signal_name
     from speedrun.launch.server import ServerError
+    from speedrun.overlays.report import read_all
 
-    t0 = time.monotonic()
+    t0, measured = time.monotonic(), False
     try:
         with launched(
             recipe,
@@ -176,13 +189,19 @@ def run_side(recipe: Recipe, side: str, opts: Options, pool: TokenPool, spec_for
             rf.set("startup_s", round(time.monotonic() - t0, 1))
             measure(recipe, side, target, pool, rf, side_dir, opts)
             time.sleep(2.5 if recipe.overlays.enabled_ops() else 0)  # schedulers flush reports every 2 s
+            rf.set("overlay_reports", read_all(side_dir / "overlay-reports"))
+            measured = True
+            if on_measured is not None:
+                on_measured(rf)
     except ServerError as exc:
         rf.add_error("server", str(exc).split("\n", 1)[0], str(exc).split("\n", 1)[-1])
+    except KeyboardInterrupt as exc:
+        if not measured:  # partial results must not read as complete ones
+            rf.add_error("interrupted", f"stopped by {signal_name(exc)} while measuring", "")
+        raise
     except Exception as exc:  # e.g. synthetic model generation: recorded, the other side still runs
         rf.add_error("launch", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
-    from speedrun.overlays.report import read_all
-
-    rf.set("overlay_reports", read_all(side_dir / "overlay-reports"))
+    rf.set("overlay_reports", read_all(side_dir / "overlay-reports"))  # again: the last flush comes at exit
     return rf
 
 
@@ -205,12 +224,15 @@ def control_recipe(recipe: Recipe) -> Recipe | None:
     return recipe.model_copy(update={"server": server, "env": recipe.env | ag.control.env})
 
 
-def run_control(recipe: Recipe, opts: Options, pool: TokenPool, spec_for: SpecFactory) -> dict | None:
+def run_control(
+    recipe: Recipe, opts: Options, pool: TokenPool, spec_for: SpecFactory, on_measured: OnMeasured | None = None
+) -> dict | None:
     """The control side: agreement samples only (no throughput, no GSM8K)."""
     ctl = control_recipe(recipe)
     if ctl is None or not opts.control or not opts.accuracy:
         return None
-    return run_side(ctl, CONTROL, dataclasses.replace(opts, bench=False, gsm8k=False), pool, spec_for).data
+    opts = dataclasses.replace(opts, bench=False, gsm8k=False)
+    return run_side(ctl, CONTROL, opts, pool, spec_for, on_measured).data
 
 
 SIDES = ("baseline", "control", "overlay")
@@ -219,26 +241,37 @@ SIDES = ("baseline", "control", "overlay")
 def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> Comparison | None:
     """The sides in `opts.sides` (a side served here starts its results afresh), then the report when baseline and
     overlay results are both in the folder; returns the comparison (its `passed` decides the exit code), or None
-    while a side is still to be served."""
+    while a side is still to be served. The report is first written as soon as the last side is measured, before
+    its server is torn down (a teardown that hangs or is interrupted loses nothing), then again after it."""
     bad = [s for s in opts.sides if s not in SIDES]
     if bad:
         raise ValueError(f"unknown side(s) {bad}; expected some of {', '.join(SIDES)}")
     opts.out.mkdir(parents=True, exist_ok=True)
     pool = overlay_pool(recipe)
     spec_for = spec_for or default_spec
-    serve = {
-        "baseline": lambda: run_side(recipe, "baseline", opts, pool, spec_for).data,
-        "control": lambda: run_control(recipe, opts, pool, spec_for),
-        "overlay": lambda: run_side(recipe, "overlay", opts, pool, spec_for).data,
-    }
     got: dict[str, dict | None] = {}
-    for side in SIDES:
+    for side in SIDES:  # the sides served elsewhere first, so the early report can use them
         path = opts.out / f"{side}.json"
-        if side in opts.sides:
-            path.unlink(missing_ok=True)
-            got[side] = serve[side]()
-        else:
+        if side not in opts.sides:
             got[side] = ResultsFile.load(path).data if path.exists() else None
+        else:
+            path.unlink(missing_ok=True)
+    last = next((s for s in reversed(SIDES) if s in opts.sides), None)
+
+    def report_early(rf: ResultsFile) -> None:
+        have = got | {rf.data["side"]: rf.data}
+        if have.get("baseline") is not None and have.get("overlay") is not None:
+            finish(have["baseline"], have["overlay"], opts.out, recipe.name, have.get("control"))
+            console.print(f"report written: {opts.out / 'report.md'} (stopping the {rf.data['side']} server next)")
+
+    serve = {
+        "baseline": lambda hook: run_side(recipe, "baseline", opts, pool, spec_for, hook).data,
+        "control": lambda hook: run_control(recipe, opts, pool, spec_for, hook),
+        "overlay": lambda hook: run_side(recipe, "overlay", opts, pool, spec_for, hook).data,
+    }
+    for side in SIDES:
+        if side in opts.sides:
+            got[side] = serve[side](report_early if side == last else None)
     missing = [s for s in ("baseline", "overlay") if got[s] is None]
     if missing:
         console.print(f"report waits for: {', '.join(missing)} (run again with --sides, same --out)")

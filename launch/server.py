@@ -4,10 +4,10 @@ whole-group teardown on exit, Ctrl-C, timeout or crash (then the log tail is sho
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from speedrun.launch.command import LaunchSpec, merged_env
+from speedrun.launch.procgroup import group_alive, signal_group, signal_name
 
 
 class ServerError(RuntimeError):
@@ -49,6 +50,7 @@ class Server:
     host: str
     port: int
     started: float = field(default_factory=time.monotonic)
+    stopped: bool = False
 
     @property
     def url(self) -> str:
@@ -67,27 +69,66 @@ class Server:
     def log_tail(self, lines: int = 40) -> str:
         return tail(self.log_path, lines)
 
-    def stop(self, grace_s: float = 20.0) -> None:
-        """SIGTERM the whole process group, SIGKILL what is left after `grace_s`; no orphans stay behind."""
-        pgid = self.proc.pid  # start_new_session=True made the server its own group leader
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and (self.proc.poll() is None or _group_alive(pgid)):
-                time.sleep(0.2)  # poll() reaps our child; a zombie leader would keep the group "alive"
-            if not _group_alive(pgid):
-                break
+    def describe(self) -> str:
+        return f"{self.spec.side} server (pid {self.proc.pid}, pgid {self.proc.pid}, port {self.port})"
+
+    def stop(self, grace_s: float = 20.0, *, interrupted: bool = False) -> None:
+        """SIGTERM the whole process group, SIGKILL it after `grace_s` or at once on an interrupt (a second
+        Ctrl-C/SIGTERM) that arrives while waiting, and wait until the group is gone: no orphan keeps the port or
+        the GPU. Says what it does on stderr; after an interrupt also the log tail. An interrupt caught here is
+        raised again once the group is gone. Idempotent."""
+        if self.stopped:
+            return
+        pgid, t0 = self.proc.pid, time.monotonic()  # start_new_session=True made the server its own group leader
+        late: KeyboardInterrupt | None = None
+        try:
+            say(f"stopping {self.describe()}: SIGTERM, waiting up to {grace_s:g} s…")
+            signal_group(pgid, signal.SIGTERM)
+            gone = self._wait_gone(pgid, grace_s)
+        except KeyboardInterrupt as exc:
+            late, gone = exc, False
+            say(f"{signal_name(exc)} again: escalating to SIGKILL (pgid {pgid})")
+        if not gone:
+            if late is None:
+                say(f"{self.spec.side} server still running after {grace_s:g} s: escalating to SIGKILL (pgid {pgid})")
+            signal_group(pgid, signal.SIGKILL)
+            gone = self._wait_killed(pgid)
+        self.stopped = True
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=5)  # reap the leader, should it have died after the last poll
+        if gone:
+            say(f"stopped {self.describe()} in {time.monotonic() - t0:.1f} s")
+        else:
+            say(f"WARNING: process group {pgid} still has live processes after SIGKILL (stuck in the kernel?); "
+                f"port {self.port} may stay taken: check `ps -g {pgid}`")  # fmt: skip
+        if interrupted or late is not None:
+            say(f"server log {self.log_path}, last lines:\n{self.log_tail(15)}")
+        if late is not None:
+            raise late
+
+    def _wait_gone(self, pgid: int, wait_s: float) -> bool:
+        deadline = time.monotonic() + wait_s
+        while True:
+            self.proc.poll()  # reaps our child, the leader; its zombie would count as a live group member
+            if not group_alive(pgid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    def _wait_killed(self, pgid: int, wait_s: float = 30.0) -> bool:
+        """After SIGKILL nothing harder can be sent, so further interrupts only keep us waiting for the group."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._wait_gone(pgid, max(0.0, deadline - time.monotonic()))
+            except KeyboardInterrupt:
+                say(f"still waiting for process group {pgid} to go (SIGKILL sent)")
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+def say(message: str) -> None:
+    """Teardown news on stderr, plain and unbuffered: it must get out while signals arrive."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def start(spec: LaunchSpec, log_path: Path, host: str, port: int) -> Server:
@@ -152,10 +193,15 @@ def running(
     timeout_s: float = 1200,
     show_progress: bool = True,
 ) -> Iterator[Server]:
-    """Start, wait for health, yield, and always tear the whole group down (also on Ctrl-C)."""
+    """Start, wait for health, yield, and always tear the whole group down. On Ctrl-C/SIGTERM: say what was
+    stopped and show the log tail; a second one while stopping escalates to SIGKILL (and still waits)."""
     server = start(spec, log_path, host, port)
     try:
         wait_healthy(server, timeout_s, show_progress)
         yield server
+    except KeyboardInterrupt:
+        with contextlib.suppress(KeyboardInterrupt):  # the first signal decides the exit code
+            server.stop(interrupted=True)
+        raise
     finally:
         server.stop()

@@ -13,8 +13,11 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 FLUSH_S = 2.0
 
@@ -116,15 +119,61 @@ def flush(force: bool = False) -> None:
         pass
 
 
-def read_all(directory: Path) -> list[dict[str, Any]]:
-    """Every report in `directory`, launcher first, then schedulers by rank."""
-    out = []
-    for f in sorted(Path(directory).glob("overlay-*.json")):
+class _Shape(BaseModel):
+    """The fields readers rely on (other fields pass through); a file that does not fit is named, not read."""
+
+    model_config = ConfigDict(extra="allow")
+    role: str = "?"
+    tp_rank: int | None = None
+    pid: int | None = None
+    ops_requested: list[str] = []
+    applied: list[str] = []
+    hooks: list[Any] = []
+    calls: dict[str, int] = {}
+    fallbacks: dict[str, dict[str, int]] = {}
+    errors: list[str] = []
+
+
+@dataclass
+class Found:
+    reports: list[dict[str, Any]]  # launcher first, then schedulers by rank
+    unreadable: dict[Path, str] = field(default_factory=dict)  # file -> why
+
+
+def read_one(f: Path) -> dict[str, Any]:
+    """One report file; ValueError (one line: why) when it is unreadable, truncated or not a report."""
+    try:
+        data = json.loads(f.read_text())
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from None
+    except ValueError as exc:  # the writer renames whole files into place: a torn one means a fault
+        raise ValueError(f"not valid JSON (truncated?): {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__ if data is not None else 'null'}")
+    try:
+        _Shape.model_validate(data)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, e['loc']))}: {e['msg']}, got {e['input']!r:.60}") from None
+    return data
+
+
+def read_reports(path: Path) -> Found:
+    """The reports in a SPEEDRUN_REPORT_DIR (overlay-*.json), or one report file; unreadable ones listed apart."""
+    path = Path(path)
+    found = Found([])
+    for f in [path] if path.is_file() else sorted(path.glob("overlay-*.json")):
         try:
-            out.append(json.loads(f.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue
-    return sorted(out, key=lambda r: (r.get("role") != "launcher", r.get("tp_rank") or 0, r.get("pid", 0)))
+            found.reports.append(read_one(f))
+        except ValueError as exc:
+            found.unreadable[f] = str(exc)
+    found.reports.sort(key=lambda r: (r.get("role") != "launcher", r.get("tp_rank") or 0, r.get("pid") or 0))
+    return found
+
+
+def read_all(directory: Path) -> list[dict[str, Any]]:
+    """Every readable report in `directory`, launcher first, then schedulers by rank."""
+    return read_reports(directory).reports
 
 
 atexit.register(lambda: flush(force=True))

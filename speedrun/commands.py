@@ -6,14 +6,18 @@ import importlib
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from speedrun import patching
 from speedrun.console import cli_console
 from speedrun.recipe import RecipeError, all_recipes, load_recipe
+
+if TYPE_CHECKING:
+    from speedrun.overlays.report import Found
 
 console = cli_console()
 err = cli_console(stderr=True)
@@ -90,8 +94,7 @@ def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: boo
                 fail(f"server exited with code {server.proc.returncode}; log tail:\n{server.log_tail()}")
     except ServerError as exc:
         fail(str(exc), 1)
-    except KeyboardInterrupt:
-        console.print("stopped")
+    # Ctrl-C/SIGTERM: `running` said what it stopped and showed the log tail; the CLI exits 130/143
 
 
 def _one_request(url: str) -> str:
@@ -106,15 +109,21 @@ def _one_request(url: str) -> str:
 
 
 # ---------------------------------------------------------------- report
-def show_reports(directory: Path, expect_ops: str = "") -> list[dict]:
-    """Print the per-process overlay reports in `directory`; errors are shown in red."""
+def show_reports(directory: Path, expect_ops: str = "") -> Found:
+    """Print the per-process overlay reports in `directory` (or one report file); errors are shown in red, each
+    unreadable file is named on stderr. Returns what was read (`overlays.report.Found`)."""
     from speedrun.overlays import report
 
-    reports = report.read_all(directory)
+    found = report.read_reports(directory)
+    for f, why in found.unreadable.items():
+        err.print(
+            f"[bold red]error:[/] {escape(str(f))}: unreadable report: {escape(why)}", soft_wrap=True, highlight=False
+        )
+    reports = found.reports
     if not reports:
         note = " (overlays were requested!)" if expect_ops else ""
         console.print(f"no overlay reports in {directory}{note}", style="red" if expect_ops else None)
-        return reports
+        return found
     t = Table(title=f"overlay reports ({directory})")
     for col in ("role", "tp", "pid", "ops", "hooks applied", "calls", "fallbacks", "errors"):
         t.add_column(col, overflow="fold")  # on a narrow terminal too: whole names, no …
@@ -130,16 +139,23 @@ def show_reports(directory: Path, expect_ops: str = "") -> list[dict]:
             str(len(r.get("applied", []))),
             calls,
             str(fb),
-            f"[red]{errors}[/]" if r.get("errors") else "-",
+            f"[red]{escape(errors)}[/]" if r.get("errors") else "-",
         )
     console.print(t)
-    return reports
+    return found
 
 
-def report_cmd(directory: Annotated[Path, typer.Argument(help="SPEEDRUN_REPORT_DIR of a run")]) -> None:
-    """Show the per-process overlay reports of a run; exit 1 if any process reports an error."""
-    reports = show_reports(directory)
-    if any(r.get("errors") for r in reports):
+def report_cmd(
+    directory: Annotated[Path, typer.Argument(help="SPEEDRUN_REPORT_DIR of a run, or one overlay-*.json report")],
+) -> None:
+    """Show the per-process overlay reports of a run; exit 1 if there is none, one is unreadable (a process died
+    while writing it, or it is not a report) or any process reports an error."""
+    if not directory.exists():  # soft_wrap: one line however long the path, for grep and CI logs
+        what = "no such file or folder (expected a SPEEDRUN_REPORT_DIR or an overlay-*.json report)"
+        err.print(f"[bold red]error:[/] {escape(str(directory))}: {what}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2)
+    found = show_reports(directory)
+    if not found.reports or found.unreadable or any(r.get("errors") for r in found.reports):
         raise typer.Exit(1)
 
 

@@ -109,9 +109,9 @@ def test_sigterm_to_the_cli_tears_the_server_down(tmp_path):
         "from pathlib import Path\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from test_launcher import spec\n"
-        "from speedrun.cli import _terminate\n"
+        "from speedrun.cli import _interrupt\n"
         "from speedrun.launch.server import running\n"
-        "signal.signal(signal.SIGTERM, _terminate)\n"
+        "signal.signal(signal.SIGTERM, _interrupt)\n"
         "tmp, port = Path(sys.argv[2]), int(sys.argv[3])\n"
         "with running(spec(port, 'ok', tmp), tmp / 'log', port=port, timeout_s=30, show_progress=False):\n"
         "    print('up', flush=True)\n"
@@ -129,3 +129,26 @@ def test_sigterm_to_the_cli_tears_the_server_down(tmp_path):
         time.sleep(0.1)
     assert not pid_alive(child), "SIGTERM to the CLI left the server running"
     assert not port_in_use("127.0.0.1", port)
+
+
+def test_server_ignoring_sigterm_is_killed_after_the_grace(tmp_path, capfd):
+    """A server stuck in its shutdown (here: SIGTERM ignored, and a worker in its group that inherits that):
+    `stop` says what it waits for, escalates to SIGKILL after the grace and returns only once the group is gone."""
+    port, child_file = free_port(), tmp_path / "child.pid"
+    argv = [sys.executable, "-m", "speedrun.eval.fakeserver", "--port", str(port), "--ignore-sigterm"]
+    srv = start(
+        LaunchSpec([*argv, "--child-pid-file", str(child_file)], {}, "baseline"), tmp_path / "log", "127.0.0.1", port
+    )
+    deadline = time.monotonic() + 30
+    while not (srv.healthy() and child_file.exists()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(child_file.read_text())
+    t0 = time.monotonic()
+    srv.stop(grace_s=1.5)
+    assert 1.5 <= time.monotonic() - t0 < 10
+    assert not pid_alive(srv.proc.pid) and not pid_alive(child) and not port_in_use("127.0.0.1", port)
+    err = capfd.readouterr().err
+    pgid = srv.proc.pid
+    assert f"stopping baseline server (pid {pgid}, pgid {pgid}, port {port}): SIGTERM, waiting up to 1.5 s" in err
+    assert f"baseline server still running after 1.5 s: escalating to SIGKILL (pgid {pgid})" in err
+    assert f"stopped baseline server (pid {pgid}, pgid {pgid}, port {port})" in err
