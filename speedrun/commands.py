@@ -247,16 +247,18 @@ def recipes_list() -> None:
 
 @recipes_app.command("validate")
 def recipes_validate(paths: Annotated[list[Path] | None, typer.Argument()] = None) -> None:
-    """Validate recipe files (default: all in recipes/); every error names file and field."""
+    """Validate recipe files (default: all in recipes/); every error names file and field; every file is checked."""
+    paths = paths or all_recipes()
     bad = 0
-    for path in paths or all_recipes():
+    for path in paths:
         try:
             load_recipe(path)
             console.print(f"[green]ok[/] {path}", highlight=False)
         except RecipeError as exc:
             bad += 1
-            err.print(f"[red]{exc}[/]", highlight=False)
+            err.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
     if bad:
+        err.print(f"{bad} of {len(paths)} recipe file(s) failed", style="red", highlight=False)
         raise typer.Exit(1)
 
 
