@@ -18,14 +18,31 @@ Out = Annotated[Path | None, typer.Option("--out", help="run folder (default .ru
 ServerUrl = Annotated[str | None, typer.Option("--server", help="use this running server instead of launching")]
 Side = Annotated[str, typer.Option("--side", help="baseline | overlay | control: what to launch, and the label")]
 Filter = Annotated[list[str] | None, typer.Option("--scenario-filter", help="keep matching cases: c32, isl8192-*")]
-Conc = Annotated[str | None, typer.Option("--concurrency", help="scale down: e.g. 4,32 (replaces the recipe's)")]
-Ppc = Annotated[int | None, typer.Option("--prompts-per-concurrency", help="scale down (finals: 10)")]
-Wpc = Annotated[int | None, typer.Option("--warmup-per-concurrency", help="scale down (finals: 2)")]
-Isl = Annotated[int | None, typer.Option("--isl", help="scale down the input length (finals: 8192)")]
-Osl = Annotated[int | None, typer.Option("--osl", help="scale down the output length (finals: 1024)")]
+
+
+def _positive_ints(text: str | None) -> str | None:
+    """--concurrency is checked as it is parsed: a typo is a usage error naming the flag, not a traceback."""
+    from speedrun.eval.scenarios import parse_ints
+
+    try:
+        parse_ints(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return text
+
+
+# Lower bounds on the scale-downs: 0 would be ignored downstream while the results claim it was used.
+Conc = Annotated[
+    str | None,
+    typer.Option("--concurrency", callback=_positive_ints, help="scale down: e.g. 4,32 (replaces the recipe's)"),
+]
+Ppc = Annotated[int | None, typer.Option("--prompts-per-concurrency", min=1, help="scale down (finals: 10)")]
+Wpc = Annotated[int | None, typer.Option("--warmup-per-concurrency", min=0, help="scale down (finals: 2)")]
+Isl = Annotated[int | None, typer.Option("--isl", min=1, help="scale down the input length (finals: 8192)")]
+Osl = Annotated[int | None, typer.Option("--osl", min=1, help="scale down the output length (finals: 1024)")]
 Driver = Annotated[str, typer.Option("--driver", help="speedrun (our client) | sglang (sglang.bench_serving)")]
-Questions = Annotated[int | None, typer.Option("--gsm8k-questions", help="scale down GSM8K (default: recipe's)")]
-Startup = Annotated[float, typer.Option("--startup-timeout", help="seconds to wait for server health")]
+Questions = Annotated[int | None, typer.Option("--gsm8k-questions", min=1, help="scale down GSM8K (default: recipe's)")]
+Startup = Annotated[float, typer.Option("--startup-timeout", min=1, help="seconds to wait for server health")]
 Quiet = Annotated[bool, typer.Option("--no-progress", help="no progress bars (logs, CI)")]
 
 
@@ -226,10 +243,10 @@ def profile(
     side: Annotated[str, typer.Option(help="baseline | overlay | both")] = "both",
     server: ServerUrl = None,
     out: Out = None,
-    concurrency: Annotated[int, typer.Option(help="requests decoding together")] = 4,
-    isl: Annotated[int, typer.Option(help="input length")] = 1024,
-    osl: Annotated[int, typer.Option(help="output length (>= steps + 8)")] = 128,
-    steps: Annotated[int, typer.Option(help="decode passes to trace")] = 20,
+    concurrency: Annotated[int, typer.Option(min=1, help="requests decoding together")] = 4,
+    isl: Annotated[int, typer.Option(min=1, help="input length")] = 1024,
+    osl: Annotated[int, typer.Option(min=1, help="output length (>= steps + 8)")] = 128,
+    steps: Annotated[int, typer.Option(min=1, help="decode passes to trace")] = 20,
     startup_timeout: Startup = 1200.0,
     no_progress: Quiet = False,
 ) -> None:

@@ -37,7 +37,7 @@ def launch(
     recipe: Annotated[str, typer.Argument(help="recipe file or name in recipes/")],
     baseline: Annotated[bool, typer.Option("--baseline", help="stock SGLang: overlays off")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the command and environment only")] = False,
-    port: Annotated[int, typer.Option(help="server port")] = 30000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="server port")] = 30000,
     host: str = "127.0.0.1",
     timeout: Annotated[float, typer.Option(help="seconds to wait for /health")] = 1200.0,
     out: Annotated[Path, typer.Option(help="folder for the server log and overlay reports")] = Path(".runs/launch"),
