@@ -190,8 +190,13 @@ def compare_cmd(
 
 
 def run(
-    recipe: str,
+    recipe: Annotated[
+        str | None, typer.Argument(help="recipe file or name (default: the main job for this machine's GPUs)")
+    ] = None,
     out: Out = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="check the pipeline against speedrun's fake server: no SGLang, no GPU")
+    ] = False,
     skip_accuracy: Annotated[bool, typer.Option("--skip-accuracy")] = False,
     no_control: Annotated[bool, typer.Option("--no-control", help="skip the agreement control side")] = False,
     sides: Annotated[str, typer.Option("--sides", help="serve only these; the others are read from --out")] = (
@@ -208,10 +213,20 @@ def run(
     startup_timeout: Startup = 1200.0,
     no_progress: Quiet = False,
 ) -> None:
-    """Stock SGLang vs overlay, end to end: both launches, throughput, accuracy, report; exit 1 on a failed gate."""
+    """Stock SGLang vs overlay, end to end: both launches, throughput, accuracy, report; exit 1 on a failed gate.
+
+    Without RECIPE: the main job for the GPUs here; with no GPU, its two launch commands (exit 0). --demo: the same
+    pipeline with speedrun's fake server on both sides, in seconds on any machine; a check, not a measurement."""
+    from speedrun.eval import demo as pipeline
     from speedrun.eval.run import run as run_both
 
-    r = _recipe(recipe)
+    r = _recipe(recipe) if recipe else _main_job(demo)
+    if r is None:  # no GPU: the commands are printed, nothing to serve
+        return
+    if demo:
+        out = out or Path(".runs") / f"pipeline-check-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        console.print(f"[bold yellow]{pipeline.LABEL}[/]: {r.name} with the fake server on both sides", soft_wrap=True)
+        r = pipeline.demo_recipe(r, out)
     opts = _options(
         r,
         out,
@@ -227,7 +242,9 @@ def run(
         show_progress=not no_progress,
         accuracy=not skip_accuracy,
         control=not no_control,
-        cut=["accuracy skipped (--skip-accuracy)"] * skip_accuracy + ["agreement control skipped"] * no_control,
+        cut=["accuracy skipped (--skip-accuracy)"] * skip_accuracy
+        + ["agreement control skipped"] * no_control
+        + pipeline.NOTES * demo,
         sides=tuple(x.strip() for x in sides.split(",") if x.strip()),
     )
     unknown = set(opts.sides) - {"baseline", "control", "overlay"}
@@ -235,7 +252,49 @@ def run(
         raise typer.BadParameter(f"expected some of baseline,control,overlay; got {sides!r}", param_hint="--sides")
     if out is None and set(opts.sides) != {"baseline", "control", "overlay"}:
         raise typer.BadParameter("a run split over calls needs the same --out in each call", param_hint="--sides")
-    _conclude(run_both(r, opts), opts.out)
+    if not demo:
+        _conclude(run_both(r, opts), opts.out)
+        return
+    c = run_both(r, opts, pipeline.fake_spec)
+    pipeline.label_outputs(opts.out)
+    try:
+        _conclude(c, opts.out, title=pipeline.LABEL)
+    finally:
+        console.print(f"[bold yellow]{pipeline.LABEL}[/]: no number above is SGLang's", soft_wrap=True)
+
+
+def _main_job(demo: bool):
+    """The main-job recipe for the GPUs here (one line says which and why); with no GPU, print its two launch
+    commands and return None (or, with --demo, return it: the pipeline check needs no GPU)."""
+    from speedrun.commands import dry_run_text
+    from speedrun.mainjob import FINALS, NoMainJob, choose, detect, hardware
+
+    machine = detect()
+    if not machine.gpus:
+        r = _recipe(FINALS)
+        if demo:
+            console.print(
+                f"no recipe given, no GPU here ({machine.why_none}): the main job is {r.name}", soft_wrap=True
+            )
+            return r
+        console.print(
+            f"no GPU here ({machine.why_none}): nothing to serve; the main job {r.name} needs {hardware(r)}. "
+            "Its launch commands, as `speedrun launch --dry-run` prints them:",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
+        print(dry_run_text(r, baseline=True))
+        print(dry_run_text(r, baseline=False))
+        console.print("Check the pipeline here (fake server, no GPU): speedrun run --demo", markup=False)
+        return None
+    try:
+        r, why = choose(machine)
+    except NoMainJob as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    console.print(why, soft_wrap=True, highlight=False, markup=False)
+    return r
 
 
 def profile(
@@ -292,10 +351,10 @@ def _model_or_none(recipe, side: str) -> str | None:
         return None
 
 
-def _conclude(c, out: Path) -> None:
+def _conclude(c, out: Path, title: str = "stock SGLang vs overlay") -> None:
     if c is None:  # a side is still to be served (`--sides`): nothing to judge yet
         return
-    t = Table(title="stock SGLang vs overlay")
+    t = Table(title=title)
     for col in ("scenario", "tok/s/GPU stock", "overlay", "speedup", "tok/s/user stock", "overlay"):
         t.add_column(col, justify="left" if col == "scenario" else "right")
     for row in c.rows:

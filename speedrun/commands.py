@@ -44,20 +44,33 @@ def launch(
     check: Annotated[bool, typer.Option("--check", help="once healthy: one request, show reports, stop")] = False,
 ) -> None:
     """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports."""
-    from speedrun.launch.command import build
-
     r = recipe_or_fail(recipe)
-    side = "baseline" if baseline else "overlay"
-    run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
-    model = _model_path(r, baseline, generate=not dry_run)
-    spec = build(r, baseline=baseline, port=port, host=host, model_path=str(model), report_dir=run_dir / "reports")
     if dry_run:  # plain print: one copy-pasteable line, never wrapped
-        print(f"# {side} side of {r.name}")
-        print(spec.shell())
+        print(dry_run_text(r, baseline, port=port, host=host, out=out))
         return
+    spec, run_dir = launch_spec(r, baseline, port=port, host=host, out=out, generate=True)
     if importlib.util.find_spec("sglang") is None:
         fail("sglang is not installed here: pip install -e '.[serve]' (or use the GPU-host bundle, see README)")
     _serve(spec, run_dir, host, port, timeout, check)
+
+
+def launch_spec(r, baseline: bool, *, port: int, host: str, out: Path, generate: bool):
+    """The side's launch (command + environment) and its run folder; `generate` makes a synthetic model folder."""
+    from speedrun.launch.command import build
+
+    side = "baseline" if baseline else "overlay"
+    run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = _model_path(r, baseline, generate=generate)
+    spec = build(r, baseline=baseline, port=port, host=host, model_path=str(model), report_dir=run_dir / "reports")
+    return spec, run_dir
+
+
+def dry_run_text(
+    r, baseline: bool, *, port: int = 30000, host: str = "127.0.0.1", out: Path = Path(".runs/launch")
+) -> str:
+    """What `speedrun launch --dry-run` prints: a comment naming the side, then one copy-pasteable line."""
+    spec, _ = launch_spec(r, baseline, port=port, host=host, out=out, generate=False)
+    return f"# {spec.side} side of {r.name}\n{spec.shell()}"
 
 
 def _model_path(r, baseline: bool, generate: bool) -> Path | str:
