@@ -88,4 +88,4 @@ def choose(machine: Machine, recipes: list[Recipe] | None = None) -> tuple[Recip
     why = [f"recipe hardware {hardware(best)}", sized]
     if not exact:
         why.append(f"uses {best.hardware.gpus} of the {machine.gpus} GPUs")
-    return best, f"no recipe given: this machine has {machine.describe()} -> {best.name} ({'; '.join(why)})"
+    return best, f"no recipe given: this machine has {machine.describe()} -> {best.name}: {', '.join(why)}"

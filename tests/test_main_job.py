@@ -31,7 +31,8 @@ MI355X = "AMD Instinct MI355X"
 def test_hardware_picks_the_main_job(machine, recipe, said):
     r, why = choose(machine)
     assert r.name == recipe
-    assert why.startswith(f"no recipe given: this machine has {machine.describe()} -> {recipe} (") and said in why
+    assert why.startswith(f"no recipe given: this machine has {machine.describe()} -> {recipe}: recipe hardware ")
+    assert said in why, why
     assert (r.hardware.platform, r.hardware.arch) == (machine.platform, machine.arch)
 
 
@@ -88,3 +89,21 @@ def test_demo_runs_the_pipeline_labelled_as_a_check(tmp_path):
         assert [s["status"] for s in data["scenarios"]] == ["ok", "ok"]
     assert "PIPELINE CHECK" in res.stdout.splitlines()[1] and "PIPELINE CHECK" in res.stdout.splitlines()[-1]
     assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_choice_on_other_hardware(monkeypatch, capsys):
+    """On GPUs no main job fits: a one-line error (exit 2), but --demo still checks the pipeline (finals recipe)."""
+    import typer
+
+    import speedrun.mainjob
+    from speedrun.eval.cli import _main_job
+
+    monkeypatch.setattr(speedrun.mainjob, "detect", lambda: Machine(1, "cuda", "sm80", "NVIDIA A100-SXM4-80GB"))
+    with pytest.raises(typer.Exit) as exc:
+        _main_job(demo=False)
+    assert exc.value.exit_code == 2 and "no main-job recipe for 1x NVIDIA A100" in capsys.readouterr().err
+    assert _main_job(demo=True).name == FINALS
+    capsys.readouterr()
+    monkeypatch.setattr(speedrun.mainjob, "detect", lambda: Machine(1, "cuda", "sm90", H100))
+    assert _main_job(demo=False).name == "synth-deepseek-mxfp4-l30-h100"
+    assert capsys.readouterr().out.startswith(f"no recipe given: this machine has 1x {H100} (cuda sm90) -> synth-")
