@@ -253,9 +253,17 @@ def run(
         raise typer.BadParameter(f"expected some of baseline,control,overlay; got {sides!r}", param_hint="--sides")
     if out is None and set(opts.sides) != {"baseline", "control", "overlay"}:
         raise typer.BadParameter("a run split over calls needs the same --out in each call", param_hint="--sides")
-    if not demo:
+    if demo:
+        _pipeline_check(r, opts)
+    else:
         _conclude(run_both(r, opts), opts.out)
-        return
+
+
+def _pipeline_check(r, opts) -> None:
+    """`run --demo`: the sides on the fake server, every output labelled, whatever the verdict."""
+    from speedrun.eval import demo as pipeline
+    from speedrun.eval.run import run as run_both
+
     c = run_both(r, opts, pipeline.fake_spec)
     pipeline.label_outputs(opts.out)
     try:
