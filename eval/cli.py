@@ -19,14 +19,31 @@ Out = Annotated[Path | None, typer.Option("--out", help="run folder (default .ru
 ServerUrl = Annotated[str | None, typer.Option("--server", help="use this running server instead of launching")]
 Side = Annotated[str, typer.Option("--side", help="baseline | overlay | control: what to launch, and the label")]
 Filter = Annotated[list[str] | None, typer.Option("--scenario-filter", help="keep matching cases: c32, isl8192-*")]
-Conc = Annotated[str | None, typer.Option("--concurrency", help="scale down: e.g. 4,32 (replaces the recipe's)")]
-Ppc = Annotated[int | None, typer.Option("--prompts-per-concurrency", help="scale down (finals: 10)")]
-Wpc = Annotated[int | None, typer.Option("--warmup-per-concurrency", help="scale down (finals: 2)")]
-Isl = Annotated[int | None, typer.Option("--isl", help="scale down the input length (finals: 8192)")]
-Osl = Annotated[int | None, typer.Option("--osl", help="scale down the output length (finals: 1024)")]
+
+
+def _positive_ints(text: str | None) -> str | None:
+    """--concurrency is checked as it is parsed: a typo is a usage error naming the flag, not a traceback."""
+    from speedrun.eval.scenarios import parse_ints
+
+    try:
+        parse_ints(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return text
+
+
+# Lower bounds on the scale-downs: 0 would be ignored downstream while the results claim it was used.
+Conc = Annotated[
+    str | None,
+    typer.Option("--concurrency", callback=_positive_ints, help="scale down: e.g. 4,32 (replaces the recipe's)"),
+]
+Ppc = Annotated[int | None, typer.Option("--prompts-per-concurrency", min=1, help="scale down (finals: 10)")]
+Wpc = Annotated[int | None, typer.Option("--warmup-per-concurrency", min=0, help="scale down (finals: 2)")]
+Isl = Annotated[int | None, typer.Option("--isl", min=1, help="scale down the input length (finals: 8192)")]
+Osl = Annotated[int | None, typer.Option("--osl", min=1, help="scale down the output length (finals: 1024)")]
 Driver = Annotated[str, typer.Option("--driver", help="speedrun (our client) | sglang (sglang.bench_serving)")]
-Questions = Annotated[int | None, typer.Option("--gsm8k-questions", help="scale down GSM8K (default: recipe's)")]
-Startup = Annotated[float, typer.Option("--startup-timeout", help="seconds to wait for server health")]
+Questions = Annotated[int | None, typer.Option("--gsm8k-questions", min=1, help="scale down GSM8K (default: recipe's)")]
+Startup = Annotated[float, typer.Option("--startup-timeout", min=1, help="seconds to wait for server health")]
 Quiet = Annotated[bool, typer.Option("--no-progress", help="no progress bars (logs, CI)")]
 
 
@@ -174,8 +191,13 @@ def compare_cmd(
 
 
 def run(
-    recipe: str,
+    recipe: Annotated[
+        str | None, typer.Argument(help="recipe file or name (default: the main job for this machine's GPUs)")
+    ] = None,
     out: Out = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="check the pipeline against speedrun's fake server: no SGLang, no GPU")
+    ] = False,
     skip_accuracy: Annotated[bool, typer.Option("--skip-accuracy")] = False,
     no_control: Annotated[bool, typer.Option("--no-control", help="skip the agreement control side")] = False,
     sides: Annotated[str, typer.Option("--sides", help="serve only these; the others are read from --out")] = (
@@ -192,10 +214,21 @@ def run(
     startup_timeout: Startup = 1200.0,
     no_progress: Quiet = False,
 ) -> None:
-    """Stock SGLang vs overlay, end to end: both launches, throughput, accuracy, report; exit 1 on a failed gate."""
+    """Stock SGLang vs overlay, end to end: both launches, throughput, accuracy, report; exit 1 on a failed gate.
+
+    No RECIPE: the main job for the GPUs here (one line says which and why); no GPU: its launch commands, exit 0.
+
+    --demo: the same pipeline against speedrun's fake server, on any machine: a check, not a measurement."""
+    from speedrun.eval import demo as pipeline
     from speedrun.eval.run import run as run_both
 
-    r = _recipe(recipe)
+    r = _recipe(recipe) if recipe else _main_job(demo)
+    if r is None:  # no GPU: the commands are printed, nothing to serve
+        return
+    if demo:
+        out = out or Path(".runs") / f"pipeline-check-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        console.print(f"[bold yellow]{pipeline.LABEL}[/]: {r.name} with the fake server on both sides", soft_wrap=True)
+        r = pipeline.demo_recipe(r, out)
     opts = _options(
         r,
         out,
@@ -211,7 +244,9 @@ def run(
         show_progress=not no_progress,
         accuracy=not skip_accuracy,
         control=not no_control,
-        cut=["accuracy skipped (--skip-accuracy)"] * skip_accuracy + ["agreement control skipped"] * no_control,
+        cut=["accuracy skipped (--skip-accuracy)"] * skip_accuracy
+        + ["agreement control skipped"] * no_control
+        + pipeline.NOTES * demo,
         sides=tuple(x.strip() for x in sides.split(",") if x.strip()),
     )
     unknown = set(opts.sides) - {"baseline", "control", "overlay"}
@@ -219,7 +254,60 @@ def run(
         raise typer.BadParameter(f"expected some of baseline,control,overlay; got {sides!r}", param_hint="--sides")
     if out is None and set(opts.sides) != {"baseline", "control", "overlay"}:
         raise typer.BadParameter("a run split over calls needs the same --out in each call", param_hint="--sides")
-    _conclude(run_both(r, opts), opts.out)
+    if demo:
+        _pipeline_check(r, opts)
+    else:
+        _conclude(run_both(r, opts), opts.out)
+
+
+def _pipeline_check(r, opts) -> None:
+    """`run --demo`: the sides on the fake server, every output labelled, whatever the verdict."""
+    from speedrun.eval import demo as pipeline
+    from speedrun.eval.run import run as run_both
+
+    c = run_both(r, opts, pipeline.fake_spec)
+    pipeline.label_outputs(opts.out)
+    try:
+        _conclude(c, opts.out, title=pipeline.LABEL)
+    finally:
+        console.print(f"[bold yellow]{pipeline.LABEL}[/]: no number above is SGLang's", soft_wrap=True)
+
+
+def _main_job(demo: bool):
+    """The main-job recipe for the GPUs here (one line says which and why); with no GPU, print its two launch
+    commands and return None (or, with --demo, return it: the pipeline check needs no GPU)."""
+    from speedrun.commands import dry_run_text
+    from speedrun.mainjob import FINALS, NoMainJob, choose, detect, hardware
+
+    machine = detect()
+    if not machine.gpus:
+        r = _recipe(FINALS)
+        if demo:
+            console.print(
+                f"no recipe given, no GPU here ({machine.why_none}): the main job is {r.name}", soft_wrap=True
+            )
+            return r
+        console.print(
+            f"no GPU here ({machine.why_none}): nothing to serve; the main job {r.name} needs {hardware(r)}. "
+            "Its launch commands, as `speedrun launch --dry-run` prints them:",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
+        print(dry_run_text(r, baseline=True))
+        print(dry_run_text(r, baseline=False))
+        console.print("Check the pipeline here (fake server, no GPU): speedrun run --demo", markup=False)
+        return None
+    try:
+        r, why = choose(machine)
+    except NoMainJob as exc:
+        if demo:  # the pipeline check serves nothing on these GPUs: any recipe will do
+            console.print(f"{exc}; checking the pipeline of {FINALS}", soft_wrap=True, highlight=False, markup=False)
+            return _recipe(FINALS)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    console.print(why, soft_wrap=True, highlight=False, markup=False)
+    return r
 
 
 def profile(
@@ -227,10 +315,10 @@ def profile(
     side: Annotated[str, typer.Option(help="baseline | overlay | both")] = "both",
     server: ServerUrl = None,
     out: Out = None,
-    concurrency: Annotated[int, typer.Option(help="requests decoding together")] = 4,
-    isl: Annotated[int, typer.Option(help="input length")] = 1024,
-    osl: Annotated[int, typer.Option(help="output length (>= steps + 8)")] = 128,
-    steps: Annotated[int, typer.Option(help="decode passes to trace")] = 20,
+    concurrency: Annotated[int, typer.Option(min=1, help="requests decoding together")] = 4,
+    isl: Annotated[int, typer.Option(min=1, help="input length")] = 1024,
+    osl: Annotated[int, typer.Option(min=1, help="output length (>= steps + 8)")] = 128,
+    steps: Annotated[int, typer.Option(min=1, help="decode passes to trace")] = 20,
     startup_timeout: Startup = 1200.0,
     no_progress: Quiet = False,
 ) -> None:
@@ -276,10 +364,10 @@ def _model_or_none(recipe, side: str) -> str | None:
         return None
 
 
-def _conclude(c, out: Path) -> None:
+def _conclude(c, out: Path, title: str = "stock SGLang vs overlay") -> None:
     if c is None:  # a side is still to be served (`--sides`): nothing to judge yet
         return
-    t = Table(title="stock SGLang vs overlay")
+    t = Table(title=title)
     for col in ("scenario", "tok/s/GPU stock", "overlay", "speedup", "tok/s/user stock", "overlay"):
         t.add_column(col, justify="left" if col == "scenario" else "right", overflow="fold")  # no … in names
     for row in c.rows:

@@ -48,6 +48,21 @@ class Scale:
     isl: int | None = None
     osl: int | None = None
 
+    def __post_init__(self) -> None:
+        """A scale-down that would be ignored (0 is falsy) while the results claim it was used is an error."""
+        least = {"prompts_per_concurrency": 1, "warmup_per_concurrency": 0, "isl": 1, "osl": 1}
+        for name, low in least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"{name} must be >= {low}, not {value}")
+        if self.concurrency is not None and (not self.concurrency or min(self.concurrency) < 1):
+            raise ValueError(f"concurrency must be positive integers, not {self.concurrency}")
+
+    def pick(self, scenario: Scenario, name: str):
+        """The scale-down when one was given (`is None`, so no falsy value is silently dropped), else the recipe's."""
+        value = getattr(self, name)
+        return getattr(scenario, name) if value is None else value
+
     def notes(self, scenarios: list[Scenario]) -> list[str]:
         out = []
         for field in ("concurrency", "prompts_per_concurrency", "warmup_per_concurrency", "isl", "osl"):
@@ -65,12 +80,11 @@ def expand(scenarios: list[Scenario], scale: Scale | None = None, filters: list[
     scale = scale or Scale()
     cases: dict[str, Case] = {}
     for s in scenarios:
-        ppc = scale.prompts_per_concurrency or s.prompts_per_concurrency
-        wpc = s.warmup_per_concurrency if scale.warmup_per_concurrency is None else scale.warmup_per_concurrency
-        for c in scale.concurrency or s.concurrency:
+        ppc, wpc = scale.pick(s, "prompts_per_concurrency"), scale.pick(s, "warmup_per_concurrency")
+        for c in scale.pick(s, "concurrency"):
             case = Case(
-                isl=scale.isl or s.isl,
-                osl=scale.osl or s.osl,
+                isl=scale.pick(s, "isl"),
+                osl=scale.pick(s, "osl"),
                 concurrency=c,
                 prompts=ppc * c,
                 warmup=wpc * c,
@@ -94,7 +108,11 @@ def matches(name: str, filters: list[str] | None) -> bool:
 
 
 def parse_ints(text: str | None) -> list[int] | None:
-    """'4,32,128' -> [4, 32, 128]."""
+    """'4,32,128' -> [4, 32, 128]; ValueError naming the first part that is not a positive integer."""
     if not text:
         return None
-    return [int(x) for x in text.replace(" ", "").split(",") if x]
+    parts = [x for x in text.replace(" ", "").split(",") if x]
+    for x in parts or [text]:
+        if not x.isdigit() or int(x) < 1:
+            raise ValueError(f"{x!r} is not a positive integer (expected e.g. 4,32,128)")
+    return [int(x) for x in parts]

@@ -41,27 +41,40 @@ def launch(
     recipe: Annotated[str, typer.Argument(help="recipe file or name in recipes/")],
     baseline: Annotated[bool, typer.Option("--baseline", help="stock SGLang: overlays off")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the command and environment only")] = False,
-    port: Annotated[int, typer.Option(help="server port")] = 30000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="server port")] = 30000,
     host: str = "127.0.0.1",
     timeout: Annotated[float, typer.Option(help="seconds to wait for /health")] = 1200.0,
     out: Annotated[Path, typer.Option(help="folder for the server log and overlay reports")] = Path(".runs/launch"),
     check: Annotated[bool, typer.Option("--check", help="once healthy: one request, show reports, stop")] = False,
 ) -> None:
     """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports."""
-    from speedrun.launch.command import build
-
     r = recipe_or_fail(recipe)
-    side = "baseline" if baseline else "overlay"
-    run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
-    model = _model_path(r, baseline, generate=not dry_run)
-    spec = build(r, baseline=baseline, port=port, host=host, model_path=str(model), report_dir=run_dir / "reports")
     if dry_run:  # plain print: one copy-pasteable line, never wrapped
-        print(f"# {side} side of {r.name}")
-        print(spec.shell())
+        print(dry_run_text(r, baseline, port=port, host=host, out=out))
         return
+    spec, run_dir = launch_spec(r, baseline, port=port, host=host, out=out, generate=True)
     if importlib.util.find_spec("sglang") is None:
         fail("sglang is not installed here: pip install -e '.[serve]' (or use the GPU-host bundle, see README)")
     _serve(spec, run_dir, host, port, timeout, check)
+
+
+def launch_spec(r, baseline: bool, *, port: int, host: str, out: Path, generate: bool):
+    """The side's launch (command + environment) and its run folder; `generate` makes a synthetic model folder."""
+    from speedrun.launch.command import build
+
+    side = "baseline" if baseline else "overlay"
+    run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = _model_path(r, baseline, generate=generate)
+    spec = build(r, baseline=baseline, port=port, host=host, model_path=str(model), report_dir=run_dir / "reports")
+    return spec, run_dir
+
+
+def dry_run_text(
+    r, baseline: bool, *, port: int = 30000, host: str = "127.0.0.1", out: Path = Path(".runs/launch")
+) -> str:
+    """What `speedrun launch --dry-run` prints: a comment naming the side, then one copy-pasteable line."""
+    spec, _ = launch_spec(r, baseline, port=port, host=host, out=out, generate=False)
+    return f"# {spec.side} side of {r.name}\n{spec.shell()}"
 
 
 def _model_path(r, baseline: bool, generate: bool) -> Path | str:
@@ -263,16 +276,18 @@ def recipes_list() -> None:
 
 @recipes_app.command("validate")
 def recipes_validate(paths: Annotated[list[Path] | None, typer.Argument()] = None) -> None:
-    """Validate recipe files (default: all in recipes/); every error names file and field."""
+    """Validate recipe files (default: all in recipes/); every error names file and field; every file is checked."""
+    paths = paths or all_recipes()
     bad = 0
-    for path in paths or all_recipes():
+    for path in paths:
         try:
             load_recipe(path)
             console.print(f"[green]ok[/] {path}", highlight=False)
         except RecipeError as exc:
             bad += 1
-            err.print(f"[red]{exc}[/]", highlight=False)
+            err.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
     if bad:
+        err.print(f"{bad} of {len(paths)} recipe file(s) failed", style="red", highlight=False)
         raise typer.Exit(1)
 
 

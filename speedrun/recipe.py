@@ -4,19 +4,21 @@ path and what was expected."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 # recipes/ is the package speedrun.recipes: found the same way in a wheel and in an editable install
 RECIPES_DIR = Path(str(files("speedrun.recipes")))
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: YAML's `true` is no GPU count and `2.0` no concurrency; no silent coercion of a typo
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Synthetic(Strict):
@@ -106,11 +108,11 @@ class Overlays(Strict):
 class Scenario(Strict):
     isl: int = Field(..., ge=1)
     osl: int = Field(..., ge=1)
-    concurrency: list[int] = Field(..., min_length=1)
+    concurrency: list[PositiveInt] = Field(..., min_length=1)
     prompts_per_concurrency: int = Field(10, ge=1, description="prompts = this x concurrency (finals: 10)")
     warmup_per_concurrency: int = Field(2, ge=0, description="warm-up requests = this x concurrency (finals: 2)")
     range_ratio: float = Field(1.0, gt=0, le=1)
-    request_rate: float = float("inf")
+    request_rate: float = Field(float("inf"), gt=0, description="requests/s (inf: all at once)")
     ignore_eos: bool = True
 
 
@@ -192,6 +194,9 @@ class Recipe(Strict):
         used = self.server.tp * (1 if self.server.dp_attention else self.server.dp)
         if used > self.hardware.gpus:
             raise ValueError(f"server.tp x server.dp = {used} GPUs > hardware.gpus = {self.hardware.gpus}")
+        if self.hardware.gpus % used:  # e.g. TP3 on 8 GPUs: SGLang's ranks would not tile the machine
+            what = "server.tp" if used == self.server.tp else "server.tp x server.dp"
+            raise ValueError(f"{what} = {used} does not divide hardware.gpus = {self.hardware.gpus}")
         for m in (self.model, self.baseline_model):
             if m and m.synthetic and self.server.load_format != "dummy":
                 raise ValueError("model.synthetic needs server.load_format: dummy")
@@ -223,12 +228,49 @@ def resolve_path(name_or_path: str | Path) -> Path:
     raise RecipeError(f"{name_or_path}: no such recipe file (known recipes: {known})")
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    path = resolve_path(name_or_path)
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load keeps the last of two equal keys without a word; in a recipe that hides a mistake."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:  # before `<<` merges are flattened: a key may override a merged one
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in first:
+                raise DuplicateKey(key, key_node.start_mark.line + 1, first[key])
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"line {line}: duplicate key {key!r} (first on line {first_line})")
+
+
+def read_yaml(path: Path) -> Any:
+    """The file's YAML; a folder, non-UTF-8 bytes or bad YAML is a RecipeError of one line."""
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a directory, expected a recipe YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}), expected a recipe YAML file") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read it: {exc.strerror}") from None
+    except DuplicateKey as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError(f"{path}: {where}not valid YAML: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    path = resolve_path(name_or_path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     try:

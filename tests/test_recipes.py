@@ -1,6 +1,9 @@
 """Recipe validation (good and bad files) and the exact launch commands of every shipped recipe."""
 
+import os
 import shlex
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -62,6 +65,31 @@ BAD = {  # id: (recipe fields on top of MINIMAL, what the error must say)
         {"model": {"path": "m", "synthetic": {"arch": "deepseek_v3"}}},
         "model.synthetic needs server.load_format: dummy",
     ),
+    "concurrency-0": (
+        {"benchmarks": {"scenarios": [{"isl": 1, "osl": 1, "concurrency": [4, 0]}]}},
+        "benchmarks.scenarios.0.concurrency.1: Input should be greater than 0 (got 0)",
+    ),
+    "concurrency<0": (
+        {"benchmarks": {"scenarios": [{"isl": 1, "osl": 1, "concurrency": [-4]}]}},
+        "benchmarks.scenarios.0.concurrency.0: Input should be greater than 0 (got -4)",
+    ),
+    "request_rate<0": (
+        {"benchmarks": {"scenarios": [{"isl": 1, "osl": 1, "concurrency": [4], "request_rate": -1}]}},
+        "benchmarks.scenarios.0.request_rate: Input should be greater than 0 (got -1)",
+    ),
+    "tp-divides-gpus": (
+        {"hardware": {"platform": "cuda", "arch": "sm90", "gpus": 8}, "server": {"tp": 3}},
+        "server.tp = 3 does not divide hardware.gpus = 8",
+    ),
+    "tp-bool": ({"server": {"tp": True}}, "server.tp: Input should be a valid integer (got True)"),
+    "gpus-bool": (
+        {"hardware": {"platform": "cuda", "arch": "sm90", "gpus": True}},
+        "hardware.gpus: Input should be a valid integer (got True)",
+    ),
+    "isl-float": (
+        {"benchmarks": {"scenarios": [{"isl": 2.0, "osl": 1, "concurrency": [4]}]}},
+        "benchmarks.scenarios.0.isl: Input should be a valid integer (got 2.0)",
+    ),
 }
 
 
@@ -84,6 +112,54 @@ def test_missing_fields_and_bad_yaml(tmp_path):
         load_recipe(write(tmp_path, "- a\n- b\n"))
     with pytest.raises(RecipeError, match="no such recipe file .*known recipes: .*synth-deepseek-h100"):
         load_recipe("no-such-recipe")
+
+
+def test_duplicate_key_names_the_key_and_its_lines(tmp_path):
+    """yaml.safe_load keeps the last of two equal keys without a word; a recipe must not."""
+    text = "name: t\nmodel: {path: m}\nhardware: {platform: cuda, arch: sm90, gpus: 1}\nserver:\n  tp: 1\n  tp: 2\n"
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    assert str(exc.value) == f"{path}: line 6: duplicate key 'tp' (first on line 5)"
+    path = write(tmp_path, "name: t\nname: u\n")
+    with pytest.raises(RecipeError, match=r"r.yaml: line 2: duplicate key 'name' \(first on line 1\)"):
+        load_recipe(path)
+
+
+def test_merge_key_override_is_not_a_duplicate(tmp_path):
+    """A key next to a `<<` merge overrides the merged one (YAML's rule), and aliases are fine."""
+    text = "name: t\nmodel: {path: m}\nhardware: {platform: cuda, arch: sm90, gpus: 1}\n"
+    text += "env: &e {<<: {A: '1', B: '2'}, A: '3'}\nbaseline_model: {path: m}\n"
+    assert load_recipe(write(tmp_path, text)).env == {"A": "3", "B": "2"}
+
+
+def test_directory_or_binary_file_is_one_line_error(tmp_path):
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(tmp_path)
+    assert str(exc.value) == f"{tmp_path}: is a directory, expected a recipe YAML file"
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    assert str(exc.value) == f"{path}: not UTF-8 text (byte 6), expected a recipe YAML file"
+
+
+def test_validate_checks_every_file_and_reports_each(tmp_path):
+    """One bad file (of any kind) does not stop the others from being checked; exit 1 when any failed."""
+    good = write(tmp_path, MINIMAL, "good.yaml")
+    dup = write(tmp_path, "name: t\nname: u\n", "dup.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    argv = [sys.executable, "-m", "speedrun.cli", "recipes", "validate", str(folder), str(binary), str(dup), str(good)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=os.environ | {"COLUMNS": "300"})
+    assert res.returncode == 1, res
+    assert "Traceback" not in res.stderr, res.stderr
+    assert f"ok {good}" in res.stdout
+    for bad in (folder, binary, dup):
+        assert str(bad) in res.stderr, res.stderr
+    assert "3 of 4 recipe file(s) failed" in res.stderr
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
