@@ -50,6 +50,7 @@ class _Scenario(_Open):
     status: str
     metrics: dict[str, float | int | str | None] | None = None
     error: str = ""
+    log_tail: str = ""
 
 
 class _Error(_Open):
@@ -84,13 +85,18 @@ class _Accuracy(_Open):
 
 
 class _Report(_Open):
+    role: str = "?"
+    tp_rank: int | None = None
+    hooks: list[dict[str, Any] | str] = []
     calls: dict[str, int] = {}
+    fallbacks: dict[str, dict[str, int]] = {}
     errors: list = []
 
 
 class _Results(_Open):
     scenarios: list[_Scenario] = []
     accuracy: _Accuracy = _Accuracy()
+    accuracy_requested: dict[str, bool] = {}
     errors: list[_Error] = []
     scale_notes: list[str] = []
     overlay_reports: list[_Report] | None = None
