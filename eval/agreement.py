@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from speedrun.eval.client import GenRequest, payload, post_json, session
+from speedrun.eval.bench import progress_bar
+from speedrun.eval.client import GenRequest, payload, post_all
 from speedrun.eval.prompts import TokenPool, random_prompts
 from speedrun.recipe import Agreement
 
 SEED = 20240607
+REQUEST_TIMEOUT_S = 600.0  # one answer of `tokens` greedy tokens; far above a healthy server
 
 
 def prompts(pool: TokenPool, cfg: Agreement, seed: int = SEED) -> list[GenRequest]:
@@ -40,32 +42,41 @@ def parse_logprobs(out: dict[str, Any]) -> tuple[list[int], list[float], list[di
     return [int(r[1]) for r in rows], [float(r[0]) for r in rows], tops
 
 
-async def _collect(url: str, reqs: list[GenRequest], concurrency: int, top_k: int) -> list[dict[str, Any]]:
-    sem = asyncio.Semaphore(concurrency)
-    async with session() as http:
-
-        async def one(r: GenRequest) -> dict[str, Any]:
-            async with sem:
-                try:
-                    body = payload(r, True, False, return_logprob=True, top_logprobs_num=top_k)
-                    out = await post_json(http, f"{url}/generate", body)
-                except Exception as exc:  # recorded; the comparison counts it as no match
-                    return {"ids": [], "logprobs": [], "error": f"{type(exc).__name__}: {exc}"}
-            ids, lps, tops = parse_logprobs(out)
-            return {"ids": ids, "logprobs": lps, "top": [[[t, lp] for t, lp in d.items()] for d in tops]}
-
-        return await asyncio.gather(*(one(r) for r in reqs))
+def sample(url: str, out: dict[str, Any]) -> dict[str, Any]:
+    """One prompt's sample; an answer without token logprobs is a broken server, not a disagreement."""
+    try:
+        ids, lps, tops = parse_logprobs(out)
+    except (TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{url} answered malformed logprobs ({type(exc).__name__}: {exc})") from None
+    if not ids:
+        raise ValueError(f"{url} answered no output_token_logprobs: {str(out)[:200]}")
+    return {"ids": ids, "logprobs": lps, "top": [[[t, lp] for t, lp in d.items()] for d in tops]}
 
 
-def collect(url: str, pool: TokenPool, cfg: Agreement, concurrency: int = 16) -> dict[str, Any]:
-    """One side's samples (stored in its results file; compared once both sides have run)."""
+def collect(
+    url: str,
+    pool: TokenPool,
+    cfg: Agreement,
+    concurrency: int = 16,
+    *,
+    show_progress: bool = False,
+    label: str = "",
+    timeout_s: float = REQUEST_TIMEOUT_S,
+) -> dict[str, Any]:
+    """One side's samples (stored in its results file; compared once both sides have run). A request that fails
+    (no connection, an HTTP error, a timeout, a malformed answer) raises MeasurementFailed: no samples."""
     reqs = prompts(pool, cfg)
-    return {
-        "token_source": pool.source,
-        "prompt_len": cfg.prompt_len,
-        "tokens": cfg.tokens,
-        "samples": asyncio.run(_collect(url, reqs, concurrency, cfg.top_logprobs)),
-    }
+    bodies = [payload(r, True, False, return_logprob=True, top_logprobs_num=cfg.top_logprobs) for r in reqs]
+    samples: list[dict[str, Any]] = [{}] * len(reqs)
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task(f"{label} agreement samples".strip(), total=len(reqs))
+
+        def done(i: int, out: dict[str, Any]) -> None:
+            samples[i] = sample(url, out)
+            bar.advance(task)
+
+        asyncio.run(post_all(url, bodies, concurrency, what="agreement", timeout_s=timeout_s, on_done=done))
+    return {"token_source": pool.source, "prompt_len": cfg.prompt_len, "tokens": cfg.tokens, "samples": samples}
 
 
 def matched_prefix(a: list[int], b: list[int], n: int) -> int:
@@ -128,6 +139,7 @@ def compare(base: dict[str, Any], over: dict[str, Any], cfg: Agreement) -> dict[
         and res["max_logprob_diff"] <= cfg.max_logprob_diff
         and res["mean_logprob_diff"] <= cfg.mean_logprob_diff
         and len(prefixes) == cfg.prompts
+        and res["errors"] == 0  # samples of failed requests (older files) are not a measurement
     )
     return res
 

@@ -36,6 +36,13 @@ class Target:
     log_tail: Callable[[], str] | None = None
 
 
+def progress_bar(show: bool = True) -> Progress:
+    """The progress display of every measurement (bench cases, GSM8K, agreement): what, bar, done/total, time.
+    On a non-terminal (logs, CI) rich prints only the final state, so logs are not flooded."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, disable=not show)
+
+
 def requests_for(case: Case, pool: TokenPool, seed: int, warmup: bool = False) -> list[GenRequest]:
     n = case.warmup if warmup else case.prompts
     osl = min(case.osl, WARMUP_OSL) if warmup else case.osl
@@ -133,8 +140,7 @@ def run_cases(
 
     driver "sglang" measures with `sglang.bench_serving` instead of our client (a cross-check)."""
     out = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not show_progress) as progress:
+    with progress_bar(show_progress) as progress:
         for case in cases:
             if target.alive is not None and not target.alive():
                 entry = {"name": case.name, "case": case.to_dict(), "status": "skipped", "error": "server died"}

@@ -45,6 +45,7 @@ Driver = Annotated[str, typer.Option("--driver", help="speedrun (our client) | s
 Questions = Annotated[int | None, typer.Option("--gsm8k-questions", min=1, help="scale down GSM8K (default: recipe's)")]
 Startup = Annotated[float, typer.Option("--startup-timeout", min=1, help="seconds to wait for server health")]
 Quiet = Annotated[bool, typer.Option("--no-progress", help="no progress bars (logs, CI)")]
+Force = Annotated[bool, typer.Option("--force", help="replace this command's earlier results in --out")]
 
 
 def _recipe(name: str):
@@ -80,7 +81,34 @@ def _options(
     return Options(out=out, scale=scale, driver=driver, cut=cut or [], **kw)
 
 
-def _one_side(recipe, opts, side: str, server: str | None) -> dict:
+def _fail(code: int, message: str) -> None:
+    err.print(f"[red]{escape(message)}[/red]", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _fresh(path: Path, command: str, force: bool) -> None:
+    """A re-run never appends to its earlier results (they would read as current): refuse, or with --force
+    replace them; the other command's results in the same file (bench then eval) are kept."""
+    from speedrun.eval.results import ResultsError, ResultsFile
+
+    if not path.exists():
+        return
+    try:
+        rf = ResultsFile.load(path)
+    except ResultsError as exc:
+        _fail(2, f"--out: {exc}; choose another --out")
+    held = rf.holds(command)
+    if held and not force:
+        _fail(
+            2,
+            f"--out: {path} already holds {', '.join(held)} of an earlier `speedrun {command}`: pass --force to "
+            "replace them, or choose another --out",
+        )
+    if held:
+        rf.clear(command)
+
+
+def _one_side(recipe, opts, side: str, server: str | None, force: bool = False) -> dict:
     """Measure one side (existing server or launched); returns its results."""
     from speedrun.eval.bench import Target
     from speedrun.eval.run import control_recipe, measure, overlay_pool, results_file, run_side
@@ -94,6 +122,7 @@ def _one_side(recipe, opts, side: str, server: str | None) -> dict:
         if recipe is None:
             err.print("[red]--side control: the recipe has no accuracy.agreement.control[/red]")
             raise typer.Exit(2)
+    _fresh(opts.out / f"{side}.json", "bench" if opts.bench else "eval", force)
     opts.out.mkdir(parents=True, exist_ok=True)
     if server is None:
         pool = overlay_pool(recipe)
@@ -119,8 +148,15 @@ def bench(
     driver: Driver = "speedrun",
     startup_timeout: Startup = 1200.0,
     no_progress: Quiet = False,
+    force: Force = False,
 ) -> None:
-    """Throughput scenarios on one server (launched from the recipe unless --server): <out>/<side>.json."""
+    """Throughput scenarios on one server (launched from the recipe unless --server): <out>/<side>.json.
+
+    Exit codes:
+    0 every scenario ran ok;
+    2 bad recipe, flag or --out (e.g. earlier bench results there, without --force);
+    3 the run failed: server unreachable, HTTP errors, malformed answers, timeouts, death or a failed launch.
+    """
     r = _recipe(recipe)
     opts = _options(
         r,
@@ -136,12 +172,14 @@ def bench(
         show_progress=not no_progress,
         accuracy=False,
     )
-    data = _one_side(r, opts, side, server)
-    bad = [s["name"] for s in data["scenarios"] if s.get("status") != "ok"] + [e["what"] for e in data["errors"]]
+    from speedrun.eval.compare import first_line
+
+    data = _one_side(r, opts, side, server, force)
     console.print(f"results: {opts.out / f'{side}.json'}")
-    if bad or not data["scenarios"]:
-        err.print(f"[red]not ok: {', '.join(bad) or 'no scenario ran'}[/red]")
-        raise typer.Exit(1)
+    bad = [f"{s['name']} {s['status']}: {first_line(s.get('error'))}" for s in data["scenarios"] if s["status"] != "ok"]
+    _run_failed(data, "bench", side, server, opts.out, bad)
+    if not data["scenarios"]:
+        _fail(2, "no scenario to run: check --scenario-filter against the recipe's scenarios")
 
 
 def eval_cmd(
@@ -152,8 +190,16 @@ def eval_cmd(
     gsm8k_questions: Questions = None,
     startup_timeout: Startup = 1200.0,
     no_progress: Quiet = False,
+    force: Force = False,
 ) -> None:
-    """Accuracy on one server: GSM8K gate, and agreement samples (compared by `speedrun compare`)."""
+    """Accuracy on one server: GSM8K gate, and agreement samples (compared by `speedrun compare`).
+
+    Exit codes:
+    0 measured, GSM8K passed (or not asked for);
+    1 GSM8K below the recipe's min_score: the gate failed;
+    2 bad recipe, flag or --out (e.g. earlier eval results there, without --force);
+    3 the run failed, no score: server unreachable, HTTP error, malformed answer, timeout, death or failed launch.
+    """
     r = _recipe(recipe)
     opts = _options(
         r,
@@ -163,12 +209,26 @@ def eval_cmd(
         show_progress=not no_progress,
         bench=False,
     )
-    data = _one_side(r, opts, side, server)
+    data = _one_side(r, opts, side, server, force)
     g = data.get("accuracy", {}).get("gsm8k")
     console.print(f"results: {opts.out / f'{side}.json'}")
-    if data["errors"] or (g is not None and not g["passed"]):
-        err.print(f"[red]failed: {[e['what'] for e in data['errors']] or 'GSM8K below threshold'}[/red]")
-        raise typer.Exit(1)
+    _run_failed(data, "eval", side, server, opts.out, [])
+    if g is not None and not g["passed"]:
+        _fail(1, f"gate failed: {side} GSM8K {g['score_flexible']:.3f} is below the recipe's min {g['min_score']}")
+
+
+def _run_failed(data: dict, command: str, side: str, server: str | None, out: Path, bad: list[str]) -> None:
+    """Exit 3, one line per failure of this command, naming the server, when anything could not be measured."""
+    from speedrun.eval.compare import first_line
+    from speedrun.eval.results import errors_of
+
+    bad = bad + [f"{e['what']}: {first_line(e.get('message'))}" for e in errors_of(data, command)]
+    where = f"server {server}" if server else f"launched server (log: {out / side / 'server.log'})"
+    for line in bad:
+        line = line if server and server in line else f"{where}: {line}"
+        err.print(f"[red]run failed: {side} {escape(line)}[/red]", highlight=False, soft_wrap=True)
+    if bad:
+        raise typer.Exit(3)
 
 
 def compare_cmd(
@@ -177,17 +237,29 @@ def compare_cmd(
     out: Annotated[Path | None, typer.Option(help="report folder (default: B's folder)")] = None,
     control: Annotated[Path | None, typer.Option(help="results of a second stock configuration (agreement)")] = None,
 ) -> None:
-    """Report B against A: report.md, PNGs, summary.json; exit 1 when a gate fails."""
-    from speedrun.eval.results import ResultsFile
+    """Report B against A: report.md, PNGs, summary.json.
+
+    Exit codes:
+    0 every gate passed;
+    1 a gate failed;
+    2 a results file or --out is unusable (one line names it).
+    """
+    from speedrun.eval.results import ResultsError, ResultsFile
     from speedrun.eval.run import finish
 
+    folder = out or overlay.parent
+    if folder.exists() and not folder.is_dir():
+        _fail(2, f"--out {folder}: expected a folder for the report, got an existing file")
     try:
         a, b = ResultsFile.load(baseline).data, ResultsFile.load(overlay).data
         ctl = ResultsFile.load(control).data if control else None
-    except (OSError, ValueError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    _conclude(finish(a, b, out or overlay.parent, b.get("recipe", ""), ctl), out or overlay.parent)
+    except ResultsError as exc:
+        _fail(2, str(exc))
+    try:
+        c = finish(a, b, folder, b.get("recipe", ""), ctl)
+    except OSError as exc:
+        _fail(2, f"--out {folder}: cannot write the report: {exc.strerror or exc}")
+    _conclude(c, folder)
 
 
 def run(

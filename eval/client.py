@@ -67,7 +67,7 @@ async def stream_one(
     """Fill `trace` from one streamed request (also when it fails or is cancelled half-way)."""
     st = time.perf_counter()
     trace.start = st - origin
-    done = False
+    done, malformed = False, ""
     try:
         async with http.post(f"{url}/generate", json=payload(req, ignore_eos, stream=True)) as resp:
             if resp.status != 200:
@@ -87,12 +87,16 @@ async def stream_one(
                 if err:
                     trace.error = err
                     return
-                m = COMPLETION_RE.search(data)
+                m = COMPLETION_RE.search(data) if data[:1] == b"{" and data[-1:] == b"}" else None
                 if m:
                     trace.add_chunk(now, int(m.group(1)))
-        trace.success = done
-        if not done:
-            trace.error = "stream ended without [DONE]"
+                elif not malformed:
+                    malformed = f"malformed stream chunk: {data[:200]!r}"
+        # a request that brought no token is a failure, never a 0-token success (its TTFT of 0 would
+        # pull the mean down); the first thing that went wrong is its error
+        trace.success = done and trace.output_len > 0
+        if not trace.success:
+            trace.error = malformed or ("stream ended without [DONE]" if not done else "stream brought no token")
     except asyncio.CancelledError:
         trace.error = trace.error or "cancelled"
         raise
@@ -165,9 +169,68 @@ async def _wait(tasks: list[asyncio.Task], timeout_s: float | None, alive: Calla
 
 
 async def post_json(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    """One non-streamed request; raises on HTTP errors with the server's message."""
+    """One non-streamed request; raises on HTTP errors with the server's message, and on an answer that is not
+    a JSON object."""
     async with http.post(url, json=body) as resp:
         text = await resp.text()
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status} from {url}: {text[:500]}")
-        return json.loads(text)
+        try:
+            out = json.loads(text)
+        except ValueError:
+            out = None
+        if not isinstance(out, dict):
+            raise ValueError(f"malformed answer from {url} (not a JSON object): {text[:200]!r}")
+        return out
+
+
+class MeasurementFailed(RuntimeError):
+    """The server could not be measured (unreachable, an HTTP error, a timeout, a malformed answer): the run
+    failed, and no score may stand for it."""
+
+
+def why(exc: BaseException, url: str, timeout_s: float) -> str:
+    """One request's failure, in words that name the server."""
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors with an empty message
+        return f"no answer from {url} within {timeout_s:g} s (timeout)"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {url} ({exc})"
+    if isinstance(exc, RuntimeError | ValueError) and url in str(exc):  # post_json's: HTTP status, malformed
+        return str(exc)
+    return f"{url}: {type(exc).__name__}: {exc}"
+
+
+async def post_all(
+    url: str,
+    bodies: Sequence[dict[str, Any]],
+    concurrency: int,
+    *,
+    what: str,
+    timeout_s: float,
+    on_done: Callable[[int, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """POST every body to `url`/generate (at most `concurrency` in flight, `timeout_s` per request); answers in
+    order. The first failed request cancels the rest and raises MeasurementFailed naming the server: a score
+    over partly failed requests would be a lie."""
+    sem = asyncio.Semaphore(concurrency)
+    answered = 0
+    async with session(timeout_s) as http:
+
+        async def one(i: int, body: dict[str, Any]) -> dict[str, Any]:
+            nonlocal answered
+            async with sem:
+                out = await post_json(http, f"{url}/generate", body)
+            answered += 1
+            if on_done:
+                on_done(i, out)
+            return out
+
+        tasks = [asyncio.create_task(one(i, b)) for i, b in enumerate(bodies)]
+        try:
+            return await asyncio.gather(*tasks)
+        except Exception as exc:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            msg = f"{what}: {why(exc, url, timeout_s)} (after {answered}/{len(bodies)} answers)"
+            raise MeasurementFailed(msg) from None

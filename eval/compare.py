@@ -65,9 +65,18 @@ def first_line(text: str | None, limit: int = 300) -> str:
     return lines[0][:limit] if lines else ""
 
 
+def by_name(side: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A side's scenarios by name; a name seen twice (several runs in one file) is an error, never a silent pick."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in side.get("scenarios", []):
+        if e["name"] in out:
+            raise ValueError(f"{side.get('side', '?')} results hold scenario {e['name']!r} more than once")
+        out[e["name"]] = e
+    return out
+
+
 def pair(base: dict[str, Any], over: dict[str, Any]) -> list[Row]:
-    b = {e["name"]: e for e in base.get("scenarios", [])}
-    o = {e["name"]: e for e in over.get("scenarios", [])}
+    b, o = by_name(base), by_name(over)
     names = list(b) + [n for n in o if n not in b]
     return [Row(n, (b.get(n) or o.get(n))["case"], b.get(n), o.get(n)) for n in names]
 

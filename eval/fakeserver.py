@@ -9,7 +9,9 @@ that runner-up, a near tie; large: a token outside the other side's top-k). Text
 form are answered from the data set (`--gsm8k-dir`), wrong on purpose for every `--wrong-every`-th question.
 `--die-after N` kills the process during the N-th request, to test mid-run failures. `--ignore-sigterm` makes a
 server that only SIGKILL stops (a wedged teardown), `--child-pid-file F` adds a worker process to its process group
-(as SGLang's schedulers are), to test that teardown leaves nothing behind.
+(as SGLang's schedulers are), to test that teardown leaves nothing behind. Faults of a live server:
+`--http-status CODE` answers every `/generate` with that status, `--garbage-every N` answers every N-th one with
+malformed data (status 200); `--ttft-ms` large enough makes a client time out.
 
     python -m speedrun.eval.fakeserver --port 30000 --tpot-ms 2
 """
@@ -103,9 +105,14 @@ async def generate(request: web.Request) -> web.StreamResponse:
     st.on_request()
     if st.args.die_after and st.requests >= st.args.die_after:
         asyncio.get_running_loop().call_later(0.05, os._exit, 3)
+    if st.args.http_status:
+        err = {"error": {"message": "injected fault (--http-status)", "code": st.args.http_status}}
+        return web.json_response(err, status=st.args.http_status)
     st.inflight += 1
     st.max_inflight = max(st.max_inflight, st.inflight)
     try:
+        if st.args.garbage_every and st.requests % st.args.garbage_every == 0:
+            return await _garbage(request, st, body)
         return await _generate(request, st, body)
     finally:
         st.inflight -= 1
@@ -140,6 +147,21 @@ async def _generate(request: web.Request, st: State, body: dict[str, Any]) -> we
             part = text[: len(text) * k // len(toks)]
             data = chunk(part, toks[:k], lps[:k], len(ids), k == len(toks), want_lp, tops and tops[:k])
             await resp.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def _garbage(request: web.Request, st: State, body: dict[str, Any]) -> web.StreamResponse:
+    """A broken answer with status 200: a stream of truncated JSON chunks (no token count) ending in [DONE], or
+    a non-JSON body."""
+    await asyncio.sleep(st.args.ttft_ms / 1000)
+    if not body.get("stream"):
+        return web.Response(text="<html>502 upstream hiccup</html>")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for _ in range(3):
+        await resp.write(b'data: {"text": "trunc\n\n')
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp
@@ -226,6 +248,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--die-after", type=int, default=0)
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument("--child-pid-file", default=None)
+    p.add_argument("--http-status", type=int, default=0, help="fault: every /generate answers this HTTP status")
+    p.add_argument("--garbage-every", type=int, default=0, help="fault: every N-th /generate answers malformed data")
     return p
 
 

@@ -14,10 +14,12 @@ import os
 import re
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from speedrun.eval.client import post_json, session
+from speedrun.eval.bench import progress_bar
+from speedrun.eval.client import post_all
 from speedrun.recipe import Gsm8k
 
 STOP = ["Question", "Assistant:", "<|separator|>"]
@@ -25,6 +27,7 @@ SOURCE = "https://raw.githubusercontent.com/openai/grade-school-math/master/grad
 REPO = Path(__file__).resolve().parent.parent
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 STRICT = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+REQUEST_TIMEOUT_S = 600.0  # one answer of <= max_tokens; far above a healthy server under load
 
 
 def data_dir(cfg: Gsm8k | None = None, download: bool = True) -> Path:
@@ -99,23 +102,20 @@ def build_prompts(folder: Path, shots: int, questions: int | None) -> tuple[list
     return [prefix + example(r, False) for r in rows], [label(r["answer"]) for r in rows]
 
 
-async def _complete(url: str, prompts: list[str], cfg: Gsm8k) -> list[dict[str, Any]]:
-    sem = asyncio.Semaphore(cfg.concurrency)
+async def _complete(
+    url: str, prompts: list[str], cfg: Gsm8k, timeout_s: float, on_done: Callable[[int, dict], None]
+) -> list[dict[str, Any]]:
     params = {"temperature": 0.0, "max_new_tokens": cfg.max_tokens, "stop": STOP}
-    async with session() as http:
+    bodies = [{"text": p, "sampling_params": params} for p in prompts]
+    outs = await post_all(url, bodies, cfg.concurrency, what="GSM8K", timeout_s=timeout_s, on_done=on_done)
+    return [{"text": o["text"], "tokens": (o.get("meta_info") or {}).get("completion_tokens", 0)} for o in outs]
 
-        async def one(p: str) -> dict[str, Any]:
-            async with sem:
-                try:
-                    out = await post_json(http, f"{url}/generate", {"text": p, "sampling_params": params})
-                    return {
-                        "text": out.get("text", ""),
-                        "tokens": (out.get("meta_info") or {}).get("completion_tokens", 0),
-                    }
-                except Exception as exc:  # one failed request scores as wrong, the run goes on
-                    return {"text": "", "tokens": 0, "error": f"{type(exc).__name__}: {exc}"}
 
-        return await asyncio.gather(*(one(p) for p in prompts))
+def answer_text(url: str, out: dict[str, Any]) -> str:
+    """The completion of one answer; an answer without it is a broken server, not a wrong answer."""
+    if not isinstance(out.get("text"), str):
+        raise ValueError(f"{url} answered without a 'text' string: {str(out)[:200]}")
+    return out["text"]
 
 
 def score(outputs: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
@@ -131,12 +131,33 @@ def score(outputs: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
     }
 
 
-def run(url: str, cfg: Gsm8k, out_jsonl: Path | None = None, questions: int | None = None) -> dict[str, Any]:
-    """Evaluate the server at `url`; the gate is `score_flexible >= cfg.min_score`."""
+def run(
+    url: str,
+    cfg: Gsm8k,
+    out_jsonl: Path | None = None,
+    questions: int | None = None,
+    *,
+    show_progress: bool = False,
+    label: str = "",
+    timeout_s: float = REQUEST_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Evaluate the server at `url`; the gate is `score_flexible >= cfg.min_score`. A request that fails (no
+    connection, an HTTP error, a timeout, a malformed answer) raises MeasurementFailed: there is no score."""
     folder = data_dir(cfg)
     prompts, labels = build_prompts(folder, cfg.shots, questions or cfg.questions)
     t0 = time.perf_counter()
-    outputs = asyncio.run(_complete(url, prompts, cfg))
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task(f"{label} GSM8K".strip(), total=len(prompts))
+        right = answered = 0  # the running score
+
+        def done(i: int, out: dict[str, Any]) -> None:
+            nonlocal right, answered
+            right += extract_flexible(answer_text(url, out)) == labels[i]
+            answered += 1
+            desc = f"{label} GSM8K {right}/{answered} right ({right / answered:.3f})".strip()
+            bar.update(task, advance=1, description=desc)
+
+        outputs = asyncio.run(_complete(url, prompts, cfg, timeout_s, done))
     result = score(outputs, labels) | {
         "duration_s": time.perf_counter() - t0,
         "shots": cfg.shots,

@@ -1,8 +1,9 @@
 """Scenario metrics from request traces, defined as SGLang 0.5.17's `benchmark/serving.py:calculate_metrics`.
 
 - duration: wall time of the measured run (first request sent -> last response done), warm-up excluded.
-- throughputs: successful requests only; input tokens are the prompt lengths sent, output tokens the
-  `completion_tokens` the server reported. total = (input + output) / duration; per GPU = total / GPUs.
+- throughputs: successful requests only (one that brought no token is failed); input tokens are the prompt
+  lengths sent, output tokens the `completion_tokens` the server reported. total = (input + output) / duration;
+  per GPU = total / GPUs.
 - TTFT: first token-bearing chunk; TPOT: (latency - TTFT) / (output_len - 1) for requests with > 1 token;
   ITL: every chunk gap divided evenly over the tokens it brought; E2E: send -> last line.
 - percentiles: numpy's default (linear); an empty list counts as [0], as in SGLang.
@@ -34,7 +35,9 @@ def _stats(name: str, values_s: Sequence[float]) -> dict[str, float]:
 
 def summarize(traces: Sequence[RequestTrace], duration_s: float, gpus: int = 1) -> dict[str, Any]:
     """All scenario metrics; `duration_s` is the measured run's wall time."""
-    ok = [t for t in traces if t.success]
+    # a request that brought no token failed, whatever its flag says (traces saved before this rule): its TTFT
+    # of 0 must not pull the mean down
+    ok = [t for t in traces if t.success and t.output_len > 0]
     total_in = sum(t.prompt_len for t in ok)
     total_out = sum(t.output_len for t in ok)
     tpots = [x for x in (t.tpot() for t in ok) if x is not None]

@@ -18,6 +18,7 @@ from pathlib import Path
 from speedrun.console import cli_console
 from speedrun.eval import agreement, gsm8k
 from speedrun.eval.bench import Target, run_cases
+from speedrun.eval.client import MeasurementFailed
 from speedrun.eval.compare import Comparison, compare
 from speedrun.eval.prompts import TokenPool
 from speedrun.eval.report import render
@@ -89,7 +90,8 @@ def step(rf: ResultsFile, what: str, target: Target, fn) -> None:
     except Exception as exc:
         console.print(f"[red]{rf.data.get('side')}: {what} failed: {exc}[/red]", highlight=False)
         tail = target.log_tail() if target.log_tail else ""
-        rf.add_error(what, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}", tail)
+        bug = not isinstance(exc, MeasurementFailed)  # a server that could not be measured needs no traceback
+        rf.add_error(what, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}" if bug else str(exc), tail)
 
 
 def measure(
@@ -103,7 +105,7 @@ def measure(
     if opts.accuracy and acc.agreement:
 
         def agree() -> None:
-            samples = agreement.collect(target.url, pool, acc.agreement)
+            samples = agreement.collect(target.url, pool, acc.agreement, show_progress=opts.show_progress, label=side)
             rf.set("agreement_samples", samples | {"config": acc.agreement.model_dump()}, section="accuracy")
 
         step(rf, "agreement", target, agree)
@@ -135,7 +137,14 @@ def measure(
     elif opts.accuracy and acc.gsm8k:
 
         def gsm() -> None:
-            res = gsm8k.run(target.url, acc.gsm8k, side_dir / "gsm8k.jsonl", opts.gsm8k_questions)
+            res = gsm8k.run(
+                target.url,
+                acc.gsm8k,
+                side_dir / "gsm8k.jsonl",
+                opts.gsm8k_questions,
+                show_progress=opts.show_progress,
+                label=side,
+            )
             rf.set("gsm8k", res, section="accuracy")
             color = "green" if res["passed"] else "red"
             console.print(f"[{color}]{side} GSM8K {res['score_flexible']:.3f} (min {res['min_score']})[/{color}]")

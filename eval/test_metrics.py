@@ -57,6 +57,16 @@ def test_all_failed_is_zero_not_nan():
     assert not any(isinstance(v, float) and math.isnan(v) for v in m.values())
 
 
+def test_a_tokenless_success_is_a_failure():
+    """A trace flagged successful that brought no token (saved before the client's rule) is counted as failed
+    and kept out of TTFT: its TTFT of 0 would halve this mean."""
+    a = trace(10, [(0.2, 1), (0.4, 2)], 0.5)
+    empty = trace(10, [], 0.1)  # ok=True, no chunk
+    m = summarize([a, empty], 1.0)
+    assert (m["completed"], m["failed"]) == (1, 1)
+    assert m["mean_ttft_ms"] == pytest.approx(200.0) and m["total_input_tokens"] == 10
+
+
 def test_traces_roundtrip(tmp_path):
     ts = [trace(7, [(0.01, 1), (0.02, 3)], 0.03), trace(8, [], 0.0, ok=False)]
     ts[1].error = "HTTP 400"

@@ -10,8 +10,11 @@ import pytest
 from speedrun.eval import agreement
 from speedrun.eval.prompts import TokenPool, random_prompts, token_pool, vocab_from_tokenizer_json
 from speedrun.eval.results import ResultsFile
-from speedrun.eval.scenarios import Scale, expand, parse_ints
+from speedrun.eval.scenarios import Case, Scale, expand, parse_ints
 from speedrun.recipe import Agreement, Benchmarks, Scenario
+
+GSM8K_RESULT = {"score_flexible": 1.0, "score_strict": 1.0, "invalid": 0.0, "questions": 3, "min_score": 0.5,
+                "passed": True}  # fmt: skip
 
 
 def test_default_is_the_finals_method():
@@ -103,11 +106,12 @@ def test_agreement_prefix_and_logprobs():
 
 def test_results_file_is_rewritten_whole(tmp_path):
     rf = ResultsFile.create(tmp_path / "r.json", side="overlay", recipe="x")
-    rf.add_scenario({"name": "a", "metrics": {"interactivity": float("inf")}})
-    rf.set("gsm8k", {"score": 1.0}, section="accuracy")
+    case = Case(16, 8, 2, prompts=4, warmup=0).to_dict()
+    rf.add_scenario({"name": "a", "case": case, "status": "ok", "metrics": {"interactivity": float("inf")}})
+    rf.set("gsm8k", GSM8K_RESULT, section="accuracy")
     back = ResultsFile.load(tmp_path / "r.json").data
     assert back["scenarios"][0]["metrics"]["interactivity"] == "inf"  # strict JSON, no Infinity literal
-    assert back["accuracy"]["gsm8k"]["score"] == 1.0
+    assert back["accuracy"]["gsm8k"]["score_flexible"] == 1.0
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp files left behind
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(ValueError, match="not a speedrun results file"):
