@@ -9,17 +9,24 @@ into the fragment order, and each 32-bit word decodes to bf16 pairs (k, k+1) wit
 
 Layout ("swz128"), per row, per chunk of 128 codes along K (K is zero-padded to a multiple of 128; scales pad
 with 127 = 1.0): the chunk's 64 bytes are 16 little-endian 32-bit words; word j = 4c + w (c = 0..3 the lane in
-its quad, w = 0..3 the 32-wide scale group); nibble i (bits 4i..4i+3) of a word is i = 4t + 2u + h, and holds
-the code of
+its quad, w = 0..3 the 32-wide scale group); code slot i of a word (its bits: `code_sources(i)`) is i = 4t + 2u + h,
+and holds the code of
 
     k = 128 * chunk + 32 w + 16 u + 8 h + 2 c + t        (t, u, h in {0, 1})
 
-so nibbles i and i + 4 of a word are an MMA pair (k, k+1), a word has one scale (group w of its chunk), and lane
+so slots i and i + 4 of a word are an MMA pair (k, k+1), a word has one scale (group w of its chunk), and lane
 c's 4 words (bytes 16c..16c+15) cover k steps 2w + u of its fragment. Rows, experts and the E8M0 scales keep their
 plain layout (scales are only padded: to padded_k(K)/32 columns, then to a multiple of 16 bytes per
 row). `swizzle_mxfp4` / `unswizzle_mxfp4` convert the packed bytes, exactly inverse. In Triton,
 `mx.triton_helpers.mxfp4_swz_bf16` (plain scales) / `mxfp4_swz_words_bf16` (scales gathered per word with
 `swz_word_scale_cols`: 4 contiguous bytes per row, no redistribution) decode a loaded tile to plain k order.
+
+Bits inside a word ("rot" encoding): the 8 codes are not stored nibble by nibble but scattered so that the sm90
+decode needs no per-code shifts. A bf16 pair (k, k+1) wants each code's (m, e0, e1, s) at bits (6, 7, 8, 15) of
+its 16-bit half (then one multiply by 2**126 * scale gives the value, subnormal 0.5 included). Output pair j = 0..2
+is `rotl(word, ROT[j]) & PAIR_MASK`; pair 3 is `rotl(word, 6) & 0x80C080C0 | rotl(word, 14) & 0x01000100`
+(no fourth rotation tiles the word: checked by brute force). `code_sources` gives each code bit's stored position;
+the table is built from these constants and checked to be a bijection at import.
 """
 
 from __future__ import annotations
@@ -27,6 +34,43 @@ from __future__ import annotations
 import torch
 
 CHUNK = 128  # codes per swizzle chunk along K (64 bytes per row)
+PAIR_MASK = 0x81C081C0  # bits (6, 7, 8, 15) of both bf16 halves: (m, e0, e1, s) of an E2M1 code
+ROT = (0, 4, 10)  # left rotations of the word giving pairs 0..2
+SPLIT3 = ((6, 0x80C080C0), (14, 0x01000100))  # pair 3: (rotation, mask) twice, OR-ed
+_TARGET = (6, 7, 8, 15)  # bf16 bit of code bit b (m, e0, e1, s) in the low half
+
+
+def code_sources(nibble: int) -> tuple[int, int, int, int]:
+    """Stored bit positions of code bits (m, e0, e1, s) of the word's code `nibble` (0..7: pair nibble % 4, high
+    half when nibble >= 4)."""
+    pair, half = nibble % 4, nibble // 4
+    out = []
+    for bit in _TARGET:
+        p = bit + 16 * half
+        rot = ROT[pair] if pair < 3 else next(r for r, m in SPLIT3 if (m >> p) & 1)
+        out.append((p - rot) % 32)
+    return tuple(out)
+
+
+_SOURCES = [code_sources(i) for i in range(8)]
+assert sorted(b for s in _SOURCES for b in s) == list(range(32)), "rot encoding must be a bit permutation"
+# per code slot i: code value (0..15) -> its stored bits in the word
+_ENCODE = torch.tensor([[sum(((c >> b) & 1) << s for b, s in enumerate(_SOURCES[i])) for c in range(16)]
+                        for i in range(8)], dtype=torch.int64)  # fmt: skip
+
+
+def _encode_words(codes: torch.Tensor) -> torch.Tensor:
+    """codes uint8 [..., 8] (slot i = code i of the word) -> int32 [...] in the rot encoding."""
+    lut = _ENCODE.to(codes.device)
+    w = lut[torch.arange(8, device=codes.device), codes.long()].sum(-1)  # disjoint bits: sum == or
+    return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)
+
+
+def _decode_words(words: torch.Tensor) -> torch.Tensor:
+    """int32 [...] in the rot encoding -> codes uint8 [..., 8] (the inverse of _encode_words)."""
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    codes = [sum(((w >> s) & 1) << b for b, s in enumerate(_SOURCES[i])) for i in range(8)]
+    return torch.stack(codes, -1).to(torch.uint8)
 
 
 def padded_k(k: int) -> int:
@@ -53,7 +97,8 @@ def swizzle_mxfp4(packed: torch.Tensor) -> torch.Tensor:
     codes = codes.reshape(*lead, kp // CHUNK, 4, 2, 2, 4, 2)
     nd = len(lead)
     perm = [*range(nd), nd, nd + 4, nd + 1, nd + 5, nd + 2, nd + 3]
-    return _pack(codes.permute(*perm).reshape(*lead, kp)).contiguous()
+    words = _encode_words(codes.permute(*perm).reshape(*lead, kp // 8, 8))
+    return words.contiguous().view(torch.uint8)
 
 
 def unswizzle_mxfp4(swz: torch.Tensor, k: int) -> torch.Tensor:
@@ -61,7 +106,7 @@ def unswizzle_mxfp4(swz: torch.Tensor, k: int) -> torch.Tensor:
     kp = swz.shape[-1] * 2
     if kp != padded_k(k):
         raise ValueError(f"swizzled rows hold {kp} codes; K={k} needs {padded_k(k)}")
-    codes = _codes(swz)
+    codes = _decode_words(swz.contiguous().view(torch.int32)).flatten(-2)
     lead = codes.shape[:-1]
     nd = len(lead)
     codes = codes.reshape(*lead, kp // CHUNK, 4, 4, 2, 2, 2)  # stored (chunk, c, w, t, u, h)

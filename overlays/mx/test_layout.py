@@ -18,6 +18,12 @@ from speedrun.overlays.mx import triton_helpers as th  # noqa: E402
 from speedrun.overlays.mx.format import dequant_mxfp4  # noqa: E402
 from speedrun.overlays.mx.layout import (  # noqa: E402
     CHUNK,
+    PAIR_MASK,
+    ROT,
+    SPLIT3,
+    _decode_words,
+    _encode_words,
+    code_sources,
     pad_scales,
     padded_k,
     swizzle_experts,
@@ -42,7 +48,7 @@ def test_round_trip_exact(k: int) -> None:
 
 
 def test_formula_of_the_docstring() -> None:
-    """Code k of a row lands at word 4c + w, nibble 4t + 2u + h of chunk k // 128 (k = 32w + 16u + 8h + 2c + t)."""
+    """Code k of a row lands at word 4c + w, slot 4t + 2u + h of chunk k // 128 (k = 32w + 16u + 8h + 2c + t)."""
     k = 256
     for shift in (0, 4):  # two 4-bit digits of k: each position's code is pinned
         val = (torch.arange(k) >> shift) & 0xF
@@ -52,7 +58,8 @@ def test_formula_of_the_docstring() -> None:
             ch, r = divmod(kk, CHUNK)
             w, u, h, c, t = r // 32, (r // 16) % 2, (r // 8) % 2, (r // 2) % 4, r % 2
             word = int(words[ch * 16 + 4 * c + w]) & 0xFFFFFFFF
-            assert (word >> (4 * (4 * t + 2 * u + h))) & 0xF == int(val[kk]), (kk, shift)
+            src = code_sources(4 * t + 2 * u + h)
+            assert sum(((word >> s) & 1) << b for b, s in enumerate(src)) == int(val[kk]), (kk, shift)
 
 
 def test_scales_and_experts() -> None:
@@ -94,3 +101,42 @@ def test_triton_decode_of_swz_tile_is_plain_dequant(word_scales: bool, c: int) -
     out = torch.empty(r, k, dtype=torch.bfloat16, device=DEV)
     _decode_kernel[(k // c,)](words, sp, out, k, words.stride(0), sp.stride(0), R=r, C=c, WORD_SCALES=word_scales)
     assert torch.equal(out.cpu(), dequant_mxfp4(packed, scales, torch.bfloat16))
+
+
+def _rotl(w: torch.Tensor, r: int) -> torch.Tensor:
+    return ((w << r) | (w >> (32 - r))) & 0xFFFFFFFF if r else w
+
+
+def _emulate_swz_asm(words: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """th.E2M1_SWZ_ASM op by op in torch (AND, rotate, OR, two bf16 multiplies): int32 words -> [..., 8] bf16."""
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    (ra, ma), (rb, mb) = SPLIT3
+    pairs = [_rotl(w, ROT[0]) & PAIR_MASK, _rotl(w, ROT[1]) & PAIR_MASK, _rotl(w, ROT[2]) & PAIR_MASK,
+             (_rotl(w, ra) & ma) | (_rotl(w, rb) & mb)]  # fmt: skip
+    scale = (scales.to(torch.int32) << 7).to(torch.int16).view(torch.bfloat16).float()  # 2**(s-127), s in 1..254
+    out = [None] * 8
+    for j, v in enumerate(pairs):
+        for half, i in ((v & 0xFFFF, j), ((v >> 16) & 0xFFFF, j + 4)):
+            x = half.to(torch.int32).to(torch.int16).view(torch.bfloat16).float()
+            out[i] = ((x * 2.0**126).to(torch.bfloat16).float() * scale).to(torch.bfloat16)
+    return torch.stack(out, -1)
+
+
+def test_rot_encoding_asm_ops_decode_every_code_exactly() -> None:
+    """The PTX's operations on rot-encoded words give dequant of the codes in slot order, bitwise, for all 16 codes
+    in every slot under every normal scale; the PTX string carries exactly the layout's constants."""
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 16, (254 * 64, 8), generator=g, dtype=torch.uint8)
+    codes[:16, :] = torch.arange(16, dtype=torch.uint8)[:, None]  # every code in every slot
+    scales = torch.arange(1, 255, dtype=torch.uint8).repeat_interleave(64)
+    words = _encode_words(codes)
+    assert torch.equal(_decode_words(words), codes)
+    got = _emulate_swz_asm(words, scales)
+    want = dequant_mxfp4((codes[:, 0::2] | (codes[:, 1::2] << 4)).repeat(1, 4), scales[:, None], torch.bfloat16)
+    want = want[:, :8]
+    normal = (want.float().abs() >= 2.0**-126) | (want == 0)
+    assert normal.float().mean() > 0.95
+    assert torch.equal(got.view(torch.int16)[normal], want.view(torch.int16)[normal])
+    asm = str(th.E2M1_SWZ_ASM.value)
+    for r, m in ((ROT[1], PAIR_MASK), (ROT[2], PAIR_MASK), *SPLIT3):
+        assert f"$8, $8, {r};" in asm and f"{m:#010x}" in asm

@@ -16,6 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from speedrun.overlays.mx.layout import PAIR_MASK, ROT, SPLIT3
+
 
 @triton.jit
 def pow2_f32(e):
@@ -286,38 +288,76 @@ def split_k_octets(x, R: tl.constexpr, C: tl.constexpr):
     return x0, x1, x2, x3, x4, x5, x6, x7
 
 
-# swz128 value layout (mx.layout): one 32-bit word = 8 codes of one scale group, nibbles i and i + 4 an MMA pair.
-# WORD1: E2M1_WORD_ASM with the 2**126 and the scale folded into one bf16x2 multiply by 2**(s - 1): exact when that
-# constant is a normal bf16, i.e. every E8M0 s <= 128 (scale <= 2; checked at load time), and then its bits are
-# just (s + 126) << 7 per half (no special cases). 4 AND + 3 IMAD + 3 shift/or + 4 AND + 4 HMUL2 per 8 codes.
-E2M1_WORD1_ASM: tl.constexpr = tl.constexpr("{\n.reg .b32 t<4>, u;\n" + _WORD_PLACE + _WORD_SCALE_OUT)
+# swz128 value layout (mx.layout): one 32-bit word = 8 codes of one scale group in the "rot" bit encoding, slots i
+# and i + 4 an MMA pair. Pairs 0..2 are one rotate + AND each, pair 3 two rotates, an AND and a LOP3 (9 integer ops
+# per 8 codes instead of 14), then 4 HMUL2. The PTX is generated from mx.layout's constants, which the Triton path
+# below (interpreter, tests) applies with the same operations.
+def _rot_place() -> str:
+    lines = [f"and.b32 t0, $8, {PAIR_MASK:#010x};\n"]
+    for j in (1, 2):
+        lines += [f"shf.l.wrap.b32 t{j}, $8, $8, {ROT[j]};\n", f"and.b32 t{j}, t{j}, {PAIR_MASK:#010x};\n"]
+    (ra, ma), (rb, mb) = SPLIT3
+    lines += [f"shf.l.wrap.b32 a, $8, $8, {ra};\n", f"shf.l.wrap.b32 b, $8, $8, {rb};\n",
+              f"and.b32 a, a, {ma:#010x};\n", f"and.b32 b, b, {mb:#010x};\n", "or.b32 t3, a, b;\n"]  # fmt: skip
+    return "".join(lines)
+
+
+_ROT_HEAD = "{\n.reg .b32 t<4>, a, b, c;\n" + _rot_place()
+# WORD1: the 2**126 and the scale folded into one bf16x2 multiply by 2**(s - 1): exact when that constant is a normal
+# bf16, i.e. every E8M0 s <= 128 (scale <= 2; checked at load time), and then its bits are (s + 126) << 7 per half.
+E2M1_SWZ1_ASM: tl.constexpr = tl.constexpr(_ROT_HEAD + _WORD_SCALE_OUT)
+E2M1_SWZ_ASM: tl.constexpr = tl.constexpr(
+    _ROT_HEAD + "mov.b32 c, 0x7E807E80;\n"
+    "mul.rn.bf16x2 t0, t0, c;\n"
+    "mul.rn.bf16x2 t1, t1, c;\n"
+    "mul.rn.bf16x2 t2, t2, c;\n"
+    "mul.rn.bf16x2 t3, t3, c;\n" + _WORD_SCALE_OUT
+)
+_R1: tl.constexpr = tl.constexpr(ROT[1])
+_R2: tl.constexpr = tl.constexpr(ROT[2])
+_R3A: tl.constexpr = tl.constexpr(SPLIT3[0][0])
+_R3B: tl.constexpr = tl.constexpr(SPLIT3[1][0])
+_PAIR: tl.constexpr = tl.constexpr(PAIR_MASK)
+_M3A: tl.constexpr = tl.constexpr(SPLIT3[0][1])
+_M3B: tl.constexpr = tl.constexpr(SPLIT3[1][1])
+
+
+@triton.jit
+def _rotl(x, r: tl.constexpr):
+    return (x << r) | (x >> (32 - r))
+
+
+@triton.jit
+def _pair_bf16(t, sf):
+    """uint32 pair of placed codes (m, e0, e1, s at bits 6, 7, 8, 15 of each half) -> (low, high) bf16 values times
+    sf (fp32). The codes are read back from the placed bits: the interpreter flushes the bf16 subnormal the PTX's
+    multiply by 2**126 relies on (code 0.5), so it cannot take that last step itself."""
+    lo = ((t >> 6) & 7) | ((t >> 12) & 8)
+    hi = ((t >> 22) & 7) | ((t >> 28) & 8)
+    return (e2m1_to_f32(lo) * sf).to(tl.bfloat16), (e2m1_to_f32(hi) * sf).to(tl.bfloat16)
 
 
 @triton.jit
 def _words_scaled_bf16(words, sc_words, ASM: tl.constexpr, MUL1: tl.constexpr):
-    """int32 words + one E8M0 uint8 per word (same shape) -> 8 bf16 tensors, output i = nibble i.
+    """int32 words (rot encoding) + one E8M0 uint8 per word (same shape) -> 8 bf16 tensors, output i = slot i.
     MUL1 (with ASM): the one-multiply decode, valid only when every scale byte is <= 128."""
     if ASM:
         if MUL1:
             c = ((sc_words.to(tl.uint32) + 126) * 0x00800080).to(tl.int32, bitcast=True)
             v0, v1, v2, v3, v4, v5, v6, v7 = tl.inline_asm_elementwise(
-                E2M1_WORD1_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [words, c], dtype=(tl.bfloat16,) * 8,
+                E2M1_SWZ1_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [words, c], dtype=(tl.bfloat16,) * 8,
                 is_pure=True, pack=1)  # fmt: skip
         else:
             v0, v1, v2, v3, v4, v5, v6, v7 = tl.inline_asm_elementwise(
-                E2M1_WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [words, e8m0_to_bf16x2_bits(sc_words)],
+                E2M1_SWZ_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [words, e8m0_to_bf16x2_bits(sc_words)],
                 dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)  # fmt: skip
-    else:
-        w = words.to(tl.uint32, bitcast=True)
+    else:  # the same placement in Triton integer ops
+        x = words.to(tl.uint32, bitcast=True)
         sf = e8m0_to_f32(sc_words)
-        v0 = (e2m1_to_f32(w & 0xF) * sf).to(tl.bfloat16)
-        v1 = (e2m1_to_f32((w >> 4) & 0xF) * sf).to(tl.bfloat16)
-        v2 = (e2m1_to_f32((w >> 8) & 0xF) * sf).to(tl.bfloat16)
-        v3 = (e2m1_to_f32((w >> 12) & 0xF) * sf).to(tl.bfloat16)
-        v4 = (e2m1_to_f32((w >> 16) & 0xF) * sf).to(tl.bfloat16)
-        v5 = (e2m1_to_f32((w >> 20) & 0xF) * sf).to(tl.bfloat16)
-        v6 = (e2m1_to_f32((w >> 24) & 0xF) * sf).to(tl.bfloat16)
-        v7 = (e2m1_to_f32((w >> 28) & 0xF) * sf).to(tl.bfloat16)
+        v0, v4 = _pair_bf16(x & _PAIR, sf)
+        v1, v5 = _pair_bf16(_rotl(x, _R1) & _PAIR, sf)
+        v2, v6 = _pair_bf16(_rotl(x, _R2) & _PAIR, sf)
+        v3, v7 = _pair_bf16((_rotl(x, _R3A) & _M3A) | (_rotl(x, _R3B) & _M3B), sf)
     return v0, v1, v2, v3, v4, v5, v6, v7
 
 

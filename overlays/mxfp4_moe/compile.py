@@ -61,7 +61,7 @@ def gemm1_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> C
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": 0 if a4 else 1, "HAS_BIAS": not a4,
              "DOT_SCALED": bool(cfg.get("dot_scaled")), "BLOCK_M": cfg["BLOCK_M"],
              "BLOCK_N": cfg["BLOCK_N1"], "BLOCK_K": swz_block_k(cfg["BLOCK_K1"], swz), **sm90_consts(cfg, arch, swz),
-             "SPLIT_K": 2 if int(cfg.get("split1", 1)) != 1 else 1}  # fmt: skip
+             "SPLIT_K": 2 if int(cfg.get("split1", 1)) != 1 else 1, "EVEN_N": True}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))
@@ -88,7 +88,7 @@ def gemm2_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> C
     scaled = bool(cfg.get("dot_scaled"))
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not a4, "DOT_SCALED": scaled, "BLOCK_M": cfg["BLOCK_M"],
              "BLOCK_N": cfg["BLOCK_N2"], "BLOCK_K": swz_block_k(cfg["BLOCK_K2"], swz),
-             **sm90_consts(cfg, arch, swz)}  # fmt: skip
+             **sm90_consts(cfg, arch, swz), "EVEN_N": True}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))

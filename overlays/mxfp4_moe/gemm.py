@@ -35,19 +35,22 @@ ACT_SILU, ACT_SWIGLU_OAI = 0, 1
 
 @triton.jit
 def _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm,
-            A_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-    """A tile at K offset k0: bf16 [BM, BK], or packed [BM, BK/2] + scales [BM, BK/32] (A twice for bf16)."""
+            A_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, FULL: tl.constexpr = False):  # fmt: skip
+    """A tile at K offset k0: bf16 [BM, BK], or packed [BM, BK/2] + scales [BM, BK/32] (A twice for bf16).
+    FULL: the tile lies inside K (rows masked only)."""
     if A_FP4:
         kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
         ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
-        a = tl.load(a_ptr + rows[:, None] * stride_am + kb[None, :], mask=m_ok[:, None] & (kb[None, :] < K // 2),
-                    other=0)  # fmt: skip
-        a_s = tl.load(as_ptr + rows[:, None] * stride_asm + ks[None, :],
-                      mask=m_ok[:, None] & (ks[None, :] < K // 32), other=127)  # fmt: skip
+        if FULL:
+            ok_b, ok_s = m_ok[:, None], m_ok[:, None]
+        else:
+            ok_b, ok_s = m_ok[:, None] & (kb[None, :] < K // 2), m_ok[:, None] & (ks[None, :] < K // 32)
+        a = tl.load(a_ptr + rows[:, None] * stride_am + kb[None, :], mask=ok_b, other=0)
+        a_s = tl.load(as_ptr + rows[:, None] * stride_asm + ks[None, :], mask=ok_s, other=127)
     else:
         kk = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(a_ptr + rows[:, None] * stride_am + kk[None, :], mask=m_ok[:, None] & (kk[None, :] < K),
-                    other=0.0)  # fmt: skip
+        ok = m_ok[:, None] if FULL else m_ok[:, None] & (kk[None, :] < K)
+        a = tl.load(a_ptr + rows[:, None] * stride_am + kk[None, :], mask=ok, other=0.0)
         a_s = a  # unused for bf16 activations
     return a, a_s
 
@@ -65,15 +68,26 @@ def _load_w(w_ptr, ws_ptr, wrows, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K: t
 
 
 @triton.jit
-def _load_w_swz(w_ptr, ws_ptr, wrows, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K: tl.constexpr):
+def _load_w_swz(w_ptr, ws_ptr, wrows, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K: tl.constexpr,
+                FULL: tl.constexpr = False, EVEN_N: tl.constexpr = False):  # fmt: skip
     """swz128 weight tile: int32 words [BN, BK/8] (row stride in words; K padded to 128) + each word's E8M0
-    scale [BN, BK/8] (4 contiguous bytes per row and lane: scale rows are padded to 16 bytes)."""
+    scale [BN, BK/8] (4 contiguous bytes per row and lane: scale rows are padded to 16 bytes). FULL (the tile lies
+    inside K) and EVEN_N (every row exists) drop the masks: ~7% of the GEMM1 loop's instructions in sm90 SASS."""
     kp = tl.cdiv(K, 128) * 128
     kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
     ks = swz_word_scale_cols(k0, BLOCK_K)
-    ok = n_ok[:, None] & (kw[None, :] < kp // 8)
-    w = tl.load(w_ptr + wrows[:, None] * stride_wn + kw[None, :], mask=ok, other=0)
-    ws = tl.load(ws_ptr + wrows[:, None] * stride_wsn + ks[None, :], mask=ok, other=127)
+    if FULL and EVEN_N:
+        w = tl.load(w_ptr + wrows[:, None] * stride_wn + kw[None, :])
+        ws = tl.load(ws_ptr + wrows[:, None] * stride_wsn + ks[None, :])
+    else:
+        if FULL:
+            ok = n_ok[:, None] & (kw[None, :] >= 0)
+        elif EVEN_N:
+            ok = kw[None, :] < kp // 8
+        else:
+            ok = n_ok[:, None] & (kw[None, :] < kp // 8)
+        w = tl.load(w_ptr + wrows[:, None] * stride_wn + kw[None, :], mask=ok, other=0)
+        ws = tl.load(ws_ptr + wrows[:, None] * stride_wsn + ks[None, :], mask=ok, other=127)
     return w, ws
 
 
@@ -125,6 +139,44 @@ def _mma(acc, a, a_s, w, ws, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr,
 
 
 @triton.jit
+def _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k0, N, K, stride_am,
+                stride_asm, stride_wn, stride_wsn, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr,
+                W_DEQ: tl.constexpr, W_ASM: tl.constexpr, W_SWZ: tl.constexpr, W_MUL1: tl.constexpr,
+                FULL: tl.constexpr, EVEN_N: tl.constexpr):  # fmt: skip
+    """One K tile of GEMM1: gate and up accumulators (FULL: the tile lies inside K, loads unmasked along K)."""
+    a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL)
+    if W_SWZ:
+        wg, wgs = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
+        wu, wus = _load_w_swz(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
+        acc_g = _mma_swz(acc_g, a, a_s, wg, wgs, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
+        acc_u = _mma_swz(acc_u, a, a_s, wu, wus, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
+    else:
+        wg, wgs = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+        wu, wus = _load_w(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+        acc_g = _mma(acc_g, a, a_s, wg, wgs, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+        acc_u = _mma(acc_u, a, a_s, wu, wus, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+    return acc_g, acc_u
+
+
+@triton.jit
+def _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0, K, stride_am, stride_asm,
+                stride_wn, stride_wsn, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr, W_DEQ: tl.constexpr,
+                W_ASM: tl.constexpr, W_SWZ: tl.constexpr, W_MUL1: tl.constexpr, FULL: tl.constexpr,
+                EVEN_N: tl.constexpr):  # fmt: skip
+    """One K tile of GEMM2 (FULL as in _gemm1_step)."""
+    a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL)
+    if W_SWZ:
+        w, ws = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
+        acc = _mma_swz(acc, a, a_s, w, ws, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
+    else:
+        w, ws = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
+        acc = _mma(acc, a, a_s, w, ws, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+    return acc
+
+
+@triton.jit
 def _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M: tl.constexpr):
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     slot = tl.load(sorted_ptr + offs_m)
@@ -170,7 +222,7 @@ def moe_gemm1_kernel(
     DOT_SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False,
     part_ptr=None, cnt_ptr=None, SPLIT_K: tl.constexpr = 1, W_SWZ: tl.constexpr = False,
-    W_MUL1: tl.constexpr = False,
+    W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False,
 ):  # fmt: skip
     """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)].
     SPLIT_K > 1 (grid axis 2; 1-2 tokens per expert, too few CTAs): each split writes fp32 partials, the last one
@@ -193,18 +245,17 @@ def moe_gemm1_kernel(
         acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
-    for k0 in range(pid_k * per_split, min(pid_k * per_split + per_split, K), BLOCK_K):
-        a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K)
-        if W_SWZ:
-            wg, wgs = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-            wu, wus = _load_w_swz(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-            acc_g = _mma_swz(acc_g, a, a_s, wg, wgs, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
-            acc_u = _mma_swz(acc_u, a, a_s, wu, wus, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
-        else:
-            wg, wgs = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-            wu, wus = _load_w(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-            acc_g = _mma(acc_g, a, a_s, wg, wgs, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
-            acc_u = _mma(acc_u, a, a_s, wu, wus, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+    k_lo = pid_k * per_split
+    k_hi = min(k_lo + per_split, K)
+    k_full = k_lo + (k_hi - k_lo) // BLOCK_K * BLOCK_K  # whole tiles: no K-bound masks in the main loop
+    for k0 in range(k_lo, k_full, BLOCK_K):
+        acc_g, acc_u = _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k0, N, K,
+                                   stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N,
+                                   BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N)  # fmt: skip
+    if k_full < k_hi:
+        acc_g, acc_u = _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k_full, N,
+                                   K, stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M,
+                                   BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N)  # fmt: skip
     if SWAP:
         acc_g = tl.trans(acc_g)
         acc_u = tl.trans(acc_u)
@@ -239,7 +290,7 @@ def moe_gemm2_kernel(
     TOPK: tl.constexpr, A_FP4: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_SCALED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False, W_SWZ: tl.constexpr = False,
-    W_MUL1: tl.constexpr = False,
+    W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False,
 ):  # fmt: skip
     """y[slot, n] = topk_weight[slot] * (h[slot] . w2[n] + b2[n]) (fp32; summed per token by combine_kernel)."""
     pid_m = tl.program_id(0)
@@ -255,14 +306,15 @@ def moe_gemm2_kernel(
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K)
-        if W_SWZ:
-            w, ws = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-            acc = _mma_swz(acc, a, a_s, w, ws, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
-        else:
-            w, ws = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
-            acc = _mma(acc, a, a_s, w, ws, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM)
+    k_full = K // BLOCK_K * BLOCK_K  # whole tiles: no K-bound masks in the main loop
+    for k0 in range(0, k_full, BLOCK_K):
+        acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0, K, stride_am, stride_asm,
+                          stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM,
+                          W_SWZ, W_MUL1, True, EVEN_N)  # fmt: skip
+    if k_full < K:
+        acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k_full, K, stride_am,
+                          stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
+                          W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N)  # fmt: skip
     if SWAP:
         acc = tl.trans(acc)
     if HAS_BIAS:

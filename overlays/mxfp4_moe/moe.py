@@ -202,7 +202,7 @@ def fused_moe_mxfp4(
         w.w13_scale.stride(1), b13.stride(0), inter.stride(0), inter_s.stride(0), float(w.alpha), float(w.limit),
         TOPK=topk, A_FP4=w.a4, OUT_FP4=w.a4, ACT=w.act, HAS_BIAS=w.b13 is not None, DOT_SCALED=dot_scaled,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N1"], BLOCK_K=bk1, **_opts(cfg, "1", arch), **flags,
-        part_ptr=part, cnt_ptr=cnt, SPLIT_K=split,
+        part_ptr=part, cnt_ptr=cnt, SPLIT_K=split, EVEN_N=n % cfg["BLOCK_N1"] == 0,
     )  # fmt: skip
     b2 = w.b2 if w.b2 is not None else w.w2_scale
     grid2 = (s.max_blocks, triton.cdiv(h, cfg["BLOCK_N2"]))
@@ -212,6 +212,7 @@ def fused_moe_mxfp4(
         w.w2_scale.stride(1), b2.stride(0), y.stride(0),
         TOPK=topk, A_FP4=w.a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N2"], BLOCK_K=bk2, **_opts(cfg, "2", arch), **flags,
+        EVEN_N=h % cfg["BLOCK_N2"] == 0,
     )  # fmt: skip
     out = torch.empty(m, h, dtype=torch.bfloat16, device=dev)
     combine_kernel[(m, triton.cdiv(h, COMBINE_BLOCK))](y, s.ids, out, h, w.num_experts, y.stride(0), out.stride(0),
