@@ -48,7 +48,7 @@ def table(rows: list[dict[str, Any]], keys: Sequence[str], baselines: Sequence[s
     lines = [head]
     for key, impls in _groups(rows, keys).items():
         mine = impls.get(ours) or {}
-        speed = mine.get("speedup_vs", {})
+        speed = {b: r["us"] / mine["us"] for b, r in impls.items() if mine.get("us") and r.get("us")}
         cells = [*(str(k) for k in key), *(str(mine.get(e, "-")) for e in extra), _us(mine)]
         cells += [_us(impls.get(b)) for b in baselines]
         cells += [f"{speed[b]:.2f}" if b in speed else "-" for b in baselines]

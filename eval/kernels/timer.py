@@ -129,6 +129,21 @@ def clone_tensors(obj: Any) -> Any:
     return obj
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a structure (as clone_tensors walks it)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return sum(tensor_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    return 0
+
+
 class Copies:
     """copies(i): copy i of some inputs; 0 is the original, the others clones made on first use."""
 
@@ -142,6 +157,26 @@ class Copies:
 
     def __len__(self) -> int:
         return len(self._made)
+
+
+class Built:
+    """built(i): `build(source(i))` — an impl's load-time set-up on copy i (untimed), made on first use and kept.
+    `alloc_bytes`: what one copy holds, the source copy plus what building copy 0 allocated (measured)."""
+
+    def __init__(self, build: Callable[[Any], Any], source: Callable[[int], Any]) -> None:
+        self.build, self.source, self.made = build, source, {}
+        self.alloc_bytes = 0
+
+    def __call__(self, i: int) -> Any:
+        if i not in self.made:
+            import torch
+
+            before = torch.cuda.memory_allocated()
+            self.made[i] = self.build(self.source(i))
+            if i == 0:
+                added = max(torch.cuda.memory_allocated() - before, 0)
+                self.alloc_bytes = tensor_bytes(self.source(0)) + added
+        return self.made[i]
 
 
 # ---------------------------------------------------------------- GPU
