@@ -21,8 +21,10 @@ def test_gemm_deepseek_tp8_slice_and_fp8_rows():
     assert len(shapes) == len(set(shapes))
     for n, k in tp8.values():
         assert {(m, n, k) for m in (1, 16, 64, 4096)} <= set(shapes)
-    assert "fp8_deepgemm" in gemm.impls_for(3072, 1536) and "fp8_triton" in gemm.impls_for(7168, 16384)  # TP8, TP1
-    assert gemm.impls_for(2880, 512) == ("speedrun", "dequant_cublas", "bf16_cublas")  # GPT-OSS: no FP8 stock path
+    assert gemm.impls_for(3072, 1536) == gemm.IMPLS  # TP8 q_b: every baseline
+    plain = ("speedrun", "dequant_cublas", "bf16_cublas")
+    assert gemm.impls_for(2880, 512) == plain  # GPT-OSS: no FP8 stock path
+    assert gemm.impls_for(24576, 1536) == plain  # TP1 q_b: the FP8 baseline is measured on the TP8 slice
 
 
 def test_gemm_bytes_per_format_and_rows():

@@ -174,7 +174,7 @@ def bench_model(model_name: str, gpu: str, ms: tuple[int, ...], allow_jit: bool 
                 gbps, pct = report.pct_of_peak(nbytes[m], t.us, peak)
                 row.update(t.fields(), gbps=gbps, pct_hbm_peak=pct)
                 if name == "fp8_fused_moe":
-                    row["stock"] = fp8_stock_config(e, h, n, topk, m)
+                    row["stock"] = _stock_config(e, h, n, topk, m)
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
             rows.append(row)
@@ -182,6 +182,14 @@ def bench_model(model_name: str, gpu: str, ms: tuple[int, ...], allow_jit: bool 
         torch.cuda.empty_cache()
     report.add_speedups(rows, ("model", "m"))
     return rows
+
+
+def _stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any]:
+    """The config stock's FP8 fused MoE picks here (a failure to read it is noted, the timing stands)."""
+    try:
+        return fp8_stock_config(e, h, n, topk, m)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 SWEEP_MS = {"gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512), "deepseek-r1-mxfp4-tp8": (1, 16, 128)}
