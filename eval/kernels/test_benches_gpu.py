@@ -100,7 +100,7 @@ def test_moe_bench_small_shape(tmp_path: Path):
         _check_timed(row)
     stock = by["fp8_fused_moe"]["stock"]
     print(f"\nstock FP8 MoE config: {stock}")
-    assert stock["config"]["BLOCK_SIZE_K"] % 128 == 0 and stock["source"], stock
+    assert "config" in stock and stock["config"]["BLOCK_SIZE_K"] % 128 == 0 and stock["source"], stock
     for impl in ("speedrun_plain", "fp8_fused_moe", "dequant_fused_moe"):  # same weights; activation quant differs
         assert by[impl]["rel_diff_vs_speedrun"] < 0.35, f"{impl}: {by[impl]['rel_diff_vs_speedrun']}"
     assert set(by["speedrun"]["speedup_vs"]) == {"speedrun_plain", "fp8_fused_moe", "dequant_fused_moe"}
