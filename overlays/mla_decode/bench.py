@@ -1,13 +1,16 @@
 """MLA decode benchmark, side by side on the same inputs: ours vs SGLang's triton decode kernel, flashinfer MLA
 (BatchMLAPagedAttentionWrapper) and FlashMLA (sgl_kernel, page size 64).
 
-`python -m speedrun.overlays.mla_decode.bench --out DIR [--quick] [--sweep]` writes DIR/mla_decode.json and
-DIR/mla_decode.png. Each impl is captured in a CUDA graph; every replay follows an L2 flush (a 256 MB write,
-outside the timed events) and the median of the replays is reported. GB/s counts the minimal bytes: the cached
-latent rows only (576 x 2 = 1152 B per token in bf16, 576 B in fp8); % of peak uses 3.35 TB/s (H100 SXM
-nominal). All impls read one paged pool (page 64, pages scattered); the token-slot impls get the expanded
-kv_indices, FlashMLA the block table. Every impl runs in try/except: failures become rows with `error`.
-`--sweep` times config variants of our kernel instead (for tuning configs/sm90.json).
+`python -m speedrun.overlays.mla_decode.bench --out DIR [--quick] [--shape BS:KV:DTYPE ...] [--impls ...] [--sweep]`
+writes DIR/mla_decode.json and DIR/mla_decode.png. Baselines: `sglang_triton` is `decode_attention_fwd` as SGLang's
+TritonAttnBackend drives it for MLA (stock's `--attention-backend triton`), `flashinfer` and `flashmla` are the
+kernels behind stock's `flashinfer` / `flashmla` backends. Timing: eval/kernels/timer.py for every impl (a CUDA
+graph over N distinct copies of the paged pool and queries, cache flushed before each replay, median with p10/p90
+per call; rows carry the `timing` block). GB/s counts the minimal bytes: the cached latent rows only
+(576 x 2 = 1152 B per token in bf16, 576 B in fp8); % of HBM peak from the device name. All impls read one paged
+pool (page 64, pages scattered); the token-slot impls get the expanded kv_indices, FlashMLA the block table.
+Every impl runs in try/except: failures become rows with `error`. `--sweep` times config variants of our kernel
+instead (for tuning configs/sm90.json).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +25,9 @@ from typing import Any
 
 import torch
 
-PEAK_GBPS = 3350.0
+from speedrun.eval.kernels import report, timer
+from speedrun.eval.kernels.timer import Built, Copies
+
 HEADS = 16
 PAGE = 64
 SM_SCALE = 1.0 / math.sqrt(192)
@@ -177,43 +181,38 @@ SETUP = {"speedrun": setup_speedrun, "sglang_triton": setup_sglang_triton, "flas
          "flashmla": setup_flashmla}  # fmt: skip
 
 
-def time_graph(run: Callable[[], torch.Tensor], flush: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Median µs of CUDA-graph replays, each after an L2 flush that the events do not cover."""
-    out = run()  # compile / plan outside capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = run()
-    graph.replay()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    graph.replay()
-    torch.cuda.synchronize()
-    reps = max(5, min(30, int(0.1 / max(time.perf_counter() - t0, 1e-6))))
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        flush.zero_()
-        start.record()
-        graph.replay()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events) * 1e3, out.reshape(out.shape[0], HEADS, 512)
+def kv_bytes(bs: int, kv_len: int | str, kv_dtype: torch.dtype) -> int:
+    return sum(seq_lens(bs, kv_len)) * 576 * kv_dtype.itemsize
 
 
-def bench_shape(bs: int, kv_len: int, kv_dtype: torch.dtype, impls: tuple[str, ...], flush: torch.Tensor,
-                gpu: str, deadline: float) -> list[dict[str, Any]]:  # fmt: skip
-    x = make_inputs(bs, kv_len, kv_dtype, seed=seed_of(bs, kv_len))
-    nbytes = sum(seq_lens(bs, kv_len)) * 576 * kv_dtype.itemsize
+def measure(built: Built, x: dict[str, Any]) -> tuple[timer.Timing, torch.Tensor]:
+    """(timing, copy 0's output [bs, heads, 512]): the impl set up on each copy of the inputs (untimed)."""
+    out = built(0)()
+    torch.cuda.synchronize()
+    out = out.reshape(out.shape[0], HEADS, 512).clone()
+    calls = kv_bytes(x["bs"], x["kv_len"], x["kv"].dtype) + x["q"].numel() * 2
+    return timer.time_calls(built, calls, built.alloc_bytes), out
+
+
+def _timed_row(row: dict[str, Any], t: timer.Timing, nbytes: int, peak: float) -> None:
+    gbps, pct = report.pct_of_peak(nbytes, t.us, peak)
+    row.update(t.fields(), gbps=gbps, pct_hbm_peak=pct)
+
+
+def bench_shape(bs: int, kv_len: int | str, kv_dtype: torch.dtype, impls: tuple[str, ...], gpu: str, deadline: float,
+                peak: float = timer.DEFAULT_PEAK[1]) -> list[dict[str, Any]]:  # fmt: skip
+    copies = Copies(make_inputs(bs, kv_len, kv_dtype, seed=seed_of(bs, kv_len)))
+    nbytes = kv_bytes(bs, kv_len, kv_dtype)
     rows, ours = [], None
     for impl in impls:
         row = {"impl": impl, "bucket": BUCKET, "gpu": gpu, "bs": bs, "kv_len": kv_len, "heads": HEADS,
                "kv_dtype": "bf16" if kv_dtype == torch.bfloat16 else "fp8_e4m3", "us": None, "gbps": None}  # fmt: skip
+        if time.monotonic() > deadline:
+            rows.append({**row, "skipped": True, "error": "skipped: bench time budget spent"})
+            continue
         try:
-            if time.monotonic() > deadline:
-                raise TimeoutError("skipped: bench time budget spent")
-            us, out = time_graph(SETUP[impl](x), flush)
-            gbps = nbytes / (us * 1e-6) / 1e9
-            row.update(us=round(us, 2), gbps=round(gbps, 1), pct_hbm_peak=round(100 * gbps / PEAK_GBPS, 1))
+            t, out = measure(Built(SETUP[impl], copies), copies(0))
+            _timed_row(row, t, nbytes, peak)
             if impl == "speedrun":
                 ours = out.float()
             elif ours is not None:
@@ -221,8 +220,10 @@ def bench_shape(bs: int, kv_len: int, kv_dtype: torch.dtype, impls: tuple[str, .
         except Exception as exc:  # every baseline may be missing or reject a shape: record, go on
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
         rows.append(row)
-    del x
+        torch.cuda.empty_cache()
+    del copies
     torch.cuda.empty_cache()
+    report.add_speedups(rows, ("kv_dtype", "kv_len", "bs"))
     return rows
 
 
@@ -235,20 +236,8 @@ def shapes(quick: bool) -> list[tuple[int, int | str, torch.dtype]]:
 
 
 def summarize(rows: list[dict[str, Any]]) -> str:
-    by = {}
-    for r in rows:
-        by.setdefault((r["kv_dtype"], r["kv_len"], r["bs"]), {})[r["impl"]] = r
-    lines = [f"{'kv':>8} {'len':>6} {'bs':>4} " + " ".join(f"{i:>13}" for i in IMPLS) + "  x_sgl  x_best  %peak"]
-    for (dt, kv, bs), imp in sorted(by.items(), key=lambda it: (it[0][0], str(it[0][1]).zfill(8), it[0][2])):
-        us = {i: (imp.get(i) or {}).get("us") for i in IMPLS}
-        cells = " ".join(f"{(f'{v:.1f}' if v else 'err'):>13}" for v in us.values())
-        mine = us["speedrun"]
-        best = min([v for k, v in us.items() if k in ("flashinfer", "flashmla") and v] or [float("nan")])
-        x_sgl = us["sglang_triton"] / mine if mine and us["sglang_triton"] else float("nan")
-        x_best = best / mine if mine else float("nan")
-        peak = (imp.get("speedrun") or {}).get("pct_hbm_peak") or float("nan")
-        lines.append(f"{dt:>8} {kv:>6} {bs:>4} {cells}  {x_sgl:5.2f}  {x_best:6.2f}  {peak:5.1f}")
-    return "\n".join(lines)
+    """Per shape: our µs, each baseline's, ours' speedup over each (baseline / ours) and ours' % of HBM peak."""
+    return report.table(rows, ("kv_dtype", "kv_len", "bs"), IMPLS[1:])
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -267,7 +256,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 pts = sorted((r["bs"], r["us"]) for r in mine)
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker="o", label=impl)
-            ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="µs (CUDA graph, L2 flushed)",
+            ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="µs (CUDA graph, cache flushed, median)",
                    title=f"MLA decode, 16 heads, {dt} KV, kv {kv}")  # fmt: skip
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
@@ -275,13 +264,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def sweep(flush: torch.Tensor, gpu: str) -> list[dict[str, Any]]:
+def sweep(gpu: str, peak: float = timer.DEFAULT_PEAK[1]) -> list[dict[str, Any]]:
     """Every variant on the key shapes, bf16 and fp8; prints the best variant per shape."""
     rows, deadline = [], time.monotonic() + SWEEP_BUDGET_S
     for bs, kv_len in SWEEP_SHAPES:  # most important first: a spent budget drops the tail
         for dt in (torch.float8_e4m3fn, torch.bfloat16):
             name = "bf16" if dt == torch.bfloat16 else "fp8_e4m3"
-            x = make_inputs(bs, kv_len, dt, seed=seed_of(bs, kv_len))
+            copies = Copies(make_inputs(bs, kv_len, dt, seed=seed_of(bs, kv_len)))
             for variant in VARIANTS:
                 if variant in BF16_SKIP and dt == torch.bfloat16:
                     continue
@@ -291,13 +280,13 @@ def sweep(flush: torch.Tensor, gpu: str) -> list[dict[str, Any]]:
                 try:
                     if time.monotonic() > deadline:
                         raise TimeoutError("skipped: sweep time budget spent")
-                    us, _ = time_graph(setup_speedrun(x, cfg), flush)
-                    gbps = sum(seq_lens(bs, kv_len)) * 576 * dt.itemsize / us / 1e3
-                    row.update(us=round(us, 2), gbps=round(gbps, 1), pct_hbm_peak=round(100 * gbps / PEAK_GBPS, 1))
+                    t, _ = measure(Built(lambda x, cfg=cfg: setup_speedrun(x, cfg), copies), copies(0))
+                    _timed_row(row, t, kv_bytes(bs, kv_len, dt), peak)
                 except Exception as exc:
                     row["error"] = f"{type(exc).__name__}: {exc}"[:300]
                 rows.append(row)
-            del x
+                torch.cuda.empty_cache()
+            del copies
             torch.cuda.empty_cache()
             print(sweep_line(rows, name, bs, kv_len), flush=True)
     return rows
@@ -311,23 +300,39 @@ def sweep_line(rows: list[dict[str, Any]], dt: str, bs: int, kv_len: int) -> str
     return f"sweep {dt} bs={bs} kv={kv_len}: {best} | {cells}"
 
 
+def parse_shape(text: str) -> tuple[int, int | str, torch.dtype]:
+    try:
+        bs, kv, dt = text.split(":")
+        return int(bs), kv if kv == MIXED else int(kv), {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}[dt]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: expected BS:KV:DTYPE, KV a length or {MIXED}, DTYPE "
+                                         "bf16|fp8 (e.g. 4:1024:bf16)") from None  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="bf16, kv 8k, bs 4/32/256 only")
+    ap.add_argument("--shape", type=parse_shape, action="append", help="BS:KV:DTYPE (repeatable): only these")
+    ap.add_argument("--impls", default=",".join(IMPLS), help=f"comma list, default all: {','.join(IMPLS)}")
     ap.add_argument("--sweep", action="store_true", help="time config variants of our kernel (for tuning)")
     args = ap.parse_args(argv)
+    impls = tuple(args.impls.split(","))
+    if bad := [i for i in impls if i not in IMPLS]:
+        print(f"--impls: unknown {bad}; expected some of {', '.join(IMPLS)}")
+        return 2
     if not torch.cuda.is_available():
         print("mla_decode bench needs a GPU")
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name(0)
-    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # > 50 MB L2
-    meta = {"op": "mla_decode", "gpu": gpu, "peak_gbps": PEAK_GBPS, "sm_scale": SM_SCALE, "page_size": PAGE,
-            "timing": "CUDA graph replay, median, L2 flushed (256 MB write) before each replay",
+    peak_name, peak = timer.hbm_peak(gpu)
+    meta = {"op": "mla_decode", "gpu": gpu, "hbm_peak_Bps": peak, "hbm_peak_of": peak_name, "sm_scale": SM_SCALE,
+            "page_size": PAGE, "timing": timer.method_meta(timer.device_cache_bytes()),
+            "speedup_vs": "baseline us / our us (> 1: ours faster)",
             "bytes": "cached latent rows only: 1152 B/token bf16, 576 B/token fp8"}  # fmt: skip
     if args.sweep:
-        rows = sweep(flush, gpu)
+        rows = sweep(gpu, peak)
         best = {}
         for r in sorted((r for r in rows if r.get("us")), key=lambda r: r["us"]):
             best.setdefault(f"{r['kv_dtype']} bs={r['bs']} kv={r['kv_len']}", f"{r['variant']} {r['us']} µs")
@@ -336,16 +341,17 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "mla_decode_sweep.json").write_text(json.dumps(out, indent=1))
         return 0
     deadline, rows = time.monotonic() + BUDGET_S, []
-    for bs, kv_len, dt in shapes(args.quick):
-        rows += bench_shape(bs, kv_len, dt, IMPLS, flush, gpu, deadline)
-        print(f"done bs={bs} kv={kv_len} {dt}: " + ", ".join(f"{r['impl']}={r.get('us')}" for r in rows[-4:]))
+    for bs, kv_len, dt in args.shape or shapes(args.quick):
+        rows += bench_shape(bs, kv_len, dt, impls, gpu, deadline, peak)
+        print(f"done bs={bs} kv={kv_len} {dt}: " + ", ".join(f"{r['impl']}={r.get('us')}" for r in rows[-len(impls) :]),
+              flush=True)  # fmt: skip
     (args.out / "mla_decode.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     try:
         plot(rows, args.out / "mla_decode.png")
     except Exception as exc:  # a missing plot must not lose the numbers
         print(f"plot failed: {exc}")
     print(summarize(rows))
-    return 0
+    return 0 if all(r.get("us") or r.get("skipped") for r in rows if r["impl"] == "speedrun") else 1
 
 
 if __name__ == "__main__":

@@ -1,16 +1,25 @@
-"""MXFP4 GEMM benchmark (one run, one GPU): ours vs dequant+cuBLAS vs bf16 cuBLAS.
+"""MXFP4 GEMM benchmark (one run, one GPU): ours vs stock SGLang's FP8 block GEMM, dequant+cuBLAS and bf16 cuBLAS.
 
-impl `speedrun`: our GEMM from bf16 activations, MXFP4 activation quantization included (route per config).
+impl `speedrun`: our GEMM from bf16 activations, MXFP4 activation quantization included (route per config), on
+  weights re-laid out as the sm90 hook leaves them at load time.
+impl `fp8_deepgemm`: the baseline that matters for DeepSeek-R1 — stock SGLang 0.5.17 serves the FP8 checkpoint's
+  block-quantized linears on sm90 with `fp8_utils.deepgemm_w8a8_block_fp8_linear_with_fallback`, chosen by
+  `fp8_utils.dispatch_w8a8_block_fp8_linear` (auto backend) in `fp8.Fp8LinearMethod.__init__`; the per-token-group
+  FP8 activation quantization is inside the call (baselines.py says why this function).
+impl `fp8_triton`: what that dispatcher returns without deep_gemm (`triton_w8a8_block_fp8_linear`).
 impl `dequant_cublas`: W dequantized to bf16 in torch on every call (LUT gather + scale), then torch.matmul.
 impl `bf16_cublas`: torch.matmul with weights dequantized beforehand (the bf16 compute ceiling; no quantization).
-Timing (timing.py): `us` = CUDA-graph replay of N calls on N distinct weight copies, L2 flushed before each replay
-(how the server runs decode); `us_eager` = do_bench median with eager launches (host launch cost included).
-GB/s counts minimal bytes: MXFP4 W (N*K/2 + N*K/32) + bf16 A + bf16 C; bf16_cublas counts bf16 W (N*K*2).
-HBM % uses 3.35 TB/s (H100 SXM nominal). `--sweep` graph-times the variants (SWEEP_VARIANTS) at SWEEP_SHAPES and
-writes DIR/mxfp4_gemm_sweep.json: rows carry `bucket` (the M bucket key in configs/<arch>.json "default"), `nk`
-(the per-shape override key "NxK"), `variant`, `config` (the full dict) and `us`; the best per shape is printed.
+FP8 rows run on the DeepSeek-R1 TP8-slice shapes (M 1, 16, 64, 4096, plus the brief's M on those (N, K)). Every
+row multiplies the same matrix (the FP8 weights carry the MXFP4 values exactly) and reports `rel_err` against an
+fp32 product.
+Timing: eval/kernels/timer.py for every impl (CUDA graph of N calls on N distinct copies, L2 flushed before each
+replay, median with p10/p90 per call); each row carries its `timing` block. GB/s counts minimal bytes per impl:
+W (MXFP4 N*K/2 + N*K/32; FP8 N*K + scales; bf16 N*K*2) + bf16 A + bf16 C; % of HBM peak from the device name.
+`--sweep` times the variants (SWEEP_VARIANTS) at SWEEP_SHAPES and writes DIR/mxfp4_gemm_sweep.json: rows carry
+`bucket` (the M bucket key in configs/<arch>.json "default"), `nk` (the per-shape override key "NxK"), `variant`,
+`config` (the full dict) and `us`; the best per shape is printed.
 
-python -m speedrun.overlays.mxfp4_gemm.bench --out DIR   -> DIR/mxfp4_gemm.json, DIR/mxfp4_gemm.png
+python -m speedrun.overlays.mxfp4_gemm.bench --out DIR [--shape MxNxK ...]   -> DIR/mxfp4_gemm.json, .png
 """
 
 from __future__ import annotations
@@ -26,18 +35,47 @@ from typing import Any
 
 import torch
 
+from speedrun.eval.kernels import report, timer
+from speedrun.eval.kernels.timer import Copies, Timing
+from speedrun.overlays.mxfp4_gemm import baselines
 from speedrun.overlays.mxfp4_gemm.shapes import BRIEF, DEEPSEEK_NK, PREFILL_M, PREFILL_NK
-from speedrun.overlays.mxfp4_gemm.timing import EAGER_METHOD, GRAPH_METHOD, copies, time_eager, time_graph
 
-HBM_PEAK_GBS = 3350.0
 DECODE_M = (1, 16, 64)
+TP = 8  # the DeepSeek-R1 slice one GPU of a TP8 server holds
+COLUMN_PARALLEL = ("q_b", "kv_b", "dense_gate_up")  # N split over the TP ranks
+ROW_PARALLEL = ("o_proj", "dense_down")  # K split; fused_qkv_a is replicated
+# At TP8 stock fuses the shared expert into the MoE (E=257, top-9: the MoE bench), so shared_* are not linears there.
+TP8_M = (*DECODE_M, 4096)
+IMPLS = ("speedrun", "fp8_deepgemm", "fp8_triton", "dequant_cublas", "bf16_cublas")
+BASELINES = IMPLS[1:]
+W_FMT = {"speedrun": "mxfp4", "dequant_cublas": "mxfp4", "fp8_deepgemm": "fp8", "fp8_triton": "fp8",
+         "bf16_cublas": "bf16", "speedrun_plain": "mxfp4"}  # fmt: skip
+
+
+def deepseek_tp8_nk() -> dict[str, tuple[int, int]]:
+    """(N, K) of each DeepSeek-R1 linear on one rank of TP8 (shapes.DEEPSEEK_NK is TP1)."""
+    out = {"fused_qkv_a": DEEPSEEK_NK["fused_qkv_a"]}
+    out |= {name: (DEEPSEEK_NK[name][0] // TP, DEEPSEEK_NK[name][1]) for name in COLUMN_PARALLEL}
+    out |= {name: (DEEPSEEK_NK[name][0], DEEPSEEK_NK[name][1] // TP) for name in ROW_PARALLEL}
+    return out
+
+
+def fp8_shapes() -> set[tuple[int, int]]:
+    """(N, K) of the DeepSeek-R1 TP8-slice linears: the FP8 rows run there (the slice the FP8 baseline serves; each
+    new (N, K, M-range) JIT-compiles a DeepGEMM kernel, so not at the TP1 sizes too)."""
+    return set(deepseek_tp8_nk().values())
 
 
 def shapes() -> list[tuple[int, int, int]]:
     out = list(BRIEF)
     out += [(m, n, k) for (n, k) in DEEPSEEK_NK.values() for m in DECODE_M]
+    out += [(m, n, k) for (n, k) in deepseek_tp8_nk().values() for m in TP8_M]
     out += [(m, n, k) for (n, k) in PREFILL_NK for m in PREFILL_M]
     return list(dict.fromkeys(out))
+
+
+def impls_for(n: int, k: int) -> tuple[str, ...]:
+    return IMPLS if (n, k) in fp8_shapes() else tuple(i for i in IMPLS if not i.startswith("fp8_"))
 
 
 def _lut(device: torch.device) -> torch.Tensor:
@@ -60,17 +98,19 @@ def dequant_matmul(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, lut: torc
     return torch.matmul(a, torch_dequant(w, ws, lut).t())
 
 
-def _bytes(m: int, n: int, k: int, bf16_w: bool) -> int:
-    w = n * k * 2 if bf16_w else n * k // 2 + n * k // 32
+def _bytes(m: int, n: int, k: int, w_fmt: str = "mxfp4") -> int:
+    w = {"mxfp4": n * k // 2 + n * k // 32, "fp8": n * k + -(-n // 128) * (k // 128) * 4, "bf16": n * k * 2}[w_fmt]
     return w + m * k * 2 + m * n * 2
 
 
-def _row(impl: str, gpu: str, m: int, n: int, k: int, us: float | None, err: str | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {"impl": impl, "gpu": gpu, "m": m, "n": n, "k": k, "us": us}
-    if us:
-        gbps = _bytes(m, n, k, impl == "bf16_cublas") / us / 1e3
-        row.update(gbps=round(gbps, 1), hbm_pct=round(100 * gbps / HBM_PEAK_GBS, 1),
-                   tflops=round(2 * m * n * k / us / 1e6, 2), us=round(us, 2))  # fmt: skip
+def _row(impl: str, gpu: str, m: int, n: int, k: int, t: Timing | float | None, err: str | None = None,
+         peak: float = timer.DEFAULT_PEAK[1]) -> dict[str, Any]:  # fmt: skip
+    """A results row; `t` a Timing (or bare µs in tests)."""
+    row: dict[str, Any] = {"impl": impl, "gpu": gpu, "m": m, "n": n, "k": k, "us": None}
+    if t:
+        row.update(t.fields() if isinstance(t, Timing) else {"us": round(t, 2)})
+        gbps, pct = report.pct_of_peak(_bytes(m, n, k, W_FMT.get(impl, "mxfp4")), row["us"], peak)
+        row.update(gbps=gbps, pct_hbm_peak=pct, tflops=round(2 * m * n * k / row["us"] / 1e6, 2))
     if err:
         row["error"] = err[:300]
     return row
@@ -83,91 +123,73 @@ def weights(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, torch.randint(118, 125, (n, k // 32), dtype=torch.uint8, device="cuda", generator=g)
 
 
+def operands(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(A bf16 [M, K], W codes, W scales): copy 0 of every impl's inputs."""
+    a = torch.randn(m, k, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)).bfloat16()
+    return (a, *weights(n, k, seed))
+
+
 Call = Callable[[], Any]
+Prepared = tuple[tuple[torch.Tensor, ...], Callable[..., torch.Tensor]]  # (operands of copy 0, fn(*operands))
 
 
-def time_both(make: Callable[[int], Call], per_copy_bytes: int) -> tuple[float | None, float | None, str | None]:
-    """(graph us, eager us, error): `make(i)` builds the call on copy i (copy 0 is the eager one)."""
-    g_us = e_us = None
-    errs = []
-    try:
-        g_us = time_graph([make(i) for i in range(copies(per_copy_bytes))])
-    except Exception as exc:  # a failing method is a field, not the end of the run
-        errs.append(f"graph: {type(exc).__name__}: {exc}")
-    torch.cuda.empty_cache()
-    try:
-        e_us = time_eager(make(0))
-    except Exception as exc:
-        errs.append(f"eager: {type(exc).__name__}: {exc}")
-    return g_us, e_us, "; ".join(errs) or None
-
-
-def rotating(m: int, n: int, k: int, seed: int) -> Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Copy i of (A, W, W scales): the same values at distinct addresses, made on first use."""
-    a0 = torch.randn(m, k, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)).bfloat16()
-    w0, ws0 = weights(n, k, seed)
-    cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {0: (a0, w0, ws0)}
-
-    def get(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if i not in cache:
-            cache[i] = (a0.clone(), w0.clone(), ws0.clone())
-        return cache[i]
-
-    return get
-
-
-_relaid: dict[int, tuple[torch.Tensor, torch.Tensor, str]] = {}
-
-
-def new_shape() -> None:
-    """Forget the previous shape's re-laid-out weights (and free them)."""
-    _relaid.clear()
-    torch.cuda.empty_cache()
-
-
-def ours(data: Callable[[int], tuple[torch.Tensor, ...]], i: int, layout: str,
-         cfg: dict[str, Any] | None = None) -> Call:  # fmt: skip
-    """Our GEMM on copy i, its weights in `layout` as the hook leaves them at load time (re-laid out once, untimed)."""
+def ours_prepared(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, layout: str,
+                  cfg: dict[str, Any] | None = None) -> Prepared:  # fmt: skip
+    """Our GEMM on weights in `layout`, re-laid out once (load time, untimed) as the hook does."""
     from speedrun.overlays.mxfp4_gemm.gemm import mxfp4_gemm, relayout_weight
 
-    a, w, ws = data(i)
     if layout == "plain":
-        return partial(mxfp4_gemm, a, w, ws, config=cfg)
-    if i not in _relaid:  # cleared per shape (new_shape)
-        _relaid[i] = relayout_weight(w, ws)
-    w2, s2, lay = _relaid[i]
-    return partial(mxfp4_gemm, a, w2, s2, config=cfg, w_layout=lay)
+        return (a, w, ws), partial(mxfp4_gemm, config=cfg)
+    w2, s2, lay = relayout_weight(w, ws)
+    return (a, w2, s2), partial(mxfp4_gemm, config=cfg, w_layout=lay)
 
 
-def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor) -> list[dict[str, Any]]:
-    from speedrun.overlays.mxfp4_gemm.gemm import bucket_of, config_arch, pick_config, route_for, weight_layout
+def prepare(impl: str, a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, lut: torch.Tensor) -> Prepared:
+    """Copy 0 of an impl's operands in its own format (made untimed, as at load time) and the timed function."""
+    from speedrun.overlays.mxfp4_gemm.gemm import config_arch, weight_layout
 
-    new_shape()
-    data = rotating(m, n, k, seed=m + n)
-    mx_bytes = _bytes(m, n, k, False)
-    bf: dict[int, torch.Tensor] = {}
+    if impl == "speedrun":
+        return ours_prepared(a, w, ws, weight_layout(config_arch(a.device)))
+    if impl == "dequant_cublas":
+        return (a, w, ws), partial(dequant_matmul, lut=lut)
+    if impl == "bf16_cublas":
+        return (a, torch_dequant(w, ws, lut)), lambda x, wb: torch.matmul(x, wb.t())
+    fn = baselines.FP8_BUILDERS[impl]()  # first: a missing stock path fails before any weight is made
+    return (a, *baselines.fp8_weights(torch_dequant(w, ws, lut))), fn
 
-    def bf16_call(i: int) -> Call:
-        if i not in bf:
-            bf[i] = torch_dequant(data(0)[1], data(0)[2], lut)
-        return partial(torch.matmul, data(0)[0], bf[i].t())
 
-    impls: dict[str, tuple[Callable[[int], Call], int]] = {
-        "speedrun": (lambda i: ours(data, i, weight_layout(config_arch(torch.device("cuda")))), mx_bytes),
-        "dequant_cublas": (lambda i: partial(dequant_matmul, *data(i), lut), mx_bytes),
-        "bf16_cublas": (bf16_call, _bytes(m, n, k, True)),
-    }
-    cfg = pick_config(m, n, k, config_arch(torch.device("cuda")))
+def _nbytes(ops: tuple[torch.Tensor, ...]) -> int:
+    return sum(t.numel() * t.element_size() for t in ops)
+
+
+def measure(impl: str, prepared: Prepared, m: int, n: int, k: int) -> tuple[Timing, torch.Tensor]:
+    """(timing, copy 0's output): the impl's fn on distinct copies of its operands, through the shared timer."""
+    ops0, fn = prepared
+    out = fn(*ops0)
+    copies = Copies(ops0)
+    t = timer.time_calls(lambda i: partial(fn, *copies(i)), _bytes(m, n, k, W_FMT.get(impl, "mxfp4")), _nbytes(ops0))
+    return t, out
+
+
+def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor, peak: float) -> list[dict[str, Any]]:
+    from speedrun.overlays.mxfp4_gemm.gemm import bucket_of, config_arch, pick_config, route_for
+
+    a, w, ws = operands(m, n, k, seed=m + n)
+    ref = (a.float() @ torch_dequant(w, ws, lut).float().t()).float()  # fp32 product of the exact weights
+    cfg = pick_config(m, n, k, config_arch(a.device))
     rows = []
-    for impl, (make, nbytes) in impls.items():
-        g_us, e_us, err = time_both(make, nbytes)
-        row = _row(impl, gpu, m, n, k, g_us, err)
-        row["us_eager"] = round(e_us, 2) if e_us else None
+    for impl in impls_for(n, k):
+        try:
+            t, out = measure(impl, prepare(impl, a, w, ws, lut), m, n, k)
+            row = _row(impl, gpu, m, n, k, t, peak=peak)
+            row["rel_err"] = round(((out.float() - ref).norm() / ref.norm()).item(), 5)
+        except Exception as exc:  # a failing impl is a row, not the end of the run
+            row = _row(impl, gpu, m, n, k, None, f"{type(exc).__name__}: {exc}")
         if impl == "speedrun":
             row.update(bucket=bucket_of(m), route=route_for(cfg, n, k))
         rows.append(row)
-        bf.clear()
         torch.cuda.empty_cache()
+    report.add_speedups(rows, ("m", "n", "k"))
     return rows
 
 
@@ -219,25 +241,24 @@ def variant_config(base: dict[str, Any], variant: str, bucket: str, layout: str)
 SWEEP_BUDGET_S = 100.0
 
 
-def sweep_rows(gpu: str, budget_s: float = SWEEP_BUDGET_S) -> list[dict[str, Any]]:
-    """Every SWEEP_VARIANTS entry on SWEEP_SHAPES, graph-timed (tuning aid; prints the best per shape). Once
-    `budget_s` is spent the remaining rows are written with "skipped": true (the device step has a hard timeout)."""
+def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S) -> list[dict[str, Any]]:
+    """Every SWEEP_VARIANTS entry on SWEEP_SHAPES, timed like the bench (tuning aid; prints the best per shape).
+    Once `budget_s` is spent the remaining rows are written with "skipped": true (the device step has a hard
+    timeout)."""
     from speedrun.overlays.mxfp4_gemm.gemm import bucket_of, config_arch, mxfp4_gemm, pick_config, weight_layout
 
     rows, t0 = [], time.time()
     for m, n, k in SWEEP_SHAPES:
         if time.time() - t0 > budget_s:
             print(f"sweep: budget {budget_s:.0f} s spent, skipping ({m},{n},{k})")
-            rows.append(
-                {**_row("speedrun", gpu, m, n, k, None), "variant": "*", "bucket": bucket_of(m), "skipped": True}
-            )
+            rows.append({**_row("speedrun", gpu, m, n, k, None), "variant": "*", "bucket": bucket_of(m),
+                         "skipped": True})  # fmt: skip
             continue
-        new_shape()
-        data = rotating(m, n, k, seed=n + k)
-        arch = config_arch(torch.device("cuda"))
+        a, w, ws = operands(m, n, k, seed=n + k)
+        arch = config_arch(a.device)
         base, table_layout = pick_config(m, n, k, arch), weight_layout(arch)
         try:
-            want = mxfp4_gemm(*data(0), config=base).float()
+            want = mxfp4_gemm(a, w, ws, config=base).float()
         except Exception:  # the config's own row records the error below
             want = None
         for name in ("config", *SWEEP_VARIANTS):
@@ -249,17 +270,18 @@ def sweep_rows(gpu: str, budget_s: float = SWEEP_BUDGET_S) -> list[dict[str, Any
                 rows.append({**_row(impl, gpu, m, n, k, None), **row, "skipped": True})
                 continue
             try:
-                got = ours(data, 0, layout, cfg)().float()
+                t, got = measure(impl, ours_prepared(a, w, ws, layout, cfg), m, n, k)
                 if want is not None:
-                    row["max_rel_diff_vs_config"] = round(((got - want).abs().max() / want.abs().max()).item(), 5)
-                us = time_graph([ours(data, i, layout, cfg) for i in range(copies(_bytes(m, n, k, False)))])
-                rows.append({**_row(impl, gpu, m, n, k, us), **row})
+                    row["max_rel_diff_vs_config"] = round(((got.float() - want).abs().max() / want.abs().max()).item(),
+                                                          5)  # fmt: skip
+                rows.append({**_row(impl, gpu, m, n, k, t, peak=peak), **row})
             except Exception as exc:
                 rows.append({**_row(impl, gpu, m, n, k, None, f"{type(exc).__name__}: {exc}"), **row})
+            torch.cuda.empty_cache()
         done = [r for r in rows if (r["m"], r["n"], r["k"]) == (m, n, k) and r.get("us")]
         for r in sorted(done, key=lambda r: r["us"]):
-            print(f"sweep ({m},{n},{k}) {r['variant']:16} {r['us']:9.2f} us {r.get('hbm_pct', '-'):>5} %HBM")
-        del data
+            print(f"sweep ({m},{n},{k}) {r['variant']:16} {r['us']:9.2f} us {r.get('pct_hbm_peak', '-'):>5} %HBM")
+        del a, w, ws
         torch.cuda.empty_cache()
     return rows
 
@@ -271,13 +293,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = list(dict.fromkeys((r["m"], r["n"], r["k"]) for r in rows))
-    fig, ax = plt.subplots(figsize=(max(10, len(keys) * 0.35), 5))
-    for i, impl in enumerate(("speedrun", "dequant_cublas", "bf16_cublas")):
+    impls = [i for i in IMPLS if any(r["impl"] == i for r in rows)]
+    width = 0.8 / max(len(impls), 1)
+    fig, ax = plt.subplots(figsize=(max(10, len(keys) * 0.45), 5))
+    for i, impl in enumerate(impls):
         us = {(r["m"], r["n"], r["k"]): r.get("us") for r in rows if r["impl"] == impl}
-        xs = [j + (i - 1) * 0.27 for j in range(len(keys))]
-        ax.bar(xs, [us.get(key) or 0 for key in keys], width=0.27, label=impl)
+        xs = [j + (i - (len(impls) - 1) / 2) * width for j in range(len(keys))]
+        ax.bar(xs, [us.get(key) or 0 for key in keys], width=width, label=impl)
     ax.set_yscale("log")
-    ax.set_ylabel("us per call (CUDA graph, L2 flushed)")
+    ax.set_ylabel("us per call (CUDA graph, L2 flushed, median)")
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([f"{m}x{n}x{k}" for m, n, k in keys], rotation=90, fontsize=7)
     ax.legend()
@@ -286,38 +310,41 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def summary(rows: list[dict[str, Any]]) -> None:
-    by = {(r["impl"], r["m"], r["n"], r["k"]): r for r in rows}
-    head = ("M", "N", "K", "route", "ours us", "eager", "deq+cuBLAS", "bf16", "x deq", "x bf16", "HBM%")
-    widths = (6, 6, 6, 9, 9, 8, 10, 8, 6, 6, 5)
-    print(" ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
-    for _, m, n, k in [key for key in by if key[0] == "speedrun"]:
-        ours, deq, bf = (by.get((i, m, n, k), {}).get("us") for i in ("speedrun", "dequant_cublas", "bf16_cublas"))
-        row = by[("speedrun", m, n, k)]
-        x_deq = f"{deq / ours:.2f}" if ours and deq else "-"
-        x_bf = f"{ours / bf:.2f}" if ours and bf else "-"
-        cells = (m, n, k, row.get("route", "-"), ours or "-", row.get("us_eager") or "-", deq or "-", bf or "-",
-                 x_deq, x_bf, row.get("hbm_pct", "-"))  # fmt: skip
-        print(" ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Per shape: our µs, each baseline's, ours' speedup over each (baseline / ours) and ours' % of HBM peak."""
+    return report.table(rows, ("m", "n", "k"), BASELINES, extra=("route",))
 
 
 def meta(gpu: str, sweep: bool) -> dict[str, Any]:
     from speedrun.overlays.mxfp4_gemm.gemm import BUCKETS
 
-    out = {"op": "mxfp4_gemm", "gpu": gpu, "hbm_peak_gbps": HBM_PEAK_GBS, "us": GRAPH_METHOD,
-           "bytes": "MXFP4 W (N*K/2 + N*K/32) + bf16 A + bf16 C; bf16_cublas counts bf16 W (N*K*2)"}  # fmt: skip
+    peak_name, peak = timer.hbm_peak(gpu)
+    out = {"op": "mxfp4_gemm", "gpu": gpu, "hbm_peak_Bps": peak, "hbm_peak_of": peak_name,
+           "timing": timer.method_meta(timer.device_cache_bytes()),
+           "bytes": "W (MXFP4 N*K/2 + N*K/32; FP8 N*K + fp32 scale per 128x128; bf16 N*K*2) + bf16 A + bf16 C",
+           "speedup_vs": "baseline us / our us (> 1: ours faster)"}  # fmt: skip
     if sweep:
         out["bucket"] = f"M bucket key of configs/<arch>.json 'default' (upper bounds {BUCKETS}, else 'max')"
         out["nk"] = "per-shape override key 'NxK' in the same file"
         out["variants"] = SWEEP_VARIANTS
     else:
-        out["us_eager"] = EAGER_METHOD
+        out["baselines"] = baselines.describe()
+        out["rel_err"] = "|out - fp32 A.W^T| / |fp32 A.W^T| (W the exact dequantized weights)"
     return out
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        m, n, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: expected MxNxK, e.g. 16x2112x7168") from None
+    return m, n, k
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("."))
+    ap.add_argument("--shape", type=parse_shape, action="append", help="MxNxK (repeatable): only these shapes")
     ap.add_argument("--sweep", action="store_true", help="only time the variants (tuning): DIR/mxfp4_gemm_sweep.json")
     ap.add_argument("--budget", type=float, default=SWEEP_BUDGET_S, help="sweep: seconds before skipping the rest")
     args = ap.parse_args(argv)
@@ -326,22 +353,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.manual_seed(0)
     gpu = torch.cuda.get_device_name()
+    peak = timer.hbm_peak(gpu)[1]
     t0, rows = time.time(), []
     args.out.mkdir(parents=True, exist_ok=True)
     if args.sweep:
-        rows = sweep_rows(gpu, args.budget)
+        rows = sweep_rows(gpu, peak, args.budget)
         out = args.out / "mxfp4_gemm_sweep.json"
         out.write_text(json.dumps({"meta": meta(gpu, True), "rows": rows}, indent=1))
         print(f"wrote {out} in {time.time() - t0:.0f} s")
         return 0 if all(r.get("us") or r.get("skipped") for r in rows) else 1
     lut = _lut(torch.device("cuda"))
-    for m, n, k in shapes():
-        rows += bench_shape(m, n, k, gpu, lut)
+    for m, n, k in args.shape or shapes():
+        rows += bench_shape(m, n, k, gpu, lut, peak)
+        print(f"[{time.time() - t0:.0f} s] {m}x{n}x{k}: " + ", ".join(f"{r['impl']}={r.get('us')}" for r in rows[-5:]
+                                                                      if r["m"] == m and r["n"] == n and r["k"] == k),
+              flush=True)  # fmt: skip
         torch.cuda.empty_cache()
     (args.out / "mxfp4_gemm.json").write_text(json.dumps({"meta": meta(gpu, False), "rows": rows}, indent=1))
-    plot(rows, args.out / "mxfp4_gemm.png")
-    summary(rows)
-    print(f"wrote {args.out / 'mxfp4_gemm.json'} in {time.time() - t0:.0f} s (HBM peak {HBM_PEAK_GBS} GB/s nominal)")
+    try:
+        plot(rows, args.out / "mxfp4_gemm.png")
+    except Exception as exc:  # a missing plot must not lose the numbers
+        print(f"plot failed: {exc}")
+    print(summary(rows))
+    print(f"wrote {args.out / 'mxfp4_gemm.json'} in {time.time() - t0:.0f} s (HBM peak {peak / 1e9:.0f} GB/s nominal)")
     return 0 if all(r.get("us") for r in rows if r["impl"] == "speedrun") else 1
 
 

@@ -386,7 +386,7 @@ def test_bench_helpers(tmp_path):
     assert torch.equal(bench.torch_dequant(w, ws, bench._lut(w.device)), dequant_mxfp4(w, ws, torch.bfloat16))
     rows = [bench._row(i, "cpu", 16, 2112, 7168, us) for i, us in (("speedrun", 4.0), ("dequant_cublas", 40.0),
                                                                   ("bf16_cublas", 12.0))]  # fmt: skip
-    assert rows[0]["gbps"] == round(bench._bytes(16, 2112, 7168, False) / 4.0 / 1e3, 1)
+    assert rows[0]["gbps"] == round(bench._bytes(16, 2112, 7168, "mxfp4") / 4.0 / 1e3, 1)
     bench.plot(rows, tmp_path / "p.png")
     bench.summary(rows)
     assert (tmp_path / "p.png").stat().st_size > 1000 and len(bench.shapes()) >= 30

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from speedrun.eval.kernels import timer
 from speedrun.overlays.mx import triton_helpers as mx
 from speedrun.overlays.mx.format import dequant_mxfp4
 from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4
@@ -18,7 +19,6 @@ from speedrun.overlays.mxfp4_gemm import gemm, hook
 from speedrun.overlays.mxfp4_gemm.bench import SWEEP_VARIANTS, variant_config
 from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight
 from speedrun.overlays.mxfp4_gemm.shapes import BRIEF, DEEPSEEK_NK, PREFILL_M
-from speedrun.overlays.mxfp4_gemm.timing import time_graph
 
 pytestmark = [
     pytest.mark.gpu,
@@ -171,8 +171,8 @@ def test_swz128_one_multiply_decode_is_exact():
 
 @pytest.mark.parametrize("variant", ["config", "old_split", "plain", "st3"], ids=str)
 def test_graph_of_rotating_calls_matches_reference(variant: str):
-    """The bench's timing method (timing.time_graph: N calls on N weight copies, private capture stream, replays
-    after L2 flushes) leaves every call's output right, split-K counters included."""
+    """The benches' timer (eval/kernels/timer.time_calls: N calls on N weight copies, private capture stream,
+    replays after cache flushes) leaves every call's output right, split-K counters included."""
     m, n, k = 16, 7168, 2048
     arch = gemm.config_arch(torch.device("cuda"))
     cfg, layout = variant_config(gemm.pick_config(m, n, k, arch), variant, "16", gemm.weight_layout(arch))
@@ -181,7 +181,8 @@ def test_graph_of_rotating_calls_matches_reference(variant: str):
     relaid = [gemm.relayout_weight(w, ws) if layout != "plain" else (w, ws, "plain") for _, w, ws in cases]
     calls = [partial(gemm.mxfp4_gemm, a, w2, s2, out=o, config=cfg, w_layout=lay)
              for (a, _, _), (w2, s2, lay), o in zip(cases, relaid, outs, strict=True)]  # fmt: skip
-    assert time_graph(calls, reps=3) > 0
+    t = timer.time_calls(lambda i: calls[i], 0, copies=len(calls), replays=3)
+    assert t.us > 0 and t.method == "cuda_graph", t
     for (a, w, ws), out in zip(cases, outs, strict=True):
         _check(out, mxfp4_gemm_ref(a, w, ws))
 

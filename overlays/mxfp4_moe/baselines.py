@@ -2,9 +2,11 @@
 
 Every builder takes SGLang-layout raw experts (`Raw`: what the loader leaves before
 process_weights_after_loading) and returns (prepare, run): `prepare(topk_ids, topk_weights, logits)` is untimed
-routing state, `run(x, state) -> out` is what the bench times.
+routing state, `run(x, state) -> out` is what the bench times. A run may write its output into `x` (stock's
+in-place MoE does): the bench hands it copies. The bench builds one baseline per weight copy (eval/kernels/timer).
 - triton_kernels: `_swizzle_mxfp4` + `triton_kernel_fused_experts_with_bias` (matmul_ogs), GPT-OSS Hopper default.
 - flashinfer: `Mxfp4MoEMethod._process_weights_for_sm90_cutlass` + `cutlass_fused_moe(use_w4_group_scaling)`.
+- fp8_fused_moe: what stock SGLang 0.5.17 serves DeepSeek-R1's FP8 checkpoint with on sm90 (see `fp8_fused_moe`).
 - dequant_fused_moe: experts dequantized to bf16 once, then SGLang's Triton fused-MoE kernel
   (`invoke_fused_moe_kernel`, SGLang's default bf16 block config), SiLU-and-mul, top-k sum.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 import torch
 
+from speedrun.eval.kernels.stock import fp8_block_quant, stock_config
 from speedrun.overlays.mx.format import dequant_mxfp4
 
 Prepare = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]
@@ -118,6 +121,71 @@ def flashinfer(raw: Raw, topk: int, allow_jit: bool = False) -> tuple[Prepare, R
     return _ids_weights, run
 
 
+FP8_BLOCK = [128, 128]
+ROUTED_SCALING = 2.5  # DeepSeek-R1 routed_scaling_factor: the fused shared expert's top-k weight is 1 / this
+
+
+def fp8_experts(w: torch.Tensor, s: torch.Tensor, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """MXFP4 experts -> DeepSeek's FP8 checkpoint format (e4m3 [E, rows, cols], fp32 scale_inv per 128x128 block),
+    carrying the same values exactly (power-of-two block scales); `chunk` experts at a time bound the temporaries."""
+    parts = [fp8_block_quant(dequant_mxfp4(w[i : i + chunk], s[i : i + chunk], torch.bfloat16))
+             for i in range(0, w.shape[0], chunk)]  # fmt: skip
+    return torch.cat([q for q, _ in parts]), torch.cat([sc for _, sc in parts])
+
+
+def fp8_stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any]:
+    """The fused-MoE config stock picks for this shape on this device, and where it came from."""
+    from sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe_triton_config import (
+        get_config_file_name,
+        get_moe_configs,
+        try_get_optimal_moe_config,
+    )
+
+    stock_config()
+    cfg, (down, _) = try_get_optimal_moe_config((e, 2 * n, h), (e, h, n), topk, "fp8_w8a8", m, block_shape=FP8_BLOCK,
+                                                return_down_config=True)  # fmt: skip
+    tuned = get_moe_configs(e, n, "fp8_w8a8", *FP8_BLOCK) is not None
+    name = get_config_file_name(e, n, "fp8_w8a8", FP8_BLOCK)
+    return {"config": cfg, "down_config": down, "source": f"tuned {name}" if tuned else f"default (no {name})"}
+
+
+def fp8_fused_moe(raw: Raw, topk: int, allow_jit: bool = False) -> tuple[Prepare, Run]:
+    """Stock DeepSeek-R1 FP8 MoE on sm90, as sglang 0.5.17 calls it:
+    - models/deepseek_v2.py: on CUDA sm80+ at TP (no EP, no DeepEP) `determine_num_fused_shared_experts` fuses the
+      shared expert into the routed ones: E = 256 + 1, top-k = 8 + 1 (the last slot the shared expert, weight
+      1 / routed_scaling_factor before renormalization, topk.py `biased_grouped_topk_impl`).
+    - quantization/fp8.py `Fp8MoEMethod.create_moe_runner`: moe_runner_backend "auto" (the default; no model
+      override for DeepSeek on sm90) -> DEEP_GEMM only with a DeepEP/Mooncake/NIXL all-to-all, else TRITON.
+    - moe_runner/runner.py: the standard dispatcher + TRITON runner use the registered fused function
+      moe_runner/triton.py `fused_experts_none_to_triton` -> triton_utils/fused_moe.py `fused_experts` with
+      use_fp8_w8a8=True, w13/w2_weight_scale_inv, a1/a2 scale None (per-token-group-128 FP8 activation quant
+      inside `invoke_fused_moe_kernel`), block_shape [128, 128]; the config from `try_get_optimal_moe_config`
+      (tuned JSON for E=257,N=256,<device>,fp8_w8a8,block_shape=[128, 128] if it ships, else the block default).
+    - FusedMoE's MoeRunnerConfig: inplace=True (the default DeepSeek keeps), num_experts == num_local_experts
+      (no expert filtering). routed_scaling_factor is 1.0 here (stock's 2.5 is the same multiply in the same
+      kernel) so the output compares with ours."""
+    from sglang.srt.layers.moe import MoeRunnerConfig
+    from sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe import fused_experts
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    stock_config()
+    w13, s13 = fp8_experts(raw.w13, raw.s13)  # [E, 2N, H], rows [gate ; up] as SGLang's w13
+    w2, s2 = fp8_experts(raw.w2, raw.s2)
+    e, n2, h = w13.shape
+    cfg = MoeRunnerConfig(num_experts=e, num_local_experts=e, hidden_size=h, intermediate_size_per_partition=n2 // 2,
+                          top_k=topk, params_dtype=torch.bfloat16, activation="silu", inplace=True,
+                          routed_scaling_factor=1.0)  # fmt: skip
+
+    def prepare(ids, tw, logits):
+        return StandardTopKOutput(tw, ids, logits)
+
+    def run(x, state):
+        return fused_experts(x, w13, w2, state, cfg, use_fp8_w8a8=True, w1_scale=s13, w2_scale=s2, a1_scale=None,
+                             a2_scale=None, block_shape=FP8_BLOCK)  # fmt: skip
+
+    return prepare, run
+
+
 def _default_config(m: int, e: int) -> dict:
     """SGLang's `get_default_config` for bf16 (no tuned JSON for these shapes)."""
     if m <= e:
@@ -154,4 +222,5 @@ def dequant_fused_moe(raw: Raw, topk: int, allow_jit: bool = False) -> tuple[Pre
     return _ids_weights, run
 
 
-BUILDERS = {"triton_kernels": triton_kernels, "flashinfer": flashinfer, "dequant_fused_moe": dequant_fused_moe}
+BUILDERS = {"triton_kernels": triton_kernels, "flashinfer": flashinfer, "fp8_fused_moe": fp8_fused_moe,
+            "dequant_fused_moe": dequant_fused_moe}  # fmt: skip

@@ -1,16 +1,26 @@
 """MXFP4 MoE bench (one GPU): ours vs SGLang's paths at the finals' shapes.
 
 GPT-OSS-120B (E=128, top-4, H=I=2880, w4a16): speedrun vs triton_kernels (SGLang's Hopper default) and
-flashinfer's sm90 cutlass MXFP4 path. DeepSeek-R1 MXFP4 TP8 shard (E=256+1 shared, top-9, H=7168, I=256,
-w4a4): speedrun vs experts dequantized to bf16 + SGLang's Triton fused-MoE kernel.
+flashinfer's sm90 cutlass MXFP4 path. DeepSeek-R1 MXFP4 TP8 shard (E=256 routed + 1 shared expert fused as SGLang
+fuses it, top-8 + the shared one, H=7168, I=256 per shard, w4a4) vs:
+- `fp8_fused_moe`, the baseline that matters: stock SGLang 0.5.17 serves DeepSeek-R1's FP8 checkpoint on sm90
+  with the Triton fused MoE in FP8 block mode — `srt/layers/quantization/fp8.py: Fp8MoEMethod.create_moe_runner`
+  resolves moe_runner_backend "auto" to TRITON (DeepGEMM's MoE runner only with a DeepEP/Mooncake/NIXL
+  all-to-all), whose fused function `moe_runner/triton.py: fused_experts_none_to_triton` calls
+  `moe_runner/triton_utils/fused_moe.py: fused_experts(use_fp8_w8a8=True, block_shape=[128, 128])` with the
+  tuned config `try_get_optimal_moe_config` finds for the device (baselines.fp8_fused_moe has the whole path;
+  each row records the config and whether it came from a tuned JSON);
+- `dequant_fused_moe`: experts dequantized to bf16 + SGLang's Triton fused-MoE kernel (the round-3 baseline).
+Every DeepSeek impl computes on the same weights (the FP8 experts carry the MXFP4 values exactly).
 
-Timing: each impl runs R routing sets (different experts, so weights stream from HBM rather than L2) captured
-in one CUDA graph (eager fallback if capture fails); µs per call. `speedrun` is the serving default on sm90
-(experts in mx.layout's swz128 value layout), `speedrun_plain` the same configs on plain-layout experts
-(round 2). GB/s counts the minimal bytes: the MXFP4
-weights+scales (+biases) of the distinct experts each call touches, plus x and the output; % of HBM uses the
-H100 SXM nominal 3.35 TB/s. Top-k selection is not timed for anyone (triton_kernels' routing() also sorts,
-so its expert sort is free here, ours is timed).
+Timing: eval/kernels/timer.py for every impl: N distinct weight copies (each impl's own load-time processing of
+its own raw copy), each with its own routing set and hidden states, in one CUDA graph, cache flushed before each
+replay, median (p10/p90) per call; rows carry the `timing` block. `speedrun` is the serving default on sm90
+(experts in mx.layout's swz128 value layout), `speedrun_plain` the same configs on plain-layout experts (round 2).
+GB/s counts the minimal bytes: the MXFP4 weights+scales (+biases) of the distinct experts each call touches, plus
+x and the output; % of HBM peak from the device name. Top-k selection is not timed for anyone (triton_kernels'
+routing() also sorts, so its expert sort is free here, ours is timed). Stock's in-place MoE writes its output
+over its input: its copies' hidden states drift over the replays (routing is fixed, so the work is the same).
 
     python -m speedrun.overlays.mxfp4_moe.bench --out DIR   # writes DIR/mxfp4_moe.json and DIR/mxfp4_moe.png
 """
@@ -20,12 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from speedrun.overlays.mxfp4_moe.baselines import BUILDERS, Raw
+from speedrun.eval.kernels import report, timer
+from speedrun.eval.kernels.timer import Built, Copies
+from speedrun.overlays.mxfp4_moe.baselines import BUILDERS, ROUTED_SCALING, Raw, fp8_stock_config
 from speedrun.overlays.mxfp4_moe.hook import _deinterleave
 from speedrun.overlays.mxfp4_moe.moe import (
     ACT_SILU,
@@ -37,14 +50,25 @@ from speedrun.overlays.mxfp4_moe.moe import (
     swizzled,
 )
 
-HBM_PEAK = 3.35e12  # H100 SXM nominal
-ROUTING_SETS = 8
-# model: experts, topk, hidden, inter, w4a4, baselines
+ROUTING_SETS = 8  # routing sets averaged for the byte count
+
+
+class Model(NamedTuple):
+    experts: int  # routed + fused shared
+    topk: int  # routed + fused shared
+    hidden: int
+    inter: int
+    w4a4: bool
+    baselines: tuple[str, ...]
+    shared: int = 0  # fused shared experts: the last ids, always selected
+
+
 MODELS = {
-    "gpt-oss-120b": (128, 4, 2880, 2880, False, ("triton_kernels", "flashinfer")),
-    "deepseek-r1-mxfp4-tp8": (257, 9, 7168, 256, True, ("dequant_fused_moe",)),
+    "gpt-oss-120b": Model(128, 4, 2880, 2880, False, ("triton_kernels", "flashinfer")),
+    "deepseek-r1-mxfp4-tp8": Model(257, 9, 7168, 256, True, ("fp8_fused_moe", "dequant_fused_moe"), shared=1),
 }
-MS = (1, 4, 16, 64, 128, 512, 4096)
+MS = (1, 4, 16, 32, 64, 128, 512, 4096)
+OURS, ALT = "speedrun", "speedrun_plain"
 
 
 def make_raw(e: int, h: int, n: int, gptoss: bool) -> Raw:
@@ -64,41 +88,24 @@ def ours(raw: Raw, gptoss: bool) -> MoeWeights:
                       _deinterleave(raw.b13.float(), n), raw.b2.float(), act=ACT_SWIGLU_OAI)  # fmt: skip
 
 
-def routing_sets(m: int, e: int, topk: int, h: int) -> list[dict[str, torch.Tensor]]:
-    out = []
-    for i in range(ROUTING_SETS):
-        g = torch.Generator(device="cuda").manual_seed(1000 * m + i)
-        logits = torch.randn(m, e, generator=g, device="cuda")
-        vals, ids = logits.topk(topk, dim=1)
-        x = torch.randn(m, h, generator=g, device="cuda").bfloat16()
-        out.append({"x": x, "ids": ids.int(), "tw": torch.softmax(vals, -1), "logits": logits})
-    return out
+def routing_set(m: int, model: Model, i: int) -> dict[str, torch.Tensor]:
+    """Routing set i at M tokens: top-k over the routed experts (softmax weights), then the fused shared experts
+    (always chosen, weight 1 / routed_scaling_factor as stock's grouped top-k leaves it), and the hidden states."""
+    g = torch.Generator(device="cuda").manual_seed(1000 * m + i)
+    routed = model.experts - model.shared
+    logits = torch.randn(m, model.experts, generator=g, device="cuda")
+    vals, ids = logits[:, :routed].topk(model.topk - model.shared, dim=1)
+    tw = torch.softmax(vals, -1)
+    if model.shared:
+        shared_ids = torch.arange(routed, model.experts, device="cuda").expand(m, model.shared)
+        ids = torch.cat((ids, shared_ids), dim=1)
+        tw = torch.cat((tw, torch.full((m, model.shared), 1 / ROUTED_SCALING, device="cuda")), dim=1)
+    x = torch.randn(m, model.hidden, generator=g, device="cuda").bfloat16()
+    return {"x": x, "ids": ids.int().contiguous(), "tw": tw.float().contiguous(), "logits": logits}
 
 
-def time_calls(calls: list) -> tuple[float, str]:
-    """µs per call over the routing sets: CUDA graph of all calls, else eager."""
-    for c in calls:
-        c()
-    torch.cuda.synchronize()
-    try:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for c in calls:
-                c()
-        run, mode = graph.replay, "graph"
-    except Exception:
-        torch.cuda.synchronize()
-        run, mode = (lambda: [c() for c in calls]), "eager"
-    run()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    reps = 5
-    start.record()
-    for _ in range(reps):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * len(calls)), mode
+def routing_sets(m: int, model: Model, count: int = ROUTING_SETS) -> list[dict[str, torch.Tensor]]:
+    return [routing_set(m, model, i) for i in range(count)]
 
 
 def min_bytes(sets: list[dict], e: int, h: int, n: int, gptoss: bool) -> float:
@@ -107,49 +114,82 @@ def min_bytes(sets: list[dict], e: int, h: int, n: int, gptoss: bool) -> float:
     return touched * per_expert + 2 * sets[0]["x"].numel() * 2
 
 
-def bench_model(model: str, gpu: str, ms: tuple[int, ...], allow_jit: bool = False) -> list[dict[str, Any]]:
-    e, topk, h, n, a4, baselines = MODELS[model]
-    raw = make_raw(e, h, n, gptoss=not a4)
-    w = ours(raw, gptoss=not a4)
-    ids_tw = lambda i, t, lg: (i, t)
-    ws = swizzled(w)
-    impls: dict[str, Any] = {"speedrun": (ids_tw, lambda x, st: fused_moe_mxfp4(x, ws, *st))}
-    alt = "speedrun_plain"
-    impls[alt] = (ids_tw, lambda x, st: fused_moe_mxfp4(x, w, *st))
-    errors: dict[str, str] = {}
-    for name in baselines:
-        try:
-            impls[name] = BUILDERS[name](raw, topk, allow_jit=allow_jit)
-        except Exception as exc:  # a missing baseline is a row, not a crash
-            errors[name] = f"setup: {type(exc).__name__}: {exc}"[:300]
+Build = Callable[[Raw], tuple[Callable, Callable]]  # raw copy -> (prepare, run), the baselines' contract
+
+
+def ours_builder(gptoss: bool, swz: bool, cfg: dict[str, Any] | None = None) -> Build:
+    def build(raw: Raw) -> tuple[Callable, Callable]:
+        w = ours(raw, gptoss)
+        w = swizzled(w) if swz else w
+        return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_mxfp4(x, w, *st, cfg=cfg))
+
+    return build
+
+
+def measure(impl: Built, m: int, model: Model, call_bytes: float) -> tuple[timer.Timing, torch.Tensor]:
+    """(timing, output of copy 0 on routing set 0): copy i runs routing set i on weight copy i."""
+    sets = [routing_set(m, model, 0)]
+    prepare, run = impl(0)
+    out = run(sets[0]["x"].clone(), prepare(sets[0]["ids"], sets[0]["tw"], sets[0]["logits"]))
+
+    def make(i: int) -> Callable[[], Any]:
+        while len(sets) <= i:
+            sets.append(routing_set(m, model, len(sets)))
+        s, (prep, fn) = sets[i], impl(i)
+        state = prep(s["ids"], s["tw"], s["logits"])
+        return lambda: fn(s["x"], state)
+
+    return timer.time_calls(make, int(call_bytes), impl.alloc_bytes), out
+
+
+def bench_model(model_name: str, gpu: str, ms: tuple[int, ...], allow_jit: bool = False,
+                peak: float = timer.DEFAULT_PEAK[1]) -> list[dict[str, Any]]:  # fmt: skip
+    """Impl by impl (one impl's weight copies alive at a time), every M."""
+    model = MODELS[model_name]
+    e, topk, h, n, a4 = model[:5]
+    raws = Copies(make_raw(e, h, n, gptoss=not a4))
+    builds: dict[str, Build] = {OURS: ours_builder(not a4, swz=True), ALT: ours_builder(not a4, swz=False)}
+    builds |= {b: (lambda raw, b=b: BUILDERS[b](raw, topk, allow_jit=allow_jit)) for b in model.baselines}
+    nbytes = {m: min_bytes(routing_sets(m, model), e, h, n, gptoss=not a4) for m in ms}
+    ref: dict[int, torch.Tensor] = {}
     rows = []
-    for m in ms:
-        sets = routing_sets(m, e, topk, h)
-        nbytes = min_bytes(sets, e, h, n, gptoss=not a4)
-        base = dict(gpu=gpu, model=model, m=m, bucket=bucket_key(w.fmt, m, topk, e), experts=e, topk=topk, hidden=h,
-                    inter=n, bytes=nbytes)  # fmt: skip
-        ref_out = None
-        for name in ("speedrun", alt, *baselines):
-            row = dict(impl=name, **base)
-            if name in errors:
-                rows.append({**row, "us": None, "gbps": None, "error": errors[name]})
-                continue
-            prepare, run = impls[name]
+    for name, build in builds.items():
+        impl, setup_err = Built(build, raws), None
+        try:
+            impl(0)
+        except Exception as exc:  # a missing baseline is a row per M, not a crash
+            setup_err = f"setup: {type(exc).__name__}: {exc}"[:300]
+        for m in ms:
+            w_fmt = "w4a4" if a4 else "w4a16"
+            row: dict[str, Any] = dict(impl=name, gpu=gpu, model=model_name, m=m, bucket=bucket_key(w_fmt, m, topk, e),
+                                       experts=e, topk=topk, hidden=h, inter=n, bytes=nbytes[m], us=None)  # fmt: skip
             try:
-                states = [prepare(s["ids"], s["tw"], s["logits"]) for s in sets]
-                out = run(sets[0]["x"], states[0])
-                ref_out = out if name == "speedrun" else ref_out
-                if ref_out is not None and name != "speedrun":
-                    diff = (out.float() - ref_out.float()).norm() / ref_out.float().norm()
-                    row["rel_diff_vs_speedrun"] = round(diff.item(), 5)
-                calls = [lambda s=s, st=st, run=run: run(s["x"], st) for s, st in zip(sets, states, strict=True)]
-                us, mode = time_calls(calls)
-                gbps = nbytes / us / 1e3
-                rows.append({**row, "us": round(us, 2), "gbps": round(gbps, 1),
-                             "pct_hbm_peak": round(100 * gbps * 1e9 / HBM_PEAK, 1), "timing": mode})  # fmt: skip
+                if setup_err:
+                    raise RuntimeError(setup_err)
+                t, out = measure(impl, m, model, nbytes[m])
+                if name == OURS:
+                    ref[m] = out.float()
+                elif m in ref:
+                    row["rel_diff_vs_speedrun"] = round(((out.float() - ref[m]).norm() / ref[m].norm()).item(), 5)
+                gbps, pct = report.pct_of_peak(nbytes[m], t.us, peak)
+                row.update(t.fields(), gbps=gbps, pct_hbm_peak=pct)
+                if name == "fp8_fused_moe":
+                    row["stock"] = _stock_config(e, h, n, topk, m)
             except Exception as exc:
-                rows.append({**row, "us": None, "gbps": None, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            rows.append(row)
+        del impl
+        torch.cuda.empty_cache()
+    report.add_speedups(rows, ("model", "m"))
     return rows
+
+
+def _stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any]:
+    """The config stock's FP8 fused MoE picks here (a failure to read it is noted, the timing stands)."""
+    try:
+        return fp8_stock_config(e, h, n, topk, m)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 SWEEP_MS = {"gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512), "deepseek-r1-mxfp4-tp8": (1, 16, 128)}
@@ -177,38 +217,35 @@ def variant_cfg(base: dict[str, Any], var: dict[str, Any]) -> tuple[dict[str, An
     return {k: v for k, v in cfg.items() if k != "layout"}, var.get("layout", "swz")
 
 
-def _sweep_row(w: dict[str, MoeWeights], sets: list[dict], cfg: dict[str, Any], layout: str, want: Any,
-               row: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _sweep_row(impl: Built, m: int, model: Model, want: Any, row: dict[str, Any],
+               peak: float) -> dict[str, Any]:  # fmt: skip
     try:
-        wl = w[layout]
-        got = fused_moe_mxfp4(sets[0]["x"], wl, sets[0]["ids"], sets[0]["tw"], cfg=cfg).float()
+        t, got = measure(impl, m, model, row["bytes"])
         if want is not None:
-            row["rel_diff_vs_config"] = round(((got - want).norm() / want.norm()).item(), 5)
-        calls = [lambda s=s: fused_moe_mxfp4(s["x"], wl, s["ids"], s["tw"], cfg=cfg) for s in sets]
-        us, mode = time_calls(calls)
-        gbps = row["bytes"] / us / 1e3
-        return {**row, "us": round(us, 2), "gbps": round(gbps, 1),
-                "pct_hbm_peak": round(100 * gbps * 1e9 / HBM_PEAK, 1), "timing": mode}  # fmt: skip
+            row["rel_diff_vs_config"] = round(((got.float() - want).norm() / want.norm()).item(), 5)
+        gbps, pct = report.pct_of_peak(row["bytes"], t.us, peak)
+        return {**row, **t.fields(), "gbps": gbps, "pct_hbm_peak": pct}
     except Exception as exc:
         return {**row, "us": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-def sweep_model(model: str, gpu: str) -> list[dict[str, Any]]:
+def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1]) -> list[dict[str, Any]]:
     """Every SWEEP_VARIANTS entry (plus the config itself) at SWEEP_MS[model]; rows carry `bucket` (the config
     key the shape maps to), `variant`, `config` (what fused_moe_mxfp4 ran) and `us`; impl "speedrun" on swz128
     experts (the sm90 serving layout), "speedrun_plain" on plain ones."""
-    e, topk, h, n, a4, _ = MODELS[model]
-    raw = make_raw(e, h, n, gptoss=not a4)
-    plain_w = ours(raw, gptoss=not a4)
-    w = {"plain": plain_w, "swz": swizzled(plain_w)}
+    model = MODELS[model_name]
+    e, topk, h, n, a4 = model[:5]
+    raws = Copies(make_raw(e, h, n, gptoss=not a4))
+    plain_w = ours(raws(0), gptoss=not a4)
+    weights = {"plain": Copies(plain_w), "swz": Copies(swizzled(plain_w))}  # shared by every variant of a layout
     rows = []
-    for m in SWEEP_MS[model]:
-        sets = routing_sets(m, e, topk, h)
-        nbytes = min_bytes(sets, e, h, n, gptoss=not a4)
+    for m in SWEEP_MS[model_name]:
+        s0 = routing_set(m, model, 0)
+        nbytes = min_bytes(routing_sets(m, model), e, h, n, gptoss=not a4)
         base_cfg = pick_config(plain_w, m, topk)
         bucket = bucket_key(plain_w.fmt, m, topk, e)
         try:
-            want = fused_moe_mxfp4(sets[0]["x"], w["swz"], sets[0]["ids"], sets[0]["tw"]).float()
+            want = fused_moe_mxfp4(s0["x"], weights["swz"](0), s0["ids"], s0["tw"]).float()
         except Exception:  # the config's own row records the error below
             want = None
         seen: list[tuple[dict[str, Any], str]] = []
@@ -220,13 +257,22 @@ def sweep_model(model: str, gpu: str) -> list[dict[str, Any]]:
             seen.append(key)
             # the value layout is per process, not a bucket knob: plain-layout rows are "speedrun_plain" so that
             # `speedrun kernels tune` (which reads impl "speedrun" rows) never writes a layout into the table
-            impl = "speedrun" if layout == "swz" else "speedrun_plain"
-            row = dict(impl=impl, variant=name, bucket=bucket, config=cfg, gpu=gpu, model=model, m=m, bytes=nbytes)
-            rows.append(_sweep_row(w, sets, cfg, layout, want, row))
+            impl = OURS if layout == "swz" else ALT
+            row = dict(impl=impl, variant=name, bucket=bucket, config=cfg, gpu=gpu, model=model_name, m=m, bytes=nbytes)
+            rows.append(_sweep_row(Built(_weights_build(cfg), weights[layout]), m, model, want, row, peak))
         for r in sorted((r for r in rows if r["m"] == m and r["us"]), key=lambda r: r["us"]):
-            print(f"sweep {model} M={m} {bucket} {r['variant']:14} {r['impl']:15} {r['us']:9.1f} us "
+            print(f"sweep {model_name} M={m} {bucket} {r['variant']:14} {r['impl']:15} {r['us']:9.1f} us "
                   f"{r['pct_hbm_peak']:5.1f} %HBM")  # fmt: skip
     return rows
+
+
+def _weights_build(cfg: dict[str, Any]) -> Callable[[MoeWeights], tuple[Callable, Callable]]:
+    """A sweep variant on one copy of our (already processed) experts."""
+
+    def build(w: MoeWeights) -> tuple[Callable, Callable]:
+        return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_mxfp4(x, w, *st, cfg=cfg))
+
+    return build
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -242,7 +288,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             pts = [(r["m"], r["us"]) for r in rows if r["model"] == model and r["impl"] == impl and r["us"]]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=impl)
-        ax.set(xscale="log", yscale="log", xlabel="tokens (M)", ylabel="µs per MoE layer", title=model)
+        ax.set(xscale="log", yscale="log", xlabel="tokens (M)", ylabel="µs per MoE layer (median)", title=model)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.suptitle(f"MXFP4 MoE on {rows[0]['gpu']}")
@@ -251,15 +297,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'model':24} {'M':>5} {'impl':18} {'us':>9} {'GB/s':>7} {'%HBM':>5} {'x vs ours':>9}"]
-    ours_us = {(r["model"], r["m"]): r["us"] for r in rows if r["impl"] == "speedrun"}
-    for r in rows:
-        mine = ours_us.get((r["model"], r["m"]))
-        ratio = f"{r['us'] / mine:9.2f}" if r["us"] and mine and r["impl"] != "speedrun" else " " * 9
-        us = f"{r['us']:9.1f}" if r["us"] else "    error"
-        gb = f"{r['gbps']:7.0f} {r['pct_hbm_peak']:5.1f}" if r["us"] else " " * 13
-        lines.append(f"{r['model']:24} {r['m']:5d} {r['impl']:18} {us} {gb} {ratio}")
-    return "\n".join(lines)
+    """Per model: one line per M, ours vs each of the model's baselines (speedup = baseline / ours) and % HBM."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        impls = [i for i in dict.fromkeys(r["impl"] for r in mine) if i != OURS]
+        out += [model, report.table(mine, ("m",), impls)]
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,21 +317,29 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("mxfp4_moe bench needs a GPU")
         return 1
+    models = args.models.split(",")
+    if bad := [m for m in models if m not in MODELS]:
+        print(f"--models: unknown {bad}; expected some of {', '.join(MODELS)}")
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     gpu, t0, rows = torch.cuda.get_device_name(), time.time(), []
-    ms = tuple(int(v) for v in args.ms.split(","))
+    peak_name, peak = timer.hbm_peak(gpu)
+    meta = {"op": "mxfp4_moe", "gpu": gpu, "hbm_peak_Bps": peak, "hbm_peak_of": peak_name,
+            "timing": timer.method_meta(timer.device_cache_bytes()),
+            "speedup_vs": "baseline us / our us (> 1: ours faster)"}  # fmt: skip
     if args.sweep:
-        for model in args.models.split(","):
-            rows += sweep_model(model, gpu)
+        for model in models:
+            rows += sweep_model(model, gpu, peak)
             torch.cuda.empty_cache()
-        (args.out / "mxfp4_moe_sweep.json").write_text(json.dumps({"meta": {"hbm_peak_Bps": HBM_PEAK}, "rows": rows}))
+        (args.out / "mxfp4_moe_sweep.json").write_text(json.dumps({"meta": meta, "rows": rows}))
         print(f"[{time.time() - t0:.1f} s] -> {args.out / 'mxfp4_moe_sweep.json'}")
         return 0 if all(r["us"] for r in rows) else 1
-    for model in args.models.split(","):
-        rows += bench_model(model, gpu, ms, args.allow_jit)
+    ms = tuple(int(v) for v in args.ms.split(","))
+    for model in models:
+        rows += bench_model(model, gpu, ms, args.allow_jit, peak)
         torch.cuda.empty_cache()
-    meta = {"hbm_peak_Bps": HBM_PEAK, "routing_sets": ROUTING_SETS, "seconds": round(time.time() - t0, 1),
-            "bytes": "MXFP4 weights+scales(+bias) of distinct touched experts + x + out", "doc": __doc__}  # fmt: skip
+    meta |= {"routing_sets_in_bytes": ROUTING_SETS, "seconds": round(time.time() - t0, 1),
+             "bytes": "MXFP4 weights+scales(+bias) of distinct touched experts + x + out", "doc": __doc__}  # fmt: skip
     (args.out / "mxfp4_moe.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     try:
         plot(rows, args.out / "mxfp4_moe.png")
@@ -295,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plot failed: {exc}")
     print(summary(rows))
     print(f"[{meta['seconds']} s] -> {args.out}")
-    return 0
+    return 0 if all(r["us"] for r in rows if r["impl"] == OURS) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""The op benches' CPU-checkable pieces: which shapes get the FP8 baselines, bytes per format, the DeepSeek MoE
+model (fused shared expert), shape options, and reports on fake rows."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+# Importing the benches decorates the kernels: as in the overlays' CPU tests, the interpreter where there is no GPU,
+# set before any kernel module is imported (this module may be collected before theirs).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+from speedrun.overlays.mla_decode import bench as mla
+from speedrun.overlays.mxfp4_gemm import bench as gemm
+from speedrun.overlays.mxfp4_moe import bench as moe
+
+
+def test_gemm_deepseek_tp8_slice_and_fp8_rows():
+    tp8 = gemm.deepseek_tp8_nk()
+    assert tp8 == {"fused_qkv_a": (2112, 7168), "q_b": (3072, 1536), "kv_b": (4096, 512),
+                   "dense_gate_up": (4608, 7168), "o_proj": (7168, 2048), "dense_down": (7168, 2304)}  # fmt: skip
+    shapes = gemm.shapes()
+    assert len(shapes) == len(set(shapes))
+    for n, k in tp8.values():
+        assert {(m, n, k) for m in (1, 16, 64, 4096)} <= set(shapes)
+    assert gemm.impls_for(3072, 1536) == gemm.IMPLS  # TP8 q_b: every baseline
+    plain = ("speedrun", "dequant_cublas", "bf16_cublas")
+    assert gemm.impls_for(2880, 512) == plain  # GPT-OSS: no FP8 stock path
+    assert gemm.impls_for(24576, 1536) == plain  # TP1 q_b: the FP8 baseline is measured on the TP8 slice
+
+
+def test_gemm_bytes_per_format_and_rows():
+    m, n, k = 16, 2112, 7168
+    act = m * k * 2 + m * n * 2
+    assert gemm._bytes(m, n, k, "mxfp4") == n * k // 2 + n * k // 32 + act
+    assert gemm._bytes(m, n, k, "fp8") == n * k + 17 * 56 * 4 + act  # 2112 rows: 17 scale blocks
+    assert gemm._bytes(m, n, k, "bf16") == n * k * 2 + act
+    fp8 = gemm._row("fp8_deepgemm", "H100", m, n, k, 10.0)
+    assert fp8["gbps"] == round(gemm._bytes(m, n, k, "fp8") / 10.0 / 1e3, 1)
+    err = gemm._row("fp8_deepgemm", "H100", m, n, k, None, "RuntimeError: " + "x" * 400)
+    assert err["us"] is None and len(err["error"]) == 300
+
+
+def test_gemm_summary_shows_every_baseline():
+    rows = [gemm._row(i, "H100", 16, 2112, 7168, us) for i, us in
+            (("speedrun", 4.0), ("fp8_deepgemm", 6.0), ("fp8_triton", 8.0), ("dequant_cublas", 40.0),
+             ("bf16_cublas", 12.0))]  # fmt: skip
+    rows[0]["route"] = "fused"
+    text = gemm.summary(rows)
+    assert all(f"x {b}" in text for b in gemm.BASELINES)
+    assert text.splitlines()[1].split()[-5:] == ["1.50", "2.00", "10.00", "3.00", str(rows[0]["pct_hbm_peak"])]
+
+
+def test_shape_options():
+    assert gemm.parse_shape("16x2112x7168") == (16, 2112, 7168)
+    assert mla.parse_shape("4:1024:bf16") == (4, 1024, torch.bfloat16)
+    assert mla.parse_shape(f"256:{mla.MIXED}:fp8") == (256, mla.MIXED, torch.float8_e4m3fn)
+    for bad in ("16x2112", "axbxc"):
+        with pytest.raises(argparse.ArgumentTypeError, match="MxNxK"):
+            gemm.parse_shape(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="BS:KV:DTYPE"):
+        mla.parse_shape("4:1024:fp16")
+
+
+def test_moe_deepseek_model_fuses_the_shared_expert():
+    ds = moe.MODELS["deepseek-r1-mxfp4-tp8"]
+    assert (ds.experts, ds.topk, ds.hidden, ds.inter, ds.shared) == (257, 9, 7168, 256, 1)
+    assert ds.baselines == ("fp8_fused_moe", "dequant_fused_moe")
+    assert set(ds.baselines) <= set(moe.BUILDERS)
+    assert moe.MS == (1, 4, 16, 32, 64, 128, 512, 4096)
+
+
+def test_moe_summary_per_model():
+    rows = [{"impl": i, "model": "ds", "m": 1, "us": us, "pct_hbm_peak": 20.0} for i, us in
+            (("speedrun", 10.0), ("fp8_fused_moe", 25.0), ("dequant_fused_moe", 30.0))]  # fmt: skip
+    text = moe.summary(rows)
+    assert "x fp8_fused_moe" in text and "2.50" in text and "3.00" in text
+
+
+def test_mla_summary_per_shape():
+    rows = [{"impl": i, "kv_dtype": "bf16", "kv_len": 8192, "bs": 4, "us": us} for i, us in
+            (("speedrun", 10.0), ("sglang_triton", 20.0), ("flashinfer", None), ("flashmla", 12.0))]  # fmt: skip
+    rows[2]["error"] = "ImportError"
+    line = mla.summarize(rows).splitlines()[1].split()
+    assert line[:7] == ["bf16", "8192", "4", "10.0", "20.0", "error", "12.0"] and line[7:10] == ["2.00", "-", "1.20"]
