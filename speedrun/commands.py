@@ -209,17 +209,22 @@ def _gpu() -> str:
 def patch_cmd(
     action: Annotated[str, typer.Argument(help="apply | check | revert | status")],
     target: Annotated[Path | None, typer.Option(help="folder holding sglang/ (default: installed)")] = None,
-    version: str = SGLANG_PIN,
+    version: Annotated[
+        str | None, typer.Option(help="the series to use where the target has no sglang/_version.py")
+    ] = None,
 ) -> None:
-    """Apply, check, revert or show the SGLang patch series (all-or-nothing)."""
+    """Apply, check, revert or show the patch series of the target's SGLang version (all-or-nothing)."""
     if action not in ("apply", "check", "revert", "status"):
         fail(f"unknown action {action!r}: expected apply, check, revert or status")
     try:
-        series = patching.load_series(version)
         root = target if target is not None else patching.installed_root()
+        series = patching.load_series(patching.target_version(root, version))
         if action == "status":
-            for name, state in patching.status(series, root).items():
+            states = patching.status(series, root)
+            for name, state in states.items():
                 console.print(f"{name}: {state}", highlight=False)
+            if any(s.startswith("conflict") for s in states.values()):
+                fail(f"the series conflicts with the files under {root}: resolve before apply or revert", 1)
             return
         changed = patching.apply(series, root, reverse=action == "revert", check=action == "check")
     except patching.PatchError as exc:
