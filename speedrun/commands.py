@@ -144,12 +144,17 @@ def report_cmd(directory: Annotated[Path, typer.Argument(help="SPEEDRUN_REPORT_D
 
 
 # ---------------------------------------------------------------- doctor
-def doctor() -> None:
-    """Versions, GPU and arch, which overlays would apply, and whether the patch series is applied."""
+def doctor(
+    sglang: Annotated[
+        Path | None, typer.Option(help="check the folder holding this sglang/ (e.g. an unpacked wheel) instead")
+    ] = None,
+) -> None:
+    """Versions, GPU and arch; the installed sglang against the support matrix (every hook target and the
+    signature it wraps, what a missing one disables) and the state of its patch series. Exit 1 where the
+    plugin would refuse to load."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from speedrun.overlays import hooks
-    from speedrun.sglang_source import sglang_root, target_exists
+    from speedrun.sglang_source import sglang_root
 
     t = Table(title="stack")
     t.add_column("package")
@@ -173,23 +178,46 @@ def doctor() -> None:
         t.add_row(pkg, f"[{style}]{got}[/]", pin)
     console.print(t)
     console.print(f"GPU: {_gpu()}")
-    root = sglang_root()
-    series = patching.load_series(SGLANG_PIN)
-    h = Table(title="overlay hook targets in the installed sglang")
-    for col in ("op", "target", "present", "when"):
-        h.add_column(col)
-    for row in hooks():
-        ok = root is not None and target_exists(row.target, root)
-        via = None if ok else patching.provided_by(row.target, series)
-        present = "[green]yes[/]" if ok else f"[yellow]after {via}[/]" if via else "[red]no[/]"
-        h.add_row(row.op, row.target, present, row.when)
+    root = sglang / "sglang" if sglang is not None else sglang_root()
+    if root is None or not root.is_dir():
+        fail(
+            f"no sglang source at {root}: pip install -e '.[serve]', or pass --sglang DIR (the folder holding sglang/)"
+        )
+    if not _support_report(root):
+        raise typer.Exit(1)
+
+
+def _support_report(root: Path) -> bool:
+    """The sglang under `root` against the support matrix: every hook target, the verdict, the patch series."""
+    from speedrun import support
+    from speedrun.sglang_source import source_version
+
+    found = source_version(root)
+    findings = support.check(root)
+    h = Table(title=f"overlay hook targets in {root}", title_justify="left")
+    h.add_column("op")
+    h.add_column("target (under sglang.srt.)", overflow="fold")
+    h.add_column("present", overflow="fold")
+    shown = {"ok": "[green]yes[/]", "missing": "[red]no[/]"}
+    for f in findings:
+        state = shown.get(f.state) or (
+            f"[yellow]after patch {f.detail.split('-')[0]}[/]" if f.state == "patch" else f"[red]{f.detail}[/]"
+        )
+        h.add_row(f.op, f.target.removeprefix("sglang.srt."), state)
     console.print(h)
-    if root is not None:
-        try:
-            for name, state in patching.status(series, root.parent).items():
-                console.print(f"patch {name}: {state}", highlight=False)
-        except patching.PatchError as exc:
-            console.print(f"patch series: {exc}")
+    ok, line = support.verdict(found, findings)
+    console.print(f"[{'green' if ok else 'red'}]{line}[/]", highlight=False)
+    for f in findings:
+        if f.blocking:
+            console.print(f"  [red]{f.line()}[/]", highlight=False)
+    if not ok:
+        console.print("  the plugin refuses to load on it (its per-process report says why) and stock SGLang runs")
+    if support.release(found) in support.versions():
+        for name, state in patching.status(patching.load_series(support.release(found)), root.parent).items():
+            console.print(f"patch {name}: {state}", highlight=False)
+    else:
+        console.print(f"no patch series for sglang {found}: `speedrun patch` refuses it", highlight=False)
+    return ok
 
 
 def _gpu() -> str:
