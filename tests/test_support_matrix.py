@@ -175,3 +175,32 @@ def test_doctor_reports_the_version_against_the_matrix(tmp_path):
     assert "the plugin refuses to load on it" in r.output
     r = CliRunner().invoke(app, ["doctor"], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "0.5.17: supported (matrix: 0.5.17, " in r.output, r.output
+
+
+# ---------------------------------------------------------------- the Triton side: compile report deltas
+def test_compile_delta_reports_figures_and_fails_only_on_new_gate_failures(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def report(name, **row):
+        base = {"arch": "sm90", "kernel": "k", "op": "x", "pass": True, "problems": [], "fingerprint": "a"}
+        rows = [{**base, "vgpr_total": 100, "spills": 0, "instructions": 900, **row}]
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+        return str(tmp_path / name)
+
+    def delta(*args):
+        cmd = [sys.executable, "-m", "speedrun.compile_delta", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    old = report("old.json")
+    more_regs = report("regs.json", vgpr_total=120, fingerprint="b")
+    r = delta(old, more_regs)
+    assert r.returncode == 0 and "| sm90:k |  | 100 → 120 (+20) |" in r.stdout and "1 changed" in r.stdout, r.stdout
+    spill = report("spill.json", spills=30, **{"pass": False}, problems=["spills to memory: 30 registers, 124 B"])
+    r = delta(old, spill)
+    assert r.returncode == 1 and "FAILS THE GATE: sm90:k: spills to memory" in r.stdout
+    known = report("known.json", spills=16, **{"pass": False}, problems=["spills to memory: 16 registers, 68 B"])
+    assert delta(old, spill, "--accept", known).returncode == 0  # the known spill, now of another size
+    broken = report("broken.json", **{"pass": False}, problems=["CompilationError: at 1:0"])
+    assert delta(old, broken, "--accept", known).returncode == 1  # a compile error is not the known spill
