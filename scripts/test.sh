@@ -28,6 +28,7 @@ echo "== sglang sources of the support matrix -> $SPEEDRUN_SGLANG_SOURCES"
 for series in patches/sglang-*/series; do
   v=${series#patches/sglang-}; v=${v%/series}
   [ -f "$SPEEDRUN_SGLANG_SOURCES/$v/sglang/_version.py" ] && continue
+  python -c "import importlib.metadata as m; exit(m.version('sglang') != '$v')" 2>/dev/null && continue  # installed
   wheels="$SPEEDRUN_SGLANG_SOURCES/wheels"
   python -m pip download -q --no-deps "sglang==$v" -d "$wheels" \
     && python -m zipfile -e "$(ls "$wheels"/sglang-"$v"-*.whl | head -n1)" "$SPEEDRUN_SGLANG_SOURCES/$v" \

@@ -154,6 +154,8 @@ def doctor(
     plugin would refuse to load."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from rich.markup import escape
+
     from speedrun.sglang_source import sglang_root
 
     t = Table(title="stack")
@@ -181,7 +183,9 @@ def doctor(
     root = sglang / "sglang" if sglang is not None else sglang_root()
     if root is None or not root.is_dir():
         fail(
-            f"no sglang source at {root}: pip install -e '.[serve]', or pass --sglang DIR (the folder holding sglang/)"
+            escape(
+                f"no sglang source at {root}: pip install -e '.[serve]', or --sglang DIR (the folder holding sglang/)"
+            )
         )
     if not _support_report(root):
         raise typer.Exit(1)
@@ -212,11 +216,14 @@ def _support_report(root: Path) -> bool:
             console.print(f"  [red]{f.line()}[/]", highlight=False)
     if not ok:
         console.print("  the plugin refuses to load on it (its per-process report says why) and stock SGLang runs")
-    if support.release(found) in support.versions():
+    if support.release(found) not in support.versions():
+        console.print(f"no patch series for sglang {found or '(unknown version)'}: `speedrun patch` refuses it")
+        return ok
+    try:
         for name, state in patching.status(patching.load_series(support.release(found)), root.parent).items():
             console.print(f"patch {name}: {state}", highlight=False)
-    else:
-        console.print(f"no patch series for sglang {found}: `speedrun patch` refuses it", highlight=False)
+    except patching.PatchError as exc:
+        console.print(f"patch series: {exc}", highlight=False)
     return ok
 
 

@@ -94,11 +94,16 @@ def _with(f: Finding, state: str, detail: str = "") -> Finding:
 def verdict(version: str | None, findings: list[Finding]) -> tuple[bool, str]:
     """(ok to serve, one line): in the matrix, or outside it with every target resolved, or what is missing."""
     known = ", ".join(versions())
-    if release(version) in versions():
-        return True, f"sglang {version}: supported (matrix: {known})"
     bad = [f for f in findings if f.blocking]
-    head = f"sglang {version or '(unknown version)'} is not in the support matrix ({known})"
-    if not bad:
-        return True, f"{head}; every hook target resolves on its source"
+    listed = release(version) in versions()
+    if listed and not bad:
+        return True, f"sglang {version}: supported (matrix: {known})"
+    if listed:
+        head = f"sglang {version} is in the support matrix ({known}), but this source"
+    else:
+        head = f"sglang {version or '(unknown version)'} is not in the support matrix ({known})"
+        if not bad:
+            return True, f"{head}; every hook target resolves on its source"
+        head += " and"
     ops = sorted({f.op for f in bad})
-    return False, f"{head} and lacks {len(bad)} hook target(s), disabling {', '.join(ops)}"
+    return False, f"{head} lacks {len(bad)} hook target(s), disabling {', '.join(ops)}"

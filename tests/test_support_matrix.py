@@ -98,7 +98,9 @@ def test_a_missing_method_is_named_with_the_op_it_disables(tmp_path):
     assert bad[0].target.endswith("Mxfp4MoEMethod.apply") and "disables mxfp4_moe" in bad[0].line()
     ok, line = support.verdict("9.9.9", support.check(root))
     assert not ok and "9.9.9 is not in the support matrix" in line and "mxfp4_moe" in line
-    assert support.verdict("0.5.17", [])[0]  # a matrix version is vouched for by CI
+    assert support.verdict("0.5.17", [])[0]  # a matrix version is vouched for by CI (the plugin checks nothing)
+    ok, line = support.verdict("0.5.17", support.check(root))  # ...but a broken copy of it is named (doctor)
+    assert not ok and "0.5.17 is in the support matrix" in line and "but this source lacks 1" in line
 
 
 @needs_sglang
