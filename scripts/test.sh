@@ -45,7 +45,7 @@ echo "== speedrun kernels compile --arch all --op {$GATED_OPS} (gfx950 + sm90, A
 speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS) --json > /tmp/speedrun-compile.json \
   || { speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS); exit 1; }
 python -c "import json; d=json.load(open('/tmp/speedrun-compile.json')); print(len(d['rows']), 'kernel x config rows compiled,', d['failed'], 'failed')"
-# The same kernels under the next Triton (3.7: SGLang 0.5.18's torch 2.13), in its own folder on PYTHONPATH.
+# The same kernels under the next Triton (3.7: SGLang 0.5.18-0.5.21's torch 2.13), in its own folder on PYTHONPATH.
 # Registers, instructions and machine code that changed against the Triton 3.6 run above are reported; a
 # compile error, a spill to memory or a missing MMA fails, except the ones the committed 3.7 report already
 # has (docs/results/readiness/README.md says which and why). SPEEDRUN_NO_TRITON_NEXT=1 skips this step.
