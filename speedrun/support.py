@@ -50,9 +50,10 @@ def release(version: str | None) -> str | None:
     return version.split("+")[0] if version else None
 
 
-def check(root: Path, ops: set[str] | None = None) -> list[Finding]:
+def check(root: Path | None, ops: set[str] | None = None) -> list[Finding]:
     """Every hook target (of `ops`, default all) and the plugin machinery, against the source under `root`
-    (the `sglang` package folder). A target missing there but added by a shipped patch is `patch`."""
+    (the `sglang` package folder; None: the installed one). A target missing there but added by a shipped
+    patch is `patch`."""
     from speedrun.overlays import hooks
 
     series = [p for v in versions() for p in patching.load_series(v)]
