@@ -70,6 +70,13 @@ def register() -> dict[str, Any]:
         backends={op: backend_for(op) for op in ops},
         synthetic_fill="synthetic" in wanted,
     )
+    refusal = _refusal(version, wanted)
+    if refusal:  # nothing is registered: stock SGLang runs, and the report says why
+        _registered["refused"] = refusal[0]
+        for line in refusal:
+            report.error(line)
+        report.record(applied=[])
+        return _registered
     for row in hooks():
         if row.op not in wanted:
             continue
@@ -108,6 +115,22 @@ def _apply(registry: Any, target: str) -> str | None:
         return f"{type(exc).__name__}: {exc}"
     registry._patched.add(target)
     return None
+
+
+def _refusal(version: str | None, wanted: set[str]) -> list[str]:
+    """On an SGLang outside the support matrix, check the wanted ops' hook targets on its source (static, no
+    import): any missing or changed one refuses the whole plugin, here, rather than failing mid-load.
+    Returns the lines for the report (empty: go ahead)."""
+    from speedrun import support
+    from speedrun.sglang_source import sglang_root
+
+    known = support.release(version) in support.versions()
+    findings = [] if known else support.check(sglang_root(), wanted)
+    ok, line = support.verdict(version, findings)
+    report.record(support=line)
+    if ok:
+        return []
+    return [f"{line}: plugin off, stock SGLang runs", *(f.line() for f in findings if f.blocking)]
 
 
 def _sglang_version() -> str | None:

@@ -20,6 +20,21 @@ if [ -z "${SPEEDRUN_NO_VENV:-}" ]; then
     pip install -q --no-deps "sglang==0.5.17"
 fi
 
+# The support matrix (README): SGLang's real source for every version with a series in patches/, the wheels
+# without their GPU stack, unpacked into a cache that tests/test_support_matrix.py reads (under CI a missing
+# one fails there; elsewhere those tests skip).
+export SPEEDRUN_SGLANG_SOURCES=${SPEEDRUN_SGLANG_SOURCES:-${XDG_CACHE_HOME:-$HOME/.cache}/speedrun/sglang-src}
+echo "== sglang sources of the support matrix -> $SPEEDRUN_SGLANG_SOURCES"
+for series in patches/sglang-*/series; do
+  v=${series#patches/sglang-}; v=${v%/series}
+  [ -f "$SPEEDRUN_SGLANG_SOURCES/$v/sglang/_version.py" ] && continue
+  python -c "import importlib.metadata as m; exit(m.version('sglang') != '$v')" 2>/dev/null && continue  # installed
+  wheels="$SPEEDRUN_SGLANG_SOURCES/wheels"
+  python -m pip download -q --no-deps "sglang==$v" -d "$wheels" \
+    && python -m zipfile -e "$(ls "$wheels"/sglang-"$v"-*.whl | head -n1)" "$SPEEDRUN_SGLANG_SOURCES/$v" \
+    || echo "could not fetch sglang $v (no network?): its support-matrix tests will not run"
+done
+
 echo "== ruff"
 ruff check .
 ruff format --check . || echo "(ruff format: files above would be reformatted; style only)"
@@ -32,6 +47,21 @@ echo "== speedrun kernels compile --arch all --op {$GATED_OPS} (gfx950 + sm90, A
 speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS) --json > /tmp/speedrun-compile.json \
   || { speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS); exit 1; }
 python -c "import json; d=json.load(open('/tmp/speedrun-compile.json')); print(len(d['rows']), 'kernel x config rows compiled,', d['failed'], 'failed')"
+# The same kernels under the next Triton (3.7: SGLang 0.5.18-0.5.21's torch 2.13), in its own folder on PYTHONPATH.
+# Registers, instructions and machine code that changed against the Triton 3.6 run above are reported; a
+# compile error, a spill to memory or a missing MMA fails, except the ones the committed 3.7 report already
+# has (docs/results/readiness/README.md says which and why). SPEEDRUN_NO_TRITON_NEXT=1 skips this step.
+if [ -z "${SPEEDRUN_NO_TRITON_NEXT:-}" ]; then
+  tdir="${XDG_CACHE_HOME:-$HOME/.cache}/speedrun/triton-3.7"
+  [ -f "$tdir/triton/__init__.py" ] || python -m pip install -q --no-deps --target "$tdir" "triton==3.7.*"
+  echo "== speedrun kernels compile --arch all under Triton $(PYTHONPATH="$tdir" python -c 'import triton; print(triton.__version__)')"
+  next_json=$(mktemp)
+  # its own exit status is 1 on the known spills: compile_delta below judges the rows
+  PYTHONPATH="$tdir" speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS) --json > "$next_json" || true
+  python -m speedrun.compile_delta /tmp/speedrun-compile.json "$next_json" --title "Triton 3.7 vs 3.6" \
+    --accept docs/results/readiness/compile_report_triton37.json
+  rm -f "$next_json"
+fi
 echo "== pytest (CPU)"
 set +e
 python -m pytest -q -m "not gpu" --timeout=1800 "$@"

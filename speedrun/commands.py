@@ -173,12 +173,19 @@ def report_cmd(
 
 
 # ---------------------------------------------------------------- doctor
-def doctor() -> None:
-    """Versions, GPU and arch, which overlays would apply, and whether the patch series is applied."""
+def doctor(
+    sglang: Annotated[
+        Path | None, typer.Option(help="check the folder holding this sglang/ (e.g. an unpacked wheel) instead")
+    ] = None,
+) -> None:
+    """Versions, GPU and arch; the installed sglang against the support matrix (every hook target and the
+    signature it wraps, what a missing one disables) and the state of its patch series. Exit 1 where the
+    plugin would refuse to load."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from speedrun.overlays import hooks
-    from speedrun.sglang_source import sglang_root, target_exists
+    from rich.markup import escape
+
+    from speedrun.sglang_source import sglang_root
 
     t = Table(title="stack")
     t.add_column("package")
@@ -202,23 +209,51 @@ def doctor() -> None:
         t.add_row(pkg, f"[{style}]{got}[/]", pin)
     console.print(t)
     console.print(f"GPU: {_gpu()}")
-    root = sglang_root()
-    series = patching.load_series(SGLANG_PIN)
-    h = Table(title="overlay hook targets in the installed sglang")
-    for col in ("op", "target", "present", "when"):
-        h.add_column(col, overflow="fold")  # on a narrow terminal too: whole names, no …
-    for row in hooks():
-        ok = root is not None and target_exists(row.target, root)
-        via = None if ok else patching.provided_by(row.target, series)
-        present = "[green]yes[/]" if ok else f"[yellow]after {via}[/]" if via else "[red]no[/]"
-        h.add_row(row.op, row.target, present, row.when)
+    root = sglang / "sglang" if sglang is not None else sglang_root()
+    if root is None or not root.is_dir():
+        fail(
+            escape(
+                f"no sglang source at {root}: pip install -e '.[serve]', or --sglang DIR (the folder holding sglang/)"
+            )
+        )
+    if not _support_report(root):
+        raise typer.Exit(1)
+
+
+def _support_report(root: Path) -> bool:
+    """The sglang under `root` against the support matrix: every hook target, the verdict, the patch series."""
+    from speedrun import support
+    from speedrun.sglang_source import source_version
+
+    found = source_version(root)
+    findings = support.check(root)
+    h = Table(title=f"overlay hook targets in {root}", title_justify="left")
+    h.add_column("op")
+    h.add_column("target (under sglang.srt.)", overflow="fold")
+    h.add_column("present", overflow="fold")
+    shown = {"ok": "[green]yes[/]", "missing": "[red]no[/]"}
+    for f in findings:
+        state = shown.get(f.state) or (
+            f"[yellow]after patch {f.detail.split('-')[0]}[/]" if f.state == "patch" else f"[red]{f.detail}[/]"
+        )
+        h.add_row(f.op, f.target.removeprefix("sglang.srt."), state)
     console.print(h)
-    if root is not None:
-        try:
-            for name, state in patching.status(series, root.parent).items():
-                console.print(f"patch {name}: {state}", highlight=False)
-        except patching.PatchError as exc:
-            console.print(f"patch series: {exc}")
+    ok, line = support.verdict(found, findings)
+    console.print(f"[{'green' if ok else 'red'}]{line}[/]", highlight=False)
+    for f in findings:
+        if f.blocking:
+            console.print(f"  [red]{f.line()}[/]", highlight=False)
+    if not ok:
+        console.print("  the plugin refuses to load on it (its per-process report says why) and stock SGLang runs")
+    if support.release(found) not in support.versions():
+        console.print(f"no patch series for sglang {found or '(unknown version)'}: `speedrun patch` refuses it")
+        return ok
+    try:
+        for name, state in patching.status(patching.load_series(support.release(found)), root.parent).items():
+            console.print(f"patch {name}: {state}", highlight=False)
+    except patching.PatchError as exc:
+        console.print(f"patch series: {exc}", highlight=False)
+    return ok
 
 
 def _gpu() -> str:
@@ -238,17 +273,22 @@ def _gpu() -> str:
 def patch_cmd(
     action: Annotated[str, typer.Argument(help="apply | check | revert | status")],
     target: Annotated[Path | None, typer.Option(help="folder holding sglang/ (default: installed)")] = None,
-    version: str = SGLANG_PIN,
+    version: Annotated[
+        str | None, typer.Option(help="the series to use where the target has no sglang/_version.py")
+    ] = None,
 ) -> None:
-    """Apply, check, revert or show the SGLang patch series (all-or-nothing)."""
+    """Apply, check, revert or show the patch series of the target's SGLang version (all-or-nothing)."""
     if action not in ("apply", "check", "revert", "status"):
         fail(f"unknown action {action!r}: expected apply, check, revert or status")
     try:
-        series = patching.load_series(version)
         root = target if target is not None else patching.installed_root()
+        series = patching.load_series(patching.target_version(root, version))
         if action == "status":
-            for name, state in patching.status(series, root).items():
+            states = patching.status(series, root)
+            for name, state in states.items():
                 console.print(f"{name}: {state}", highlight=False)
+            if any(s.startswith("conflict") for s in states.values()):
+                fail(f"the series conflicts with the files under {root}: resolve before apply or revert", 1)
             return
         changed = patching.apply(series, root, reverse=action == "revert", check=action == "check")
     except patching.PatchError as exc:

@@ -1,15 +1,19 @@
 """The patch series for a pinned SGLang: `patches/sglang-<version>/series` + numbered unified diffs.
 
-Applied to the installed sglang (default) or a source tree, strictly: every hunk must match its context
-exactly (no fuzz), all patches are checked in memory before any file is written (all-or-nothing), and
-revert is the reverse application. Paths in the diffs are `a/sglang/...` relative to the folder holding the
-`sglang` package (site-packages, or `python/` of a checkout).
+Applied to the installed sglang (default) or a source tree, with the series of that tree's SGLang version
+(its `sglang/_version.py`), strictly: every hunk must match its context exactly (no fuzz), all patches are
+checked in memory before any file is written, files are replaced by rename and put back on a write error
+(all-or-nothing), and revert is the reverse application. Paths in the diffs are `a/sglang/...` relative to the
+folder holding the `sglang` package (site-packages, or `python/` of a checkout).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -104,10 +108,21 @@ def _find(src: list[str], block: list[str], hint: int, start: int) -> int | None
     return min(candidates, key=lambda i: abs(i - hint)) if candidates else None
 
 
+def versions(base: Path = PATCHES) -> list[str]:
+    """The SGLang versions with a patch series: the support matrix (each is checked in CI on its source)."""
+    found = [d.name.removeprefix("sglang-") for d in base.iterdir() if d.name.startswith("sglang-")]
+    return sorted((v for v in found if (base / f"sglang-{v}" / "series").is_file()), key=_version_key)
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.+]", version))
+
+
 def series_dir(version: str, base: Path = PATCHES) -> Path:
     d = base / f"sglang-{version}"
-    if not (d / "series").exists():
-        raise PatchError(f"no patch series for sglang {version}: expected {d / 'series'}")
+    if not (d / "series").is_file():
+        known = ", ".join(versions(base)) or "none"
+        raise PatchError(f"sglang {version} is not supported: no patch series for it (supported: {known})")
     return d
 
 
@@ -115,6 +130,22 @@ def load_series(version: str, base: Path = PATCHES) -> list[Patch]:
     d = series_dir(version, base)
     names = [ln.strip() for ln in (d / "series").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     return [parse((d / n).read_text(), n) for n in names]
+
+
+def target_version(root: Path, expected: str | None = None) -> str:
+    """The SGLang version of the tree under `root` (the folder holding sglang/), from its `_version.py`;
+    `expected` (--version) must agree with it, and stands in only where the tree does not say."""
+    from speedrun.sglang_source import source_version
+
+    found = source_version(root / "sglang")
+    if found is None and expected is None:
+        raise PatchError(
+            f"{root / 'sglang' / '_version.py'} does not exist: cannot tell which SGLang version is there "
+            "(is --target the folder holding sglang/? else pass --version)"
+        )
+    if found is not None and expected is not None and found.split("+")[0] != expected:
+        raise PatchError(f"--version {expected}, but {root / 'sglang'} is sglang {found}")
+    return (found or expected).split("+")[0]
 
 
 def installed_root() -> Path:
@@ -133,7 +164,10 @@ def _plan(patches: list[Patch], root: Path, reverse: bool) -> dict[Path, str]:
             if path not in files:
                 if not path.exists():
                     raise PatchError(f"{patch.name}: {path} does not exist (is --target the folder holding sglang/?)")
-                files[path] = path.read_text()
+                try:
+                    files[path] = path.read_text(encoding="utf-8")
+                except OSError as exc:
+                    raise PatchError(f"{patch.name}: cannot read {path}: {exc.strerror}") from None
             files[path] = apply_text(files[path], fp, reverse, patch.name)
     return files
 
@@ -164,9 +198,59 @@ def apply(patches: list[Patch], root: Path, *, reverse: bool = False, check: boo
         raise PatchError("; ".join(f"{n}: {s}" for n, s in bad.items()))
     files = _plan(todo, root, reverse)
     if not check:
-        for path, text in files.items():
-            path.write_text(text)
+        write_all(files)
     return sorted(files)
+
+
+def write_all(files: dict[Path, str]) -> None:
+    """Write every file or none: each new text goes to a temp file beside its target, then all are renamed
+    into place; a failure on the way puts back the files already replaced. Raises PatchError (one line)."""
+    staged: dict[Path, Path] = {}
+    originals: dict[Path, bytes] = {}
+    replaced: list[Path] = []
+    path = next(iter(files), None)  # the file being written, for the error
+    try:
+        for path, text in files.items():
+            if not os.access(path, os.W_OK):  # a rename would replace it anyway: respect the permission
+                raise PermissionError(errno.EACCES, "the file is read-only", str(path))
+            originals[path] = path.read_bytes()
+            staged[path] = _stage(path, text.encode())
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
+            replaced.append(path)
+    except OSError as exc:
+        lost = _restore({p: originals[p] for p in replaced})
+        tail = f"; could not restore {', '.join(map(str, lost))}" if lost else "; nothing was changed"
+        raise PatchError(f"cannot write {path}: {exc.strerror or exc}{tail}") from None
+    finally:
+        for path, tmp in staged.items():
+            if path not in replaced:
+                tmp.unlink(missing_ok=True)
+
+
+def _stage(path: Path, data: bytes) -> Path:
+    """`data` in a new temp file beside `path`, with `path`'s permission bits."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".speedrun-tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _restore(originals: dict[Path, bytes]) -> list[Path]:
+    """Put original contents back (after a failed write); returns the files that could not be restored."""
+    lost = []
+    for path, data in originals.items():
+        try:
+            os.replace(_stage(path, data), path)
+        except OSError:
+            lost.append(path)
+    return lost
 
 
 def provided_by(target: str, patches: list[Patch]) -> str | None:

@@ -10,7 +10,7 @@ import pytest
 import speedrun.overlays as plugin
 from speedrun.overlays import Hook, hooks, report
 from speedrun.overlays.hooks import Unsupported, around, backend_for, requested_ops
-from speedrun.sglang_source import sglang_root, target_exists
+from speedrun.sglang_source import sglang_root
 
 needs_sglang = pytest.mark.skipif(sglang_root() is None, reason="sglang wheel not installed (scripts/test.sh does)")
 
@@ -111,14 +111,39 @@ def test_process_identity_reads_scheduler_frame():
     assert report.process_identity()["role"] == "launcher"
 
 
-@needs_sglang
-@pytest.mark.parametrize("row", hooks(), ids=lambda r: r.target.rsplit(".", 2)[-2] + "." + r.target.rsplit(".", 1)[-1])
-def test_every_hook_target_exists_in_sglang_source(row):
-    """Every target is in SGLang 0.5.17's source, or is a hook point our patch series adds."""
-    from speedrun.patching import load_series, provided_by
+# Every hook target on every claimed SGLang version (module, class, attribute, signature): test_support_matrix.py
 
-    if not target_exists(row.target):
-        assert provided_by(row.target, load_series("0.5.17")), f"{row.target}: not in sglang, no patch adds it"
+
+@needs_sglang
+def test_an_unknown_version_that_lacks_a_target_is_refused_whole(registry, monkeypatch, tmp_path):
+    """SGLang 9.9.9 (outside the matrix) whose source lacks a hook target: nothing is registered, stock runs,
+    and the report says which target and what it disables, instead of a failure mid-load."""
+    from test_support_matrix import MXFP4, copy_of_targets, edit
+
+    root = copy_of_targets(tmp_path / "src")
+    edit(root, MXFP4, "    def apply(\n", "    def apply_moe(\n")
+    monkeypatch.setattr(plugin, "_sglang_version", lambda: "9.9.9")
+    monkeypatch.setattr("speedrun.sglang_source.sglang_root", lambda: root)
+    monkeypatch.setenv("SPEEDRUN_OVERLAYS", "mxfp4_moe,mxfp4_gemm")
+    out = plugin.register()
+    assert out["applied"] == [] and not registry._hooks and "9.9.9 is not in the support matrix" in out["refused"]
+    rep = read_report(tmp_path)
+    assert rep["errors"][0].endswith("plugin off, stock SGLang runs") and "disabling mxfp4_moe" in rep["errors"][0]
+    assert any("Mxfp4MoEMethod.apply: missing (disables mxfp4_moe" in e for e in rep["errors"][1:])
+    assert rep["applied"] == [] and rep["support"] in rep["errors"][0]
+
+
+@needs_sglang
+def test_an_unknown_version_with_every_target_goes_ahead(registry, monkeypatch, tmp_path):
+    from test_support_matrix import copy_of_targets
+
+    root = copy_of_targets(tmp_path / "src")
+    monkeypatch.setattr(plugin, "_sglang_version", lambda: "9.9.9")
+    monkeypatch.setattr("speedrun.sglang_source.sglang_root", lambda: root)
+    monkeypatch.setenv("SPEEDRUN_OVERLAYS", "mxfp4_gemm")
+    out = plugin.register()
+    assert "refused" not in out and registry._hooks  # registered (applying needs the GPU stack: errors here)
+    assert "every hook target resolves" in read_report(tmp_path)["support"]
 
 
 @pytest.mark.parametrize("row", hooks(), ids=lambda r: r.fn)

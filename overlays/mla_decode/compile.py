@@ -30,7 +30,10 @@ def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: st
     ptrs = dict(zip(PARTIAL_ARGS, ["*bf16", KV_TYPES[kv], "*bf16", "*fp32", "*fp32", "*i32", "*i64"], strict=True))
     const = {"H": heads, "BLOCK_H": block_h(heads, cfg), "BLOCK_N": cfg["BLOCK_N"], "BLOCK_B": 256,
              "MIN_CHUNK": cfg["min_chunk"], "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE,
-             **kernel_constexprs(cfg, torch.bfloat16, KV_TORCH[kv], arch), "PDL": use_pdl(cfg, arch)}  # fmt: skip
+             **kernel_constexprs(cfg, torch.bfloat16, KV_TORCH[kv], arch), "PER_SEQ": False,
+             "PDL": use_pdl(cfg, arch)}  # fmt: skip
+    # Every constexpr is named: Triton 3.7 no longer fills a defaulted one left out of an AOT signature
+    # (PER_SEQ was; its chunked form, False, is the one compiled here).
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
     name = f"mla_decode/partial[{bucket},{kv}]"
     # As the JIT sees SGLang's buffers: aligned pointers, strides that are multiples of 576 or 512 (so of 16).
