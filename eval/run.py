@@ -22,8 +22,9 @@ from speedrun.eval.compare import Comparison, compare
 from speedrun.eval.prompts import TokenPool
 from speedrun.eval.report import render
 from speedrun.eval.results import ResultsFile, write_json_atomic
-from speedrun.eval.scenarios import Scale, expand
+from speedrun.eval.scenarios import Case, Scale, expand
 from speedrun.eval.serve import CONTROL, SpecFactory, default_spec, launched, model_path, pool_for
+from speedrun.launch.command import LaunchSpec
 from speedrun.recipe import Recipe, Server
 
 console = Console(stderr=True)
@@ -92,9 +93,17 @@ def step(rf: ResultsFile, what: str, target: Target, fn) -> None:
 
 
 def measure(
-    recipe: Recipe, side: str, target: Target, pool: TokenPool, rf: ResultsFile, side_dir: Path, opts: Options
+    recipe: Recipe,
+    side: str,
+    target: Target,
+    pool: TokenPool,
+    rf: ResultsFile,
+    side_dir: Path,
+    opts: Options,
+    cases: list[Case] | None = None,
 ) -> None:
-    """Everything measured on one live server: agreement samples, throughput cases, GSM8K."""
+    """Everything measured on one live server: agreement samples, throughput cases (`cases`, default: the
+    recipe's scaled and filtered), GSM8K."""
     acc = recipe.accuracy
     if opts.accuracy:  # what was asked for, so a step that never produced a result reads as a failed gate
         asked = rf.data.get("accuracy_requested", {}) | {"gsm8k": bool(acc.gsm8k), "agreement": bool(acc.agreement)}
@@ -107,7 +116,7 @@ def measure(
 
         step(rf, "agreement", target, agree)
     if opts.bench:
-        cases = expand(recipe.benchmarks.scenarios, opts.scale, opts.filters)
+        cases = expand(recipe.benchmarks.scenarios, opts.scale, opts.filters) if cases is None else cases
         step(
             rf,
             "throughput",
@@ -161,30 +170,88 @@ def run_side(recipe: Recipe, side: str, opts: Options, pool: TokenPool, spec_for
         overlays_requested=[] if side == "baseline" else recipe.overlays.enabled_ops(),
     )
     console.rule(f"{recipe.name}: {side}")
+    cases = expand(recipe.benchmarks.scenarios, opts.scale, opts.filters) if opts.bench else []
+    groups = server_groups(recipe, cases)
+    for i, group in enumerate(groups):  # accuracy once, on the first server
+        group_opts = opts if i == 0 else dataclasses.replace(opts, accuracy=False)
+        serve_group(group, side, group_opts, pool, spec_for, rf, side_dir)
+    from speedrun.overlays.report import read_all
+
+    rf.set("overlay_reports", [r for g in groups for r in read_all(g.folder(side_dir) / "overlay-reports")])
+    return rf
+
+
+@dataclass
+class ServerGroup:
+    """The cases one server runs: all of them, or one `server_by_concurrency` setting's."""
+
+    label: str  # "" when the side runs one server (its files stay directly in the side's folder)
+    recipe: Recipe  # the bucket's fields folded into `server`
+    cases: list[Case]
+
+    def folder(self, side_dir: Path) -> Path:
+        return side_dir / f"server-{self.label}" if self.label else side_dir
+
+
+def bucket_label(recipe: Recipe, concurrency: int) -> str:
+    """`c1-32`, `c33-up`: the concurrencies one bucket covers."""
+    bucket = recipe.bucket_for(concurrency)
+    lo = bucket.concurrency_above + 1 if bucket else 1
+    hi = min((b.concurrency_above for b in recipe.server_by_concurrency if b.concurrency_above >= lo), default=None)
+    return f"c{lo}-{hi}" if hi is not None else f"c{lo}-up"
+
+
+def server_groups(recipe: Recipe, cases: list[Case]) -> list[ServerGroup]:
+    """One server per distinct server setting over the cases, in case order; one group when nothing differs."""
+    groups: dict[str, ServerGroup] = {}
+    for case in cases:
+        sub = recipe.at_concurrency(case.concurrency)
+        key = sub.server.model_dump_json()
+        groups.setdefault(key, ServerGroup(bucket_label(recipe, case.concurrency), sub, [])).cases.append(case)
+    if len(groups) <= 1:
+        only = next(iter(groups.values()), None)
+        return [ServerGroup("", only.recipe if only else recipe.at_concurrency(None), list(cases))]
+    return list(groups.values())
+
+
+def record_launch(rf: ResultsFile, label: str, spec: LaunchSpec) -> None:
+    """`launch`: the command line; with one server per concurrency bucket, each one prefixed by its bucket."""
+    if not label:
+        rf.set("launch", spec.shell())
+        return
+    launches = rf.data.get("launches", {}) | {label: spec.shell()}
+    rf.set("launches", launches)
+    rf.set("launch", "; ".join(f"[{k}] {v}" for k, v in launches.items()))
+
+
+def serve_group(
+    group: ServerGroup, side: str, opts: Options, pool: TokenPool, spec_for: SpecFactory, rf: ResultsFile, side_dir
+) -> None:
+    """Launch one server, measure its cases, tear it down; a failure is recorded, not raised."""
     from speedrun.launch.server import ServerError
 
+    recipe, where = group.recipe, f"server {group.label}" if group.label else "server"
+    if group.label:
+        console.print(f"{side}: server for {group.label} ({', '.join(c.name for c in group.cases)})")
     t0 = time.monotonic()
     try:
         with launched(
             recipe,
             side,
-            side_dir,
+            group.folder(side_dir),
             spec_for=spec_for,
             startup_timeout_s=opts.startup_timeout_s,
             show_progress=opts.show_progress,
-            on_spec=lambda spec: rf.set("launch", spec.shell()),
+            on_spec=lambda spec: record_launch(rf, group.label, spec),
         ) as (target, _):
-            rf.set("startup_s", round(time.monotonic() - t0, 1))
-            measure(recipe, side, target, pool, rf, side_dir, opts)
+            took = round(time.monotonic() - t0, 1)
+            rf.set("startup_s", rf.data.get("startup_s", {}) | {group.label: took} if group.label else took)
+            measure(recipe, side, target, pool, rf, group.folder(side_dir), opts, cases=group.cases)
             time.sleep(2.5 if recipe.overlays.enabled_ops() else 0)  # schedulers flush reports every 2 s
     except ServerError as exc:
-        rf.add_error("server", str(exc).split("\n", 1)[0], str(exc).split("\n", 1)[-1])
+        rf.add_error(where, str(exc).split("\n", 1)[0], str(exc).split("\n", 1)[-1])
     except Exception as exc:  # e.g. synthetic model generation: recorded, the other side still runs
         rf.add_error("launch", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
-    from speedrun.overlays.report import read_all
-
-    rf.set("overlay_reports", read_all(side_dir / "overlay-reports"))
-    return rf
 
 
 def overlay_pool(recipe: Recipe) -> TokenPool:
