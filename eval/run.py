@@ -48,6 +48,7 @@ class Options:
     seed: int = 0
     show_progress: bool = True
     cut: list[str] = field(default_factory=list)  # what the user chose to leave out, for the report
+    baseline_lock: Path | None = None  # the resolved baseline (`speedrun baseline`); None: the recipe's fixed one
 
     def notes(self, recipe: Recipe) -> list[str]:
         out = self.scale.notes(recipe.benchmarks.scenarios)
@@ -292,10 +293,11 @@ def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> C
     if bad:
         raise ValueError(f"unknown side(s) {bad}; expected some of {', '.join(SIDES)}")
     opts.out.mkdir(parents=True, exist_ok=True)
+    recipe, stock = resolved_baseline(recipe, opts.baseline_lock)
     pool = overlay_pool(recipe)
     spec_for = spec_for or default_spec
     serve = {
-        "baseline": lambda: run_side(recipe, "baseline", opts, pool, spec_for).data,
+        "baseline": lambda: with_stock(run_side(recipe, "baseline", opts, pool, spec_for), stock).data,
         "control": lambda: run_control(recipe, opts, pool, spec_for),
         "overlay": lambda: run_side(recipe, "overlay", opts, pool, spec_for).data,
     }
@@ -314,6 +316,25 @@ def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> C
     return finish(got["baseline"], got["overlay"], opts.out, recipe.name, got["control"])
 
 
+def resolved_baseline(recipe: Recipe, lock_path: Path | None) -> tuple[Recipe, dict]:
+    """The recipe with its locked stock configuration applied (both sides: the baseline serves it, the overlay
+    keeps its prefill), and what to record about it; without a lock, the recipe as written. Raises LockError."""
+    from speedrun.eval import lock as locks
+
+    if lock_path is None:
+        console.print("baseline: the recipe's fixed stock configuration, not a searched one (no baseline lock)")
+        return recipe, locks.config_info(recipe, None, None)
+    lock = locks.load(lock_path, recipe)
+    console.print(f"baseline: {lock.best.label} ({locks.describe(lock.best.server)}), locked in {lock_path}")
+    resolved = locks.apply(recipe, lock)
+    return resolved, locks.config_info(resolved, lock, lock_path)
+
+
+def with_stock(rf: ResultsFile, info: dict) -> ResultsFile:
+    rf.set("baseline_config", info)
+    return rf
+
+
 def finish(base: dict, over: dict, out: Path, title: str = "", control: dict | None = None) -> Comparison:
     """Compare, write report.md, PNGs and summary.json into `out`."""
     c = compare(base, over, control)
@@ -328,6 +349,7 @@ def finish(base: dict, over: dict, out: Path, title: str = "", control: dict | N
             "control_agreement": c.control,
             "report": md.name,
             "speedup": {r.name: r.speedup for r in c.rows},
+            "baseline_config": base.get("baseline_config"),
         },
     )
     return c

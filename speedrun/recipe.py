@@ -205,6 +205,8 @@ class BaselineCandidate(Strict):
 
     @model_validator(mode="after")
     def _server_keys_exist(self) -> BaselineCandidate:
+        if self.label in ("recipe", "overlay"):  # the recipe's own row; the overlay side's name
+            raise ValueError(f"baseline candidate label {self.label!r} is reserved")
         check_server_keys(self.server, f"baseline candidate {self.label!r} server")
         return self
 
