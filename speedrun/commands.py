@@ -42,6 +42,9 @@ def launch(
     timeout: Annotated[float, typer.Option(help="seconds to wait for /health")] = 1200.0,
     out: Annotated[Path, typer.Option(help="folder for the server log and overlay reports")] = Path(".runs/launch"),
     check: Annotated[bool, typer.Option("--check", help="once healthy: one request, show reports, stop")] = False,
+    concurrency: Annotated[
+        int | None, typer.Option(help="serve the recipe's server_by_concurrency setting for this concurrency")
+    ] = None,
 ) -> None:
     """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports."""
     from speedrun.launch.command import build
@@ -50,7 +53,15 @@ def launch(
     side = "baseline" if baseline else "overlay"
     run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
     model = _model_path(r, baseline, generate=not dry_run)
-    spec = build(r, baseline=baseline, port=port, host=host, model_path=str(model), report_dir=run_dir / "reports")
+    spec = build(
+        r,
+        baseline=baseline,
+        port=port,
+        host=host,
+        model_path=str(model),
+        report_dir=run_dir / "reports",
+        concurrency=concurrency,
+    )
     if dry_run:  # plain print: one copy-pasteable line, never wrapped
         print(f"# {side} side of {r.name}")
         print(spec.shell())
