@@ -66,15 +66,17 @@ ATTENTION: dict[str, list[BaselineCandidate]] = {
     ],
 }
 MLA_ONLY = {"flashmla", "cutlass_mla", "trtllm_mla", "cutedsl_mla", "tokenspeed_mla"}
-# MoE runner backends that apply, by card and the baseline model's quantization (SGLang 0.5.17: fp8.py and
-# server_args.py). "auto" (the recipe's default) is triton for block FP8 on one node without DeepEP and aiter on
-# ROCm, so only the others are listed; flashinfer_trtllm/cutedsl are SM100-only, flashinfer_cutlass is not for fp8.
+# MoE runner backends that apply, by card and the baseline model's quantization (SGLang 0.5.17: server_args.py
+# MOE_RUNNER_BACKEND_CHOICES, quantization/fp8.py, arg_groups/overrides.py). The recipe's own choice ("auto" unless
+# set) is the first candidate already: auto is triton for block FP8 on one node without DeepEP, aiter on ROCm, and
+# triton_kernel for GPT-OSS MXFP4 on sm90, so only the others are listed. cutlass FP8 MoE needs block quantization
+# on SM90/100/120; flashinfer_trtllm/_routed/cutedsl are SM100 kernels; flashinfer_cutlass takes modelopt formats.
 MOE: dict[tuple[str, str], list[str]] = {
     ("sm90", "fp8_block"): ["cutlass", "deep_gemm"],
-    ("sm90", "mxfp4"): ["triton_kernel", "marlin"],
+    ("sm90", "mxfp4"): ["marlin", "triton"],
     ("gfx950", "fp8_block"): ["triton"],
 }
-MOE_REQUIRES = {"deep_gemm": ["deep_gemm"], "triton_kernel": ["triton_kernels"]}
+MOE_REQUIRES = {"deep_gemm": ["deep_gemm"]}
 
 
 @dataclass
@@ -119,7 +121,10 @@ def quantization(recipe: Recipe) -> str | None:
     from speedrun.eval.prompts import find_file
 
     cfg = find_file(model.path, "config.json")
-    q = json.loads(cfg.read_text()).get("quantization_config", {}) if cfg else {}
+    try:
+        q = (json.loads(cfg.read_text()).get("quantization_config") or {}) if cfg else {}
+    except (OSError, ValueError, AttributeError):  # unreadable: no MoE defaults, the report says none ran
+        q = {}
     method = q.get("quant_method")
     if method == "fp8" and q.get("weight_block_size"):
         return "fp8_block"
@@ -311,6 +316,7 @@ class Search:
             "fingerprint": locks.fingerprint(self.recipe),
             "arch": self.recipe.hardware.arch,
             "host": platform.node(),
+            "sglang": sglang_version(),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "probe": probe_info(self.case),
             "best": best.label if best else None,
@@ -332,11 +338,21 @@ class Search:
             recipe=rep["recipe"],
             fingerprint=rep["fingerprint"],
             arch=rep["arch"],
+            sglang=rep["sglang"],
             created=rep["created"],
             probe=rep["probe"],
             best=best.brief(),
             candidates=[r.brief() for r in self.results.values()],
         )
+
+
+def sglang_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sglang")
+    except PackageNotFoundError:
+        return None
 
 
 def one_line(r: CandidateResult) -> str:
@@ -390,8 +406,13 @@ def search(recipe: Recipe, s: Settings, spec_for=None) -> tuple[BaselineLock | N
         srch.notes.append("MoE runner stage skipped (--no-moe)")
     elif best is None:
         srch.notes.append("MoE runner stage not run: no attention candidate finished")
+    elif not (plan := moe_plan(recipe, best)):
+        q = quantization(recipe) or "unknown quantization"
+        srch.notes.append(
+            f"MoE runner stage: no alternatives for {recipe.hardware.arch} / {q} (baseline.moe_runner_backends)"
+        )
     else:
-        srch.stage(moe_plan(recipe, best))
+        srch.stage(plan)
     srch.write()
     lock = srch.lock()
     if lock is not None:
@@ -446,9 +467,9 @@ def markdown(rep: dict[str, Any]) -> str:
     lines = [
         f"# Baseline search: {rep['recipe']}",
         "",
-        f"Card {rep['arch']} (host {rep['host']}, {rep['created']}). Probe: ISL {p['isl']} / OSL {p['osl']} at "
-        f"concurrency {p['concurrency']}, {p['prompts']} prompts after {p['warmup']} warm-up requests; ranked by "
-        "output tok/s. Each candidate's server log: `candidates/<label>/server.log`.",
+        f"Card {rep['arch']} (host {rep['host']}, SGLang {rep.get('sglang')}, {rep['created']}). Probe: ISL "
+        f"{p['isl']} / OSL {p['osl']} at concurrency {p['concurrency']}, {p['prompts']} prompts after {p['warmup']} "
+        "warm-up requests; ranked by output tok/s. Each candidate's server log: `candidates/<label>/server.log`.",
         "",
         verdict,
         "",

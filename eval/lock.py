@@ -59,6 +59,7 @@ class BaselineLock(BaseModel):
     recipe: str
     fingerprint: str
     arch: str
+    sglang: str | None = None  # the version the candidates were served with
     created: str
     probe: dict[str, Any]
     best: CandidateResult
