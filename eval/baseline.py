@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from speedrun.eval import lock as locks
 from speedrun.eval.lock import BaselineLock, CandidateResult
 from speedrun.eval.results import write_json_atomic
+from speedrun.eval.run import console  # the evaluation's stderr console (progress, per-candidate lines)
 from speedrun.eval.scenarios import Case
 from speedrun.recipe import (
     Accuracy,
@@ -41,7 +41,6 @@ from speedrun.recipe import (
     merged_server,
 )
 
-console = Console(stderr=True)
 SEARCH_JSON, SEARCH_MD = "baseline-search.json", "baseline-search.md"
 
 # The card's stock attention backends (SGLang 0.5.17, server_args.ATTENTION_BACKEND_CHOICES). FlashMLA serves

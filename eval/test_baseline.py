@@ -81,10 +81,13 @@ def fake_sglang(seen: list | None = None):
 
 
 def cli(*args: str):
+    """The CLI's result, its output with line wraps undone (wrap points move with the temp path's length)."""
     from speedrun.cli import _register_commands, app
 
     _register_commands()
-    return CliRunner().invoke(app, list(args))
+    res = CliRunner().invoke(app, list(args))
+    res.flat = " ".join(res.output.split())
+    return res
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +100,7 @@ def searched(tmp_path_factory) -> tuple[Path, Path]:
         mp.setattr("speedrun.eval.serve.default_spec", fake_sglang())
         res = cli("baseline", str(recipe_file), "--out", str(tmp / "search"), "--no-progress")
     assert res.exit_code == 0, res.output
-    assert "flashmla-p64" in res.output and "lock:" in res.output
+    assert "flashmla-p64" in res.flat and "lock:" in res.flat
     return recipe_file, tmp / "search"
 
 
@@ -145,7 +148,7 @@ def test_run_uses_the_lock_in_its_folder(searched, tmp_path, monkeypatch):
     monkeypatch.setattr("speedrun.eval.run.default_spec", fake_sglang(seen))
     res = cli("run", str(recipe_file), "--out", str(folder), "--concurrency", "2", "--no-progress")
     assert res.exit_code == 0, res.output
-    assert "baseline: flashmla-p64" in res.output
+    assert "baseline: flashmla-p64" in res.flat
     (_, base), (_, over) = seen
     assert "--attention-backend flashmla --page-size 64" in base and "speedrun_mla" not in base
     for part in ("--attention-backend flashmla", "--decode-attention-backend speedrun_mla",
@@ -180,7 +183,7 @@ def test_lock_for_another_recipe_setting_is_refused(searched, tmp_path):
     with pytest.raises(locks.LockError, match="resolved for recipe 'fake-baseline' as it was then"):
         locks.load(out / locks.LOCK_NAME, load_recipe(other))
     res = cli("run", str(other), "--baseline-lock", str(out / locks.LOCK_NAME), "--out", str(tmp_path / "r"))
-    assert res.exit_code == 2 and "speedrun baseline fake-baseline" in res.output
+    assert res.exit_code == 2 and "speedrun baseline fake-baseline" in res.flat
     assert "Traceback" not in res.output and not (tmp_path / "r" / "baseline.json").exists()
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "x"}')
@@ -203,7 +206,7 @@ def test_search_split_over_calls_keeps_earlier_results(searched, tmp_path, monke
     assert after["flashinfer"]["output_throughput"] != before["flashinfer"]["output_throughput"]  # measured again
     assert json.loads((folder / locks.LOCK_NAME).read_text())["best"]["label"] == "flashmla-p64"
     res = cli("baseline", str(recipe_file), "--out", str(folder), "--candidates", "nope")
-    assert res.exit_code == 2 and "unknown label(s) ['nope']" in res.output
+    assert res.exit_code == 2 and "unknown label(s) ['nope']" in res.flat
 
 
 def test_search_with_no_finished_candidate_writes_no_lock(tmp_path, monkeypatch):
@@ -214,7 +217,7 @@ def test_search_with_no_finished_candidate_writes_no_lock(tmp_path, monkeypatch)
     recipe_file.write_text(yaml.safe_dump(d))
     monkeypatch.setattr("speedrun.eval.serve.default_spec", fake_sglang())
     res = cli("baseline", str(recipe_file), "--out", str(tmp_path / "s"), "--no-progress")
-    assert res.exit_code == 1 and "no lock written" in res.output
+    assert res.exit_code == 1 and "no lock written" in res.flat
     assert not (tmp_path / "s" / locks.LOCK_NAME).exists()
     got = rows(tmp_path / "s")
     assert got["recipe"]["status"] == "failed" and got["fa3"]["status"] == "same"
