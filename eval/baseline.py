@@ -136,14 +136,15 @@ def is_mla(recipe: Recipe) -> bool:
 
 
 def attention_plan(recipe: Recipe) -> list[Planned]:
-    """The recipe's own configuration, then the candidates (recipe's list or the card's), minus exclusions."""
+    """The candidates (the recipe's list or the card's), then the recipe's own configuration (measured too, unless
+    a candidate already serves it), minus exclusions."""
     spec = recipe.baseline
     cands = list(spec.candidates if spec.candidates is not None else ATTENTION.get(recipe.hardware.arch, []))
     if spec.candidates is None and not is_mla(recipe):
         cands = [c for c in cands if c.server.get("attention_backend") not in MLA_ONLY]
     cands += spec.extra_candidates
-    plan = [Planned("recipe", "recipe", {})]
-    plan += [Planned(c.label, "attention", dict(c.server), dict(c.env), list(c.requires)) for c in cands]
+    plan = [Planned(c.label, "attention", dict(c.server), dict(c.env), list(c.requires)) for c in cands]
+    plan.append(Planned("recipe", "recipe", {}))
     return [p for p in plan if p.label not in spec.exclude]
 
 
@@ -319,6 +320,7 @@ class Search:
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "probe": probe_info(self.case),
             "best": best.label if best else None,
+            "recipe_server": locks.stock_fields(self.recipe),
             "notes": self.notes,
             "candidates": [r.model_dump() for r in self.results.values()],
         }
@@ -458,6 +460,7 @@ def markdown(rep: dict[str, Any]) -> str:
     ]
     head = ["candidate", "stage", "server (on top of the recipe's)", "status", "output tok/s", "vs fastest",
             "median TTFT (ms)", "median TPOT (ms)", "startup (s)", "note"]  # fmt: skip
+    own = f"The recipe's own stock configuration (row `recipe`): {locks.describe(rep.get('recipe_server') or {})}."
     verdict = (
         f"**Fastest: {rep['best']}**, locked in `{locks.LOCK_NAME}` (`speedrun run` serves it as the baseline)."
         if rep["best"]
@@ -469,6 +472,7 @@ def markdown(rep: dict[str, Any]) -> str:
         f"Card {rep['arch']} (host {rep['host']}, SGLang {rep.get('sglang')}, {rep['created']}). Probe: ISL "
         f"{p['isl']} / OSL {p['osl']} at concurrency {p['concurrency']}, {p['prompts']} prompts after {p['warmup']} "
         "warm-up requests; ranked by output tok/s. Each candidate's server log: `candidates/<label>/server.log`.",
+        own,
         "",
         verdict,
         "",

@@ -140,13 +140,18 @@ STOCK_FIELDS = ("attention_backend", "prefill_attention_backend", "decode_attent
                 "moe_runner_backend", "kv_cache_dtype")  # fmt: skip
 
 
+def stock_fields(recipe: Recipe) -> dict[str, Any]:
+    """The server fields that tell stock configurations apart (backends, page size, KV dtype), where set."""
+    return {k: v for k in STOCK_FIELDS if (v := getattr(recipe.server, k)) is not None}
+
+
 def config_info(recipe: Recipe, lock: BaselineLock | None, path: Path | None) -> dict[str, Any]:
-    """What the baseline side served and why, recorded in its results for the report."""
-    fixed = {k: getattr(recipe.server, k) for k in STOCK_FIELDS}
+    """What the baseline side served (`recipe`: with the lock applied) and why, recorded in its results."""
     if lock is None:
-        return {"searched": False, "server": {k: v for k, v in fixed.items() if v is not None}}
+        return {"searched": False, "server": stock_fields(recipe)}
     return {
         "searched": True,
+        "server": stock_fields(recipe),
         "lock": str(path),
         "probe": lock.probe,
         "created": lock.created,
@@ -176,7 +181,7 @@ def report_lines(info: dict[str, Any] | None, rows: list) -> list[str]:
     out = [
         "## Baseline",
         "",
-        f"Stock SGLang ran its fastest configuration on this card, **{best['label']}** ({describe(best['server'])}),"
+        f"Stock SGLang ran its fastest configuration on this card, **{best['label']}** ({describe(info['server'])}),"
         f" resolved by `speedrun baseline` ({info['lock']}, {info['created']}; probe ISL {probe['isl']} / OSL "
         f"{probe['osl']} at concurrency {probe['concurrency']}, {probe['prompts']} prompts).",
         "",

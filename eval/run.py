@@ -226,7 +226,13 @@ def record_launch(rf: ResultsFile, label: str, spec: LaunchSpec) -> None:
 
 
 def serve_group(
-    group: ServerGroup, side: str, opts: Options, pool: TokenPool, spec_for: SpecFactory, rf: ResultsFile, side_dir
+    group: ServerGroup,
+    side: str,
+    opts: Options,
+    pool: TokenPool,
+    spec_for: SpecFactory,
+    rf: ResultsFile,
+    side_dir: Path,
 ) -> None:
     """Launch one server, measure its cases, tear it down; a failure is recorded, not raised."""
     from speedrun.launch.server import ServerError

@@ -37,7 +37,7 @@ def recipe_dict(tmp_path: Path, **extra) -> dict:
     model.mkdir(exist_ok=True)
     (model / "config.json").write_text(json.dumps({"vocab_size": 4096}))
     cands = [
-        {"label": "triton", "server": {"attention_backend": "triton"}},  # the recipe's own: served once
+        {"label": "triton", "server": {"attention_backend": "triton"}},  # the recipe's own too: served once
         {"label": "flashinfer", "server": {"attention_backend": "flashinfer"}},
         {"label": "flashmla-p64", "server": {"attention_backend": "flashmla", "page_size": 64}},
         {"label": "fa3", "server": {"attention_backend": "fa3"}},  # fails to start
@@ -115,27 +115,28 @@ def test_search_locks_the_fastest_and_reports_the_rest(searched):
     assert lock.best.server == {"attention_backend": "flashmla", "page_size": 64}
     assert lock.probe["concurrency"] == 4 and lock.probe["prompts"] == 8  # the middle of [2, 4, 8], 2 x c
     got = rows(out)
-    assert list(got) == ["recipe", "triton", "flashinfer", "flashmla-p64", "fa3", "nokernel", "moe-cutlass"]
+    assert list(got) == ["triton", "flashinfer", "flashmla-p64", "fa3", "nokernel", "recipe", "moe-cutlass"]
     assert {k: v["status"] for k, v in got.items()} == {
-        "recipe": "ok", "triton": "same", "flashinfer": "ok", "flashmla-p64": "ok", "fa3": "failed",
-        "nokernel": "skipped", "moe-cutlass": "ok",
+        "triton": "ok", "flashinfer": "ok", "flashmla-p64": "ok", "fa3": "failed", "nokernel": "skipped",
+        "recipe": "same", "moe-cutlass": "ok",
     }  # fmt: skip
     speed = {k: v["output_throughput"] for k, v in got.items() if v["status"] == "ok"}
-    assert speed["flashmla-p64"] > max(speed["recipe"], speed["flashinfer"], speed["moe-cutlass"])
-    assert speed["flashinfer"] > speed["recipe"]  # 10 ms vs 20 ms extra per token: the probe ranks them
+    assert speed["flashmla-p64"] > max(speed["triton"], speed["flashinfer"], speed["moe-cutlass"])
+    assert speed["flashinfer"] > speed["triton"]  # 10 ms vs 20 ms extra per token: the probe ranks them
     # the MoE stage ran on top of the fastest attention candidate
     assert got["moe-cutlass"]["server"] == {"attention_backend": "flashmla", "page_size": 64,
                                              "moe_runner_backend": "cutlass"}  # fmt: skip
     assert "--attention-backend flashmla --page-size 64" in got["flashmla-p64"]["launch"]
-    assert "same configuration as recipe" in got["triton"]["error"]
+    assert "same configuration as triton" in got["recipe"]["error"]
     assert "no_such_module_xyz" in got["nokernel"]["error"]
     assert "cannot start with --attention-backend=fa3" in got["fa3"]["log_tail"]
-    for label in ("recipe", "flashinfer", "flashmla-p64", "fa3", "moe-cutlass"):  # every served one's log kept
+    for label in ("triton", "flashinfer", "flashmla-p64", "fa3", "moe-cutlass"):  # every served one's log kept
         log = out / "candidates" / label / "server.log"
         assert log.is_file() and "speedrun.eval.fakeserver" in log.read_text(), label
     md = (out / bl.SEARCH_MD).read_text()
     assert "**Fastest: flashmla-p64**" in md and "| fa3 |" in md and "cannot start with" in md
-    assert lock.candidates[4].log_tail == "" and got["fa3"]["log_tail"]  # tails in the report, not the lock
+    assert "own stock configuration (row `recipe`): attention_backend=triton, kv_cache_dtype=auto." in md
+    assert lock.candidates[3].log_tail == "" and got["fa3"]["log_tail"]  # tails in the report, not the lock
 
 
 def test_run_uses_the_lock_in_its_folder(searched, tmp_path, monkeypatch):
@@ -156,9 +157,9 @@ def test_run_uses_the_lock_in_its_folder(searched, tmp_path, monkeypatch):
         assert part in over, over
     md = (folder / "report.md").read_text()
     section = md.split("## Baseline", 1)[1].split("## Throughput", 1)[0]
-    assert "**flashmla-p64** (attention_backend=flashmla, page_size=64)" in section
+    assert "**flashmla-p64** (attention_backend=flashmla, page_size=64, kv_cache_dtype=auto)" in section
     assert "The overlay beat flashmla-p64 at:" in section
-    for label in ("flashinfer", "recipe", "fa3", "moe-cutlass"):
+    for label in ("flashinfer", "triton", "recipe", "fa3", "moe-cutlass"):
         assert f"| {label} |" in section, label
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["baseline_config"]["best"]["label"] == "flashmla-p64"
@@ -220,7 +221,7 @@ def test_search_with_no_finished_candidate_writes_no_lock(tmp_path, monkeypatch)
     assert res.exit_code == 1 and "no lock written" in res.flat
     assert not (tmp_path / "s" / locks.LOCK_NAME).exists()
     got = rows(tmp_path / "s")
-    assert got["recipe"]["status"] == "failed" and got["fa3"]["status"] == "same"
+    assert got["fa3"]["status"] == "failed" and got["recipe"]["status"] == "same"
     assert "MoE runner stage not run" in (tmp_path / "s" / bl.SEARCH_MD).read_text()
 
 
@@ -279,7 +280,7 @@ def test_bucket_rule_and_recipe_errors(tmp_path):
 
 def test_card_defaults():
     ds = load_recipe("synth-deepseek-mxfp4-l30-h100")
-    assert [p.label for p in bl.attention_plan(ds)] == ["recipe", "triton", "flashinfer", "flashmla-p64", "fa3"]
+    assert [p.label for p in bl.attention_plan(ds)] == ["triton", "flashinfer", "flashmla-p64", "fa3", "recipe"]
     assert bl.quantization(ds) == "fp8_block"  # the baseline serves the FP8 slice
     best = locks.CandidateResult(label="flashmla-p64", stage="attention", status="ok",
                                  server={"attention_backend": "flashmla", "page_size": 64})  # fmt: skip
@@ -289,7 +290,7 @@ def test_card_defaults():
     oss = load_recipe("synth-gpt-oss-h100")
     assert "flashmla-p64" not in [p.label for p in bl.attention_plan(oss)]  # MLA only
     finals = load_recipe("deepseek-r1-mxfp4-mi355x")
-    assert [p.label for p in bl.attention_plan(finals)] == ["recipe", "aiter", "triton"]
+    assert [p.label for p in bl.attention_plan(finals)] == ["aiter", "triton", "recipe"]
 
 
 def test_importable_and_fake_flag_keys():

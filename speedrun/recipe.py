@@ -219,7 +219,7 @@ class BaselineProbe(Strict):
     concurrency: int | None = Field(None, ge=1, description="unset: the middle of the recipe's concurrencies")
     prompts_per_concurrency: int = Field(2, ge=1)
     warmup_per_concurrency: int = Field(1, ge=0)
-    timeout_s: float = Field(900, gt=0, description="bound on the probe run of one candidate")
+    timeout_s: float = Field(900, gt=0, description="bound on one candidate's warm-up, and again on its probe run")
     startup_timeout_s: float = Field(1200, gt=0, description="bound on one candidate's server start")
 
 
