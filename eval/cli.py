@@ -285,6 +285,10 @@ def run(
     gsm8k_questions: Questions = None,
     startup_timeout: Startup = 1200.0,
     no_progress: Quiet = False,
+    baseline_lock: Annotated[
+        Path | None,
+        typer.Option("--baseline-lock", help="the resolved baseline (default: --out's, else the recipe's own)"),
+    ] = None,
 ) -> None:
     """Stock SGLang vs overlay, end to end: both launches, throughput, accuracy, report; exit 1 on a failed gate.
 
@@ -328,8 +332,15 @@ def run(
         raise typer.BadParameter("a run split over calls needs the same --out in each call", param_hint="--sides")
     if demo:
         _pipeline_check(r, opts)
-    else:
+        return
+    from speedrun.eval.lock import LockError
+
+    opts.baseline_lock = _lock_path(recipe or r.name, out, baseline_lock)
+    try:
         _conclude(run_both(r, opts), opts.out)
+    except LockError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _pipeline_check(r, opts) -> None:
@@ -380,6 +391,70 @@ def _main_job(demo: bool):
         raise typer.Exit(2) from None
     console.print(why, soft_wrap=True, highlight=False, markup=False)
     return r
+
+
+def _lock_path(recipe: str, out: Path | None, explicit: Path | None) -> Path | None:
+    """`--baseline-lock`, else the run folder's lock, else the one beside the recipe file."""
+    from speedrun.eval.lock import find
+    from speedrun.recipe import resolve_path
+
+    return find(explicit, out, resolve_path(recipe))
+
+
+def baseline(
+    recipe: str,
+    out: Out = None,
+    candidates: Annotated[
+        str | None, typer.Option("--candidates", help="serve only these labels (others: read from --out)")
+    ] = None,
+    no_moe: Annotated[bool, typer.Option("--no-moe", help="skip the MoE runner stage")] = False,
+    isl: Annotated[int | None, typer.Option("--isl", help="probe input length (default: the recipe's)")] = None,
+    osl: Annotated[int | None, typer.Option("--osl", help="probe output length (default: the recipe's)")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", help="probe concurrency (default: the recipe's middle one)")
+    ] = None,
+    prompts_per_concurrency: Annotated[int | None, typer.Option("--prompts-per-concurrency")] = None,
+    warmup_per_concurrency: Annotated[int | None, typer.Option("--warmup-per-concurrency")] = None,
+    startup_timeout: Annotated[float | None, typer.Option("--startup-timeout", help="per candidate, s")] = None,
+    probe_timeout: Annotated[float | None, typer.Option("--probe-timeout", help="per candidate's probe, s")] = None,
+    save_beside_recipe: Annotated[
+        bool, typer.Option("--save-beside-recipe", help="also write the lock as recipes/NAME.baseline-lock.json")
+    ] = False,
+    no_progress: Quiet = False,
+) -> None:
+    """Serve every stock configuration this card supports, probe each, lock the fastest as the recipe's baseline."""
+    from speedrun.eval import lock as locks
+    from speedrun.eval.baseline import Settings, search, summary_table
+    from speedrun.recipe import resolve_path
+
+    r = _recipe(recipe)
+    out = out or Path(".runs") / f"baseline-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    only = [x.strip() for x in candidates.split(",") if x.strip()] if candidates else None
+    s = Settings(
+        out=out,
+        isl=isl,
+        osl=osl,
+        concurrency=concurrency,
+        prompts_per_concurrency=prompts_per_concurrency,
+        warmup_per_concurrency=warmup_per_concurrency,
+        startup_timeout_s=startup_timeout,
+        probe_timeout_s=probe_timeout,
+        only=only,
+        moe=not no_moe,
+        show_progress=not no_progress,
+        lock_beside=locks.beside(resolve_path(recipe)) if save_beside_recipe else None,
+    )
+    try:
+        lock, rep = search(r, s)
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(summary_table(rep))
+    console.print(f"report: {out / 'baseline-search.md'}")
+    if lock is None:
+        err.print("[red]no candidate finished its probe: no lock written[/red]")
+        raise typer.Exit(1)
+    console.print(f"lock: {out / locks.LOCK_NAME}  (speedrun run {recipe} --baseline-lock {out / locks.LOCK_NAME})")
 
 
 def profile(
@@ -465,3 +540,4 @@ def register(app: typer.Typer) -> None:
     app.command("compare")(compare_cmd)
     app.command("run")(run)
     app.command("profile")(profile)
+    app.command("baseline")(baseline)

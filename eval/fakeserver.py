@@ -13,6 +13,12 @@ server that only SIGKILL stops (a wedged teardown), `--child-pid-file F` adds a 
 `--http-status CODE` answers every `/generate` with that status, `--garbage-every N` answers every N-th one with
 malformed data (status 200); `--ttft-ms` large enough makes a client time out.
 
+Started with SGLang's own launch flags (the real `build()` argv, `sglang.launch_server` swapped for this
+module), it ignores the ones it does not know, and its speed can depend on them: SPEEDRUN_FAKE_FLAG_TPOT_MS
+(a JSON map `{"--attention-backend=flashmla": 2.0, "--disable-radix-cache": 1.0}`) adds to --tpot-ms for each
+flag it was started with, and SPEEDRUN_FAKE_FAIL_FLAGS (a JSON list of the same keys) makes it exit before
+serving, like a server that cannot start with that configuration.
+
     python -m speedrun.eval.fakeserver --port 30000 --tpot-ms 2
 """
 
@@ -231,7 +237,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fakeserver", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fakeserver", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--ttft-ms", type=float, default=5.0)
@@ -295,8 +301,31 @@ def fake_overlay_report(app: web.Application) -> None:
     app.on_shutdown.append(flush)
 
 
+def flag_keys(extra: list[str]) -> list[str]:
+    """Unknown flags as `--flag=value` (or `--flag` for a switch), the keys of the env maps."""
+    keys = []
+    for i, tok in enumerate(extra):
+        if tok.startswith("--"):
+            nxt = extra[i + 1] if i + 1 < len(extra) else None
+            keys.append(tok if nxt is None or nxt.startswith("--") else f"{tok}={nxt}")
+    return keys
+
+
+def apply_flag_env(args: argparse.Namespace, extra: list[str]) -> None:
+    """Slow down by SPEEDRUN_FAKE_FLAG_TPOT_MS, or refuse to start by SPEEDRUN_FAKE_FAIL_FLAGS."""
+    keys = flag_keys(extra)
+    refused = [k for k in json.loads(os.environ.get("SPEEDRUN_FAKE_FAIL_FLAGS") or "[]") if k in keys]
+    if refused:
+        print(f"fakeserver: cannot start with {' '.join(refused)} (SPEEDRUN_FAKE_FAIL_FLAGS)", flush=True)
+        raise SystemExit(1)
+    delays = json.loads(os.environ.get("SPEEDRUN_FAKE_FLAG_TPOT_MS") or "{}")
+    args.tpot_ms += sum(float(delays[k]) for k in keys if k in delays)
+    print(f"fakeserver: flags {keys}; tpot {args.tpot_ms} ms", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    args, extra = parser().parse_known_args(argv)
+    apply_flag_env(args, extra)
     app = make_app(args)
     fake_overlay_report(app)
     if args.ignore_sigterm:  # set before the child starts: an ignored signal stays ignored across exec

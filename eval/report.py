@@ -214,6 +214,13 @@ def _tail(text: str) -> list[str]:
     return ["", "  ```", *[f"  {x}" for x in text.splitlines()[-30:]], "  ```"] if text.strip() else []
 
 
+def baseline_section(c: Comparison) -> list[str]:
+    """Which stock configuration the overlay is measured against (searched and locked, or the recipe's)."""
+    from speedrun.eval.lock import report_lines
+
+    return report_lines(c.base.get("baseline_config"), c.rows)
+
+
 def render(c: Comparison, out_dir: Path, title: str = "") -> Path:
     """Write report.md plus the two PNGs into `out_dir`; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +236,7 @@ def render(c: Comparison, out_dir: Path, title: str = "") -> Path:
         "",
         headline(c.rows),
         "",
+        *baseline_section(c),
         "## Throughput",
         "",
         "![throughput vs interactivity](throughput_vs_interactivity.png)",

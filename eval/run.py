@@ -23,8 +23,9 @@ from speedrun.eval.compare import Comparison, compare
 from speedrun.eval.prompts import TokenPool
 from speedrun.eval.report import render
 from speedrun.eval.results import ResultsFile, write_json_atomic
-from speedrun.eval.scenarios import Scale, expand
+from speedrun.eval.scenarios import Case, Scale, expand
 from speedrun.eval.serve import CONTROL, SpecFactory, default_spec, launched, model_path, pool_for
+from speedrun.launch.command import LaunchSpec
 from speedrun.recipe import Recipe, Server
 
 console = cli_console(stderr=True)
@@ -49,6 +50,7 @@ class Options:
     seed: int = 0
     show_progress: bool = True
     cut: list[str] = field(default_factory=list)  # what the user chose to leave out, for the report
+    baseline_lock: Path | None = None  # the resolved baseline (`speedrun baseline`); None: the recipe's fixed one
 
     def notes(self, recipe: Recipe) -> list[str]:
         out = self.scale.notes(recipe.benchmarks.scenarios)
@@ -95,9 +97,17 @@ def step(rf: ResultsFile, what: str, target: Target, fn) -> None:
 
 
 def measure(
-    recipe: Recipe, side: str, target: Target, pool: TokenPool, rf: ResultsFile, side_dir: Path, opts: Options
+    recipe: Recipe,
+    side: str,
+    target: Target,
+    pool: TokenPool,
+    rf: ResultsFile,
+    side_dir: Path,
+    opts: Options,
+    cases: list[Case] | None = None,
 ) -> None:
-    """Everything measured on one live server: agreement samples, throughput cases, GSM8K."""
+    """Everything measured on one live server: agreement samples, throughput cases (`cases`, default: the
+    recipe's scaled and filtered), GSM8K."""
     acc = recipe.accuracy
     if opts.accuracy:  # what was asked for, so a step that never produced a result reads as a failed gate
         asked = rf.data.get("accuracy_requested", {}) | {"gsm8k": bool(acc.gsm8k), "agreement": bool(acc.agreement)}
@@ -110,7 +120,7 @@ def measure(
 
         step(rf, "agreement", target, agree)
     if opts.bench:
-        cases = expand(recipe.benchmarks.scenarios, opts.scale, opts.filters)
+        cases = expand(recipe.benchmarks.scenarios, opts.scale, opts.filters) if cases is None else cases
         step(
             rf,
             "throughput",
@@ -168,8 +178,11 @@ def run_side(
     spec_for: SpecFactory,
     on_measured: OnMeasured | None = None,
 ) -> ResultsFile:
-    """Launch, measure, tear down one side. `on_measured` runs while the server is still up, once measuring is
-    over: what must not wait for (or be lost in) a slow or interrupted teardown, e.g. the report."""
+    """Launch, measure, tear down one side: one server, or one per `server_by_concurrency` setting. `on_measured`
+    runs while the last server is still up, once measuring is over: what must not wait for (or be lost in) a slow
+    or interrupted teardown, e.g. the report."""
+    from speedrun.overlays.report import read_all
+
     side_dir = opts.out / side
     rf = results_file(
         opts.out / f"{side}.json",
@@ -180,38 +193,109 @@ def run_side(
         overlays_requested=[] if side == "baseline" else recipe.overlays.enabled_ops(),
     )
     console.rule(f"{recipe.name}: {side}")
+    cases = expand(recipe.benchmarks.scenarios, opts.scale, opts.filters) if opts.bench else []
+    groups = server_groups(recipe, cases)
+
+    def collect() -> None:  # again after each teardown: the schedulers' last flush comes at exit
+        rf.set("overlay_reports", [r for g in groups for r in read_all(g.folder(side_dir) / "overlay-reports")])
+
+    for i, group in enumerate(groups):  # accuracy once, on the first server
+        group_opts = opts if i == 0 else dataclasses.replace(opts, accuracy=False)
+        hook = on_measured if i == len(groups) - 1 else None
+        serve_group(group, side, group_opts, pool, spec_for, rf, side_dir, collect, hook)
+        collect()
+    return rf
+
+
+@dataclass
+class ServerGroup:
+    """The cases one server runs: all of them, or one `server_by_concurrency` setting's."""
+
+    label: str  # "" when the side runs one server (its files stay directly in the side's folder)
+    recipe: Recipe  # the bucket's fields folded into `server`
+    cases: list[Case]
+
+    def folder(self, side_dir: Path) -> Path:
+        return side_dir / f"server-{self.label}" if self.label else side_dir
+
+
+def bucket_label(recipe: Recipe, concurrency: int) -> str:
+    """`c1-32`, `c33-up`: the concurrencies one bucket covers."""
+    bucket = recipe.bucket_for(concurrency)
+    lo = bucket.concurrency_above + 1 if bucket else 1
+    hi = min((b.concurrency_above for b in recipe.server_by_concurrency if b.concurrency_above >= lo), default=None)
+    return f"c{lo}-{hi}" if hi is not None else f"c{lo}-up"
+
+
+def server_groups(recipe: Recipe, cases: list[Case]) -> list[ServerGroup]:
+    """One server per distinct server setting over the cases, in case order; one group when nothing differs."""
+    groups: dict[str, ServerGroup] = {}
+    for case in cases:
+        sub = recipe.at_concurrency(case.concurrency)
+        key = sub.server.model_dump_json()
+        groups.setdefault(key, ServerGroup(bucket_label(recipe, case.concurrency), sub, [])).cases.append(case)
+    if len(groups) <= 1:
+        only = next(iter(groups.values()), None)
+        return [ServerGroup("", only.recipe if only else recipe.at_concurrency(None), list(cases))]
+    return list(groups.values())
+
+
+def record_launch(rf: ResultsFile, label: str, spec: LaunchSpec) -> None:
+    """`launch`: the command line; with one server per concurrency bucket, each one prefixed by its bucket."""
+    if not label:
+        rf.set("launch", spec.shell())
+        return
+    launches = rf.data.get("launches", {}) | {label: spec.shell()}
+    rf.set("launches", launches)
+    rf.set("launch", "; ".join(f"[{k}] {v}" for k, v in launches.items()))
+
+
+def serve_group(
+    group: ServerGroup,
+    side: str,
+    opts: Options,
+    pool: TokenPool,
+    spec_for: SpecFactory,
+    rf: ResultsFile,
+    side_dir: Path,
+    collect: Callable[[], None],
+    on_measured: OnMeasured | None = None,
+) -> None:
+    """Launch one server, measure its cases, tear it down; a failure is recorded, not raised (an interrupt is
+    recorded when it cuts a measurement short, and raised)."""
     from speedrun.launch.procgroup import signal_name
     from speedrun.launch.server import ServerError
-    from speedrun.overlays.report import read_all
 
+    recipe, where = group.recipe, f"server {group.label}" if group.label else "server"
+    if group.label:
+        console.print(f"{side}: server for {group.label} ({', '.join(c.name for c in group.cases)})")
     t0, measured = time.monotonic(), False
     try:
         with launched(
             recipe,
             side,
-            side_dir,
+            group.folder(side_dir),
             spec_for=spec_for,
             startup_timeout_s=opts.startup_timeout_s,
             show_progress=opts.show_progress,
-            on_spec=lambda spec: rf.set("launch", spec.shell()),
+            on_spec=lambda spec: record_launch(rf, group.label, spec),
         ) as (target, _):
-            rf.set("startup_s", round(time.monotonic() - t0, 1))
-            measure(recipe, side, target, pool, rf, side_dir, opts)
+            took = round(time.monotonic() - t0, 1)
+            rf.set("startup_s", rf.data.get("startup_s", {}) | {group.label: took} if group.label else took)
+            measure(recipe, side, target, pool, rf, group.folder(side_dir), opts, cases=group.cases)
             time.sleep(2.5 if recipe.overlays.enabled_ops() else 0)  # schedulers flush reports every 2 s
-            rf.set("overlay_reports", read_all(side_dir / "overlay-reports"))
+            collect()
             measured = True
             if on_measured is not None:
                 on_measured(rf)
     except ServerError as exc:
-        rf.add_error("server", str(exc).split("\n", 1)[0], str(exc).split("\n", 1)[-1])
+        rf.add_error(where, str(exc).split("\n", 1)[0], str(exc).split("\n", 1)[-1])
     except KeyboardInterrupt as exc:
         if not measured:  # partial results must not read as complete ones
             rf.add_error("interrupted", f"stopped by {signal_name(exc)} while measuring", "")
         raise
     except Exception as exc:  # e.g. synthetic model generation: recorded, the other side still runs
         rf.add_error("launch", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
-    rf.set("overlay_reports", read_all(side_dir / "overlay-reports"))  # again: the last flush comes at exit
-    return rf
 
 
 def overlay_pool(recipe: Recipe) -> TokenPool:
@@ -256,6 +340,7 @@ def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> C
     if bad:
         raise ValueError(f"unknown side(s) {bad}; expected some of {', '.join(SIDES)}")
     opts.out.mkdir(parents=True, exist_ok=True)
+    recipe, stock = resolved_baseline(recipe, opts.baseline_lock)
     pool = overlay_pool(recipe)
     spec_for = spec_for or default_spec
     got: dict[str, dict | None] = {}
@@ -268,13 +353,15 @@ def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> C
     last = next((s for s in reversed(SIDES) if s in opts.sides), None)
 
     def report_early(rf: ResultsFile) -> None:
+        if rf.data["side"] == "baseline":
+            with_stock(rf, stock)
         have = got | {rf.data["side"]: rf.data}
         if have.get("baseline") is not None and have.get("overlay") is not None:
             finish(have["baseline"], have["overlay"], opts.out, recipe.name, have.get("control"))
             console.print(f"report written: {opts.out / 'report.md'} (stopping the {rf.data['side']} server next)")
 
     serve = {
-        "baseline": lambda hook: run_side(recipe, "baseline", opts, pool, spec_for, hook).data,
+        "baseline": lambda hook: with_stock(run_side(recipe, "baseline", opts, pool, spec_for, hook), stock).data,
         "control": lambda hook: run_control(recipe, opts, pool, spec_for, hook),
         "overlay": lambda hook: run_side(recipe, "overlay", opts, pool, spec_for, hook).data,
     }
@@ -286,6 +373,25 @@ def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> C
         console.print(f"report waits for: {', '.join(missing)} (run again with --sides, same --out)")
         return None
     return finish(got["baseline"], got["overlay"], opts.out, recipe.name, got["control"])
+
+
+def resolved_baseline(recipe: Recipe, lock_path: Path | None) -> tuple[Recipe, dict]:
+    """The recipe with its locked stock configuration applied (both sides: the baseline serves it, the overlay
+    keeps its prefill), and what to record about it; without a lock, the recipe as written. Raises LockError."""
+    from speedrun.eval import lock as locks
+
+    if lock_path is None:
+        console.print("baseline: the recipe's fixed stock configuration, not a searched one (no baseline lock)")
+        return recipe, locks.config_info(recipe, None, None)
+    lock = locks.load(lock_path, recipe)
+    console.print(f"baseline: {lock.best.label} ({locks.describe(lock.best.server)}), locked in {lock_path}")
+    resolved = locks.apply(recipe, lock)
+    return resolved, locks.config_info(resolved, lock, lock_path)
+
+
+def with_stock(rf: ResultsFile, info: dict) -> ResultsFile:
+    rf.set("baseline_config", info)
+    return rf
 
 
 def finish(base: dict, over: dict, out: Path, title: str = "", control: dict | None = None) -> Comparison:
@@ -302,6 +408,7 @@ def finish(base: dict, over: dict, out: Path, title: str = "", control: dict | N
             "control_agreement": c.control,
             "report": md.name,
             "speedup": {r.name: r.speedup for r in c.rows},
+            "baseline_config": base.get("baseline_config"),
         },
     )
     return c

@@ -34,6 +34,7 @@ FLAGS: dict[str, str] = {  # Server field -> sglang.launch_server flag (value fl
     "moe_runner_backend": "--moe-runner-backend",
     "page_size": "--page-size",
     "context_length": "--context-length",
+    "num_continuous_decode_steps": "--num-continuous-decode-steps",
     "load_format": "--load-format",
 }
 DEFAULTS = {"load_format": "auto", "kv_cache_dtype": "auto", "tp": 1, "ep": 1, "dp": 1}  # not passed
@@ -90,8 +91,12 @@ def build(
     model_path: str | None = None,
     report_dir: Path | None = None,
     python: str | None = None,
+    concurrency: int | None = None,
 ) -> LaunchSpec:
-    """The launch of one side. `model_path` overrides recipe.model.path (e.g. a generated synthetic folder)."""
+    """The launch of one side. `model_path` overrides recipe.model.path (e.g. a generated synthetic folder);
+    `concurrency` picks the recipe's `server_by_concurrency` bucket (None: `server` as it is)."""
+    if concurrency is not None:
+        recipe = recipe.at_concurrency(concurrency)
     server = recipe.server_for(baseline)
     model = recipe.model_for(baseline)
     argv = [

@@ -46,34 +46,47 @@ def launch(
     timeout: Annotated[float, typer.Option(help="seconds to wait for /health")] = 1200.0,
     out: Annotated[Path, typer.Option(help="folder for the server log and overlay reports")] = Path(".runs/launch"),
     check: Annotated[bool, typer.Option("--check", help="once healthy: one request, show reports, stop")] = False,
+    concurrency: Annotated[
+        int | None, typer.Option(help="serve the recipe's server_by_concurrency setting for this concurrency")
+    ] = None,
 ) -> None:
     """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports."""
     r = recipe_or_fail(recipe)
     if dry_run:  # plain print: one copy-pasteable line, never wrapped
-        print(dry_run_text(r, baseline, port=port, host=host, out=out))
+        print(dry_run_text(r, baseline, port=port, host=host, out=out, concurrency=concurrency))
         return
-    spec, run_dir = launch_spec(r, baseline, port=port, host=host, out=out, generate=True)
+    spec, run_dir = launch_spec(r, baseline, port=port, host=host, out=out, generate=True, concurrency=concurrency)
     if importlib.util.find_spec("sglang") is None:
         fail("sglang is not installed here: pip install -e '.[serve]' (or use the GPU-host bundle, see README)")
     _serve(spec, run_dir, host, port, timeout, check)
 
 
-def launch_spec(r, baseline: bool, *, port: int, host: str, out: Path, generate: bool):
-    """The side's launch (command + environment) and its run folder; `generate` makes a synthetic model folder."""
+def launch_spec(
+    r, baseline: bool, *, port: int, host: str, out: Path, generate: bool, concurrency: int | None = None
+):  # fmt: skip
+    """The side's launch (command + environment) and its run folder; `generate` makes a synthetic model folder;
+    `concurrency` picks the recipe's server_by_concurrency setting."""
     from speedrun.launch.command import build
 
     side = "baseline" if baseline else "overlay"
     run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
     model = _model_path(r, baseline, generate=generate)
-    spec = build(r, baseline=baseline, port=port, host=host, model_path=str(model), report_dir=run_dir / "reports")
+    spec = build(r, baseline=baseline, port=port, host=host, model_path=str(model), report_dir=run_dir / "reports",
+                 concurrency=concurrency)  # fmt: skip
     return spec, run_dir
 
 
 def dry_run_text(
-    r, baseline: bool, *, port: int = 30000, host: str = "127.0.0.1", out: Path = Path(".runs/launch")
+    r,
+    baseline: bool,
+    *,
+    port: int = 30000,
+    host: str = "127.0.0.1",
+    out: Path = Path(".runs/launch"),
+    concurrency: int | None = None,
 ) -> str:
     """What `speedrun launch --dry-run` prints: a comment naming the side, then one copy-pasteable line."""
-    spec, _ = launch_spec(r, baseline, port=port, host=host, out=out, generate=False)
+    spec, _ = launch_spec(r, baseline, port=port, host=host, out=out, generate=False, concurrency=concurrency)
     return f"# {spec.side} side of {r.name}\n{spec.shell()}"
 
 

@@ -70,10 +70,20 @@ class Server(Strict):
     page_size: int | None = None
     disable_radix_cache: bool = False
     context_length: int | None = None
+    num_continuous_decode_steps: int | None = Field(None, ge=1)
     load_format: Literal["auto", "dummy", "safetensors"] = "auto"
     trust_remote_code: bool = False
     speculative: Speculative | None = None
     extra_args: list[str] = Field(default_factory=list, description="passed verbatim to sglang.launch_server")
+
+
+def merged_server(base: Server, fields: dict[str, Any], where: str) -> Server:
+    """`base` with partial overrides, validated; a bad value is one ValueError naming `where` and the field."""
+    try:
+        return Server.model_validate(base.model_dump() | fields)
+    except ValidationError as exc:
+        bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{where}: {bad}") from None
 
 
 def check_server_keys(fields: dict[str, Any], where: str) -> None:
@@ -175,6 +185,70 @@ class Accuracy(Strict):
     agreement: Agreement | None = None
 
 
+class ConcurrencyBucket(Strict):
+    """Server fields for the cases above a concurrency (e.g. the finals' smaller prefill chunk above 32)."""
+
+    concurrency_above: int = Field(..., ge=0, description="applies to cases with concurrency > this")
+    server: dict[str, Any] = Field(..., description="Server fields that differ in this bucket")
+
+    @model_validator(mode="after")
+    def _server_keys_exist(self) -> ConcurrencyBucket:
+        check_server_keys(self.server, f"server_by_concurrency[concurrency_above={self.concurrency_above}].server")
+        return self
+
+
+class BaselineCandidate(Strict):
+    """One stock configuration `speedrun baseline` serves and probes: Server fields on top of the recipe's."""
+
+    label: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$", description="names its folder and row")
+    server: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    requires: list[str] = Field(
+        default_factory=list, description="Python modules the serving host must import, else skipped (reported)"
+    )
+
+    @model_validator(mode="after")
+    def _server_keys_exist(self) -> BaselineCandidate:
+        if self.label in ("recipe", "overlay"):  # the recipe's own row; the overlay side's name
+            raise ValueError(f"baseline candidate label {self.label!r} is reserved")
+        check_server_keys(self.server, f"baseline candidate {self.label!r} server")
+        return self
+
+
+class BaselineProbe(Strict):
+    """The short decode-heavy run each candidate gets (unset: from the recipe's first scenario)."""
+
+    isl: int | None = Field(None, ge=1)
+    osl: int | None = Field(None, ge=1)
+    concurrency: int | None = Field(None, ge=1, description="unset: the middle of the recipe's concurrencies")
+    prompts_per_concurrency: int = Field(2, ge=1)
+    warmup_per_concurrency: int = Field(1, ge=0)
+    timeout_s: float = Field(900, gt=0, description="bound on one candidate's warm-up, and again on its probe run")
+    startup_timeout_s: float = Field(1200, gt=0, description="bound on one candidate's server start")
+
+
+class BaselineSearch(Strict):
+    """Which stock configurations `speedrun baseline` tries (default: the card's, see speedrun/eval/baseline.py)."""
+
+    candidates: list[BaselineCandidate] | None = Field(
+        None, description="replaces the card's default attention candidates"
+    )
+    extra_candidates: list[BaselineCandidate] = Field(default_factory=list, description="added to the list")
+    exclude: list[str] = Field(default_factory=list, description="labels dropped from the list")
+    moe_runner_backends: list[str] | None = Field(
+        None, description="tried on the fastest attention candidate; unset: the card's defaults for the model"
+    )
+    probe: BaselineProbe = Field(default_factory=BaselineProbe)
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> BaselineSearch:
+        labels = [c.label for c in (self.candidates or []) + self.extra_candidates]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"baseline candidates: duplicate label(s) {dup}")
+        return self
+
+
 class Recipe(Strict):
     name: str
     description: str = ""
@@ -188,6 +262,37 @@ class Recipe(Strict):
     overlays: Overlays = Field(default_factory=Overlays)
     benchmarks: Benchmarks = Field(default_factory=Benchmarks)
     accuracy: Accuracy = Field(default_factory=Accuracy)
+    server_by_concurrency: list[ConcurrencyBucket] = Field(
+        default_factory=list,
+        description="a case at concurrency c runs on a server with the fields of the bucket with the largest "
+        "concurrency_above < c on top of `server` (no such bucket: `server` as it is); one server per distinct setting",
+    )
+    baseline: BaselineSearch = Field(default_factory=BaselineSearch)
+
+    @model_validator(mode="after")
+    def _buckets_distinct(self) -> Recipe:
+        bounds = [b.concurrency_above for b in self.server_by_concurrency]
+        if len(set(bounds)) != len(bounds):
+            raise ValueError(f"server_by_concurrency: concurrency_above values must be distinct, got {bounds}")
+        for b in self.server_by_concurrency:
+            merged_server(self.server, b.server, f"server_by_concurrency[concurrency_above={b.concurrency_above}]")
+        for c in (self.baseline.candidates or []) + self.baseline.extra_candidates:
+            merged_server(self.server, c.server, f"baseline candidate {c.label!r}")
+        return self
+
+    def bucket_for(self, concurrency: int) -> ConcurrencyBucket | None:
+        """The bucket a case at `concurrency` runs in: the largest `concurrency_above` below it."""
+        below = [b for b in self.server_by_concurrency if b.concurrency_above < concurrency]
+        return max(below, key=lambda b: b.concurrency_above, default=None)
+
+    def at_concurrency(self, concurrency: int | None) -> Recipe:
+        """The recipe as one server runs it at `concurrency`: the bucket's fields folded into `server`
+        (None: `server` as it is); the result has no buckets left."""
+        bucket = self.bucket_for(concurrency) if concurrency is not None else None
+        server = self.server
+        if bucket is not None and bucket.server:
+            server = merged_server(self.server, bucket.server, f"concurrency_above={bucket.concurrency_above}")
+        return self.model_copy(update={"server": server, "server_by_concurrency": []})
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
