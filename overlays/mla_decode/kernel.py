@@ -107,9 +107,14 @@ def _row_ptr(KV, loc, stride_kv_page, stride_kv_tok, PAGE_SIZE: tl.constexpr):
 
 
 @triton.jit
-def _online_softmax(s, mask_n, qk_scale, m_i, l_i):
+def _online_softmax(s, mask_n, qk_scale, m_i, l_i, INT_MAX: tl.constexpr = False):
+    """INT_MAX (a8w8): the running max is kept an integer (log2 domain), so every rescale is a power of two and
+    fp8-quantized P is the same whatever the tiling (fp8 rounding commutes with powers of two)."""
     s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    if INT_MAX:
+        m_new = tl.maximum(m_i, tl.ceil(tl.max(s, axis=1)))
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp2(m_i - m_new)
     pr = tl.exp2(s - m_new[:, None])
     return pr, alpha, m_new, l_i * alpha + tl.sum(pr, axis=1)
@@ -194,26 +199,31 @@ def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_
     return acc0, acc1, acc2, acc3, m_i, l_i
 
 
-P_SCALE = tl.constexpr(256.0)  # a8w8: P in [0, 1] is scaled by 2^8 before its fp8 cast (exact; e4m3 then keeps p >= 2^-17)
+# a8w8: P in [0, 1] is scaled by 2^8 before its fp8 cast (exact; e4m3 then keeps p >= 2^-17 from underflowing)
+P_SCALE = tl.constexpr(256.0)
 
 
 @triton.jit
-def _q_fp8_mul(q_row, mask_h, DL: tl.constexpr, DR: tl.constexpr, FP8_MAX: tl.constexpr):
-    """a8w8: q is quantized per (sequence, head) row, fused into the load (no extra kernel, graph safe): max|q| of
-    the row -> FP8_MAX. A finer grain than SGLang's per-tensor scale: e4m3 keeps 3 mantissa bits at any
-    magnitude, so a larger scale only lifts small elements out of the subnormal range. Returns the multiplier
-    [BLOCK_H]; scores are divided by it (folded into qk_scale)."""
+def _q_fp8_mul(q_row, mask_h, DL: tl.constexpr, DR: tl.constexpr, Q_EXP: tl.constexpr):
+    """a8w8: q is quantized per (sequence, head) row, fused into the load (no extra kernel, graph safe), with a
+    power-of-two multiplier that puts max|q| of the row in [2^(Q_EXP-1), 2^Q_EXP) (Q_EXP = 8 for e4m3fn: <= 448,
+    so no clamp is needed). A power of two is exact (scores are divided by it exactly; the torch reference
+    reproduces q's codes bit for bit) and costs no precision: e4m3 keeps 3 mantissa bits at any magnitude, the
+    scale only keeps small elements out of the subnormal range, and a per-row scale does that at least as well
+    as SGLang's per-tensor one. Returns the multiplier [BLOCK_H]."""
     q_lat = tl.load(q_row + tl.arange(0, DL)[None, :], mask=mask_h[:, None], other=0.0).to(tl.float32)
     q_rope = tl.load(q_row + DL + tl.arange(0, DR)[None, :], mask=mask_h[:, None], other=0.0).to(tl.float32)
     amax = tl.maximum(tl.max(tl.abs(q_lat), axis=1), tl.max(tl.abs(q_rope), axis=1))
-    return tl.where(amax > 0, FP8_MAX / amax, 1.0)
+    e = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127  # floor(log2(amax)) for normal amax
+    k = tl.minimum(tl.maximum(Q_EXP - 1 - e, -126), 127)  # an all-zero (masked) row gets 2^127: still 0
+    return ((k + 127) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _q8_tile(q_row, col, mask_h, W: tl.constexpr, q_mul, Q8: tl.constexpr, FP8_MAX: tl.constexpr):
-    """W columns of q from `col`, quantized with the row multipliers (clamped: never past the finite range)."""
+def _q8_tile(q_row, col, mask_h, W: tl.constexpr, q_mul, Q8: tl.constexpr):
+    """W columns of q from `col`, quantized with the row multipliers."""
     q = tl.load(q_row + col + tl.arange(0, W)[None, :], mask=mask_h[:, None], other=0.0).to(tl.float32)
-    return tl.minimum(tl.maximum(q * q_mul[:, None], -FP8_MAX), FP8_MAX).to(Q8)
+    return (q * q_mul[:, None]).to(Q8)
 
 
 @triton.jit
@@ -240,7 +250,7 @@ def _pv_t(acc_t, k, p8, p16, alpha, PV_FP8: tl.constexpr, CVT_ASM: tl.constexpr)
 @triton.jit
 def _attend_a8w8_tokens(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
                         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
-                        DR: tl.constexpr, PV_FP8: tl.constexpr, FP8_MAX: tl.constexpr,
+                        DR: tl.constexpr, PV_FP8: tl.constexpr, Q_EXP: tl.constexpr,
                         CVT_ASM: tl.constexpr):  # fmt: skip
     """a8w8 with the tokens as the MMA's M dimension (sm90): S^T = K q^T, O^T = V^T P^T. wgmma needs M >= 64 and
     decode has 16 heads, so heads as M would waste 3/4 of every MMA (and Triton maps an M = 16 fp8 dot to f16
@@ -250,13 +260,13 @@ def _attend_a8w8_tokens(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, st
     Returns the 4 output slices [BLOCK_H, 128] (divided by P_SCALE), m, l."""
     Q8: tl.constexpr = KV.dtype.element_ty
     DC: tl.constexpr = DL // 4
-    q_mul = _q_fp8_mul(q_row, mask_h, DL, DR, FP8_MAX)
+    q_mul = _q_fp8_mul(q_row, mask_h, DL, DR, Q_EXP)
     sc = qk_scale / q_mul
-    q0 = tl.trans(_q8_tile(q_row, 0, mask_h, DC, q_mul, Q8, FP8_MAX))
-    q1 = tl.trans(_q8_tile(q_row, DC, mask_h, DC, q_mul, Q8, FP8_MAX))
-    q2 = tl.trans(_q8_tile(q_row, 2 * DC, mask_h, DC, q_mul, Q8, FP8_MAX))
-    q3 = tl.trans(_q8_tile(q_row, 3 * DC, mask_h, DC, q_mul, Q8, FP8_MAX))
-    qr = tl.trans(_q8_tile(q_row, DL, mask_h, DR, q_mul, Q8, FP8_MAX))
+    q0 = tl.trans(_q8_tile(q_row, 0, mask_h, DC, q_mul, Q8))
+    q1 = tl.trans(_q8_tile(q_row, DC, mask_h, DC, q_mul, Q8))
+    q2 = tl.trans(_q8_tile(q_row, 2 * DC, mask_h, DC, q_mul, Q8))
+    q3 = tl.trans(_q8_tile(q_row, 3 * DC, mask_h, DC, q_mul, Q8))
+    qr = tl.trans(_q8_tile(q_row, DL, mask_h, DR, q_mul, Q8))
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     a0 = tl.zeros([DC, BLOCK_H], tl.float32)
@@ -275,7 +285,7 @@ def _attend_a8w8_tokens(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, st
         s_t = tl.dot(k2, q2, acc=s_t)
         s_t = tl.dot(k3, q3, acc=s_t)  # [BLOCK_N, BLOCK_H]
         s_t = tl.where(mask_n[:, None], s_t * sc[None, :], float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s_t, axis=0))
+        m_new = tl.maximum(m_i, tl.ceil(tl.max(s_t, axis=0)))  # an integer: see _online_softmax's INT_MAX
         alpha = tl.exp2(m_i - m_new)
         p_t = tl.exp2(s_t - m_new[None, :])
         l_i = l_i * alpha + tl.sum(p_t, axis=0)
@@ -293,14 +303,14 @@ def _attend_a8w8_tokens(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, st
 @triton.jit
 def _attend_a8w8_heads(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
                        BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
-                       DR: tl.constexpr, PV_FP8: tl.constexpr, FP8_MAX: tl.constexpr):  # fmt: skip
+                       DR: tl.constexpr, PV_FP8: tl.constexpr, Q_EXP: tl.constexpr):  # fmt: skip
     """a8w8 with the heads as M (gfx950: fp8 MFMA takes M = 16 natively and reads its operands from registers),
     one [BLOCK_N, 512] tile per step: (acc [BLOCK_H, 512] divided by P_SCALE, m, l)."""
     Q8: tl.constexpr = KV.dtype.element_ty
-    q_mul = _q_fp8_mul(q_row, mask_h, DL, DR, FP8_MAX)
+    q_mul = _q_fp8_mul(q_row, mask_h, DL, DR, Q_EXP)
     sc = qk_scale / q_mul
-    q_lat = _q8_tile(q_row, 0, mask_h, DL, q_mul, Q8, FP8_MAX)
-    q_rope = _q8_tile(q_row, DL, mask_h, DR, q_mul, Q8, FP8_MAX)
+    q_lat = _q8_tile(q_row, 0, mask_h, DL, q_mul, Q8)
+    q_rope = _q8_tile(q_row, DL, mask_h, DR, q_mul, Q8)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, DL], tl.float32)
@@ -309,7 +319,7 @@ def _attend_a8w8_heads(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, str
         k_lat = _kv_raw(KV, row, 0, mask_n, DL)
         s = tl.dot(q_rope, tl.trans(_kv_raw(KV, row, DL, mask_n, DR)))
         s = tl.dot(q_lat, tl.trans(k_lat), acc=s)
-        pr, alpha, m_i, l_i = _online_softmax(s, mask_n, sc[:, None], m_i, l_i)
+        pr, alpha, m_i, l_i = _online_softmax(s, mask_n, sc[:, None], m_i, l_i, True)
         if PV_FP8:
             acc = tl.dot((pr * P_SCALE).to(Q8), k_lat, acc=acc * alpha[:, None])
         else:
@@ -346,7 +356,7 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
              BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
              DR: tl.constexpr, SPLIT_D: tl.constexpr, CDT: tl.constexpr, CVT_ASM: tl.constexpr,
              QK_CHAINS: tl.constexpr, A8W8: tl.constexpr, TOKENS_M: tl.constexpr, PV_FP8: tl.constexpr,
-             FP8_MAX: tl.constexpr):  # fmt: skip
+             Q_EXP: tl.constexpr):  # fmt: skip
     """Tokens [pos, seg_hi) of sequence b: the final output if that is the whole sequence, else a partial."""
     q_row = Q + b.to(tl.int64) * stride_qb + offs_h[:, None] * stride_qh
     final = (pos == seq_lo) & (seg_hi == seq_hi)
@@ -354,7 +364,7 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
         DC8: tl.constexpr = DL // 4
         acc0, acc1, acc2, acc3, m_i, l_i = _attend_a8w8_tokens(
             KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
-            BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, PV_FP8, FP8_MAX, CVT_ASM,
+            BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, PV_FP8, Q_EXP, CVT_ASM,
         )  # fmt: skip
         _store_out(O, PartO, acc0, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
                    H, DC8, DL)  # fmt: skip
@@ -367,7 +377,7 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
     elif A8W8:
         acc, m_i, l_i = _attend_a8w8_heads(
             KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
-            BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, PV_FP8, FP8_MAX,
+            BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, PV_FP8, Q_EXP,
         )  # fmt: skip
         _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
                    H, DL, DL)  # fmt: skip
@@ -435,7 +445,7 @@ def _mla_partial_kernel(
     A8W8: tl.constexpr = False,  # fp8 KV: q quantized to fp8, fp8 MMAs (_attend_a8w8); CDT/CVT_ASM/SPLIT_D unused
     TOKENS_M: tl.constexpr = False,  # A8W8: tokens as the MMA M dimension (sm90 wgmma)
     PV_FP8: tl.constexpr = True,  # A8W8: P and V in fp8 for PV (False: f16)
-    FP8_MAX: tl.constexpr = 448.0,  # A8W8: largest finite value of KV's fp8 format (q's scale target)
+    Q_EXP: tl.constexpr = 8,  # A8W8: 2^Q_EXP <= the largest finite value of KV's fp8 format (q's target range)
 ):
     if PDL:  # the merge grid launches once every program of ours has started: it can never starve us
         gdc_launch_dependents()
@@ -458,7 +468,7 @@ def _mla_partial_kernel(
             _segment(Q, KV, O, PartO, PartLse, kv_idx, p, p.to(tl.int64), seq_lo, seq_hi, seq_lo, seq_hi,
                      qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
                      stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT, CVT_ASM,
-                     QK_CHAINS, A8W8, TOKENS_M, PV_FP8, FP8_MAX)  # fmt: skip
+                     QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
     elif SEQ_SPLIT:
         # Program p owns the pieces that START in its chunk [lo, lo + chunk) of the flat range: a sequence of
         # length <= ~chunk is one whole piece (no partial, no merge: uniform batches run one sequence per
@@ -486,7 +496,7 @@ def _mla_partial_kernel(
                 _segment(Q, KV, O, PartO, PartLse, kv_idx, b, (p + b).to(tl.int64), pos, seg_hi, seq_lo, seq_hi,
                          qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
                          stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT,
-                         CVT_ASM, QK_CHAINS, A8W8, TOKENS_M, PV_FP8, FP8_MAX)  # fmt: skip
+                         CVT_ASM, QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
                 pos = seg_hi
             else:  # next sequence (empty ones are passed over here)
                 b += 1
@@ -512,7 +522,7 @@ def _mla_partial_kernel(
                 _segment(Q, KV, O, PartO, PartLse, kv_idx, b, (p + b).to(tl.int64), pos, seg_hi, seq_lo, seq_hi,
                          qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
                          stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT,
-                         CVT_ASM, QK_CHAINS, A8W8, TOKENS_M, PV_FP8, FP8_MAX)  # fmt: skip
+                         CVT_ASM, QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
             pos = tl.maximum(seg_hi, pos)
             b += 1
 

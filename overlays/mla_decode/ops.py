@@ -141,8 +141,14 @@ def kernel_constexprs(cfg: dict[str, Any], q_dtype: torch.dtype, kv_dtype: torch
         "A8W8": a8,
         "TOKENS_M": a8 and cfg.get("mma_m") == "tokens",
         "PV_FP8": not a8 or cfg.get("pv", "fp8") == "fp8",
-        "FP8_MAX": float(torch.finfo(kv_dtype).max) if kv_dtype.itemsize == 1 else 448.0,
+        "Q_EXP": q_exp(kv_dtype),
     }
+
+
+def q_exp(kv_dtype: torch.dtype) -> int:
+    """a8w8: q's row maximum is scaled into [2^(e-1), 2^e), e = floor(log2(max finite)) of the cache's fp8 format
+    (8 for e4m3fn's 448, 7 for e4m3fnuz's 240)."""
+    return math.floor(math.log2(torch.finfo(kv_dtype).max)) if kv_dtype.itemsize == 1 else 8
 
 
 def use_pdl(cfg: dict[str, Any], arch: str) -> bool:
