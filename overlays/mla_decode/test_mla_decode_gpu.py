@@ -261,3 +261,81 @@ def test_split_modes_under_graph_uniform_then_mixed(variant, kv_dtype):
                       reference=reference_for(cfg, kv_dtype))  # fmt: skip
         if 0 in lens:
             assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
+
+
+# ----------------------------------------------------------------------------- a8w8 (fp8 KV, fp8 compute)
+
+A8W8_BS = [1, 4, 32, 128, 256]
+
+
+def a8w8_configs(heads=16):
+    """The shipped table (its PV type) and the same knobs with the other PV type: both run on every shape."""
+    from speedrun.overlays.mla_decode import ops
+
+    cfg = ops.config_for(heads)
+    mine = cfg["a8w8"]["pv"]
+    other = "f16" if mine == "fp8" else "fp8"
+    return {mine: cfg, other: {**cfg, "a8w8": {**cfg["a8w8"], "pv": other}}}
+
+
+def a8w8_check(o, q, kv, indptr, slots, page_size, pv, what, k_scale=1.0, v_scale=1.0):
+    """Every element within rtol = atol = 1e-2 of the same-semantics reference; prints the error against the
+    bf16-q float32 reference (what a8w8 costs in accuracy)."""
+    from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference
+
+    args = (q, kv, indptr, slots, SM_SCALE, k_scale, v_scale, page_size)
+    ref = mla_decode_a8w8_reference(*args, pv=pv)
+    assert torch.isfinite(o.float()).all(), f"{what}: non-finite output"
+    torch.testing.assert_close(o.float(), ref, rtol=1e-2, atol=1e-2, msg=lambda m: f"{what}: {m}")
+    exact = mla_decode_reference(*args)
+    err, same = (o.float() - exact).abs(), (o.float() - ref).abs()
+    print(f"a8w8 {what}: vs same-semantics ref max {same.max():.2e}; vs bf16-q ref max {err.max():.2e} "
+          f"mean {err.mean():.2e} (max|ref| {exact.abs().max():.2f})")  # fmt: skip
+
+
+@pytest.mark.parametrize("page_size", [1, 64])
+@pytest.mark.parametrize("kv_len", KV_LENS)
+def test_a8w8_real_shapes(kv_len, page_size):
+    """bs 1..256 at kv 1k/8k/32k, page sizes 1 (3-D token rows) and 64 (4-D paged view), both PV types."""
+    from speedrun.overlays.mla_decode import ops
+
+    for bs in A8W8_BS:
+        q, kv, indptr, slots = make_batch(bs, 16, [kv_len] * bs, FP8, page_size=64, seed=bs)
+        view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
+        for pv, cfg in a8w8_configs().items():
+            o = torch.empty(bs, 16, 512, dtype=torch.bfloat16, device="cuda")
+            ops.mla_decode(q, view, o, indptr, slots, SM_SCALE, 0.8, 1.25, page_size=page_size, config=cfg,
+                           compute="a8w8")  # fmt: skip
+            a8w8_check(o, q, view, indptr, slots, page_size, pv, f"bs={bs} kv={kv_len} ps={page_size} pv={pv}",
+                       0.8, 1.25)  # fmt: skip
+
+
+@pytest.mark.parametrize("heads", [16, 128])
+@pytest.mark.parametrize("page_size", [1, 64])
+def test_a8w8_mixed_lengths(page_size, heads):
+    """Random lengths with empty sequences, a 1-token one and a 32k one (split over many programs), and a q far
+    beyond any fp8 range (the per-row scale takes it); 128 heads: the heads<=128 bucket (32-head groups)."""
+    from speedrun.overlays.mla_decode import ops
+
+    g = torch.Generator().manual_seed(3)
+    lens = torch.randint(1, 9000, (40,), generator=g).tolist() + [0, 1, 32768, 0, 65]
+    q, kv, indptr, slots = make_batch(len(lens), heads, lens, FP8, page_size=64, seed=9)
+    q = (q.float() * 3e4).to(torch.bfloat16)
+    view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
+    for pv, cfg in a8w8_configs(heads).items():
+        o = torch.full((len(lens), heads, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
+        ops.mla_decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=cfg, compute="a8w8")
+        assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
+        a8w8_check(o, q, view, indptr, slots, page_size, pv, f"mixed heads={heads} ps={page_size} pv={pv}")
+
+
+def test_a8w8_is_the_fp8_default_and_really_fp8():
+    """Unpinned, an fp8 cache runs a8w8 (the table's fp8_compute) and its result is not the upcast path's."""
+    q, kv, indptr, slots = make_batch(8, 16, [3000] * 8, FP8, seed=4)
+    default = run_ours(q, kv, indptr, slots, compute=None).float()
+    a8w8 = run_ours(q, kv, indptr, slots, compute="a8w8").float()
+    a16 = run_ours(q, kv, indptr, slots, compute="a16").float()
+    assert torch.equal(default, a8w8)
+    assert not torch.equal(a8w8, a16)
+    with pytest.raises(ValueError, match="a8w8 needs an fp8 KV cache"):
+        run_ours(q, kv.to(torch.bfloat16), indptr, slots, compute="a8w8")
