@@ -248,11 +248,13 @@ def bench_shape(bs: int, kv_len: int, kv_dtype: torch.dtype, impls: tuple[str, .
     return rows
 
 
-def shapes(quick: bool) -> list[tuple[int, int | str, torch.dtype]]:
+def shapes(quick: bool, kv_dtype: str = "all") -> list[tuple[int, int | str, torch.dtype]]:
     """Most important first (bf16, kv 8k, then the mixed batch), so a spent time budget drops the least useful rows."""
     bss = [4, 32, 256] if quick else [1, 4, 32, 64, 128, 256]
     kvs = [8192] if quick else [8192, MIXED, 1024, 32768]  # MIXED: bs 256 only (one 32k sequence among 255 of 1k)
     dts = [torch.bfloat16] if quick else [torch.bfloat16, torch.float8_e4m3fn]
+    if kv_dtype != "all":  # --kv-dtype: one cache format only (fp8: the a8w8 rows next to FlashMLA's)
+        dts = [torch.bfloat16 if kv_dtype == "bf16" else torch.float8_e4m3fn]
     return [(bs, kv, dt) for dt in dts for kv in kvs for bs in bss if kv != MIXED or bs == 256]
 
 
@@ -338,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="bf16, kv 8k, bs 4/32/256 only")
     ap.add_argument("--sweep", action="store_true", help="time config variants of our kernel (for tuning)")
+    ap.add_argument("--kv-dtype", choices=("all", "bf16", "fp8"), default="all", help="main table: these caches")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("mla_decode bench needs a GPU")
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "mla_decode_sweep.json").write_text(json.dumps(out, indent=1))
         return 0
     deadline, rows = time.monotonic() + BUDGET_S, []
-    for bs, kv_len, dt in shapes(args.quick):
+    for bs, kv_len, dt in shapes(args.quick, args.kv_dtype):
         impls = IMPLS if dt.itemsize == 1 else tuple(i for i in IMPLS if i not in FP8_ONLY)
         rows += bench_shape(bs, kv_len, dt, impls, flush, gpu, deadline)
         done = ", ".join(f"{r['impl']}={r.get('us')}" for r in rows[-len(impls) :])
