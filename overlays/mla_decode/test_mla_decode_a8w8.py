@@ -7,6 +7,7 @@ themselves are checked by the AOT compile (test_mla_decode.py) and on the GPU (t
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -210,3 +211,32 @@ def test_recipe_compute_errors_name_the_field(tmp_path, mla, kv, other, msg) -> 
     with pytest.raises(RecipeError) as exc:
         _recipe(tmp_path, {"enabled": True, **mla}, kv, other)
     assert msg in str(exc.value), str(exc.value)
+
+
+def test_compile_report_holds_a8w8_to_fp8_mma_occupancy_and_no_spills() -> None:
+    """The a8w8 specs carry the fp8-MMA regex, >= 2 waves/SIMD on gfx950 and no spills; the verdict applies them."""
+    from speedrun.overlays.mla_decode.compile import compile_specs
+    from speedrun.overlays.readiness.report import verdict
+
+    fp8_mma = {"sm90": "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3", "gfx950": "v_mfma_f32_16x16x32_fp8_fp8"}
+    for arch, mma in fp8_mma.items():
+        specs = [s for s in compile_specs(arch) if "a8w8" in s.name]
+        assert len(specs) == 6 and all(s.no_spills for s in specs)  # 3 buckets x PV fp8 | f16
+        assert {s.name.rsplit("pv-", 1)[1].rstrip("]") for s in specs} == {"fp8", "f16"}
+        assert all(s.min_occupancy == (2 if arch == "gfx950" else None) for s in specs)
+        assert all(re.search(s.expect_mma, mma) for s in specs)
+        assert not any(
+            re.search(s.expect_mma, m)
+            for s in specs
+            for m in (
+                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+                "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16",
+                "v_mfma_f32_16x16x32_f16",
+            )
+        )
+    row = {"ok": True, "occupancy": 1, "min_occupancy": 2, "limit": "vgpr", "spills": 0, "scratch": 0}
+    assert verdict(row) == ["occupancy 1 < 2 required (limit: vgpr)"]
+    assert verdict({**row, "occupancy": 2, "spills": 3, "no_spills": True}) == [
+        "3 registers spilled (this kernel must not spill at all)"
+    ]
+    assert verdict({**row, "occupancy": 2, "spills": 3}) == []  # other kernels: register-to-register spills pass
