@@ -122,6 +122,8 @@ def build(
     env["SPEEDRUN_OVERLAYS"] = ",".join(ops)
     for op in ops:
         env[f"SPEEDRUN_{op.upper()}_BACKEND"] = getattr(recipe.overlays, op).backend
+    if "mla_decode" in ops and recipe.overlays.mla_decode.compute:
+        env["SPEEDRUN_MLA_DECODE_COMPUTE"] = recipe.overlays.mla_decode.compute
     synth = model.synthetic
     if synth and synth.fill:
         env["SPEEDRUN_SYNTHETIC_FILL"] = "1"

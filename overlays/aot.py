@@ -34,6 +34,8 @@ class CompileSpec:
     options: dict[str, Any] = field(default_factory=dict)  # num_warps, num_stages, waves_per_eu, ...
     expect_mma: str | None = None  # regex that must appear in the assembly (e.g. v_mfma_scale on gfx950)
     attrs: dict[str, str] = field(default_factory=dict)  # arg -> JIT specialization codes "D" / "S" / "DS"
+    min_occupancy: int | None = None  # the report fails the kernel below this (waves/SIMD on gfx950, CTAs/SM on sm90)
+    no_spills: bool = False  # the report fails the kernel on any spill, register-to-register ones included
 
 
 def aligned(signature: dict[str, str], *names: str) -> dict[str, str]:
@@ -67,8 +69,9 @@ class CompileResult:
     num_warps: int | None = None
 
 
-# The matrix instructions themselves (wgmma fence/commit/wait are bookkeeping, left out).
-MMA_PATTERNS = {"gfx950": r"v_mfma\w*", "sm90": r"wgmma\.mma_async\.sync\.aligned\.\w+|mma\.sync\.aligned\.\w+"}
+# The matrix instructions themselves (wgmma fence/commit/wait are bookkeeping, left out), with their operand types
+# on sm90 (m64n16k32.f32.e4m3.e4m3 vs .f16.f16: an fp8 dot Triton upcast shows as f16).
+MMA_PATTERNS = {"gfx950": r"v_mfma\w*", "sm90": r"wgmma\.mma_async\.sync\.aligned\.[\w.]+|mma\.sync\.aligned\.[\w.]+"}
 
 
 def compile_spec(spec: CompileSpec, arch: str) -> CompileResult:

@@ -6,6 +6,8 @@ GPU runs never import this).
 2. `tl.dot` on bf16 operands multiplies the raw uint16 storage (bf16 is stored as uint16); we widen bf16
    operands to fp32 first, which is exact.
 3. fp32 -> bf16 casts truncate; GPUs round to nearest even, and so do we (through torch).
+4. fp32/f16 -> fp8 casts have the exponent off by one and truncate; GPUs round to nearest even and saturate to
+   the finite range (cvt.rn.satfinite), and so do we (through torch).
 Idempotent.
 """
 
@@ -48,6 +50,19 @@ def patch() -> None:
             return interpreter.TensorHandle(rne.view(torch.int16).numpy().view(np.uint16), tl.bfloat16)
         return cast_impl(self, src, dst_type)
 
+    fp_to_fp = interpreter.InterpreterBuilder.create_fp_to_fp
+    fp8 = {tl.float8e4nv: torch.float8_e4m3fn, tl.float8e4b8: torch.float8_e4m3fnuz, tl.float8e5: torch.float8_e5m2}
+
+    def patched_fp_to_fp(self, src, dst_type, rounding_mode):
+        target = fp8.get(dst_type.scalar)
+        if target is None or src.dtype.scalar not in (tl.float32, tl.float16):
+            return fp_to_fp(self, src, dst_type, rounding_mode)
+        x = torch.from_numpy(np.ascontiguousarray(src.data).astype(np.float32))
+        fmax = torch.finfo(target).max
+        x = torch.where(x.isnan(), x, x.clamp(-fmax, fmax)).to(target)
+        return interpreter.TensorHandle(x.view(torch.uint8).numpy(), dst_type.scalar)
+
+    interpreter.InterpreterBuilder.create_fp_to_fp = patched_fp_to_fp
     interpreter.InterpreterBuilder.cast_impl = patched_cast
     interpreter.InterpreterBuilder.create_fp_trunc = lambda self, src, dst_type: patched_cast(self, src, dst_type)
     interpreter._patch_lang_tensor = patched_lang_tensor

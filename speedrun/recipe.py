@@ -98,8 +98,18 @@ class OverlayOp(Strict):
     backend: Literal["triton", "aiter", "reference"] = "triton"
 
 
+class MLADecodeOp(OverlayOp):
+    """overlays.mla_decode: an OverlayOp plus how an fp8 KV cache is computed (only this op takes it)."""
+
+    compute: Literal["a8w8", "a16"] | None = Field(
+        None,
+        description="fp8 KV caches: a8w8 = q quantized to fp8 on the fly, fp8 MMAs (the finals' aiter reference); "
+        "a16 = the cache upcast to 16 bits. Unset: each config bucket's fp8_compute (a8w8 in the shipped tables)",
+    )
+
+
 class Overlays(Strict):
-    mla_decode: OverlayOp = Field(default_factory=lambda: OverlayOp(enabled=False))
+    mla_decode: MLADecodeOp = Field(default_factory=lambda: MLADecodeOp(enabled=False))
     mxfp4_moe: OverlayOp = Field(default_factory=lambda: OverlayOp(enabled=False))
     mxfp4_gemm: OverlayOp = Field(default_factory=lambda: OverlayOp(enabled=False))
     server: dict[str, Any] = Field(
@@ -305,6 +315,14 @@ class Recipe(Strict):
         for m in (self.model, self.baseline_model):
             if m and m.synthetic and self.server.load_format != "dummy":
                 raise ValueError("model.synthetic needs server.load_format: dummy")
+        return self
+
+    @model_validator(mode="after")
+    def _mla_compute_needs_fp8_kv(self) -> Recipe:
+        mla = self.overlays.mla_decode
+        kv = self.server_for(False).kv_cache_dtype
+        if mla.enabled and mla.compute == "a8w8" and kv != "fp8_e4m3":
+            raise ValueError(f"overlays.mla_decode.compute a8w8 needs server.kv_cache_dtype fp8_e4m3 (got {kv!r})")
         return self
 
     def model_for(self, baseline: bool) -> Model:

@@ -30,6 +30,14 @@ class SpeedrunMLABackend(TritonAttnBackend):
             require_aiter("mla_decode")
         self.arch = ops.current_arch()
         self.cfg = ops.config_for(self.num_head, self.arch)
+        # fp8 caches: a8w8 | a16 from the recipe (SPEEDRUN_MLA_DECODE_COMPUTE), else the bucket's fp8_compute.
+        # A request that cannot run (a8w8 on a 16-bit cache, or with aiter) stops the server here, never a16.
+        self.compute_req = ops.compute_from_env()
+        if self.compute_req == "a8w8" and self.impl == "aiter":
+            raise RuntimeError(f"{ops.COMPUTE_ENV}=a8w8 runs on the triton or reference backend, not aiter")
+        kv_dtype = getattr(model_runner, "kv_cache_dtype", None)
+        self.compute = ops.compute_for(self.cfg, kv_dtype, self.compute_req) if kv_dtype is not None else None
+        report.record(mla_decode_compute=self.compute, mla_decode_kv_cache_dtype=str(kv_dtype))
         self.programs = ops.num_programs(self.num_head, self.cfg, max(1, self.device_core_count))
         self.own_ws: tuple[torch.Tensor, torch.Tensor] | None = None
         self.aiter_bufs: dict[str, torch.Tensor] = {}
@@ -88,13 +96,17 @@ class SpeedrunMLABackend(TritonAttnBackend):
         if v_buffer.data_ptr() != k_buffer.data_ptr() or v_buffer.shape[-1] != D_LATENT:
             raise Unsupported("V is not the first 512 dims of the latent KV buffer")
         ops.check_shapes(q, k_buffer, o, page_size)
+        compute = ops.compute_for(self.cfg, k_buffer.dtype, self.compute_req)
+        report.called(f"mla_decode/compute={compute}")
         if self.impl == "reference":
-            return _reference(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size)
+            pv = ops.kv_config(self.cfg, k_buffer.dtype, compute).get("pv") if compute == "a8w8" else None
+            return _reference(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size, pv)
         if self.impl == "aiter":
             return self._aiter(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale)
         ws = self._workspace(q.shape[0], attn_logits, attn_lse)
         ops.mla_decode(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size=page_size,
-                       workspace=ws, config=self.cfg, programs=self.programs, arch=self.arch)  # fmt: skip
+                       workspace=ws, config=self.cfg, programs=self.programs, arch=self.arch,
+                       compute=compute)  # fmt: skip
         if torch.cuda.is_current_stream_capturing():
             self.graphs_run_ours = True  # captured graphs replay our kernel: count their replays
         return o
@@ -123,11 +135,13 @@ class SpeedrunMLABackend(TritonAttnBackend):
         return o
 
 
-def _reference(q, kv, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size):
-    """The float32 torch reference (host loop: eager only, not CUDA-graph safe)."""
-    from speedrun.overlays.mla_decode.reference import mla_decode_reference
+def _reference(q, kv, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size, a8w8_pv=None):
+    """The float32 torch reference (host loop: eager only, not CUDA-graph safe); a8w8_pv "fp8" | "f16": the
+    a8w8 kernel's semantics with that PV operand type."""
+    from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference
 
     if torch.cuda.is_current_stream_capturing():
         raise Unsupported("reference backend cannot run under CUDA-graph capture (use --disable-cuda-graph)")
-    ref = mla_decode_reference(q, kv, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size)
+    args = (q, kv, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size)
+    ref = mla_decode_a8w8_reference(*args, pv=a8w8_pv) if a8w8_pv else mla_decode_reference(*args)
     return o.copy_(ref.to(o.dtype))

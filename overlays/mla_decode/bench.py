@@ -11,6 +11,8 @@ per call; rows carry the `timing` block). GB/s counts the minimal bytes: the cac
 pool (page 64, pages scattered); the token-slot impls get the expanded kv_indices, FlashMLA the block table.
 Every impl runs in try/except: failures become rows with `error`. `--sweep` times config variants of our kernel
 instead (for tuning configs/sm90.json).
+Impls `speedrun` (16-bit compute: fp8 caches upcast, compute a16) and `speedrun_a8w8` (fp8 caches only: q
+quantized to fp8, fp8 MMAs, the table's a8w8 knobs; FlashMLA's fp8 row is its counterpart).
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ PAGE = 64
 SM_SCALE = 1.0 / math.sqrt(192)
 CONTEXT_LEN = 163840  # DeepSeek-R1: sizes SGLang's max_kv_splits exactly as the server would
 BUDGET_S = 105.0  # under the device script's 120 s step (the JSON is written at the end): later shapes skip
-IMPLS = ("speedrun", "sglang_triton", "flashinfer", "flashmla")
+IMPLS = ("speedrun", "speedrun_a8w8", "sglang_triton", "flashinfer", "flashmla")
+FP8_ONLY = ("speedrun_a8w8",)
 # --sweep: named overrides of the heads<=16 bucket (an empty "fp8" dict makes the variant govern fp8 caches too).
 # "default" is the shipped table as is (fp8 caches take its "fp8" overrides); "round1" is the first measured path.
 S4 = {"split_d": 4, "fp8_cvt": "asm", "num_stages": 5}  # BLOCK_N 32 at 5 stages: two cp.async tile buffers
 R1 = {"split_d": 1, "fp8_cvt": "bf16", "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "snap": False}
 FP8_R2 = {"BLOCK_N": 32, "num_warps": 4, "num_stages": 5, "split_d": 4, "fp8_cvt": "asm"}
 MERGE_R2 = {"BLOCK_P": 32, "min_block_dv": 64, "num_warps": 4, "num_stages": 2}
+A16 = {"fp8_compute": "a16"}  # fp8 caches upcast to 16 bits: the fp8 variants of rounds 1-3 tune that path
+A8 = {"mma_m": "tokens", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}  # sm90 a8w8: no spill at 8 warps
 VARIANTS = {
     "default": {},  # round 3: snap (uniform batches cut at sequence boundaries), flat equal chunks otherwise
     "flat": {"snap": False},  # the round-2 split: equal cuts of the flat KV range
@@ -48,15 +53,23 @@ VARIANTS = {
     "pdl": {"pdl": True},  # the default with the merge launched as a programmatic dependent (hides its launch)
     "merge_p32": {"merge": MERGE_R2},  # the round-2 merge (9 dependent steps for 264 partials)
     "qk1": {"qk_chains": 1},  # the round-2 QK: one dependent mma chain of 36 per warp and tile
-    "fp8_st7": {"fp8": {**FP8_R2, "num_stages": 7}},  # fp8: one more 18 KB tile in flight (110 KB: 2 CTAs/SM)
-    "round1": {**R1, "merge": MERGE_R2},
-    "s4_n64_w4_st3": {**S4, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},  # one 72 KB buffer (bf16)
-    "s4_n32_w4_pps1": {**S4, "BLOCK_N": 32, "num_warps": 4, "programs_per_sm": 1},
+    "fp8_st7": {**A16, "fp8": {**FP8_R2, "num_stages": 7}},  # fp8: one more 18 KB tile in flight (110 KB)
+    "round1": {**R1, **A16, "merge": MERGE_R2},
+    "s4_n64_w4_st3": {**S4, **A16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},  # one 72 KB buffer (bf16)
+    "s4_n32_w4_pps1": {**S4, **A16, "BLOCK_N": 32, "num_warps": 4, "programs_per_sm": 1},
     # 16-token tiles, 9 stages: ~4 buffers of 18 KB (bf16 190 regs, 91.5 KB; fp8 250 regs, 73 KB: 2 CTAs/SM) ->
     # up to 3 tiles in flight per CTA instead of ~1; costs 1.5x the mma.sync per token (QK duplicated over warps)
-    "s4_n16_w4_st9": {**S4, "BLOCK_N": 16, "num_warps": 4, "num_stages": 9},
+    "s4_n16_w4_st9": {**S4, **A16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 9},
+    "a16": A16,  # the round-3 upcast path as shipped before a8w8
+    # a8w8 (PERF.md, round 4): PV in fp8 (Triton transposes V through shared memory with byte stores, and the
+    # tile is then loaded synchronously) vs PV in f16 (cp.async pipelined, V upcast by the packed convert)
+    "a8w8_pv_fp8": {"a8w8": {**A8, "pv": "fp8"}},
+    "a8w8_pv_f16": {"a8w8": {**A8, "pv": "f16"}},
+    "a8w8_pv_f16_st3": {"a8w8": {**A8, "pv": "f16", "num_stages": 3}},
 }
-SPLIT_VARIANTS = ("default", "flat", "seqsplit", "perseq_bs128", "pdl", "merge_p32", "qk1", "fp8_st7")
+# Variants whose knobs leave the table's fp8 (a16) overrides in place: split/launch knobs, compute, a8w8 knobs.
+SPLIT_VARIANTS = ("default", "flat", "seqsplit", "perseq_bs128", "pdl", "merge_p32", "qk1", "fp8_st7", "a16",
+                  "a8w8_pv_fp8", "a8w8_pv_f16", "a8w8_pv_f16_st3")  # fmt: skip
 # Variants that only change fp8 caches still run bf16 (= default there): the tuner compares a bucket's variants
 # over all of its shapes, so a variant without bf16 rows could never win.
 BF16_SKIP: set[str] = set()
@@ -113,15 +126,24 @@ def make_inputs(bs: int, kv_len: int | str, kv_dtype: torch.dtype, seed: int = 0
     return dict(q=q, kv=kv, slots=slots, lens=lens, indptr=indptr, block_table=block_table, bs=bs, kv_len=kv_len)
 
 
-def setup_speedrun(x: dict[str, Any], config: dict[str, Any] | None = None) -> Callable[[], torch.Tensor]:
+def setup_speedrun(x: dict[str, Any], config: dict[str, Any] | None = None,
+                   compute: str | None = None) -> Callable[[], torch.Tensor]:  # fmt: skip
+    """Ours with `config` (the sweep: fp8 caches compute as the variant's table says), else the shipped table
+    with fp8 caches upcast (compute a16; a8w8 is the speedrun_a8w8 impl)."""
     from speedrun.overlays.mla_decode import ops
 
     cfg = config or ops.config_for(HEADS)
+    if config is None and compute is None and x["kv"].dtype.itemsize == 1:
+        compute = "a16"
     programs = ops.num_programs(HEADS, cfg, ops.sm_count(0))
     ws = ops.alloc_workspace(x["bs"], HEADS, programs, x["q"].device)
     o = torch.empty(x["bs"], HEADS, 512, dtype=torch.bfloat16, device="cuda")
     args = (x["q"], x["kv"], o, x["indptr"], x["slots"], SM_SCALE)
-    return lambda: ops.mla_decode(*args, workspace=ws, config=cfg, programs=programs)
+    return lambda: ops.mla_decode(*args, workspace=ws, config=cfg, programs=programs, compute=compute)
+
+
+def setup_speedrun_a8w8(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
+    return setup_speedrun(x, compute="a8w8")  # a 16-bit cache raises: a8w8 never silently runs a16
 
 
 def setup_sglang_triton(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
@@ -177,8 +199,8 @@ def setup_flashmla(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
                                           softmax_scale=SM_SCALE, causal=True, **extra)[0]  # fmt: skip
 
 
-SETUP = {"speedrun": setup_speedrun, "sglang_triton": setup_sglang_triton, "flashinfer": setup_flashinfer,
-         "flashmla": setup_flashmla}  # fmt: skip
+SETUP = {"speedrun": setup_speedrun, "speedrun_a8w8": setup_speedrun_a8w8, "sglang_triton": setup_sglang_triton,
+         "flashinfer": setup_flashinfer, "flashmla": setup_flashmla}  # fmt: skip
 
 
 def kv_bytes(bs: int, kv_len: int | str, kv_dtype: torch.dtype) -> int:
@@ -224,20 +246,29 @@ def bench_shape(bs: int, kv_len: int | str, kv_dtype: torch.dtype, impls: tuple[
     del copies
     torch.cuda.empty_cache()
     report.add_speedups(rows, ("kv_dtype", "kv_len", "bs"))
+    report.add_speedups(rows, ("kv_dtype", "kv_len", "bs"), ours="speedrun_a8w8")
     return rows
 
 
-def shapes(quick: bool) -> list[tuple[int, int | str, torch.dtype]]:
+def shapes(quick: bool, kv_dtype: str = "all") -> list[tuple[int, int | str, torch.dtype]]:
     """Most important first (bf16, kv 8k, then the mixed batch), so a spent time budget drops the least useful rows."""
     bss = [4, 32, 256] if quick else [1, 4, 32, 64, 128, 256]
     kvs = [8192] if quick else [8192, MIXED, 1024, 32768]  # MIXED: bs 256 only (one 32k sequence among 255 of 1k)
     dts = [torch.bfloat16] if quick else [torch.bfloat16, torch.float8_e4m3fn]
+    if kv_dtype != "all":  # --kv-dtype: one cache format only (fp8: the a8w8 rows next to FlashMLA's)
+        dts = [torch.bfloat16 if kv_dtype == "bf16" else torch.float8_e4m3fn]
     return [(bs, kv, dt) for dt in dts for kv in kvs for bs in bss if kv != MIXED or bs == 256]
 
 
 def summarize(rows: list[dict[str, Any]]) -> str:
-    """Per shape: our µs, each baseline's, ours' speedup over each (baseline / ours) and ours' % of HBM peak."""
-    return report.table(rows, ("kv_dtype", "kv_len", "bs"), IMPLS[1:])
+    """Per shape: our µs, each baseline's, ours' speedup over each (baseline / ours) and ours' % of HBM peak; for
+    fp8 caches a second table with the a8w8 path as ours (the upcast path then one of the rows it is compared to)."""
+    keys, stock = ("kv_dtype", "kv_len", "bs"), tuple(i for i in IMPLS if i not in ("speedrun", *FP8_ONLY))
+    out = report.table(rows, keys, stock)
+    if any(r["impl"] == "speedrun_a8w8" for r in rows):
+        fp8 = [r for r in rows if r["kv_dtype"] != "bf16"]
+        out += "\n\nfp8 caches, a8w8 as ours:\n" + report.table(fp8, keys, ("speedrun", *stock), ours="speedrun_a8w8")
+    return out
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -316,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", type=parse_shape, action="append", help="BS:KV:DTYPE (repeatable): only these")
     ap.add_argument("--impls", default=",".join(IMPLS), help=f"comma list, default all: {','.join(IMPLS)}")
     ap.add_argument("--sweep", action="store_true", help="time config variants of our kernel (for tuning)")
+    ap.add_argument("--kv-dtype", choices=("all", "bf16", "fp8"), default="all", help="main table: these caches")
     args = ap.parse_args(argv)
     impls = tuple(args.impls.split(","))
     if bad := [i for i in impls if i not in IMPLS]:
@@ -341,10 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "mla_decode_sweep.json").write_text(json.dumps(out, indent=1))
         return 0
     deadline, rows = time.monotonic() + BUDGET_S, []
-    for bs, kv_len, dt in args.shape or shapes(args.quick):
-        rows += bench_shape(bs, kv_len, dt, impls, gpu, deadline, peak)
-        print(f"done bs={bs} kv={kv_len} {dt}: " + ", ".join(f"{r['impl']}={r.get('us')}" for r in rows[-len(impls) :]),
-              flush=True)  # fmt: skip
+    for bs, kv_len, dt in args.shape or shapes(args.quick, args.kv_dtype):
+        run = impls if dt.itemsize == 1 else tuple(i for i in impls if i not in FP8_ONLY)
+        rows += bench_shape(bs, kv_len, dt, run, gpu, deadline, peak)
+        done = ", ".join(f"{r['impl']}={r.get('us')}" for r in rows[-len(run) :])
+        print(f"done bs={bs} kv={kv_len} {dt}: {done}", flush=True)
     (args.out / "mla_decode.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     try:
         plot(rows, args.out / "mla_decode.png")

@@ -1,5 +1,6 @@
 """AOT compile specs for the MLA decode kernels: per config bucket, the partial kernel for bf16 and fp8 KV
-(it must use the matrix unit) and the merge kernel."""
+(it must use the matrix unit), for fp8 KV also the a8w8 kernel with fp8 and with f16 PV (it must use the fp8
+matrix instructions; on gfx950 with >= 2 waves per SIMD and no spills), and the merge kernel."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from speedrun.overlays.mla_decode.ops import block_h, kernel_constexprs, kv_conf
 
 KV_TYPES = {"bf16": "*bf16", "fp8": "*fp8e4nv"}  # fp8 e4m3fn (OCP): sm90 and gfx950 both take it
 KV_TORCH = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
+A8W8_PV = ("fp8", "f16")
 EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
+# a8w8 must really compute in fp8 (Triton silently upcasts fp8 dots it cannot map, e.g. mma.sync on sm90):
+# sm90 wgmma ... .e4m3.e4m3; gfx950 an fp8 MFMA (v_mfma_f32_*_fp8_fp8, or the f8f6f4 forms).
+EXPECT_FP8_MMA = {"sm90": r"wgmma\.mma_async[\w.]*\.e4m3\.e4m3", "gfx950": r"v_mfma_\w*(?:fp8_fp8|f8f6f4)"}
+A8W8_MIN_WAVES = {"gfx950": 2}  # waves per SIMD: one wave per SIMD leaves nothing to hide HBM latency with
 PARTIAL_ARGS = ["Q", "KV", "O", "PartO", "PartLse", "kv_indptr", "kv_indices"]
 SCALARS = {"qk_scale": "fp32", "v_scale": "fp32", "bs": "i32", "num_programs": "i32"}
 STRIDES = ["stride_qb", "stride_qh", "stride_kv_page", "stride_kv_tok", "stride_ob", "stride_oh"]
@@ -24,9 +30,13 @@ def _options(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: cfg[k] for k in LAUNCH_KEYS if k in cfg}  # the launch's own keys (aot.py drops AMD ones for CUDA)
 
 
-def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: str) -> CompileSpec:
-    """The partial kernel as the launcher builds it for this KV format (fp8 overrides and constexprs included)."""
-    cfg = kv_config(cfg, KV_TORCH[kv])
+def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: str, compute: str = "a16",
+                 pv: str | None = None) -> CompileSpec:  # fmt: skip
+    """The partial kernel as the launcher builds it for this KV format and compute (fp8 overrides and
+    constexprs included); pv overrides the a8w8 PV operand type (both are compiled: the GPU bench decides)."""
+    cfg = kv_config(cfg, KV_TORCH[kv], compute if kv == "fp8" else None)
+    if pv is not None:
+        cfg = {**cfg, "pv": pv}
     ptrs = dict(zip(PARTIAL_ARGS, ["*bf16", KV_TYPES[kv], "*bf16", "*fp32", "*fp32", "*i32", "*i64"], strict=True))
     const = {"H": heads, "BLOCK_H": block_h(heads, cfg), "BLOCK_N": cfg["BLOCK_N"], "BLOCK_B": 256,
              "MIN_CHUNK": cfg["min_chunk"], "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE,
@@ -35,9 +45,13 @@ def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: st
     # Every constexpr is named: Triton 3.7 no longer fills a defaulted one left out of an AOT signature
     # (PER_SEQ was; its chunked form, False, is the one compiled here).
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
-    name = f"mla_decode/partial[{bucket},{kv}]"
     # As the JIT sees SGLang's buffers: aligned pointers, strides that are multiples of 576 or 512 (so of 16).
     attrs = aligned(sig, *PARTIAL_ARGS, *STRIDES)
+    if cfg.get("compute") == "a8w8":
+        name = f"mla_decode/partial[{bucket},fp8,a8w8,pv-{cfg['pv']}]"
+        return CompileSpec(name, _mla_partial_kernel, sig, const, _options(cfg), EXPECT_FP8_MMA[arch], attrs=attrs,
+                           min_occupancy=A8W8_MIN_WAVES.get(arch), no_spills=True)  # fmt: skip
+    name = f"mla_decode/partial[{bucket},{kv}]"
     return CompileSpec(name, _mla_partial_kernel, sig, const, _options(cfg), EXPECT_MMA[arch], attrs=attrs)
 
 
@@ -64,6 +78,9 @@ def compile_specs(arch: str) -> list[CompileSpec]:
             continue
         heads = int(bucket.split("<=")[1])
         specs += [partial_spec(bucket, heads, cfg, kv, arch) for kv in KV_TYPES]
+        if cfg.get("a8w8"):  # the bucket's PV operand type first, then the other one
+            pvs = [cfg["a8w8"]["pv"], *(p for p in A8W8_PV if p != cfg["a8w8"]["pv"])]
+            specs += [partial_spec(bucket, heads, cfg, "fp8", arch, "a8w8", pv) for pv in pvs]
         specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg["merge"]["min_block_dv"], D_LATENT)]
     return specs
 

@@ -19,6 +19,9 @@ only at piece boundaries (`_piece`), which runs short sequences whole but balanc
 Constexpr variants (configs/<arch>.json, see PERF.md): SPLIT_D=4 runs each step as four 128-column dot slices
 (mma.sync holds a whole B operand in registers: the 512-column tile spills at 4 warps); CDT=f16 with CVT_ASM
 computes fp8 caches in f16 (e4m3 -> f16 is exact) with one packed convert per tile.
+A8W8 (fp8 caches, the finals' setting) computes in fp8 instead: q quantized to the cache's fp8 format per (sequence,
+head) row on load, QK as an fp8 MMA, P scaled by P_SCALE into fp8 for an fp8 PV (or PV in f16: PV_FP8=False), fp32
+accumulation; the q scale is folded into the softmax scale, the KV scales stay where they were (see _attend_a8w8).
 """
 
 from __future__ import annotations
@@ -104,9 +107,14 @@ def _row_ptr(KV, loc, stride_kv_page, stride_kv_tok, PAGE_SIZE: tl.constexpr):
 
 
 @triton.jit
-def _online_softmax(s, mask_n, qk_scale, m_i, l_i):
+def _online_softmax(s, mask_n, qk_scale, m_i, l_i, INT_MAX: tl.constexpr = False):
+    """INT_MAX (a8w8): the running max is kept an integer (log2 domain), so every rescale is a power of two and
+    fp8-quantized P is the same whatever the tiling (fp8 rounding commutes with powers of two)."""
     s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    if INT_MAX:
+        m_new = tl.maximum(m_i, tl.ceil(tl.max(s, axis=1)))
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp2(m_i - m_new)
     pr = tl.exp2(s - m_new[:, None])
     return pr, alpha, m_new, l_i * alpha + tl.sum(pr, axis=1)
@@ -191,6 +199,134 @@ def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_
     return acc0, acc1, acc2, acc3, m_i, l_i
 
 
+# a8w8: P in [0, 1] is scaled by 2^8 before its fp8 cast (exact; e4m3 then keeps p >= 2^-17 from underflowing)
+P_SCALE = tl.constexpr(256.0)
+
+
+@triton.jit
+def _q_fp8_mul(q_row, mask_h, DL: tl.constexpr, DR: tl.constexpr, Q_EXP: tl.constexpr):
+    """a8w8: q is quantized per (sequence, head) row, fused into the load (no extra kernel, graph safe), with a
+    power-of-two multiplier that puts max|q| of the row in [2^(Q_EXP-1), 2^Q_EXP) (Q_EXP = 8 for e4m3fn: <= 448,
+    so no clamp is needed). A power of two is exact (scores are divided by it exactly; the torch reference
+    reproduces q's codes bit for bit) and costs no precision: e4m3 keeps 3 mantissa bits at any magnitude, the
+    scale only keeps small elements out of the subnormal range, and a per-row scale does that at least as well
+    as SGLang's per-tensor one. Returns the multiplier [BLOCK_H]."""
+    q_lat = tl.load(q_row + tl.arange(0, DL)[None, :], mask=mask_h[:, None], other=0.0).to(tl.float32)
+    q_rope = tl.load(q_row + DL + tl.arange(0, DR)[None, :], mask=mask_h[:, None], other=0.0).to(tl.float32)
+    amax = tl.maximum(tl.max(tl.abs(q_lat), axis=1), tl.max(tl.abs(q_rope), axis=1))
+    e = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127  # floor(log2(amax)) for normal amax
+    k = tl.minimum(tl.maximum(Q_EXP - 1 - e, -126), 127)  # an all-zero (masked) row gets 2^127: still 0
+    return ((k + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _q8_tile(q_row, col, mask_h, W: tl.constexpr, q_mul, Q8: tl.constexpr):
+    """W columns of q from `col`, quantized with the row multipliers."""
+    q = tl.load(q_row + col + tl.arange(0, W)[None, :], mask=mask_h[:, None], other=0.0).to(tl.float32)
+    return (q * q_mul[:, None]).to(Q8)
+
+
+@triton.jit
+def _kv_raw(KV, row, col, mask_n, W: tl.constexpr):
+    return tl.load(KV + row[:, None] + col + tl.arange(0, W)[None, :], mask=mask_n[:, None], other=0.0)
+
+
+@triton.jit
+def _pv_t(acc_t, k, p8, p16, alpha, PV_FP8: tl.constexpr, CVT_ASM: tl.constexpr):
+    """Tokens-as-M PV of one latent slice: acc^T * alpha + V^T P^T, in fp8 or with V upcast to f16."""
+    if PV_FP8:
+        return tl.dot(tl.trans(k), p8, acc=acc_t * alpha[None, :])
+    else:
+        if CVT_ASM:  # see _kv_tile: one packed convert, not pure, so Triton keeps one f16 copy
+            v = tl.inline_asm_elementwise(
+                "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2.e4m3x2 $0, lo; cvt.rn.f16x2.e4m3x2 $1, hi; }",
+                "=r,=r,r", [k], dtype=tl.float16, is_pure=False, pack=4,
+            )  # fmt: skip
+        else:
+            v = k.to(tl.float16)
+        return tl.dot(tl.trans(v), p16, acc=acc_t * alpha[None, :])
+
+
+@triton.jit
+def _attend_a8w8_tokens(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
+                        BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
+                        DR: tl.constexpr, PV_FP8: tl.constexpr, Q_EXP: tl.constexpr,
+                        CVT_ASM: tl.constexpr):  # fmt: skip
+    """a8w8 with the tokens as the MMA's M dimension (sm90): S^T = K q^T, O^T = V^T P^T. wgmma needs M >= 64 and
+    decode has 16 heads, so heads as M would waste 3/4 of every MMA (and Triton maps an M = 16 fp8 dot to f16
+    mma.sync). The latent runs as 4 slices of 128 columns (4 accumulators [128, H]). Both fp8 wgmma operands
+    must be K-major: K (for QK) and q^T are; V^T (for PV) is not, so Triton transposes each V slice through
+    shared memory (PERF.md: what that costs; PV_FP8=False runs PV in f16 instead, where wgmma takes V^T as is).
+    Returns the 4 output slices [BLOCK_H, 128] (divided by P_SCALE), m, l."""
+    Q8: tl.constexpr = KV.dtype.element_ty
+    DC: tl.constexpr = DL // 4
+    q_mul = _q_fp8_mul(q_row, mask_h, DL, DR, Q_EXP)
+    sc = qk_scale / q_mul
+    q0 = tl.trans(_q8_tile(q_row, 0, mask_h, DC, q_mul, Q8))
+    q1 = tl.trans(_q8_tile(q_row, DC, mask_h, DC, q_mul, Q8))
+    q2 = tl.trans(_q8_tile(q_row, 2 * DC, mask_h, DC, q_mul, Q8))
+    q3 = tl.trans(_q8_tile(q_row, 3 * DC, mask_h, DC, q_mul, Q8))
+    qr = tl.trans(_q8_tile(q_row, DL, mask_h, DR, q_mul, Q8))
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    a0 = tl.zeros([DC, BLOCK_H], tl.float32)
+    a1 = tl.zeros([DC, BLOCK_H], tl.float32)
+    a2 = tl.zeros([DC, BLOCK_H], tl.float32)
+    a3 = tl.zeros([DC, BLOCK_H], tl.float32)
+    for n0 in range(pos, seg_hi, BLOCK_N):
+        row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
+        k0 = _kv_raw(KV, row, 0, mask_n, DC)
+        k1 = _kv_raw(KV, row, DC, mask_n, DC)
+        k2 = _kv_raw(KV, row, 2 * DC, mask_n, DC)
+        k3 = _kv_raw(KV, row, 3 * DC, mask_n, DC)
+        s_t = tl.dot(_kv_raw(KV, row, DL, mask_n, DR), qr)
+        s_t = tl.dot(k0, q0, acc=s_t)
+        s_t = tl.dot(k1, q1, acc=s_t)
+        s_t = tl.dot(k2, q2, acc=s_t)
+        s_t = tl.dot(k3, q3, acc=s_t)  # [BLOCK_N, BLOCK_H]
+        s_t = tl.where(mask_n[:, None], s_t * sc[None, :], float("-inf"))
+        m_new = tl.maximum(m_i, tl.ceil(tl.max(s_t, axis=0)))  # an integer: see _online_softmax's INT_MAX
+        alpha = tl.exp2(m_i - m_new)
+        p_t = tl.exp2(s_t - m_new[None, :])
+        l_i = l_i * alpha + tl.sum(p_t, axis=0)
+        m_i = m_new
+        p8 = (p_t * P_SCALE).to(Q8)
+        p16 = (p_t * P_SCALE).to(tl.float16)
+        a0 = _pv_t(a0, k0, p8, p16, alpha, PV_FP8, CVT_ASM)
+        a1 = _pv_t(a1, k1, p8, p16, alpha, PV_FP8, CVT_ASM)
+        a2 = _pv_t(a2, k2, p8, p16, alpha, PV_FP8, CVT_ASM)
+        a3 = _pv_t(a3, k3, p8, p16, alpha, PV_FP8, CVT_ASM)
+    r: tl.constexpr = 1.0 / P_SCALE
+    return tl.trans(a0) * r, tl.trans(a1) * r, tl.trans(a2) * r, tl.trans(a3) * r, m_i, l_i
+
+
+@triton.jit
+def _attend_a8w8_heads(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
+                       BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
+                       DR: tl.constexpr, PV_FP8: tl.constexpr, Q_EXP: tl.constexpr):  # fmt: skip
+    """a8w8 with the heads as M (gfx950: fp8 MFMA takes M = 16 natively and reads its operands from registers),
+    one [BLOCK_N, 512] tile per step: (acc [BLOCK_H, 512] divided by P_SCALE, m, l)."""
+    Q8: tl.constexpr = KV.dtype.element_ty
+    q_mul = _q_fp8_mul(q_row, mask_h, DL, DR, Q_EXP)
+    sc = qk_scale / q_mul
+    q_lat = _q8_tile(q_row, 0, mask_h, DL, q_mul, Q8)
+    q_rope = _q8_tile(q_row, DL, mask_h, DR, q_mul, Q8)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, DL], tl.float32)
+    for n0 in range(pos, seg_hi, BLOCK_N):
+        row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
+        k_lat = _kv_raw(KV, row, 0, mask_n, DL)
+        s = tl.dot(q_rope, tl.trans(_kv_raw(KV, row, DL, mask_n, DR)))
+        s = tl.dot(q_lat, tl.trans(k_lat), acc=s)
+        pr, alpha, m_i, l_i = _online_softmax(s, mask_n, sc[:, None], m_i, l_i, True)
+        if PV_FP8:
+            acc = tl.dot((pr * P_SCALE).to(Q8), k_lat, acc=acc * alpha[:, None])
+        else:
+            acc = tl.dot((pr * P_SCALE).to(tl.float16), k_lat.to(tl.float16), acc=acc * alpha[:, None])
+    return acc * (1.0 / P_SCALE), m_i, l_i
+
+
 @triton.jit
 def _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
                H: tl.constexpr, W: tl.constexpr, DL: tl.constexpr):  # fmt: skip
@@ -219,11 +355,33 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
              mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok, stride_ob, stride_oh, H: tl.constexpr,
              BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
              DR: tl.constexpr, SPLIT_D: tl.constexpr, CDT: tl.constexpr, CVT_ASM: tl.constexpr,
-             QK_CHAINS: tl.constexpr):  # fmt: skip
+             QK_CHAINS: tl.constexpr, A8W8: tl.constexpr, TOKENS_M: tl.constexpr, PV_FP8: tl.constexpr,
+             Q_EXP: tl.constexpr):  # fmt: skip
     """Tokens [pos, seg_hi) of sequence b: the final output if that is the whole sequence, else a partial."""
     q_row = Q + b.to(tl.int64) * stride_qb + offs_h[:, None] * stride_qh
     final = (pos == seq_lo) & (seg_hi == seq_hi)
-    if SPLIT_D == 4:
+    if A8W8 and TOKENS_M:
+        DC8: tl.constexpr = DL // 4
+        acc0, acc1, acc2, acc3, m_i, l_i = _attend_a8w8_tokens(
+            KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
+            BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, PV_FP8, Q_EXP, CVT_ASM,
+        )  # fmt: skip
+        _store_out(O, PartO, acc0, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
+                   H, DC8, DL)  # fmt: skip
+        _store_out(O + DC8, PartO + DC8, acc1, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob,
+                   stride_oh, H, DC8, DL)  # fmt: skip
+        _store_out(O + 2 * DC8, PartO + 2 * DC8, acc2, l_i, final, b, slot, offs_h, mask_h, v_scale,
+                   stride_ob, stride_oh, H, DC8, DL)  # fmt: skip
+        _store_out(O + 3 * DC8, PartO + 3 * DC8, acc3, l_i, final, b, slot, offs_h, mask_h, v_scale,
+                   stride_ob, stride_oh, H, DC8, DL)  # fmt: skip
+    elif A8W8:
+        acc, m_i, l_i = _attend_a8w8_heads(
+            KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
+            BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, PV_FP8, Q_EXP,
+        )  # fmt: skip
+        _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
+                   H, DL, DL)  # fmt: skip
+    elif SPLIT_D == 4:
         DC: tl.constexpr = DL // 4
         acc0, acc1, acc2, acc3, m_i, l_i = _attend_split4(
             KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
@@ -284,6 +442,10 @@ def _mla_partial_kernel(
     SNAP: tl.constexpr = False,  # chunk snapped to the longest sequence when close (see _chunk_size)
     PDL: tl.constexpr = False,  # sm90: let the merge grid launch now (it waits for our writes in gdc_wait)
     QK_CHAINS: tl.constexpr = 1,  # SPLIT_D=4: independent QK accumulators (shorter dependent mma chains)
+    A8W8: tl.constexpr = False,  # fp8 KV: q quantized to fp8, fp8 MMAs (_attend_a8w8); CDT/CVT_ASM/SPLIT_D unused
+    TOKENS_M: tl.constexpr = False,  # A8W8: tokens as the MMA M dimension (sm90 wgmma)
+    PV_FP8: tl.constexpr = True,  # A8W8: P and V in fp8 for PV (False: f16)
+    Q_EXP: tl.constexpr = 8,  # A8W8: 2^Q_EXP <= the largest finite value of KV's fp8 format (q's target range)
 ):
     if PDL:  # the merge grid launches once every program of ours has started: it can never starve us
         gdc_launch_dependents()
@@ -306,7 +468,7 @@ def _mla_partial_kernel(
             _segment(Q, KV, O, PartO, PartLse, kv_idx, p, p.to(tl.int64), seq_lo, seq_hi, seq_lo, seq_hi,
                      qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
                      stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT, CVT_ASM,
-                     QK_CHAINS)  # fmt: skip
+                     QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
     elif SEQ_SPLIT:
         # Program p owns the pieces that START in its chunk [lo, lo + chunk) of the flat range: a sequence of
         # length <= ~chunk is one whole piece (no partial, no merge: uniform batches run one sequence per
@@ -334,7 +496,7 @@ def _mla_partial_kernel(
                 _segment(Q, KV, O, PartO, PartLse, kv_idx, b, (p + b).to(tl.int64), pos, seg_hi, seq_lo, seq_hi,
                          qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
                          stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT,
-                         CVT_ASM, QK_CHAINS)  # fmt: skip
+                         CVT_ASM, QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
                 pos = seg_hi
             else:  # next sequence (empty ones are passed over here)
                 b += 1
@@ -360,7 +522,7 @@ def _mla_partial_kernel(
                 _segment(Q, KV, O, PartO, PartLse, kv_idx, b, (p + b).to(tl.int64), pos, seg_hi, seq_lo, seq_hi,
                          qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
                          stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT,
-                         CVT_ASM, QK_CHAINS)  # fmt: skip
+                         CVT_ASM, QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
             pos = tl.maximum(seg_hi, pos)
             b += 1
 

@@ -8,11 +8,13 @@ in (sized once for the graph's max batch) or allocated with torch.empty (no sync
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from typing import Any, Literal, get_args
 
 import torch
 import triton
 import triton.language as tl
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
 from speedrun.overlays.hooks import Unsupported
@@ -37,19 +39,86 @@ def config_for(heads: int, arch: str | None = None) -> dict[str, Any]:
     buckets = sorted((int(k.split("<=")[1]), v) for k, v in table.items() if k.startswith("heads<="))
     for limit, cfg in buckets:
         if heads <= limit:
-            return cfg
-    return buckets[-1][1]
+            return check_config(cfg, f"mla_decode {arch} heads<={limit}")
+    return check_config(buckets[-1][1], f"mla_decode {arch} heads<={buckets[-1][0]}")
 
 
 FP8_KNOBS = ("BLOCK_N", "num_warps", "num_stages", "split_d", "fp8_cvt", "qk_chains")  # what cfg["fp8"] may override
+Compute = Literal["a8w8", "a16"]
+COMPUTES: tuple[str, ...] = get_args(Compute)
+COMPUTE_ENV = "SPEEDRUN_MLA_DECODE_COMPUTE"
 
 
-def kv_config(cfg: dict[str, Any], kv_dtype: torch.dtype) -> dict[str, Any]:
-    """The bucket's config for this KV dtype: fp8 caches take the kernel knobs of cfg["fp8"] (never the split
-    width: programs_per_sm sizes the workspace the caller already holds)."""
-    if kv_dtype.itemsize != 1 or "fp8" not in cfg:
+class A8W8Knobs(BaseModel):
+    """cfg["a8w8"]: the kernel knobs of the fp8-compute path (they override the bucket's for fp8 caches)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mma_m: Literal["tokens", "heads"]  # which dimension is the MMA's M: tokens for sm90 wgmma (M >= 64)
+    pv: Literal["fp8", "f16"]  # PV operands: P and V in fp8, or P in f16 with V upcast (exact)
+    BLOCK_N: int = Field(ge=16)
+    num_warps: int = Field(ge=1)
+    num_stages: int = Field(ge=1)
+    waves_per_eu: int | None = None
+    matrix_instr_nonkdim: int | None = None
+
+
+class BucketKnobs(BaseModel):
+    """The typed part of a bucket: which compute fp8 caches get by default, and its knobs."""
+
+    model_config = ConfigDict(extra="allow")
+    fp8_compute: Compute = "a16"
+    a8w8: A8W8Knobs | None = None
+
+    @model_validator(mode="after")
+    def _a8w8_knobs(self) -> BucketKnobs:
+        if self.fp8_compute == "a8w8" and self.a8w8 is None:
+            raise ValueError("fp8_compute is a8w8 but the bucket has no a8w8 knobs")
+        return self
+
+
+def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """Validate a bucket's compute knobs (ValueError naming the bad field); returns cfg unchanged."""
+    try:
+        BucketKnobs.model_validate(cfg)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return cfg
+
+
+def compute_from_env(env: dict[str, str] | None = None) -> str | None:
+    """SPEEDRUN_MLA_DECODE_COMPUTE (set by the launcher from the recipe's overlays.mla_decode.compute): None when
+    unset, i.e. each bucket's own fp8_compute."""
+    value = (env if env is not None else os.environ).get(COMPUTE_ENV) or None
+    if value is not None and value not in COMPUTES:
+        raise ValueError(f"{COMPUTE_ENV}={value!r}; expected one of {COMPUTES}")
+    return value
+
+
+def compute_for(cfg: dict[str, Any], kv_dtype: torch.dtype, compute: str | None = None) -> str:
+    """The compute that runs: "a16" for 16-bit caches; for fp8 caches the requested one, else the bucket's.
+    a8w8 asked of a 16-bit cache is an error, never a silent a16."""
+    if compute is not None and compute not in COMPUTES:
+        raise ValueError(f"compute {compute!r}; expected one of {COMPUTES}")
+    if kv_dtype.itemsize != 1:
+        if compute == "a8w8":
+            raise ValueError(f"compute a8w8 needs an fp8 KV cache (got {kv_dtype}): use --kv-cache-dtype fp8_e4m3")
+        return "a16"
+    return compute or cfg.get("fp8_compute", "a16")
+
+
+def kv_config(cfg: dict[str, Any], kv_dtype: torch.dtype, compute: str | None = None) -> dict[str, Any]:
+    """The bucket's config for this KV dtype and compute (see compute_for): fp8 caches take the kernel knobs of
+    cfg["a8w8"] (a8w8) or cfg["fp8"] (a16), never the split width: programs_per_sm sizes the workspace the
+    caller already holds. The result's "compute" says which ran."""
+    if kv_dtype.itemsize != 1:
+        compute_for(cfg, kv_dtype, compute)  # raises for a8w8
         return cfg
-    return {**cfg, **{k: v for k, v in cfg["fp8"].items() if k in FP8_KNOBS}}
+    if compute_for(cfg, kv_dtype, compute) == "a8w8":
+        if not cfg.get("a8w8"):
+            raise ValueError("compute a8w8: this config bucket has no a8w8 knobs")
+        return {**cfg, **{k: v for k, v in cfg["a8w8"].items() if v is not None}, "compute": "a8w8"}
+    return {**cfg, **{k: v for k, v in cfg.get("fp8", {}).items() if k in FP8_KNOBS}, "compute": "a16"}
 
 
 def kernel_constexprs(cfg: dict[str, Any], q_dtype: torch.dtype, kv_dtype: torch.dtype, arch: str) -> dict:
@@ -62,13 +131,24 @@ def kernel_constexprs(cfg: dict[str, Any], q_dtype: torch.dtype, kv_dtype: torch
         cdt = tl.float16
     sm = int("".join(c for c in arch[2:] if c.isdigit()) or 0) if arch.startswith("sm") else 0
     asm = cvt == "asm" and kv_dtype == torch.float8_e4m3fn and sm >= 89
+    a8 = cfg.get("compute") == "a8w8" and kv_dtype.itemsize == 1
     return {
         "SPLIT_D": cfg.get("split_d", 1),
         "CDT": cdt,
         "CVT_ASM": asm,
         "QK_CHAINS": cfg.get("qk_chains", 1),
         **split_constexprs(cfg),
+        "A8W8": a8,
+        "TOKENS_M": a8 and cfg.get("mma_m") == "tokens",
+        "PV_FP8": not a8 or cfg.get("pv", "fp8") == "fp8",
+        "Q_EXP": q_exp(kv_dtype),
     }
+
+
+def q_exp(kv_dtype: torch.dtype) -> int:
+    """a8w8: q's row maximum is scaled into [2^(e-1), 2^e), e = floor(log2(max finite)) of the cache's fp8 format
+    (8 for e4m3fn's 448, 7 for e4m3fnuz's 240)."""
+    return math.floor(math.log2(torch.finfo(kv_dtype).max)) if kv_dtype.itemsize == 1 else 8
 
 
 def use_pdl(cfg: dict[str, Any], arch: str) -> bool:
@@ -189,14 +269,16 @@ def mla_decode(
     config: dict[str, Any] | None = None,
     programs: int | None = None,
     arch: str | None = None,
+    compute: str | None = None,
 ) -> torch.Tensor:
-    """Absorbed-MLA decode into `o` [bs, H, 512]; q [bs, H, 576]; kv the latent pool; token-slot kv_indices."""
+    """Absorbed-MLA decode into `o` [bs, H, 512]; q [bs, H, 576]; kv the latent pool; token-slot kv_indices.
+    compute: "a8w8" | "a16" for fp8 caches (None: the config bucket's fp8_compute; see compute_for)."""
     check_shapes(q, kv, o, page_size)
     bs, heads, _ = q.shape
     if bs == 0:
         return o
     arch = arch or current_arch()
-    cfg = kv_config(config or config_for(heads, arch), kv.dtype)
+    cfg = kv_config(config or config_for(heads, arch), kv.dtype, compute)
     if bs > SNAP_MAX_BS:  # a shape-only choice (graph safe); both kernels read the same cfg
         cfg = {**cfg, "snap": False}
     bh = block_h(heads, cfg)

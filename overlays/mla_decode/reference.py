@@ -3,13 +3,19 @@
 o[b, h] = softmax(sm_scale * k_scale * q[b, h] . K_b^T) @ (v_scale * V_b), with K_b the 576-wide latent
 rows of sequence b (gathered through kv_indices[kv_indptr[b]:kv_indptr[b+1]]) and V_b their first 512.
 Host-side loop over the batch: for tests and the `reference` backend (eager only, not CUDA-graph safe).
+`mla_decode_a8w8_reference` is the same with the a8w8 kernel's numerics (fp8 q, fp8 or f16 P).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
 
-from speedrun.overlays.mla_decode.kernel import D_LATENT, D_QK
+from speedrun.overlays.mla_decode.kernel import D_LATENT, D_QK, P_SCALE
+
+LOG2E = 1.4426950408889634
 
 
 def token_rows(kv: torch.Tensor, page_size: int = 1) -> torch.Tensor:
@@ -42,4 +48,68 @@ def mla_decode_reference(
         k = rows[idx].float()  # [n, 576]
         scores = (q[b].float() @ (k * k_scale).T) * sm_scale  # [H, n]
         out[b] = torch.softmax(scores, dim=-1) @ (k[:, :D_LATENT] * v_scale)
+    return out
+
+
+def q_exp(fp8: torch.dtype) -> int:
+    return math.floor(math.log2(torch.finfo(fp8).max))
+
+
+def quantize_q(q: torch.Tensor, fp8: torch.dtype, scale: Literal["row", "tensor"] = "row") -> tuple:
+    """q [bs, H, 576] -> (fp8 codes, multiplier [bs, H, 1]): q ~= codes / multiplier.
+    "row" is the kernel's: per (sequence, head), a power of two that puts the row's max|q| in
+    [2^(e-1), 2^e) with 2^e <= the format's max (the multiplier's exponent is read off amax's float bits, as the
+    kernel does, so the codes are the same bit for bit). "tensor" is SGLang's scaled_fp8_quant / aiter's a8w8
+    (one dynamic scale, max|q| -> the format's max), for comparing accuracies."""
+    qf = q.float()
+    fmax = torch.finfo(fp8).max
+    if scale == "tensor":
+        amax = qf.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
+        mul = (fmax / amax).expand(*q.shape[:2], 1)
+        return (qf * mul).clamp(-fmax, fmax).to(fp8), mul
+    amax = qf.abs().amax(dim=-1, keepdim=True)
+    e = ((amax.view(torch.int32) >> 23) & 0xFF) - 127
+    k = (q_exp(fp8) - 1 - e).clamp(-126, 127)
+    mul = ((k + 127) << 23).view(torch.float32)
+    return (qf * mul).to(fp8), mul
+
+
+def quantize_p(p: torch.Tensor, fp8: torch.dtype, pv: Literal["fp8", "f16"]) -> torch.Tensor:
+    """P in [0, 1] as the kernel feeds it to PV: scaled by P_SCALE (a power of two), cast, scaled back."""
+    scale = float(P_SCALE.value)
+    return (p * scale).to(fp8 if pv == "fp8" else torch.float16).float() / scale
+
+
+def mla_decode_a8w8_reference(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    sm_scale: float,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
+    page_size: int = 1,
+    pv: Literal["fp8", "f16"] = "fp8",
+    q_scale: Literal["row", "tensor"] = "row",
+) -> torch.Tensor:
+    """The a8w8 kernel's semantics in float32: q quantized to the cache's fp8 format (quantize_q), the fp8 KV
+    dequantized exactly (k_scale folded into the scores, v_scale into the output), fp32 scores and softmax, P
+    quantized as the kernel feeds PV (quantize_p). The kernel's online softmax keeps its running max an integer
+    (log2 domain), so its P differs from exp2(s - ceil(max s)) by exact powers of two, which fp8 rounding
+    commutes with: the same codes whatever the kernel's tiling (bar subnormals and fp32 rounding ties)."""
+    assert kv.dtype.itemsize == 1, f"a8w8 needs an fp8 KV cache, got {kv.dtype}"
+    bs, heads, dim = q.shape
+    assert dim == D_QK, f"q head dim {dim} != {D_QK}"
+    rows = token_rows(kv, page_size)
+    codes, mul = quantize_q(q, kv.dtype, q_scale)
+    indptr = kv_indptr.tolist()
+    out = torch.zeros(bs, heads, D_LATENT, dtype=torch.float32, device=q.device)
+    for b in range(bs):
+        idx = kv_indices[indptr[b] : indptr[b + 1]].long()
+        if idx.numel() == 0:
+            continue
+        k = rows[idx].float()  # [n, 576], exact
+        s2 = (codes[b].float() @ k.T) / mul[b] * (sm_scale * k_scale * LOG2E)  # [H, n], log2 domain
+        p = torch.exp2(s2 - s2.amax(dim=-1, keepdim=True).ceil())
+        out[b] = (quantize_p(p, kv.dtype, pv) @ k[:, :D_LATENT]) / p.sum(dim=-1, keepdim=True) * v_scale
     return out

@@ -3,6 +3,8 @@ graphs with changing lengths, and through SGLang's own decode call (backend subc
 
 Tolerance: |ours - ref| <= 1e-2 * max|ref| + 1e-3 (bf16 output rounds at 2^-9 relative; P is cast to
 bf16 before the PV product). fp8 KV: the reference dequantizes the same fp8 codes, so the same bound holds.
+fp8 KV runs a8w8 by default (config fp8_compute); the tests of the upcast path pin compute="a16", and a8w8 is
+checked against its same-semantics reference (fp8 q, fp8/f16 P) with rtol = atol = 1e-2 on every element.
 """
 
 from __future__ import annotations
@@ -46,10 +48,23 @@ def check(o, ref, what):
 
 
 def run_ours(q, kv, indptr, slots, k_scale=1.0, v_scale=1.0, **kw):
+    """Our kernel; fp8 caches on the upcast path unless `compute` says otherwise (a8w8 has its own tests)."""
     from speedrun.overlays.mla_decode.ops import mla_decode
 
     o = torch.empty(q.shape[0], q.shape[1], 512, dtype=torch.bfloat16, device="cuda")
+    kw.setdefault("compute", "a16" if kv.dtype.itemsize == 1 else None)
     return mla_decode(q, kv, o, indptr, slots, SM_SCALE, k_scale, v_scale, **kw)
+
+
+def reference_for(cfg, kv_dtype, compute=None):
+    """The reference of what `cfg` runs on this cache: the float32 one, or a8w8's with the config's PV type."""
+    from speedrun.overlays.mla_decode import ops
+    from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference
+
+    run = ops.kv_config(cfg, kv_dtype, compute)
+    if run.get("compute") == "a8w8":
+        return lambda *a: mla_decode_a8w8_reference(*a, pv=run["pv"])
+    return mla_decode_reference
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=["bf16", "fp8"])
@@ -122,6 +137,7 @@ def test_sglang_decode_call_matches_stock():
     bs, heads, max_splits = 16, 16, 64
     be = backend_mod.SpeedrunMLABackend.__new__(backend_mod.SpeedrunMLABackend)  # no ModelRunner needed
     be.impl, be.arch, be.num_head, be.device, be.own_ws = "triton", ops.current_arch(), heads, "cuda", None
+    be.compute_req = None
     be.cfg = ops.config_for(heads, be.arch)
     be.programs = ops.num_programs(heads, be.cfg, ops.sm_count(0))
     fwd = around("mla_decode", be.decode)
@@ -156,6 +172,10 @@ VARIANTS = [
     "s4_n64_w4_st3",
     "s4_n32_w4_pps1",
     "s4_n16_w4_st9",
+    "a16",
+    "a8w8_pv_fp8",
+    "a8w8_pv_f16",
+    "a8w8_pv_f16_st3",
 ]
 
 
@@ -165,7 +185,6 @@ def test_sweep_variants(variant, kv_dtype):
     """Every config variant that bench --sweep times is correct: mixed lengths (splits and whole sequences),
     scales, and (fp8) a q far beyond the f16 range, which the f16-MMA paths must rescale."""
     from speedrun.overlays.mla_decode import bench, ops
-    from speedrun.overlays.mla_decode.reference import mla_decode_reference
 
     assert set(bench.VARIANTS) == set(VARIANTS)  # every variant the sweep times is tested here
     cfg = bench.variant_config(variant)
@@ -179,20 +198,22 @@ def test_sweep_variants(variant, kv_dtype):
     programs = ops.num_programs(16, cfg, ops.sm_count(0))
     o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device="cuda")  # logits as usual: sm_scale / q_mul
     ops.mla_decode(q, kv, o, indptr, slots, SM_SCALE / q_mul, 0.8, 1.25, config=cfg, programs=programs)
-    ref = mla_decode_reference(q, kv, indptr, slots, SM_SCALE / q_mul, 0.8, 1.25)
+    ref = reference_for(cfg, kv_dtype)(q, kv, indptr, slots, SM_SCALE / q_mul, 0.8, 1.25)
     assert torch.isfinite(o.float()).all(), f"variant {variant} {kv_dtype}: non-finite output"
     check(o, ref, f"variant {variant} {kv_dtype}")
 
 
-def sampled_check(o, q, kv, indptr, slots, lens, what, page_size=64):
+def sampled_check(o, q, kv, indptr, slots, lens, what, page_size=64, reference=None):
     """Reference on every 32nd sequence plus the longest one (the full reference of 256 sequences is slow)."""
     from speedrun.overlays.mla_decode.reference import mla_decode_reference
+
+    reference = reference or mla_decode_reference
 
     sample = sorted(set(range(0, len(lens), 32)) | {max(range(len(lens)), key=lambda i: lens[i])})
     sub_indptr = torch.zeros(len(sample) + 1, dtype=torch.int32, device="cuda")
     sub_indptr[1:] = torch.cumsum(torch.tensor([lens[i] for i in sample], device="cuda"), 0)
     sub_slots = torch.cat([slots[indptr[i] : indptr[i + 1]] for i in sample])
-    ref = mla_decode_reference(q[sample], kv, sub_indptr, sub_slots, SM_SCALE)
+    ref = reference(q[sample], kv, sub_indptr, sub_slots, SM_SCALE)
     assert torch.isfinite(o.float()).all(), f"{what}: non-finite output"
     check(o[sample], ref, what)
 
@@ -236,6 +257,85 @@ def test_split_modes_under_graph_uniform_then_mixed(variant, kv_dtype):
         s_slots[: slots.numel()].copy_(slots + offsets[i])
         graph.replay()
         torch.cuda.synchronize()
-        sampled_check(o, q, pool, indptr, slots + offsets[i], lens, f"{variant} {kv_dtype} batch {i} (graph)")
+        sampled_check(o, q, pool, indptr, slots + offsets[i], lens, f"{variant} {kv_dtype} batch {i} (graph)",
+                      reference=reference_for(cfg, kv_dtype))  # fmt: skip
         if 0 in lens:
             assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
+
+
+# ----------------------------------------------------------------------------- a8w8 (fp8 KV, fp8 compute)
+
+A8W8_BS = [1, 4, 32, 128, 256]
+
+
+def a8w8_configs(heads=16):
+    """The shipped table (its PV type) and the same knobs with the other PV type: both run on every shape."""
+    from speedrun.overlays.mla_decode import ops
+
+    cfg = ops.config_for(heads)
+    mine = cfg["a8w8"]["pv"]
+    other = "f16" if mine == "fp8" else "fp8"
+    return {mine: cfg, other: {**cfg, "a8w8": {**cfg["a8w8"], "pv": other}}}
+
+
+def a8w8_check(o, q, kv, indptr, slots, page_size, pv, what, k_scale=1.0, v_scale=1.0):
+    """Every element within rtol = atol = 1e-2 of the same-semantics reference; prints the error against the
+    bf16-q float32 reference (what a8w8 costs in accuracy)."""
+    from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference
+
+    args = (q, kv, indptr, slots, SM_SCALE, k_scale, v_scale, page_size)
+    ref = mla_decode_a8w8_reference(*args, pv=pv)
+    assert torch.isfinite(o.float()).all(), f"{what}: non-finite output"
+    torch.testing.assert_close(o.float(), ref, rtol=1e-2, atol=1e-2, msg=lambda m: f"{what}: {m}")
+    exact = mla_decode_reference(*args)
+    err, same = (o.float() - exact).abs(), (o.float() - ref).abs()
+    print(f"a8w8 {what}: vs same-semantics ref max {same.max():.2e}; vs bf16-q ref max {err.max():.2e} "
+          f"mean {err.mean():.2e} (max|ref| {exact.abs().max():.2f})")  # fmt: skip
+
+
+@pytest.mark.parametrize("page_size", [1, 64])
+@pytest.mark.parametrize("kv_len", KV_LENS)
+def test_a8w8_real_shapes(kv_len, page_size):
+    """bs 1..256 at kv 1k/8k/32k, page sizes 1 (3-D token rows) and 64 (4-D paged view), both PV types."""
+    from speedrun.overlays.mla_decode import ops
+
+    for bs in A8W8_BS:
+        q, kv, indptr, slots = make_batch(bs, 16, [kv_len] * bs, FP8, page_size=64, seed=bs)
+        view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
+        for pv, cfg in a8w8_configs().items():
+            o = torch.empty(bs, 16, 512, dtype=torch.bfloat16, device="cuda")
+            ops.mla_decode(q, view, o, indptr, slots, SM_SCALE, 0.8, 1.25, page_size=page_size, config=cfg,
+                           compute="a8w8")  # fmt: skip
+            a8w8_check(o, q, view, indptr, slots, page_size, pv, f"bs={bs} kv={kv_len} ps={page_size} pv={pv}",
+                       0.8, 1.25)  # fmt: skip
+
+
+@pytest.mark.parametrize("heads", [16, 128])
+@pytest.mark.parametrize("page_size", [1, 64])
+def test_a8w8_mixed_lengths(page_size, heads):
+    """Random lengths with empty sequences, a 1-token one and a 32k one (split over many programs), and a q far
+    beyond any fp8 range (the per-row scale takes it); 128 heads: the heads<=128 bucket (32-head groups)."""
+    from speedrun.overlays.mla_decode import ops
+
+    g = torch.Generator().manual_seed(3)
+    lens = torch.randint(1, 9000, (40,), generator=g).tolist() + [0, 1, 32768, 0, 65]
+    q, kv, indptr, slots = make_batch(len(lens), heads, lens, FP8, page_size=64, seed=9)
+    q = (q.float() * 3e4).to(torch.bfloat16)
+    view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
+    for pv, cfg in a8w8_configs(heads).items():
+        o = torch.full((len(lens), heads, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
+        ops.mla_decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=cfg, compute="a8w8")
+        assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
+        a8w8_check(o, q, view, indptr, slots, page_size, pv, f"mixed heads={heads} ps={page_size} pv={pv}")
+
+
+def test_a8w8_is_the_fp8_default_and_really_fp8():
+    """Unpinned, an fp8 cache runs a8w8 (the table's fp8_compute) and its result is not the upcast path's."""
+    q, kv, indptr, slots = make_batch(8, 16, [3000] * 8, FP8, seed=4)
+    default = run_ours(q, kv, indptr, slots, compute=None).float()
+    a8w8 = run_ours(q, kv, indptr, slots, compute="a8w8").float()
+    a16 = run_ours(q, kv, indptr, slots, compute="a16").float()
+    assert torch.equal(default, a8w8)
+    assert not torch.equal(a8w8, a16)
+    with pytest.raises(ValueError, match="a8w8 needs an fp8 KV cache"):
+        run_ours(q, kv.to(torch.bfloat16), indptr, slots, compute="a8w8")

@@ -67,6 +67,10 @@ def verdict(row: dict[str, Any]) -> list[str]:
         bad.append(f"spills to memory: {regs}{row['scratch']} B scratch per lane")
     if row.get("occupancy") == 0:
         bad.append(f"does not fit ({row.get('limit')}: {row.get('shared')} B shared)")
+    elif row.get("min_occupancy") and row.get("occupancy", 0) < row["min_occupancy"]:
+        bad.append(f"occupancy {row['occupancy']} < {row['min_occupancy']} required (limit: {row.get('limit')})")
+    if row.get("no_spills") and row.get("spills") and not row.get("scratch"):
+        bad.append(f"{row['spills']} registers spilled (this kernel must not spill at all)")
     return bad
 
 
@@ -85,6 +89,8 @@ def measure(spec: Any, arch: str) -> dict[str, Any]:
     res = compile_spec(spec, arch)
     row = {"kernel": res.name, "arch": arch, "ok": res.ok, "error": res.error, "mma": res.mma,
            "expect_mma": spec.expect_mma, "num_warps": res.num_warps, "attrs": bool(spec.attrs),
+           **({"min_occupancy": spec.min_occupancy} if spec.min_occupancy else {}),
+           **({"no_spills": True} if spec.no_spills else {}),
            "wide_loads": len(re.findall(WIDE_LOADS[arch], res.asm))}  # fmt: skip
     if res.binary is not None:
         try:

@@ -1,0 +1,244 @@
+"""CPU tests of the a8w8 MLA decode path (fp8 KV, q quantized to fp8, fp8 MMAs): the kernel under the Triton
+interpreter against the same-semantics torch reference, its quantization pieces bit for bit, the accuracy of the
+per-row q scale against SGLang's per-tensor one, the compute knobs, and the recipe -> env -> backend option.
+The interpreter runs fp8 tl.dot through f16 (exact for e4m3 operands); the sm90/gfx950 fp8 MMA instructions
+themselves are checked by the AOT compile (test_mla_decode.py) and on the GPU (test_mla_decode_gpu.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton
+import triton.language as tl
+
+from speedrun.overlays.mla_decode import kernel, ops
+from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference, quantize_q
+from speedrun.overlays.mla_decode.test_mla_decode import DEV, make_batch
+
+FP8 = torch.float8_e4m3fn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter():
+    if DEV == "cpu":
+        from speedrun.overlays import interpreter
+
+        interpreter.patch()
+
+
+def a8w8_config(mma_m: str, pv: str, **over) -> dict:
+    cfg = {**ops.config_for(16, "sm90"), "min_chunk": 16, **over}
+    return {**cfg, "a8w8": {**cfg["a8w8"], "mma_m": mma_m, "pv": pv, "BLOCK_N": 64 if mma_m == "tokens" else 32}}
+
+
+CASES = {
+    # name: mma_m, pv, heads, lens (mixed, with empty sequences), page size, programs, config override
+    "tokens-fp8-ps1-split": ("tokens", "fp8", 16, [70, 0, 5, 130], 1, 4, {}),
+    "tokens-f16-ps16-split": ("tokens", "f16", 16, [200, 3, 0], 16, 3, {}),
+    "heads-fp8-ps16-split": ("heads", "fp8", 16, [70, 0, 5, 130], 16, 6, {}),
+    "heads-f16-ps1-one-program": ("heads", "f16", 16, [9, 40], 1, 1, {}),
+    "tokens-fp8-8heads-padded": ("tokens", "fp8", 8, [33, 17], 1, 2, {}),
+    "heads-fp8-32heads-2groups": ("heads", "fp8", 32, [50, 0, 20], 1, 3, {"BLOCK_H": 16}),
+    "tokens-fp8-per-seq": ("tokens", "fp8", 16, [130, 0, 5], 16, 6, {"per_seq_min_bs": 2}),
+    "tokens-f16-seq-split": ("tokens", "f16", 16, [130, 0, 5, 64], 16, 6, {"split": "seq", "align": 16}),
+    "heads-fp8-snap-uniform": ("heads", "fp8", 16, [80, 80, 80, 80], 1, 4, {"snap": True}),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a8w8_kernel_matches_its_reference(name: str) -> None:
+    """Same q codes (power-of-two row scale), integer running max: the kernel's P codes are the reference's
+    whatever the tiling and split, so the two agree to fp32 rounding, far below the fp8 error."""
+    mma_m, pv, heads, lens, ps, programs, over = CASES[name]
+    b = make_batch(heads, lens, FP8, ps, seed=7)
+    kv = b["kv"].view(-1, ps, 1, 576) if ps > 1 else b["kv"]
+    o = torch.full((len(lens), heads, 512), float("nan"), dtype=torch.float32, device=DEV)
+    args = (b["q"], kv, o, b["kv_indptr"], b["kv_indices"], 0.09)
+    cfg = a8w8_config(mma_m, pv, **over)
+    ops.mla_decode(*args, 1.5, 0.75, page_size=ps, config=cfg, programs=programs, arch="cpu", compute="a8w8")
+    ref = mla_decode_a8w8_reference(b["q"], kv, b["kv_indptr"], b["kv_indices"], 0.09, 1.5, 0.75, ps, pv=pv)
+    exact = mla_decode_reference(b["q"], kv, b["kv_indptr"], b["kv_indices"], 0.09, 1.5, 0.75, ps)
+    assert torch.isfinite(o).all()
+    assert (o - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+    assert (o - exact).abs().max().item() > 1e-3  # it really is fp8 (the bf16-q reference is visibly different)
+    assert (o - exact).abs().max().item() <= 0.1 * max(1.0, exact.abs().max().item())
+    if 0 in lens:
+        assert (o[lens.index(0)] == 0).all()
+
+
+@triton.jit
+def _quantize_rows(Q, OUT, MUL, H: tl.constexpr, Q_EXP: tl.constexpr):
+    """The kernel's q quantization on its own: [H, 576] rows -> fp8 codes and multipliers."""
+    offs_h = tl.arange(0, H)
+    q_row = Q + offs_h[:, None] * 576
+    mask_h = offs_h < H
+    mul = kernel._q_fp8_mul(q_row, mask_h, 512, 64, Q_EXP)
+    lat = kernel._q8_tile(q_row, 0, mask_h, 512, mul, OUT.dtype.element_ty)
+    rope = kernel._q8_tile(q_row, 512, mask_h, 64, mul, OUT.dtype.element_ty)
+    tl.store(OUT + offs_h[:, None] * 576 + tl.arange(0, 512)[None, :], lat)
+    tl.store(OUT + offs_h[:, None] * 576 + 512 + tl.arange(0, 64)[None, :], rope)
+    tl.store(MUL + offs_h, mul)
+
+
+def test_q_quantization_is_bit_exact_with_the_reference() -> None:
+    """Rows of very different magnitudes (absorbed q: per-head scales vary), an all-zero row, huge values."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(16, 576, generator=g) * torch.logspace(-6, 5, 16)[:, None]
+    q[3] = 0.0
+    q = q.to(torch.bfloat16).to(DEV)
+    codes = torch.empty(16, 576, dtype=FP8, device=DEV)
+    mul = torch.empty(16, dtype=torch.float32, device=DEV)
+    _quantize_rows[(1,)](q, codes, mul, H=16, Q_EXP=ops.q_exp(FP8))
+    ref_codes, ref_mul = quantize_q(q[None], FP8)
+    assert torch.equal(mul, ref_mul.view(-1))
+    assert torch.equal(codes.view(torch.uint8), ref_codes[0].view(torch.uint8))
+    amax = (codes.float().abs().amax(dim=-1))[torch.arange(16) != 3]
+    assert (amax >= 128).all() and (amax <= 256).all()  # each row's max lands in [2^7, 2^8]
+
+
+def test_per_row_q_scale_is_at_least_as_accurate_as_per_tensor() -> None:
+    """The kernel's per-(sequence, head) power-of-two scale vs SGLang's dynamic per-tensor one (max|q| -> 448).
+    Output vs the bf16-q reference: no worse. q itself (what the scores see): each row's relative error no worse,
+    and far better for rows much smaller than the largest (per-tensor pushes them into e4m3's subnormals)."""
+    b = make_batch(16, [300, 64, 1000], FP8, 1, seed=5)
+    args = (b["q"], b["kv"], b["kv_indptr"], b["kv_indices"], 0.09)
+    exact = mla_decode_reference(*args)
+    err = {s: (mla_decode_a8w8_reference(*args, pv="f16", q_scale=s) - exact).abs() for s in ("row", "tensor")}
+    print(f"output vs bf16 q: max err row {err['row'].max():.2e} tensor {err['tensor'].max():.2e}, "
+          f"mean row {err['row'].mean():.2e} tensor {err['tensor'].mean():.2e}")  # fmt: skip
+    assert err["row"].mean() <= err["tensor"].mean() * 1.05 and err["row"].max() <= err["tensor"].max() * 1.1
+    g = torch.Generator().manual_seed(6)
+    q = (torch.randn(4, 16, 576, generator=g) * torch.logspace(-6, 0, 16)[:, None]).to(torch.bfloat16)
+    rel = {}
+    for s in ("row", "tensor"):
+        codes, mul = quantize_q(q, FP8, s)
+        rel[s] = ((codes.float() / mul - q.float()).norm(dim=-1) / q.float().norm(dim=-1)).mean(dim=0)  # per head
+    print("q relative error per head, row:", [f"{x:.3f}" for x in rel["row"]])
+    print("q relative error per head, tensor:", [f"{x:.3f}" for x in rel["tensor"]])
+    assert (rel["row"] <= rel["tensor"] * 1.15).all() and rel["row"].max() < 0.05
+    assert rel["tensor"][0] > 5 * rel["row"][0]  # 1e-6 of the largest row: below e4m3 per tensor
+
+
+def test_compute_selection_and_knobs() -> None:
+    cfg = ops.config_for(16, "sm90")
+    assert cfg["fp8_compute"] == "a8w8" and ops.config_for(16, "gfx950")["fp8_compute"] == "a8w8"
+    a8 = ops.kv_config(cfg, FP8)  # the bucket's choice
+    k = ops.kernel_constexprs(a8, torch.bfloat16, FP8, "sm90")
+    assert a8["compute"] == "a8w8" and k["A8W8"] and k["TOKENS_M"] and k["Q_EXP"] == 8
+    assert k["PV_FP8"] == (cfg["a8w8"]["pv"] == "fp8")
+    assert a8["programs_per_sm"] == cfg["programs_per_sm"]  # never the split width
+    g = ops.kernel_constexprs(ops.kv_config(ops.config_for(16, "gfx950"), FP8), torch.bfloat16, FP8, "gfx950")
+    assert g["A8W8"] and not g["TOKENS_M"] and g["PV_FP8"]  # MFMA takes M = 16 heads; LDS transposes fp8 V
+    a16 = ops.kv_config(cfg, FP8, "a16")
+    assert a16["compute"] == "a16" and not ops.kernel_constexprs(a16, torch.bfloat16, FP8, "sm90")["A8W8"]
+    assert ops.kv_config(cfg, torch.bfloat16) is cfg and ops.compute_for(cfg, torch.bfloat16) == "a16"
+    assert ops.q_exp(torch.float8_e4m3fnuz) == 7
+    with pytest.raises(ValueError, match="a8w8 needs an fp8 KV cache"):
+        ops.kv_config(cfg, torch.bfloat16, "a8w8")
+    with pytest.raises(ValueError, match="no a8w8 knobs"):
+        ops.kv_config({k: v for k, v in cfg.items() if k != "a8w8"}, FP8, "a8w8")
+    with pytest.raises(ValueError, match="expected one of"):
+        ops.compute_for(cfg, FP8, "a4w4")
+
+
+def test_a8w8_on_a_bf16_cache_fails_loudly() -> None:
+    b = make_batch(16, [5], torch.bfloat16, 1)
+    o = torch.empty(1, 16, 512, device=DEV)
+    with pytest.raises(ValueError, match="a8w8 needs an fp8 KV cache"):
+        ops.mla_decode(b["q"], b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.1, arch="cpu", compute="a8w8")
+
+
+@pytest.mark.parametrize(
+    "bad,field",
+    [({"fp8_compute": "a4"}, "fp8_compute"), ({"a8w8": {"mma_m": "rows"}}, "a8w8.mma_m"),
+     ({"a8w8": None, "fp8_compute": "a8w8"}, "no a8w8 knobs")],
+)  # fmt: skip
+def test_bad_a8w8_knobs_name_the_field(bad: dict, field: str) -> None:
+    cfg = ops.config_for(16, "sm90")
+    if "a8w8" in bad and bad["a8w8"]:
+        bad = {"a8w8": {**cfg["a8w8"], **bad["a8w8"]}}
+    with pytest.raises(ValueError, match=f"heads<=16: .*{field}"):
+        ops.check_config({**cfg, **bad}, "mla_decode sm90 heads<=16")
+
+
+def test_compute_env() -> None:
+    assert ops.compute_from_env({}) is None
+    assert ops.compute_from_env({ops.COMPUTE_ENV: "a16"}) == "a16"
+    with pytest.raises(ValueError, match="SPEEDRUN_MLA_DECODE_COMPUTE='fp4'; expected one of"):
+        ops.compute_from_env({ops.COMPUTE_ENV: "fp4"})
+
+
+# ----------------------------------------------------------------------------- recipe -> launcher env
+
+
+def _recipe(tmp_path, mla: dict, kv: str = "fp8_e4m3", other: dict | None = None):
+    import yaml
+
+    from speedrun.recipe import load_recipe
+
+    data = {"name": "r", "model": {"path": "m"}, "hardware": {"platform": "cuda", "arch": "sm90", "gpus": 1},
+            "server": {"kv_cache_dtype": kv}, "overlays": {"mla_decode": mla, **(other or {})}}  # fmt: skip
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_recipe(path)
+
+
+def test_recipe_compute_reaches_the_server_env(tmp_path) -> None:
+    from speedrun.launch.command import build
+
+    env = build(_recipe(tmp_path, {"enabled": True, "compute": "a16"}), baseline=False, port=1).env
+    assert env["SPEEDRUN_MLA_DECODE_COMPUTE"] == "a16" and ops.compute_from_env(env) == "a16"
+    env = build(_recipe(tmp_path, {"enabled": True}), baseline=False, port=1).env
+    assert "SPEEDRUN_MLA_DECODE_COMPUTE" not in env  # unset: each config bucket's fp8_compute (a8w8)
+    base = build(_recipe(tmp_path, {"enabled": True, "compute": "a8w8"}), baseline=True, port=1).env
+    assert "SPEEDRUN_MLA_DECODE_COMPUTE" not in base  # stock SGLang never sees it
+
+
+@pytest.mark.parametrize(
+    "mla,kv,other,msg",
+    [({"compute": "a8w8"}, "auto", None, "compute a8w8 needs server.kv_cache_dtype fp8_e4m3 (got 'auto')"),
+     ({"compute": "fp4"}, "fp8_e4m3", None, "overlays.mla_decode.compute: Input should be 'a8w8' or 'a16'"),
+     ({}, "fp8_e4m3", {"mxfp4_moe": {"compute": "a8w8"}}, "overlays.mxfp4_moe.compute: Extra inputs")],
+)  # fmt: skip
+def test_recipe_compute_errors_name_the_field(tmp_path, mla, kv, other, msg) -> None:
+    from speedrun.recipe import RecipeError
+
+    with pytest.raises(RecipeError) as exc:
+        _recipe(tmp_path, {"enabled": True, **mla}, kv, other)
+    assert msg in str(exc.value), str(exc.value)
+
+
+def test_compile_report_holds_a8w8_to_fp8_mma_occupancy_and_no_spills() -> None:
+    """The a8w8 specs carry the fp8-MMA regex, >= 2 waves/SIMD on gfx950 and no spills; the verdict applies them."""
+    from speedrun.overlays.mla_decode.compile import compile_specs
+    from speedrun.overlays.readiness.report import verdict
+
+    fp8_mma = {"sm90": "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3", "gfx950": "v_mfma_f32_16x16x32_fp8_fp8"}
+    for arch, mma in fp8_mma.items():
+        specs = [s for s in compile_specs(arch) if "a8w8" in s.name]
+        assert len(specs) == 6 and all(s.no_spills for s in specs)  # 3 buckets x PV fp8 | f16
+        assert {s.name.rsplit("pv-", 1)[1].rstrip("]") for s in specs} == {"fp8", "f16"}
+        assert all(s.min_occupancy == (2 if arch == "gfx950" else None) for s in specs)
+        assert all(re.search(s.expect_mma, mma) for s in specs)
+        assert not any(
+            re.search(s.expect_mma, m)
+            for s in specs
+            for m in (
+                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+                "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16",
+                "v_mfma_f32_16x16x32_f16",
+            )
+        )
+    row = {"ok": True, "occupancy": 1, "min_occupancy": 2, "limit": "vgpr", "spills": 0, "scratch": 0}
+    assert verdict(row) == ["occupancy 1 < 2 required (limit: vgpr)"]
+    assert verdict({**row, "occupancy": 2, "spills": 3, "no_spills": True}) == [
+        "3 registers spilled (this kernel must not spill at all)"
+    ]
+    assert verdict({**row, "occupancy": 2, "spills": 3}) == []  # other kernels: register-to-register spills pass
