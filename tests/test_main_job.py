@@ -21,10 +21,10 @@ MI355X = "AMD Instinct MI355X"
     ("machine", "recipe", "said"),
     [
         (Machine(8, "rocm", "gfx950", MI355X), FINALS, "sized for the MI355X"),
-        (Machine(1, "cuda", "sm90", H100), "synth-deepseek-mxfp4-l30-h100", "sized for the H100"),
+        (Machine(1, "cuda", "sm90", H100), "synth-deepseek-mxfp4-l30-fp8kv-h100", "sized for the H100"),
         (Machine(1, "cuda", "sm90", H200), "synth-deepseek-mxfp4-l61-h200", "sized for the H200"),
         (Machine(2, "cuda", "sm90", H200), "synth-deepseek-mxfp4-l61-h200", "uses 1 of the 2 GPUs"),
-        (Machine(1, "cuda", "sm90", "NVIDIA H800"), "synth-deepseek-mxfp4-l30-h100", "no main job names this card"),
+        (Machine(1, "cuda", "sm90", "NVIDIA H800"), "synth-deepseek-mxfp4-l30-fp8kv-h100", "no main job names this card"),
     ],
     ids=["8xMI355X", "H100", "H200", "2xH200", "H800"],
 )
@@ -105,5 +105,5 @@ def test_cli_choice_on_other_hardware(monkeypatch, capsys):
     assert _main_job(demo=True).name == FINALS
     capsys.readouterr()
     monkeypatch.setattr(speedrun.mainjob, "detect", lambda: Machine(1, "cuda", "sm90", H100))
-    assert _main_job(demo=False).name == "synth-deepseek-mxfp4-l30-h100"
+    assert _main_job(demo=False).name == "synth-deepseek-mxfp4-l30-fp8kv-h100"
     assert capsys.readouterr().out.startswith(f"no recipe given: this machine has 1x {H100} (cuda sm90) -> synth-")
