@@ -24,7 +24,11 @@ MI355X = "AMD Instinct MI355X"
         (Machine(1, "cuda", "sm90", H100), "synth-deepseek-mxfp4-l30-fp8kv-h100", "sized for the H100"),
         (Machine(1, "cuda", "sm90", H200), "synth-deepseek-mxfp4-l61-h200", "sized for the H200"),
         (Machine(2, "cuda", "sm90", H200), "synth-deepseek-mxfp4-l61-h200", "uses 1 of the 2 GPUs"),
-        (Machine(1, "cuda", "sm90", "NVIDIA H800"), "synth-deepseek-mxfp4-l30-fp8kv-h100", "no main job names this card"),
+        (
+            Machine(1, "cuda", "sm90", "NVIDIA H800"),
+            "synth-deepseek-mxfp4-l30-fp8kv-h100",
+            "no main job names this card",
+        ),
     ],
     ids=["8xMI355X", "H100", "H200", "2xH200", "H800"],
 )
