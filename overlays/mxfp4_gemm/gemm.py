@@ -103,17 +103,20 @@ def launch_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Tensor, 
     bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), _block_k(cfg, k)
     if layout != "plain":
         bk = max(bk, 128)  # whole swz128 chunks
-    tiles = math.ceil(m / bm) * math.ceil(n / bn)
-    k_tiles = math.ceil(k / bk)
+    num_m, num_n = math.ceil(m / bm), math.ceil(n / bn)
+    tiles, k_tiles = num_m * num_n, math.ceil(k / bk)
     s = split_k(cfg, tiles, k_tiles, sm_count(out.device))
     part = torch.empty(tiles * s * bm * bn if s > 1 else 1, dtype=torch.float32, device=out.device)
     cnt = splitk_counters(out.device, tiles) if s > 1 else part
     sa = a_scale if a_scale is not None else w_scale  # unused pointer in modes 0/1
-    mxfp4_gemm_kernel[(tiles, s)](
-        a, sa, w, w_scale, out, part, cnt, m, n, k, s,
+    group = int(cfg.get("GROUP", 1))
+    grid = (num_n, s, num_m) if group == 1 else (tiles, s)  # kernel.mxfp4_gemm_kernel's two grid forms
+    asm = out.device.type == "cuda" and torch.version.hip is None
+    mxfp4_gemm_kernel[grid](
+        a, sa, w, w_scale, out, part, cnt, m, n, k, s, math.ceil(k_tiles / s),
         a.stride(0), sa.stride(0), sa.stride(1), w.stride(0), w_scale.stride(0), out.stride(0),
         A_MODE=a_mode, DOT_SCALED=dot_scaled, DOT_F32=out.device.type == "cpu", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        SPLIT=s > 1, GROUP=int(cfg.get("GROUP", 1)), EVEN_K=k % bk == 0,
+        SPLIT=s > 1, GROUP=group, EVEN_K=k % bk == 0, A_ASM=asm and a_mode == 1 and not dot_scaled,
         **deq_flags({**cfg, "BLOCK_K": bk}, out.device, dot_scaled, layout), **kernel_options(cfg, arch, out.device),
     )  # fmt: skip
     return out
