@@ -17,6 +17,7 @@ like their bits), and the sign is OR-ed back (so -0.1 * 2**E gives -0.0, code 8,
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -66,3 +67,19 @@ def qdq_mxfp4_fast(x, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
     v = ((xf + c) - c).to(tl.int32, bitcast=True) & 0x7FFFFFFF
     v = tl.minimum(v, _per_element(((eb + 2) << 23) | 0x400000, R, C))  # 6 * 2**E
     return (v | (bits & -0x80000000)).to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+
+@triton.jit
+def _qdq_rows_kernel(x_ptr, o_ptr, R: tl.constexpr, ASM: tl.constexpr):
+    rows = tl.program_id(0) * R + tl.arange(0, R)[:, None]
+    offs = rows * 64 + tl.arange(0, 64)[None, :]
+    tl.store(o_ptr + offs, qdq_mxfp4_fast(tl.load(x_ptr + offs), R, 64, ASM))
+
+
+def qdq_blocks(blocks: torch.Tensor, asm: bool) -> torch.Tensor:
+    """qdq_mxfp4_fast on bf16 [B, 32] blocks (checks against the reference; two blocks per 64-wide row, 16 rows
+    per program). asm: the sm90 PTX (CUDA only)."""
+    x = torch.nn.functional.pad(blocks.reshape(-1), (0, -blocks.numel() % 1024)).view(-1, 64).contiguous()
+    out = torch.empty_like(x)
+    _qdq_rows_kernel[(x.shape[0] // 16,)](x, out, 16, asm)
+    return out.reshape(-1)[: blocks.numel()].view_as(blocks)

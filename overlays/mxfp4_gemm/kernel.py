@@ -128,11 +128,11 @@ def _mma(acc, w_packed, w_scales, a, a_scales,
         w = mx.mxfp4_swz_words_bf16(w_packed, w_scales, BLOCK_N, BLOCK_K, W_ASM, W_MUL1)
         acc = _dot(acc, w, _a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K, A_ASM), DOT_F32)
     elif W_DEQ == 3:
-        acc = _mma_words(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM,
-                         A_ASM)
+        acc = _mma_words(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM, A_ASM)
     elif W_DEQ == 2:
-        acc = _mma_halves(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM,
-                          A_ASM)
+        acc = _mma_halves(
+            acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM, A_ASM
+        )
     else:
         if W_DEQ == 1:
             w = mx.mxfp4_to_bf16_fast(w_packed, w_scales, BLOCK_N, BLOCK_K, W_ASM)
@@ -205,7 +205,7 @@ def mxfp4_gemm_kernel(
     A_MODE: tl.constexpr, DOT_SCALED: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr, W_DEQ: tl.constexpr = 0,
-    W_ASM: tl.constexpr = False, W_MUL1: tl.constexpr = False, A_ASM: tl.constexpr = False,
+    W_ASM: tl.constexpr = False, W_MUL1: tl.constexpr = False, A_ASM: tl.constexpr = False, RED: tl.constexpr = 1,
 ):  # fmt: skip
     """Grid: GROUP 1 -> (N tiles, splits, M tiles), no index arithmetic; else (tiles, splits) in grouped order.
     `k_per_split` (K tiles per split) comes from the host: no division in the prologue, which issues the first
@@ -243,14 +243,14 @@ def mxfp4_gemm_kernel(
     c_mask = (rm[None, :] < M) & (rn[:, None] < N)
     if SPLIT:
         _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N, split_k,
-                          BLOCK_M, BLOCK_N)  # fmt: skip
+                          BLOCK_M, BLOCK_N, RED)  # fmt: skip
     else:
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
 @triton.jit
 def _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N, split_k,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RED: tl.constexpr):  # fmt: skip
     tile = pid_m * tl.cdiv(N, BLOCK_N) + pid_n
     tile_elems = BLOCK_N * BLOCK_M
     local = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
@@ -261,8 +261,13 @@ def _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_
     arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
     if arrived == split_k - 1:
         total = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for s in range(split_k):  # fixed order: the sum does not depend on which split came last
-            total += tl.load(base + s * tile_elems + local, cache_modifier=".cg")
+        # Fixed order 0, 1, 2, ...: the sum does not depend on which split came last. RED partials per round are
+        # loaded before any is added (one L2 round trip per RED splits, not per split: this serial tail is on
+        # every split-K call's critical path); past the last split the loads give -0.0, which adds exactly.
+        for s0 in range(0, split_k, RED):
+            for i in tl.static_range(RED):
+                total += tl.load(base + (s0 + i) * tile_elems + local, mask=s0 + i < split_k, other=-0.0,
+                                 cache_modifier=".cg")  # fmt: skip
         tl.store(c_ptrs, total.to(c_ptrs.dtype.element_ty), mask=c_mask)
         tl.atomic_xchg(cnt_ptr + tile, 0)
 

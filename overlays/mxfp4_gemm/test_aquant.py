@@ -11,12 +11,9 @@ if not torch.cuda.is_available():  # see overlays/mx/test_mx.py: only where no G
     os.environ.setdefault("TRITON_INTERPRET", "1")
 DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
 from speedrun.overlays import interpreter  # noqa: E402
 from speedrun.overlays.mx.quant import qdq_mxfp4  # noqa: E402
-from speedrun.overlays.mxfp4_gemm.aquant import qdq_mxfp4_fast  # noqa: E402
+from speedrun.overlays.mxfp4_gemm.aquant import qdq_blocks  # noqa: E402
 from speedrun.overlays.mxfp4_gemm.reference import qdq_edge_blocks  # noqa: E402
 
 interpreter.patch()
@@ -42,7 +39,8 @@ def emulate_ptx(x: torch.Tensor) -> torch.Tensor:
 
 def _same(got: torch.Tensor, want: torch.Tensor) -> None:
     bad = (got.view(torch.int16) != want.view(torch.int16)).nonzero()
-    assert len(bad) == 0, f"{len(bad)} mismatches, first block {bad[0, 0].item()}: {got[bad[0, 0]]} vs {want[bad[0, 0]]}"
+    first = bad[0, 0].item() if len(bad) else None
+    assert len(bad) == 0, f"{len(bad)} mismatches, first in block {first}: {got[first]} vs {want[first]}"
 
 
 def test_ptx_rule_matches_reference_exhaustively():
@@ -51,21 +49,6 @@ def test_ptx_rule_matches_reference_exhaustively():
     _same(emulate_ptx(blocks), qdq_mxfp4(blocks))
 
 
-@triton.jit
-def _qdq_kernel(x_ptr, o_ptr, R: tl.constexpr, ASM: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R)[:, None]
-    offs = rows * 64 + tl.arange(0, 64)[None, :]
-    tl.store(o_ptr + offs, qdq_mxfp4_fast(tl.load(x_ptr + offs), R, 64, ASM))
-
-
-def run_qdq(blocks: torch.Tensor, asm: bool) -> torch.Tensor:
-    """qdq_mxfp4_fast on [B, 32] blocks (two per 64-wide row, 16 rows per program)."""
-    x = torch.nn.functional.pad(blocks.reshape(-1), (0, -blocks.numel() % 1024)).view(-1, 64).contiguous()
-    out = torch.empty_like(x)
-    _qdq_kernel[(x.shape[0] // 16,)](x, out, 16, asm)
-    return out.reshape(-1)[: blocks.numel()].view_as(blocks)
-
-
 def test_triton_path_matches_reference():
     blocks = qdq_edge_blocks(step=25, subnormals=False).to(DEV)
-    _same(run_qdq(blocks, False).cpu(), qdq_mxfp4(blocks.cpu()))
+    _same(qdq_blocks(blocks, False).cpu(), qdq_mxfp4(blocks.cpu()))
