@@ -52,13 +52,14 @@ def _per_element(v, R: tl.constexpr, C: tl.constexpr):
 
 @triton.jit
 def qdq_mxfp4_fast(x, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
-    """bf16 [R, C] -> bf16 dequant(quant_mxfp4(x)) (C % 32 == 0). ASM: the sm90 bf16x2 inline PTX; else the same
-    rule in fp32 Triton ops (the interpreter; p = 23)."""
+    """bf16 / fp16 / fp32 [R, C] -> bf16 dequant(quant_mxfp4(x)) (C % 32 == 0). ASM: the sm90 bf16x2 inline PTX
+    (bf16 input only: it adds in bf16); else the same rule in fp32 Triton ops (the interpreter, fp16 input; p = 23,
+    exact for any input the fp32 sum holds: one rounding to a multiple of u)."""
     eb = block_exp(x, R, C)
-    if ASM:
+    if ASM and x.dtype == tl.bfloat16:
         e2 = _per_element(eb * 0x00800080, R, C)  # E << 7 in both halves
         s6 = _per_element(eb * 0x00800080 + 0x01400140, R, C)  # bf16 6 * 2**E = field E + 2, mantissa 0x40
-        return tl.inline_asm_elementwise(QDQ_BF16X2_ASM, "=r,r,r,r,r,r", [x.to(tl.bfloat16), e2, s6],
+        return tl.inline_asm_elementwise(QDQ_BF16X2_ASM, "=r,r,r,r,r,r", [x, e2, s6],
                                          dtype=tl.bfloat16, is_pure=True, pack=2)  # fmt: skip
     xf = x.to(tl.float32)
     bits = xf.to(tl.int32, bitcast=True)

@@ -1,7 +1,8 @@
 """Host side of the MXFP4 GEMM: config lookup per (N, K) and M bucket, route choice, split-K, launch.
 
 Routes (per config entry, key "route"):
-- "fused": one launch; bf16 activations are quantized to MXFP4 inside the GEMM's A-load (decode sizes).
+- "fused": one launch; bf16 activations are quantized to MXFP4 inside the GEMM's A-load. Every decode bucket
+  (M <= 64) on both archs: one kernel per call, split-K reduced in the same launch (PERF.md, round 4).
 - "prequant": one quantizer launch, then the GEMM reads quantized A (large M: each A element is quantized once
   instead of once per N tile). sm90 writes dequant(quant(A)) as bf16; gfx950 writes codes + scales.
 - "dequant_w" (sm90 only): quantize A and dequantize W to bf16 with our kernels, then cuBLAS bf16 (prefill, where

@@ -2,7 +2,8 @@
 
 One kernel source, two constexpr switches:
 - A_MODE: 0 = bf16 A used as is (w4a16, or A already quantize-dequantized), 1 = bf16 A quantized to MXFP4 in the
-  A-load (w4a4, bit-exact with the reference quantizer), 2 = A already MXFP4 (packed codes + E8M0 scales).
+  A-load (w4a4, bit-exact with the reference quantizer; the dequant path multiplies the quantized values as bf16,
+  aquant.qdq_mxfp4_fast, A_ASM = its sm90 PTX), 2 = A already MXFP4 (packed codes + E8M0 scales).
 - DOT_SCALED: False = dequantize to bf16 in registers and tl.dot (sm90, and the interpreter); True = native scaled
   MFMA through tl.dot_scaled e2m1 x e2m1 (gfx950; A_MODE 1 and 2 only).
 - W_DEQ (dequant path only; config key "deq"): 0 = generic exact decode, interleaved; 1 = fast decode
@@ -13,7 +14,8 @@ Tiles are computed transposed (acc[BLOCK_N, BLOCK_M] = W . A^T): the weight rows
 batch of a few tokens only needs a narrow MMA N side (16 on sm90) instead of padding tokens to 64.
 Split-K is deterministic and single-launch (the split count is a runtime argument, so one binary serves every
 split count; the constexpr SPLIT only selects the epilogue): every split writes its fp32 partial tile, the last split
-to arrive (per-tile counter) sums all partials in split order and resets the counter to 0 for the next launch.
+to arrive (per-tile counter) sums all partials in split order, RED of them per L2 round trip, and resets the counter
+to 0 for the next launch. A decode call (M <= 64) is this one launch: A_MODE 1, split-K reduced in place.
 """
 
 from __future__ import annotations

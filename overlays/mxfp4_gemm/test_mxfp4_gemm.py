@@ -101,12 +101,26 @@ def test_w4a16_and_prequantized_column_major_scales():
     _close(out, mxfp4_gemm_ref(packed, w.cpu(), ws.cpu(), a_scale=scales))
 
 
+@pytest.mark.parametrize("group", [1, 2])
 @pytest.mark.parametrize("m,n,k", [(1, 16, 64), (17, 40, 96), (33, 24, 160)])
-def test_edges_ragged_m_n_and_k(m: int, n: int, k: int):
+def test_edges_ragged_m_n_and_k(m: int, n: int, k: int, group: int):
+    """Clamped edge rows and both grid forms (GROUP 1: (N tiles, splits, M tiles); else grouped tiles)."""
     a, w, ws = _case(m, n, k, seed=m)
-    out = gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "SPLIT_K": 2})
+    out = gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "SPLIT_K": 2, "GROUP": group})
     assert out.shape == (m, n)
     _close(out, mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu()))
+
+
+def test_split_k_reduction_rounds_keep_split_order():
+    """More splits than partials per reduction round (RED): masked tail loads add exactly, the result is the fixed
+    split-order sum whatever split arrives last (same bits on every run) and the counters are left zeroed."""
+    a, w, ws = _case(3, 16, 640, seed=29)
+    cfg = {**SMALL, "SPLIT_K": 10, "BLOCK_N": 64}  # RED = 64 * 128 // (16 * 64) = 8: rounds of 8 and 2
+    assert gemm.red_unroll(16, 64, 4) == 8
+    first = gemm.mxfp4_gemm(a, w, ws, config=cfg)
+    _close(first, mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu()))
+    assert torch.equal(first, gemm.mxfp4_gemm(a, w, ws, config=cfg))
+    assert int(splitk_counters(a.device, 1).abs().sum()) == 0
 
 
 def test_split_k_counters_are_left_zero_and_reused():
@@ -280,6 +294,19 @@ def test_compile_every_config(arch: str):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads(proc.stdout)
     assert result["specs"][arch] >= 10 and result["failures"][arch] == []
+
+
+def test_decode_loop_sass_streams_without_serialized_wgmma():
+    """sm90 SASS of the served decode configs (swz128, fused A-quant): the wgmmas of a K step issue back to back
+    (one wait per step; ptxas serializes register-A wgmma after each one when the dot is pipelined async), the first
+    weight load comes early (no integer divisions in the prologue), no spills, >= 2 CTAs per SM."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.overlays.mxfp4_gemm.sass", "--json", "16", "64"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for bucket, s in json.loads(proc.stdout).items():
+        assert s["mma"] >= 8 and s["mma_waits"] == 1, (bucket, s["mma"], s["mma_waits"])
+        assert s["first_load"] < 150 and s["local"] == 0 and s["ctas_per_sm"] >= 2, (bucket, s)
 
 
 # ----------------------------------------------------------------------------- SGLang hook (fake layers)

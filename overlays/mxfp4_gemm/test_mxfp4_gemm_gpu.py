@@ -141,6 +141,18 @@ def test_fused_swz_matches_qdq_input_bitwise(m: int, n: int, k: int):
     assert torch.equal(fused, gemm.mxfp4_gemm(qdq_mxfp4(a), w2, s2, quant_a=False, config=cfg, w_layout=lay))
 
 
+@pytest.mark.skipif(bool(torch.version.hip), reason="swz128 is the sm90 layout")
+def test_fp16_activations_quantize_exactly():
+    """fp16 A (the hook accepts it) takes the fp32 rule, not the bf16x2 PTX (a bf16 cast would round it first)."""
+    a, w, ws = _case(16, 2112, 7168, seed=7)
+    a16 = (a.float() * 3.0).half()
+    w2, s2, lay = gemm.relayout_weight(w, ws)
+    cfg = gemm.pick_config(16, 2112, 7168, gemm.config_arch(a.device))
+    fused = gemm.mxfp4_gemm(a16, w2, s2, config=cfg, w_layout=lay)
+    assert torch.equal(fused, gemm.mxfp4_gemm(qdq_mxfp4(a16), w2, s2, quant_a=False, config=cfg, w_layout=lay))
+    _check(fused, mxfp4_gemm_ref(a16, w, ws))
+
+
 def test_split_k_is_deterministic_and_w4a16():
     a, w, ws = _case(8, 2112, 7168, seed=13)
     first = gemm.mxfp4_gemm(a, w, ws)
