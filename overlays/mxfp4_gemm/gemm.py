@@ -63,7 +63,7 @@ def split_k(cfg: dict[str, Any], tiles: int, k_tiles: int, sms: int) -> int:
     cap = min(max(1, k_tiles // int(cfg.get("MIN_K_TILES", 2))), 32)
     if s <= 0 and cfg.get("CTAS_PER_SM"):
         warps = int(cfg.get("num_warps", 4))
-        sat = max(1, min(int(cfg["CTAS_PER_SM"]), math.ceil(SAT_WARPS / warps)))
+        sat = max(1, min(int(cfg["CTAS_PER_SM"]), max(2, math.ceil(SAT_WARPS / warps))))
         red = red_unroll(int(cfg.get("BLOCK_M", 16)), int(cfg.get("BLOCK_N", 64)), warps)
         s = min(range(1, cap + 1), key=lambda c: (_sm_cost(tiles, k_tiles, c, sms, sat, red), c))
     elif s <= 0:
@@ -72,7 +72,9 @@ def split_k(cfg: dict[str, Any], tiles: int, k_tiles: int, sms: int) -> int:
     return math.ceil(k_tiles / math.ceil(k_tiles / s))  # no empty splits
 
 
-SAT_WARPS = 8  # warps per SM (2 per scheduler) from which a decode SM is taken as issue-bound rather than latency-bound
+# A decode SM is taken as issue-bound (rather than latency-bound) from SAT_WARPS warps (2 per scheduler) and 2 CTAs
+# on it: each K step has CTA-wide barriers and a wgmma wait, which another CTA's warps fill.
+SAT_WARPS = 8
 RED_REGS = 64  # fp32 registers per thread the split-K reduction may hold in flight (RED partials per round)
 
 
