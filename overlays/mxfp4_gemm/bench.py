@@ -193,32 +193,35 @@ def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor, peak: float
     return rows
 
 
-# One row per (shape, variant); the shapes cover each decode bucket with big and small weights (the route choice).
-SWEEP_SHAPES = ((1, 36864, 7168), (16, 7168, 16384), (16, 2112, 7168), (4, 2880, 512), (16, 32768, 512),
-                (1, 24576, 1536), (64, 7168, 2048), (64, 4096, 7168), (32, 4096, 512))  # fmt: skip
+# One row per (shape, variant): DeepSeek-R1 TP8-slice decode shapes (each decode bucket, weights of 0.6-8 MB) and
+# one big weight.
+SWEEP_SHAPES = ((1, 2112, 7168), (16, 2112, 7168), (64, 7168, 2048), (1, 3072, 1536), (16, 4608, 7168),
+                (1, 7168, 2304), (32, 4096, 512), (4, 2880, 512), (1, 36864, 7168))  # fmt: skip
 # Each variant overrides the config on the table's weight layout (sm90: swz128, with the bucket's "swz" overrides)
-# unless it names "w_layout": the round-2 plain layout, the route (fused A-quant vs a quantizer launch, under
-# graphs), the split-K policy (old "~2 CTAs per SM" rule, none), pipeline depth (occupancy), tiles.
+# unless it names "w_layout": the plain layout, the route (one fused launch vs a quantizer launch then the GEMM),
+# the split-K policy (round 2's "~2 CTAs per SM" rule, none), pipeline depth, and the decode tile (round 3's
+# 64 x 256, 64 x 128, two warpgroups on 128 or 256 weight rows).
 SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"w_layout": "plain"},
-    "plain_bk64_st6": {"w_layout": "plain", "BLOCK_K": 64, "num_stages": 6},
-    "fused": {"route": "fused"},
-    "prequant": {"route": "prequant", "fused_below_nk": 0},
+    "prequant": {"route": "prequant"},
     "old_split": {"CTAS_PER_SM": 0},
     "sk1": {"SPLIT_K": 1},
     "st3": {"num_stages": 3},
     "st6": {"num_stages": 6},
-    "bk256_st4": {"BLOCK_K": 256, "num_stages": 4},
-    "bn128w8": {"BLOCK_N": 128, "num_warps": 8, "num_stages": 4},
+    "bn64_bk256": {"BLOCK_N": 64, "BLOCK_K": 256, "num_warps": 4, "num_stages": 4},
+    "bn64": {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},
+    "bn128w8": {"BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 4},
+    "bn256w8": {"BLOCK_N": 256, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
 }
-# Resident CTAs per SM (ptxas sm_90a registers and shared memory, PERF.md) of the variants that change them, by
-# bucket, for the wave-balanced split-K.
+# Resident CTAs per SM (ptxas sm_90a registers and shared memory of the fused swz128 kernel, PERF.md) of the
+# variants that change them, by bucket, for the wave-balanced split-K.
 VARIANT_CTAS = {
-    "plain_bk64_st6": {"16": 8, "32": 6, "64": 3},
-    "st3": {"16": 9, "32": 6, "64": 3},
-    "st6": {"16": 4, "32": 2, "64": 2},
-    "bk256_st4": {"16": 3, "32": 2, "64": 1},
-    "bn128w8": {"16": 3, "32": 2, "64": 1},
+    "st3": {"16": 3, "32": 2, "64": 2},
+    "st6": {"16": 3, "32": 2, "64": 1},
+    "bn64_bk256": {"16": 3, "32": 2, "64": 1},
+    "bn64": {"16": 6, "32": 4, "64": 2},
+    "bn128w8": {"16": 3, "32": 2, "64": 2},
+    "bn256w8": {"16": 1, "32": 1, "64": 1},
 }
 
 

@@ -15,16 +15,18 @@ EXPECT_BF16 = {"gfx950": r"v_mfma_f32_\w+bf16", "sm90": EXPECT["sm90"]}
 
 GEMM_SIG = {
     "a_ptr": "*bf16", "as_ptr": "*u8", "w_ptr": "*u8", "ws_ptr": "*u8", "c_ptr": "*bf16", "part_ptr": "*fp32",
-    "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "split_k": "i32", "stride_am": "i32", "stride_asm": "i32",
+    "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "split_k": "i32", "k_per_split": "i32", "stride_am": "i32",
+    "stride_asm": "i32",
     "stride_ask": "i32", "stride_wn": "i32", "stride_wsn": "i32", "stride_cm": "i32",
 }  # fmt: skip
 CONST_KEYS = ("A_MODE", "DOT_SCALED", "DOT_F32", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT", "GROUP", "EVEN_K",
-              "W_DEQ", "W_ASM", "W_MUL1")  # fmt: skip
+              "W_DEQ", "W_ASM", "W_MUL1", "A_ASM", "RED")  # fmt: skip
 
 
 def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: int,
               layout: str = "plain") -> CompileSpec:  # fmt: skip
     from speedrun.overlays.arch import launch_options
+    from speedrun.overlays.mxfp4_gemm.gemm import red_unroll
     from speedrun.overlays.mxfp4_gemm.kernel import mxfp4_gemm_kernel
 
     dot_scaled = arch == "gfx950" and a_mode != 0
@@ -32,7 +34,9 @@ def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: i
               "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "SPLIT": split_k > 1,
               "GROUP": cfg.get("GROUP", 1), "EVEN_K": True,
               "W_DEQ": 0 if dot_scaled else (2 if cfg.get("deq") == 3 and cfg["BLOCK_K"] < 128 else cfg.get("deq", 0)),
-              "W_ASM": not dot_scaled and arch == "sm90" and int(cfg.get("deq", 0)) > 0, "W_MUL1": False}  # fmt: skip
+              "W_ASM": not dot_scaled and arch == "sm90" and int(cfg.get("deq", 0)) > 0, "W_MUL1": False,
+              "A_ASM": arch == "sm90" and a_mode == 1,
+              "RED": red_unroll(cfg["BLOCK_M"], cfg["BLOCK_N"], int(cfg.get("num_warps", 4)))}  # fmt: skip
     if layout != "plain":  # swz128 weights (gemm.relayout_weight): whole 128-wide chunks, word decode
         consts.update(W_DEQ=4, W_ASM=True, W_MUL1=layout == "swz128_mul1", BLOCK_K=max(cfg["BLOCK_K"], 128))
     sig = dict(GEMM_SIG)

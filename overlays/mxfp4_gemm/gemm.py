@@ -1,7 +1,8 @@
 """Host side of the MXFP4 GEMM: config lookup per (N, K) and M bucket, route choice, split-K, launch.
 
 Routes (per config entry, key "route"):
-- "fused": one launch; bf16 activations are quantized to MXFP4 inside the GEMM's A-load (decode sizes).
+- "fused": one launch; bf16 activations are quantized to MXFP4 inside the GEMM's A-load. Every decode bucket
+  (M <= 64) on both archs: one kernel per call, split-K reduced in the same launch (PERF.md, round 4).
 - "prequant": one quantizer launch, then the GEMM reads quantized A (large M: each A element is quantized once
   instead of once per N tile). sm90 writes dequant(quant(A)) as bf16; gfx950 writes codes + scales.
 - "dequant_w" (sm90 only): quantize A and dequantize W to bf16 with our kernels, then cuBLAS bf16 (prefill, where
@@ -57,25 +58,38 @@ def pick_config(m: int, n: int, k: int, arch: str) -> dict[str, Any]:
 def split_k(cfg: dict[str, Any], tiles: int, k_tiles: int, sms: int) -> int:
     """Explicit SPLIT_K, else auto. Auto without "CTAS_PER_SM": enough splits for ~2 CTAs per SM. With
     "CTAS_PER_SM" (resident CTAs per SM, from ptxas registers / shared memory, see PERF.md): the split that
-    minimises `_waves_cost` over all SMs' slots (a partial last wave idles SMs: 576 tiles on 528 slots is 1.09
-    waves, i.e. two), ties to the smaller split. Both keep >= MIN_K_TILES per split, at most 32."""
+    minimises `_sm_cost`, ties to the smaller split. Both keep >= MIN_K_TILES per split, at most 32."""
     s = int(cfg.get("SPLIT_K", 0))
     cap = min(max(1, k_tiles // int(cfg.get("MIN_K_TILES", 2))), 32)
     if s <= 0 and cfg.get("CTAS_PER_SM"):
-        slots = sms * int(cfg["CTAS_PER_SM"])
-        s = min(range(1, cap + 1), key=lambda c: (_waves_cost(tiles, k_tiles, c, slots), c))
+        warps = int(cfg.get("num_warps", 4))
+        sat = max(1, min(int(cfg["CTAS_PER_SM"]), max(2, math.ceil(SAT_WARPS / warps))))
+        red = red_unroll(int(cfg.get("BLOCK_M", 16)), int(cfg.get("BLOCK_N", 64)), warps)
+        s = min(range(1, cap + 1), key=lambda c: (_sm_cost(tiles, k_tiles, c, sms, sat, red), c))
     elif s <= 0:
         s = 1 if tiles >= sms else min(math.ceil(2 * sms / tiles), cap)
     s = max(1, min(s, k_tiles))
     return math.ceil(k_tiles / math.ceil(k_tiles / s))  # no empty splits
 
 
-def _waves_cost(tiles: int, k_tiles: int, splits: int, slots: int) -> float:
-    """Waves x per-CTA work in K-tile iterations (latency-bound CTAs: a wave takes one CTA's time however full it
-    is): +2 per CTA for the pipeline fill, +1 for a split's partial store, + splits/2 for the last CTA's serial
-    reduction over the partials (one dependent L2 round trip per split)."""
-    per_cta = math.ceil(k_tiles / splits) + 2 + (splits > 1)
-    return math.ceil(tiles * splits / slots) * per_cta + (splits / 2 if splits > 1 else 0)
+# A decode SM is taken as issue-bound (rather than latency-bound) from SAT_WARPS warps (2 per scheduler) and 2 CTAs
+# on it: each K step has CTA-wide barriers and a wgmma wait, which another CTA's warps fill.
+SAT_WARPS = 8
+RED_REGS = 64  # fp32 registers per thread the split-K reduction may hold in flight (RED partials per round)
+
+
+def red_unroll(bm: int, bn: int, num_warps: int) -> int:
+    """Partials the last split loads per round (kernel RED): as many as fit RED_REGS per thread, 1..8."""
+    return max(1, min(8, RED_REGS * 32 * num_warps // (bm * bn)))
+
+
+def _sm_cost(tiles: int, k_tiles: int, splits: int, sms: int, sat: int, red: int) -> float:
+    """Time of the busiest SM in K-tile iterations of one CTA: its CTAs share its issue slots and bandwidth (decode
+    tiles are issue-bound once `sat` CTAs share an SM; below that a CTA runs no faster, so fewer count as `sat`), plus
+    the split-K tail: the last split's atomic (~1) and its reduction rounds (~1.5 each, an L2 round trip)."""
+    per_sm = max(math.ceil(tiles * splits / sms), sat)
+    tail = 0.0 if splits == 1 else 1 + 1.5 * math.ceil(splits / red)
+    return per_sm * math.ceil(k_tiles / splits) + tail
 
 
 def kernel_options(cfg: dict[str, Any], arch: str, device: torch.device) -> dict[str, Any]:
@@ -103,17 +117,21 @@ def launch_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Tensor, 
     bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), _block_k(cfg, k)
     if layout != "plain":
         bk = max(bk, 128)  # whole swz128 chunks
-    tiles = math.ceil(m / bm) * math.ceil(n / bn)
-    k_tiles = math.ceil(k / bk)
+    num_m, num_n = math.ceil(m / bm), math.ceil(n / bn)
+    tiles, k_tiles = num_m * num_n, math.ceil(k / bk)
     s = split_k(cfg, tiles, k_tiles, sm_count(out.device))
     part = torch.empty(tiles * s * bm * bn if s > 1 else 1, dtype=torch.float32, device=out.device)
     cnt = splitk_counters(out.device, tiles) if s > 1 else part
     sa = a_scale if a_scale is not None else w_scale  # unused pointer in modes 0/1
-    mxfp4_gemm_kernel[(tiles, s)](
-        a, sa, w, w_scale, out, part, cnt, m, n, k, s,
+    group = int(cfg.get("GROUP", 1))
+    grid = (num_n, s, num_m) if group == 1 else (tiles, s)  # kernel.mxfp4_gemm_kernel's two grid forms
+    asm = out.device.type == "cuda" and torch.version.hip is None
+    mxfp4_gemm_kernel[grid](
+        a, sa, w, w_scale, out, part, cnt, m, n, k, s, math.ceil(k_tiles / s),
         a.stride(0), sa.stride(0), sa.stride(1), w.stride(0), w_scale.stride(0), out.stride(0),
         A_MODE=a_mode, DOT_SCALED=dot_scaled, DOT_F32=out.device.type == "cpu", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        SPLIT=s > 1, GROUP=int(cfg.get("GROUP", 1)), EVEN_K=k % bk == 0,
+        SPLIT=s > 1, GROUP=group, EVEN_K=k % bk == 0, A_ASM=asm and a_mode == 1 and not dot_scaled,
+        RED=red_unroll(bm, bn, int(cfg.get("num_warps", 4))),
         **deq_flags({**cfg, "BLOCK_K": bk}, out.device, dot_scaled, layout), **kernel_options(cfg, arch, out.device),
     )  # fmt: skip
     return out

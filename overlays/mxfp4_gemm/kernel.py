@@ -2,7 +2,8 @@
 
 One kernel source, two constexpr switches:
 - A_MODE: 0 = bf16 A used as is (w4a16, or A already quantize-dequantized), 1 = bf16 A quantized to MXFP4 in the
-  A-load (w4a4, bit-exact with the reference quantizer), 2 = A already MXFP4 (packed codes + E8M0 scales).
+  A-load (w4a4, bit-exact with the reference quantizer; the dequant path multiplies the quantized values as bf16,
+  aquant.qdq_mxfp4_fast, A_ASM = its sm90 PTX), 2 = A already MXFP4 (packed codes + E8M0 scales).
 - DOT_SCALED: False = dequantize to bf16 in registers and tl.dot (sm90, and the interpreter); True = native scaled
   MFMA through tl.dot_scaled e2m1 x e2m1 (gfx950; A_MODE 1 and 2 only).
 - W_DEQ (dequant path only; config key "deq"): 0 = generic exact decode, interleaved; 1 = fast decode
@@ -13,7 +14,8 @@ Tiles are computed transposed (acc[BLOCK_N, BLOCK_M] = W . A^T): the weight rows
 batch of a few tokens only needs a narrow MMA N side (16 on sm90) instead of padding tokens to 64.
 Split-K is deterministic and single-launch (the split count is a runtime argument, so one binary serves every
 split count; the constexpr SPLIT only selects the epilogue): every split writes its fp32 partial tile, the last split
-to arrive (per-tile counter) sums all partials in split order and resets the counter to 0 for the next launch.
+to arrive (per-tile counter) sums all partials in split order, RED of them per L2 round trip, and resets the counter
+to 0 for the next launch. A decode call (M <= 64) is this one launch: A_MODE 1, split-K reduced in place.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import triton
 import triton.language as tl
 
 from speedrun.overlays.mx import triton_helpers as mx
+from speedrun.overlays.mxfp4_gemm.aquant import qdq_mxfp4_fast
 
 
 @triton.jit
@@ -115,7 +118,7 @@ def _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn,
 def _mma(acc, w_packed, w_scales, a, a_scales,
          A_MODE: tl.constexpr, DOT_SCALED: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr,
          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_DEQ: tl.constexpr, W_ASM: tl.constexpr,
-         W_MUL1: tl.constexpr):  # fmt: skip
+         W_MUL1: tl.constexpr, A_ASM: tl.constexpr = False):  # fmt: skip
     """acc[BLOCK_N, BLOCK_M] += W_tile . A_tile^T for one K step."""
     if DOT_SCALED:
         if A_MODE == 1:
@@ -125,24 +128,27 @@ def _mma(acc, w_packed, w_scales, a, a_scales,
         return tl.dot_scaled(w_packed, w_scales, "e2m1", tl.trans(a_packed), a_sc, "e2m1", acc)
     if W_DEQ == 4:  # if/elif/else, not early returns: Triton still traces the code after a constexpr return
         w = mx.mxfp4_swz_words_bf16(w_packed, w_scales, BLOCK_N, BLOCK_K, W_ASM, W_MUL1)
-        acc = _dot(acc, w, _a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K), DOT_F32)
+        acc = _dot(acc, w, _a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K, A_ASM), DOT_F32)
     elif W_DEQ == 3:
-        acc = _mma_words(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM)
+        acc = _mma_words(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM, A_ASM)
     elif W_DEQ == 2:
-        acc = _mma_halves(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM)
+        acc = _mma_halves(
+            acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K, W_ASM, A_ASM
+        )
     else:
         if W_DEQ == 1:
             w = mx.mxfp4_to_bf16_fast(w_packed, w_scales, BLOCK_N, BLOCK_K, W_ASM)
         else:
             w = mx.mxfp4_to_bf16(w_packed, w_scales, BLOCK_N, BLOCK_K)
-        acc = _dot(acc, w, _a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K), DOT_F32)
+        acc = _dot(acc, w, _a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K, A_ASM), DOT_F32)
     return acc
 
 
 @triton.jit
-def _a_bf16(a, a_scales, A_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    if A_MODE == 1:
-        return mx.qdq_mxfp4_bf16(a.to(tl.float32), BLOCK_M, BLOCK_K)
+def _a_bf16(a, a_scales, A_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+            A_ASM: tl.constexpr = False):  # fmt: skip
+    if A_MODE == 1:  # the reference quantizer's values (aquant.py); A_ASM: the sm90 bf16x2 PTX
+        return qdq_mxfp4_fast(a, BLOCK_M, BLOCK_K, A_ASM)
     elif A_MODE == 2:
         return mx.mxfp4_to_bf16(a, a_scales, BLOCK_M, BLOCK_K)
     else:
@@ -151,14 +157,15 @@ def _a_bf16(a, a_scales, A_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: t
 
 @triton.jit
 def _mma_halves(acc, w_packed, w_scales, a, a_scales, A_MODE: tl.constexpr, DOT_F32: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_ASM: tl.constexpr):  # fmt: skip
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_ASM: tl.constexpr,
+                A_ASM: tl.constexpr):  # fmt: skip
     """W_DEQ=2: W decoded as (even-K, odd-K) halves, never interleaved back; A split the same way (A is the small
     operand at decode sizes, so any shuffle lands there), then two K/2 dots."""
     w_lo, w_hi = mx.mxfp4_halves_bf16(w_packed, w_scales, BLOCK_N, BLOCK_K, W_ASM)
     if A_MODE == 2:
         a_lo, a_hi = mx.mxfp4_halves_bf16(a, a_scales, BLOCK_M, BLOCK_K, False)
     else:
-        a_lo, a_hi = mx.split_k_pairs(_a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K), BLOCK_M, BLOCK_K)
+        a_lo, a_hi = mx.split_k_pairs(_a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K, A_ASM), BLOCK_M, BLOCK_K)
     if DOT_F32:
         acc = tl.dot(w_lo.to(tl.float32), tl.trans(a_lo.to(tl.float32)), acc)
         return tl.dot(w_hi.to(tl.float32), tl.trans(a_hi.to(tl.float32)), acc)
@@ -175,11 +182,12 @@ def _dot(acc, w, a, DOT_F32: tl.constexpr):
 
 @triton.jit
 def _mma_words(acc, w_words, w_scales, a, a_scales, A_MODE: tl.constexpr, DOT_F32: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_ASM: tl.constexpr):  # fmt: skip
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_ASM: tl.constexpr,
+               A_ASM: tl.constexpr):  # fmt: skip
     """W_DEQ=3: W read as int32 words (8 codes each, no byte packing in registers), decoded into 8 tensors of K
     positions 8j+i; A split the same way; eight K/8 dots (BLOCK_K >= 128)."""
     w0, w1, w2, w3, w4, w5, w6, w7 = mx.mxfp4_words_bf16(w_words, w_scales, BLOCK_N, BLOCK_K, W_ASM)
-    a_bf16 = _a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K)
+    a_bf16 = _a_bf16(a, a_scales, A_MODE, BLOCK_M, BLOCK_K, A_ASM)
     a0, a1, a2, a3, a4, a5, a6, a7 = mx.split_k_octets(a_bf16, BLOCK_M, BLOCK_K)
     acc = _dot(acc, w0, a0, DOT_F32)
     acc = _dot(acc, w1, a1, DOT_F32)
@@ -194,22 +202,28 @@ def _mma_words(acc, w_words, w_scales, a, a_scales, A_MODE: tl.constexpr, DOT_F3
 @triton.jit
 def mxfp4_gemm_kernel(
     a_ptr, as_ptr, w_ptr, ws_ptr, c_ptr, part_ptr, cnt_ptr,
-    M, N, K, split_k,
+    M, N, K, split_k, k_per_split,
     stride_am, stride_asm, stride_ask, stride_wn, stride_wsn, stride_cm,
     A_MODE: tl.constexpr, DOT_SCALED: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr, W_DEQ: tl.constexpr = 0,
-    W_ASM: tl.constexpr = False, W_MUL1: tl.constexpr = False,
+    W_ASM: tl.constexpr = False, W_MUL1: tl.constexpr = False, A_ASM: tl.constexpr = False, RED: tl.constexpr = 1,
 ):  # fmt: skip
-    pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP)
+    """Grid: GROUP 1 -> (N tiles, splits, M tiles), no index arithmetic; else (tiles, splits) in grouped order.
+    `k_per_split` (K tiles per split) comes from the host: no division in the prologue, which issues the first
+    weight loads sooner (decode CTAs run only a few K tiles)."""
+    if GROUP == 1:
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(2)
+    else:
+        pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP)
     pid_k = tl.program_id(1)
-    # Rows past the edge wrap around (loads stay in bounds, no masks); their results are never stored.
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(k_tiles, split_k)
-    kt0 = pid_k * per_split
-    kt1 = min(kt0 + per_split, k_tiles)
+    # Rows past the edge are clamped to the last row (loads stay in bounds, no masks); their results are never
+    # stored. A clamp is one instruction per row, a modulo by a runtime M or N ~20.
+    offs_m = tl.minimum(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), M - 1)
+    offs_n = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
+    kt0 = pid_k * k_per_split
+    kt1 = min(kt0 + k_per_split, tl.cdiv(K, BLOCK_K))
 
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for kt in range(kt0, kt1):
@@ -223,7 +237,7 @@ def mxfp4_gemm_kernel(
         a, a_scales = _load_a(a_ptr, as_ptr, offs_m, k0, K, stride_am, stride_asm, stride_ask,
                               A_MODE, BLOCK_M, BLOCK_K, EVEN_K)  # fmt: skip
         acc = _mma(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_SCALED, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K,
-                   W_DEQ, W_ASM, W_MUL1)  # fmt: skip
+                   W_DEQ, W_ASM, W_MUL1, A_ASM)  # fmt: skip
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -231,14 +245,14 @@ def mxfp4_gemm_kernel(
     c_mask = (rm[None, :] < M) & (rn[:, None] < N)
     if SPLIT:
         _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N, split_k,
-                          BLOCK_M, BLOCK_N)  # fmt: skip
+                          BLOCK_M, BLOCK_N, RED)  # fmt: skip
     else:
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
 @triton.jit
 def _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N, split_k,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RED: tl.constexpr):  # fmt: skip
     tile = pid_m * tl.cdiv(N, BLOCK_N) + pid_n
     tile_elems = BLOCK_N * BLOCK_M
     local = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
@@ -249,8 +263,13 @@ def _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_
     arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
     if arrived == split_k - 1:
         total = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for s in range(split_k):  # fixed order: the sum does not depend on which split came last
-            total += tl.load(base + s * tile_elems + local, cache_modifier=".cg")
+        # Fixed order 0, 1, 2, ...: the sum does not depend on which split came last. RED partials per round are
+        # loaded before any is added (one L2 round trip per RED splits, not per split: this serial tail is on
+        # every split-K call's critical path); past the last split the loads give -0.0, which adds exactly.
+        for s0 in range(0, split_k, RED):
+            for i in tl.static_range(RED):
+                total += tl.load(base + (s0 + i) * tile_elems + local, mask=s0 + i < split_k, other=-0.0,
+                                 cache_modifier=".cg")  # fmt: skip
         tl.store(c_ptrs, total.to(c_ptrs.dtype.element_ty), mask=c_mask)
         tl.atomic_xchg(cnt_ptr + tile, 0)
 

@@ -25,6 +25,7 @@ from speedrun.overlays.mx.format import dequant_mxfp4  # noqa: E402
 from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4  # noqa: E402
 from speedrun.overlays.mxfp4_gemm import gemm, hook  # noqa: E402
 from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight  # noqa: E402
+from speedrun.overlays.mxfp4_gemm.shapes import DEEPSEEK_NK  # noqa: E402
 
 interpreter.patch()
 SMALL = {"route": "fused", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1, "GROUP": 1}
@@ -100,12 +101,26 @@ def test_w4a16_and_prequantized_column_major_scales():
     _close(out, mxfp4_gemm_ref(packed, w.cpu(), ws.cpu(), a_scale=scales))
 
 
+@pytest.mark.parametrize("group", [1, 2])
 @pytest.mark.parametrize("m,n,k", [(1, 16, 64), (17, 40, 96), (33, 24, 160)])
-def test_edges_ragged_m_n_and_k(m: int, n: int, k: int):
+def test_edges_ragged_m_n_and_k(m: int, n: int, k: int, group: int):
+    """Clamped edge rows and both grid forms (GROUP 1: (N tiles, splits, M tiles); else grouped tiles)."""
     a, w, ws = _case(m, n, k, seed=m)
-    out = gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "SPLIT_K": 2})
+    out = gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "SPLIT_K": 2, "GROUP": group})
     assert out.shape == (m, n)
     _close(out, mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu()))
+
+
+def test_split_k_reduction_rounds_keep_split_order():
+    """More splits than partials per reduction round (RED): masked tail loads add exactly, the result is the fixed
+    split-order sum whatever split arrives last (same bits on every run) and the counters are left zeroed."""
+    a, w, ws = _case(3, 16, 640, seed=29)
+    cfg = {**SMALL, "SPLIT_K": 10, "BLOCK_N": 64}  # RED = 64 * 128 // (16 * 64) = 8: rounds of 8 and 2
+    assert gemm.red_unroll(16, 64, 4) == 8
+    first = gemm.mxfp4_gemm(a, w, ws, config=cfg)
+    _close(first, mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu()))
+    assert torch.equal(first, gemm.mxfp4_gemm(a, w, ws, config=cfg))
+    assert int(splitk_counters(a.device, 1).abs().sum()) == 0
 
 
 def test_split_k_counters_are_left_zero_and_reused():
@@ -149,7 +164,7 @@ def test_config_tables_are_complete(arch: str):
 def test_pick_config_buckets_and_split_k():
     assert gemm.bucket_of(1) == "16" and gemm.bucket_of(17) == "32" and gemm.bucket_of(5000) == "max"
     assert gemm.route_for(gemm.pick_config(4, 2880, 512, "sm90"), 2880, 512) == "fused"
-    assert gemm.route_for(gemm.pick_config(1, 36864, 7168, "sm90"), 36864, 7168) == "prequant"
+    assert gemm.route_for(gemm.pick_config(1, 36864, 7168, "sm90"), 36864, 7168) == "fused"
     assert gemm.pick_config(16384, 2112, 7168, "sm90")["BLOCK_M"] >= 128
     cfg = {"SPLIT_K": 0, "MIN_K_TILES": 2}
     assert gemm.split_k(cfg, tiles=33, k_tiles=28, sms=132) == 7  # ceil(264/33)=8 -> 7 splits of 4 tiles
@@ -157,19 +172,38 @@ def test_pick_config_buckets_and_split_k():
     assert gemm.split_k({"SPLIT_K": 5}, tiles=1, k_tiles=3, sms=132) == 3
 
 
-def test_wave_balanced_split_k_and_routes_per_bucket():
-    waves = {"SPLIT_K": 0, "MIN_K_TILES": 2, "CTAS_PER_SM": 4}
-    # 576 tiles on 528 slots: split 1 is two waves of 56 K tiles (the second 9% full); split 4 is 5 waves of 14.
-    assert gemm.split_k(waves, tiles=576, k_tiles=56, sms=132) == 4
-    assert gemm.split_k(waves, tiles=384, k_tiles=12, sms=132) == 1  # one full-enough wave: no partials
-    assert gemm.split_k(waves, tiles=112, k_tiles=128, sms=132) == 4  # 448 CTAs <= 528 slots
+def test_sm_balanced_split_k_and_routes_per_bucket():
+    dec = {"SPLIT_K": 0, "MIN_K_TILES": 2, "CTAS_PER_SM": 3, "BLOCK_M": 16, "BLOCK_N": 128, "num_warps": 4}
+    # 1 x 2112 x 7168 (17 tiles x 56 K tiles): 14 splits of 4 K tiles put 2 CTAs on most SMs (the saturating 8 warps)
+    # with a 2-round reduction; 7 splits leave 1 CTA per SM twice as long.
+    assert gemm.split_k(dec, tiles=17, k_tiles=56, sms=132) == 14
+    assert gemm.split_k(dec, tiles=264, k_tiles=56, sms=132) == 1  # 2 CTAs per SM already: no partials
+    assert gemm.split_k(dec, tiles=288, k_tiles=56, sms=132) == 4  # 3 on some SMs, 2 on others: split to balance
+    assert gemm.split_k({**dec, "MIN_K_TILES": 4}, tiles=17, k_tiles=4, sms=132) == 1  # >= MIN_K_TILES per split
     for tiles, kt in [(33, 56), (112, 16), (576, 56), (7, 3)]:
-        s = gemm.split_k(waves, tiles=tiles, k_tiles=kt, sms=132)
+        s = gemm.split_k(dec, tiles=tiles, k_tiles=kt, sms=132)
         assert 1 <= s <= min(kt, 32) and kt // s >= 1
-    # M = 64 never fuses the A-quant (loop 1575 vs 471 instructions); M <= 32 fuses below 4M codes only.
-    assert gemm.route_for(gemm.pick_config(64, 7168, 2048, "sm90"), 7168, 2048) == "prequant"
-    assert gemm.route_for(gemm.pick_config(32, 4096, 512, "sm90"), 4096, 512) == "fused"
-    assert gemm.route_for(gemm.pick_config(16, 2112, 7168, "sm90"), 2112, 7168) == "prequant"
+    assert gemm.red_unroll(16, 128, 4) == 4 and gemm.red_unroll(16, 16, 4) == 8 and gemm.red_unroll(64, 256, 4) == 1
+    # Decode (M <= 64): one launch for every weight, the A-quant fused; prefill buckets pre-quantize A.
+    for m in (1, 16, 32, 64):
+        for n, k in DEEPSEEK_NK.values():
+            assert gemm.route_for(gemm.pick_config(m, n, k, "sm90"), n, k) == "fused", (m, n, k)
+            assert gemm.route_for(gemm.pick_config(m, n, k, "gfx950"), n, k) == "fused", (m, n, k)
+    assert gemm.route_for(gemm.pick_config(128, 7168, 2048, "sm90"), 7168, 2048) == "prequant"
+
+
+def test_decode_call_is_one_launch(monkeypatch):
+    """The tables' own decode configs: the quantizer kernel never runs and split-K reduces in the GEMM launch."""
+    launches = []
+    real = gemm.launch_gemm
+    monkeypatch.setattr(gemm, "quantize", lambda *a, **k: pytest.fail("decode must not launch the quantizer"))
+    monkeypatch.setattr(gemm, "launch_gemm", lambda *a, **k: launches.append(a[5]) or real(*a, **k))
+    a, w, ws = _case(3, 256, 1024, seed=23)
+    w2, s2, lay = gemm.relayout_weight(w, ws)
+    ref = mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu())
+    _close(gemm.mxfp4_gemm(a, w2, s2, w_layout=lay), ref)
+    _close(gemm.mxfp4_gemm(a, w, ws), ref)
+    assert launches == [1, 1]  # A_MODE 1 (fused A-quant), once per call
 
 
 def test_maxnreg_is_a_cuda_launch_option_only():
@@ -190,10 +224,11 @@ def test_sweep_variants_are_valid_configs():
     b16 = table["default"]["16"]
     cfg, layout = variant_config(b16, "config", "16", "swz128")
     assert layout == "swz128" and cfg == b16
-    cfg, layout = variant_config(b16, "st3", "16", "swz128")  # swz128 weights: the knobs go into the "swz" overrides
-    assert cfg["swz"] == {**b16["swz"], "num_stages": 3, "CTAS_PER_SM": 9} and cfg["num_stages"] == b16["num_stages"]
-    cfg, layout = variant_config(b16, "plain_bk64_st6", "16", "swz128")
-    assert layout == "plain" and cfg["BLOCK_K"] == 64 and cfg["CTAS_PER_SM"] == 8 and cfg["num_stages"] == 6
+    cfg, layout = variant_config(b16, "bn64", "16", "swz128")  # swz128 weights: the knobs go into the "swz" overrides
+    assert cfg["swz"] == {**b16["swz"], **SWEEP_VARIANTS["bn64"], "CTAS_PER_SM": 6}
+    assert cfg["BLOCK_N"] == b16["BLOCK_N"] and layout == "swz128"
+    cfg, layout = variant_config(b16, "plain", "16", "swz128")
+    assert layout == "plain" and cfg == b16
     assert gemm.weight_layout("sm90") == "swz128" and gemm.weight_layout("gfx950") == "plain"
 
 
@@ -204,7 +239,7 @@ def test_sweep_rows_feed_kernels_tune():
     from speedrun.overlays.readiness import tune
 
     table = json.loads((Path(gemm.__file__).parent / "configs" / "sm90.json").read_text())
-    times = {"config": 10.0, "st3": 8.0, "fused": 12.0, "plain": 5.0}
+    times = {"config": 10.0, "st3": 8.0, "prequant": 12.0, "plain": 5.0}
     rows = []
     for m, n, k in [(1, 36864, 7168), (16, 2112, 7168)]:
         for name, us in times.items():
@@ -259,6 +294,19 @@ def test_compile_every_config(arch: str):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads(proc.stdout)
     assert result["specs"][arch] >= 10 and result["failures"][arch] == []
+
+
+def test_decode_loop_sass_streams_without_serialized_wgmma():
+    """sm90 SASS of the served decode configs (swz128, fused A-quant): the wgmmas of a K step issue back to back
+    (one wait per step; ptxas serializes register-A wgmma after each one when the dot is pipelined async), the first
+    weight load comes early (no integer divisions in the prologue), no spills, >= 2 CTAs per SM."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.overlays.mxfp4_gemm.sass", "--json", "16", "64"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for bucket, s in json.loads(proc.stdout).items():
+        assert s["mma"] >= 8 and s["mma_waits"] == 1, (bucket, s["mma"], s["mma_waits"])
+        assert s["first_load"] < 150 and s["local"] == 0 and s["ctas_per_sm"] >= 2, (bucket, s)
 
 
 # ----------------------------------------------------------------------------- SGLang hook (fake layers)

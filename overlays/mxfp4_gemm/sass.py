@@ -1,0 +1,134 @@
+"""Offline SASS of the sm90 decode GEMM (no GPU): per bucket, the K loop's instructions by opcode, wgmma waits in the
+loop, registers, shared memory, CTAs per SM, and how many instructions run before the first weight load.
+
+Compiles the bucket's swz128 config as the hook serves it (gemm_spec, JIT-like alignment), disassembles the cubin
+with the nvdisasm in Triton's wheel and takes the longest backward branch as the K loop.
+
+    python -m speedrun.overlays.mxfp4_gemm.sass [--route fused|prequant] [--json] [BUCKET ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from speedrun.overlays.arch import load_configs
+
+DECODE_BUCKETS = ("16", "32", "64")
+
+
+@dataclass
+class LoopStats:
+    loop: int  # instructions per K iteration (per thread)
+    ops: dict[str, int] = field(default_factory=dict)  # opcode -> count in the loop
+    mma: int = 0  # HGMMA / HMMA in the loop
+    mma_waits: int = 0  # WARPGROUP.DEPBAR in the loop: 1 = wgmmas back to back, one per wgmma = serialized
+    first_load: int = 0  # instructions before the first global load (LDGSTS / LDG)
+    regs: int = 0
+    local: int = 0  # spill bytes per thread
+    shared: int = 0
+    ctas_per_sm: int = 0
+    warps: int = 4
+    block: tuple[int, int, int] = (0, 0, 0)
+
+    def per_kib(self) -> float:
+        """Warp-instructions per KiB of weight codes: the issue cost of streaming the weight."""
+        return self.loop * self.warps / (self.block[1] * self.block[2] / 2 / 1024)
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+def disassemble(cubin: bytes) -> tuple[list[str], dict[str, int], str]:
+    """(instructions in order, branch label -> index of the instruction it marks, cuobjdump resource usage)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    labels, instrs = {}, []
+    for line in text.splitlines():
+        if m := re.match(r"\s*\.(L_x_\d+):", line):
+            labels[m.group(1)] = len(instrs)
+        elif m := re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;", line):
+            instrs.append(m.group(1))
+    return instrs, labels, res
+
+
+def _opcode(ins: str) -> str:
+    return re.sub(r"^@!?U?P[T0-9]+\s+", "", ins.strip()).split(" ")[0].split(".")[0]
+
+
+def loop_stats(cfg: dict[str, Any], a_mode: int = 1) -> LoopStats:
+    """Compile one decode config (swz128 weights, split epilogue) for sm90 and read its K loop."""
+    from speedrun.overlays.aot import compile_spec
+    from speedrun.overlays.mxfp4_gemm.compile import gemm_spec
+    from speedrun.overlays.readiness.resources import sm90_occupancy
+
+    res = compile_spec(gemm_spec("sass", cfg, a_mode, "sm90", 2, layout="swz128_mul1"), "sm90")
+    if not res.ok:
+        raise RuntimeError(res.error)
+    instrs, labels, usage = disassemble(res.binary)
+    loops = [(labels[m.group(1)], i) for i, s in enumerate(instrs)
+             if (m := re.search(r"BRA\s+`?\(?\.?(L_x_\d+)", s)) and labels.get(m.group(1), i + 1) <= i]  # fmt: skip
+    start, end = max(loops, key=lambda lo: lo[1] - lo[0])
+    body = instrs[start : end + 1]
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    warps = int(cfg.get("num_warps", 4))
+    return LoopStats(
+        loop=len(body), ops=dict(collections.Counter(map(_opcode, body)).most_common()),
+        mma=sum(_opcode(s) in ("HGMMA", "HMMA") for s in body), mma_waits=sum("WARPGROUP.DEPBAR" in s for s in body),
+        first_load=next(i for i, s in enumerate(instrs) if _opcode(s) in ("LDGSTS", "LDG")), regs=regs,
+        local=int(re.search(r"LOCAL:(\d+)", usage).group(1)) + int(re.search(r"STACK:(\d+)", usage).group(1)),
+        shared=res.shared or 0, ctas_per_sm=sm90_occupancy(regs, (res.shared or 0) + 1024, warps)[0], warps=warps,
+        block=(int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), max(int(cfg["BLOCK_K"]), 128)),
+    )  # fmt: skip
+
+
+def served_config(bucket: str) -> dict[str, Any]:
+    """The sm90 table's config for a bucket with its swz128 overrides (what the hook's weights run)."""
+    base = load_configs("mxfp4_gemm", "sm90")["default"][bucket]
+    return {**base, **base.get("swz", {})}
+
+
+def table(buckets: tuple[str, ...] = DECODE_BUCKETS, a_mode: int = 1) -> str:
+    rows = ["| bucket | tile MxNxK, warps, stages | loop instr | warp-instr / KiB W | mma / waits | regs | spill B | "
+            "smem KiB | CTAs/SM | instr before 1st load | top opcodes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for b in buckets:
+        cfg = served_config(b)
+        s = loop_stats(cfg, a_mode)
+        top = ", ".join(f"{k} {v}" for k, v in list(s.ops.items())[:6])
+        rows.append(f"| {b} | {'x'.join(map(str, s.block))}, {s.warps}w, {cfg.get('num_stages')}st | {s.loop} | "
+                    f"{s.per_kib():.0f} | {s.mma} / {s.mma_waits} | {s.regs} | {s.local} | {s.shared // 1024} | "
+                    f"{s.ctas_per_sm} | {s.first_load} | {top} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("buckets", nargs="*", default=list(DECODE_BUCKETS))
+    ap.add_argument("--route", choices=("fused", "prequant"), default="fused", help="A_MODE 1 (fused) or 0")
+    ap.add_argument("--json", action="store_true", help="one LoopStats dict per bucket instead of the table")
+    args = ap.parse_args(argv)
+    mode = 1 if args.route == "fused" else 0
+    if args.json:
+        print(json.dumps({b: asdict(loop_stats(served_config(b), mode)) for b in args.buckets}))
+    else:
+        print(table(tuple(args.buckets), mode))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
