@@ -46,9 +46,27 @@ def launch(
     timeout: Annotated[float, typer.Option(help="seconds to wait for /health")] = 1200.0,
     out: Annotated[Path, typer.Option(help="folder for the server log and overlay reports")] = Path(".runs/launch"),
     check: Annotated[bool, typer.Option("--check", help="once healthy: one request, show reports, stop")] = False,
+    node_rank: Annotated[
+        int | None, typer.Option("--node-rank", min=0, help="deployment: this node's share only (0: + router)")
+    ] = None,
+    hosts: Annotated[
+        str | None, typer.Option("--hosts", help="deployment: the nodes' addresses, comma-separated, rank order")
+    ] = None,
 ) -> None:
-    """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports."""
+    """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports. A recipe
+    with a `deployment` starts this node's servers and, on node 0, SGLang's router (--port is the router's)."""
     r = recipe_or_fail(recipe)
+    if r.deployment is not None:
+        from speedrun.launch.deploy_cmd import launch_deployment
+
+        if not dry_run and importlib.util.find_spec("sglang") is None:
+            fail("sglang is not installed here: pip install -e '.[serve]' (or use the GPU-host bundle, see README)")
+        model = str(_model_path(r, baseline, generate=not dry_run))
+        launch_deployment(r, baseline, dry_run=dry_run, node_rank=node_rank, hosts=hosts, host=host, port=port,
+                          timeout=timeout, out=out, check=check, model_path=model)  # fmt: skip
+        return
+    if node_rank is not None or hosts is not None:
+        fail(f"--node-rank/--hosts: {r.name} has no deployment section (one server on this machine)")
     if dry_run:  # plain print: one copy-pasteable line, never wrapped
         print(dry_run_text(r, baseline, port=port, host=host, out=out))
         return
