@@ -75,7 +75,7 @@ def stop_all(servers: list[Server], grace_s: float = 20.0, *, interrupted: bool 
     deadline, late = time.monotonic() + grace_s, None
     for s in live:
         try:
-            s.stop(grace_s=0.0 if late else max(0.0, deadline - time.monotonic()), interrupted=interrupted)
+            s.stop(grace_s=0.0 if late else round(max(0.0, deadline - time.monotonic()), 1), interrupted=interrupted)
         except KeyboardInterrupt as exc:
             late = late or exc
     if late is not None:
@@ -158,17 +158,15 @@ def wait_registered(cluster: Cluster, deadline: float) -> None:
 
 
 def report_rows(plan: Plan, listed: list[dict] | None, ops: list[str]) -> list[dict]:
-    """Per server instance, in the router's worker list order where it has one: the router's word on its health
+    """Per server instance: the router's word on its health (from its worker list)
     and the overlay reports of its processes (every node's share, from <run>/reports/<instance>/node*/), checked
     for one scheduler report per GPU rank with hooks applied and no error (none are expected on the stock side)."""
     from speedrun.overlays import report
     from speedrun.overlays.readiness.ranks import check_ranks
 
     health = {w.get("url"): w.get("is_healthy") for w in listed or []}
-    order = {url: i for i, url in enumerate(health)}
-    pairs = sorted(zip(plan.endpoints, plan.serving(), strict=True), key=lambda ep: order.get(ep[0].url, 1 << 30))
     rows = []
-    for endpoint, part in pairs:
+    for endpoint, part in zip(plan.endpoints, plan.serving(), strict=True):
         pl = part.placement
         found = [report.read_reports(d) for d in sorted((plan.run_dir / "reports" / pl.name).glob("node*"))]
         reports = [r for f in found for r in f.reports]

@@ -94,7 +94,8 @@ def serve(plan: Plan, node: int, timeout: float, check: bool) -> None:
             if cluster.router is None:
                 console.print(f"node {node}: servers up; the router runs on node 0", highlight=False)
             else:
-                console.print(f"[green]healthy[/]: router at {cluster.url}, log {cluster.router.log_path}")
+                pid = cluster.router.proc.pid
+                console.print(f"[green]healthy[/]: router (pid {pid}) at {cluster.url}, log {cluster.router.log_path}")
                 if check:
                     console.print(f"one request: {one_request(cluster.url)!r}", highlight=False)
                     time.sleep(2.5)  # let the schedulers flush their reports
