@@ -328,6 +328,8 @@ class Recipe(Strict):
 def check_deployment(r: Recipe) -> None:
     """Each worker group's parallelism against the nodes it spans (both sides), and the node count."""
     assert r.deployment is not None
+    if r.deployment.transfer_backend == "mori" and r.hardware.platform != "rocm":
+        raise ValueError("deployment.transfer_backend: mori is AMD's transfer engine, for hardware.platform rocm")
     for i, group in enumerate(r.deployment.workers):
         where = f"deployment.workers[{i}] ({group.role})"
         try:
