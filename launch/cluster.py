@@ -196,3 +196,27 @@ def report_rows(plan: Plan, listed: list[dict] | None, ops: list[str]) -> list[d
             }
         )
     return rows
+
+
+def local_plan(recipe, side: str, side_dir: Path, *, model_path: str) -> Plan:
+    """A one-node deployment to start here for an evaluation command (`speedrun bench|eval|run` without --server):
+    the router on a free port, the instances on the recipe's worker ports, every process's overlay report in
+    <side_dir>/overlay-reports. A multi-node one cannot be: ServerError saying how to run it instead."""
+    from speedrun.launch.deploy import make_plan
+    from speedrun.launch.server import free_port
+
+    nodes = recipe.deployment.nodes
+    if nodes > 1:
+        raise ServerError(
+            f"{recipe.name} spans {nodes} nodes: start it with `speedrun launch {recipe.name} --node-rank N --hosts "
+            "...` on each node, then measure through its router with --server http://HEAD:PORT"
+        )
+    return make_plan(
+        recipe,
+        baseline=side != "overlay",
+        run_dir=side_dir,
+        model_path=model_path,
+        router_port=free_port(),
+        metrics_port=free_port(),
+        report_dir=side_dir / "overlay-reports",
+    )

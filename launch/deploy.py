@@ -18,6 +18,17 @@ from speedrun.launch.router import Endpoint, router_spec
 from speedrun.recipe import Placement, Recipe
 
 
+class PlanSpec(LaunchSpec):
+    """A whole deployment where one launch is recorded (results files): `shell()` gives every node's commands."""
+
+    def __init__(self, plan: Plan):
+        super().__init__(argv=list(plan.router.argv), env={}, side=plan.side)
+        self.plan = plan
+
+    def shell(self) -> str:
+        return dry_run_text(self.plan)
+
+
 class PlanError(ValueError):
     """A layout that cannot be launched as asked (e.g. missing node addresses); one line for the user."""
 
@@ -77,9 +88,11 @@ def make_plan(
     router_host: str = "127.0.0.1",
     router_port: int = 30000,
     metrics_port: int | None = None,
+    report_dir: Path | None = None,
 ) -> Plan:
     """Every node's parts and the router. `hosts`: the nodes' addresses in node-rank order (default: 127.0.0.1 on
-    one node, placeholders for more, which only a dry run may use)."""
+    one node, placeholders for more, which only a dry run may use). `report_dir`: one folder for every process's
+    overlay report (file names carry role, rank and pid), instead of one per instance and node."""
     dep = recipe.deployment
     assert dep is not None, "make_plan needs a recipe with a deployment"
     if hosts is not None and len(hosts) != dep.nodes:
@@ -97,7 +110,8 @@ def make_plan(
         plan.endpoints.append(Endpoint(f"http://{hosts[pl.node]}:{port}", pl.role, boot))
         for rank in range(pl.nodes):
             extra = layout_args(recipe, pl, rank, hosts, dist_port=dep.dist_init_port + k, bootstrap=boot)
-            plan.parts.append(part(recipe, pl, rank, hosts, port, extra, baseline, run_dir, model_path))
+            reports = report_dir or run_dir / "reports" / pl.name / f"node{rank}"
+            plan.parts.append(part(recipe, pl, rank, hosts, port, extra, baseline, run_dir, model_path, reports))
     plan.router = router_spec(dep.router, plan.endpoints, host=router_host, port=router_port, metrics_port=metrics_port)
     plan.router_url = f"http://{'127.0.0.1' if router_host in ('0.0.0.0', '::') else router_host}:{router_port}"
     return plan
@@ -133,6 +147,7 @@ def part(
     baseline: bool,
     run_dir: Path,
     model_path: str,
+    report_dir: Path,
 ) -> Part:
     group = recipe.deployment.workers[pl.group]
     node = pl.node + rank
@@ -140,7 +155,6 @@ def part(
     as_single = recipe.model_copy(
         update={"server": recipe.group_server(pl.group, baseline=True), "env": recipe.env | group.env}
     )
-    report_dir = run_dir / "reports" / pl.name / f"node{rank}"
     spec = build(
         as_single, baseline=baseline, port=port, host=hosts[node], model_path=model_path, report_dir=report_dir
     )

@@ -214,3 +214,10 @@ def test_dry_run_of_one_node(tmp_path):
     res = cli("launch", "gpt-oss-120b-dp8-mi355x", "--dry-run", "--node-rank", "0", "--port", "31000")
     assert res.exit_code == 0, res.output
     assert len(launch_lines(res.output)) == 8 and "--port 31000 --policy round_robin --worker-urls" in res.output
+
+
+def test_bench_of_a_multi_node_recipe_says_how_to_run_it(tmp_path):
+    res = cli("bench", "deepseek-r1-mxfp4-tp16-2n-mi355x", "--out", str(tmp_path / "b"), "--no-progress")
+    assert res.exit_code == 3, res.output
+    assert "spans 2 nodes: start it with `speedrun launch deepseek-r1-mxfp4-tp16-2n-mi355x --node-rank N" in res.output
+    assert "--server http://HEAD:PORT" in res.output and "Traceback" not in res.output

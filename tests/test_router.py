@@ -82,8 +82,10 @@ class Deployment:
         out = "".join(self.cli.out)
         self.router_pid = int(re.search(r"router \(pid (\d+)\) at", out).group(1))
         self.urls = dict(re.findall(r"((?:mixed|prefill|decode)-\d+)\s*│[^│]*│\s*(http://127\.0\.0\.1:\d+)", out))
+        run_dir = tmp_path / "runs" / "fake-deploy-overlay"
+        self.metrics_port = int(re.search(r"--prometheus-port (\d+)", (run_dir / "router.log").read_text()).group(1))
         self.pids = {}
-        for log in (tmp_path / "runs" / "fake-deploy-overlay" / "logs").glob("*-node0.log"):
+        for log in (run_dir / "logs").glob("*-node0.log"):
             m = re.search(r"fake sglang \(\w+\) on [\d.]+:\d+ pid (\d+)", log.read_text())
             self.pids[log.name.removesuffix("-node0.log")] = int(m.group(1))
         self.cli.pgids += [self.router_pid, *self.pids.values()]  # SIGKILLed if the test fails
@@ -99,6 +101,7 @@ class Deployment:
 
     def assert_all_gone(self) -> None:
         assert_gone(self.router_pid, self.port)
+        assert not port_in_use("127.0.0.1", self.metrics_port), "the router's metrics port is still bound"
         for name, pid in self.pids.items():
             assert_gone(pid, int(self.urls[name].rsplit(":", 1)[1]))
 
@@ -172,3 +175,22 @@ def test_pd_router_pairs_a_prefill_and_a_decode_server_per_request(tmp_path, run
     d.cli.proc.send_signal(signal.SIGTERM)
     assert d.cli.proc.wait(60) == 143, d.cli.stderr
     d.assert_all_gone()
+
+
+def test_bench_without_server_starts_the_deployment_and_its_router(tmp_path, run_cli):
+    """`speedrun bench RECIPE` of a one-node deployment: every replica and the router come up, the bench runs
+    through the router, the results say what was launched and hold every process's overlay report, and nothing
+    is left after."""
+    recipe = deploy_recipe(tmp_path, [{"replicas": 2}], gpus=2)
+    base = yaml.safe_load(recipe.read_text())["deployment"]["worker_port"]
+    cli = run_cli(["bench", str(recipe), "--out", str(tmp_path / "bench"), "--no-progress"])
+    assert cli.proc.wait(120) == 0, cli.stderr + "".join(cli.out)
+    data = json.loads((tmp_path / "bench" / "overlay.json").read_text())
+    (case,) = data["scenarios"]
+    assert case["status"] == "ok" and case["metrics"]["completed"] == PROMPTS and data["gpus"] == 2
+    assert data["launch"].count("-m sglang.launch_server") == 2 and "-m sglang_router.launch_router" in data["launch"]
+    reports = data["overlay_reports"]
+    assert len(reports) == 2 and sum(sum(r["calls"].values()) for r in reports) == PROMPTS  # both replicas served
+    assert min(sum(r["calls"].values()) for r in reports) >= 1
+    assert not port_in_use("127.0.0.1", base) and not port_in_use("127.0.0.1", base + 1)
+    assert "stopped router server" in cli.stderr
