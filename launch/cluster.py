@@ -95,8 +95,9 @@ def running_cluster(plan: Plan, node: int, *, timeout_s: float = 1800, show_prog
     cluster = Cluster(plan, node)
     deadline = time.monotonic() + timeout_s
     try:
-        for part in plan.on_node(node):
+        for part in plan.on_node(node):  # all first: parts may share one report folder (evaluation commands)
             clear_reports(part.report_dir)
+        for part in plan.on_node(node):
             cluster.procs.append((part, start(part.spec, part.log, plan.hosts[part.node], part.port)))
         mine = {p.placement.name for p, _ in cluster.procs}
         wait_instances(cluster, [p for p in plan.serving() if node == 0 or p.placement.name in mine], deadline)

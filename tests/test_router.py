@@ -194,3 +194,34 @@ def test_bench_without_server_starts_the_deployment_and_its_router(tmp_path, run
     assert min(sum(r["calls"].values()) for r in reports) >= 1
     assert not port_in_use("127.0.0.1", base) and not port_in_use("127.0.0.1", base + 1)
     assert "stopped router server" in cli.stderr
+
+
+def test_a_server_that_dies_at_start_up_is_one_error(tmp_path, run_cli):
+    """A replica exits before it is healthy (here: a bad option): one error with its log tail, exit 1, no port left."""
+    recipe = deploy_recipe(tmp_path, [{"replicas": 2}], gpus=2)
+    base = yaml.safe_load(recipe.read_text())["deployment"]["worker_port"]
+    cli = run_cli(["launch", str(recipe), "--port", str(free_port()), "--out", str(tmp_path / "runs")],
+                  overlay="--no-such-option")  # fmt: skip
+    assert cli.proc.wait(60) == 1, cli.stderr
+    assert re.search(r"error: overlay mixed-\d server \(pid \d+, pgid \d+, port \d+\) exited with code 2 before "
+                     r"the deployment was healthy", cli.stderr), cli.stderr  # fmt: skip
+    assert "unrecognized arguments: --no-such-option" in cli.stderr  # the log tail
+    assert not port_in_use("127.0.0.1", base) and not port_in_use("127.0.0.1", base + 1)
+    assert "Traceback" not in cli.stderr
+
+
+def test_a_taken_port_stops_the_servers_already_started(tmp_path, run_cli):
+    """mixed-1's port is taken: mixed-0, already started, is torn down with the one-line error (exit 1)."""
+    import socket
+
+    recipe = deploy_recipe(tmp_path, [{"replicas": 2}], gpus=2)
+    base = yaml.safe_load(recipe.read_text())["deployment"]["worker_port"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 1))
+        taken.listen()
+        cli = run_cli(["launch", str(recipe), "--port", str(free_port()), "--out", str(tmp_path / "runs")])
+        assert cli.proc.wait(60) == 1, cli.stderr
+    assert f"error: port {base + 1} on 127.0.0.1 is already in use" in cli.stderr
+    m = re.search(rf"stopped overlay mixed-0 server \(pid (\d+), pgid \d+, port {base}\)", cli.stderr)
+    assert m, cli.stderr
+    assert_gone(int(m.group(1)), base)
