@@ -125,12 +125,12 @@ def show_rows(plan: Plan, cluster: Cluster) -> list[dict]:
     ops = [op for op in plan.parts[0].spec.env.get("SPEEDRUN_OVERLAYS", "").split(",") if op]
     rows = report_rows(plan, router_workers(cluster.url), ops)
     t = Table(title=f"{plan.side} deployment of {plan.recipe.name} (reports: {plan.run_dir / 'reports'})")
-    for col in ("instance", "role", "url", "router", "processes", "GPU ranks", "problems"):
+    for col in ("instance", "role", "url", "router", "processes", "GPU ranks", "calls", "problems"):
         t.add_column(col, overflow="fold")
     for row in rows:
         problems = "\n".join(row["problems"]) or "-"
         t.add_row(row["name"], row["role"], row["url"], row["router"], str(row["processes"]), str(row["ranks"]),
-                  f"[red]{escape(problems)}[/]" if row["problems"] else "-")  # fmt: skip
+                  str(row["calls"]), f"[red]{escape(problems)}[/]" if row["problems"] else "-")  # fmt: skip
     console.print(t)
     return rows
 
