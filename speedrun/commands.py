@@ -328,7 +328,9 @@ def recipes_list() -> None:
         t.add_column(col, overflow="fold")  # on a narrow terminal too: whole names, no …
     for path in all_recipes():
         r = load_recipe(path)
-        t.add_row(r.name, r.model.path, f"{r.hardware.gpus}x {r.hardware.arch}", ",".join(r.overlays.enabled_ops()))
+        nodes = f"{r.deployment.nodes} nodes x " if r.deployment and r.deployment.nodes > 1 else ""
+        gpus = f"{nodes}{r.hardware.gpus}x {r.hardware.arch}"
+        t.add_row(r.name, r.model.path, gpus, ",".join(r.overlays.enabled_ops()))
     console.print(t)
 
 

@@ -197,7 +197,7 @@ class Workers(Strict):
 
     @model_validator(mode="after")
     def _server_keys_exist(self) -> Workers:
-        check_server_keys(self.server, "this worker group's server")
+        check_server_keys(self.server, "server")
         return self
 
 
@@ -331,7 +331,7 @@ def check_deployment(r: Recipe) -> None:
     if r.deployment.transfer_backend == "mori" and r.hardware.platform != "rocm":
         raise ValueError("deployment.transfer_backend: mori is AMD's transfer engine, for hardware.platform rocm")
     for i, group in enumerate(r.deployment.workers):
-        where = f"deployment.workers[{i}] ({group.role})"
+        where = f"deployment.workers.{i} ({group.role})"
         try:
             Server.model_validate(r.server.model_dump() | group.server)
         except ValidationError as exc:

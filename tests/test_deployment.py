@@ -142,7 +142,7 @@ def write(tmp_path, deployment: dict, **fields) -> Path:
 
 BAD = {  # id: (deployment, extra recipe fields, the error line)
     "tp-x-dp-vs-nodes": ({"nodes": 2, "workers": [{"nodes": 2}]}, {},
-                         "deployment.workers[0] (mixed): tp = 8 GPUs, but nodes = 2 x hardware.gpus = 8 is 16"),
+                         "deployment.workers.0 (mixed): tp = 8 GPUs, but nodes = 2 x hardware.gpus = 8 is 16"),
     "pd-one-role": ({"nodes": 1, "transfer_backend": "mori", "workers": [{"role": "prefill"}]}, {},
                     "deployment.workers: PD disaggregation needs prefill and decode groups only (prefill)"),
     "pd-and-mixed": ({"nodes": 3, "transfer_backend": "mori",
@@ -159,7 +159,7 @@ BAD = {  # id: (deployment, extra recipe fields, the error line)
                     "deployment.nodes = 1, but the worker groups fill 2 node(s)"),
     "group-key": ({"nodes": 1, "workers": [{"server": {"tpp": 2}}]}, {}, "has unknown server field(s) ['tpp']"),
     "group-type": ({"nodes": 1, "workers": [{"server": {"tp": "two"}}]}, {},
-                   "deployment.workers[0] (mixed).server.tp: Input should be a valid integer (got 'two')"),
+                   "deployment.workers.0 (mixed).server.tp: Input should be a valid integer (got 'two')"),
     "dp-over-nodes": ({"nodes": 2, "workers": [{"nodes": 2, "server": {"tp": 8, "dp": 2}}]}, {},
                       "dp = 2 over 2 nodes needs dp_attention"),
     "ep-divides-tp": ({"nodes": 1, "workers": [{"server": {"ep": 3}}]}, {}, "ep = 3 must divide tp = 8"),
