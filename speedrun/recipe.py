@@ -246,7 +246,7 @@ class Deployment(Strict):
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one server instance runs: its group, replica, first node, node count and first GPU on each node."""
+    """Where one server instance runs: its name, group, role, first node, node count, first GPU and GPUs per node."""
 
     name: str  # role-k, k counting the instances of that role: "prefill-0", "decode-1", "mixed-7"
     group: int  # index in deployment.workers (-1: a recipe without a deployment)
