@@ -204,7 +204,7 @@ def local_plan(recipe, side: str, side_dir: Path, *, model_path: str) -> Plan:
     the router on a free port, the instances on the recipe's worker ports, every process's overlay report in
     <side_dir>/overlay-reports. A multi-node one cannot be: ServerError saying how to run it instead."""
     from speedrun.launch.deploy import make_plan
-    from speedrun.launch.server import free_port
+    from speedrun.launch.router import free_port_except
 
     nodes = recipe.deployment.nodes
     if nodes > 1:
@@ -212,12 +212,15 @@ def local_plan(recipe, side: str, side_dir: Path, *, model_path: str) -> Plan:
             f"{recipe.name} spans {nodes} nodes: start it with `speedrun launch {recipe.name} --node-rank N --hosts "
             "...` on each node, then measure through its router with --server http://HEAD:PORT"
         )
+    dep = recipe.deployment
+    taken = set(range(dep.worker_port, dep.worker_port + len(recipe.placements())))
+    router = free_port_except(taken)
     return make_plan(
         recipe,
         baseline=side != "overlay",
         run_dir=side_dir,
         model_path=model_path,
-        router_port=free_port(),
-        metrics_port=free_port(),
+        router_port=router,
+        metrics_port=free_port_except(taken | {router}),
         report_dir=side_dir / "overlay-reports",
     )

@@ -15,8 +15,8 @@ from rich.table import Table
 from speedrun.console import cli_console
 from speedrun.launch.cluster import Cluster, report_rows, running_cluster
 from speedrun.launch.deploy import Plan, PlanError, dry_run_text, make_plan
-from speedrun.launch.router import router_workers
-from speedrun.launch.server import ServerError, free_port
+from speedrun.launch.router import free_port_except, router_workers
+from speedrun.launch.server import ServerError
 from speedrun.recipe import Recipe
 
 console = cli_console()
@@ -45,6 +45,7 @@ def plan_for(
         fail(f"--hosts: {r.name} spans {r.deployment.nodes} nodes: give their addresses in node-rank order, "
              "e.g. --hosts 10.0.0.1,10.0.0.2")  # fmt: skip
     side = "baseline" if baseline else "overlay"
+    servers = range(r.deployment.worker_port, r.deployment.worker_port + len(r.placements()))
     try:
         return make_plan(
             r,
@@ -54,7 +55,7 @@ def plan_for(
             hosts=addrs,
             router_host=host,
             router_port=port,
-            metrics_port=None if dry_run else free_port(),
+            metrics_port=None if dry_run else free_port_except({port, *servers}),  # 29000 would collide
         )
     except PlanError as exc:
         fail(str(exc))

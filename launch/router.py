@@ -58,6 +58,16 @@ def router_spec(
     return LaunchSpec(argv=argv + list(settings.extra_args), env={}, side="router")
 
 
+def free_port_except(taken: set[int]) -> int:
+    """A free port that is none of `taken` (ports chosen but not bound yet: the router's, the servers')."""
+    from speedrun.launch.server import free_port
+
+    port = free_port()
+    while port in taken:
+        port = free_port()
+    return port
+
+
 def router_workers(url: str, timeout: float = 5.0) -> list[dict] | None:
     """The router's worker list (GET /workers: url, worker_type, is_healthy, ...); None when it does not answer."""
     try:

@@ -66,6 +66,14 @@ def deploy_recipe(tmp_path: Path, workers: list[dict], gpus: int, **deployment) 
     return path
 
 
+def router_port(recipe: Path) -> int:
+    """A free port outside the recipe's worker/bootstrap range (those are not bound yet either)."""
+    base, port = yaml.safe_load(recipe.read_text())["deployment"]["worker_port"], free_port()
+    while base <= port < base + 16:
+        port = free_port()
+    return port
+
+
 def info(url: str) -> dict:
     with urllib.request.urlopen(f"{url}/server_info", timeout=5) as r:
         return json.loads(r.read())
@@ -75,7 +83,7 @@ class Deployment:
     """`speedrun launch RECIPE` serving: its router port and pid, and per instance its URL and server pid."""
 
     def __init__(self, run_cli, tmp_path: Path, recipe: Path, **side_opts: str):
-        self.port = free_port()
+        self.port = router_port(recipe)
         args = ["launch", str(recipe), "--port", str(self.port), "--out", str(tmp_path / "runs")]
         self.cli = run_cli(args, **side_opts)
         self.cli.wait_for("serving; Ctrl-C", 120, where="out")
@@ -167,11 +175,11 @@ def test_pd_router_pairs_a_prefill_and_a_decode_server_per_request(tmp_path, run
     assert "--disaggregation-mode prefill" in (logs / "prefill-0-node0.log").read_text()
     bench = d.bench(recipe, tmp_path / "bench")
     out, _ = bench.communicate(timeout=120)
-    assert bench.returncode == 0, out
+    assert bench.returncode == 0, out + d.cli.stderr
     assert completed(tmp_path / "bench")["metrics"]["completed"] == PROMPTS
     p, dec = info(d.urls["prefill-0"]), info(d.urls["decode-0"])
-    assert p["requests"] == dec["requests"] == PROMPTS
-    assert len(set(p["bootstrap_rooms"])) == PROMPTS and sorted(p["bootstrap_rooms"]) == sorted(dec["bootstrap_rooms"])
+    rooms = set(p["bootstrap_rooms"])  # the router may retry a request: count rooms, not requests
+    assert len(rooms) == PROMPTS and rooms == set(dec["bootstrap_rooms"]), (p, dec, d.cli.stderr)
     d.cli.proc.send_signal(signal.SIGTERM)
     assert d.cli.proc.wait(60) == 143, d.cli.stderr
     d.assert_all_gone()
@@ -200,7 +208,7 @@ def test_a_server_that_dies_at_start_up_is_one_error(tmp_path, run_cli):
     """A replica exits before it is healthy (here: a bad option): one error with its log tail, exit 1, no port left."""
     recipe = deploy_recipe(tmp_path, [{"replicas": 2}], gpus=2)
     base = yaml.safe_load(recipe.read_text())["deployment"]["worker_port"]
-    cli = run_cli(["launch", str(recipe), "--port", str(free_port()), "--out", str(tmp_path / "runs")],
+    cli = run_cli(["launch", str(recipe), "--port", str(router_port(recipe)), "--out", str(tmp_path / "runs")],
                   overlay="--no-such-option")  # fmt: skip
     assert cli.proc.wait(60) == 1, cli.stderr
     assert re.search(r"error: overlay mixed-\d server \(pid \d+, pgid \d+, port \d+\) exited with code 2 before "
@@ -219,7 +227,7 @@ def test_a_taken_port_stops_the_servers_already_started(tmp_path, run_cli):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", base + 1))
         taken.listen()
-        cli = run_cli(["launch", str(recipe), "--port", str(free_port()), "--out", str(tmp_path / "runs")])
+        cli = run_cli(["launch", str(recipe), "--port", str(router_port(recipe)), "--out", str(tmp_path / "runs")])
         assert cli.proc.wait(60) == 1, cli.stderr
     assert f"error: port {base + 1} on 127.0.0.1 is already in use" in cli.stderr
     m = re.search(rf"stopped overlay mixed-0 server \(pid (\d+), pgid \d+, port {base}\)", cli.stderr)
