@@ -11,7 +11,8 @@ form are answered from the data set (`--gsm8k-dir`), wrong on purpose for every 
 server that only SIGKILL stops (a wedged teardown), `--child-pid-file F` adds a worker process to its process group
 (as SGLang's schedulers are), to test that teardown leaves nothing behind. Faults of a live server:
 `--http-status CODE` answers every `/generate` with that status, `--garbage-every N` answers every N-th one with
-malformed data (status 200); `--ttft-ms` large enough makes a client time out.
+malformed data (status 200); `--ttft-ms` large enough makes a client time out. `/server_info` counts requests (and
+in flight), and lists the PD `bootstrap_room`s SGLang's router put in them, to test routing.
 
 Started with SGLang's own launch flags (the real `build()` argv, `sglang.launch_server` swapped for this
 module), it ignores the ones it does not know, and its speed can depend on them: SPEEDRUN_FAKE_FLAG_TPOT_MS
@@ -28,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -101,6 +103,7 @@ class State:
         self.inflight = 0
         self.max_inflight = 0
         self.requests = 0
+        self.bootstrap_rooms: list[int] = []  # PD: the room SGLang's router pairs a prefill and a decode request by
         self.on_request: Callable[[], object] = lambda: None
 
 
@@ -108,6 +111,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     st: State = request.app[STATE]
     body = await request.json()
     st.requests += 1
+    if "bootstrap_room" in body:
+        st.bootstrap_rooms.append(body["bootstrap_room"])
     st.on_request()
     if st.args.die_after and st.requests >= st.args.die_after:
         asyncio.get_running_loop().call_later(0.05, os._exit, 3)
@@ -195,7 +200,8 @@ async def health(request: web.Request) -> web.Response:
 
 async def server_info(request: web.Request) -> web.Response:
     st: State = request.app[STATE]
-    return web.json_response({"max_inflight": st.max_inflight, "requests": st.requests, "fake": True})
+    info = {"max_inflight": st.max_inflight, "inflight": st.inflight, "requests": st.requests, "fake": True}
+    return web.json_response(info | {"bootstrap_rooms": st.bootstrap_rooms[-1000:]})
 
 
 async def model_info(request: web.Request) -> web.Response:
@@ -292,7 +298,7 @@ def fake_overlay_report(app: web.Application) -> None:
     report.start(role="scheduler", tp_rank=0, requested=ops)
     for op in ops:
         report.add_hook({"op": op, "target": "fakeserver", "kind": "around"})
-    report.flush(force=True)
+    report.record(applied=[f"fakeserver:{op}" for op in ops])  # as the plugin records its hook targets
     app[STATE].on_request = lambda: [report.called(f"{op}:fake") for op in ops]
 
     async def flush(_app: web.Application) -> None:
@@ -323,9 +329,21 @@ def apply_flag_env(args: argparse.Namespace, extra: list[str]) -> None:
     print(f"fakeserver: flags {keys}; tpot {args.tpot_ms} ms", flush=True)
 
 
+class OneLineHttp2Probe(logging.Filter):
+    """SGLang's router first probes each worker for gRPC (an HTTP/2 preface); aiohttp logs the rejection with a
+    traceback, which reads like a crash in a log tail. Say it in one line instead (uvicorn, SGLang's, does too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and "PRI/Upgrade" in str(exc):
+            record.msg, record.args, record.exc_info = "rejected an HTTP/2 preface (a gRPC probe)", (), None
+        return True
+
+
 def main(argv: list[str] | None = None) -> None:
     args, extra = parser().parse_known_args(argv)
     apply_flag_env(args, extra)
+    logging.getLogger("aiohttp.server").addFilter(OneLineHttp2Probe())
     app = make_app(args)
     fake_overlay_report(app)
     if args.ignore_sigterm:  # set before the child starts: an ignored signal stays ignored across exec

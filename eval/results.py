@@ -104,8 +104,9 @@ class _Results(_Open):
 
 
 def errors_of(data: dict[str, Any], command: str) -> list[dict[str, Any]]:
-    """The recorded errors that belong to `command`'s steps (and to a launch)."""
-    return [e for e in data.get("errors", []) if e["what"] in STEPS[command] + LAUNCH_STEPS]
+    """The recorded errors that belong to `command`'s steps (and to a launch; "server c33-up" is the server of
+    one server_by_concurrency bucket)."""
+    return [e for e in data.get("errors", []) if e["what"].split(" ", 1)[0] in STEPS[command] + LAUNCH_STEPS]
 
 
 def _kind(value: Any) -> str:

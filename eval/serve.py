@@ -71,8 +71,15 @@ def launched(
     show_progress: bool = True,
     on_spec: Callable[[LaunchSpec], None] | None = None,
 ) -> Iterator[tuple[Target, LaunchSpec]]:
-    """Start the side's server on a free port, yield where to reach it, stop it (whole process group)."""
+    """Start the side's server on a free port, yield where to reach it, stop it (whole process group). A recipe
+    with a one-node `deployment` starts all its servers and SGLang's router, and yields the router (spec_for is
+    for single servers: not used then)."""
     from speedrun.launch.server import free_port, running
+
+    if recipe.deployment is not None:
+        with _deployment(recipe, side, side_dir, model, startup_timeout_s, show_progress, on_spec) as pair:
+            yield pair
+        return
 
     port = free_port()
     spec = spec_for(recipe, side, port, side_dir / "overlay-reports", model or model_path(recipe, side))
@@ -82,3 +89,17 @@ def launched(
         spec, side_dir / "server.log", port=port, timeout_s=startup_timeout_s, show_progress=show_progress
     ) as srv:
         yield Target(srv.url, alive=srv.alive, log_tail=srv.log_tail), spec
+
+
+@contextlib.contextmanager
+def _deployment(recipe, side, side_dir, model, startup_timeout_s, show_progress, on_spec):
+    from speedrun.launch.cluster import local_plan, running_cluster
+    from speedrun.launch.deploy import PlanSpec
+
+    plan = local_plan(recipe, side, side_dir, model_path=model or model_path(recipe, side))
+    spec = PlanSpec(plan)
+    if on_spec is not None:  # every command, recorded before the start
+        on_spec(spec)
+    with running_cluster(plan, 0, timeout_s=startup_timeout_s, show_progress=show_progress) as cluster:
+        log_tail = cluster.router.log_tail if cluster.router else None
+        yield Target(cluster.url, alive=cluster.alive, log_tail=log_tail), spec

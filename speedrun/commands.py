@@ -49,9 +49,27 @@ def launch(
     concurrency: Annotated[
         int | None, typer.Option(help="serve the recipe's server_by_concurrency setting for this concurrency")
     ] = None,
+    node_rank: Annotated[
+        int | None, typer.Option("--node-rank", min=0, help="deployment: this node's share only (0: + router)")
+    ] = None,
+    hosts: Annotated[
+        str | None, typer.Option("--hosts", help="deployment: the nodes' addresses, comma-separated, rank order")
+    ] = None,
 ) -> None:
-    """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports."""
+    """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports. A recipe
+    with a `deployment` starts this node's servers and, on node 0, SGLang's router (--port is the router's)."""
     r = recipe_or_fail(recipe)
+    if r.deployment is not None:
+        from speedrun.launch.deploy_cmd import launch_deployment
+
+        if not dry_run and importlib.util.find_spec("sglang") is None:
+            fail("sglang is not installed here: pip install -e '.[serve]' (or use the GPU-host bundle, see README)")
+        model = str(_model_path(r, baseline, generate=not dry_run))
+        launch_deployment(r, baseline, dry_run=dry_run, node_rank=node_rank, hosts=hosts, host=host, port=port,
+                          timeout=timeout, out=out, check=check, model_path=model)  # fmt: skip
+        return
+    if node_rank is not None or hosts is not None:
+        fail(f"--node-rank/--hosts: {r.name} has no deployment section (one server on this machine)")
     if dry_run:  # plain print: one copy-pasteable line, never wrapped
         print(dry_run_text(r, baseline, port=port, host=host, out=out, concurrency=concurrency))
         return
@@ -323,7 +341,9 @@ def recipes_list() -> None:
         t.add_column(col, overflow="fold")  # on a narrow terminal too: whole names, no …
     for path in all_recipes():
         r = load_recipe(path)
-        t.add_row(r.name, r.model.path, f"{r.hardware.gpus}x {r.hardware.arch}", ",".join(r.overlays.enabled_ops()))
+        nodes = f"{r.deployment.nodes} nodes x " if r.deployment and r.deployment.nodes > 1 else ""
+        gpus = f"{nodes}{r.hardware.gpus}x {r.hardware.arch}"
+        t.add_row(r.name, r.model.path, gpus, ",".join(r.overlays.enabled_ops()))
     console.print(t)
 
 

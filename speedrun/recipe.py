@@ -5,6 +5,7 @@ path and what was expected."""
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -259,6 +260,92 @@ class BaselineSearch(Strict):
         return self
 
 
+# ---------------------------------------------------------------- deployment (scale-out, issue 23)
+WorkerRole = Literal["mixed", "prefill", "decode"]
+RouterPolicy = Literal["cache_aware", "round_robin", "random", "power_of_two"]
+# the real transfer engines of SGLang 0.5.17's --disaggregation-transfer-backend (tests check them against its
+# source); mori is AMD's (ROCm), the others run on both platforms
+TransferBackend = Literal["mooncake", "mooncake_tcp", "nixl", "mori"]
+
+
+class Workers(Strict):
+    """One group of identical SGLang servers ("instances") of one role, each registered with the router.
+    `hardware.gpus` is the GPUs of one node; `server` (tp, ep, dp, dp_attention, ...) is the recipe's `server`
+    with this group's changes on top."""
+
+    role: WorkerRole = Field("mixed", description="mixed: prefill + decode in one server; else PD disaggregated")
+    replicas: int = Field(1, ge=1, description="server instances of this group (data-parallel replicas)")
+    nodes: int = Field(1, ge=1, le=64, description="nodes per instance (SGLang --nnodes); >1 fills its nodes")
+    server: dict[str, Any] = Field(default_factory=dict, description="Server fields that differ for this group")
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _server_keys_exist(self) -> Workers:
+        check_server_keys(self.server, "server")
+        return self
+
+
+class RouterSettings(Strict):
+    """SGLang's router (`python -m sglang_router.launch_router`), started on the head node."""
+
+    policy: RouterPolicy = "cache_aware"
+    prefill_policy: RouterPolicy | None = Field(None, description="PD only: policy among prefill servers")
+    decode_policy: RouterPolicy | None = Field(None, description="PD only: policy among decode servers")
+    health_check_interval_s: int = Field(10, ge=1, description="how soon a dead worker is marked unhealthy")
+    extra_args: list[str] = Field(default_factory=list, description="passed verbatim to the router")
+
+
+class Deployment(Strict):
+    """How the servers are laid out over nodes: worker groups (roles, replicas, nodes per instance), the router,
+    and for prefill/decode disaggregation the KV transfer engine. Instances fill nodes in the order listed."""
+
+    nodes: int = Field(..., ge=1, le=256, description="nodes in all: must be what the worker groups need")
+    workers: list[Workers] = Field(..., min_length=1)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    transfer_backend: TransferBackend | None = Field(None, description="PD only: KV transfer engine")
+    ib_device: str | None = Field(None, description="PD only: RDMA device(s) (--disaggregation-ib-device)")
+    worker_port: int = Field(30010, ge=1024, le=65000, description="HTTP port of a node's first instance (+1 each)")
+    bootstrap_port: int = Field(8998, ge=1024, le=65000, description="PD: a node's first prefill bootstrap port")
+    dist_init_port: int = Field(25000, ge=1024, le=65000, description="multi-node: torch.distributed init port")
+
+    @property
+    def disaggregated(self) -> bool:
+        return any(w.role != "mixed" for w in self.workers)
+
+    @model_validator(mode="after")
+    def _roles(self) -> Deployment:
+        roles = {w.role for w in self.workers}
+        if self.disaggregated:
+            if roles != {"prefill", "decode"}:
+                got = ", ".join(sorted(roles))
+                raise ValueError(f"deployment.workers: PD disaggregation needs prefill and decode groups only ({got})")
+            if self.transfer_backend is None:
+                raise ValueError("deployment.transfer_backend: required with prefill/decode workers (ROCm: mori)")
+        elif self.transfer_backend or self.ib_device or self.router.prefill_policy or self.router.decode_policy:
+            raise ValueError(
+                "deployment: transfer_backend, ib_device and router prefill/decode policies need prefill/decode workers"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one server instance runs: its name, group, role, first node, node count, first GPU and GPUs per node."""
+
+    name: str  # role-k, k counting the instances of that role: "prefill-0", "decode-1", "mixed-7"
+    group: int  # index in deployment.workers (-1: a recipe without a deployment)
+    role: str
+    node: int  # first node (its rank-0 process serves HTTP there)
+    nodes: int
+    base_gpu: int
+    gpus: int  # GPUs per node it uses
+
+
+def instance_gpus(server: Server) -> int:
+    """GPUs one SGLang server uses: TP ranks, times DP copies unless DP attention shares them."""
+    return server.tp * (1 if server.dp_attention else server.dp)
+
+
 class Recipe(Strict):
     name: str
     description: str = ""
@@ -304,12 +391,16 @@ class Recipe(Strict):
             server = merged_server(self.server, bucket.server, f"concurrency_above={bucket.concurrency_above}")
         return self.model_copy(update={"server": server, "server_by_concurrency": []})
 
+    deployment: Deployment | None = Field(None, description="scale-out: nodes, replicas, roles, router")
+
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         used = self.server.tp * (1 if self.server.dp_attention else self.server.dp)
-        if used > self.hardware.gpus:
+        if self.deployment is not None:
+            used = 0  # each worker group is checked against the nodes it spans (_deployment_fits)
+        elif used > self.hardware.gpus:
             raise ValueError(f"server.tp x server.dp = {used} GPUs > hardware.gpus = {self.hardware.gpus}")
-        if self.hardware.gpus % used:  # e.g. TP3 on 8 GPUs: SGLang's ranks would not tile the machine
+        if used and self.hardware.gpus % used:  # e.g. TP3 on 8 GPUs: SGLang's ranks would not tile the machine
             what = "server.tp" if used == self.server.tp else "server.tp x server.dp"
             raise ValueError(f"{what} = {used} does not divide hardware.gpus = {self.hardware.gpus}")
         for m in (self.model, self.baseline_model):
@@ -333,6 +424,88 @@ class Recipe(Strict):
         if baseline or not self.overlays.server:
             return self.server
         return self.server.model_copy(update=self.overlays.server)
+
+    @model_validator(mode="after")
+    def _deployment_fits(self) -> Recipe:
+        if self.deployment is not None:
+            check_deployment(self)
+        return self
+
+    def group_server(self, group: int, baseline: bool) -> Server:
+        """A worker group's server settings on one side: the recipe's, the group's changes, then (overlay side)
+        `overlays.server`."""
+        base = self.server.model_copy(update=self.deployment.workers[group].server) if self.deployment else self.server
+        return base if baseline or not self.overlays.server else base.model_copy(update=self.overlays.server)
+
+    def placements(self) -> list[Placement]:
+        """Every server instance of the deployment and where it runs (one instance without a deployment)."""
+        if self.deployment is None:
+            return [Placement("server", -1, "mixed", 0, 1, 0, instance_gpus(self.server))]
+        return place(self)
+
+    @property
+    def total_gpus(self) -> int:
+        """GPUs the recipe serves on: hardware.gpus per node times the deployment's nodes."""
+        return self.hardware.gpus * (self.deployment.nodes if self.deployment else 1)
+
+
+def check_deployment(r: Recipe) -> None:
+    """Each worker group's parallelism against the nodes it spans (both sides), and the node count."""
+    assert r.deployment is not None
+    if r.deployment.transfer_backend == "mori" and r.hardware.platform != "rocm":
+        raise ValueError("deployment.transfer_backend: mori is AMD's transfer engine, for hardware.platform rocm")
+    for i, group in enumerate(r.deployment.workers):
+        where = f"deployment.workers.{i} ({group.role})"
+        try:
+            Server.model_validate(r.server.model_dump() | group.server)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            field = ".".join(map(str, e["loc"]))
+            raise ValueError(f"{where}.server.{field}: {e['msg']} (got {e['input']!r})") from None
+        sides = {instance_gpus(r.group_server(i, b)) for b in (True, False)}
+        if len(sides) > 1:
+            raise ValueError(f"{where}: overlays.server changes the GPUs an instance uses ({sorted(sides)})")
+        check_group(r.group_server(i, baseline=True), group, r.hardware.gpus, where)
+    need = max(p.node + p.nodes for p in place(r))
+    if need != r.deployment.nodes:
+        raise ValueError(f"deployment.nodes = {r.deployment.nodes}, but the worker groups fill {need} node(s)")
+
+
+def check_group(s: Server, group: Workers, per_node: int, where: str) -> None:
+    """SGLang 0.5.17's own rules (server_args.py) for one instance, said before any GPU is touched."""
+    gpus, what = instance_gpus(s), "tp" if s.dp_attention or s.dp == 1 else "tp x dp"
+    if s.dp_attention and s.tp % s.dp:
+        raise ValueError(f"{where}: dp = {s.dp} must divide tp = {s.tp} with dp_attention")
+    if s.tp % s.ep:
+        raise ValueError(f"{where}: ep = {s.ep} must divide tp = {s.tp}")
+    if group.nodes > 1:
+        if s.dp > 1 and not s.dp_attention:
+            raise ValueError(f"{where}: dp = {s.dp} over {group.nodes} nodes needs dp_attention (SGLang's rule)")
+        if gpus != group.nodes * per_node:
+            raise ValueError(
+                f"{where}: {what} = {gpus} GPUs, but nodes = {group.nodes} x hardware.gpus = {per_node} is "
+                f"{group.nodes * per_node} (a multi-node instance fills its nodes)"
+            )
+    elif gpus > per_node or per_node % gpus:
+        raise ValueError(f"{where}: {what} = {gpus} GPUs must divide hardware.gpus = {per_node} (one node)")
+
+
+def place(r: Recipe) -> list[Placement]:
+    """Instances in the order listed: a multi-node one takes whole fresh nodes, single-node ones pack the GPUs
+    left on the current node (e.g. 8 TP1 replicas on one 8-GPU node, or prefill TP4 + decode TP4)."""
+    assert r.deployment is not None
+    out: list[Placement] = []
+    node, used, count = 0, 0, dict.fromkeys(("mixed", "prefill", "decode"), 0)
+    for i, group in enumerate(r.deployment.workers):
+        gpus = min(instance_gpus(r.group_server(i, baseline=True)), r.hardware.gpus)
+        for _ in range(group.replicas):
+            if used and (group.nodes > 1 or used + gpus > r.hardware.gpus):
+                node, used = node + 1, 0
+            name = f"{group.role}-{count[group.role]}"
+            count[group.role] += 1
+            out.append(Placement(name, i, group.role, node, group.nodes, used, gpus))
+            node, used = (node + group.nodes, 0) if group.nodes > 1 else (node, used + gpus)
+    return out
 
 
 class RecipeError(ValueError):
