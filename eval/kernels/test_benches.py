@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
 
 import pytest
 
-from speedrun.overlays.mla_decode import bench as mla
+from speedrun.eval.kernels import mla_decode_bench as mla
 from speedrun.overlays.mxfp4_gemm import bench as gemm
 from speedrun.overlays.mxfp4_moe import bench as moe
 

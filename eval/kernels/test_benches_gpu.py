@@ -109,7 +109,7 @@ def test_moe_bench_small_shape(tmp_path: Path):
 def test_mla_bench_small_shape(tmp_path: Path):
     """bs 4, kv 1024, bf16: ours, SGLang's triton decode, FlashMLA (flashinfer is left out: its first use
     JIT-compiles for minutes on a fresh host; the full bench still runs it)."""
-    from speedrun.overlays.mla_decode import bench
+    from speedrun.eval.kernels import mla_decode_bench as bench
 
     impls = "speedrun,sglang_triton,flashmla"
     assert bench.main(["--out", str(tmp_path), "--shape", "4:1024:bf16", "--impls", impls]) == 0
