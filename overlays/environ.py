@@ -100,6 +100,12 @@ def load(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return dict(_loaded)
 
 
+def reset() -> None:
+    """Forget the loaded values (tests: the next `value` reads the environment again)."""
+    global _loaded
+    _loaded = None
+
+
 def value(var: EnvVar[T]) -> T:
     """The value loaded at registration (loaded now if nothing was: benches, tests)."""
     if _loaded is None:
@@ -113,4 +119,4 @@ def table() -> list[tuple[str, str, str]]:
     return [(v.name, repr(v.default), v.doc) for v in VARS.values()]
 
 
-__all__ = ["BACKEND", "VARS", "EnvVar", "load", "table", "value"]
+__all__ = ["BACKEND", "VARS", "EnvVar", "load", "reset", "table", "value"]

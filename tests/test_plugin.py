@@ -173,9 +173,11 @@ def test_aiter_backend_is_a_clear_error_off_rocm(monkeypatch):
 
 
 def test_moe_aiter_backend_checks_before_falling_back(monkeypatch):
-    from speedrun.overlays.mxfp4_moe import hook
+    from speedrun.overlays import environ
+    from speedrun.overlays.mxfp4_moe import sglang_hook as hook
 
     monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_BACKEND", "aiter")
+    environ.load()  # as register() does
     with pytest.raises(RuntimeError, match="needs ROCm"):
         hook._check_serving(object())
 
