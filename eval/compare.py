@@ -5,11 +5,9 @@ stock's own disagreement."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from speedrun.eval import agreement as agreement_mod
-from speedrun.eval.results import ResultsFile
 from speedrun.recipe import Agreement
 
 
@@ -204,8 +202,3 @@ def compare(base: dict[str, Any], over: dict[str, Any], control: dict[str, Any] 
     c.gates = gates(c)
     c.warnings = warnings_of(c)
     return c
-
-
-def load_pair(a: Path, b: Path, control: Path | None = None) -> Comparison:
-    ctl = ResultsFile.load(control).data if control else None
-    return compare(ResultsFile.load(a).data, ResultsFile.load(b).data, ctl)

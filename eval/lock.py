@@ -20,7 +20,7 @@ from speedrun.recipe import Recipe, merged_server
 
 LOCK_FORMAT = "speedrun-baseline-lock/1"
 LOCK_NAME = "baseline.lock.json"
-OVERLAY_DECODE = "speedrun_mla"  # the overlay's decode backend (speedrun.overlays.mla_decode.hook.NAME)
+OVERLAY_DECODE = "speedrun_mla"  # the overlay's decode backend (speedrun.overlays.mla_decode.sglang_hook.NAME)
 
 
 class LockError(ValueError):

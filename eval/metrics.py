@@ -19,8 +19,6 @@ import numpy as np
 
 from speedrun.eval.trace import RequestTrace
 
-STATS = ("mean", "median", "std", "p90", "p99")
-
 
 def _stats(name: str, values_s: Sequence[float]) -> dict[str, float]:
     arr = np.asarray(values_s if len(values_s) else [0.0], dtype=np.float64) * 1000.0

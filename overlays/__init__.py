@@ -9,23 +9,23 @@ baseline uses too). It never touches CUDA or compiles kernels: hook modules impo
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
 
-from speedrun.overlays import report
-from speedrun.overlays.hooks import OPS, Hook, backend_for, requested_ops
+from speedrun.overlays import environ, report
+from speedrun.overlays.hooks import Hook
+from speedrun.overlays.ops import OPS
 
 Q = "sglang.srt.layers.quantization"
 
 # op            SGLang target                                                      our hook (module:function)              kind      when it applies
 TABLE: list[Hook | tuple] = [
     ("synthetic", "sglang.srt.model_loader.weight_utils.initialize_dummy_weights", "synthetic.hook:fill_after_dummy", "after", "--load-format dummy + SPEEDRUN_SYNTHETIC_FILL=1"),
-    ("mla_decode", "sglang.srt.layers.attention.attention_registry.ATTENTION_BACKENDS", "mla_decode.hook:register_backend", "registry", "--attention-backend / --decode-attention-backend speedrun_mla on an MLA model"),
-    ("mla_decode", "sglang.srt.speculative.draft_utils.DRAFT_BACKEND_ALIASES", "mla_decode.draft:alias_draft_backend", "registry", "speculative decoding: the EAGLE/MTP draft runs triton (patch 0001)"),
-    ("mxfp4_moe", f"{Q}.mxfp4.Mxfp4MoEMethod.process_weights_after_loading", "mxfp4_moe.hook:gptoss_process_weights", "around", "GPT-OSS mxfp4 experts, moe runner auto|triton|triton_kernel"),
-    ("mxfp4_moe", f"{Q}.mxfp4.Mxfp4MoEMethod.apply", "mxfp4_moe.hook:gptoss_apply", "around", "standard / triton_kernel / bypassed top-k output, no a2a dispatch"),
-    ("mxfp4_moe", f"{Q}.quark.schemes.quark_w4a4_mxfp4_moe.QuarkW4A4MXFp4MoE.process_weights_after_loading", "mxfp4_moe.hook:quark_process_weights", "around", "quark w_mxfp4_a_mxfp4 experts"),
-    ("mxfp4_moe", f"{Q}.quark.schemes.quark_w4a4_mxfp4_moe.QuarkW4A4MXFp4MoE.apply_weights", "mxfp4_moe.hook:quark_apply", "around", "standard top-k output, no a2a dispatch (EP: -1 ids skipped)"),
+    ("mla_decode", "sglang.srt.layers.attention.attention_registry.ATTENTION_BACKENDS", "mla_decode.sglang_hook:register_backend", "registry", "--attention-backend / --decode-attention-backend speedrun_mla on an MLA model"),
+    ("mla_decode", "sglang.srt.speculative.draft_utils.DRAFT_BACKEND_ALIASES", "mla_decode.sglang_hook:alias_draft_backend", "registry", "speculative decoding: the EAGLE/MTP draft runs triton (patch 0001)"),
+    ("mxfp4_moe", f"{Q}.mxfp4.Mxfp4MoEMethod.process_weights_after_loading", "mxfp4_moe.sglang_hook:gptoss_process_weights", "around", "GPT-OSS mxfp4 experts, moe runner auto|triton|triton_kernel"),
+    ("mxfp4_moe", f"{Q}.mxfp4.Mxfp4MoEMethod.apply", "mxfp4_moe.sglang_hook:gptoss_apply", "around", "standard / triton_kernel / bypassed top-k output, no a2a dispatch"),
+    ("mxfp4_moe", f"{Q}.quark.schemes.quark_w4a4_mxfp4_moe.QuarkW4A4MXFp4MoE.process_weights_after_loading", "mxfp4_moe.sglang_hook:quark_process_weights", "around", "quark w_mxfp4_a_mxfp4 experts"),
+    ("mxfp4_moe", f"{Q}.quark.schemes.quark_w4a4_mxfp4_moe.QuarkW4A4MXFp4MoE.apply_weights", "mxfp4_moe.sglang_hook:quark_apply", "around", "standard top-k output, no a2a dispatch (EP: -1 ids skipped)"),
     ("mxfp4_gemm", f"{Q}.quark.schemes.quark_w4a4_mxfp4.QuarkW4A4MXFP4.process_weights_after_loading", "mxfp4_gemm.hook:process_weights", "around", "quark w_mxfp4_a_mxfp4 linear layers"),
     ("mxfp4_gemm", f"{Q}.quark.schemes.quark_w4a4_mxfp4.QuarkW4A4MXFP4.apply_weights", "mxfp4_gemm.hook:apply_weights", "around", "x, (x_fp4, x_scale) or (x, None, y); the 5-tuple split-cat form falls back"),
     ("mxfp4_gemm", "sglang.srt.models.deepseek_common.deepseek_weight_loader.DeepseekV2WeightLoaderMixin.post_load_weights", "mxfp4_gemm.hook:deepseek_post_load_weights", "around", "quark MXFP4 kv_b_proj left uint8 (CUDA): bf16 w_kc/w_vc for the MLA bmm"),
@@ -45,17 +45,14 @@ def resolve(spec: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
 
 
-def synthetic_fill_enabled() -> bool:
-    return os.environ.get("SPEEDRUN_SYNTHETIC_FILL", "0") not in ("", "0", "false", "no")
-
-
 def register() -> dict[str, Any]:
     """SGLang plugin entry point. Idempotent; returns what it applied (also written to the report)."""
     global _registered
     if _registered is not None:
         return _registered
-    ops = requested_ops()
-    wanted = {*ops, *(["synthetic"] if synthetic_fill_enabled() else [])}
+    env = environ.load()  # every SPEEDRUN_* variable, read once here; hooks use these values
+    ops = env[environ.OVERLAYS.name]
+    wanted = {*ops, *(["synthetic"] if env[environ.SYNTHETIC_FILL.name] else [])}
     _registered = {"ops": ops, "applied": [], "failed": []}
     if not wanted:
         return _registered
@@ -67,8 +64,9 @@ def register() -> dict[str, Any]:
         **report.process_identity(),
         ops_requested=ops,
         sglang=version,
-        backends={op: backend_for(op) for op in ops},
+        backends={op: env[environ.BACKEND[op].name] for op in ops},
         synthetic_fill="synthetic" in wanted,
+        environ=env,
     )
     refusal = _refusal(version, wanted)
     if refusal:  # nothing is registered: stock SGLang runs, and the report says why
@@ -106,7 +104,9 @@ def register() -> dict[str, Any]:
 
 def _apply(registry: Any, target: str) -> str | None:
     """Apply the hooks of one target now (what `HookRegistry.apply_hooks()` does per target, which only logs
-    failures); returns the error text, so the report can say why. `load_plugins()` skips patched targets."""
+    failures); returns the error text, so the report can say why. `load_plugins()` skips patched targets.
+    SGLang (0.5.17 to 0.5.23) has no public per-target apply that reports its failure: this function is the
+    plugin's only use of HookRegistry's private members, and speedrun.support checks them on every version."""
     if target in registry._patched:
         return None
     try:

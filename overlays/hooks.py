@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from speedrun.overlays import report
-
-OPS = ("mla_decode", "mxfp4_moe", "mxfp4_gemm")
-BACKENDS = ("triton", "aiter", "reference")
+from speedrun.overlays import environ, report
 
 
 class Unsupported(Exception):
@@ -31,24 +27,13 @@ class Hook:
 
 def requested_ops(env: dict[str, str] | None = None) -> list[str]:
     """Ops named by SPEEDRUN_OVERLAYS (`all` or a comma list). Unknown names are an error."""
-    raw = (env if env is not None else os.environ).get("SPEEDRUN_OVERLAYS", "").strip()
-    if not raw or raw.lower() in ("0", "none", "off"):
-        return []
-    if raw.lower() == "all":
-        return list(OPS)
-    names = [n.strip() for n in raw.split(",") if n.strip()]
-    bad = [n for n in names if n not in OPS]
-    if bad:
-        raise ValueError(f"SPEEDRUN_OVERLAYS names unknown op(s) {bad}; known: {', '.join(OPS)} or 'all'")
-    return names
+    return environ.OVERLAYS.get(env)
 
 
 def backend_for(op: str, env: dict[str, str] | None = None) -> str:
-    """Backend of an op: SPEEDRUN_<OP>_BACKEND, default triton."""
-    value = (env if env is not None else os.environ).get(f"SPEEDRUN_{op.upper()}_BACKEND", "triton")
-    if value not in BACKENDS:
-        raise ValueError(f"SPEEDRUN_{op.upper()}_BACKEND={value!r}; expected one of {BACKENDS}")
-    return value
+    """Backend of an op: SPEEDRUN_<OP>_BACKEND, default triton, read now. The overlay hooks read the value loaded
+    at registration instead (`environ.value`); mxfp4_gemm's hook still calls this until it moves to that shape."""
+    return environ.BACKEND[op].get(env)
 
 
 def require_aiter(op: str) -> None:

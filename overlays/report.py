@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from speedrun.overlays import environ
+
 FLUSH_S = 2.0
 
 _state: dict[str, Any] = {}
@@ -95,7 +97,7 @@ def snapshot() -> dict[str, Any]:
 
 
 def path() -> Path | None:
-    root = os.environ.get("SPEEDRUN_REPORT_DIR")
+    root = environ.REPORT_DIR.get()  # read per write: a report without register() (tests, tools) lands too
     if not root or not _state:
         return None
     rank = _state.get("tp_rank")

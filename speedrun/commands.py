@@ -14,6 +14,7 @@ from rich.table import Table
 
 from speedrun import patching
 from speedrun.console import cli_console
+from speedrun.overlays.ops import OPS
 from speedrun.recipe import RecipeError, all_recipes, load_recipe
 
 if TYPE_CHECKING:
@@ -387,7 +388,6 @@ def model_synth(recipe: str, root: Path = Path(".models")) -> None:
 
 # ---------------------------------------------------------------- kernels
 kernels_app = typer.Typer(help="Kernel microbenchmarks and ahead-of-time compilation.", no_args_is_help=True)
-OPS = ("mla_decode", "mxfp4_moe", "mxfp4_gemm")
 
 
 @kernels_app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -395,7 +395,9 @@ def kernels_bench(ctx: typer.Context, op: str, out: Path = Path(".runs/kernels")
     """Run an op's microbenchmark (ours vs SGLang's kernels, one run): writes OUT/<op>.json and .png."""
     if op not in OPS:
         fail(f"unknown op {op!r}: expected one of {', '.join(OPS)}")
-    bench = importlib.import_module(f"speedrun.overlays.{op}.bench")
+    from speedrun.eval.kernels import BENCH
+
+    bench = importlib.import_module(BENCH[op])
     raise typer.Exit(bench.main(["--out", str(out), *ctx.args]))
 
 
@@ -486,6 +488,7 @@ def kernels_tune(
     import subprocess
     import sys
 
+    from speedrun.eval.kernels import BENCH
     from speedrun.overlays.arch import HERE
     from speedrun.overlays.readiness import tune
 
@@ -497,7 +500,7 @@ def kernels_tune(
         sweep = (sweep_from or out) / f"{o}_sweep.json"
         if sweep_from is None:
             started = time.time()
-            cmd = [sys.executable, "-m", f"speedrun.overlays.{o}.bench", "--out", str(out), "--sweep"]
+            cmd = [sys.executable, "-m", BENCH[o], "--out", str(out), "--sweep"]
             rc = subprocess.run(cmd).returncode
             if not sweep.exists() or sweep.stat().st_mtime < started:  # a stale file from an earlier run is no result
                 fail(f"{o}: the sweep wrote no {sweep} (exit code {rc})", 1)

@@ -94,9 +94,9 @@ def test_lock_leaves_recipes_without_our_decode_alone():
 def test_speedrun_mla_serves_flashmla_page_size_with_fp8_kv():
     """Page size 64 and FP8 e4m3 KV (the FlashMLA baseline's settings) with SGLang's token-slot kv_indices, on the
     3-D pool TritonAttnBackend passes and on a 4-D paged view: same numbers as the torch reference."""
-    from speedrun.overlays.mla_decode import ops
+    from speedrun.overlays.mla_decode import api
     from speedrun.overlays.mla_decode.reference import mla_decode_reference
-    from speedrun.overlays.mla_decode.test_mla_decode import DEV, make_batch
+    from speedrun.overlays.mla_decode.test_mla_decode import DEV, decode, make_batch
 
     if DEV == "cpu":
         from speedrun.overlays import interpreter
@@ -107,8 +107,9 @@ def test_speedrun_mla_serves_flashmla_page_size_with_fp8_kv():
     for kv in (b["kv"], b["kv"].view(-1, 64, 1, 576)):
         o = torch.full((4, 16, 512), float("nan"), dtype=torch.float32, device=DEV)
         args = (b["q"], kv, o, b["kv_indptr"], b["kv_indices"], 0.09)
-        ops.mla_decode(*args, k_scale=1.5, v_scale=0.75, page_size=64, config=ops.config_for(16, "sm90"),
-                       programs=4, arch="cpu")  # fmt: skip
+        # a16: the addressing under test, at the reference's precision (a8w8 has its own tests and reference)
+        decode(*args, k_scale=1.5, v_scale=0.75, page_size=64, config=api.config_for(16, "sm90"), programs=4,
+               arch="cpu", compute="a16")  # fmt: skip
         ref = mla_decode_reference(b["q"], kv, b["kv_indptr"], b["kv_indices"], 0.09, 1.5, 0.75, 64)
         assert torch.isfinite(o).all() and (o[1] == 0).all()
         assert (o - ref).abs().max().item() <= 4e-3 * max(1.0, ref.abs().max().item())

@@ -10,6 +10,7 @@ import pytest
 import speedrun.overlays as plugin
 from speedrun.overlays import Hook, hooks, report
 from speedrun.overlays.hooks import Unsupported, around, backend_for, requested_ops
+from speedrun.overlays.ops import OPS
 from speedrun.sglang_source import sglang_root
 
 needs_sglang = pytest.mark.skipif(sglang_root() is None, reason="sglang wheel not installed (scripts/test.sh does)")
@@ -38,7 +39,7 @@ def read_report(tmp_path):
 
 def test_requested_ops_parsing():
     assert requested_ops({}) == []
-    assert requested_ops({"SPEEDRUN_OVERLAYS": "all"}) == ["mla_decode", "mxfp4_moe", "mxfp4_gemm"]
+    assert requested_ops({"SPEEDRUN_OVERLAYS": "all"}) == list(OPS) == ["mla_decode", "mxfp4_moe", "mxfp4_gemm"]
     assert requested_ops({"SPEEDRUN_OVERLAYS": " mxfp4_gemm ,mla_decode"}) == ["mxfp4_gemm", "mla_decode"]
     with pytest.raises(ValueError, match="unknown op.*mla"):
         requested_ops({"SPEEDRUN_OVERLAYS": "mla"})
@@ -76,6 +77,8 @@ def test_register_applies_counts_and_falls_back(registry, monkeypatch, tmp_path)
     report.flush(force=True)
     rep = read_report(tmp_path)
     assert rep["role"] == "launcher" and rep["ops_requested"] == ["mla_decode"]
+    assert rep["environ"]["SPEEDRUN_OVERLAYS"] == ["mla_decode"]  # every registered variable, as read
+    assert rep["environ"]["SPEEDRUN_MLA_DECODE_BACKEND"] == "triton"
     assert rep["calls"] == {"mla_decode/_impl": 1}
     assert rep["fallbacks"] == {"mla_decode/_impl": {"negative input": 1}}
     assert rep["errors"] == []
@@ -161,7 +164,7 @@ def test_aiter_backend_is_a_clear_error_off_rocm(monkeypatch):
 
     if getattr(torch.version, "hip", None):
         pytest.skip("ROCm build")
-    for op in ("mla_decode", "mxfp4_moe", "mxfp4_gemm"):
+    for op in OPS:
         with pytest.raises(RuntimeError, match=f"SPEEDRUN_{op.upper()}_BACKEND=aiter needs ROCm"):
             require_aiter(op)
     monkeypatch.setattr(torch.version, "hip", "6.4")  # a ROCm build whose Python has no aiter
@@ -170,8 +173,31 @@ def test_aiter_backend_is_a_clear_error_off_rocm(monkeypatch):
 
 
 def test_moe_aiter_backend_checks_before_falling_back(monkeypatch):
-    from speedrun.overlays.mxfp4_moe import hook
+    from speedrun.overlays import environ
+    from speedrun.overlays.mxfp4_moe import sglang_hook as hook
 
     monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_BACKEND", "aiter")
+    environ.load()  # as register() does
     with pytest.raises(RuntimeError, match="needs ROCm"):
         hook._check_serving(object())
+
+
+def test_environment_registry_is_read_once_at_registration(monkeypatch):
+    """Every SPEEDRUN_* variable the plugin reads is registered (name, parser, default, doc); hooks see the values
+    loaded by register(), not the environment of the moment."""
+    from speedrun.overlays import environ
+
+    assert {"SPEEDRUN_OVERLAYS", "SPEEDRUN_MLA_DECODE_COMPUTE", "SPEEDRUN_MXFP4_MOE_LAYOUT"} <= set(environ.VARS)
+    assert {f"SPEEDRUN_{op.upper()}_BACKEND" for op in OPS} <= set(environ.VARS)
+    assert all(doc for _, _, doc in environ.table())
+    monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_BACKEND", "reference")
+    loaded = environ.load()
+    assert loaded["SPEEDRUN_MXFP4_MOE_BACKEND"] == "reference"
+    monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_BACKEND", "aiter")  # after registration: not seen
+    assert environ.value(environ.BACKEND["mxfp4_moe"]) == "reference"
+    monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_LAYOUT", "tiled")
+    with pytest.raises(ValueError, match="SPEEDRUN_MXFP4_MOE_LAYOUT='tiled': expected one of"):
+        environ.load()
+    monkeypatch.delenv("SPEEDRUN_MXFP4_MOE_LAYOUT")
+    monkeypatch.delenv("SPEEDRUN_MXFP4_MOE_BACKEND")
+    environ.load()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from speedrun.overlays.ops import OPS
 from speedrun.overlays.readiness import aiter_layouts as al
 from speedrun.overlays.readiness import report, resources, roofline
 
@@ -170,7 +171,7 @@ def test_every_gfx950_table_is_marked_untuned_and_roofline_reads_the_newest_roun
 
     _register_commands()
     root = Path(__file__).resolve().parents[1]
-    for op in ("mla_decode", "mxfp4_moe", "mxfp4_gemm"):
+    for op in OPS:
         meta = json.loads((root / "overlays" / op / "configs" / "gfx950.json").read_text())["_meta"]
         assert meta["tuned"] is False, op
     monkeypatch.chdir(root)

@@ -15,9 +15,9 @@ if not torch.cuda.is_available():
 
 import pytest
 
-from speedrun.overlays.mla_decode import bench as mla
+from speedrun.eval.kernels import mla_decode_bench as mla
+from speedrun.eval.kernels import mxfp4_moe_bench as moe
 from speedrun.overlays.mxfp4_gemm import bench as gemm
-from speedrun.overlays.mxfp4_moe import bench as moe
 
 
 def test_gemm_deepseek_tp8_slice_and_fp8_rows():

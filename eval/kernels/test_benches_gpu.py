@@ -90,7 +90,7 @@ def test_stock_fp8_gemm_default_is_available():
 
 def test_moe_bench_small_shape(tmp_path: Path):
     """DeepSeek-R1 MXFP4 TP8 shard at M=4: ours (swz128, plain), stock's FP8 block fused MoE, dequant+fused_moe."""
-    from speedrun.overlays.mxfp4_moe import bench
+    from speedrun.eval.kernels import mxfp4_moe_bench as bench
 
     assert bench.main(["--out", str(tmp_path), "--models", "deepseek-r1-mxfp4-tp8", "--ms", "4"]) == 0
     _, rows = _rows(tmp_path / "mxfp4_moe.json")
@@ -109,7 +109,7 @@ def test_moe_bench_small_shape(tmp_path: Path):
 def test_mla_bench_small_shape(tmp_path: Path):
     """bs 4, kv 1024, bf16: ours, SGLang's triton decode, FlashMLA (flashinfer is left out: its first use
     JIT-compiles for minutes on a fresh host; the full bench still runs it)."""
-    from speedrun.overlays.mla_decode import bench
+    from speedrun.eval.kernels import mla_decode_bench as bench
 
     impls = "speedrun,sglang_triton,flashmla"
     assert bench.main(["--out", str(tmp_path), "--shape", "4:1024:bf16", "--impls", impls]) == 0

@@ -5,7 +5,9 @@ attn_logits, attn_lse, num_kv_splits, max_kv_splits, sm_scale, k_scale, v_scale,
 eager and under CUDA graphs, with its own metadata. Swapping that one callable keeps stock prefill, KV
 writes and graph metadata; our kernel reuses attn_logits/attn_lse as its split workspace when they are
 large enough (they are sized for the graph's max batch), else a buffer sized once in init_cuda_graph_state.
-Imports sglang at module import: only `hook.create_backend` imports this module, inside SGLang.
+Imports sglang at module import: only `sglang_hook.create_backend` imports this module, inside SGLang.
+The plan (config, knobs, split width) is built once per (q dtype, KV dtype, page size); a decode step only
+looks it up and launches.
 """
 
 from __future__ import annotations
@@ -16,39 +18,55 @@ from typing import Any
 import torch
 from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 
-from speedrun.overlays import report
-from speedrun.overlays.hooks import Unsupported, around, backend_for, require_aiter
-from speedrun.overlays.mla_decode import ops
-from speedrun.overlays.mla_decode.kernel import D_LATENT
+from speedrun.overlays import environ, report
+from speedrun.overlays.hooks import Unsupported, around, require_aiter
+from speedrun.overlays.mla_decode import api
+from speedrun.overlays.mla_decode.api import Compute, MlaDecodePlan
+from speedrun.overlays.mla_decode.kernels import D_LATENT
 
 
 class SpeedrunMLABackend(TritonAttnBackend):
     def __init__(self, model_runner: Any, **kwargs: Any) -> None:
         super().__init__(model_runner, **kwargs)
-        self.impl = backend_for("mla_decode")
+        self.impl = environ.value(environ.BACKEND["mla_decode"])
         if self.impl == "aiter":
             require_aiter("mla_decode")
-        self.arch = ops.current_arch()
-        self.cfg = ops.config_for(self.num_head, self.arch)
+        self.arch = api.current_arch()
         # fp8 caches: a8w8 | a16 from the recipe (SPEEDRUN_MLA_DECODE_COMPUTE), else the bucket's fp8_compute.
         # A request that cannot run (a8w8 on a 16-bit cache, or with aiter) stops the server here, never a16.
-        self.compute_req = ops.compute_from_env()
-        if self.compute_req == "a8w8" and self.impl == "aiter":
-            raise RuntimeError(f"{ops.COMPUTE_ENV}=a8w8 runs on the triton or reference backend, not aiter")
+        self.compute_req = environ.value(environ.MLA_DECODE_COMPUTE)
+        if self.compute_req == Compute.A8W8 and self.impl == "aiter":
+            raise RuntimeError(
+                f"{environ.MLA_DECODE_COMPUTE.name}=a8w8 runs on the triton or reference backend, not aiter"
+            )
+        self.plans: dict[tuple, MlaDecodePlan] = {}
         kv_dtype = getattr(model_runner, "kv_cache_dtype", None)
-        self.compute = ops.compute_for(self.cfg, kv_dtype, self.compute_req) if kv_dtype is not None else None
+        q_dtype = getattr(model_runner, "dtype", None)
+        q_dtype = q_dtype if q_dtype in api.Q_DTYPES else torch.bfloat16
+        # The model's own dtypes: an impossible compute request fails here, at load.
+        self.init_plan = self._plan(q_dtype, kv_dtype if kv_dtype in api.KV_DTYPES else torch.bfloat16, 1)
+        self.compute = self.init_plan.compute if kv_dtype is not None else None
         report.record(mla_decode_compute=self.compute, mla_decode_kv_cache_dtype=str(kv_dtype))
-        self.programs = ops.num_programs(self.num_head, self.cfg, max(1, self.device_core_count))
+        self.programs = self.init_plan.programs  # the split width: one for every dtype and page size of the model
         self.own_ws: tuple[torch.Tensor, torch.Tensor] | None = None
         self.aiter_bufs: dict[str, torch.Tensor] = {}
         stock = self.decode_attention_fwd
         self.decode_attention_fwd = torch.compiler.disable(functools.partial(around("mla_decode", self.decode), stock))
 
+    def _plan(self, q_dtype: torch.dtype, kv_dtype: torch.dtype, page_size: int) -> MlaDecodePlan:
+        """One plan per (q dtype, KV dtype, page size), built on first use (config, knobs, split width)."""
+        key = (q_dtype, kv_dtype, page_size)
+        if key not in self.plans:
+            self.plans[key] = api.make_plan(self.num_head, q_dtype, kv_dtype, device=self.device,
+                                            page_size=page_size, arch=self.arch, compute=self.compute_req,
+                                            programs=getattr(self, "programs", None))  # fmt: skip
+        return self.plans[key]
+
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int, *args: Any, **kwargs: Any) -> None:
         super().init_cuda_graph_state(max_bs, max_num_tokens, *args, **kwargs)
         # Size our workspace now (outside capture) when SGLang's split buffers cannot hold it.
         if not self._fits(self.cuda_graph_attn_logits, self.cuda_graph_attn_lse, max_num_tokens):
-            self.own_ws = ops.alloc_workspace(max_num_tokens, self.num_head, self.programs, self.device)
+            self.own_ws = api.alloc_workspace(max_num_tokens, self.num_head, self.programs, self.device)
         if self.impl == "aiter":
             self._aiter_buffers(max_num_tokens)
 
@@ -60,24 +78,16 @@ class SpeedrunMLABackend(TritonAttnBackend):
             report.called("mla_decode/graph_replay")
 
     def _fits(self, logits: torch.Tensor | None, lse: torch.Tensor | None, bs: int) -> bool:
-        rows = ops.workspace_rows(bs, self.programs)
-        return (
-            logits is not None
-            and lse is not None
-            and logits.is_contiguous()
-            and lse.is_contiguous()
-            and logits.numel() >= rows * self.num_head * D_LATENT
-            and lse.numel() >= rows * self.num_head
-        )
+        return self.init_plan.fits(logits, lse, bs)  # the workspace depends on heads and the split width only
 
     def _workspace(self, bs: int, logits: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._fits(logits, lse, bs):
             return logits.view(-1), lse.view(-1)
         own = self.own_ws
-        if own is None or own[1].numel() < ops.workspace_rows(bs, self.programs) * self.num_head:
+        if own is None or own[1].numel() < api.workspace_rows(bs, self.programs) * self.num_head:
             if torch.cuda.is_current_stream_capturing():
                 raise Unsupported(f"workspace for bs={bs} was not sized before CUDA-graph capture")
-            own = self.own_ws = ops.alloc_workspace(bs, self.num_head, self.programs, self.device)
+            own = self.own_ws = api.alloc_workspace(bs, self.num_head, self.programs, self.device)
         return own
 
     def decode(self, original: Any, q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
@@ -95,21 +105,22 @@ class SpeedrunMLABackend(TritonAttnBackend):
             raise Unsupported("attention sinks / score_mod / xai temperature")
         if v_buffer.data_ptr() != k_buffer.data_ptr() or v_buffer.shape[-1] != D_LATENT:
             raise Unsupported("V is not the first 512 dims of the latent KV buffer")
-        ops.check_shapes(q, k_buffer, o, page_size)
-        compute = ops.compute_for(self.cfg, k_buffer.dtype, self.compute_req)
-        report.called(f"mla_decode/compute={compute}")
+        if q.dtype not in api.Q_DTYPES or k_buffer.dtype not in api.KV_DTYPES:
+            raise Unsupported(f"dtypes q={q.dtype} kv={k_buffer.dtype} not served")
+        plan = self._plan(q.dtype, k_buffer.dtype, page_size)
+        report.called(f"mla_decode/compute={plan.compute}")
+        if self.impl == "triton":  # the call checks its inputs against the plan, once
+            ws = self._workspace(q.shape[0], attn_logits, attn_lse)
+            api.mla_decode(q, k_buffer, o, kv_indptr, kv_indices, plan, sm_scale=sm_scale, k_scale=k_scale,
+                           v_scale=v_scale, workspace=ws)  # fmt: skip
+            if torch.cuda.is_current_stream_capturing():
+                self.graphs_run_ours = True  # captured graphs replay our kernel: count their replays
+            return o
+        api.check_inputs(q, k_buffer, o, plan)
         if self.impl == "reference":
-            pv = ops.kv_config(self.cfg, k_buffer.dtype, compute).get("pv") if compute == "a8w8" else None
+            pv = plan.cfg.get("pv") if plan.compute == Compute.A8W8 else None
             return _reference(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size, pv)
-        if self.impl == "aiter":
-            return self._aiter(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale)
-        ws = self._workspace(q.shape[0], attn_logits, attn_lse)
-        ops.mla_decode(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size=page_size,
-                       workspace=ws, config=self.cfg, programs=self.programs, arch=self.arch,
-                       compute=compute)  # fmt: skip
-        if torch.cuda.is_current_stream_capturing():
-            self.graphs_run_ours = True  # captured graphs replay our kernel: count their replays
-        return o
+        return self._aiter(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale)
 
     # ------------------------------------------------------------------ ROCm: aiter (UNEXECUTED here)
     def _aiter_buffers(self, bs: int) -> dict[str, torch.Tensor]:

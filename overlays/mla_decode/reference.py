@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from speedrun.overlays.mla_decode.kernel import D_LATENT, D_QK, P_SCALE
+from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, P_SCALE
 
 LOG2E = 1.4426950408889634
 

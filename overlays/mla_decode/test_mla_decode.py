@@ -19,11 +19,20 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from speedrun.overlays.mla_decode import hook, ops
+from speedrun.overlays.mla_decode import api
+from speedrun.overlays.mla_decode import sglang_hook as hook
 from speedrun.overlays.mla_decode.reference import mla_decode_reference
 
 HERE = Path(__file__).resolve().parent
 DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+
+def decode(q, kv, o, kv_indptr, kv_indices, sm_scale, k_scale=1.0, v_scale=1.0, *, page_size=1, workspace=None,
+           **plan_kw):  # fmt: skip
+    """A plan for these tensors (plan_kw: arch, config, programs, compute), then the call."""
+    plan = api.make_plan(q.shape[1], q.dtype, kv.dtype, device=q.device, page_size=page_size, **plan_kw)
+    return api.mla_decode(q, kv, o, kv_indptr, kv_indices, plan, sm_scale=sm_scale, k_scale=k_scale,
+                          v_scale=v_scale, workspace=workspace)  # fmt: skip
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -87,11 +96,11 @@ def test_kernel_matches_reference(name: str) -> None:
     heads, lens, kv_dtype, ps, programs, override = CASES[name]
     b = make_batch(heads, lens, kv_dtype, ps)
     kv = b["kv"].view(-1, ps, 1, 576) if ps > 1 else b["kv"]  # 4-D paged view for ps > 1
-    cfg = {**ops.config_for(heads, "sm90"), **override}
+    cfg = {**api.config_for(heads, "sm90"), **override}
     o = torch.full((len(lens), heads, 512), float("nan"), dtype=torch.float32, device=DEV)
     args = (b["q"], kv, o, b["kv_indptr"], b["kv_indices"], 0.09)
     a16 = "a16" if kv_dtype.itemsize == 1 else None  # fp8: the upcast path (a8w8 has its own test file)
-    ops.mla_decode(*args, k_scale=1.5, v_scale=0.75, page_size=ps, config=cfg, programs=programs, arch="cpu",
+    decode(*args, k_scale=1.5, v_scale=0.75, page_size=ps, config=cfg, programs=programs, arch="cpu",
                    compute=a16)  # fmt: skip
     ref = mla_decode_reference(b["q"], kv, b["kv_indptr"], b["kv_indices"], 0.09, 1.5, 0.75, ps)
     # bf16 P in the PV product: ~2^-9 relative per weight; fp32 output, so nothing else rounds.
@@ -108,7 +117,7 @@ def test_bf16_output_and_programs_invariance() -> None:
     outs = []
     for programs in (1, 5):
         o = torch.empty(2, 16, 512, dtype=torch.bfloat16, device=DEV)
-        ops.mla_decode(b["q"], b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.1, programs=programs, arch="cpu")
+        decode(b["q"], b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.1, programs=programs, arch="cpu")
         outs.append(o.float())
     ref = mla_decode_reference(b["q"], b["kv"], b["kv_indptr"], b["kv_indices"], 0.1)
     for o in outs:
@@ -121,8 +130,8 @@ def test_fp8_f16_mma_rescales_large_q() -> None:
     b = make_batch(16, [40, 9], torch.float8_e4m3fn, 1, seed=4)
     q = (b["q"].float() * 3e4).to(torch.bfloat16)
     o = torch.empty(2, 16, 512, dtype=torch.float32, device=DEV)
-    cfg = {**ops.config_for(16, "sm90"), "fp8": {"fp8_cvt": "f16", "split_d": 4, "BLOCK_N": 32}}
-    ops.mla_decode(q, b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.09 / 3e4, config=cfg, programs=3, arch="cpu",
+    cfg = {**api.config_for(16, "sm90"), "fp8": {"fp8_cvt": "f16", "split_d": 4, "BLOCK_N": 32}}
+    decode(q, b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.09 / 3e4, config=cfg, programs=3, arch="cpu",
                    compute="a16")  # fmt: skip
     ref = mla_decode_reference(q, b["kv"], b["kv_indptr"], b["kv_indices"], 0.09 / 3e4)
     assert torch.isfinite(o).all()
@@ -132,16 +141,16 @@ def test_fp8_f16_mma_rescales_large_q() -> None:
 def test_kernel_constexprs_and_fp8_overrides() -> None:
     import triton.language as tl
 
-    cfg = {**ops.config_for(16, "sm90"), "fp8": {"BLOCK_N": 32, "fp8_cvt": "asm", "programs_per_sm": 9}}
-    fp8 = ops.kv_config(cfg, torch.float8_e4m3fn, "a16")
+    cfg = {**api.config_for(16, "sm90"), "fp8": {"BLOCK_N": 32, "fp8_cvt": "asm", "programs_per_sm": 9}}
+    fp8 = api.kv_config(cfg, torch.float8_e4m3fn, "a16")
     assert fp8["BLOCK_N"] == 32 and fp8["programs_per_sm"] == cfg["programs_per_sm"]  # never the split width
-    assert ops.kv_config(cfg, torch.bfloat16) is cfg
-    k = ops.kernel_constexprs(fp8, torch.bfloat16, torch.float8_e4m3fn, "sm90")
+    assert api.kv_config(cfg, torch.bfloat16) is cfg
+    k = api.kernel_constexprs(fp8, torch.bfloat16, torch.float8_e4m3fn, "sm90")
     assert k["CDT"] == tl.float16 and k["CVT_ASM"] is True
     for arch, kv in (("gfx950", torch.float8_e4m3fn), ("sm80", torch.float8_e4m3fn), ("sm90", torch.float8_e4m3fnuz)):
-        assert ops.kernel_constexprs(fp8, torch.bfloat16, kv, arch)["CVT_ASM"] is False  # PTX, e4m3fn, sm89+ only
-    assert ops.kernel_constexprs(fp8, torch.bfloat16, torch.bfloat16, "sm90")["CDT"] == tl.bfloat16
-    assert ops.kernel_constexprs({"fp8_cvt": "bf16"}, torch.bfloat16, torch.float8_e4m3fn, "sm90")["CDT"] == tl.bfloat16
+        assert api.kernel_constexprs(fp8, torch.bfloat16, kv, arch)["CVT_ASM"] is False  # PTX, e4m3fn, sm89+ only
+    assert api.kernel_constexprs(fp8, torch.bfloat16, torch.bfloat16, "sm90")["CDT"] == tl.bfloat16
+    assert api.kernel_constexprs({"fp8_cvt": "bf16"}, torch.bfloat16, torch.float8_e4m3fn, "sm90")["CDT"] == tl.bfloat16
 
 
 @pytest.mark.parametrize(
@@ -154,8 +163,9 @@ def test_unsupported_shapes_raise(q_shape, kv_shape, o_shape) -> None:
 
     q, kv = torch.zeros(q_shape, dtype=torch.bfloat16), torch.zeros(kv_shape, dtype=torch.bfloat16)
     o = torch.zeros(o_shape, dtype=torch.bfloat16)
+    plan = api.make_plan(16, torch.bfloat16, torch.bfloat16, arch="cpu", device="cpu")
     with pytest.raises(Unsupported):
-        ops.check_shapes(q, kv, o, 1)
+        api.check_inputs(q, kv, o, plan)
 
 
 def test_configs_are_complete() -> None:
@@ -176,7 +186,7 @@ def test_configs_are_complete() -> None:
 def test_compiles_for_arch(arch: str) -> None:
     """Every config compiles (in a clean process: the interpreter swaps out @triton.jit functions)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "speedrun.overlays.mla_decode.compile", arch]
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mla_decode_compile", arch]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     # 3 buckets x (bf16 partial, fp8 partial, fp8 a8w8 partial with fp8 PV and with f16 PV, 2 merges)
@@ -246,10 +256,10 @@ def test_table_row() -> None:
     import speedrun.overlays as overlays
 
     rows = [r for r in overlays.hooks() if r.op == "mla_decode"]
-    assert (rows[0].fn, rows[0].kind) == ("mla_decode.hook:register_backend", "registry")
+    assert (rows[0].fn, rows[0].kind) == ("mla_decode.sglang_hook:register_backend", "registry")
     assert overlays.resolve(rows[0].fn) is hook.register_backend
     # further rows (the speculative-draft alias) are registry hooks of this op's own modules
-    assert all(r.kind == "registry" and r.fn.startswith("mla_decode.") for r in rows[1:])
+    assert all(r.kind == "registry" and r.fn.startswith("mla_decode.sglang_hook:") for r in rows[1:])
     assert "mla_decode" in overlays.OPS
 
 
@@ -310,7 +320,7 @@ def test_deepseek_handler_behaves_as_triton(monkeypatch) -> None:
 
 
 def test_hook_module_is_light() -> None:
-    """hook.py runs in the launcher: no torch/triton/sglang import at module level."""
+    """sglang_hook.py runs in the launcher: no torch/triton/sglang import at module level."""
     top = [n for n in ast.parse(inspect.getsource(hook)).body if isinstance(n, ast.Import | ast.ImportFrom)]
     assert all(not (getattr(n, "module", "") or "").startswith(("sglang", "torch", "triton")) for n in top)
 
@@ -319,8 +329,8 @@ def test_hook_module_is_light() -> None:
 def test_snap_cuts_uniform_batches_at_sequence_boundaries(lens: list[int]) -> None:
     """SNAP (host mirror of the device rule, H100: 264 programs): a uniform batch is cut only at sequence
     boundaries, within 1/16 of the plain chunk, and never needs more programs than the grid has."""
-    plain = ops.chunk_tokens(lens, 264, 64)
-    chunk = ops.chunk_tokens(lens, 264, 64, snap=True)
+    plain = api.chunk_tokens(lens, 264, 64)
+    chunk = api.chunk_tokens(lens, 264, 64, snap=True)
     assert plain <= chunk <= plain * 17 / 16
     assert lens[0] % chunk == 0 or chunk % lens[0] == 0
     assert -(-sum(lens) // chunk) <= 264
@@ -330,34 +340,19 @@ def test_snap_keeps_mixed_batches_balanced() -> None:
     """One 32k sequence among short ones, and random lengths: equal chunks (the flat split), at most 1/16 wider."""
     g = torch.Generator().manual_seed(0)
     for lens in ([32768] + [1024] * 255, torch.randint(1, 9000, (200,), generator=g).tolist()):
-        plain = ops.chunk_tokens(lens, 264, 64)
-        assert plain <= ops.chunk_tokens(lens, 264, 64, snap=True) <= plain * 17 / 16
-
-
-def test_seq_split_plan_covers_every_token_once() -> None:
-    """The SEQ_SPLIT rule: every token in exactly one piece, pieces of one sequence in distinct programs."""
-    g = torch.Generator().manual_seed(1)
-    lens = [32768, 0] + torch.randint(0, 3000, (60,), generator=g).tolist()
-    plan = ops.seq_split_plan(lens, 264, 64)
-    seen = [0] * len(lens)
-    for pieces in plan:
-        assert len({b for b, _, _ in pieces}) == len(pieces)  # slot p + b is unique
-        for b, lo, hi in pieces:
-            assert lo == seen[b] and hi > lo
-            seen[b] = hi
-    assert seen == lens
-    assert sum(1 for pieces in plan if any(b == 0 for b, _, _ in pieces)) >= 8  # the long one is spread out
+        plain = api.chunk_tokens(lens, 264, 64)
+        assert plain <= api.chunk_tokens(lens, 264, 64, snap=True) <= plain * 17 / 16
 
 
 def test_split_and_pdl_knobs() -> None:
     """sm90 ships snap on (flat split otherwise); pdl only ever reaches CUDA sm90+ launches."""
-    cfg = ops.config_for(16, "sm90")
-    assert ops.kernel_constexprs(cfg, torch.bfloat16, torch.bfloat16, "sm90")["SNAP"] is True
-    assert ops.split_constexprs({**cfg, "split": "seq"})["SEQ_SPLIT"] is True
-    assert ops.split_constexprs(ops.config_for(16, "gfx950"))["SNAP"] is False  # gfx950 keeps the round-1 path
-    assert not ops.use_pdl(cfg, "sm90")
-    assert ops.use_pdl({**cfg, "pdl": True}, "sm90")
-    assert not any(ops.use_pdl({**cfg, "pdl": True}, a) for a in ("sm80", "gfx950", "cpu"))
+    cfg = api.config_for(16, "sm90")
+    assert api.kernel_constexprs(cfg, torch.bfloat16, torch.bfloat16, "sm90")["SNAP"] is True
+    assert api.split_constexprs({**cfg, "split": "seq"})["SEQ_SPLIT"] is True
+    assert api.split_constexprs(api.config_for(16, "gfx950"))["SNAP"] is False  # gfx950 keeps the round-1 path
+    assert not api.use_pdl(cfg, "sm90")
+    assert api.use_pdl({**cfg, "pdl": True}, "sm90")
+    assert not any(api.use_pdl({**cfg, "pdl": True}, a) for a in ("sm80", "gfx950", "cpu"))
 
 
 @pytest.mark.parametrize("snap,partials", [(False, 12), (True, 8)])
@@ -365,12 +360,12 @@ def test_snap_writes_fewer_partials(snap: bool, partials: int) -> None:
     """4 x 200 tokens on 9 programs: flat chunks of 96 cut each sequence 3 times (12 partials); snapped chunks of
     100 halve each sequence exactly (8 partials). Counted from the partial slots the kernel wrote."""
     b = make_batch(16, [200] * 4, torch.bfloat16, 1, seed=4)
-    cfg = {**ops.config_for(16, "sm90"), "snap": snap, "min_chunk": 16}
-    part_o, part_lse = ops.alloc_workspace(4, 16, 9, torch.device(DEV))
+    cfg = {**api.config_for(16, "sm90"), "snap": snap, "min_chunk": 16}
+    part_o, part_lse = api.alloc_workspace(4, 16, 9, torch.device(DEV))
     part_lse.fill_(float("nan"))
     o = torch.empty(4, 16, 512, dtype=torch.float32, device=DEV)
     args = (b["q"], b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.09)
-    ops.mla_decode(*args, config=cfg, programs=9, workspace=(part_o, part_lse), arch="cpu")
+    decode(*args, config=cfg, programs=9, workspace=(part_o, part_lse), arch="cpu")
     assert int(torch.isfinite(part_lse.view(-1, 16)[:, 0]).sum()) == partials
     ref = mla_decode_reference(b["q"], b["kv"], b["kv_indptr"], b["kv_indices"], 0.09)
     assert (o - ref).abs().max().item() <= 4e-3 * max(1.0, ref.abs().max().item())

@@ -18,9 +18,10 @@ if not torch.cuda.is_available():
 import triton
 import triton.language as tl
 
-from speedrun.overlays.mla_decode import kernel, ops
+from speedrun.overlays import environ
+from speedrun.overlays.mla_decode import api, kernels
 from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference, quantize_q
-from speedrun.overlays.mla_decode.test_mla_decode import DEV, make_batch
+from speedrun.overlays.mla_decode.test_mla_decode import DEV, decode, make_batch
 
 FP8 = torch.float8_e4m3fn
 
@@ -34,7 +35,7 @@ def _interpreter():
 
 
 def a8w8_config(mma_m: str, pv: str, **over) -> dict:
-    cfg = {**ops.config_for(16, "sm90"), "min_chunk": 16, **over}
+    cfg = {**api.config_for(16, "sm90"), "min_chunk": 16, **over}
     return {**cfg, "a8w8": {**cfg["a8w8"], "mma_m": mma_m, "pv": pv, "BLOCK_N": 64 if mma_m == "tokens" else 32}}
 
 
@@ -62,7 +63,7 @@ def test_a8w8_kernel_matches_its_reference(name: str) -> None:
     o = torch.full((len(lens), heads, 512), float("nan"), dtype=torch.float32, device=DEV)
     args = (b["q"], kv, o, b["kv_indptr"], b["kv_indices"], 0.09)
     cfg = a8w8_config(mma_m, pv, **over)
-    ops.mla_decode(*args, 1.5, 0.75, page_size=ps, config=cfg, programs=programs, arch="cpu", compute="a8w8")
+    decode(*args, 1.5, 0.75, page_size=ps, config=cfg, programs=programs, arch="cpu", compute="a8w8")
     ref = mla_decode_a8w8_reference(b["q"], kv, b["kv_indptr"], b["kv_indices"], 0.09, 1.5, 0.75, ps, pv=pv)
     exact = mla_decode_reference(b["q"], kv, b["kv_indptr"], b["kv_indices"], 0.09, 1.5, 0.75, ps)
     assert torch.isfinite(o).all()
@@ -79,9 +80,9 @@ def _quantize_rows(Q, OUT, MUL, H: tl.constexpr, Q_EXP: tl.constexpr):
     offs_h = tl.arange(0, H)
     q_row = Q + offs_h[:, None] * 576
     mask_h = offs_h < H
-    mul = kernel._q_fp8_mul(q_row, mask_h, 512, 64, Q_EXP)
-    lat = kernel._q8_tile(q_row, 0, mask_h, 512, mul, OUT.dtype.element_ty)
-    rope = kernel._q8_tile(q_row, 512, mask_h, 64, mul, OUT.dtype.element_ty)
+    mul = kernels._q_fp8_mul(q_row, mask_h, 512, 64, Q_EXP)
+    lat = kernels._q8_tile(q_row, 0, mask_h, 512, mul, OUT.dtype.element_ty)
+    rope = kernels._q8_tile(q_row, 512, mask_h, 64, mul, OUT.dtype.element_ty)
     tl.store(OUT + offs_h[:, None] * 576 + tl.arange(0, 512)[None, :], lat)
     tl.store(OUT + offs_h[:, None] * 576 + 512 + tl.arange(0, 64)[None, :], rope)
     tl.store(MUL + offs_h, mul)
@@ -95,7 +96,7 @@ def test_q_quantization_is_bit_exact_with_the_reference() -> None:
     q = q.to(torch.bfloat16).to(DEV)
     codes = torch.empty(16, 576, dtype=FP8, device=DEV)
     mul = torch.empty(16, dtype=torch.float32, device=DEV)
-    _quantize_rows[(1,)](q, codes, mul, H=16, Q_EXP=ops.q_exp(FP8))
+    _quantize_rows[(1,)](q, codes, mul, H=16, Q_EXP=api.q_exp(FP8))
     ref_codes, ref_mul = quantize_q(q[None], FP8)
     assert torch.equal(mul, ref_mul.view(-1))
     assert torch.equal(codes.view(torch.uint8), ref_codes[0].view(torch.uint8))
@@ -127,32 +128,32 @@ def test_per_row_q_scale_is_at_least_as_accurate_as_per_tensor() -> None:
 
 
 def test_compute_selection_and_knobs() -> None:
-    cfg = ops.config_for(16, "sm90")
-    assert cfg["fp8_compute"] == "a8w8" and ops.config_for(16, "gfx950")["fp8_compute"] == "a8w8"
-    a8 = ops.kv_config(cfg, FP8)  # the bucket's choice
-    k = ops.kernel_constexprs(a8, torch.bfloat16, FP8, "sm90")
+    cfg = api.config_for(16, "sm90")
+    assert cfg["fp8_compute"] == "a8w8" and api.config_for(16, "gfx950")["fp8_compute"] == "a8w8"
+    a8 = api.kv_config(cfg, FP8)  # the bucket's choice
+    k = api.kernel_constexprs(a8, torch.bfloat16, FP8, "sm90")
     assert a8["compute"] == "a8w8" and k["A8W8"] and k["TOKENS_M"] and k["Q_EXP"] == 8
     assert k["PV_FP8"] == (cfg["a8w8"]["pv"] == "fp8")
     assert a8["programs_per_sm"] == cfg["programs_per_sm"]  # never the split width
-    g = ops.kernel_constexprs(ops.kv_config(ops.config_for(16, "gfx950"), FP8), torch.bfloat16, FP8, "gfx950")
+    g = api.kernel_constexprs(api.kv_config(api.config_for(16, "gfx950"), FP8), torch.bfloat16, FP8, "gfx950")
     assert g["A8W8"] and not g["TOKENS_M"] and g["PV_FP8"]  # MFMA takes M = 16 heads; LDS transposes fp8 V
-    a16 = ops.kv_config(cfg, FP8, "a16")
-    assert a16["compute"] == "a16" and not ops.kernel_constexprs(a16, torch.bfloat16, FP8, "sm90")["A8W8"]
-    assert ops.kv_config(cfg, torch.bfloat16) is cfg and ops.compute_for(cfg, torch.bfloat16) == "a16"
-    assert ops.q_exp(torch.float8_e4m3fnuz) == 7
+    a16 = api.kv_config(cfg, FP8, "a16")
+    assert a16["compute"] == "a16" and not api.kernel_constexprs(a16, torch.bfloat16, FP8, "sm90")["A8W8"]
+    assert api.kv_config(cfg, torch.bfloat16) is cfg and api.compute_for(cfg, torch.bfloat16) == "a16"
+    assert api.q_exp(torch.float8_e4m3fnuz) == 7
     with pytest.raises(ValueError, match="a8w8 needs an fp8 KV cache"):
-        ops.kv_config(cfg, torch.bfloat16, "a8w8")
+        api.kv_config(cfg, torch.bfloat16, "a8w8")
     with pytest.raises(ValueError, match="no a8w8 knobs"):
-        ops.kv_config({k: v for k, v in cfg.items() if k != "a8w8"}, FP8, "a8w8")
+        api.kv_config({k: v for k, v in cfg.items() if k != "a8w8"}, FP8, "a8w8")
     with pytest.raises(ValueError, match="expected one of"):
-        ops.compute_for(cfg, FP8, "a4w4")
+        api.compute_for(cfg, FP8, "a4w4")
 
 
 def test_a8w8_on_a_bf16_cache_fails_loudly() -> None:
     b = make_batch(16, [5], torch.bfloat16, 1)
     o = torch.empty(1, 16, 512, device=DEV)
     with pytest.raises(ValueError, match="a8w8 needs an fp8 KV cache"):
-        ops.mla_decode(b["q"], b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.1, arch="cpu", compute="a8w8")
+        decode(b["q"], b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.1, arch="cpu", compute="a8w8")
 
 
 @pytest.mark.parametrize(
@@ -161,18 +162,19 @@ def test_a8w8_on_a_bf16_cache_fails_loudly() -> None:
      ({"a8w8": None, "fp8_compute": "a8w8"}, "no a8w8 knobs")],
 )  # fmt: skip
 def test_bad_a8w8_knobs_name_the_field(bad: dict, field: str) -> None:
-    cfg = ops.config_for(16, "sm90")
+    cfg = api.config_for(16, "sm90")
     if "a8w8" in bad and bad["a8w8"]:
         bad = {"a8w8": {**cfg["a8w8"], **bad["a8w8"]}}
     with pytest.raises(ValueError, match=f"heads<=16: .*{field}"):
-        ops.check_config({**cfg, **bad}, "mla_decode sm90 heads<=16")
+        api.check_config({**cfg, **bad}, "mla_decode sm90 heads<=16")
 
 
 def test_compute_env() -> None:
-    assert ops.compute_from_env({}) is None
-    assert ops.compute_from_env({ops.COMPUTE_ENV: "a16"}) == "a16"
-    with pytest.raises(ValueError, match="SPEEDRUN_MLA_DECODE_COMPUTE='fp4'; expected one of"):
-        ops.compute_from_env({ops.COMPUTE_ENV: "fp4"})
+    var = environ.MLA_DECODE_COMPUTE
+    assert var.get({}) is None
+    assert var.get({var.name: "a16"}) == "a16"
+    with pytest.raises(ValueError, match="SPEEDRUN_MLA_DECODE_COMPUTE='fp4': expected one of"):
+        var.get({var.name: "fp4"})
 
 
 # ----------------------------------------------------------------------------- recipe -> launcher env
@@ -194,7 +196,7 @@ def test_recipe_compute_reaches_the_server_env(tmp_path) -> None:
     from speedrun.launch.command import build
 
     env = build(_recipe(tmp_path, {"enabled": True, "compute": "a16"}), baseline=False, port=1).env
-    assert env["SPEEDRUN_MLA_DECODE_COMPUTE"] == "a16" and ops.compute_from_env(env) == "a16"
+    assert env["SPEEDRUN_MLA_DECODE_COMPUTE"] == "a16" and environ.MLA_DECODE_COMPUTE.get(env) == "a16"
     env = build(_recipe(tmp_path, {"enabled": True}), baseline=False, port=1).env
     assert "SPEEDRUN_MLA_DECODE_COMPUTE" not in env  # unset: each config bucket's fp8_compute (a8w8)
     base = build(_recipe(tmp_path, {"enabled": True, "compute": "a8w8"}), baseline=True, port=1).env
@@ -217,7 +219,7 @@ def test_recipe_compute_errors_name_the_field(tmp_path, mla, kv, other, msg) -> 
 
 def test_compile_report_holds_a8w8_to_fp8_mma_occupancy_and_no_spills() -> None:
     """The a8w8 specs carry the fp8-MMA regex, >= 2 waves/SIMD on gfx950 and no spills; the verdict applies them."""
-    from speedrun.overlays.mla_decode.compile import compile_specs
+    from speedrun.eval.kernels.mla_decode_compile import compile_specs
     from speedrun.overlays.readiness.report import verdict
 
     fp8_mma = {"sm90": "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3", "gfx950": "v_mfma_f32_16x16x32_fp8_fp8"}

@@ -49,19 +49,19 @@ def check(o, ref, what):
 
 def run_ours(q, kv, indptr, slots, k_scale=1.0, v_scale=1.0, **kw):
     """Our kernel; fp8 caches on the upcast path unless `compute` says otherwise (a8w8 has its own tests)."""
-    from speedrun.overlays.mla_decode.ops import mla_decode
+    from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     o = torch.empty(q.shape[0], q.shape[1], 512, dtype=torch.bfloat16, device="cuda")
     kw.setdefault("compute", "a16" if kv.dtype.itemsize == 1 else None)
-    return mla_decode(q, kv, o, indptr, slots, SM_SCALE, k_scale, v_scale, **kw)
+    return decode(q, kv, o, indptr, slots, SM_SCALE, k_scale, v_scale, **kw)
 
 
 def reference_for(cfg, kv_dtype, compute=None):
     """The reference of what `cfg` runs on this cache: the float32 one, or a8w8's with the config's PV type."""
-    from speedrun.overlays.mla_decode import ops
+    from speedrun.overlays.mla_decode import api
     from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference
 
-    run = ops.kv_config(cfg, kv_dtype, compute)
+    run = api.kv_config(cfg, kv_dtype, compute)
     if run.get("compute") == "a8w8":
         return lambda *a: mla_decode_a8w8_reference(*a, pv=run["pv"])
     return mla_decode_reference
@@ -103,8 +103,9 @@ def test_mixed_lengths_and_heads(heads, kv_dtype):
 
 def test_cuda_graph_replay_with_new_lengths():
     """The split is computed on the device: one captured graph serves any lengths of the same batch size."""
-    from speedrun.overlays.mla_decode.ops import alloc_workspace, config_for, mla_decode, num_programs, sm_count
+    from speedrun.overlays.mla_decode.api import alloc_workspace, config_for, num_programs, sm_count
     from speedrun.overlays.mla_decode.reference import mla_decode_reference
+    from speedrun.overlays.mla_decode.test_mla_decode import decode as mla_decode
 
     bs, heads = 8, 16
     q, kv, indptr, slots = make_batch(bs, heads, [4096] * bs, torch.bfloat16, seed=1)
@@ -128,18 +129,18 @@ def test_cuda_graph_replay_with_new_lengths():
 def test_sglang_decode_call_matches_stock():
     """Our backend's decode callable, called exactly as TritonAttnBackend.forward_decode calls it, agrees with
     SGLang's stock kernel; a logit cap (unsupported) falls back to the stock kernel."""
-    decode_mod = pytest.importorskip("sglang.kernels.ops.attention.decode_attention")
+    decode_mod = pytest.importorskip("sglang.kernels.api.attention.decode_attention")
     backend_mod = pytest.importorskip("speedrun.overlays.mla_decode.backend")
     from speedrun.overlays import report
     from speedrun.overlays.hooks import around
-    from speedrun.overlays.mla_decode import ops
+    from speedrun.overlays.mla_decode import api
 
     bs, heads, max_splits = 16, 16, 64
     be = backend_mod.SpeedrunMLABackend.__new__(backend_mod.SpeedrunMLABackend)  # no ModelRunner needed
-    be.impl, be.arch, be.num_head, be.device, be.own_ws = "triton", ops.current_arch(), heads, "cuda", None
-    be.compute_req = None
-    be.cfg = ops.config_for(heads, be.arch)
-    be.programs = ops.num_programs(heads, be.cfg, ops.sm_count(0))
+    be.impl, be.arch, be.num_head, be.device, be.own_ws = "triton", api.current_arch(), heads, "cuda", None
+    be.compute_req, be.plans = None, {}
+    be.init_plan = be._plan(torch.bfloat16, torch.bfloat16, 1)
+    be.programs = be.init_plan.programs
     fwd = around("mla_decode", be.decode)
     q, kv, indptr, slots = make_batch(bs, heads, [3000 + 100 * i for i in range(bs)], torch.bfloat16, page_size=1)
     logits = torch.empty(bs, heads, max_splits, 512, device="cuda")
@@ -184,7 +185,9 @@ VARIANTS = [
 def test_sweep_variants(variant, kv_dtype):
     """Every config variant that bench --sweep times is correct: mixed lengths (splits and whole sequences),
     scales, and (fp8) a q far beyond the f16 range, which the f16-MMA paths must rescale."""
-    from speedrun.overlays.mla_decode import bench, ops
+    from speedrun.eval.kernels import mla_decode_bench as bench
+    from speedrun.overlays.mla_decode import api
+    from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     assert set(bench.VARIANTS) == set(VARIANTS)  # every variant the sweep times is tested here
     cfg = bench.variant_config(variant)
@@ -195,9 +198,9 @@ def test_sweep_variants(variant, kv_dtype):
     q, kv, indptr, slots = make_batch(len(lens), 16, lens, kv_dtype, seed=5)
     q_mul = 3e4 if kv_dtype == FP8 else 1.0  # fp8: |q| up to ~1.5e5 overflows f16 unless rescaled
     q = (q.float() * q_mul).to(torch.bfloat16)
-    programs = ops.num_programs(16, cfg, ops.sm_count(0))
+    programs = api.num_programs(16, cfg, api.sm_count(0))
     o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device="cuda")  # logits as usual: sm_scale / q_mul
-    ops.mla_decode(q, kv, o, indptr, slots, SM_SCALE / q_mul, 0.8, 1.25, config=cfg, programs=programs)
+    decode(q, kv, o, indptr, slots, SM_SCALE / q_mul, 0.8, 1.25, config=cfg, programs=programs)
     ref = reference_for(cfg, kv_dtype)(q, kv, indptr, slots, SM_SCALE / q_mul, 0.8, 1.25)
     assert torch.isfinite(o.float()).all(), f"variant {variant} {kv_dtype}: non-finite output"
     check(o, ref, f"variant {variant} {kv_dtype}")
@@ -224,11 +227,13 @@ def test_split_modes_under_graph_uniform_then_mixed(variant, kv_dtype):
     """The round-3 split modes at bs 256 in ONE captured graph: uniform 1k lengths (SNAP cuts at sequence
     boundaries: whole sequences, no merge), then one 32k sequence among 255 short ones, then ragged lengths
     with empty sequences, each replayed with the lengths copied into the captured buffers."""
-    from speedrun.overlays.mla_decode import bench, ops
+    from speedrun.eval.kernels import mla_decode_bench as bench
+    from speedrun.overlays.mla_decode import api
+    from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     bs, heads = 256, 16
     cfg = bench.variant_config(variant)
-    programs = ops.num_programs(heads, cfg, ops.sm_count(0))
+    programs = api.num_programs(heads, cfg, api.sm_count(0))
     g = torch.Generator().manual_seed(11)
     ragged = torch.randint(0, 2500, (bs,), generator=g).tolist()
     ragged[5] = ragged[200] = 0
@@ -238,7 +243,7 @@ def test_split_modes_under_graph_uniform_then_mixed(variant, kv_dtype):
     s_indptr = made[0][2].clone()
     s_slots = torch.zeros(max(m[3].numel() for m in made), dtype=torch.int64, device="cuda")
     s_slots[: made[0][3].numel()].copy_(made[0][3])
-    ws = ops.alloc_workspace(bs, heads, programs, q.device)
+    ws = api.alloc_workspace(bs, heads, programs, q.device)
     o = torch.empty(bs, heads, 512, dtype=torch.bfloat16, device="cuda")
     kvs = [m[1] for m in made]
     # One pool (bytes concatenated: cat of fp8 tensors is not needed): batch i's slots move by the rows before it.
@@ -246,7 +251,7 @@ def test_split_modes_under_graph_uniform_then_mixed(variant, kv_dtype):
     offsets = [0, kvs[0].shape[0], kvs[0].shape[0] + kvs[1].shape[0]]
     ps = 64 if kv_dtype == FP8 else 1  # fp8: the 4-D paged view (PAGE_SIZE 64 path); bf16: token rows
     view = pool.view(-1, 64, 1, 576) if ps > 1 else pool
-    run = lambda: ops.mla_decode(q, view, o, s_indptr, s_slots, SM_SCALE, workspace=ws, config=cfg,
+    run = lambda: decode(q, view, o, s_indptr, s_slots, SM_SCALE, workspace=ws, config=cfg,
                                  programs=programs, page_size=ps)  # fmt: skip
     run()
     graph = torch.cuda.CUDAGraph()
@@ -270,9 +275,9 @@ A8W8_BS = [1, 4, 32, 128, 256]
 
 def a8w8_configs(heads=16):
     """The shipped table (its PV type) and the same knobs with the other PV type: both run on every shape."""
-    from speedrun.overlays.mla_decode import ops
+    from speedrun.overlays.mla_decode import api
 
-    cfg = ops.config_for(heads)
+    cfg = api.config_for(heads)
     mine = cfg["a8w8"]["pv"]
     other = "f16" if mine == "fp8" else "fp8"
     return {mine: cfg, other: {**cfg, "a8w8": {**cfg["a8w8"], "pv": other}}}
@@ -297,14 +302,14 @@ def a8w8_check(o, q, kv, indptr, slots, page_size, pv, what, k_scale=1.0, v_scal
 @pytest.mark.parametrize("kv_len", KV_LENS)
 def test_a8w8_real_shapes(kv_len, page_size):
     """bs 1..256 at kv 1k/8k/32k, page sizes 1 (3-D token rows) and 64 (4-D paged view), both PV types."""
-    from speedrun.overlays.mla_decode import ops
+    from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     for bs in A8W8_BS:
         q, kv, indptr, slots = make_batch(bs, 16, [kv_len] * bs, FP8, page_size=64, seed=bs)
         view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
         for pv, cfg in a8w8_configs().items():
             o = torch.empty(bs, 16, 512, dtype=torch.bfloat16, device="cuda")
-            ops.mla_decode(q, view, o, indptr, slots, SM_SCALE, 0.8, 1.25, page_size=page_size, config=cfg,
+            decode(q, view, o, indptr, slots, SM_SCALE, 0.8, 1.25, page_size=page_size, config=cfg,
                            compute="a8w8")  # fmt: skip
             a8w8_check(o, q, view, indptr, slots, page_size, pv, f"bs={bs} kv={kv_len} ps={page_size} pv={pv}",
                        0.8, 1.25)  # fmt: skip
@@ -315,7 +320,7 @@ def test_a8w8_real_shapes(kv_len, page_size):
 def test_a8w8_mixed_lengths(page_size, heads):
     """Random lengths with empty sequences, a 1-token one and a 32k one (split over many programs), and a q far
     beyond any fp8 range (the per-row scale takes it); 128 heads: the heads<=128 bucket (32-head groups)."""
-    from speedrun.overlays.mla_decode import ops
+    from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     g = torch.Generator().manual_seed(3)
     lens = torch.randint(1, 9000, (40,), generator=g).tolist() + [0, 1, 32768, 0, 65]
@@ -324,7 +329,7 @@ def test_a8w8_mixed_lengths(page_size, heads):
     view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
     for pv, cfg in a8w8_configs(heads).items():
         o = torch.full((len(lens), heads, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
-        ops.mla_decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=cfg, compute="a8w8")
+        decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=cfg, compute="a8w8")
         assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
         a8w8_check(o, q, view, indptr, slots, page_size, pv, f"mixed heads={heads} ps={page_size} pv={pv}")
 

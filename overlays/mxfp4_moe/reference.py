@@ -13,14 +13,13 @@ import torch
 
 from speedrun.overlays.mx.format import dequant_mxfp4
 from speedrun.overlays.mx.quant import qdq_mxfp4
-
-ACT_SILU, ACT_SWIGLU_OAI = 0, 1
+from speedrun.overlays.mxfp4_moe.config import Act
 
 
 def activation(h: torch.Tensor, act: int, alpha: float, limit: float) -> torch.Tensor:
     """[.., 2N] fp32 (gate | up) -> bf16 [.., N]."""
     g, u = h.chunk(2, dim=-1)
-    if act == ACT_SWIGLU_OAI:
+    if act == Act.SWIGLU_OAI:
         g = g.clamp(max=limit)
         u = u.clamp(-limit, limit)
         out = g * torch.sigmoid(alpha * g) * (u + 1)
@@ -41,7 +40,7 @@ def moe_reference(
     b13: torch.Tensor | None = None,
     b2: torch.Tensor | None = None,
     a4: bool = False,
-    act: int = ACT_SILU,
+    act: int = Act.SILU,
     alpha: float = 1.702,
     limit: float = 7.0,
     routed_scaling_factor: float = 1.0,

@@ -21,11 +21,17 @@ import pytest
 from speedrun.overlays import buffers, interpreter
 from speedrun.overlays.arch import load_configs
 from speedrun.overlays.mx.quant import quant_mxfp4
-from speedrun.overlays.mxfp4_moe import moe as moe_mod
+from speedrun.overlays.mxfp4_moe import api as moe_mod
 from speedrun.overlays.mxfp4_moe import sort
-from speedrun.overlays.mxfp4_moe.hook import _deinterleave, _triton_kernels_to_standard
-from speedrun.overlays.mxfp4_moe.moe import ACT_SILU, ACT_SWIGLU_OAI, MoeWeights, fused_moe_mxfp4, quant_rows
+from speedrun.overlays.mxfp4_moe.api import Act, MoeWeights, fused_moe_mxfp4, make_plan, quant_rows
 from speedrun.overlays.mxfp4_moe.reference import moe_reference
+from speedrun.overlays.mxfp4_moe.sglang_hook import _deinterleave, _triton_kernels_to_standard
+
+
+def moe(x, w, ids, tw, routed_scaling_factor=1.0, *, cfg):
+    """Our MoE with one config for every M (sm90 flags), planned for these weights."""
+    return fused_moe_mxfp4(x, w, ids, tw, make_plan(w, arch="sm90", config=cfg), routed_scaling_factor)
+
 
 TINY = dict(BLOCK_M=16, BLOCK_N1=32, BLOCK_K1=64, warps1=4, stages1=1, BLOCK_N2=32, BLOCK_K2=64, warps2=4, stages2=1)
 
@@ -94,12 +100,12 @@ def test_quant_rows_bit_exact_with_reference_quantizer():
 @pytest.mark.parametrize("m,topk", [(1, 4), (19, 4)])
 def test_w4a16_swiglu_bias_matches_reference(m, topk):
     e, n, h = 6, 64, 96
-    w = _weights(e, n, h, seed=2, act=ACT_SWIGLU_OAI)
+    w = _weights(e, n, h, seed=2, act=Act.SWIGLU_OAI)
     g = torch.Generator().manual_seed(3)
     w.b13, w.b2 = torch.randn(e, 2 * n, generator=g), torch.randn(e, h, generator=g)
     x = torch.randn(m, h, generator=g).bfloat16()
     ids, tw = _routing(m, e, topk, seed=4)
-    _check(fused_moe_mxfp4(x, w, ids, tw, cfg=TINY, arch="sm90"), _ref(x, w, ids, tw), 1e-2)
+    _check(moe(x, w, ids, tw, cfg=TINY), _ref(x, w, ids, tw), 1e-2)
 
 
 @pytest.mark.parametrize("swap,deq", [(True, 2), (False, 2), (True, 0)])
@@ -107,10 +113,10 @@ def test_w4a16_swiglu_bias_matches_reference(m, topk):
 def test_sm90_swap_and_fast_decode_variants(swap, deq, a4):
     """SWAP (acc^T = W @ A^T) and W_DEQ 2 (even/odd-K halves; exact Triton under the interpreter)."""
     e, n, h, topk, m = 5, 64, 128, 3, 7
-    w = _weights(e, n, h, seed=9, a4=a4, act=ACT_SILU if a4 else ACT_SWIGLU_OAI)
+    w = _weights(e, n, h, seed=9, a4=a4, act=Act.SILU if a4 else Act.SWIGLU_OAI)
     x = torch.randn(m, h, generator=torch.Generator().manual_seed(10)).bfloat16()
     ids, tw = _routing(m, e, topk, seed=11)
-    out = fused_moe_mxfp4(x, w, ids, tw, cfg={**TINY, "swap": swap, "deq": deq}, arch="sm90")
+    out = moe(x, w, ids, tw, cfg={**TINY, "swap": swap, "deq": deq})
     _check(out, _ref(x, w, ids, tw), 3e-2 if a4 else 1e-2)
 
 
@@ -118,13 +124,13 @@ def test_sm90_swap_and_fast_decode_variants(swap, deq, a4):
 def test_gemm1_split_k_matches_reference_and_resets_counters(a4):
     """GEMM1 split-K (3 splits over 4 K tiles, one split empty-ranged): same result, counters left zeroed."""
     e, n, h, topk, m = 4, 64, 256, 2, 3
-    w = _weights(e, n, h, seed=12, a4=a4, act=ACT_SILU if a4 else ACT_SWIGLU_OAI)
+    w = _weights(e, n, h, seed=12, a4=a4, act=Act.SILU if a4 else Act.SWIGLU_OAI)
     x = torch.randn(m, h, generator=torch.Generator().manual_seed(13)).bfloat16()
     ids, tw = _routing(m, e, topk, seed=14)
     cfg = {**TINY, "swap": True, "deq": 2, "split1": 3}
     assert moe_mod.gemm1_split(cfg, 8, 4, torch.device("cpu")) == 3
     assert moe_mod.gemm1_split({"split1": 0}, 72, 28, torch.device("cpu")) == 1  # 4 "SMs" on the CPU: one wave
-    out = fused_moe_mxfp4(x, w, ids, tw, cfg=cfg, arch="sm90")
+    out = moe(x, w, ids, tw, cfg=cfg)
     _check(out, _ref(x, w, ids, tw), 3e-2 if a4 else 1e-2)
     assert all(int(b.abs().sum()) == 0 for b in buffers._counters.values())
 
@@ -132,22 +138,22 @@ def test_gemm1_split_k_matches_reference_and_resets_counters(a4):
 def test_w4a16_hidden_padding_is_ignored():
     """aiter layouts pad hidden: w13 K and w2 rows beyond x's width must not change the result."""
     e, n, h, pad = 4, 32, 64, 32
-    w = _weights(e, n, h + pad, seed=5, act=ACT_SWIGLU_OAI)
+    w = _weights(e, n, h + pad, seed=5, act=Act.SWIGLU_OAI)
     w.w13[:, :, h // 2 :] = 0
     x = torch.randn(3, h).bfloat16()
     ids, tw = _routing(3, e, 2, seed=6)
     ref = _ref(torch.nn.functional.pad(x, (0, pad)), w, ids, tw)[:, :h]
-    _check(fused_moe_mxfp4(x, w, ids, tw, cfg=TINY, arch="sm90"), ref, 1e-2)
+    _check(moe(x, w, ids, tw, cfg=TINY), ref, 1e-2)
 
 
 @pytest.mark.parametrize("m", [1, 21])
 def test_w4a4_silu_matches_reference(m):
     e, n, h, topk = 9, 64, 128, 5
-    w = _weights(e, n, h, seed=7, a4=True, act=ACT_SILU)
+    w = _weights(e, n, h, seed=7, a4=True, act=Act.SILU)
     x = torch.randn(m, h).bfloat16()
     ids, tw = _routing(m, e, topk, seed=8)
     ids[:, -1] = -1  # one EP-filtered slot per token
-    out = fused_moe_mxfp4(x, w, ids, tw, routed_scaling_factor=2.5, cfg=TINY, arch="sm90")
+    out = moe(x, w, ids, tw, routed_scaling_factor=2.5, cfg=TINY)
     _check(out, _ref(x, w, ids, tw, routed_scaling_factor=2.5), 3e-2)
 
 
@@ -184,7 +190,7 @@ def test_configs_are_complete_and_legal(arch):
 COMPILE_ALL = """
 import json, sys
 from speedrun.overlays.aot import compile_spec
-from speedrun.overlays.mxfp4_moe.compile import compile_specs
+from speedrun.eval.kernels.mxfp4_moe_compile import compile_specs
 results = [compile_spec(s, sys.argv[1]) for s in compile_specs(sys.argv[1])]
 print(json.dumps({"n": len(results), "bad": [(r.name, r.error) for r in results if not r.ok],
                   "mma": sorted({m for r in results for m in r.mma})}))
@@ -205,7 +211,7 @@ def test_aot_compile_all_configs(arch):
 
 
 def test_bench_reporting_on_fake_rows(tmp_path):
-    from speedrun.overlays.mxfp4_moe import bench
+    from speedrun.eval.kernels import mxfp4_moe_bench as bench
 
     sets = [{"ids": torch.tensor([[0, 1], [1, 2]]), "x": torch.zeros(2, 64)}]
     per_expert = 2 * 32 * 64 // 2 + 2 * 32 * 64 // 32 + 64 * 32 // 2 + 64 * 32 // 32
@@ -224,11 +230,13 @@ def test_bench_reporting_on_fake_rows(tmp_path):
 def test_gptoss_process_weights_keeps_sglang_semantics(monkeypatch, layout):
     """Raw SGLang layout (interleaved gate/up rows, bf16 biases) through our process hook (either value layout),
     then our kernels, against SGLang's own formula on the raw layout: gate = h[..., ::2], up = h[..., 1::2]."""
+    from speedrun.overlays import environ
     from speedrun.overlays.mx.format import dequant_mxfp4
-    from speedrun.overlays.mxfp4_moe import hook
+    from speedrun.overlays.mxfp4_moe import sglang_hook as hook
 
     monkeypatch.setattr(hook, "_check_serving", lambda self: None)
     monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_LAYOUT", layout)
+    environ.load()  # what register() does in a server process
     e, n, h, m, topk = 4, 32, 64, 3, 2
     raw = _weights(e, n, h, seed=11)
     g = torch.Generator().manual_seed(12)
@@ -246,9 +254,12 @@ def test_gptoss_process_weights_keeps_sglang_semantics(monkeypatch, layout):
         layer._speedrun_moe.swz == (layout == "swz")
         and layer.w13_weight.data_ptr() == layer._speedrun_moe.w13.data_ptr()
     )
+    # the plan and the backend are fixed at load: apply reads neither the environment nor a config file
+    assert layer._speedrun_plan.layout == layout and layer._speedrun_backend == "triton"
+    assert set(layer._speedrun_plan.launches) == {f"w4a16:tpe<={b}" for b in (1, 4, 16, 64, 256)} | {"w4a16:tpe>256"}
     x = torch.randn(m, h, generator=g).bfloat16()
     ids, tw = _routing(m, e, topk, seed=13)
-    out = fused_moe_mxfp4(x, layer._speedrun_moe, ids, tw, cfg=TINY, arch="sm90")
+    out = moe(x, layer._speedrun_moe, ids, tw, cfg=TINY)
     want = torch.zeros(m, h)
     for t in range(m):
         for j in range(topk):
@@ -266,7 +277,7 @@ def test_swz128_weights_match_reference_on_plain(swap, a4):
     """swz128 experts (K of both GEMMs padded: 160 -> 256, 64 -> 128; BLOCK_K 64 -> 128) give the reference's
     result computed on the plain tensors; `plain` restores those tensors exactly."""
     e, n, h, topk, m = 5, 64, 160, 3, 7
-    w = _weights(e, n, h, seed=15, a4=a4, act=ACT_SILU if a4 else ACT_SWIGLU_OAI)
+    w = _weights(e, n, h, seed=15, a4=a4, act=Act.SILU if a4 else Act.SWIGLU_OAI)
     if not a4:
         g = torch.Generator().manual_seed(16)
         w.b13, w.b2 = torch.randn(e, 2 * n, generator=g), torch.randn(e, h, generator=g)
@@ -278,7 +289,28 @@ def test_swz128_weights_match_reference_on_plain(swap, a4):
     x = torch.randn(m, h, generator=torch.Generator().manual_seed(17)).bfloat16()
     ids, tw = _routing(m, e, topk, seed=18)
     ids[0, 1] = -1
-    out = fused_moe_mxfp4(x, ws, ids, tw, cfg={**TINY, "swap": swap, "deq": 2, "split1": 2}, arch="sm90")
+    out = moe(x, ws, ids, tw, cfg={**TINY, "swap": swap, "deq": 2, "split1": 2})
     _check(out, _ref(x, w, ids, tw), 3e-2 if a4 else 1e-2)
-    with pytest.raises(ValueError, match="dot_scaled"):
-        fused_moe_mxfp4(x, ws, ids, tw, cfg={**TINY, "dot_scaled": True}, arch="sm90")
+    with pytest.raises(ValueError, match="dot_scaled"):  # found when the plan is made, before any launch
+        make_plan(ws, arch="sm90", config={**TINY, "dot_scaled": True})
+
+
+def test_bucket_grammar_and_picking():
+    """One grammar for every op's table: `[<fmt>:]<dim><=N` / `>N`; a value takes the first bucket holding it."""
+    from speedrun.overlays.buckets import parse, select
+    from speedrun.overlays.mxfp4_moe.config import check_table
+
+    keys = ["_meta", "w4a16:tpe<=1", "w4a16:tpe<=4", "w4a16:tpe>4", "w4a4:tpe<=1", "heads<=16", "heads<=128"]
+    assert select(keys, "tpe", 1.0, "w4a16") == "w4a16:tpe<=1"
+    assert select(keys, "tpe", 1.5, "w4a16") == "w4a16:tpe<=4"
+    assert select(keys, "tpe", 9, "w4a16") == "w4a16:tpe>4"
+    assert select(keys, "tpe", 9, "w4a4") == "w4a4:tpe<=1"  # no `>` bucket: the largest
+    assert select(keys, "heads", 17) == "heads<=128" and select(keys, "heads", 300) == "heads<=128"
+    assert moe_mod.bucket_key("w4a4", 7, 9, 257, "sm90") == "w4a4:tpe<=1"  # 63 / 257 tokens per expert
+    assert moe_mod.bucket_key("w4a16", 512, 4, 32, "sm90") == "w4a16:tpe<=64"
+    with pytest.raises(ValueError, match="'tpe<4': expected"):
+        parse("tpe<4")
+    with pytest.raises(ValueError, match="bucket 'heads<=16': expected <w4a16|w4a4>:tpe"):
+        check_table({"heads<=16": {}}, "mxfp4_moe sm90")
+    with pytest.raises(ValueError, match="w4a4:tpe<=1: deq: Input should be 0 or 2"):
+        check_table({"w4a4:tpe<=1": {**load_configs("mxfp4_moe", "sm90")["w4a4:tpe<=1"], "deq": 3}}, "mxfp4_moe sm90")

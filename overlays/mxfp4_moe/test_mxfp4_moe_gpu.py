@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speedrun.overlays.mxfp4_moe.bench import SWEEP_VARIANTS, variant_cfg
-from speedrun.overlays.mxfp4_moe.moe import (
-    ACT_SILU,
-    ACT_SWIGLU_OAI,
+from speedrun.eval.kernels.mxfp4_moe_bench import SWEEP_VARIANTS, variant_cfg
+from speedrun.overlays.mxfp4_moe.api import (
+    Act,
     MoeWeights,
     fused_moe_mxfp4,
+    make_plan,
     pick_config,
     swizzled,
 )
@@ -31,13 +31,18 @@ MODELS = {
 MS = (1, 4, 16, 64, 128, 512, 4096)
 
 
+def run(x, w, ids, tw, rsf=1.0, cfg=None):
+    """Ours through a plan for these weights (cfg: one config for every M)."""
+    return fused_moe_mxfp4(x, w, ids, tw, make_plan(w, config=cfg), rsf)
+
+
 def make_weights(model: str, seed: int = 0) -> MoeWeights:
     """Random MXFP4 experts; E8M0 scales near 2**-6 so activations stay O(1) through both GEMMs."""
     e, _, h, n, a4 = MODELS[model]
     g = torch.Generator(device="cuda").manual_seed(seed)
     u8 = lambda *s, lo=0, hi=256: torch.randint(lo, hi, s, generator=g, device="cuda", dtype=torch.uint8)
     w = MoeWeights(u8(e, 2 * n, h // 2), u8(e, 2 * n, h // 32, lo=118, hi=122), u8(e, h, n // 2),
-                   u8(e, h, n // 32, lo=118, hi=122), a4=a4, act=ACT_SILU if a4 else ACT_SWIGLU_OAI)  # fmt: skip
+                   u8(e, h, n // 32, lo=118, hi=122), a4=a4, act=Act.SILU if a4 else Act.SWIGLU_OAI)  # fmt: skip
     if not a4:
         w.b13 = torch.randn(e, 2 * n, generator=g, device="cuda") * 0.1
         w.b2 = torch.randn(e, h, generator=g, device="cuda") * 0.1
@@ -84,7 +89,7 @@ def test_matches_reference_at_real_shapes(model, m, path):
     rsf = 2.5 if w.a4 else 1.0
     cfg = dict(pick_config(w, m, ids.shape[1]))
     cfg["dot_scaled"] = path == "plain_dot_scaled"
-    out = fused_moe_mxfp4(x, ws if path == "swz" else w, ids, tw, rsf, cfg=cfg)
+    out = run(x, ws if path == "swz" else w, ids, tw, rsf, cfg=cfg)
     ref = reference(x, w, ids, tw, rsf)
     # w4a4: a 1-ulp bf16 difference in the GEMM1 output can flip an MXFP4 code of the re-quantized activation.
     assert torch.isfinite(out.float()).all()
@@ -95,7 +100,7 @@ def test_ep_filtered_slots_contribute_nothing(model):
     name, w, ws = model
     x, ids, tw = make_routing(name, 64)
     ids[:, 1::2] = -1
-    assert rel_err(fused_moe_mxfp4(x, ws, ids, tw), reference(x, w, ids, tw)) < (2e-2 if w.a4 else 1e-2)
+    assert rel_err(run(x, ws, ids, tw), reference(x, w, ids, tw)) < (2e-2 if w.a4 else 1e-2)
 
 
 def test_swz_two_multiply_decode_when_a_scale_exceeds_128(model):
@@ -106,19 +111,19 @@ def test_swz_two_multiply_decode_when_a_scale_exceeds_128(model):
     ws = swizzled(w2)
     assert not ws.mul1
     x, ids, tw = make_routing(name, 16, seed=3)
-    assert rel_err(fused_moe_mxfp4(x, ws, ids, tw), reference(x, w2, ids, tw)) < (2e-2 if w.a4 else 1e-2)
+    assert rel_err(run(x, ws, ids, tw), reference(x, w2, ids, tw)) < (2e-2 if w.a4 else 1e-2)
 
 
 def test_cuda_graph_replay_follows_new_routing(model):
     name, _, w = model
     x, ids, tw = make_routing(name, 8)
-    fused_moe_mxfp4(x, w, ids, tw)  # compile outside the capture
+    run(x, w, ids, tw)  # compile outside the capture
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = fused_moe_mxfp4(x, w, ids, tw)
+            out = run(x, w, ids, tw)
     torch.cuda.current_stream().wait_stream(stream)
     x2, ids2, tw2 = make_routing(name, 8, seed=7)
     x.copy_(x2)
@@ -126,14 +131,14 @@ def test_cuda_graph_replay_follows_new_routing(model):
     tw.copy_(tw2)
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(out, fused_moe_mxfp4(x, w, ids, tw))  # deterministic (fixed-order combine, no atomics)
+    assert torch.equal(out, run(x, w, ids, tw))  # deterministic (fixed-order combine, no atomics)
 
 
 def test_triton_kernels_routing_conversion():
     tk_routing = pytest.importorskip("sglang.srt.layers.moe.topk").__dict__.get("routing")
     if tk_routing is None:
         pytest.skip("triton_kernels routing not importable")
-    from speedrun.overlays.mxfp4_moe.hook import _triton_kernels_to_standard
+    from speedrun.overlays.mxfp4_moe.sglang_hook import _triton_kernels_to_standard
 
     logits = torch.randn(33, 128, device="cuda")
     routing, gather, scatter = tk_routing(logits, 4, sm_first=False)
@@ -151,7 +156,7 @@ def test_every_sweep_variant_matches_reference(model, m, variant):
     name, w, ws = model
     x, ids, tw = make_routing(name, m, seed=5)
     cfg, layout = variant_cfg(pick_config(w, m, ids.shape[1]), SWEEP_VARIANTS[variant])
-    out = fused_moe_mxfp4(x, ws if layout == "swz" else w, ids, tw, cfg=cfg)
+    out = run(x, ws if layout == "swz" else w, ids, tw, cfg=cfg)
     ref = reference(x, w, ids, tw)
     assert torch.isfinite(out.float()).all()
     assert rel_err(out, ref) < (2e-2 if w.a4 else 1e-2), f"{name} M={m} {variant}: rel err {rel_err(out, ref):.4f}"

@@ -2,7 +2,7 @@
 intermediate 2880), weights filled exactly as overlays/synthetic/fill.py fills the e2e model (plus a variant with
 non-zero biases). Stock = the real `Mxfp4MoEMethod` on its triton_kernels path (what the server runs on H100):
 create_weights -> process_weights_after_loading (swizzle) -> create_moe_runner -> apply (matmul_ogs, fused swiglu).
-Ours = `hook.gptoss_process_weights` / `hook.gptoss_apply` on an identical second layer. Both see the same hidden
+Ours = `sglang_hook.gptoss_process_weights` / `.gptoss_apply` on an identical second layer. Both see the same hidden
 states and the same triton_kernels routing (stock format, and converted to the standard format the
 `--moe-runner-backend triton` server feeds us). The torch reference splits "stock vs reference" (semantics) from
 "reference vs ours" (kernel / weight re-layout). Every failure names the stage that differs.
@@ -133,7 +133,7 @@ def _load(layer: torch.nn.Module, raw: dict[str, torch.Tensor]) -> None:
 @pytest.fixture(scope="module", params=["fill_zero_bias", "random"])
 def sides(request: Any, sgl: Any) -> dict[str, Any]:
     """Stock and our layer, processed from identical raw weights."""
-    from speedrun.overlays.mxfp4_moe import hook
+    from speedrun.overlays.mxfp4_moe import sglang_hook as hook
 
     raw = _raw_weights(request.param)
     stock, stock_m = _stock_api("create_weights", _new_layer)
@@ -198,8 +198,8 @@ def test_process_weights_layout(sides: dict[str, Any]) -> None:
     """Our MoeWeights must be SGLang's interleaved rows split as gate = even rows, up = odd rows (what stock's
     swiglu_fn reads: tl.reshape(.., N, 2) -> (gelu, linear)), biases unchanged in value (values compared in the
     plain layout after undoing the sm90 swz128 re-layout)."""
-    from speedrun.overlays.mxfp4_moe.hook import weight_layout
-    from speedrun.overlays.mxfp4_moe.moe import plain
+    from speedrun.overlays.mxfp4_moe.api import plain
+    from speedrun.overlays.mxfp4_moe.sglang_hook import weight_layout
 
     raw, (ours, _) = sides["raw"], sides["ours"]
     w = ours._speedrun_moe
@@ -222,8 +222,9 @@ def test_process_weights_layout(sides: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("m", MS)
 def test_stock_vs_ours(sides: dict[str, Any], m: int) -> None:
-    from speedrun.overlays.mxfp4_moe import hook
-    from speedrun.overlays.mxfp4_moe.reference import ACT_SWIGLU_OAI, moe_reference
+    from speedrun.overlays.mxfp4_moe import sglang_hook as hook
+    from speedrun.overlays.mxfp4_moe.config import Act
+    from speedrun.overlays.mxfp4_moe.reference import moe_reference
 
     (stock, stock_m), (ours, ours_m), raw = sides["stock"], sides["ours"], sides["raw"]
     x, logits = _inputs(m)
@@ -247,7 +248,7 @@ def test_stock_vs_ours(sides: dict[str, Any], m: int) -> None:
     out_stock = _stock_api("apply", stock_m.apply, stock, _dispatch(x, tk)).hidden_states
     ref = moe_reference(x, _split(raw["w13_weight"]), _split(raw["w13_weight_scale"]), raw["w2_weight"],
                         raw["w2_weight_scale"], std.topk_ids, std.topk_weights, b13=_split(raw["w13_weight_bias"]),
-                        b2=raw["w2_weight_bias"], act=ACT_SWIGLU_OAI, alpha=ALPHA, limit=LIMIT)  # fmt: skip
+                        b2=raw["w2_weight_bias"], act=Act.SWIGLU_OAI, alpha=ALPHA, limit=LIMIT)  # fmt: skip
 
     def no_fallback(*a: Any, **k: Any) -> Any:
         pytest.fail("[our apply] hook fell back to stock apply (layer not prepared by speedrun?)")

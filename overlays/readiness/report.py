@@ -16,7 +16,8 @@ import tempfile
 import time
 from typing import Any
 
-OPS = ("mla_decode", "mxfp4_moe", "mxfp4_gemm")
+from speedrun.overlays.ops import OPS
+
 ARCHS = ("gfx950", "sm90")
 _SPECS: dict[tuple[str, str], list] = {}
 # 128-bit global loads: without alignment hints (CompileSpec.attrs) an AOT compile falls back to narrow ones.
@@ -29,7 +30,9 @@ WIDE_LOADS = {
 def op_module(op: str) -> str:
     """An op name -> "module:function" of its specs; a dotted "module[:function]" is taken as given."""
     if "." not in op:
-        return f"speedrun.overlays.{op}.compile:compile_specs"
+        from speedrun.eval.kernels import COMPILE
+
+        return f"{COMPILE[op]}:compile_specs"
     return op if ":" in op else f"{op}:compile_specs"
 
 

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from speedrun.overlays import report
+from speedrun.overlays import environ, report
 from speedrun.overlays.synthetic.fill import fill_report_
 
 
 def fill_after_dummy(result: Any, model: Any, *args: Any, **kwargs: Any) -> None:
-    seed = int(os.environ.get("SPEEDRUN_SEED", "0"))
+    seed = environ.value(environ.SEED)
     done = fill_report_(model, seed)
     report.called("synthetic/fill_after_dummy")
     # tp_unmapped: tensors drawn from local coordinates (their TP=N values differ from TP=1); capped for the report

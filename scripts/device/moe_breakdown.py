@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from speedrun.overlays.mxfp4_moe.bench import MODELS, make_raw, ours, routing_sets
-from speedrun.overlays.mxfp4_moe.moe import bucket_key, fused_moe_mxfp4, swizzled
+from speedrun.eval.kernels.mxfp4_moe_bench import MODELS, make_raw, ours, routing_sets
+from speedrun.overlays.mxfp4_moe.api import bucket_key, fused_moe_mxfp4, make_plan, swizzled
 
 REPEATS = 5
 
@@ -30,16 +30,17 @@ def weight_bytes(sets: list[dict], h: int, n: int) -> dict[str, float]:
 def breakdown(model: str, ms: list[int]) -> list[dict]:
     e, topk, h, n, a4, _ = MODELS[model]
     w = swizzled(ours(make_raw(e, h, n, gptoss=not a4), gptoss=not a4))
+    plan = make_plan(w)
     rows = []
     for m in ms:
         sets = routing_sets(m, e, topk, h)
         for s in sets:  # compile + warm
-            fused_moe_mxfp4(s["x"], w, s["ids"], s["tw"])
+            fused_moe_mxfp4(s["x"], w, s["ids"], s["tw"], plan)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(REPEATS):
                 for s in sets:
-                    fused_moe_mxfp4(s["x"], w, s["ids"], s["tw"])
+                    fused_moe_mxfp4(s["x"], w, s["ids"], s["tw"], plan)
             torch.cuda.synchronize()
         per = defaultdict(float)
         for ev in prof.events():

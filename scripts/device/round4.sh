@@ -7,6 +7,6 @@ source scripts/device/setup.sh || exit 1
 L=$OUT/round4.log
 step() { local t=$1; shift; echo "=== $*" | tee -a "$L"; timeout "$t" "$@" 2>&1 | grep -v Warning | tee -a "$L" | tail -n 25; }
 step 150 python3 -m pytest -q -x -m gpu overlays/mx overlays/mxfp4_moe/test_mxfp4_moe_gpu.py -p no:cacheprovider
-step 140 python3 -m speedrun.overlays.mxfp4_moe.bench --out "$OUT/moe" --ms 1,4,16,32,64,128,512
+step 140 python3 -m speedrun.eval.kernels.mxfp4_moe_bench --out "$OUT/moe" --ms 1,4,16,32,64,128,512
 step 130 python3 -m pytest -q -x -m gpu overlays/mla_decode/test_mla_decode_gpu.py -k a8w8 -p no:cacheprovider
-step 120 python3 -m speedrun.overlays.mla_decode.bench --out "$OUT/mla" --kv-dtype fp8
+step 120 python3 -m speedrun.eval.kernels.mla_decode_bench --out "$OUT/mla" --kv-dtype fp8

@@ -30,8 +30,6 @@ from speedrun.overlays.mx.triton_helpers import (
     swz_word_scale_cols,
 )
 
-ACT_SILU, ACT_SWIGLU_OAI = 0, 1
-
 
 @triton.jit
 def _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm,
@@ -195,7 +193,7 @@ def _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs
     # SGLang rounds the GEMM1 output to bf16 before the activation; so do we.
     g = acc_g.to(tl.bfloat16).to(tl.float32)
     u = acc_u.to(tl.bfloat16).to(tl.float32)
-    if ACT == 1:
+    if ACT == 1:  # config.Act.SWIGLU_OAI
         g = tl.minimum(g, limit)
         u = tl.minimum(tl.maximum(u, -limit), limit)
         h = g * tl.sigmoid(alpha * g) * (u + 1.0)
@@ -356,12 +354,4 @@ def quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm
              mask=(r[:, None] < M) & (ks[None, :] < K // 32))  # fmt: skip
 
 
-__all__ = [
-    "ACT_SILU",
-    "ACT_SWIGLU_OAI",
-    "combine_kernel",
-    "moe_gemm1_kernel",
-    "moe_gemm2_kernel",
-    "quant_rows_kernel",
-    "triton",
-]
+__all__ = ["combine_kernel", "moe_gemm1_kernel", "moe_gemm2_kernel", "quant_rows_kernel"]

@@ -33,13 +33,13 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 D_LATENT = 512  # kv_lora_rank of DeepSeek V2/V3/R1: also the V head dim
 D_ROPE = 64  # qk_rope_head_dim
 D_QK = D_LATENT + D_ROPE
-CHUNK_ALIGN = 16  # chunk granularity (tokens); alignment only trims the split, tiles are masked anyway
 
 
 @triton.jit
 def _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK: tl.constexpr, SNAP: tl.constexpr = False,
                 BLOCK_B: tl.constexpr = 256):  # fmt: skip
-    """Tokens per program: total / programs, at least MIN_CHUNK, rounded to CHUNK_ALIGN (16).
+    """Tokens per program: total / programs, at least MIN_CHUNK, rounded up to 16 (alignment only trims the
+    split: tiles are masked anyway).
     SNAP: when a chunk within 1/16 above that fits the longest sequence a whole number of times (or k whole
     longest sequences), take it instead: uniform batches then cut only at sequence boundaries (bs >= programs:
     one whole sequence per program, no partials, nothing to merge) at the price of <= 6% fewer programs.

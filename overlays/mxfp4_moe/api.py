@@ -1,33 +1,42 @@
-"""Host side of the MXFP4 MoE: weight bundle, config choice by tokens per expert, kernel launches.
+"""MXFP4 expert MoE (GPT-OSS w4a16, quark DeepSeek-R1 w4a4): a plan built once per layer, one call per step.
 
-`fused_moe_mxfp4` is CUDA-graph safe: no host sync, every buffer sized from M; the only data-dependent
-quantities (expert runs, padded length) stay on the device.
+    w = swizzled(MoeWeights(w13, w13_scale, w2, w2_scale, ...))     # load time (sm90: swz128 values)
+    plan = make_plan(w, device=x.device)                              # every config bucket resolved and validated
+    out = fused_moe_mxfp4(x, w, topk_ids, topk_weights, plan)         # every step
+
+Shapes and dtypes (E experts, H hidden, N intermediate, M tokens, K = top-k):
+    x             [M, H] bf16
+    topk_ids      [M, K] int32 (ids outside [0, E) are skipped: EP);  topk_weights [M, K] float32
+    w.w13         [E, 2N, H/2] uint8 (plain) | [E, 2N, Hp/8] int32 (swz128); w13_scale [E, 2N, H/32] uint8 E8M0
+    w.w2          [E, H, N/2] uint8 | [E, H, Np/8] int32;                   w2_scale [E, H, N/32] uint8
+    w.b13, w.b2   [E, 2N], [E, H] float32 or None
+    out           [M, H] bf16
+Weights may be padded along hidden (rows of w2, K of w13): only the first H are used.
+
+The plan holds what depends on the weights' format and layout, the arch and the device: per config bucket
+(configs/<arch>.json, `<fmt>:tpe<=N`) the knobs, the kernel flags and launch options. The call picks the bucket by
+tokens per expert (M * K / E) and launches; CUDA-graph safe (no host sync, every buffer sized from M; expert runs
+and the padded length stay on the device).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import triton
 
 from speedrun.overlays.arch import current_arch, launch_options, load_configs, sm_count
+from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
 from speedrun.overlays.mx.layout import swizzle_experts, unswizzle_mxfp4
-from speedrun.overlays.mxfp4_moe.gemm import (
-    ACT_SILU,
-    ACT_SWIGLU_OAI,
-    combine_kernel,
-    moe_gemm1_kernel,
-    moe_gemm2_kernel,
-    quant_rows_kernel,
-)
+from speedrun.overlays.mxfp4_moe.config import Act, Fmt, Layout, WDeq, check_config, check_table
+from speedrun.overlays.mxfp4_moe.kernels import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
 from speedrun.overlays.mxfp4_moe.sort import sort_tokens
 
 OP = "mxfp4_moe"
-TPE_BUCKETS = (1, 4, 16, 64, 256)  # config keys "<fmt>:tpe<=B" and "<fmt>:tpe>256"
 COMBINE_BLOCK = 1024  # hidden columns per combine program
 
 
@@ -44,7 +53,7 @@ class MoeWeights:
     b13: torch.Tensor | None = None  # fp32 [E, 2N]
     b2: torch.Tensor | None = None  # fp32 [E, H]
     a4: bool = False  # w4a4: activations dynamically quantized to MXFP4
-    act: int = ACT_SILU
+    act: Act = Act.SILU
     alpha: float = 1.702
     limit: float = 7.0
     mul1: bool = False  # swz128 and every weight scale byte <= 128: the one-multiply decode is exact
@@ -54,8 +63,8 @@ class MoeWeights:
         return self.w13.dtype == torch.int32
 
     @property
-    def fmt(self) -> str:
-        return "w4a4" if self.a4 else "w4a16"
+    def fmt(self) -> Fmt:
+        return Fmt.W4A4 if self.a4 else Fmt.W4A16
 
     @property
     def num_experts(self) -> int:
@@ -90,12 +99,19 @@ def plain(w: MoeWeights, hidden: int, inter: int) -> MoeWeights:
                    w2_scale=w.w2_scale[..., : inter // 32].contiguous(), mul1=False)  # fmt: skip
 
 
-def bucket_key(fmt: str, num_tokens: int, topk: int, num_experts: int) -> str:
-    tpe = num_tokens * topk / max(num_experts, 1)
-    for b in TPE_BUCKETS:
-        if tpe <= b:
-            return f"{fmt}:tpe<={b}"
-    return f"{fmt}:tpe>{TPE_BUCKETS[-1]}"
+@functools.cache
+def _table(arch: str) -> dict[str, Any]:
+    return check_table(load_configs(OP, arch), f"{OP} {arch}")
+
+
+@functools.cache
+def _buckets(arch: str, fmt: str) -> Buckets:
+    return Buckets.of(_table(arch), "tpe", fmt)
+
+
+def bucket_key(fmt: str, num_tokens: int, topk: int, num_experts: int, arch: str | None = None) -> str:
+    """The config bucket of a call: tokens per expert = num_tokens * topk / num_experts."""
+    return _buckets(arch or _arch(), fmt).pick(num_tokens * topk / max(num_experts, 1))
 
 
 @functools.cache
@@ -105,7 +121,61 @@ def _arch() -> str:
 
 def pick_config(w: MoeWeights, num_tokens: int, topk: int, arch: str | None = None) -> dict[str, Any]:
     arch = arch or _arch()
-    return load_configs(OP, arch)[bucket_key(w.fmt, num_tokens, topk, w.num_experts)]
+    return _table(arch)[bucket_key(w.fmt, num_tokens, topk, w.num_experts, arch)]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One bucket, resolved for one plan: its knobs, the kernels' mode flags, K tiles and launch options."""
+
+    cfg: dict[str, Any]
+    dot_scaled: bool
+    flags: dict[str, Any]
+    block_k1: int
+    block_k2: int
+    opts1: dict[str, Any]
+    opts2: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MoePlan:
+    """What one layer's experts run with: build it with `make_plan` (load time)."""
+
+    fmt: Fmt
+    layout: Layout
+    num_experts: int
+    arch: str
+    device: torch.device
+    buckets: Buckets | None  # None: one forced config for every call (sweeps, tests)
+    launches: dict[str, Launch] = field(repr=False)
+
+    def launch(self, num_tokens: int, topk: int) -> Launch:
+        if self.buckets is None:
+            return self.launches["forced"]
+        return self.launches[self.buckets.pick(num_tokens * topk / max(self.num_experts, 1))]
+
+
+def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: str | None = None,
+              config: dict[str, Any] | None = None) -> MoePlan:  # fmt: skip
+    """Resolve and validate every bucket of the arch's table for these weights (format, layout) once; `config`
+    forces one bucket's knobs for every call. ValueError for a bad field or a config the layout cannot run."""
+    arch = arch or _arch()
+    device = torch.device(device) if device is not None else w.w13.device
+    if config is not None:
+        launches = {"forced": _resolve(check_config(config, f"{OP} config"), w, arch, device)}
+        buckets = None
+    else:
+        buckets = _buckets(arch, w.fmt)
+        keys = [k for _, k in buckets.upto] + ([buckets.above] if buckets.above else [])
+        launches = {k: _resolve(_table(arch)[k], w, arch, device) for k in keys}
+    layout = Layout.SWZ if w.swz else Layout.PLAIN
+    return MoePlan(w.fmt, layout, w.num_experts, arch, device, buckets, launches)
+
+
+def _resolve(cfg: dict[str, Any], w: MoeWeights, arch: str, device: torch.device) -> Launch:
+    dot_scaled = bool(cfg.get("dot_scaled", False))  # sm90: Triton upcasts e2m1 in registers (LUT) for us
+    return Launch(cfg, dot_scaled, sm90_flags(cfg, dot_scaled, device, w), swz_block_k(cfg["BLOCK_K1"], w.swz),
+                  swz_block_k(cfg["BLOCK_K2"], w.swz), _opts(cfg, "1", arch), _opts(cfg, "2", arch))  # fmt: skip
 
 
 def _opts(cfg: dict[str, Any], which: str, arch: str) -> dict[str, Any]:
@@ -126,7 +196,7 @@ def sm90_flags(cfg: dict[str, Any], dot_scaled: bool, device: torch.device, w: M
                 "W_MUL1": cuda and w.mul1 and bool(cfg.get("mul1", True))}  # fmt: skip
     if dot_scaled:
         return {}
-    deq = int(cfg.get("deq", 0))
+    deq = int(cfg.get("deq", WDeq.LUT))
     return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": deq > 0 and cuda}
 
 
@@ -161,22 +231,21 @@ def fused_moe_mxfp4(
     w: MoeWeights,
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
+    plan: MoePlan,
     routed_scaling_factor: float = 1.0,
-    cfg: dict[str, Any] | None = None,
-    arch: str | None = None,
 ) -> torch.Tensor:
-    """x [M, H] bf16, topk_ids/topk_weights [M, topk] -> [M, H] bf16 (ids outside [0, E) are skipped).
-    Weights may be padded along hidden (rows of w2, K of w13): only the first H are used."""
-    arch = arch or _arch()
+    """sum_k topk_weights[:, k] * expert_{topk_ids[:, k]}(x) * routed_scaling_factor -> [M, H] bf16 (shapes: the
+    module docstring); `plan` is make_plan(w)'s."""
+    if (w.fmt, w.swz, w.num_experts) != (plan.fmt, plan.layout == Layout.SWZ, plan.num_experts):
+        raise ValueError(f"weights ({w.fmt}, swz={w.swz}, E={w.num_experts}) do not match the plan {plan}")
     m, topk = topk_ids.shape
-    cfg = cfg or pick_config(w, m, topk, arch)
-    dot_scaled = bool(cfg.get("dot_scaled", False))  # sm90: Triton upcasts e2m1 in registers (LUT) for us
+    run = plan.launch(m, topk)
+    cfg, dot_scaled, flags = run.cfg, run.dot_scaled, run.flags
     num, n, h = m * topk, w.inter, x.shape[1]  # weights may carry hidden padding (aiter layouts)
     s = sort_tokens(topk_ids, w.num_experts, cfg["BLOCK_M"])
     topk_weights = topk_weights.contiguous()
     dev = x.device
-    flags = sm90_flags(cfg, dot_scaled, dev, w)
-    bk1, bk2 = swz_block_k(cfg["BLOCK_K1"], w.swz), swz_block_k(cfg["BLOCK_K2"], w.swz)
+    bk1, bk2 = run.block_k1, run.block_k2
     if w.a4:
         a, a_s = quant_rows(x)
         inter = torch.empty(num, n // 2, dtype=torch.uint8, device=dev)
@@ -200,8 +269,8 @@ def fused_moe_mxfp4(
         a, a_s, w.w13, w.w13_scale, b13, inter, inter_s, s.sorted_ids, s.expert_ids, s.num_padded,
         num, n, h, a.stride(0), a_s.stride(0), w.w13.stride(0), w.w13.stride(1), w.w13_scale.stride(0),
         w.w13_scale.stride(1), b13.stride(0), inter.stride(0), inter_s.stride(0), float(w.alpha), float(w.limit),
-        TOPK=topk, A_FP4=w.a4, OUT_FP4=w.a4, ACT=w.act, HAS_BIAS=w.b13 is not None, DOT_SCALED=dot_scaled,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N1"], BLOCK_K=bk1, **_opts(cfg, "1", arch), **flags,
+        TOPK=topk, A_FP4=w.a4, OUT_FP4=w.a4, ACT=int(w.act), HAS_BIAS=w.b13 is not None, DOT_SCALED=dot_scaled,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N1"], BLOCK_K=bk1, **run.opts1, **flags,
         part_ptr=part, cnt_ptr=cnt, SPLIT_K=split, EVEN_N=n % cfg["BLOCK_N1"] == 0,
     )  # fmt: skip
     b2 = w.b2 if w.b2 is not None else w.w2_scale
@@ -211,7 +280,7 @@ def fused_moe_mxfp4(
         num, h, n, inter.stride(0), inter_s.stride(0), w.w2.stride(0), w.w2.stride(1), w.w2_scale.stride(0),
         w.w2_scale.stride(1), b2.stride(0), y.stride(0),
         TOPK=topk, A_FP4=w.a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N2"], BLOCK_K=bk2, **_opts(cfg, "2", arch), **flags,
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N2"], BLOCK_K=bk2, **run.opts2, **flags,
         EVEN_N=h % cfg["BLOCK_N2"] == 0,
     )  # fmt: skip
     out = torch.empty(m, h, dtype=torch.bfloat16, device=dev)
@@ -221,14 +290,4 @@ def fused_moe_mxfp4(
     return out
 
 
-__all__ = [
-    "ACT_SILU",
-    "ACT_SWIGLU_OAI",
-    "MoeWeights",
-    "bucket_key",
-    "fused_moe_mxfp4",
-    "pick_config",
-    "plain",
-    "quant_rows",
-    "swizzled",
-]
+__all__ = ["Act", "MoePlan", "MoeWeights", "fused_moe_mxfp4", "make_plan", "plain", "quant_rows", "swizzled"]

@@ -7,6 +7,9 @@ dequantize GPT-OSS experts to bf16 or swizzle them for triton_kernels, and canno
 not serve it (`Unsupported`), stock processing runs and `apply` falls back too: the two decisions are tied
 by `layer._speedrun_moe`.
 
+The layer's plan (`api.make_plan`: every config bucket resolved for these weights) and the backend are fixed
+then too (`layer._speedrun_plan`, `layer._speedrun_backend`): apply reads no environment and no config file.
+
 apply / apply_weights: standard top-k output (also the triton_kernels routing format, converted on the GPU,
 and the bypassed format), no EP dispatcher beyond local-id mapping (-1 ids are skipped).
 """
@@ -19,22 +22,16 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays.hooks import Unsupported, around, backend_for, require_aiter
-from speedrun.overlays.mxfp4_moe.moe import (
-    ACT_SILU,
-    ACT_SWIGLU_OAI,
-    OP,
-    MoeWeights,
-    fused_moe_mxfp4,
-    plain,
-    swizzled,
-)
+from speedrun.overlays import environ
+from speedrun.overlays.hooks import Unsupported, around, require_aiter
+from speedrun.overlays.mxfp4_moe.api import OP, Act, MoeWeights, fused_moe_mxfp4, make_plan, plain, swizzled
+from speedrun.overlays.mxfp4_moe.config import Layout
 
 SERVED_RUNNERS = ("auto", "triton", "triton_kernel", "triton_kernels")
 
 
 def _check_serving(self: Any) -> None:
-    backend = backend_for(OP)
+    backend = environ.value(environ.BACKEND[OP])
     if backend == "aiter":  # on ROCm, stock SGLang's own aiter path is the aiter dispatch: fused_moe per_1x32
         require_aiter(OP)  # with its e8m0/weight shuffles done once at load (readiness/aiter_layouts.py)
         raise Unsupported("backend aiter: stock SGLang's aiter fused_moe (per_1x32) serves this layer")
@@ -61,23 +58,26 @@ def _set(layer: torch.nn.Module, name: str, value: torch.Tensor) -> torch.Tensor
     return getattr(layer, name)
 
 
-def weight_layout() -> str:
-    """The value layout experts are stored in: "swz" (sm90 default: mx.layout's swz128, 16-byte fragment loads)
-    or "plain" (HIP default); SPEEDRUN_MXFP4_MOE_LAYOUT overrides."""
-    v = os.environ.get("SPEEDRUN_MXFP4_MOE_LAYOUT", "").strip().lower()
-    if v in ("swz", "plain"):
-        return v
-    return "plain" if torch.version.hip is not None else "swz"
+def weight_layout() -> Layout:
+    """The value layout experts are stored in: swz (sm90 default: mx.layout's swz128, 16-byte fragment loads)
+    or plain (HIP default); SPEEDRUN_MXFP4_MOE_LAYOUT overrides."""
+    v = environ.value(environ.MXFP4_MOE_LAYOUT)
+    if v is not None:
+        return Layout(v)
+    return Layout.PLAIN if torch.version.hip is not None else Layout.SWZ
 
 
-def _finish(layer: torch.nn.Module, w: MoeWeights) -> MoeWeights:
-    """Store the experts in the serving layout (the layer's parameters are replaced, the plain copies freed)."""
-    if weight_layout() == "swz":
+def _finish(layer: torch.nn.Module, w: MoeWeights) -> None:
+    """Store the experts in the serving layout (the layer's parameters are replaced, the plain copies freed), with
+    their plan and the backend that serves them."""
+    if weight_layout() == Layout.SWZ:
         w = swizzled(w)
         for name, t in (("w13_weight", w.w13), ("w13_weight_scale", w.w13_scale), ("w2_weight", w.w2),
                         ("w2_weight_scale", w.w2_scale)):  # fmt: skip
             _set(layer, name, t)
-    return w
+    layer._speedrun_plan = make_plan(w)
+    layer._speedrun_backend = environ.value(environ.BACKEND[OP])
+    layer._speedrun_moe = w
 
 
 def _deinterleave(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -105,10 +105,10 @@ def _gptoss_process_weights(original: Any, self: Any, layer: torch.nn.Module) ->
     if getattr(layer, "w13_weight_bias", None) is not None:
         b13 = _set(layer, "w13_weight_bias", fix(layer.w13_weight_bias.data.float()))
         b2 = _set(layer, "w2_weight_bias", layer.w2_weight_bias.data.float().contiguous())
-    act = ACT_SWIGLU_OAI if cfg.gemm1_alpha is not None else ACT_SILU
+    act = Act.SWIGLU_OAI if cfg.gemm1_alpha is not None else Act.SILU
     w = MoeWeights(w13, s13, w2, s2, b13, b2, a4=False, act=act, alpha=cfg.gemm1_alpha or 1.702,
                    limit=cfg.gemm1_clamp_limit or 7.0)  # fmt: skip
-    layer._speedrun_moe = _finish(layer, w)
+    _finish(layer, w)
     torch.cuda.empty_cache()
 
 
@@ -125,9 +125,9 @@ def _quark_process_weights(original: Any, self: Any, layer: torch.nn.Module) -> 
         _set(layer, "w2_weight", w2.contiguous()),
         _set(layer, "w2_weight_scale", layer.w2_weight_scale.data.contiguous()),
         a4=True,
-        act=ACT_SILU,
+        act=Act.SILU,
     )
-    layer._speedrun_moe = _finish(layer, w)
+    _finish(layer, w)
     torch.cuda.empty_cache()
 
 
@@ -173,7 +173,7 @@ def _run(self: Any, layer: torch.nn.Module, dispatch_output: Any) -> Any:
     topk_weights, topk_ids = _standard_topk(dispatch_output.topk_output, x.shape[0])
     cfg = getattr(self, "moe_runner_config", None) or layer.moe_runner_config
     rsf = (cfg.routed_scaling_factor or 1.0) if _experts_apply_scaling() else 1.0
-    if backend_for(OP) == "reference":
+    if layer._speedrun_backend == "reference":
         from speedrun.overlays.mxfp4_moe.reference import moe_reference
 
         w = plain(w, w.w13.shape[2] * 8, w.inter)  # swz128 -> plain (K of w13 as padded)
@@ -182,7 +182,7 @@ def _run(self: Any, layer: torch.nn.Module, dispatch_output: Any) -> Any:
                             topk_weights, b13=w.b13, b2=w.b2, a4=w.a4, act=w.act, alpha=w.alpha, limit=w.limit,
                             routed_scaling_factor=rsf)[:, : x.shape[1]]  # fmt: skip
     else:
-        out = fused_moe_mxfp4(x, w, topk_ids, topk_weights, rsf)
+        out = fused_moe_mxfp4(x, w, topk_ids, topk_weights, layer._speedrun_plan, rsf)
     return StandardCombineInput(hidden_states=out)
 
 

@@ -8,8 +8,9 @@ from typing import Any
 from speedrun.overlays.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd, load_configs
 from speedrun.overlays.mxfp4_moe import sort
-from speedrun.overlays.mxfp4_moe.gemm import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
-from speedrun.overlays.mxfp4_moe.moe import swz_block_k
+from speedrun.overlays.mxfp4_moe.api import swz_block_k
+from speedrun.overlays.mxfp4_moe.config import Act
+from speedrun.overlays.mxfp4_moe.kernels import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
 
 OP = "mxfp4_moe"
 TOPK = {"w4a16": 4, "w4a4": 9}  # GPT-OSS top-4; DeepSeek top-8 + fused shared expert
@@ -32,7 +33,7 @@ def _types(fmt: str) -> dict[str, str]:
 
 
 def sm90_consts(cfg: dict[str, Any], arch: str, swz: bool = False) -> dict[str, Any]:
-    """SWAP / W_DEQ / W_ASM / W_SWZ as moe.sm90_flags sets them on a CUDA device (all off for dot_scaled and
+    """SWAP / W_DEQ / W_ASM / W_SWZ as api.sm90_flags sets them on a CUDA device (all off for dot_scaled and
     gfx950); swz: the weights in mx.layout's swz128 layout (what the sm90 hook stores by default)."""
     if cfg.get("dot_scaled") or is_amd(arch):
         return {"SWAP": False, "W_DEQ": 0, "W_ASM": False, "W_SWZ": False, "W_MUL1": False}
@@ -58,7 +59,8 @@ def gemm1_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> C
            "npad_ptr": "*i32", **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we",
            "stride_wn", "stride_wse", "stride_wsn", "stride_be", "stride_om", "stride_osm"), "i32"),
            "alpha": "fp32", "limit": "fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32"}  # fmt: skip
-    const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": 0 if a4 else 1, "HAS_BIAS": not a4,
+    act = Act.SILU if a4 else Act.SWIGLU_OAI  # quark DeepSeek | GPT-OSS
+    const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": int(act), "HAS_BIAS": not a4,
              "DOT_SCALED": bool(cfg.get("dot_scaled")), "BLOCK_M": cfg["BLOCK_M"],
              "BLOCK_N": cfg["BLOCK_N1"], "BLOCK_K": swz_block_k(cfg["BLOCK_K1"], swz), **sm90_consts(cfg, arch, swz),
              "SPLIT_K": 2 if int(cfg.get("split1", 1)) != 1 else 1, "EVEN_N": True}  # fmt: skip

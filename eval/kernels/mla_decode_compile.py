@@ -10,8 +10,9 @@ import torch
 
 from speedrun.overlays.aot import CompileSpec, aligned
 from speedrun.overlays.arch import LAUNCH_KEYS, load_configs
-from speedrun.overlays.mla_decode.kernel import D_LATENT, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
-from speedrun.overlays.mla_decode.ops import block_h, kernel_constexprs, kv_config, split_constexprs, use_pdl
+from speedrun.overlays.buckets import parse
+from speedrun.overlays.mla_decode import api
+from speedrun.overlays.mla_decode.kernels import D_LATENT, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 
 KV_TYPES = {"bf16": "*bf16", "fp8": "*fp8e4nv"}  # fp8 e4m3fn (OCP): sm90 and gfx950 both take it
 KV_TORCH = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
@@ -32,16 +33,18 @@ def _options(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: str, compute: str = "a16",
                  pv: str | None = None) -> CompileSpec:  # fmt: skip
-    """The partial kernel as the launcher builds it for this KV format and compute (fp8 overrides and
-    constexprs included); pv overrides the a8w8 PV operand type (both are compiled: the GPU bench decides)."""
-    cfg = kv_config(cfg, KV_TORCH[kv], compute if kv == "fp8" else None)
+    """The partial kernel as the launcher builds it for this KV format and compute (from the same plan: fp8
+    overrides and constexprs included); pv overrides the a8w8 PV operand type (both are compiled: the GPU bench
+    decides)."""
     if pv is not None:
-        cfg = {**cfg, "pv": pv}
+        cfg = {**cfg, "a8w8": {**cfg["a8w8"], "pv": pv}}
+    plan = api.make_plan(heads, torch.bfloat16, KV_TORCH[kv], arch=arch, config=cfg,
+                         compute=compute if kv == "fp8" else None)  # fmt: skip
+    cfg = plan.cfg
     ptrs = dict(zip(PARTIAL_ARGS, ["*bf16", KV_TYPES[kv], "*bf16", "*fp32", "*fp32", "*i32", "*i64"], strict=True))
-    const = {"H": heads, "BLOCK_H": block_h(heads, cfg), "BLOCK_N": cfg["BLOCK_N"], "BLOCK_B": 256,
+    const = {"H": heads, "BLOCK_H": plan.block_h, "BLOCK_N": cfg["BLOCK_N"], "BLOCK_B": 256,
              "MIN_CHUNK": cfg["min_chunk"], "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE,
-             **kernel_constexprs(cfg, torch.bfloat16, KV_TORCH[kv], arch), "PER_SEQ": False,
-             "PDL": use_pdl(cfg, arch)}  # fmt: skip
+             **plan.partial[False], "PER_SEQ": False, "PDL": plan.pdl}  # fmt: skip
     # Every constexpr is named: Triton 3.7 no longer fills a defaulted one left out of an AOT signature
     # (PER_SEQ was; its chunked form, False, is the one compiled here).
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
@@ -57,10 +60,11 @@ def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: st
 
 def merge_spec(bucket: str, heads: int, cfg: dict[str, Any], block_dv: int, arch: str) -> CompileSpec:
     """The merge at one column block (the launcher picks 64..512 by batch; the extremes are compiled)."""
+    plan = api.make_plan(heads, torch.bfloat16, torch.bfloat16, arch=arch, config=cfg)
     m = cfg["merge"]
     block_p = min(m["BLOCK_P"], 8192 // block_dv)
     const = {"H": heads, "BLOCK_P": block_p, "BLOCK_DV": block_dv, "MIN_CHUNK": cfg["min_chunk"],
-             "DL": D_LATENT, **split_constexprs(cfg), "BLOCK_B": 256, "PDL": use_pdl(cfg, arch)}  # fmt: skip
+             "DL": D_LATENT, **plan.merge_split[False], "BLOCK_B": 256, "PDL": plan.pdl}  # fmt: skip
     sig = {"O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32", "kv_indptr": "*i32", "v_scale": "fp32",
            "bs": "i32", "num_programs": "i32", "stride_ob": "i32", "stride_oh": "i32",
            **dict.fromkeys(const, "constexpr")}  # fmt: skip
@@ -74,9 +78,9 @@ def compile_specs(arch: str) -> list[CompileSpec]:
     """Per bucket: the partial kernel for each KV format, the merge at the smallest and largest column block."""
     specs = []
     for bucket, cfg in load_configs("mla_decode", arch).items():
-        if not bucket.startswith("heads<="):
+        if bucket.startswith("_"):
             continue
-        heads = int(bucket.split("<=")[1])
+        heads = parse(bucket).limit
         specs += [partial_spec(bucket, heads, cfg, kv, arch) for kv in KV_TYPES]
         if cfg.get("a8w8"):  # the bucket's PV operand type first, then the other one
             pvs = [cfg["a8w8"]["pv"], *(p for p in A8W8_PV if p != cfg["a8w8"]["pv"])]
@@ -86,7 +90,7 @@ def compile_specs(arch: str) -> list[CompileSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m speedrun.overlays.mla_decode.compile ARCH...`: compile every spec, print one JSON line each.
+    """`python -m speedrun.eval.kernels.mla_decode_compile ARCH...`: compile every spec, print one JSON line each.
     Run it without TRITON_INTERPRET (the interpreter replaces @triton.jit functions at import)."""
     import json
     import sys

@@ -1,7 +1,7 @@
 """MLA decode benchmark, side by side on the same inputs: ours vs SGLang's triton decode kernel, flashinfer MLA
 (BatchMLAPagedAttentionWrapper) and FlashMLA (sgl_kernel, page size 64).
 
-`python -m speedrun.overlays.mla_decode.bench --out DIR [--quick] [--shape BS:KV:DTYPE ...] [--impls ...] [--sweep]`
+`python -m speedrun.eval.kernels.mla_decode_bench --out DIR [--quick] [--shape BS:KV:DTYPE ...] [--impls ...] [--sweep]`
 writes DIR/mla_decode.json and DIR/mla_decode.png. Baselines: `sglang_triton` is `decode_attention_fwd` as SGLang's
 TritonAttnBackend drives it for MLA (stock's `--attention-backend triton`), `flashinfer` and `flashmla` are the
 kernels behind stock's `flashinfer` / `flashmla` backends. Timing: eval/kernels/timer.py for every impl (a CUDA
@@ -90,9 +90,9 @@ SWEEP_BUDGET_S = 115.0  # under the device script's 130 s step
 
 def variant_config(name: str) -> dict[str, Any]:
     """The heads<=16 bucket with one sweep variant applied."""
-    from speedrun.overlays.mla_decode import ops
+    from speedrun.overlays.mla_decode import api
 
-    base = ops.config_for(HEADS)
+    base = api.config_for(HEADS)
     if name in SPLIT_VARIANTS:  # split/launch knobs only: the fp8 overrides of the table stay
         return {**base, **VARIANTS.get(name, {})}
     return {**base, **VARIANTS[name], "fp8": {}}
@@ -130,16 +130,15 @@ def setup_speedrun(x: dict[str, Any], config: dict[str, Any] | None = None,
                    compute: str | None = None) -> Callable[[], torch.Tensor]:  # fmt: skip
     """Ours with `config` (the sweep: fp8 caches compute as the variant's table says), else the shipped table
     with fp8 caches upcast (compute a16; a8w8 is the speedrun_a8w8 impl)."""
-    from speedrun.overlays.mla_decode import ops
+    from speedrun.overlays.mla_decode import api
 
-    cfg = config or ops.config_for(HEADS)
     if config is None and compute is None and x["kv"].dtype.itemsize == 1:
         compute = "a16"
-    programs = ops.num_programs(HEADS, cfg, ops.sm_count(0))
-    ws = ops.alloc_workspace(x["bs"], HEADS, programs, x["q"].device)
+    plan = api.make_plan(HEADS, x["q"].dtype, x["kv"].dtype, device=x["q"].device, config=config, compute=compute)
+    ws = plan.alloc_workspace(x["bs"], x["q"].device)
     o = torch.empty(x["bs"], HEADS, 512, dtype=torch.bfloat16, device="cuda")
-    args = (x["q"], x["kv"], o, x["indptr"], x["slots"], SM_SCALE)
-    return lambda: ops.mla_decode(*args, workspace=ws, config=cfg, programs=programs, compute=compute)
+    args = (x["q"], x["kv"], o, x["indptr"], x["slots"], plan)
+    return lambda: api.mla_decode(*args, sm_scale=SM_SCALE, workspace=ws)
 
 
 def setup_speedrun_a8w8(x: dict[str, Any]) -> Callable[[], torch.Tensor]:

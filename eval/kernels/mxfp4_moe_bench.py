@@ -22,7 +22,7 @@ x and the output; % of HBM peak from the device name. Top-k selection is not tim
 routing() also sorts, so its expert sort is free here, ours is timed). Stock's in-place MoE writes its output
 over its input: its copies' hidden states drift over the replays (routing is fixed, so the work is the same).
 
-    python -m speedrun.overlays.mxfp4_moe.bench --out DIR   # writes DIR/mxfp4_moe.json and DIR/mxfp4_moe.png
+    python -m speedrun.eval.kernels.mxfp4_moe_bench --out DIR   # writes DIR/mxfp4_moe.json and DIR/mxfp4_moe.png
 """
 
 from __future__ import annotations
@@ -37,18 +37,18 @@ from typing import Any, NamedTuple
 import torch
 
 from speedrun.eval.kernels import report, timer
+from speedrun.eval.kernels.mxfp4_moe_baselines import BUILDERS, ROUTED_SCALING, Raw, fp8_stock_config
 from speedrun.eval.kernels.timer import Built, Copies
-from speedrun.overlays.mxfp4_moe.baselines import BUILDERS, ROUTED_SCALING, Raw, fp8_stock_config
-from speedrun.overlays.mxfp4_moe.hook import _deinterleave
-from speedrun.overlays.mxfp4_moe.moe import (
-    ACT_SILU,
-    ACT_SWIGLU_OAI,
+from speedrun.overlays.mxfp4_moe.api import (
+    Act,
     MoeWeights,
     bucket_key,
     fused_moe_mxfp4,
+    make_plan,
     pick_config,
     swizzled,
 )
+from speedrun.overlays.mxfp4_moe.sglang_hook import _deinterleave
 
 ROUTING_SETS = 8  # routing sets averaged for the byte count
 
@@ -82,10 +82,10 @@ def make_raw(e: int, h: int, n: int, gptoss: bool) -> Raw:
 def ours(raw: Raw, gptoss: bool) -> MoeWeights:
     """What hook.process_weights leaves: de-interleaved gate/up and fp32 biases for GPT-OSS."""
     if not gptoss:
-        return MoeWeights(raw.w13, raw.s13, raw.w2, raw.s2, a4=True, act=ACT_SILU)
+        return MoeWeights(raw.w13, raw.s13, raw.w2, raw.s2, a4=True, act=Act.SILU)
     n = raw.w13.shape[1] // 2
     return MoeWeights(_deinterleave(raw.w13, n), _deinterleave(raw.s13, n), raw.w2, raw.s2,
-                      _deinterleave(raw.b13.float(), n), raw.b2.float(), act=ACT_SWIGLU_OAI)  # fmt: skip
+                      _deinterleave(raw.b13.float(), n), raw.b2.float(), act=Act.SWIGLU_OAI)  # fmt: skip
 
 
 def routing_set(m: int, model: Model, i: int) -> dict[str, torch.Tensor]:
@@ -121,7 +121,8 @@ def ours_builder(gptoss: bool, swz: bool, cfg: dict[str, Any] | None = None) -> 
     def build(raw: Raw) -> tuple[Callable, Callable]:
         w = ours(raw, gptoss)
         w = swizzled(w) if swz else w
-        return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_mxfp4(x, w, *st, cfg=cfg))
+        plan = make_plan(w, config=cfg)
+        return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_mxfp4(x, w, *st, plan))
 
     return build
 
@@ -208,7 +209,7 @@ SWEEP_VARIANTS = {
 }
 
 
-KNOB_DEFAULTS = {"split1": 1, "mul1": True, "swap": False, "deq": 0, "dot_scaled": False}  # as moe.py reads them
+KNOB_DEFAULTS = {"split1": 1, "mul1": True, "swap": False, "deq": 0, "dot_scaled": False}  # as api.py reads them
 
 
 def variant_cfg(base: dict[str, Any], var: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -245,7 +246,8 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1]) 
         base_cfg = pick_config(plain_w, m, topk)
         bucket = bucket_key(plain_w.fmt, m, topk, e)
         try:
-            want = fused_moe_mxfp4(s0["x"], weights["swz"](0), s0["ids"], s0["tw"]).float()
+            w0 = weights["swz"](0)
+            want = fused_moe_mxfp4(s0["x"], w0, s0["ids"], s0["tw"], make_plan(w0)).float()
         except Exception:  # the config's own row records the error below
             want = None
         seen: list[tuple[dict[str, Any], str]] = []
@@ -270,7 +272,8 @@ def _weights_build(cfg: dict[str, Any]) -> Callable[[MoeWeights], tuple[Callable
     """A sweep variant on one copy of our (already processed) experts."""
 
     def build(w: MoeWeights) -> tuple[Callable, Callable]:
-        return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_mxfp4(x, w, *st, cfg=cfg))
+        plan = make_plan(w, config=cfg)
+        return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_mxfp4(x, w, *st, plan))
 
     return build
 

@@ -3,7 +3,13 @@
 `register_backend()` (TABLE row, kind "registry", every process) adds the backend factory to
 ATTENTION_BACKENDS and the name to the CLI choices, so `--attention-backend speedrun_mla` and
 `--decode-attention-backend speedrun_mla` parse and build. The factory (scheduler processes) also registers
-the DeepSeek forward-method handler. Nothing here imports CUDA code until a backend is built.
+the DeepSeek forward-method handler and builds `backend.SpeedrunMLABackend` (stock TritonAttnBackend with our
+decode call). Nothing here imports CUDA code until a backend is built.
+
+`alias_draft_backend()` (TABLE row, speculative decoding): the EAGLE/MTP draft model runs SGLang's triton MLA
+backend. SGLang 0.5.17 picks the draft backend from dict literals inside `DraftBackendFactory`; patch 0001 of our
+series (`speedrun patch apply`) adds `DRAFT_BACKEND_ALIASES`, which this fills. Without the patch only
+speculative runs are affected, and the report says so (non-speculative serving needs nothing here).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 from speedrun.overlays import report
 
 NAME = "speedrun_mla"
+DRAFT_BACKEND = "triton"
 # The SGLang attributes this binding relies on (checked against SGLang's source by the CPU tests).
 SGLANG_API = {
     "sglang/srt/layers/attention/attention_registry.py": ["ATTENTION_BACKENDS", "register_attention_backend"],
@@ -72,3 +79,18 @@ def deepseek_handler(attn: Any, forward_batch: Any) -> Any:
 
     attn.current_attention_backend = "triton"
     return handle_attention_triton(attn, forward_batch)
+
+
+def alias_draft_backend() -> None:
+    from sglang.srt.speculative import draft_utils
+
+    aliases = getattr(draft_utils, "DRAFT_BACKEND_ALIASES", None)
+    if aliases is None:
+        report.fallback(
+            "mla_decode",
+            "mla_decode/draft_alias",
+            "patch 0001 not applied: EAGLE/MTP drafts cannot be built with speedrun_mla "
+            "(run `speedrun patch apply`, or pass --speculative-draft-attention-backend)",
+        )
+        return
+    aliases[NAME] = DRAFT_BACKEND

@@ -1,0 +1,349 @@
+"""Absorbed-MLA decode (DeepSeek V3/R1): a plan built once, one call per step.
+
+    plan = make_plan(heads, torch.bfloat16, kv.dtype, device=q.device, page_size=1)    # config, programs, knobs
+    mla_decode(q, kv, o, kv_indptr, kv_indices, plan, sm_scale=s)                       # every step
+
+Shapes and dtypes (H = heads, 576 = 512 latent + 64 rope; V is the latent):
+    q           [bs, H, 576]  bf16 | f16, unit stride in the last dim
+    kv          [slots, 1, 576] or [pages, page_size, 1, 576]: bf16 | f16 | fp8 e4m3fn | e4m3fnuz
+    o           [bs, H, 512]  any float dtype, unit stride in the last dim (written in place, also returned)
+    kv_indptr   [bs + 1] int32; kv_indices [kv_indptr[bs]] int32 | int64 token slots (any page size)
+    workspace   (o [rows * H * 512], lse [rows * H]) float32, rows = plan.workspace_rows(bs); None: allocated
+
+The plan holds everything that depends on shapes, dtypes and the device only: the config bucket (validated
+once, configs/<arch>.json), the compute path for fp8 caches, the split width and every kernel constexpr. The call
+depends on bs alone besides (CUDA-graph safe: sequence lengths are read on the device, no host sync).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
+from speedrun.overlays.buckets import select
+from speedrun.overlays.hooks import Unsupported
+from speedrun.overlays.mla_decode.config import FP8_KNOBS, Compute, Fp8Cvt, MmaM, Pv, Split, check_config, check_table
+from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
+
+LOG2E = 1.4426950408889634
+# SNAP reads the whole batch's lengths in every merge program (bs x heads of them): past this batch the merge
+# traffic would grow as bs^2, while the flat split already cuts at most one sequence per program.
+SNAP_MAX_BS = 512
+MAX_BS = 8192  # the partial kernel loads kv_indptr[1:bs+1] as one vector to find its first sequence
+KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+Q_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class MlaDecodePlan:
+    """What one (heads, q dtype, KV dtype, page size, device) decode runs: build it with `make_plan`."""
+
+    heads: int
+    q_dtype: torch.dtype
+    kv_dtype: torch.dtype
+    page_size: int
+    arch: str
+    compute: Compute  # what fp8 caches compute in (a16 for 16-bit caches)
+    cfg: dict[str, Any]  # the bucket as it runs: fp8 / a8w8 knobs applied
+    programs: int  # KV chunks per launch (the split width): sizes the workspace
+    sms: int
+    block_h: int
+    partial: dict[bool, dict[str, Any]] = field(repr=False)  # constexprs by `bs > SNAP_MAX_BS`
+    merge_split: dict[bool, dict[str, Any]] = field(repr=False)
+    partial_opts: dict[str, Any] = field(repr=False)
+    merge_opts: dict[str, Any] = field(repr=False)
+    pdl: bool = False
+
+    @property
+    def groups(self) -> int:
+        return math.ceil(self.heads / self.block_h)
+
+    def workspace_rows(self, bs: int) -> int:
+        return workspace_rows(bs, self.programs)
+
+    def alloc_workspace(self, bs: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return alloc_workspace(bs, self.heads, self.programs, device)
+
+    def fits(self, part_o: torch.Tensor | None, part_lse: torch.Tensor | None, bs: int) -> bool:
+        """Whether (part_o, part_lse) can serve as this plan's workspace at batch bs (contiguous, large enough)."""
+        rows = self.workspace_rows(bs)
+        return (
+            part_o is not None
+            and part_lse is not None
+            and part_o.is_contiguous()
+            and part_lse.is_contiguous()
+            and part_o.numel() >= rows * self.heads * D_LATENT
+            and part_lse.numel() >= rows * self.heads
+        )
+
+
+def make_plan(
+    heads: int,
+    q_dtype: torch.dtype,
+    kv_dtype: torch.dtype,
+    *,
+    device: torch.device | str | None = None,
+    page_size: int = 1,
+    arch: str | None = None,
+    compute: Compute | str | None = None,
+    config: dict[str, Any] | None = None,
+    programs: int | None = None,
+) -> MlaDecodePlan:
+    """Validate once and resolve everything a decode step needs. Unsupported for dtypes the kernel does not serve;
+    ValueError for a bad config field or a compute that cannot run (a8w8 on a 16-bit cache)."""
+    if q_dtype not in Q_DTYPES or kv_dtype not in KV_DTYPES:
+        raise Unsupported(f"dtypes q={q_dtype} kv={kv_dtype} not served")
+    arch = arch or current_arch()
+    base = check_config(config, "mla_decode config") if config is not None else config_for(heads, arch)
+    cfg = kv_config(base, kv_dtype, compute)
+    sms = sm_count(torch.device(device) if device is not None else _default_device())
+    cpu = arch == "cpu"
+    big = {**cfg, "snap": False}  # past SNAP_MAX_BS: a shape-only choice (graph safe), both kernels agree
+    return MlaDecodePlan(
+        heads=heads,
+        q_dtype=q_dtype,
+        kv_dtype=kv_dtype,
+        page_size=page_size,
+        arch=arch,
+        compute=Compute(compute_for(base, kv_dtype, compute)),
+        cfg=cfg,
+        programs=programs if programs is not None else num_programs(heads, cfg, sms),
+        sms=sms,
+        block_h=block_h(heads, cfg),
+        partial={large: kernel_constexprs(c, q_dtype, kv_dtype, arch) for large, c in ((False, cfg), (True, big))},
+        merge_split={False: split_constexprs(cfg), True: split_constexprs(big)},
+        partial_opts={} if cpu else launch_options(cfg, arch),
+        merge_opts={} if cpu else launch_options(cfg["merge"], arch),
+        pdl=use_pdl(cfg, arch),
+    )
+
+
+def mla_decode(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    o: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    plan: MlaDecodePlan,
+    *,
+    sm_scale: float,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """o = softmax(sm_scale * k_scale * q . K^T) @ (v_scale * V) per sequence (shapes: the module docstring).
+    Unsupported for inputs the kernel does not serve (the hook then runs stock SGLang)."""
+    check_inputs(q, kv, o, plan)
+    bs, heads = q.shape[0], plan.heads
+    if bs == 0:
+        return o
+    cfg, programs, large = plan.cfg, plan.programs, bs > SNAP_MAX_BS
+    part_o, part_lse = workspace if workspace is not None else plan.alloc_workspace(bs, q.device)
+    rows = plan.workspace_rows(bs)
+    if part_o.numel() < rows * heads * D_LATENT or part_lse.numel() < rows * heads:
+        raise ValueError(f"workspace too small for bs={bs} heads={heads} programs={programs}")
+    page_stride, tok_stride = kv_strides(kv, plan.page_size)
+    # One program per sequence once the batch alone fills the GPU (per_seq_min_bs, a shape-only choice:
+    # graph safe): no partials and no merge. Equal chunks otherwise (they balance mixed lengths).
+    per_seq = bool(cfg.get("per_seq_min_bs")) and bs >= cfg["per_seq_min_bs"]
+    pdl = plan.pdl and not per_seq
+    _mla_partial_kernel[((bs if per_seq else programs) * plan.groups,)](
+        q, kv, o, part_o, part_lse, kv_indptr, kv_indices,
+        float(sm_scale) * float(k_scale) * LOG2E, float(v_scale), bs, programs,
+        q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
+        H=heads, BLOCK_H=plan.block_h, BLOCK_N=cfg["BLOCK_N"], BLOCK_B=block_b(bs),
+        MIN_CHUNK=cfg["min_chunk"], PAGE_SIZE=plan.page_size, DL=D_LATENT, DR=D_ROPE,
+        **plan.partial[large], PER_SEQ=per_seq, PDL=pdl, **plan.partial_opts,
+    )  # fmt: skip
+    if per_seq:
+        return o
+    block_p, block_dv = merge_blocks(bs, heads, cfg["merge"], plan.sms)
+    mopts = {**plan.merge_opts, **({"launch_pdl": True} if pdl else {})}
+    _mla_merge_kernel[(bs, heads, D_LATENT // block_dv)](
+        o, part_o, part_lse, kv_indptr, float(v_scale), bs, programs, o.stride(0), o.stride(1),
+        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, MIN_CHUNK=cfg["min_chunk"], DL=D_LATENT,
+        BLOCK_B=block_b(bs), **plan.merge_split[large], PDL=pdl, **mopts,
+    )  # fmt: skip
+    return o
+
+
+def check_inputs(q: torch.Tensor, kv: torch.Tensor, o: torch.Tensor, plan: MlaDecodePlan) -> None:
+    """Unsupported for anything the kernel does not serve (the caller then runs stock SGLang); ValueError when
+    the tensors do not match the plan they are run with."""
+    if q.dim() != 3 or q.shape[-1] != D_QK:
+        raise Unsupported(f"q must be [bs, heads, {D_QK}], got {tuple(q.shape)}")
+    if kv.shape[-1] != D_QK or kv.shape[-2] != 1 or kv.dim() not in (3, 4) or kv.stride(-1) != 1:
+        raise Unsupported(f"KV pool must be [slots, 1, {D_QK}] or [pages, ps, 1, {D_QK}], got {tuple(kv.shape)}")
+    if kv.dim() == 4 and kv.shape[1] != plan.page_size:
+        raise Unsupported(f"4-D KV pool dim 1 ({kv.shape[1]}) != page_size {plan.page_size}")
+    if o.shape != (q.shape[0], q.shape[1], D_LATENT) or o.stride(-1) != 1:
+        raise Unsupported(f"o must be [bs, heads, {D_LATENT}] (unit stride), got {tuple(o.shape)}")
+    if q.stride(-1) != 1:
+        raise Unsupported("q must have unit stride in its last dim")
+    if q.shape[0] > MAX_BS:
+        raise Unsupported(f"batch {q.shape[0]} > {MAX_BS}")
+    if (q.shape[1], q.dtype, kv.dtype) != (plan.heads, plan.q_dtype, plan.kv_dtype):
+        raise ValueError(f"q {q.shape[1]} heads {q.dtype}, kv {kv.dtype} do not match the plan {plan}")
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------- configs (validated once per arch)
+
+
+@functools.cache
+def _table(arch: str) -> dict[str, Any]:
+    try:
+        table = load_configs("mla_decode", arch)
+    except FileNotFoundError:  # another AMD arch: the gfx950 table is the closest we have
+        table = load_configs("mla_decode", "gfx950" if is_amd(arch) else "sm90")
+    return check_table(table, f"mla_decode {arch}")
+
+
+def config_for(heads: int, arch: str | None = None) -> dict[str, Any]:
+    """The first `heads<=N` bucket of the arch's table that holds `heads` (the largest one otherwise)."""
+    table = _table(arch or current_arch())
+    return table[select(table, "heads", heads)]
+
+
+def compute_for(cfg: dict[str, Any], kv_dtype: torch.dtype, compute: Compute | str | None = None) -> Compute:
+    """The compute that runs: a16 for 16-bit caches; for fp8 caches the requested one, else the bucket's.
+    a8w8 asked of a 16-bit cache is an error, never a silent a16."""
+    if compute is not None and compute not in tuple(Compute):
+        raise ValueError(f"compute {compute!r}; expected one of {tuple(c.value for c in Compute)}")
+    if kv_dtype.itemsize != 1:
+        if compute == Compute.A8W8:
+            raise ValueError(f"compute a8w8 needs an fp8 KV cache (got {kv_dtype}): use --kv-cache-dtype fp8_e4m3")
+        return Compute.A16
+    return Compute(compute or cfg.get("fp8_compute", Compute.A16))
+
+
+def kv_config(cfg: dict[str, Any], kv_dtype: torch.dtype, compute: Compute | str | None = None) -> dict[str, Any]:
+    """The bucket's config for this KV dtype and compute (see compute_for): fp8 caches take the kernel knobs of
+    cfg["a8w8"] (a8w8) or cfg["fp8"] (a16), never the split width: programs_per_sm sizes the workspace the
+    caller already holds. The result's "compute" says which ran."""
+    if kv_dtype.itemsize != 1:
+        compute_for(cfg, kv_dtype, compute)  # raises for a8w8
+        return cfg
+    if compute_for(cfg, kv_dtype, compute) == Compute.A8W8:
+        if not cfg.get("a8w8"):
+            raise ValueError("compute a8w8: this config bucket has no a8w8 knobs")
+        return {**cfg, **{k: v for k, v in cfg["a8w8"].items() if v is not None}, "compute": "a8w8"}
+    return {**cfg, **{k: v for k, v in cfg.get("fp8", {}).items() if k in FP8_KNOBS}, "compute": "a16"}
+
+
+# ---------------------------------------------------------------- kernel constexprs and launch geometry
+
+
+def _sm(arch: str) -> int:
+    return int("".join(c for c in arch[2:] if c.isdigit()) or 0) if arch.startswith("sm") else 0
+
+
+def kernel_constexprs(cfg: dict[str, Any], q_dtype: torch.dtype, kv_dtype: torch.dtype, arch: str) -> dict:
+    """SPLIT_D, CDT (MMA input dtype) and CVT_ASM for the partial kernel.
+    fp8_cvt: "bf16" converts fp8 to q's dtype; "f16" computes in f16 (e4m3 -> f16 is exact; q gets a
+    power-of-two guard); "asm" is "f16" with the packed sm89+ inline-asm convert (e4m3fn on CUDA only)."""
+    cdt = tl.float16 if q_dtype == torch.float16 else tl.bfloat16
+    cvt = cfg.get("fp8_cvt", Fp8Cvt.BF16) if kv_dtype.itemsize == 1 else "none"
+    if cvt in (Fp8Cvt.F16, Fp8Cvt.ASM):
+        cdt = tl.float16
+    asm = cvt == Fp8Cvt.ASM and kv_dtype == torch.float8_e4m3fn and _sm(arch) >= 89
+    a8 = cfg.get("compute") == Compute.A8W8 and kv_dtype.itemsize == 1
+    return {
+        "SPLIT_D": cfg.get("split_d", 1),
+        "CDT": cdt,
+        "CVT_ASM": asm,
+        "QK_CHAINS": cfg.get("qk_chains", 1),
+        **split_constexprs(cfg),
+        "A8W8": a8,
+        "TOKENS_M": a8 and cfg.get("mma_m") == MmaM.TOKENS,
+        "PV_FP8": not a8 or cfg.get("pv", Pv.FP8) == Pv.FP8,
+        "Q_EXP": q_exp(kv_dtype),
+    }
+
+
+def q_exp(kv_dtype: torch.dtype) -> int:
+    """a8w8: q's row maximum is scaled into [2^(e-1), 2^e), e = floor(log2(max finite)) of the cache's fp8 format
+    (8 for e4m3fn's 448, 7 for e4m3fnuz's 240)."""
+    return math.floor(math.log2(torch.finfo(kv_dtype).max)) if kv_dtype.itemsize == 1 else 8
+
+
+def use_pdl(cfg: dict[str, Any], arch: str) -> bool:
+    """pdl: launch the merge as a programmatic dependent of the partial kernel (sm90+; hides its launch)."""
+    return bool(cfg.get("pdl")) and _sm(arch) >= 90
+
+
+def block_b(bs: int) -> int:
+    """The batch as one vector (the kernels find a chunk's first sequence and the longest one with it)."""
+    return max(256, triton.next_power_of_2(bs))
+
+
+def split_constexprs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """split "seq": sequence-aligned pieces of >= one chunk (align tokens); "flat" (default): equal cuts of the
+    concatenated KV range. Both kernels must agree: the merge finds the partials from the same rule."""
+    return {
+        "SEQ_SPLIT": cfg.get("split", Split.FLAT) == Split.SEQ,
+        "ALIGN": cfg.get("align", 64),
+        "SNAP": bool(cfg.get("snap", False)),
+    }
+
+
+def block_h(heads: int, cfg: dict[str, Any]) -> int:
+    # tl.dot wants M >= 16: fewer heads are padded (masked), more are split into head groups.
+    return max(16, min(cfg["BLOCK_H"], triton.next_power_of_2(heads)))
+
+
+def num_programs(heads: int, cfg: dict[str, Any], sms: int) -> int:
+    """KV chunks per launch: `programs_per_sm` waves of the GPU, shared by the head groups of a chunk."""
+    groups = math.ceil(heads / block_h(heads, cfg))
+    return max(1, (cfg["programs_per_sm"] * sms) // groups)
+
+
+def chunk_tokens(lens: list[int], programs: int, min_chunk: int, snap: bool = False) -> int:
+    """Host mirror of the kernels' `_chunk_size` (tests and predictions only; the kernels compute it on the device)."""
+    chunk = -(-max(-(-sum(lens) // programs), min_chunk) // 16) * 16
+    if not snap:
+        return chunk
+    lmax = max(max(lens, default=1), 1)
+    snapped = -(-lmax // max(lmax // chunk, 1)) if lmax >= chunk else -(-chunk // lmax) * lmax
+    return snapped if snapped * 16 <= chunk * 17 else chunk
+
+
+def merge_blocks(bs: int, heads: int, merge_cfg: dict[str, Any], sms: int) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_DV) of the merge: split the 512 output columns until there are ~4 programs per SM,
+    so a lone long sequence (hundreds of partials) merges in parallel; cap the [P, DV] tile at 8K floats."""
+    split = max(1, min(D_LATENT // merge_cfg["min_block_dv"], triton.next_power_of_2(-(-4 * sms // (bs * heads)))))
+    block_dv = D_LATENT // split
+    return min(merge_cfg["BLOCK_P"], 8192 // block_dv), block_dv
+
+
+def workspace_rows(bs: int, programs: int) -> int:
+    """Partial slots: segment (chunk p, sequence b) lives at p + b < programs + bs."""
+    return programs + bs
+
+
+def alloc_workspace(bs: int, heads: int, programs: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = workspace_rows(bs, programs)
+    return (
+        torch.empty(rows * heads * D_LATENT, dtype=torch.float32, device=device),
+        torch.empty(rows * heads, dtype=torch.float32, device=device),
+    )
+
+
+def kv_strides(kv: torch.Tensor, page_size: int) -> tuple[int, int]:
+    """(page stride, token stride) in elements: token slot t lives at (t // ps) * page + (t % ps) * tok."""
+    if kv.dim() == 4:
+        return kv.stride(0), kv.stride(1)
+    return kv.stride(0) * page_size, kv.stride(0)
+
+
+__all__ = ["Compute", "MlaDecodePlan", "check_inputs", "make_plan", "mla_decode"]

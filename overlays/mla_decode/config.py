@@ -1,0 +1,135 @@
+"""The typed schema of configs/<arch>.json: one `heads<=N` bucket per entry (overlays/buckets.py grammar), its
+knobs, and the enums of the mode knobs. Tables are validated once when loaded; the plan reads the dict as it is
+(the kernels' constexprs come from it unchanged)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from speedrun.overlays.buckets import parse
+
+
+class Compute(StrEnum):
+    """How an fp8 KV cache computes: a8w8 (q quantized to fp8 per row, fp8 MMAs) or a16 (upcast to 16 bits)."""
+
+    A8W8 = "a8w8"
+    A16 = "a16"
+
+
+class Fp8Cvt(StrEnum):
+    """a16 on fp8 caches: MMA in q's dtype (bf16), in f16 (e4m3 -> f16 exact), or f16 with the packed PTX convert."""
+
+    BF16 = "bf16"
+    F16 = "f16"
+    ASM = "asm"
+
+
+class Split(StrEnum):
+    FLAT = "flat"  # equal cuts of the concatenated KV range
+    SEQ = "seq"  # sequence-aligned pieces of >= one chunk (a sweep variant)
+
+
+class MmaM(StrEnum):
+    TOKENS = "tokens"  # tokens are the MMA's M (sm90 wgmma needs M >= 64)
+    HEADS = "heads"
+
+
+class Pv(StrEnum):
+    FP8 = "fp8"  # P and V in fp8
+    F16 = "f16"  # P in f16, V upcast (exact)
+
+
+FP8_KNOBS = ("BLOCK_N", "num_warps", "num_stages", "split_d", "fp8_cvt", "qk_chains")  # what cfg["fp8"] may override
+
+
+class _Knobs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MergeKnobs(_Knobs):
+    BLOCK_P: int = Field(ge=1)
+    min_block_dv: int = Field(ge=16)
+    num_warps: int = Field(ge=1)
+    num_stages: int = Field(1, ge=1)
+    waves_per_eu: int | None = None
+
+
+class Fp8Knobs(_Knobs):
+    """cfg["fp8"]: knobs of the a16 path on fp8 caches (never the split width)."""
+
+    BLOCK_N: int | None = Field(None, ge=16)
+    num_warps: int | None = Field(None, ge=1)
+    num_stages: int | None = Field(None, ge=1)
+    split_d: int | None = None
+    fp8_cvt: Fp8Cvt | None = None
+    qk_chains: int | None = None
+
+
+class A8W8Knobs(_Knobs):
+    """cfg["a8w8"]: the kernel knobs of the fp8-compute path (they override the bucket's for fp8 caches)."""
+
+    mma_m: MmaM
+    pv: Pv
+    BLOCK_N: int = Field(ge=16)
+    num_warps: int = Field(ge=1)
+    num_stages: int = Field(ge=1)
+    waves_per_eu: int | None = None
+    matrix_instr_nonkdim: int | None = None
+
+
+class MlaBucket(_Knobs):
+    """One `heads<=N` bucket."""
+
+    BLOCK_H: int = Field(ge=16)
+    BLOCK_N: int = Field(ge=16)
+    num_warps: int = Field(ge=1)
+    num_stages: int = Field(ge=1)
+    waves_per_eu: int | None = None
+    matrix_instr_nonkdim: int | None = None
+    programs_per_sm: int = Field(ge=1)
+    min_chunk: int = Field(ge=16)
+    merge: MergeKnobs
+    split_d: int = 1
+    fp8_cvt: Fp8Cvt = Fp8Cvt.BF16
+    fp8: Fp8Knobs | None = None
+    snap: bool = False
+    split: Split = Split.FLAT
+    align: int = 64
+    qk_chains: int = 1
+    pdl: bool = False
+    per_seq_min_bs: int | None = None
+    fp8_compute: Compute = Compute.A16
+    a8w8: A8W8Knobs | None = None
+
+    @model_validator(mode="after")
+    def _a8w8_knobs(self) -> MlaBucket:
+        if self.fp8_compute == Compute.A8W8 and self.a8w8 is None:
+            raise ValueError("fp8_compute is a8w8 but the bucket has no a8w8 knobs")
+        return self
+
+
+def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """Validate one bucket (ValueError naming the bad field); returns cfg unchanged."""
+    try:
+        MlaBucket.model_validate(cfg)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return cfg
+
+
+def check_table(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """Every bucket of a table: its key in the one grammar (`heads<=N`) and its knobs."""
+    for key, cfg in table.items():
+        if key.startswith("_"):
+            continue
+        if parse(key).dim != "heads" or parse(key).fmt is not None:
+            raise ValueError(f"{where}: bucket {key!r}: expected heads<=N")
+        check_config(cfg, f"{where} {key}")
+    return table
+
+
+__all__ = ["FP8_KNOBS", "A8W8Knobs", "Compute", "Fp8Cvt", "MlaBucket", "MmaM", "Pv", "Split", "check_config"]

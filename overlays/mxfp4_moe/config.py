@@ -1,0 +1,84 @@
+"""The typed schema of configs/<arch>.json: one `<fmt>:tpe<=N` / `<fmt>:tpe>N` bucket per entry (overlays/buckets.py
+grammar; fmt w4a16 | w4a4, tpe = routed tokens per expert), its knobs, and the enums of the mode knobs. Tables are
+validated once when loaded; the plan reads the dict as it is (the kernels' constexprs come from it unchanged)."""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from speedrun.overlays.buckets import parse
+
+
+class Act(IntEnum):
+    """GEMM1 epilogue (the kernels' ACT constexpr)."""
+
+    SILU = 0  # silu(gate) * up (DeepSeek)
+    SWIGLU_OAI = 1  # clamped gate * sigmoid(alpha * gate) * (up + 1) (GPT-OSS)
+
+
+class WDeq(IntEnum):
+    """How the dequant path (no tl.dot_scaled) decodes plain-layout weights (the kernels' W_DEQ constexpr)."""
+
+    LUT = 0  # mx.mxfp4_to_bf16, codes interleaved back to k order
+    HALVES = 2  # mx.mxfp4_halves_bf16: even/odd-K halves, two dots (inline PTX on CUDA)
+
+
+class Fmt(StrEnum):
+    W4A16 = "w4a16"  # bf16 activations (GPT-OSS)
+    W4A4 = "w4a4"  # activations quantized to MXFP4 per row (quark DeepSeek-R1)
+
+
+class Layout(StrEnum):
+    """Expert value layout: mx.layout's swz128 (int32 words, 16-byte fragment loads; sm90) or plain bytes."""
+
+    SWZ = "swz"
+    PLAIN = "plain"
+
+
+class MoeBucket(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    BLOCK_M: int = Field(ge=16)
+    BLOCK_N1: int = Field(ge=16)
+    BLOCK_K1: int = Field(ge=32)
+    warps1: int = Field(ge=1)
+    stages1: int = Field(ge=1)
+    BLOCK_N2: int = Field(ge=16)
+    BLOCK_K2: int = Field(ge=32)
+    warps2: int = Field(ge=1)
+    stages2: int = Field(ge=1)
+    dot_scaled: bool = False  # tl.dot_scaled on packed operands (gfx950: v_mfma_scale); else dequant + tl.dot
+    swap: bool = False  # sm90: acc^T = W @ A^T (weights on the MMA's M side)
+    deq: WDeq = WDeq.LUT
+    split1: int = Field(1, ge=0)  # GEMM1 split-K; 0: auto (see api.gemm1_split)
+    mul1: bool = True  # swz128: one multiply per decoded pair when every scale byte allows it
+    waves_per_eu: int | None = None
+    matrix_instr_nonkdim: int | None = None
+    kpack: int | None = None
+
+
+def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """Validate one bucket (ValueError naming the bad field); returns cfg unchanged."""
+    try:
+        MoeBucket.model_validate(cfg)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return cfg
+
+
+def check_table(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """Every bucket of a table: its key in the one grammar (`<fmt>:tpe<=N`, `<fmt>:tpe>N`) and its knobs."""
+    for key, cfg in table.items():
+        if key.startswith("_"):
+            continue
+        b = parse(key)
+        if b.dim != "tpe" or b.fmt not in tuple(Fmt):
+            raise ValueError(f"{where}: bucket {key!r}: expected <w4a16|w4a4>:tpe<=N or :tpe>N")
+        check_config(cfg, f"{where} {key}")
+    return table
+
+
+__all__ = ["Act", "Fmt", "Layout", "MoeBucket", "WDeq", "check_config", "check_table"]
