@@ -205,15 +205,16 @@ def test_bench_without_server_starts_the_deployment_and_its_router(tmp_path, run
 
 
 def test_a_server_that_dies_at_start_up_is_one_error(tmp_path, run_cli):
-    """A replica exits before it is healthy (here: a bad option): one error with its log tail, exit 1, no port left."""
+    """A replica exits before it is healthy (here: a bad option value; the fake server tolerates unknown SGLang
+    flags, as speedrun baseline needs): one error with its log tail, exit 1, no port left."""
     recipe = deploy_recipe(tmp_path, [{"replicas": 2}], gpus=2)
     base = yaml.safe_load(recipe.read_text())["deployment"]["worker_port"]
     cli = run_cli(["launch", str(recipe), "--port", str(router_port(recipe)), "--out", str(tmp_path / "runs")],
-                  overlay="--no-such-option")  # fmt: skip
+                  overlay="--tpot-ms not-a-number")  # fmt: skip
     assert cli.proc.wait(60) == 1, cli.stderr
     assert re.search(r"error: overlay mixed-\d server \(pid \d+, pgid \d+, port \d+\) exited with code 2 before "
                      r"the deployment was healthy", cli.stderr), cli.stderr  # fmt: skip
-    assert "unrecognized arguments: --no-such-option" in cli.stderr  # the log tail
+    assert "argument --tpot-ms: invalid float value: 'not-a-number'" in cli.stderr  # the log tail
     assert not port_in_use("127.0.0.1", base) and not port_in_use("127.0.0.1", base + 1)
     assert "Traceback" not in cli.stderr
 
