@@ -26,9 +26,9 @@ TABLE: list[Hook | tuple] = [
     ("mxfp4_moe", f"{Q}.mxfp4.Mxfp4MoEMethod.apply", "mxfp4_moe.sglang_hook:gptoss_apply", "around", "standard / triton_kernel / bypassed top-k output, no a2a dispatch"),
     ("mxfp4_moe", f"{Q}.quark.schemes.quark_w4a4_mxfp4_moe.QuarkW4A4MXFp4MoE.process_weights_after_loading", "mxfp4_moe.sglang_hook:quark_process_weights", "around", "quark w_mxfp4_a_mxfp4 experts"),
     ("mxfp4_moe", f"{Q}.quark.schemes.quark_w4a4_mxfp4_moe.QuarkW4A4MXFp4MoE.apply_weights", "mxfp4_moe.sglang_hook:quark_apply", "around", "standard top-k output, no a2a dispatch (EP: -1 ids skipped)"),
-    ("mxfp4_gemm", f"{Q}.quark.schemes.quark_w4a4_mxfp4.QuarkW4A4MXFP4.process_weights_after_loading", "mxfp4_gemm.hook:process_weights", "around", "quark w_mxfp4_a_mxfp4 linear layers"),
-    ("mxfp4_gemm", f"{Q}.quark.schemes.quark_w4a4_mxfp4.QuarkW4A4MXFP4.apply_weights", "mxfp4_gemm.hook:apply_weights", "around", "x, (x_fp4, x_scale) or (x, None, y); the 5-tuple split-cat form falls back"),
-    ("mxfp4_gemm", "sglang.srt.models.deepseek_common.deepseek_weight_loader.DeepseekV2WeightLoaderMixin.post_load_weights", "mxfp4_gemm.hook:deepseek_post_load_weights", "around", "quark MXFP4 kv_b_proj left uint8 (CUDA): bf16 w_kc/w_vc for the MLA bmm"),
+    ("mxfp4_gemm", f"{Q}.quark.schemes.quark_w4a4_mxfp4.QuarkW4A4MXFP4.process_weights_after_loading", "mxfp4_gemm.sglang_hook:process_weights", "around", "quark w_mxfp4_a_mxfp4 linear layers"),
+    ("mxfp4_gemm", f"{Q}.quark.schemes.quark_w4a4_mxfp4.QuarkW4A4MXFP4.apply_weights", "mxfp4_gemm.sglang_hook:apply_weights", "around", "x, (x_fp4, x_scale) or (x, None, y); the 5-tuple split-cat form falls back"),
+    ("mxfp4_gemm", "sglang.srt.models.deepseek_common.deepseek_weight_loader.DeepseekV2WeightLoaderMixin.post_load_weights", "mxfp4_gemm.sglang_hook:deepseek_post_load_weights", "around", "quark MXFP4 kv_b_proj left uint8 (CUDA): bf16 w_kc/w_vc for the MLA bmm"),
 ]  # fmt: skip
 
 _registered: dict[str, Any] | None = None

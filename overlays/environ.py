@@ -85,7 +85,6 @@ MXFP4_MOE_LAYOUT = _add(
     EnvVar("SPEEDRUN_MXFP4_MOE_LAYOUT", choice("swz", "plain"), None,
            "expert value layout: swz (mx.layout swz128) or plain; unset: swz on CUDA, plain on ROCm")
 )  # fmt: skip
-# Read by overlays/mxfp4_gemm/aiter_backend.py itself until that op moves to this shape (its rewrite is under way).
 MXFP4_GEMM_AITER_KERNEL = _add(
     EnvVar("SPEEDRUN_MXFP4_GEMM_AITER_KERNEL", choice("a4w4", "afp4wfp4"), "a4w4", "aiter GEMM kernel (ROCm)")
 )

@@ -30,12 +30,6 @@ def requested_ops(env: dict[str, str] | None = None) -> list[str]:
     return environ.OVERLAYS.get(env)
 
 
-def backend_for(op: str, env: dict[str, str] | None = None) -> str:
-    """Backend of an op: SPEEDRUN_<OP>_BACKEND, default triton, read now. The overlay hooks read the value loaded
-    at registration instead (`environ.value`); mxfp4_gemm's hook still calls this until it moves to that shape."""
-    return environ.BACKEND[op].get(env)
-
-
 def require_aiter(op: str) -> None:
     """`backend: aiter` is ROCm-only: on CUDA, or on ROCm without an importable aiter, a clear error (the server
     stops at load time) instead of a silent fallback to stock."""

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 import speedrun.overlays as plugin
-from speedrun.overlays import Hook, hooks, report
-from speedrun.overlays.hooks import Unsupported, around, backend_for, requested_ops
+from speedrun.overlays import Hook, environ, hooks, report
+from speedrun.overlays.hooks import Unsupported, around, requested_ops
 from speedrun.overlays.ops import OPS
 from speedrun.sglang_source import sglang_root
 
@@ -43,9 +43,9 @@ def test_requested_ops_parsing():
     assert requested_ops({"SPEEDRUN_OVERLAYS": " mxfp4_gemm ,mla_decode"}) == ["mxfp4_gemm", "mla_decode"]
     with pytest.raises(ValueError, match="unknown op.*mla"):
         requested_ops({"SPEEDRUN_OVERLAYS": "mla"})
-    assert backend_for("mxfp4_moe", {"SPEEDRUN_MXFP4_MOE_BACKEND": "reference"}) == "reference"
+    assert environ.BACKEND["mxfp4_moe"].get({"SPEEDRUN_MXFP4_MOE_BACKEND": "reference"}) == "reference"
     with pytest.raises(ValueError, match="SPEEDRUN_MLA_DECODE_BACKEND"):
-        backend_for("mla_decode", {"SPEEDRUN_MLA_DECODE_BACKEND": "cuda"})
+        environ.BACKEND["mla_decode"].get({"SPEEDRUN_MLA_DECODE_BACKEND": "cuda"})
 
 
 @needs_sglang

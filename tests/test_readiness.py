@@ -267,7 +267,8 @@ def test_gemm_a4w4_route_feeds_aiter_the_documented_layouts(monkeypatch):
     import types
 
     from speedrun.overlays.mx.format import dequant_mxfp4
-    from speedrun.overlays.mxfp4_gemm import aiter_backend, hook
+    from speedrun.overlays.mxfp4_gemm import aiter_backend
+    from speedrun.overlays.mxfp4_gemm import sglang_hook as hook
     from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight
 
     calls = []

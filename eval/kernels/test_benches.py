@@ -16,8 +16,8 @@ if not torch.cuda.is_available():
 import pytest
 
 from speedrun.eval.kernels import mla_decode_bench as mla
+from speedrun.eval.kernels import mxfp4_gemm_bench as gemm
 from speedrun.eval.kernels import mxfp4_moe_bench as moe
-from speedrun.overlays.mxfp4_gemm import bench as gemm
 
 
 def test_gemm_deepseek_tp8_slice_and_fp8_rows():

@@ -60,8 +60,8 @@ def test_timer_graph_flush_and_eager_fallback():
 
 def test_gemm_bench_small_shape(tmp_path: Path):
     """16 x 2112 x 7168 (DeepSeek fused_qkv_a): ours, stock's FP8 block GEMMs, dequant+cuBLAS, bf16 cuBLAS."""
+    from speedrun.eval.kernels import mxfp4_gemm_bench as bench
     from speedrun.eval.kernels.stock import deepgemm_available
-    from speedrun.overlays.mxfp4_gemm import bench
 
     assert bench.main(["--out", str(tmp_path), "--shape", "16x2112x7168"]) == 0
     meta, rows = _rows(tmp_path / "mxfp4_gemm.json")
@@ -81,8 +81,8 @@ def test_gemm_bench_small_shape(tmp_path: Path):
 def test_stock_fp8_gemm_default_is_available():
     """Stock 0.5.17 on sm90 serves FP8 block linears with DeepGEMM (sgl-deep-gemm is an sglang dependency); the
     GPU bundle must carry it or the fp8_deepgemm row cannot be timed."""
+    from speedrun.eval.kernels.mxfp4_gemm_baselines import MISSING_DEEPGEMM, stock_dispatch
     from speedrun.eval.kernels.stock import deepgemm_available
-    from speedrun.overlays.mxfp4_gemm.baselines import MISSING_DEEPGEMM, stock_dispatch
 
     assert deepgemm_available(), MISSING_DEEPGEMM
     assert stock_dispatch() == "deepgemm_w8a8_block_fp8_linear_with_fallback"

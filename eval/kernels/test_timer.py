@@ -147,8 +147,8 @@ def test_bench_modules_import_no_sglang():
     """CPU collection imports every bench and baseline module: none may import SGLang at module level (it is
     only on the GPU host), and importing them sets SGLang's DeepGEMM pre-compile off for bench processes."""
     code = ("import os, sys\n"
-            "import speedrun.eval.kernels.mla_decode_bench, speedrun.overlays.mxfp4_gemm.bench\n"
-            "import speedrun.eval.kernels.mxfp4_moe_bench, speedrun.overlays.mxfp4_gemm.baselines\n"
+            "import speedrun.eval.kernels.mla_decode_bench, speedrun.eval.kernels.mxfp4_gemm_bench\n"
+            "import speedrun.eval.kernels.mxfp4_moe_bench, speedrun.eval.kernels.mxfp4_gemm_baselines\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('sglang', 'sgl_kernel', 'deep_gemm'))\n"
             "assert not bad, bad\n"
             "print(os.environ['SGLANG_JIT_DEEPGEMM_PRECOMPILE'])\n")  # fmt: skip

@@ -15,20 +15,15 @@ of the output are padded to the 256 rows e8m0_shuffle pads A's scales to.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from speedrun.overlays import environ
 from speedrun.overlays.hooks import require_aiter
-
-KERNELS = ("a4w4", "afp4wfp4")
 
 
 def aiter_kernel() -> str:
-    k = os.environ.get("SPEEDRUN_MXFP4_GEMM_AITER_KERNEL", "a4w4")
-    if k not in KERNELS:
-        raise ValueError(f"SPEEDRUN_MXFP4_GEMM_AITER_KERNEL={k!r}; expected one of {KERNELS}")
-    return k
+    """SPEEDRUN_MXFP4_GEMM_AITER_KERNEL as loaded at registration (overlays/environ.py validates it)."""
+    return environ.value(environ.MXFP4_GEMM_AITER_KERNEL)
 
 
 def preshuffle(layer: torch.nn.Module) -> None:

@@ -1,5 +1,6 @@
-"""The fused activation quantizer (aquant.py): its rule checked exhaustively against the reference quantizer on the
-CPU, by emulating the sm90 PTX step by step in torch and by running the portable Triton path (interpreter)."""
+"""The fused activation quantizer (kernels.qdq_mxfp4_fast): its rule checked exhaustively against the reference
+quantizer on the CPU, by emulating the sm90 PTX step by step in torch and by running the portable Triton path
+(interpreter)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 from speedrun.overlays import interpreter  # noqa: E402
 from speedrun.overlays.mx.quant import qdq_mxfp4  # noqa: E402
-from speedrun.overlays.mxfp4_gemm.aquant import qdq_blocks  # noqa: E402
+from speedrun.overlays.mxfp4_gemm.api import qdq_blocks  # noqa: E402
 from speedrun.overlays.mxfp4_gemm.reference import qdq_edge_blocks  # noqa: E402
 
 interpreter.patch()
@@ -24,7 +25,7 @@ def _u16(x: torch.Tensor) -> torch.Tensor:
 
 
 def emulate_ptx(x: torch.Tensor) -> torch.Tensor:
-    """bf16 [B, 32] -> what aquant.QDQ_BF16X2_ASM computes, one PTX instruction per line (bf16 adds in torch
+    """bf16 [B, 32] -> what kernels.QDQ_BF16X2_ASM computes, one PTX instruction per line (bf16 adds in torch
     round like add.rn.bf16x2 here: the exact sums need at most 13 significant bits)."""
     amax = x.float().abs().amax(-1, keepdim=True)
     field = ((amax.view(torch.int32) + 0x200000) >> 23) & 0xFF

@@ -19,13 +19,15 @@ DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 import pytest  # noqa: E402
 
+from speedrun.eval.kernels.mxfp4_gemm_bench import DEEPSEEK_NK  # noqa: E402
 from speedrun.overlays import interpreter, report  # noqa: E402
 from speedrun.overlays.buffers import splitk_counters  # noqa: E402
 from speedrun.overlays.mx.format import dequant_mxfp4  # noqa: E402
 from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4  # noqa: E402
-from speedrun.overlays.mxfp4_gemm import gemm, hook  # noqa: E402
+from speedrun.overlays.mxfp4_gemm import api  # noqa: E402
+from speedrun.overlays.mxfp4_gemm import sglang_hook as hook  # noqa: E402
+from speedrun.overlays.mxfp4_gemm.config import AMode, Layout, check_table  # noqa: E402
 from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight  # noqa: E402
-from speedrun.overlays.mxfp4_gemm.shapes import DEEPSEEK_NK  # noqa: E402
 
 interpreter.patch()
 SMALL = {"route": "fused", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1, "GROUP": 1}
@@ -35,6 +37,14 @@ def _case(m: int, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
     w, ws = random_mxfp4_weight(n, k, seed=seed, device=DEV)
     a = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).to(torch.bfloat16).to(DEV)
     return a, w, ws
+
+
+def _gemm(
+    a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, *, config: dict | None = None, w_layout: str = "plain", **kw
+) -> torch.Tensor:
+    """One call through a plan made for this weight, as the hook makes it at load (`config` forces the knobs)."""
+    plan = api.make_plan(w.shape[0], w.shape[1] * 2, w_layout, device=a.device, config=config)
+    return api.mxfp4_gemm(a, w, ws, plan, **kw)
 
 
 def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
@@ -51,7 +61,7 @@ def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
 @pytest.mark.parametrize("split", [1, 3])
 def test_routes_match_reference(route: str, split: int):
     a, w, ws = _case(5, 48, 192)
-    out = gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "route": route, "SPLIT_K": split})
+    out = _gemm(a, w, ws, config={**SMALL, "route": route, "SPLIT_K": split})
     _close(out, mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu()))
 
 
@@ -64,16 +74,16 @@ def test_fast_decode_variants_match_reference(deq: int, mode: str):
     cfg = {**SMALL, "deq": deq, "route": "prequant" if mode == "prequant" else "fused", "SPLIT_K": 2}
     cfg["BLOCK_K"] = 128 if deq == 3 else cfg["BLOCK_K"]
     if mode == "w4a16":
-        out, ref = gemm.mxfp4_gemm(a, w, ws, quant_a=False, config=cfg), mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu(),
+        out, ref = _gemm(a, w, ws, quant_a=False, config=cfg), mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu(),
                                                                                          quant_a=False)  # fmt: skip
     elif mode == "packed":
         packed, scales = quant_mxfp4(a.cpu())
-        out = gemm.mxfp4_gemm(packed.to(DEV), w, ws, a_scale=scales.to(DEV), config=cfg)
+        out = _gemm(packed.to(DEV), w, ws, a_scale=scales.to(DEV), config=cfg)
         ref = mxfp4_gemm_ref(packed, w.cpu(), ws.cpu(), a_scale=scales)
     else:
-        out, ref = gemm.mxfp4_gemm(a, w, ws, config=cfg), mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu())
+        out, ref = _gemm(a, w, ws, config=cfg), mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu())
     _close(out, ref)
-    assert gemm.deq_flags(cfg, torch.device(DEV), False) == {"W_DEQ": deq, "W_ASM": DEV == "cuda"}
+    assert api.deq_flags(cfg, DEV == "cuda", False) == {"W_DEQ": deq, "W_ASM": DEV == "cuda", "W_MUL1": False}
 
 
 def test_fused_quant_is_bit_exact_in_the_gemm():
@@ -81,10 +91,10 @@ def test_fused_quant_is_bit_exact_in_the_gemm():
     # quantizer, so the outputs match bitwise both with bf16 qdq input and with pre-quantized (packed) input.
     a, w, ws = _case(20, 32, 256, seed=3)
     a[0, :32] = torch.tensor([6.0, 5.0, 3.5, 2.5, 1.25, 0.75, 0.25, -7.0] * 4, dtype=a.dtype)  # ties, rounding up
-    fused = gemm.mxfp4_gemm(a, w, ws, config=SMALL)
-    via_qdq = gemm.mxfp4_gemm(qdq_mxfp4(a.cpu()).to(DEV), w, ws, quant_a=False, config=SMALL)
+    fused = _gemm(a, w, ws, config=SMALL)
+    via_qdq = _gemm(qdq_mxfp4(a.cpu()).to(DEV), w, ws, quant_a=False, config=SMALL)
     packed, scales = quant_mxfp4(a.cpu())
-    via_packed = gemm.mxfp4_gemm(packed.to(DEV), w, ws, a_scale=scales.to(DEV), config=SMALL)
+    via_packed = _gemm(packed.to(DEV), w, ws, a_scale=scales.to(DEV), config=SMALL)
     assert torch.equal(fused, via_qdq)
     assert torch.equal(fused, via_packed)
 
@@ -92,12 +102,12 @@ def test_fused_quant_is_bit_exact_in_the_gemm():
 def test_w4a16_and_prequantized_column_major_scales():
     a, w, ws = _case(7, 32, 128, seed=5)
     _close(
-        gemm.mxfp4_gemm(a, w, ws, quant_a=False, config=SMALL),
+        _gemm(a, w, ws, quant_a=False, config=SMALL),
         mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu(), quant_a=False),
     )
     packed, scales = quant_mxfp4(a.cpu())
     col_major = scales.t().contiguous().t()  # aiter's layout: [M, K/32] view of a [K/32, M] buffer
-    out = gemm.mxfp4_gemm(packed.to(DEV), w, ws, a_scale=col_major.to(DEV), config=SMALL)
+    out = _gemm(packed.to(DEV), w, ws, a_scale=col_major.to(DEV), config=SMALL)
     _close(out, mxfp4_gemm_ref(packed, w.cpu(), ws.cpu(), a_scale=scales))
 
 
@@ -106,7 +116,7 @@ def test_w4a16_and_prequantized_column_major_scales():
 def test_edges_ragged_m_n_and_k(m: int, n: int, k: int, group: int):
     """Clamped edge rows and both grid forms (GROUP 1: (N tiles, splits, M tiles); else grouped tiles)."""
     a, w, ws = _case(m, n, k, seed=m)
-    out = gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "SPLIT_K": 2, "GROUP": group})
+    out = _gemm(a, w, ws, config={**SMALL, "SPLIT_K": 2, "GROUP": group})
     assert out.shape == (m, n)
     _close(out, mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu()))
 
@@ -116,28 +126,28 @@ def test_split_k_reduction_rounds_keep_split_order():
     split-order sum whatever split arrives last (same bits on every run) and the counters are left zeroed."""
     a, w, ws = _case(3, 16, 640, seed=29)
     cfg = {**SMALL, "SPLIT_K": 10, "BLOCK_N": 64}  # RED = 64 * 128 // (16 * 64) = 8: rounds of 8 and 2
-    assert gemm.red_unroll(16, 64, 4) == 8
-    first = gemm.mxfp4_gemm(a, w, ws, config=cfg)
+    assert api.red_unroll(16, 64, 4) == 8
+    first = _gemm(a, w, ws, config=cfg)
     _close(first, mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu()))
-    assert torch.equal(first, gemm.mxfp4_gemm(a, w, ws, config=cfg))
+    assert torch.equal(first, _gemm(a, w, ws, config=cfg))
     assert int(splitk_counters(a.device, 1).abs().sum()) == 0
 
 
 def test_split_k_counters_are_left_zero_and_reused():
     a, w, ws = _case(4, 32, 256, seed=7)
-    first = gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "SPLIT_K": 4})
+    first = _gemm(a, w, ws, config={**SMALL, "SPLIT_K": 4})
     assert int(splitk_counters(a.device, 1).abs().sum()) == 0
-    assert torch.equal(first, gemm.mxfp4_gemm(a, w, ws, config={**SMALL, "SPLIT_K": 4}))
+    assert torch.equal(first, _gemm(a, w, ws, config={**SMALL, "SPLIT_K": 4}))
 
 
 def test_quantize_and_dequantize_kernels_match_torch():
     a, w, ws = _case(9, 16, 512, seed=9)
-    q, _ = gemm.quantize(a, qdq=True)
+    q, _ = api.quantize(a, qdq=True)
     assert torch.equal(q.cpu(), qdq_mxfp4(a.cpu()))
-    p, s = gemm.quantize(a, qdq=False)
+    p, s = api.quantize(a, qdq=False)
     want_p, want_s = quant_mxfp4(a.cpu())
     assert torch.equal(p.cpu(), want_p) and torch.equal(s.cpu(), want_s)
-    assert torch.equal(gemm.dequantize_weight(w, ws).cpu(), dequant_mxfp4(w.cpu(), ws.cpu(), torch.bfloat16))
+    assert torch.equal(api.dequantize_weight(w, ws).cpu(), dequant_mxfp4(w.cpu(), ws.cpu(), torch.bfloat16))
 
 
 # ----------------------------------------------------------------------------- configs
@@ -145,141 +155,151 @@ def test_quantize_and_dequantize_kernels_match_torch():
 
 @pytest.mark.parametrize("arch", ["sm90", "gfx950"])
 def test_config_tables_are_complete(arch: str):
-    table = json.loads((Path(gemm.__file__).parent / "configs" / f"{arch}.json").read_text())
-    assert set(table["default"]) == {*map(str, gemm.BUCKETS), "max"}
-    for shape, buckets in table.items():
-        if shape.startswith("_"):
-            continue
-        assert shape == "default" or re.fullmatch(r"\d+x\d+", shape), shape
-        for cfg in buckets.values():
-            cfg = {**table["default"]["16"], **cfg}
-            assert cfg["route"] in ("fused", "prequant", "dequant_w")
-            assert cfg["BLOCK_K"] >= (128 if arch == "gfx950" else 32) and cfg["BLOCK_K"] & (cfg["BLOCK_K"] - 1) == 0
-            assert cfg["BLOCK_M"] >= 16 and cfg["BLOCK_N"] >= 16
+    table = check_table(json.loads((Path(api.__file__).parent / "configs" / f"{arch}.json").read_text()), arch)
+    buckets = [key for key in table if not key.startswith("_")]
+    assert buckets == [f"m<={b}" for b in (16, 32, 64, 128, 256, 1024)] + ["m>1024"]
+    for cfg in map(table.get, buckets):
+        assert cfg["BLOCK_K"] >= (128 if arch == "gfx950" else 32) and cfg["BLOCK_K"] & (cfg["BLOCK_K"] - 1) == 0
     if arch == "gfx950":
         assert table["_meta"]["tuned"] is False
-        assert all(c["route"] != "dequant_w" for c in table["default"].values())
+        assert all(table[b]["route"] != "dequant_w" for b in buckets)
+
+
+def test_config_schema_names_the_bad_field():
+    good = {"m<=16": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128}}
+    assert check_table({**good, "2112x7168:m<=16": {"num_stages": 3}, "_layout": "swz128"}, "t")
+    bad = [({"16": good["m<=16"]}, "bucket '16'"), ({**good, "m<=16": {**good["m<=16"], "deq": 7}}, "m<=16: deq"),
+           ({**good, "m<=16": {**good["m<=16"], "rout": "fused"}}, "m<=16: rout"),
+           ({**good, "64x64:m<=32": {}}, "does not have"),
+           ({**good, "_layout": "tiled"}, "_layout 'tiled'")]  # fmt: skip
+    for table, msg in bad:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            check_table(table, "t")
+    with pytest.raises(ValueError, match="mxfp4_gemm config: route"):
+        api.make_plan(64, 64, device="cpu", config={**good["m<=16"], "route": "fast"})
 
 
 def test_pick_config_buckets_and_split_k():
-    assert gemm.bucket_of(1) == "16" and gemm.bucket_of(17) == "32" and gemm.bucket_of(5000) == "max"
-    assert gemm.route_for(gemm.pick_config(4, 2880, 512, "sm90"), 2880, 512) == "fused"
-    assert gemm.route_for(gemm.pick_config(1, 36864, 7168, "sm90"), 36864, 7168) == "fused"
-    assert gemm.pick_config(16384, 2112, 7168, "sm90")["BLOCK_M"] >= 128
+    assert [api.bucket_key(m, "sm90") for m in (1, 17, 1024, 5000)] == ["m<=16", "m<=32", "m<=1024", "m>1024"]
+    assert api.route_for(api.pick_config(4, 2880, 512, "sm90"), 2880, 512) == "fused"
+    assert api.route_for(api.pick_config(1, 36864, 7168, "sm90"), 36864, 7168) == "fused"
+    assert api.pick_config(16384, 2112, 7168, "sm90")["BLOCK_M"] >= 128
     cfg = {"SPLIT_K": 0, "MIN_K_TILES": 2}
-    assert gemm.split_k(cfg, tiles=33, k_tiles=28, sms=132) == 7  # ceil(264/33)=8 -> 7 splits of 4 tiles
-    assert gemm.split_k(cfg, tiles=400, k_tiles=28, sms=132) == 1
-    assert gemm.split_k({"SPLIT_K": 5}, tiles=1, k_tiles=3, sms=132) == 3
+    assert api.split_k(cfg, tiles=33, k_tiles=28, sms=132) == 7  # ceil(264/33)=8 -> 7 splits of 4 tiles
+    assert api.split_k(cfg, tiles=400, k_tiles=28, sms=132) == 1
+    assert api.split_k({"SPLIT_K": 5}, tiles=1, k_tiles=3, sms=132) == 3
 
 
 def test_sm_balanced_split_k_and_routes_per_bucket():
     dec = {"SPLIT_K": 0, "MIN_K_TILES": 2, "CTAS_PER_SM": 3, "BLOCK_M": 16, "BLOCK_N": 128, "num_warps": 4}
     # 1 x 2112 x 7168 (17 tiles x 56 K tiles): 14 splits of 4 K tiles put 2 CTAs on most SMs (the saturating 8 warps)
     # with a 2-round reduction; 7 splits leave 1 CTA per SM twice as long.
-    assert gemm.split_k(dec, tiles=17, k_tiles=56, sms=132) == 14
-    assert gemm.split_k(dec, tiles=264, k_tiles=56, sms=132) == 1  # 2 CTAs per SM already: no partials
-    assert gemm.split_k(dec, tiles=288, k_tiles=56, sms=132) == 4  # 3 on some SMs, 2 on others: split to balance
-    assert gemm.split_k({**dec, "MIN_K_TILES": 4}, tiles=17, k_tiles=4, sms=132) == 1  # >= MIN_K_TILES per split
+    assert api.split_k(dec, tiles=17, k_tiles=56, sms=132) == 14
+    assert api.split_k(dec, tiles=264, k_tiles=56, sms=132) == 1  # 2 CTAs per SM already: no partials
+    assert api.split_k(dec, tiles=288, k_tiles=56, sms=132) == 4  # 3 on some SMs, 2 on others: split to balance
+    assert api.split_k({**dec, "MIN_K_TILES": 4}, tiles=17, k_tiles=4, sms=132) == 1  # >= MIN_K_TILES per split
     for tiles, kt in [(33, 56), (112, 16), (576, 56), (7, 3)]:
-        s = gemm.split_k(dec, tiles=tiles, k_tiles=kt, sms=132)
+        s = api.split_k(dec, tiles=tiles, k_tiles=kt, sms=132)
         assert 1 <= s <= min(kt, 32) and kt // s >= 1
-    assert gemm.red_unroll(16, 128, 4) == 4 and gemm.red_unroll(16, 16, 4) == 8 and gemm.red_unroll(64, 256, 4) == 1
+    assert api.red_unroll(16, 128, 4) == 4 and api.red_unroll(16, 16, 4) == 8 and api.red_unroll(64, 256, 4) == 1
     # Decode (M <= 64): one launch for every weight, the A-quant fused; prefill buckets pre-quantize A.
     for m in (1, 16, 32, 64):
         for n, k in DEEPSEEK_NK.values():
-            assert gemm.route_for(gemm.pick_config(m, n, k, "sm90"), n, k) == "fused", (m, n, k)
-            assert gemm.route_for(gemm.pick_config(m, n, k, "gfx950"), n, k) == "fused", (m, n, k)
-    assert gemm.route_for(gemm.pick_config(128, 7168, 2048, "sm90"), 7168, 2048) == "prequant"
+            assert api.route_for(api.pick_config(m, n, k, "sm90"), n, k) == "fused", (m, n, k)
+            assert api.route_for(api.pick_config(m, n, k, "gfx950"), n, k) == "fused", (m, n, k)
+    assert api.route_for(api.pick_config(128, 7168, 2048, "sm90"), 7168, 2048) == "prequant"
 
 
 def test_decode_call_is_one_launch(monkeypatch):
     """The tables' own decode configs: the quantizer kernel never runs and split-K reduces in the GEMM launch."""
     launches = []
-    real = gemm.launch_gemm
-    monkeypatch.setattr(gemm, "quantize", lambda *a, **k: pytest.fail("decode must not launch the quantizer"))
-    monkeypatch.setattr(gemm, "launch_gemm", lambda *a, **k: launches.append(a[5]) or real(*a, **k))
+    real = api._launch
+    monkeypatch.setattr(api, "quantize", lambda *a, **k: pytest.fail("decode must not launch the quantizer"))
+    monkeypatch.setattr(api, "_launch", lambda *a, **k: launches.append(a[5].consts["A_MODE"]) or real(*a, **k))
     a, w, ws = _case(3, 256, 1024, seed=23)
-    w2, s2, lay = gemm.relayout_weight(w, ws)
+    w2, s2, lay = api.relayout_weight(w, ws)
     ref = mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu())
-    _close(gemm.mxfp4_gemm(a, w2, s2, w_layout=lay), ref)
-    _close(gemm.mxfp4_gemm(a, w, ws), ref)
-    assert launches == [1, 1]  # A_MODE 1 (fused A-quant), once per call
+    _close(_gemm(a, w2, s2, w_layout=lay), ref)
+    _close(_gemm(a, w, ws), ref)
+    assert launches == [AMode.QUANT, AMode.QUANT]  # fused A-quant, once per call
 
 
 def test_maxnreg_is_a_cuda_launch_option_only():
     cfg = {"num_warps": 4, "num_stages": 4, "maxnreg": 72, "waves_per_eu": 2}
-    assert gemm.kernel_options(cfg, "sm90", torch.device("cuda")) == {"num_warps": 4, "num_stages": 4, "maxnreg": 72}
-    assert "maxnreg" not in gemm.kernel_options(cfg, "sm90", torch.device("cpu"))
-    assert "maxnreg" not in gemm.kernel_options(cfg, "gfx950", torch.device("cuda"))
+    assert api.kernel_options(cfg, "sm90", True) == {"num_warps": 4, "num_stages": 4, "maxnreg": 72}
+    assert "maxnreg" not in api.kernel_options(cfg, "sm90", False)
+    assert "maxnreg" not in api.kernel_options(cfg, "gfx950", True)
 
 
 def test_sweep_variants_are_valid_configs():
-    from speedrun.overlays.mxfp4_gemm.bench import SWEEP_VARIANTS, VARIANT_CTAS, variant_config
+    from speedrun.eval.kernels.mxfp4_gemm_bench import SWEEP_VARIANTS, VARIANT_CTAS, variant_config
 
-    table = json.loads((Path(gemm.__file__).parent / "configs" / "sm90.json").read_text())
-    known = {k for cfg in table["default"].values() for k in cfg} | {"maxnreg", "w_layout"}
+    table = json.loads((Path(api.__file__).parent / "configs" / "sm90.json").read_text())
+    known = {k for key, cfg in table.items() if not key.startswith("_") for k in cfg} | {"maxnreg", "w_layout"}
     for name, var in SWEEP_VARIANTS.items():
         assert set(var) <= known, (name, set(var) - known)
     assert set(VARIANT_CTAS) <= set(SWEEP_VARIANTS)
-    b16 = table["default"]["16"]
-    cfg, layout = variant_config(b16, "config", "16", "swz128")
+    b16 = table["m<=16"]
+    cfg, layout = variant_config(b16, "config", "m<=16", "swz128")
     assert layout == "swz128" and cfg == b16
-    cfg, layout = variant_config(b16, "bn64", "16", "swz128")  # swz128 weights: the knobs go into the "swz" overrides
+    # swz128 weights: the knobs go into the "swz" overrides
+    cfg, layout = variant_config(b16, "bn64", "m<=16", "swz128")
     assert cfg["swz"] == {**b16["swz"], **SWEEP_VARIANTS["bn64"], "CTAS_PER_SM": 6}
     assert cfg["BLOCK_N"] == b16["BLOCK_N"] and layout == "swz128"
-    cfg, layout = variant_config(b16, "plain", "16", "swz128")
+    cfg, layout = variant_config(b16, "plain", "m<=16", "swz128")
     assert layout == "plain" and cfg == b16
-    assert gemm.weight_layout("sm90") == "swz128" and gemm.weight_layout("gfx950") == "plain"
+    assert api.weight_layout("sm90") == Layout.SWZ128 and api.weight_layout("gfx950") == Layout.PLAIN
 
 
 def test_sweep_rows_feed_kernels_tune():
     """Rows shaped like bench --sweep's go through `speedrun kernels tune`'s selection: the current config is found,
     the winner's change is written into the bucket's "swz" overrides, plain-layout rows do not compete."""
-    from speedrun.overlays.mxfp4_gemm.bench import variant_config
+    from speedrun.eval.kernels.mxfp4_gemm_bench import variant_config
     from speedrun.overlays.readiness import tune
 
-    table = json.loads((Path(gemm.__file__).parent / "configs" / "sm90.json").read_text())
+    table = json.loads((Path(api.__file__).parent / "configs" / "sm90.json").read_text())
     times = {"config": 10.0, "st3": 8.0, "prequant": 12.0, "plain": 5.0}
     rows = []
     for m, n, k in [(1, 36864, 7168), (16, 2112, 7168)]:
         for name, us in times.items():
-            cfg, layout = variant_config(gemm.pick_config(m, n, k, "sm90"), name, "16", "swz128")
+            cfg, layout = variant_config(api.pick_config(m, n, k, "sm90"), name, "m<=16", "swz128")
             impl = "speedrun" if layout == "swz128" else "speedrun_plain"
-            rows.append({"impl": impl, "m": m, "n": n, "k": k, "us": us, "variant": name, "bucket": "16",
+            rows.append({"impl": impl, "m": m, "n": n, "k": k, "us": us, "variant": name, "bucket": "m<=16",
                          "nk": f"{n}x{k}", "w_layout": layout, "config": cfg, "current": name == "config"})  # fmt: skip
     (choice,) = tune.select(rows, table)
-    assert (choice.bucket, choice.current, choice.winner, choice.candidates) == ("default/16", "config", "st3", 3)
+    assert (choice.bucket, choice.current, choice.winner, choice.candidates) == ("m<=16", "config", "st3", 3)
     out = tune.apply(table, [choice], {"gpu": "test"})
-    assert out["default"]["16"]["swz"]["num_stages"] == 3 and out["default"]["16"]["num_stages"] == 6
+    assert out["m<=16"]["swz"]["num_stages"] == 3 and out["m<=16"]["num_stages"] == 6
+    check_table(out, "tuned")
 
 
 @pytest.mark.parametrize("m,n,k,route", [(3, 24, 256, "fused"), (5, 40, 384, "prequant"), (2, 16, 128, "dequant_w")])
 def test_swz128_weights_match_plain(m: int, n: int, k: int, route: str):
     """Weights re-laid out as the hook does (mx.layout swz128) give the reference result on every route."""
     a, w, ws = _case(m, n, k, seed=k)
-    w2, s2, layout = gemm.relayout_weight(w, ws)
+    w2, s2, layout = api.relayout_weight(w, ws)
     assert layout == "swz128_mul1" and w2.shape == w.shape  # scales 2**-9..2**-3 <= 2: the one-multiply decode
-    assert torch.equal(gemm.plain_weight(w2, s2, layout)[0], w)
+    assert torch.equal(api.plain_weight(w2, s2, layout)[0], w)
     cfg = {**SMALL, "route": route, "BLOCK_K": 128, "SPLIT_K": 2}
     ref = mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu())
-    _close(gemm.mxfp4_gemm(a, w2, s2, config=cfg, w_layout=layout), ref)
+    _close(_gemm(a, w2, s2, config=cfg, w_layout=layout), ref)
     if route == "fused":
         packed, scales = quant_mxfp4(a.cpu())
-        pre = gemm.mxfp4_gemm(packed.to(DEV), w2, s2, a_scale=scales.to(DEV), config=cfg, w_layout=layout)
+        pre = _gemm(packed.to(DEV), w2, s2, a_scale=scales.to(DEV), config=cfg, w_layout=layout)
         _close(pre, mxfp4_gemm_ref(packed, w.cpu(), ws.cpu(), a_scale=scales))
-        _close(gemm.mxfp4_gemm(a, w2, s2, quant_a=False, config=cfg, w_layout="swz128"),
+        _close(_gemm(a, w2, s2, quant_a=False, config=cfg, w_layout="swz128"),
                mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu(), quant_a=False))  # fmt: skip
     if route == "dequant_w":
         assert torch.equal(
-            gemm.dequantize_weight(w2, s2, layout).cpu(), dequant_mxfp4(w.cpu(), ws.cpu(), torch.bfloat16)
+            api.dequantize_weight(w2, s2, layout).cpu(), dequant_mxfp4(w.cpu(), ws.cpu(), torch.bfloat16)
         )
 
 
 def test_relayout_picks_the_general_decode_for_big_scales():
     w, ws = random_mxfp4_weight(16, 128, seed=3, scale_lo=120, scale_hi=131)
-    assert gemm.relayout_weight(w, ws)[2] == "swz128"
+    assert api.relayout_weight(w, ws)[2] == "swz128"
     with pytest.raises(NotImplementedError):
-        gemm.relayout_weight(*random_mxfp4_weight(16, 96, seed=3))
+        api.relayout_weight(*random_mxfp4_weight(16, 96, seed=3))
 
 
 # ----------------------------------------------------------------------------- AOT compile
@@ -289,7 +309,7 @@ def test_relayout_picks_the_general_decode_for_big_scales():
 def test_compile_every_config(arch: str):
     # In a child process: kernels decorated under TRITON_INTERPRET cannot be compiled.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "speedrun.overlays.mxfp4_gemm.compile", arch]
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_gemm_compile", arch]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads(proc.stdout)
@@ -301,7 +321,7 @@ def test_decode_loop_sass_streams_without_serialized_wgmma():
     (one wait per step; ptxas serializes register-A wgmma after each one when the dot is pipelined async), the first
     weight load comes early (no integer divisions in the prologue), no spills, >= 2 CTAs per SM."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "speedrun.overlays.mxfp4_gemm.sass", "--json", "16", "64"]
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_gemm_sass", "--json", "16", "m<=64"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for bucket, s in json.loads(proc.stdout).items():
@@ -323,7 +343,9 @@ def _never(*args, **kwargs):
 
 @pytest.fixture
 def small_configs(monkeypatch):
-    monkeypatch.setattr(gemm, "pick_config", lambda m, n, k, arch: dict(SMALL))
+    """Layers' plans (built by the hook at their first call here) run SMALL in every bucket."""
+    real = api.make_plan
+    monkeypatch.setattr(api, "make_plan", lambda n, k, layout="plain", **kw: real(n, k, layout, **kw, config=SMALL))
 
 
 def test_hook_plain_3d_and_prequantized_inputs(small_configs):
@@ -408,7 +430,7 @@ def test_hook_relayout_in_place_and_mla_from_swizzled():
         nn.Parameter(ws.clone(), requires_grad=False),
     )
     assert hook.relayout(kv) == "swz128_mul1" and hook.relayout(kv) == "swz128_mul1"  # idempotent
-    assert not torch.equal(kv.weight, w) and torch.equal(gemm.plain_weight(kv.weight, kv.weight_scale, "swz128")[0], w)
+    assert not torch.equal(kv.weight, w) and torch.equal(api.plain_weight(kv.weight, kv.weight_scale, "swz128")[0], w)
     attn = torch.nn.Module()
     attn.kv_b_proj, attn.qk_nope_head_dim, attn.v_head_dim = kv, nope, vdim
     attn.w_kc, attn.w_vc, attn.w_scale = kv.weight[:, :64].reshape(heads, nope, -1), None, ws
@@ -428,7 +450,7 @@ def test_hook_swizzled_layer_needs_triton(monkeypatch):
 
 
 def test_bench_helpers(tmp_path):
-    from speedrun.overlays.mxfp4_gemm import bench
+    from speedrun.eval.kernels import mxfp4_gemm_bench as bench
 
     w, ws = random_mxfp4_weight(8, 64, seed=1)
     assert torch.equal(bench.torch_dequant(w, ws, bench._lut(w.device)), dequant_mxfp4(w, ws, torch.bfloat16))

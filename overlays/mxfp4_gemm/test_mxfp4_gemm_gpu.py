@@ -12,14 +12,21 @@ import triton
 import triton.language as tl
 
 from speedrun.eval.kernels import timer
+from speedrun.eval.kernels.mxfp4_gemm_bench import (
+    BRIEF,
+    DEEPSEEK_NK,
+    PREFILL_M,
+    SWEEP_VARIANTS,
+    deepseek_tp8_nk,
+    variant_config,
+)
 from speedrun.overlays.mx import triton_helpers as mx
 from speedrun.overlays.mx.format import dequant_mxfp4
 from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4
-from speedrun.overlays.mxfp4_gemm import gemm, hook
-from speedrun.overlays.mxfp4_gemm.aquant import qdq_blocks
-from speedrun.overlays.mxfp4_gemm.bench import SWEEP_VARIANTS, deepseek_tp8_nk, variant_config
+from speedrun.overlays.mxfp4_gemm import api
+from speedrun.overlays.mxfp4_gemm import sglang_hook as hook
+from speedrun.overlays.mxfp4_gemm.api import qdq_blocks
 from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, qdq_edge_blocks, random_mxfp4_weight
-from speedrun.overlays.mxfp4_gemm.shapes import BRIEF, DEEPSEEK_NK, PREFILL_M
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,6 +44,14 @@ def _case(m: int, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
     return a, w, ws
 
 
+def _gemm(
+    a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, *, config: dict | None = None, w_layout: str = "plain", **kw
+) -> torch.Tensor:
+    """One call through a plan made for this weight, as the hook makes it at load (`config` forces the knobs)."""
+    plan = api.make_plan(w.shape[0], w.shape[1] * 2, w_layout, device=a.device, config=config)
+    return api.mxfp4_gemm(a, w, ws, plan, **kw)
+
+
 def _check(out: torch.Tensor, ref: torch.Tensor) -> None:
     err = (out.float() - ref.float()).abs().max().item()
     tol = 2 * 2.0**-8 * ref.float().abs().amax().item()
@@ -47,7 +62,7 @@ def _check(out: torch.Tensor, ref: torch.Tensor) -> None:
 @pytest.mark.parametrize("m,n,k", BRIEF + DECODE + TP8_DECODE, ids=lambda v: str(v))
 def test_decode_shapes_match_reference(m: int, n: int, k: int):
     a, w, ws = _case(m, n, k, seed=n + k)
-    layout = gemm.weight_layout(gemm.config_arch(a.device))  # what the hook leaves the weights in
+    layout = api.weight_layout(api.config_arch(a.device))  # what the hook leaves the weights in
     _check(_ours(a, w, ws, None, layout), mxfp4_gemm_ref(a, w, ws))
 
 
@@ -67,19 +82,20 @@ def _kernels_per_call(fn) -> list[str]:
 def test_decode_is_one_kernel_per_call(m: int, n: int, k: int):
     """Decode sizes: activation quantization fused, split-K reduced in the same launch: one GPU kernel."""
     a, w, ws = _case(m, n, k, seed=3)
-    arch = gemm.config_arch(a.device)
-    if gemm.weight_layout(arch) != "plain":
-        w, ws, lay = gemm.relayout_weight(w, ws)
+    arch = api.config_arch(a.device)
+    if api.weight_layout(arch) != "plain":
+        w, ws, lay = api.relayout_weight(w, ws)
     else:
         lay = "plain"
     out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
-    names = _kernels_per_call(partial(gemm.mxfp4_gemm, a, w, ws, out=out, w_layout=lay))
+    plan = api.make_plan(n, k, lay, device=a.device)
+    names = _kernels_per_call(partial(api.mxfp4_gemm, a, w, ws, plan, out=out))
     assert len(names) == 1 and "mxfp4_gemm_kernel" in names[0], names
 
 
 @pytest.mark.skipif(bool(torch.version.hip), reason="the bf16x2 PTX quantizer is the sm90 path")
 def test_fused_quantizer_ptx_is_bit_exact():
-    """aquant.qdq_mxfp4_fast's inline PTX on every edge block (all bf16 normals around every block scale) gives the
+    """kernels.qdq_mxfp4_fast's inline PTX on every edge block (all bf16 normals around every block scale) gives the
     reference quantizer's values bit for bit."""
     blocks = qdq_edge_blocks(subnormals=False).cuda()
     got, want = qdq_blocks(blocks, True), qdq_mxfp4(blocks)
@@ -90,7 +106,7 @@ def test_fused_quantizer_ptx_is_bit_exact():
 @pytest.mark.parametrize("m,n,k", PREFILL, ids=lambda v: str(v))
 def test_prefill_shapes_match_reference(m: int, n: int, k: int):
     a, w, ws = _case(m, n, k, seed=7)
-    out = _ours(a, w, ws, None, gemm.weight_layout(gemm.config_arch(a.device)))
+    out = _ours(a, w, ws, None, api.weight_layout(api.config_arch(a.device)))
     ref = mxfp4_gemm_ref(a, w, ws)
     _check(out, ref)
     del ref
@@ -100,8 +116,8 @@ def test_prefill_shapes_match_reference(m: int, n: int, k: int):
 @pytest.mark.parametrize("route", ["fused", "prequant", "dequant_w"])
 def test_every_route_at_a_prefill_size(route: str):
     a, w, ws = _case(2048, 2112, 7168, seed=3)
-    cfg = {**gemm.pick_config(2048, 2112, 7168, gemm.config_arch(a.device)), "route": route}
-    _check(gemm.mxfp4_gemm(a, w, ws, config=cfg), mxfp4_gemm_ref(a, w, ws))
+    cfg = {**api.pick_config(2048, 2112, 7168, api.config_arch(a.device)), "route": route}
+    _check(_gemm(a, w, ws, config=cfg), mxfp4_gemm_ref(a, w, ws))
 
 
 def test_gpu_quantizer_is_bit_exact():
@@ -110,10 +126,10 @@ def test_gpu_quantizer_is_bit_exact():
     x = x.unflatten(-1, (224, 32)) * 2.0 ** torch.randint(-30, 30, (512, 224, 1), device="cuda", generator=g)
     x = x.flatten(-2).to(torch.bfloat16)
     x[0, :32] = torch.tensor([6.0, 5.0, 3.5, 2.5, 1.25, 0.75, 0.25, -7.0] * 4)
-    packed, scales = gemm.quantize(x, qdq=False)
+    packed, scales = api.quantize(x, qdq=False)
     want_p, want_s = quant_mxfp4(x)
     assert torch.equal(scales, want_s) and torch.equal(packed, want_p)
-    qdq, _ = gemm.quantize(x, qdq=True)
+    qdq, _ = api.quantize(x, qdq=True)
     assert torch.equal(qdq, qdq_mxfp4(x))
 
 
@@ -121,12 +137,12 @@ def test_gpu_quantizer_is_bit_exact():
 def test_fused_quant_matches_prequantized_bitwise(m: int, n: int, k: int):
     # Same config (tiles, split-K, K order): the fused A-load quantizer must give exactly the reference values.
     a, w, ws = _case(m, n, k, seed=11)
-    cfg = gemm.pick_config(m, n, k, gemm.config_arch(a.device))
-    fused = gemm.mxfp4_gemm(a, w, ws, config={**cfg, "route": "fused"})
+    cfg = api.pick_config(m, n, k, api.config_arch(a.device))
+    fused = _gemm(a, w, ws, config={**cfg, "route": "fused"})
     packed, scales = quant_mxfp4(a)
-    assert torch.equal(fused, gemm.mxfp4_gemm(packed, w, ws, a_scale=scales, config=cfg))
+    assert torch.equal(fused, _gemm(packed, w, ws, a_scale=scales, config=cfg))
     if not torch.version.hip:  # sm90 path: bf16 qdq input through the dequant kernel
-        assert torch.equal(fused, gemm.mxfp4_gemm(qdq_mxfp4(a), w, ws, quant_a=False, config=cfg))
+        assert torch.equal(fused, _gemm(qdq_mxfp4(a), w, ws, quant_a=False, config=cfg))
 
 
 @pytest.mark.skipif(bool(torch.version.hip), reason="swz128 is the sm90 layout")
@@ -135,10 +151,10 @@ def test_fused_swz_matches_qdq_input_bitwise(m: int, n: int, k: int):
     """The decode path as served (swz128 weights, table config, fused A-quant, split-K) equals the same GEMM fed
     the reference quantizer's bf16 values (A_MODE 0): the fused quantizer changes no value and no summation order."""
     a, w, ws = _case(m, n, k, seed=5)
-    w2, s2, lay = gemm.relayout_weight(w, ws)
-    fused = gemm.mxfp4_gemm(a, w2, s2, w_layout=lay)
-    cfg = gemm.pick_config(m, n, k, "sm90")
-    assert torch.equal(fused, gemm.mxfp4_gemm(qdq_mxfp4(a), w2, s2, quant_a=False, config=cfg, w_layout=lay))
+    w2, s2, lay = api.relayout_weight(w, ws)
+    fused = _gemm(a, w2, s2, w_layout=lay)
+    cfg = api.pick_config(m, n, k, "sm90")
+    assert torch.equal(fused, _gemm(qdq_mxfp4(a), w2, s2, quant_a=False, config=cfg, w_layout=lay))
 
 
 @pytest.mark.skipif(bool(torch.version.hip), reason="swz128 is the sm90 layout")
@@ -146,26 +162,26 @@ def test_fp16_activations_quantize_exactly():
     """fp16 A (the hook accepts it) takes the fp32 rule, not the bf16x2 PTX (a bf16 cast would round it first)."""
     a, w, ws = _case(16, 2112, 7168, seed=7)
     a16 = (a.float() * 3.0).half()
-    w2, s2, lay = gemm.relayout_weight(w, ws)
-    cfg = gemm.pick_config(16, 2112, 7168, gemm.config_arch(a.device))
-    fused = gemm.mxfp4_gemm(a16, w2, s2, config=cfg, w_layout=lay)
-    assert torch.equal(fused, gemm.mxfp4_gemm(qdq_mxfp4(a16), w2, s2, quant_a=False, config=cfg, w_layout=lay))
+    w2, s2, lay = api.relayout_weight(w, ws)
+    cfg = api.pick_config(16, 2112, 7168, api.config_arch(a.device))
+    fused = _gemm(a16, w2, s2, config=cfg, w_layout=lay)
+    assert torch.equal(fused, _gemm(qdq_mxfp4(a16), w2, s2, quant_a=False, config=cfg, w_layout=lay))
     _check(fused, mxfp4_gemm_ref(a16, w, ws))
 
 
 def test_split_k_is_deterministic_and_w4a16():
     a, w, ws = _case(8, 2112, 7168, seed=13)
-    first = gemm.mxfp4_gemm(a, w, ws)
-    assert all(torch.equal(first, gemm.mxfp4_gemm(a, w, ws)) for _ in range(5))
-    _check(gemm.mxfp4_gemm(a, w, ws, quant_a=False), mxfp4_gemm_ref(a, w, ws, quant_a=False))
+    first = _gemm(a, w, ws)
+    assert all(torch.equal(first, _gemm(a, w, ws)) for _ in range(5))
+    _check(_gemm(a, w, ws, quant_a=False), mxfp4_gemm_ref(a, w, ws, quant_a=False))
 
 
 def test_cuda_graph_capture_and_replay():
     a, w, ws = _case(4, 4096, 7168, seed=17)
-    gemm.mxfp4_gemm(a, w, ws)  # compile + allocate counters outside capture
+    _gemm(a, w, ws)  # compile + allocate counters outside capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = gemm.mxfp4_gemm(a, w, ws)
+        out = _gemm(a, w, ws)
     a.copy_(torch.randn_like(a))
     graph.replay()
     torch.cuda.synchronize()
@@ -175,9 +191,9 @@ def test_cuda_graph_capture_and_replay():
 def _ours(a, w, ws, cfg, layout, **kw):
     """Our GEMM with the weights in `layout` (re-laid out as the hook does at load time)."""
     if layout == "plain":
-        return gemm.mxfp4_gemm(a, w, ws, config=cfg, **kw)
-    w2, s2, lay = gemm.relayout_weight(w, ws)
-    return gemm.mxfp4_gemm(a, w2, s2, config=cfg, w_layout=lay, **kw)
+        return _gemm(a, w, ws, config=cfg, **kw)
+    w2, s2, lay = api.relayout_weight(w, ws)
+    return _gemm(a, w2, s2, config=cfg, w_layout=lay, **kw)
 
 
 @pytest.mark.parametrize("variant", ["config", *SWEEP_VARIANTS], ids=str)
@@ -186,8 +202,9 @@ def test_every_sweep_variant_matches_reference(variant: str, m: int, n: int, k: 
     """Each config variant the bench sweeps (layouts, routes, split-K policy, stages, tiles) is checked here first,
     at DeepSeek shapes of the 16 and 64 buckets (w4a16 too for the default)."""
     a, w, ws = _case(m, n, k, seed=19)
-    arch = gemm.config_arch(a.device)
-    cfg, layout = variant_config(gemm.pick_config(m, n, k, arch), variant, gemm.bucket_of(m), gemm.weight_layout(arch))
+    arch = api.config_arch(a.device)
+    cfg, layout = variant_config(api.pick_config(m, n, k, arch), variant, api.bucket_key(m, arch),
+                                 api.weight_layout(arch))  # fmt: skip
     _check(_ours(a, w, ws, cfg, layout), mxfp4_gemm_ref(a, w, ws))
     if variant == "config":
         _check(_ours(a, w, ws, cfg, layout, quant_a=False), mxfp4_gemm_ref(a, w, ws, quant_a=False))
@@ -206,11 +223,11 @@ def test_swz128_default_path_every_bucket(m: int):
 def test_swz128_routes_and_prequantized_input(route: str):
     m, n, k = 16, 7168, 2048
     a, w, ws = _case(m, n, k, seed=37)
-    cfg = {**gemm.pick_config(m, n, k, "sm90"), "route": route, "fused_below_nk": 0}
-    w2, s2, lay = gemm.relayout_weight(w, ws)
-    _check(gemm.mxfp4_gemm(a, w2, s2, config=cfg, w_layout=lay), mxfp4_gemm_ref(a, w, ws))
+    cfg = {**api.pick_config(m, n, k, "sm90"), "route": route, "fused_below_nk": 0}
+    w2, s2, lay = api.relayout_weight(w, ws)
+    _check(_gemm(a, w2, s2, config=cfg, w_layout=lay), mxfp4_gemm_ref(a, w, ws))
     packed, scales = quant_mxfp4(a)
-    got = gemm.mxfp4_gemm(packed, w2, s2, a_scale=scales, config=cfg, w_layout=lay)
+    got = _gemm(packed, w2, s2, a_scale=scales, config=cfg, w_layout=lay)
     _check(got, mxfp4_gemm_ref(packed, w, ws, a_scale=scales))
 
 
@@ -220,16 +237,16 @@ def test_swz128_one_multiply_decode_is_exact():
     kernel's swz decode gives the plain dequant bit for bit."""
     m, n, k = 16, 4096, 7168
     a, w, ws = _case(m, n, k, seed=41)
-    w2, s2, lay = gemm.relayout_weight(w, ws)
+    w2, s2, lay = api.relayout_weight(w, ws)
     assert lay == "swz128_mul1"
-    cfg = gemm.pick_config(m, n, k, "sm90")
-    one = gemm.mxfp4_gemm(a, w2, s2, config=cfg, w_layout="swz128_mul1")
-    assert torch.equal(one, gemm.mxfp4_gemm(a, w2, s2, config=cfg, w_layout="swz128"))
-    assert torch.equal(gemm.dequantize_weight(w2, s2, lay), gemm.dequantize_weight(w, ws))
+    cfg = api.pick_config(m, n, k, "sm90")
+    one = _gemm(a, w2, s2, config=cfg, w_layout="swz128_mul1")
+    assert torch.equal(one, _gemm(a, w2, s2, config=cfg, w_layout="swz128"))
+    assert torch.equal(api.dequantize_weight(w2, s2, lay), api.dequantize_weight(w, ws))
     wb, sb = random_mxfp4_weight(256, 1024, seed=43, device="cuda", scale_lo=125, scale_hi=133)
-    w3, s3, lay3 = gemm.relayout_weight(wb, sb)
+    w3, s3, lay3 = api.relayout_weight(wb, sb)
     assert lay3 == "swz128"
-    _check(gemm.mxfp4_gemm(a[:, :1024].contiguous(), w3, s3, w_layout=lay3), mxfp4_gemm_ref(a[:, :1024], wb, sb))
+    _check(_gemm(a[:, :1024].contiguous(), w3, s3, w_layout=lay3), mxfp4_gemm_ref(a[:, :1024], wb, sb))
 
 
 @pytest.mark.parametrize("variant", ["config", "old_split", "plain", "st3"], ids=str)
@@ -237,12 +254,12 @@ def test_graph_of_rotating_calls_matches_reference(variant: str):
     """The benches' timer (eval/kernels/timer.time_calls: N calls on N weight copies, private capture stream,
     replays after cache flushes) leaves every call's output right, split-K counters included."""
     m, n, k = 16, 7168, 2048
-    arch = gemm.config_arch(torch.device("cuda"))
-    cfg, layout = variant_config(gemm.pick_config(m, n, k, arch), variant, "16", gemm.weight_layout(arch))
+    arch = api.config_arch(torch.device("cuda"))
+    cfg, layout = variant_config(api.pick_config(m, n, k, arch), variant, "m<=16", api.weight_layout(arch))
     cases = [_case(m, n, k, seed=29 + i) for i in range(3)]
     outs = [torch.empty(m, n, dtype=torch.bfloat16, device="cuda") for _ in cases]
-    relaid = [gemm.relayout_weight(w, ws) if layout != "plain" else (w, ws, "plain") for _, w, ws in cases]
-    calls = [partial(gemm.mxfp4_gemm, a, w2, s2, out=o, config=cfg, w_layout=lay)
+    relaid = [api.relayout_weight(w, ws) if layout != "plain" else (w, ws, "plain") for _, w, ws in cases]
+    calls = [partial(api.mxfp4_gemm, a, w2, s2, api.make_plan(n, k, lay, config=cfg), out=o)
              for (a, _, _), (w2, s2, lay), o in zip(cases, relaid, outs, strict=True)]  # fmt: skip
     t = timer.time_calls(lambda i: calls[i], 0, copies=len(calls), replays=3)
     assert t.us > 0 and t.method == "cuda_graph", t

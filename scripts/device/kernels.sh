@@ -22,6 +22,6 @@ for op in ${BENCHES-mxfp4_gemm mxfp4_moe mla_decode}; do
   step "${T_BENCH:-120}" speedrun kernels bench "$op" --out "$K"
 done
 for op in ${SWEEPS-mla_decode mxfp4_moe mxfp4_gemm}; do
-  step "${T_SWEEP:-130}" python3 -m "speedrun.overlays.$op.bench" --out "$K" --sweep
+  step "${T_SWEEP:-130}" python3 -m "speedrun.eval.kernels.${op}_bench" --out "$K" --sweep
 done
 ls -la "$K"; tar czf "$OUT/kernels.tgz" -C /tmp kernels

@@ -1,5 +1,9 @@
-"""AOT compile specs of the MXFP4 GEMM: every config entry of the arch's JSON in the A mode its route runs,
-plus the w4a16 (A_MODE 0) variant of each default bucket and the quantizer/dequantizer kernels."""
+"""AOT compile specs of the MXFP4 GEMM: every config bucket of the arch's JSON in the A mode its route runs,
+plus the w4a16 (A_MODE 0) variant of each bucket and the quantizer/dequantizer kernels. The constexprs and launch
+options come from the plan's own resolver (api.kernel), as a GPU launch gets them.
+
+Spec names keep the readiness reports' row keys (`mxfp4_gemm/default[m<=16,...]`, the last bucket `m<=max`):
+the committed reports and CI's accepted Triton 3.7 failures name kernels by them."""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ from typing import Any
 
 from speedrun.overlays.aot import CompileSpec, aligned
 from speedrun.overlays.arch import load_configs
+from speedrun.overlays.buckets import parse
+from speedrun.overlays.mxfp4_gemm import api
+from speedrun.overlays.mxfp4_gemm.config import AMode, Layout, Route, check_table
+from speedrun.overlays.mxfp4_gemm.kernels import mxfp4_dequant_kernel, mxfp4_gemm_kernel, mxfp4_quant_kernel
 
 # gfx950 must use the scaled MFMA for FP4 x FP4; sm90 has no FP4 MMA, so bf16 wgmma (or mma.sync) after dequant.
 SM90_BF16 = r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16|mma\.sync\.aligned\.m16n8k16\.\S*bf16"
@@ -24,45 +32,35 @@ CONST_KEYS = ("A_MODE", "DOT_SCALED", "DOT_F32", "BLOCK_M", "BLOCK_N", "BLOCK_K"
 
 
 def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: int,
-              layout: str = "plain") -> CompileSpec:  # fmt: skip
-    from speedrun.overlays.arch import launch_options
-    from speedrun.overlays.mxfp4_gemm.gemm import red_unroll
-    from speedrun.overlays.mxfp4_gemm.kernel import mxfp4_gemm_kernel
-
-    dot_scaled = arch == "gfx950" and a_mode != 0
-    consts = {"A_MODE": a_mode, "DOT_SCALED": dot_scaled, "DOT_F32": False, "BLOCK_M": cfg["BLOCK_M"],
-              "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "SPLIT": split_k > 1,
-              "GROUP": cfg.get("GROUP", 1), "EVEN_K": True,
-              "W_DEQ": 0 if dot_scaled else (2 if cfg.get("deq") == 3 and cfg["BLOCK_K"] < 128 else cfg.get("deq", 0)),
-              "W_ASM": not dot_scaled and arch == "sm90" and int(cfg.get("deq", 0)) > 0, "W_MUL1": False,
-              "A_ASM": arch == "sm90" and a_mode == 1,
-              "RED": red_unroll(cfg["BLOCK_M"], cfg["BLOCK_N"], int(cfg.get("num_warps", 4)))}  # fmt: skip
-    if layout != "plain":  # swz128 weights (gemm.relayout_weight): whole 128-wide chunks, word decode
-        consts.update(W_DEQ=4, W_ASM=True, W_MUL1=layout == "swz128_mul1", BLOCK_K=max(cfg["BLOCK_K"], 128))
+              layout: Layout | str = Layout.PLAIN) -> CompileSpec:  # fmt: skip
+    """The GEMM kernel of one config in one A mode as a GPU launch builds it (K unknown: EVEN_K, no BLOCK_K
+    shrink); split_k > 1 compiles the split-K epilogue."""
+    kern = api.kernel(cfg, AMode(a_mode), arch, None, Layout(layout), cuda=True)
+    consts = {**kern.consts, "SPLIT": split_k > 1, "EVEN_K": True}
     sig = dict(GEMM_SIG)
-    if a_mode == 2:
+    if a_mode == AMode.MXFP4:
         sig["a_ptr"] = "*u8"
     sig.update({k: "constexpr" for k in CONST_KEYS})
-    expect = EXPECT[arch] if dot_scaled or arch == "sm90" else EXPECT_BF16[arch]
+    expect = EXPECT[arch] if consts["DOT_SCALED"] or arch == "sm90" else EXPECT_BF16[arch]
     # As the JIT sees the tensors at the DeepSeek shapes: aligned pointers; N, K and the row strides are multiples
     # of 16, and so is the weight-scale row stride (K/32 with K a multiple of 512; swz128 pads it to 16 anyway).
     strides = ("stride_am", "stride_wn", "stride_cm", "stride_wsn")
     attrs = aligned(sig, *[k for k, v in GEMM_SIG.items() if v.startswith("*")], "N", "K", *strides)
-    opts = launch_options(cfg, arch)
-    if cfg.get("maxnreg") and arch == "sm90":
-        opts["maxnreg"] = int(cfg["maxnreg"])
-    return CompileSpec(name, mxfp4_gemm_kernel, sig, consts, opts, expect, attrs=attrs)
+    return CompileSpec(name, mxfp4_gemm_kernel, sig, consts, kern.opts, expect, attrs=attrs)
 
 
-def _a_mode(route: str, arch: str) -> int:
-    if route == "fused":
-        return 1
-    return 2 if arch == "gfx950" else 0  # prequant / dequant_w feed quantized (gfx950) or qdq bf16 (sm90) A
+def _a_mode(route: str, arch: str) -> AMode:
+    """The A mode of a route's quantized-A GEMM on the GPU (api.resolve)."""
+    return api.resolve({"route": route, "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}, 1, None, Layout.PLAIN, arch,
+                       cuda=True).quant.consts["A_MODE"]  # fmt: skip
+
+
+def label(key: str) -> str:
+    """A bucket's name in spec names: its key, the `m>N` bucket as `m<=max` (the reports' row keys)."""
+    return "m<=max" if parse(key).above else key
 
 
 def helper_specs(arch: str) -> list[CompileSpec]:
-    from speedrun.overlays.mxfp4_gemm.kernel import mxfp4_dequant_kernel, mxfp4_quant_kernel
-
     qsig = {"x_ptr": "*bf16", "q_ptr": "*bf16", "s_ptr": "*u8", "M": "i32", "K": "i32", "stride_xm": "i32",
             "stride_qm": "i32", "stride_sm": "i32", "QDQ": "constexpr", "BLOCK_M": "constexpr",
             "BLOCK_K": "constexpr"}  # fmt: skip
@@ -79,28 +77,28 @@ def helper_specs(arch: str) -> list[CompileSpec]:
 
 
 def compile_specs(arch: str) -> list[CompileSpec]:
-    """One spec per (shape entry, bucket) config in its route's A mode, w4a16 per default bucket, helpers."""
-    table = load_configs("mxfp4_gemm", arch)
+    """One spec per bucket config in its route's A mode, w4a16 per bucket (and per-shape entries), helpers."""
+    table = check_table(load_configs("mxfp4_gemm", arch), f"mxfp4_gemm {arch}")
     specs: list[CompileSpec] = []
     seen: set[tuple[Any, ...]] = set()
-    for shape, buckets in table.items():
-        if shape.startswith("_"):
+    for key, over in table.items():
+        if key.startswith("_"):
             continue
-        for bucket, over in buckets.items():
-            cfg = {**table["default"].get(bucket, {}), **over}
-            variants = [(_a_mode(cfg.get("route", "fused"), arch), cfg)]
-            if cfg.get("fused_below_nk"):  # small weights take the fused route (gemm.route_for)
-                variants.append((1, cfg))
-            if shape == "default":  # the w4a16 variant: bf16 A, dequant path, with the bucket's "a16" overrides
-                variants.append((0, {**cfg, **cfg.get("a16", {})}))
-            for mode, c in variants:
-                split = 2 if int(c.get("SPLIT_K", 0)) != 1 else 1  # auto split-K compiles the split epilogue
-                key = (mode, split, *sorted((k, str(v)) for k, v in c.items() if k not in ("route", "a16", "swz")))
-                if key in seen:
-                    continue
-                seen.add(key)
-                name = f"mxfp4_gemm/{shape}[m<={bucket},{c.get('route', 'fused')},A_MODE={mode}]"
-                specs.append(gemm_spec(name, c, mode, arch, split))
+        shape, bucket = key.split(":", 1) if ":" in key else ("default", key)
+        cfg = {**table[bucket], **over}
+        variants = [(_a_mode(cfg.get("route", Route.FUSED), arch), cfg)]
+        if cfg.get("fused_below_nk"):  # small weights take the fused route (api.route_for)
+            variants.append((AMode.QUANT, cfg))
+        if shape == "default":  # the w4a16 variant: bf16 A, dequant path, with the bucket's "a16" overrides
+            variants.append((AMode.BF16, {**cfg, **cfg.get("a16", {})}))
+        for mode, c in variants:
+            split = 2 if int(c.get("SPLIT_K", 0)) != 1 else 1  # auto split-K compiles the split epilogue
+            dedup = (mode, split, *sorted((k, str(v)) for k, v in c.items() if k not in ("route", "a16", "swz")))
+            if dedup in seen:
+                continue
+            seen.add(dedup)
+            name = f"mxfp4_gemm/{shape}[{label(bucket)},{c.get('route', 'fused')},A_MODE={int(mode)}]"
+            specs.append(gemm_spec(name, c, mode, arch, split))
     return specs + swz_specs(table, arch) + helper_specs(arch)
 
 
@@ -110,13 +108,16 @@ def swz_specs(table: dict[str, Any], arch: str) -> list[CompileSpec]:
     if arch != "sm90":
         return []
     out = []
-    for bucket, base in table["default"].items():
-        cfg = {**base, **base.get("swz", {})}
-        if cfg.get("route") == "dequant_w":
+    for key, base in table.items():
+        if key.startswith("_") or ":" in key:
             continue
-        for mode in sorted({_a_mode(cfg.get("route", "fused"), arch), 1 if cfg.get("fused_below_nk") else 0}):
-            name = f"mxfp4_gemm/default[m<={bucket},swz128_mul1,A_MODE={mode}]"
-            out.append(gemm_spec(name, cfg, mode, arch, 2, layout="swz128_mul1"))
+        cfg = {**base, **base.get("swz", {})}
+        if cfg.get("route") == Route.DEQUANT_W:
+            continue
+        modes = {_a_mode(cfg.get("route", Route.FUSED), arch), AMode.QUANT if cfg.get("fused_below_nk") else AMode.BF16}
+        for mode in sorted(modes):
+            name = f"mxfp4_gemm/default[{label(key)},swz128_mul1,A_MODE={int(mode)}]"
+            out.append(gemm_spec(name, cfg, mode, arch, 2, layout=Layout.SWZ128_MUL1))
     return out
 
 
@@ -141,6 +142,7 @@ def check_all(arch: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m speedrun.eval.kernels.mxfp4_gemm_compile ARCH...`: compile every spec, one JSON summary."""
     import json
     import sys
 

@@ -5,7 +5,7 @@ impl `speedrun`: our GEMM from bf16 activations, MXFP4 activation quantization i
 impl `fp8_deepgemm`: the baseline that matters for DeepSeek-R1 — stock SGLang 0.5.17 serves the FP8 checkpoint's
   block-quantized linears on sm90 with `fp8_utils.deepgemm_w8a8_block_fp8_linear_with_fallback`, chosen by
   `fp8_utils.dispatch_w8a8_block_fp8_linear` (auto backend) in `fp8.Fp8LinearMethod.__init__`; the per-token-group
-  FP8 activation quantization is inside the call (baselines.py says why this function).
+  FP8 activation quantization is inside the call (mxfp4_gemm_baselines.py says why this function).
 impl `fp8_triton`: what that dispatcher returns without deep_gemm (`triton_w8a8_block_fp8_linear`).
 impl `dequant_cublas`: W dequantized to bf16 in torch on every call (LUT gather + scale), then torch.matmul.
 impl `bf16_cublas`: torch.matmul with weights dequantized beforehand (the bf16 compute ceiling; no quantization).
@@ -16,10 +16,10 @@ Timing: eval/kernels/timer.py for every impl (CUDA graph of N calls on N distinc
 replay, median with p10/p90 per call); each row carries its `timing` block. GB/s counts minimal bytes per impl:
 W (MXFP4 N*K/2 + N*K/32; FP8 N*K + scales; bf16 N*K*2) + bf16 A + bf16 C; % of HBM peak from the device name.
 `--sweep` times the variants (SWEEP_VARIANTS) at SWEEP_SHAPES and writes DIR/mxfp4_gemm_sweep.json: rows carry
-`bucket` (the M bucket key in configs/<arch>.json "default"), `nk` (the per-shape override key "NxK"), `variant`,
-`config` (the full dict) and `us`; the best per shape is printed.
+`bucket` (the M bucket key in configs/<arch>.json, `m<=N`), `nk` (the weight shape, "<N>x<K>": the prefix of a
+per-shape override), `variant`, `config` (the full dict) and `us`; the best per shape is printed.
 
-python -m speedrun.overlays.mxfp4_gemm.bench --out DIR [--shape MxNxK ...]   -> DIR/mxfp4_gemm.json, .png
+python -m speedrun.eval.kernels.mxfp4_gemm_bench --out DIR [--shape MxNxK ...]   -> DIR/mxfp4_gemm.json, .png
 """
 
 from __future__ import annotations
@@ -35,10 +35,28 @@ from typing import Any
 
 import torch
 
+from speedrun.eval.kernels import mxfp4_gemm_baselines as baselines
 from speedrun.eval.kernels import report, timer
 from speedrun.eval.kernels.timer import Copies, Timing
-from speedrun.overlays.mxfp4_gemm import baselines
-from speedrun.overlays.mxfp4_gemm.shapes import BRIEF, DEEPSEEK_NK, PREFILL_M, PREFILL_NK
+from speedrun.overlays.mxfp4_gemm.config import Layout
+
+# GEMM shapes (M, N, K) the MXFP4 linear layers see: the brief's list and DeepSeek-R1 (TP=1) linears.
+BRIEF = [(4, 2880, 512), (16, 2112, 7168), (32, 4096, 512), (32, 2880, 512), (64, 7168, 2048), (256, 3072, 1536)]
+
+# DeepSeek-R1 / V3 at TP=1: (N, K) of each quark MXFP4 linear (hidden 7168, q_lora 1536, kv_lora 512, 128 heads).
+DEEPSEEK_NK = {
+    "fused_qkv_a": (2112, 7168),  # q_a (1536) + kv_a_with_mqa (576)
+    "q_b": (24576, 1536),  # 128 heads x 192
+    "kv_b": (32768, 512),  # 128 heads x (128 nope + 128 v); prefill (MHA) path only
+    "o_proj": (7168, 16384),
+    "shared_gate_up": (4096, 7168),  # 2 x moe_intermediate 2048
+    "shared_down": (7168, 2048),
+    "dense_gate_up": (36864, 7168),  # first 3 layers, 2 x 18432
+    "dense_down": (7168, 18432),
+}
+
+PREFILL_M = (4096, 16384)
+PREFILL_NK = [DEEPSEEK_NK["fused_qkv_a"], DEEPSEEK_NK["q_b"], DEEPSEEK_NK["o_proj"]]
 
 DECODE_M = (1, 16, 64)
 TP = 8  # the DeepSeek-R1 slice one GPU of a TP8 server holds
@@ -53,7 +71,7 @@ W_FMT = {"speedrun": "mxfp4", "dequant_cublas": "mxfp4", "fp8_deepgemm": "fp8", 
 
 
 def deepseek_tp8_nk() -> dict[str, tuple[int, int]]:
-    """(N, K) of each DeepSeek-R1 linear on one rank of TP8 (shapes.DEEPSEEK_NK is TP1)."""
+    """(N, K) of each DeepSeek-R1 linear on one rank of TP8 (DEEPSEEK_NK is TP1)."""
     out = {"fused_qkv_a": DEEPSEEK_NK["fused_qkv_a"]}
     out |= {name: (DEEPSEEK_NK[name][0] // TP, DEEPSEEK_NK[name][1]) for name in COLUMN_PARALLEL}
     out |= {name: (DEEPSEEK_NK[name][0], DEEPSEEK_NK[name][1] // TP) for name in ROW_PARALLEL}
@@ -133,20 +151,21 @@ Call = Callable[[], Any]
 Prepared = tuple[tuple[torch.Tensor, ...], Callable[..., torch.Tensor]]  # (operands of copy 0, fn(*operands))
 
 
-def ours_prepared(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, layout: str,
+def ours_prepared(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, layout: Layout | str,
                   cfg: dict[str, Any] | None = None) -> Prepared:  # fmt: skip
-    """Our GEMM on weights in `layout`, re-laid out once (load time, untimed) as the hook does."""
-    from speedrun.overlays.mxfp4_gemm.gemm import mxfp4_gemm, relayout_weight
+    """Our GEMM on weights in `layout`, re-laid out once and planned (load time, untimed) as the hook does."""
+    from speedrun.overlays.mxfp4_gemm.api import make_plan, mxfp4_gemm, relayout_weight
 
-    if layout == "plain":
-        return (a, w, ws), partial(mxfp4_gemm, config=cfg)
+    n, k = w.shape[0], w.shape[1] * 2
+    if layout == Layout.PLAIN:
+        return (a, w, ws), partial(mxfp4_gemm, plan=make_plan(n, k, device=a.device, config=cfg))
     w2, s2, lay = relayout_weight(w, ws)
-    return (a, w2, s2), partial(mxfp4_gemm, config=cfg, w_layout=lay)
+    return (a, w2, s2), partial(mxfp4_gemm, plan=make_plan(n, k, lay, device=a.device, config=cfg))
 
 
 def prepare(impl: str, a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, lut: torch.Tensor) -> Prepared:
     """Copy 0 of an impl's operands in its own format (made untimed, as at load time) and the timed function."""
-    from speedrun.overlays.mxfp4_gemm.gemm import config_arch, weight_layout
+    from speedrun.overlays.mxfp4_gemm.api import config_arch, weight_layout
 
     if impl == "speedrun":
         return ours_prepared(a, w, ws, weight_layout(config_arch(a.device)))
@@ -172,11 +191,12 @@ def measure(impl: str, prepared: Prepared, m: int, n: int, k: int) -> tuple[Timi
 
 
 def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor, peak: float) -> list[dict[str, Any]]:
-    from speedrun.overlays.mxfp4_gemm.gemm import bucket_of, config_arch, pick_config, route_for
+    from speedrun.overlays.mxfp4_gemm.api import bucket_key, config_arch, pick_config, route_for
 
     a, w, ws = operands(m, n, k, seed=m + n)
     ref = (a.float() @ torch_dequant(w, ws, lut).float().t()).float()  # fp32 product of the exact weights
-    cfg = pick_config(m, n, k, config_arch(a.device))
+    arch = config_arch(a.device)
+    cfg = pick_config(m, n, k, arch)
     rows = []
     for impl in impls_for(n, k):
         try:
@@ -186,7 +206,7 @@ def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor, peak: float
         except Exception as exc:  # a failing impl is a row, not the end of the run
             row = _row(impl, gpu, m, n, k, None, f"{type(exc).__name__}: {exc}")
         if impl == "speedrun":
-            row.update(bucket=bucket_of(m), route=route_for(cfg, n, k))
+            row.update(bucket=bucket_key(m, arch), route=str(route_for(cfg, n, k)))
         rows.append(row)
         torch.cuda.empty_cache()
     report.add_speedups(rows, ("m", "n", "k"))
@@ -216,25 +236,26 @@ SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
 # Resident CTAs per SM (ptxas sm_90a registers and shared memory of the fused swz128 kernel, PERF.md) of the
 # variants that change them, by bucket, for the wave-balanced split-K.
 VARIANT_CTAS = {
-    "st3": {"16": 3, "32": 2, "64": 2},
-    "st6": {"16": 3, "32": 2, "64": 1},
-    "bn64_bk256": {"16": 3, "32": 2, "64": 1},
-    "bn64": {"16": 6, "32": 4, "64": 2},
-    "bn128w8": {"16": 3, "32": 2, "64": 2},
-    "bn256w8": {"16": 1, "32": 1, "64": 1},
+    "st3": {"m<=16": 3, "m<=32": 2, "m<=64": 2},
+    "st6": {"m<=16": 3, "m<=32": 2, "m<=64": 1},
+    "bn64_bk256": {"m<=16": 3, "m<=32": 2, "m<=64": 1},
+    "bn64": {"m<=16": 6, "m<=32": 4, "m<=64": 2},
+    "bn128w8": {"m<=16": 3, "m<=32": 2, "m<=64": 2},
+    "bn256w8": {"m<=16": 1, "m<=32": 1, "m<=64": 1},
 }
 
 
-def variant_config(base: dict[str, Any], variant: str, bucket: str, layout: str) -> tuple[dict[str, Any], str]:
+def variant_config(base: dict[str, Any], variant: str, bucket: str, layout: Layout | str
+                   ) -> tuple[dict[str, Any], Layout]:  # fmt: skip
     """(config, weight layout) of a sweep row. The config is in the table's own terms, as `speedrun kernels tune`
     writes winners back: the bucket's entry with the variant's knobs where they take effect, i.e. inside the
     entry's "swz" overrides when the weights are swz128 (replaced whole), else at the top level."""
     var = dict(SWEEP_VARIANTS.get(variant, {}))
-    layout = var.pop("w_layout", layout)
+    layout = Layout(var.pop("w_layout", layout))
     if bucket in VARIANT_CTAS.get(variant, {}):
         var["CTAS_PER_SM"] = VARIANT_CTAS[variant][bucket]
     cfg = copy.deepcopy(base)
-    if layout != "plain" and var:
+    if layout != Layout.PLAIN and var:
         cfg["swz"] = {**cfg.get("swz", {}), **var}
     else:
         cfg.update(var)
@@ -248,25 +269,25 @@ def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S) -> list[
     """Every SWEEP_VARIANTS entry on SWEEP_SHAPES, timed like the bench (tuning aid; prints the best per shape).
     Once `budget_s` is spent the remaining rows are written with "skipped": true (the device step has a hard
     timeout)."""
-    from speedrun.overlays.mxfp4_gemm.gemm import bucket_of, config_arch, mxfp4_gemm, pick_config, weight_layout
+    from speedrun.overlays.mxfp4_gemm import api
 
     rows, t0 = [], time.time()
     for m, n, k in SWEEP_SHAPES:
         if time.time() - t0 > budget_s:
             print(f"sweep: budget {budget_s:.0f} s spent, skipping ({m},{n},{k})")
-            rows.append({**_row("speedrun", gpu, m, n, k, None), "variant": "*", "bucket": bucket_of(m),
-                         "skipped": True})  # fmt: skip
+            bucket = api.bucket_key(m, api.config_arch(torch.device("cuda")))
+            rows.append({**_row("speedrun", gpu, m, n, k, None), "variant": "*", "bucket": bucket, "skipped": True})
             continue
         a, w, ws = operands(m, n, k, seed=n + k)
-        arch = config_arch(a.device)
-        base, table_layout = pick_config(m, n, k, arch), weight_layout(arch)
+        arch = api.config_arch(a.device)
+        base, table_layout, bucket = api.pick_config(m, n, k, arch), api.weight_layout(arch), api.bucket_key(m, arch)
         try:
-            want = mxfp4_gemm(a, w, ws, config=base).float()
+            want = api.mxfp4_gemm(a, w, ws, api.make_plan(n, k, device=a.device, config=base)).float()
         except Exception:  # the config's own row records the error below
             want = None
         for name in ("config", *SWEEP_VARIANTS):
-            cfg, layout = variant_config(base, name, bucket_of(m), table_layout)
-            row: dict[str, Any] = {"variant": name, "bucket": bucket_of(m), "nk": f"{n}x{k}", "w_layout": layout,
+            cfg, layout = variant_config(base, name, bucket, table_layout)
+            row: dict[str, Any] = {"variant": name, "bucket": bucket, "nk": f"{n}x{k}", "w_layout": layout,
                                    "config": cfg, "current": name == "config"}  # fmt: skip
             impl = "speedrun" if layout == table_layout else "speedrun_plain"  # other layouts: not tunable
             if time.time() - t0 > budget_s:
@@ -319,16 +340,14 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 
 def meta(gpu: str, sweep: bool) -> dict[str, Any]:
-    from speedrun.overlays.mxfp4_gemm.gemm import BUCKETS
-
     peak_name, peak = timer.hbm_peak(gpu)
     out = {"op": "mxfp4_gemm", "gpu": gpu, "hbm_peak_Bps": peak, "hbm_peak_of": peak_name,
            "timing": timer.method_meta(timer.device_cache_bytes()),
            "bytes": "W (MXFP4 N*K/2 + N*K/32; FP8 N*K + fp32 scale per 128x128; bf16 N*K*2) + bf16 A + bf16 C",
            "speedup_vs": "baseline us / our us (> 1: ours faster)"}  # fmt: skip
     if sweep:
-        out["bucket"] = f"M bucket key of configs/<arch>.json 'default' (upper bounds {BUCKETS}, else 'max')"
-        out["nk"] = "per-shape override key 'NxK' in the same file"
+        out["bucket"] = "M bucket key of configs/<arch>.json (m<=N, m>N: overlays/buckets.py)"
+        out["nk"] = "the weight shape <N>x<K> (the prefix of a per-shape override key <N>x<K>:m<=N)"
         out["variants"] = SWEEP_VARIANTS
     else:
         out["baselines"] = baselines.describe()

@@ -4,7 +4,7 @@ loop, registers, shared memory, CTAs per SM, and how many instructions run befor
 Compiles the bucket's swz128 config as the hook serves it (gemm_spec, JIT-like alignment), disassembles the cubin
 with the nvdisasm in Triton's wheel and takes the longest backward branch as the K loop.
 
-    python -m speedrun.overlays.mxfp4_gemm.sass [--route fused|prequant] [--json] [BUCKET ...]
+    python -m speedrun.eval.kernels.mxfp4_gemm_sass [--route fused|prequant] [--json] [BUCKET ...]   (m<=16 or 16)
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from speedrun.overlays.arch import load_configs
+from speedrun.overlays.mxfp4_gemm.config import AMode, Layout
 
-DECODE_BUCKETS = ("16", "32", "64")
+DECODE_BUCKETS = ("m<=16", "m<=32", "m<=64")
 
 
 @dataclass
@@ -70,13 +71,13 @@ def _opcode(ins: str) -> str:
     return re.sub(r"^@!?U?P[T0-9]+\s+", "", ins.strip()).split(" ")[0].split(".")[0]
 
 
-def loop_stats(cfg: dict[str, Any], a_mode: int = 1) -> LoopStats:
+def loop_stats(cfg: dict[str, Any], a_mode: AMode = AMode.QUANT) -> LoopStats:
     """Compile one decode config (swz128 weights, split epilogue) for sm90 and read its K loop."""
+    from speedrun.eval.kernels.mxfp4_gemm_compile import gemm_spec
     from speedrun.overlays.aot import compile_spec
-    from speedrun.overlays.mxfp4_gemm.compile import gemm_spec
     from speedrun.overlays.readiness.resources import sm90_occupancy
 
-    res = compile_spec(gemm_spec("sass", cfg, a_mode, "sm90", 2, layout="swz128_mul1"), "sm90")
+    res = compile_spec(gemm_spec("sass", cfg, a_mode, "sm90", 2, layout=Layout.SWZ128_MUL1), "sm90")
     if not res.ok:
         raise RuntimeError(res.error)
     instrs, labels, usage = disassemble(res.binary)
@@ -96,13 +97,18 @@ def loop_stats(cfg: dict[str, Any], a_mode: int = 1) -> LoopStats:
     )  # fmt: skip
 
 
+def bucket_key(bucket: str) -> str:
+    """`16` -> `m<=16` (the CLI takes either)."""
+    return f"m<={bucket}" if bucket.isdigit() else bucket
+
+
 def served_config(bucket: str) -> dict[str, Any]:
     """The sm90 table's config for a bucket with its swz128 overrides (what the hook's weights run)."""
-    base = load_configs("mxfp4_gemm", "sm90")["default"][bucket]
+    base = load_configs("mxfp4_gemm", "sm90")[bucket_key(bucket)]
     return {**base, **base.get("swz", {})}
 
 
-def table(buckets: tuple[str, ...] = DECODE_BUCKETS, a_mode: int = 1) -> str:
+def table(buckets: tuple[str, ...] = DECODE_BUCKETS, a_mode: AMode = AMode.QUANT) -> str:
     rows = ["| bucket | tile MxNxK, warps, stages | loop instr | warp-instr / KiB W | mma / waits | regs | spill B | "
             "smem KiB | CTAs/SM | instr before 1st load | top opcodes |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--route", choices=("fused", "prequant"), default="fused", help="A_MODE 1 (fused) or 0")
     ap.add_argument("--json", action="store_true", help="one LoopStats dict per bucket instead of the table")
     args = ap.parse_args(argv)
-    mode = 1 if args.route == "fused" else 0
+    mode = AMode.QUANT if args.route == "fused" else AMode.BF16
     if args.json:
         print(json.dumps({b: asdict(loop_stats(served_config(b), mode)) for b in args.buckets}))
     else:

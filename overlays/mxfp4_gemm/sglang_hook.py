@@ -9,6 +9,10 @@ Stock SGLang 0.5.17 cannot run a quark MXFP4 DeepSeek-V3 on CUDA:
    re-quantizes them (aiter). `deepseek_post_load_weights` rebuilds them in bf16 from the dequantized weight.
 QuarkConfig / scheme selection / create_weights / capability checks (min capability 70) already pass on sm90;
 online quantization (`--quantization quark_mxfp4`, an unquantized checkpoint) stays ROCm-only (mxfp_supported()).
+
+The backend (SPEEDRUN_MXFP4_GEMM_BACKEND, read once at registration: overlays/environ.py), the weight layout and
+the layer's plan (`api.make_plan`) are fixed at load (`layer._speedrun_backend`, `speedrun_w_layout`,
+`_speedrun_plan`); a layer that did not go through process_weights gets its plan at its first call.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays.hooks import Unsupported, around, backend_for, require_aiter
+from speedrun.overlays import environ
+from speedrun.overlays.hooks import Unsupported, around, require_aiter
+from speedrun.overlays.mxfp4_gemm.config import Layout
 
 OP = "mxfp4_gemm"
 
 
 def run_backend(backend: str, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor | None,
-                out: torch.Tensor | None, out_dtype: torch.dtype, layout: str = "plain",
-                layer: torch.nn.Module | None = None) -> torch.Tensor:  # fmt: skip
+                out: torch.Tensor | None, out_dtype: torch.dtype, layer: torch.nn.Module) -> torch.Tensor:  # fmt: skip
     """One GEMM through the selected backend (triton | reference | aiter)."""
     if backend == "reference":
         from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref
@@ -35,12 +40,30 @@ def run_backend(backend: str, x: torch.Tensor, w: torch.Tensor, w_scale: torch.T
         from speedrun.overlays.mxfp4_gemm.aiter_backend import aiter_gemm
 
         return aiter_gemm(x, w, w_scale, a_scale=x_scale, out=out, out_dtype=out_dtype, layer=layer)
-    from speedrun.overlays.mxfp4_gemm.gemm import mxfp4_gemm
+    from speedrun.overlays.mxfp4_gemm.api import mxfp4_gemm
 
-    try:
-        return mxfp4_gemm(x, w, w_scale, a_scale=x_scale, out=out, out_dtype=out_dtype, w_layout=layout)
-    except NotImplementedError as why:  # e.g. an AMD arch without scaled MFMA
-        raise Unsupported(str(why)) from why
+    return mxfp4_gemm(x, w, w_scale, layer_plan(layer), a_scale=x_scale, out=out, out_dtype=out_dtype)
+
+
+def layer_plan(layer: torch.nn.Module) -> Any:
+    """The layer's plan (built at load; else now, once): Unsupported where the arch has no config."""
+    from speedrun.overlays.mxfp4_gemm.api import make_plan
+
+    w = layer.weight
+    n, k = w.shape[0], w.shape[1] * 2
+    layout = Layout(getattr(layer, "speedrun_w_layout", Layout.PLAIN))
+    plan = getattr(layer, "_speedrun_plan", None)
+    if plan is None or (plan.n, plan.k, plan.layout) != (n, k, layout):
+        try:
+            plan = make_plan(n, k, layout, device=w.device)
+        except NotImplementedError as why:  # e.g. an AMD arch without scaled MFMA
+            raise Unsupported(str(why)) from why
+        layer._speedrun_plan = plan
+    return plan
+
+
+def _backend(layer: torch.nn.Module) -> str:
+    return getattr(layer, "_speedrun_backend", None) or environ.value(environ.BACKEND[OP])
 
 
 def _unpack_input(x: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -73,44 +96,48 @@ def _apply_weights(original: Any, self: Any, layer: torch.nn.Module, x: Any, bia
         out_dtype = x2.dtype if y is not None else self.out_dtype  # stock returns y.to(x.dtype) in that form
     # A caller-provided y (SGLang's zeroed bump buffer, fp32 there) is only an output slot: use it when it fits.
     out = y if y is not None and y.dtype == out_dtype and tuple(y.shape) == (x2.shape[0], n) else None
-    layout = getattr(layer, "speedrun_w_layout", "plain")
-    backend = backend_for(OP)
-    if layout != "plain" and backend != "triton":  # re-laid out at load for our kernels only
+    layout = getattr(layer, "speedrun_w_layout", Layout.PLAIN)
+    backend = _backend(layer)
+    if layout != Layout.PLAIN and backend != "triton":  # re-laid out at load for our kernels only
         raise Unsupported(f"{layout} weights need the triton backend, not {backend}")
-    result = run_backend(backend, x2, w, w_scale, x_scale, out, out_dtype, layout, layer)
+    result = run_backend(backend, x2, w, w_scale, x_scale, out, out_dtype, layer)
     if bias is not None:
         result = result + bias
     return result.view(*lead, n)
 
 
 def _process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
-    if backend_for(OP) == "aiter":
+    backend = layer._speedrun_backend = environ.value(environ.BACKEND[OP])
+    if backend == "aiter":
         require_aiter(OP)  # at load time, not at the first forward
     original(self, layer)
-    if backend_for(OP) == "aiter":
+    if backend == "aiter":
         from speedrun.overlays.mxfp4_gemm.aiter_backend import aiter_kernel, preshuffle
 
         if aiter_kernel() == "a4w4":
             preshuffle(layer)
-    # Allocate the split-K arrival counters now, outside any CUDA-graph capture.
-    if layer.weight.is_cuda and backend_for(OP) == "triton":
+    # Allocate the split-K arrival counters now, outside any CUDA-graph capture; fix the layout and the plan.
+    if layer.weight.is_cuda and backend == "triton":
         from speedrun.overlays.buffers import splitk_counters
-        from speedrun.overlays.mxfp4_gemm.gemm import config_arch, weight_layout
+        from speedrun.overlays.mxfp4_gemm.api import config_arch, weight_layout
 
         splitk_counters(layer.weight.device, 0)
-        if weight_layout(config_arch(layer.weight.device)) != "plain":
+        if weight_layout(config_arch(layer.weight.device)) != Layout.PLAIN:
             relayout(layer)
+        if layer.weight.dtype == torch.uint8:
+            layer_plan(layer)
 
 
-def relayout(layer: torch.nn.Module) -> str:
-    """Re-lay a packed MXFP4 layer's codes out in place as swz128 (gemm.relayout_weight; same shape when
+def relayout(layer: torch.nn.Module) -> Layout:
+    """Re-lay a packed MXFP4 layer's codes out in place as swz128 (api.relayout_weight; same shape when
     K % 128 == 0, else left plain) and record the layout on the layer; returns it. Runs after SGLang's
     post_load_weights (DeepSeek's w_kc / w_vc were built from the plain weights already)."""
-    from speedrun.overlays.mxfp4_gemm.gemm import relayout_weight
+    from speedrun.overlays.mxfp4_gemm.api import relayout_weight
 
     w, s = layer.weight, getattr(layer, "weight_scale", None)
-    current = getattr(layer, "speedrun_w_layout", "plain")
-    if current != "plain" or w.dtype != torch.uint8 or s is None or s.dtype != torch.uint8 or (w.shape[1] * 2) % 128:
+    current = Layout(getattr(layer, "speedrun_w_layout", Layout.PLAIN))
+    packed = w.dtype == torch.uint8 and s is not None and s.dtype == torch.uint8
+    if current != Layout.PLAIN or not packed or (w.shape[1] * 2) % 128:
         return current
     w_swz, s_pad, layout = relayout_weight(w.data, s.data)
     w.data.copy_(w_swz)
@@ -125,7 +152,7 @@ def relayout(layer: torch.nn.Module) -> str:
 def fix_mla_absorbed_weights(model: torch.nn.Module) -> int:
     """bf16 w_kc / w_vc for every MLA attention whose kv_b_proj is packed MXFP4 and was left in uint8."""
     from speedrun.overlays.mx.format import dequant_mxfp4
-    from speedrun.overlays.mxfp4_gemm.gemm import plain_weight
+    from speedrun.overlays.mxfp4_gemm.api import plain_weight
 
     fixed = 0
     for mod in model.modules():
@@ -137,7 +164,7 @@ def fix_mla_absorbed_weights(model: torch.nn.Module) -> int:
         if getattr(mod, "w_scale_k", None) is not None or (w_kc is not None and w_kc.dtype != torch.uint8):
             continue  # gfx950's own MXFP4 re-quantization, or already usable
         nope, vdim = mod.qk_nope_head_dim, mod.v_head_dim
-        w, s = plain_weight(w, s, getattr(kv, "speedrun_w_layout", "plain"))
+        w, s = plain_weight(w, s, getattr(kv, "speedrun_w_layout", Layout.PLAIN))
         wf = dequant_mxfp4(w, s, torch.bfloat16)
         kc, vc = wf.unflatten(0, (-1, nope + vdim)).split([nope, vdim], dim=1)
         mod.w_kc = kc.transpose(1, 2).contiguous().transpose(1, 2)  # the layout stock gives bf16 weights

@@ -1,0 +1,370 @@
+"""MXFP4 GEMM (quark `w_mxfp4_a_mxfp4` linears): a plan built once per weight, one call per step.
+
+    w, w_scale, layout = relayout_weight(w, w_scale)            # load time (sm90: the table's "_layout", swz128)
+    plan = make_plan(n, k, layout, device=x.device)             # every M bucket resolved and validated
+    out = mxfp4_gemm(a, w, w_scale, plan)                       # every step: C = A . W^T
+
+Shapes and dtypes (M tokens, N output features, K input features, K % 32 == 0):
+    a        [M, K] bf16 | f16 (unit stride in K; quantized to MXFP4 unless quant_a=False: w4a16)
+             or pre-quantized: packed uint8 [M, K/2] with a_scale [M, K/32] uint8 E8M0 (any strides)
+    w        [N, K/2] uint8 E2M1 codes (plain: k order; swz128*: re-laid out, same shape)
+    w_scale  [N, K/32] uint8 E8M0 (swz128*: rows padded to 16 bytes)
+    out      [M, N] out_dtype (bf16 default)
+
+Routes (per bucket, key "route", config.Route) for bf16 activations quantized to MXFP4:
+- "fused": one launch; A is quantized inside the GEMM's A-load. Every decode bucket (M <= 64) on both archs: one
+  kernel per call, split-K reduced in the same launch (PERF.md, round 4).
+- "prequant": one quantizer launch, then the GEMM reads quantized A (large M: each A element is quantized once
+  instead of once per N tile). sm90 writes dequant(quant(A)) as bf16; gfx950 writes codes + scales.
+- "dequant_w" (sm90 only): quantize A and dequantize W to bf16 with our kernels, then cuBLAS bf16 (prefill, where
+  sm90 has no FP4 MMA and bf16 tensor-core time dominates).
+All routes multiply exactly the same values (the reference quantizer's), only the summation order differs.
+
+The plan holds what depends on (N, K), the weight layout, the arch and the device: per M bucket
+(configs/<arch>.json, `m<=N`, with the bucket's "swz" / "a16" / per-shape overrides applied) the route, the
+kernel constexprs and launch options. The call picks the bucket by M; split-K is host arithmetic on M (graph safe).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
+from speedrun.overlays.buckets import Buckets
+from speedrun.overlays.buffers import splitk_counters
+from speedrun.overlays.mxfp4_gemm.config import DIM, AMode, Layout, Route, WDeq, check_config, check_table
+from speedrun.overlays.mxfp4_gemm.kernels import (
+    mxfp4_dequant_kernel,
+    mxfp4_gemm_kernel,
+    mxfp4_quant_kernel,
+    qdq_rows_kernel,
+)
+
+OP = "mxfp4_gemm"
+# A decode SM is taken as issue-bound (rather than latency-bound) from SAT_WARPS warps (2 per scheduler) and 2 CTAs
+# on it: each K step has CTA-wide barriers and a wgmma wait, which another CTA's warps fill.
+SAT_WARPS = 8
+RED_REGS = 64  # fp32 registers per thread the split-K reduction may hold in flight (RED partials per round)
+
+
+# ---------------------------------------------------------------- configs (validated once per arch)
+
+
+@functools.cache
+def _table(arch: str) -> dict[str, Any]:
+    return check_table(load_configs(OP, arch), f"{OP} {arch}")
+
+
+@functools.cache
+def _buckets(arch: str) -> Buckets:
+    return Buckets.of(_table(arch), DIM)
+
+
+def config_arch(device: torch.device) -> str:
+    """Which config table a device uses ("cpu" = the interpreter, which uses the sm90 table)."""
+    if device.type != "cuda":
+        return "sm90"
+    arch = current_arch()
+    if is_amd(arch) and arch != "gfx950":
+        raise NotImplementedError(f"mxfp4_gemm has no config for {arch} (needs gfx950 scaled MFMA or CUDA)")
+    return arch
+
+
+def weight_layout(arch: str) -> Layout:
+    """The layout the hook gives weights at load time: the table's "_layout" (sm90: swz128), else plain."""
+    return Layout.PLAIN if is_amd(arch) else Layout(_table(arch).get("_layout", Layout.PLAIN))
+
+
+def bucket_key(m: int, arch: str) -> str:
+    """The `m<=N` / `m>N` bucket of a call with M tokens."""
+    return _buckets(arch).pick(m)
+
+
+def pick_config(m: int, n: int, k: int, arch: str) -> dict[str, Any]:
+    """The bucket of M, overlaid with the per-shape entry "<N>x<K>:<bucket>" when the table has one."""
+    key = bucket_key(m, arch)
+    return {**_table(arch)[key], **_table(arch).get(f"{n}x{k}:{key}", {})}
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One GEMM launch as a bucket resolves it: the knobs it runs, every constexpr but SPLIT / EVEN_K, options."""
+
+    cfg: dict[str, Any]
+    consts: dict[str, Any]
+    opts: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One M bucket, resolved for one plan: the route and its kernel for each form of A."""
+
+    route: Route
+    quant: Kernel  # bf16 A, MXFP4 activations: fused (A_MODE 1) or after the quantizer (gfx950 2, sm90 0)
+    w4a16: Kernel  # bf16 A as is (A_MODE 0, the bucket's "a16" overrides)
+    packed: Kernel  # pre-quantized A (A_MODE 2)
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """What one weight (N, K, layout) runs with on one device: build it with `make_plan` (load time)."""
+
+    n: int
+    k: int
+    layout: Layout
+    arch: str
+    device: torch.device
+    amd: bool  # gfx950 on a GPU: tl.dot_scaled on packed operands
+    sms: int
+    buckets: Buckets | None  # None: one forced config for every call (sweeps, tests)
+    launches: dict[str, Launch] = field(repr=False)
+
+    def launch(self, m: int) -> Launch:
+        return self.launches["forced" if self.buckets is None else self.buckets.pick(m)]
+
+
+def make_plan(n: int, k: int, layout: Layout | str = Layout.PLAIN, *, device: torch.device | str | None = None,
+              arch: str | None = None, config: dict[str, Any] | None = None) -> GemmPlan:  # fmt: skip
+    """Resolve and validate every M bucket of the arch's table for this weight once; `config` forces one bucket's
+    knobs for every call. NotImplementedError for a layout the arch cannot run; ValueError for a bad field."""
+    device = torch.device(device) if device is not None else _default_device()
+    arch = arch or config_arch(device)
+    layout = Layout(layout)
+    cuda = device.type == "cuda"
+    amd = is_amd(arch) and cuda
+    if layout != Layout.PLAIN and amd:
+        raise NotImplementedError(f"weight layout {layout.value!r} on {arch}")
+    if config is not None:
+        buckets, cfgs = None, {"forced": check_config(config, f"{OP} config")}
+    else:
+        buckets = _buckets(arch)
+        keys = [key for _, key in buckets.upto] + ([buckets.above] if buckets.above else [])
+        cfgs = {key: {**_table(arch)[key], **_table(arch).get(f"{n}x{k}:{key}", {})} for key in keys}
+    launches = {key: resolve(cfg, n, k, layout, arch, cuda) for key, cfg in cfgs.items()}
+    return GemmPlan(n, k, layout, arch, device, amd, sm_count(device), buckets, launches)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve(cfg: dict[str, Any], n: int, k: int | None, layout: Layout, arch: str, cuda: bool) -> Launch:
+    """One bucket for one weight: its route and each form of A's kernel (k None: no BLOCK_K shrink, AOT specs)."""
+    amd = is_amd(arch) and cuda
+    if layout != Layout.PLAIN:  # the bucket's overrides for swz128 weights (fewer registers: more stages fit)
+        cfg = {**cfg, **cfg.get("swz", {})}
+    route = route_for(cfg, n, k)
+    quant_mode = AMode.QUANT if route == Route.FUSED else (AMode.MXFP4 if amd else AMode.BF16)
+    return Launch(
+        route,
+        kernel(cfg, quant_mode, arch, k, layout, cuda),
+        kernel({**cfg, **cfg.get("a16", {})}, AMode.BF16, arch, k, layout, cuda),
+        kernel(cfg, AMode.MXFP4, arch, k, layout, cuda),
+    )
+
+
+def kernel(cfg: dict[str, Any], a_mode: AMode, arch: str, k: int | None, layout: Layout, cuda: bool) -> Kernel:
+    """The kernel constexprs (ints at the kernel boundary) and launch options of one config in one A mode."""
+    amd = is_amd(arch) and cuda
+    dot_scaled = amd and a_mode != AMode.BF16
+    asm = cuda and not is_amd(arch)  # inline PTX: CUDA only (never the interpreter)
+    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), _block_k(cfg, k)
+    if layout != Layout.PLAIN:
+        bk = max(bk, 128)  # whole swz128 chunks
+    consts = {"A_MODE": int(a_mode), "DOT_SCALED": dot_scaled, "DOT_F32": not cuda, "BLOCK_M": bm, "BLOCK_N": bn,
+              "BLOCK_K": bk, "GROUP": int(cfg.get("GROUP", 1)),
+              **deq_flags({**cfg, "BLOCK_K": bk}, asm, dot_scaled, layout),
+              "A_ASM": asm and a_mode == AMode.QUANT and not dot_scaled,
+              "RED": red_unroll(bm, bn, int(cfg.get("num_warps", 4)))}  # fmt: skip
+    return Kernel(cfg, consts, kernel_options(cfg, arch, cuda))
+
+
+def _block_k(cfg: dict[str, Any], k: int | None) -> int:
+    bk = int(cfg["BLOCK_K"])
+    while k is not None and bk > 32 and bk > k:
+        bk //= 2
+    return bk
+
+
+def route_for(cfg: dict[str, Any], n: int, k: int | None) -> Route:
+    """The config's route, except "prequant" falls back to "fused" for weights under "fused_below_nk" elements:
+    there the quantizer's extra launch costs more than re-quantizing A in every CTA (decode sizes)."""
+    route = Route(cfg.get("route", Route.FUSED))
+    if route == Route.PREQUANT and k is not None and n * k < int(cfg.get("fused_below_nk", 0)):
+        return Route.FUSED
+    return route
+
+
+def deq_flags(cfg: dict[str, Any], asm: bool, dot_scaled: bool, layout: Layout = Layout.PLAIN) -> dict[str, Any]:
+    """W_DEQ from the config's "deq" (WORDS needs BLOCK_K >= 128, else HALVES), or SWZ for swz128 weights; W_ASM
+    (inline PTX) only where `asm`."""
+    if layout != Layout.PLAIN:
+        return {"W_DEQ": int(WDeq.SWZ), "W_ASM": asm, "W_MUL1": asm and layout == Layout.SWZ128_MUL1}
+    deq = WDeq.GENERIC if dot_scaled else WDeq(int(cfg.get("deq", WDeq.GENERIC)))
+    if deq == WDeq.WORDS and int(cfg["BLOCK_K"]) < 128:
+        deq = WDeq.HALVES
+    return {"W_DEQ": int(deq), "W_ASM": deq > 0 and asm, "W_MUL1": False}
+
+
+def kernel_options(cfg: dict[str, Any], arch: str, cuda: bool) -> dict[str, Any]:
+    """Launch options; "maxnreg" (CUDA only) caps registers per thread to raise the resident CTAs per SM."""
+    opts = launch_options(cfg, arch)
+    if cfg.get("maxnreg") and cuda and not is_amd(arch):
+        opts["maxnreg"] = int(cfg["maxnreg"])
+    return opts
+
+
+# ---------------------------------------------------------------- split-K (host arithmetic on M: graph safe)
+
+
+def split_k(cfg: dict[str, Any], tiles: int, k_tiles: int, sms: int) -> int:
+    """Explicit SPLIT_K, else auto. Auto without "CTAS_PER_SM": enough splits for ~2 CTAs per SM. With
+    "CTAS_PER_SM" (resident CTAs per SM, from ptxas registers / shared memory, see PERF.md): the split that
+    minimises `_sm_cost`, ties to the smaller split. Both keep >= MIN_K_TILES per split, at most 32."""
+    s = int(cfg.get("SPLIT_K", 0))
+    cap = min(max(1, k_tiles // int(cfg.get("MIN_K_TILES", 2))), 32)
+    if s <= 0 and cfg.get("CTAS_PER_SM"):
+        warps = int(cfg.get("num_warps", 4))
+        sat = max(1, min(int(cfg["CTAS_PER_SM"]), max(2, math.ceil(SAT_WARPS / warps))))
+        red = red_unroll(int(cfg.get("BLOCK_M", 16)), int(cfg.get("BLOCK_N", 64)), warps)
+        s = min(range(1, cap + 1), key=lambda c: (_sm_cost(tiles, k_tiles, c, sms, sat, red), c))
+    elif s <= 0:
+        s = 1 if tiles >= sms else min(math.ceil(2 * sms / tiles), cap)
+    s = max(1, min(s, k_tiles))
+    return math.ceil(k_tiles / math.ceil(k_tiles / s))  # no empty splits
+
+
+def red_unroll(bm: int, bn: int, num_warps: int) -> int:
+    """Partials the last split loads per round (kernel RED): as many as fit RED_REGS per thread, 1..8."""
+    return max(1, min(8, RED_REGS * 32 * num_warps // (bm * bn)))
+
+
+def _sm_cost(tiles: int, k_tiles: int, splits: int, sms: int, sat: int, red: int) -> float:
+    """Time of the busiest SM in K-tile iterations of one CTA: its CTAs share its issue slots and bandwidth (decode
+    tiles are issue-bound once `sat` CTAs share an SM; below that a CTA runs no faster, so fewer count as `sat`), plus
+    the split-K tail: the last split's atomic (~1) and its reduction rounds (~1.5 each, an L2 round trip)."""
+    per_sm = max(math.ceil(tiles * splits / sms), sat)
+    tail = 0.0 if splits == 1 else 1 + 1.5 * math.ceil(splits / red)
+    return per_sm * math.ceil(k_tiles / splits) + tail
+
+
+# ---------------------------------------------------------------- the call
+
+
+def mxfp4_gemm(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, plan: GemmPlan, *,
+               a_scale: torch.Tensor | None = None, quant_a: bool = True, out: torch.Tensor | None = None,
+               out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:  # fmt: skip
+    """C[M, N] = A . W^T (shapes: the module docstring); `plan` is make_plan(N, K, the weight's layout)'s."""
+    m, n, k = a.shape[0], w.shape[0], w.shape[1] * 2
+    if (n, k) != (plan.n, plan.k):
+        raise ValueError(f"weight [{n}, {k}] does not match the plan {plan}")
+    if out is None:
+        out = torch.empty(m, n, dtype=out_dtype, device=a.device)
+    if m == 0:
+        return out
+    if a.stride(-1) != 1:
+        a = a.contiguous()
+    run = plan.launch(m)
+    if a_scale is not None:
+        return _launch(a.view(torch.uint8), a_scale.view(torch.uint8), w, w_scale, out, run.packed, plan)
+    if run.route == Route.DEQUANT_W and not plan.amd:
+        a_eff = quantize(a, qdq=True)[0] if quant_a else a
+        return torch.matmul(a_eff, dequantize_weight(w, w_scale, plan.layout).t(), out=out)
+    if not quant_a:
+        return _launch(a, None, w, w_scale, out, run.w4a16, plan)
+    if run.route == Route.FUSED:
+        return _launch(a, None, w, w_scale, out, run.quant, plan)
+    q, s = quantize(a, qdq=not plan.amd)
+    return _launch(q, s, w, w_scale, out, run.quant, plan)
+
+
+def _launch(a: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Tensor, w_scale: torch.Tensor,
+            out: torch.Tensor, kern: Kernel, plan: GemmPlan) -> torch.Tensor:  # fmt: skip
+    """One GEMM launch: out[M, N] = A . W^T; a is bf16 [M, K] (A_MODE 0/1) or packed [M, K/2] (A_MODE 2)."""
+    m, n, k = out.shape[0], plan.n, plan.k
+    c = kern.consts
+    bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
+    num_m, num_n = math.ceil(m / bm), math.ceil(n / bn)
+    tiles, k_tiles = num_m * num_n, math.ceil(k / bk)
+    s = split_k(kern.cfg, tiles, k_tiles, plan.sms)
+    part = torch.empty(tiles * s * bm * bn if s > 1 else 1, dtype=torch.float32, device=out.device)
+    cnt = splitk_counters(out.device, tiles) if s > 1 else part
+    sa = a_scale if a_scale is not None else w_scale  # unused pointer in A_MODE 0/1
+    grid = (num_n, s, num_m) if c["GROUP"] == 1 else (tiles, s)  # kernels.mxfp4_gemm_kernel's two grid forms
+    mxfp4_gemm_kernel[grid](
+        a, sa, w, w_scale, out, part, cnt, m, n, k, s, math.ceil(k_tiles / s),
+        a.stride(0), sa.stride(0), sa.stride(1), w.stride(0), w_scale.stride(0), out.stride(0),
+        **c, SPLIT=s > 1, EVEN_K=k % bk == 0, **kern.opts,
+    )  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------- load-time layouts, quantizer, dequantizer
+
+
+def relayout_weight(w: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Layout]:
+    """Load time: plain MXFP4 -> (swz128 codes, padded scales, layout); K % 128 == 0 (no padding needed)."""
+    from speedrun.overlays.mx.layout import pad_scales, swizzle_mxfp4
+
+    if (w.shape[1] * 2) % 128:
+        raise NotImplementedError(f"swz128 needs K % 128 == 0, got K={w.shape[1] * 2}")
+    mul1 = int(w_scale.max()) <= 128
+    return swizzle_mxfp4(w), pad_scales(w_scale), Layout.SWZ128_MUL1 if mul1 else Layout.SWZ128
+
+
+def plain_weight(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain-layout weight (for the dequantize-then-cuBLAS route and the reference) of a re-laid-out one."""
+    if layout == Layout.PLAIN:
+        return w, w_scale
+    from speedrun.overlays.mx.layout import unswizzle_mxfp4
+
+    k = w.shape[1] * 2
+    return unswizzle_mxfp4(w, k), w_scale[:, : k // 32].contiguous()
+
+
+def quantize(a: torch.Tensor, qdq: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Triton quantizer: bf16 dequant(quant(a)) if qdq, else (packed [M, K/2], scales [M, K/32])."""
+    m, k = a.shape
+    bm, bk = 16, 256 if k % 256 == 0 else 32
+    if qdq:
+        q, s = torch.empty_like(a, dtype=torch.bfloat16), None
+    else:
+        q = torch.empty(m, k // 2, dtype=torch.uint8, device=a.device)
+        s = torch.empty(m, k // 32, dtype=torch.uint8, device=a.device)
+    sp = s if s is not None else q
+    grid = (math.ceil(m / bm), math.ceil(k / bk))
+    mxfp4_quant_kernel[grid](a, q, sp, m, k, a.stride(0), q.stride(0), sp.stride(0), QDQ=qdq, BLOCK_M=bm,
+                             BLOCK_K=bk, num_warps=4)  # fmt: skip
+    return q, s
+
+
+def dequantize_weight(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str = Layout.PLAIN) -> torch.Tensor:
+    """Triton W dequantization to bf16 [N, K] (contiguous codes; scale rows may be padded)."""
+    n, k = w.shape[0], w.shape[1] * 2
+    w, w_scale = w.contiguous(), w_scale.contiguous()
+    out = torch.empty(n, k, dtype=torch.bfloat16, device=w.device)
+    swz = layout != Layout.PLAIN
+    bn, bk = 32, 256 if k % 256 == 0 else (128 if swz else 32)
+    grid = (math.ceil(n / bn), math.ceil(k / bk))
+    mxfp4_dequant_kernel[grid](w, w_scale, out, n, k, w_scale.stride(0), BLOCK_N=bn, BLOCK_K=bk, SWZ=swz, num_warps=4)
+    return out
+
+
+def qdq_blocks(blocks: torch.Tensor, asm: bool) -> torch.Tensor:
+    """The fused A-load quantizer (kernels.qdq_mxfp4_fast) on bf16 [B, 32] blocks, for checks against the reference
+    (two blocks per 64-wide row, 16 rows per program). asm: the sm90 PTX (CUDA only)."""
+    x = torch.nn.functional.pad(blocks.reshape(-1), (0, -blocks.numel() % 1024)).view(-1, 64).contiguous()
+    out = torch.empty_like(x)
+    qdq_rows_kernel[(x.shape[0] // 16,)](x, out, 16, asm)
+    return out.reshape(-1)[: blocks.numel()].view_as(blocks)
+
+
+__all__ = ["AMode", "GemmPlan", "Layout", "Route", "make_plan", "mxfp4_gemm", "plain_weight", "relayout_weight"]
