@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 KEY = re.compile(r"^(?:(?P<fmt>\w+):)?(?P<dim>[a-z_]+)(?P<op><=|>)(?P<limit>\d+)$")
 GRAMMAR = "[<fmt>:]<dim><=<N> or [<fmt>:]<dim>><N>"
@@ -64,3 +67,13 @@ def select(keys: Iterable[str], dim: str, value: float, fmt: str | None = None) 
 
 
 __all__ = ["GRAMMAR", "Bucket", "Buckets", "parse", "select"]
+
+
+def check_bucket(model: type[BaseModel], cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate one bucket's knobs against its op's schema (ValueError naming the first bad field); cfg unchanged."""
+    try:
+        model.model_validate(cfg)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return cfg

@@ -7,9 +7,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from speedrun.overlays.buckets import parse
+from speedrun.overlays.buckets import check_bucket, parse
 
 
 class Compute(StrEnum):
@@ -113,12 +113,7 @@ class MlaBucket(_Knobs):
 
 def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     """Validate one bucket (ValueError naming the bad field); returns cfg unchanged."""
-    try:
-        MlaBucket.model_validate(cfg)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    return cfg
+    return check_bucket(MlaBucket, cfg, where)
 
 
 def check_table(table: dict[str, Any], where: str) -> dict[str, Any]:

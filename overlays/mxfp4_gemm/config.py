@@ -9,9 +9,9 @@ import re
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from speedrun.overlays.buckets import parse
+from speedrun.overlays.buckets import check_bucket, parse
 
 DIM = "m"
 SHAPE = re.compile(r"^\d+x\d+$")  # a per-shape override's prefix: "<N>x<K>"
@@ -86,18 +86,9 @@ class GemmBucket(GemmKnobs):
     swz: GemmKnobs | None = None
 
 
-def _check(model: type[BaseModel], cfg: dict[str, Any], where: str) -> dict[str, Any]:
-    try:
-        model.model_validate(cfg)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    return cfg
-
-
 def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     """Validate one bucket (ValueError naming the bad field); returns cfg unchanged."""
-    return _check(GemmBucket, cfg, where)
+    return check_bucket(GemmBucket, cfg, where)
 
 
 def check_table(table: dict[str, Any], where: str) -> dict[str, Any]:
@@ -118,7 +109,7 @@ def check_table(table: dict[str, Any], where: str) -> dict[str, Any]:
         elif key.split(":", 1)[1] not in table:
             raise ValueError(f"{where}: {key!r} overrides a bucket the table does not have")
         else:
-            _check(GemmKnobs, cfg, f"{where} {key}")
+            check_bucket(GemmKnobs, cfg, f"{where} {key}")
     return table
 
 

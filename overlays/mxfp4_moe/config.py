@@ -7,9 +7,9 @@ from __future__ import annotations
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from speedrun.overlays.buckets import parse
+from speedrun.overlays.buckets import check_bucket, parse
 
 
 class Act(IntEnum):
@@ -61,12 +61,7 @@ class MoeBucket(BaseModel):
 
 def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
     """Validate one bucket (ValueError naming the bad field); returns cfg unchanged."""
-    try:
-        MoeBucket.model_validate(cfg)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    return cfg
+    return check_bucket(MoeBucket, cfg, where)
 
 
 def check_table(table: dict[str, Any], where: str) -> dict[str, Any]:
