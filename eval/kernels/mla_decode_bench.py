@@ -48,9 +48,6 @@ A8 = {"mma_m": "tokens", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}  # sm90
 VARIANTS = {
     "default": {},  # round 3: snap (uniform batches cut at sequence boundaries), flat equal chunks otherwise
     "flat": {"snap": False},  # the round-2 split: equal cuts of the flat KV range
-    "seqsplit": {"split": "seq"},  # sequence-aligned pieces (no cut inside a sequence of <= ~one chunk)
-    "perseq_bs128": {"per_seq_min_bs": 128},  # one program per sequence at bs >= 128 (no merge; unsafe if mixed)
-    "pdl": {"pdl": True},  # the default with the merge launched as a programmatic dependent (hides its launch)
     "merge_p32": {"merge": MERGE_R2},  # the round-2 merge (9 dependent steps for 264 partials)
     "qk1": {"qk_chains": 1},  # the round-2 QK: one dependent mma chain of 36 per warp and tile
     "fp8_st7": {**A16, "fp8": {**FP8_R2, "num_stages": 7}},  # fp8: one more 18 KB tile in flight (110 KB)
@@ -68,8 +65,8 @@ VARIANTS = {
     "a8w8_pv_f16_st3": {"a8w8": {**A8, "pv": "f16", "num_stages": 3}},
 }
 # Variants whose knobs leave the table's fp8 (a16) overrides in place: split/launch knobs, compute, a8w8 knobs.
-SPLIT_VARIANTS = ("default", "flat", "seqsplit", "perseq_bs128", "pdl", "merge_p32", "qk1", "fp8_st7", "a16",
-                  "a8w8_pv_fp8", "a8w8_pv_f16", "a8w8_pv_f16_st3")  # fmt: skip
+SPLIT_VARIANTS = ("default", "flat", "merge_p32", "qk1", "fp8_st7", "a16", "a8w8_pv_fp8", "a8w8_pv_f16",
+                  "a8w8_pv_f16_st3")  # fmt: skip
 # Variants that only change fp8 caches still run bf16 (= default there): the tuner compares a bucket's variants
 # over all of its shapes, so a variant without bf16 rows could never win.
 BF16_SKIP: set[str] = set()

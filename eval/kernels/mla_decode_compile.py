@@ -44,9 +44,8 @@ def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: st
     ptrs = dict(zip(PARTIAL_ARGS, ["*bf16", KV_TYPES[kv], "*bf16", "*fp32", "*fp32", "*i32", "*i64"], strict=True))
     const = {"H": heads, "BLOCK_H": plan.block_h, "BLOCK_N": cfg["BLOCK_N"], "BLOCK_B": 256,
              "MIN_CHUNK": cfg["min_chunk"], "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE,
-             **plan.partial[False], "PER_SEQ": False, "PDL": plan.pdl}  # fmt: skip
-    # Every constexpr is named: Triton 3.7 no longer fills a defaulted one left out of an AOT signature
-    # (PER_SEQ was; its chunked form, False, is the one compiled here).
+             **plan.partial[False]}  # fmt: skip
+    # Every constexpr is named: Triton 3.7 no longer fills a defaulted one left out of an AOT signature.
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
     # As the JIT sees SGLang's buffers: aligned pointers, strides that are multiples of 576 or 512 (so of 16).
     attrs = aligned(sig, *PARTIAL_ARGS, *STRIDES)
@@ -64,7 +63,7 @@ def merge_spec(bucket: str, heads: int, cfg: dict[str, Any], block_dv: int, arch
     m = cfg["merge"]
     block_p = min(m["BLOCK_P"], 8192 // block_dv)
     const = {"H": heads, "BLOCK_P": block_p, "BLOCK_DV": block_dv, "MIN_CHUNK": cfg["min_chunk"],
-             "DL": D_LATENT, **plan.merge_split[False], "BLOCK_B": 256, "PDL": plan.pdl}  # fmt: skip
+             "DL": D_LATENT, **plan.merge_split[False], "BLOCK_B": 256}  # fmt: skip
     sig = {"O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32", "kv_indptr": "*i32", "v_scale": "fp32",
            "bs": "i32", "num_programs": "i32", "stride_ob": "i32", "stride_oh": "i32",
            **dict.fromkeys(const, "constexpr")}  # fmt: skip

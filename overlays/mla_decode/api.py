@@ -29,7 +29,7 @@ import triton.language as tl
 from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
 from speedrun.overlays.buckets import select
 from speedrun.overlays.hooks import Unsupported
-from speedrun.overlays.mla_decode.config import FP8_KNOBS, Compute, Fp8Cvt, MmaM, Pv, Split, check_config, check_table
+from speedrun.overlays.mla_decode.config import FP8_KNOBS, Compute, Fp8Cvt, MmaM, Pv, check_config, check_table
 from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 
 LOG2E = 1.4426950408889634
@@ -59,7 +59,6 @@ class MlaDecodePlan:
     merge_split: dict[bool, dict[str, Any]] = field(repr=False)
     partial_opts: dict[str, Any] = field(repr=False)
     merge_opts: dict[str, Any] = field(repr=False)
-    pdl: bool = False
 
     @property
     def groups(self) -> int:
@@ -121,7 +120,6 @@ def make_plan(
         merge_split={False: split_constexprs(cfg), True: split_constexprs(big)},
         partial_opts={} if cpu else launch_options(cfg, arch),
         merge_opts={} if cpu else launch_options(cfg["merge"], arch),
-        pdl=use_pdl(cfg, arch),
     )
 
 
@@ -150,26 +148,19 @@ def mla_decode(
     if part_o.numel() < rows * heads * D_LATENT or part_lse.numel() < rows * heads:
         raise ValueError(f"workspace too small for bs={bs} heads={heads} programs={programs}")
     page_stride, tok_stride = kv_strides(kv, plan.page_size)
-    # One program per sequence once the batch alone fills the GPU (per_seq_min_bs, a shape-only choice:
-    # graph safe): no partials and no merge. Equal chunks otherwise (they balance mixed lengths).
-    per_seq = bool(cfg.get("per_seq_min_bs")) and bs >= cfg["per_seq_min_bs"]
-    pdl = plan.pdl and not per_seq
-    _mla_partial_kernel[((bs if per_seq else programs) * plan.groups,)](
+    _mla_partial_kernel[(programs * plan.groups,)](
         q, kv, o, part_o, part_lse, kv_indptr, kv_indices,
         float(sm_scale) * float(k_scale) * LOG2E, float(v_scale), bs, programs,
         q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
         H=heads, BLOCK_H=plan.block_h, BLOCK_N=cfg["BLOCK_N"], BLOCK_B=block_b(bs),
         MIN_CHUNK=cfg["min_chunk"], PAGE_SIZE=plan.page_size, DL=D_LATENT, DR=D_ROPE,
-        **plan.partial[large], PER_SEQ=per_seq, PDL=pdl, **plan.partial_opts,
+        **plan.partial[large], **plan.partial_opts,
     )  # fmt: skip
-    if per_seq:
-        return o
     block_p, block_dv = merge_blocks(bs, heads, cfg["merge"], plan.sms)
-    mopts = {**plan.merge_opts, **({"launch_pdl": True} if pdl else {})}
     _mla_merge_kernel[(bs, heads, D_LATENT // block_dv)](
         o, part_o, part_lse, kv_indptr, float(v_scale), bs, programs, o.stride(0), o.stride(1),
         H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, MIN_CHUNK=cfg["min_chunk"], DL=D_LATENT,
-        BLOCK_B=block_b(bs), **plan.merge_split[large], PDL=pdl, **mopts,
+        BLOCK_B=block_b(bs), **plan.merge_split[large], **plan.merge_opts,
     )  # fmt: skip
     return o
 
@@ -277,24 +268,15 @@ def q_exp(kv_dtype: torch.dtype) -> int:
     return math.floor(math.log2(torch.finfo(kv_dtype).max)) if kv_dtype.itemsize == 1 else 8
 
 
-def use_pdl(cfg: dict[str, Any], arch: str) -> bool:
-    """pdl: launch the merge as a programmatic dependent of the partial kernel (sm90+; hides its launch)."""
-    return bool(cfg.get("pdl")) and _sm(arch) >= 90
-
-
 def block_b(bs: int) -> int:
     """The batch as one vector (the kernels find a chunk's first sequence and the longest one with it)."""
     return max(256, triton.next_power_of_2(bs))
 
 
 def split_constexprs(cfg: dict[str, Any]) -> dict[str, Any]:
-    """split "seq": sequence-aligned pieces of >= one chunk (align tokens); "flat" (default): equal cuts of the
-    concatenated KV range. Both kernels must agree: the merge finds the partials from the same rule."""
-    return {
-        "SEQ_SPLIT": cfg.get("split", Split.FLAT) == Split.SEQ,
-        "ALIGN": cfg.get("align", 64),
-        "SNAP": bool(cfg.get("snap", False)),
-    }
+    """How the batch's flat KV range is cut into equal chunks (SNAP: see kernels._chunk_size). Both kernels must
+    agree: the merge finds the partials from the same rule."""
+    return {"SNAP": bool(cfg.get("snap", False))}
 
 
 def block_h(heads: int, cfg: dict[str, Any]) -> int:

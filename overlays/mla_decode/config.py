@@ -27,11 +27,6 @@ class Fp8Cvt(StrEnum):
     ASM = "asm"
 
 
-class Split(StrEnum):
-    FLAT = "flat"  # equal cuts of the concatenated KV range
-    SEQ = "seq"  # sequence-aligned pieces of >= one chunk (a sweep variant)
-
-
 class MmaM(StrEnum):
     TOKENS = "tokens"  # tokens are the MMA's M (sm90 wgmma needs M >= 64)
     HEADS = "heads"
@@ -96,11 +91,7 @@ class MlaBucket(_Knobs):
     fp8_cvt: Fp8Cvt = Fp8Cvt.BF16
     fp8: Fp8Knobs | None = None
     snap: bool = False
-    split: Split = Split.FLAT
-    align: int = 64
     qk_chains: int = 1
-    pdl: bool = False
-    per_seq_min_bs: int | None = None
     fp8_compute: Compute = Compute.A16
     a8w8: A8W8Knobs | None = None
 
@@ -127,4 +118,4 @@ def check_table(table: dict[str, Any], where: str) -> dict[str, Any]:
     return table
 
 
-__all__ = ["FP8_KNOBS", "A8W8Knobs", "Compute", "Fp8Cvt", "MlaBucket", "MmaM", "Pv", "Split", "check_config"]
+__all__ = ["FP8_KNOBS", "A8W8Knobs", "Compute", "Fp8Cvt", "MlaBucket", "MmaM", "Pv", "check_config"]

@@ -14,8 +14,8 @@ Two Triton kernels, both CUDA-graph safe (no host syncs; the split is computed o
 
 Equal chunks keep every program equally busy however the lengths in the batch are mixed. Round 3: SNAP (the
 sm90 default) widens the chunk by <= 1/16 when that makes it a divisor or multiple of the longest sequence, so a
-uniform batch is cut only at sequence boundaries (see `_chunk_size`); SEQ_SPLIT (a sweep variant) cuts sequences
-only at piece boundaries (`_piece`), which runs short sequences whole but balances mixed batches worse.
+uniform batch is cut only at sequence boundaries (see `_chunk_size`). The round-3 sweep's other split modes
+(sequence-aligned pieces, one program per sequence, PDL merge) lost or never shipped: PERF.md keeps their story.
 Constexpr variants (configs/<arch>.json, see PERF.md): SPLIT_D=4 runs each step as four 128-column dot slices
 (mma.sync holds a whole B operand in registers: the 512-column tile spills at 4 warps); CDT=f16 with CVT_ASM
 computes fp8 caches in f16 (e4m3 -> f16 is exact) with one packed convert per tile.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 D_LATENT = 512  # kv_lora_rank of DeepSeek V2/V3/R1: also the V head dim
 D_ROPE = 64  # qk_rope_head_dim
@@ -342,15 +341,6 @@ def _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, v_scale, stri
 
 
 @triton.jit
-def _piece(lens, chunk, ALIGN: tl.constexpr):
-    """SEQ_SPLIT piece length of a sequence of `lens` tokens (scalar or vector): floor(lens / chunk) equal
-    pieces (at least one), rounded up to ALIGN tokens. Every piece is >= chunk tokens, so the pieces of one
-    sequence start in distinct chunks (distinct programs, distinct partial slots p + b)."""
-    n = tl.maximum(lens // chunk, 1)
-    return tl.maximum(tl.cdiv(tl.cdiv(lens, n), ALIGN) * ALIGN, ALIGN)
-
-
-@triton.jit
 def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq_hi, qk_scale, v_scale, offs_h,
              mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok, stride_ob, stride_oh, H: tl.constexpr,
              BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
@@ -436,19 +426,13 @@ def _mla_partial_kernel(
     SPLIT_D: tl.constexpr = 1,  # 1: one [BLOCK_N, 512] tile per step; 4: four 128-column slices
     CDT: tl.constexpr = tl.bfloat16,  # MMA input dtype (q's; f16 for fp8 KV: e4m3 -> f16 is exact and packed)
     CVT_ASM: tl.constexpr = False,  # e4m3fn KV on sm89+: the packed inline-asm convert (never in the interpreter)
-    PER_SEQ: tl.constexpr = False,  # one program per sequence (grid = bs x head groups) instead of equal chunks
-    SEQ_SPLIT: tl.constexpr = False,  # sequence-aligned pieces (see _piece) instead of cuts of the flat range
-    ALIGN: tl.constexpr = 64,  # SEQ_SPLIT piece granularity (tokens)
     SNAP: tl.constexpr = False,  # chunk snapped to the longest sequence when close (see _chunk_size)
-    PDL: tl.constexpr = False,  # sm90: let the merge grid launch now (it waits for our writes in gdc_wait)
     QK_CHAINS: tl.constexpr = 1,  # SPLIT_D=4: independent QK accumulators (shorter dependent mma chains)
     A8W8: tl.constexpr = False,  # fp8 KV: q quantized to fp8, fp8 MMAs (_attend_a8w8); CDT/CVT_ASM/SPLIT_D unused
     TOKENS_M: tl.constexpr = False,  # A8W8: tokens as the MMA M dimension (sm90 wgmma)
     PV_FP8: tl.constexpr = True,  # A8W8: P and V in fp8 for PV (False: f16)
     Q_EXP: tl.constexpr = 8,  # A8W8: 2^Q_EXP <= the largest finite value of KV's fp8 format (q's target range)
 ):
-    if PDL:  # the merge grid launches once every program of ours has started: it can never starve us
-        gdc_launch_dependents()
     NHG: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
     pid = tl.program_id(0)
     hg = pid % NHG  # head groups of one chunk are neighbours: they share its KV tiles in L2
@@ -457,74 +441,26 @@ def _mla_partial_kernel(
     mask_h = offs_h < H
     base = tl.load(kv_indptr).to(tl.int64)
     kv_idx = kv_indices + base
-    if PER_SEQ:  # program p is sequence p: no partials, no merge (large batches of similar lengths)
-        seq_lo = tl.load(kv_indptr + p).to(tl.int64) - base
-        seq_hi = tl.load(kv_indptr + p + 1).to(tl.int64) - base
-        if seq_hi == seq_lo:  # an empty sequence attends to nothing: zeros, never garbage (the merge is skipped)
-            offs = tl.arange(0, DL)
-            o_ptr = O + p.to(tl.int64) * stride_ob + offs_h[:, None] * stride_oh + offs[None, :]
-            tl.store(o_ptr, tl.zeros([BLOCK_H, DL], tl.float32).to(O.dtype.element_ty), mask=mask_h[:, None])
-        else:
-            _segment(Q, KV, O, PartO, PartLse, kv_idx, p, p.to(tl.int64), seq_lo, seq_hi, seq_lo, seq_hi,
-                     qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
-                     stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT, CVT_ASM,
-                     QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
-    elif SEQ_SPLIT:
-        # Program p owns the pieces that START in its chunk [lo, lo + chunk) of the flat range: a sequence of
-        # length <= ~chunk is one whole piece (no partial, no merge: uniform batches run one sequence per
-        # program), a long one is cut into pieces of ~chunk, so one long sequence among short ones still
-        # spreads over many programs. A program's load stays below chunk + one piece (< 3 chunks).
-        base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B)
-        lo = p.to(tl.int64) * chunk
-        end = tl.minimum(lo + chunk, total)
-        offs_bb = tl.arange(0, BLOCK_B)
-        mb = offs_bb < bs
-        s_v = tl.load(kv_indptr + offs_bb, mask=mb, other=0).to(tl.int64) - base
-        e_v = tl.load(kv_indptr + 1 + offs_bb, mask=mb, other=0).to(tl.int64) - base
-        ps_v = _piece(e_v - s_v, chunk, ALIGN)
-        # Start of each sequence's last piece (s - 1 when empty: keeps the keys non-decreasing); the first
-        # sequence with a piece starting at or after lo is the number of keys below lo.
-        key = tl.maximum(s_v + (tl.cdiv(e_v - s_v, ps_v) - 1) * ps_v, s_v - 1)
-        b = tl.sum((mb & (key < lo)).to(tl.int32), axis=0)
+    base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B)
+    start = p.to(tl.int64) * chunk
+    end = tl.minimum(start + chunk, total)
+    # First sequence of this chunk: the number of sequences that end at or before `start`.
+    offs_bb = tl.arange(0, BLOCK_B)
+    ends = tl.load(kv_indptr + 1 + offs_bb, mask=offs_bb < bs, other=0).to(tl.int64) - base
+    ends = tl.where(offs_bb < bs, ends, total + 1)
+    b = tl.sum((ends <= start).to(tl.int32), axis=0)
+    pos = start
+    while pos < end:
         seq_lo = tl.load(kv_indptr + b).to(tl.int64) - base
-        seq_hi = tl.load(kv_indptr + tl.minimum(b + 1, bs)).to(tl.int64) - base
-        ps = _piece(seq_hi - seq_lo, chunk, ALIGN)
-        pos = seq_lo + tl.maximum(tl.cdiv(lo - seq_lo, ps), 0) * ps
-        while (pos < end) & (b < bs):
-            if pos < seq_hi:
-                seg_hi = tl.minimum(pos + ps, seq_hi)
-                _segment(Q, KV, O, PartO, PartLse, kv_idx, b, (p + b).to(tl.int64), pos, seg_hi, seq_lo, seq_hi,
-                         qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
-                         stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT,
-                         CVT_ASM, QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
-                pos = seg_hi
-            else:  # next sequence (empty ones are passed over here)
-                b += 1
-                seq_lo = seq_hi
-                seq_hi = tl.load(kv_indptr + tl.minimum(b + 1, bs)).to(tl.int64) - base
-                ps = _piece(seq_hi - seq_lo, chunk, ALIGN)
-                pos = seq_lo
-    else:
-        base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B)
-        start = p.to(tl.int64) * chunk
-        end = tl.minimum(start + chunk, total)
-        # First sequence of this chunk: the number of sequences that end at or before `start`.
-        offs_bb = tl.arange(0, BLOCK_B)
-        ends = tl.load(kv_indptr + 1 + offs_bb, mask=offs_bb < bs, other=0).to(tl.int64) - base
-        ends = tl.where(offs_bb < bs, ends, total + 1)
-        b = tl.sum((ends <= start).to(tl.int32), axis=0)
-        pos = start
-        while pos < end:
-            seq_lo = tl.load(kv_indptr + b).to(tl.int64) - base
-            seq_hi = tl.load(kv_indptr + b + 1).to(tl.int64) - base
-            seg_hi = tl.minimum(seq_hi, end)
-            if seg_hi > pos:  # empty sequences own no segment
-                _segment(Q, KV, O, PartO, PartLse, kv_idx, b, (p + b).to(tl.int64), pos, seg_hi, seq_lo, seq_hi,
-                         qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
-                         stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT,
-                         CVT_ASM, QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
-            pos = tl.maximum(seg_hi, pos)
-            b += 1
+        seq_hi = tl.load(kv_indptr + b + 1).to(tl.int64) - base
+        seg_hi = tl.minimum(seq_hi, end)
+        if seg_hi > pos:  # empty sequences own no segment
+            _segment(Q, KV, O, PartO, PartLse, kv_idx, b, (p + b).to(tl.int64), pos, seg_hi, seq_lo, seq_hi,
+                     qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
+                     stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT,
+                     CVT_ASM, QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
+        pos = tl.maximum(seg_hi, pos)
+        b += 1
 
 
 @triton.jit
@@ -543,11 +479,8 @@ def _mla_merge_kernel(
     BLOCK_DV: tl.constexpr,
     MIN_CHUNK: tl.constexpr,
     DL: tl.constexpr,
-    SEQ_SPLIT: tl.constexpr = False,
-    ALIGN: tl.constexpr = 64,
     SNAP: tl.constexpr = False,
     BLOCK_B: tl.constexpr = 256,
-    PDL: tl.constexpr = False,  # launched as a programmatic dependent of the partial kernel (sm90)
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -559,25 +492,17 @@ def _mla_merge_kernel(
     if seq_hi <= seq_lo:  # an empty sequence attends to nothing: zeros, never garbage
         tl.store(o_ptr, tl.zeros([BLOCK_DV], tl.float32).to(O.dtype.element_ty))
     else:
-        # Piece j of the sequence starts at first + j * step; its partial lives at slot start // chunk + b.
-        if SEQ_SPLIT:
-            step = _piece(seq_hi - seq_lo, chunk, ALIGN)
-            first = seq_lo
-            n = tl.cdiv(seq_hi - seq_lo, step)
-        else:
-            step = chunk
-            first = (seq_lo // chunk) * chunk
-            n = (seq_hi - 1) // chunk - seq_lo // chunk + 1
+        # Piece j of the sequence starts at first + j * chunk; its partial lives at slot start // chunk + b.
+        first = (seq_lo // chunk) * chunk
+        n = (seq_hi - 1) // chunk - seq_lo // chunk + 1
         if n > 1:  # otherwise the partial kernel already wrote the final output
-            if PDL:  # the partial grid may still run: wait for its writes (the lines above overlapped its tail)
-                gdc_wait()
             m = tl.full([BLOCK_DV], float("-inf"), tl.float32)  # kept as a vector: same value in every lane
             den = tl.zeros([BLOCK_DV], tl.float32)
             acc = tl.zeros([BLOCK_DV], tl.float32)
             for j0 in range(0, n, BLOCK_P):
                 offs_j = j0 + tl.arange(0, BLOCK_P)
                 mask_p = offs_j < n
-                slot = (first + offs_j * step) // chunk + b
+                slot = (first + offs_j * chunk) // chunk + b
                 lse = tl.load(PartLse + slot * H + h, mask=mask_p, other=float("-inf"))
                 part = tl.load(PartO + (slot[:, None] * H + h) * DL + dv[None, :], mask=mask_p[:, None], other=0.0)
                 m_new = tl.maximum(m, tl.max(lse, axis=0))

@@ -70,21 +70,12 @@ CASES = {
     # round-1 paths (one 512-column tile; fp8 converted to bf16), kept as sweep variants
     "bf16-split1": (16, [3, 0, 70, 1], torch.bfloat16, 1, 4, {"split_d": 1}),
     "fp8-split1-bf16mma": (16, [130, 5], torch.float8_e4m3fn, 16, 6, {"fp8": FP8_ROUND1}),
-    # one program per sequence (no partials, no merge): the empty sequence must still read as zeros
-    "bf16-per-seq": (16, [3, 0, 70, 1], torch.bfloat16, 1, 4, {"per_seq_min_bs": 2}),
-    "fp8-per-seq": (16, [130, 0, 5], torch.float8_e4m3fn, 16, 6, {"per_seq_min_bs": 2}),
-    # sequence-aligned split (round 3): whole short sequences, a long one cut into pieces, empty ones skipped
-    "bf16-seq-mixed": (16, [3, 0, 300, 1, 0], torch.bfloat16, 1, 5, {"split": "seq", "align": 16}),
-    "fp8-seq-ps16": (16, [130, 0, 5, 64], torch.float8_e4m3fn, 16, 6, {"split": "seq", "align": 16}),
-    "bf16-seq-uniform-whole": (16, [40, 40, 40], torch.bfloat16, 64, 2, {"split": "seq", "align": 16}),
-    "bf16-seq-flat-align64": (16, [200, 7, 1], torch.bfloat16, 1, 7, {"split": "seq", "min_chunk": 16}),
-    "bf16-seq-32heads": (32, [50, 0, 90], torch.bfloat16, 1, 3, {"BLOCK_H": 16, "split": "seq", "align": 16}),
     # SNAP: uniform lengths cut at sequence boundaries (here 4 x 80 on 4 programs: whole sequences); mixed ones
     # keep equal chunks; an all-empty batch must not divide by zero
     "bf16-snap-uniform": (16, [80, 80, 80, 80], torch.bfloat16, 1, 4, {"snap": True, "min_chunk": 16}),
     "fp8-snap-mixed": (16, [130, 0, 5, 77], torch.float8_e4m3fn, 16, 6, {"snap": True, "min_chunk": 16}),
     "bf16-snap-short-seqs": (16, [9, 9, 9, 9, 9], torch.bfloat16, 1, 2, {"snap": True, "min_chunk": 16}),
-    "bf16-snap-seq": (16, [96, 96, 3], torch.bfloat16, 1, 3, {"snap": True, "split": "seq", "align": 16}),
+    "bf16-snap-32heads": (32, [96, 96, 3], torch.bfloat16, 1, 3, {"snap": True, "BLOCK_H": 16, "min_chunk": 16}),
     # the shipped heads<=16 config runs two QK chains; the single-chain form stays a sweep variant
     "fp8-qk-one-chain": (16, [130, 0, 5], torch.float8_e4m3fn, 16, 6, {"qk_chains": 1}),
     "bf16-n16-tiles": (16, [70, 0, 9], torch.bfloat16, 1, 3, {"BLOCK_N": 16}),
@@ -344,15 +335,19 @@ def test_snap_keeps_mixed_batches_balanced() -> None:
         assert plain <= api.chunk_tokens(lens, 264, 64, snap=True) <= plain * 17 / 16
 
 
-def test_split_and_pdl_knobs() -> None:
-    """sm90 ships snap on (flat split otherwise); pdl only ever reaches CUDA sm90+ launches."""
+def test_split_knobs() -> None:
+    """sm90 ships snap on (the flat split otherwise); gfx950 keeps the round-1 path."""
     cfg = api.config_for(16, "sm90")
     assert api.kernel_constexprs(cfg, torch.bfloat16, torch.bfloat16, "sm90")["SNAP"] is True
-    assert api.split_constexprs({**cfg, "split": "seq"})["SEQ_SPLIT"] is True
-    assert api.split_constexprs(api.config_for(16, "gfx950"))["SNAP"] is False  # gfx950 keeps the round-1 path
-    assert not api.use_pdl(cfg, "sm90")
-    assert api.use_pdl({**cfg, "pdl": True}, "sm90")
-    assert not any(api.use_pdl({**cfg, "pdl": True}, a) for a in ("sm80", "gfx950", "cpu"))
+    assert api.split_constexprs(api.config_for(16, "gfx950")) == {"SNAP": False}
+
+
+@pytest.mark.parametrize("knob", [{"split": "seq"}, {"align": 16}, {"pdl": True}, {"per_seq_min_bs": 128}])
+def test_removed_sweep_knobs_are_rejected(knob: dict) -> None:
+    """The round-3 split experiments that never shipped are gone from the kernel: a table naming one fails
+    validation (naming the key) instead of silently running the flat split."""
+    with pytest.raises(ValueError, match=next(iter(knob))):
+        api.make_plan(16, torch.bfloat16, torch.bfloat16, arch="cpu", config={**api.config_for(16, "sm90"), **knob})
 
 
 @pytest.mark.parametrize("snap,partials", [(False, 12), (True, 8)])

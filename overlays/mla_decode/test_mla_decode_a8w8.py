@@ -47,8 +47,7 @@ CASES = {
     "heads-f16-ps1-one-program": ("heads", "f16", 16, [9, 40], 1, 1, {}),
     "tokens-fp8-8heads-padded": ("tokens", "fp8", 8, [33, 17], 1, 2, {}),
     "heads-fp8-32heads-2groups": ("heads", "fp8", 32, [50, 0, 20], 1, 3, {"BLOCK_H": 16}),
-    "tokens-fp8-per-seq": ("tokens", "fp8", 16, [130, 0, 5], 16, 6, {"per_seq_min_bs": 2}),
-    "tokens-f16-seq-split": ("tokens", "f16", 16, [130, 0, 5, 64], 16, 6, {"split": "seq", "align": 16}),
+    "tokens-f16-ps16-empty": ("tokens", "f16", 16, [130, 0, 5, 64], 16, 6, {}),
     "heads-fp8-snap-uniform": ("heads", "fp8", 16, [80, 80, 80, 80], 1, 4, {"snap": True}),
 }
 
