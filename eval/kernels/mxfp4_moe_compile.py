@@ -1,5 +1,6 @@
 """AOT compile specs for the MXFP4 MoE: GEMM1 and GEMM2 per config bucket (each must use the matrix unit;
-w4a4 on gfx950 must use v_mfma_scale), plus the sort and activation-quant kernels (no matrix unit)."""
+w4a4 on gfx950 must use v_mfma_scale), plus the sort and activation-quant kernels (no matrix unit). The GEMMs'
+mode flags, K tiles and launch options come from the plan's own resolver (api.resolve), as a GPU launch gets them."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from typing import Any
 
 from speedrun.overlays.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd, load_configs
-from speedrun.overlays.mxfp4_moe import sort
-from speedrun.overlays.mxfp4_moe.api import swz_block_k
+from speedrun.overlays.mxfp4_moe import api, kernels, sort
 from speedrun.overlays.mxfp4_moe.config import Act
 from speedrun.overlays.mxfp4_moe.kernels import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
 
@@ -19,27 +19,21 @@ EXPECT_W4A4_GFX950 = r"v_mfma_scale"
 PLAIN_FALLBACK_KEY = "w4a16:tpe<=4"  # SPEEDRUN_MXFP4_MOE_LAYOUT=plain on sm90: also compiled
 
 
-def _options(cfg: dict[str, Any], which: str, arch: str) -> dict[str, Any]:
-    opts = {"num_warps": cfg[f"warps{which}"], "num_stages": cfg[f"stages{which}"]}
-    if is_amd(arch):
-        opts.update({k: cfg[k] for k in ("waves_per_eu", "matrix_instr_nonkdim", "kpack") if k in cfg})
-    return opts
-
-
 def _types(fmt: str) -> dict[str, str]:
     a4 = fmt == "w4a4"
     act = "*u8" if a4 else "*bf16"
     return {"act": act, "bias": "*u8" if a4 else "*fp32"}  # w4a4 has no bias: a scale tensor stands in
 
 
-def sm90_consts(cfg: dict[str, Any], arch: str, swz: bool = False) -> dict[str, Any]:
-    """SWAP / W_DEQ / W_ASM / W_SWZ as api.sm90_flags sets them on a CUDA device (all off for dot_scaled and
-    gfx950); swz: the weights in mx.layout's swz128 layout (what the sm90 hook stores by default)."""
-    if cfg.get("dot_scaled") or is_amd(arch):
-        return {"SWAP": False, "W_DEQ": 0, "W_ASM": False, "W_SWZ": False, "W_MUL1": False}
-    deq = int(cfg.get("deq", 0))
-    return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": deq > 0 or swz, "W_SWZ": swz,
-            "W_MUL1": swz}  # fmt: skip
+# Every mode flag is named in a spec (Triton 3.7 no longer fills a defaulted constexpr left out of an AOT
+# signature): the kernels' defaults, overridden by what the resolver sets.
+FLAGS_OFF = {"SWAP": False, "W_DEQ": 0, "W_ASM": False, "W_SWZ": False, "W_MUL1": False}
+
+
+def launch(cfg: dict[str, Any], arch: str, swz: bool) -> api.Launch:
+    """The bucket as the hook's plan resolves it on an `arch` GPU, for weights in swz128 (scale bytes <= 128: the
+    one-multiply decode) or plain layout."""
+    return api.resolve(cfg, swz, swz, arch, cuda=not is_amd(arch))
 
 
 def _runtime_attrs(sig: dict[str, str], *extra: str) -> dict[str, str]:
@@ -53,7 +47,7 @@ def _runtime_attrs(sig: dict[str, str], *extra: str) -> dict[str, str]:
 def gemm1_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> CompileSpec:
     fmt = key.split(":")[0]
     swz = swz and not cfg.get("dot_scaled") and not is_amd(arch)
-    t, a4 = _types(fmt), fmt == "w4a4"
+    run, t, a4 = launch(cfg, arch, swz), _types(fmt), fmt == "w4a4"
     sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
            "b_ptr": t["bias"], "o_ptr": t["act"], "os_ptr": t["act"], "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
            "npad_ptr": "*i32", **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we",
@@ -61,8 +55,8 @@ def gemm1_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> C
            "alpha": "fp32", "limit": "fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32"}  # fmt: skip
     act = Act.SILU if a4 else Act.SWIGLU_OAI  # quark DeepSeek | GPT-OSS
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": int(act), "HAS_BIAS": not a4,
-             "DOT_SCALED": bool(cfg.get("dot_scaled")), "BLOCK_M": cfg["BLOCK_M"],
-             "BLOCK_N": cfg["BLOCK_N1"], "BLOCK_K": swz_block_k(cfg["BLOCK_K1"], swz), **sm90_consts(cfg, arch, swz),
+             "DOT_SCALED": run.dot_scaled, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N1"],
+             "BLOCK_K": run.block_k1, **FLAGS_OFF, **run.flags,
              "SPLIT_K": 2 if int(cfg.get("split1", 1)) != 1 else 1, "EVEN_N": True}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
@@ -72,7 +66,7 @@ def gemm1_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> C
         moe_gemm1_kernel,
         sig,
         const,
-        _options(cfg, "1", arch),
+        run.opts1,
         expect,
         attrs=attrs,
     )
@@ -81,16 +75,15 @@ def gemm1_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> C
 def gemm2_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> CompileSpec:
     fmt = key.split(":")[0]
     swz = swz and not cfg.get("dot_scaled") and not is_amd(arch)
-    t, a4 = _types(fmt), fmt == "w4a4"
+    run, t, a4 = launch(cfg, arch, swz), _types(fmt), fmt == "w4a4"
     sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
            "b_ptr": t["bias"], "tw_ptr": "*fp32", "o_ptr": "*fp32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
            "npad_ptr": "*i32",
            **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we", "stride_wn", "stride_wse",
            "stride_wsn", "stride_be", "stride_om"), "i32")}  # fmt: skip
-    scaled = bool(cfg.get("dot_scaled"))
-    const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not a4, "DOT_SCALED": scaled, "BLOCK_M": cfg["BLOCK_M"],
-             "BLOCK_N": cfg["BLOCK_N2"], "BLOCK_K": swz_block_k(cfg["BLOCK_K2"], swz),
-             **sm90_consts(cfg, arch, swz), "EVEN_N": True}  # fmt: skip
+    const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not a4, "DOT_SCALED": run.dot_scaled,
+             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N2"], "BLOCK_K": run.block_k2, **FLAGS_OFF, **run.flags,
+             "EVEN_N": True}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))
@@ -99,7 +92,7 @@ def gemm2_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> C
         moe_gemm2_kernel,
         sig,
         const,
-        _options(cfg, "2", arch),
+        run.opts2,
         expect,
         attrs=attrs,
     )
@@ -126,10 +119,10 @@ def aux_specs() -> list[CompileSpec]:
         f"{OP}/{name}", fn, {**sig, **dict.fromkeys(c, "constexpr")}, c, {"num_warps": w}
     )
     return [
-        mk("sort_small", sort._align_small_kernel, small_sig, c_small, 8),
-        mk("sort_rank", sort._rank_kernel, rank_sig, c_chunk, 4),
-        mk("sort_offsets", sort._offsets_kernel, off_sig, c_off, 8),
-        mk("sort_scatter", sort._scatter_kernel, scat_sig, c_chunk, 4),
+        mk("sort_small", kernels._align_small_kernel, small_sig, c_small, 8),
+        mk("sort_rank", kernels._rank_kernel, rank_sig, c_chunk, 4),
+        mk("sort_offsets", kernels._offsets_kernel, off_sig, c_off, 8),
+        mk("sort_scatter", kernels._scatter_kernel, scat_sig, c_chunk, 4),
         mk("quant_rows", quant_rows_kernel, q_sig, c_q, 4),
         mk("combine", combine_kernel, comb_sig, {"TOPK": 9, "BLOCK_H": 1024}, 4),
     ]

@@ -161,21 +161,25 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
     forces one bucket's knobs for every call. ValueError for a bad field or a config the layout cannot run."""
     arch = arch or _arch()
     device = torch.device(device) if device is not None else w.w13.device
+    cuda = device.type == "cuda" and torch.version.hip is None
     if config is not None:
-        launches = {"forced": _resolve(check_config(config, f"{OP} config"), w, arch, device)}
+        launches = {"forced": resolve(check_config(config, f"{OP} config"), w.swz, w.mul1, arch, cuda)}
         buckets = None
     else:
         buckets = _buckets(arch, w.fmt)
         keys = [k for _, k in buckets.upto] + ([buckets.above] if buckets.above else [])
-        launches = {k: _resolve(_table(arch)[k], w, arch, device) for k in keys}
+        launches = {k: resolve(_table(arch)[k], w.swz, w.mul1, arch, cuda) for k in keys}
     layout = Layout.SWZ if w.swz else Layout.PLAIN
     return MoePlan(w.fmt, layout, w.num_experts, arch, device, buckets, launches)
 
 
-def _resolve(cfg: dict[str, Any], w: MoeWeights, arch: str, device: torch.device) -> Launch:
+def resolve(cfg: dict[str, Any], swz: bool, mul1: bool, arch: str, cuda: bool) -> Launch:
+    """One bucket as a launch gets it, for weights in swz128 (`swz`, `mul1`: see MoeWeights) or plain layout;
+    `cuda`: a CUDA device (inline PTX allowed; False for ROCm and the CPU interpreter). The AOT compile specs
+    (eval/kernels/mxfp4_moe_compile.py) build theirs here too."""
     dot_scaled = bool(cfg.get("dot_scaled", False))  # sm90: Triton upcasts e2m1 in registers (LUT) for us
-    return Launch(cfg, dot_scaled, sm90_flags(cfg, dot_scaled, device, w), swz_block_k(cfg["BLOCK_K1"], w.swz),
-                  swz_block_k(cfg["BLOCK_K2"], w.swz), _opts(cfg, "1", arch), _opts(cfg, "2", arch))  # fmt: skip
+    return Launch(cfg, dot_scaled, sm90_flags(cfg, dot_scaled, cuda, swz, mul1), swz_block_k(cfg["BLOCK_K1"], swz),
+                  swz_block_k(cfg["BLOCK_K2"], swz), _opts(cfg, "1", arch), _opts(cfg, "2", arch))  # fmt: skip
 
 
 def _opts(cfg: dict[str, Any], which: str, arch: str) -> dict[str, Any]:
@@ -184,16 +188,15 @@ def _opts(cfg: dict[str, Any], which: str, arch: str) -> dict[str, Any]:
     return launch_options(knobs, arch)
 
 
-def sm90_flags(cfg: dict[str, Any], dot_scaled: bool, device: torch.device, w: MoeWeights | None = None
+def sm90_flags(cfg: dict[str, Any], dot_scaled: bool, cuda: bool, swz: bool = False, mul1: bool = False
                ) -> dict[str, Any]:  # fmt: skip
     """SWAP / W_DEQ / W_ASM (/ W_SWZ / W_MUL1 for swz128 weights) from the config keys "swap" and "deq" (dequant
-    path only; PTX only on CUDA)."""
-    cuda = device.type == "cuda" and torch.version.hip is None
-    if w is not None and w.swz:
+    path only; PTX only on CUDA). The kernels' defaults (all off) stand for the flags left out."""
+    if swz:
         if dot_scaled:
             raise ValueError("dot_scaled needs plain-layout weights (these are swz128)")
         return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": 0, "W_ASM": cuda, "W_SWZ": True,
-                "W_MUL1": cuda and w.mul1 and bool(cfg.get("mul1", True))}  # fmt: skip
+                "W_MUL1": cuda and mul1 and bool(cfg.get("mul1", True))}  # fmt: skip
     if dot_scaled:
         return {}
     deq = int(cfg.get("deq", WDeq.LUT))

@@ -13,6 +13,7 @@ side); W_DEQ=2 uses the fast even/odd-K decode (mx.mxfp4_halves_bf16, inline PTX
 W_SWZ: the weights are in mx.layout's swz128 layout (int32 words, K padded to 128, scales padded alike): each
 thread loads its MMA fragment's codes as 16-byte vectors and decodes them in place (mx.mxfp4_swz_words_bf16);
 W_MUL1: one bf16x2 multiply per decoded pair (valid when every weight scale byte is <= 128, checked at load).
+Routing sort (sort.py launches them): rank / offsets / scatter phases, one kernel each or all in one CTA.
 """
 
 from __future__ import annotations
@@ -352,6 +353,91 @@ def quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm
              mask=(r[:, None] < M) & (kb[None, :] < K // 2))  # fmt: skip
     tl.store(s_ptr + r[:, None].to(tl.int64) * stride_sm + ks[None, :], s,
              mask=(r[:, None] < M) & (ks[None, :] < K // 32))  # fmt: skip
+
+
+# ---------------------------------------------------------------- routing sort (host side: sort.py)
+# The kernel names keep their leading underscore: profiles classify kernels by name (eval/profile.py).
+
+
+@triton.jit
+def _rank_phase(ids_ptr, counts_ptr, rank_ptr, start, NUM, E, CHUNK: tl.constexpr):
+    offs = start + tl.arange(0, CHUNK)
+    e = tl.load(ids_ptr + offs, mask=offs < NUM, other=-1).to(tl.int32)
+    ok = (offs < NUM) & (e >= 0) & (e < E)
+    r = tl.atomic_add(counts_ptr + e, 1, mask=ok)
+    tl.store(rank_ptr + offs, r, mask=ok)
+
+
+@triton.jit
+def _offsets_phase(
+    counts_ptr, offsets_ptr, sorted_ptr, expert_ids_ptr, npad_ptr, NUM, E, max_blocks,
+    BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, BCHUNK: tl.constexpr,
+):  # fmt: skip
+    offs_e = tl.arange(0, E_POW2)
+    cnt = tl.load(counts_ptr + offs_e, mask=offs_e < E, other=0, cache_modifier=".cg")  # written by atomics
+    padded = (cnt + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, axis=0)
+    starts = ends - padded
+    total = tl.sum(padded, axis=0)
+    tl.store(npad_ptr, total)
+    tl.store(offsets_ptr + offs_e, starts, mask=offs_e < E)
+    ends = tl.where(offs_e < E, ends, 2147483647)
+    for b0 in range(0, max_blocks, BCHUNK):
+        b = b0 + tl.arange(0, BCHUNK)
+        ex = tl.sum((ends[None, :] <= b[:, None] * BLOCK_M).to(tl.int32), axis=1)
+        tl.store(expert_ids_ptr + b, tl.where(b * BLOCK_M < total, ex, -1), mask=b < max_blocks)
+    # Sentinel everywhere first (the scatter phase, which runs after, overwrites the real slots): one vector
+    # pass, cheaper than per-expert padding tails.
+    for p0 in range(0, max_blocks * BLOCK_M, BCHUNK * 16):
+        p = p0 + tl.arange(0, BCHUNK * 16)
+        tl.store(sorted_ptr + p, tl.full([BCHUNK * 16], NUM, tl.int32), mask=p < max_blocks * BLOCK_M)
+
+
+@triton.jit
+def _scatter_phase(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, start, NUM, E, CHUNK: tl.constexpr):
+    offs = start + tl.arange(0, CHUNK)
+    e = tl.load(ids_ptr + offs, mask=offs < NUM, other=-1).to(tl.int32)
+    ok = (offs < NUM) & (e >= 0) & (e < E)
+    r = tl.load(rank_ptr + offs, mask=ok, other=0, cache_modifier=".cg")
+    base = tl.load(offsets_ptr + e, mask=ok, other=0, cache_modifier=".cg")
+    tl.store(sorted_ptr + base + r, offs, mask=ok)
+
+
+@triton.jit
+def _align_small_kernel(
+    ids_ptr, counts_ptr, rank_ptr, offsets_ptr, sorted_ptr, expert_ids_ptr, npad_ptr, NUM, E, max_blocks,
+    BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, CHUNK: tl.constexpr, BCHUNK: tl.constexpr,
+):  # fmt: skip
+    offs_e = tl.arange(0, E_POW2)
+    tl.store(counts_ptr + offs_e, tl.zeros([E_POW2], tl.int32), mask=offs_e < E)
+    tl.debug_barrier()
+    for start in range(0, NUM, CHUNK):
+        _rank_phase(ids_ptr, counts_ptr, rank_ptr, start, NUM, E, CHUNK)
+    tl.debug_barrier()
+    _offsets_phase(counts_ptr, offsets_ptr, sorted_ptr, expert_ids_ptr, npad_ptr, NUM, E, max_blocks,
+                   BLOCK_M, E_POW2, BCHUNK)  # fmt: skip
+    tl.debug_barrier()
+    for start in range(0, NUM, CHUNK):
+        _scatter_phase(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, start, NUM, E, CHUNK)
+
+
+@triton.jit
+def _rank_kernel(ids_ptr, counts_ptr, rank_ptr, NUM, E, CHUNK: tl.constexpr):
+    _rank_phase(ids_ptr, counts_ptr, rank_ptr, tl.program_id(0) * CHUNK, NUM, E, CHUNK)
+
+
+@triton.jit
+def _offsets_kernel(
+    counts_ptr, offsets_ptr, sorted_ptr, expert_ids_ptr, npad_ptr, NUM, E, max_blocks,
+    BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, BCHUNK: tl.constexpr,
+):  # fmt: skip
+    _offsets_phase(counts_ptr, offsets_ptr, sorted_ptr, expert_ids_ptr, npad_ptr, NUM, E, max_blocks,
+                   BLOCK_M, E_POW2, BCHUNK)  # fmt: skip
+
+
+@triton.jit
+def _scatter_kernel(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, NUM, E, CHUNK: tl.constexpr):
+    _scatter_phase(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, tl.program_id(0) * CHUNK, NUM, E, CHUNK)
 
 
 __all__ = ["combine_kernel", "moe_gemm1_kernel", "moe_gemm2_kernel", "quant_rows_kernel"]

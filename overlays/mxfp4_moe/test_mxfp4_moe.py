@@ -314,3 +314,19 @@ def test_bucket_grammar_and_picking():
         check_table({"heads<=16": {}}, "mxfp4_moe sm90")
     with pytest.raises(ValueError, match="w4a4:tpe<=1: deq: Input should be 0 or 2"):
         check_table({"w4a4:tpe<=1": {**load_configs("mxfp4_moe", "sm90")["w4a4:tpe<=1"], "deq": 3}}, "mxfp4_moe sm90")
+
+
+def test_compile_specs_come_from_the_plans_resolver():
+    """The AOT specs take the GEMMs' flags, K tiles and launch options from api.resolve, as a launch does: a knob
+    the hook honours (mul1 off, swap) reaches the compiled kernel; every flag is named (Triton 3.7)."""
+    from speedrun.eval.kernels import mxfp4_moe_compile as mc
+
+    cfg = load_configs("mxfp4_moe", "sm90")["w4a16:tpe<=1"]
+    run = moe_mod.resolve(cfg, True, True, "sm90", cuda=True)
+    spec = mc.gemm1_spec("w4a16:tpe<=1", cfg, "sm90", swz=True)
+    assert {k: spec.constexprs[k] for k in run.flags} == run.flags and spec.options == run.opts1
+    assert spec.constexprs["BLOCK_K"] == run.block_k1 and set(mc.FLAGS_OFF) <= set(spec.constexprs)
+    off = mc.gemm2_spec("w4a16:tpe<=1", {**cfg, "mul1": False, "swap": not cfg["swap"]}, "sm90", swz=True)
+    assert off.constexprs["W_MUL1"] is False and off.constexprs["SWAP"] is not cfg["swap"]
+    amd = mc.gemm1_spec("w4a4:tpe<=1", load_configs("mxfp4_moe", "gfx950")["w4a4:tpe<=1"], "gfx950", swz=True)
+    assert not any(amd.constexprs[k] for k in mc.FLAGS_OFF) and amd.options.get("matrix_instr_nonkdim") == 16
