@@ -11,7 +11,8 @@ from speedrun.overlays.readiness import tune
 
 TABLE = {
     "_meta": {"arch": "sm90", "tuned": False, "why": "reasoned"},
-    "default": {"16": {"BLOCK_N": 64, "num_warps": 4}, "32": {"BLOCK_N": 64, "num_warps": 4}},
+    "m<=16": {"BLOCK_N": 64, "num_warps": 4},
+    "m<=32": {"BLOCK_N": 64, "num_warps": 4},
     "heads<=16": {"BLOCK_N": 32, "fp8": {"BLOCK_N": 32, "num_stages": 5}},
 }
 
@@ -23,23 +24,23 @@ def row(bucket, variant, m, us, config=None, **extra):
 
 def bucket16(times: dict[str, tuple[float, float]], configs=None) -> list[dict]:
     configs = configs or {}
-    return [row("default/16", v, m, t[i], configs.get(v)) for v, t in times.items() for i, m in enumerate((1, 16))]
+    return [row("m<=16", v, m, t[i], configs.get(v)) for v, t in times.items() for i, m in enumerate((1, 16))]
 
 
 def test_geomean_winner_and_speedup():
     rows = bucket16({"config": (10.0, 20.0), "wide": (8.0, 22.0), "fast": (9.0, 15.0)},
                     {"wide": {"BLOCK_N": 128}, "fast": {"num_warps": 8}})  # fmt: skip
     (c,) = tune.select(rows, TABLE)
-    assert (c.bucket, c.current, c.winner, c.shapes, c.candidates) == ("default/16", "config", "fast", 2, 3)
+    assert (c.bucket, c.current, c.winner, c.shapes, c.candidates) == ("m<=16", "config", "fast", 2, 3)
     assert c.speedup == pytest.approx(1 / math.sqrt(0.9 * 0.75))
     # "wide" wins the small shape but loses the geomean: sqrt(0.8 * 1.1) = 0.938 > sqrt(0.9 * 0.75) = 0.822
     assert c.config == {"num_warps": 8}
 
 
 def test_variant_missing_a_shape_cannot_win_and_errors_are_dropped():
-    rows = bucket16({"config": (10.0, 20.0)}) + [row("default/16", "partial", 1, 1.0, {"BLOCK_N": 16})]
-    rows += [row("default/16", "broken", m, 0.5, {"BLOCK_N": 8}, error="OutOfResources") for m in (1, 16)]
-    rows += [{**row("default/16", "sglang", m, 0.1), "impl": "sglang"} for m in (1, 16)]  # a baseline, not ours
+    rows = bucket16({"config": (10.0, 20.0)}) + [row("m<=16", "partial", 1, 1.0, {"BLOCK_N": 16})]
+    rows += [row("m<=16", "broken", m, 0.5, {"BLOCK_N": 8}, error="OutOfResources") for m in (1, 16)]
+    rows += [{**row("m<=16", "sglang", m, 0.1), "impl": "sglang"} for m in (1, 16)]  # a baseline, not ours
     (c,) = tune.select(rows, TABLE)
     assert c.winner == "config" and c.candidates == 1 and not c.changed
 
@@ -65,32 +66,41 @@ def test_no_current_row_unknown_bucket_and_all_errors():
     rows = bucket16({"other": (1.0, 1.0)}, {"other": {"BLOCK_N": 16}})
     with pytest.raises(tune.TuneError, match="no row measures the current config"):
         tune.select(rows, TABLE)
-    with pytest.raises(tune.TuneError, match="'default/999' is not a config key"):
-        tune.select([row("default/999", "config", 1, 1.0)], TABLE)
+    with pytest.raises(tune.TuneError, match=r"'m<=999' is not a config key .*'m<=16'"):
+        tune.select([row("m<=999", "config", 1, 1.0)], TABLE)
     with pytest.raises(tune.TuneError, match="no usable rows"):
-        tune.select([row("default/16", "config", 1, 1.0, error="boom")], TABLE)
+        tune.select([row("m<=16", "config", 1, 1.0, error="boom")], TABLE)
 
 
 def test_shapes_are_those_the_current_config_was_measured_on():
     rows = bucket16({"default": (10.0, 20.0), "x": (5.0, 10.0)}, {"x": {"BLOCK_N": 16}})
-    rows.append(row("default/16", "config", 1, 10.0))  # a no-op too, but on one shape only
-    rows.append(row("default/16", "extra", 64, 1.0, {"BLOCK_N": 8}))  # a shape with no current time: not compared
+    rows.append(row("m<=16", "config", 1, 10.0))  # a no-op too, but on one shape only
+    rows.append(row("m<=16", "extra", 64, 1.0, {"BLOCK_N": 8}))  # a shape with no current time: not compared
     (c,) = tune.select(rows, TABLE)
     assert (c.current, c.winner, c.shapes, c.candidates) == ("default", "x", 2, 2)
 
 
-def test_apply_merges_nested_keeps_meta_and_other_buckets():
+def test_apply_merges_keeps_meta_and_other_buckets():
     rows = bucket16({"config": (10.0, 20.0), "fast": (5.0, 10.0)}, {"fast": {"num_warps": 8}})
-    rows += [row("heads<=16/fp8", v, 1, t, c) for v, t, c in (("default", 4.0, {}), ("st3", 3.0, {"num_stages": 3}))]
+    rows += [row("heads<=16", v, 1, t, c) for v, t, c in (("default", 4.0, {}), ("st6", 3.0, {"num_stages": 6}))]
     choices = tune.select(rows, TABLE)
     out = tune.apply(TABLE, choices, {"gpu": "NVIDIA H100 80GB HBM3", "command": "speedrun kernels tune"})
-    assert out["default"]["16"] == {"BLOCK_N": 64, "num_warps": 8}
-    assert out["default"]["32"] == TABLE["default"]["32"]
-    assert out["heads<=16"] == {"BLOCK_N": 32, "fp8": {"BLOCK_N": 32, "num_stages": 3}}
+    assert out["m<=16"] == {"BLOCK_N": 64, "num_warps": 8}
+    assert out["m<=32"] == TABLE["m<=32"]
+    assert out["heads<=16"] == {**TABLE["heads<=16"], "num_stages": 6}
     assert out["_meta"]["why"] == "reasoned" and out["_meta"]["tuned"]["gpu"].startswith("NVIDIA H100")
-    assert out["_meta"]["tuned"]["buckets"]["default/16"] == {"from": "config", "to": "fast", "speedup": 2.0,
-                                                            "shapes": 2}  # fmt: skip
-    assert TABLE["default"]["16"]["num_warps"] == 4  # the input is not modified
+    assert out["_meta"]["tuned"]["buckets"]["m<=16"] == {"from": "config", "to": "fast", "speedup": 2.0,
+                                                         "shapes": 2}  # fmt: skip
+    assert TABLE["m<=16"]["num_warps"] == 4  # the input is not modified
+
+
+@pytest.mark.parametrize("bucket", ["heads<=16/fp8", "16", "_meta"])
+def test_only_top_level_bucket_keys(bucket):
+    """Buckets are the table's own keys (buckets.py grammar): the old nested paths ("a/b", a bare "16" found under
+    "default") are gone, and so is metadata."""
+    rows = [row(bucket, v, 1, t, c) for v, t, c in (("default", 4.0, {}), ("st3", 3.0, {"num_stages": 3}))]
+    with pytest.raises(tune.TuneError, match=f"{bucket!r} is not a config key"):
+        tune.select(rows, {**TABLE, "default": {"16": {"BLOCK_N": 64}}})
 
 
 def test_shape_of_ignores_measurements():
@@ -112,7 +122,7 @@ def test_cli_from_stored_sweep_and_write(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "fast" in res.output and "2.000x" in res.output
     written = json.loads((op_dir / "sm90.json").read_text())
-    assert written["default"]["16"]["num_warps"] == 8 and written["_meta"]["tuned"]["gpu"] == "H100"
+    assert written["m<=16"]["num_warps"] == 8 and written["_meta"]["tuned"]["gpu"] == "H100"
     assert "--from" in written["_meta"]["tuned"]["command"] or written["_meta"]["tuned"]["sweep"].endswith(".json")
 
 
@@ -147,16 +157,14 @@ def test_full_config_rows_write_only_the_change_and_replace_nested():
     assert out["heads<=16"] == {"BLOCK_N": 64, "fp8": {}}
 
 
-def test_gemm_bucket_resolves_under_default_and_per_shape_values_do_not_leak():
-    """mxfp4_gemm style: bucket "16" lives under "default"; a shape with a per-shape override runs other knobs."""
-    table = {**TABLE, "7168x2048": {"16": {"BLOCK_N": 32}}}
-    own, over = TABLE["default"]["16"], {**TABLE["default"]["16"], "BLOCK_N": 32}
-    rows = [row("16", "config", 1, 10.0, own, nk="36864x7168"), row("16", "w8", 1, 8.0, {**own, "num_warps": 8},
-            nk="36864x7168"), row("16", "config", 1, 10.0, over, nk="7168x2048"),
-            row("16", "w8", 1, 8.0, {**over, "num_warps": 8}, nk="7168x2048")]  # fmt: skip
+def test_gemm_per_shape_values_do_not_leak():
+    """mxfp4_gemm style: a shape with a per-shape entry (`<N>x<K>:m<=16`) runs other knobs than its bucket's."""
+    table = {**TABLE, "7168x2048:m<=16": {"BLOCK_N": 32}}
+    own, over = TABLE["m<=16"], {**TABLE["m<=16"], "BLOCK_N": 32}
+    rows = [row("m<=16", "config", 1, 10.0, own, nk="36864x7168"), row("m<=16", "w8", 1, 8.0,
+            {**own, "num_warps": 8}, nk="36864x7168"), row("m<=16", "config", 1, 10.0, over, nk="7168x2048"),
+            row("m<=16", "w8", 1, 8.0, {**over, "num_warps": 8}, nk="7168x2048")]  # fmt: skip
     (c,) = tune.select(rows, table)
-    assert (c.bucket, c.current, c.winner, c.config) == ("default/16", "config", "w8", {"num_warps": 8})
+    assert (c.bucket, c.current, c.winner, c.config) == ("m<=16", "config", "w8", {"num_warps": 8})
     out = tune.apply(table, [c], {})
-    assert out["default"]["16"] == {"BLOCK_N": 64, "num_warps": 8} and out["7168x2048"] == {"16": {"BLOCK_N": 32}}
-    with pytest.raises(tune.TuneError, match="ambiguous"):
-        tune.resolve({"a": {"16": {}}, "b": {"16": {}}}, "16")
+    assert out["m<=16"] == {"BLOCK_N": 64, "num_warps": 8} and out["7168x2048:m<=16"] == {"BLOCK_N": 32}

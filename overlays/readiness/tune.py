@@ -1,15 +1,14 @@
 """`speedrun kernels tune`: pick, per config bucket, the fastest swept variant and write it into the arch's table.
 
-A sweep row (written by `python -m speedrun.overlays.<op>.bench --sweep`) carries `bucket` (the key of
-`configs/<arch>.json` it exercises; "a/b" names a nested key, e.g. "heads<=16/fp8"; a key found only one level
-down, like mxfp4_gemm's "16" under "default", is resolved there), `variant`, `config` (its knobs: the whole
-bucket config or only the overrides), `us`, and its shape fields. A bucket covers several shapes, so a variant is
-scored by the geometric mean of its time ratios against the current config over the bucket's shapes (those the
-current config was measured on), and only variants measured on all of them compete: a variant that skipped
-(or failed on) the slowest shape cannot win on the easy ones. The "current" variant is the one whose knobs all
-equal the table entry's. What is written back is the winner's difference from the current variant on the same
-shape, each changed knob replaced whole (an "fp8": {} that clears sub-overrides stays cleared), so per-shape
-values never leak into a bucket's entry.
+A sweep row (written by `python -m speedrun.eval.kernels.<op>_bench --sweep`) carries `bucket` (the key of
+`configs/<arch>.json` it exercises, in the overlays/buckets.py grammar: `m<=16`, `heads<=16`, `w4a4:tpe<=4`),
+`variant`, `config` (its knobs: the whole bucket config or only the overrides), `us`, and its shape fields. A bucket
+covers several shapes, so a variant is scored by the geometric mean of its time ratios against the current config
+over the bucket's shapes (those the current config was measured on), and only variants measured on all of them
+compete: a variant that skipped (or failed on) the slowest shape cannot win on the easy ones. The "current" variant
+is the one whose knobs all equal the table entry's. What is written back is the winner's difference from the
+current variant on the same shape, each changed knob replaced whole (an "fp8": {} that clears sub-overrides stays
+cleared), so per-shape values never leak into a bucket's entry.
 Everything here is pure (no GPU): the command runs the sweep, then calls `select` and `apply`.
 """
 
@@ -64,27 +63,12 @@ def shape_of(row: dict[str, Any]) -> tuple:
     return tuple(sorted(keep))
 
 
-def resolve(table: dict[str, Any], bucket: str) -> str:
-    """The bucket's full key path: as given when the table has it, else the one dict one level down that holds it
-    ("default" first, so mxfp4_gemm's "16" is "default/16", not a per-shape "NxK/16")."""
-    if bucket.split("/")[0] in table:
-        return bucket
-    holders = [k for k, v in table.items() if k != "_meta" and isinstance(v, dict) and bucket in v]
-    if "default" in holders or len(holders) == 1:
-        return f"{'default' if 'default' in holders else holders[0]}/{bucket}"
-    where = f"ambiguous: under {holders}" if holders else f"keys: {sorted(table)}"
-    raise TuneError(f"bucket {bucket!r} is not a config key of the table ({where})")
-
-
 def entry(table: dict[str, Any], bucket: str) -> dict[str, Any]:
-    """The table's config dict for a bucket path ("a/b" walks nested dicts)."""
-    node: Any = table
-    for part in bucket.split("/"):
-        if not isinstance(node, dict) or part not in node or part == "_meta":
-            raise TuneError(f"bucket {bucket!r} is not a config key of the table (keys: {sorted(table)})")
-        node = node[part]
+    """The table's config dict for a bucket key (a top-level key of the table; `_` keys are metadata)."""
+    node = table.get(bucket) if not bucket.startswith("_") else None
     if not isinstance(node, dict):
-        raise TuneError(f"bucket {bucket!r} names a {type(node).__name__}, not a config dict")
+        keys = sorted(k for k in table if not k.startswith("_"))
+        raise TuneError(f"bucket {bucket!r} is not a config key of the table (keys: {keys})")
     return node
 
 
@@ -159,15 +143,14 @@ def _change(rows: list[dict[str, Any]], cfg: dict[str, Any], cur: str, win: str)
 
 
 def select(rows: list[dict[str, Any]], table: dict[str, Any], source: str = "sweep", min_gain: float = 1.0):
-    """One Choice per bucket found in the sweep rows (in the table's key order)."""
+    """One Choice per bucket found in the sweep rows (in the order the rows name them)."""
     good = usable(rows, source)
     if not good:
         raise TuneError(f"{source}: no usable rows (all errored, or none from our kernels)")
     by_bucket: dict[str, list] = {}
     for r in good:
         by_bucket.setdefault(str(r["bucket"]), []).append(r)
-    paths = {b: resolve(table, b) for b in by_bucket}
-    return [select_bucket(rs, entry(table, paths[b]), paths[b], min_gain) for b, rs in by_bucket.items()]
+    return [select_bucket(rs, entry(table, b), b, min_gain) for b, rs in by_bucket.items()]
 
 
 def apply(table: dict[str, Any], choices: list[Choice], provenance: dict[str, Any]) -> dict[str, Any]:
@@ -176,9 +159,7 @@ def apply(table: dict[str, Any], choices: list[Choice], provenance: dict[str, An
     out = copy.deepcopy(table)
     for c in choices:
         if c.changed:
-            parts = c.bucket.split("/")
-            parent = entry(out, "/".join(parts[:-1])) if len(parts) > 1 else out
-            parent[parts[-1]] = {**entry(out, c.bucket), **copy.deepcopy(c.config)}
+            out[c.bucket] = {**entry(out, c.bucket), **copy.deepcopy(c.config)}
     meta = out.setdefault("_meta", {})
     prev = meta.get("tuned") if isinstance(meta.get("tuned"), dict) else {}
     buckets = dict(prev.get("buckets", {}))
