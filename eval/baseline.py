@@ -38,6 +38,7 @@ from speedrun.recipe import (
     Overlays,
     Recipe,
     Scenario,
+    Side,
     merged_server,
 )
 
@@ -228,7 +229,7 @@ def serve(recipe: Recipe, planned: Planned, case: Case, s: Settings, pool, spec_
         show_progress=s.show_progress,
     )
     (opts.out / f"{planned.label}.json").unlink(missing_ok=True)  # served again: measured afresh
-    data = run_side(sub, planned.label, opts, pool, spec_for or default_spec).data
+    data = run_side(sub, Side.BASELINE, opts, pool, spec_for or default_spec, label=planned.label).data
     return result_of(planned, data)
 
 

@@ -11,13 +11,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from speedrun.console import cli_console
+from speedrun.recipe import Side
 
 console = cli_console()
 err = cli_console(stderr=True)
 
 Out = Annotated[Path | None, typer.Option("--out", help="run folder (default .runs/<recipe>-<time>)")]
 ServerUrl = Annotated[str | None, typer.Option("--server", help="use this running server instead of launching")]
-Side = Annotated[str, typer.Option("--side", help="baseline | overlay | control: what to launch, and the label")]
+SideOpt = Annotated[Side, typer.Option("--side", help="what to launch, and the label")]
 Filter = Annotated[list[str] | None, typer.Option("--scenario-filter", help="keep matching cases: c32, isl8192-*")]
 
 
@@ -108,16 +109,14 @@ def _fresh(path: Path, command: str, force: bool) -> None:
         rf.clear(command)
 
 
-def _one_side(recipe, opts, side: str, server: str | None, force: bool = False) -> dict:
+def _one_side(recipe, opts, side: Side, server: str | None, force: bool = False) -> dict:
     """Measure one side (existing server or launched); returns its results."""
     from speedrun.eval.bench import Target
     from speedrun.eval.run import control_recipe, measure, overlay_pool, results_file, run_side
-    from speedrun.eval.serve import CONTROL, SIDES, default_spec, pool_for
+    from speedrun.eval.serve import default_spec, pool_for
 
-    if side not in (*SIDES, CONTROL):
-        err.print(f"[red]--side must be one of {(*SIDES, CONTROL)}[/red]")
-        raise typer.Exit(2)
-    if side == CONTROL:  # the recipe's agreement control: the baseline with other server fields
+    side = Side(side)
+    if side == Side.CONTROL:  # the recipe's agreement control: the baseline with other server fields
         recipe = control_recipe(recipe)
         if recipe is None:
             err.print("[red]--side control: the recipe has no accuracy.agreement.control[/red]")
@@ -137,7 +136,7 @@ def _one_side(recipe, opts, side: str, server: str | None, force: bool = False) 
 def bench(
     recipe: str,
     server: ServerUrl = None,
-    side: Side = "overlay",
+    side: SideOpt = Side.OVERLAY,
     out: Out = None,
     scenario_filter: Filter = None,
     concurrency: Conc = None,
@@ -185,7 +184,7 @@ def bench(
 def eval_cmd(
     recipe: str,
     server: ServerUrl = None,
-    side: Side = "overlay",
+    side: SideOpt = Side.OVERLAY,
     out: Out = None,
     gsm8k_questions: Questions = None,
     startup_timeout: Startup = 1200.0,
@@ -325,10 +324,11 @@ def run(
         + pipeline.NOTES * demo,
         sides=tuple(x.strip() for x in sides.split(",") if x.strip()),
     )
-    unknown = set(opts.sides) - {"baseline", "control", "overlay"}
+    unknown = set(opts.sides) - set(Side)
     if unknown or not opts.sides:
-        raise typer.BadParameter(f"expected some of baseline,control,overlay; got {sides!r}", param_hint="--sides")
-    if out is None and set(opts.sides) != {"baseline", "control", "overlay"}:
+        raise typer.BadParameter(f"expected some of {','.join(Side)}; got {sides!r}", param_hint="--sides")
+    opts.sides = tuple(Side(s) for s in opts.sides)
+    if out is None and set(opts.sides) != set(Side):
         raise typer.BadParameter("a run split over calls needs the same --out in each call", param_hint="--sides")
     if demo:
         _pipeline_check(r, opts)
@@ -377,8 +377,8 @@ def _main_job(demo: bool):
             highlight=False,
             markup=False,
         )
-        print(dry_run_text(r, baseline=True))
-        print(dry_run_text(r, baseline=False))
+        print(dry_run_text(r, Side.BASELINE))
+        print(dry_run_text(r, Side.OVERLAY))
         console.print("Check the pipeline here (fake server, no GPU): speedrun run --demo", markup=False)
         return None
     try:
@@ -472,13 +472,15 @@ def profile(
     """Where decode time goes: SGLang's torch profiler over `steps` decode passes, kernels by op, per side."""
     from speedrun.eval.profile import compare_md, profile_server
     from speedrun.eval.results import write_json_atomic
-    from speedrun.eval.serve import SIDES, launched, pool_for
+    from speedrun.eval.serve import launched, pool_for
 
     r = _recipe(recipe)
-    sides = list(SIDES) if side == "both" else [side]
-    if any(s not in SIDES for s in sides) or (server and len(sides) > 1):
+    both = [Side.BASELINE, Side.OVERLAY]
+    sides = both if side == "both" else [side]
+    if any(s not in both for s in sides) or (server and len(sides) > 1):
         err.print("[red]--side must be baseline, overlay or both (one side with --server)[/red]")
         raise typer.Exit(2)
+    sides = [Side(s) for s in sides]
     out = out or Path(".runs") / f"profile-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     results, kw = {}, dict(concurrency=concurrency, isl=isl, osl=osl, steps=steps)
     for s in sides:
@@ -502,7 +504,7 @@ def profile(
         raise typer.Exit(1)
 
 
-def _model_or_none(recipe, side: str) -> str | None:
+def _model_or_none(recipe, side: Side) -> str | None:
     from speedrun.eval.serve import model_path
 
     try:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from speedrun.eval.fakeserver import VOCAB
 from speedrun.eval.results import write_json_atomic
-from speedrun.eval.serve import is_stock
 from speedrun.launch.command import LaunchSpec, build
-from speedrun.recipe import Agreement, Model, Recipe, Scenario
+from speedrun.recipe import Agreement, Model, Recipe, Scenario, Side
 
 LABEL = "PIPELINE CHECK against a fake server, not a measurement"
 SCENARIO = Scenario(isl=128, osl=16, concurrency=[1, 4], prompts_per_concurrency=2, warmup_per_concurrency=1)
@@ -45,9 +44,9 @@ def demo_recipe(recipe: Recipe, folder: Path) -> Recipe:
     )
 
 
-def fake_spec(recipe: Recipe, side: str, port: int, report_dir: Path, model_path: str) -> LaunchSpec:
+def fake_spec(recipe: Recipe, side: Side, port: int, report_dir: Path, model_path: str) -> LaunchSpec:
     """The side's real launch environment (overlays requested, report folder) around the fake server's argv."""
-    env = build(recipe, baseline=is_stock(side), port=port, model_path=model_path, report_dir=report_dir).env
+    env = build(recipe, side=side, port=port, model_path=model_path, report_dir=report_dir).env
     argv = [sys.executable, "-m", "speedrun.eval.fakeserver", "--port", str(port), "--ttft-ms", "5", "--tpot-ms", "1"]
     return LaunchSpec(argv, env, side)
 

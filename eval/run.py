@@ -24,9 +24,9 @@ from speedrun.eval.prompts import TokenPool
 from speedrun.eval.report import render
 from speedrun.eval.results import ResultsFile, write_json_atomic
 from speedrun.eval.scenarios import Case, Scale, expand
-from speedrun.eval.serve import CONTROL, SpecFactory, default_spec, launched, model_path, pool_for
+from speedrun.eval.serve import SpecFactory, default_spec, launched, model_path, pool_for
 from speedrun.launch.command import LaunchSpec
-from speedrun.recipe import Recipe, Server
+from speedrun.recipe import Recipe, Server, Side
 
 console = cli_console(stderr=True)
 OnMeasured = Callable[[ResultsFile], None]
@@ -43,7 +43,7 @@ class Options:
     control: bool = True  # run the recipe's agreement control side when it has one
     # sides this invocation serves; the others are read from the run folder (a run split over several calls,
     # e.g. one 10-minute device call per side), and the report is written once baseline and overlay exist
-    sides: tuple[str, ...] = ("baseline", "control", "overlay")
+    sides: tuple[Side, ...] = tuple(Side)
     driver: str = "speedrun"
     gsm8k_questions: int | None = None
     startup_timeout_s: float = 1200
@@ -62,7 +62,8 @@ class Options:
 
 
 def results_file(path: Path, recipe: Recipe, side: str, opts: Options, pool: TokenPool, **extra) -> ResultsFile:
-    """A side's results file: continued when it exists (bench then eval into one folder), else created."""
+    """A side's results file (`side`: its name, a Side or a baseline candidate's label): continued when it exists
+    (bench then eval into one folder), else created."""
     if path.exists():
         rf = ResultsFile.load(path)
         notes = rf.data.setdefault("scale_notes", [])
@@ -98,7 +99,7 @@ def step(rf: ResultsFile, what: str, target: Target, fn) -> None:
 
 def measure(
     recipe: Recipe,
-    side: str,
+    side: str,  # the side's name, for labels (a Side, or a baseline candidate's label)
     target: Target,
     pool: TokenPool,
     rf: ResultsFile,
@@ -172,27 +173,30 @@ def pool_tokenizer(pool: TokenPool) -> str | None:
 
 def run_side(
     recipe: Recipe,
-    side: str,
+    side: Side,
     opts: Options,
     pool: TokenPool,
     spec_for: SpecFactory,
     on_measured: OnMeasured | None = None,
+    label: str | None = None,
 ) -> ResultsFile:
     """Launch, measure, tear down one side: one server, or one per `server_by_concurrency` setting. `on_measured`
     runs while the last server is still up, once measuring is over: what must not wait for (or be lost in) a slow
-    or interrupted teardown, e.g. the report."""
+    or interrupted teardown, e.g. the report. `label` names the folder and results file instead of the side (a
+    baseline candidate of `speedrun baseline`)."""
     from speedrun.overlays.report import read_all
 
-    side_dir = opts.out / side
+    name = label or str(side)
+    side_dir = opts.out / name
     rf = results_file(
-        opts.out / f"{side}.json",
+        opts.out / f"{name}.json",
         recipe,
-        side,
+        name,
         opts,
         pool,
-        overlays_requested=[] if side == "baseline" else recipe.overlays.enabled_ops(),
+        overlays_requested=[] if side == Side.BASELINE else recipe.overlays.enabled_ops(),
     )
-    console.rule(f"{recipe.name}: {side}")
+    console.rule(f"{recipe.name}: {name}")
     cases = expand(recipe.benchmarks.scenarios, opts.scale, opts.filters) if opts.bench else []
     groups = server_groups(recipe, cases)
 
@@ -252,7 +256,7 @@ def record_launch(rf: ResultsFile, label: str, spec: LaunchSpec) -> None:
 
 def serve_group(
     group: ServerGroup,
-    side: str,
+    side: Side,
     opts: Options,
     pool: TokenPool,
     spec_for: SpecFactory,
@@ -267,8 +271,9 @@ def serve_group(
     from speedrun.launch.server import ServerError
 
     recipe, where = group.recipe, f"server {group.label}" if group.label else "server"
+    name = rf.data["side"]  # the side, or the label run_side was given
     if group.label:
-        console.print(f"{side}: server for {group.label} ({', '.join(c.name for c in group.cases)})")
+        console.print(f"{name}: server for {group.label} ({', '.join(c.name for c in group.cases)})")
     t0, measured = time.monotonic(), False
     try:
         with launched(
@@ -282,7 +287,7 @@ def serve_group(
         ) as (target, _):
             took = round(time.monotonic() - t0, 1)
             rf.set("startup_s", rf.data.get("startup_s", {}) | {group.label: took} if group.label else took)
-            measure(recipe, side, target, pool, rf, group.folder(side_dir), opts, cases=group.cases)
+            measure(recipe, name, target, pool, rf, group.folder(side_dir), opts, cases=group.cases)
             time.sleep(2.5 if recipe.overlays.enabled_ops() else 0)  # schedulers flush reports every 2 s
             collect()
             measured = True
@@ -301,7 +306,7 @@ def serve_group(
 def overlay_pool(recipe: Recipe) -> TokenPool:
     """Prompts come from the overlay side's vocabulary, for both sides."""
     try:
-        model = model_path(recipe, "overlay")
+        model = model_path(recipe, Side.OVERLAY)
     except Exception as exc:  # e.g. synthetic generation failed: each side's launch records it properly
         console.print(f"[yellow]model folder: {exc}[/yellow]", highlight=False)
         model = None
@@ -325,10 +330,10 @@ def run_control(
     if ctl is None or not opts.control or not opts.accuracy:
         return None
     opts = dataclasses.replace(opts, bench=False, gsm8k=False)
-    return run_side(ctl, CONTROL, opts, pool, spec_for, on_measured).data
+    return run_side(ctl, Side.CONTROL, opts, pool, spec_for, on_measured).data
 
 
-SIDES = ("baseline", "control", "overlay")
+SIDES = tuple(Side)  # the order they run in: the control after the baseline, the overlay last
 
 
 def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> Comparison | None:
@@ -353,26 +358,26 @@ def run(recipe: Recipe, opts: Options, spec_for: SpecFactory | None = None) -> C
     last = next((s for s in reversed(SIDES) if s in opts.sides), None)
 
     def report_early(rf: ResultsFile) -> None:
-        if rf.data["side"] == "baseline":
+        if rf.data["side"] == Side.BASELINE:
             with_stock(rf, stock)
         have = got | {rf.data["side"]: rf.data}
-        if have.get("baseline") is not None and have.get("overlay") is not None:
-            finish(have["baseline"], have["overlay"], opts.out, recipe.name, have.get("control"))
+        if have.get(Side.BASELINE) is not None and have.get(Side.OVERLAY) is not None:
+            finish(have[Side.BASELINE], have[Side.OVERLAY], opts.out, recipe.name, have.get(Side.CONTROL))
             console.print(f"report written: {opts.out / 'report.md'} (stopping the {rf.data['side']} server next)")
 
     serve = {
-        "baseline": lambda hook: with_stock(run_side(recipe, "baseline", opts, pool, spec_for, hook), stock).data,
-        "control": lambda hook: run_control(recipe, opts, pool, spec_for, hook),
-        "overlay": lambda hook: run_side(recipe, "overlay", opts, pool, spec_for, hook).data,
+        Side.BASELINE: lambda hook: with_stock(run_side(recipe, Side.BASELINE, opts, pool, spec_for, hook), stock).data,
+        Side.CONTROL: lambda hook: run_control(recipe, opts, pool, spec_for, hook),
+        Side.OVERLAY: lambda hook: run_side(recipe, Side.OVERLAY, opts, pool, spec_for, hook).data,
     }
     for side in SIDES:
         if side in opts.sides:
             got[side] = serve[side](report_early if side == last else None)
-    missing = [s for s in ("baseline", "overlay") if got[s] is None]
+    missing = [s for s in (Side.BASELINE, Side.OVERLAY) if got[s] is None]
     if missing:
         console.print(f"report waits for: {', '.join(missing)} (run again with --sides, same --out)")
         return None
-    return finish(got["baseline"], got["overlay"], opts.out, recipe.name, got["control"])
+    return finish(got[Side.BASELINE], got[Side.OVERLAY], opts.out, recipe.name, got[Side.CONTROL])
 
 
 def resolved_baseline(recipe: Recipe, lock_path: Path | None) -> tuple[Recipe, dict]:

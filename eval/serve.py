@@ -1,5 +1,6 @@
 """One side's server for the evaluation commands: an existing URL, or launched from the recipe (log, overlay
-reports and launch command kept in the side's folder) and always torn down."""
+reports and launch command kept in the side's folder) and always torn down. `speedrun launch` builds its server
+through the same two steps (model_path, default_spec)."""
 
 from __future__ import annotations
 
@@ -12,31 +13,27 @@ from pathlib import Path
 from speedrun.eval.bench import Target
 from speedrun.eval.prompts import TokenPool, token_pool
 from speedrun.launch.command import LaunchSpec, build
-from speedrun.recipe import Recipe
+from speedrun.recipe import Recipe, Side
 
-SIDES = ("baseline", "overlay")
-CONTROL = "control"  # a second stock configuration, for the agreement yardstick (recipe accuracy.agreement.control)
-
-
-def is_stock(side: str) -> bool:
-    return side != "overlay"
+SpecFactory = Callable[[Recipe, Side, int, Path, str], LaunchSpec]  # (recipe, side, port, report_dir, model)
 
 
-SpecFactory = Callable[[Recipe, str, int, Path, str], LaunchSpec]  # (recipe, side, port, report_dir, model)
+def default_spec(recipe: Recipe, side: Side, port: int, report_dir: Path, model_path: str, *,
+                 host: str = "127.0.0.1", concurrency: int | None = None) -> LaunchSpec:  # fmt: skip
+    """The side's single-server launch (`concurrency`: the recipe's server_by_concurrency setting)."""
+    return build(recipe, side=side, port=port, host=host, model_path=model_path, report_dir=report_dir,
+                 concurrency=concurrency)  # fmt: skip
 
 
-def default_spec(recipe: Recipe, side: str, port: int, report_dir: Path, model_path: str) -> LaunchSpec:
-    return build(recipe, baseline=is_stock(side), port=port, model_path=model_path, report_dir=report_dir)
-
-
-def model_path(recipe: Recipe, side: str) -> str:
-    """The side's model: a HF id or folder, or the generated synthetic folder (made once, cached)."""
-    model = recipe.model_for(is_stock(side))
+def model_path(recipe: Recipe, side: Side, generate: bool = True) -> str:
+    """The side's model: a HF id or folder, or the synthetic folder (generated once and cached; `generate` False:
+    only its path, e.g. for a dry run)."""
+    model = recipe.model_for(Side(side).stock)
     if model.synthetic is None:
         return model.path
-    from speedrun.synth import ensure_model  # lazily: needs `tokenizers`, only for synthetic recipes
+    from speedrun.synth import DEFAULT_ROOT, ensure_model  # lazily: needs `tokenizers`, only for synthetic recipes
 
-    return str(ensure_model(recipe, baseline=is_stock(side)))
+    return str(ensure_model(recipe, baseline=Side(side).stock) if generate else DEFAULT_ROOT / model.path)
 
 
 def server_model_info(url: str) -> list[str]:

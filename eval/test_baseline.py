@@ -20,7 +20,7 @@ from speedrun.eval.fakeserver import flag_keys
 from speedrun.eval.run import Options, run
 from speedrun.eval.scenarios import Scale
 from speedrun.launch.command import LaunchSpec, build
-from speedrun.recipe import Recipe, RecipeError, load_recipe
+from speedrun.recipe import Recipe, RecipeError, Side, load_recipe
 
 pytestmark = pytest.mark.timeout(180)
 DELAYS = {  # extra TPOT (ms) per flag: flashmla at page 64 is stock's fastest here, cutlass MoE slows it down
@@ -66,7 +66,7 @@ def fake_sglang(seen: list | None = None):
     """The real launch (argv and env from `build()`), served by the fake server instead of sglang.launch_server."""
 
     def spec_for(recipe, side, port, report_dir, model) -> LaunchSpec:
-        spec = build(recipe, baseline=side != "overlay", port=port, model_path=model, report_dir=report_dir)
+        spec = build(recipe, side=side, port=port, model_path=model, report_dir=report_dir)
         flags = spec.argv[spec.argv.index("sglang.launch_server") + 1 :]
         argv = [sys.executable, "-m", "speedrun.eval.fakeserver", "--ttft-ms", "2", "--tpot-ms", "1", *flags]
         env = spec.env | {
@@ -128,6 +128,10 @@ def test_search_locks_the_fastest_and_reports_the_rest(searched):
                                              "moe_runner_backend": "cutlass"}  # fmt: skip
     assert "--attention-backend flashmla --page-size 64" in got["flashmla-p64"]["launch"]
     assert "same configuration as triton" in got["recipe"]["error"]
+    # each candidate is a stock side under its own name: its folder and results file, no overlays requested
+    cand = json.loads((out / "candidates" / "flashmla-p64.json").read_text())
+    assert cand["side"] == "flashmla-p64" and cand["overlays_requested"] == []
+    assert (out / "candidates" / "flashmla-p64" / "server.log").is_file()
     assert "no_such_module_xyz" in got["nokernel"]["error"]
     assert "cannot start with --attention-backend=fa3" in got["fa3"]["log_tail"]
     for label in ("triton", "flashinfer", "flashmla-p64", "fa3", "moe-cutlass"):  # every served one's log kept
@@ -259,9 +263,9 @@ def test_bucket_rule_and_recipe_errors(tmp_path):
     assert r.at_concurrency(64).server.chunked_prefill_size == 32768
     assert r.at_concurrency(128).server.cuda_graph_max_bs == 256  # only the largest bound below applies
     assert r.at_concurrency(128).server.chunked_prefill_size is None
-    argv = build(r, baseline=True, port=1, concurrency=40).argv
+    argv = build(r, side=Side.BASELINE, port=1, concurrency=40).argv
     assert argv[argv.index("--chunked-prefill-size") + 1] == "32768"
-    assert "--chunked-prefill-size" not in build(r, baseline=True, port=1).argv
+    assert "--chunked-prefill-size" not in build(r, side=Side.BASELINE, port=1).argv
     bad = {
         "dup": ([{"concurrency_above": 4, "server": {}}] * 2, "concurrency_above values must be distinct"),
         "field": ([{"concurrency_above": 4, "server": {"chunk": 1}}], "unknown server field(s) ['chunk']"),

@@ -59,7 +59,7 @@ def fake_specs(**per_side: list[str]):
     """A spec factory: the real `build()` environment (overlays, report dir), the fake server's argv."""
 
     def spec_for(recipe, side, port, report_dir, model) -> LaunchSpec:
-        env = build(recipe, baseline=side != "overlay", port=port, model_path=model, report_dir=report_dir).env
+        env = build(recipe, side=side, port=port, model_path=model, report_dir=report_dir).env
         argv = [
             sys.executable,
             "-m",

@@ -18,6 +18,7 @@ from speedrun.launch.deploy import Part, Plan
 from speedrun.launch.procgroup import signal_group
 from speedrun.launch.router import router_workers
 from speedrun.launch.server import Server, ServerError, say, start, wait_healthy
+from speedrun.recipe import Side
 
 
 def url_healthy(url: str) -> bool:
@@ -199,7 +200,7 @@ def report_rows(plan: Plan, listed: list[dict] | None, ops: list[str]) -> list[d
     return rows
 
 
-def local_plan(recipe, side: str, side_dir: Path, *, model_path: str) -> Plan:
+def local_plan(recipe, side: Side, side_dir: Path, *, model_path: str) -> Plan:
     """A one-node deployment to start here for an evaluation command (`speedrun bench|eval|run` without --server):
     the router on a free port, the instances on the recipe's worker ports, every process's overlay report in
     <side_dir>/overlay-reports. A multi-node one cannot be: ServerError saying how to run it instead."""
@@ -217,7 +218,7 @@ def local_plan(recipe, side: str, side_dir: Path, *, model_path: str) -> Plan:
     router = free_port_except(taken)
     return make_plan(
         recipe,
-        baseline=side != "overlay",
+        side=side,
         run_dir=side_dir,
         model_path=model_path,
         router_port=router,

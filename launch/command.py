@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from speedrun.recipe import Recipe, Server
+from speedrun.recipe import Recipe, Server, Side
 
 # Set on the multi-GPU hosts we borrow: NVLink multicast can take a shared host's GPUs down. Keep it off in
 # every environment we build, whatever the caller's environment says.
@@ -49,7 +49,7 @@ SWITCHES = {
 class LaunchSpec:
     argv: list[str]
     env: dict[str, str]  # only what we set on top of the caller's environment
-    side: str  # "overlay" | "baseline"
+    side: str  # a Side; "router" for a deployment's router
 
     def shell(self) -> str:
         """One copy-pasteable line."""
@@ -85,7 +85,7 @@ def server_args(server: Server) -> list[str]:
 def build(
     recipe: Recipe,
     *,
-    baseline: bool,
+    side: Side,
     port: int,
     host: str = "127.0.0.1",
     model_path: str | None = None,
@@ -95,10 +95,11 @@ def build(
 ) -> LaunchSpec:
     """The launch of one side. `model_path` overrides recipe.model.path (e.g. a generated synthetic folder);
     `concurrency` picks the recipe's `server_by_concurrency` bucket (None: `server` as it is)."""
+    side = Side(side)
     if concurrency is not None:
         recipe = recipe.at_concurrency(concurrency)
-    server = recipe.server_for(baseline)
-    model = recipe.model_for(baseline)
+    server = recipe.server_for(side.stock)
+    model = recipe.model_for(side.stock)
     argv = [
         python or sys.executable,
         "-m",
@@ -118,7 +119,7 @@ def build(
 
     env = dict(recipe.env)
     env.update(NO_MULTICAST)
-    ops = [] if baseline else recipe.overlays.enabled_ops()
+    ops = [] if side.stock else recipe.overlays.enabled_ops()
     env["SPEEDRUN_OVERLAYS"] = ",".join(ops)
     for op in ops:
         env[f"SPEEDRUN_{op.upper()}_BACKEND"] = getattr(recipe.overlays, op).backend
@@ -130,9 +131,9 @@ def build(
         env["SPEEDRUN_SEED"] = str(synth.seed)
     if report_dir is not None:
         env["SPEEDRUN_REPORT_DIR"] = str(report_dir)
-    if baseline and not env.get("SPEEDRUN_SYNTHETIC_FILL"):
+    if side.stock and not env.get("SPEEDRUN_SYNTHETIC_FILL"):
         env["SGLANG_PLUGINS"] = "none"  # stock SGLang: our plugin is not even imported
-    return LaunchSpec(argv=argv, env=env, side="baseline" if baseline else "overlay")
+    return LaunchSpec(argv=argv, env=env, side=side)
 
 
 def merged_env(spec: LaunchSpec) -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from speedrun.launch.command import LaunchSpec, build
 from speedrun.launch.router import Endpoint, router_spec
-from speedrun.recipe import Placement, Recipe
+from speedrun.recipe import Placement, Recipe, Side
 
 
 class PlanSpec(LaunchSpec):
@@ -58,7 +58,7 @@ class Part:
 @dataclass
 class Plan:
     recipe: Recipe
-    side: str
+    side: Side
     hosts: list[str]
     run_dir: Path
     parts: list[Part] = field(default_factory=list)
@@ -81,7 +81,7 @@ def placeholder_hosts(nodes: int) -> list[str]:
 def make_plan(
     recipe: Recipe,
     *,
-    baseline: bool,
+    side: Side,
     run_dir: Path,
     model_path: str,
     hosts: list[str] | None = None,
@@ -98,8 +98,7 @@ def make_plan(
     if hosts is not None and len(hosts) != dep.nodes:
         raise PlanError(f"--hosts: {len(hosts)} address(es) for a deployment of {dep.nodes} node(s)")
     hosts = hosts or (["127.0.0.1"] if dep.nodes == 1 else placeholder_hosts(dep.nodes))
-    side = "baseline" if baseline else "overlay"
-    plan = Plan(recipe, side, hosts, run_dir)
+    plan = Plan(recipe, Side(side), hosts, run_dir)
     http_next = dict.fromkeys(range(dep.nodes), dep.worker_port)
     boot_next = dict.fromkeys(range(dep.nodes), dep.bootstrap_port)
     for k, pl in enumerate(recipe.placements()):
@@ -111,7 +110,7 @@ def make_plan(
         for rank in range(pl.nodes):
             extra = layout_args(recipe, pl, rank, hosts, dist_port=dep.dist_init_port + k, bootstrap=boot)
             reports = report_dir or run_dir / "reports" / pl.name / f"node{rank}"
-            plan.parts.append(part(recipe, pl, rank, hosts, port, extra, baseline, run_dir, model_path, reports))
+            plan.parts.append(part(recipe, pl, rank, hosts, port, extra, side, run_dir, model_path, reports))
     plan.router = router_spec(dep.router, plan.endpoints, host=router_host, port=router_port, metrics_port=metrics_port)
     plan.router_url = f"http://{'127.0.0.1' if router_host in ('0.0.0.0', '::') else router_host}:{router_port}"
     return plan
@@ -144,7 +143,7 @@ def part(
     hosts: list[str],
     port: int,
     extra: list[str],
-    baseline: bool,
+    side: Side,
     run_dir: Path,
     model_path: str,
     report_dir: Path,
@@ -155,9 +154,7 @@ def part(
     as_single = recipe.model_copy(
         update={"server": recipe.group_server(pl.group, baseline=True), "env": recipe.env | group.env}
     )
-    spec = build(
-        as_single, baseline=baseline, port=port, host=hosts[node], model_path=model_path, report_dir=report_dir
-    )
+    spec = build(as_single, side=side, port=port, host=hosts[node], model_path=model_path, report_dir=report_dir)
     spec.argv += extra
     spec.side = f"{spec.side} {pl.name}" + (f" (node rank {rank})" if pl.nodes > 1 else "")
     log = run_dir / "logs" / f"{pl.name}-node{rank}.log"

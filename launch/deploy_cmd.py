@@ -17,7 +17,7 @@ from speedrun.launch.cluster import Cluster, report_rows, running_cluster
 from speedrun.launch.deploy import Plan, PlanError, dry_run_text, make_plan
 from speedrun.launch.router import free_port_except, router_workers
 from speedrun.launch.server import ServerError
-from speedrun.recipe import Recipe
+from speedrun.recipe import Recipe, Side
 
 console = cli_console()
 err = cli_console(stderr=True)
@@ -30,7 +30,7 @@ def fail(message: str, code: int = 2) -> None:
 
 def plan_for(
     r: Recipe,
-    baseline: bool,
+    side: Side,
     *,
     out: Path,
     model_path: str,
@@ -44,12 +44,11 @@ def plan_for(
     if addrs is None and r.deployment.nodes > 1 and not dry_run:
         fail(f"--hosts: {r.name} spans {r.deployment.nodes} nodes: give their addresses in node-rank order, "
              "e.g. --hosts 10.0.0.1,10.0.0.2")  # fmt: skip
-    side = "baseline" if baseline else "overlay"
     servers = range(r.deployment.worker_port, r.deployment.worker_port + len(r.placements()))
     try:
         return make_plan(
             r,
-            baseline=baseline,
+            side=side,
             run_dir=out / f"{r.name}-{side}",  # the same folder on every node: on a shared --out, one run's reports
             model_path=model_path,
             hosts=addrs,
@@ -64,7 +63,7 @@ def plan_for(
 
 def launch_deployment(
     r: Recipe,
-    baseline: bool,
+    side: Side,
     *,
     dry_run: bool,
     node_rank: int | None,
@@ -79,7 +78,7 @@ def launch_deployment(
     nodes = r.deployment.nodes
     if node_rank is not None and node_rank >= nodes:
         fail(f"--node-rank {node_rank}: {r.name} has nodes 0..{nodes - 1}")
-    plan = plan_for(r, baseline, out=out, model_path=model_path, hosts=hosts, host=host, port=port, dry_run=dry_run)
+    plan = plan_for(r, side, out=out, model_path=model_path, hosts=hosts, host=host, port=port, dry_run=dry_run)
     if dry_run:  # plain print: copy-pasteable lines, never wrapped
         print(dry_run_text(plan, node_rank))
         return

@@ -15,7 +15,7 @@ from rich.table import Table
 from speedrun import patching
 from speedrun.console import cli_console
 from speedrun.overlays.ops import OPS
-from speedrun.recipe import RecipeError, all_recipes, load_recipe
+from speedrun.recipe import RecipeError, Side, all_recipes, load_recipe
 
 if TYPE_CHECKING:
     from speedrun.overlays.report import Found
@@ -59,45 +59,46 @@ def launch(
 ) -> None:
     """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports. A recipe
     with a `deployment` starts this node's servers and, on node 0, SGLang's router (--port is the router's)."""
+    from speedrun.eval.serve import model_path
+
     r = recipe_or_fail(recipe)
+    side = Side.BASELINE if baseline else Side.OVERLAY
     if r.deployment is not None:
         from speedrun.launch.deploy_cmd import launch_deployment
 
         if not dry_run and importlib.util.find_spec("sglang") is None:
             fail("sglang is not installed here: pip install -e '.[serve]' (or use the GPU-host bundle, see README)")
-        model = str(_model_path(r, baseline, generate=not dry_run))
-        launch_deployment(r, baseline, dry_run=dry_run, node_rank=node_rank, hosts=hosts, host=host, port=port,
-                          timeout=timeout, out=out, check=check, model_path=model)  # fmt: skip
+        launch_deployment(r, side, dry_run=dry_run, node_rank=node_rank, hosts=hosts, host=host, port=port,
+                          timeout=timeout, out=out, check=check,
+                          model_path=model_path(r, side, generate=not dry_run))  # fmt: skip
         return
     if node_rank is not None or hosts is not None:
         fail(f"--node-rank/--hosts: {r.name} has no deployment section (one server on this machine)")
     if dry_run:  # plain print: one copy-pasteable line, never wrapped
-        print(dry_run_text(r, baseline, port=port, host=host, out=out, concurrency=concurrency))
+        print(dry_run_text(r, side, port=port, host=host, out=out, concurrency=concurrency))
         return
-    spec, run_dir = launch_spec(r, baseline, port=port, host=host, out=out, generate=True, concurrency=concurrency)
+    spec, run_dir = launch_spec(r, side, port=port, host=host, out=out, generate=True, concurrency=concurrency)
     if importlib.util.find_spec("sglang") is None:
         fail("sglang is not installed here: pip install -e '.[serve]' (or use the GPU-host bundle, see README)")
     _serve(spec, run_dir, host, port, timeout, check)
 
 
 def launch_spec(
-    r, baseline: bool, *, port: int, host: str, out: Path, generate: bool, concurrency: int | None = None
+    r, side: Side, *, port: int, host: str, out: Path, generate: bool, concurrency: int | None = None
 ):  # fmt: skip
-    """The side's launch (command + environment) and its run folder; `generate` makes a synthetic model folder;
-    `concurrency` picks the recipe's server_by_concurrency setting."""
-    from speedrun.launch.command import build
+    """The side's launch (command + environment) and its run folder, built as `speedrun run` builds its servers
+    (eval.serve); `generate` makes a synthetic model folder; `concurrency` picks the recipe's server_by_concurrency
+    setting."""
+    from speedrun.eval.serve import default_spec, model_path
 
-    side = "baseline" if baseline else "overlay"
     run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
-    model = _model_path(r, baseline, generate=generate)
-    spec = build(r, baseline=baseline, port=port, host=host, model_path=str(model), report_dir=run_dir / "reports",
-                 concurrency=concurrency)  # fmt: skip
-    return spec, run_dir
+    model = model_path(r, side, generate=generate)
+    return default_spec(r, side, port, run_dir / "reports", model, host=host, concurrency=concurrency), run_dir
 
 
 def dry_run_text(
     r,
-    baseline: bool,
+    side: Side,
     *,
     port: int = 30000,
     host: str = "127.0.0.1",
@@ -105,17 +106,8 @@ def dry_run_text(
     concurrency: int | None = None,
 ) -> str:
     """What `speedrun launch --dry-run` prints: a comment naming the side, then one copy-pasteable line."""
-    spec, _ = launch_spec(r, baseline, port=port, host=host, out=out, generate=False, concurrency=concurrency)
+    spec, _ = launch_spec(r, side, port=port, host=host, out=out, generate=False, concurrency=concurrency)
     return f"# {spec.side} side of {r.name}\n{spec.shell()}"
-
-
-def _model_path(r, baseline: bool, generate: bool) -> Path | str:
-    model = r.model_for(baseline)
-    if model.synthetic is None:
-        return model.path
-    from speedrun.synth import DEFAULT_ROOT, ensure_model
-
-    return ensure_model(r, baseline=baseline) if generate else DEFAULT_ROOT / model.path
 
 
 def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: bool) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 # recipes/ is the package speedrun.recipes: found the same way in a wheel and in an editable install
 RECIPES_DIR = Path(str(files("speedrun.recipes")))
+
+
+class Side(StrEnum):
+    """Which server a launch or a measurement is: the one spelling of a side (results files, folders, labels)."""
+
+    BASELINE = "baseline"  # stock SGLang, overlays off
+    CONTROL = "control"  # a second stock configuration: the agreement yardstick (accuracy.agreement.control)
+    OVERLAY = "overlay"  # SGLang with the recipe's overlays
+
+    @property
+    def stock(self) -> bool:
+        """Stock SGLang (the baseline's model and server settings, our plugin not loaded)."""
+        return self is not Side.OVERLAY
 
 
 class Strict(BaseModel):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from speedrun.launch.deploy import dry_run_text, make_plan
 from speedrun.launch.server_flags import check_command, server_flags
-from speedrun.recipe import RecipeError, TransferBackend, all_recipes, load_recipe
+from speedrun.recipe import RecipeError, Side, TransferBackend, all_recipes, load_recipe
 from speedrun.sglang_source import sglang_root, source_version
 
 DEPLOYMENTS = [p for p in all_recipes() if load_recipe(p).deployment is not None]
@@ -27,8 +27,8 @@ PARALLEL = {"tp", "dp", "ep", "dp_attention"}
 needs_sglang = pytest.mark.skipif(sglang_root() is None, reason="SGLang's source: pip install --no-deps sglang==0.5.17")
 
 
-def plan(r, baseline=False, hosts=None):
-    return make_plan(r, baseline=baseline, run_dir=Path("/runs"), model_path=r.model.path, hosts=hosts)
+def plan(r, side=Side.OVERLAY, hosts=None):
+    return make_plan(r, side=side, run_dir=Path("/runs"), model_path=r.model.path, hosts=hosts)
 
 
 def launch_lines(text: str) -> list[str]:
@@ -69,11 +69,11 @@ def test_transfer_backends_are_sglangs():
 
 @needs_sglang
 @pytest.mark.parametrize("path", DEPLOYMENTS, ids=lambda p: p.stem)
-@pytest.mark.parametrize("baseline", [False, True], ids=["overlay", "baseline"])
-def test_every_dry_run_flag_exists_in_sglang(path, baseline):
+@pytest.mark.parametrize("side", [Side.OVERLAY, Side.BASELINE], ids=str)
+def test_every_dry_run_flag_exists_in_sglang(path, side):
     r = load_recipe(path)
     flags = server_flags()
-    lines = launch_lines(dry_run_text(plan(r, baseline, hosts=[f"10.0.0.{n + 1}" for n in range(r.deployment.nodes)])))
+    lines = launch_lines(dry_run_text(plan(r, side, hosts=[f"10.0.0.{n + 1}" for n in range(r.deployment.nodes)])))
     assert len(lines) == sum(p.nodes for p in r.placements())
     for line in lines:
         assert check_command(line, flags) == [], line

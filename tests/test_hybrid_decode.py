@@ -12,7 +12,7 @@ import torch
 
 from speedrun.eval import lock as locks
 from speedrun.launch.command import build
-from speedrun.recipe import load_recipe
+from speedrun.recipe import Side, load_recipe
 from speedrun.sglang_source import sglang_root
 
 if not torch.cuda.is_available():
@@ -74,14 +74,14 @@ def flags(argv: list[str]) -> dict[str, str]:
 def test_lock_keeps_the_stock_prefill_backend_on_the_overlay_side(name):
     r = load_recipe(name)
     applied = locks.apply(r, lock_with({"attention_backend": "flashmla", "page_size": 64}, r))
-    over = flags(build(applied, baseline=False, port=1).argv)
-    base = flags(build(applied, baseline=True, port=1).argv)
+    over = flags(build(applied, side=Side.OVERLAY, port=1).argv)
+    base = flags(build(applied, side=Side.BASELINE, port=1).argv)
     assert (base["--attention-backend"], base["--page-size"]) == ("flashmla", "64")
     assert "--decode-attention-backend" not in base
     assert over["--attention-backend"] == over["--prefill-attention-backend"] == "flashmla"
     assert (over["--decode-attention-backend"], over["--page-size"]) == ("speedrun_mla", "64")
     fa3 = locks.apply(r, lock_with({"attention_backend": "fa3"}, r))  # a best without a page size of its own
-    over = flags(build(fa3, baseline=False, port=1).argv)
+    over = flags(build(fa3, side=Side.OVERLAY, port=1).argv)
     assert over["--prefill-attention-backend"] == "fa3" and over["--decode-attention-backend"] == "speedrun_mla"
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from speedrun.launch.command import NO_MULTICAST, build
-from speedrun.recipe import RecipeError, all_recipes, load_recipe
+from speedrun.recipe import RecipeError, Side, all_recipes, load_recipe
 
 RECIPES = all_recipes()
 MINIMAL = {"name": "t", "model": {"path": "m"}, "hardware": {"platform": "cuda", "arch": "sm90", "gpus": 1}}
@@ -165,8 +165,8 @@ def test_validate_checks_every_file_and_reports_each(tmp_path):
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_dry_run_commands(path, tmp_path):
     r = load_recipe(path)
-    over = build(r, baseline=False, port=31000, report_dir=tmp_path)
-    base = build(r, baseline=True, port=31001)
+    over = build(r, side=Side.OVERLAY, port=31000, report_dir=tmp_path)
+    base = build(r, side=Side.BASELINE, port=31001)
     for side in (over, base):
         assert side.argv[1:3] == ["-m", "sglang.launch_server"]
         assert side.env.items() >= NO_MULTICAST.items()
@@ -189,9 +189,35 @@ def test_dry_run_commands(path, tmp_path):
         assert over.env["SPEEDRUN_SYNTHETIC_FILL"] == base.env["SPEEDRUN_SYNTHETIC_FILL"] == "1"
 
 
+def test_one_side_type_and_the_control_is_stock():
+    """Side is the one spelling: its values are the results files' and folders' names; the control is stock SGLang
+    (no overlays, our plugin not loaded), like the baseline."""
+    r = load_recipe("synth-deepseek-h100")
+    assert [str(s) for s in Side] == ["baseline", "control", "overlay"] and f"{Side.CONTROL}.json" == "control.json"
+    assert Side.BASELINE.stock and Side.CONTROL.stock and not Side.OVERLAY.stock
+    ctl = build(r, side="control", port=1)  # a label read from a results file works as well
+    assert ctl.side is Side.CONTROL and ctl.env["SPEEDRUN_OVERLAYS"] == ""
+    with pytest.raises(ValueError, match="'stock' is not a valid Side"):
+        build(r, side="stock", port=1)
+
+
+@pytest.mark.parametrize("side", list(Side), ids=str)
+def test_launch_and_run_build_a_server_the_same_way(side, tmp_path):
+    """`speedrun launch` and `speedrun run` share one pipeline (eval.serve: model_path, then default_spec)."""
+    from speedrun.commands import launch_spec
+    from speedrun.eval.serve import default_spec, model_path
+
+    r = load_recipe("synth-deepseek-h100")
+    spec, run_dir = launch_spec(r, side, port=31000, host="127.0.0.1", out=tmp_path, generate=False)
+    model = model_path(r, side, generate=False)
+    same = default_spec(r, side, 31000, run_dir / "reports", model)
+    assert (spec.argv, spec.env, spec.side) == (same.argv, same.env, side)
+    assert run_dir.name.startswith(f"{r.name}-{side}-") and model in spec.argv
+
+
 def test_finals_recipe_flags():
     r = load_recipe("deepseek-r1-mxfp4-mi355x")
-    argv = build(r, baseline=True, port=30000).argv
+    argv = build(r, side=Side.BASELINE, port=30000).argv
     joined = " ".join(argv)
     for part in (
         "--tp-size 8",
@@ -206,7 +232,7 @@ def test_finals_recipe_flags():
     assert r.env["SGLANG_USE_AITER"] == "1"
     sc = r.benchmarks.scenarios[0]
     assert (sc.isl, sc.osl, sc.concurrency, sc.prompts_per_concurrency) == (8192, 1024, [4, 32, 128], 10)
-    mtp = build(load_recipe("deepseek-r1-mxfp4-mtp-mi355x"), baseline=False, port=1).argv
+    mtp = build(load_recipe("deepseek-r1-mxfp4-mtp-mi355x"), side=Side.OVERLAY, port=1).argv
     assert mtp[mtp.index("--speculative-algorithm") + 1] == "EAGLE"
 
 

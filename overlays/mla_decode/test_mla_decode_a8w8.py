@@ -193,12 +193,13 @@ def _recipe(tmp_path, mla: dict, kv: str = "fp8_e4m3", other: dict | None = None
 
 def test_recipe_compute_reaches_the_server_env(tmp_path) -> None:
     from speedrun.launch.command import build
+    from speedrun.recipe import Side
 
-    env = build(_recipe(tmp_path, {"enabled": True, "compute": "a16"}), baseline=False, port=1).env
+    env = build(_recipe(tmp_path, {"enabled": True, "compute": "a16"}), side=Side.OVERLAY, port=1).env
     assert env["SPEEDRUN_MLA_DECODE_COMPUTE"] == "a16" and environ.MLA_DECODE_COMPUTE.get(env) == "a16"
-    env = build(_recipe(tmp_path, {"enabled": True}), baseline=False, port=1).env
+    env = build(_recipe(tmp_path, {"enabled": True}), side=Side.OVERLAY, port=1).env
     assert "SPEEDRUN_MLA_DECODE_COMPUTE" not in env  # unset: each config bucket's fp8_compute (a8w8)
-    base = build(_recipe(tmp_path, {"enabled": True, "compute": "a8w8"}), baseline=True, port=1).env
+    base = build(_recipe(tmp_path, {"enabled": True, "compute": "a8w8"}), side=Side.BASELINE, port=1).env
     assert "SPEEDRUN_MLA_DECODE_COMPUTE" not in base  # stock SGLang never sees it
 
 
