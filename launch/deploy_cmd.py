@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
 
 import typer
@@ -16,7 +14,7 @@ from speedrun.console import cli_console
 from speedrun.launch.cluster import Cluster, report_rows, running_cluster
 from speedrun.launch.deploy import Plan, PlanError, dry_run_text, make_plan
 from speedrun.launch.router import free_port_except, router_workers
-from speedrun.launch.server import ServerError
+from speedrun.launch.server import ServerError, one_request
 from speedrun.recipe import Recipe, Side
 
 console = cli_console()
@@ -133,12 +131,3 @@ def show_rows(plan: Plan, cluster: Cluster) -> list[dict]:
                   str(row["calls"]), f"[red]{escape(problems)}[/]" if row["problems"] else "-")  # fmt: skip
     console.print(t)
     return rows
-
-
-def one_request(url: str) -> str:
-    body = json.dumps(
-        {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
-    ).encode()
-    req = urllib.request.Request(f"{url}/generate", body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=300) as r:
-        return json.loads(r.read())["text"]

@@ -4,6 +4,7 @@ whole-group teardown on exit, Ctrl-C, timeout or crash (then the log tail is sho
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import subprocess
@@ -205,3 +206,13 @@ def running(
         raise
     finally:
         server.stop()
+
+
+def one_request(url: str) -> str:
+    """One short greedy /generate (the `--check` of `speedrun launch`): the text it returns."""
+    body = json.dumps(
+        {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
+    ).encode()
+    req = urllib.request.Request(f"{url}/generate", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read())["text"]

@@ -111,7 +111,7 @@ def dry_run_text(
 
 
 def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: bool) -> None:
-    from speedrun.launch.server import ServerError, running
+    from speedrun.launch.server import ServerError, one_request, running
 
     log = run_dir / "server.log"
     console.print(f"[bold]{spec.side}[/]: {spec.shell()}", highlight=False)
@@ -121,7 +121,7 @@ def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: boo
                 f"[green]healthy[/] at {server.url} after {time.monotonic() - server.started:.0f} s; log {log}"
             )
             if check:
-                console.print(f"one request: {_one_request(server.url)!r}", highlight=False)
+                console.print(f"one request: {one_request(server.url)!r}", highlight=False)
                 time.sleep(2.5)  # let the schedulers flush their reports
             show_reports(run_dir / "reports", expect_ops=spec.env.get("SPEEDRUN_OVERLAYS", ""))
             if not check:
@@ -132,17 +132,6 @@ def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: boo
     except ServerError as exc:
         fail(str(exc), 1)
     # Ctrl-C/SIGTERM: `running` said what it stopped and showed the log tail; the CLI exits 130/143
-
-
-def _one_request(url: str) -> str:
-    import urllib.request
-
-    body = json.dumps(
-        {"text": "The capital of France is", "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
-    ).encode()
-    req = urllib.request.Request(f"{url}/generate", body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=300) as r:
-        return json.loads(r.read())["text"]
 
 
 # ---------------------------------------------------------------- report
