@@ -29,6 +29,7 @@ import torch
 
 from speedrun.eval.kernels import report, timer
 from speedrun.eval.kernels.timer import Built, Copies
+from speedrun.overlays.mla_decode.config import MlaBucket
 
 HEADS = 16
 PAGE = 64
@@ -85,14 +86,14 @@ SWEEP_SHAPES = [
 SWEEP_BUDGET_S = 115.0  # under the device script's 130 s step
 
 
-def variant_config(name: str) -> dict[str, Any]:
+def variant_config(name: str) -> MlaBucket:
     """The heads<=16 bucket with one sweep variant applied."""
     from speedrun.overlays.mla_decode import api
 
     base = api.config_for(HEADS)
     if name in SPLIT_VARIANTS:  # split/launch knobs only: the fp8 overrides of the table stay
-        return {**base, **VARIANTS.get(name, {})}
-    return {**base, **VARIANTS[name], "fp8": {}}
+        return base.replace(**VARIANTS.get(name, {}))
+    return base.replace(**VARIANTS[name], fp8={})
 
 
 def seed_of(bs: int, kv_len: int | str) -> int:
@@ -123,7 +124,7 @@ def make_inputs(bs: int, kv_len: int | str, kv_dtype: torch.dtype, seed: int = 0
     return dict(q=q, kv=kv, slots=slots, lens=lens, indptr=indptr, block_table=block_table, bs=bs, kv_len=kv_len)
 
 
-def setup_speedrun(x: dict[str, Any], config: dict[str, Any] | None = None,
+def setup_speedrun(x: dict[str, Any], config: MlaBucket | None = None,
                    compute: str | None = None) -> Callable[[], torch.Tensor]:  # fmt: skip
     """Ours with `config` (the sweep: fp8 caches compute as the variant's table says), else the shipped table
     with fp8 caches upcast (compute a16; a8w8 is the speedrun_a8w8 impl)."""
@@ -302,7 +303,7 @@ def sweep(gpu: str, peak: float = timer.DEFAULT_PEAK[1]) -> list[dict[str, Any]]
                 if variant in BF16_SKIP and dt == torch.bfloat16:
                     continue
                 cfg = variant_config(variant)  # the whole bucket config, so a tuner can write the winner back
-                row = {"impl": "speedrun", "bucket": BUCKET, "variant": variant, "config": cfg, "gpu": gpu,
+                row = {"impl": "speedrun", "bucket": BUCKET, "variant": variant, "config": cfg.entry(), "gpu": gpu,
                        "bs": bs, "kv_len": kv_len, "heads": HEADS, "kv_dtype": name, "us": None}  # fmt: skip
                 try:
                     if time.monotonic() > deadline:

@@ -4,19 +4,17 @@ matrix instructions; on gfx950 with >= 2 waves per SIMD and no spills), and the 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from speedrun.overlays.aot import CompileSpec, aligned
-from speedrun.overlays.arch import LAUNCH_KEYS, load_configs
 from speedrun.overlays.buckets import parse
 from speedrun.overlays.mla_decode import api
+from speedrun.overlays.mla_decode.config import Compute, MlaBucket, Pv
 from speedrun.overlays.mla_decode.kernels import D_LATENT, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 
 KV_TYPES = {"bf16": "*bf16", "fp8": "*fp8e4nv"}  # fp8 e4m3fn (OCP): sm90 and gfx950 both take it
 KV_TORCH = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
-A8W8_PV = ("fp8", "f16")
+A8W8_PV = (Pv.FP8, Pv.F16)
 EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 # a8w8 must really compute in fp8 (Triton silently upcasts fp8 dots it cannot map, e.g. mma.sync on sm90):
 # sm90 wgmma ... .e4m3.e4m3; gfx950 an fp8 MFMA (v_mfma_f32_*_fp8_fp8, or the f8f6f4 forms).
@@ -27,64 +25,58 @@ SCALARS = {"qk_scale": "fp32", "v_scale": "fp32", "bs": "i32", "num_programs": "
 STRIDES = ["stride_qb", "stride_qh", "stride_kv_page", "stride_kv_tok", "stride_ob", "stride_oh"]
 
 
-def _options(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: cfg[k] for k in LAUNCH_KEYS if k in cfg}  # the launch's own keys (aot.py drops AMD ones for CUDA)
-
-
-def partial_spec(bucket: str, heads: int, cfg: dict[str, Any], kv: str, arch: str, compute: str = "a16",
-                 pv: str | None = None) -> CompileSpec:  # fmt: skip
+def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, compute: Compute = Compute.A16,
+                 pv: Pv | None = None) -> CompileSpec:  # fmt: skip
     """The partial kernel as the launcher builds it for this KV format and compute (from the same plan: fp8
     overrides and constexprs included); pv overrides the a8w8 PV operand type (both are compiled: the GPU bench
-    decides)."""
+    decides). Launch options: the knobs the config sets (aot.py drops AMD ones for CUDA)."""
     if pv is not None:
-        cfg = {**cfg, "a8w8": {**cfg["a8w8"], "pv": pv}}
+        cfg = cfg.replace(a8w8=cfg.a8w8.replace(pv=pv))
     plan = api.make_plan(heads, torch.bfloat16, KV_TORCH[kv], arch=arch, config=cfg,
                          compute=compute if kv == "fp8" else None)  # fmt: skip
     cfg = plan.cfg
     ptrs = dict(zip(PARTIAL_ARGS, ["*bf16", KV_TYPES[kv], "*bf16", "*fp32", "*fp32", "*i32", "*i64"], strict=True))
-    const = {"H": heads, "BLOCK_H": plan.block_h, "BLOCK_N": cfg["BLOCK_N"], "BLOCK_B": 256,
-             "MIN_CHUNK": cfg["min_chunk"], "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE,
+    const = {"H": heads, "BLOCK_H": plan.block_h, "BLOCK_N": cfg.BLOCK_N, "BLOCK_B": 256,
+             "MIN_CHUNK": cfg.min_chunk, "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE,
              **plan.partial[False]}  # fmt: skip
     # Every constexpr is named: Triton 3.7 no longer fills a defaulted one left out of an AOT signature.
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
     # As the JIT sees SGLang's buffers: aligned pointers, strides that are multiples of 576 or 512 (so of 16).
     attrs = aligned(sig, *PARTIAL_ARGS, *STRIDES)
-    if cfg.get("compute") == "a8w8":
-        name = f"mla_decode/partial[{bucket},fp8,a8w8,pv-{cfg['pv']}]"
-        return CompileSpec(name, _mla_partial_kernel, sig, const, _options(cfg), EXPECT_FP8_MMA[arch], attrs=attrs,
-                           min_occupancy=A8W8_MIN_WAVES.get(arch), no_spills=True)  # fmt: skip
+    if plan.compute == Compute.A8W8:
+        name = f"mla_decode/partial[{bucket},fp8,a8w8,pv-{cfg.a8w8.pv}]"
+        return CompileSpec(name, _mla_partial_kernel, sig, const, cfg.launch_knobs(), EXPECT_FP8_MMA[arch],
+                           attrs=attrs, min_occupancy=A8W8_MIN_WAVES.get(arch), no_spills=True)  # fmt: skip
     name = f"mla_decode/partial[{bucket},{kv}]"
-    return CompileSpec(name, _mla_partial_kernel, sig, const, _options(cfg), EXPECT_MMA[arch], attrs=attrs)
+    return CompileSpec(name, _mla_partial_kernel, sig, const, cfg.launch_knobs(), EXPECT_MMA[arch], attrs=attrs)
 
 
-def merge_spec(bucket: str, heads: int, cfg: dict[str, Any], block_dv: int, arch: str) -> CompileSpec:
+def merge_spec(bucket: str, heads: int, cfg: MlaBucket, block_dv: int, arch: str) -> CompileSpec:
     """The merge at one column block (the launcher picks 64..512 by batch; the extremes are compiled)."""
     plan = api.make_plan(heads, torch.bfloat16, torch.bfloat16, arch=arch, config=cfg)
-    m = cfg["merge"]
-    block_p = min(m["BLOCK_P"], 8192 // block_dv)
-    const = {"H": heads, "BLOCK_P": block_p, "BLOCK_DV": block_dv, "MIN_CHUNK": cfg["min_chunk"],
+    m = cfg.merge
+    block_p = min(m.BLOCK_P, 8192 // block_dv)
+    const = {"H": heads, "BLOCK_P": block_p, "BLOCK_DV": block_dv, "MIN_CHUNK": cfg.min_chunk,
              "DL": D_LATENT, **plan.merge_split[False], "BLOCK_B": 256}  # fmt: skip
     sig = {"O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32", "kv_indptr": "*i32", "v_scale": "fp32",
            "bs": "i32", "num_programs": "i32", "stride_ob": "i32", "stride_oh": "i32",
            **dict.fromkeys(const, "constexpr")}  # fmt: skip
     attrs = aligned(sig, "O", "PartO", "PartLse", "kv_indptr", "stride_ob", "stride_oh")
     return CompileSpec(
-        f"mla_decode/merge[{bucket},dv{block_dv}]", _mla_merge_kernel, sig, const, _options(m), attrs=attrs
+        f"mla_decode/merge[{bucket},dv{block_dv}]", _mla_merge_kernel, sig, const, m.launch_knobs(), attrs=attrs
     )
 
 
 def compile_specs(arch: str) -> list[CompileSpec]:
     """Per bucket: the partial kernel for each KV format, the merge at the smallest and largest column block."""
     specs = []
-    for bucket, cfg in load_configs("mla_decode", arch).items():
-        if bucket.startswith("_"):
-            continue
+    for bucket, cfg in api.table(arch).items():
         heads = parse(bucket).limit
         specs += [partial_spec(bucket, heads, cfg, kv, arch) for kv in KV_TYPES]
-        if cfg.get("a8w8"):  # the bucket's PV operand type first, then the other one
-            pvs = [cfg["a8w8"]["pv"], *(p for p in A8W8_PV if p != cfg["a8w8"]["pv"])]
-            specs += [partial_spec(bucket, heads, cfg, "fp8", arch, "a8w8", pv) for pv in pvs]
-        specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg["merge"]["min_block_dv"], D_LATENT)]
+        if cfg.a8w8 is not None:  # the bucket's PV operand type first, then the other one
+            pvs = [cfg.a8w8.pv, *(p for p in A8W8_PV if p != cfg.a8w8.pv)]
+            specs += [partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, pv) for pv in pvs]
+        specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg.merge.min_block_dv, D_LATENT)]
     return specs
 
 

@@ -11,7 +11,8 @@ Shapes and dtypes (H = heads, 576 = 512 latent + 64 rope; V is the latent):
     workspace   (o [rows * H * 512], lse [rows * H]) float32, rows = plan.workspace_rows(bs); None: allocated
 
 The plan holds everything that depends on shapes, dtypes and the device only: the config bucket (validated
-once, configs/<arch>.json), the compute path for fp8 caches, the split width and every kernel constexpr. The call
+once into config.MlaBucket, configs/<arch>.json), the compute path for fp8 caches, the split width and every kernel
+constexpr. The call
 depends on bs alone besides (CUDA-graph safe: sequence lengths are read on the device, no host sync).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +31,7 @@ import triton.language as tl
 from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
 from speedrun.overlays.buckets import select
 from speedrun.overlays.hooks import Unsupported
-from speedrun.overlays.mla_decode.config import FP8_KNOBS, Compute, Fp8Cvt, MmaM, Pv, check_config, check_table
+from speedrun.overlays.mla_decode.config import Compute, Fp8Cvt, MergeKnobs, MlaBucket, MmaM, Pv, check_table
 from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 
 LOG2E = 1.4426950408889634
@@ -51,7 +53,7 @@ class MlaDecodePlan:
     page_size: int
     arch: str
     compute: Compute  # what fp8 caches compute in (a16 for 16-bit caches)
-    cfg: dict[str, Any]  # the bucket as it runs: fp8 / a8w8 knobs applied
+    cfg: MlaBucket  # the bucket as it runs: fp8 / a8w8 knobs applied (kv_config)
     programs: int  # KV chunks per launch (the split width): sizes the workspace
     sms: int
     block_h: int
@@ -92,7 +94,7 @@ def make_plan(
     page_size: int = 1,
     arch: str | None = None,
     compute: Compute | str | None = None,
-    config: dict[str, Any] | None = None,
+    config: MlaBucket | Mapping[str, Any] | None = None,
     programs: int | None = None,
 ) -> MlaDecodePlan:
     """Validate once and resolve everything a decode step needs. Unsupported for dtypes the kernel does not serve;
@@ -100,26 +102,26 @@ def make_plan(
     if q_dtype not in Q_DTYPES or kv_dtype not in KV_DTYPES:
         raise Unsupported(f"dtypes q={q_dtype} kv={kv_dtype} not served")
     arch = arch or current_arch()
-    base = check_config(config, "mla_decode config") if config is not None else config_for(heads, arch)
+    base = MlaBucket.checked(config, "mla_decode config") if config is not None else config_for(heads, arch)
     cfg = kv_config(base, kv_dtype, compute)
     sms = sm_count(torch.device(device) if device is not None else _default_device())
     cpu = arch == "cpu"
-    big = {**cfg, "snap": False}  # past SNAP_MAX_BS: a shape-only choice (graph safe), both kernels agree
+    big = cfg.model_copy(update={"snap": False})  # past SNAP_MAX_BS: a shape-only choice (graph safe), both agree
     return MlaDecodePlan(
         heads=heads,
         q_dtype=q_dtype,
         kv_dtype=kv_dtype,
         page_size=page_size,
         arch=arch,
-        compute=Compute(compute_for(base, kv_dtype, compute)),
+        compute=compute_for(base, kv_dtype, compute),
         cfg=cfg,
         programs=programs if programs is not None else num_programs(heads, cfg, sms),
         sms=sms,
         block_h=block_h(heads, cfg),
         partial={large: kernel_constexprs(c, q_dtype, kv_dtype, arch) for large, c in ((False, cfg), (True, big))},
         merge_split={False: split_constexprs(cfg), True: split_constexprs(big)},
-        partial_opts={} if cpu else launch_options(cfg, arch),
-        merge_opts={} if cpu else launch_options(cfg["merge"], arch),
+        partial_opts={} if cpu else launch_options(cfg.launch_knobs(), arch),
+        merge_opts={} if cpu else launch_options(cfg.merge.launch_knobs(), arch),
     )
 
 
@@ -152,14 +154,14 @@ def mla_decode(
         q, kv, o, part_o, part_lse, kv_indptr, kv_indices,
         float(sm_scale) * float(k_scale) * LOG2E, float(v_scale), bs, programs,
         q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
-        H=heads, BLOCK_H=plan.block_h, BLOCK_N=cfg["BLOCK_N"], BLOCK_B=block_b(bs),
-        MIN_CHUNK=cfg["min_chunk"], PAGE_SIZE=plan.page_size, DL=D_LATENT, DR=D_ROPE,
+        H=heads, BLOCK_H=plan.block_h, BLOCK_N=cfg.BLOCK_N, BLOCK_B=block_b(bs),
+        MIN_CHUNK=cfg.min_chunk, PAGE_SIZE=plan.page_size, DL=D_LATENT, DR=D_ROPE,
         **plan.partial[large], **plan.partial_opts,
     )  # fmt: skip
-    block_p, block_dv = merge_blocks(bs, heads, cfg["merge"], plan.sms)
+    block_p, block_dv = merge_blocks(bs, heads, cfg.merge, plan.sms)
     _mla_merge_kernel[(bs, heads, D_LATENT // block_dv)](
         o, part_o, part_lse, kv_indptr, float(v_scale), bs, programs, o.stride(0), o.stride(1),
-        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, MIN_CHUNK=cfg["min_chunk"], DL=D_LATENT,
+        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, MIN_CHUNK=cfg.min_chunk, DL=D_LATENT,
         BLOCK_B=block_b(bs), **plan.merge_split[large], **plan.merge_opts,
     )  # fmt: skip
     return o
@@ -192,21 +194,22 @@ def _default_device() -> torch.device:
 
 
 @functools.cache
-def _table(arch: str) -> dict[str, Any]:
+def table(arch: str) -> dict[str, MlaBucket]:
+    """The arch's validated buckets by key (another AMD arch takes the gfx950 table, another CUDA one sm90's)."""
     try:
-        table = load_configs("mla_decode", arch)
+        raw = load_configs("mla_decode", arch)
     except FileNotFoundError:  # another AMD arch: the gfx950 table is the closest we have
-        table = load_configs("mla_decode", "gfx950" if is_amd(arch) else "sm90")
-    return check_table(table, f"mla_decode {arch}")
+        raw = load_configs("mla_decode", "gfx950" if is_amd(arch) else "sm90")
+    return check_table(raw, f"mla_decode {arch}")
 
 
-def config_for(heads: int, arch: str | None = None) -> dict[str, Any]:
+def config_for(heads: int, arch: str | None = None) -> MlaBucket:
     """The first `heads<=N` bucket of the arch's table that holds `heads` (the largest one otherwise)."""
-    table = _table(arch or current_arch())
-    return table[select(table, "heads", heads)]
+    buckets = table(arch or current_arch())
+    return buckets[select(buckets, "heads", heads)]
 
 
-def compute_for(cfg: dict[str, Any], kv_dtype: torch.dtype, compute: Compute | str | None = None) -> Compute:
+def compute_for(cfg: MlaBucket, kv_dtype: torch.dtype, compute: Compute | str | None = None) -> Compute:
     """The compute that runs: a16 for 16-bit caches; for fp8 caches the requested one, else the bucket's.
     a8w8 asked of a 16-bit cache is an error, never a silent a16."""
     if compute is not None and compute not in tuple(Compute):
@@ -215,21 +218,20 @@ def compute_for(cfg: dict[str, Any], kv_dtype: torch.dtype, compute: Compute | s
         if compute == Compute.A8W8:
             raise ValueError(f"compute a8w8 needs an fp8 KV cache (got {kv_dtype}): use --kv-cache-dtype fp8_e4m3")
         return Compute.A16
-    return Compute(compute or cfg.get("fp8_compute", Compute.A16))
+    return Compute(compute) if compute is not None else cfg.fp8_compute
 
 
-def kv_config(cfg: dict[str, Any], kv_dtype: torch.dtype, compute: Compute | str | None = None) -> dict[str, Any]:
-    """The bucket's config for this KV dtype and compute (see compute_for): fp8 caches take the kernel knobs of
-    cfg["a8w8"] (a8w8) or cfg["fp8"] (a16), never the split width: programs_per_sm sizes the workspace the
-    caller already holds. The result's "compute" says which ran."""
+def kv_config(cfg: MlaBucket, kv_dtype: torch.dtype, compute: Compute | str | None = None) -> MlaBucket:
+    """The bucket as it runs for this KV dtype and compute (see compute_for): fp8 caches take the kernel knobs of
+    its "a8w8" (a8w8) or "fp8" (a16) and say in fp8_compute which ran; never the split width (programs_per_sm
+    sizes the workspace the caller already holds, and neither schema has it). 16-bit caches: the bucket as is."""
+    run = compute_for(cfg, kv_dtype, compute)  # raises for a8w8 on a 16-bit cache
     if kv_dtype.itemsize != 1:
-        compute_for(cfg, kv_dtype, compute)  # raises for a8w8
         return cfg
-    if compute_for(cfg, kv_dtype, compute) == Compute.A8W8:
-        if not cfg.get("a8w8"):
-            raise ValueError("compute a8w8: this config bucket has no a8w8 knobs")
-        return {**cfg, **{k: v for k, v in cfg["a8w8"].items() if v is not None}, "compute": "a8w8"}
-    return {**cfg, **{k: v for k, v in cfg.get("fp8", {}).items() if k in FP8_KNOBS}, "compute": "a16"}
+    if run == Compute.A8W8 and cfg.a8w8 is None:
+        raise ValueError("compute a8w8: this config bucket has no a8w8 knobs")
+    over = cfg.a8w8 if run == Compute.A8W8 else cfg.fp8
+    return cfg.with_overrides(over).model_copy(update={"fp8_compute": run})
 
 
 # ---------------------------------------------------------------- kernel constexprs and launch geometry
@@ -239,25 +241,27 @@ def _sm(arch: str) -> int:
     return int("".join(c for c in arch[2:] if c.isdigit()) or 0) if arch.startswith("sm") else 0
 
 
-def kernel_constexprs(cfg: dict[str, Any], q_dtype: torch.dtype, kv_dtype: torch.dtype, arch: str) -> dict:
-    """SPLIT_D, CDT (MMA input dtype) and CVT_ASM for the partial kernel.
-    fp8_cvt: "bf16" converts fp8 to q's dtype; "f16" computes in f16 (e4m3 -> f16 is exact; q gets a
-    power-of-two guard); "asm" is "f16" with the packed sm89+ inline-asm convert (e4m3fn on CUDA only)."""
+def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtype, arch: str) -> dict:
+    """The partial kernel's mode constexprs of a bucket as it runs (kv_config's). SPLIT_D, CDT (MMA input dtype),
+    CVT_ASM: fp8_cvt "bf16" converts fp8 to q's dtype; "f16" computes in f16 (e4m3 -> f16 is exact; q gets a
+    power-of-two guard); "asm" is "f16" with the packed sm89+ inline-asm convert (e4m3fn on CUDA only). A8W8 and
+    its TOKENS_M / PV_FP8 (the bucket's a8w8 mma_m and pv) for fp8 caches computing a8w8."""
+    fp8 = kv_dtype.itemsize == 1
     cdt = tl.float16 if q_dtype == torch.float16 else tl.bfloat16
-    cvt = cfg.get("fp8_cvt", Fp8Cvt.BF16) if kv_dtype.itemsize == 1 else "none"
+    cvt = cfg.fp8_cvt if fp8 else None
     if cvt in (Fp8Cvt.F16, Fp8Cvt.ASM):
         cdt = tl.float16
     asm = cvt == Fp8Cvt.ASM and kv_dtype == torch.float8_e4m3fn and _sm(arch) >= 89
-    a8 = cfg.get("compute") == Compute.A8W8 and kv_dtype.itemsize == 1
+    a8w8 = cfg.a8w8 if fp8 and cfg.fp8_compute == Compute.A8W8 else None
     return {
-        "SPLIT_D": cfg.get("split_d", 1),
+        "SPLIT_D": cfg.split_d,
         "CDT": cdt,
         "CVT_ASM": asm,
-        "QK_CHAINS": cfg.get("qk_chains", 1),
+        "QK_CHAINS": cfg.qk_chains,
         **split_constexprs(cfg),
-        "A8W8": a8,
-        "TOKENS_M": a8 and cfg.get("mma_m") == MmaM.TOKENS,
-        "PV_FP8": not a8 or cfg.get("pv", Pv.FP8) == Pv.FP8,
+        "A8W8": a8w8 is not None,
+        "TOKENS_M": a8w8 is not None and a8w8.mma_m == MmaM.TOKENS,
+        "PV_FP8": a8w8 is None or a8w8.pv == Pv.FP8,
         "Q_EXP": q_exp(kv_dtype),
     }
 
@@ -273,21 +277,21 @@ def block_b(bs: int) -> int:
     return max(256, triton.next_power_of_2(bs))
 
 
-def split_constexprs(cfg: dict[str, Any]) -> dict[str, Any]:
+def split_constexprs(cfg: MlaBucket) -> dict[str, Any]:
     """How the batch's flat KV range is cut into equal chunks (SNAP: see kernels._chunk_size). Both kernels must
     agree: the merge finds the partials from the same rule."""
-    return {"SNAP": bool(cfg.get("snap", False))}
+    return {"SNAP": cfg.snap}
 
 
-def block_h(heads: int, cfg: dict[str, Any]) -> int:
+def block_h(heads: int, cfg: MlaBucket) -> int:
     # tl.dot wants M >= 16: fewer heads are padded (masked), more are split into head groups.
-    return max(16, min(cfg["BLOCK_H"], triton.next_power_of_2(heads)))
+    return max(16, min(cfg.BLOCK_H, triton.next_power_of_2(heads)))
 
 
-def num_programs(heads: int, cfg: dict[str, Any], sms: int) -> int:
+def num_programs(heads: int, cfg: MlaBucket, sms: int) -> int:
     """KV chunks per launch: `programs_per_sm` waves of the GPU, shared by the head groups of a chunk."""
     groups = math.ceil(heads / block_h(heads, cfg))
-    return max(1, (cfg["programs_per_sm"] * sms) // groups)
+    return max(1, (cfg.programs_per_sm * sms) // groups)
 
 
 def chunk_tokens(lens: list[int], programs: int, min_chunk: int, snap: bool = False) -> int:
@@ -300,12 +304,12 @@ def chunk_tokens(lens: list[int], programs: int, min_chunk: int, snap: bool = Fa
     return snapped if snapped * 16 <= chunk * 17 else chunk
 
 
-def merge_blocks(bs: int, heads: int, merge_cfg: dict[str, Any], sms: int) -> tuple[int, int]:
+def merge_blocks(bs: int, heads: int, merge: MergeKnobs, sms: int) -> tuple[int, int]:
     """(BLOCK_P, BLOCK_DV) of the merge: split the 512 output columns until there are ~4 programs per SM,
     so a lone long sequence (hundreds of partials) merges in parallel; cap the [P, DV] tile at 8K floats."""
-    split = max(1, min(D_LATENT // merge_cfg["min_block_dv"], triton.next_power_of_2(-(-4 * sms // (bs * heads)))))
+    split = max(1, min(D_LATENT // merge.min_block_dv, triton.next_power_of_2(-(-4 * sms // (bs * heads)))))
     block_dv = D_LATENT // split
-    return min(merge_cfg["BLOCK_P"], 8192 // block_dv), block_dv
+    return min(merge.BLOCK_P, 8192 // block_dv), block_dv
 
 
 def workspace_rows(bs: int, programs: int) -> int:

@@ -118,7 +118,7 @@ class SpeedrunMLABackend(TritonAttnBackend):
             return o
         api.check_inputs(q, k_buffer, o, plan)
         if self.impl == "reference":
-            pv = plan.cfg.get("pv") if plan.compute == Compute.A8W8 else None
+            pv = plan.cfg.a8w8.pv if plan.compute == Compute.A8W8 else None
             return _reference(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size, pv)
         return self._aiter(q, k_buffer, o, kv_indptr, kv_indices, sm_scale, k_scale)
 

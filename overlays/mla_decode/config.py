@@ -1,15 +1,16 @@
 """The typed schema of configs/<arch>.json: one `heads<=N` bucket per entry (overlays/buckets.py grammar), its
-knobs, and the enums of the mode knobs. Tables are validated once when loaded; the plan reads the dict as it is
-(the kernels' constexprs come from it unchanged)."""
+knobs, and the enums of the mode knobs. Tables are validated once when loaded into these frozen models; the plan
+holds them (the kernels' constexprs are read from their attributes)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from speedrun.overlays.buckets import check_bucket, parse
+from speedrun.overlays.buckets import Knobs, parse_table
 
 
 class Compute(StrEnum):
@@ -37,14 +38,7 @@ class Pv(StrEnum):
     F16 = "f16"  # P in f16, V upcast (exact)
 
 
-FP8_KNOBS = ("BLOCK_N", "num_warps", "num_stages", "split_d", "fp8_cvt", "qk_chains")  # what cfg["fp8"] may override
-
-
-class _Knobs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MergeKnobs(_Knobs):
+class MergeKnobs(Knobs):
     BLOCK_P: int = Field(ge=1)
     min_block_dv: int = Field(ge=16)
     num_warps: int = Field(ge=1)
@@ -52,8 +46,8 @@ class MergeKnobs(_Knobs):
     waves_per_eu: int | None = None
 
 
-class Fp8Knobs(_Knobs):
-    """cfg["fp8"]: knobs of the a16 path on fp8 caches (never the split width)."""
+class Fp8Knobs(Knobs):
+    """A bucket's "fp8": knobs of the a16 path on fp8 caches (never the split width)."""
 
     BLOCK_N: int | None = Field(None, ge=16)
     num_warps: int | None = Field(None, ge=1)
@@ -63,8 +57,9 @@ class Fp8Knobs(_Knobs):
     qk_chains: int | None = None
 
 
-class A8W8Knobs(_Knobs):
-    """cfg["a8w8"]: the kernel knobs of the fp8-compute path (they override the bucket's for fp8 caches)."""
+class A8W8Knobs(Knobs):
+    """A bucket's "a8w8": the kernel knobs of the fp8-compute path (they override the bucket's for fp8 caches);
+    mma_m and pv are its own (the plan reads them here)."""
 
     mma_m: MmaM
     pv: Pv
@@ -75,7 +70,7 @@ class A8W8Knobs(_Knobs):
     matrix_instr_nonkdim: int | None = None
 
 
-class MlaBucket(_Knobs):
+class MlaBucket(Knobs):
     """One `heads<=N` bucket."""
 
     BLOCK_H: int = Field(ge=16)
@@ -102,20 +97,9 @@ class MlaBucket(_Knobs):
         return self
 
 
-def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
-    """Validate one bucket (ValueError naming the bad field); returns cfg unchanged."""
-    return check_bucket(MlaBucket, cfg, where)
+def check_table(table: Mapping[str, Any], where: str) -> dict[str, MlaBucket]:
+    """Every bucket of a table: its key in the one grammar (`heads<=N`) and its knobs (ValueError naming them)."""
+    return parse_table(table, MlaBucket, where, "heads", expected="heads<=N")
 
 
-def check_table(table: dict[str, Any], where: str) -> dict[str, Any]:
-    """Every bucket of a table: its key in the one grammar (`heads<=N`) and its knobs."""
-    for key, cfg in table.items():
-        if key.startswith("_"):
-            continue
-        if parse(key).dim != "heads" or parse(key).fmt is not None:
-            raise ValueError(f"{where}: bucket {key!r}: expected heads<=N")
-        check_config(cfg, f"{where} {key}")
-    return table
-
-
-__all__ = ["FP8_KNOBS", "A8W8Knobs", "Compute", "Fp8Cvt", "MlaBucket", "MmaM", "Pv", "check_config"]
+__all__ = ["A8W8Knobs", "Compute", "Fp8Cvt", "Fp8Knobs", "MergeKnobs", "MlaBucket", "MmaM", "Pv", "check_table"]

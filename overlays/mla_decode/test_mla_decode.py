@@ -87,7 +87,7 @@ def test_kernel_matches_reference(name: str) -> None:
     heads, lens, kv_dtype, ps, programs, override = CASES[name]
     b = make_batch(heads, lens, kv_dtype, ps)
     kv = b["kv"].view(-1, ps, 1, 576) if ps > 1 else b["kv"]  # 4-D paged view for ps > 1
-    cfg = {**api.config_for(heads, "sm90"), **override}
+    cfg = api.config_for(heads, "sm90").replace(**override)
     o = torch.full((len(lens), heads, 512), float("nan"), dtype=torch.float32, device=DEV)
     args = (b["q"], kv, o, b["kv_indptr"], b["kv_indices"], 0.09)
     a16 = "a16" if kv_dtype.itemsize == 1 else None  # fp8: the upcast path (a8w8 has its own test file)
@@ -121,7 +121,7 @@ def test_fp8_f16_mma_rescales_large_q() -> None:
     b = make_batch(16, [40, 9], torch.float8_e4m3fn, 1, seed=4)
     q = (b["q"].float() * 3e4).to(torch.bfloat16)
     o = torch.empty(2, 16, 512, dtype=torch.float32, device=DEV)
-    cfg = {**api.config_for(16, "sm90"), "fp8": {"fp8_cvt": "f16", "split_d": 4, "BLOCK_N": 32}}
+    cfg = api.config_for(16, "sm90").replace(fp8={"fp8_cvt": "f16", "split_d": 4, "BLOCK_N": 32})
     decode(q, b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.09 / 3e4, config=cfg, programs=3, arch="cpu",
                    compute="a16")  # fmt: skip
     ref = mla_decode_reference(q, b["kv"], b["kv_indptr"], b["kv_indices"], 0.09 / 3e4)
@@ -132,16 +132,20 @@ def test_fp8_f16_mma_rescales_large_q() -> None:
 def test_kernel_constexprs_and_fp8_overrides() -> None:
     import triton.language as tl
 
-    cfg = {**api.config_for(16, "sm90"), "fp8": {"BLOCK_N": 32, "fp8_cvt": "asm", "programs_per_sm": 9}}
+    cfg = api.config_for(16, "sm90").replace(fp8={"BLOCK_N": 32, "fp8_cvt": "asm"})
     fp8 = api.kv_config(cfg, torch.float8_e4m3fn, "a16")
-    assert fp8["BLOCK_N"] == 32 and fp8["programs_per_sm"] == cfg["programs_per_sm"]  # never the split width
+    assert (fp8.BLOCK_N, fp8.fp8_cvt, fp8.fp8_compute) == (32, "asm", "a16")
+    assert (fp8.num_warps, fp8.split_d) == (cfg.num_warps, cfg.split_d)  # knobs "fp8" leaves out stay the bucket's
+    with pytest.raises(ValueError, match="fp8.programs_per_sm"):  # never the split width: "fp8" has no such knob
+        cfg.replace(fp8={"programs_per_sm": 9})
     assert api.kv_config(cfg, torch.bfloat16) is cfg
     k = api.kernel_constexprs(fp8, torch.bfloat16, torch.float8_e4m3fn, "sm90")
     assert k["CDT"] == tl.float16 and k["CVT_ASM"] is True
     for arch, kv in (("gfx950", torch.float8_e4m3fn), ("sm80", torch.float8_e4m3fn), ("sm90", torch.float8_e4m3fnuz)):
         assert api.kernel_constexprs(fp8, torch.bfloat16, kv, arch)["CVT_ASM"] is False  # PTX, e4m3fn, sm89+ only
     assert api.kernel_constexprs(fp8, torch.bfloat16, torch.bfloat16, "sm90")["CDT"] == tl.bfloat16
-    assert api.kernel_constexprs({"fp8_cvt": "bf16"}, torch.bfloat16, torch.float8_e4m3fn, "sm90")["CDT"] == tl.bfloat16
+    bf16_cvt = fp8.replace(fp8_cvt="bf16")
+    assert api.kernel_constexprs(bf16_cvt, torch.bfloat16, torch.float8_e4m3fn, "sm90")["CDT"] == tl.bfloat16
 
 
 @pytest.mark.parametrize(
@@ -346,8 +350,9 @@ def test_split_knobs() -> None:
 def test_removed_sweep_knobs_are_rejected(knob: dict) -> None:
     """The round-3 split experiments that never shipped are gone from the kernel: a table naming one fails
     validation (naming the key) instead of silently running the flat split."""
+    table_entry = {**api.config_for(16, "sm90").entry(), **knob}
     with pytest.raises(ValueError, match=next(iter(knob))):
-        api.make_plan(16, torch.bfloat16, torch.bfloat16, arch="cpu", config={**api.config_for(16, "sm90"), **knob})
+        api.make_plan(16, torch.bfloat16, torch.bfloat16, arch="cpu", config=table_entry)
 
 
 @pytest.mark.parametrize("snap,partials", [(False, 12), (True, 8)])
@@ -355,7 +360,7 @@ def test_snap_writes_fewer_partials(snap: bool, partials: int) -> None:
     """4 x 200 tokens on 9 programs: flat chunks of 96 cut each sequence 3 times (12 partials); snapped chunks of
     100 halve each sequence exactly (8 partials). Counted from the partial slots the kernel wrote."""
     b = make_batch(16, [200] * 4, torch.bfloat16, 1, seed=4)
-    cfg = {**api.config_for(16, "sm90"), "snap": snap, "min_chunk": 16}
+    cfg = api.config_for(16, "sm90").replace(snap=snap, min_chunk=16)
     part_o, part_lse = api.alloc_workspace(4, 16, 9, torch.device(DEV))
     part_lse.fill_(float("nan"))
     o = torch.empty(4, 16, 512, dtype=torch.float32, device=DEV)

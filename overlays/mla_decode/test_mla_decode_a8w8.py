@@ -20,6 +20,7 @@ import triton.language as tl
 
 from speedrun.overlays import environ
 from speedrun.overlays.mla_decode import api, kernels
+from speedrun.overlays.mla_decode.config import Compute, MlaBucket
 from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference, quantize_q
 from speedrun.overlays.mla_decode.test_mla_decode import DEV, decode, make_batch
 
@@ -34,9 +35,9 @@ def _interpreter():
         interpreter.patch()
 
 
-def a8w8_config(mma_m: str, pv: str, **over) -> dict:
-    cfg = {**api.config_for(16, "sm90"), "min_chunk": 16, **over}
-    return {**cfg, "a8w8": {**cfg["a8w8"], "mma_m": mma_m, "pv": pv, "BLOCK_N": 64 if mma_m == "tokens" else 32}}
+def a8w8_config(mma_m: str, pv: str, **over) -> MlaBucket:
+    cfg = api.config_for(16, "sm90").replace(min_chunk=16, **over)
+    return cfg.replace(a8w8=cfg.a8w8.replace(mma_m=mma_m, pv=pv, BLOCK_N=64 if mma_m == "tokens" else 32))
 
 
 CASES = {
@@ -128,22 +129,24 @@ def test_per_row_q_scale_is_at_least_as_accurate_as_per_tensor() -> None:
 
 def test_compute_selection_and_knobs() -> None:
     cfg = api.config_for(16, "sm90")
-    assert cfg["fp8_compute"] == "a8w8" and api.config_for(16, "gfx950")["fp8_compute"] == "a8w8"
+    assert cfg.fp8_compute == Compute.A8W8 and api.config_for(16, "gfx950").fp8_compute == Compute.A8W8
     a8 = api.kv_config(cfg, FP8)  # the bucket's choice
     k = api.kernel_constexprs(a8, torch.bfloat16, FP8, "sm90")
-    assert a8["compute"] == "a8w8" and k["A8W8"] and k["TOKENS_M"] and k["Q_EXP"] == 8
-    assert k["PV_FP8"] == (cfg["a8w8"]["pv"] == "fp8")
-    assert a8["programs_per_sm"] == cfg["programs_per_sm"]  # never the split width
+    assert a8.fp8_compute == Compute.A8W8 and k["A8W8"] and k["TOKENS_M"] and k["Q_EXP"] == 8
+    assert k["PV_FP8"] == (cfg.a8w8.pv == "fp8")
+    assert (a8.BLOCK_N, a8.num_warps, a8.num_stages) == (cfg.a8w8.BLOCK_N, cfg.a8w8.num_warps, cfg.a8w8.num_stages)
+    assert a8.programs_per_sm == cfg.programs_per_sm and a8.split_d == cfg.split_d  # a8w8 sets neither
     g = api.kernel_constexprs(api.kv_config(api.config_for(16, "gfx950"), FP8), torch.bfloat16, FP8, "gfx950")
     assert g["A8W8"] and not g["TOKENS_M"] and g["PV_FP8"]  # MFMA takes M = 16 heads; LDS transposes fp8 V
     a16 = api.kv_config(cfg, FP8, "a16")
-    assert a16["compute"] == "a16" and not api.kernel_constexprs(a16, torch.bfloat16, FP8, "sm90")["A8W8"]
+    assert a16.fp8_compute == Compute.A16 and not api.kernel_constexprs(a16, torch.bfloat16, FP8, "sm90")["A8W8"]
+    assert a16.BLOCK_N == cfg.fp8.BLOCK_N  # a16 on fp8 caches: the bucket's "fp8" knobs
     assert api.kv_config(cfg, torch.bfloat16) is cfg and api.compute_for(cfg, torch.bfloat16) == "a16"
     assert api.q_exp(torch.float8_e4m3fnuz) == 7
     with pytest.raises(ValueError, match="a8w8 needs an fp8 KV cache"):
         api.kv_config(cfg, torch.bfloat16, "a8w8")
     with pytest.raises(ValueError, match="no a8w8 knobs"):
-        api.kv_config({k: v for k, v in cfg.items() if k != "a8w8"}, FP8, "a8w8")
+        api.kv_config(cfg.replace(a8w8=None, fp8_compute="a16"), FP8, "a8w8")
     with pytest.raises(ValueError, match="expected one of"):
         api.compute_for(cfg, FP8, "a4w4")
 
@@ -161,11 +164,11 @@ def test_a8w8_on_a_bf16_cache_fails_loudly() -> None:
      ({"a8w8": None, "fp8_compute": "a8w8"}, "no a8w8 knobs")],
 )  # fmt: skip
 def test_bad_a8w8_knobs_name_the_field(bad: dict, field: str) -> None:
-    cfg = api.config_for(16, "sm90")
+    cfg = api.config_for(16, "sm90").entry()
     if "a8w8" in bad and bad["a8w8"]:
         bad = {"a8w8": {**cfg["a8w8"], **bad["a8w8"]}}
     with pytest.raises(ValueError, match=f"heads<=16: .*{field}"):
-        api.check_config({**cfg, **bad}, "mla_decode sm90 heads<=16")
+        MlaBucket.checked({**cfg, **bad}, "mla_decode sm90 heads<=16")
 
 
 def test_compute_env() -> None:

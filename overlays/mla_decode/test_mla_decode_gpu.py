@@ -62,8 +62,8 @@ def reference_for(cfg, kv_dtype, compute=None):
     from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference
 
     run = api.kv_config(cfg, kv_dtype, compute)
-    if run.get("compute") == "a8w8":
-        return lambda *a: mla_decode_a8w8_reference(*a, pv=run["pv"])
+    if kv_dtype.itemsize == 1 and run.fp8_compute == "a8w8":
+        return lambda *a: mla_decode_a8w8_reference(*a, pv=run.a8w8.pv)
     return mla_decode_reference
 
 
@@ -273,9 +273,9 @@ def a8w8_configs(heads=16):
     from speedrun.overlays.mla_decode import api
 
     cfg = api.config_for(heads)
-    mine = cfg["a8w8"]["pv"]
+    mine = cfg.a8w8.pv
     other = "f16" if mine == "fp8" else "fp8"
-    return {mine: cfg, other: {**cfg, "a8w8": {**cfg["a8w8"], "pv": other}}}
+    return {mine: cfg, other: cfg.replace(a8w8=cfg.a8w8.replace(pv=other))}
 
 
 def a8w8_check(o, q, kv, indptr, slots, page_size, pv, what, k_scale=1.0, v_scale=1.0):
