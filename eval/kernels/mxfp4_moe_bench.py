@@ -48,6 +48,7 @@ from speedrun.overlays.mxfp4_moe.api import (
     pick_config,
     swizzled,
 )
+from speedrun.overlays.mxfp4_moe.config import MoeBucket
 from speedrun.overlays.mxfp4_moe.sglang_hook import _deinterleave
 
 ROUTING_SETS = 8  # routing sets averaged for the byte count
@@ -117,7 +118,7 @@ def min_bytes(sets: list[dict], e: int, h: int, n: int, gptoss: bool) -> float:
 Build = Callable[[Raw], tuple[Callable, Callable]]  # raw copy -> (prepare, run), the baselines' contract
 
 
-def ours_builder(gptoss: bool, swz: bool, cfg: dict[str, Any] | None = None) -> Build:
+def ours_builder(gptoss: bool, swz: bool, cfg: MoeBucket | None = None) -> Build:
     def build(raw: Raw) -> tuple[Callable, Callable]:
         w = ours(raw, gptoss)
         w = swizzled(w) if swz else w
@@ -209,13 +210,10 @@ SWEEP_VARIANTS = {
 }
 
 
-KNOB_DEFAULTS = {"split1": 1, "mul1": True, "swap": False, "deq": 0, "dot_scaled": False}  # as api.py reads them
-
-
-def variant_cfg(base: dict[str, Any], var: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def variant_cfg(base: MoeBucket, var: dict[str, Any]) -> tuple[MoeBucket, str]:
     """(config for fused_moe_mxfp4, value layout) of a sweep variant on top of a bucket's config."""
-    cfg = {**base, "dot_scaled": False, **var}
-    return {k: v for k, v in cfg.items() if k != "layout"}, var.get("layout", "swz")
+    knobs = {k: v for k, v in var.items() if k != "layout"}
+    return base.replace(dot_scaled=False, **knobs), var.get("layout", "swz")
 
 
 def _sweep_row(impl: Built, m: int, model: Model, want: Any, row: dict[str, Any],
@@ -253,14 +251,15 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1]) 
         seen: list[tuple[dict[str, Any], str]] = []
         for name, var in {"config": {}, **SWEEP_VARIANTS}.items():
             cfg, layout = variant_cfg(base_cfg, var)
-            key = ({**KNOB_DEFAULTS, **cfg}, layout)
+            key = (cfg.model_dump(), layout)  # every knob as it runs, schema defaults included
             if key in seen:  # a no-op here (e.g. split1 outside tpe<=1): the config's row stands for it
                 continue
             seen.append(key)
             # the value layout is per process, not a bucket knob: plain-layout rows are "speedrun_plain" so that
             # `speedrun kernels tune` (which reads impl "speedrun" rows) never writes a layout into the table
             impl = OURS if layout == "swz" else ALT
-            row = dict(impl=impl, variant=name, bucket=bucket, config=cfg, gpu=gpu, model=model_name, m=m, bytes=nbytes)
+            row = dict(impl=impl, variant=name, bucket=bucket, config=cfg.entry(), gpu=gpu, model=model_name, m=m,
+                       bytes=nbytes)  # fmt: skip
             rows.append(_sweep_row(Built(_weights_build(cfg), weights[layout]), m, model, want, row, peak))
         for r in sorted((r for r in rows if r["m"] == m and r["us"]), key=lambda r: r["us"]):
             print(f"sweep {model_name} M={m} {bucket} {r['variant']:14} {r['impl']:15} {r['us']:9.1f} us "
@@ -268,7 +267,7 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1]) 
     return rows
 
 
-def _weights_build(cfg: dict[str, Any]) -> Callable[[MoeWeights], tuple[Callable, Callable]]:
+def _weights_build(cfg: MoeBucket) -> Callable[[MoeWeights], tuple[Callable, Callable]]:
     """A sweep variant on one copy of our (already processed) experts."""
 
     def build(w: MoeWeights) -> tuple[Callable, Callable]:

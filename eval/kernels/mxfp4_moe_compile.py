@@ -4,12 +4,10 @@ mode flags, K tiles and launch options come from the plan's own resolver (api.re
 
 from __future__ import annotations
 
-from typing import Any
-
 from speedrun.overlays.aot import CompileSpec, aligned
-from speedrun.overlays.arch import is_amd, load_configs
+from speedrun.overlays.arch import is_amd
 from speedrun.overlays.mxfp4_moe import api, kernels, sort
-from speedrun.overlays.mxfp4_moe.config import Act
+from speedrun.overlays.mxfp4_moe.config import Act, MoeBucket
 from speedrun.overlays.mxfp4_moe.kernels import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
 
 OP = "mxfp4_moe"
@@ -30,7 +28,7 @@ def _types(fmt: str) -> dict[str, str]:
 FLAGS_OFF = {"SWAP": False, "W_DEQ": 0, "W_ASM": False, "W_SWZ": False, "W_MUL1": False}
 
 
-def launch(cfg: dict[str, Any], arch: str, swz: bool) -> api.Launch:
+def launch(cfg: MoeBucket, arch: str, swz: bool) -> api.Launch:
     """The bucket as the hook's plan resolves it on an `arch` GPU, for weights in swz128 (scale bytes <= 128: the
     one-multiply decode) or plain layout."""
     return api.resolve(cfg, swz, swz, arch, cuda=not is_amd(arch))
@@ -44,9 +42,9 @@ def _runtime_attrs(sig: dict[str, str], *extra: str) -> dict[str, str]:
     return aligned(sig, *ptrs, "N", "K", "stride_am", "stride_we", "stride_wn", "stride_be", *extra)
 
 
-def gemm1_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> CompileSpec:
+def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> CompileSpec:
     fmt = key.split(":")[0]
-    swz = swz and not cfg.get("dot_scaled") and not is_amd(arch)
+    swz = swz and not cfg.dot_scaled and not is_amd(arch)
     run, t, a4 = launch(cfg, arch, swz), _types(fmt), fmt == "w4a4"
     sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
            "b_ptr": t["bias"], "o_ptr": t["act"], "os_ptr": t["act"], "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
@@ -55,9 +53,9 @@ def gemm1_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> C
            "alpha": "fp32", "limit": "fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32"}  # fmt: skip
     act = Act.SILU if a4 else Act.SWIGLU_OAI  # quark DeepSeek | GPT-OSS
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": int(act), "HAS_BIAS": not a4,
-             "DOT_SCALED": run.dot_scaled, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N1"],
+             "DOT_SCALED": run.dot_scaled, "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N1,
              "BLOCK_K": run.block_k1, **FLAGS_OFF, **run.flags,
-             "SPLIT_K": 2 if int(cfg.get("split1", 1)) != 1 else 1, "EVEN_N": True}  # fmt: skip
+             "SPLIT_K": 2 if cfg.split1 != 1 else 1, "EVEN_N": True}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))
@@ -72,9 +70,9 @@ def gemm1_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> C
     )
 
 
-def gemm2_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> CompileSpec:
+def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> CompileSpec:
     fmt = key.split(":")[0]
-    swz = swz and not cfg.get("dot_scaled") and not is_amd(arch)
+    swz = swz and not cfg.dot_scaled and not is_amd(arch)
     run, t, a4 = launch(cfg, arch, swz), _types(fmt), fmt == "w4a4"
     sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
            "b_ptr": t["bias"], "tw_ptr": "*fp32", "o_ptr": "*fp32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
@@ -82,7 +80,7 @@ def gemm2_spec(key: str, cfg: dict[str, Any], arch: str, swz: bool = False) -> C
            **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we", "stride_wn", "stride_wse",
            "stride_wsn", "stride_be", "stride_om"), "i32")}  # fmt: skip
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not a4, "DOT_SCALED": run.dot_scaled,
-             "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N2"], "BLOCK_K": run.block_k2, **FLAGS_OFF, **run.flags,
+             "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N2, "BLOCK_K": run.block_k2, **FLAGS_OFF, **run.flags,
              "EVEN_N": True}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
@@ -133,9 +131,7 @@ def compile_specs(arch: str) -> list[CompileSpec]:
     mx.layout; plus the plain-layout fallback of one decode bucket), then the auxiliary kernels."""
     specs = []
     swz = not is_amd(arch)
-    for key, cfg in load_configs(OP, arch).items():
-        if key.startswith("_"):
-            continue
+    for key, cfg in api.table(arch).items():
         specs += [gemm1_spec(key, cfg, arch, swz), gemm2_spec(key, cfg, arch, swz)]
         if swz and key == PLAIN_FALLBACK_KEY:
             specs += [gemm1_spec(key, cfg, arch), gemm2_spec(key, cfg, arch)]

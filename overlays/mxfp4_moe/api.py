@@ -22,6 +22,7 @@ and the padded length stay on the device).
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,7 +33,7 @@ from speedrun.overlays.arch import current_arch, launch_options, load_configs, s
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
 from speedrun.overlays.mx.layout import swizzle_experts, unswizzle_mxfp4
-from speedrun.overlays.mxfp4_moe.config import Act, Fmt, Layout, WDeq, check_config, check_table
+from speedrun.overlays.mxfp4_moe.config import Act, Fmt, Layout, MoeBucket, check_table
 from speedrun.overlays.mxfp4_moe.kernels import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
 from speedrun.overlays.mxfp4_moe.sort import sort_tokens
 
@@ -100,13 +101,14 @@ def plain(w: MoeWeights, hidden: int, inter: int) -> MoeWeights:
 
 
 @functools.cache
-def _table(arch: str) -> dict[str, Any]:
+def table(arch: str) -> dict[str, MoeBucket]:
+    """The arch's validated buckets by key."""
     return check_table(load_configs(OP, arch), f"{OP} {arch}")
 
 
 @functools.cache
 def _buckets(arch: str, fmt: str) -> Buckets:
-    return Buckets.of(_table(arch), "tpe", fmt)
+    return Buckets.of(table(arch), "tpe", fmt)
 
 
 def bucket_key(fmt: str, num_tokens: int, topk: int, num_experts: int, arch: str | None = None) -> str:
@@ -119,16 +121,16 @@ def _arch() -> str:
     return current_arch()
 
 
-def pick_config(w: MoeWeights, num_tokens: int, topk: int, arch: str | None = None) -> dict[str, Any]:
+def pick_config(w: MoeWeights, num_tokens: int, topk: int, arch: str | None = None) -> MoeBucket:
     arch = arch or _arch()
-    return _table(arch)[bucket_key(w.fmt, num_tokens, topk, w.num_experts, arch)]
+    return table(arch)[bucket_key(w.fmt, num_tokens, topk, w.num_experts, arch)]
 
 
 @dataclass(frozen=True)
 class Launch:
     """One bucket, resolved for one plan: its knobs, the kernels' mode flags, K tiles and launch options."""
 
-    cfg: dict[str, Any]
+    cfg: MoeBucket
     dot_scaled: bool
     flags: dict[str, Any]
     block_k1: int
@@ -156,51 +158,49 @@ class MoePlan:
 
 
 def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: str | None = None,
-              config: dict[str, Any] | None = None) -> MoePlan:  # fmt: skip
+              config: MoeBucket | Mapping[str, Any] | None = None) -> MoePlan:  # fmt: skip
     """Resolve and validate every bucket of the arch's table for these weights (format, layout) once; `config`
     forces one bucket's knobs for every call. ValueError for a bad field or a config the layout cannot run."""
     arch = arch or _arch()
     device = torch.device(device) if device is not None else w.w13.device
     cuda = device.type == "cuda" and torch.version.hip is None
     if config is not None:
-        launches = {"forced": resolve(check_config(config, f"{OP} config"), w.swz, w.mul1, arch, cuda)}
+        launches = {"forced": resolve(MoeBucket.checked(config, f"{OP} config"), w.swz, w.mul1, arch, cuda)}
         buckets = None
     else:
         buckets = _buckets(arch, w.fmt)
         keys = [k for _, k in buckets.upto] + ([buckets.above] if buckets.above else [])
-        launches = {k: resolve(_table(arch)[k], w.swz, w.mul1, arch, cuda) for k in keys}
+        launches = {k: resolve(table(arch)[k], w.swz, w.mul1, arch, cuda) for k in keys}
     layout = Layout.SWZ if w.swz else Layout.PLAIN
     return MoePlan(w.fmt, layout, w.num_experts, arch, device, buckets, launches)
 
 
-def resolve(cfg: dict[str, Any], swz: bool, mul1: bool, arch: str, cuda: bool) -> Launch:
+def resolve(cfg: MoeBucket, swz: bool, mul1: bool, arch: str, cuda: bool) -> Launch:
     """One bucket as a launch gets it, for weights in swz128 (`swz`, `mul1`: see MoeWeights) or plain layout;
     `cuda`: a CUDA device (inline PTX allowed; False for ROCm and the CPU interpreter). The AOT compile specs
-    (eval/kernels/mxfp4_moe_compile.py) build theirs here too."""
-    dot_scaled = bool(cfg.get("dot_scaled", False))  # sm90: Triton upcasts e2m1 in registers (LUT) for us
-    return Launch(cfg, dot_scaled, sm90_flags(cfg, dot_scaled, cuda, swz, mul1), swz_block_k(cfg["BLOCK_K1"], swz),
-                  swz_block_k(cfg["BLOCK_K2"], swz), _opts(cfg, "1", arch), _opts(cfg, "2", arch))  # fmt: skip
+    (eval/kernels/mxfp4_moe_compile.py) build theirs here too. dot_scaled on sm90: Triton upcasts e2m1 in
+    registers (LUT) for us."""
+    return Launch(cfg, cfg.dot_scaled, sm90_flags(cfg, cuda, swz, mul1), swz_block_k(cfg.BLOCK_K1, swz),
+                  swz_block_k(cfg.BLOCK_K2, swz), _opts(cfg, cfg.warps1, cfg.stages1, arch),
+                  _opts(cfg, cfg.warps2, cfg.stages2, arch))  # fmt: skip
 
 
-def _opts(cfg: dict[str, Any], which: str, arch: str) -> dict[str, Any]:
-    knobs = {k: v for k, v in cfg.items() if k in ("waves_per_eu", "matrix_instr_nonkdim", "kpack")}
-    knobs.update(num_warps=cfg[f"warps{which}"], num_stages=cfg[f"stages{which}"])
-    return launch_options(knobs, arch)
+def _opts(cfg: MoeBucket, warps: int, stages: int, arch: str) -> dict[str, Any]:
+    """One GEMM's launch options: its warps and stages, the bucket's AMD knobs."""
+    return launch_options({**cfg.launch_knobs(), "num_warps": warps, "num_stages": stages}, arch)
 
 
-def sm90_flags(cfg: dict[str, Any], dot_scaled: bool, cuda: bool, swz: bool = False, mul1: bool = False
-               ) -> dict[str, Any]:  # fmt: skip
-    """SWAP / W_DEQ / W_ASM (/ W_SWZ / W_MUL1 for swz128 weights) from the config keys "swap" and "deq" (dequant
-    path only; PTX only on CUDA). The kernels' defaults (all off) stand for the flags left out."""
+def sm90_flags(cfg: MoeBucket, cuda: bool, swz: bool = False, mul1: bool = False) -> dict[str, Any]:
+    """SWAP / W_DEQ / W_ASM (/ W_SWZ / W_MUL1 for swz128 weights) from the bucket's swap, deq and mul1 (dequant
+    path only; PTX only on CUDA). The kernels' defaults (all off) stand for the flags left out; W_DEQ is the
+    enum's int (a constexpr)."""
     if swz:
-        if dot_scaled:
+        if cfg.dot_scaled:
             raise ValueError("dot_scaled needs plain-layout weights (these are swz128)")
-        return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": 0, "W_ASM": cuda, "W_SWZ": True,
-                "W_MUL1": cuda and mul1 and bool(cfg.get("mul1", True))}  # fmt: skip
-    if dot_scaled:
+        return {"SWAP": cfg.swap, "W_DEQ": 0, "W_ASM": cuda, "W_SWZ": True, "W_MUL1": cuda and mul1 and cfg.mul1}
+    if cfg.dot_scaled:
         return {}
-    deq = int(cfg.get("deq", WDeq.LUT))
-    return {"SWAP": bool(cfg.get("swap", False)), "W_DEQ": deq, "W_ASM": deq > 0 and cuda}
+    return {"SWAP": cfg.swap, "W_DEQ": cfg.deq.value, "W_ASM": cfg.deq.value > 0 and cuda}
 
 
 def swz_block_k(bk: int, swz: bool) -> int:
@@ -208,10 +208,10 @@ def swz_block_k(bk: int, swz: bool) -> int:
     return -(-bk // 128) * 128 if swz else bk
 
 
-def gemm1_split(cfg: dict[str, Any], max_ctas: int, k_tiles: int, device: torch.device) -> int:
-    """GEMM1 split-K: config "split1" (0 = auto: ~2 CTAs per SM when the active experts x N tiles, an upper bound
-    known from M alone, fill less than one wave; >= 4 K tiles per split). Host-only arithmetic: graph safe."""
-    want = int(cfg.get("split1", 1))
+def gemm1_split(cfg: MoeBucket, max_ctas: int, k_tiles: int, device: torch.device) -> int:
+    """GEMM1 split-K: the bucket's split1 (0 = auto: ~2 CTAs per SM when the active experts x N tiles, an upper
+    bound known from M alone, fill less than one wave; >= 4 K tiles per split). Host-only arithmetic: graph safe."""
+    want = cfg.split1
     if want == 0:
         sms = sm_count(device)
         want = 1 if max_ctas >= sms else min(-(-2 * sms // max_ctas), k_tiles // 4)
@@ -245,7 +245,7 @@ def fused_moe_mxfp4(
     run = plan.launch(m, topk)
     cfg, dot_scaled, flags = run.cfg, run.dot_scaled, run.flags
     num, n, h = m * topk, w.inter, x.shape[1]  # weights may carry hidden padding (aiter layouts)
-    s = sort_tokens(topk_ids, w.num_experts, cfg["BLOCK_M"])
+    s = sort_tokens(topk_ids, w.num_experts, cfg.BLOCK_M)
     topk_weights = topk_weights.contiguous()
     dev = x.device
     bk1, bk2 = run.block_k1, run.block_k2
@@ -258,11 +258,11 @@ def fused_moe_mxfp4(
         inter = torch.empty(num, n, dtype=torch.bfloat16, device=dev)
         inter_s = inter
     b13 = w.b13 if w.b13 is not None else w.w13_scale
-    n_tiles = triton.cdiv(n, cfg["BLOCK_N1"])
+    n_tiles = triton.cdiv(n, cfg.BLOCK_N1)
     split = gemm1_split(cfg, min(w.num_experts, num) * n_tiles, triton.cdiv(h, bk1), dev)
     y = torch.empty(num, h, dtype=torch.float32, device=dev)  # GEMM2 writes every routed slot's row
     if split > 1:
-        part = torch.empty(s.max_blocks * n_tiles * split * 2 * cfg["BLOCK_M"] * cfg["BLOCK_N1"], dtype=torch.float32,
+        part = torch.empty(s.max_blocks * n_tiles * split * 2 * cfg.BLOCK_M * cfg.BLOCK_N1, dtype=torch.float32,
                            device=dev)  # fmt: skip
         cnt = splitk_counters(dev, s.max_blocks * n_tiles)
     else:  # unused by the kernel: any tensor of the right dtype, no allocation
@@ -273,18 +273,18 @@ def fused_moe_mxfp4(
         num, n, h, a.stride(0), a_s.stride(0), w.w13.stride(0), w.w13.stride(1), w.w13_scale.stride(0),
         w.w13_scale.stride(1), b13.stride(0), inter.stride(0), inter_s.stride(0), float(w.alpha), float(w.limit),
         TOPK=topk, A_FP4=w.a4, OUT_FP4=w.a4, ACT=int(w.act), HAS_BIAS=w.b13 is not None, DOT_SCALED=dot_scaled,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N1"], BLOCK_K=bk1, **run.opts1, **flags,
-        part_ptr=part, cnt_ptr=cnt, SPLIT_K=split, EVEN_N=n % cfg["BLOCK_N1"] == 0,
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N1, BLOCK_K=bk1, **run.opts1, **flags,
+        part_ptr=part, cnt_ptr=cnt, SPLIT_K=split, EVEN_N=n % cfg.BLOCK_N1 == 0,
     )  # fmt: skip
     b2 = w.b2 if w.b2 is not None else w.w2_scale
-    grid2 = (s.max_blocks, triton.cdiv(h, cfg["BLOCK_N2"]))
+    grid2 = (s.max_blocks, triton.cdiv(h, cfg.BLOCK_N2))
     moe_gemm2_kernel[grid2](
         inter, inter_s, w.w2, w.w2_scale, b2, topk_weights, y, s.sorted_ids, s.expert_ids, s.num_padded,
         num, h, n, inter.stride(0), inter_s.stride(0), w.w2.stride(0), w.w2.stride(1), w.w2_scale.stride(0),
         w.w2_scale.stride(1), b2.stride(0), y.stride(0),
         TOPK=topk, A_FP4=w.a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N2"], BLOCK_K=bk2, **run.opts2, **flags,
-        EVEN_N=h % cfg["BLOCK_N2"] == 0,
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N2, BLOCK_K=bk2, **run.opts2, **flags,
+        EVEN_N=h % cfg.BLOCK_N2 == 0,
     )  # fmt: skip
     out = torch.empty(m, h, dtype=torch.bfloat16, device=dev)
     combine_kernel[(m, triton.cdiv(h, COMBINE_BLOCK))](y, s.ids, out, h, w.num_experts, y.stride(0), out.stride(0),

@@ -1,15 +1,16 @@
 """The typed schema of configs/<arch>.json: one `<fmt>:tpe<=N` / `<fmt>:tpe>N` bucket per entry (overlays/buckets.py
 grammar; fmt w4a16 | w4a4, tpe = routed tokens per expert), its knobs, and the enums of the mode knobs. Tables are
-validated once when loaded; the plan reads the dict as it is (the kernels' constexprs come from it unchanged)."""
+validated once when loaded into these frozen models; the plan holds them (constexprs come from their attributes)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from speedrun.overlays.buckets import check_bucket, parse
+from speedrun.overlays.buckets import Knobs, parse_table
 
 
 class Act(IntEnum):
@@ -38,8 +39,9 @@ class Layout(StrEnum):
     PLAIN = "plain"
 
 
-class MoeBucket(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MoeBucket(Knobs):
+    """One `<fmt>:tpe<=N` bucket: GEMM1 (gate + up) and GEMM2 tiles, the dequant mode knobs, AMD launch knobs."""
+
     BLOCK_M: int = Field(ge=16)
     BLOCK_N1: int = Field(ge=16)
     BLOCK_K1: int = Field(ge=32)
@@ -59,21 +61,9 @@ class MoeBucket(BaseModel):
     kpack: int | None = None
 
 
-def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
-    """Validate one bucket (ValueError naming the bad field); returns cfg unchanged."""
-    return check_bucket(MoeBucket, cfg, where)
-
-
-def check_table(table: dict[str, Any], where: str) -> dict[str, Any]:
+def check_table(table: Mapping[str, Any], where: str) -> dict[str, MoeBucket]:
     """Every bucket of a table: its key in the one grammar (`<fmt>:tpe<=N`, `<fmt>:tpe>N`) and its knobs."""
-    for key, cfg in table.items():
-        if key.startswith("_"):
-            continue
-        b = parse(key)
-        if b.dim != "tpe" or b.fmt not in tuple(Fmt):
-            raise ValueError(f"{where}: bucket {key!r}: expected <w4a16|w4a4>:tpe<=N or :tpe>N")
-        check_config(cfg, f"{where} {key}")
-    return table
+    return parse_table(table, MoeBucket, where, "tpe", tuple(Fmt), "<w4a16|w4a4>:tpe<=N or :tpe>N")
 
 
-__all__ = ["Act", "Fmt", "Layout", "MoeBucket", "WDeq", "check_config", "check_table"]
+__all__ = ["Act", "Fmt", "Layout", "MoeBucket", "WDeq", "check_table"]

@@ -24,6 +24,7 @@ from speedrun.overlays.mx.quant import quant_mxfp4
 from speedrun.overlays.mxfp4_moe import api as moe_mod
 from speedrun.overlays.mxfp4_moe import sort
 from speedrun.overlays.mxfp4_moe.api import Act, MoeWeights, fused_moe_mxfp4, make_plan, quant_rows
+from speedrun.overlays.mxfp4_moe.config import MoeBucket
 from speedrun.overlays.mxfp4_moe.reference import moe_reference
 from speedrun.overlays.mxfp4_moe.sglang_hook import _deinterleave, _triton_kernels_to_standard
 
@@ -127,9 +128,9 @@ def test_gemm1_split_k_matches_reference_and_resets_counters(a4):
     w = _weights(e, n, h, seed=12, a4=a4, act=Act.SILU if a4 else Act.SWIGLU_OAI)
     x = torch.randn(m, h, generator=torch.Generator().manual_seed(13)).bfloat16()
     ids, tw = _routing(m, e, topk, seed=14)
-    cfg = {**TINY, "swap": True, "deq": 2, "split1": 3}
+    cfg = MoeBucket.checked({**TINY, "swap": True, "deq": 2, "split1": 3}, "tiny")
     assert moe_mod.gemm1_split(cfg, 8, 4, torch.device("cpu")) == 3
-    assert moe_mod.gemm1_split({"split1": 0}, 72, 28, torch.device("cpu")) == 1  # 4 "SMs" on the CPU: one wave
+    assert moe_mod.gemm1_split(cfg.replace(split1=0), 72, 28, torch.device("cpu")) == 1  # 4 "SMs": one wave
     out = moe(x, w, ids, tw, cfg=cfg)
     _check(out, _ref(x, w, ids, tw), 3e-2 if a4 else 1e-2)
     assert all(int(b.abs().sum()) == 0 for b in buffers._counters.values())
@@ -321,12 +322,12 @@ def test_compile_specs_come_from_the_plans_resolver():
     the hook honours (mul1 off, swap) reaches the compiled kernel; every flag is named (Triton 3.7)."""
     from speedrun.eval.kernels import mxfp4_moe_compile as mc
 
-    cfg = load_configs("mxfp4_moe", "sm90")["w4a16:tpe<=1"]
+    cfg = moe_mod.table("sm90")["w4a16:tpe<=1"]
     run = moe_mod.resolve(cfg, True, True, "sm90", cuda=True)
     spec = mc.gemm1_spec("w4a16:tpe<=1", cfg, "sm90", swz=True)
     assert {k: spec.constexprs[k] for k in run.flags} == run.flags and spec.options == run.opts1
     assert spec.constexprs["BLOCK_K"] == run.block_k1 and set(mc.FLAGS_OFF) <= set(spec.constexprs)
-    off = mc.gemm2_spec("w4a16:tpe<=1", {**cfg, "mul1": False, "swap": not cfg["swap"]}, "sm90", swz=True)
-    assert off.constexprs["W_MUL1"] is False and off.constexprs["SWAP"] is not cfg["swap"]
-    amd = mc.gemm1_spec("w4a4:tpe<=1", load_configs("mxfp4_moe", "gfx950")["w4a4:tpe<=1"], "gfx950", swz=True)
+    off = mc.gemm2_spec("w4a16:tpe<=1", cfg.replace(mul1=False, swap=not cfg.swap), "sm90", swz=True)
+    assert off.constexprs["W_MUL1"] is False and off.constexprs["SWAP"] is not cfg.swap
+    amd = mc.gemm1_spec("w4a4:tpe<=1", moe_mod.table("gfx950")["w4a4:tpe<=1"], "gfx950", swz=True)
     assert not any(amd.constexprs[k] for k in mc.FLAGS_OFF) and amd.options.get("matrix_instr_nonkdim") == 16

@@ -87,8 +87,7 @@ def test_matches_reference_at_real_shapes(model, m, path):
     name, w, ws = model
     x, ids, tw = make_routing(name, m)
     rsf = 2.5 if w.a4 else 1.0
-    cfg = dict(pick_config(w, m, ids.shape[1]))
-    cfg["dot_scaled"] = path == "plain_dot_scaled"
+    cfg = pick_config(w, m, ids.shape[1]).replace(dot_scaled=path == "plain_dot_scaled")
     out = run(x, ws if path == "swz" else w, ids, tw, rsf, cfg=cfg)
     ref = reference(x, w, ids, tw, rsf)
     # w4a4: a 1-ulp bf16 difference in the GEMM1 output can flip an MXFP4 code of the re-quantized activation.
