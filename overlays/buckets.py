@@ -129,13 +129,3 @@ def parse_table(raw: Mapping[str, Any], model: type[K], where: str, dim: str, fm
 
 
 __all__ = ["GRAMMAR", "Bucket", "Buckets", "Knobs", "parse", "parse_table", "select"]
-
-
-def check_bucket(model: type[BaseModel], cfg: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validate one bucket's knobs against its op's schema (ValueError naming the first bad field); cfg unchanged."""
-    try:
-        model.model_validate(cfg)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    return cfg

@@ -25,7 +25,6 @@ python -m speedrun.eval.kernels.mxfp4_gemm_bench --out DIR [--shape MxNxK ...]  
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ import torch
 from speedrun.eval.kernels import mxfp4_gemm_baselines as baselines
 from speedrun.eval.kernels import report, timer
 from speedrun.eval.kernels.timer import Copies, Timing
-from speedrun.overlays.mxfp4_gemm.config import Layout
+from speedrun.overlays.mxfp4_gemm.config import GemmBucket, GemmKnobs, Layout
 
 # GEMM shapes (M, N, K) the MXFP4 linear layers see: the brief's list and DeepSeek-R1 (TP=1) linears.
 BRIEF = [(4, 2880, 512), (16, 2112, 7168), (32, 4096, 512), (32, 2880, 512), (64, 7168, 2048), (256, 3072, 1536)]
@@ -152,7 +151,7 @@ Prepared = tuple[tuple[torch.Tensor, ...], Callable[..., torch.Tensor]]  # (oper
 
 
 def ours_prepared(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, layout: Layout | str,
-                  cfg: dict[str, Any] | None = None) -> Prepared:  # fmt: skip
+                  cfg: GemmBucket | None = None) -> Prepared:  # fmt: skip
     """Our GEMM on weights in `layout`, re-laid out once and planned (load time, untimed) as the hook does."""
     from speedrun.overlays.mxfp4_gemm.api import make_plan, mxfp4_gemm, relayout_weight
 
@@ -245,8 +244,8 @@ VARIANT_CTAS = {
 }
 
 
-def variant_config(base: dict[str, Any], variant: str, bucket: str, layout: Layout | str
-                   ) -> tuple[dict[str, Any], Layout]:  # fmt: skip
+def variant_config(base: GemmBucket, variant: str, bucket: str, layout: Layout | str
+                   ) -> tuple[GemmBucket, Layout]:  # fmt: skip
     """(config, weight layout) of a sweep row. The config is in the table's own terms, as `speedrun kernels tune`
     writes winners back: the bucket's entry with the variant's knobs where they take effect, i.e. inside the
     entry's "swz" overrides when the weights are swz128 (replaced whole), else at the top level."""
@@ -254,12 +253,12 @@ def variant_config(base: dict[str, Any], variant: str, bucket: str, layout: Layo
     layout = Layout(var.pop("w_layout", layout))
     if bucket in VARIANT_CTAS.get(variant, {}):
         var["CTAS_PER_SM"] = VARIANT_CTAS[variant][bucket]
-    cfg = copy.deepcopy(base)
-    if layout != Layout.PLAIN and var:
-        cfg["swz"] = {**cfg.get("swz", {}), **var}
-    else:
-        cfg.update(var)
-    return cfg, layout
+    if not var:
+        return base, layout
+    if layout != Layout.PLAIN:
+        swz = base.swz.replace(**var) if base.swz is not None else GemmKnobs.checked(var, f"variant {variant}")
+        return base.replace(swz=swz), layout
+    return base.replace(**var), layout
 
 
 SWEEP_BUDGET_S = 100.0
@@ -288,7 +287,7 @@ def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S) -> list[
         for name in ("config", *SWEEP_VARIANTS):
             cfg, layout = variant_config(base, name, bucket, table_layout)
             row: dict[str, Any] = {"variant": name, "bucket": bucket, "nk": f"{n}x{k}", "w_layout": layout,
-                                   "config": cfg, "current": name == "config"}  # fmt: skip
+                                   "config": cfg.entry(), "current": name == "config"}  # fmt: skip
             impl = "speedrun" if layout == table_layout else "speedrun_plain"  # other layouts: not tunable
             if time.time() - t0 > budget_s:
                 rows.append({**_row(impl, gpu, m, n, k, None), **row, "skipped": True})

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from speedrun.overlays.aot import CompileSpec, aligned
-from speedrun.overlays.arch import load_configs
+from speedrun.overlays.arch import is_amd
 from speedrun.overlays.buckets import parse
 from speedrun.overlays.mxfp4_gemm import api
-from speedrun.overlays.mxfp4_gemm.config import AMode, Layout, Route, check_table
+from speedrun.overlays.mxfp4_gemm.config import AMode, GemmBucket, GemmTable, Layout, Route
 from speedrun.overlays.mxfp4_gemm.kernels import mxfp4_dequant_kernel, mxfp4_gemm_kernel, mxfp4_quant_kernel
 
 # gfx950 must use the scaled MFMA for FP4 x FP4; sm90 has no FP4 MMA, so bf16 wgmma (or mma.sync) after dequant.
@@ -31,11 +31,11 @@ CONST_KEYS = ("A_MODE", "DOT_SCALED", "DOT_F32", "BLOCK_M", "BLOCK_N", "BLOCK_K"
               "W_DEQ", "W_ASM", "W_MUL1", "A_ASM", "RED")  # fmt: skip
 
 
-def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: int,
-              layout: Layout | str = Layout.PLAIN) -> CompileSpec:  # fmt: skip
+def gemm_spec(name: str, cfg: GemmBucket, a_mode: AMode, arch: str, split_k: int,
+              layout: Layout = Layout.PLAIN) -> CompileSpec:  # fmt: skip
     """The GEMM kernel of one config in one A mode as a GPU launch builds it (K unknown: EVEN_K, no BLOCK_K
     shrink); split_k > 1 compiles the split-K epilogue."""
-    kern = api.kernel(cfg, AMode(a_mode), arch, None, Layout(layout), cuda=True)
+    kern = api.kernel(cfg, a_mode, arch, None, layout, cuda=True)
     consts = {**kern.consts, "SPLIT": split_k > 1, "EVEN_K": True}
     sig = dict(GEMM_SIG)
     if a_mode == AMode.MXFP4:
@@ -49,10 +49,9 @@ def gemm_spec(name: str, cfg: dict[str, Any], a_mode: int, arch: str, split_k: i
     return CompileSpec(name, mxfp4_gemm_kernel, sig, consts, kern.opts, expect, attrs=attrs)
 
 
-def _a_mode(route: str, arch: str) -> AMode:
+def _a_mode(route: Route, arch: str) -> AMode:
     """The A mode of a route's quantized-A GEMM on the GPU (api.resolve)."""
-    return api.resolve({"route": route, "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}, 1, None, Layout.PLAIN, arch,
-                       cuda=True).quant.consts["A_MODE"]  # fmt: skip
+    return api.quant_mode(route, is_amd(arch))
 
 
 def label(key: str) -> str:
@@ -78,45 +77,44 @@ def helper_specs(arch: str) -> list[CompileSpec]:
 
 def compile_specs(arch: str) -> list[CompileSpec]:
     """One spec per bucket config in its route's A mode, w4a16 per bucket (and per-shape entries), helpers."""
-    table = check_table(load_configs("mxfp4_gemm", arch), f"mxfp4_gemm {arch}")
+    table = api.table(arch)
     specs: list[CompileSpec] = []
     seen: set[tuple[Any, ...]] = set()
-    for key, over in table.items():
-        if key.startswith("_"):
-            continue
-        shape, bucket = key.split(":", 1) if ":" in key else ("default", key)
-        cfg = {**table[bucket], **over}
-        variants = [(_a_mode(cfg.get("route", Route.FUSED), arch), cfg)]
-        if cfg.get("fused_below_nk"):  # small weights take the fused route (api.route_for)
+    entries = [("default", key, cfg) for key, cfg in table.buckets.items()]
+    for key, over in table.shapes.items():  # "<N>x<K>:<bucket>": that bucket with the entry's knobs
+        shape, bucket = key.split(":", 1)
+        entries.append((shape, bucket, table.buckets[bucket].with_overrides(over)))
+    for shape, bucket, cfg in entries:
+        variants = [(_a_mode(cfg.route, arch), cfg)]
+        if cfg.fused_below_nk:  # small weights take the fused route (api.route_for)
             variants.append((AMode.QUANT, cfg))
         if shape == "default":  # the w4a16 variant: bf16 A, dequant path, with the bucket's "a16" overrides
-            variants.append((AMode.BF16, {**cfg, **cfg.get("a16", {})}))
+            variants.append((AMode.BF16, cfg.with_overrides(cfg.a16)))
         for mode, c in variants:
-            split = 2 if int(c.get("SPLIT_K", 0)) != 1 else 1  # auto split-K compiles the split epilogue
-            dedup = (mode, split, *sorted((k, str(v)) for k, v in c.items() if k not in ("route", "a16", "swz")))
+            split = 2 if c.SPLIT_K != 1 else 1  # auto split-K compiles the split epilogue
+            knobs = c.entry()  # the knobs the entry sets (table terms)
+            dedup = (mode, split, *sorted((k, str(v)) for k, v in knobs.items() if k not in ("route", "a16", "swz")))
             if dedup in seen:
                 continue
             seen.add(dedup)
-            name = f"mxfp4_gemm/{shape}[{label(bucket)},{c.get('route', 'fused')},A_MODE={int(mode)}]"
+            name = f"mxfp4_gemm/{shape}[{label(bucket)},{c.route},A_MODE={mode.value}]"
             specs.append(gemm_spec(name, c, mode, arch, split))
     return specs + swz_specs(table, arch) + helper_specs(arch)
 
 
-def swz_specs(table: dict[str, Any], arch: str) -> list[CompileSpec]:
+def swz_specs(table: GemmTable, arch: str) -> list[CompileSpec]:
     """sm90 GEMM buckets with swz128 weights (the table's "_layout": what the hook gives the weights at load), with
     each bucket's "swz" overrides; the dequant_w route's swz decode is in helper_specs."""
     if arch != "sm90":
         return []
     out = []
-    for key, base in table.items():
-        if key.startswith("_") or ":" in key:
+    for key, base in table.buckets.items():
+        cfg = base.with_overrides(base.swz)
+        if cfg.route == Route.DEQUANT_W:
             continue
-        cfg = {**base, **base.get("swz", {})}
-        if cfg.get("route") == Route.DEQUANT_W:
-            continue
-        modes = {_a_mode(cfg.get("route", Route.FUSED), arch), AMode.QUANT if cfg.get("fused_below_nk") else AMode.BF16}
+        modes = {_a_mode(cfg.route, arch), AMode.QUANT if cfg.fused_below_nk else AMode.BF16}
         for mode in sorted(modes):
-            name = f"mxfp4_gemm/default[{label(key)},swz128_mul1,A_MODE={int(mode)}]"
+            name = f"mxfp4_gemm/default[{label(key)},swz128_mul1,A_MODE={mode.value}]"
             out.append(gemm_spec(name, cfg, mode, arch, 2, layout=Layout.SWZ128_MUL1))
     return out
 

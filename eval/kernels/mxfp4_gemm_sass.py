@@ -17,10 +17,8 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from speedrun.overlays.arch import load_configs
-from speedrun.overlays.mxfp4_gemm.config import AMode, Layout
+from speedrun.overlays.mxfp4_gemm.config import AMode, GemmBucket, Layout
 
 DECODE_BUCKETS = ("m<=16", "m<=32", "m<=64")
 
@@ -71,7 +69,7 @@ def _opcode(ins: str) -> str:
     return re.sub(r"^@!?U?P[T0-9]+\s+", "", ins.strip()).split(" ")[0].split(".")[0]
 
 
-def loop_stats(cfg: dict[str, Any], a_mode: AMode = AMode.QUANT) -> LoopStats:
+def loop_stats(cfg: GemmBucket, a_mode: AMode = AMode.QUANT) -> LoopStats:
     """Compile one decode config (swz128 weights, split epilogue) for sm90 and read its K loop."""
     from speedrun.eval.kernels.mxfp4_gemm_compile import gemm_spec
     from speedrun.overlays.aot import compile_spec
@@ -86,14 +84,14 @@ def loop_stats(cfg: dict[str, Any], a_mode: AMode = AMode.QUANT) -> LoopStats:
     start, end = max(loops, key=lambda lo: lo[1] - lo[0])
     body = instrs[start : end + 1]
     regs = int(re.search(r"REG:(\d+)", usage).group(1))
-    warps = int(cfg.get("num_warps", 4))
+    warps = cfg.num_warps
     return LoopStats(
         loop=len(body), ops=dict(collections.Counter(map(_opcode, body)).most_common()),
         mma=sum(_opcode(s) in ("HGMMA", "HMMA") for s in body), mma_waits=sum("WARPGROUP.DEPBAR" in s for s in body),
         first_load=next(i for i, s in enumerate(instrs) if _opcode(s) in ("LDGSTS", "LDG")), regs=regs,
         local=int(re.search(r"LOCAL:(\d+)", usage).group(1)) + int(re.search(r"STACK:(\d+)", usage).group(1)),
         shared=res.shared or 0, ctas_per_sm=sm90_occupancy(regs, (res.shared or 0) + 1024, warps)[0], warps=warps,
-        block=(int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), max(int(cfg["BLOCK_K"]), 128)),
+        block=(cfg.BLOCK_M, cfg.BLOCK_N, max(cfg.BLOCK_K, 128)),
     )  # fmt: skip
 
 
@@ -102,10 +100,12 @@ def bucket_key(bucket: str) -> str:
     return f"m<={bucket}" if bucket.isdigit() else bucket
 
 
-def served_config(bucket: str) -> dict[str, Any]:
+def served_config(bucket: str) -> GemmBucket:
     """The sm90 table's config for a bucket with its swz128 overrides (what the hook's weights run)."""
-    base = load_configs("mxfp4_gemm", "sm90")[bucket_key(bucket)]
-    return {**base, **base.get("swz", {})}
+    from speedrun.overlays.mxfp4_gemm import api
+
+    base = api.table("sm90").buckets[bucket_key(bucket)]
+    return base.with_overrides(base.swz)
 
 
 def table(buckets: tuple[str, ...] = DECODE_BUCKETS, a_mode: AMode = AMode.QUANT) -> str:
@@ -116,7 +116,7 @@ def table(buckets: tuple[str, ...] = DECODE_BUCKETS, a_mode: AMode = AMode.QUANT
         cfg = served_config(b)
         s = loop_stats(cfg, a_mode)
         top = ", ".join(f"{k} {v}" for k, v in list(s.ops.items())[:6])
-        rows.append(f"| {b} | {'x'.join(map(str, s.block))}, {s.warps}w, {cfg.get('num_stages')}st | {s.loop} | "
+        rows.append(f"| {b} | {'x'.join(map(str, s.block))}, {s.warps}w, {cfg.num_stages}st | {s.loop} | "
                     f"{s.per_kib():.0f} | {s.mma} / {s.mma_waits} | {s.regs} | {s.local} | {s.shared // 1024} | "
                     f"{s.ctas_per_sm} | {s.first_load} | {top} |")  # fmt: skip
     return "\n".join(rows)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ import torch
 from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
-from speedrun.overlays.mxfp4_gemm.config import DIM, AMode, Layout, Route, WDeq, check_config, check_table
+from speedrun.overlays.mxfp4_gemm.config import DIM, AMode, GemmBucket, GemmTable, Layout, Route, WDeq, check_table
 from speedrun.overlays.mxfp4_gemm.kernels import (
     mxfp4_dequant_kernel,
     mxfp4_gemm_kernel,
@@ -56,13 +57,14 @@ RED_REGS = 64  # fp32 registers per thread the split-K reduction may hold in fli
 
 
 @functools.cache
-def _table(arch: str) -> dict[str, Any]:
+def table(arch: str) -> GemmTable:
+    """The arch's validated table."""
     return check_table(load_configs(OP, arch), f"{OP} {arch}")
 
 
 @functools.cache
 def _buckets(arch: str) -> Buckets:
-    return Buckets.of(_table(arch), DIM)
+    return Buckets.of(table(arch).buckets, DIM)
 
 
 def config_arch(device: torch.device) -> str:
@@ -77,7 +79,7 @@ def config_arch(device: torch.device) -> str:
 
 def weight_layout(arch: str) -> Layout:
     """The layout the hook gives weights at load time: the table's "_layout" (sm90: swz128), else plain."""
-    return Layout.PLAIN if is_amd(arch) else Layout(_table(arch).get("_layout", Layout.PLAIN))
+    return Layout.PLAIN if is_amd(arch) else table(arch).layout
 
 
 def bucket_key(m: int, arch: str) -> str:
@@ -85,10 +87,9 @@ def bucket_key(m: int, arch: str) -> str:
     return _buckets(arch).pick(m)
 
 
-def pick_config(m: int, n: int, k: int, arch: str) -> dict[str, Any]:
+def pick_config(m: int, n: int, k: int, arch: str) -> GemmBucket:
     """The bucket of M, overlaid with the per-shape entry "<N>x<K>:<bucket>" when the table has one."""
-    key = bucket_key(m, arch)
-    return {**_table(arch)[key], **_table(arch).get(f"{n}x{k}:{key}", {})}
+    return table(arch).config(bucket_key(m, arch), n, k)
 
 
 # ---------------------------------------------------------------- the plan
@@ -98,7 +99,7 @@ def pick_config(m: int, n: int, k: int, arch: str) -> dict[str, Any]:
 class Kernel:
     """One GEMM launch as a bucket resolves it: the knobs it runs, every constexpr but SPLIT / EVEN_K, options."""
 
-    cfg: dict[str, Any]
+    cfg: GemmBucket
     consts: dict[str, Any]
     opts: dict[str, Any]
 
@@ -132,7 +133,7 @@ class GemmPlan:
 
 
 def make_plan(n: int, k: int, layout: Layout | str = Layout.PLAIN, *, device: torch.device | str | None = None,
-              arch: str | None = None, config: dict[str, Any] | None = None) -> GemmPlan:  # fmt: skip
+              arch: str | None = None, config: GemmBucket | Mapping[str, Any] | None = None) -> GemmPlan:  # fmt: skip
     """Resolve and validate every M bucket of the arch's table for this weight once; `config` forces one bucket's
     knobs for every call. NotImplementedError for a layout the arch cannot run; ValueError for a bad field."""
     device = torch.device(device) if device is not None else _default_device()
@@ -143,11 +144,11 @@ def make_plan(n: int, k: int, layout: Layout | str = Layout.PLAIN, *, device: to
     if layout != Layout.PLAIN and amd:
         raise NotImplementedError(f"weight layout {layout.value!r} on {arch}")
     if config is not None:
-        buckets, cfgs = None, {"forced": check_config(config, f"{OP} config")}
+        buckets, cfgs = None, {"forced": GemmBucket.checked(config, f"{OP} config")}
     else:
         buckets = _buckets(arch)
         keys = [key for _, key in buckets.upto] + ([buckets.above] if buckets.above else [])
-        cfgs = {key: {**_table(arch)[key], **_table(arch).get(f"{n}x{k}:{key}", {})} for key in keys}
+        cfgs = {key: table(arch).config(key, n, k) for key in keys}
     launches = {key: resolve(cfg, n, k, layout, arch, cuda) for key, cfg in cfgs.items()}
     return GemmPlan(n, k, layout, arch, device, amd, sm_count(device), buckets, launches)
 
@@ -156,85 +157,88 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def resolve(cfg: dict[str, Any], n: int, k: int | None, layout: Layout, arch: str, cuda: bool) -> Launch:
+def resolve(cfg: GemmBucket, n: int, k: int | None, layout: Layout, arch: str, cuda: bool) -> Launch:
     """One bucket for one weight: its route and each form of A's kernel (k None: no BLOCK_K shrink, AOT specs)."""
-    amd = is_amd(arch) and cuda
     if layout != Layout.PLAIN:  # the bucket's overrides for swz128 weights (fewer registers: more stages fit)
-        cfg = {**cfg, **cfg.get("swz", {})}
+        cfg = cfg.with_overrides(cfg.swz)
     route = route_for(cfg, n, k)
-    quant_mode = AMode.QUANT if route == Route.FUSED else (AMode.MXFP4 if amd else AMode.BF16)
     return Launch(
         route,
-        kernel(cfg, quant_mode, arch, k, layout, cuda),
-        kernel({**cfg, **cfg.get("a16", {})}, AMode.BF16, arch, k, layout, cuda),
+        kernel(cfg, quant_mode(route, is_amd(arch) and cuda), arch, k, layout, cuda),
+        kernel(cfg.with_overrides(cfg.a16), AMode.BF16, arch, k, layout, cuda),
         kernel(cfg, AMode.MXFP4, arch, k, layout, cuda),
     )
 
 
-def kernel(cfg: dict[str, Any], a_mode: AMode, arch: str, k: int | None, layout: Layout, cuda: bool) -> Kernel:
-    """The kernel constexprs (ints at the kernel boundary) and launch options of one config in one A mode."""
+def quant_mode(route: Route, amd: bool) -> AMode:
+    """The A mode of a route's GEMM on bf16 A with MXFP4 activations (`amd`: gfx950 on a GPU)."""
+    return AMode.QUANT if route == Route.FUSED else (AMode.MXFP4 if amd else AMode.BF16)
+
+
+def kernel(cfg: GemmBucket, a_mode: AMode, arch: str, k: int | None, layout: Layout, cuda: bool) -> Kernel:
+    """The kernel constexprs (ints at the kernel boundary: enums by value) and launch options of one config in one
+    A mode."""
     amd = is_amd(arch) and cuda
     dot_scaled = amd and a_mode != AMode.BF16
     asm = cuda and not is_amd(arch)  # inline PTX: CUDA only (never the interpreter)
-    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), _block_k(cfg, k)
+    bm, bn, bk = cfg.BLOCK_M, cfg.BLOCK_N, _block_k(cfg, k)
     if layout != Layout.PLAIN:
         bk = max(bk, 128)  # whole swz128 chunks
-    consts = {"A_MODE": int(a_mode), "DOT_SCALED": dot_scaled, "DOT_F32": not cuda, "BLOCK_M": bm, "BLOCK_N": bn,
-              "BLOCK_K": bk, "GROUP": int(cfg.get("GROUP", 1)),
-              **deq_flags({**cfg, "BLOCK_K": bk}, asm, dot_scaled, layout),
+    consts = {"A_MODE": a_mode.value, "DOT_SCALED": dot_scaled, "DOT_F32": not cuda, "BLOCK_M": bm, "BLOCK_N": bn,
+              "BLOCK_K": bk, "GROUP": cfg.GROUP, **deq_flags(cfg, bk, asm, dot_scaled, layout),
               "A_ASM": asm and a_mode == AMode.QUANT and not dot_scaled,
-              "RED": red_unroll(bm, bn, int(cfg.get("num_warps", 4)))}  # fmt: skip
+              "RED": red_unroll(bm, bn, cfg.num_warps)}  # fmt: skip
     return Kernel(cfg, consts, kernel_options(cfg, arch, cuda))
 
 
-def _block_k(cfg: dict[str, Any], k: int | None) -> int:
-    bk = int(cfg["BLOCK_K"])
+def _block_k(cfg: GemmBucket, k: int | None) -> int:
+    bk = cfg.BLOCK_K
     while k is not None and bk > 32 and bk > k:
         bk //= 2
     return bk
 
 
-def route_for(cfg: dict[str, Any], n: int, k: int | None) -> Route:
+def route_for(cfg: GemmBucket, n: int, k: int | None) -> Route:
     """The config's route, except "prequant" falls back to "fused" for weights under "fused_below_nk" elements:
     there the quantizer's extra launch costs more than re-quantizing A in every CTA (decode sizes)."""
-    route = Route(cfg.get("route", Route.FUSED))
-    if route == Route.PREQUANT and k is not None and n * k < int(cfg.get("fused_below_nk", 0)):
+    if cfg.route == Route.PREQUANT and k is not None and n * k < cfg.fused_below_nk:
         return Route.FUSED
-    return route
+    return cfg.route
 
 
-def deq_flags(cfg: dict[str, Any], asm: bool, dot_scaled: bool, layout: Layout = Layout.PLAIN) -> dict[str, Any]:
-    """W_DEQ from the config's "deq" (WORDS needs BLOCK_K >= 128, else HALVES), or SWZ for swz128 weights; W_ASM
-    (inline PTX) only where `asm`."""
+def deq_flags(cfg: GemmBucket, block_k: int, asm: bool, dot_scaled: bool, layout: Layout = Layout.PLAIN
+              ) -> dict[str, Any]:  # fmt: skip
+    """W_DEQ from the config's "deq" (WORDS needs the kernel's BLOCK_K >= 128, else HALVES), or SWZ for swz128
+    weights; W_ASM (inline PTX) only where `asm`."""
     if layout != Layout.PLAIN:
-        return {"W_DEQ": int(WDeq.SWZ), "W_ASM": asm, "W_MUL1": asm and layout == Layout.SWZ128_MUL1}
-    deq = WDeq.GENERIC if dot_scaled else WDeq(int(cfg.get("deq", WDeq.GENERIC)))
-    if deq == WDeq.WORDS and int(cfg["BLOCK_K"]) < 128:
+        return {"W_DEQ": WDeq.SWZ.value, "W_ASM": asm, "W_MUL1": asm and layout == Layout.SWZ128_MUL1}
+    deq = WDeq.GENERIC if dot_scaled else cfg.deq
+    if deq == WDeq.WORDS and block_k < 128:
         deq = WDeq.HALVES
-    return {"W_DEQ": int(deq), "W_ASM": deq > 0 and asm, "W_MUL1": False}
+    return {"W_DEQ": deq.value, "W_ASM": deq > 0 and asm, "W_MUL1": False}
 
 
-def kernel_options(cfg: dict[str, Any], arch: str, cuda: bool) -> dict[str, Any]:
+def kernel_options(cfg: GemmBucket, arch: str, cuda: bool) -> dict[str, Any]:
     """Launch options; "maxnreg" (CUDA only) caps registers per thread to raise the resident CTAs per SM."""
-    opts = launch_options(cfg, arch)
-    if cfg.get("maxnreg") and cuda and not is_amd(arch):
-        opts["maxnreg"] = int(cfg["maxnreg"])
+    opts = launch_options(cfg.launch_knobs(), arch)
+    if cfg.maxnreg and cuda and not is_amd(arch):
+        opts["maxnreg"] = cfg.maxnreg
     return opts
 
 
 # ---------------------------------------------------------------- split-K (host arithmetic on M: graph safe)
 
 
-def split_k(cfg: dict[str, Any], tiles: int, k_tiles: int, sms: int) -> int:
+def split_k(cfg: GemmBucket, tiles: int, k_tiles: int, sms: int) -> int:
     """Explicit SPLIT_K, else auto. Auto without "CTAS_PER_SM": enough splits for ~2 CTAs per SM. With
     "CTAS_PER_SM" (resident CTAs per SM, from ptxas registers / shared memory, see PERF.md): the split that
     minimises `_sm_cost`, ties to the smaller split. Both keep >= MIN_K_TILES per split, at most 32."""
-    s = int(cfg.get("SPLIT_K", 0))
-    cap = min(max(1, k_tiles // int(cfg.get("MIN_K_TILES", 2))), 32)
-    if s <= 0 and cfg.get("CTAS_PER_SM"):
-        warps = int(cfg.get("num_warps", 4))
-        sat = max(1, min(int(cfg["CTAS_PER_SM"]), max(2, math.ceil(SAT_WARPS / warps))))
-        red = red_unroll(int(cfg.get("BLOCK_M", 16)), int(cfg.get("BLOCK_N", 64)), warps)
+    s = cfg.SPLIT_K
+    cap = min(max(1, k_tiles // cfg.MIN_K_TILES), 32)
+    if s <= 0 and cfg.CTAS_PER_SM:
+        warps = cfg.num_warps
+        sat = max(1, min(cfg.CTAS_PER_SM, max(2, math.ceil(SAT_WARPS / warps))))
+        red = red_unroll(cfg.BLOCK_M, cfg.BLOCK_N, warps)
         s = min(range(1, cap + 1), key=lambda c: (_sm_cost(tiles, k_tiles, c, sms, sat, red), c))
     elif s <= 0:
         s = 1 if tiles >= sms else min(math.ceil(2 * sms / tiles), cap)

@@ -1,17 +1,20 @@
 """The typed schema of configs/<arch>.json: one `m<=N` / `m>N` bucket per entry (overlays/buckets.py grammar;
 m = tokens of the call), optional per-shape overrides `<N>x<K>:m<=N` (knobs over the same bucket for one weight
 shape), the top-level `_layout` (the weight layout the hook re-lays weights out in at load), each bucket's
-knobs, and the enums of the mode knobs. Tables are validated once when loaded."""
+knobs, and the enums of the mode knobs. Tables are validated once when loaded into a GemmTable of frozen models;
+the plan holds them (constexprs come from their attributes, defaults from GemmBucket)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from speedrun.overlays.buckets import check_bucket, parse
+from speedrun.overlays.buckets import Knobs, parse
 
 DIM = "m"
 SHAPE = re.compile(r"^\d+x\d+$")  # a per-shape override's prefix: "<N>x<K>"
@@ -53,10 +56,10 @@ class Layout(StrEnum):
     SWZ128_MUL1 = "swz128_mul1"
 
 
-class GemmKnobs(BaseModel):
-    """Knobs that may override a bucket's ("a16": bf16 activations; "swz": swz128 weights; per-shape entries)."""
+class GemmKnobs(Knobs):
+    """Knobs that may override a bucket's ("a16": bf16 activations; "swz": swz128 weights; per-shape entries):
+    None is "not overridden" (Knobs.with_overrides takes only the knobs an entry sets)."""
 
-    model_config = ConfigDict(extra="forbid")
     route: Route | None = None
     deq: WDeq | None = None
     BLOCK_M: int | None = Field(None, ge=16)
@@ -76,41 +79,56 @@ class GemmKnobs(BaseModel):
 
 
 class GemmBucket(GemmKnobs):
-    """One `m<=N` bucket: the tile and the route are required; "a16" / "swz" override it."""
+    """One `m<=N` bucket: the tile is required, every other knob has its default here; "a16" / "swz" override
+    it. No default for num_stages (Triton's own differs by backend: a bucket without one launches without it)."""
 
     route: Route = Route.FUSED
+    deq: WDeq = WDeq.GENERIC
     BLOCK_M: int = Field(ge=16)
     BLOCK_N: int = Field(ge=16)
     BLOCK_K: int = Field(ge=32)
+    SPLIT_K: int = Field(0, ge=0)
+    MIN_K_TILES: int = Field(2, ge=1)
+    GROUP: int = Field(1, ge=1)
+    num_warps: int = Field(4, ge=1)
+    fused_below_nk: int = 0
     a16: GemmKnobs | None = None
     swz: GemmKnobs | None = None
 
 
-def check_config(cfg: dict[str, Any], where: str = "config") -> dict[str, Any]:
-    """Validate one bucket (ValueError naming the bad field); returns cfg unchanged."""
-    return check_bucket(GemmBucket, cfg, where)
+@dataclass(frozen=True)
+class GemmTable:
+    """A validated configs/<arch>.json: the M buckets, the per-shape overrides, the weight layout."""
+
+    buckets: dict[str, GemmBucket]  # `m<=N` / `m>N`
+    shapes: dict[str, GemmKnobs]  # `<N>x<K>:m<=N`: knobs over that bucket for one weight shape
+    layout: Layout = Layout.PLAIN  # "_layout"
+
+    def config(self, key: str, n: int, k: int) -> GemmBucket:
+        """Bucket `key` for an N x K weight: with its per-shape entry's knobs when the table has one."""
+        return self.buckets[key].with_overrides(self.shapes.get(f"{n}x{k}:{key}"))
 
 
-def check_table(table: dict[str, Any], where: str) -> dict[str, Any]:
+def check_table(table: Mapping[str, Any], where: str) -> GemmTable:
     """Every entry of a table: keys in the grammar (`m<=N`, `m>N`, `<N>x<K>:m<=N` over an existing bucket), the
-    knobs, and `_layout`."""
+    knobs, and `_layout` (ValueError naming the first bad one)."""
+    layout = table.get("_layout", Layout.PLAIN)
+    if layout not in tuple(Layout):
+        raise ValueError(f"{where}: _layout {layout!r}: expected one of {tuple(x.value for x in Layout)}")
+    buckets, shapes = {}, {}
     for key, cfg in table.items():
-        if key == "_layout":
-            if cfg not in tuple(Layout):
-                raise ValueError(f"{where}: _layout {cfg!r}: expected one of {tuple(x.value for x in Layout)}")
-            continue
         if key.startswith("_"):
             continue
         b = parse(key)
         if b.dim != DIM or (b.fmt is not None and not SHAPE.match(b.fmt)):
             raise ValueError(f"{where}: bucket {key!r}: expected m<=N, m>N or <N>x<K>:m<=N")
         if b.fmt is None:
-            check_config(cfg, f"{where} {key}")
+            buckets[key] = GemmBucket.checked(cfg, f"{where} {key}")
         elif key.split(":", 1)[1] not in table:
             raise ValueError(f"{where}: {key!r} overrides a bucket the table does not have")
         else:
-            check_bucket(GemmKnobs, cfg, f"{where} {key}")
-    return table
+            shapes[key] = GemmKnobs.checked(cfg, f"{where} {key}")
+    return GemmTable(buckets, shapes, Layout(layout))
 
 
-__all__ = ["AMode", "GemmBucket", "GemmKnobs", "Layout", "Route", "WDeq", "check_config", "check_table"]
+__all__ = ["AMode", "GemmBucket", "GemmKnobs", "GemmTable", "Layout", "Route", "WDeq", "check_table"]

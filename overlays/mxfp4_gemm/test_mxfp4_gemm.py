@@ -26,11 +26,16 @@ from speedrun.overlays.mx.format import dequant_mxfp4  # noqa: E402
 from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4  # noqa: E402
 from speedrun.overlays.mxfp4_gemm import api  # noqa: E402
 from speedrun.overlays.mxfp4_gemm import sglang_hook as hook  # noqa: E402
-from speedrun.overlays.mxfp4_gemm.config import AMode, Layout, check_table  # noqa: E402
+from speedrun.overlays.mxfp4_gemm.config import AMode, GemmBucket, Layout, Route, check_table  # noqa: E402
 from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight  # noqa: E402
 
 interpreter.patch()
 SMALL = {"route": "fused", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 1, "GROUP": 1}
+
+
+def _bucket(**knobs) -> GemmBucket:
+    """A validated bucket: a 16 x 64 x 128 tile with `knobs`."""
+    return GemmBucket.checked({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, **knobs}, "test bucket")
 
 
 def _case(m: int, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,7 +88,8 @@ def test_fast_decode_variants_match_reference(deq: int, mode: str):
     else:
         out, ref = _gemm(a, w, ws, config=cfg), mxfp4_gemm_ref(a.cpu(), w.cpu(), ws.cpu())
     _close(out, ref)
-    assert api.deq_flags(cfg, DEV == "cuda", False) == {"W_DEQ": deq, "W_ASM": DEV == "cuda", "W_MUL1": False}
+    flags = api.deq_flags(GemmBucket.checked(cfg, "t"), cfg["BLOCK_K"], DEV == "cuda", False)
+    assert flags == {"W_DEQ": deq, "W_ASM": DEV == "cuda", "W_MUL1": False} and type(flags["W_DEQ"]) is int
 
 
 def test_fused_quant_is_bit_exact_in_the_gemm():
@@ -155,19 +161,21 @@ def test_quantize_and_dequantize_kernels_match_torch():
 
 @pytest.mark.parametrize("arch", ["sm90", "gfx950"])
 def test_config_tables_are_complete(arch: str):
-    table = check_table(json.loads((Path(api.__file__).parent / "configs" / f"{arch}.json").read_text()), arch)
-    buckets = [key for key in table if not key.startswith("_")]
-    assert buckets == [f"m<={b}" for b in (16, 32, 64, 128, 256, 1024)] + ["m>1024"]
-    for cfg in map(table.get, buckets):
-        assert cfg["BLOCK_K"] >= (128 if arch == "gfx950" else 32) and cfg["BLOCK_K"] & (cfg["BLOCK_K"] - 1) == 0
+    raw = json.loads((Path(api.__file__).parent / "configs" / f"{arch}.json").read_text())
+    table = check_table(raw, arch)
+    assert list(table.buckets) == [f"m<={b}" for b in (16, 32, 64, 128, 256, 1024)] + ["m>1024"]
+    for cfg in table.buckets.values():
+        assert cfg.BLOCK_K >= (128 if arch == "gfx950" else 32) and cfg.BLOCK_K & (cfg.BLOCK_K - 1) == 0
     if arch == "gfx950":
-        assert table["_meta"]["tuned"] is False
-        assert all(table[b]["route"] != "dequant_w" for b in buckets)
+        assert raw["_meta"]["tuned"] is False
+        assert all(cfg.route != Route.DEQUANT_W for cfg in table.buckets.values())
 
 
 def test_config_schema_names_the_bad_field():
     good = {"m<=16": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128}}
-    assert check_table({**good, "2112x7168:m<=16": {"num_stages": 3}, "_layout": "swz128"}, "t")
+    table = check_table({**good, "2112x7168:m<=16": {"num_stages": 3}, "_layout": "swz128"}, "t")
+    assert table.layout == Layout.SWZ128 and check_table(good, "t").layout == Layout.PLAIN
+    assert table.config("m<=16", 2112, 7168).num_stages == 3 and table.config("m<=16", 2112, 512).num_stages is None
     bad = [({"16": good["m<=16"]}, "bucket '16'"), ({**good, "m<=16": {**good["m<=16"], "deq": 7}}, "m<=16: deq"),
            ({**good, "m<=16": {**good["m<=16"], "rout": "fused"}}, "m<=16: rout"),
            ({**good, "64x64:m<=32": {}}, "does not have"),
@@ -183,21 +191,21 @@ def test_pick_config_buckets_and_split_k():
     assert [api.bucket_key(m, "sm90") for m in (1, 17, 1024, 5000)] == ["m<=16", "m<=32", "m<=1024", "m>1024"]
     assert api.route_for(api.pick_config(4, 2880, 512, "sm90"), 2880, 512) == "fused"
     assert api.route_for(api.pick_config(1, 36864, 7168, "sm90"), 36864, 7168) == "fused"
-    assert api.pick_config(16384, 2112, 7168, "sm90")["BLOCK_M"] >= 128
-    cfg = {"SPLIT_K": 0, "MIN_K_TILES": 2}
+    assert api.pick_config(16384, 2112, 7168, "sm90").BLOCK_M >= 128
+    cfg = _bucket(SPLIT_K=0, MIN_K_TILES=2)
     assert api.split_k(cfg, tiles=33, k_tiles=28, sms=132) == 7  # ceil(264/33)=8 -> 7 splits of 4 tiles
     assert api.split_k(cfg, tiles=400, k_tiles=28, sms=132) == 1
-    assert api.split_k({"SPLIT_K": 5}, tiles=1, k_tiles=3, sms=132) == 3
+    assert api.split_k(_bucket(SPLIT_K=5), tiles=1, k_tiles=3, sms=132) == 3
 
 
 def test_sm_balanced_split_k_and_routes_per_bucket():
-    dec = {"SPLIT_K": 0, "MIN_K_TILES": 2, "CTAS_PER_SM": 3, "BLOCK_M": 16, "BLOCK_N": 128, "num_warps": 4}
+    dec = _bucket(SPLIT_K=0, MIN_K_TILES=2, CTAS_PER_SM=3, BLOCK_M=16, BLOCK_N=128, num_warps=4)
     # 1 x 2112 x 7168 (17 tiles x 56 K tiles): 14 splits of 4 K tiles put 2 CTAs on most SMs (the saturating 8 warps)
     # with a 2-round reduction; 7 splits leave 1 CTA per SM twice as long.
     assert api.split_k(dec, tiles=17, k_tiles=56, sms=132) == 14
     assert api.split_k(dec, tiles=264, k_tiles=56, sms=132) == 1  # 2 CTAs per SM already: no partials
     assert api.split_k(dec, tiles=288, k_tiles=56, sms=132) == 4  # 3 on some SMs, 2 on others: split to balance
-    assert api.split_k({**dec, "MIN_K_TILES": 4}, tiles=17, k_tiles=4, sms=132) == 1  # >= MIN_K_TILES per split
+    assert api.split_k(dec.replace(MIN_K_TILES=4), tiles=17, k_tiles=4, sms=132) == 1  # >= MIN_K_TILES per split
     for tiles, kt in [(33, 56), (112, 16), (576, 56), (7, 3)]:
         s = api.split_k(dec, tiles=tiles, k_tiles=kt, sms=132)
         assert 1 <= s <= min(kt, 32) and kt // s >= 1
@@ -225,7 +233,7 @@ def test_decode_call_is_one_launch(monkeypatch):
 
 
 def test_maxnreg_is_a_cuda_launch_option_only():
-    cfg = {"num_warps": 4, "num_stages": 4, "maxnreg": 72, "waves_per_eu": 2}
+    cfg = _bucket(num_warps=4, num_stages=4, maxnreg=72, waves_per_eu=2)
     assert api.kernel_options(cfg, "sm90", True) == {"num_warps": 4, "num_stages": 4, "maxnreg": 72}
     assert "maxnreg" not in api.kernel_options(cfg, "sm90", False)
     assert "maxnreg" not in api.kernel_options(cfg, "gfx950", True)
@@ -239,13 +247,13 @@ def test_sweep_variants_are_valid_configs():
     for name, var in SWEEP_VARIANTS.items():
         assert set(var) <= known, (name, set(var) - known)
     assert set(VARIANT_CTAS) <= set(SWEEP_VARIANTS)
-    b16 = table["m<=16"]
+    b16 = api.table("sm90").buckets["m<=16"]
     cfg, layout = variant_config(b16, "config", "m<=16", "swz128")
-    assert layout == "swz128" and cfg == b16
+    assert layout == "swz128" and cfg == b16 and cfg.entry() == table["m<=16"]  # table terms, as the tuner reads
     # swz128 weights: the knobs go into the "swz" overrides
     cfg, layout = variant_config(b16, "bn64", "m<=16", "swz128")
-    assert cfg["swz"] == {**b16["swz"], **SWEEP_VARIANTS["bn64"], "CTAS_PER_SM": 6}
-    assert cfg["BLOCK_N"] == b16["BLOCK_N"] and layout == "swz128"
+    assert cfg.entry()["swz"] == {**table["m<=16"]["swz"], **SWEEP_VARIANTS["bn64"], "CTAS_PER_SM": 6}
+    assert cfg.BLOCK_N == b16.BLOCK_N and layout == "swz128"
     cfg, layout = variant_config(b16, "plain", "m<=16", "swz128")
     assert layout == "plain" and cfg == b16
     assert api.weight_layout("sm90") == Layout.SWZ128 and api.weight_layout("gfx950") == Layout.PLAIN
@@ -265,7 +273,8 @@ def test_sweep_rows_feed_kernels_tune():
             cfg, layout = variant_config(api.pick_config(m, n, k, "sm90"), name, "m<=16", "swz128")
             impl = "speedrun" if layout == "swz128" else "speedrun_plain"
             rows.append({"impl": impl, "m": m, "n": n, "k": k, "us": us, "variant": name, "bucket": "m<=16",
-                         "nk": f"{n}x{k}", "w_layout": layout, "config": cfg, "current": name == "config"})  # fmt: skip
+                         "nk": f"{n}x{k}", "w_layout": layout, "config": cfg.entry(),
+                         "current": name == "config"})  # fmt: skip
     (choice,) = tune.select(rows, table)
     assert (choice.bucket, choice.current, choice.winner, choice.candidates) == ("m<=16", "config", "st3", 3)
     out = tune.apply(table, [choice], {"gpu": "test"})

@@ -116,7 +116,7 @@ def test_prefill_shapes_match_reference(m: int, n: int, k: int):
 @pytest.mark.parametrize("route", ["fused", "prequant", "dequant_w"])
 def test_every_route_at_a_prefill_size(route: str):
     a, w, ws = _case(2048, 2112, 7168, seed=3)
-    cfg = {**api.pick_config(2048, 2112, 7168, api.config_arch(a.device)), "route": route}
+    cfg = api.pick_config(2048, 2112, 7168, api.config_arch(a.device)).replace(route=route)
     _check(_gemm(a, w, ws, config=cfg), mxfp4_gemm_ref(a, w, ws))
 
 
@@ -138,7 +138,7 @@ def test_fused_quant_matches_prequantized_bitwise(m: int, n: int, k: int):
     # Same config (tiles, split-K, K order): the fused A-load quantizer must give exactly the reference values.
     a, w, ws = _case(m, n, k, seed=11)
     cfg = api.pick_config(m, n, k, api.config_arch(a.device))
-    fused = _gemm(a, w, ws, config={**cfg, "route": "fused"})
+    fused = _gemm(a, w, ws, config=cfg.replace(route="fused"))
     packed, scales = quant_mxfp4(a)
     assert torch.equal(fused, _gemm(packed, w, ws, a_scale=scales, config=cfg))
     if not torch.version.hip:  # sm90 path: bf16 qdq input through the dequant kernel
@@ -223,7 +223,7 @@ def test_swz128_default_path_every_bucket(m: int):
 def test_swz128_routes_and_prequantized_input(route: str):
     m, n, k = 16, 7168, 2048
     a, w, ws = _case(m, n, k, seed=37)
-    cfg = {**api.pick_config(m, n, k, "sm90"), "route": route, "fused_below_nk": 0}
+    cfg = api.pick_config(m, n, k, "sm90").replace(route=route, fused_below_nk=0)
     w2, s2, lay = api.relayout_weight(w, ws)
     _check(_gemm(a, w2, s2, config=cfg, w_layout=lay), mxfp4_gemm_ref(a, w, ws))
     packed, scales = quant_mxfp4(a)
