@@ -516,11 +516,13 @@ def _model_or_none(recipe, side: Side) -> str | None:
 def _conclude(c, out: Path, title: str = "stock SGLang vs overlay") -> None:
     if c is None:  # a side is still to be served (`--sides`): nothing to judge yet
         return
+    from speedrun.eval.compare import PAIRED
+
     t = Table(title=title)
     for col in ("scenario", "tok/s/GPU stock", "overlay", "speedup", "tok/s/user stock", "overlay"):
         t.add_column(col, justify="left" if col == "scenario" else "right", overflow="fold")  # no … in names
     for row in c.rows:
-        cells = [row.metric(s, k) for k in ("total_throughput_per_gpu", "interactivity") for s in ("base", "over")]
+        cells = [row.metric(s, k) for k in ("total_throughput_per_gpu", "interactivity") for s in PAIRED]
         txt = [f"{v:,.1f}" if v is not None else "—" for v in cells]
         t.add_row(row.name, txt[0], txt[1], f"{row.speedup:.2f}x" if row.speedup else "—", txt[2], txt[3])
     console.print(t)
