@@ -465,63 +465,30 @@ def kernels_tune(
     min_gain: Annotated[float, typer.Option(help="keep the current config unless the winner is this fast")] = 1.02,
 ) -> None:
     """Sweep each op's candidates on this GPU, pick the fastest variant per config bucket, optionally write it."""
-    import datetime
-    import subprocess
     import sys
 
-    from speedrun.eval.kernels import BENCH
-    from speedrun.overlays.arch import HERE
-    from speedrun.overlays.readiness import tune
+    from speedrun.eval.kernels import tune as tuning
+    from speedrun.overlays.readiness.tune import TuneError, rich_table
 
     bad = [o for o in op if o not in OPS]
     if bad:
         fail(f"unknown op(s) {bad}: expected {', '.join(OPS)}")
-    arch = _tune_arch(sweep_from)
+    try:
+        arch = tuning.arch_here(stored=sweep_from is not None)
+    except tuning.NotTunableHere as exc:
+        fail(str(exc))
     for o in op:
-        sweep = (sweep_from or out) / f"{o}_sweep.json"
-        if sweep_from is None:
-            started = time.time()
-            cmd = [sys.executable, "-m", BENCH[o], "--out", str(out), "--sweep"]
-            rc = subprocess.run(cmd).returncode
-            if not sweep.exists() or sweep.stat().st_mtime < started:  # a stale file from an earlier run is no result
-                fail(f"{o}: the sweep wrote no {sweep} (exit code {rc})", 1)
-            if rc:  # error rows (a baseline that failed) are dropped by the selection; say so, go on
-                err.print(f"{o}: sweep exited with code {rc}; using the rows it wrote", highlight=False)
-        elif not sweep.exists():
-            fail(f"{o}: no {sweep}", 1)
-        path = HERE / o / "configs" / f"{arch}.json"
-        table = json.loads(path.read_text())
         try:
-            choices = tune.select(tune.load_rows(sweep), table, str(sweep), min_gain)
-        except tune.TuneError as exc:
+            sweep = tuning.sweep_file(o, out, sweep_from, warn=lambda m: err.print(m, highlight=False))
+            t = tuning.select(o, sweep, arch, min_gain)
+        except TuneError as exc:
             fail(str(exc), 1)
-        console.print(tune.rich_table(o, choices))
-        if write and any(c.changed for c in choices):
-            gpu = ", ".join(sorted({str(r.get("gpu", "?")) for r in tune.load_rows(sweep)}))
-            date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-            command = " ".join(["speedrun", *sys.argv[1:]])
-            prov = {"gpu": gpu, "date": date, "command": command, "sweep": str(sweep), "min_gain": min_gain}
-            tune.write_table(path, tune.apply(table, choices, prov))
-            console.print(f"wrote {path}", highlight=False)
+        console.print(rich_table(o, t.choices))
+        if write and t.changed:
+            tuning.write(t, command=" ".join(["speedrun", *sys.argv[1:]]))
+            console.print(f"wrote {t.path}", highlight=False)
         elif write:
             console.print(f"{o}: current configs kept (no winner beats them by {min_gain}x)")
-
-
-def _tune_arch(sweep_from: Path | None) -> str:
-    """sm90 only: gfx950 tables are reasoned (no MI355X here), and tuning needs the GPU it tunes for."""
-    from speedrun.overlays.arch import current_arch
-
-    try:
-        arch = current_arch()
-    except ImportError:
-        arch = "cpu"
-    if arch == "cpu" and sweep_from is not None:
-        return "sm90"  # re-selecting from a stored sweep (measured on the H100) needs no GPU
-    if arch == "cpu":
-        fail("no GPU visible: `kernels tune` sweeps on the GPU it tunes for (or pass --from DIR of a stored sweep)")
-    if arch != "sm90":
-        fail(f"arch {arch}: only sm90 tables are tuned here; gfx950 tables are reasoned from the arch, marked untuned")
-    return arch
 
 
 @kernels_app.command("roofline")
