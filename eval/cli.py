@@ -359,7 +359,7 @@ def _pipeline_check(r, opts) -> None:
 def _main_job(demo: bool):
     """The main-job recipe for the GPUs here (one line says which and why); with no GPU, print its two launch
     commands and return None (or, with --demo, return it: the pipeline check needs no GPU)."""
-    from speedrun.commands import dry_run_text
+    from speedrun.eval.serve import dry_run_text
     from speedrun.mainjob import FINALS, NoMainJob, choose, detect, hardware
 
     machine = detect()

@@ -59,7 +59,7 @@ def launch(
 ) -> None:
     """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports. A recipe
     with a `deployment` starts this node's servers and, on node 0, SGLang's router (--port is the router's)."""
-    from speedrun.eval.serve import model_path
+    from speedrun.eval.serve import dry_run_text, launch_spec, model_path
 
     r = recipe_or_fail(recipe)
     side = Side.BASELINE if baseline else Side.OVERLAY
@@ -81,33 +81,6 @@ def launch(
     if importlib.util.find_spec("sglang") is None:
         fail("sglang is not installed here: pip install -e '.[serve]' (or use the GPU-host bundle, see README)")
     _serve(spec, run_dir, host, port, timeout, check)
-
-
-def launch_spec(
-    r, side: Side, *, port: int, host: str, out: Path, generate: bool, concurrency: int | None = None
-):  # fmt: skip
-    """The side's launch (command + environment) and its run folder, built as `speedrun run` builds its servers
-    (eval.serve); `generate` makes a synthetic model folder; `concurrency` picks the recipe's server_by_concurrency
-    setting."""
-    from speedrun.eval.serve import default_spec, model_path
-
-    run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
-    model = model_path(r, side, generate=generate)
-    return default_spec(r, side, port, run_dir / "reports", model, host=host, concurrency=concurrency), run_dir
-
-
-def dry_run_text(
-    r,
-    side: Side,
-    *,
-    port: int = 30000,
-    host: str = "127.0.0.1",
-    out: Path = Path(".runs/launch"),
-    concurrency: int | None = None,
-) -> str:
-    """What `speedrun launch --dry-run` prints: a comment naming the side, then one copy-pasteable line."""
-    spec, _ = launch_spec(r, side, port=port, host=host, out=out, generate=False, concurrency=concurrency)
-    return f"# {spec.side} side of {r.name}\n{spec.shell()}"
 
 
 def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: bool) -> None:
