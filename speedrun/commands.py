@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 console = cli_console()
 err = cli_console(stderr=True)
-SGLANG_PIN = "0.5.17"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -167,33 +166,10 @@ def doctor(
     """Versions, GPU and arch; the installed sglang against the support matrix (every hook target and the
     signature it wraps, what a missing one disables) and the state of its patch series. Exit 1 where the
     plugin would refuse to load."""
-    from importlib.metadata import PackageNotFoundError, version
+    from speedrun import support
+    from speedrun.sglang_source import sglang_root, source_version
 
-    from rich.markup import escape
-
-    from speedrun.sglang_source import sglang_root
-
-    t = Table(title="stack")
-    t.add_column("package")
-    t.add_column("installed")
-    t.add_column("pinned")
-    pins = {
-        "sglang": SGLANG_PIN,
-        "torch": "2.11.0",
-        "triton": "3.6.0",
-        "sglang-kernel": "0.4.5",
-        "flashinfer-python": "0.6.15.post1",
-        "transformers": "5.12.1",
-        "aiter": "-",
-    }
-    for pkg, pin in pins.items():
-        try:
-            got = version(pkg)
-        except PackageNotFoundError:
-            got = "-"
-        style = "green" if got.split("+")[0] == pin or pin == "-" else "yellow"
-        t.add_row(pkg, f"[{style}]{got}[/]", pin)
-    console.print(t)
+    console.print(support.stack_table())
     console.print(f"GPU: {_gpu()}")
     root = sglang / "sglang" if sglang is not None else sglang_root()
     if root is None or not root.is_dir():
@@ -202,28 +178,8 @@ def doctor(
                 f"no sglang source at {root}: pip install -e '.[serve]', or --sglang DIR (the folder holding sglang/)"
             )
         )
-    if not _support_report(root):
-        raise typer.Exit(1)
-
-
-def _support_report(root: Path) -> bool:
-    """The sglang under `root` against the support matrix: every hook target, the verdict, the patch series."""
-    from speedrun import support
-    from speedrun.sglang_source import source_version
-
-    found = source_version(root)
-    findings = support.check(root)
-    h = Table(title=f"overlay hook targets in {root}", title_justify="left")
-    h.add_column("op")
-    h.add_column("target (under sglang.srt.)", overflow="fold")
-    h.add_column("present", overflow="fold")
-    shown = {"ok": "[green]yes[/]", "missing": "[red]no[/]"}
-    for f in findings:
-        state = shown.get(f.state) or (
-            f"[yellow]after patch {f.detail.split('-')[0]}[/]" if f.state == "patch" else f"[red]{f.detail}[/]"
-        )
-        h.add_row(f.op, f.target.removeprefix("sglang.srt."), state)
-    console.print(h)
+    found, findings = source_version(root), support.check(root)
+    console.print(support.targets_table(root, findings))
     ok, line = support.verdict(found, findings)
     console.print(f"[{'green' if ok else 'red'}]{line}[/]", highlight=False)
     for f in findings:
@@ -231,15 +187,10 @@ def _support_report(root: Path) -> bool:
             console.print(f"  [red]{f.line()}[/]", highlight=False)
     if not ok:
         console.print("  the plugin refuses to load on it (its per-process report says why) and stock SGLang runs")
-    if support.release(found) not in support.versions():
-        console.print(f"no patch series for sglang {found or '(unknown version)'}: `speedrun patch` refuses it")
-        return ok
-    try:
-        for name, state in patching.status(patching.load_series(support.release(found)), root.parent).items():
-            console.print(f"patch {name}: {state}", highlight=False)
-    except patching.PatchError as exc:
-        console.print(f"patch series: {exc}", highlight=False)
-    return ok
+    for line in support.patch_states(found, root):
+        console.print(line, highlight=False)
+    if not ok:
+        raise typer.Exit(1)
 
 
 def _gpu() -> str:
