@@ -284,11 +284,13 @@ def model_synth(recipe: str, root: Path = Path(".models")) -> None:
     from speedrun.synth import ensure_model
 
     r = recipe_or_fail(recipe)
-    sides = {r.model_for(b).path: b for b in (True, False) if r.model_for(b).synthetic is not None}
+    # one folder per distinct synthetic model (the baseline may serve its own, e.g. the FP8 form of the slice)
+    models = {s: r.model_for(s.stock) for s in (Side.BASELINE, Side.OVERLAY)}
+    sides = {m.path: s for s, m in models.items() if m.synthetic is not None}
     if not sides:
         fail(f"{recipe}: model.synthetic is not set; nothing to generate")
-    for baseline in sides.values():
-        console.print(f"model folder: {ensure_model(r, root, baseline=baseline)}", highlight=False)
+    for side in sides.values():
+        console.print(f"model folder: {ensure_model(r, root, baseline=side.stock)}", highlight=False)
 
 
 # ---------------------------------------------------------------- kernels
