@@ -470,9 +470,7 @@ def profile(
     no_progress: Quiet = False,
 ) -> None:
     """Where decode time goes: SGLang's torch profiler over `steps` decode passes, kernels by op, per side."""
-    from speedrun.eval.profile import compare_md, profile_server
-    from speedrun.eval.results import write_json_atomic
-    from speedrun.eval.serve import launched, pool_for
+    from speedrun.eval.profile import compare_md, profile_sides
 
     r = _recipe(recipe)
     both = [Side.BASELINE, Side.OVERLAY]
@@ -482,35 +480,19 @@ def profile(
         raise typer.Exit(2)
     sides = [Side(s) for s in sides]
     out = out or Path(".runs") / f"profile-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    results, kw = {}, dict(concurrency=concurrency, isl=isl, osl=osl, steps=steps)
-    for s in sides:
-        try:
-            if server:
-                results[s] = profile_server(server.rstrip("/"), pool_for(r, url=server), out / s / "trace", **kw)
-                continue
-            pool = pool_for(r, model=_model_or_none(r, s))
-            with launched(r, s, out / s, startup_timeout_s=startup_timeout, show_progress=not no_progress) as (t, _):
-                results[s] = profile_server(t.url, pool, out / s / "trace", **kw)
-        except Exception as exc:  # one side failing still leaves the other's profile
-            err.print(f"[red]{s}: profile failed: {type(exc).__name__}: {escape(str(exc))}[/red]")
-            results[s] = {"error": f"{type(exc).__name__}: {exc}"}
-    write_json_atomic(out / "profile.json", {"recipe": r.name, **kw, "sides": results})
+    kw = dict(concurrency=concurrency, isl=isl, osl=osl, steps=steps)
+
+    def failed(s: Side, exc: Exception) -> None:
+        err.print(f"[red]{s}: profile failed: {type(exc).__name__}: {escape(str(exc))}[/red]")
+
+    results = profile_sides(r, sides, out, server=server, startup_timeout_s=startup_timeout,
+                            show_progress=not no_progress, on_error=failed, **kw)  # fmt: skip
     ok = {k: v for k, v in results.items() if "error" not in v}
     if ok:
-        (out / "profile.md").write_text(f"# Decode profile: {r.name}\n\n" + compare_md(ok) + "\n")
         console.print(compare_md(ok), markup=False, highlight=False)
     console.print(f"profile: {out / 'profile.json'}")
     if len(ok) < len(results):
         raise typer.Exit(1)
-
-
-def _model_or_none(recipe, side: Side) -> str | None:
-    from speedrun.eval.serve import model_path
-
-    try:
-        return model_path(recipe, side)
-    except Exception:  # the launch itself reports it properly
-        return None
 
 
 def _conclude(c, out: Path, title: str = "stock SGLang vs overlay") -> None:
