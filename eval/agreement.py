@@ -96,26 +96,28 @@ def margin(ref: dict[str, Any], k: int, other_token: int) -> float | None:
     return None if other_token not in top else max(0.0, ref["logprobs"][k] - top[other_token])
 
 
-def divergence(b: dict[str, Any], o: dict[str, Any], k: int, tie_margin: float) -> dict[str, Any]:
-    """One prompt's first divergence, with the baseline's margin between the two choices."""
-    bt = b["ids"][k] if k < len(b["ids"]) else None
+def divergence(r: dict[str, Any], o: dict[str, Any], k: int, tie_margin: float) -> dict[str, Any]:
+    """One prompt's first divergence, with the reference's margin between the two choices ("base_token": the
+    reference's, a key kept for the results already written)."""
+    rt = r["ids"][k] if k < len(r["ids"]) else None
     ot = o["ids"][k] if k < len(o["ids"]) else None
-    m = margin(b, k, ot) if ot is not None else None
-    return {"pos": k, "base_token": bt, "other_token": ot, "margin": m, "near_tie": m is not None and m <= tie_margin}
+    m = margin(r, k, ot) if ot is not None else None
+    return {"pos": k, "base_token": rt, "other_token": ot, "margin": m, "near_tie": m is not None and m <= tie_margin}
 
 
-def compare(base: dict[str, Any], over: dict[str, Any], cfg: Agreement) -> dict[str, Any]:
-    """Match rate over the first `cfg.tokens` tokens (prefix up to the first divergence), logprob diffs on the
-    matched prefix, and each divergence's margin (near tie or not)."""
+def compare(ref: dict[str, Any], other: dict[str, Any], cfg: Agreement) -> dict[str, Any]:
+    """`other`'s samples against the reference's (the baseline's; other: the overlay or the control): match rate
+    over the first `cfg.tokens` tokens (prefix up to the first divergence), logprob diffs on the matched prefix,
+    and each divergence's margin (near tie or not)."""
     n = cfg.tokens
     prefixes, diffs, first_div, divs = [], [], [], []
-    for b, o in zip(base["samples"], over["samples"], strict=False):
-        k = matched_prefix(b["ids"], o["ids"], n)
+    for r, o in zip(ref["samples"], other["samples"], strict=False):
+        k = matched_prefix(r["ids"], o["ids"], n)
         prefixes.append(k)
         first_div.append(None if k == n else k)
-        diffs += [abs(x - y) for x, y in zip(b["logprobs"][:k], o["logprobs"][:k], strict=False)]
+        diffs += [abs(x - y) for x, y in zip(r["logprobs"][:k], o["logprobs"][:k], strict=False)]
         if k < n:
-            divs.append(divergence(b, o, k, cfg.tie_margin))
+            divs.append(divergence(r, o, k, cfg.tie_margin))
     total = n * max(len(prefixes), 1)
     d = np.asarray(diffs or [0.0])
     res = {
@@ -132,7 +134,7 @@ def compare(base: dict[str, Any], over: dict[str, Any], cfg: Agreement) -> dict[
         "min_token_match": cfg.min_token_match,
         "max_logprob_diff_limit": cfg.max_logprob_diff,
         "mean_logprob_diff_limit": cfg.mean_logprob_diff,
-        "errors": sum(bool(s.get("error")) for side in (base, over) for s in side["samples"]),
+        "errors": sum(bool(s.get("error")) for side in (ref, other) for s in side["samples"]),
     }
     res["passed"] = (
         res["match_rate"] >= cfg.min_token_match
@@ -148,21 +150,21 @@ def unexplained(res: dict[str, Any]) -> int:
     return len(res["divergences"]) - res["near_tie_divergences"]
 
 
-def calibrated(over: dict[str, Any], control: dict[str, Any], cfg: Agreement) -> dict[str, Any]:
+def calibrated(overlay: dict[str, Any], control: dict[str, Any], cfg: Agreement) -> dict[str, Any]:
     """The overlay judged against stock's own disagreement (baseline vs control, same prompts): it must match
     about as long, differ in logprobs by at most `noise_factor` x what the control differs, and have no more
     divergences that are not near ties than the control has. Returns the criteria with their numbers."""
     floor = max(control["mean_logprob_diff"], 1e-3)  # a control identical to the baseline still allows rounding
     crit = {
-        "match_rate": (over["match_rate"], control["match_rate"] - cfg.match_slack),
-        "mean_logprob_diff": (over["mean_logprob_diff"], cfg.noise_factor * floor),
-        "unexplained_divergences": (unexplained(over), unexplained(control)),
+        "match_rate": (overlay["match_rate"], control["match_rate"] - cfg.match_slack),
+        "mean_logprob_diff": (overlay["mean_logprob_diff"], cfg.noise_factor * floor),
+        "unexplained_divergences": (unexplained(overlay), unexplained(control)),
     }
     ok = {
         "match_rate": crit["match_rate"][0] >= crit["match_rate"][1],
         "mean_logprob_diff": crit["mean_logprob_diff"][0] <= crit["mean_logprob_diff"][1],
         "unexplained_divergences": crit["unexplained_divergences"][0] <= crit["unexplained_divergences"][1],
     }
-    errors_ok = over["errors"] == 0 and over["prompts"] == cfg.prompts
+    errors_ok = overlay["errors"] == 0 and overlay["prompts"] == cfg.prompts
     return {"criteria": {k: {"value": v, "limit": lim, "ok": ok[k]} for k, (v, lim) in crit.items()},
             "passed": all(ok.values()) and errors_ok}  # fmt: skip

@@ -359,7 +359,7 @@ def _pipeline_check(r, opts) -> None:
 def _main_job(demo: bool):
     """The main-job recipe for the GPUs here (one line says which and why); with no GPU, print its two launch
     commands and return None (or, with --demo, return it: the pipeline check needs no GPU)."""
-    from speedrun.commands import dry_run_text
+    from speedrun.eval.serve import dry_run_text
     from speedrun.mainjob import FINALS, NoMainJob, choose, detect, hardware
 
     machine = detect()
@@ -470,9 +470,7 @@ def profile(
     no_progress: Quiet = False,
 ) -> None:
     """Where decode time goes: SGLang's torch profiler over `steps` decode passes, kernels by op, per side."""
-    from speedrun.eval.profile import compare_md, profile_server
-    from speedrun.eval.results import write_json_atomic
-    from speedrun.eval.serve import launched, pool_for
+    from speedrun.eval.profile import compare_md, profile_sides
 
     r = _recipe(recipe)
     both = [Side.BASELINE, Side.OVERLAY]
@@ -482,45 +480,31 @@ def profile(
         raise typer.Exit(2)
     sides = [Side(s) for s in sides]
     out = out or Path(".runs") / f"profile-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    results, kw = {}, dict(concurrency=concurrency, isl=isl, osl=osl, steps=steps)
-    for s in sides:
-        try:
-            if server:
-                results[s] = profile_server(server.rstrip("/"), pool_for(r, url=server), out / s / "trace", **kw)
-                continue
-            pool = pool_for(r, model=_model_or_none(r, s))
-            with launched(r, s, out / s, startup_timeout_s=startup_timeout, show_progress=not no_progress) as (t, _):
-                results[s] = profile_server(t.url, pool, out / s / "trace", **kw)
-        except Exception as exc:  # one side failing still leaves the other's profile
-            err.print(f"[red]{s}: profile failed: {type(exc).__name__}: {escape(str(exc))}[/red]")
-            results[s] = {"error": f"{type(exc).__name__}: {exc}"}
-    write_json_atomic(out / "profile.json", {"recipe": r.name, **kw, "sides": results})
+    kw = dict(concurrency=concurrency, isl=isl, osl=osl, steps=steps)
+
+    def failed(s: Side, exc: Exception) -> None:
+        err.print(f"[red]{s}: profile failed: {type(exc).__name__}: {escape(str(exc))}[/red]")
+
+    results = profile_sides(r, sides, out, server=server, startup_timeout_s=startup_timeout,
+                            show_progress=not no_progress, on_error=failed, **kw)  # fmt: skip
     ok = {k: v for k, v in results.items() if "error" not in v}
     if ok:
-        (out / "profile.md").write_text(f"# Decode profile: {r.name}\n\n" + compare_md(ok) + "\n")
         console.print(compare_md(ok), markup=False, highlight=False)
     console.print(f"profile: {out / 'profile.json'}")
     if len(ok) < len(results):
         raise typer.Exit(1)
 
 
-def _model_or_none(recipe, side: Side) -> str | None:
-    from speedrun.eval.serve import model_path
-
-    try:
-        return model_path(recipe, side)
-    except Exception:  # the launch itself reports it properly
-        return None
-
-
 def _conclude(c, out: Path, title: str = "stock SGLang vs overlay") -> None:
     if c is None:  # a side is still to be served (`--sides`): nothing to judge yet
         return
+    from speedrun.eval.compare import PAIRED
+
     t = Table(title=title)
     for col in ("scenario", "tok/s/GPU stock", "overlay", "speedup", "tok/s/user stock", "overlay"):
         t.add_column(col, justify="left" if col == "scenario" else "right", overflow="fold")  # no … in names
     for row in c.rows:
-        cells = [row.metric(s, k) for k in ("total_throughput_per_gpu", "interactivity") for s in ("base", "over")]
+        cells = [row.metric(s, k) for k in ("total_throughput_per_gpu", "interactivity") for s in PAIRED]
         txt = [f"{v:,.1f}" if v is not None else "—" for v in cells]
         t.add_row(row.name, txt[0], txt[1], f"{row.speedup:.2f}x" if row.speedup else "—", txt[2], txt[3])
     console.print(t)

@@ -8,24 +8,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from speedrun.eval import agreement as agreement_mod
-from speedrun.recipe import Agreement
+from speedrun.recipe import Agreement, Side
+
+PAIRED = (Side.BASELINE, Side.OVERLAY)  # the two sides a comparison pairs (the control gives agreement only)
 
 
 @dataclass
 class Row:
     name: str
     case: dict[str, Any]
-    base: dict[str, Any] | None
-    over: dict[str, Any] | None
+    baseline: dict[str, Any] | None
+    overlay: dict[str, Any] | None
 
-    def metric(self, side: str, key: str) -> float | None:
-        entry = self.base if side == "base" else self.over
-        v = ((entry or {}).get("metrics") or {}).get(key)
+    def entry(self, side: Side) -> dict[str, Any] | None:
+        """This scenario's entry on `side` (baseline or overlay); None where that side has no such scenario."""
+        return {Side.BASELINE: self.baseline, Side.OVERLAY: self.overlay}[side]
+
+    def metric(self, side: Side, key: str) -> float | None:
+        v = ((self.entry(side) or {}).get("metrics") or {}).get(key)
         return v if isinstance(v, int | float) else None
 
     def ratio(self, key: str, higher_is_better: bool = True) -> float | None:
         """overlay vs baseline, > 1 = overlay better (for latencies: baseline / overlay)."""
-        b, o = self.metric("base", key), self.metric("over", key)
+        b, o = self.metric(Side.BASELINE, key), self.metric(Side.OVERLAY, key)
         if not b or not o:
             return None
         return o / b if higher_is_better else b / o
@@ -44,11 +49,12 @@ class Gate:
 
 @dataclass
 class Comparison:
-    base: dict[str, Any]
-    over: dict[str, Any]
+    baseline: dict[str, Any]  # the baseline side's results file
+    overlay: dict[str, Any]  # the overlay side's results file
     rows: list[Row]
-    agreement: dict[str, Any] | None
-    control: dict[str, Any] | None = None  # baseline vs control, + "label" and "calibrated" (the overlay's verdict)
+    agreement: dict[str, Any] | None  # baseline vs overlay
+    # baseline vs control, + "label" and "calibrated" (the overlay's verdict against it)
+    control_agreement: dict[str, Any] | None = None
     control_requested: bool = False
     gates: list[Gate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -56,6 +62,9 @@ class Comparison:
     @property
     def passed(self) -> bool:
         return all(g.passed for g in self.gates)
+
+    def side(self, side: Side) -> dict[str, Any]:
+        return {Side.BASELINE: self.baseline, Side.OVERLAY: self.overlay}[side]
 
 
 def first_line(text: str | None, limit: int = 300) -> str:
@@ -73,8 +82,8 @@ def by_name(side: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def pair(base: dict[str, Any], over: dict[str, Any]) -> list[Row]:
-    b, o = by_name(base), by_name(over)
+def pair(baseline: dict[str, Any], overlay: dict[str, Any]) -> list[Row]:
+    b, o = by_name(baseline), by_name(overlay)
     names = list(b) + [n for n in o if n not in b]
     return [Row(n, (b.get(n) or o.get(n))["case"], b.get(n), o.get(n)) for n in names]
 
@@ -83,40 +92,42 @@ def samples(side: dict[str, Any] | None) -> dict[str, Any] | None:
     return ((side or {}).get("accuracy") or {}).get("agreement_samples")
 
 
-def agreement_of(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any] | None:
-    sb, so = samples(base), samples(over)
+def agreement_of(baseline: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any] | None:
+    sb, so = samples(baseline), samples(overlay)
     if not sb or not so:
         return None
     return agreement_mod.compare(sb, so, Agreement(**so["config"]))
 
 
-def control_of(base: dict[str, Any], control: dict[str, Any] | None, over_agreement: dict[str, Any] | None):
+def control_of(
+    baseline: dict[str, Any], control: dict[str, Any] | None, overlay_agreement: dict[str, Any] | None
+) -> dict[str, Any] | None:
     """Baseline vs control with the same maths, and the overlay's calibrated verdict against it."""
-    sb, sc = samples(base), samples(control)
+    sb, sc = samples(baseline), samples(control)
     if not sb or not sc:
         return None
     cfg = Agreement(**sc["config"])
     res = agreement_mod.compare(sb, sc, cfg)
     res["label"] = cfg.control.label if cfg.control else "control"
-    if over_agreement is not None:
-        res["calibrated"] = agreement_mod.calibrated(over_agreement, res, cfg)
+    if overlay_agreement is not None:
+        res["calibrated"] = agreement_mod.calibrated(overlay_agreement, res, cfg)
     return res
 
 
 def server_gates(c: Comparison) -> list[Gate]:
     out = []
-    for label, side in (("baseline", c.base), ("overlay", c.over)):
-        errs = [f"{e['what']}: {first_line(e.get('message'), 200)}" for e in side.get("errors", [])]
-        out.append(Gate(f"{label} side", not errs, "; ".join(errs) or "started, ran, stopped"))
+    for side in PAIRED:
+        errs = [f"{e['what']}: {first_line(e.get('message'), 200)}" for e in c.side(side).get("errors", [])]
+        out.append(Gate(f"{side} side", not errs, "; ".join(errs) or "started, ran, stopped"))
     return out
 
 
 def throughput_gate(c: Comparison) -> Gate:
     bad = [
-        f"{r.name} ({lbl}: {(e or {}).get('status', 'missing')})"
+        f"{r.name} ({side}: {(r.entry(side) or {}).get('status', 'missing')})"
         for r in c.rows
-        for lbl, e in (("baseline", r.base), ("overlay", r.over))
-        if (e or {}).get("status") != "ok"
+        for side in PAIRED
+        if (r.entry(side) or {}).get("status") != "ok"
     ]
     ok = f"{len(c.rows)} scenario(s) complete on both sides"
     return Gate("throughput scenarios", not bad and bool(c.rows), "; ".join(bad) if bad else ok)
@@ -125,16 +136,16 @@ def throughput_gate(c: Comparison) -> Gate:
 def accuracy_gates(c: Comparison) -> list[Gate]:
     """A requested check with no result fails: a crash must not pass for a skipped gate."""
     out = []
-    g = c.over.get("accuracy", {}).get("gsm8k")
+    g = c.overlay.get("accuracy", {}).get("gsm8k")
     if g:
         detail = f"{g['score_flexible']:.3f} vs min {g['min_score']:.3f} ({g['questions']} questions)"
         out.append(Gate("GSM8K (overlay)", bool(g.get("passed")), detail))
-    elif c.over.get("accuracy_requested", {}).get("gsm8k"):
+    elif c.overlay.get("accuracy_requested", {}).get("gsm8k"):
         out.append(Gate("GSM8K (overlay)", False, "requested but no result (see Cut or failed)"))
     a = c.agreement
     if a:
-        out.append(agreement_gate(a, c.control, c.control_requested))
-    elif any(side.get("accuracy_requested", {}).get("agreement") for side in (c.base, c.over)):
+        out.append(agreement_gate(a, c.control_agreement, c.control_requested))
+    elif any(c.side(s).get("accuracy_requested", {}).get("agreement") for s in PAIRED):
         out.append(Gate("agreement", False, "requested but samples are missing on a side"))
     return out
 
@@ -160,7 +171,7 @@ def agreement_gate(a: dict[str, Any], ctl: dict[str, Any] | None, calibrate: boo
 
 def overlay_gate(c: Comparison) -> list[Gate]:
     """The overlay side must have run the overlays: reports present, calls counted, no errors."""
-    reports, asked = c.over.get("overlay_reports"), c.over.get("overlays_requested")
+    reports, asked = c.overlay.get("overlay_reports"), c.overlay.get("overlays_requested")
     if reports is None or not asked:
         return []
     errs = [str(e) for r in reports for e in r.get("errors", [])]
@@ -180,13 +191,13 @@ def gates(c: Comparison) -> list[Gate]:
 
 def warnings_of(c: Comparison) -> list[str]:
     w = []
-    nb, no = c.base.get("scale_notes", []), c.over.get("scale_notes", [])
+    nb, no = c.baseline.get("scale_notes", []), c.overlay.get("scale_notes", [])
     w += [f"scaled down: {n}" for n in no if n in nb]
     w += [f"baseline only, scaled down: {n}" for n in nb if n not in no]
     w += [f"overlay only, scaled down: {n}" for n in no if n not in nb]
-    if c.control_requested and c.control is None:
+    if c.control_requested and c.control_agreement is None:
         w.append("agreement control: no samples (did the control side run? see control.json)")
-    g = c.base.get("accuracy", {}).get("gsm8k")
+    g = c.baseline.get("accuracy", {}).get("gsm8k")
     if g and not g.get("passed"):
         w.append(
             f"baseline GSM8K {g['score_flexible']:.3f} is below the recipe's min {g['min_score']}: "
@@ -195,10 +206,12 @@ def warnings_of(c: Comparison) -> list[str]:
     return w
 
 
-def compare(base: dict[str, Any], over: dict[str, Any], control: dict[str, Any] | None = None) -> Comparison:
-    a = agreement_of(base, over)
-    cfg = (samples(over) or {}).get("config") or {}
-    c = Comparison(base, over, pair(base, over), a, control_of(base, control, a), cfg.get("gate") == "calibrated")
+def compare(baseline: dict[str, Any], overlay: dict[str, Any], control: dict[str, Any] | None = None) -> Comparison:
+    """The three sides' results files (control optional: agreement samples only) -> rows, agreement, gates."""
+    a = agreement_of(baseline, overlay)
+    cfg = (samples(overlay) or {}).get("config") or {}
+    calibrate = cfg.get("gate") == "calibrated"
+    c = Comparison(baseline, overlay, pair(baseline, overlay), a, control_of(baseline, control, a), calibrate)
     c.gates = gates(c)
     c.warnings = warnings_of(c)
     return c

@@ -11,8 +11,9 @@ matplotlib.use("Agg")  # files only, no display (CI, device machines)
 import matplotlib.pyplot as plt
 
 from speedrun.eval.compare import Row
+from speedrun.recipe import Side
 
-SIDES = (("base", "stock SGLang", "#7f7f7f", "o"), ("over", "speedrun overlay", "#d62728", "s"))
+SIDES = ((Side.BASELINE, "stock SGLang", "#7f7f7f", "o"), (Side.OVERLAY, "speedrun overlay", "#d62728", "s"))
 
 
 def groups(rows: list[Row]) -> dict[str, list[Row]]:

@@ -15,11 +15,13 @@ import json
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from speedrun.eval.client import GenRequest, payload, post_json, session
 from speedrun.eval.prompts import TokenPool, random_prompts
+from speedrun.recipe import Recipe, Side
 
 # Kernel name -> op category (first match wins); names of SGLang's, flashinfer's, triton_kernels' and ours.
 CATEGORIES = (
@@ -150,6 +152,51 @@ def profile_server(
     cat = "kernel" if any(ev.get("cat") == "kernel" for ev in events) else "cpu_op"
     return {"concurrency": concurrency, "isl": isl, "osl": osl, "steps": steps,
             "traces": [str(t) for t in traces], **summarize(events, cat)}  # fmt: skip
+
+
+def profile_sides(
+    recipe: Recipe,
+    sides: list[Side],
+    out: Path,
+    *,
+    server: str | None = None,
+    startup_timeout_s: float = 1200.0,
+    show_progress: bool = True,
+    on_error: Callable[[Side, Exception], None] = lambda side, exc: None,
+    **kw: int,
+) -> dict[Side, dict[str, Any]]:
+    """Each side's profile (`kw`: profile_server's concurrency, isl, osl, steps) on the side launched from the
+    recipe, or on `server` (one side). A side that fails is `{"error": ...}` after `on_error`, and the others still
+    run. Writes out/profile.json, and out/profile.md when a side has a profile."""
+    from speedrun.eval.results import write_json_atomic
+    from speedrun.eval.serve import launched, pool_for
+
+    results: dict[Side, dict[str, Any]] = {}
+    for s in sides:
+        try:
+            if server:
+                results[s] = profile_server(server.rstrip("/"), pool_for(recipe, url=server), out / s / "trace", **kw)
+                continue
+            pool = pool_for(recipe, model=_model_or_none(recipe, s))
+            with launched(recipe, s, out / s, startup_timeout_s=startup_timeout_s, show_progress=show_progress) as lt:
+                results[s] = profile_server(lt[0].url, pool, out / s / "trace", **kw)
+        except Exception as exc:  # one side failing still leaves the other's profile
+            on_error(s, exc)
+            results[s] = {"error": f"{type(exc).__name__}: {exc}"}
+    write_json_atomic(out / "profile.json", {"recipe": recipe.name, **kw, "sides": results})
+    ok = {k: v for k, v in results.items() if "error" not in v}
+    if ok:
+        (out / "profile.md").write_text(f"# Decode profile: {recipe.name}\n\n" + compare_md(ok) + "\n")
+    return results
+
+
+def _model_or_none(recipe: Recipe, side: Side) -> str | None:
+    from speedrun.eval.serve import model_path
+
+    try:
+        return model_path(recipe, side)
+    except Exception:  # the launch itself reports it properly
+        return None
 
 
 def per_step(res: dict[str, Any], us: float) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from speedrun.eval import plots
-from speedrun.eval.compare import Comparison, Row, first_line
+from speedrun.eval.compare import PAIRED, Comparison, Row, first_line
 
 
 def fmt(v: float | None, digits: int = 1, scale: float = 1.0) -> str:
@@ -52,8 +52,8 @@ def summary_table(rows: list[Row]) -> list[str]:
     for r in rows:
         cells = [r.name]
         for _, key, d, sc, _ in SUMMARY:
-            cells.append(f"{fmt(r.metric('base', key), d, sc)} → {fmt(r.metric('over', key), d, sc)}")
-        status = f"{(r.base or {}).get('status', 'missing')} / {(r.over or {}).get('status', 'missing')}"
+            cells.append(" → ".join(fmt(r.metric(s, key), d, sc) for s in PAIRED))
+        status = " / ".join((r.entry(s) or {}).get("status", "missing") for s in PAIRED)
         body.append(cells + [ratio(r.speedup), status])
     return ["Each cell: stock SGLang → overlay.", ""] + table(header, body)
 
@@ -77,11 +77,9 @@ def describe(case: dict[str, Any]) -> str:
 def detail_table(r: Row) -> list[str]:
     body = []
     for label, key, d, sc, hib in SUMMARY[:2] + DETAIL:
-        body.append(
-            [label, fmt(r.metric("base", key), d, sc), fmt(r.metric("over", key), d, sc), ratio(r.ratio(key, hib))]
-        )
+        body.append([label, *(fmt(r.metric(s, key), d, sc) for s in PAIRED), ratio(r.ratio(key, hib))])
     for key in ("completed", "failed"):
-        body.append([key, fmt(r.metric("base", key), 0), fmt(r.metric("over", key), 0), ""])
+        body.append([key, *(fmt(r.metric(s, key), 0) for s in PAIRED), ""])
     return table(["metric", "stock", "overlay", "overlay better by"], body)
 
 
@@ -99,7 +97,7 @@ def gates_section(c: Comparison) -> list[str]:
 
 def accuracy_section(c: Comparison) -> list[str]:
     out = []
-    gb, go = (s.get("accuracy", {}).get("gsm8k") for s in (c.base, c.over))
+    gb, go = (c.side(s).get("accuracy", {}).get("gsm8k") for s in PAIRED)
     if gb or go:
         body = [
             [
@@ -146,7 +144,7 @@ def accuracy_section(c: Comparison) -> list[str]:
             f"{a['tie_margin']} nats of its own): {a['near_tie_divergences']}/{len(a['divergences'])}; "
             f"margins: {margins(a)}",
             "",
-            *control_lines(c.control),
+            *control_lines(c.control_agreement),
         ]
     return out or ["(accuracy not run)", ""]
 
@@ -199,7 +197,7 @@ def overlay_section(reports: list[dict[str, Any]]) -> list[str]:
 
 def failures_section(c: Comparison) -> list[str]:
     out = []
-    for label, side in (("stock", c.base), ("overlay", c.over)):
+    for label, side in (("stock", c.baseline), ("overlay", c.overlay)):
         for e in side.get("errors", []):
             out += [f"- {label}: **{e['what']}**: {first_line(e.get('message'))}"]
             out += _tail(e.get("log_tail", ""))
@@ -218,7 +216,7 @@ def baseline_section(c: Comparison) -> list[str]:
     """Which stock configuration the overlay is measured against (searched and locked, or the recipe's)."""
     from speedrun.eval.lock import report_lines
 
-    return report_lines(c.base.get("baseline_config"), c.rows)
+    return report_lines(c.baseline.get("baseline_config"), c.rows)
 
 
 def render(c: Comparison, out_dir: Path, title: str = "") -> Path:
@@ -226,7 +224,7 @@ def render(c: Comparison, out_dir: Path, title: str = "") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots.frontier(c.rows, out_dir / "throughput_vs_interactivity.png")
     plots.speedup(c.rows, out_dir / "speedup.png")
-    b, o = c.base, c.over
+    b, o = c.baseline, c.overlay
     lines = [
         f"# {title or b.get('recipe', 'speedrun')}: stock SGLang vs speedrun overlay",
         "",

@@ -399,9 +399,9 @@ def with_stock(rf: ResultsFile, info: dict) -> ResultsFile:
     return rf
 
 
-def finish(base: dict, over: dict, out: Path, title: str = "", control: dict | None = None) -> Comparison:
+def finish(baseline: dict, overlay: dict, out: Path, title: str = "", control: dict | None = None) -> Comparison:
     """Compare, write report.md, PNGs and summary.json into `out`."""
-    c = compare(base, over, control)
+    c = compare(baseline, overlay, control)
     md = render(c, out, title)
     write_json_atomic(
         out / "summary.json",
@@ -410,10 +410,10 @@ def finish(base: dict, over: dict, out: Path, title: str = "", control: dict | N
             "gates": [g.__dict__ for g in c.gates],
             "warnings": c.warnings,
             "agreement": c.agreement,
-            "control_agreement": c.control,
+            "control_agreement": c.control_agreement,
             "report": md.name,
             "speedup": {r.name: r.speedup for r in c.rows},
-            "baseline_config": base.get("baseline_config"),
+            "baseline_config": baseline.get("baseline_config"),
         },
     )
     return c

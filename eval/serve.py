@@ -1,11 +1,12 @@
 """One side's server for the evaluation commands: an existing URL, or launched from the recipe (log, overlay
 reports and launch command kept in the side's folder) and always torn down. `speedrun launch` builds its server
-through the same two steps (model_path, default_spec)."""
+through the same two steps (model_path, default_spec: launch_spec, dry_run_text)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,31 @@ def model_path(recipe: Recipe, side: Side, generate: bool = True) -> str:
     return str(ensure_model(recipe, baseline=Side(side).stock) if generate else DEFAULT_ROOT / model.path)
 
 
+def launch_spec(
+    r: Recipe, side: Side, *, port: int, host: str, out: Path, generate: bool, concurrency: int | None = None
+) -> tuple[LaunchSpec, Path]:
+    """`speedrun launch`'s server: the side's launch (command + environment), built as `speedrun run` builds its
+    servers, and its run folder under `out`; `generate` makes a synthetic model folder; `concurrency` picks the
+    recipe's server_by_concurrency setting."""
+    run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = model_path(r, side, generate=generate)
+    return default_spec(r, side, port, run_dir / "reports", model, host=host, concurrency=concurrency), run_dir
+
+
+def dry_run_text(
+    r: Recipe,
+    side: Side,
+    *,
+    port: int = 30000,
+    host: str = "127.0.0.1",
+    out: Path = Path(".runs/launch"),
+    concurrency: int | None = None,
+) -> str:
+    """What `speedrun launch --dry-run` prints: a comment naming the side, then one copy-pasteable line."""
+    spec, _ = launch_spec(r, side, port=port, host=host, out=out, generate=False, concurrency=concurrency)
+    return f"# {spec.side} side of {r.name}\n{spec.shell()}"
+
+
 def server_model_info(url: str) -> list[str]:
     """model/tokenizer paths a running SGLang reports (to find its vocabulary locally)."""
     try:
@@ -59,7 +85,7 @@ def pool_for(recipe: Recipe | None, url: str | None = None, model: str | None = 
 @contextlib.contextmanager
 def launched(
     recipe: Recipe,
-    side: str,
+    side: Side,
     side_dir: Path,
     *,
     spec_for: SpecFactory = default_spec,

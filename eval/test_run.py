@@ -136,7 +136,8 @@ def test_run_with_control_calibrates_agreement(tmp_path):
     assert c.agreement["match_rate"] < 0.99 and not c.agreement["passed"]  # the absolute limit alone would fail
     assert c.agreement["near_tie_divergences"] == len(c.agreement["divergences"]) > 0
     assert c.agreement["divergences"][0]["margin"] == pytest.approx(0.1)  # the baseline's gap, not the overlay's
-    assert c.control["match_rate"] < c.agreement["match_rate"] and c.control["label"] == "flashinfer attention"
+    ctl = c.control_agreement
+    assert ctl["match_rate"] < c.agreement["match_rate"] and ctl["label"] == "flashinfer attention"
     gate = next(g for g in c.gates if g.name.startswith("agreement"))
     assert gate.passed and "calibrated" in gate.name, gate
     assert not (opts.out / "control.json").read_text().count('"scenarios": [{')  # agreement only, no throughput

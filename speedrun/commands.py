@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 console = cli_console()
 err = cli_console(stderr=True)
-SGLANG_PIN = "0.5.17"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -59,7 +58,7 @@ def launch(
 ) -> None:
     """Start SGLang for a recipe (overlays on, or --baseline), wait for health, show the overlay reports. A recipe
     with a `deployment` starts this node's servers and, on node 0, SGLang's router (--port is the router's)."""
-    from speedrun.eval.serve import model_path
+    from speedrun.eval.serve import dry_run_text, launch_spec, model_path
 
     r = recipe_or_fail(recipe)
     side = Side.BASELINE if baseline else Side.OVERLAY
@@ -81,33 +80,6 @@ def launch(
     if importlib.util.find_spec("sglang") is None:
         fail("sglang is not installed here: pip install -e '.[serve]' (or use the GPU-host bundle, see README)")
     _serve(spec, run_dir, host, port, timeout, check)
-
-
-def launch_spec(
-    r, side: Side, *, port: int, host: str, out: Path, generate: bool, concurrency: int | None = None
-):  # fmt: skip
-    """The side's launch (command + environment) and its run folder, built as `speedrun run` builds its servers
-    (eval.serve); `generate` makes a synthetic model folder; `concurrency` picks the recipe's server_by_concurrency
-    setting."""
-    from speedrun.eval.serve import default_spec, model_path
-
-    run_dir = out / f"{r.name}-{side}-{time.strftime('%Y%m%d-%H%M%S')}"
-    model = model_path(r, side, generate=generate)
-    return default_spec(r, side, port, run_dir / "reports", model, host=host, concurrency=concurrency), run_dir
-
-
-def dry_run_text(
-    r,
-    side: Side,
-    *,
-    port: int = 30000,
-    host: str = "127.0.0.1",
-    out: Path = Path(".runs/launch"),
-    concurrency: int | None = None,
-) -> str:
-    """What `speedrun launch --dry-run` prints: a comment naming the side, then one copy-pasteable line."""
-    spec, _ = launch_spec(r, side, port=port, host=host, out=out, generate=False, concurrency=concurrency)
-    return f"# {spec.side} side of {r.name}\n{spec.shell()}"
 
 
 def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: bool) -> None:
@@ -194,33 +166,10 @@ def doctor(
     """Versions, GPU and arch; the installed sglang against the support matrix (every hook target and the
     signature it wraps, what a missing one disables) and the state of its patch series. Exit 1 where the
     plugin would refuse to load."""
-    from importlib.metadata import PackageNotFoundError, version
+    from speedrun import support
+    from speedrun.sglang_source import sglang_root, source_version
 
-    from rich.markup import escape
-
-    from speedrun.sglang_source import sglang_root
-
-    t = Table(title="stack")
-    t.add_column("package")
-    t.add_column("installed")
-    t.add_column("pinned")
-    pins = {
-        "sglang": SGLANG_PIN,
-        "torch": "2.11.0",
-        "triton": "3.6.0",
-        "sglang-kernel": "0.4.5",
-        "flashinfer-python": "0.6.15.post1",
-        "transformers": "5.12.1",
-        "aiter": "-",
-    }
-    for pkg, pin in pins.items():
-        try:
-            got = version(pkg)
-        except PackageNotFoundError:
-            got = "-"
-        style = "green" if got.split("+")[0] == pin or pin == "-" else "yellow"
-        t.add_row(pkg, f"[{style}]{got}[/]", pin)
-    console.print(t)
+    console.print(support.stack_table())
     console.print(f"GPU: {_gpu()}")
     root = sglang / "sglang" if sglang is not None else sglang_root()
     if root is None or not root.is_dir():
@@ -229,28 +178,8 @@ def doctor(
                 f"no sglang source at {root}: pip install -e '.[serve]', or --sglang DIR (the folder holding sglang/)"
             )
         )
-    if not _support_report(root):
-        raise typer.Exit(1)
-
-
-def _support_report(root: Path) -> bool:
-    """The sglang under `root` against the support matrix: every hook target, the verdict, the patch series."""
-    from speedrun import support
-    from speedrun.sglang_source import source_version
-
-    found = source_version(root)
-    findings = support.check(root)
-    h = Table(title=f"overlay hook targets in {root}", title_justify="left")
-    h.add_column("op")
-    h.add_column("target (under sglang.srt.)", overflow="fold")
-    h.add_column("present", overflow="fold")
-    shown = {"ok": "[green]yes[/]", "missing": "[red]no[/]"}
-    for f in findings:
-        state = shown.get(f.state) or (
-            f"[yellow]after patch {f.detail.split('-')[0]}[/]" if f.state == "patch" else f"[red]{f.detail}[/]"
-        )
-        h.add_row(f.op, f.target.removeprefix("sglang.srt."), state)
-    console.print(h)
+    found, findings = source_version(root), support.check(root)
+    console.print(support.targets_table(root, findings))
     ok, line = support.verdict(found, findings)
     console.print(f"[{'green' if ok else 'red'}]{line}[/]", highlight=False)
     for f in findings:
@@ -258,15 +187,10 @@ def _support_report(root: Path) -> bool:
             console.print(f"  [red]{f.line()}[/]", highlight=False)
     if not ok:
         console.print("  the plugin refuses to load on it (its per-process report says why) and stock SGLang runs")
-    if support.release(found) not in support.versions():
-        console.print(f"no patch series for sglang {found or '(unknown version)'}: `speedrun patch` refuses it")
-        return ok
-    try:
-        for name, state in patching.status(patching.load_series(support.release(found)), root.parent).items():
-            console.print(f"patch {name}: {state}", highlight=False)
-    except patching.PatchError as exc:
-        console.print(f"patch series: {exc}", highlight=False)
-    return ok
+    for line in support.patch_states(found, root):
+        console.print(line, highlight=False)
+    if not ok:
+        raise typer.Exit(1)
 
 
 def _gpu() -> str:
@@ -360,11 +284,13 @@ def model_synth(recipe: str, root: Path = Path(".models")) -> None:
     from speedrun.synth import ensure_model
 
     r = recipe_or_fail(recipe)
-    sides = {r.model_for(b).path: b for b in (True, False) if r.model_for(b).synthetic is not None}
+    # one folder per distinct synthetic model (the baseline may serve its own, e.g. the FP8 form of the slice)
+    models = {s: r.model_for(s.stock) for s in (Side.BASELINE, Side.OVERLAY)}
+    sides = {m.path: s for s, m in models.items() if m.synthetic is not None}
     if not sides:
         fail(f"{recipe}: model.synthetic is not set; nothing to generate")
-    for baseline in sides.values():
-        console.print(f"model folder: {ensure_model(r, root, baseline=baseline)}", highlight=False)
+    for side in sides.values():
+        console.print(f"model folder: {ensure_model(r, root, baseline=side.stock)}", highlight=False)
 
 
 # ---------------------------------------------------------------- kernels
@@ -465,63 +391,30 @@ def kernels_tune(
     min_gain: Annotated[float, typer.Option(help="keep the current config unless the winner is this fast")] = 1.02,
 ) -> None:
     """Sweep each op's candidates on this GPU, pick the fastest variant per config bucket, optionally write it."""
-    import datetime
-    import subprocess
     import sys
 
-    from speedrun.eval.kernels import BENCH
-    from speedrun.overlays.arch import HERE
-    from speedrun.overlays.readiness import tune
+    from speedrun.eval.kernels import tune as tuning
+    from speedrun.overlays.readiness.tune import TuneError, rich_table
 
     bad = [o for o in op if o not in OPS]
     if bad:
         fail(f"unknown op(s) {bad}: expected {', '.join(OPS)}")
-    arch = _tune_arch(sweep_from)
+    try:
+        arch = tuning.arch_here(stored=sweep_from is not None)
+    except tuning.NotTunableHere as exc:
+        fail(str(exc))
     for o in op:
-        sweep = (sweep_from or out) / f"{o}_sweep.json"
-        if sweep_from is None:
-            started = time.time()
-            cmd = [sys.executable, "-m", BENCH[o], "--out", str(out), "--sweep"]
-            rc = subprocess.run(cmd).returncode
-            if not sweep.exists() or sweep.stat().st_mtime < started:  # a stale file from an earlier run is no result
-                fail(f"{o}: the sweep wrote no {sweep} (exit code {rc})", 1)
-            if rc:  # error rows (a baseline that failed) are dropped by the selection; say so, go on
-                err.print(f"{o}: sweep exited with code {rc}; using the rows it wrote", highlight=False)
-        elif not sweep.exists():
-            fail(f"{o}: no {sweep}", 1)
-        path = HERE / o / "configs" / f"{arch}.json"
-        table = json.loads(path.read_text())
         try:
-            choices = tune.select(tune.load_rows(sweep), table, str(sweep), min_gain)
-        except tune.TuneError as exc:
+            sweep = tuning.sweep_file(o, out, sweep_from, warn=lambda m: err.print(m, highlight=False))
+            t = tuning.select(o, sweep, arch, min_gain)
+        except TuneError as exc:
             fail(str(exc), 1)
-        console.print(tune.rich_table(o, choices))
-        if write and any(c.changed for c in choices):
-            gpu = ", ".join(sorted({str(r.get("gpu", "?")) for r in tune.load_rows(sweep)}))
-            date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-            command = " ".join(["speedrun", *sys.argv[1:]])
-            prov = {"gpu": gpu, "date": date, "command": command, "sweep": str(sweep), "min_gain": min_gain}
-            tune.write_table(path, tune.apply(table, choices, prov))
-            console.print(f"wrote {path}", highlight=False)
+        console.print(rich_table(o, t.choices))
+        if write and t.changed:
+            tuning.write(t, command=" ".join(["speedrun", *sys.argv[1:]]))
+            console.print(f"wrote {t.path}", highlight=False)
         elif write:
             console.print(f"{o}: current configs kept (no winner beats them by {min_gain}x)")
-
-
-def _tune_arch(sweep_from: Path | None) -> str:
-    """sm90 only: gfx950 tables are reasoned (no MI355X here), and tuning needs the GPU it tunes for."""
-    from speedrun.overlays.arch import current_arch
-
-    try:
-        arch = current_arch()
-    except ImportError:
-        arch = "cpu"
-    if arch == "cpu" and sweep_from is not None:
-        return "sm90"  # re-selecting from a stored sweep (measured on the H100) needs no GPU
-    if arch == "cpu":
-        fail("no GPU visible: `kernels tune` sweeps on the GPU it tunes for (or pass --from DIR of a stored sweep)")
-    if arch != "sm90":
-        fail(f"arch {arch}: only sm90 tables are tuned here; gfx950 tables are reasoned from the arch, marked untuned")
-    return arch
 
 
 @kernels_app.command("roofline")

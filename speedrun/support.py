@@ -11,9 +11,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from speedrun import patching
 from speedrun.sglang_source import find, signature
+
+if TYPE_CHECKING:  # rich only for `doctor`: the plugin imports this module in every SGLang process
+    from rich.table import Table
+
+# The serving stack `doctor` compares against: what the GPU proof ran ("-": shown, not pinned).
+STACK_PINS = {
+    "sglang": "0.5.17",
+    "torch": "2.11.0",
+    "triton": "3.6.0",
+    "sglang-kernel": "0.4.5",
+    "flashinfer-python": "0.6.15.post1",
+    "transformers": "5.12.1",
+    "aiter": "-",
+}
 
 # What `speedrun.overlays.register()` / `_apply()` use of SGLang's plugin machinery (not in the hook table).
 HR = "sglang.srt.plugins.hook_registry"
@@ -108,3 +123,51 @@ def verdict(version: str | None, findings: list[Finding]) -> tuple[bool, str]:
         head += " and"
     ops = sorted({f.op for f in bad})
     return False, f"{head} lacks {len(bad)} hook target(s), disabling {', '.join(ops)}"
+
+
+def stack_table() -> Table:
+    """The installed versions of the serving stack beside STACK_PINS (yellow: a different one)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from rich.table import Table
+
+    t = Table(title="stack")
+    for col in ("package", "installed", "pinned"):
+        t.add_column(col)
+    for pkg, pin in STACK_PINS.items():
+        try:
+            got = version(pkg)
+        except PackageNotFoundError:
+            got = "-"
+        style = "green" if got.split("+")[0] == pin or pin == "-" else "yellow"
+        t.add_row(pkg, f"[{style}]{got}[/]", pin)
+    return t
+
+
+def targets_table(root: Path, findings: list[Finding]) -> Table:
+    """Every hook target of the sglang under `root` and whether it is there (or which patch adds it, or why its
+    signature does not bind)."""
+    from rich.table import Table
+
+    t = Table(title=f"overlay hook targets in {root}", title_justify="left")
+    t.add_column("op")
+    t.add_column("target (under sglang.srt.)", overflow="fold")
+    t.add_column("present", overflow="fold")
+    shown = {"ok": "[green]yes[/]", "missing": "[red]no[/]"}
+    for f in findings:
+        state = shown.get(f.state) or (
+            f"[yellow]after patch {f.detail.split('-')[0]}[/]" if f.state == "patch" else f"[red]{f.detail}[/]"
+        )
+        t.add_row(f.op, f.target.removeprefix("sglang.srt."), state)
+    return t
+
+
+def patch_states(version: str | None, root: Path) -> list[str]:
+    """One line per patch of the version's series: its state on the sglang under `root`; or why there is none."""
+    if release(version) not in versions():
+        return [f"no patch series for sglang {version or '(unknown version)'}: `speedrun patch` refuses it"]
+    try:
+        states = patching.status(patching.load_series(release(version)), root.parent)
+        return [f"patch {name}: {state}" for name, state in states.items()]
+    except patching.PatchError as exc:
+        return [f"patch series: {exc}"]

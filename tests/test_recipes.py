@@ -204,8 +204,7 @@ def test_one_side_type_and_the_control_is_stock():
 @pytest.mark.parametrize("side", list(Side), ids=str)
 def test_launch_and_run_build_a_server_the_same_way(side, tmp_path):
     """`speedrun launch` and `speedrun run` share one pipeline (eval.serve: model_path, then default_spec)."""
-    from speedrun.commands import launch_spec
-    from speedrun.eval.serve import default_spec, model_path
+    from speedrun.eval.serve import default_spec, launch_spec, model_path
 
     r = load_recipe("synth-deepseek-h100")
     spec, run_dir = launch_spec(r, side, port=31000, host="127.0.0.1", out=tmp_path, generate=False)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -168,3 +169,29 @@ def test_gemm_per_shape_values_do_not_leak():
     assert (c.bucket, c.current, c.winner, c.config) == ("m<=16", "config", "w8", {"num_warps": 8})
     out = tune.apply(table, [c], {})
     assert out["m<=16"] == {"BLOCK_N": 64, "num_warps": 8} and out["7168x2048:m<=16"] == {"BLOCK_N": 32}
+
+
+def test_fresh_sweep_runs_the_bench_and_judges_its_file(tmp_path, monkeypatch):
+    """The sweep is the op's bench run as `python -m <module> --out DIR --sweep`: a file it wrote is used (a non-zero
+    exit only warns), none (or only a stale one) fails naming the file and the exit code."""
+    from speedrun.eval.kernels import BENCH
+    from speedrun.eval.kernels import tune as tuning
+
+    (tmp_path / "fake_sweep.py").write_text(
+        "import pathlib, sys\nout = pathlib.Path(sys.argv[2])\n"
+        "if out.name == 'writes': (out / 'fake_sweep.json').write_text('[]')\nsys.exit(3)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setitem(BENCH, "fake", "fake_sweep")
+    (tmp_path / "writes").mkdir()
+    (tmp_path / "silent").mkdir()
+    stale = tmp_path / "silent" / "fake_sweep.json"
+    stale.write_text("[]")
+    os.utime(stale, (1e9, 1e9))  # from an earlier run: not this sweep's result
+    warned = []
+    assert tuning.sweep_file("fake", tmp_path / "writes", None, warned.append) == tmp_path / "writes/fake_sweep.json"
+    assert warned == ["fake: sweep exited with code 3; using the rows it wrote"]
+    with pytest.raises(tune.TuneError, match=r"fake: the sweep wrote no .*silent/fake_sweep.json \(exit code 3\)"):
+        tuning.sweep_file("fake", tmp_path / "silent", None, warned.append)
+    with pytest.raises(tune.TuneError, match=r"fake: no .*elsewhere/fake_sweep.json"):
+        tuning.sweep_file("fake", tmp_path, tmp_path / "elsewhere", warned.append)

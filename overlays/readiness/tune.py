@@ -9,7 +9,7 @@ compete: a variant that skipped (or failed on) the slowest shape cannot win on t
 is the one whose knobs all equal the table entry's. What is written back is the winner's difference from the
 current variant on the same shape, each changed knob replaced whole (an "fp8": {} that clears sub-overrides stays
 cleared), so per-shape values never leak into a bucket's entry.
-Everything here is pure (no GPU): the command runs the sweep, then calls `select` and `apply`.
+Everything here is pure (no GPU): speedrun.eval.kernels.tune runs the sweep, then calls `select` and `apply`.
 """
 
 from __future__ import annotations
