@@ -36,9 +36,7 @@ class SpeedrunMLABackend(TritonAttnBackend):
         # A request that cannot run (a8w8 on a 16-bit cache, or with aiter) stops the server here, never a16.
         self.compute_req = environ.settings().mla_decode_compute
         if self.compute_req == Compute.A8W8 and self.impl == "aiter":
-            raise RuntimeError(
-                "mla_decode compute a8w8 runs on the triton or reference backend, not aiter"
-            )
+            raise RuntimeError("mla_decode compute a8w8 runs on the triton or reference backend, not aiter")
         self.plans: dict[tuple, MlaDecodePlan] = {}
         kv_dtype = getattr(model_runner, "kv_cache_dtype", None)
         q_dtype = getattr(model_runner, "dtype", None)
