@@ -5,7 +5,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _fresh_environ():
-    """The plugin reads SPEEDRUN_* once per process (overlays/environ.py); a test that loads them with its own
+    """The plugin reads its settings once per process (overlays/environ.py); a test that loads them with its own
     monkeypatched environment must not leave those values to the next test."""
     yield
     from speedrun.overlays import environ

@@ -289,13 +289,15 @@ def background(**overrides: Any) -> Iterator[tuple[str, State]]:
 
 
 def fake_overlay_report(app: web.Application) -> None:
-    """Like the plugin in a scheduler: a per-process report in SPEEDRUN_REPORT_DIR, one call per request."""
-    ops = [op for op in os.environ.get("SPEEDRUN_OVERLAYS", "").split(",") if op]
-    if not ops or not os.environ.get("SPEEDRUN_REPORT_DIR"):
-        return
-    from speedrun.overlays import report
+    """Like the plugin in a scheduler: the settings read once (SPEEDRUN_SETTINGS from the launcher, or the loose
+    variables), then a per-process report in their report_dir, one call per request."""
+    from speedrun.overlays import environ, report
 
-    report.start(role="scheduler", tp_rank=0, requested=ops)
+    settings = environ.load()
+    ops = list(settings.ops)
+    if not ops or settings.report_dir is None:
+        return
+    report.start(role="scheduler", tp_rank=0, ops_requested=ops, settings=settings.record())
     for op in ops:
         report.add_hook({"op": op, "target": "fakeserver", "kind": "around"})
     report.record(applied=[f"fakeserver:{op}" for op in ops])  # as the plugin records its hook targets

@@ -100,6 +100,8 @@ def test_run_end_to_end(tmp_path):
     assert over["accuracy"]["gsm8k"]["score_flexible"] == pytest.approx(expected_gsm8k())
     assert 0 < c.agreement["max_logprob_diff"] <= 0.0021 and c.agreement["match_rate"] == 1.0
     assert over["overlay_reports"][0]["calls"]["mla_decode:fake"] > 0  # the report dir reached the server
+    fake = over["overlay_reports"][0]  # the settings the launcher passed, as the server process loaded them
+    assert fake["ops_requested"] == fake["settings"]["ops"] == ["mla_decode"]
     assert over["scale_notes"] == ["concurrency: recipe [2, 4, 8] -> [2, 4]"]
     for f in (
         "report.md",

@@ -1,8 +1,9 @@
 """Recipe -> the exact `python -m sglang.launch_server ...` argv and environment, for one side.
 
-The overlay side turns the plugin on (SPEEDRUN_OVERLAYS + per-op backends) and applies `overlays.server`;
-the baseline side runs stock SGLang with the same model and flags. Synthetic models get sane weights on both
-sides (SPEEDRUN_SYNTHETIC_FILL, same seed) so the two sides compute on the same numbers.
+The plugin's settings travel as one validated object (overlays/environ.py PluginSettings, `settings_for`) in
+SPEEDRUN_SETTINGS. The overlay side turns the plugin on (its ops and their options) and applies
+`overlays.server`; the baseline side runs stock SGLang with the same model and flags. Synthetic models get sane
+weights on both sides (synthetic_fill, same seed) so the two sides compute on the same numbers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from speedrun.overlays.environ import PluginSettings
 from speedrun.recipe import Recipe, Server, Side
 
 # Set on the multi-GPU hosts we borrow: NVLink multicast can take a shared host's GPUs down. Keep it off in
@@ -117,23 +119,31 @@ def build(
         argv += ["--tokenizer-path", model.tokenizer]
     argv += server_args(server)
 
-    env = dict(recipe.env)
-    env.update(NO_MULTICAST)
-    ops = [] if side.stock else recipe.overlays.enabled_ops()
-    env["SPEEDRUN_OVERLAYS"] = ",".join(ops)
-    for op in ops:
-        env[f"SPEEDRUN_{op.upper()}_BACKEND"] = getattr(recipe.overlays, op).backend
-    if "mla_decode" in ops and recipe.overlays.mla_decode.compute:
-        env["SPEEDRUN_MLA_DECODE_COMPUTE"] = recipe.overlays.mla_decode.compute
-    synth = model.synthetic
-    if synth and synth.fill:
-        env["SPEEDRUN_SYNTHETIC_FILL"] = "1"
-        env["SPEEDRUN_SEED"] = str(synth.seed)
-    if report_dir is not None:
-        env["SPEEDRUN_REPORT_DIR"] = str(report_dir)
-    if side.stock and not env.get("SPEEDRUN_SYNTHETIC_FILL"):
+    settings = settings_for(recipe, side, report_dir)
+    env = {**recipe.env, **NO_MULTICAST, **settings.env()}
+    if side.stock and not settings.synthetic_fill:
         env["SGLANG_PLUGINS"] = "none"  # stock SGLang: our plugin is not even imported
     return LaunchSpec(argv=argv, env=env, side=side)
+
+
+def settings_for(recipe: Recipe, side: Side, report_dir: Path | None = None) -> PluginSettings:
+    """The plugin's settings for one side: the overlay side's ops with their recipe options (a stock side: none);
+    the synthetic filler and its seed on both sides, as the side's model asks; where the reports go."""
+    side = Side(side)
+    o = recipe.overlays
+    ops = [] if side.stock else o.enabled_ops()
+    synth = recipe.model_for(side.stock).synthetic
+    fill = bool(synth and synth.fill)
+    return PluginSettings(
+        ops=tuple(ops),
+        backends={op: getattr(o, op).backend for op in ops},
+        mla_decode_compute=o.mla_decode.compute if "mla_decode" in ops else None,
+        mxfp4_moe_layout=o.mxfp4_moe.layout if "mxfp4_moe" in ops else None,
+        mxfp4_gemm_aiter_kernel=o.mxfp4_gemm.aiter_kernel,
+        synthetic_fill=fill,
+        seed=synth.seed if synth and fill else 0,
+        report_dir=report_dir,
+    )
 
 
 def merged_env(spec: LaunchSpec) -> dict[str, str]:

@@ -15,6 +15,7 @@ from speedrun.launch.cluster import Cluster, report_rows, running_cluster
 from speedrun.launch.deploy import Plan, PlanError, dry_run_text, make_plan
 from speedrun.launch.router import free_port_except, router_workers
 from speedrun.launch.server import ServerError, one_request
+from speedrun.overlays.environ import PluginSettings
 from speedrun.recipe import Recipe, Side
 
 console = cli_console()
@@ -120,7 +121,7 @@ def watch(cluster: Cluster) -> None:
 
 def show_rows(plan: Plan, cluster: Cluster) -> list[dict]:
     """One row per server instance, from the router's worker list and each instance's overlay reports."""
-    ops = [op for op in plan.parts[0].spec.env.get("SPEEDRUN_OVERLAYS", "").split(",") if op]
+    ops = list(PluginSettings.from_env(plan.parts[0].spec.env).ops)
     rows = report_rows(plan, router_workers(cluster.url), ops)
     t = Table(title=f"{plan.side} deployment of {plan.recipe.name} (reports: {plan.run_dir / 'reports'})")
     for col in ("instance", "role", "url", "router", "processes", "GPU ranks", "calls", "problems"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from speedrun.launch.command import LaunchSpec, merged_env
 from speedrun.launch.procgroup import group_alive, signal_group, signal_name
+from speedrun.overlays.environ import SETTINGS, PluginSettings
 
 
 class ServerError(RuntimeError):
@@ -133,6 +134,12 @@ def say(message: str) -> None:
 
 
 def start(spec: LaunchSpec, log_path: Path, host: str, port: int) -> Server:
+    env = merged_env(spec)
+    if SETTINGS in spec.env:  # the plugin would refuse them (and SGLang only logs that): say so before starting
+        try:
+            PluginSettings.from_env(env)
+        except ValueError as exc:
+            raise ServerError(f"the {spec.side} server's environment: {exc}") from None
     if port_in_use(host, port):
         raise ServerError(f"port {port} on {host} is already in use; pick another with --port")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +148,7 @@ def start(spec: LaunchSpec, log_path: Path, host: str, port: int) -> Server:
     try:
         proc = subprocess.Popen(
             spec.argv,
-            env=merged_env(spec),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

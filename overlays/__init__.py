@@ -1,9 +1,9 @@
 """sglang-speedrun overlays: an SGLang plugin (entry point `sglang.srt.plugins`).
 
 `register()` runs in every SGLang process that calls `load_plugins()` (the launcher, each scheduler).
-It reads as a table: op -> SGLang target -> our hook -> when it applies. Nothing happens unless
-SPEEDRUN_OVERLAYS names ops (or SPEEDRUN_SYNTHETIC_FILL=1 asks for sane synthetic weights, which the
-baseline uses too). It never touches CUDA or compiles kernels: hook modules import lazily.
+It reads as a table: op -> SGLang target -> our hook -> when it applies. Nothing happens unless the settings
+(overlays/environ.py: SPEEDRUN_SETTINGS from the launcher, or the loose SPEEDRUN_* variables by hand) name ops,
+or ask for sane synthetic weights (synthetic_fill, which the baseline uses too). It never touches CUDA or compiles kernels: hook modules import lazily.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ Q = "sglang.srt.layers.quantization"
 
 # op            SGLang target                                                      our hook (module:function)              kind      when it applies
 TABLE: list[Hook | tuple] = [
-    ("synthetic", "sglang.srt.model_loader.weight_utils.initialize_dummy_weights", "synthetic.hook:fill_after_dummy", "after", "--load-format dummy + SPEEDRUN_SYNTHETIC_FILL=1"),
+    ("synthetic", "sglang.srt.model_loader.weight_utils.initialize_dummy_weights", "synthetic.hook:fill_after_dummy", "after", "--load-format dummy + synthetic_fill"),
     ("mla_decode", "sglang.srt.layers.attention.attention_registry.ATTENTION_BACKENDS", "mla_decode.sglang_hook:register_backend", "registry", "--attention-backend / --decode-attention-backend speedrun_mla on an MLA model"),
     ("mla_decode", "sglang.srt.speculative.draft_utils.DRAFT_BACKEND_ALIASES", "mla_decode.sglang_hook:alias_draft_backend", "registry", "speculative decoding: the EAGLE/MTP draft runs triton (patch 0001)"),
     ("mxfp4_moe", f"{Q}.mxfp4.Mxfp4MoEMethod.process_weights_after_loading", "mxfp4_moe.sglang_hook:gptoss_process_weights", "around", "GPT-OSS mxfp4 experts, moe runner auto|triton|triton_kernel"),
@@ -50,9 +50,9 @@ def register() -> dict[str, Any]:
     global _registered
     if _registered is not None:
         return _registered
-    env = environ.load()  # every SPEEDRUN_* variable, read once here; hooks use these values
-    ops = env[environ.OVERLAYS.name]
-    wanted = {*ops, *(["synthetic"] if env[environ.SYNTHETIC_FILL.name] else [])}
+    settings = environ.load()  # read and validated once here; hooks use this object
+    ops = list(settings.ops)
+    wanted = {*ops, *(["synthetic"] if settings.synthetic_fill else [])}
     _registered = {"ops": ops, "applied": [], "failed": []}
     if not wanted:
         return _registered
@@ -64,9 +64,9 @@ def register() -> dict[str, Any]:
         **report.process_identity(),
         ops_requested=ops,
         sglang=version,
-        backends={op: env[environ.BACKEND[op].name] for op in ops},
+        backends={op: settings.backends[op] for op in ops},
         synthetic_fill="synthetic" in wanted,
-        environ=env,
+        settings=settings.record(),
     )
     refusal = _refusal(version, wanted)
     if refusal:  # nothing is registered: stock SGLang runs, and the report says why

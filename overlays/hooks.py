@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from speedrun.overlays import environ, report
+from speedrun.overlays import report
 
 
 class Unsupported(Exception):
@@ -25,11 +25,6 @@ class Hook:
     when: str = "always"  # human-readable condition, shown in the report and the README table
 
 
-def requested_ops(env: dict[str, str] | None = None) -> list[str]:
-    """Ops named by SPEEDRUN_OVERLAYS (`all` or a comma list). Unknown names are an error."""
-    return environ.OVERLAYS.get(env)
-
-
 def require_aiter(op: str) -> None:
     """`backend: aiter` is ROCm-only: on CUDA, or on ROCm without an importable aiter, a clear error (the server
     stops at load time) instead of a silent fallback to stock."""
@@ -37,7 +32,7 @@ def require_aiter(op: str) -> None:
 
     import torch
 
-    var = f"SPEEDRUN_{op.upper()}_BACKEND=aiter"
+    var = f"{op}: backend aiter"
     if getattr(torch.version, "hip", None) is None:
         raise RuntimeError(f"{var} needs ROCm with aiter; this torch is not a ROCm build: use triton or reference")
     if importlib.util.find_spec("aiter") is None:

@@ -1,9 +1,13 @@
-"""The overlay ops and their backends, spelled once: the plugin, the environment registry, the CLI
-(`speedrun kernels ...`) and the compile report all read these."""
+"""The overlay ops and their backends, spelled once: the plugin, its settings (overlays/environ.py), the recipe,
+the CLI (`speedrun kernels ...`) and the compile report all read these."""
 
 from __future__ import annotations
 
-OPS: tuple[str, ...] = ("mla_decode", "mxfp4_moe", "mxfp4_gemm")
-BACKENDS: tuple[str, ...] = ("triton", "aiter", "reference")
+from typing import Literal, get_args
 
-__all__ = ["BACKENDS", "OPS"]
+Op = Literal["mla_decode", "mxfp4_moe", "mxfp4_gemm"]
+Backend = Literal["triton", "aiter", "reference"]
+OPS: tuple[str, ...] = get_args(Op)
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+__all__ = ["BACKENDS", "OPS", "Backend", "Op"]

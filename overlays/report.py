@@ -1,7 +1,7 @@
 """Per-process overlay report: what this process asked for, what it applied, what fell back to stock.
 
-One JSON file per process in SPEEDRUN_REPORT_DIR (nothing is written when unset). The launcher and
-`speedrun report` read them back. Writes are atomic (tmp + rename) and throttled: call counters are
+One JSON file per process in the plugin settings' report_dir (nothing is written when unset). The launcher
+and `speedrun report` read them back. Writes are atomic (tmp + rename) and throttled: call counters are
 flushed at most every FLUSH_S seconds, state changes (hooks applied, a new fallback reason) at once.
 """
 
@@ -97,12 +97,14 @@ def snapshot() -> dict[str, Any]:
 
 
 def path() -> Path | None:
-    root = environ.REPORT_DIR.get()  # read per write: a report without register() (tests, tools) lands too
-    if not root or not _state:
+    if not _state:
+        return None
+    root = environ.settings().report_dir  # loaded now if register() did not run (tests, tools, the fake server)
+    if root is None:
         return None
     rank = _state.get("tp_rank")
     tag = f"{_state.get('role', 'proc')}" + (f"-tp{rank}" if rank is not None else "")
-    return Path(root) / f"overlay-{tag}-{_state['pid']}.json"
+    return root / f"overlay-{tag}-{_state['pid']}.json"
 
 
 def flush(force: bool = False) -> None:
@@ -161,7 +163,7 @@ def read_one(f: Path) -> dict[str, Any]:
 
 
 def read_reports(path: Path) -> Found:
-    """The reports in a SPEEDRUN_REPORT_DIR (overlay-*.json), or one report file; unreadable ones listed apart."""
+    """The reports in a report folder (overlay-*.json), or one report file; unreadable ones listed apart."""
     path = Path(path)
     found = Found([])
     for f in [path] if path.is_file() else sorted(path.glob("overlay-*.json")):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -84,6 +85,7 @@ def launch(
 
 def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: bool) -> None:
     from speedrun.launch.server import ServerError, one_request, running
+    from speedrun.overlays.environ import PluginSettings
 
     log = run_dir / "server.log"
     console.print(f"[bold]{spec.side}[/]: {spec.shell()}", highlight=False)
@@ -95,7 +97,7 @@ def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: boo
             if check:
                 console.print(f"one request: {one_request(server.url)!r}", highlight=False)
                 time.sleep(2.5)  # let the schedulers flush their reports
-            show_reports(run_dir / "reports", expect_ops=spec.env.get("SPEEDRUN_OVERLAYS", ""))
+            show_reports(run_dir / "reports", expect_ops=PluginSettings.from_env(spec.env).ops)
             if not check:
                 console.print("serving; Ctrl-C stops the server and every child process")
                 while server.alive():
@@ -107,7 +109,7 @@ def _serve(spec, run_dir: Path, host: str, port: int, timeout: float, check: boo
 
 
 # ---------------------------------------------------------------- report
-def show_reports(directory: Path, expect_ops: str = "") -> Found:
+def show_reports(directory: Path, expect_ops: Sequence[str] = ()) -> Found:
     """Print the per-process overlay reports in `directory` (or one report file); errors are shown in red, each
     unreadable file is named on stderr. Returns what was read (`overlays.report.Found`)."""
     from speedrun.overlays import report

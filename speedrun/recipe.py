@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from speedrun.overlays import environ
+from speedrun.overlays.ops import OPS, Backend
 
 # recipes/ is the package speedrun.recipes: found the same way in a wheel and in an editable install
 RECIPES_DIR = Path(str(files("speedrun.recipes")))
@@ -29,6 +32,18 @@ class Side(StrEnum):
     def stock(self) -> bool:
         """Stock SGLang (the baseline's model and server settings, our plugin not loaded)."""
         return self is not Side.OVERLAY
+
+
+def _no_plugin_settings(env: dict[str, str]) -> dict[str, str]:
+    """The plugin's settings come from the recipe's fields, passed whole as SPEEDRUN_SETTINGS by the launcher: a
+    loose SPEEDRUN_* variable beside them would conflict (the plugin refuses both)."""
+    bad = [k for k in env if k == environ.SETTINGS or k in environ.VARS]
+    if bad:
+        raise ValueError(f"{bad[0]} is a plugin setting: set it with the recipe's overlays / model.synthetic fields")
+    return env
+
+
+Env = Annotated[dict[str, str], AfterValidator(_no_plugin_settings)]  # extra environment of a server
 
 
 class Strict(BaseModel):
@@ -110,29 +125,45 @@ def check_server_keys(fields: dict[str, Any], where: str) -> None:
 
 class OverlayOp(Strict):
     enabled: bool = True
-    backend: Literal["triton", "aiter", "reference"] = "triton"
+    backend: Backend = "triton"
 
 
 class MLADecodeOp(OverlayOp):
     """overlays.mla_decode: an OverlayOp plus how an fp8 KV cache is computed (only this op takes it)."""
 
-    compute: Literal["a8w8", "a16"] | None = Field(
+    compute: environ.MlaCompute | None = Field(
         None,
         description="fp8 KV caches: a8w8 = q quantized to fp8 on the fly, fp8 MMAs (the finals' aiter reference); "
         "a16 = the cache upcast to 16 bits. Unset: each config bucket's fp8_compute (a8w8 in the shipped tables)",
     )
 
 
+class MoeOp(OverlayOp):
+    """overlays.mxfp4_moe: an OverlayOp plus the layout the expert values are stored in."""
+
+    layout: environ.MoeLayout | None = Field(
+        None, description="swz (mx.layout swz128) or plain; unset: swz on CUDA, plain on ROCm"
+    )
+
+
+class GemmOp(OverlayOp):
+    """overlays.mxfp4_gemm: an OverlayOp plus the aiter kernel its `backend: aiter` calls (ROCm)."""
+
+    aiter_kernel: environ.AiterGemmKernel = Field(
+        "a4w4", description="a4w4: aiter's gemm_a4w4 on preshuffled operands; afp4wfp4: its Triton GEMM, as stock"
+    )
+
+
 class Overlays(Strict):
     mla_decode: MLADecodeOp = Field(default_factory=lambda: MLADecodeOp(enabled=False))
-    mxfp4_moe: OverlayOp = Field(default_factory=lambda: OverlayOp(enabled=False))
-    mxfp4_gemm: OverlayOp = Field(default_factory=lambda: OverlayOp(enabled=False))
+    mxfp4_moe: MoeOp = Field(default_factory=lambda: MoeOp(enabled=False))
+    mxfp4_gemm: GemmOp = Field(default_factory=lambda: GemmOp(enabled=False))
     server: dict[str, Any] = Field(
         default_factory=dict, description="Server fields that differ with overlays on (e.g. attention_backend)"
     )
 
     def enabled_ops(self) -> list[str]:
-        return [op for op in ("mla_decode", "mxfp4_moe", "mxfp4_gemm") if getattr(self, op).enabled]
+        return [op for op in OPS if getattr(self, op).enabled]
 
     @model_validator(mode="after")
     def _server_keys_exist(self) -> Overlays:
@@ -174,7 +205,7 @@ class Control(Strict):
 
     label: str = Field(..., description="what differs, for the report (e.g. 'flashinfer MLA')")
     server: dict[str, Any] = Field(..., min_length=1, description="Server fields that differ from the baseline")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: Env = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _server_keys_exist(self) -> Control:
@@ -227,7 +258,7 @@ class BaselineCandidate(Strict):
 
     label: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$", description="names its folder and row")
     server: dict[str, Any] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: Env = Field(default_factory=dict)
     requires: list[str] = Field(
         default_factory=list, description="Python modules the serving host must import, else skipped (reported)"
     )
@@ -291,7 +322,7 @@ class Workers(Strict):
     replicas: int = Field(1, ge=1, description="server instances of this group (data-parallel replicas)")
     nodes: int = Field(1, ge=1, le=64, description="nodes per instance (SGLang --nnodes); >1 fills its nodes")
     server: dict[str, Any] = Field(default_factory=dict, description="Server fields that differ for this group")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: Env = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _server_keys_exist(self) -> Workers:
@@ -369,7 +400,7 @@ class Recipe(Strict):
     )
     hardware: Hardware
     server: Server = Field(default_factory=Server)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: Env = Field(default_factory=dict)
     overlays: Overlays = Field(default_factory=Overlays)
     benchmarks: Benchmarks = Field(default_factory=Benchmarks)
     accuracy: Accuracy = Field(default_factory=Accuracy)

@@ -1,11 +1,13 @@
 """The `speedrun` CLI: clear errors with a non-zero exit, dry-run output, doctor."""
 
+import shlex
 import socket
 
 import yaml
 from typer.testing import CliRunner
 
 from speedrun.cli import _register_commands, app
+from speedrun.overlays.environ import SETTINGS, PluginSettings
 
 _register_commands()
 runner = CliRunner()
@@ -19,7 +21,11 @@ def test_dry_run_prints_one_copy_pasteable_command():
     r = run("launch", "synth-gpt-oss-h100", "--dry-run", "--port", "31234")
     assert r.exit_code == 0, r.output
     line = [ln for ln in r.output.splitlines() if "sglang.launch_server" in ln][0]
-    assert "SPEEDRUN_OVERLAYS=mxfp4_moe" in line and "--port 31234" in line and "--load-format dummy" in line
+    assert "--port 31234" in line and "--load-format dummy" in line
+    env = dict(w.split("=", 1) for w in shlex.split(line) if w.startswith("SPEEDRUN_"))
+    assert list(env) == [SETTINGS]  # the plugin's settings in one variable, no loose ones
+    settings = PluginSettings.from_env(env)
+    assert settings.ops == ("mxfp4_moe",) and settings.synthetic_fill and settings.report_dir is not None
 
 
 def test_bad_recipe_is_one_clear_error(tmp_path):

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from speedrun.launch.deploy import dry_run_text, make_plan
 from speedrun.launch.server_flags import check_command, server_flags
+from speedrun.overlays.environ import SETTINGS, PluginSettings
 from speedrun.recipe import RecipeError, Side, TransferBackend, all_recipes, load_recipe
 from speedrun.sglang_source import sglang_root, source_version
 
@@ -33,6 +34,11 @@ def plan(r, side=Side.OVERLAY, hosts=None):
 
 def launch_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if " -m sglang.launch_server " in ln]
+
+
+def settings_in(line: str) -> PluginSettings:
+    """The plugin settings a printed launch line passes (its one SPEEDRUN_SETTINGS word)."""
+    return PluginSettings.from_env(dict(w.split("=", 1) for w in shlex.split(line) if w.startswith(SETTINGS)))
 
 
 def test_ships_the_scale_out_recipes_built_on_the_finals_ones():
@@ -100,8 +106,8 @@ def test_dry_run_of_the_multi_node_layouts():
         assert args[args.index("--node-rank") + 1] == str(rank) and args[args.index("--nnodes") + 1] == "2"
         assert args[args.index("--dist-init-addr") + 1] == "10.0.0.1:25000"  # both point at the instance's head
         assert {"--enable-dp-attention", "--tp-size", "--dp-size", "--ep-size"} <= set(args)
-        assert "SPEEDRUN_OVERLAYS=mla_decode,mxfp4_moe,mxfp4_gemm" in line  # overlays on in every rank
-    assert "--host 10.0.0.2" in other and f"SPEEDRUN_REPORT_DIR={Path('/runs/reports/mixed-0/node1')}" in other
+        assert settings_in(line).ops == ("mla_decode", "mxfp4_moe", "mxfp4_gemm")  # overlays on in every rank
+    assert "--host 10.0.0.2" in other and settings_in(other).report_dir == Path("/runs/reports/mixed-0/node1")
     pd = dry_run_text(plan(load_recipe("deepseek-r1-mxfp4-pd-2n-mi355x")))
     prefill, decode = launch_lines(pd)
     assert (

@@ -28,11 +28,12 @@ SHIM = '''"""`python -m sglang.launch_server ...` as speedrun builds it, served 
 FAKE_SGLANG_<SIDE> adds fake-server options per side."""
 import argparse, os, shlex
 from speedrun.eval import fakeserver
+from speedrun.overlays.environ import PluginSettings
 p = argparse.ArgumentParser()
 p.add_argument("--host", default="127.0.0.1")
 p.add_argument("--port", type=int, required=True)
 args, _ = p.parse_known_args()
-side = "overlay" if os.environ.get("SPEEDRUN_OVERLAYS") else "baseline"
+side = "overlay" if PluginSettings.from_env().ops else "baseline"
 extra = shlex.split(os.environ.get("FAKE_SGLANG_" + side.upper(), ""))
 print(f"fake sglang ({side}) on {args.host}:{args.port} pid {os.getpid()}", flush=True)
 fakeserver.main(["--host", args.host, "--port", str(args.port), *extra])

@@ -97,6 +97,23 @@ def test_missing_executable_is_an_error(tmp_path):
         start(bad, tmp_path / "log", "127.0.0.1", free_port())
 
 
+def test_a_loose_plugin_variable_in_the_shell_stops_the_launch(tmp_path, monkeypatch):
+    """The launcher passes SPEEDRUN_SETTINGS; a loose SPEEDRUN_* variable left in the caller's environment would
+    make the plugin refuse in every server process (which SGLang only logs): the launch stops first, naming it."""
+    from speedrun.overlays.environ import PluginSettings
+
+    port = free_port()
+    ok = spec(port, "ok", tmp_path)
+    launch = LaunchSpec(ok.argv, ok.env | PluginSettings(ops=("mla_decode",)).env(), "overlay")
+    monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_LAYOUT", "plain")
+    with pytest.raises(ServerError, match="^the overlay server's environment: SPEEDRUN_MXFP4_MOE_LAYOUT is set as"):
+        start(launch, tmp_path / "log", "127.0.0.1", port)
+    assert not (tmp_path / "log").exists() and not port_in_use("127.0.0.1", port)  # nothing was started
+    monkeypatch.delenv("SPEEDRUN_MXFP4_MOE_LAYOUT")
+    server = start(launch, tmp_path / "log", "127.0.0.1", port)
+    server.stop()
+
+
 def test_sigterm_to_the_cli_tears_the_server_down(tmp_path):
     """`timeout`/`kill` on a speedrun process holding a server: the CLI's SIGTERM handler unwinds like Ctrl-C,
     so the server's whole process group goes too (no orphan left on a GPU host)."""

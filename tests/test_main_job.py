@@ -3,12 +3,14 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
 
 from speedrun.mainjob import FINALS, MAIN_JOBS, Machine, NoMainJob, card, choose
+from speedrun.overlays.environ import SETTINGS, PluginSettings
 from speedrun.recipe import load_recipe
 
 NO_GPU = os.environ | {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": "", "COLUMNS": "80"}  # as on CI
@@ -62,6 +64,17 @@ def speedrun(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=NO_GPU, cwd=cwd)
 
 
+def settings_in(line: str) -> PluginSettings:
+    """The plugin settings a printed launch line passes (its one SPEEDRUN_SETTINGS word)."""
+    return PluginSettings.from_env(dict(w.split("=", 1) for w in shlex.split(line) if w.startswith(SETTINGS)))
+
+
+def strip(line: str) -> tuple[list[str], PluginSettings]:
+    """A launch line less its time-stamped report folder (inside the settings)."""
+    words = [w for w in shlex.split(line) if not w.startswith(SETTINGS)]
+    return words, settings_in(line).model_copy(update={"report_dir": None})
+
+
 def test_no_recipe_no_gpu_prints_both_launch_commands(tmp_path):
     res = speedrun("run", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -71,9 +84,9 @@ def test_no_recipe_no_gpu_prints_both_launch_commands(tmp_path):
         i = lines.index(f"# {side} side of {FINALS}")
         dry = speedrun("launch", FINALS, "--dry-run", *["--baseline"] * (side == "baseline"), cwd=tmp_path)
         expected = dry.stdout.splitlines()[1]
-        strip = lambda line: " ".join(w for w in line.split() if not w.startswith("SPEEDRUN_REPORT_DIR="))
         assert strip(lines[i + 1]) == strip(expected)  # the same command but for the time-stamped report folder
-    assert "SPEEDRUN_OVERLAYS=mla_decode,mxfp4_moe,mxfp4_gemm" in lines[lines.index(f"# overlay side of {FINALS}") + 1]
+    overlay = settings_in(lines[lines.index(f"# overlay side of {FINALS}") + 1])
+    assert overlay.ops == ("mla_decode", "mxfp4_moe", "mxfp4_gemm") and overlay.report_dir is not None
     assert not (tmp_path / ".runs").exists()  # nothing was run
 
 

@@ -9,7 +9,8 @@ import pytest
 
 import speedrun.overlays as plugin
 from speedrun.overlays import Hook, environ, hooks, report
-from speedrun.overlays.hooks import Unsupported, around, requested_ops
+from speedrun.overlays.environ import SETTINGS, PluginSettings
+from speedrun.overlays.hooks import Unsupported, around
 from speedrun.overlays.ops import OPS
 from speedrun.sglang_source import sglang_root
 
@@ -37,15 +38,59 @@ def read_report(tmp_path):
     return json.loads(f.read_text())
 
 
-def test_requested_ops_parsing():
-    assert requested_ops({}) == []
-    assert requested_ops({"SPEEDRUN_OVERLAYS": "all"}) == list(OPS) == ["mla_decode", "mxfp4_moe", "mxfp4_gemm"]
-    assert requested_ops({"SPEEDRUN_OVERLAYS": " mxfp4_gemm ,mla_decode"}) == ["mxfp4_gemm", "mla_decode"]
-    with pytest.raises(ValueError, match="unknown op.*mla"):
-        requested_ops({"SPEEDRUN_OVERLAYS": "mla"})
-    assert environ.BACKEND["mxfp4_moe"].get({"SPEEDRUN_MXFP4_MOE_BACKEND": "reference"}) == "reference"
-    with pytest.raises(ValueError, match="SPEEDRUN_MLA_DECODE_BACKEND"):
-        environ.BACKEND["mla_decode"].get({"SPEEDRUN_MLA_DECODE_BACKEND": "cuda"})
+def ops_of(env):
+    return list(PluginSettings.from_env(env).ops)
+
+
+def test_loose_variables_of_a_hand_launch():
+    assert ops_of({}) == []
+    assert ops_of({"SPEEDRUN_OVERLAYS": "all"}) == list(OPS) == ["mla_decode", "mxfp4_moe", "mxfp4_gemm"]
+    assert ops_of({"SPEEDRUN_OVERLAYS": " mxfp4_gemm ,mla_decode"}) == ["mxfp4_gemm", "mla_decode"]
+    with pytest.raises(ValueError, match=r"^SPEEDRUN_OVERLAYS='mla': unknown op.*mla"):
+        ops_of({"SPEEDRUN_OVERLAYS": "mla"})
+    loose = {"SPEEDRUN_MXFP4_MOE_BACKEND": "Reference", "SPEEDRUN_SYNTHETIC_FILL": "1", "SPEEDRUN_SEED": "3"}
+    s = PluginSettings.from_env(loose | {"SPEEDRUN_REPORT_DIR": "/r", "SPEEDRUN_MXFP4_MOE_LAYOUT": "plain"})
+    assert s.backends == {"mla_decode": "triton", "mxfp4_moe": "reference", "mxfp4_gemm": "triton"}
+    assert (s.synthetic_fill, s.seed, str(s.report_dir), s.mxfp4_moe_layout) == (True, 3, "/r", "plain")
+    assert s.mla_decode_compute is None and s.mxfp4_gemm_aiter_kernel == "a4w4"  # unset: the defaults
+    with pytest.raises(ValueError, match=r"^SPEEDRUN_MLA_DECODE_BACKEND='cuda': expected 'triton', 'aiter' or"):
+        PluginSettings.from_env({"SPEEDRUN_MLA_DECODE_BACKEND": "cuda"})
+    with pytest.raises(ValueError, match=r"^SPEEDRUN_SEED='x': .*valid integer"):
+        PluginSettings.from_env({"SPEEDRUN_SEED": "x"})
+
+
+def test_settings_travel_as_one_json_variable():
+    s = PluginSettings(ops=("mxfp4_moe",), backends={"mxfp4_moe": "reference"}, seed=7, report_dir="/r")
+    (name,) = s.env()
+    assert name == SETTINGS and PluginSettings.from_env(s.env()) == s
+    assert json.loads(s.env()[SETTINGS])["backends"]["mxfp4_moe"] == "reference"
+    with pytest.raises(Exception, match="frozen"):
+        s.seed = 1
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ('{"mla_decode_compute": "fp4"}', "SPEEDRUN_SETTINGS: mla_decode_compute: expected 'a8w8' or 'a16', got 'fp4'"),
+        ('{"backends": {"mxfp4_moe": "cuda"}}', "SPEEDRUN_SETTINGS: backends.mxfp4_moe: expected 'triton', 'aiter' or"),
+        ('{"ops": ["mla"]}', "SPEEDRUN_SETTINGS: ops.0: expected 'mla_decode', 'mxfp4_moe' or 'mxfp4_gemm', got 'mla'"),
+        ('{"colour": "red"}', "SPEEDRUN_SETTINGS: colour: not a setting (known: ops, backends,"),
+        ('{"seed": "x"}', "SPEEDRUN_SETTINGS: seed: Input should be a valid integer"),
+        ("ops=all", "SPEEDRUN_SETTINGS: Invalid JSON"),
+    ],
+)
+def test_a_bad_settings_value_is_one_line_naming_the_field(text, error):
+    with pytest.raises(ValueError) as exc:
+        PluginSettings.from_env({SETTINGS: text})
+    assert str(exc.value).startswith(error) and "\n" not in str(exc.value)
+
+
+def test_settings_and_a_loose_variable_together_are_an_error():
+    """No silent precedence: the loose variable is named, whichever value it has."""
+    both = PluginSettings(ops=("mla_decode",)).env() | {"SPEEDRUN_MLA_DECODE_BACKEND": "triton"}
+    with pytest.raises(ValueError, match="^SPEEDRUN_MLA_DECODE_BACKEND is set as well as SPEEDRUN_SETTINGS: unset"):
+        PluginSettings.from_env(both)
+    assert PluginSettings.from_env(both | {"SPEEDRUN_MLA_DECODE_BACKEND": " "}).ops == ("mla_decode",)  # blank: unset
 
 
 @needs_sglang
@@ -77,11 +122,30 @@ def test_register_applies_counts_and_falls_back(registry, monkeypatch, tmp_path)
     report.flush(force=True)
     rep = read_report(tmp_path)
     assert rep["role"] == "launcher" and rep["ops_requested"] == ["mla_decode"]
-    assert rep["environ"]["SPEEDRUN_OVERLAYS"] == ["mla_decode"]  # every registered variable, as read
-    assert rep["environ"]["SPEEDRUN_MLA_DECODE_BACKEND"] == "triton"
+    assert rep["settings"]["ops"] == ["mla_decode"]  # every setting, as loaded
+    assert rep["settings"]["backends"]["mla_decode"] == "triton" and rep["settings"]["report_dir"] == str(tmp_path)
     assert rep["calls"] == {"mla_decode/_impl": 1}
     assert rep["fallbacks"] == {"mla_decode/_impl": {"negative input": 1}}
     assert rep["errors"] == []
+
+
+@needs_sglang
+def test_register_reads_the_launchers_settings_once(registry, monkeypatch, tmp_path):
+    """SPEEDRUN_SETTINGS (what the launcher sets) turns the plugin on; a loose variable beside it stops
+    register() with the variable's name."""
+    monkeypatch.delenv("SPEEDRUN_REPORT_DIR")
+    settings = PluginSettings(ops=("mla_decode",), backends={"mla_decode": "reference"}, report_dir=tmp_path)
+    monkeypatch.setenv(SETTINGS, settings.env()[SETTINGS])
+    monkeypatch.setenv("SPEEDRUN_SEED", "1")
+    with pytest.raises(ValueError, match="SPEEDRUN_SEED is set as well as SPEEDRUN_SETTINGS"):
+        plugin.register()
+    monkeypatch.delenv("SPEEDRUN_SEED")
+    monkeypatch.setattr(plugin, "TABLE", [Hook("mla_decode", "plugin_target.compute", "test:impl", "around", "x >= 0")])
+    monkeypatch.setattr(plugin, "resolve", lambda spec: around("mla_decode", _impl))
+    assert plugin.register()["applied"] == ["plugin_target.compute"]
+    assert environ.settings() == settings
+    rep = read_report(tmp_path)
+    assert rep["backends"] == {"mla_decode": "reference"} and PluginSettings(**rep["settings"]) == settings
 
 
 @needs_sglang
@@ -165,7 +229,7 @@ def test_aiter_backend_is_a_clear_error_off_rocm(monkeypatch):
     if getattr(torch.version, "hip", None):
         pytest.skip("ROCm build")
     for op in OPS:
-        with pytest.raises(RuntimeError, match=f"SPEEDRUN_{op.upper()}_BACKEND=aiter needs ROCm"):
+        with pytest.raises(RuntimeError, match=f"{op}: backend aiter needs ROCm"):
             require_aiter(op)
     monkeypatch.setattr(torch.version, "hip", "6.4")  # a ROCm build whose Python has no aiter
     with pytest.raises(RuntimeError, match="aiter is not importable"):
@@ -183,20 +247,22 @@ def test_moe_aiter_backend_checks_before_falling_back(monkeypatch):
 
 
 def test_environment_registry_is_read_once_at_registration(monkeypatch):
-    """Every SPEEDRUN_* variable the plugin reads is registered (name, parser, default, doc); hooks see the values
-    loaded by register(), not the environment of the moment."""
+    """Every loose variable sets one settings field (the field holds its type, default and doc); every field has
+    one; hooks see the settings loaded by register(), not the environment of the moment."""
     from speedrun.overlays import environ
 
     assert {"SPEEDRUN_OVERLAYS", "SPEEDRUN_MLA_DECODE_COMPUTE", "SPEEDRUN_MXFP4_MOE_LAYOUT"} <= set(environ.VARS)
     assert {f"SPEEDRUN_{op.upper()}_BACKEND" for op in OPS} <= set(environ.VARS)
+    assert {v.field for v in environ.VARS.values()} == set(PluginSettings.model_fields)
     assert all(doc for _, _, doc in environ.table())
+    assert ("SPEEDRUN_MXFP4_GEMM_AITER_KERNEL", "'a4w4'", "aiter GEMM kernel (ROCm)") in environ.table()
     monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_BACKEND", "reference")
     loaded = environ.load()
-    assert loaded["SPEEDRUN_MXFP4_MOE_BACKEND"] == "reference"
+    assert loaded.backends["mxfp4_moe"] == "reference"
     monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_BACKEND", "aiter")  # after registration: not seen
-    assert environ.value(environ.BACKEND["mxfp4_moe"]) == "reference"
+    assert environ.settings().backends["mxfp4_moe"] == "reference"
     monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_LAYOUT", "tiled")
-    with pytest.raises(ValueError, match="SPEEDRUN_MXFP4_MOE_LAYOUT='tiled': expected one of"):
+    with pytest.raises(ValueError, match="SPEEDRUN_MXFP4_MOE_LAYOUT='tiled': expected 'swz' or 'plain'"):
         environ.load()
     monkeypatch.delenv("SPEEDRUN_MXFP4_MOE_LAYOUT")
     monkeypatch.delenv("SPEEDRUN_MXFP4_MOE_BACKEND")

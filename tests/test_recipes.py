@@ -8,7 +8,9 @@ import sys
 import pytest
 import yaml
 
-from speedrun.launch.command import NO_MULTICAST, build
+from speedrun.launch.command import NO_MULTICAST, build, settings_for
+from speedrun.overlays import environ
+from speedrun.overlays.environ import SETTINGS, PluginSettings
 from speedrun.recipe import RecipeError, Side, all_recipes, load_recipe
 
 RECIPES = all_recipes()
@@ -171,11 +173,12 @@ def test_dry_run_commands(path, tmp_path):
         assert side.argv[1:3] == ["-m", "sglang.launch_server"]
         assert side.env.items() >= NO_MULTICAST.items()
         assert shlex.split(side.shell())[-len(side.argv) :] == side.argv  # the printed line is the command
+        assert [k for k in side.env if k.startswith("SPEEDRUN_")] == [SETTINGS]  # one variable, no loose ones
     ops = r.overlays.enabled_ops()
-    assert over.env["SPEEDRUN_OVERLAYS"] == ",".join(ops)
-    assert base.env["SPEEDRUN_OVERLAYS"] == ""
+    o, b = PluginSettings.from_env(over.env), PluginSettings.from_env(base.env)
+    assert list(o.ops) == ops and b.ops == () and o.report_dir == tmp_path and b.report_dir is None
     for op in ops:
-        assert over.env[f"SPEEDRUN_{op.upper()}_BACKEND"] == getattr(r.overlays, op).backend
+        assert o.backends[op] == getattr(r.overlays, op).backend
     if r.server.tp > 1:
         assert over.argv[over.argv.index("--tp-size") + 1] == str(r.server.tp)
     for field, value in r.overlays.server.items():
@@ -186,7 +189,44 @@ def test_dry_run_commands(path, tmp_path):
         assert over.argv[over.argv.index(flag) + 1] == str(value)
         assert flag not in base.argv or base.argv[base.argv.index(flag) + 1] != str(value)
     if r.model.synthetic:
-        assert over.env["SPEEDRUN_SYNTHETIC_FILL"] == base.env["SPEEDRUN_SYNTHETIC_FILL"] == "1"
+        assert o.synthetic_fill and b.synthetic_fill and o.seed == b.seed == r.model.synthetic.seed
+        assert "SGLANG_PLUGINS" not in base.env  # the stock side loads the plugin for the filler only
+    else:
+        assert base.env["SGLANG_PLUGINS"] == "none" and not b.synthetic_fill
+
+
+def test_recipe_to_env_to_plugin_settings_round_trip(tmp_path, monkeypatch):
+    """What the launcher builds from a recipe is what the plugin loads in the server process, field by field."""
+    r = load_recipe("synth-deepseek-mxfp4-h100")
+    data = r.model_dump(exclude_unset=True)
+    data["overlays"]["mla_decode"]["compute"] = "a16"
+    data["overlays"]["mxfp4_moe"] = {"backend": "reference", "layout": "plain"}
+    data["overlays"]["mxfp4_gemm"] = {"aiter_kernel": "afp4wfp4"}
+    r = load_recipe(write(tmp_path, data))
+    spec = build(r, side=Side.OVERLAY, port=1, report_dir=tmp_path / "rep")
+    for k, v in spec.env.items():
+        monkeypatch.setenv(k, v)
+    for name in environ.VARS:
+        monkeypatch.delenv(name, raising=False)
+    loaded = environ.load()
+    assert loaded == settings_for(r, Side.OVERLAY, tmp_path / "rep")
+    assert loaded.ops == ("mla_decode", "mxfp4_moe", "mxfp4_gemm") and loaded.backends["mxfp4_moe"] == "reference"
+    assert (loaded.mla_decode_compute, loaded.mxfp4_moe_layout, loaded.mxfp4_gemm_aiter_kernel) == (
+        "a16",
+        "plain",
+        "afp4wfp4",
+    )
+    assert (loaded.synthetic_fill, loaded.seed, loaded.report_dir) == (True, 0, tmp_path / "rep")
+    base = settings_for(r, Side.BASELINE)
+    assert base.ops == () and base.mla_decode_compute is None and base.mxfp4_moe_layout is None
+
+
+def test_a_plugin_variable_in_a_recipe_env_is_refused(tmp_path):
+    """The recipe's fields carry the plugin settings; a loose variable in `env` would make the plugin refuse."""
+    for env in ({"SPEEDRUN_MXFP4_MOE_LAYOUT": "plain"}, {SETTINGS: "{}"}):
+        with pytest.raises(RecipeError, match=f"{next(iter(env))} is a plugin setting"):
+            load_recipe(write(tmp_path, MINIMAL | {"env": env}))
+    load_recipe(write(tmp_path, MINIMAL | {"env": {"SPEEDRUN_GSM8K_DIR": "/d", "SGLANG_USE_AITER": "1"}}))
 
 
 def test_one_side_type_and_the_control_is_stock():
@@ -196,7 +236,7 @@ def test_one_side_type_and_the_control_is_stock():
     assert [str(s) for s in Side] == ["baseline", "control", "overlay"] and f"{Side.CONTROL}.json" == "control.json"
     assert Side.BASELINE.stock and Side.CONTROL.stock and not Side.OVERLAY.stock
     ctl = build(r, side="control", port=1)  # a label read from a results file works as well
-    assert ctl.side is Side.CONTROL and ctl.env["SPEEDRUN_OVERLAYS"] == ""
+    assert ctl.side is Side.CONTROL and PluginSettings.from_env(ctl.env).ops == ()
     with pytest.raises(ValueError, match="'stock' is not a valid Side"):
         build(r, side="stock", port=1)
 

@@ -28,17 +28,15 @@ from speedrun.overlays.mla_decode.kernels import D_LATENT
 class SpeedrunMLABackend(TritonAttnBackend):
     def __init__(self, model_runner: Any, **kwargs: Any) -> None:
         super().__init__(model_runner, **kwargs)
-        self.impl = environ.value(environ.BACKEND["mla_decode"])
+        self.impl = environ.settings().backends["mla_decode"]
         if self.impl == "aiter":
             require_aiter("mla_decode")
         self.arch = api.current_arch()
-        # fp8 caches: a8w8 | a16 from the recipe (SPEEDRUN_MLA_DECODE_COMPUTE), else the bucket's fp8_compute.
+        # fp8 caches: a8w8 | a16 from the recipe (settings mla_decode_compute), else the bucket's fp8_compute.
         # A request that cannot run (a8w8 on a 16-bit cache, or with aiter) stops the server here, never a16.
-        self.compute_req = environ.value(environ.MLA_DECODE_COMPUTE)
+        self.compute_req = environ.settings().mla_decode_compute
         if self.compute_req == Compute.A8W8 and self.impl == "aiter":
-            raise RuntimeError(
-                f"{environ.MLA_DECODE_COMPUTE.name}=a8w8 runs on the triton or reference backend, not aiter"
-            )
+            raise RuntimeError("mla_decode compute a8w8 runs on the triton or reference backend, not aiter")
         self.plans: dict[tuple, MlaDecodePlan] = {}
         kv_dtype = getattr(model_runner, "kv_cache_dtype", None)
         q_dtype = getattr(model_runner, "dtype", None)

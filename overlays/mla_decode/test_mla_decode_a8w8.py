@@ -173,10 +173,10 @@ def test_bad_a8w8_knobs_name_the_field(bad: dict, field: str) -> None:
 
 def test_compute_env() -> None:
     var = environ.MLA_DECODE_COMPUTE
-    assert var.get({}) is None
-    assert var.get({var.name: "a16"}) == "a16"
-    with pytest.raises(ValueError, match="SPEEDRUN_MLA_DECODE_COMPUTE='fp4': expected one of"):
-        var.get({var.name: "fp4"})
+    assert environ.PluginSettings.from_env({}).mla_decode_compute is None
+    assert environ.PluginSettings.from_env({var.name: "a16"}).mla_decode_compute == "a16"
+    with pytest.raises(ValueError, match="SPEEDRUN_MLA_DECODE_COMPUTE='fp4': expected 'a8w8' or 'a16'"):
+        environ.PluginSettings.from_env({var.name: "fp4"})
 
 
 # ----------------------------------------------------------------------------- recipe -> launcher env
@@ -198,12 +198,14 @@ def test_recipe_compute_reaches_the_server_env(tmp_path) -> None:
     from speedrun.launch.command import build
     from speedrun.recipe import Side
 
-    env = build(_recipe(tmp_path, {"enabled": True, "compute": "a16"}), side=Side.OVERLAY, port=1).env
-    assert env["SPEEDRUN_MLA_DECODE_COMPUTE"] == "a16" and environ.MLA_DECODE_COMPUTE.get(env) == "a16"
-    env = build(_recipe(tmp_path, {"enabled": True}), side=Side.OVERLAY, port=1).env
-    assert "SPEEDRUN_MLA_DECODE_COMPUTE" not in env  # unset: each config bucket's fp8_compute (a8w8)
-    base = build(_recipe(tmp_path, {"enabled": True, "compute": "a8w8"}), side=Side.BASELINE, port=1).env
-    assert "SPEEDRUN_MLA_DECODE_COMPUTE" not in base  # stock SGLang never sees it
+    def compute(mla: dict, side: Side) -> str | None:
+        env = build(_recipe(tmp_path, mla), side=side, port=1).env
+        assert environ.MLA_DECODE_COMPUTE.name not in env  # inside SPEEDRUN_SETTINGS
+        return environ.PluginSettings.from_env(env).mla_decode_compute
+
+    assert compute({"enabled": True, "compute": "a16"}, Side.OVERLAY) == "a16"
+    assert compute({"enabled": True}, Side.OVERLAY) is None  # unset: each config bucket's fp8_compute (a8w8)
+    assert compute({"enabled": True, "compute": "a8w8"}, Side.BASELINE) is None  # stock SGLang never sees it
 
 
 @pytest.mark.parametrize(

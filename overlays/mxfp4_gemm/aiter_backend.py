@@ -1,4 +1,5 @@
-"""aiter backend (ROCm only) for quark w_mxfp4_a_mxfp4 linears. Two kernels, SPEEDRUN_MXFP4_GEMM_AITER_KERNEL:
+"""aiter backend (ROCm only) for quark w_mxfp4_a_mxfp4 linears. Two kernels (settings
+mxfp4_gemm_aiter_kernel, recipe overlays.mxfp4_gemm.aiter_kernel):
 
 - `a4w4` (default): aiter's `gemm_a4w4` (CK blockscale / asm) on preshuffled operands. The weight and its scales
   are shuffled once at load (`preshuffle`: shuffle_weight (16, 16) + e8m0_shuffle, kept beside the plain copies,
@@ -22,8 +23,8 @@ from speedrun.overlays.hooks import require_aiter
 
 
 def aiter_kernel() -> str:
-    """SPEEDRUN_MXFP4_GEMM_AITER_KERNEL as loaded at registration (overlays/environ.py validates it)."""
-    return environ.value(environ.MXFP4_GEMM_AITER_KERNEL)
+    """The settings' mxfp4_gemm_aiter_kernel, as loaded at registration (overlays/environ.py validates it)."""
+    return environ.settings().mxfp4_gemm_aiter_kernel
 
 
 def preshuffle(layer: torch.nn.Module) -> None:

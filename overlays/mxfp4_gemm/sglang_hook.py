@@ -10,7 +10,7 @@ Stock SGLang 0.5.17 cannot run a quark MXFP4 DeepSeek-V3 on CUDA:
 QuarkConfig / scheme selection / create_weights / capability checks (min capability 70) already pass on sm90;
 online quantization (`--quantization quark_mxfp4`, an unquantized checkpoint) stays ROCm-only (mxfp_supported()).
 
-The backend (SPEEDRUN_MXFP4_GEMM_BACKEND, read once at registration: overlays/environ.py), the weight layout and
+The backend (the settings' backends, read once at registration: overlays/environ.py), the weight layout and
 the layer's plan (`api.make_plan`) are fixed at load (`layer._speedrun_backend`, `speedrun_w_layout`,
 `_speedrun_plan`); a layer that did not go through process_weights gets its plan at its first call.
 """
@@ -63,7 +63,7 @@ def layer_plan(layer: torch.nn.Module) -> Any:
 
 
 def _backend(layer: torch.nn.Module) -> str:
-    return getattr(layer, "_speedrun_backend", None) or environ.value(environ.BACKEND[OP])
+    return getattr(layer, "_speedrun_backend", None) or environ.settings().backends[OP]
 
 
 def _unpack_input(x: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -107,7 +107,7 @@ def _apply_weights(original: Any, self: Any, layer: torch.nn.Module, x: Any, bia
 
 
 def _process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
-    backend = layer._speedrun_backend = environ.value(environ.BACKEND[OP])
+    backend = layer._speedrun_backend = environ.settings().backends[OP]
     if backend == "aiter":
         require_aiter(OP)  # at load time, not at the first forward
     original(self, layer)

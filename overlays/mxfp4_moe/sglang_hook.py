@@ -2,7 +2,7 @@
 
 process_weights_after_loading: if we serve the layer, re-lay the experts out as `MoeWeights` (GPT-OSS:
 de-interleave gate/up rows, fp32 biases; quark: as loaded; then on CUDA the values in mx.layout's swz128 layout,
-unless SPEEDRUN_MXFP4_MOE_LAYOUT=plain) and skip the stock processing (which on CUDA would
+unless the mxfp4_moe_layout setting is plain) and skip the stock processing (which on CUDA would
 dequantize GPT-OSS experts to bf16 or swizzle them for triton_kernels, and cannot run quark at all). If we do
 not serve it (`Unsupported`), stock processing runs and `apply` falls back too: the two decisions are tied
 by `layer._speedrun_moe`.
@@ -31,7 +31,7 @@ SERVED_RUNNERS = ("auto", "triton", "triton_kernel", "triton_kernels")
 
 
 def _check_serving(self: Any) -> None:
-    backend = environ.value(environ.BACKEND[OP])
+    backend = environ.settings().backends[OP]
     if backend == "aiter":  # on ROCm, stock SGLang's own aiter path is the aiter dispatch: fused_moe per_1x32
         require_aiter(OP)  # with its e8m0/weight shuffles done once at load (readiness/aiter_layouts.py)
         raise Unsupported("backend aiter: stock SGLang's aiter fused_moe (per_1x32) serves this layer")
@@ -60,8 +60,8 @@ def _set(layer: torch.nn.Module, name: str, value: torch.Tensor) -> torch.Tensor
 
 def weight_layout() -> Layout:
     """The value layout experts are stored in: swz (sm90 default: mx.layout's swz128, 16-byte fragment loads)
-    or plain (HIP default); SPEEDRUN_MXFP4_MOE_LAYOUT overrides."""
-    v = environ.value(environ.MXFP4_MOE_LAYOUT)
+    or plain (HIP default); the settings' mxfp4_moe_layout overrides."""
+    v = environ.settings().mxfp4_moe_layout
     if v is not None:
         return Layout(v)
     return Layout.PLAIN if torch.version.hip is not None else Layout.SWZ
@@ -76,7 +76,7 @@ def _finish(layer: torch.nn.Module, w: MoeWeights) -> None:
                         ("w2_weight_scale", w.w2_scale)):  # fmt: skip
             _set(layer, name, t)
     layer._speedrun_plan = make_plan(w)
-    layer._speedrun_backend = environ.value(environ.BACKEND[OP])
+    layer._speedrun_backend = environ.settings().backends[OP]
     layer._speedrun_moe = w
 
 

@@ -21,7 +21,7 @@ NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"
 
 
 def load_reports(path: Path) -> list[dict[str, Any]]:
-    """Overlay reports from a results file (its `overlay_reports`) or a SPEEDRUN_REPORT_DIR folder."""
+    """Overlay reports from a results file (its `overlay_reports`) or a report folder."""
     path = Path(path)
     if path.is_dir():
         return [json.loads(f.read_text()) for f in sorted(path.glob("overlay-*.json"))]

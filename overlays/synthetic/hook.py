@@ -10,7 +10,7 @@ from speedrun.overlays.synthetic.fill import fill_report_
 
 
 def fill_after_dummy(result: Any, model: Any, *args: Any, **kwargs: Any) -> None:
-    seed = environ.value(environ.SEED)
+    seed = environ.settings().seed
     done = fill_report_(model, seed)
     report.called("synthetic/fill_after_dummy")
     # tp_unmapped: tensors drawn from local coordinates (their TP=N values differ from TP=1); capped for the report
