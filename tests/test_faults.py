@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -157,7 +158,7 @@ def test_second_signal_during_teardown_kills_the_group(tmp_path, speedrun, sig, 
     port, child_file = free_port(), tmp_path / "child.pid"
     cli = speedrun(
         ["launch", str(recipe_file(tmp_path)), "--port", str(port), "--out", str(tmp_path / "runs")],
-        overlay=f"--ignore-sigterm --child-pid-file {child_file}",
+        overlay=f"--ignore-sigterm --child-pid-file {shlex.quote(str(child_file))}",
     )
     cli.wait_for("serving; Ctrl-C", 90, where="out")
     pgid = os.getpgid(int(child_file.read_text()))
@@ -183,7 +184,7 @@ def test_ctrl_c_during_bench_exits_130_and_marks_the_results(tmp_path, speedrun)
     says the side was interrupted, the exit code is 130 (not 0, not 1)."""
     child_file, out = tmp_path / "child.pid", tmp_path / "bench"
     args = ["bench", str(recipe_file(tmp_path)), "--out", str(out), "--no-progress", "--osl", "200"]
-    cli = speedrun(args, overlay=f"--tpot-ms 50 --child-pid-file {child_file}")
+    cli = speedrun(args, overlay=f"--tpot-ms 50 --child-pid-file {shlex.quote(str(child_file))}")
     log = out / "overlay" / "server.log"
     deadline = time.monotonic() + 90
     while not (log.exists() and "fake sglang" in log.read_text()) and time.monotonic() < deadline:

@@ -28,7 +28,8 @@ def weight_bytes(sets: list[dict], h: int, n: int) -> dict[str, float]:
 
 
 def breakdown(model: str, ms: list[int]) -> list[dict]:
-    e, topk, h, n, a4, _ = MODELS[model]
+    mdl = MODELS[model]
+    e, topk, h, n, a4 = mdl[:5]
     w = swizzled(ours(make_raw(e, h, n, gptoss=not a4), gptoss=not a4))
     plan = make_plan(w)
     rows = []
