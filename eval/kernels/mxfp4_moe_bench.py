@@ -213,7 +213,7 @@ SWEEP_VARIANTS = {
 def variant_cfg(base: MoeBucket, var: dict[str, Any]) -> tuple[MoeBucket, str]:
     """(config for fused_moe_mxfp4, value layout) of a sweep variant on top of a bucket's config."""
     knobs = {k: v for k, v in var.items() if k != "layout"}
-    return base.replace(dot_scaled=False, **knobs), var.get("layout", "swz")
+    return base.replace(**{"dot_scaled": False, **knobs}), var.get("layout", "swz")  # a variant may set dot_scaled
 
 
 def _sweep_row(impl: Built, m: int, model: Model, want: Any, row: dict[str, Any],

@@ -88,3 +88,17 @@ def test_mla_summary_per_shape():
     rows[2]["error"] = "ImportError"
     line = mla.summarize(rows).splitlines()[1].split()
     assert line[:7] == ["bf16", "8192", "4", "10.0", "20.0", "error", "12.0"] and line[7:10] == ["2.00", "-", "1.20"]
+
+
+@pytest.mark.parametrize("variant", list(moe.SWEEP_VARIANTS))
+def test_moe_every_sweep_variant_builds_a_config(variant):
+    """Each sweep variant lays its knobs over a shipped bucket (a variant that sets dot_scaled once broke this)."""
+    from speedrun.overlays.mxfp4_moe import api
+
+    base = next(iter(api.table("sm90").values()))
+    cfg, layout = moe.variant_cfg(base, moe.SWEEP_VARIANTS[variant])
+    assert layout == moe.SWEEP_VARIANTS[variant].get("layout", "swz")
+    for knob, value in moe.SWEEP_VARIANTS[variant].items():
+        if knob != "layout":
+            assert getattr(cfg, knob) == value
+    assert cfg.dot_scaled == (variant == "dot_scaled")
