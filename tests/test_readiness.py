@@ -54,7 +54,7 @@ def test_ir_attrs_follow_each_backend():
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import make_backend
 
-    from speedrun.overlays.aot import TARGETS, aligned, ir_attrs
+    from speedrun.eval.kernels.aot import TARGETS, aligned, ir_attrs
     from speedrun.overlays.readiness.sample import MM_SIG
 
     class Fn:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from speedrun.overlays.aot import CompileSpec, aligned
+from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.buckets import parse
 from speedrun.overlays.mla_decode import api
 from speedrun.overlays.mla_decode.config import Compute, MlaBucket, Pv
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from speedrun.overlays.aot import compile_spec
+    from speedrun.eval.kernels.aot import compile_spec
 
     failed = 0
     for arch in (argv if argv is not None else sys.argv[1:]) or ["sm90", "gfx950"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from speedrun.overlays.aot import CompileSpec, aligned
+from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd
 from speedrun.overlays.buckets import parse
 from speedrun.overlays.mxfp4_gemm import api
@@ -125,7 +125,7 @@ SMEM_LIMIT = {"sm90": 232448, "gfx950": 163840}  # bytes of shared memory / LDS 
 def check_all(arch: str) -> list[str]:
     """Compile every spec for `arch`; the failures (errors, missing MMA, too much shared memory), empty if none.
     Needs a process without TRITON_INTERPRET (interpreted kernels cannot be compiled)."""
-    from speedrun.overlays.aot import compile_spec
+    from speedrun.eval.kernels.aot import compile_spec
 
     bad = []
     for spec in compile_specs(arch):

@@ -4,7 +4,7 @@ mode flags, K tiles and launch options come from the plan's own resolver (api.re
 
 from __future__ import annotations
 
-from speedrun.overlays.aot import CompileSpec, aligned
+from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd
 from speedrun.overlays.mxfp4_moe import api, kernels, sort
 from speedrun.overlays.mxfp4_moe.config import Act, MoeBucket

@@ -190,7 +190,7 @@ def test_configs_are_complete_and_legal(arch):
 
 COMPILE_ALL = """
 import json, sys
-from speedrun.overlays.aot import compile_spec
+from speedrun.eval.kernels.aot import compile_spec
 from speedrun.eval.kernels.mxfp4_moe_compile import compile_specs
 results = [compile_spec(s, sys.argv[1]) for s in compile_specs(sys.argv[1])]
 print(json.dumps({"n": len(results), "bad": [(r.name, r.error) for r in results if not r.ok],

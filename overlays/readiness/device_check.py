@@ -35,7 +35,7 @@ def _compile(spec: Any, target: Any, cache: str) -> Any:
     from triton.compiler import ASTSource
     from triton.compiler.compiler import make_backend
 
-    from speedrun.overlays.aot import ir_attrs
+    from speedrun.eval.kernels.aot import ir_attrs
     from speedrun.overlays.arch import AMD_ONLY
 
     os.environ["TRITON_CACHE_DIR"] = cache
@@ -49,7 +49,7 @@ def aot_figures(spec: Any, cache: str) -> dict[str, Any]:
     """What `speedrun kernels compile --arch sm90` reports for a spec (no GPU needed)."""
     from triton.backends.compiler import GPUTarget
 
-    from speedrun.overlays.aot import TARGETS
+    from speedrun.eval.kernels.aot import TARGETS
     from speedrun.overlays.readiness.resources import sm90_usage
 
     k = _compile(spec, GPUTarget(*TARGETS["sm90"]), cache)

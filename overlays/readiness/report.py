@@ -85,7 +85,7 @@ def notes(row: dict[str, Any]) -> list[str]:
 
 def measure(spec: Any, arch: str) -> dict[str, Any]:
     """Compile one spec and read its resources into a report row (no verdict yet)."""
-    from speedrun.overlays.aot import compile_spec
+    from speedrun.eval.kernels.aot import compile_spec
     from speedrun.overlays.readiness.resources import gfx950_usage, sm90_usage
 
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from speedrun.overlays.aot import CompileSpec, aligned
+from speedrun.eval.kernels.aot import CompileSpec, aligned
 
 
 @triton.jit

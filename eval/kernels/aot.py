@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of our Triton kernels for a chosen target, on any machine (no GPU needed).
 
-Each op exposes `compile_specs(arch) -> list[CompileSpec]` (in `overlays/<op>/compile.py`), one per
-kernel x config in its per-arch table; `speedrun kernels compile` and CI compile them all.
+Each op exposes `compile_specs(arch) -> list[CompileSpec]` (in `eval/kernels/<op>_compile.py`, listed in
+`COMPILE`), one per kernel x config in its per-arch table; `speedrun kernels compile` and CI compile them all.
 
 Specialization hints (`CompileSpec.attrs`). A JIT launch specializes each argument on what it sees: a pointer
 whose address is 16-byte aligned and an integer divisible by 16 get `tt.divisibility = 16` ("D"), and on AMD a
