@@ -9,7 +9,7 @@ mxfp4_gemm_aiter_kernel, recipe overlays.mxfp4_gemm.aiter_kernel):
   SGLang 0.5.17 calls it.
 
 UNEXECUTED: no ROCm machine has run either. The layouts are checked on the CPU against aiter's documented
-definitions (readiness/aiter_layouts.py, tests/test_readiness.py); the calls follow aiter's signatures
+definitions (mx/aiter_layouts.py, mx/test_aiter_layouts.py); the calls follow aiter's signatures
 (aiter/ops/gemm_op_a4w4.py: A/B [M|N, K/2] fp4x2, A_scale/B_scale e8m0 padded, out [M, N] bf16). Rows of A and
 of the output are padded to the 256 rows e8m0_shuffle pads A's scales to.
 """
@@ -29,7 +29,7 @@ def aiter_kernel() -> str:
 
 def preshuffle(layer: torch.nn.Module) -> None:
     """Once at load: gemm_a4w4's weight and scale layouts, as extra (non-parameter) attributes of the layer."""
-    from speedrun.overlays.readiness.aiter_layouts import e8m0_shuffle_view, shuffle_weight_view
+    from speedrun.overlays.mx.aiter_layouts import e8m0_shuffle_view, shuffle_weight_view
 
     layer.speedrun_aiter_w = shuffle_weight_view(layer.weight.data)
     layer.speedrun_aiter_w_scale = e8m0_shuffle_view(layer.weight_scale.data)
@@ -56,8 +56,8 @@ def _a4w4(a: torch.Tensor, layer: torch.nn.Module, a_scale: torch.Tensor | None,
           out_dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
     from aiter.ops.gemm_op_a4w4 import gemm_a4w4
 
+    from speedrun.overlays.mx.aiter_layouts import e8m0_shuffle_view
     from speedrun.overlays.mx.quant import quant_mxfp4
-    from speedrun.overlays.readiness.aiter_layouts import e8m0_shuffle_view
 
     a_q, a_s = (a, a_scale) if a_scale is not None else quant_mxfp4(a)
     m, n = a_q.shape[0], layer.speedrun_aiter_w.shape[0]

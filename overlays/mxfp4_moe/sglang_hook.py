@@ -33,7 +33,7 @@ SERVED_RUNNERS = ("auto", "triton", "triton_kernel", "triton_kernels")
 def _check_serving(self: Any) -> None:
     backend = environ.settings().backends[OP]
     if backend == "aiter":  # on ROCm, stock SGLang's own aiter path is the aiter dispatch: fused_moe per_1x32
-        require_aiter(OP)  # with its e8m0/weight shuffles done once at load (readiness/aiter_layouts.py)
+        require_aiter(OP)  # with its e8m0/weight shuffles done once at load (mx/aiter_layouts.py)
         raise Unsupported("backend aiter: stock SGLang's aiter fused_moe (per_1x32) serves this layer")
     if not torch.cuda.is_available():
         raise Unsupported("no GPU")

@@ -1,5 +1,5 @@
 """torch versions of the layouts aiter's ROCm kernels take, written from aiter's documented definitions as
-index maps (tests/test_readiness.py checks them against those definitions step by step, on the CPU).
+index maps (test_aiter_layouts.py checks them against those definitions step by step, on the CPU).
 
 Which overlay aiter path relies on which layout (read from the op folders; aiter never ran here):
 - mxfp4_moe, backend aiter: our hook hands the layer to stock SGLang 0.5.17, whose QuarkW4A4MXFp4MoE
