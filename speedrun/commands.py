@@ -396,7 +396,6 @@ def kernels_tune(
     import sys
 
     from speedrun.eval.kernels import tune as tuning
-    from speedrun.overlays.readiness.tune import TuneError, rich_table
 
     bad = [o for o in op if o not in OPS]
     if bad:
@@ -408,10 +407,10 @@ def kernels_tune(
     for o in op:
         try:
             sweep = tuning.sweep_file(o, out, sweep_from, warn=lambda m: err.print(m, highlight=False))
-            t = tuning.select(o, sweep, arch, min_gain)
-        except TuneError as exc:
+            t = tuning.select_op(o, sweep, arch, min_gain)
+        except tuning.TuneError as exc:
             fail(str(exc), 1)
-        console.print(rich_table(o, t.choices))
+        console.print(tuning.rich_table(o, t.choices))
         if write and t.changed:
             tuning.write(t, command=" ".join(["speedrun", *sys.argv[1:]]))
             console.print(f"wrote {t.path}", highlight=False)

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from speedrun.commands import kernels_app
-from speedrun.overlays.readiness import tune
+from speedrun.eval.kernels import tune
 
 TABLE = {
     "_meta": {"arch": "sm90", "tuned": False, "why": "reasoned"},
@@ -175,7 +175,6 @@ def test_fresh_sweep_runs_the_bench_and_judges_its_file(tmp_path, monkeypatch):
     """The sweep is the op's bench run as `python -m <module> --out DIR --sweep`: a file it wrote is used (a non-zero
     exit only warns), none (or only a stale one) fails naming the file and the exit code."""
     from speedrun.eval.kernels import BENCH
-    from speedrun.eval.kernels import tune as tuning
 
     (tmp_path / "fake_sweep.py").write_text(
         "import pathlib, sys\nout = pathlib.Path(sys.argv[2])\n"
@@ -189,9 +188,9 @@ def test_fresh_sweep_runs_the_bench_and_judges_its_file(tmp_path, monkeypatch):
     stale.write_text("[]")
     os.utime(stale, (1e9, 1e9))  # from an earlier run: not this sweep's result
     warned = []
-    assert tuning.sweep_file("fake", tmp_path / "writes", None, warned.append) == tmp_path / "writes/fake_sweep.json"
+    assert tune.sweep_file("fake", tmp_path / "writes", None, warned.append) == tmp_path / "writes/fake_sweep.json"
     assert warned == ["fake: sweep exited with code 3; using the rows it wrote"]
     with pytest.raises(tune.TuneError, match=r"fake: the sweep wrote no .*silent/fake_sweep.json \(exit code 3\)"):
-        tuning.sweep_file("fake", tmp_path / "silent", None, warned.append)
+        tune.sweep_file("fake", tmp_path / "silent", None, warned.append)
     with pytest.raises(tune.TuneError, match=r"fake: no .*elsewhere/fake_sweep.json"):
-        tuning.sweep_file("fake", tmp_path, tmp_path / "elsewhere", warned.append)
+        tune.sweep_file("fake", tmp_path, tmp_path / "elsewhere", warned.append)

@@ -262,8 +262,8 @@ def test_sweep_variants_are_valid_configs():
 def test_sweep_rows_feed_kernels_tune():
     """Rows shaped like bench --sweep's go through `speedrun kernels tune`'s selection: the current config is found,
     the winner's change is written into the bucket's "swz" overrides, plain-layout rows do not compete."""
+    from speedrun.eval.kernels import tune
     from speedrun.eval.kernels.mxfp4_gemm_bench import variant_config
-    from speedrun.overlays.readiness import tune
 
     table = json.loads((Path(api.__file__).parent / "configs" / "sm90.json").read_text())
     times = {"config": 10.0, "st3": 8.0, "prequant": 12.0, "plain": 5.0}
