@@ -163,8 +163,8 @@ def report_rows(plan: Plan, listed: list[dict] | None, ops: list[str]) -> list[d
     """Per server instance: the router's word on its health (from its worker list)
     and the overlay reports of its processes (every node's share, from <run>/reports/<instance>/node*/), checked
     for one scheduler report per GPU rank with hooks applied and no error (none are expected on the stock side)."""
+    from speedrun.eval.readiness.ranks import check_ranks
     from speedrun.overlays import report
-    from speedrun.overlays.readiness.ranks import check_ranks
 
     health = {w.get("url"): w.get("is_healthy") for w in listed or []}
     rows = []

@@ -325,7 +325,7 @@ def kernels_compile(
 ) -> None:
     """Compile every kernel x config for the target arch on this machine (no GPU needed): matrix instructions,
     registers, shared memory, spills, occupancy. Exit 1 when one fails to compile, spills, or lacks its MMA."""
-    from speedrun.overlays.readiness import report
+    from speedrun.eval.readiness import report
 
     if check_device:
         _check_device(arch, op, as_json, workers)
@@ -348,7 +348,7 @@ def kernels_compile(
 
 def _same_code(against: Path, result: dict) -> None:
     """Fingerprints vs an earlier report (same ops and archs): a refactor that must not change the GPU code."""
-    from speedrun.overlays.readiness.fingerprint import compare
+    from speedrun.eval.readiness.fingerprint import compare
 
     if not against.is_file():
         fail(f"{against}: no such report (make one with: speedrun kernels compile --json > FILE)")
@@ -364,8 +364,8 @@ def _same_code(against: Path, result: dict) -> None:
 
 def _check_device(arch: str, op: list[str] | None, as_json: bool, workers: int) -> None:
     """Exit 1 when a kernel's registers, spills or shared memory on this GPU differ from the sm90 AOT report."""
+    from speedrun.eval.readiness import device_check
     from speedrun.overlays.arch import current_arch
-    from speedrun.overlays.readiness import device_check
 
     if arch not in ("sm90", "all"):
         fail(f"--check-device checks sm90 on a CUDA GPU, not --arch {arch}")
@@ -424,7 +424,7 @@ def kernels_roofline(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """ESTIMATE: MI355X roofline per op and shape (vendor peak figures) next to the measured card's fraction."""
-    from speedrun.overlays.readiness import roofline
+    from speedrun.eval.readiness import roofline
 
     try:
         rows = roofline.table(results)

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from speedrun.overlays.readiness.fingerprint import compare
+from speedrun.eval.readiness.fingerprint import compare
 
 FIELDS = ("mma", "vgpr_total", "sgpr", "spills", "scratch", "shared", "occupancy", "instructions")
 

@@ -72,7 +72,7 @@ def test_compile_against_summary_is_one_line(deep):
     """The `--against` summary CI greps (it wrapped at 80 columns in a long temp path, and "0 changed" split)."""
     old = deep / "old.json"
     old.write_text(json.dumps({"rows": []}))
-    op = "speedrun.overlays.readiness.sample:refactor_specs"
+    op = "speedrun.eval.readiness.sample:refactor_specs"
     res = speedrun("kernels", "compile", "--op", op, "--against", str(old), cwd=deep)
     assert res.returncode == 0, res.stdout + res.stderr
     assert any(ln.startswith(f"machine code vs {old}: 0 same, 0 changed, ") for ln in res.stderr.splitlines()), res

@@ -3,9 +3,9 @@
 
 import pytest
 
-from speedrun.overlays.readiness import device_check
+from speedrun.eval.readiness import device_check
 
-SAMPLE = "speedrun.overlays.readiness.sample"
+SAMPLE = "speedrun.eval.readiness.sample"
 SAME = {"regs": 168, "scratch": 0, "shared": 32768, "target": "('cuda', 90, 32)"}
 
 
@@ -21,9 +21,9 @@ def test_compare_flags_each_field():
 
 AOT_CHECK = """
 import json, sys
-from speedrun.overlays.readiness import device_check
-from speedrun.overlays.readiness.report import measure
-from speedrun.overlays.readiness.sample import bad_specs, matmul_spec
+from speedrun.eval.readiness import device_check
+from speedrun.eval.readiness.report import measure
+from speedrun.eval.readiness.sample import bad_specs, matmul_spec
 out = []
 for spec in (matmul_spec("sm90"), bad_specs("sm90")[1]):
     mine = device_check.aot_figures(spec, sys.argv[1] + "/" + spec.name.replace("/", "_"))

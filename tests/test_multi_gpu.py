@@ -4,7 +4,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from speedrun.overlays.readiness import ranks
+from speedrun.eval.readiness import ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from speedrun.eval.readiness import report, resources, roofline
 from speedrun.overlays.ops import OPS
-from speedrun.overlays.readiness import report, resources, roofline
 
-SAMPLE = "speedrun.overlays.readiness.sample"
+SAMPLE = "speedrun.eval.readiness.sample"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_ir_attrs_follow_each_backend():
     from triton.compiler.compiler import make_backend
 
     from speedrun.eval.kernels.aot import TARGETS, aligned, ir_attrs
-    from speedrun.overlays.readiness.sample import MM_SIG
+    from speedrun.eval.readiness.sample import MM_SIG
 
     class Fn:
         arg_names = list(MM_SIG)

@@ -73,7 +73,7 @@ def loop_stats(cfg: GemmBucket, a_mode: AMode = AMode.QUANT) -> LoopStats:
     """Compile one decode config (swz128 weights, split epilogue) for sm90 and read its K loop."""
     from speedrun.eval.kernels.aot import compile_spec
     from speedrun.eval.kernels.mxfp4_gemm_compile import gemm_spec
-    from speedrun.overlays.readiness.resources import sm90_occupancy
+    from speedrun.eval.readiness.resources import sm90_occupancy
 
     res = compile_spec(gemm_spec("sass", cfg, a_mode, "sm90", 2, layout=Layout.SWZ128_MUL1), "sm90")
     if not res.ok:

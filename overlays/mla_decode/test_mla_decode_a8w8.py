@@ -225,7 +225,7 @@ def test_recipe_compute_errors_name_the_field(tmp_path, mla, kv, other, msg) -> 
 def test_compile_report_holds_a8w8_to_fp8_mma_occupancy_and_no_spills() -> None:
     """The a8w8 specs carry the fp8-MMA regex, >= 2 waves/SIMD on gfx950 and no spills; the verdict applies them."""
     from speedrun.eval.kernels.mla_decode_compile import compile_specs
-    from speedrun.overlays.readiness.report import verdict
+    from speedrun.eval.readiness.report import verdict
 
     fp8_mma = {"sm90": "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3", "gfx950": "v_mfma_f32_16x16x32_fp8_fp8"}
     for arch, mma in fp8_mma.items():

@@ -43,8 +43,8 @@ env | grep -E '^(NCCL_NVLS_ENABLE|TORCH_SYMM_MEM_DISABLE_MULTICAST|NVSHMEM_DISAB
 HAVE=$(grep -c '^GPU ' "$M/gpus.txt"); note "GPUs: $HAVE (need $NGPU); recipe $RECIPE; phases $PHASES"
 (( HAVE >= NGPU )) || { note "FAIL only $HAVE GPU(s), $NGPU needed"; FAILS=1; finish; }
 R=$M/recipe-tp$NGPU.yaml; T1=$M/recipe-tp1.yaml   # the recipe at TP=NGPU and at TP=1: same model and seed
-python3 -m speedrun.overlays.readiness.ranks derive "$RECIPE" --tp "$NGPU" --out "$R" || { FAILS=1; finish; }
-python3 -m speedrun.overlays.readiness.ranks derive "$RECIPE" --tp 1 --out "$T1" || { FAILS=1; finish; }
+python3 -m speedrun.eval.readiness.ranks derive "$RECIPE" --tp "$NGPU" --out "$R" || { FAILS=1; finish; }
+python3 -m speedrun.eval.readiness.ranks derive "$RECIPE" --tp 1 --out "$T1" || { FAILS=1; finish; }
 OPS=$(python3 -c "from speedrun.recipe import load_recipe as l; print(','.join(l('$R').overlays.enabled_ops()))")
 speedrun model synth "$R" | tee -a "$LOG"
 speedrun launch "$R" --dry-run > "$M/dry_run.txt"; cat "$M/dry_run.txt" >> "$LOG"
@@ -53,14 +53,14 @@ SCALE=(--concurrency 4,32 --isl 1024 --osl 128 --prompts-per-concurrency 2 --war
        --startup-timeout 300 --no-progress)
 if [[ ,$PHASES, == *,run,* ]]; then
   step 380 run speedrun run "$R" --out "$M/run" "${SCALE[@]}"
-  step 20 ranks python3 -m speedrun.overlays.readiness.ranks reports "$M/run/overlay.json" --tp "$NGPU" --ops "$OPS"
+  step 20 ranks python3 -m speedrun.eval.readiness.ranks reports "$M/run/overlay.json" --tp "$NGPU" --ops "$OPS"
   speedrun report "$M/run/overlay/overlay-reports" >> "$LOG" 2>&1
 fi
 if [[ ,$PHASES, == *,tp1,* ]]; then  # agreement across sharding: TP=1 (A) vs TP=NGPU (B), overlays on both
   step 200 tp1_eval speedrun eval "$T1" --side overlay --out "$M/tp1" --startup-timeout 300 --no-progress
   speedrun compare "$M/tp1/overlay.json" "$M/run/overlay.json" --out "$M/tp1_vs_tp$NGPU" >> "$LOG" 2>&1  # gates
-  step 10 tp1_vs_tpN python3 -m speedrun.overlays.readiness.ranks gate "$M/tp1_vs_tp$NGPU/summary.json"  # agreement
+  step 10 tp1_vs_tpN python3 -m speedrun.eval.readiness.ranks gate "$M/tp1_vs_tp$NGPU/summary.json"  # agreement
 fi
 kill "$WATCH" 2>/dev/null; WATCH=
-step 10 env python3 -m speedrun.overlays.readiness.ranks env "$M/env_seen.txt" --dry-run "$M/dry_run.txt"
+step 10 env python3 -m speedrun.eval.readiness.ranks env "$M/env_seen.txt" --dry-run "$M/dry_run.txt"
 finish

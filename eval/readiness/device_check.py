@@ -50,7 +50,7 @@ def aot_figures(spec: Any, cache: str) -> dict[str, Any]:
     from triton.backends.compiler import GPUTarget
 
     from speedrun.eval.kernels.aot import TARGETS
-    from speedrun.overlays.readiness.resources import sm90_usage
+    from speedrun.eval.readiness.resources import sm90_usage
 
     k = _compile(spec, GPUTarget(*TARGETS["sm90"]), cache)
     use = sm90_usage(k.asm["cubin"], k.metadata.shared, k.metadata.num_warps)
@@ -76,7 +76,7 @@ def _init(cache: str) -> None:
 
 
 def _work(task: tuple[str, str, int]) -> dict[str, Any]:
-    from speedrun.overlays.readiness.report import _specs
+    from speedrun.eval.readiness.report import _specs
 
     op, module, i = task
     root = os.path.join(os.environ["SPEEDRUN_CHECK_CACHE"], f"{op}-{i}")
@@ -96,7 +96,7 @@ def _work(task: tuple[str, str, int]) -> dict[str, Any]:
 
 def run(ops: list[str] | tuple[str, ...], workers: int = 4, limit: int | None = None) -> dict[str, Any]:
     """Check every sm90 spec of `ops` (the first `limit` per op when given); {"rows", "failed", "seconds"}."""
-    from speedrun.overlays.readiness.report import _count, op_module
+    from speedrun.eval.readiness.report import _count, op_module
 
     t0 = time.perf_counter()
     cache = tempfile.mkdtemp(prefix="speedrun-devcheck-")

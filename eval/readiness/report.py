@@ -86,7 +86,7 @@ def notes(row: dict[str, Any]) -> list[str]:
 def measure(spec: Any, arch: str) -> dict[str, Any]:
     """Compile one spec and read its resources into a report row (no verdict yet)."""
     from speedrun.eval.kernels.aot import compile_spec
-    from speedrun.overlays.readiness.resources import gfx950_usage, sm90_usage
+    from speedrun.eval.readiness.resources import gfx950_usage, sm90_usage
 
     t0 = time.perf_counter()
     res = compile_spec(spec, arch)
@@ -103,7 +103,7 @@ def measure(spec: Any, arch: str) -> dict[str, Any]:
         except Exception as exc:  # an unreadable resource report is a failure, not a crash of the whole run
             row.update(ok=False, error=f"resource usage unreadable: {type(exc).__name__}: {exc}"[:500])
     if res.ok:
-        from speedrun.overlays.readiness.fingerprint import fingerprint
+        from speedrun.eval.readiness.fingerprint import fingerprint
 
         try:
             row["fingerprint"], row["instructions"] = fingerprint(arch, res.asm, res.binary)

@@ -14,7 +14,7 @@ import re
 import subprocess
 import tempfile
 
-from speedrun.overlays.readiness.resources import cuobjdump
+from speedrun.eval.readiness.resources import cuobjdump
 
 _SASS_LINE = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s*(.*?)\s*;")
 _GCN_NOISE = re.compile(r"^\s*(\.loc|\.file|;|//|\.Ltmp\d+:|\.Lfunc_end)|Ltmp|\.debug_")

@@ -1,10 +1,10 @@
 """Checks of a multi-GPU run (scripts/device/multi_gpu.sh): one overlay report per tensor-parallel rank with
 kernel calls, and NVLink multicast off in every process the launcher started.
 
-    python -m speedrun.overlays.readiness.ranks reports RESULTS.json|REPORT_DIR --tp 2 --ops mla_decode
-    python -m speedrun.overlays.readiness.ranks env ENV_SEEN.txt [--dry-run LAUNCH_LINE.txt]
-    python -m speedrun.overlays.readiness.ranks derive RECIPE --tp N --out FILE   (same model, another TP)
-    python -m speedrun.overlays.readiness.ranks gate SUMMARY.json --name agreement  (one gate of a compare)
+    python -m speedrun.eval.readiness.ranks reports RESULTS.json|REPORT_DIR --tp 2 --ops mla_decode
+    python -m speedrun.eval.readiness.ranks env ENV_SEEN.txt [--dry-run LAUNCH_LINE.txt]
+    python -m speedrun.eval.readiness.ranks derive RECIPE --tp N --out FILE   (same model, another TP)
+    python -m speedrun.eval.readiness.ranks gate SUMMARY.json --name agreement  (one gate of a compare)
 Exit 1 with one line per problem; pure functions, tested on the CPU.
 """
 
