@@ -101,13 +101,13 @@ def recording(path: Path, meta: dict[str, Any], plot: Callable[[Rows, Path], Non
             signal.signal(signal.SIGTERM, previous)
         results.write()
         if results.rows:
-            _finish(results.rows, path, plot, summary)
+            finish(results.rows, path, plot, summary)
     if stopped is not None:
         print(f"interrupted by {stopped}: the {len(results.rows)} rows done are in {path}", flush=True)
         raise SystemExit(128 + stopped.signum)
 
 
-def _finish(rows: Rows, path: Path, plot: Callable[[Rows, Path], None] | None,
+def finish(rows: Rows, path: Path, plot: Callable[[Rows, Path], None] | None,
             summary: Callable[[Rows], str] | None) -> None:  # fmt: skip
     """Plot and summary of the rows written to `path`: a failure of either is one line, never a lost table."""
     for what, fn in (("plot", plot and (lambda: plot(rows, path.with_suffix(".png")))),
