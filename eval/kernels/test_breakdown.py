@@ -152,3 +152,14 @@ def test_the_drift_check_catches_the_call_that_broke_moe_breakdown():
     bad = call_mismatches("sets = routing_sets(m, e, topk, h)\n", vars(moe))
     assert len(bad) == 1 and "too many positional arguments" in bad[0]
     assert call_mismatches("routing_sets(m, model)\nbreakdown.per_kernel(events, calls, cat='x')\n", vars(moe)) == []
+
+
+def test_deepgemm_warmup_m_lists_follow_sglang():
+    """sglang 0.5.17's own count for the fast list at a 16384 chunk is 3072 (compile_utils' comment); the full list
+    covers every M to 16384 at the H100 default chunk (8192) and to twice a larger chunk."""
+    dg = load("deepgemm_warmup")
+    fast = dg.fast_ms(8192)
+    assert len(dg.fast_ms(16384)) == 3072 and len(fast) == 2560
+    assert fast[:1024] == list(range(1, 1025)) and fast[-2:] == [8184, 8192] and 2050 not in fast and 2052 in fast
+    assert dg.full_ms(8192) == list(range(1, 16385)) and len(dg.full_ms(16384)) == 32768
+    assert set(fast) <= set(dg.full_ms(8192))
