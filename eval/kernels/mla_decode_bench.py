@@ -18,16 +18,17 @@ quantized to fp8, fp8 MMAs, the table's a8w8 knobs; FlashMLA's fp8 row is its co
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from speedrun.eval.kernels import report, timer
+from speedrun.eval.kernels.results import Emit, attempt, ignore, recording
 from speedrun.eval.kernels.timer import Built, Copies
 from speedrun.overlays.mla_decode.config import MlaBucket
 
@@ -35,7 +36,7 @@ HEADS = 16
 PAGE = 64
 SM_SCALE = 1.0 / math.sqrt(192)
 CONTEXT_LEN = 163840  # DeepSeek-R1: sizes SGLang's max_kv_splits exactly as the server would
-BUDGET_S = 105.0  # under the device script's 120 s step (the JSON is written at the end): later shapes skip
+BUDGET_S = 105.0  # under the device script's 120 s step: later shapes are written as skipped
 IMPLS = ("speedrun", "speedrun_a8w8", "sglang_triton", "flashinfer", "flashmla")
 FP8_ONLY = ("speedrun_a8w8",)
 # --sweep: named overrides of the heads<=16 bucket (an empty "fp8" dict makes the variant govern fp8 caches too).
@@ -213,13 +214,20 @@ def measure(built: Built, x: dict[str, Any]) -> tuple[timer.Timing, torch.Tensor
     return timer.time_calls(built, calls, built.alloc_bytes), out
 
 
-def _timed_row(row: dict[str, Any], t: timer.Timing, nbytes: int, peak: float) -> None:
+def _timed_fields(built: Built, x: dict[str, Any], nbytes: int, peak: float,
+                  outs: list[torch.Tensor] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A row's timed fields; copy 0's output is appended to `outs` (the comparison between impls)."""
+    t, out = measure(built, x)
     gbps, pct = report.pct_of_peak(nbytes, t.us, peak)
-    row.update(t.fields(), gbps=gbps, pct_hbm_peak=pct)
+    if outs is not None:
+        outs.append(out.float())
+    return {**t.fields(), "gbps": gbps, "pct_hbm_peak": pct}
 
 
 def bench_shape(bs: int, kv_len: int | str, kv_dtype: torch.dtype, impls: tuple[str, ...], gpu: str, deadline: float,
-                peak: float = timer.DEFAULT_PEAK[1]) -> list[dict[str, Any]]:  # fmt: skip
+                peak: float = timer.DEFAULT_PEAK[1], emit: Emit = ignore) -> list[dict[str, Any]]:  # fmt: skip
+    """Every impl at one shape; each row goes to `emit` when done (every baseline may be missing or reject a
+    shape: its row records why, and the run goes on)."""
     copies = Copies(make_inputs(bs, kv_len, kv_dtype, seed=seed_of(bs, kv_len)))
     nbytes = kv_bytes(bs, kv_len, kv_dtype)
     rows, ours = [], None
@@ -227,18 +235,16 @@ def bench_shape(bs: int, kv_len: int | str, kv_dtype: torch.dtype, impls: tuple[
         row = {"impl": impl, "bucket": BUCKET, "gpu": gpu, "bs": bs, "kv_len": kv_len, "heads": HEADS,
                "kv_dtype": "bf16" if kv_dtype == torch.bfloat16 else "fp8_e4m3", "us": None, "gbps": None}  # fmt: skip
         if time.monotonic() > deadline:
-            rows.append({**row, "skipped": True, "error": "skipped: bench time budget spent"})
-            continue
-        try:
-            t, out = measure(Built(SETUP[impl], copies), copies(0))
-            _timed_row(row, t, nbytes, peak)
-            if impl == "speedrun":
-                ours = out.float()
-            elif ours is not None:
-                row["max_diff_vs_speedrun"] = round((out.float() - ours).abs().max().item(), 5)
-        except Exception as exc:  # every baseline may be missing or reject a shape: record, go on
-            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            row.update(skipped=True, error="skipped: bench time budget spent")
+        else:
+            outs: list[torch.Tensor] = []
+            attempt(row, partial(_timed_fields, Built(SETUP[impl], copies), copies(0), nbytes, peak, outs))
+            if outs and impl == "speedrun":
+                ours = outs[0]
+            elif outs and ours is not None:
+                row["max_diff_vs_speedrun"] = round((outs[0] - ours).abs().max().item(), 5)
         rows.append(row)
+        emit(row)
         torch.cuda.empty_cache()
     del copies
     torch.cuda.empty_cache()
@@ -292,8 +298,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def sweep(gpu: str, peak: float = timer.DEFAULT_PEAK[1]) -> list[dict[str, Any]]:
-    """Every variant on the key shapes, bf16 and fp8; prints the best variant per shape."""
+def sweep(gpu: str, peak: float = timer.DEFAULT_PEAK[1], emit: Emit = ignore) -> list[dict[str, Any]]:
+    """Every variant on the key shapes, bf16 and fp8; prints the best variant per shape; each row goes to `emit`."""
     rows, deadline = [], time.monotonic() + SWEEP_BUDGET_S
     for bs, kv_len in SWEEP_SHAPES:  # most important first: a spent budget drops the tail
         for dt in (torch.float8_e4m3fn, torch.bfloat16):
@@ -305,14 +311,13 @@ def sweep(gpu: str, peak: float = timer.DEFAULT_PEAK[1]) -> list[dict[str, Any]]
                 cfg = variant_config(variant)  # the whole bucket config, so a tuner can write the winner back
                 row = {"impl": "speedrun", "bucket": BUCKET, "variant": variant, "config": cfg.entry(), "gpu": gpu,
                        "bs": bs, "kv_len": kv_len, "heads": HEADS, "kv_dtype": name, "us": None}  # fmt: skip
-                try:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("skipped: sweep time budget spent")
-                    t, _ = measure(Built(lambda x, cfg=cfg: setup_speedrun(x, cfg), copies), copies(0))
-                    _timed_row(row, t, kv_bytes(bs, kv_len, dt), peak)
-                except Exception as exc:
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                if time.monotonic() > deadline:
+                    row["error"] = "TimeoutError: skipped: sweep time budget spent"
+                else:
+                    built = Built(lambda x, cfg=cfg: setup_speedrun(x, cfg), copies)
+                    attempt(row, partial(_timed_fields, built, copies(0), kv_bytes(bs, kv_len, dt), peak))
                 rows.append(row)
+                emit(row)
                 torch.cuda.empty_cache()
             del copies
             torch.cuda.empty_cache()
@@ -353,7 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("mla_decode bench needs a GPU")
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name(0)
     peak_name, peak = timer.hbm_peak(gpu)
     meta = {"op": "mla_decode", "gpu": gpu, "hbm_peak_Bps": peak, "hbm_peak_of": peak_name, "sm_scale": SM_SCALE,
@@ -361,27 +365,21 @@ def main(argv: list[str] | None = None) -> int:
             "speedup_vs": "baseline us / our us (> 1: ours faster)",
             "bytes": "cached latent rows only: 1152 B/token bf16, 576 B/token fp8"}  # fmt: skip
     if args.sweep:
-        rows = sweep(gpu, peak)
-        best = {}
-        for r in sorted((r for r in rows if r.get("us")), key=lambda r: r["us"]):
-            best.setdefault(f"{r['kv_dtype']} bs={r['bs']} kv={r['kv_len']}", f"{r['variant']} {r['us']} µs")
+        with recording(args.out / "mla_decode_sweep.json", meta) as res:
+            rows = sweep(gpu, peak, emit=res.add)
+            res.meta["best"] = best = {}
+            for r in sorted((r for r in rows if r.get("us")), key=lambda r: r["us"]):
+                best.setdefault(f"{r['kv_dtype']} bs={r['bs']} kv={r['kv_len']}", f"{r['variant']} {r['us']} µs")
         print("\n".join(f"best {k}: {v}" for k, v in best.items()))
-        out = {"meta": meta, "best": best, "rows": rows}
-        (args.out / "mla_decode_sweep.json").write_text(json.dumps(out, indent=1))
         return 0
-    deadline, rows = time.monotonic() + BUDGET_S, []
-    for bs, kv_len, dt in args.shape or shapes(args.quick, args.kv_dtype):
-        run = impls if dt.itemsize == 1 else tuple(i for i in impls if i not in FP8_ONLY)
-        rows += bench_shape(bs, kv_len, dt, run, gpu, deadline, peak)
-        done = ", ".join(f"{r['impl']}={r.get('us')}" for r in rows[-len(run) :])
-        print(f"done bs={bs} kv={kv_len} {dt}: {done}", flush=True)
-    (args.out / "mla_decode.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    try:
-        plot(rows, args.out / "mla_decode.png")
-    except Exception as exc:  # a missing plot must not lose the numbers
-        print(f"plot failed: {exc}")
-    print(summarize(rows))
-    return 0 if all(r.get("us") or r.get("skipped") for r in rows if r["impl"] == "speedrun") else 1
+    deadline = time.monotonic() + BUDGET_S
+    with recording(args.out / "mla_decode.json", meta, plot, summarize) as res:
+        for bs, kv_len, dt in args.shape or shapes(args.quick, args.kv_dtype):
+            run = impls if dt.itemsize == 1 else tuple(i for i in impls if i not in FP8_ONLY)
+            rows = bench_shape(bs, kv_len, dt, run, gpu, deadline, peak, emit=res.add)
+            done = ", ".join(f"{r['impl']}={r.get('us')}" for r in rows)
+            print(f"done bs={bs} kv={kv_len} {dt}: {done}", flush=True)
+    return 0 if all(r.get("us") or r.get("skipped") for r in res.rows if r["impl"] == "speedrun") else 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from speedrun.eval.kernels.results import FAILURES, reason
 from speedrun.eval.kernels.stock import deepgemm_available, fp8_block_quant, no_deepgemm_precompile, stock_config
 
 BLOCK = [128, 128]
@@ -78,8 +79,8 @@ def describe() -> dict[str, Any]:
     """For the results file's meta: which stock function each FP8 row is, and what stock dispatches to here."""
     try:
         here = stock_dispatch()
-    except Exception as exc:  # no SGLang: the rows say so too
-        here = f"unknown ({type(exc).__name__}: {exc})"[:200]
+    except FAILURES as exc:  # no SGLang: the rows say so too
+        here = f"unknown ({reason(exc)})"[:200]
     return {"fp8_deepgemm": "sglang 0.5.17 fp8_utils.deepgemm_w8a8_block_fp8_linear_with_fallback (sm90 default)",
             "fp8_triton": "sglang 0.5.17 fp8_utils.triton_w8a8_block_fp8_linear (sm90 without deep_gemm)",
             "stock_dispatch_here": here}  # fmt: skip

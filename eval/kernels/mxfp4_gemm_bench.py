@@ -25,7 +25,6 @@ python -m speedrun.eval.kernels.mxfp4_gemm_bench --out DIR [--shape MxNxK ...]  
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from functools import partial
@@ -36,6 +35,7 @@ import torch
 
 from speedrun.eval.kernels import mxfp4_gemm_baselines as baselines
 from speedrun.eval.kernels import report, timer
+from speedrun.eval.kernels.results import FAILURES, Emit, attempt, ignore, recording
 from speedrun.eval.kernels.timer import Copies, Timing
 from speedrun.overlays.mxfp4_gemm.config import GemmBucket, GemmKnobs, Layout
 
@@ -189,24 +189,33 @@ def measure(impl: str, prepared: Prepared, m: int, n: int, k: int) -> tuple[Timi
     return t, out
 
 
-def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor, peak: float) -> list[dict[str, Any]]:
+def timed_row(impl: str, gpu: str, ops: tuple[torch.Tensor, ...], lut: torch.Tensor, ref: torch.Tensor,
+              peak: float) -> dict[str, Any]:  # fmt: skip
+    """One impl's row at the operands' shape: its timing, GB/s and error against the fp32 product `ref`."""
+    a, w, ws = ops
+    m, n, k = a.shape[0], w.shape[0], a.shape[1]
+    t, out = measure(impl, prepare(impl, a, w, ws, lut), m, n, k)
+    row = _row(impl, gpu, m, n, k, t, peak=peak)
+    row["rel_err"] = round(((out.float() - ref).norm() / ref.norm()).item(), 5)
+    return row
+
+
+def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor, peak: float,
+                emit: Emit = ignore) -> list[dict[str, Any]]:  # fmt: skip
+    """Every impl at one shape; each row goes to `emit` as soon as it is done (a failing impl: its `error`)."""
     from speedrun.overlays.mxfp4_gemm.api import bucket_key, config_arch, pick_config, route_for
 
-    a, w, ws = operands(m, n, k, seed=m + n)
-    ref = (a.float() @ torch_dequant(w, ws, lut).float().t()).float()  # fp32 product of the exact weights
-    arch = config_arch(a.device)
+    ops = operands(m, n, k, seed=m + n)
+    ref = (ops[0].float() @ torch_dequant(*ops[1:], lut).float().t()).float()  # fp32 product of the exact weights
+    arch = config_arch(ops[0].device)
     cfg = pick_config(m, n, k, arch)
     rows = []
     for impl in impls_for(n, k):
-        try:
-            t, out = measure(impl, prepare(impl, a, w, ws, lut), m, n, k)
-            row = _row(impl, gpu, m, n, k, t, peak=peak)
-            row["rel_err"] = round(((out.float() - ref).norm() / ref.norm()).item(), 5)
-        except Exception as exc:  # a failing impl is a row, not the end of the run
-            row = _row(impl, gpu, m, n, k, None, f"{type(exc).__name__}: {exc}")
+        row = attempt(_row(impl, gpu, m, n, k, None), partial(timed_row, impl, gpu, ops, lut, ref, peak))
         if impl == "speedrun":
             row.update(bucket=bucket_key(m, arch), route=str(route_for(cfg, n, k)))
         rows.append(row)
+        emit(row)
         torch.cuda.empty_cache()
     report.add_speedups(rows, ("m", "n", "k"))
     return rows
@@ -264,10 +273,21 @@ def variant_config(base: GemmBucket, variant: str, bucket: str, layout: Layout |
 SWEEP_BUDGET_S = 100.0
 
 
-def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S) -> list[dict[str, Any]]:
+def _variant_row(impl: str, gpu: str, ops: tuple[torch.Tensor, ...], cfg: GemmBucket, layout: Layout,
+                 want: torch.Tensor | None, peak: float) -> dict[str, Any]:  # fmt: skip
+    a, w, ws = ops
+    m, n, k = a.shape[0], w.shape[0], a.shape[1]
+    t, got = measure(impl, ours_prepared(a, w, ws, layout, cfg), m, n, k)
+    row = _row(impl, gpu, m, n, k, t, peak=peak)
+    if want is not None:
+        row["max_rel_diff_vs_config"] = round(((got.float() - want).abs().max() / want.abs().max()).item(), 5)
+    return row
+
+
+def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S, emit: Emit = ignore) -> list[dict[str, Any]]:
     """Every SWEEP_VARIANTS entry on SWEEP_SHAPES, timed like the bench (tuning aid; prints the best per shape).
     Once `budget_s` is spent the remaining rows are written with "skipped": true (the device step has a hard
-    timeout)."""
+    timeout). Each row goes to `emit` when done."""
     from speedrun.overlays.mxfp4_gemm import api
 
     rows, t0 = [], time.time()
@@ -276,13 +296,14 @@ def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S) -> list[
             print(f"sweep: budget {budget_s:.0f} s spent, skipping ({m},{n},{k})")
             bucket = api.bucket_key(m, api.config_arch(torch.device("cuda")))
             rows.append({**_row("speedrun", gpu, m, n, k, None), "variant": "*", "bucket": bucket, "skipped": True})
+            emit(rows[-1])
             continue
         a, w, ws = operands(m, n, k, seed=n + k)
         arch = api.config_arch(a.device)
         base, table_layout, bucket = api.pick_config(m, n, k, arch), api.weight_layout(arch), api.bucket_key(m, arch)
         try:
             want = api.mxfp4_gemm(a, w, ws, api.make_plan(n, k, device=a.device, config=base)).float()
-        except Exception:  # the config's own row records the error below
+        except FAILURES:  # the config's own row records the error below
             want = None
         for name in ("config", *SWEEP_VARIANTS):
             cfg, layout = variant_config(base, name, bucket, table_layout)
@@ -291,15 +312,10 @@ def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S) -> list[
             impl = "speedrun" if layout == table_layout else "speedrun_plain"  # other layouts: not tunable
             if time.time() - t0 > budget_s:
                 rows.append({**_row(impl, gpu, m, n, k, None), **row, "skipped": True})
-                continue
-            try:
-                t, got = measure(impl, ours_prepared(a, w, ws, layout, cfg), m, n, k)
-                if want is not None:
-                    row["max_rel_diff_vs_config"] = round(((got.float() - want).abs().max() / want.abs().max()).item(),
-                                                          5)  # fmt: skip
-                rows.append({**_row(impl, gpu, m, n, k, t, peak=peak), **row})
-            except Exception as exc:
-                rows.append({**_row(impl, gpu, m, n, k, None, f"{type(exc).__name__}: {exc}"), **row})
+            else:
+                timed = partial(_variant_row, impl, gpu, (a, w, ws), cfg, layout, want, peak)
+                rows.append({**attempt(_row(impl, gpu, m, n, k, None), timed), **row})
+            emit(rows[-1])
             torch.cuda.empty_cache()
         done = [r for r in rows if (r["m"], r["n"], r["k"]) == (m, n, k) and r.get("us")]
         for r in sorted(done, key=lambda r: r["us"]):
@@ -375,29 +391,23 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     gpu = torch.cuda.get_device_name()
     peak = timer.hbm_peak(gpu)[1]
-    t0, rows = time.time(), []
-    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
     if args.sweep:
-        rows = sweep_rows(gpu, peak, args.budget)
         out = args.out / "mxfp4_gemm_sweep.json"
-        out.write_text(json.dumps({"meta": meta(gpu, True), "rows": rows}, indent=1))
+        with recording(out, meta(gpu, True)) as res:
+            sweep_rows(gpu, peak, args.budget, emit=res.add)
         print(f"wrote {out} in {time.time() - t0:.0f} s")
-        return 0 if all(r.get("us") or r.get("skipped") for r in rows) else 1
+        return 0 if all(r.get("us") or r.get("skipped") for r in res.rows) else 1
     lut = _lut(torch.device("cuda"))
-    for m, n, k in args.shape or shapes():
-        rows += bench_shape(m, n, k, gpu, lut, peak)
-        print(f"[{time.time() - t0:.0f} s] {m}x{n}x{k}: " + ", ".join(f"{r['impl']}={r.get('us')}" for r in rows[-5:]
-                                                                      if r["m"] == m and r["n"] == n and r["k"] == k),
-              flush=True)  # fmt: skip
-        torch.cuda.empty_cache()
-    (args.out / "mxfp4_gemm.json").write_text(json.dumps({"meta": meta(gpu, False), "rows": rows}, indent=1))
-    try:
-        plot(rows, args.out / "mxfp4_gemm.png")
-    except Exception as exc:  # a missing plot must not lose the numbers
-        print(f"plot failed: {exc}")
-    print(summary(rows))
-    print(f"wrote {args.out / 'mxfp4_gemm.json'} in {time.time() - t0:.0f} s (HBM peak {peak / 1e9:.0f} GB/s nominal)")
-    return 0 if all(r.get("us") for r in rows if r["impl"] == "speedrun") else 1
+    out = args.out / "mxfp4_gemm.json"
+    with recording(out, meta(gpu, False), plot, summary) as res:
+        for m, n, k in args.shape or shapes():
+            rows = bench_shape(m, n, k, gpu, lut, peak, emit=res.add)
+            print(f"[{time.time() - t0:.0f} s] {m}x{n}x{k}: " + ", ".join(f"{r['impl']}={r.get('us')}" for r in rows),
+                  flush=True)  # fmt: skip
+            torch.cuda.empty_cache()
+    print(f"wrote {out} in {time.time() - t0:.0f} s (HBM peak {peak / 1e9:.0f} GB/s nominal)")
+    return 0 if all(r.get("us") for r in res.rows if r["impl"] == "speedrun") else 1
 
 
 if __name__ == "__main__":

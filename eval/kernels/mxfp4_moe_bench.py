@@ -28,9 +28,9 @@ over its input: its copies' hidden states drift over the replays (routing is fix
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,6 +38,7 @@ import torch
 
 from speedrun.eval.kernels import report, timer
 from speedrun.eval.kernels.mxfp4_moe_baselines import BUILDERS, ROUTED_SCALING, Raw, fp8_stock_config
+from speedrun.eval.kernels.results import FAILURES, Emit, attempt, ignore, reason, recording
 from speedrun.eval.kernels.timer import Built, Copies
 from speedrun.overlays.mxfp4_moe.api import (
     Act,
@@ -144,9 +145,31 @@ def measure(impl: Built, m: int, model: Model, call_bytes: float) -> tuple[timer
     return timer.time_calls(make, int(call_bytes), impl.alloc_bytes), out
 
 
+def timed_fields(name: str, impl: Built, m: int, model: Model, nbytes: float, ref: dict[int, torch.Tensor],
+                 peak: float) -> dict[str, Any]:  # fmt: skip
+    """Impl `name`'s timed fields at M tokens; ours' output becomes `ref[m]`, the others' are compared to it."""
+    t, out = measure(impl, m, model, nbytes)
+    row: dict[str, Any] = {}
+    if name == OURS:
+        ref[m] = out.float()
+    elif m in ref:
+        row["rel_diff_vs_speedrun"] = round(((out.float() - ref[m]).norm() / ref[m].norm()).item(), 5)
+    gbps, pct = report.pct_of_peak(nbytes, t.us, peak)
+    row.update(t.fields(), gbps=gbps, pct_hbm_peak=pct)
+    if name == "fp8_fused_moe":
+        row["stock"] = _stock_config(model.experts, model.hidden, model.inter, model.topk, m)
+    return row
+
+
+def _set_up(impl: Built) -> None:
+    """The impl's load-time set-up on copy 0 (weights, plans): a baseline missing here fails every M's row."""
+    impl(0)
+
+
 def bench_model(model_name: str, gpu: str, ms: tuple[int, ...], allow_jit: bool = False,
-                peak: float = timer.DEFAULT_PEAK[1]) -> list[dict[str, Any]]:  # fmt: skip
-    """Impl by impl (one impl's weight copies alive at a time), every M."""
+                peak: float = timer.DEFAULT_PEAK[1], emit: Emit = ignore) -> list[dict[str, Any]]:  # fmt: skip
+    """Impl by impl (one impl's weight copies alive at a time), every M; each row goes to `emit` when done (a
+    failing impl, at set-up or at one M: its `error`)."""
     model = MODELS[model_name]
     e, topk, h, n, a4 = model[:5]
     raws = Copies(make_raw(e, h, n, gptoss=not a4))
@@ -156,30 +179,18 @@ def bench_model(model_name: str, gpu: str, ms: tuple[int, ...], allow_jit: bool 
     ref: dict[int, torch.Tensor] = {}
     rows = []
     for name, build in builds.items():
-        impl, setup_err = Built(build, raws), None
-        try:
-            impl(0)
-        except Exception as exc:  # a missing baseline is a row per M, not a crash
-            setup_err = f"setup: {type(exc).__name__}: {exc}"[:300]
+        impl = Built(build, raws)
+        setup_err = attempt({}, partial(_set_up, impl)).get("error")  # a missing baseline is a row per M, not a crash
         for m in ms:
             w_fmt = "w4a4" if a4 else "w4a16"
             row: dict[str, Any] = dict(impl=name, gpu=gpu, model=model_name, m=m, bucket=bucket_key(w_fmt, m, topk, e),
                                        experts=e, topk=topk, hidden=h, inter=n, bytes=nbytes[m], us=None)  # fmt: skip
-            try:
-                if setup_err:
-                    raise RuntimeError(setup_err)
-                t, out = measure(impl, m, model, nbytes[m])
-                if name == OURS:
-                    ref[m] = out.float()
-                elif m in ref:
-                    row["rel_diff_vs_speedrun"] = round(((out.float() - ref[m]).norm() / ref[m].norm()).item(), 5)
-                gbps, pct = report.pct_of_peak(nbytes[m], t.us, peak)
-                row.update(t.fields(), gbps=gbps, pct_hbm_peak=pct)
-                if name == "fp8_fused_moe":
-                    row["stock"] = _stock_config(e, h, n, topk, m)
-            except Exception as exc:
-                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            if setup_err:
+                row["error"] = f"setup: {setup_err}"[:300]
+            else:
+                attempt(row, partial(timed_fields, name, impl, m, model, nbytes[m], ref, peak))
             rows.append(row)
+            emit(row)
         del impl
         torch.cuda.empty_cache()
     report.add_speedups(rows, ("model", "m"))
@@ -190,8 +201,8 @@ def _stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any]:
     """The config stock's FP8 fused MoE picks here (a failure to read it is noted, the timing stands)."""
     try:
         return fp8_stock_config(e, h, n, topk, m)
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    except FAILURES as exc:
+        return {"error": reason(exc)}
 
 
 SWEEP_MS = {"gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512), "deepseek-r1-mxfp4-tp8": (1, 16, 128)}
@@ -216,19 +227,22 @@ def variant_cfg(base: MoeBucket, var: dict[str, Any]) -> tuple[MoeBucket, str]:
     return base.replace(**{"dot_scaled": False, **knobs}), var.get("layout", "swz")  # a variant may set dot_scaled
 
 
+def _sweep_fields(impl: Built, m: int, model: Model, want: Any, nbytes: float, peak: float) -> dict[str, Any]:
+    t, got = measure(impl, m, model, nbytes)
+    row: dict[str, Any] = {}
+    if want is not None:
+        row["rel_diff_vs_config"] = round(((got.float() - want).norm() / want.norm()).item(), 5)
+    gbps, pct = report.pct_of_peak(nbytes, t.us, peak)
+    return {**row, **t.fields(), "gbps": gbps, "pct_hbm_peak": pct}
+
+
 def _sweep_row(impl: Built, m: int, model: Model, want: Any, row: dict[str, Any],
                peak: float) -> dict[str, Any]:  # fmt: skip
-    try:
-        t, got = measure(impl, m, model, row["bytes"])
-        if want is not None:
-            row["rel_diff_vs_config"] = round(((got.float() - want).norm() / want.norm()).item(), 5)
-        gbps, pct = report.pct_of_peak(row["bytes"], t.us, peak)
-        return {**row, **t.fields(), "gbps": gbps, "pct_hbm_peak": pct}
-    except Exception as exc:
-        return {**row, "us": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return attempt({**row, "us": None}, partial(_sweep_fields, impl, m, model, want, row["bytes"], peak))
 
 
-def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1]) -> list[dict[str, Any]]:
+def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1],
+                emit: Emit = ignore) -> list[dict[str, Any]]:  # fmt: skip
     """Every SWEEP_VARIANTS entry (plus the config itself) at SWEEP_MS[model]; rows carry `bucket` (the config
     key the shape maps to), `variant`, `config` (what fused_moe_mxfp4 ran) and `us`; impl "speedrun" on swz128
     experts (the sm90 serving layout), "speedrun_plain" on plain ones."""
@@ -246,7 +260,7 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1]) 
         try:
             w0 = weights["swz"](0)
             want = fused_moe_mxfp4(s0["x"], w0, s0["ids"], s0["tw"], make_plan(w0)).float()
-        except Exception:  # the config's own row records the error below
+        except FAILURES:  # the config's own row records the error below
             want = None
         seen: list[tuple[dict[str, Any], str]] = []
         for name, var in {"config": {}, **SWEEP_VARIANTS}.items():
@@ -261,6 +275,7 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1]) 
             row = dict(impl=impl, variant=name, bucket=bucket, config=cfg.entry(), gpu=gpu, model=model_name, m=m,
                        bytes=nbytes)  # fmt: skip
             rows.append(_sweep_row(Built(_weights_build(cfg), weights[layout]), m, model, want, row, peak))
+            emit(rows[-1])
         for r in sorted((r for r in rows if r["m"] == m and r["us"]), key=lambda r: r["us"]):
             print(f"sweep {model_name} M={m} {bucket} {r['variant']:14} {r['impl']:15} {r['us']:9.1f} us "
                   f"{r['pct_hbm_peak']:5.1f} %HBM")  # fmt: skip
@@ -323,33 +338,28 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [m for m in models if m not in MODELS]:
         print(f"--models: unknown {bad}; expected some of {', '.join(MODELS)}")
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    gpu, t0, rows = torch.cuda.get_device_name(), time.time(), []
+    gpu, t0 = torch.cuda.get_device_name(), time.time()
     peak_name, peak = timer.hbm_peak(gpu)
     meta = {"op": "mxfp4_moe", "gpu": gpu, "hbm_peak_Bps": peak, "hbm_peak_of": peak_name,
             "timing": timer.method_meta(timer.device_cache_bytes()),
             "speedup_vs": "baseline us / our us (> 1: ours faster)"}  # fmt: skip
     if args.sweep:
-        for model in models:
-            rows += sweep_model(model, gpu, peak)
-            torch.cuda.empty_cache()
-        (args.out / "mxfp4_moe_sweep.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-        print(f"[{time.time() - t0:.1f} s] -> {args.out / 'mxfp4_moe_sweep.json'}")
-        return 0 if all(r["us"] for r in rows) else 1
+        with recording(args.out / "mxfp4_moe_sweep.json", meta) as res:
+            for model in models:
+                sweep_model(model, gpu, peak, emit=res.add)
+                torch.cuda.empty_cache()
+        print(f"[{time.time() - t0:.1f} s] -> {res.path}")
+        return 0 if all(r["us"] for r in res.rows) else 1
     ms = tuple(int(v) for v in args.ms.split(","))
-    for model in models:
-        rows += bench_model(model, gpu, ms, args.allow_jit, peak)
-        torch.cuda.empty_cache()
-    meta |= {"routing_sets_in_bytes": ROUTING_SETS, "seconds": round(time.time() - t0, 1),
+    meta |= {"routing_sets_in_bytes": ROUTING_SETS,
              "bytes": "MXFP4 weights+scales(+bias) of distinct touched experts + x + out", "doc": __doc__}  # fmt: skip
-    (args.out / "mxfp4_moe.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    try:
-        plot(rows, args.out / "mxfp4_moe.png")
-    except Exception as exc:
-        print(f"plot failed: {exc}")
-    print(summary(rows))
-    print(f"[{meta['seconds']} s] -> {args.out}")
-    return 0 if all(r["us"] for r in rows if r["impl"] == OURS) else 1
+    with recording(args.out / "mxfp4_moe.json", meta, plot, summary) as res:
+        for model in models:
+            bench_model(model, gpu, ms, args.allow_jit, peak, emit=res.add)
+            res.meta["seconds"] = round(time.time() - t0, 1)
+            torch.cuda.empty_cache()
+    print(f"[{res.meta['seconds']} s] -> {args.out}")
+    return 0 if all(r["us"] for r in res.rows if r["impl"] == OURS) else 1
 
 
 if __name__ == "__main__":
