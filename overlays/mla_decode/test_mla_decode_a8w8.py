@@ -21,7 +21,12 @@ import triton.language as tl
 from speedrun.overlays import environ
 from speedrun.overlays.mla_decode import api, kernels
 from speedrun.overlays.mla_decode.config import Compute, MlaBucket
-from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference, quantize_q
+from speedrun.overlays.mla_decode.reference import (
+    a8w8_p_rounding_bound,
+    mla_decode_a8w8_reference,
+    mla_decode_reference,
+    quantize_q,
+)
 from speedrun.overlays.mla_decode.test_mla_decode import DEV, decode, make_batch
 
 FP8 = torch.float8_e4m3fn
@@ -72,6 +77,34 @@ def test_a8w8_kernel_matches_its_reference(name: str) -> None:
     assert (o - exact).abs().max().item() <= 0.1 * max(1.0, exact.abs().max().item())
     if 0 in lens:
         assert (o[lens.index(0)] == 0).all()
+
+
+def test_fp8_p_rounding_bound_covers_score_rounding_and_not_a_lost_token() -> None:
+    """The GPU's QK sum is not the reference's (order; sm90's fp8 wgmma keeps ~14 bits of its running sum), so
+    a P element near an e4m3 rounding midpoint can round the other way there: with fp8 P that moves whole output
+    rows past rtol = atol = 1e-2 (the first H100 run: 10 of 32768 elements at bs 4 kv 1k), with f16 P it does
+    not. Modelled here by scaling the scores by 1 + 2^-14: the fp8-P outputs must stay within 1e-2 plus
+    a8w8_p_rounding_bound (one e4m3 ulp of the two heaviest contributions), the f16-P ones within 1e-2; and a
+    token read from the wrong slot must still fail that bound."""
+    b = make_batch(16, [1024] * 4 + [300, 5], FP8, 1, seed=11)
+    args = (b["q"], b["kv"], b["kv_indptr"], b["kv_indices"])
+    sm = 192**-0.5
+    out = {}
+    for pv in ("f16", "fp8"):
+        out[pv] = (mla_decode_a8w8_reference(*args, sm, 2.0, 2.0, pv=pv),
+                   mla_decode_a8w8_reference(*args, sm * (1 + 2**-14), 2.0, 2.0, pv=pv))  # fmt: skip
+    tol = {pv: 1e-2 + 1e-2 * o.abs() for pv, (o, _) in out.items()}
+    bound = a8w8_p_rounding_bound(*args, sm, 2.0, 2.0)
+    assert ((out["f16"][1] - out["f16"][0]).abs() <= tol["f16"]).all()
+    moved = (out["fp8"][1] - out["fp8"][0]).abs()
+    assert (moved > tol["fp8"]).sum() > 10  # the H100 failure: P codes flipped by one ulp
+    assert (moved <= tol["fp8"] + bound).all()
+    # sequence 0 reads a slot of sequence 1 instead of its heaviest token: that must not pass
+    rows = b["kv"].reshape(-1, 576).float()
+    idx = b["kv_indices"].clone()
+    idx[int((b["q"][0].float() @ rows[idx[:1024]].T).amax(0).argmax())] = idx[1500]
+    wrong = mla_decode_a8w8_reference(b["q"], b["kv"], b["kv_indptr"], idx, sm, 2.0, 2.0, pv="fp8")
+    assert ((wrong - out["fp8"][0]).abs() > tol["fp8"] + bound).any()
 
 
 @triton.jit
