@@ -346,8 +346,8 @@ def test_a8w8_mixed_lengths(page_size, heads):
     ~1e5 (log2 units), every row a one-hot on its top token, and the fp8 wgmma's accumulation error (~1e-3 of
     that) exceeded the top-2 gap of a few rows: the first H100 run moved whole rows to the runner-up token
     (1 row of 720 at 16 heads, ~16 of 5760 at 128). On the CPU the interpreter kernel matched the reference on
-    that batch (same lengths, the H100's 264-program split), and a model of the QK sum keeping 13-14 bits moves
-    as many rows: ill-posed, not a kernel bug."""
+    every row of a batch of these lengths with the H100's split (values drawn on the CPU), and a model of the QK
+    sum keeping 13-14 bits moves as many rows: ill-posed, not a kernel bug (PERF.md, round 4 measured)."""
     from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     g = torch.Generator().manual_seed(3)
