@@ -134,7 +134,7 @@ class MLADecodeOp(OverlayOp):
     compute: environ.MlaCompute | None = Field(
         None,
         description="fp8 KV caches: a8w8 = q quantized to fp8 on the fly, fp8 MMAs (the finals' aiter reference); "
-        "a16 = the cache upcast to 16 bits. Unset: each config bucket's fp8_compute (a8w8 in the shipped tables)",
+        "a16 = the cache upcast to 16 bits. Unset: each config bucket's fp8_compute (shipped: sm90 a16, gfx950 a8w8)",
     )
 
 

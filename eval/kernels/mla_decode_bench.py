@@ -47,6 +47,7 @@ FP8_R2 = {"BLOCK_N": 32, "num_warps": 4, "num_stages": 5, "split_d": 4, "fp8_cvt
 MERGE_R2 = {"BLOCK_P": 32, "min_block_dv": 64, "num_warps": 4, "num_stages": 2}
 A16 = {"fp8_compute": "a16"}  # fp8 caches upcast to 16 bits: the fp8 variants of rounds 1-3 tune that path
 A8 = {"mma_m": "tokens", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}  # sm90 a8w8: no spill at 8 warps
+A8W8 = {"fp8_compute": "a8w8"}  # the a8w8 variants compute a8w8 whatever the table's fp8_compute (sm90: a16)
 VARIANTS = {
     "default": {},  # round 3: snap (uniform batches cut at sequence boundaries), flat equal chunks otherwise
     "flat": {"snap": False},  # the round-2 split: equal cuts of the flat KV range
@@ -62,9 +63,9 @@ VARIANTS = {
     "a16": A16,  # the round-3 upcast path as shipped before a8w8
     # a8w8 (PERF.md, round 4): PV in fp8 (Triton transposes V through shared memory with byte stores, and the
     # tile is then loaded synchronously) vs PV in f16 (cp.async pipelined, V upcast by the packed convert)
-    "a8w8_pv_fp8": {"a8w8": {**A8, "pv": "fp8"}},
-    "a8w8_pv_f16": {"a8w8": {**A8, "pv": "f16"}},
-    "a8w8_pv_f16_st3": {"a8w8": {**A8, "pv": "f16", "num_stages": 3}},
+    "a8w8_pv_fp8": {**A8W8, "a8w8": {**A8, "pv": "fp8"}},
+    "a8w8_pv_f16": {**A8W8, "a8w8": {**A8, "pv": "f16"}},
+    "a8w8_pv_f16_st3": {**A8W8, "a8w8": {**A8, "pv": "f16", "num_stages": 3}},
 }
 # Variants whose knobs leave the table's fp8 (a16) overrides in place: split/launch knobs, compute, a8w8 knobs.
 SPLIT_VARIANTS = ("default", "flat", "merge_p32", "qk1", "fp8_st7", "a16", "a8w8_pv_fp8", "a8w8_pv_f16",

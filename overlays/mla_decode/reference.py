@@ -80,6 +80,23 @@ def quantize_p(p: torch.Tensor, fp8: torch.dtype, pv: Literal["fp8", "f16"]) -> 
     return (p * scale).to(fp8 if pv == "fp8" else torch.float16).float() / scale
 
 
+def _a8w8_rows(q, kv, kv_indptr, kv_indices, sm_scale, k_scale, page_size, q_scale):
+    """Per non-empty sequence b: (b, its latent rows [n, 576] exactly dequantized, P = exp2(s - ceil(max s)) [H, n]
+    from the fp8 q codes, fp32 scores in the log2 domain)."""
+    assert kv.dtype.itemsize == 1, f"a8w8 needs an fp8 KV cache, got {kv.dtype}"
+    assert q.shape[-1] == D_QK, f"q head dim {q.shape[-1]} != {D_QK}"
+    rows = token_rows(kv, page_size)
+    codes, mul = quantize_q(q, kv.dtype, q_scale)
+    indptr = kv_indptr.tolist()
+    for b in range(q.shape[0]):
+        idx = kv_indices[indptr[b] : indptr[b + 1]].long()
+        if idx.numel() == 0:
+            continue
+        k = rows[idx].float()  # [n, 576], exact
+        s2 = (codes[b].float() @ k.T) / mul[b] * (sm_scale * k_scale * LOG2E)  # [H, n], log2 domain
+        yield b, k, torch.exp2(s2 - s2.amax(dim=-1, keepdim=True).ceil())
+
+
 def mla_decode_a8w8_reference(
     q: torch.Tensor,
     kv: torch.Tensor,
@@ -96,20 +113,49 @@ def mla_decode_a8w8_reference(
     dequantized exactly (k_scale folded into the scores, v_scale into the output), fp32 scores and softmax, P
     quantized as the kernel feeds PV (quantize_p). The kernel's online softmax keeps its running max an integer
     (log2 domain), so its P differs from exp2(s - ceil(max s)) by exact powers of two, which fp8 rounding
-    commutes with: the same codes whatever the kernel's tiling (bar subnormals and fp32 rounding ties)."""
-    assert kv.dtype.itemsize == 1, f"a8w8 needs an fp8 KV cache, got {kv.dtype}"
-    bs, heads, dim = q.shape
-    assert dim == D_QK, f"q head dim {dim} != {D_QK}"
-    rows = token_rows(kv, page_size)
-    codes, mul = quantize_q(q, kv.dtype, q_scale)
-    indptr = kv_indptr.tolist()
-    out = torch.zeros(bs, heads, D_LATENT, dtype=torch.float32, device=q.device)
-    for b in range(bs):
-        idx = kv_indices[indptr[b] : indptr[b + 1]].long()
-        if idx.numel() == 0:
-            continue
-        k = rows[idx].float()  # [n, 576], exact
-        s2 = (codes[b].float() @ k.T) / mul[b] * (sm_scale * k_scale * LOG2E)  # [H, n], log2 domain
-        p = torch.exp2(s2 - s2.amax(dim=-1, keepdim=True).ceil())
+    commutes with: the same codes whatever the kernel's tiling and split (bar subnormals, which only P < 2^-14
+    of the row's largest reaches, and fp32 rounding ties). What it cannot model is the GPU's own QK sum (order,
+    and the fp8 MMA's accumulation precision): a P element that lies near an e4m3 rounding midpoint may round
+    the other way there (`a8w8_p_rounding_bound`)."""
+    out = torch.zeros(q.shape[0], q.shape[1], D_LATENT, dtype=torch.float32, device=q.device)
+    for b, k, p in _a8w8_rows(q, kv, kv_indptr, kv_indices, sm_scale, k_scale, page_size, q_scale):
         out[b] = (quantize_p(p, kv.dtype, pv) @ k[:, :D_LATENT]) / p.sum(dim=-1, keepdim=True) * v_scale
+    return out
+
+
+def a8w8_p_rounding_bound(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    sm_scale: float,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
+    page_size: int = 1,
+    flips: int = 2,
+    chunk_elems: int = 1 << 24,
+) -> torch.Tensor:
+    """How far fp8 P's rounding can move the a8w8 output when the kernel's scores differ from the reference's by
+    a rounding error: [bs, H, 512], the sum of the `flips` largest u_j * |v_jd| / l over tokens j, with
+    u_j = one e4m3 ulp of P_j (as fed to PV: 256 P_j in e4m3, 3 mantissa bits, so u_j <= P_j / 8) and
+    l = sum_j P_j. Why: the kernel's P_j = P_j (1 + e_j), |e_j| = ln 2 * |score error| (tiny); the fp8 code of
+    P_j only changes when P_j lies within that of a rounding midpoint, and then by exactly one ulp, so each
+    such token moves output element d by u_j |v_jd| / l * v_scale <= (softmax weight of j) * |v_jd| / 8. Such
+    flips are rare (probability ~ 2 e_j P_j / u_j <= 32 e_j per token) and only the heaviest tokens can push an
+    element past 1e-2, so `flips` of them per row cover the case. A token dropped or counted twice moves it by
+    w_j |v_jd|, and with flips=2 the bound is at most a quarter of the largest w_j |v_jd| of the element: dropping
+    that token still fails. pv f16 (10 mantissa bits) needs none of this."""
+    out = torch.zeros(q.shape[0], q.shape[1], D_LATENT, dtype=torch.float32, device=q.device)
+    scale = float(P_SCALE.value)
+    emin = math.log2(torch.finfo(kv.dtype).smallest_normal)  # e4m3fn -6, e4m3fnuz -7: subnormals below
+    step = max(1, chunk_elems // (q.shape[1] * D_LATENT))  # tokens per [H, tokens, 512] block
+    for b, k, p in _a8w8_rows(q, kv, kv_indptr, kv_indices, sm_scale, k_scale, page_size, "row"):
+        ulp = torch.exp2(torch.floor(torch.log2(p * scale)).clamp(min=emin) - 3) / scale  # 3 mantissa bits
+        weight = ulp / p.sum(dim=-1, keepdim=True) * v_scale  # [H, n]
+        top = None
+        for j in range(0, p.shape[1], step):
+            c = weight[:, j : j + step, None] * k[None, j : j + step, :D_LATENT].abs()  # [H, tokens, 512]
+            c = c if top is None else torch.cat([top, c], dim=1)
+            top = c.topk(min(flips, c.shape[1]), dim=1).values
+        out[b] = top.sum(dim=1)
     return out

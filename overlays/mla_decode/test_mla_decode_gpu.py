@@ -3,8 +3,9 @@ graphs with changing lengths, and through SGLang's own decode call (backend subc
 
 Tolerance: |ours - ref| <= 1e-2 * max|ref| + 1e-3 (bf16 output rounds at 2^-9 relative; P is cast to
 bf16 before the PV product). fp8 KV: the reference dequantizes the same fp8 codes, so the same bound holds.
-fp8 KV runs a8w8 by default (config fp8_compute); the tests of the upcast path pin compute="a16", and a8w8 is
-checked against its same-semantics reference (fp8 q, fp8/f16 P) with rtol = atol = 1e-2 on every element.
+fp8 KV computes as the table's fp8_compute says (sm90: a16, measured faster than a8w8 in round 4); the tests of the
+upcast path pin compute="a16", and a8w8 (compute="a8w8") is checked against its same-semantics reference (fp8 q,
+fp8/f16 P) with rtol = atol = 1e-2 on every element, plus one e4m3 ulp of the heaviest P terms for fp8 P (a8w8_check).
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def check(o, ref, what):
     assert err <= bound, f"{what}: max err {err:.3e} > {bound:.3e}"
 
 
+def subset(indptr, slots, seqs):
+    """(kv_indptr, kv_indices) of the sequences `seqs` (a list) alone: to run the reference on a sample."""
+    seqs_t = torch.tensor(seqs, device=indptr.device, dtype=torch.long)
+    sub_indptr = torch.zeros(len(seqs) + 1, dtype=torch.int32, device=indptr.device)
+    sub_indptr[1:] = torch.cumsum(indptr[seqs_t + 1] - indptr[seqs_t], 0)
+    return sub_indptr, torch.cat([slots[indptr[b] : indptr[b + 1]] for b in seqs])
+
+
 def run_ours(q, kv, indptr, slots, k_scale=1.0, v_scale=1.0, **kw):
     """Our kernel; fp8 caches on the upcast path unless `compute` says otherwise (a8w8 has its own tests)."""
     from speedrun.overlays.mla_decode.test_mla_decode import decode
@@ -77,10 +86,8 @@ def test_real_shapes(kv_len, kv_dtype):
             continue
         q, kv, indptr, slots = make_batch(bs, 16, [kv_len] * bs, kv_dtype, seed=bs)
         o = run_ours(q, kv, indptr, slots, k_scale=0.8, v_scale=1.25)
-        sample = torch.arange(0, bs, max(1, bs // 8), device="cuda")  # reference on up to 8 sequences
-        sub_indptr = torch.zeros(len(sample) + 1, dtype=torch.int32, device="cuda")
-        sub_indptr[1:] = torch.cumsum(indptr[sample + 1] - indptr[sample], 0)
-        sub_slots = torch.cat([slots[indptr[b] : indptr[b + 1]] for b in sample.tolist()])
+        sample = list(range(0, bs, max(1, bs // 8)))  # reference on up to 8 sequences
+        sub_indptr, sub_slots = subset(indptr, slots, sample)
         ref = mla_decode_reference(q[sample], kv, sub_indptr, sub_slots, SM_SCALE, 0.8, 1.25)
         check(o[sample], ref, f"bs={bs} kv={kv_len} {kv_dtype}")
 
@@ -208,9 +215,7 @@ def sampled_check(o, q, kv, indptr, slots, lens, what, page_size=64, reference=N
     reference = reference or mla_decode_reference
 
     sample = sorted(set(range(0, len(lens), 32)) | {max(range(len(lens)), key=lambda i: lens[i])})
-    sub_indptr = torch.zeros(len(sample) + 1, dtype=torch.int32, device="cuda")
-    sub_indptr[1:] = torch.cumsum(torch.tensor([lens[i] for i in sample], device="cuda"), 0)
-    sub_slots = torch.cat([slots[indptr[i] : indptr[i + 1]] for i in sample])
+    sub_indptr, sub_slots = subset(indptr, slots, sample)
     ref = reference(q[sample], kv, sub_indptr, sub_slots, SM_SCALE)
     assert torch.isfinite(o.float()).all(), f"{what}: non-finite output"
     check(o[sample], ref, what)
@@ -278,19 +283,41 @@ def a8w8_configs(heads=16):
     return {mine: cfg, other: cfg.replace(a8w8=cfg.a8w8.replace(pv=other))}
 
 
-def a8w8_check(o, q, kv, indptr, slots, page_size, pv, what, k_scale=1.0, v_scale=1.0):
+def a8w8_check(o, q, kv, indptr, slots, page_size, pv, what, k_scale=1.0, v_scale=1.0, sm_scale=SM_SCALE):
     """Every element within rtol = atol = 1e-2 of the same-semantics reference; prints the error against the
-    bf16-q float32 reference (what a8w8 costs in accuracy)."""
-    from speedrun.overlays.mla_decode.reference import mla_decode_a8w8_reference, mla_decode_reference
+    bf16-q float32 reference (what a8w8 costs in accuracy).
+    pv fp8 adds reference.a8w8_p_rounding_bound: the GPU's QK sum differs from the reference's by rounding (order;
+    sm90's fp8 wgmma keeps ~14 bits of its running sum: ~1e-3 relative, up to ~1e-2 in log2 units here), which
+    changes P by e ~ ln 2 * that, relatively. A P element within e of an e4m3 rounding midpoint then rounds the
+    other way, which moves it by exactly one ulp of 256 P in e4m3 (3 mantissa bits: <= P / 8) and output element d
+    by <= w_j |v_jd| / 8 (w_j its softmax weight). The bound is that for the two heaviest such contributions of
+    each element (rare: a flip needs P_j within e of a midpoint). The first H100 run without it: pv fp8 10 of
+    32768 elements at 0.0141 vs 0.01 allowed (bs 4 kv 1k), pv f16 (10 mantissa bits) none."""
+    from speedrun.overlays.mla_decode.reference import (
+        a8w8_p_rounding_bound,
+        mla_decode_a8w8_reference,
+        mla_decode_reference,
+    )
 
-    args = (q, kv, indptr, slots, SM_SCALE, k_scale, v_scale, page_size)
+    args = (q, kv, indptr, slots, sm_scale, k_scale, v_scale, page_size)
     ref = mla_decode_a8w8_reference(*args, pv=pv)
     assert torch.isfinite(o.float()).all(), f"{what}: non-finite output"
-    torch.testing.assert_close(o.float(), ref, rtol=1e-2, atol=1e-2, msg=lambda m: f"{what}: {m}")
+    err = (o.float() - ref).abs()
+    if pv == "f16":
+        torch.testing.assert_close(o.float(), ref, rtol=1e-2, atol=1e-2, msg=lambda m: f"{what}: {m}")
+    else:
+        tol = 1e-2 + 1e-2 * ref.abs()
+        seqs = (err > tol).flatten(1).any(1).nonzero().flatten().tolist()  # the bound only where 1e-2 is not met
+        if seqs:
+            bound = a8w8_p_rounding_bound(q[seqs], kv, *subset(indptr, slots, seqs), *args[4:])
+            over = err[seqs] > tol[seqs] + bound
+            assert not over.any(), (f"{what}: {int(over.sum())} elements past 1e-2 + 1e-2 |ref| + the P-rounding "
+                                    f"bound (sequences {seqs}); max err {err.max():.3e}")  # fmt: skip
+            print(f"a8w8 {what}: {int((err > tol).sum())} elements past 1e-2 alone, all within the P-rounding bound")
     exact = mla_decode_reference(*args)
-    err, same = (o.float() - exact).abs(), (o.float() - ref).abs()
-    print(f"a8w8 {what}: vs same-semantics ref max {same.max():.2e}; vs bf16-q ref max {err.max():.2e} "
-          f"mean {err.mean():.2e} (max|ref| {exact.abs().max():.2f})")  # fmt: skip
+    off = (o.float() - exact).abs()
+    print(f"a8w8 {what}: vs same-semantics ref max {err.max():.2e}; vs bf16-q ref max {off.max():.2e} "
+          f"mean {off.mean():.2e} (max|ref| {exact.abs().max():.2f})")  # fmt: skip
 
 
 @pytest.mark.parametrize("page_size", [1, 64])
@@ -314,28 +341,41 @@ def test_a8w8_real_shapes(kv_len, page_size):
 @pytest.mark.parametrize("page_size", [1, 64])
 def test_a8w8_mixed_lengths(page_size, heads):
     """Random lengths with empty sequences, a 1-token one and a 32k one (split over many programs), and a q far
-    beyond any fp8 range (the per-row scale takes it); 128 heads: the heads<=128 bucket (32-head groups)."""
+    beyond any fp8 range (x 3e4: the per-row scale takes it); 128 heads: the heads<=128 bucket (32-head groups).
+    The softmax scale shrinks by the same 3e4, so the logits stay as a real decode's. At the plain scale they were
+    ~1e5 (log2 units), every row a one-hot on its top token, and the fp8 wgmma's accumulation error (~1e-3 of
+    that) exceeded the top-2 gap of a few rows: the first H100 run moved whole rows to the runner-up token
+    (1 row of 720 at 16 heads, ~16 of 5760 at 128). On the CPU the interpreter kernel matched the reference on
+    every row of a batch of these lengths with the H100's split (values drawn on the CPU), and a model of the QK
+    sum keeping 13-14 bits moves as many rows: ill-posed, not a kernel bug (PERF.md, round 4 measured)."""
     from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     g = torch.Generator().manual_seed(3)
     lens = torch.randint(1, 9000, (40,), generator=g).tolist() + [0, 1, 32768, 0, 65]
     q, kv, indptr, slots = make_batch(len(lens), heads, lens, FP8, page_size=64, seed=9)
-    q = (q.float() * 3e4).to(torch.bfloat16)
+    q_mul = 3e4
+    q = (q.float() * q_mul).to(torch.bfloat16)
     view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
     for pv, cfg in a8w8_configs(heads).items():
         o = torch.full((len(lens), heads, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
-        decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=cfg, compute="a8w8")
+        decode(q, view, o, indptr, slots, SM_SCALE / q_mul, page_size=page_size, config=cfg, compute="a8w8")
         assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
-        a8w8_check(o, q, view, indptr, slots, page_size, pv, f"mixed heads={heads} ps={page_size} pv={pv}")
+        a8w8_check(o, q, view, indptr, slots, page_size, pv, f"mixed heads={heads} ps={page_size} pv={pv}",
+                   sm_scale=SM_SCALE / q_mul)  # fmt: skip
 
 
-def test_a8w8_is_the_fp8_default_and_really_fp8():
-    """Unpinned, an fp8 cache runs a8w8 (the table's fp8_compute) and its result is not the upcast path's."""
+def test_fp8_default_is_the_tables_choice_and_a8w8_is_really_fp8():
+    """Unpinned, an fp8 cache computes as the table's fp8_compute says for this arch (sm90: a16); a8w8 when asked
+    runs the fp8 path, whose result is not the upcast path's."""
+    from speedrun.overlays.mla_decode import api
+
+    choice = api.config_for(16).fp8_compute
     q, kv, indptr, slots = make_batch(8, 16, [3000] * 8, FP8, seed=4)
     default = run_ours(q, kv, indptr, slots, compute=None).float()
     a8w8 = run_ours(q, kv, indptr, slots, compute="a8w8").float()
     a16 = run_ours(q, kv, indptr, slots, compute="a16").float()
-    assert torch.equal(default, a8w8)
+    assert torch.equal(default, a8w8 if choice == "a8w8" else a16), f"unpinned fp8 did not run the table's {choice}"
     assert not torch.equal(a8w8, a16)
+    a8w8_check(a8w8.to(torch.bfloat16), q, kv, indptr, slots, 1, api.config_for(16).a8w8.pv, "a8w8 when asked")
     with pytest.raises(ValueError, match="a8w8 needs an fp8 KV cache"):
         run_ours(q, kv.to(torch.bfloat16), indptr, slots, compute="a8w8")
