@@ -81,3 +81,14 @@ def launch_gaps(events: list[Event], per_call: int, cat: str = "kernel") -> dict
 
 def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": round(statistics.fmean(values), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
+
+
+def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
+    """The breakdown scripts' JSON: the GPU's name and every row."""
+    import json
+
+    import torch
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    print(f"-> {out}")

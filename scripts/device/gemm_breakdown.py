@@ -15,7 +15,6 @@ A "calls" row per (shape, impl, mode) sums the call: kernels per call, µs, GB/s
 from __future__ import annotations
 
 import argparse
-import json
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -103,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['us']:8.2f} us x{r['launches_per_call']}{extra}")  # fmt: skip
             rows += mine
             torch.cuda.empty_cache()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=1))
-    print(f"-> {args.out}")
+    breakdown.write_rows(args.out, rows)
     return 0
 
 

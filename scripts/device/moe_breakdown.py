@@ -11,7 +11,6 @@ The experts, routing sets and plan are the MoE bench's (eval/kernels/mxfp4_moe_b
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         rows += breakdown_model(model, args.ms, args.repeats)
         torch.cuda.empty_cache()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=1))
-    print(f"-> {args.out}")
+    breakdown.write_rows(args.out, rows)
     return 0
 
 
