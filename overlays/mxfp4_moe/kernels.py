@@ -14,6 +14,8 @@ W_SWZ: the weights are in mx.layout's swz128 layout (int32 words, K padded to 12
 thread loads its MMA fragment's codes as 16-byte vectors and decodes them in place (mx.mxfp4_swz_words_bf16);
 W_MUL1: one bf16x2 multiply per decoded pair (valid when every weight scale byte is <= 128, checked at load).
 Routing sort (sort.py launches them): rank / offsets / scatter phases, one kernel each or all in one CTA.
+mxfp4_to_fp8_kernel (stock_fp8.py launches it): experts -> FP8 e4m3 + fp32 scale_inv per 128x128 block, the
+weights stock's FP8 block MoE takes on the large-M route.
 """
 
 from __future__ import annotations
@@ -455,9 +457,10 @@ def mxfp4_to_fp8_kernel(w_ptr, ws_ptr, q_ptr, qs_ptr, ROWS, K, stride_we, stride
     have it: dividing by it is exact, only the cast to e4m3 rounds. e2m1 x 2**s has at most 2 significant bits
     and e4m3 keeps 4, so a value is exact unless it falls under e4m3's normal range, where the grid is 2**-9. With
     amax = m * 2**ea (m in {1, 1.5}) scale_inv = 2**(ea - 8), and a block of scale 2**s has its lowest bit at
-    2**(s - 1): exact when s >= ea - 16, i.e. (ea <= smax + 2) whenever every block of the tile has s >= smax - 14
-    (smax: the tile's largest block scale). Otherwise each value is within scale_inv * 2**-10 (half that grid step,
-    round-to-nearest-even; values under it flush to 0) of the truth: lossy only for the tile's smallest blocks."""
+    2**(s - 1): exact when s >= ea - 16, so (ea <= smax + 2, code 6 the largest) whenever every block of the tile
+    has s >= smax - 14 (smax: the tile's largest block scale; test_stock_fp8.py checks both sides of the edge).
+    Otherwise each value is within scale_inv * 2**-10 (half that grid step, round-to-nearest-even; values under it
+    flush to 0) of the truth: lossy only for the tile's smallest blocks."""
     e = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     k0 = tl.program_id(2) * BLOCK
