@@ -24,6 +24,7 @@ import torch
 
 from speedrun.eval.kernels.stock import fp8_block_quant, stock_config
 from speedrun.overlays.mx.format import dequant_mxfp4
+from speedrun.overlays.mxfp4_moe import stock_fp8
 
 Prepare = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]
 Run = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -121,7 +122,7 @@ def flashinfer(raw: Raw, topk: int, allow_jit: bool = False) -> tuple[Prepare, R
     return _ids_weights, run
 
 
-FP8_BLOCK = [128, 128]
+FP8_BLOCK = stock_fp8.FP8_BLOCK
 ROUTED_SCALING = 2.5  # DeepSeek-R1 routed_scaling_factor: the fused shared expert's top-k weight is 1 / this
 
 
@@ -150,38 +151,22 @@ def fp8_stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any
 
 
 def fp8_fused_moe(raw: Raw, topk: int, allow_jit: bool = False) -> tuple[Prepare, Run]:
-    """Stock DeepSeek-R1 FP8 MoE on sm90, as sglang 0.5.17 calls it:
-    - models/deepseek_v2.py: on CUDA sm80+ at TP (no EP, no DeepEP) `determine_num_fused_shared_experts` fuses the
-      shared expert into the routed ones: E = 256 + 1, top-k = 8 + 1 (the last slot the shared expert, weight
-      1 / routed_scaling_factor before renormalization, topk.py `biased_grouped_topk_impl`).
-    - quantization/fp8.py `Fp8MoEMethod.create_moe_runner`: moe_runner_backend "auto" (the default; no model
-      override for DeepSeek on sm90) -> DEEP_GEMM only with a DeepEP/Mooncake/NIXL all-to-all, else TRITON.
-    - moe_runner/runner.py: the standard dispatcher + TRITON runner use the registered fused function
-      moe_runner/triton.py `fused_experts_none_to_triton` -> triton_utils/fused_moe.py `fused_experts` with
-      use_fp8_w8a8=True, w13/w2_weight_scale_inv, a1/a2 scale None (per-token-group-128 FP8 activation quant
-      inside `invoke_fused_moe_kernel`), block_shape [128, 128]; the config from `try_get_optimal_moe_config`
-      (tuned JSON for E=257,N=256,<device>,fp8_w8a8,block_shape=[128, 128] if it ships, else the block default).
-    - FusedMoE's MoeRunnerConfig: inplace=True (the default DeepSeek keeps), num_experts == num_local_experts
-      (no expert filtering). routed_scaling_factor is 1.0 here (stock's 2.5 is the same multiply in the same
-      kernel) so the output compares with ours."""
-    from sglang.srt.layers.moe import MoeRunnerConfig
-    from sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe import fused_experts
-    from sglang.srt.layers.moe.topk import StandardTopKOutput
-
+    """Stock DeepSeek-R1 FP8 MoE on sm90, as sglang 0.5.17 calls it (overlays/mxfp4_moe/stock_fp8.py
+    `fused_experts` says how; the serving route for large M makes the same call): the checkpoint's FP8 experts
+    here, converted once at set-up. FusedMoE's MoeRunnerConfig as DeepSeek keeps it: inplace=True, num_experts ==
+    num_local_experts (no expert filtering). routed_scaling_factor is 1.0 here (stock's 2.5 is the same multiply in
+    the same kernel) so the output compares with ours."""
     stock_config()
     w13, s13 = fp8_experts(raw.w13, raw.s13)  # [E, 2N, H], rows [gate ; up] as SGLang's w13
     w2, s2 = fp8_experts(raw.w2, raw.s2)
     e, n2, h = w13.shape
-    cfg = MoeRunnerConfig(num_experts=e, num_local_experts=e, hidden_size=h, intermediate_size_per_partition=n2 // 2,
-                          top_k=topk, params_dtype=torch.bfloat16, activation="silu", inplace=True,
-                          routed_scaling_factor=1.0)  # fmt: skip
+    cfg = stock_fp8.runner_config(e, h, n2 // 2, topk, inplace=True)
 
     def prepare(ids, tw, logits):
-        return StandardTopKOutput(tw, ids, logits)
+        return ids, tw
 
     def run(x, state):
-        return fused_experts(x, w13, w2, state, cfg, use_fp8_w8a8=True, w1_scale=s13, w2_scale=s2, a1_scale=None,
-                             a2_scale=None, block_shape=FP8_BLOCK)  # fmt: skip
+        return stock_fp8.fused_experts(x, w13, s13, w2, s2, *state, cfg)
 
     return prepare, run
 

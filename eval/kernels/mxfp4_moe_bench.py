@@ -10,7 +10,10 @@ fuses it, top-8 + the shared one, H=7168, I=256 per shard, w4a4) vs:
   `moe_runner/triton_utils/fused_moe.py: fused_experts(use_fp8_w8a8=True, block_shape=[128, 128])` with the
   tuned config `try_get_optimal_moe_config` finds for the device (baselines.fp8_fused_moe has the whole path;
   each row records the config and whether it came from a tuned JSON);
-- `dequant_fused_moe`: experts dequantized to bf16 + SGLang's Triton fused-MoE kernel (the round-3 baseline).
+- `dequant_fused_moe`: experts dequantized to bf16 + SGLang's Triton fused-MoE kernel (the round-3 baseline);
+- `speedrun_stock_fp8` (M >= 512): the serving route for large M (overlays/mxfp4_moe/stock_fp8.py), timed as one:
+  our swz128 experts converted to FP8 128x128 blocks into the one scratch, then the same stock call as
+  `fp8_fused_moe`. Against `speedrun` it places the route's threshold (configs/sm90.json, route stock_fp8).
 Every DeepSeek impl computes on the same weights (the FP8 experts carry the MXFP4 values exactly).
 
 Timing: eval/kernels/timer.py for every impl: N distinct weight copies (each impl's own load-time processing of
@@ -39,6 +42,7 @@ import torch
 from speedrun.eval.kernels import report, timer
 from speedrun.eval.kernels.mxfp4_moe_baselines import BUILDERS, ROUTED_SCALING, Raw, fp8_stock_config
 from speedrun.eval.kernels.results import FAILURES, Emit, attempt, ignore, reason, recording
+from speedrun.eval.kernels.stock import stock_config
 from speedrun.eval.kernels.timer import Built, Copies
 from speedrun.overlays.mxfp4_moe.api import (
     Act,
@@ -51,6 +55,7 @@ from speedrun.overlays.mxfp4_moe.api import (
 )
 from speedrun.overlays.mxfp4_moe.config import MoeBucket
 from speedrun.overlays.mxfp4_moe.sglang_hook import _deinterleave
+from speedrun.overlays.mxfp4_moe.stock_fp8 import fused_moe_stock_fp8
 
 ROUTING_SETS = 8  # routing sets averaged for the byte count
 
@@ -69,8 +74,9 @@ MODELS = {
     "gpt-oss-120b": Model(128, 4, 2880, 2880, False, ("triton_kernels", "flashinfer")),
     "deepseek-r1-mxfp4-tp8": Model(257, 9, 7168, 256, True, ("fp8_fused_moe", "dequant_fused_moe"), shared=1),
 }
-MS = (1, 4, 16, 32, 64, 128, 512, 4096)
+MS = (1, 4, 16, 32, 64, 128, 512, 1024, 2048, 4096)  # 1024 / 2048: where the stock_fp8 route's threshold may lie
 OURS, ALT = "speedrun", "speedrun_plain"
+STOCK_ROUTE, STOCK_ROUTE_MIN_M = "speedrun_stock_fp8", 512  # the large-M route (w4a4 models), prefill sizes only
 
 
 def make_raw(e: int, h: int, n: int, gptoss: bool) -> Raw:
@@ -129,6 +135,18 @@ def ours_builder(gptoss: bool, swz: bool, cfg: MoeBucket | None = None) -> Build
     return build
 
 
+def ms_for(impl: str, ms: tuple[int, ...]) -> tuple[int, ...]:
+    """The Ms an impl is timed at: the large-M route only at prefill sizes (below them it is never served)."""
+    return tuple(m for m in ms if impl != STOCK_ROUTE or m >= STOCK_ROUTE_MIN_M)
+
+
+def stock_route_builder(raw: Raw) -> tuple[Callable, Callable]:
+    """The large-M serving route on swz128 experts (as the sm90 hook stores them): conversion + stock FP8 MoE."""
+    stock_config()
+    w = swizzled(ours(raw, gptoss=False))
+    return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_stock_fp8(x, w, *st))
+
+
 def measure(impl: Built, m: int, model: Model, call_bytes: float) -> tuple[timer.Timing, torch.Tensor]:
     """(timing, output of copy 0 on routing set 0): copy i runs routing set i on weight copy i."""
     sets = [routing_set(m, model, 0)]
@@ -174,6 +192,8 @@ def bench_model(model_name: str, gpu: str, ms: tuple[int, ...], allow_jit: bool 
     e, topk, h, n, a4 = model[:5]
     raws = Copies(make_raw(e, h, n, gptoss=not a4))
     builds: dict[str, Build] = {OURS: ours_builder(not a4, swz=True), ALT: ours_builder(not a4, swz=False)}
+    if a4:
+        builds[STOCK_ROUTE] = stock_route_builder
     builds |= {b: (lambda raw, b=b: BUILDERS[b](raw, topk, allow_jit=allow_jit)) for b in model.baselines}
     nbytes = {m: min_bytes(routing_sets(m, model), e, h, n, gptoss=not a4) for m in ms}
     ref: dict[int, torch.Tensor] = {}
@@ -181,7 +201,7 @@ def bench_model(model_name: str, gpu: str, ms: tuple[int, ...], allow_jit: bool 
     for name, build in builds.items():
         impl = Built(build, raws)
         setup_err = attempt({}, partial(_set_up, impl)).get("error")  # a missing baseline is a row per M, not a crash
-        for m in ms:
+        for m in ms_for(name, ms):
             w_fmt = "w4a4" if a4 else "w4a16"
             row: dict[str, Any] = dict(impl=name, gpu=gpu, model=model_name, m=m, bucket=bucket_key(w_fmt, m, topk, e),
                                        experts=e, topk=topk, hidden=h, inter=n, bytes=nbytes[m], us=None)  # fmt: skip

@@ -1,6 +1,8 @@
 """AOT compile specs for the MXFP4 MoE: GEMM1 and GEMM2 per config bucket (each must use the matrix unit;
-w4a4 on gfx950 must use v_mfma_scale), plus the sort and activation-quant kernels (no matrix unit). The GEMMs'
-mode flags, K tiles and launch options come from the plan's own resolver (api.resolve), as a GPU launch gets them."""
+w4a4 on gfx950 must use v_mfma_scale), plus the sort and activation-quant kernels (no matrix unit) and, on CUDA
+only (ROCm never takes the route), the large-M route's MXFP4 -> FP8 conversion (must use the native e4m3 cvt).
+The GEMMs' mode flags, K tiles and launch options come from the plan's own resolver (api.resolve), as a GPU launch
+gets them."""
 
 from __future__ import annotations
 
@@ -8,7 +10,13 @@ from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd
 from speedrun.overlays.mxfp4_moe import api, kernels, sort
 from speedrun.overlays.mxfp4_moe.config import Act, MoeBucket
-from speedrun.overlays.mxfp4_moe.kernels import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
+from speedrun.overlays.mxfp4_moe.kernels import (
+    combine_kernel,
+    moe_gemm1_kernel,
+    moe_gemm2_kernel,
+    mxfp4_to_fp8_kernel,
+    quant_rows_kernel,
+)
 
 OP = "mxfp4_moe"
 TOPK = {"w4a16": 4, "w4a4": 9}  # GPT-OSS top-4; DeepSeek top-8 + fused shared expert
@@ -126,6 +134,28 @@ def aux_specs() -> list[CompileSpec]:
     ]
 
 
+EXPECT_FP8_CVT = r"cvt\.rn\.satfinite\.e4m3x2\.f32"  # the hardware fp32 -> e4m3 pair cast (sm89+)
+
+
+def to_fp8_specs(arch: str) -> list[CompileSpec]:
+    """stock_fp8.to_fp8's conversion on swz128 experts (the sm90 default) and plain ones (the layout override), as
+    launched: inline-PTX decode, 8 warps; none on ROCm, where the route is never taken."""
+    if is_amd(arch):
+        return []
+    specs = []
+    for swz in (True, False):
+        sig = {"w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8", "q_ptr": "*fp8e4nv", "qs_ptr": "*fp32",
+               **dict.fromkeys(("ROWS", "K", "stride_we", "stride_wn", "stride_wse", "stride_wsn", "stride_qe",
+               "stride_qn", "stride_qse", "stride_qsn"), "i32")}  # fmt: skip
+        const = {"W_SWZ": swz, "W_ASM": True, "BLOCK": 128}
+        sig.update(dict.fromkeys(const, "constexpr"))
+        attrs = aligned(sig, "w_ptr", "ws_ptr", "q_ptr", "qs_ptr", "ROWS", "K", "stride_we", "stride_wn",
+                        "stride_qe", "stride_qn")  # fmt: skip
+        name = f"{OP}/to_fp8" + ("/swz" if swz else "")
+        specs.append(CompileSpec(name, mxfp4_to_fp8_kernel, sig, const, {"num_warps": 8}, EXPECT_FP8_CVT, attrs))
+    return specs
+
+
 def compile_specs(arch: str) -> list[CompileSpec]:
     """GEMM1 + GEMM2 per config bucket of `arch` on the weights the hook stores there (sm90: swz128 values,
     mx.layout; plus the plain-layout fallback of one decode bucket), then the auxiliary kernels."""
@@ -135,4 +165,4 @@ def compile_specs(arch: str) -> list[CompileSpec]:
         specs += [gemm1_spec(key, cfg, arch, swz), gemm2_spec(key, cfg, arch, swz)]
         if swz and key == PLAIN_FALLBACK_KEY:
             specs += [gemm1_spec(key, cfg, arch), gemm2_spec(key, cfg, arch)]
-    return specs + aux_specs()
+    return specs + aux_specs() + to_fp8_specs(arch)

@@ -72,7 +72,16 @@ def test_moe_deepseek_model_fuses_the_shared_expert():
     assert (ds.experts, ds.topk, ds.hidden, ds.inter, ds.shared) == (257, 9, 7168, 256, 1)
     assert ds.baselines == ("fp8_fused_moe", "dequant_fused_moe")
     assert set(ds.baselines) <= set(moe.BUILDERS)
-    assert moe.MS == (1, 4, 16, 32, 64, 128, 512, 4096)
+    assert moe.MS == (1, 4, 16, 32, 64, 128, 512, 1024, 2048, 4096)
+
+
+def test_moe_stock_route_is_timed_at_prefill_sizes_only():
+    """The large-M route (conversion + stock FP8 MoE) runs at M >= 512, next to ours and stock at those Ms."""
+    assert moe.ms_for(moe.STOCK_ROUTE, moe.MS) == (512, 1024, 2048, 4096)
+    assert moe.ms_for(moe.OURS, moe.MS) == moe.MS and moe.ms_for("fp8_fused_moe", moe.MS) == moe.MS
+    impls = (moe.OURS, moe.STOCK_ROUTE, "fp8_fused_moe")
+    rows = [{"impl": i, "model": "ds", "m": m, "us": 10.0} for i in impls for m in moe.ms_for(i, (16, 512))]
+    assert len(rows) == 5 and "x speedrun_stock_fp8" in moe.summary(rows)
 
 
 def test_moe_summary_per_model():

@@ -2,7 +2,7 @@
 
     w = swizzled(MoeWeights(w13, w13_scale, w2, w2_scale, ...))     # load time (sm90: swz128 values)
     plan = make_plan(w, device=x.device)                              # every config bucket resolved and validated
-    out = fused_moe_mxfp4(x, w, topk_ids, topk_weights, plan)         # every step
+    out = fused_moe(x, w, topk_ids, topk_weights, plan)               # every step (ours, or stock FP8 at large M)
 
 Shapes and dtypes (E experts, H hidden, N intermediate, M tokens, K = top-k):
     x             [M, H] bf16
@@ -16,7 +16,9 @@ Weights may be padded along hidden (rows of w2, K of w13): only the first H are 
 The plan holds what depends on the weights' format and layout, the arch and the device: per config bucket
 (configs/<arch>.json, `<fmt>:tpe<=N`) the knobs, the kernel flags and launch options. The call picks the bucket by
 tokens per expert (M * K / E) and launches; CUDA-graph safe (no host sync, every buffer sized from M; expert runs
-and the padded length stay on the device).
+and the padded length stay on the device). `fused_moe` sends the calls of the buckets whose route is stock_fp8 to
+stock SGLang's FP8 block MoE instead (stock_fp8.py: prefill sizes, quark w4a4 on CUDA); `fused_moe_mxfp4` always
+runs our kernels.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from typing import Any
 import torch
 import triton
 
-from speedrun.overlays.arch import current_arch, launch_options, load_configs, sm_count
+from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
 from speedrun.overlays.mx.layout import swizzle_experts, unswizzle_mxfp4
-from speedrun.overlays.mxfp4_moe.config import Act, Fmt, Layout, MoeBucket, check_table
+from speedrun.overlays.mxfp4_moe.config import Act, Fmt, Layout, MoeBucket, Route, check_table
 from speedrun.overlays.mxfp4_moe.kernels import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
 from speedrun.overlays.mxfp4_moe.sort import sort_tokens
+from speedrun.overlays.mxfp4_moe.stock_fp8 import fused_moe_stock_fp8
 
 OP = "mxfp4_moe"
 COMBINE_BLOCK = 1024  # hidden columns per combine program
@@ -137,6 +140,7 @@ class Launch:
     block_k2: int
     opts1: dict[str, Any]
     opts2: dict[str, Any]
+    stock_fp8: bool = False  # this bucket's calls go to stock's FP8 block MoE (`fused_moe`)
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,28 @@ class MoePlan:
             return self.launches["forced"]
         return self.launches[self.buckets.pick(num_tokens * topk / max(self.num_experts, 1))]
 
+    @property
+    def stock(self) -> bool:
+        """Whether some calls go to stock's FP8 block MoE (then its scratch is reserved at load time)."""
+        return any(run.stock_fp8 for run in self.launches.values())
+
+    def stock_above(self, topk: int) -> int | None:
+        """The M past which calls go to stock's FP8 block MoE (stock buckets come last), None if none do."""
+        if self.buckets is None or not self.stock:
+            return None
+        ours = [limit for limit, key in self.buckets.upto if not self.launches[key].stock_fp8]
+        return int(max(ours, default=0) * self.num_experts // topk)
+
+    def route_line(self, topk: int) -> str:
+        """How this plan routes calls, for the per-process report."""
+        m = self.stock_above(topk)
+        if m is None:
+            return f"{self.fmt} E={self.num_experts} top-{topk}: speedrun MXFP4 kernels at every M"
+        return (
+            f"{self.fmt} E={self.num_experts} top-{topk}: M <= {m}: speedrun MXFP4 kernels; M > {m}: stock FP8 "
+            "block fused MoE (experts converted to FP8 per call, FP8 activations)"
+        )
+
 
 def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: str | None = None,
               config: MoeBucket | Mapping[str, Any] | None = None) -> MoePlan:  # fmt: skip
@@ -171,8 +197,27 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
         buckets = _buckets(arch, w.fmt)
         keys = [k for _, k in buckets.upto] + ([buckets.above] if buckets.above else [])
         launches = {k: resolve(table(arch)[k], w.swz, w.mul1, arch, cuda) for k in keys}
+        launches = _routes(launches, keys, w, arch)
     layout = Layout.SWZ if w.swz else Layout.PLAIN
     return MoePlan(w.fmt, layout, w.num_experts, arch, device, buckets, launches)
+
+
+def stock_route_ok(w: MoeWeights, arch: str) -> bool:
+    """Whether stock_fp8 buckets route these experts to stock: quark w4a4 SiLU experts without biases on a CUDA
+    arch. ROCm (gfx*, or a HIP torch) keeps our kernels (its large-M path is aiter); the CPU interpreter too."""
+    cuda_arch = arch.startswith("sm") and not is_amd(arch) and torch.version.hip is None
+    return cuda_arch and w.fmt == Fmt.W4A4 and w.act == Act.SILU and w.b13 is None and w.b2 is None
+
+
+def _routes(launches: dict[str, Launch], keys: list[str], w: MoeWeights, arch: str) -> dict[str, Launch]:
+    """The launches with each bucket's route where `stock_route_ok`; ValueError when a stock bucket precedes one
+    of ours (the route must be one threshold: what the report says)."""
+    if not stock_route_ok(w, arch):
+        return launches
+    stock = [launches[k].cfg.route == Route.STOCK_FP8 for k in keys]
+    if stock != sorted(stock):
+        raise ValueError(f"{OP} {arch}: route stock_fp8 buckets must come after every `ours` one ({keys})")
+    return {k: replace(run, stock_fp8=s) for (k, run), s in zip(launches.items(), stock, strict=True)}
 
 
 def resolve(cfg: MoeBucket, swz: bool, mul1: bool, arch: str, cuda: bool) -> Launch:
@@ -293,4 +338,21 @@ def fused_moe_mxfp4(
     return out
 
 
-__all__ = ["Act", "MoePlan", "MoeWeights", "fused_moe_mxfp4", "make_plan", "plain", "quant_rows", "swizzled"]
+def fused_moe(
+    x: torch.Tensor,
+    w: MoeWeights,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    plan: MoePlan,
+    routed_scaling_factor: float = 1.0,
+    num_experts: int | None = None,
+) -> torch.Tensor:
+    """The serving dispatch: `fused_moe_mxfp4`, or for the plan's stock_fp8 buckets stock's FP8 block MoE on the
+    experts converted per call (stock_fp8.py; `num_experts`: the global count under EP)."""
+    if plan.launch(*topk_ids.shape).stock_fp8:
+        return fused_moe_stock_fp8(x, w, topk_ids, topk_weights, routed_scaling_factor, num_experts)
+    return fused_moe_mxfp4(x, w, topk_ids, topk_weights, plan, routed_scaling_factor)
+
+
+__all__ = ["Act", "MoePlan", "MoeWeights", "fused_moe", "fused_moe_mxfp4", "make_plan", "plain", "quant_rows",
+           "swizzled"]  # fmt: skip

@@ -39,6 +39,15 @@ class Layout(StrEnum):
     PLAIN = "plain"
 
 
+class Route(StrEnum):
+    """Who serves a bucket's calls: our kernels, or (quark w4a4 on CUDA only) stock SGLang's FP8 block fused MoE
+    on the experts converted to FP8 per call (stock_fp8.py). The knobs of a stock bucket still describe our
+    kernels there: the bench and `fused_moe_mxfp4` run them."""
+
+    OURS = "ours"
+    STOCK_FP8 = "stock_fp8"
+
+
 class MoeBucket(Knobs):
     """One `<fmt>:tpe<=N` bucket: GEMM1 (gate + up) and GEMM2 tiles, the dequant mode knobs, AMD launch knobs."""
 
@@ -56,6 +65,7 @@ class MoeBucket(Knobs):
     deq: WDeq = WDeq.LUT
     split1: int = Field(1, ge=0)  # GEMM1 split-K; 0: auto (see api.gemm1_split)
     mul1: bool = True  # swz128: one multiply per decoded pair when every scale byte allows it
+    route: Route = Route.OURS  # stock_fp8 buckets must come last (one threshold); see Route
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None
     kpack: int | None = None
@@ -66,4 +76,4 @@ def check_table(table: Mapping[str, Any], where: str) -> dict[str, MoeBucket]:
     return parse_table(table, MoeBucket, where, "tpe", tuple(Fmt), "<w4a16|w4a4>:tpe<=N or :tpe>N")
 
 
-__all__ = ["Act", "Fmt", "Layout", "MoeBucket", "WDeq", "check_table"]
+__all__ = ["Act", "Fmt", "Layout", "MoeBucket", "Route", "WDeq", "check_table"]

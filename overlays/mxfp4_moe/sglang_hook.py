@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays import environ
+from speedrun.overlays import environ, report
 from speedrun.overlays.hooks import Unsupported, around, require_aiter
-from speedrun.overlays.mxfp4_moe.api import OP, Act, MoeWeights, fused_moe_mxfp4, make_plan, plain, swizzled
+from speedrun.overlays.mxfp4_moe import stock_fp8
+from speedrun.overlays.mxfp4_moe.api import OP, Act, MoePlan, MoeWeights, fused_moe, make_plan, plain, swizzled
 from speedrun.overlays.mxfp4_moe.config import Layout
 
 SERVED_RUNNERS = ("auto", "triton", "triton_kernel", "triton_kernels")
@@ -75,9 +76,13 @@ def _finish(layer: torch.nn.Module, w: MoeWeights) -> None:
         for name, t in (("w13_weight", w.w13), ("w13_weight_scale", w.w13_scale), ("w2_weight", w.w2),
                         ("w2_weight_scale", w.w2_scale)):  # fmt: skip
             _set(layer, name, t)
-    layer._speedrun_plan = make_plan(w)
+    layer._speedrun_plan = plan = make_plan(w)
     layer._speedrun_backend = environ.settings().backends[OP]
     layer._speedrun_moe = w
+    if plan.stock:  # large M goes to stock's FP8 MoE: its one scratch, sized for the largest layer, exists before
+        h, n2 = w.hidden, 2 * w.inter  # SGLang sizes the KV cache from the memory left after loading
+        stock_fp8.reserve(w.w13.device, stock_fp8.fp8_bytes(w.num_experts, n2, h) +
+                          stock_fp8.fp8_bytes(w.num_experts, h, w.inter))  # fmt: skip
 
 
 def _deinterleave(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -155,6 +160,22 @@ def _standard_topk(topk_output: Any, num_tokens: int) -> tuple[torch.Tensor, tor
     return topk_output.topk_weights, topk_output.topk_ids
 
 
+_noted: set[tuple[int, int]] = set()
+_routes: list[str] = []
+
+
+def note_route(plan: MoePlan, topk: int) -> None:
+    """Record how this plan routes calls in the per-process report, as `mxfp4_moe_routes` (each distinct line
+    once: every DeepSeek layer has the same one)."""
+    if (id(plan), topk) in _noted:
+        return
+    _noted.add((id(plan), topk))
+    line = plan.route_line(topk)
+    if line not in _routes:
+        _routes.append(line)
+        report.record(mxfp4_moe_routes=list(_routes))
+
+
 @functools.cache
 def _experts_apply_scaling() -> bool:
     """DeepSeek leaves routed_scaling_factor to the experts on CUDA and with aiter; else the model applies it."""
@@ -182,7 +203,11 @@ def _run(self: Any, layer: torch.nn.Module, dispatch_output: Any) -> Any:
                             topk_weights, b13=w.b13, b2=w.b2, a4=w.a4, act=w.act, alpha=w.alpha, limit=w.limit,
                             routed_scaling_factor=rsf)[:, : x.shape[1]]  # fmt: skip
     else:
-        out = fused_moe_mxfp4(x, w, topk_ids, topk_weights, layer._speedrun_plan, rsf)
+        plan: MoePlan = layer._speedrun_plan
+        note_route(plan, topk_ids.shape[1])
+        if plan.launch(*topk_ids.shape).stock_fp8:
+            report.called(f"{OP}/stock_fp8")  # how many calls the large-M route served
+        out = fused_moe(x, w, topk_ids, topk_weights, plan, rsf, getattr(layer, "num_experts", None))
     return StandardCombineInput(hidden_states=out)
 
 
