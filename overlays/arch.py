@@ -1,7 +1,8 @@
 """Which GPU architecture we run on, and per-arch launch configs (one JSON per op per arch).
 
 Configs live in `overlays/<op>/configs/<arch>.json`: {"_meta": {...}, "<bucket>": {knobs...}}.
-AMD-only knobs never reach a CUDA launch (`launch_options`).
+AMD-only knobs never reach a CUDA launch, CUDA-only ones (maxnreg: a register cap per thread, PTX .maxnreg)
+never an AMD one (`launch_options`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 ARCHS = ("sm90", "gfx950")
 AMD_ONLY = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
-LAUNCH_KEYS = ("num_warps", "num_stages", *AMD_ONLY)
+CUDA_ONLY = ("maxnreg",)  # the AMD compiler has no such option (occupancy there is waves_per_eu)
+LAUNCH_KEYS = ("num_warps", "num_stages", *AMD_ONLY, *CUDA_ONLY)
 HERE = Path(__file__).resolve().parent
 
 
@@ -64,6 +66,13 @@ def load_configs(op: str, arch: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def for_arch(options: dict[str, Any], arch: str) -> dict[str, Any]:
+    """Compile options without the other vendor's knobs (AMD-only ones on CUDA, CUDA-only ones on AMD): neither
+    compiler is handed an option it does not have."""
+    other = CUDA_ONLY if is_amd(arch) else AMD_ONLY
+    return {k: v for k, v in options.items() if k not in other}
+
+
 def launch_options(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
-    """The Triton launch kwargs of a config entry, without AMD-only knobs on CUDA."""
-    return {k: v for k, v in cfg.items() if k in LAUNCH_KEYS and (is_amd(arch) or k not in AMD_ONLY)}
+    """The Triton launch kwargs of a config entry for `arch` (see for_arch)."""
+    return for_arch({k: v for k, v in cfg.items() if k in LAUNCH_KEYS}, arch)

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from speedrun.overlays.arch import for_arch
+
 TARGETS = {"gfx950": ("hip", "gfx950", 64), "sm90": ("cuda", 90, 32)}
 
 
@@ -31,7 +33,7 @@ class CompileSpec:
     fn: Any  # the @triton.jit function
     signature: dict[str, str]  # arg -> "*bf16" | "i32" | "fp32" | "constexpr" ...
     constexprs: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)  # num_warps, num_stages, waves_per_eu, ...
+    options: dict[str, Any] = field(default_factory=dict)  # num_warps, num_stages, waves_per_eu, maxnreg, ...
     expect_mma: str | None = None  # regex that must appear in the assembly (e.g. v_mfma_scale on gfx950)
     attrs: dict[str, str] = field(default_factory=dict)  # arg -> JIT specialization codes "D" / "S" / "DS"
     min_occupancy: int | None = None  # the report fails the kernel below this (waves/SIMD on gfx950, CTAs/SM on sm90)
@@ -85,10 +87,7 @@ def compile_spec(spec: CompileSpec, arch: str) -> CompileResult:
         target = GPUTarget(*TARGETS[arch])
         attrs = ir_attrs(spec.fn, spec.attrs, make_backend(target)) if spec.attrs else None
         src = ASTSource(spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
-        opts = dict(spec.options)
-        if arch != "gfx950":
-            opts = {k: v for k, v in opts.items() if k not in ("waves_per_eu", "matrix_instr_nonkdim", "kpack")}
-        kernel = triton.compile(src, target=target, options=opts)
+        kernel = triton.compile(src, target=target, options=for_arch(spec.options, arch))
     except Exception as exc:  # the report names the failing kernel and config
         return CompileResult(spec.name, arch, ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
     asm = kernel.asm.get("amdgcn") or kernel.asm.get("ptx") or ""

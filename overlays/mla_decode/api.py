@@ -103,6 +103,7 @@ def make_plan(
         raise Unsupported(f"dtypes q={q_dtype} kv={kv_dtype} not served")
     arch = arch or current_arch()
     base = MlaBucket.checked(config, "mla_decode config") if config is not None else config_for(heads, arch)
+    cuda_only(base, arch, "mla_decode config")
     cfg = kv_config(base, kv_dtype, compute)
     sms = sm_count(torch.device(device) if device is not None else _default_device())
     cpu = arch == "cpu"
@@ -200,7 +201,17 @@ def table(arch: str) -> dict[str, MlaBucket]:
         raw = load_configs("mla_decode", arch)
     except FileNotFoundError:  # another AMD arch: the gfx950 table is the closest we have
         raw = load_configs("mla_decode", "gfx950" if is_amd(arch) else "sm90")
-    return check_table(raw, f"mla_decode {arch}")
+    buckets = check_table(raw, f"mla_decode {arch}")
+    for key, cfg in buckets.items():
+        cuda_only(cfg, arch, f"mla_decode {arch} {key}")
+    return buckets
+
+
+def cuda_only(cfg: MlaBucket, arch: str, where: str) -> None:
+    """ValueError when a bucket for an AMD arch sets maxnreg (itself or in its fp8 overrides): a PTX register cap
+    the AMD compiler has no option for (arch.for_arch would drop it, so the table would not run what it says)."""
+    if is_amd(arch) and (cfg.maxnreg is not None or (cfg.fp8 is not None and cfg.fp8.maxnreg is not None)):
+        raise ValueError(f"{where}: maxnreg is CUDA-only (PTX .maxnreg); expected none on {arch} (use waves_per_eu)")
 
 
 def config_for(heads: int, arch: str | None = None) -> MlaBucket:

@@ -55,6 +55,7 @@ class Fp8Knobs(Knobs):
     split_d: int | None = None
     fp8_cvt: Fp8Cvt | None = None
     qk_chains: int | None = None
+    maxnreg: int | None = Field(None, ge=16, le=255)  # CUDA only: see MlaBucket
 
 
 class A8W8Knobs(Knobs):
@@ -79,6 +80,9 @@ class MlaBucket(Knobs):
     num_stages: int = Field(ge=1)
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None
+    # CUDA only (PTX .maxnreg, a launch option): registers per thread the partial kernel may use, e.g. 168 so 3
+    # CTAs of 4 warps fit an SM. Rejected on AMD (api.cuda_only), whose occupancy knob is waves_per_eu.
+    maxnreg: int | None = Field(None, ge=16, le=255)
     programs_per_sm: int = Field(ge=1)
     min_chunk: int = Field(ge=16)
     merge: MergeKnobs
