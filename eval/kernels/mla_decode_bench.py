@@ -21,6 +21,7 @@ import argparse
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,31 +49,38 @@ MERGE_R2 = {"BLOCK_P": 32, "min_block_dv": 64, "num_warps": 4, "num_stages": 2}
 A16 = {"fp8_compute": "a16"}  # fp8 caches upcast to 16 bits: the fp8 variants of rounds 1-3 tune that path
 A8 = {"mma_m": "tokens", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}  # sm90 a8w8: no spill at 8 warps
 A8W8 = {"fp8_compute": "a8w8"}  # the a8w8 variants compute a8w8 whatever the table's fp8_compute (sm90: a16)
+# Round 5 (PERF.md "Round 5 candidates"): the fp8 a16 path costs ~3 us per 32-token tile whatever the bytes.
+# fp8_n64_w8: 64-token tiles on 8 warps (8 tokens per warp for QK, as today; barriers and softmax reductions
+# once per 64 tokens; 1 CTA/SM = the same 8 warps per SM). fp8_r168_st3: one tile buffer and a 168-register
+# cap, so 3 CTAs (12 warps) fit an SM. Both are fp8 overrides: bf16 caches run the default kernel.
+FP8_N64_W8 = {"BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "split_d": 4, "fp8_cvt": "asm"}
+FP8_R168_ST3 = {**FP8_R2, "num_stages": 3, "maxnreg": 168}
+# The open questions first (PERF.md "Round 5"), then round 3's settled variants as controls.
 VARIANTS = {
     "default": {},  # round 3: snap (uniform batches cut at sequence boundaries), flat equal chunks otherwise
+    "fp8_n64_w8": {**A16, "fp8": FP8_N64_W8},
+    "fp8_r168_st3": {**A16, "fp8": FP8_R168_ST3},
+    # a8w8 (PERF.md, round 4): PV in fp8 (Triton transposes V through shared memory with byte stores, and the
+    # tile is then loaded synchronously) vs PV in f16 (cp.async pipelined, V upcast by the packed convert)
+    "a8w8_pv_f16": {**A8W8, "a8w8": {**A8, "pv": "f16"}},
+    "a8w8_pv_f16_st3": {**A8W8, "a8w8": {**A8, "pv": "f16", "num_stages": 3}},
+    "a8w8_pv_fp8": {**A8W8, "a8w8": {**A8, "pv": "fp8"}},
+    "fp8_st7": {**A16, "fp8": {**FP8_R2, "num_stages": 7}},  # fp8: one more 18 KB tile in flight (110 KB)
+    "a16": A16,  # the round-3 upcast path as shipped before a8w8 (sm90 ships it now: the same kernel as default)
     "flat": {"snap": False},  # the round-2 split: equal cuts of the flat KV range
     "merge_p32": {"merge": MERGE_R2},  # the round-2 merge (9 dependent steps for 264 partials)
     "qk1": {"qk_chains": 1},  # the round-2 QK: one dependent mma chain of 36 per warp and tile
-    "fp8_st7": {**A16, "fp8": {**FP8_R2, "num_stages": 7}},  # fp8: one more 18 KB tile in flight (110 KB)
     "round1": {**R1, **A16, "merge": MERGE_R2},
     "s4_n64_w4_st3": {**S4, **A16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},  # one 72 KB buffer (bf16)
     "s4_n32_w4_pps1": {**S4, **A16, "BLOCK_N": 32, "num_warps": 4, "programs_per_sm": 1},
     # 16-token tiles, 9 stages: ~4 buffers of 18 KB (bf16 190 regs, 91.5 KB; fp8 250 regs, 73 KB: 2 CTAs/SM) ->
     # up to 3 tiles in flight per CTA instead of ~1; costs 1.5x the mma.sync per token (QK duplicated over warps)
     "s4_n16_w4_st9": {**S4, **A16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 9},
-    "a16": A16,  # the round-3 upcast path as shipped before a8w8
-    # a8w8 (PERF.md, round 4): PV in fp8 (Triton transposes V through shared memory with byte stores, and the
-    # tile is then loaded synchronously) vs PV in f16 (cp.async pipelined, V upcast by the packed convert)
-    "a8w8_pv_fp8": {**A8W8, "a8w8": {**A8, "pv": "fp8"}},
-    "a8w8_pv_f16": {**A8W8, "a8w8": {**A8, "pv": "f16"}},
-    "a8w8_pv_f16_st3": {**A8W8, "a8w8": {**A8, "pv": "f16", "num_stages": 3}},
 }
-# Variants whose knobs leave the table's fp8 (a16) overrides in place: split/launch knobs, compute, a8w8 knobs.
+# Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
+# replace them with their own "fp8".
 SPLIT_VARIANTS = ("default", "flat", "merge_p32", "qk1", "fp8_st7", "a16", "a8w8_pv_fp8", "a8w8_pv_f16",
-                  "a8w8_pv_f16_st3")  # fmt: skip
-# Variants that only change fp8 caches still run bf16 (= default there): the tuner compares a bucket's variants
-# over all of its shapes, so a variant without bf16 rows could never win.
-BF16_SKIP: set[str] = set()
+                  "a8w8_pv_f16_st3", "fp8_n64_w8", "fp8_r168_st3")  # fmt: skip
 BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)
 MIXED = "mixed32k"  # kv_len label of the mixed batch: one 32k sequence among 1k ones
 # (bs, kv_len); kv_len MIXED: lens [32768] + [1024] * (bs - 1)
@@ -86,6 +94,8 @@ SWEEP_SHAPES = [
     (4, 32768),
 ]
 SWEEP_BUDGET_S = 115.0  # under the device script's 130 s step
+# Round 3's sweep timed 159 cells (variant x shape x cache, compiles included) in this budget before it ran out.
+SWEEP_S_PER_CELL = SWEEP_BUDGET_S / 159
 
 
 def variant_config(name: str) -> MlaBucket:
@@ -299,30 +309,80 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+@dataclass(frozen=True)
+class SweepCell:
+    """One (shape, cache dtype) of the sweep: each variant with the earlier variant that runs the very same kernels
+    on this cache (`same_as`: its row copies that time instead of re-timing it; None: timed)."""
+
+    bs: int
+    kv_len: int | str
+    dtype: torch.dtype
+    runs: tuple[tuple[str, str | None], ...]
+
+    @property
+    def timed(self) -> int:
+        return sum(same is None for _, same in self.runs)
+
+
+def kernels_of(cfg: MlaBucket, dt: torch.dtype, arch: str) -> str:
+    """What a variant launches on this cache (constexprs, launch options, split width, merge knobs): two variants
+    with the same string run the same kernels the same way (an fp8-only variant on a bf16 cache; `a16` on sm90)."""
+    from speedrun.overlays.mla_decode import api
+
+    plan = api.make_plan(HEADS, torch.bfloat16, dt, device="cpu", arch=arch, config=cfg)
+    c = plan.cfg
+    return repr((plan.partial, plan.merge_split, plan.partial_opts, plan.merge_opts, plan.programs, plan.block_h,
+                 c.BLOCK_N, c.min_chunk, c.merge))  # fmt: skip
+
+
+def sweep_plan(arch: str) -> list[SweepCell]:
+    """The sweep's cells, most important first: every fp8 shape (round 5's questions are all fp8), then bf16, so a
+    spent budget drops bf16 shapes. A variant that runs another's kernels on a cache is not timed again."""
+    cells = []
+    for dt in (torch.float8_e4m3fn, torch.bfloat16):
+        seen: dict[str, str] = {}
+        runs = []
+        for variant in VARIANTS:
+            key = kernels_of(variant_config(variant), dt, arch)
+            runs.append((variant, seen.get(key)))
+            seen.setdefault(key, variant)
+        cells += [SweepCell(bs, kv_len, dt, tuple(runs)) for bs, kv_len in SWEEP_SHAPES]
+    return cells
+
+
 def sweep(gpu: str, peak: float = timer.DEFAULT_PEAK[1], emit: Emit = ignore) -> list[dict[str, Any]]:
-    """Every variant on the key shapes, bf16 and fp8; prints the best variant per shape; each row goes to `emit`."""
-    rows, deadline = [], time.monotonic() + SWEEP_BUDGET_S
-    for bs, kv_len in SWEEP_SHAPES:  # most important first: a spent budget drops the tail
-        for dt in (torch.float8_e4m3fn, torch.bfloat16):
-            name = "bf16" if dt == torch.bfloat16 else "fp8_e4m3"
-            copies = Copies(make_inputs(bs, kv_len, dt, seed=seed_of(bs, kv_len)))
-            for variant in VARIANTS:
-                if variant in BF16_SKIP and dt == torch.bfloat16:
-                    continue
-                cfg = variant_config(variant)  # the whole bucket config, so a tuner can write the winner back
-                row = {"impl": "speedrun", "bucket": BUCKET, "variant": variant, "config": cfg.entry(), "gpu": gpu,
-                       "bs": bs, "kv_len": kv_len, "heads": HEADS, "kv_dtype": name, "us": None}  # fmt: skip
-                if time.monotonic() > deadline:
-                    row["error"] = "TimeoutError: skipped: sweep time budget spent"
-                else:
-                    built = Built(lambda x, cfg=cfg: setup_speedrun(x, cfg), copies)
-                    attempt(row, partial(_timed_fields, built, copies(0), kv_bytes(bs, kv_len, dt), peak))
-                rows.append(row)
-                emit(row)
+    """Every variant on the key shapes, fp8 then bf16; prints the best variant per shape; each row goes to `emit`.
+    A shape is started only if the time left covers what the previous one took, so every shape the rows have is
+    complete (the tuner compares a variant only on shapes it shares with the current config)."""
+    from speedrun.overlays.arch import current_arch
+
+    rows, deadline, last_s = [], time.monotonic() + SWEEP_BUDGET_S, 0.0
+    for cell in sweep_plan(current_arch()):
+        bs, kv_len, dt = cell.bs, cell.kv_len, cell.dtype
+        name = "bf16" if dt == torch.bfloat16 else "fp8_e4m3"
+        t0 = time.monotonic()
+        skip = t0 + last_s > deadline
+        copies = None if skip else Copies(make_inputs(bs, kv_len, dt, seed=seed_of(bs, kv_len)))
+        done: dict[str, dict[str, Any]] = {}
+        for variant, same in cell.runs:
+            cfg = variant_config(variant)  # the whole bucket config, so a tuner can write the winner back
+            row = {"impl": "speedrun", "bucket": BUCKET, "variant": variant, "config": cfg.entry(), "gpu": gpu,
+                   "bs": bs, "kv_len": kv_len, "heads": HEADS, "kv_dtype": name, "us": None}  # fmt: skip
+            if skip:
+                row["error"] = "TimeoutError: skipped: sweep time budget spent"
+            elif same is not None:  # the same kernels as `same`: its time, said so
+                row.update({k: v for k, v in done[same].items() if k not in row or k == "us"}, same_as=same)
+            else:
+                built = Built(lambda x, cfg=cfg: setup_speedrun(x, cfg), copies)
+                attempt(row, partial(_timed_fields, built, copies(0), kv_bytes(bs, kv_len, dt), peak))
                 torch.cuda.empty_cache()
-            del copies
-            torch.cuda.empty_cache()
-            print(sweep_line(rows, name, bs, kv_len), flush=True)
+            done[variant] = row
+            rows.append(row)
+            emit(row)
+        del copies
+        torch.cuda.empty_cache()
+        last_s = last_s if skip else time.monotonic() - t0
+        print(sweep_line(rows, name, bs, kv_len), flush=True)
     return rows
 
 

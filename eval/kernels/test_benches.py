@@ -111,3 +111,20 @@ def test_moe_every_sweep_variant_builds_a_config(variant):
         if knob != "layout":
             assert getattr(cfg, knob) == value
     assert cfg.dot_scaled == (variant == "dot_scaled")
+
+
+def test_mla_sweep_fits_its_budget_fp8_first():
+    """The sweep's timed cells fit the device step at round 3's measured rate, fp8 shapes (round 5's questions)
+    come first, every variant has a row in every cell, and a variant is re-timed only where its kernels differ
+    from an earlier one's (fp8-only variants on bf16 caches; `a16` on sm90, which ships a16)."""
+    cells = mla.sweep_plan("sm90")
+    assert len(cells) == 2 * len(mla.SWEEP_SHAPES)
+    assert [c.dtype for c in cells] == [torch.float8_e4m3fn] * 7 + [torch.bfloat16] * 7
+    assert all([v for v, _ in c.runs] == list(mla.VARIANTS) for c in cells)
+    fp8, bf16 = dict(cells[0].runs), dict(cells[-1].runs)
+    assert fp8["a16"] == "default" and fp8["fp8_n64_w8"] is None and fp8["fp8_r168_st3"] is None
+    assert all(bf16[v] == "default" for v in mla.VARIANTS if v.startswith(("fp8_", "a8w8_")))
+    assert bf16["s4_n16_w4_st9"] is None
+    fp8_s = sum(c.timed for c in cells[:7]) * mla.SWEEP_S_PER_CELL
+    assert fp8_s <= 0.7 * mla.SWEEP_BUDGET_S  # the fp8 half with room for slower compiles (a8w8, 8 warps)
+    assert sum(c.timed for c in cells) * mla.SWEEP_S_PER_CELL <= mla.SWEEP_BUDGET_S

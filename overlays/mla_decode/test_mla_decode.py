@@ -21,6 +21,7 @@ if not torch.cuda.is_available():
 
 from speedrun.overlays.mla_decode import api
 from speedrun.overlays.mla_decode import sglang_hook as hook
+from speedrun.overlays.mla_decode.config import MlaBucket
 from speedrun.overlays.mla_decode.reference import mla_decode_reference
 
 HERE = Path(__file__).resolve().parent
@@ -100,6 +101,47 @@ def test_kernel_matches_reference(name: str) -> None:
     assert all(o[i].abs().max() > 0 for i, n in enumerate(lens) if n)  # every sequence was written
     if 0 in lens:
         assert (o[lens.index(0)] == 0).all()  # an empty sequence reads as zeros, never garbage
+
+
+ROUND5 = ("fp8_n64_w8", "fp8_r168_st3")  # the round-5 sweep variants (PERF.md): fp8 overrides
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.bfloat16], ids=["fp8", "bf16"])
+@pytest.mark.parametrize("variant", ROUND5)
+def test_round5_variants_match_reference(variant: str, kv_dtype: torch.dtype) -> None:
+    """The round-5 variants as the sweep builds them, at small shapes: split sequences, whole ones, an empty one,
+    a 64-token tile that is partly masked (the interpreter ignores warps, stages and maxnreg; the AOT checks those)."""
+    from speedrun.eval.kernels import mla_decode_bench as bench
+
+    lens = [130, 0, 5, 77]
+    b = make_batch(16, lens, kv_dtype, 16, seed=2)
+    kv = b["kv"].view(-1, 16, 1, 576)
+    o = torch.full((len(lens), 16, 512), float("nan"), dtype=torch.float32, device=DEV)
+    decode(b["q"], kv, o, b["kv_indptr"], b["kv_indices"], 0.09, 1.5, 0.75, page_size=16, programs=5,
+           config=bench.variant_config(variant), arch="cpu")  # fmt: skip
+    ref = mla_decode_reference(b["q"], kv, b["kv_indptr"], b["kv_indices"], 0.09, 1.5, 0.75, 16)
+    assert torch.isfinite(o).all() and (o[1] == 0).all()
+    assert (o - ref).abs().max().item() <= 4e-3 * max(1.0, ref.abs().max().item())
+
+
+def test_maxnreg_is_cuda_only() -> None:
+    """maxnreg reaches a CUDA launch (and the sm90 AOT options); an AMD plan or table naming it is an error."""
+    from speedrun.overlays import arch
+
+    cfg = api.config_for(16, "sm90")
+    capped = cfg.replace(fp8={**cfg.fp8.entry(), "maxnreg": 168})
+    fp8 = torch.float8_e4m3fn
+    plan = api.make_plan(16, torch.bfloat16, fp8, device="cpu", arch="sm90", config=capped)
+    assert plan.partial_opts == {"num_warps": 4, "num_stages": 5, "maxnreg": 168}
+    assert "maxnreg" not in api.make_plan(16, torch.bfloat16, torch.bfloat16, device="cpu", arch="sm90",
+                                          config=capped).partial_opts  # fmt: skip
+    assert arch.launch_options({"maxnreg": 168, "num_warps": 4}, "gfx950") == {"num_warps": 4}
+    assert arch.for_arch({"maxnreg": 168, "waves_per_eu": 2}, "sm90") == {"maxnreg": 168}
+    for where in (capped, cfg.replace(maxnreg=168)):
+        with pytest.raises(ValueError, match="maxnreg is CUDA-only"):
+            api.make_plan(16, torch.bfloat16, fp8, device="cpu", arch="gfx950", config=where)
+    with pytest.raises(ValueError, match="heads<=16: maxnreg: Input should be less than or equal to 255"):
+        MlaBucket.checked({**cfg.entry(), "maxnreg": 256}, "mla_decode sm90 heads<=16")
 
 
 def test_bf16_output_and_programs_invariance() -> None:

@@ -199,6 +199,37 @@ def test_sweep_variants_compute_what_they_name() -> None:
         assert api.kv_config(bench.variant_config(name), FP8).fp8_compute == want, name
 
 
+# A variant name's tokens and the knob each one names: s4 split_d, n64 BLOCK_N, w8 num_warps, st3 num_stages,
+# r168 maxnreg, pps1 programs_per_sm.
+NAME_KNOBS = {"s": "split_d", "n": "BLOCK_N", "w": "num_warps", "st": "num_stages", "r": "maxnreg",
+              "pps": "programs_per_sm"}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["fp8_n64_w8", "fp8_r168_st3", "fp8_st7", "s4_n64_w4_st3", "s4_n32_w4_pps1",
+                                     "s4_n16_w4_st9", "a8w8_pv_f16_st3", "a8w8_pv_fp8", "a8w8_pv_f16"])  # fmt: skip
+def test_sweep_variants_run_the_knobs_they_name(variant: str) -> None:
+    """Each knob a variant's name states is what runs on the caches it is for (a8w8_*: the a8w8 knobs; fp8_*: the
+    fp8 overrides, and on bf16 caches the very kernels of `default`; others: both caches), launch options included
+    (r168: maxnreg reaches the sm90 launch)."""
+    from speedrun.eval.kernels import mla_decode_bench as bench
+
+    cfg = bench.variant_config(variant)
+    named = {NAME_KNOBS[k]: int(v) for k, v in re.findall(r"(?:^|_)(pps|st|s|n|w|r)(\d+)(?=_|$)", variant)}
+    assert named or "pv" in variant, variant
+    caches = [FP8] if variant.startswith(("fp8_", "a8w8_")) else [FP8, torch.bfloat16]
+    for kv in caches:
+        plan = api.make_plan(16, torch.bfloat16, kv, device="cpu", arch="sm90", config=cfg)
+        runs = {**plan.cfg.model_dump(), **plan.partial_opts}
+        assert {k: runs.get(k) for k in named} == named, (variant, kv)
+        assert plan.partial[False]["SPLIT_D"] == named.get("split_d", plan.cfg.split_d)
+    if variant.startswith("a8w8_"):
+        pv = api.kernel_constexprs(api.kv_config(cfg, FP8), torch.bfloat16, FP8, "sm90")["PV_FP8"]
+        assert pv == variant.startswith("a8w8_pv_fp8")
+    if variant.startswith(("fp8_", "a8w8_")):  # bf16 caches: nothing changes
+        assert bench.kernels_of(cfg, torch.bfloat16, "sm90") == bench.kernels_of(
+            bench.variant_config("default"), torch.bfloat16, "sm90")  # fmt: skip
+
+
 def test_a8w8_on_a_bf16_cache_fails_loudly() -> None:
     b = make_batch(16, [5], torch.bfloat16, 1)
     o = torch.empty(1, 16, 512, device=DEV)

@@ -169,6 +169,8 @@ def test_sglang_decode_call_matches_stock():
 
 VARIANTS = [
     "default",
+    "fp8_n64_w8",
+    "fp8_r168_st3",
     "flat",
     "merge_p32",
     "qk1",
