@@ -237,6 +237,19 @@ def test_compiles_for_arch(arch: str) -> None:
     assert proc.returncode == 0
 
 
+def test_round5_variants_reach_their_occupancy_on_sm90() -> None:
+    """The AOT evidence PERF.md's "Round 5 candidates" quotes (mla_decode_sass, clean process): fp8_r168_st3 is
+    capped at 168 registers and fits 3 CTAs per SM with no spill in its tile loop; fp8_n64_w8 does not spill."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mla_decode_sass", "--json", "fp8_r168_st3", "fp8_n64_w8"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r168, n64 = (json.loads(proc.stdout.splitlines()[-1])[v] for v in ("fp8_r168_st3", "fp8_n64_w8"))
+    assert r168["regs"] <= 168 and r168["ctas_per_sm"] == 3 and r168["stages"] == 3
+    assert not {"LDL", "STL"} & set(r168["ops"]) and r168["ops"]["HMMA"] == 68  # spills stay outside the loop
+    assert n64["spill"] == 0 and n64["regs"] <= 255 and n64["block_n"] == 64 and n64["warps"] == 8
+
+
 # ----------------------------------------------------------------------------- SGLang wiring
 
 
