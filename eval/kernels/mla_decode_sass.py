@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
-from speedrun.eval.kernels.mxfp4_gemm_sass import _opcode, disassemble
+from speedrun.eval.kernels.mxfp4_gemm_sass import disassemble, opcode
 
 VARIANTS = ("default", "fp8_n64_w8", "fp8_r168_st3", "fp8_st7")  # default: the shipped fp8 a16 config
 MMA = ("HMMA", "HGMMA", "QGMMA")
@@ -56,7 +56,7 @@ def tile_loop(instrs: list[str], labels: dict[str, int]) -> list[str]:
     around it walks the segments)."""
     loops = [(labels[m.group(1)], i) for i, s in enumerate(instrs)
              if (m := re.search(r"BRA\s+`?\(?\.?(L_x_\d+)", s)) and labels.get(m.group(1), i + 1) <= i]  # fmt: skip
-    with_mma = [(a, b) for a, b in loops if any(_opcode(s) in MMA for s in instrs[a : b + 1])]
+    with_mma = [(a, b) for a, b in loops if any(opcode(s) in MMA for s in instrs[a : b + 1])]
     if not with_mma:
         raise ValueError("no loop with matrix instructions in the partial kernel")
     a, b = min(with_mma, key=lambda lo: lo[1] - lo[0])
@@ -81,7 +81,7 @@ def variant_stats(variant: str, kv: str = "fp8") -> TileStats:
     use = sm90_usage(res.binary, res.shared or 0, res.num_warps or run.num_warps)
     return TileStats(variant, run.BLOCK_N, run.num_warps, run.num_stages, run.maxnreg, use.vgpr or 0, use.scratch,
                      use.shared, use.occupancy, use.limit, len(body),
-                     dict(collections.Counter(map(_opcode, body)).most_common()))  # fmt: skip
+                     dict(collections.Counter(map(opcode, body)).most_common()))  # fmt: skip
 
 
 def table(variants: tuple[str, ...] = VARIANTS, kv: str = "fp8") -> str:

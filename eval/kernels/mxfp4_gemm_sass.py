@@ -65,7 +65,7 @@ def disassemble(cubin: bytes) -> tuple[list[str], dict[str, int], str]:
     return instrs, labels, res
 
 
-def _opcode(ins: str) -> str:
+def opcode(ins: str) -> str:
     return re.sub(r"^@!?U?P[T0-9]+\s+", "", ins.strip()).split(" ")[0].split(".")[0]
 
 
@@ -86,9 +86,9 @@ def loop_stats(cfg: GemmBucket, a_mode: AMode = AMode.QUANT) -> LoopStats:
     regs = int(re.search(r"REG:(\d+)", usage).group(1))
     warps = cfg.num_warps
     return LoopStats(
-        loop=len(body), ops=dict(collections.Counter(map(_opcode, body)).most_common()),
-        mma=sum(_opcode(s) in ("HGMMA", "HMMA") for s in body), mma_waits=sum("WARPGROUP.DEPBAR" in s for s in body),
-        first_load=next(i for i, s in enumerate(instrs) if _opcode(s) in ("LDGSTS", "LDG")), regs=regs,
+        loop=len(body), ops=dict(collections.Counter(map(opcode, body)).most_common()),
+        mma=sum(opcode(s) in ("HGMMA", "HMMA") for s in body), mma_waits=sum("WARPGROUP.DEPBAR" in s for s in body),
+        first_load=next(i for i, s in enumerate(instrs) if opcode(s) in ("LDGSTS", "LDG")), regs=regs,
         local=int(re.search(r"LOCAL:(\d+)", usage).group(1)) + int(re.search(r"STACK:(\d+)", usage).group(1)),
         shared=res.shared or 0, ctas_per_sm=sm90_occupancy(regs, (res.shared or 0) + 1024, warps)[0], warps=warps,
         block=(cfg.BLOCK_M, cfg.BLOCK_N, max(cfg.BLOCK_K, 128)),
