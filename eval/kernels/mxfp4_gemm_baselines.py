@@ -16,7 +16,8 @@ Which function (read in sglang 0.5.17):
 - `Fp8LinearMethod.process_weights_after_loading_block_quant` leaves the weight and its fp32 scales as loaded on
   sm90 (the UE8M0 re-quantization is Blackwell DeepGEMM only).
 
-So two rows: `fp8_deepgemm` (stock's default on an H100 with sglang's full dependencies) and `fp8_triton` (what
+So two rows: `fp8_deepgemm` (stock's default on an H100 with sglang's full dependencies; the call is the serving
+route's own, overlays/mxfp4_gemm/stock_fp8.py `fp8_linear`) and `fp8_triton` (what
 stock runs where deep_gemm is missing, e.g. a slimmed install, or with SGLANG_ENABLE_JIT_DEEPGEMM=0). The
 weights are our MXFP4 weights carried exactly in FP8 blocks (eval/kernels/stock.py: fp8_block_quant), so every
 row multiplies the same matrix.
@@ -45,15 +46,22 @@ def fp8_weights(w_bf16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return fp8_block_quant(w_bf16)
 
 
-def fp8_deepgemm() -> Fp8Linear:
-    """Stock's sm90 default: DeepGEMM with the per-token-group activation quant, called as Fp8LinearMethod.apply."""
+def deepgemm_setup() -> None:
+    """Before calling stock's DeepGEMM linear in a bench process (this row, and our stock_fp8 route): SGLang's
+    default config published, DeepGEMM compiling only the Ms the bench runs; RuntimeError when it is unavailable."""
     stock_config()
     if not deepgemm_available():
         raise RuntimeError(MISSING_DEEPGEMM)
     no_deepgemm_precompile()
-    from sglang.srt.layers.quantization.fp8_utils import deepgemm_w8a8_block_fp8_linear_with_fallback as fn
 
-    return lambda a, w, s: fn(input=a, weight=w, block_size=BLOCK, weight_scale=s, input_scale=None, bias=None)
+
+def fp8_deepgemm() -> Fp8Linear:
+    """Stock's sm90 default: DeepGEMM with the per-token-group activation quant, called as Fp8LinearMethod.apply
+    (the same call as the serving route's, imported from it)."""
+    from speedrun.overlays.mxfp4_gemm.stock_fp8 import fp8_linear
+
+    deepgemm_setup()
+    return fp8_linear
 
 
 def fp8_triton() -> Fp8Linear:

@@ -1,7 +1,9 @@
 """MXFP4 GEMM benchmark (one run, one GPU): ours vs stock SGLang's FP8 block GEMM, dequant+cuBLAS and bf16 cuBLAS.
 
 impl `speedrun`: our GEMM from bf16 activations, MXFP4 activation quantization included (route per config), on
-  weights re-laid out as the sm90 hook leaves them at load time.
+  weights re-laid out as the sm90 hook leaves them at load time. Its rows carry `bucket` and `route` (the route the
+  plan runs; `route_why` when the table's stock_fp8 fell back to dequant_w): on sm90 with DeepGEMM every M > 1024
+  row (the prefill shapes, M 4096 / 16384) is route stock_fp8, timed with its per-call FP8 weight conversion.
 impl `fp8_deepgemm`: the baseline that matters for DeepSeek-R1 — stock SGLang 0.5.17 serves the FP8 checkpoint's
   block-quantized linears on sm90 with `fp8_utils.deepgemm_w8a8_block_fp8_linear_with_fallback`, chosen by
   `fp8_utils.dispatch_w8a8_block_fp8_linear` (auto backend) in `fp8.Fp8LinearMethod.__init__`; the per-token-group
@@ -37,7 +39,7 @@ from speedrun.eval.kernels import mxfp4_gemm_baselines as baselines
 from speedrun.eval.kernels import report, timer
 from speedrun.eval.kernels.results import FAILURES, Emit, attempt, ignore, recording
 from speedrun.eval.kernels.timer import Copies, Timing
-from speedrun.overlays.mxfp4_gemm.config import GemmBucket, GemmKnobs, Layout
+from speedrun.overlays.mxfp4_gemm.config import GemmBucket, GemmKnobs, Layout, Route
 
 # GEMM shapes (M, N, K) the MXFP4 linear layers see: the brief's list and DeepSeek-R1 (TP=1) linears.
 BRIEF = [(4, 2880, 512), (16, 2112, 7168), (32, 4096, 512), (32, 2880, 512), (64, 7168, 2048), (256, 3072, 1536)]
@@ -156,10 +158,27 @@ def ours_prepared(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, layout: La
     from speedrun.overlays.mxfp4_gemm.api import make_plan, mxfp4_gemm, relayout_weight
 
     n, k = w.shape[0], w.shape[1] * 2
-    if layout == Layout.PLAIN:
-        return (a, w, ws), partial(mxfp4_gemm, plan=make_plan(n, k, device=a.device, config=cfg))
-    w2, s2, lay = relayout_weight(w, ws)
-    return (a, w2, s2), partial(mxfp4_gemm, plan=make_plan(n, k, lay, device=a.device, config=cfg))
+    ops = (a, w, ws)
+    if layout != Layout.PLAIN:
+        w2, s2, layout = relayout_weight(w, ws)
+        ops = (a, w2, s2)
+    plan = make_plan(n, k, layout, device=a.device, config=cfg)
+    if plan.launch(a.shape[0]).route == Route.STOCK_FP8:  # our route calls stock's DeepGEMM linear
+        baselines.deepgemm_setup()
+    return ops, partial(mxfp4_gemm, plan=plan)
+
+
+def speedrun_route(m: int, n: int, k: int, device: torch.device) -> dict[str, Any]:
+    """The `bucket` and `route` the hook's plan runs a call of M tokens with (and `route_why` when the table's
+    stock_fp8 runs as dequant_w here)."""
+    from speedrun.overlays.mxfp4_gemm.api import bucket_key, config_arch, make_plan, weight_layout
+
+    arch = config_arch(device)
+    plan = make_plan(n, k, weight_layout(arch), device=device)
+    run = plan.launch(m)
+    out = {"bucket": bucket_key(m, arch), "route": str(run.route)}
+    fell_back = run.quant.cfg.route == Route.STOCK_FP8 and run.route != Route.STOCK_FP8
+    return out | ({"route_why": plan.stock_why} if fell_back else {})
 
 
 def prepare(impl: str, a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, lut: torch.Tensor) -> Prepared:
@@ -203,17 +222,13 @@ def timed_row(impl: str, gpu: str, ops: tuple[torch.Tensor, ...], lut: torch.Ten
 def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor, peak: float,
                 emit: Emit = ignore) -> list[dict[str, Any]]:  # fmt: skip
     """Every impl at one shape; each row goes to `emit` as soon as it is done (a failing impl: its `error`)."""
-    from speedrun.overlays.mxfp4_gemm.api import bucket_key, config_arch, pick_config, route_for
-
     ops = operands(m, n, k, seed=m + n)
     ref = (ops[0].float() @ torch_dequant(*ops[1:], lut).float().t()).float()  # fp32 product of the exact weights
-    arch = config_arch(ops[0].device)
-    cfg = pick_config(m, n, k, arch)
     rows = []
     for impl in impls_for(n, k):
         row = attempt(_row(impl, gpu, m, n, k, None), partial(timed_row, impl, gpu, ops, lut, ref, peak))
         if impl == "speedrun":
-            row.update(bucket=bucket_key(m, arch), route=str(route_for(cfg, n, k)))
+            row.update(speedrun_route(m, n, k, ops[0].device))
         rows.append(row)
         emit(row)
         torch.cuda.empty_cache()

@@ -54,6 +54,12 @@ def _a_mode(route: Route, arch: str) -> AMode:
     return api.quant_mode(route, is_amd(arch))
 
 
+def kernel_route(route: Route) -> Route:
+    """The route a bucket's GEMM kernel serves: a stock_fp8 bucket's is its dequant_w fallback's (same A mode; the
+    route itself runs mx.fp8's conversion, compiled in the MoE's specs, and stock's kernels)."""
+    return Route.DEQUANT_W if route == Route.STOCK_FP8 else route
+
+
 def label(key: str) -> str:
     """A bucket's name in spec names: its key, the `m>N` bucket as `m<=max` (the reports' row keys)."""
     return "m<=max" if parse(key).above else key
@@ -97,7 +103,7 @@ def compile_specs(arch: str) -> list[CompileSpec]:
             if dedup in seen:
                 continue
             seen.add(dedup)
-            name = f"mxfp4_gemm/{shape}[{label(bucket)},{c.route},A_MODE={mode.value}]"
+            name = f"mxfp4_gemm/{shape}[{label(bucket)},{kernel_route(c.route)},A_MODE={mode.value}]"
             specs.append(gemm_spec(name, c, mode, arch, split))
     return specs + swz_specs(table, arch) + helper_specs(arch)
 
@@ -110,7 +116,7 @@ def swz_specs(table: GemmTable, arch: str) -> list[CompileSpec]:
     out = []
     for key, base in table.buckets.items():
         cfg = base.with_overrides(base.swz)
-        if cfg.route == Route.DEQUANT_W:
+        if kernel_route(cfg.route) == Route.DEQUANT_W:
             continue
         modes = {_a_mode(cfg.route, arch), AMode.QUANT if cfg.fused_below_nk else AMode.BF16}
         for mode in sorted(modes):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd
+from speedrun.overlays.mx.fp8_kernel import mxfp4_to_fp8_kernel
 from speedrun.overlays.mxfp4_moe import api, kernels, sort
 from speedrun.overlays.mxfp4_moe.config import Act, MoeBucket
 from speedrun.overlays.mxfp4_moe.kernels import (
     combine_kernel,
     moe_gemm1_kernel,
     moe_gemm2_kernel,
-    mxfp4_to_fp8_kernel,
     quant_rows_kernel,
 )
 
@@ -138,8 +138,9 @@ EXPECT_FP8_CVT = r"cvt\.rn\.satfinite\.e4m3x2\.f32"  # the hardware fp32 -> e4m3
 
 
 def to_fp8_specs(arch: str) -> list[CompileSpec]:
-    """stock_fp8.to_fp8's conversion on swz128 experts (the sm90 default) and plain ones (the layout override), as
-    launched: inline-PTX decode, 8 warps; none on ROCm, where the route is never taken."""
+    """mx.fp8.to_fp8's conversion (shared with the GEMM's large-M route, which launches the same specializations)
+    on swz128 weights (the sm90 default) and plain ones (the layout override), as launched: inline-PTX decode,
+    8 warps; none on ROCm, where the route is never taken."""
     if is_amd(arch):
         return []
     specs = []

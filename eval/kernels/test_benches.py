@@ -46,6 +46,21 @@ def test_gemm_bytes_per_format_and_rows():
     assert err["us"] is None and len(err["error"]) == 300
 
 
+def test_gemm_prefill_rows_run_the_stock_fp8_route():
+    """Every M > 1024 shape of the bench is in the sm90 table's stock_fp8 bucket (a CUDA sm90 with DeepGEMM runs
+    it: the measured TP8 prefill shapes among them); the row says which route ran, and why not when it fell back."""
+    from speedrun.overlays.mxfp4_gemm import api
+
+    prefill = [(m, n, k) for m, n, k in gemm.shapes() if m > 1024]
+    assert {(4096, 2112, 7168), (4096, 3072, 1536), (4096, 4096, 512)} <= set(prefill)
+    for m, n, k in prefill:
+        plan = api.stock_routes(api.make_plan(n, k, "swz128", device="cpu", arch="sm90"), None)
+        assert plan.launch(m).route == "stock_fp8", (m, n, k)
+    row = gemm.speedrun_route(4096, 2112, 7168, torch.device("cpu"))  # the interpreter: dequant_w, with the reason
+    assert row["bucket"] == "m>1024" and row["route"] == "dequant_w" and "CUDA-only" in row["route_why"]
+    assert gemm.speedrun_route(16, 2112, 7168, torch.device("cpu")) == {"bucket": "m<=16", "route": "fused"}
+
+
 def test_gemm_summary_shows_every_baseline():
     rows = [gemm._row(i, "H100", 16, 2112, 7168, us) for i, us in
             (("speedrun", 4.0), ("fp8_deepgemm", 6.0), ("fp8_triton", 8.0), ("dequant_cublas", 40.0),

@@ -18,7 +18,10 @@ Routes (per bucket, key "route", config.Route) for bf16 activations quantized to
   instead of once per N tile). sm90 writes dequant(quant(A)) as bf16; gfx950 writes codes + scales.
 - "dequant_w" (sm90 only): quantize A and dequantize W to bf16 with our kernels, then cuBLAS bf16 (prefill, where
   sm90 has no FP4 MMA and bf16 tensor-core time dominates).
-All routes multiply exactly the same values (the reference quantizer's), only the summation order differs.
+These routes multiply exactly the same values (the reference quantizer's), only the summation order differs.
+- "stock_fp8" (CUDA only, sm90 prefill): W converted to FP8 blocks per call, then stock SGLang's FP8 block GEMM,
+  which quantizes A to FP8 per 128-group itself: w4a8, more precise than the w4a4 the other routes emulate
+  (stock_fp8.py). Off CUDA, or without DeepGEMM, the plan runs these buckets as "dequant_w" (`stock_routes`).
 
 The plan holds what depends on (N, K), the weight layout, the arch and the device: per M bucket
 (configs/<arch>.json, `m<=N`, with the bucket's "swz" / "a16" / per-shape overrides applied) the route, the
@@ -30,7 +33,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -38,6 +41,7 @@ import torch
 from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
+from speedrun.overlays.mxfp4_gemm import stock_fp8
 from speedrun.overlays.mxfp4_gemm.config import DIM, AMode, GemmBucket, GemmTable, Layout, Route, WDeq, check_table
 from speedrun.overlays.mxfp4_gemm.kernels import (
     mxfp4_dequant_kernel,
@@ -127,9 +131,31 @@ class GemmPlan:
     sms: int
     buckets: Buckets | None  # None: one forced config for every call (sweeps, tests)
     launches: dict[str, Launch] = field(repr=False)
+    stock_why: str | None = None  # why the table's stock_fp8 buckets run dequant_w here (None: they don't)
 
     def launch(self, m: int) -> Launch:
         return self.launches["forced" if self.buckets is None else self.buckets.pick(m)]
+
+    @property
+    def stock(self) -> bool:
+        """Whether some calls go to stock's FP8 block GEMM (then its scratch is reserved at load time)."""
+        return any(run.route == Route.STOCK_FP8 for run in self.launches.values())
+
+    def stock_above(self) -> int | None:
+        """The M past which calls go to stock's FP8 block GEMM (stock buckets come last), None if none do."""
+        if self.buckets is None or not self.stock:
+            return None
+        return max((lim for lim, key in self.buckets.upto if self.launches[key].route != Route.STOCK_FP8), default=0)
+
+    def route_line(self) -> str:
+        """How this plan routes bf16-activation calls, for the per-process report."""
+        m = self.stock_above()
+        if m is not None:
+            return (f"M <= {m}: speedrun MXFP4 kernels; M > {m}: stock FP8 block GEMM (DeepGEMM; weight converted "
+                    "to FP8 per call, FP8 activations)")  # fmt: skip
+        if self.stock_why:
+            return f"speedrun MXFP4 kernels at every M (stock_fp8 buckets run dequant_w: {self.stock_why})"
+        return "speedrun MXFP4 kernels at every M"
 
 
 def make_plan(n: int, k: int, layout: Layout | str = Layout.PLAIN, *, device: torch.device | str | None = None,
@@ -150,7 +176,32 @@ def make_plan(n: int, k: int, layout: Layout | str = Layout.PLAIN, *, device: to
         keys = [key for _, key in buckets.upto] + ([buckets.above] if buckets.above else [])
         cfgs = {key: table(arch).config(key, n, k) for key in keys}
     launches = {key: resolve(cfg, n, k, layout, arch, cuda) for key, cfg in cfgs.items()}
-    return GemmPlan(n, k, layout, arch, device, amd, sm_count(device), buckets, launches)
+    plan = GemmPlan(n, k, layout, arch, device, amd, sm_count(device), buckets, launches)
+    if not any(run.quant.cfg.route == Route.STOCK_FP8 for run in launches.values()):
+        return plan
+    return stock_routes(plan, stock_refusal(arch, cuda))
+
+
+def stock_refusal(arch: str, cuda: bool) -> str | None:
+    """Why stock_fp8 buckets cannot go to stock's FP8 block GEMM here (one line), None when they can: a CUDA
+    device (not ROCm, whose large M is aiter's; not the CPU interpreter) where stock's DeepGEMM path runs."""
+    if not cuda or is_amd(arch) or torch.version.hip is not None:
+        return f"stock's FP8 block GEMM route is CUDA-only, not {arch if cuda else 'the CPU interpreter'}"
+    return stock_fp8.deepgemm_missing()
+
+
+def stock_routes(plan: GemmPlan, refusal: str | None) -> GemmPlan:
+    """The plan with its table's stock_fp8 buckets taken (`refusal` None) or run as dequant_w (their kernels are
+    the same: the A mode of both is bf16), `refusal` kept as the reason. ValueError when a stock bucket precedes
+    one of ours: the route is one threshold, which the report states."""
+    stock = {key: run.quant.cfg.route == Route.STOCK_FP8 for key, run in plan.launches.items()}
+    keys = [key for _, key in plan.buckets.upto] + [plan.buckets.above] if plan.buckets else list(stock)
+    order = [stock[key] for key in keys if key in stock]
+    if order != sorted(order):
+        raise ValueError(f"{OP} {plan.arch}: route stock_fp8 buckets must come after every other one ({keys})")
+    route = Route.DEQUANT_W if refusal else Route.STOCK_FP8
+    launches = {key: replace(run, route=route) if stock[key] else run for key, run in plan.launches.items()}
+    return replace(plan, launches=launches, stock_why=refusal)
 
 
 def _default_device() -> torch.device:
@@ -279,7 +330,9 @@ def mxfp4_gemm(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, plan: Ge
     run = plan.launch(m)
     if a_scale is not None:
         return _launch(a.view(torch.uint8), a_scale.view(torch.uint8), w, w_scale, out, run.packed, plan)
-    if run.route == Route.DEQUANT_W and not plan.amd:
+    if run.route == Route.STOCK_FP8 and quant_a:  # w4a8: stock quantizes A to FP8 (stock_fp8.py)
+        return stock_fp8.gemm_stock_fp8(a, w, w_scale, plan.layout, out, out_dtype)
+    if run.route in (Route.DEQUANT_W, Route.STOCK_FP8) and not plan.amd:  # (w4a16 on a stock bucket: exact W)
         a_eff = quantize(a, qdq=True)[0] if quant_a else a
         return torch.matmul(a_eff, dequantize_weight(w, w_scale, plan.layout).t(), out=out)
     if not quant_a:

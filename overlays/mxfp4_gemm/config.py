@@ -26,6 +26,7 @@ class Route(StrEnum):
     FUSED = "fused"  # one launch: A quantized in the GEMM's A-load
     PREQUANT = "prequant"  # quantizer launch, then the GEMM on quantized A
     DEQUANT_W = "dequant_w"  # sm90 prefill: quantize A, dequantize W, cuBLAS bf16
+    STOCK_FP8 = "stock_fp8"  # CUDA prefill: W converted to FP8 blocks, stock's FP8 block GEMM (stock_fp8.py)
 
 
 class AMode(IntEnum):

@@ -12,7 +12,9 @@ online quantization (`--quantization quark_mxfp4`, an unquantized checkpoint) st
 
 The backend (the settings' backends, read once at registration: overlays/environ.py), the weight layout and
 the layer's plan (`api.make_plan`) are fixed at load (`layer._speedrun_backend`, `speedrun_w_layout`,
-`_speedrun_plan`); a layer that did not go through process_weights gets its plan at its first call.
+`_speedrun_plan`); a layer that did not go through process_weights gets its plan at its first call. Each distinct
+plan's routing (`GemmPlan.route_line`: where large M goes to stock's FP8 block GEMM, or why not) is recorded in the
+per-process report as `mxfp4_gemm_routes`; a plan with that route reserves its FP8 scratch when it is made.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays import environ
+from speedrun.overlays import environ, report
 from speedrun.overlays.hooks import Unsupported, around, require_aiter
 from speedrun.overlays.mxfp4_gemm.config import Layout
 
@@ -59,7 +61,24 @@ def layer_plan(layer: torch.nn.Module) -> Any:
         except NotImplementedError as why:  # e.g. an AMD arch without scaled MFMA
             raise Unsupported(str(why)) from why
         layer._speedrun_plan = plan
+        note_route(plan)
+        if plan.stock:  # before SGLang sizes the KV cache from the memory left after loading
+            from speedrun.overlays.mxfp4_gemm import stock_fp8
+
+            stock_fp8.reserve(w.device, n, k)
     return plan
+
+
+_routes: list[str] = []
+
+
+def note_route(plan: Any) -> None:
+    """Record how this plan routes calls in the per-process report, as `mxfp4_gemm_routes` (each distinct line
+    once: the linears of a model share it)."""
+    line = plan.route_line()
+    if line not in _routes:
+        _routes.append(line)
+        report.record(mxfp4_gemm_routes=list(_routes))
 
 
 def _backend(layer: torch.nn.Module) -> str:

@@ -14,8 +14,7 @@ W_SWZ: the weights are in mx.layout's swz128 layout (int32 words, K padded to 12
 thread loads its MMA fragment's codes as 16-byte vectors and decodes them in place (mx.mxfp4_swz_words_bf16);
 W_MUL1: one bf16x2 multiply per decoded pair (valid when every weight scale byte is <= 128, checked at load).
 Routing sort (sort.py launches them): rank / offsets / scatter phases, one kernel each or all in one CTA.
-mxfp4_to_fp8_kernel (stock_fp8.py launches it): experts -> FP8 e4m3 + fp32 scale_inv per 128x128 block, the
-weights stock's FP8 block MoE takes on the large-M route.
+The large-M route's MXFP4 -> FP8 conversion is shared with the GEMM: mx/fp8_kernel.py (stock_fp8.py launches it).
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from speedrun.overlays.mx.triton_helpers import (
     mxfp4_swz_words_bf16,
     mxfp4_to_bf16,
     mxfp4_to_bf16_fast,
-    pow2_f32,
     quant_mxfp4,
     split_k_pairs,
     swz_word_scale_cols,
@@ -444,41 +442,3 @@ def _scatter_kernel(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, NUM, E, CHUNK: t
 
 
 __all__ = ["combine_kernel", "moe_gemm1_kernel", "moe_gemm2_kernel", "quant_rows_kernel"]
-
-
-@triton.jit
-def mxfp4_to_fp8_kernel(w_ptr, ws_ptr, q_ptr, qs_ptr, ROWS, K, stride_we, stride_wn, stride_wse, stride_wsn,
-                        stride_qe, stride_qn, stride_qse, stride_qsn,
-                        W_SWZ: tl.constexpr, W_ASM: tl.constexpr, BLOCK: tl.constexpr = 128):  # fmt: skip
-    """One 128x128 tile of expert e's MXFP4 weights [ROWS, K] (plain, or swz128: one tile = one 128-code chunk) ->
-    float8_e4m3fn [ROWS, K] + one fp32 scale_inv per tile (the layout stock's FP8 block MoE takes).
-
-    scale_inv = 2**ceil(log2(amax / 448)), a power of two as DeepSeek's checkpoint (and eval's fp8_block_quant)
-    have it: dividing by it is exact, only the cast to e4m3 rounds. e2m1 x 2**s has at most 2 significant bits
-    and e4m3 keeps 4, so a value is exact unless it falls under e4m3's normal range, where the grid is 2**-9. With
-    amax = m * 2**ea (m in {1, 1.5}) scale_inv = 2**(ea - 8), and a block of scale 2**s has its lowest bit at
-    2**(s - 1): exact when s >= ea - 16, so (ea <= smax + 2, code 6 the largest) whenever every block of the tile
-    has s >= smax - 14 (smax: the tile's largest block scale; test_stock_fp8.py checks both sides of the edge).
-    Otherwise each value is within scale_inv * 2**-10 (half that grid step, round-to-nearest-even; values under it
-    flush to 0) of the truth: lossy only for the tile's smallest blocks."""
-    e = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    k0 = tl.program_id(2) * BLOCK
-    ok = rows < ROWS
-    if W_SWZ:
-        w, ws = _load_w_swz(w_ptr + e * stride_we, ws_ptr + e * stride_wse, rows, ok, k0, K, stride_wn, stride_wsn,
-                            BLOCK)  # fmt: skip
-        x = mxfp4_swz_words_bf16(w, ws, BLOCK, BLOCK, W_ASM).to(tl.float32)
-    else:
-        w, ws = _load_w(w_ptr + e * stride_we, ws_ptr + e * stride_wse, rows, ok, k0, K, stride_wn, stride_wsn, BLOCK)
-        x = mxfp4_to_bf16(w, ws, BLOCK, BLOCK).to(tl.float32)
-    amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
-    bits = amax.to(tl.int32, bitcast=True)
-    # ceil(log2(amax / 448)) from the bits: floor(log2 amax) - 8, + 1 when the mantissa exceeds 448's (1.75)
-    c = ((bits >> 23) & 0xFF) - 127 - 8 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)
-    c = tl.where(amax > 0, tl.maximum(c, -126), 0)  # an all-zero tile: scale 1; tiny ones stay normal fp32
-    q = (x * pow2_f32(-c)).to(tl.float8e4nv)
-    cols = k0 + tl.arange(0, BLOCK)
-    tl.store(q_ptr + e * stride_qe + rows[:, None] * stride_qn + cols[None, :], q,
-             mask=ok[:, None] & (cols[None, :] < K))  # fmt: skip
-    tl.store(qs_ptr + e * stride_qse + tl.program_id(1) * stride_qsn + tl.program_id(2), pow2_f32(c))

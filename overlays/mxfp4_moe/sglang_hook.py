@@ -81,8 +81,8 @@ def _finish(layer: torch.nn.Module, w: MoeWeights) -> None:
     layer._speedrun_moe = w
     if plan.stock:  # large M goes to stock's FP8 MoE: its one scratch, sized for the largest layer, exists before
         h, n2 = w.hidden, 2 * w.inter  # SGLang sizes the KV cache from the memory left after loading
-        stock_fp8.reserve(w.w13.device, stock_fp8.fp8_bytes(w.num_experts, n2, h) +
-                          stock_fp8.fp8_bytes(w.num_experts, h, w.inter))  # fmt: skip
+        stock_fp8.SCRATCH.reserve(w.w13.device, stock_fp8.fp8_bytes(w.num_experts, n2, h) +
+                                  stock_fp8.fp8_bytes(w.num_experts, h, w.inter))  # fmt: skip
 
 
 def _deinterleave(t: torch.Tensor, n: int) -> torch.Tensor:

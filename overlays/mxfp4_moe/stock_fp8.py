@@ -3,7 +3,7 @@
 Why: at prefill sizes stock's FP8 block MoE beats our MXFP4 kernels on sm90 (configs/sm90.json's "why" has the
 numbers), and stock cannot run MXFP4 experts on CUDA at all. So above the config table's threshold (the buckets
 with `route: stock_fp8`) the layer's experts are converted to FP8 e4m3 with one fp32 scale_inv per 128x128 block
-(kernels.mxfp4_to_fp8_kernel: exact for tiles whose block scales lie within 14 binades of the tile's largest)
+(mx/fp8.py's to_fp8: exact for tiles whose block scales lie within 14 binades of the tile's largest)
 into ONE scratch buffer per device, shared by every MoE layer (layers run one after another), and handed to
 stock's own `fused_experts`, called as stock calls it for DeepSeek-R1's FP8 checkpoint on sm90 (`fused_experts`
 below says how). The scratch holds the largest layer's experts: for the DeepSeek-R1 TP8 shard (E 257, 2N 512,
@@ -24,66 +24,18 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays.mxfp4_moe.kernels import mxfp4_to_fp8_kernel
+from speedrun.overlays.mx.fp8 import FP8_BLOCK, Scratch, carve, fp8_bytes, to_fp8
 
-FP8_BLOCK = [128, 128]  # DeepSeek-R1's FP8 checkpoint block (weight_block_size)
-TILE = FP8_BLOCK[0]
-
-_need: dict[torch.device, int] = {}  # bytes the largest layer reserved, per device
-_scratch: dict[torch.device, torch.Tensor] = {}
-
-
-def fp8_bytes(e: int, rows: int, k: int) -> int:
-    """Bytes of one expert stack [e, rows, k] in FP8 plus its fp32 block scales, each part 256-byte aligned."""
-    scales = e * -(-rows // TILE) * -(-k // TILE) * 4
-    return _align(e * rows * k) + _align(scales)
-
-
-def _align(n: int) -> int:
-    return -(-n // 256) * 256
-
-
-def reserve(device: torch.device, nbytes: int) -> None:
-    """Load time: make the device's scratch hold `nbytes` (grown once per larger layer, never shrunk)."""
-    device = torch.device(device)
-    if nbytes > _need.get(device, 0):
-        _need[device] = nbytes
-        _scratch.pop(device, None)  # free the smaller one before the new allocation
-        _scratch[device] = torch.empty(nbytes, dtype=torch.uint8, device=device)
-
-
-def scratch(device: torch.device, nbytes: int) -> torch.Tensor:
-    """The device's scratch (allocated by `reserve`; allocated here only when nothing reserved it)."""
-    reserve(device, nbytes)
-    return _scratch[torch.device(device)]
-
-
-def _carve(buf: torch.Tensor, at: int, e: int, rows: int, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(fp8 [e, rows, k], fp32 scales [e, rows/128, k/128], next offset) as views of `buf` from byte `at`."""
-    nq, ns = e * rows * k, e * -(-rows // TILE) * -(-k // TILE)
-    q = buf[at : at + nq].view(torch.float8_e4m3fn).view(e, rows, k)
-    at += _align(nq)
-    s = buf[at : at + 4 * ns].view(torch.float32).view(e, -(-rows // TILE), -(-k // TILE))
-    return q, s, at + _align(4 * ns)
-
-
-def to_fp8(w: torch.Tensor, ws: torch.Tensor, k: int, q: torch.Tensor, qs: torch.Tensor, asm: bool) -> None:
-    """MXFP4 experts (uint8 [E, rows, K/2] plain, or int32 swz128 words) + E8M0 scales -> q float8_e4m3fn
-    [E, rows, k] and qs fp32 [E, rows/128, k/128] (first k columns; `asm`: sm90 inline-PTX decode)."""
-    e, rows = w.shape[:2]
-    grid = (e, -(-rows // TILE), -(-k // TILE))
-    mxfp4_to_fp8_kernel[grid](w, ws, q, qs, rows, k, w.stride(0), w.stride(1), ws.stride(0), ws.stride(1),
-                              q.stride(0), q.stride(1), qs.stride(0), qs.stride(1), W_SWZ=w.dtype == torch.int32,
-                              W_ASM=asm, BLOCK=TILE, num_warps=8)  # fmt: skip
+SCRATCH = Scratch()  # the MoE layers' one buffer per device (the GEMM's linears have their own)
 
 
 def experts_fp8(w: Any, hidden: int, asm: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """An `api.MoeWeights` layer's experts as (w13, w13 scale_inv, w2, w2 scale_inv) in FP8 blocks, written into
     the device's scratch: w13 [E, 2N, hidden] rows [gate ; up] as SGLang's w13, w2 [E, hidden, N]."""
     e, n2, n = w.num_experts, 2 * w.inter, w.inter
-    buf = scratch(w.w13.device, fp8_bytes(e, n2, hidden) + fp8_bytes(e, hidden, n))
-    q13, s13, at = _carve(buf, 0, e, n2, hidden)
-    q2, s2, _ = _carve(buf, at, e, hidden, n)
+    buf = SCRATCH.get(w.w13.device, fp8_bytes(e, n2, hidden) + fp8_bytes(e, hidden, n))
+    q13, s13, at = carve(buf, 0, e, n2, hidden)
+    q2, s2, _ = carve(buf, at, e, hidden, n)
     to_fp8(w.w13, w.w13_scale, hidden, q13, s13, asm)
     to_fp8(w.w2[:, :hidden], w.w2_scale[:, :hidden], n, q2, s2, asm)
     return q13, s13, q2, s2
@@ -139,5 +91,5 @@ def fused_moe_stock_fp8(
     return fused_experts(x, q13, s13, q2, s2, topk_ids, topk_weights, cfg)
 
 
-__all__ = ["FP8_BLOCK", "experts_fp8", "fp8_bytes", "fused_experts", "fused_moe_stock_fp8", "reserve",
+__all__ = ["FP8_BLOCK", "SCRATCH", "experts_fp8", "fp8_bytes", "fused_experts", "fused_moe_stock_fp8",
            "runner_config", "to_fp8"]  # fmt: skip

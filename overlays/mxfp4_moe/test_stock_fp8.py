@@ -106,7 +106,7 @@ def test_experts_fp8_carves_one_scratch_for_both_stacks():
     w2, s2 = _mxfp4(e, h, n, 119, 125, seed=3)
     w = MoeWeights(w13, s13, w2, s2, a4=True)
     q13, sc13, q2, sc2 = stock_fp8.experts_fp8(w, h, asm=False)
-    buf = stock_fp8._scratch[torch.device("cpu")]
+    buf = stock_fp8.SCRATCH.bufs[torch.device("cpu")]
     assert buf.numel() >= stock_fp8.fp8_bytes(e, 2 * n, h) + stock_fp8.fp8_bytes(e, h, n)
     assert all(t.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr() for t in (q13, sc13, q2, sc2))
     assert torch.equal(fp8_block_dequant(q13, sc13), dequant_mxfp4(w13, s13))
@@ -115,13 +115,13 @@ def test_experts_fp8_carves_one_scratch_for_both_stacks():
 
 def test_scratch_grows_for_a_larger_layer_only():
     dev = torch.device("cpu")
-    size = stock_fp8._need.get(dev, 0) + (1 << 20)
-    stock_fp8.reserve(dev, size)
-    first = stock_fp8._scratch[dev]
-    stock_fp8.reserve(dev, 1 << 10)
-    assert stock_fp8._scratch[dev] is first
-    stock_fp8.reserve(dev, size + 1)
-    assert stock_fp8._scratch[dev].numel() == size + 1
+    size = stock_fp8.SCRATCH.need.get(dev, 0) + (1 << 20)
+    stock_fp8.SCRATCH.reserve(dev, size)
+    first = stock_fp8.SCRATCH.bufs[dev]
+    stock_fp8.SCRATCH.reserve(dev, 1 << 10)
+    assert stock_fp8.SCRATCH.bufs[dev] is first
+    stock_fp8.SCRATCH.reserve(dev, size + 1)
+    assert stock_fp8.SCRATCH.bufs[dev].numel() == size + 1
 
 
 def _deepseek_like(e: int = 257, a4: bool = True) -> MoeWeights:
