@@ -8,6 +8,7 @@ from typing import Any
 
 from speedrun.eval import plots
 from speedrun.eval.compare import PAIRED, Comparison, Row, first_line
+from speedrun.overlays.report import routes
 
 
 def fmt(v: float | None, digits: int = 1, scale: float = 1.0) -> str:
@@ -191,8 +192,9 @@ def overlay_section(reports: list[dict[str, Any]]) -> list[str]:
             )
             or "—"
         )
-        body.append([who, hooks, calls, falls, "; ".join(map(str, r.get("errors", []))) or "—"])
-    return table(["process", "hooks", "calls", "fallbacks", "errors"], body, numeric=False) + [""]
+        by_size = "; ".join(routes(r)) or "—"
+        body.append([who, hooks, calls, by_size, falls, "; ".join(map(str, r.get("errors", []))) or "—"])
+    return table(["process", "hooks", "calls", "routes by size", "fallbacks", "errors"], body, numeric=False) + [""]
 
 
 def failures_section(c: Comparison) -> list[str]:

@@ -181,3 +181,8 @@ def read_all(directory: Path) -> list[dict[str, Any]]:
 
 
 atexit.register(lambda: flush(force=True))
+
+
+def routes(rep: dict[str, Any]) -> list[str]:
+    """How a process's ops route calls by size (`<op>_routes` lines, e.g. "M > 1827: stock FP8 block fused MoE")."""
+    return [line for key in sorted(rep) if key.endswith("_routes") for line in rep[key] or []]
