@@ -270,10 +270,11 @@ def deq_flags(cfg: GemmBucket, block_k: int, asm: bool, dot_scaled: bool, layout
 
 
 def kernel_options(cfg: GemmBucket, arch: str, cuda: bool) -> dict[str, Any]:
-    """Launch options; "maxnreg" (CUDA only) caps registers per thread to raise the resident CTAs per SM."""
+    """Launch options; "maxnreg" (CUDA only) caps registers per thread to raise the resident CTAs per SM:
+    launch_options drops it on AMD, and off a GPU (the interpreter) it is dropped here."""
     opts = launch_options(cfg.launch_knobs(), arch)
-    if cfg.maxnreg and cuda and not is_amd(arch):
-        opts["maxnreg"] = cfg.maxnreg
+    if not cuda:
+        opts.pop("maxnreg", None)
     return opts
 
 
