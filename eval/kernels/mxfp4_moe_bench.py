@@ -225,12 +225,23 @@ def _stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any]:
         return {"error": reason(exc)}
 
 
-SWEEP_MS = {"gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512), "deepseek-r1-mxfp4-tp8": (1, 16, 128)}
+# DeepSeek first (round 5's questions: its w4a4 decode buckets, M 4 and 64 included, the weakest vs FP8 in round 4),
+# so a step cut short loses GPT-OSS rows; `recording` keeps every row written before.
+SWEEP_MS = {"deepseek-r1-mxfp4-tp8": (1, 4, 16, 64, 128), "gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512)}
+SWEEP_ROW_S = 76.5 / 76  # round 3's sweep: 76 rows (compiles included) in 76.5 s on the H100
 # Overrides of the tuned config ("layout" picks the experts' value layout, default swz128 = what the sm90 hook
-# stores): the round-2 path (plain layout), Triton's own sm90 dot_scaled upcast (plain), and swz128 knobs: deeper
-# K tiles, no swap-AB, the two-multiply decode, 128-row weight tiles (2 warpgroups), GEMM1 without split-K (round
-# 2's 32-row w4a4 GEMM1 tile is not swept: 2.5x more loop instructions per code in SASS, PERF.md).
+# stores; "fmt" times a variant only on that format's experts). Round 5's w4a4 decode questions come first (SASS
+# and reasoning: PERF.md "Round 5 candidates"): GEMM1 split-K x4 where auto picks none (M 4-16: 36-144 slots x 4 N
+# tiles >= 132 SMs leave one 4-warp CTA per SM for 56 K steps), 16-slot blocks at tpe<=16 (M 128: ~4.5 tokens per
+# expert fit one block; runs the tpe<=4 kernels, 12-17% fewer warp-instructions per weight KiB), GEMM2 (K 256: two
+# K steps per CTA) as 128-row tiles over 2 warpgroups. Then rounds 2-3's: the round-2 path (plain layout), Triton's
+# own sm90 dot_scaled upcast (plain), and swz128 knobs: deeper K tiles, no swap-AB, the two-multiply decode,
+# 128-row weight tiles (2 warpgroups), GEMM1 without split-K (round 2's 32-row w4a4 GEMM1 tile is not swept: 2.5x
+# more loop instructions per code in SASS, PERF.md).
 SWEEP_VARIANTS = {
+    "a4_split4": {"fmt": "w4a4", "split1": 4},
+    "a4_bm16": {"fmt": "w4a4", "BLOCK_M": 16},
+    "a4_g2_bn128": {"fmt": "w4a4", "BLOCK_N2": 128, "warps2": 8},
     "plain": {"layout": "plain"},
     "dot_scaled": {"layout": "plain", "dot_scaled": True},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
@@ -239,11 +250,17 @@ SWEEP_VARIANTS = {
     "swz_bn128": {"BLOCK_N1": 128, "BLOCK_N2": 128, "warps1": 8, "warps2": 8, "stages1": 3, "stages2": 3},
     "swz_no_split1": {"split1": 1},
 }
+VARIANT_META = ("layout", "fmt")  # not bucket knobs: the experts' value layout; the only format a variant runs on
+
+
+def sweep_variants(fmt: str) -> dict[str, dict[str, Any]]:
+    """What the sweep times on experts of `fmt`: the config, then every variant not aimed at the other format."""
+    return {"config": {}, **{k: v for k, v in SWEEP_VARIANTS.items() if v.get("fmt", fmt) == fmt}}
 
 
 def variant_cfg(base: MoeBucket, var: dict[str, Any]) -> tuple[MoeBucket, str]:
     """(config for fused_moe_mxfp4, value layout) of a sweep variant on top of a bucket's config."""
-    knobs = {k: v for k, v in var.items() if k != "layout"}
+    knobs = {k: v for k, v in var.items() if k not in VARIANT_META}
     return base.replace(**{"dot_scaled": False, **knobs}), var.get("layout", "swz")  # a variant may set dot_scaled
 
 
@@ -283,7 +300,7 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1],
         except FAILURES:  # the config's own row records the error below
             want = None
         seen: list[tuple[dict[str, Any], str]] = []
-        for name, var in {"config": {}, **SWEEP_VARIANTS}.items():
+        for name, var in sweep_variants(plain_w.fmt).items():
             cfg, layout = variant_cfg(base_cfg, var)
             key = (cfg.model_dump(), layout)  # every knob as it runs, schema defaults included
             if key in seen:  # a no-op here (e.g. split1 outside tpe<=1): the config's row stands for it
@@ -365,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             "speedup_vs": "baseline us / our us (> 1: ours faster)"}  # fmt: skip
     if args.sweep:
         with recording(args.out / "mxfp4_moe_sweep.json", meta) as res:
-            for model in models:
+            for model in sorted(models, key=list(SWEEP_MS).index):  # round 5's questions first
                 sweep_model(model, gpu, peak, emit=res.add)
                 torch.cuda.empty_cache()
         print(f"[{time.time() - t0:.1f} s] -> {res.path}")

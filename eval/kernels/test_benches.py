@@ -123,9 +123,22 @@ def test_moe_every_sweep_variant_builds_a_config(variant):
     cfg, layout = moe.variant_cfg(base, moe.SWEEP_VARIANTS[variant])
     assert layout == moe.SWEEP_VARIANTS[variant].get("layout", "swz")
     for knob, value in moe.SWEEP_VARIANTS[variant].items():
-        if knob != "layout":
+        if knob not in moe.VARIANT_META:
             assert getattr(cfg, knob) == value
     assert cfg.dot_scaled == (variant == "dot_scaled")
+
+
+def test_moe_sweep_times_w4a4_variants_on_deepseek_only_first_and_fits_a_step():
+    """Round 5's w4a4 variants are timed on DeepSeek (right after the config), never on GPT-OSS's w4a16 experts;
+    DeepSeek's shapes come first and include M 4 and 64; every row (an upper bound: rows equal to the config are
+    skipped) fits a 130 s device step at round 3's rate."""
+    a4 = [k for k, v in moe.SWEEP_VARIANTS.items() if v.get("fmt") == "w4a4"]
+    assert len(a4) == 3 and list(moe.sweep_variants("w4a4"))[: 1 + len(a4)] == ["config", *a4]
+    assert not set(a4) & set(moe.sweep_variants("w4a16")) and "plain" in moe.sweep_variants("w4a16")
+    assert list(moe.SWEEP_MS)[0] == "deepseek-r1-mxfp4-tp8" and {4, 64} <= set(moe.SWEEP_MS["deepseek-r1-mxfp4-tp8"])
+    rows = sum(len(ms) * len(moe.sweep_variants("w4a4" if moe.MODELS[name][4] else "w4a16"))
+               for name, ms in moe.SWEEP_MS.items())  # fmt: skip
+    assert rows * moe.SWEEP_ROW_S <= 120
 
 
 def test_mla_sweep_fits_its_budget_fp8_first():

@@ -212,6 +212,28 @@ def test_aot_compile_all_configs(arch):
     assert arch != "gfx950" or any(m.startswith("v_mfma_scale") for m in res["mma"])
 
 
+def test_round5_sweep_variants_compile_without_spills_and_cut_issue_on_sm90():
+    """The AOT evidence PERF.md's "Round 5 candidates" quotes (mxfp4_moe_sass, clean process) at DeepSeek M 128's
+    bucket (w4a4:tpe<=16): no spills, each K step's wgmmas back to back (one wait per accumulator); a4_bm16 (the
+    tpe<=4 kernels) issues fewer warp-instructions per weight KiB in both GEMMs, a4_g2_bn128 in GEMM2 at >= 2
+    CTAs/SM."""
+    from speedrun.eval.kernels.mxfp4_moe_sass import GemmStats
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_moe_sass", "--json", "--bucket", "w4a4:tpe<=16",
+           "config", "a4_bm16", "a4_g2_bn128"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = {(d["variant"], d["gemm"]): GemmStats(**d) for d in json.loads(proc.stdout.splitlines()[-1])}
+    for key, st in stats.items():
+        assert st.spill == 0 and st.mma >= 8 and st.mma_waits == st.gemm % 2 + 1, (key, st)
+    cfg1, cfg2 = stats["config", 1], stats["config", 2]
+    assert stats["a4_bm16", 1].block[0] == 16 and stats["a4_bm16", 1].warp_per_kib() < 0.95 * cfg1.warp_per_kib()
+    assert stats["a4_bm16", 2].warp_per_kib() < 0.9 * cfg2.warp_per_kib()
+    g2 = stats["a4_g2_bn128", 2]
+    assert g2.block[1] == 128 and g2.warps == 8 and g2.ctas_per_sm >= 2 and g2.warp_per_kib() < cfg2.warp_per_kib()
+
+
 def test_bench_reporting_on_fake_rows(tmp_path):
     from speedrun.eval.kernels import mxfp4_moe_bench as bench
 
