@@ -242,6 +242,8 @@ SWEEP_VARIANTS = {
     "a4_split4": {"fmt": "w4a4", "split1": 4},
     "a4_bm16": {"fmt": "w4a4", "BLOCK_M": 16},
     "a4_g2_bn128": {"fmt": "w4a4", "BLOCK_N2": 128, "warps2": 8},
+    "a16_bregs": {"fmt": "w4a16", "b_regs": True},
+    "a16_bregs_bk128": {"fmt": "w4a16", "b_regs": True, "BLOCK_K1": 128, "stages1": 4},
     "plain": {"layout": "plain"},
     "dot_scaled": {"layout": "plain", "dot_scaled": True},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},

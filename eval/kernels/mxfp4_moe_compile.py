@@ -33,7 +33,7 @@ def _types(fmt: str) -> dict[str, str]:
 
 # Every mode flag is named in a spec (Triton 3.7 no longer fills a defaulted constexpr left out of an AOT
 # signature): the kernels' defaults, overridden by what the resolver sets.
-FLAGS_OFF = {"SWAP": False, "W_DEQ": 0, "W_ASM": False, "W_SWZ": False, "W_MUL1": False}
+FLAGS_OFF = {"SWAP": False, "W_DEQ": 0, "W_ASM": False, "W_SWZ": False, "W_MUL1": False, "B_REGS": False}
 
 
 def launch(cfg: MoeBucket, arch: str, swz: bool) -> api.Launch:

@@ -236,13 +236,14 @@ def _opts(cfg: MoeBucket, warps: int, stages: int, arch: str) -> dict[str, Any]:
 
 
 def sm90_flags(cfg: MoeBucket, cuda: bool, swz: bool = False, mul1: bool = False) -> dict[str, Any]:
-    """SWAP / W_DEQ / W_ASM (/ W_SWZ / W_MUL1 for swz128 weights) from the bucket's swap, deq and mul1 (dequant
-    path only; PTX only on CUDA). The kernels' defaults (all off) stand for the flags left out; W_DEQ is the
+    """SWAP / W_DEQ / W_ASM (/ W_SWZ / W_MUL1 / B_REGS for swz128 weights) from the bucket's swap, deq, mul1 and
+    b_regs (dequant path only; PTX only on CUDA, so the interpreter ignores b_regs). The kernels' defaults (all off) stand for the flags left out; W_DEQ is the
     enum's int (a constexpr)."""
     if swz:
         if cfg.dot_scaled:
             raise ValueError("dot_scaled needs plain-layout weights (these are swz128)")
-        return {"SWAP": cfg.swap, "W_DEQ": 0, "W_ASM": cuda, "W_SWZ": True, "W_MUL1": cuda and mul1 and cfg.mul1}
+        return {"SWAP": cfg.swap, "W_DEQ": 0, "W_ASM": cuda, "W_SWZ": True, "W_MUL1": cuda and mul1 and cfg.mul1,
+                **({"B_REGS": True} if cuda and cfg.b_regs else {})}
     if cfg.dot_scaled:
         return {}
     return {"SWAP": cfg.swap, "W_DEQ": cfg.deq.value, "W_ASM": cfg.deq.value > 0 and cuda}

@@ -13,6 +13,8 @@ side); W_DEQ=2 uses the fast even/odd-K decode (mx.mxfp4_halves_bf16, inline PTX
 W_SWZ: the weights are in mx.layout's swz128 layout (int32 words, K padded to 128, scales padded alike): each
 thread loads its MMA fragment's codes as 16-byte vectors and decodes them in place (mx.mxfp4_swz_words_bf16);
 W_MUL1: one bf16x2 multiply per decoded pair (valid when every weight scale byte is <= 128, checked at load).
+B_REGS (CUDA): the bf16 activation tile goes through registers in the K loop (an identity PTX mov) so the swapped
+dot's wgmmas are not serialized (Triton's "properly async" dot threads a wait after each; PERF.md Round 5).
 Routing sort (sort.py launches them): rank / offsets / scatter phases, one kernel each or all in one CTA.
 The large-M route's MXFP4 -> FP8 conversion is shared with the GEMM: mx/fp8_kernel.py (stock_fp8.py launches it).
 """
@@ -53,6 +55,14 @@ def _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm,
         a = tl.load(a_ptr + rows[:, None] * stride_am + kk[None, :], mask=ok, other=0.0)
         a_s = a  # unused for bf16 activations
     return a, a_s
+
+
+@triton.jit
+def _via_regs(a):
+    """Identity PTX mov on the activation tile: the swapped dot's shared-memory B operand is then produced in
+    registers inside the K loop (a local_alloc there), so Triton 3.6 no longer treats the dot as "properly async"
+    and issues its wgmmas back to back instead of one wait each (PERF.md, Round 5: b_regs). CUDA only."""
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [a], dtype=tl.bfloat16, is_pure=True, pack=2)
 
 
 @triton.jit
@@ -143,9 +153,11 @@ def _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, 
                 stride_asm, stride_wn, stride_wsn, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr,
                 W_DEQ: tl.constexpr, W_ASM: tl.constexpr, W_SWZ: tl.constexpr, W_MUL1: tl.constexpr,
-                FULL: tl.constexpr, EVEN_N: tl.constexpr):  # fmt: skip
+                FULL: tl.constexpr, EVEN_N: tl.constexpr, B_REGS: tl.constexpr):  # fmt: skip
     """One K tile of GEMM1: gate and up accumulators (FULL: the tile lies inside K, loads unmasked along K)."""
     a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL)
+    if B_REGS and not A_FP4:  # MXFP4 activations are decoded in registers already
+        a = _via_regs(a)
     if W_SWZ:
         wg, wgs = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
         wu, wus = _load_w_swz(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
@@ -164,9 +176,11 @@ def _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0,
                 stride_wn, stride_wsn, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr, W_DEQ: tl.constexpr,
                 W_ASM: tl.constexpr, W_SWZ: tl.constexpr, W_MUL1: tl.constexpr, FULL: tl.constexpr,
-                EVEN_N: tl.constexpr):  # fmt: skip
-    """One K tile of GEMM2 (FULL as in _gemm1_step)."""
+                EVEN_N: tl.constexpr, B_REGS: tl.constexpr):  # fmt: skip
+    """One K tile of GEMM2 (FULL, B_REGS as in _gemm1_step)."""
     a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL)
+    if B_REGS and not A_FP4:  # MXFP4 activations are decoded in registers already
+        a = _via_regs(a)
     if W_SWZ:
         w, ws = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
         acc = _mma_swz(acc, a, a_s, w, ws, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
@@ -222,7 +236,7 @@ def moe_gemm1_kernel(
     DOT_SCALED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False,
     part_ptr=None, cnt_ptr=None, SPLIT_K: tl.constexpr = 1, W_SWZ: tl.constexpr = False,
-    W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False,
+    W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
 ):  # fmt: skip
     """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)].
     SPLIT_K > 1 (grid axis 2; 1-2 tokens per expert, too few CTAs): each split writes fp32 partials, the last one
@@ -251,11 +265,11 @@ def moe_gemm1_kernel(
     for k0 in range(k_lo, k_full, BLOCK_K):
         acc_g, acc_u = _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k0, N, K,
                                    stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N,
-                                   BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N)  # fmt: skip
+                                   BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS)  # fmt: skip
     if k_full < k_hi:
         acc_g, acc_u = _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k_full, N,
                                    K, stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M,
-                                   BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N)  # fmt: skip
+                                   BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N, B_REGS)  # fmt: skip
     if SWAP:
         acc_g = tl.trans(acc_g)
         acc_u = tl.trans(acc_u)
@@ -290,7 +304,7 @@ def moe_gemm2_kernel(
     TOPK: tl.constexpr, A_FP4: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_SCALED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False, W_SWZ: tl.constexpr = False,
-    W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False,
+    W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
 ):  # fmt: skip
     """y[slot, n] = topk_weight[slot] * (h[slot] . w2[n] + b2[n]) (fp32; summed per token by combine_kernel)."""
     pid_m = tl.program_id(0)
@@ -310,11 +324,11 @@ def moe_gemm2_kernel(
     for k0 in range(0, k_full, BLOCK_K):
         acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0, K, stride_am, stride_asm,
                           stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM,
-                          W_SWZ, W_MUL1, True, EVEN_N)  # fmt: skip
+                          W_SWZ, W_MUL1, True, EVEN_N, B_REGS)  # fmt: skip
     if k_full < K:
         acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k_full, K, stride_am,
                           stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
-                          W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N)  # fmt: skip
+                          W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N, B_REGS)  # fmt: skip
     if SWAP:
         acc = tl.trans(acc)
     if HAS_BIAS:
