@@ -237,13 +237,14 @@ SWEEP_ROW_S = 76.5 / 76  # round 3's sweep: 76 rows (compiles included) in 76.5 
 # K steps per CTA) as 128-row tiles over 2 warpgroups. Then rounds 2-3's: the round-2 path (plain layout), Triton's
 # own sm90 dot_scaled upcast (plain), and swz128 knobs: deeper K tiles, no swap-AB, the two-multiply decode,
 # 128-row weight tiles (2 warpgroups), GEMM1 without split-K (round 2's 32-row w4a4 GEMM1 tile is not swept: 2.5x
-# more loop instructions per code in SASS, PERF.md).
+# more loop instructions per code in SASS, PERF.md). GPT-OSS's round-5 question comes first on w4a16 experts:
+# b_regs (wgmmas back to back) with GEMM1's K tile at 128 (at 256 it holds every in-flight A fragment: 177-247
+# registers, one CTA per SM fewer; PERF.md "b_regs").
 SWEEP_VARIANTS = {
     "a4_split4": {"fmt": "w4a4", "split1": 4},
     "a4_bm16": {"fmt": "w4a4", "BLOCK_M": 16},
     "a4_g2_bn128": {"fmt": "w4a4", "BLOCK_N2": 128, "warps2": 8},
-    "a16_bregs": {"fmt": "w4a16", "b_regs": True},
-    "a16_bregs_bk128": {"fmt": "w4a16", "b_regs": True, "BLOCK_K1": 128, "stages1": 4},
+    "a16_bregs": {"fmt": "w4a16", "b_regs": True, "BLOCK_K1": 128, "stages1": 4},
     "plain": {"layout": "plain"},
     "dot_scaled": {"layout": "plain", "dot_scaled": True},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},

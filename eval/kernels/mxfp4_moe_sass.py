@@ -8,6 +8,9 @@ the variant picks the plain layout), disassembles each with the nvdisasm in Trit
 loop with matrix instructions as the K loop (mla_decode_sass.tile_loop).
 
     python -m speedrun.eval.kernels.mxfp4_moe_sass [--bucket KEY ...] [--json] [VARIANT ...]
+
+A VARIANT is `config`, a sweep variant's name, or knobs laid over the bucket as `KNOB=VALUE[,KNOB=VALUE]` (JSON
+values, e.g. `b_regs=true,BLOCK_K1=128`): a knob is judged here before it becomes a sweep row.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import collections
 import json
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from speedrun.eval.kernels.mla_decode_sass import tile_loop
 from speedrun.eval.kernels.mxfp4_gemm_sass import disassemble, opcode
@@ -61,16 +65,37 @@ class GemmStats:
         return sum(self.ops.get(o, 0) for o in SYNC)
 
 
+def knob_variant(variant: str) -> dict[str, Any]:
+    """`KNOB=VALUE[,KNOB=VALUE]` as a sweep variant dict (values JSON, else strings: `layout=plain`)."""
+    out: dict[str, Any] = {}
+    for item in variant.split(","):
+        knob, _, raw = item.partition("=")
+        try:
+            out[knob.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[knob.strip()] = raw.strip()
+    return out
+
+
+def variant_knobs(variant: str) -> dict[str, Any]:
+    """What a VARIANT argument lays over a bucket (see the module doc); KeyError for an unknown name."""
+    from speedrun.eval.kernels.mxfp4_moe_bench import SWEEP_VARIANTS
+
+    if variant == "config":
+        return {}
+    return knob_variant(variant) if "=" in variant else SWEEP_VARIANTS[variant]
+
+
 def gemm_stats(bucket: str, variant: str = "config") -> tuple[GemmStats, GemmStats]:
     """Compile GEMM1 and GEMM2 of one sm90 bucket with a sweep variant ("config": as shipped) and read them."""
     from speedrun.eval.kernels.aot import compile_spec
-    from speedrun.eval.kernels.mxfp4_moe_bench import SWEEP_VARIANTS, variant_cfg
+    from speedrun.eval.kernels.mxfp4_moe_bench import variant_cfg
     from speedrun.eval.kernels.mxfp4_moe_compile import gemm1_spec, gemm2_spec, launch
     from speedrun.eval.readiness.resources import sm90_usage
     from speedrun.overlays.mxfp4_moe import api
 
     base = api.table("sm90")[bucket]
-    cfg, layout = variant_cfg(base, SWEEP_VARIANTS[variant] if variant != "config" else {})
+    cfg, layout = variant_cfg(base, variant_knobs(variant))
     swz = layout == "swz"
     run = launch(cfg, "sm90", swz)
     out = []
@@ -115,18 +140,24 @@ def table(buckets: tuple[str, ...], variants: tuple[str, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="*", default=["config"], help="sweep variants (mxfp4_moe_bench), or config")
+    knobs = "KNOB=VALUE[,KNOB=VALUE] (e.g. b_regs=true)"
+    ap.add_argument("variants", nargs="*", default=["config"], help=f"config, sweep variants or {knobs}")
     ap.add_argument("--bucket", action="append", help=f"sm90 bucket key (default: {', '.join(DECODE_BUCKETS)})")
     ap.add_argument("--json", action="store_true", help="one GemmStats dict per kernel instead of the table")
     args = ap.parse_args(argv)
-    from speedrun.eval.kernels.mxfp4_moe_bench import SWEEP_VARIANTS
+    from speedrun.eval.kernels.mxfp4_moe_bench import SWEEP_VARIANTS, variant_cfg
     from speedrun.overlays.mxfp4_moe import api
 
     buckets = tuple(args.bucket or DECODE_BUCKETS)
-    if bad := [v for v in args.variants if v != "config" and v not in SWEEP_VARIANTS]:
-        ap.error(f"unknown variant(s) {bad}; expected config or one of {', '.join(SWEEP_VARIANTS)}")
     if bad := [b for b in buckets if b not in api.table("sm90")]:
         ap.error(f"--bucket: {bad} not in the sm90 table; expected one of {', '.join(api.table('sm90'))}")
+    if bad := [v for v in args.variants if v != "config" and "=" not in v and v not in SWEEP_VARIANTS]:
+        ap.error(f"unknown variant(s) {bad}; expected config, KNOB=VALUE,... or one of {', '.join(SWEEP_VARIANTS)}")
+    for v in (v for v in args.variants if "=" in v):
+        try:  # a misspelt knob or a bad value: one line before any compile
+            variant_cfg(api.table("sm90")[buckets[0]], knob_variant(v))
+        except ValueError as exc:
+            ap.error(f"variant {v!r}: {exc}")
     if args.json:
         print(json.dumps([asdict(s) for b in buckets for v in args.variants for s in gemm_stats(b, v)]))
     else:

@@ -224,7 +224,9 @@ def resolve(cfg: MoeBucket, swz: bool, mul1: bool, arch: str, cuda: bool) -> Lau
     """One bucket as a launch gets it, for weights in swz128 (`swz`, `mul1`: see MoeWeights) or plain layout;
     `cuda`: a CUDA device (inline PTX allowed; False for ROCm and the CPU interpreter). The AOT compile specs
     (eval/kernels/mxfp4_moe_compile.py) build theirs here too. dot_scaled on sm90: Triton upcasts e2m1 in
-    registers (LUT) for us."""
+    registers (LUT) for us. ValueError for b_regs on an AMD arch (a wgmma knob)."""
+    if cfg.b_regs and is_amd(arch):
+        raise ValueError(f"{OP} {arch}: b_regs is an sm90 knob (wgmma); expected false on AMD")
     return Launch(cfg, cfg.dot_scaled, sm90_flags(cfg, cuda, swz, mul1), swz_block_k(cfg.BLOCK_K1, swz),
                   swz_block_k(cfg.BLOCK_K2, swz), _opts(cfg, cfg.warps1, cfg.stages1, arch),
                   _opts(cfg, cfg.warps2, cfg.stages2, arch))  # fmt: skip
@@ -237,13 +239,13 @@ def _opts(cfg: MoeBucket, warps: int, stages: int, arch: str) -> dict[str, Any]:
 
 def sm90_flags(cfg: MoeBucket, cuda: bool, swz: bool = False, mul1: bool = False) -> dict[str, Any]:
     """SWAP / W_DEQ / W_ASM (/ W_SWZ / W_MUL1 / B_REGS for swz128 weights) from the bucket's swap, deq, mul1 and
-    b_regs (dequant path only; PTX only on CUDA, so the interpreter ignores b_regs). The kernels' defaults (all off) stand for the flags left out; W_DEQ is the
-    enum's int (a constexpr)."""
+    b_regs (dequant path only; PTX only on CUDA, so the interpreter ignores b_regs). The kernels' defaults (all
+    off) stand for the flags left out; W_DEQ is the enum's int (a constexpr)."""
     if swz:
         if cfg.dot_scaled:
             raise ValueError("dot_scaled needs plain-layout weights (these are swz128)")
-        return {"SWAP": cfg.swap, "W_DEQ": 0, "W_ASM": cuda, "W_SWZ": True, "W_MUL1": cuda and mul1 and cfg.mul1,
-                **({"B_REGS": True} if cuda and cfg.b_regs else {})}
+        flags = {"SWAP": cfg.swap, "W_DEQ": 0, "W_ASM": cuda, "W_SWZ": True, "W_MUL1": cuda and mul1 and cfg.mul1}
+        return {**flags, "B_REGS": True} if cuda and cfg.b_regs else flags  # off: the shipped kernels' constants
     if cfg.dot_scaled:
         return {}
     return {"SWAP": cfg.swap, "W_DEQ": cfg.deq.value, "W_ASM": cfg.deq.value > 0 and cuda}

@@ -319,6 +319,47 @@ def test_swz128_weights_match_reference_on_plain(swap, a4):
         make_plan(ws, arch="sm90", config={**TINY, "dot_scaled": True})
 
 
+def test_b_regs_knob_reaches_cuda_kernels_only():
+    """b_regs (PERF.md Round 5: w4a16 wgmmas back to back) sets B_REGS only for swz128 experts on CUDA; the
+    interpreter ignores it (same result bit for bit), AMD rejects it when the plan is made; off, the flags are
+    exactly the shipped ones."""
+    cfg = MoeBucket.checked({**TINY, "swap": True, "b_regs": True}, "tiny")
+    assert moe_mod.sm90_flags(cfg, cuda=True, swz=True)["B_REGS"] is True
+    assert "B_REGS" not in moe_mod.sm90_flags(cfg, cuda=False, swz=True)
+    assert moe_mod.sm90_flags(cfg.replace(b_regs=False), cuda=True, swz=True) == {
+        "SWAP": True, "W_DEQ": 0, "W_ASM": True, "W_SWZ": True, "W_MUL1": False}  # fmt: skip
+    with pytest.raises(ValueError, match="b_regs is an sm90 knob"):
+        moe_mod.resolve(cfg, True, True, "gfx950", cuda=False)
+    e, n, h, topk, m = 4, 64, 128, 2, 5
+    w = moe_mod.swizzled(_weights(e, n, h, seed=31, act=Act.SWIGLU_OAI), chunk=2)
+    x = torch.randn(m, h, generator=torch.Generator().manual_seed(32)).bfloat16()
+    ids, tw = _routing(m, e, topk, seed=33)
+    assert torch.equal(moe(x, w, ids, tw, cfg=cfg), moe(x, w, ids, tw, cfg=cfg.replace(b_regs=False)))
+
+
+def test_b_regs_w4a16_wgmmas_back_to_back_on_sm90():
+    """The AOT evidence of PERF.md's "b_regs" rows (mxfp4_moe_sass, clean process) at GPT-OSS's tpe<=1 and
+    tpe<=64 buckets: the shipped kernels wait after every wgmma (Triton 3.6's "properly async" dot: if this part
+    fails, Triton stopped serializing and b_regs may be moot); a16_bregs issues the same wgmmas with one wait
+    per accumulator, no spills, no fewer CTAs per SM and fewer instructions per K step."""
+    from speedrun.eval.kernels.mxfp4_moe_sass import GemmStats
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_moe_sass", "--json", "--bucket", "w4a16:tpe<=1",
+           "--bucket", "w4a16:tpe<=64", "config", "a16_bregs"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = {(d["bucket"], d["variant"], d["gemm"]): GemmStats(**d) for d in json.loads(proc.stdout.splitlines()[-1])}
+    for (bucket, variant, gemm), new in stats.items():
+        if variant == "config":
+            continue
+        old = stats[bucket, "config", gemm]
+        assert old.mma_waits == old.mma, (bucket, gemm, old)
+        assert new.mma_waits == 3 - gemm and new.spill == 0, (bucket, gemm, new)
+        assert new.mma * old.block[2] == old.mma * new.block[2], (bucket, gemm)  # the same wgmmas per K element
+        assert new.ctas_per_sm >= old.ctas_per_sm and new.warp_per_kib() < old.warp_per_kib(), (bucket, gemm, new)
+
+
 def test_bucket_grammar_and_picking():
     """One grammar for every op's table: `[<fmt>:]<dim><=N` / `>N`; a value takes the first bucket holding it."""
     from speedrun.overlays.buckets import parse, select
