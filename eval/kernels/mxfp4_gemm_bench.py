@@ -236,10 +236,10 @@ def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor, peak: float
     return rows
 
 
-# One row per (shape, variant): DeepSeek-R1 TP8-slice decode shapes (each decode bucket, weights of 0.6-8 MB) and
-# one big weight.
-SWEEP_SHAPES = ((1, 2112, 7168), (16, 2112, 7168), (64, 7168, 2048), (1, 3072, 1536), (16, 4608, 7168),
-                (1, 7168, 2304), (32, 4096, 512), (4, 2880, 512), (1, 36864, 7168))  # fmt: skip
+# One row per (shape, variant): one prequant shape first (M 256: round 5's b_regs question, PERF.md), then
+# DeepSeek-R1 TP8-slice decode shapes (each decode bucket, weights of 0.6-8 MB) and one big weight.
+SWEEP_SHAPES = ((256, 7168, 2048), (1, 2112, 7168), (16, 2112, 7168), (64, 7168, 2048), (1, 3072, 1536),
+                (16, 4608, 7168), (1, 7168, 2304), (32, 4096, 512), (4, 2880, 512), (1, 36864, 7168))  # fmt: skip
 # Each variant overrides the config on the table's weight layout (sm90: swz128, with the bucket's "swz" overrides)
 # unless it names "w_layout": the plain layout, the route (one fused launch vs a quantizer launch then the GEMM),
 # the split-K policy (round 2's "~2 CTAs per SM" rule, none), pipeline depth, and the decode tile (round 3's
@@ -255,7 +255,12 @@ SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
     "bn64": {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},
     "bn128w8": {"BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 4},
     "bn256w8": {"BLOCK_N": 256, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
+    "bregs": {"b_regs": True},
 }
+# Variants timed only at prequant shapes (M > 64), and only they are: the decode variants tune the fused decode
+# buckets, and b_regs touches only the A_MODE 0 kernel (a decode bucket's fused kernel would time as config).
+PREFILL_VARIANTS = ("bregs",)
+SWEEP_DECODE_MAX_M = 64  # the fused decode buckets' largest M
 # Resident CTAs per SM (ptxas sm_90a registers and shared memory of the fused swz128 kernel, PERF.md) of the
 # variants that change them, by bucket, for the wave-balanced split-K.
 VARIANT_CTAS = {
@@ -286,6 +291,12 @@ def variant_config(base: GemmBucket, variant: str, bucket: str, layout: Layout |
 
 
 SWEEP_BUDGET_S = 100.0
+
+
+def sweep_variants(m: int) -> tuple[str, ...]:
+    """The rows of one sweep shape: the config, then the variants that apply at its M (PREFILL_VARIANTS)."""
+    prefill = m > SWEEP_DECODE_MAX_M
+    return ("config", *(v for v in SWEEP_VARIANTS if (v in PREFILL_VARIANTS) == prefill))
 
 
 def _variant_row(impl: str, gpu: str, ops: tuple[torch.Tensor, ...], cfg: GemmBucket, layout: Layout,
@@ -320,7 +331,7 @@ def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S, emit: Em
             want = api.mxfp4_gemm(a, w, ws, api.make_plan(n, k, device=a.device, config=base)).float()
         except FAILURES:  # the config's own row records the error below
             want = None
-        for name in ("config", *SWEEP_VARIANTS):
+        for name in sweep_variants(m):
             cfg, layout = variant_config(base, name, bucket, table_layout)
             row: dict[str, Any] = {"variant": name, "bucket": bucket, "nk": f"{n}x{k}", "w_layout": layout,
                                    "config": cfg.entry(), "current": name == "config"}  # fmt: skip

@@ -4,7 +4,10 @@ loop, registers, shared memory, CTAs per SM, and how many instructions run befor
 Compiles the bucket's swz128 config as the hook serves it (gemm_spec, JIT-like alignment), disassembles the cubin
 with the nvdisasm in Triton's wheel and takes the longest backward branch as the K loop.
 
-    python -m speedrun.eval.kernels.mxfp4_gemm_sass [--route fused|prequant] [--json] [BUCKET ...]   (m<=16 or 16)
+    python -m speedrun.eval.kernels.mxfp4_gemm_sass [--route fused|prequant] [--knobs K=V,...] [--json] [BUCKET ...]
+
+BUCKET: m<=16 or 16. --knobs lays knobs over each bucket (JSON values, e.g. `b_regs=true,num_stages=4`): a knob
+is judged here before it becomes a sweep row.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import json
 import re
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from speedrun.overlays.mxfp4_gemm.config import AMode, GemmBucket, Layout
+from speedrun.overlays.mxfp4_gemm.config import AMode, GemmBucket, GemmKnobs, Layout
 
 DECODE_BUCKETS = ("m<=16", "m<=32", "m<=64")
 
@@ -95,25 +100,40 @@ def loop_stats(cfg: GemmBucket, a_mode: AMode = AMode.QUANT) -> LoopStats:
     )  # fmt: skip
 
 
+def knob_variant(variant: str) -> dict[str, Any]:
+    """`KNOB=VALUE[,KNOB=VALUE]` as a knob dict (values JSON, else strings: `layout=plain`)."""
+    out: dict[str, Any] = {}
+    for item in variant.split(","):
+        knob, _, raw = item.partition("=")
+        try:
+            out[knob.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[knob.strip()] = raw.strip()
+    return out
+
+
 def bucket_key(bucket: str) -> str:
     """`16` -> `m<=16` (the CLI takes either)."""
     return f"m<={bucket}" if bucket.isdigit() else bucket
 
 
-def served_config(bucket: str) -> GemmBucket:
-    """The sm90 table's config for a bucket with its swz128 overrides (what the hook's weights run)."""
+def served_config(bucket: str, knobs: Mapping[str, Any] | None = None) -> GemmBucket:
+    """The sm90 table's config for a bucket with its swz128 overrides (what the hook's weights run), `knobs` laid
+    over it (ValueError naming a bad one)."""
     from speedrun.overlays.mxfp4_gemm import api
 
     base = api.table("sm90").buckets[bucket_key(bucket)]
-    return base.with_overrides(base.swz)
+    cfg = base.with_overrides(base.swz)
+    return cfg.with_overrides(GemmKnobs.checked(knobs, "--knobs")) if knobs else cfg
 
 
-def table(buckets: tuple[str, ...] = DECODE_BUCKETS, a_mode: AMode = AMode.QUANT) -> str:
+def table(buckets: tuple[str, ...] = DECODE_BUCKETS, a_mode: AMode = AMode.QUANT,
+          knobs: Mapping[str, Any] | None = None) -> str:  # fmt: skip
     rows = ["| bucket | tile MxNxK, warps, stages | loop instr | warp-instr / KiB W | mma / waits | regs | spill B | "
             "smem KiB | CTAs/SM | instr before 1st load | top opcodes |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for b in buckets:
-        cfg = served_config(b)
+        cfg = served_config(b, knobs)
         s = loop_stats(cfg, a_mode)
         top = ", ".join(f"{k} {v}" for k, v in list(s.ops.items())[:6])
         rows.append(f"| {b} | {'x'.join(map(str, s.block))}, {s.warps}w, {cfg.num_stages}st | {s.loop} | "
@@ -126,13 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("buckets", nargs="*", default=list(DECODE_BUCKETS))
     ap.add_argument("--route", choices=("fused", "prequant"), default="fused", help="A_MODE 1 (fused) or 0")
+    ap.add_argument("--knobs", default="", help="KNOB=VALUE[,KNOB=VALUE] over each bucket (e.g. b_regs=true)")
     ap.add_argument("--json", action="store_true", help="one LoopStats dict per bucket instead of the table")
     args = ap.parse_args(argv)
     mode = AMode.QUANT if args.route == "fused" else AMode.BF16
+    knobs = knob_variant(args.knobs) if args.knobs else None
+    try:  # a misspelt knob or a bad value: one line before any compile
+        served_config(args.buckets[0], knobs)
+    except (KeyError, ValueError) as exc:
+        ap.error(str(exc))
     if args.json:
-        print(json.dumps({b: asdict(loop_stats(served_config(b), mode)) for b in args.buckets}))
+        print(json.dumps({b: asdict(loop_stats(served_config(b, knobs), mode)) for b in args.buckets}))
     else:
-        print(table(tuple(args.buckets), mode))
+        print(table(tuple(args.buckets), mode, knobs))
     return 0
 
 

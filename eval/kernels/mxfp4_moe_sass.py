@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from speedrun.eval.kernels.mla_decode_sass import tile_loop
-from speedrun.eval.kernels.mxfp4_gemm_sass import disassemble, opcode
+from speedrun.eval.kernels.mxfp4_gemm_sass import disassemble, knob_variant, opcode
 
 DECODE_BUCKETS = tuple(f"{f}:tpe<={t}" for f in ("w4a4", "w4a16") for t in (1, 4, 16, 64))
 # barriers and cp.async group bookkeeping (LDGDEPBAR arms a group, DEPBAR waits on one); wgmma waits: mma_waits
@@ -63,18 +63,6 @@ class GemmStats:
     def syncs(self) -> int:
         """CTA barriers and cp.async group arms / waits per K step."""
         return sum(self.ops.get(o, 0) for o in SYNC)
-
-
-def knob_variant(variant: str) -> dict[str, Any]:
-    """`KNOB=VALUE[,KNOB=VALUE]` as a sweep variant dict (values JSON, else strings: `layout=plain`)."""
-    out: dict[str, Any] = {}
-    for item in variant.split(","):
-        knob, _, raw = item.partition("=")
-        try:
-            out[knob.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[knob.strip()] = raw.strip()
-    return out
 
 
 def variant_knobs(variant: str) -> dict[str, Any]:

@@ -141,6 +141,22 @@ def test_moe_sweep_times_w4a4_variants_on_deepseek_only_first_and_fits_a_step():
     assert rows * moe.SWEEP_ROW_S <= 120
 
 
+def test_gemm_sweep_times_b_regs_at_a_prequant_shape_first_and_keeps_its_rows():
+    """Round 5's b_regs question is timed first, at a prequant M (128 < M <= 1024 runs A_MODE 0, the kernel it
+    changes) and only there; decode shapes time every other variant as before: one shape's rows more, 2 in all."""
+    from speedrun.overlays.mxfp4_gemm import api
+
+    m, n, k = gemm.SWEEP_SHAPES[0]
+    assert 64 < m <= 1024 and api.pick_config(m, n, k, "sm90").route == "prequant"
+    assert gemm.sweep_variants(m) == ("config", "bregs")
+    decode = [v for v in gemm.SWEEP_VARIANTS if v != "bregs"]
+    assert all(gemm.sweep_variants(s[0]) == ("config", *decode) for s in gemm.SWEEP_SHAPES[1:])
+    assert sum(len(gemm.sweep_variants(s[0])) for s in gemm.SWEEP_SHAPES) == 9 * (1 + len(decode)) + 2
+    base = api.table("sm90").buckets[api.bucket_key(m, "sm90")]
+    cfg, layout = gemm.variant_config(base, "bregs", api.bucket_key(m, "sm90"), "swz128")
+    assert layout == "swz128" and cfg.with_overrides(cfg.swz).b_regs and not base.with_overrides(base.swz).b_regs
+
+
 def test_mla_sweep_fits_its_budget_fp8_first():
     """The sweep's timed cells fit the device step at round 3's measured rate, fp8 shapes (round 5's questions)
     come first, every variant has a row in every cell, and a variant is re-timed only where its kernels differ

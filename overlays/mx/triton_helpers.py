@@ -8,6 +8,7 @@ All operate on register tiles whose last axis is K (a multiple of 32); R and C a
   activation-quant path of the dequant GEMM; same values as quant_mxfp4 then mxfp4_to_bf16).
 - `mxfp4_halves_bf16(packed, scales, R, C, ASM)`: the fast decode (sm90 inline PTX when ASM) as (even-K, odd-K)
   halves [R, C/2]; `split_k_pairs` splits the other GEMM operand the same way.
+- `via_regs(x)`: an identity PTX mov on a bf16 tile (CUDA only): the GEMM's and MoE's b_regs knob.
 Decoding is exact (values are built from bits, no exp2/log2 approximations), so every path agrees bitwise.
 """
 
@@ -17,6 +18,15 @@ import triton
 import triton.language as tl
 
 from speedrun.overlays.mx.layout import PAIR_MASK, ROT, SPLIT3
+
+
+@triton.jit
+def via_regs(x):
+    """Identity PTX mov on a bf16 tile (CUDA only; the b_regs knob). Fed to tl.dot as the shared-memory operand,
+    it makes Triton 3.6 store that operand from registers inside the K loop (a local_alloc there) instead of
+    pipelining it by cp.async: the dot is then not "properly async", so its wgmmas issue back to back instead of
+    one WARPGROUP.DEPBAR each (mxfp4_moe/PERF.md "b_regs", mxfp4_gemm/PERF.md Round 5)."""
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.bfloat16, is_pure=True, pack=2)
 
 
 @triton.jit

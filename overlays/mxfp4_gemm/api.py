@@ -209,7 +209,10 @@ def _default_device() -> torch.device:
 
 
 def resolve(cfg: GemmBucket, n: int, k: int | None, layout: Layout, arch: str, cuda: bool) -> Launch:
-    """One bucket for one weight: its route and each form of A's kernel (k None: no BLOCK_K shrink, AOT specs)."""
+    """One bucket for one weight: its route and each form of A's kernel (k None: no BLOCK_K shrink, AOT specs).
+    ValueError for b_regs on an AMD arch (a wgmma knob)."""
+    if cfg.b_regs and is_amd(arch):
+        raise ValueError(f"{OP} {arch}: b_regs is an sm90 knob (wgmma); expected false on AMD")
     if layout != Layout.PLAIN:  # the bucket's overrides for swz128 weights (fewer registers: more stages fit)
         cfg = cfg.with_overrides(cfg.swz)
     route = route_for(cfg, n, k)
@@ -239,6 +242,8 @@ def kernel(cfg: GemmBucket, a_mode: AMode, arch: str, k: int | None, layout: Lay
               "BLOCK_K": bk, "GROUP": cfg.GROUP, **deq_flags(cfg, bk, asm, dot_scaled, layout),
               "A_ASM": asm and a_mode == AMode.QUANT and not dot_scaled,
               "RED": red_unroll(bm, bn, cfg.num_warps)}  # fmt: skip
+    if asm and cfg.b_regs and a_mode == AMode.BF16:  # off: the shipped kernels' constants (B_REGS defaults off)
+        consts["B_REGS"] = True
     return Kernel(cfg, consts, kernel_options(cfg, arch, cuda))
 
 

@@ -73,6 +73,7 @@ class GemmKnobs(Knobs):
     num_warps: int | None = Field(None, ge=1)
     num_stages: int | None = Field(None, ge=1)
     maxnreg: int | None = None  # CUDA only
+    b_regs: bool | None = None  # sm90: the bf16 A tile (A_MODE 0) via registers in the K loop (PERF.md Round 5)
     fused_below_nk: int | None = None  # prequant: weights under this many elements run fused
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None
@@ -93,6 +94,7 @@ class GemmBucket(GemmKnobs):
     GROUP: int = Field(1, ge=1)
     num_warps: int = Field(4, ge=1)
     fused_below_nk: int = 0
+    b_regs: bool = False
     a16: GemmKnobs | None = None
     swz: GemmKnobs | None = None
 

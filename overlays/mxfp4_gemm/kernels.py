@@ -11,6 +11,9 @@ One kernel source; its mode constexprs stay ints here, the host spells them with
   decode kept as even/odd-K halves, A split to match, two K/2 dots (no interleave of the big operand); 3 = W loaded
   as int32 words and decoded 8 codes per asm instance into 8 K-strided tensors, eight K/8 dots; 4 = swz128 weights
   (mx.layout), chosen by the layout. W_ASM is False under the interpreter.
+- B_REGS (CUDA, A_MODE 0): the bf16 A tile goes through registers in the K loop (mx.via_regs) so the dot's wgmmas
+  issue back to back (Triton 3.6 makes the cp.async-pipelined smem operand "properly async" and ptxas then waits
+  after every wgmma; PERF.md Round 5).
 Tiles are computed transposed (acc[BLOCK_N, BLOCK_M] = W . A^T): the weight rows fill the MMA's M side, so a decode
 batch of a few tokens only needs a narrow MMA N side (16 on sm90) instead of padding tokens to 64.
 Split-K is deterministic and single-launch (the split count is a runtime argument, so one binary serves every
@@ -284,6 +287,7 @@ def mxfp4_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr, W_DEQ: tl.constexpr = 0,
     W_ASM: tl.constexpr = False, W_MUL1: tl.constexpr = False, A_ASM: tl.constexpr = False, RED: tl.constexpr = 1,
+    B_REGS: tl.constexpr = False,
 ):  # fmt: skip
     """Grid: GROUP 1 -> (N tiles, splits, M tiles), no index arithmetic; else (tiles, splits) in grouped order.
     `k_per_split` (K tiles per split) comes from the host: no division in the prologue, which issues the first
@@ -312,6 +316,8 @@ def mxfp4_gemm_kernel(
             w_packed, w_scales = _load_w(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
         a, a_scales = _load_a(a_ptr, as_ptr, offs_m, k0, K, stride_am, stride_asm, stride_ask,
                               A_MODE, BLOCK_M, BLOCK_K, EVEN_K)  # fmt: skip
+        if B_REGS and A_MODE == 0:
+            a = mx.via_regs(a)
         acc = _mma(acc, w_packed, w_scales, a, a_scales, A_MODE, DOT_SCALED, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K,
                    W_DEQ, W_ASM, W_MUL1, A_ASM)  # fmt: skip
 

@@ -232,6 +232,28 @@ def test_decode_call_is_one_launch(monkeypatch):
     assert launches == [AMode.QUANT, AMode.QUANT]  # fused A-quant, once per call
 
 
+def test_b_regs_knob_reaches_cuda_a_mode_0_kernels_only():
+    """b_regs (PERF.md Round 5: prequant wgmmas back to back) sets B_REGS only on CUDA and only in A_MODE 0 kernels;
+    off, the constants are exactly the shipped ones; AMD rejects it when the plan is made; the interpreter ignores
+    it (the same result bit for bit on the prequant and w4a16 routes, swz128 and plain weights)."""
+    cfg = _bucket(route="prequant", b_regs=True)
+    assert api.kernel(cfg, AMode.BF16, "sm90", None, Layout.SWZ128_MUL1, cuda=True).consts["B_REGS"] is True
+    assert "B_REGS" not in api.kernel(cfg, AMode.QUANT, "sm90", None, Layout.SWZ128_MUL1, cuda=True).consts
+    assert "B_REGS" not in api.kernel(cfg, AMode.BF16, "sm90", None, Layout.PLAIN, cuda=False).consts
+    off = cfg.replace(b_regs=False)
+    assert api.kernel(off, AMode.BF16, "sm90", None, Layout.SWZ128_MUL1, cuda=True).consts == api.kernel(
+        _bucket(route="prequant"), AMode.BF16, "sm90", None, Layout.SWZ128_MUL1, cuda=True).consts  # fmt: skip
+    with pytest.raises(ValueError, match="b_regs is an sm90 knob"):
+        api.make_plan(64, 256, arch="gfx950", config={**SMALL, "b_regs": True})
+    a, w, ws = _case(5, 40, 384, seed=41)
+    w2, s2, lay = api.relayout_weight(w, ws)
+    on = {**SMALL, "route": "prequant", "BLOCK_K": 128, "SPLIT_K": 2, "b_regs": True}
+    for weights, layout in (((w2, s2), lay), ((w, ws), "plain")):
+        for kw in ({}, {"quant_a": False}):
+            got = _gemm(a, *weights, config=on, w_layout=layout, **kw)
+            assert torch.equal(got, _gemm(a, *weights, config={**on, "b_regs": False}, w_layout=layout, **kw))
+
+
 def test_maxnreg_is_a_cuda_launch_option_only():
     cfg = _bucket(num_warps=4, num_stages=4, maxnreg=72, waves_per_eu=2)
     assert api.kernel_options(cfg, "sm90", True) == {"num_warps": 4, "num_stages": 4, "maxnreg": 72}
@@ -243,7 +265,8 @@ def test_sweep_variants_are_valid_configs():
     from speedrun.eval.kernels.mxfp4_gemm_bench import SWEEP_VARIANTS, VARIANT_CTAS, variant_config
 
     table = json.loads((Path(api.__file__).parent / "configs" / "sm90.json").read_text())
-    known = {k for key, cfg in table.items() if not key.startswith("_") for k in cfg} | {"maxnreg", "w_layout"}
+    known = {k for key, cfg in table.items() if not key.startswith("_") for k in cfg}
+    known |= {"maxnreg", "w_layout", "b_regs"}
     for name, var in SWEEP_VARIANTS.items():
         assert set(var) <= known, (name, set(var) - known)
     assert set(VARIANT_CTAS) <= set(SWEEP_VARIANTS)
@@ -336,6 +359,24 @@ def test_decode_loop_sass_streams_without_serialized_wgmma():
     for bucket, s in json.loads(proc.stdout).items():
         assert s["mma"] >= 8 and s["mma_waits"] == 1, (bucket, s["mma"], s["mma_waits"])
         assert s["first_load"] < 150 and s["local"] == 0 and s["ctas_per_sm"] >= 2, (bucket, s)
+
+
+def test_b_regs_prequant_sass_waits_once_per_k_step():
+    """The AOT evidence of PERF.md's Round 5 b_regs rows (prequant A_MODE 0, swz128, as served) at m<=128 and
+    m<=256 (m<=1024 compiles to the same kernel): the shipped kernels wait after every wgmma (Triton 3.6's
+    "properly async" dot: if this part fails, Triton stopped serializing and b_regs may be moot); with b_regs the
+    same wgmmas wait once per K step (one accumulator), no spills, no fewer CTAs per SM, fewer loop instructions."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_gemm_sass", "--json", "--route", "prequant"]
+    runs = [subprocess.run([*cmd, *knobs, "m<=128", "m<=256"], env=env, capture_output=True, text=True, timeout=600)
+            for knobs in ([], ["--knobs", "b_regs=true"])]  # fmt: skip
+    assert all(p.returncode == 0 for p in runs), [p.stderr[-2000:] for p in runs]
+    old, new = (json.loads(p.stdout) for p in runs)
+    for bucket, s in new.items():
+        o = old[bucket]
+        assert o["mma"] >= 8 and o["mma_waits"] == o["mma"], (bucket, o)
+        assert s["mma"] == o["mma"] and s["mma_waits"] == 1 and s["local"] == 0, (bucket, s)
+        assert s["ctas_per_sm"] >= o["ctas_per_sm"] and s["loop"] < o["loop"], (bucket, s, o)
 
 
 # ----------------------------------------------------------------------------- SGLang hook (fake layers)

@@ -32,6 +32,7 @@ from speedrun.overlays.mx.triton_helpers import (
     quant_mxfp4,
     split_k_pairs,
     swz_word_scale_cols,
+    via_regs,
 )
 
 
@@ -55,14 +56,6 @@ def _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm,
         a = tl.load(a_ptr + rows[:, None] * stride_am + kk[None, :], mask=ok, other=0.0)
         a_s = a  # unused for bf16 activations
     return a, a_s
-
-
-@triton.jit
-def _via_regs(a):
-    """Identity PTX mov on the activation tile: the swapped dot's shared-memory B operand is then produced in
-    registers inside the K loop (a local_alloc there), so Triton 3.6 no longer treats the dot as "properly async"
-    and issues its wgmmas back to back instead of one wait each (PERF.md, Round 5: b_regs). CUDA only."""
-    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [a], dtype=tl.bfloat16, is_pure=True, pack=2)
 
 
 @triton.jit
@@ -157,7 +150,7 @@ def _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, 
     """One K tile of GEMM1: gate and up accumulators (FULL: the tile lies inside K, loads unmasked along K)."""
     a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL)
     if B_REGS and not A_FP4:  # MXFP4 activations are decoded in registers already
-        a = _via_regs(a)
+        a = via_regs(a)
     if W_SWZ:
         wg, wgs = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
         wu, wus = _load_w_swz(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
@@ -180,7 +173,7 @@ def _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0,
     """One K tile of GEMM2 (FULL, B_REGS as in _gemm1_step)."""
     a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL)
     if B_REGS and not A_FP4:  # MXFP4 activations are decoded in registers already
-        a = _via_regs(a)
+        a = via_regs(a)
     if W_SWZ:
         w, ws = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
         acc = _mma_swz(acc, a, a_s, w, ws, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
