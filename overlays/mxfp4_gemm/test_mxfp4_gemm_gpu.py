@@ -210,6 +210,16 @@ def test_every_sweep_variant_matches_reference(variant: str, m: int, n: int, k: 
         _check(_ours(a, w, ws, cfg, layout, quant_a=False), mxfp4_gemm_ref(a, w, ws, quant_a=False))
 
 
+@pytest.mark.skipif(bool(torch.version.hip), reason="b_regs is an sm90 knob")
+@pytest.mark.parametrize("m", [128, 256, 1024], ids=str)
+def test_b_regs_prequant_buckets_match_reference(m: int):
+    """The sweep's bregs variant (PERF.md Round 5) on each prequant bucket, swz128 weights, w4a16 too."""
+    a, w, ws = _case(m, 7168, 2048, seed=43)
+    cfg, layout = variant_config(api.pick_config(m, 7168, 2048, "sm90"), "bregs", api.bucket_key(m, "sm90"), "swz128")
+    _check(_ours(a, w, ws, cfg, layout), mxfp4_gemm_ref(a, w, ws))
+    _check(_ours(a, w, ws, cfg, layout, quant_a=False), mxfp4_gemm_ref(a, w, ws, quant_a=False))
+
+
 @pytest.mark.skipif(bool(torch.version.hip), reason="swz128 is the sm90 layout")
 @pytest.mark.parametrize("m", [1, 16, 32, 64, 128, 256, 1024, 4096], ids=str)
 def test_swz128_default_path_every_bucket(m: int):
