@@ -341,6 +341,20 @@ def _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, v_scale, stri
 
 
 @triton.jit
+def _store_quarters(O, PartO, acc0, acc1, acc2, acc3, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob,
+                    stride_oh, H: tl.constexpr, DL: tl.constexpr):  # fmt: skip
+    """A result held as four DL/4-column accumulators (split_d=4, a8w8 tokens-as-M), stored quarter by quarter."""
+    DC: tl.constexpr = DL // 4
+    _store_out(O, PartO, acc0, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh, H, DC, DL)
+    _store_out(O + DC, PartO + DC, acc1, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
+               H, DC, DL)  # fmt: skip
+    _store_out(O + 2 * DC, PartO + 2 * DC, acc2, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
+               H, DC, DL)  # fmt: skip
+    _store_out(O + 3 * DC, PartO + 3 * DC, acc3, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
+               H, DC, DL)  # fmt: skip
+
+
+@triton.jit
 def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq_hi, qk_scale, v_scale, offs_h,
              mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok, stride_ob, stride_oh, H: tl.constexpr,
              BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
@@ -351,19 +365,12 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
     q_row = Q + b.to(tl.int64) * stride_qb + offs_h[:, None] * stride_qh
     final = (pos == seq_lo) & (seg_hi == seq_hi)
     if A8W8 and TOKENS_M:
-        DC8: tl.constexpr = DL // 4
         acc0, acc1, acc2, acc3, m_i, l_i = _attend_a8w8_tokens(
             KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
             BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, PV_FP8, Q_EXP, CVT_ASM,
         )  # fmt: skip
-        _store_out(O, PartO, acc0, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
-                   H, DC8, DL)  # fmt: skip
-        _store_out(O + DC8, PartO + DC8, acc1, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob,
-                   stride_oh, H, DC8, DL)  # fmt: skip
-        _store_out(O + 2 * DC8, PartO + 2 * DC8, acc2, l_i, final, b, slot, offs_h, mask_h, v_scale,
-                   stride_ob, stride_oh, H, DC8, DL)  # fmt: skip
-        _store_out(O + 3 * DC8, PartO + 3 * DC8, acc3, l_i, final, b, slot, offs_h, mask_h, v_scale,
-                   stride_ob, stride_oh, H, DC8, DL)  # fmt: skip
+        _store_quarters(O, PartO, acc0, acc1, acc2, acc3, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob,
+                        stride_oh, H, DL)  # fmt: skip
     elif A8W8:
         acc, m_i, l_i = _attend_a8w8_heads(
             KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
@@ -372,19 +379,12 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
         _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
                    H, DL, DL)  # fmt: skip
     elif SPLIT_D == 4:
-        DC: tl.constexpr = DL // 4
         acc0, acc1, acc2, acc3, m_i, l_i = _attend_split4(
             KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
             BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, CDT, CVT_ASM, QK_CHAINS,
         )  # fmt: skip
-        _store_out(O, PartO, acc0, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
-                   H, DC, DL)  # fmt: skip
-        _store_out(O + DC, PartO + DC, acc1, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob,
-                   stride_oh, H, DC, DL)  # fmt: skip
-        _store_out(O + 2 * DC, PartO + 2 * DC, acc2, l_i, final, b, slot, offs_h, mask_h, v_scale,
-                   stride_ob, stride_oh, H, DC, DL)  # fmt: skip
-        _store_out(O + 3 * DC, PartO + 3 * DC, acc3, l_i, final, b, slot, offs_h, mask_h, v_scale,
-                   stride_ob, stride_oh, H, DC, DL)  # fmt: skip
+        _store_quarters(O, PartO, acc0, acc1, acc2, acc3, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob,
+                        stride_oh, H, DL)  # fmt: skip
     else:
         acc, m_i, l_i = _attend_whole(
             KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
