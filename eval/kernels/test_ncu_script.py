@@ -1,0 +1,45 @@
+"""scripts/device/ncu.sh and its driver: every default case names an impl the benches have, so a renamed impl
+or model fails here, not on the GPU host; and the script parses."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():  # the benches decorate kernels at import (see test_benches.py)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from speedrun.eval.kernels import mla_decode_bench, mxfp4_moe_bench
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "device"
+
+
+def default_cases() -> list[str]:
+    text = (SCRIPTS / "ncu.sh").read_text()
+    return re.search(r'CASES=\$\{CASES:-"([^"]*)"\}', text).group(1).split()
+
+
+def test_script_parses() -> None:
+    subprocess.run(["bash", "-n", str(SCRIPTS / "ncu.sh")], check=True)
+
+
+def test_default_cases_name_known_impls() -> None:
+    spec = importlib.util.spec_from_file_location("ncu_case", SCRIPTS / "ncu_case.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))  # imports cleanly on CPU
+    cases = default_cases()
+    assert any(c.startswith("mla:") for c in cases) and any(c.startswith("moe:") for c in cases)
+    moe_impls = {mxfp4_moe_bench.OURS, mxfp4_moe_bench.STOCK_ROUTE, *mxfp4_moe_bench.BUILDERS}
+    for case in cases:
+        op, *f = case.split(":")
+        if op == "mla":
+            dtype, bs, kv, impl = f
+            assert dtype in ("bf16", "fp8") and bs.isdigit() and (kv.isdigit() or kv == mla_decode_bench.MIXED)
+            assert impl in mla_decode_bench.SETUP, case
+        else:
+            model, m, impl = f
+            assert model in mxfp4_moe_bench.MODELS and m.isdigit() and impl in moe_impls, case

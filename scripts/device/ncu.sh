@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Nsight Compute on the served kernels of a few bench cases, ours next to stock's at the same shape: speed of
+# light, memory, occupancy, warp stall reasons, and the per-instruction stall samples (SASS source page), the
+# evidence the MLA / MoE next rounds are planned on. Results: $OUT/ncu.tgz (one .txt and one .csv per case).
+#   device: bash scripts/device/ncu.sh                 (carry .gpu-bundle)
+#   CASES="mla:fp8:256:8192:speedrun" DEADLINE=200 bash scripts/device/ncu.sh
+set -uo pipefail
+source scripts/device/setup.sh || exit 1
+START=$(date +%s); DEADLINE=${DEADLINE:-300}
+N=/tmp/ncu; mkdir -p "$N"
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
+[ -x "$NCU" ] || { echo "ncu not found"; exit 1; }
+SECTIONS=(SpeedOfLight MemoryWorkloadAnalysis Occupancy LaunchStats WarpStateStats SchedulerStats
+          ComputeWorkloadAnalysis InstructionStats SourceCounters)
+CASES=${CASES:-"mla:fp8:32:8192:speedrun mla:fp8:32:8192:flashmla mla:fp8:256:8192:speedrun
+  mla:fp8:256:8192:flashmla mla:bf16:256:8192:speedrun moe:deepseek-r1-mxfp4-tp8:32:speedrun
+  moe:deepseek-r1-mxfp4-tp8:32:fp8_fused_moe moe:gpt-oss-120b:32:speedrun moe:gpt-oss-120b:32:triton_kernels"}
+for c in $CASES; do
+  left=$(( DEADLINE - ($(date +%s) - START) )); (( left < 25 )) && { echo "SKIPPED (deadline): $c"; continue; }
+  name=${c//:/_}; echo "=== [${left}s left] $c"
+  # kernels of the profiled calls only (profile-from-start off), at most 12 launches; clocks left alone
+  timeout "$left" "$NCU" --profile-from-start off --clock-control none --launch-count 12 \
+    $(printf -- '--section %s ' "${SECTIONS[@]}") --import-source no -o "$N/$name" -f \
+    python3 scripts/device/ncu_case.py "$c" > "$N/$name.log" 2>&1
+  tail -n 3 "$N/$name.log"
+  [ -f "$N/$name.ncu-rep" ] || continue
+  "$NCU" -i "$N/$name.ncu-rep" --page details > "$N/$name.txt" 2>&1
+  "$NCU" -i "$N/$name.ncu-rep" --page source --print-source sass --csv > "$N/$name.sass.csv" 2>&1
+  grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy" \
+    "$N/$name.txt" | head -40
+  rm -f "$N/$name.ncu-rep"   # the text pages carry what is read later; the report is large
+done
+ls -la "$N"; tar czf "$OUT/ncu.tgz" -C /tmp ncu
