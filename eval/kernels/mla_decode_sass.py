@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 from speedrun.eval.kernels.mxfp4_gemm_sass import disassemble, opcode
 
-VARIANTS = ("default", "fp8_n64_w8", "fp8_r168_st3", "fp8_st7")  # default: the shipped fp8 a16 config
-MMA = ("HMMA", "HGMMA", "QGMMA")
+VARIANTS = ("default", "fp8_n64_w8", "fp8_r168_st3", "a8w8_n128_pv_f16")  # default: the shipped fp8 a16 config
+MMA = ("HMMA", "HGMMA", "QGMMA")  # QGMMA: fp8 wgmma
 TOKENS = 32  # per 32-token tile: the unit round 3/4 measured (~3 µs per tile per CTA)
 
 
@@ -70,16 +70,20 @@ def variant_stats(variant: str, kv: str = "fp8") -> TileStats:
     from speedrun.eval.kernels.mla_decode_compile import KV_TORCH, partial_spec
     from speedrun.eval.readiness.resources import sm90_usage
     from speedrun.overlays.mla_decode import api
+    from speedrun.overlays.mla_decode.config import Compute
 
     cfg = bench.variant_config(variant)
-    res = compile_spec(partial_spec(bench.BUCKET, bench.HEADS, cfg, kv, "sm90"), "sm90")
+    compute = cfg.fp8_compute if kv == "fp8" else Compute.A16  # a8w8 variants set it themselves
+    res = compile_spec(partial_spec(bench.BUCKET, bench.HEADS, cfg, kv, "sm90", compute), "sm90")
     if not res.ok:
         raise RuntimeError(f"{variant}: {res.error}")
     run = api.kv_config(cfg, KV_TORCH[kv]) if kv == "fp8" else cfg
+    run = run.a8w8 if run.fp8_compute == Compute.A8W8 and kv == "fp8" else run  # its BLOCK_N / warps / stages
     instrs, labels, _ = disassemble(res.binary)
     body = tile_loop(instrs, labels)
     use = sm90_usage(res.binary, res.shared or 0, res.num_warps or run.num_warps)
-    return TileStats(variant, run.BLOCK_N, run.num_warps, run.num_stages, run.maxnreg, use.vgpr or 0, use.scratch,
+    maxnreg = getattr(run, "maxnreg", None)  # the a8w8 knobs have none
+    return TileStats(variant, run.BLOCK_N, run.num_warps, run.num_stages, maxnreg, use.vgpr or 0, use.scratch,
                      use.shared, use.occupancy, use.limit, len(body),
                      dict(collections.Counter(map(opcode, body)).most_common()))  # fmt: skip
 

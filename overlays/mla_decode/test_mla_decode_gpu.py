@@ -174,7 +174,6 @@ VARIANTS = [
     "flat",
     "merge_p32",
     "qk1",
-    "fp8_st7",
     "round1",
     "s4_n64_w4_st3",
     "s4_n32_w4_pps1",
@@ -183,6 +182,7 @@ VARIANTS = [
     "a8w8_pv_fp8",
     "a8w8_pv_f16",
     "a8w8_pv_f16_st3",
+    "a8w8_n128_pv_f16",
 ]
 
 
