@@ -145,36 +145,26 @@ def _load_a(a_ptr, as_ptr, offs_m, k0, K, stride_am, stride_asm, stride_ask,
 
 
 @triton.jit
-def _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn,
-                  BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
-    """W tile as int32 words [BN, BK/8] (8 codes each) + E8M0 [BN, BK/32]; K % 32 == 0 keeps words whole."""
-    ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+def _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                  SWZ: tl.constexpr = False):  # fmt: skip
+    """W tile as int32 words [BN, BK/8] (8 codes each) and its E8M0 scales. Plain layout: scales [BN, BK/32] (K % 32
+    == 0 keeps words whole). SWZ, mx.layout's swz128 (K % 128 == 0): each lane's words of a 128-wide chunk are
+    contiguous (16-byte loads in MMA fragment order) and every word has its scale: [BN, BK/8]."""
     rows = offs_n.to(tl.int64)[:, None]
     kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
     wp = w_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_wn // 4) + kw[None, :]
+    if SWZ:
+        ks = mx.swz_word_scale_cols(k0, BLOCK_K)
+        s_ok = kw[None, :] < K // 8
+    else:
+        ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        s_ok = ks[None, :] < K // 32
     if EVEN_K:
         words = tl.load(wp)
         scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :])
     else:
         words = tl.load(wp, mask=kw[None, :] < K // 8, other=0)
-        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :], mask=ks[None, :] < K // 32, other=127)
-    return words, scales
-
-
-@triton.jit
-def _load_w_swz(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
-    """W in mx.layout's swz128 layout (K % 128 == 0): int32 words [BN, BK/8], each lane's words of a 128-wide chunk
-    contiguous (16-byte loads in MMA fragment order), and each word's E8M0 scale [BN, BK/8]."""
-    rows = offs_n.to(tl.int64)[:, None]
-    kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-    ks = mx.swz_word_scale_cols(k0, BLOCK_K)
-    wp = w_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_wn // 4) + kw[None, :]
-    if EVEN_K:
-        words = tl.load(wp)
-        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :])
-    else:
-        words = tl.load(wp, mask=kw[None, :] < K // 8, other=0)
-        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :], mask=kw[None, :] < K // 8, other=127)
+        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :], mask=s_ok, other=127)
     return words, scales
 
 
@@ -309,7 +299,8 @@ def mxfp4_gemm_kernel(
     for kt in range(kt0, kt1):
         k0 = kt * BLOCK_K
         if W_DEQ == 4:
-            w_packed, w_scales = _load_w_swz(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
+            w_packed, w_scales = _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K,
+                                               SWZ=True)  # fmt: skip
         elif W_DEQ == 3:
             w_packed, w_scales = _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
         else:
