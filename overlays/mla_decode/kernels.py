@@ -106,17 +106,19 @@ def _row_ptr(KV, loc, stride_kv_page, stride_kv_tok, PAGE_SIZE: tl.constexpr):
 
 
 @triton.jit
-def _online_softmax(s, mask_n, qk_scale, m_i, l_i, INT_MAX: tl.constexpr = False):
-    """INT_MAX (a8w8): the running max is kept an integer (log2 domain), so every rescale is a power of two and
+def _online_softmax(s, mask_n, qk_scale, m_i, INT_MAX: tl.constexpr = False):
+    """One tile of the exp2 online softmax: (p, alpha, m). The caller folds p into its row sums: the 16-bit paths
+    keep them elementwise, [BLOCK_H, BLOCK_N] summed once after the last tile, because with the tokens split
+    across warps a per-tile row sum is a cross-warp reduction through shared memory (sm90 SASS, fp8 a16: 11 -> 8
+    barriers and 528 -> 508 instructions per tile); the a8w8 paths, at the register limit, sum per tile.
+    INT_MAX (a8w8): the running max is kept an integer (log2 domain), so every rescale is a power of two and
     fp8-quantized P is the same whatever the tiling (fp8 rounding commutes with powers of two)."""
     s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
     if INT_MAX:
         m_new = tl.maximum(m_i, tl.ceil(tl.max(s, axis=1)))
     else:
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    alpha = tl.exp2(m_i - m_new)
-    pr = tl.exp2(s - m_new[:, None])
-    return pr, alpha, m_new, l_i * alpha + tl.sum(pr, axis=1)
+    return tl.exp2(s - m_new[:, None]), tl.exp2(m_i - m_new), m_new
 
 
 @triton.jit
@@ -138,7 +140,7 @@ def _attend_whole(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_k
     q_lat = _q_tile(q_row, 0, mask_h, DL, CDT, q_mul)
     q_rope = _q_tile(q_row, DL, mask_h, DR, CDT, q_mul)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
+    l_acc = tl.zeros([BLOCK_H, BLOCK_N], tl.float32)
     acc = tl.zeros([BLOCK_H, DL], tl.float32)
     for n0 in range(pos, seg_hi, BLOCK_N):
         row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
@@ -146,9 +148,10 @@ def _attend_whole(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_k
         k_rope = _kv_tile(KV, row, DL, mask_n, DR, CDT, CVT_ASM)
         s = tl.dot(q_lat, tl.trans(k_lat))
         s = tl.dot(q_rope, tl.trans(k_rope), acc=s)
-        pr, alpha, m_i, l_i = _online_softmax(s, mask_n, qk_scale / q_mul, m_i, l_i)
+        pr, alpha, m_i = _online_softmax(s, mask_n, qk_scale / q_mul, m_i)
+        l_acc = l_acc * alpha[:, None] + pr
         acc = tl.dot(pr.to(CDT), k_lat, acc=acc * alpha[:, None])
-    return acc, m_i, l_i
+    return acc, m_i, tl.sum(l_acc, axis=1)
 
 
 @triton.jit
@@ -165,7 +168,7 @@ def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_
     q3 = _q_tile(q_row, 3 * DC, mask_h, DC, CDT, q_mul)
     q_rope = _q_tile(q_row, DL, mask_h, DR, CDT, q_mul)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
+    l_acc = tl.zeros([BLOCK_H, BLOCK_N], tl.float32)
     acc0 = tl.zeros([BLOCK_H, DC], tl.float32)
     acc1 = tl.zeros([BLOCK_H, DC], tl.float32)
     acc2 = tl.zeros([BLOCK_H, DC], tl.float32)
@@ -189,13 +192,14 @@ def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_
         else:
             s = tl.dot(q2, tl.trans(k2), acc=s)
             s = tl.dot(q3, tl.trans(k3), acc=s)
-        pr, alpha, m_i, l_i = _online_softmax(s, mask_n, qk_scale / q_mul, m_i, l_i)
+        pr, alpha, m_i = _online_softmax(s, mask_n, qk_scale / q_mul, m_i)
+        l_acc = l_acc * alpha[:, None] + pr
         pc = pr.to(CDT)
         acc0 = tl.dot(pc, k0, acc=acc0 * alpha[:, None])
         acc1 = tl.dot(pc, k1, acc=acc1 * alpha[:, None])
         acc2 = tl.dot(pc, k2, acc=acc2 * alpha[:, None])
         acc3 = tl.dot(pc, k3, acc=acc3 * alpha[:, None])
-    return acc0, acc1, acc2, acc3, m_i, l_i
+    return acc0, acc1, acc2, acc3, m_i, tl.sum(l_acc, axis=1)
 
 
 # a8w8: P in [0, 1] is scaled by 2^8 before its fp8 cast (exact; e4m3 then keeps p >= 2^-17 from underflowing)
@@ -318,7 +322,8 @@ def _attend_a8w8_heads(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, str
         k_lat = _kv_raw(KV, row, 0, mask_n, DL)
         s = tl.dot(q_rope, tl.trans(_kv_raw(KV, row, DL, mask_n, DR)))
         s = tl.dot(q_lat, tl.trans(k_lat), acc=s)
-        pr, alpha, m_i, l_i = _online_softmax(s, mask_n, sc[:, None], m_i, l_i, True)
+        pr, alpha, m_i = _online_softmax(s, mask_n, sc[:, None], m_i, True)
+        l_i = l_i * alpha + tl.sum(pr, axis=1)
         if PV_FP8:
             acc = tl.dot((pr * P_SCALE).to(Q8), k_lat, acc=acc * alpha[:, None])
         else:
