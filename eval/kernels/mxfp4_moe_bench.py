@@ -248,7 +248,7 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # it holds every in-flight A fragment: 177-247 registers, one CTA per SM fewer; PERF.md "b_regs"). Round 6's
 # prefill variants (GPT-OSS M 4096 / 8192; PERF.md "Round 6 candidates") set every tile knob, so each runs the same
 # kernels wherever it is laid: swap-AB with 128 weight rows per GEMM (wgmma m64n128 from registers, tokens on N,
-# no decoded-tile STSM), the tpe<=64 tiles (16-32% fewer padded slots at M 4096, 2 GEMM1 CTAs per SM), and the
+# no decoded-tile STSM), the tpe<=64 tiles (17% fewer computed slots at M 4096, 2 GEMM1 CTAs per SM), and the
 # config's no-swap GEMM1 at 128 weight columns (m64n128 instead of m64n64 shared-memory wgmma).
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
