@@ -226,39 +226,65 @@ def _stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any]:
 
 
 # DeepSeek first (round 5's questions: its w4a4 decode buckets, M 4 and 64 included, the weakest vs FP8 in round 4),
-# so a step cut short loses GPT-OSS rows; `recording` keeps every row written before.
-SWEEP_MS = {"deepseek-r1-mxfp4-tp8": (1, 4, 16, 64, 128), "gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512)}
+# so a step cut short loses GPT-OSS rows; `recording` keeps every row written before. GPT-OSS's prefill sizes last:
+# M 4096 / 8192 (an 8k-token prefill chunk), where only the config and the "prefill" variants run (PREFILL_TPE).
+SWEEP_MS = {"deepseek-r1-mxfp4-tp8": (1, 4, 16, 64, 128), "gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512, 4096, 8192)}
 SWEEP_ROW_S = 76.5 / 76  # round 3's sweep: 76 rows (compiles included) in 76.5 s on the H100
+# a prefill row (not measured yet): ~7.5 ms per call at M 8192 x 2 copies x >= 20 replays, and the first M of a
+# variant compiles two 8-warp 128-wide kernels (the second M reuses them); guessed high
+SWEEP_PREFILL_ROW_S = 4.5
+PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe<=256 / tpe>256: BLOCK_M 128)
 # Overrides of the tuned config ("layout" picks the experts' value layout, default swz128 = what the sm90 hook
-# stores; "fmt" times a variant only on that format's experts). Round 5's w4a4 decode questions come first (SASS
-# and reasoning: PERF.md "Round 5 candidates"): GEMM1 split-K x4 where auto picks none (M 4-16: 36-144 slots x 4 N
-# tiles >= 132 SMs leave one 4-warp CTA per SM for 56 K steps), 16-slot blocks at tpe<=16 (M 128: ~4.5 tokens per
-# expert fit one block; runs the tpe<=4 kernels, 12-17% fewer warp-instructions per weight KiB), GEMM2 (K 256: two
-# K steps per CTA) as 128-row tiles over 2 warpgroups. Then rounds 2-3's: the round-2 path (plain layout), Triton's
-# own sm90 dot_scaled upcast (plain), and swz128 knobs: deeper K tiles, no swap-AB, the two-multiply decode,
-# 128-row weight tiles (2 warpgroups), GEMM1 without split-K (round 2's 32-row w4a4 GEMM1 tile is not swept: 2.5x
-# more loop instructions per code in SASS, PERF.md). GPT-OSS's round-5 question comes first on w4a16 experts:
-# b_regs (wgmmas back to back) with GEMM1's K tile at 128 (at 256 it holds every in-flight A fragment: 177-247
-# registers, one CTA per SM fewer; PERF.md "b_regs").
+# stores; "fmt" times a variant only on that format's experts; "prefill" times it only at prefill shapes, where
+# nothing else but the config runs). Round 5's w4a4 decode questions come first (SASS and reasoning: PERF.md
+# "Round 5 candidates"): GEMM1 split-K x4 where auto picks none (M 4-16: 36-144 slots x 4 N tiles >= 132 SMs leave
+# one 4-warp CTA per SM for 56 K steps), 16-slot blocks at tpe<=16 (M 128: ~4.5 tokens per expert fit one block;
+# runs the tpe<=4 kernels, 12-17% fewer warp-instructions per weight KiB), GEMM2 (K 256: two K steps per CTA) as
+# 128-row tiles over 2 warpgroups. Then rounds 2-3's: the round-2 path (plain layout), swz128 knobs: deeper K
+# tiles, 128-row weight tiles (2 warpgroups), GEMM1 without split-K. Dropped as settled by round 3's sweep (slower
+# at every shape of both models): Triton's own dot_scaled upcast (1.67-2.5x), no swap-AB at decode (1.5-2.0x),
+# the two-multiply decode (1.01-1.13x; the fallback for scale bytes > 128, GPU-tested for correctness). GPT-OSS's
+# round-5 question comes first on w4a16 experts: b_regs (wgmmas back to back) with GEMM1's K tile at 128 (at 256
+# it holds every in-flight A fragment: 177-247 registers, one CTA per SM fewer; PERF.md "b_regs"). Round 6's
+# prefill variants (GPT-OSS M 4096 / 8192; PERF.md "Round 6 candidates") set every tile knob, so each runs the same
+# kernels wherever it is laid: swap-AB with 128 weight rows per GEMM (wgmma m64n128 from registers, tokens on N,
+# no decoded-tile STSM), the tpe<=64 tiles (17% fewer computed slots at M 4096, 2 GEMM1 CTAs per SM), and the
+# config's no-swap GEMM1 at 128 weight columns (m64n128 instead of m64n64 shared-memory wgmma).
+_P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
+            BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
 SWEEP_VARIANTS = {
     "a4_split4": {"fmt": "w4a4", "split1": 4},
     "a4_bm16": {"fmt": "w4a4", "BLOCK_M": 16},
     "a4_g2_bn128": {"fmt": "w4a4", "BLOCK_N2": 128, "warps2": 8},
     "a16_bregs": {"fmt": "w4a16", "b_regs": True, "BLOCK_K1": 128, "stages1": 4},
     "plain": {"layout": "plain"},
-    "dot_scaled": {"layout": "plain", "dot_scaled": True},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
-    "swz_noswap": {"swap": False},
-    "swz_mul2": {"mul1": False},
     "swz_bn128": {"BLOCK_N1": 128, "BLOCK_N2": 128, "warps1": 8, "warps2": 8, "stages1": 3, "stages2": 3},
     "swz_no_split1": {"split1": 1},
+    "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
+    "p16_bm64": {**_P16, "BLOCK_M": 64, "BLOCK_N1": 64, "warps1": 4, "swap": True, "b_regs": True},
+    "p16_bn128": {**_P16, "swap": False},
 }
-VARIANT_META = ("layout", "fmt")  # not bucket knobs: the experts' value layout; the only format a variant runs on
+VARIANT_META = ("layout", "fmt", "prefill")  # not bucket knobs: value layout, the only format / shapes it runs on
 
 
-def sweep_variants(fmt: str) -> dict[str, dict[str, Any]]:
-    """What the sweep times on experts of `fmt`: the config, then every variant not aimed at the other format."""
-    return {"config": {}, **{k: v for k, v in SWEEP_VARIANTS.items() if v.get("fmt", fmt) == fmt}}
+def is_prefill(model: Model, m: int) -> bool:
+    """Whether a shape is prefill-sized for the sweep (see PREFILL_TPE)."""
+    return m * model.topk / model.experts > PREFILL_TPE
+
+
+def sweep_variants(fmt: str, prefill: bool = False) -> dict[str, dict[str, Any]]:
+    """What the sweep times on experts of `fmt` at a decode (or prefill) shape: the config, then every variant
+    not aimed at the other format or the other kind of shape."""
+    return {"config": {}, **{k: v for k, v in SWEEP_VARIANTS.items()
+                             if v.get("fmt", fmt) == fmt and v.get("prefill", False) == prefill}}  # fmt: skip
+
+
+def sweep_plan(model_name: str) -> list[tuple[int, dict[str, dict[str, Any]]]]:
+    """(M, variants timed there) in sweep order for one model (rows equal to the config's are skipped later)."""
+    model = MODELS[model_name]
+    fmt = "w4a4" if model.w4a4 else "w4a16"
+    return [(m, sweep_variants(fmt, is_prefill(model, m))) for m in SWEEP_MS[model_name]]
 
 
 def variant_cfg(base: MoeBucket, var: dict[str, Any]) -> tuple[MoeBucket, str]:
@@ -283,16 +309,16 @@ def _sweep_row(impl: Built, m: int, model: Model, want: Any, row: dict[str, Any]
 
 def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1],
                 emit: Emit = ignore) -> list[dict[str, Any]]:  # fmt: skip
-    """Every SWEEP_VARIANTS entry (plus the config itself) at SWEEP_MS[model]; rows carry `bucket` (the config
-    key the shape maps to), `variant`, `config` (what fused_moe_mxfp4 ran) and `us`; impl "speedrun" on swz128
-    experts (the sm90 serving layout), "speedrun_plain" on plain ones."""
+    """The config and the SWEEP_VARIANTS entries `sweep_plan` times at each of SWEEP_MS[model]; rows carry `bucket`
+    (the config key the shape maps to), `variant`, `config` (what fused_moe_mxfp4 ran) and `us`; impl "speedrun"
+    on swz128 experts (the sm90 serving layout), "speedrun_plain" on plain ones."""
     model = MODELS[model_name]
     e, topk, h, n, a4 = model[:5]
     raws = Copies(make_raw(e, h, n, gptoss=not a4))
     plain_w = ours(raws(0), gptoss=not a4)
     weights = {"plain": Copies(plain_w), "swz": Copies(swizzled(plain_w))}  # shared by every variant of a layout
     rows = []
-    for m in SWEEP_MS[model_name]:
+    for m, variants in sweep_plan(model_name):
         s0 = routing_set(m, model, 0)
         nbytes = min_bytes(routing_sets(m, model), e, h, n, gptoss=not a4)
         base_cfg = pick_config(plain_w, m, topk)
@@ -303,7 +329,7 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1],
         except FAILURES:  # the config's own row records the error below
             want = None
         seen: list[tuple[dict[str, Any], str]] = []
-        for name, var in sweep_variants(plain_w.fmt).items():
+        for name, var in variants.items():
             cfg, layout = variant_cfg(base_cfg, var)
             key = (cfg.model_dump(), layout)  # every knob as it runs, schema defaults included
             if key in seen:  # a no-op here (e.g. split1 outside tpe<=1): the config's row stands for it

@@ -1,6 +1,7 @@
-"""Offline SASS of the sm90 MXFP4 MoE GEMMs per decode bucket and sweep variant (no GPU): registers, spills, shared
-memory, CTAs per SM, the K loop's instructions per 32 K-elements and per KiB of weight codes, and its barriers and
-waits, so a variant can be judged before a GPU call.
+"""Offline SASS of the sm90 MXFP4 MoE GEMMs per bucket and sweep variant (no GPU): registers, spills, shared memory,
+CTAs per SM, the K loop's instructions per 32 K-elements and per KiB of weight codes (decode: weight streaming), its
+issue cost against its MMAs' tensor-core time (prefill: compute-bound), and its barriers and waits, so a variant can
+be judged before a GPU call.
 
 Compiles GEMM1 and GEMM2 of a bucket with the variant laid over it (mxfp4_moe_bench.variant_cfg), as the hook's plan
 launches them (mxfp4_moe_compile.gemm1_spec / gemm2_spec: resolver flags, JIT-like alignment; swz128 weights unless
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,6 +49,7 @@ class GemmStats:
     mma: int  # HGMMA / HMMA per K step
     mma_waits: int  # WARPGROUP.DEPBAR per K step: 1 = the step's wgmmas back to back, one per wgmma = serialized
     ops: dict[str, int] = field(default_factory=dict)
+    mma_kind: str = ""  # the K loop's first matrix instruction: shape, and A from registers (RS) or shared (SS)
 
     def rows(self) -> int:
         """Weight rows a CTA streams (GEMM1 holds gate and up)."""
@@ -59,6 +62,13 @@ class GemmStats:
     def warp_per_kib(self) -> float:
         """Warp-instructions per KiB of weight codes: the issue cost of streaming the weight."""
         return self.loop * self.warps / (self.rows() * self.block[2] / 2 / 1024)
+
+    def issue_per_tensor(self) -> float:
+        """Clocks to issue the loop at 4 warp-instructions per clock per SM over clocks of its MMAs at the bf16
+        wgmma peak (2048 FMA per clock per SM), both per K step of one CTA: the prefill (compute-bound) cost of the
+        decode; above ~0.5 the decode cannot hide behind the tensor cores at a realistic 2-3 issued per clock."""
+        fma = self.block[0] * self.rows() * self.block[2]
+        return self.loop * self.warps / 4 / (fma / 2048)
 
     def syncs(self) -> int:
         """CTA barriers and cp.async group arms / waits per K step."""
@@ -100,8 +110,19 @@ def gemm_stats(bucket: str, variant: str = "config") -> tuple[GemmStats, GemmSta
         use = sm90_usage(res.binary, res.shared or 0, warps)
         out.append(GemmStats(bucket, variant, gemm, (cfg.BLOCK_M, bn, bk), warps, opts["num_stages"], use.vgpr or 0,
                              use.scratch, use.shared, use.occupancy, use.limit, len(body), ops["HGMMA"] + ops["HMMA"],
-                             sum("WARPGROUP.DEPBAR" in i for i in body), dict(ops.most_common())))  # fmt: skip
+                             sum("WARPGROUP.DEPBAR" in i for i in body), dict(ops.most_common()),
+                             mma_kind(body)))  # fmt: skip
     return out[0], out[1]
+
+
+def mma_kind(body: list[str]) -> str:
+    """`64x128x16 RS` (wgmma, A from registers), `64x64x16 SS` (A from shared memory) or `HMMA.16816` (mma.sync)."""
+    for ins in body:
+        if m := re.search(r"HGMMA\.(\d+x\d+x\d+)\S*\s+\S+,\s*(\S+)", ins):
+            return f"{m.group(1)} {'SS' if m.group(2).startswith('gdesc') else 'RS'}"
+        if m := re.search(r"HMMA\.(\d+)", ins):
+            return f"HMMA.{m.group(1)}"
+    return ""
 
 
 def row(s: GemmStats) -> str:
@@ -109,13 +130,13 @@ def row(s: GemmStats) -> str:
     m, n, k = s.block
     return (f"| {s.bucket} | {s.variant} | {s.gemm} | {m}x{n}x{k}, {s.warps}w, {s.stages}st | {s.regs} | {s.spill} | "
             f"{s.shared / 1024:.1f} | {s.ctas_per_sm} ({s.limit}) | {s.loop} | {s.per_32k():.0f} | "
-            f"{s.warp_per_kib():.0f} | {s.mma} / {s.mma_waits} | {s.syncs()} ({s.ops.get('BAR', 0)} BAR) | "
-            f"{top} |")  # fmt: skip
+            f"{s.warp_per_kib():.0f} | {s.issue_per_tensor():.2f} | {s.mma_kind} | {s.mma} / {s.mma_waits} | "
+            f"{s.syncs()} ({s.ops.get('BAR', 0)} BAR) | {top} |")  # fmt: skip
 
 
 HEADER = ("| bucket | variant | GEMM | tile MxNxK, warps, stages | regs | spill B | smem KiB | CTAs/SM (limit) | "
-          "loop instr / K step | instr / 32 K | warp-instr / KiB W | mma / waits | BAR + cp.async waits / K step | "
-          "top opcodes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+          "loop instr / K step | instr / 32 K | warp-instr / KiB W | issue : tensor | MMA | mma / waits | "
+          "BAR + cp.async waits / K step | top opcodes |\n" + "|---" * 16 + "|")  # fmt: skip
 
 
 def table(buckets: tuple[str, ...], variants: tuple[str, ...]) -> str:

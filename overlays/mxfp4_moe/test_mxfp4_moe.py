@@ -360,6 +360,51 @@ def test_b_regs_w4a16_wgmmas_back_to_back_on_sm90():
         assert new.ctas_per_sm >= old.ctas_per_sm and new.warp_per_kib() < old.warp_per_kib(), (bucket, gemm, new)
 
 
+@pytest.mark.parametrize("variant", ["p16_swap_bn128", "p16_bm64", "p16_bn128"])
+def test_prefill_sweep_variants_match_reference(variant):
+    """Round 6's GPT-OSS prefill variants (PERF.md "Round 6 candidates": every tile knob set, 128-slot blocks, 128
+    weight rows) on swz128 experts under the interpreter: two K steps, two GEMM2 N tiles, one partly filled block per
+    expert, an EP-filtered slot (b_regs is CUDA-only: test_b_regs_knob_reaches_cuda_kernels_only)."""
+    from speedrun.eval.kernels.mxfp4_moe_bench import SWEEP_VARIANTS, variant_cfg
+
+    var = SWEEP_VARIANTS[variant]
+    assert var["prefill"] and var["fmt"] == "w4a16"
+    cfg, layout = variant_cfg(moe_mod.table("sm90")["w4a16:tpe<=256"], var)
+    assert layout == "swz" and all(getattr(cfg, k) == v for k, v in var.items() if k not in ("fmt", "prefill"))
+    e, n, h, topk, m = 3, 128, 256, 2, 40
+    w = _weights(e, n, h, seed=41, act=Act.SWIGLU_OAI)
+    g = torch.Generator().manual_seed(42)
+    w.b13, w.b2 = torch.randn(e, 2 * n, generator=g), torch.randn(e, h, generator=g)
+    x = torch.randn(m, h, generator=g).bfloat16()
+    ids, tw = _routing(m, e, topk, seed=43)
+    ids[0, 1] = -1
+    _check(moe(x, moe_mod.swizzled(w, chunk=2), ids, tw, cfg=cfg), _ref(x, w, ids, tw), 1e-2)
+
+
+def test_prefill_sweep_variants_sass_on_sm90():
+    """The AOT evidence of PERF.md's "Round 6 candidates" table (mxfp4_moe_sass, clean process) at GPT-OSS M 4096's
+    bucket: the shipped GEMM1 feeds m64n64 wgmmas from shared memory (the decoded tile stored there); no variant
+    spills; p16_swap_bn128 runs m64n128 wgmmas with the weights from registers in both GEMMs, one wait per
+    accumulator, fewer issue clocks per tensor clock and fewer barriers; p16_bm64 keeps 2 GEMM1 CTAs per SM;
+    p16_bn128 widens the shipped GEMM1's wgmma to n128."""
+    from speedrun.eval.kernels.mxfp4_moe_sass import GemmStats
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_moe_sass", "--json", "--bucket", "w4a16:tpe<=256",
+           "config", "p16_swap_bn128", "p16_bm64", "p16_bn128"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    st = {(d["variant"], d["gemm"]): GemmStats(**d) for d in json.loads(proc.stdout.splitlines()[-1])}
+    assert all(s.spill == 0 and s.mma_waits == 3 - s.gemm for s in st.values()), st
+    assert st["config", 1].mma_kind == "64x64x16 SS" and st["p16_bn128", 1].mma_kind == "64x128x16 SS"
+    for gemm in (1, 2):
+        cfg, new = st["config", gemm], st["p16_swap_bn128", gemm]
+        assert new.mma_kind == "64x128x16 RS" and new.ops.get("STSM", 0) == 0
+        assert new.issue_per_tensor() < cfg.issue_per_tensor() and new.syncs() < cfg.syncs(), (gemm, new)
+    assert st["p16_bm64", 1].ctas_per_sm == 2 and st["p16_bm64", 1].mma_kind == "64x64x16 RS"
+    assert st["p16_bn128", 1].issue_per_tensor() < st["config", 1].issue_per_tensor()
+
+
 def test_bucket_grammar_and_picking():
     """One grammar for every op's table: `[<fmt>:]<dim><=N` / `>N`; a value takes the first bucket holding it."""
     from speedrun.overlays.buckets import parse, select

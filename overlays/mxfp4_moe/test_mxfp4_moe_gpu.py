@@ -76,7 +76,7 @@ def model(request):
     return request.param, w, ws
 
 
-# the serving path everywhere; plain and dot_scaled also run at m=1 in test_every_sweep_variant_matches_reference
+# the serving path everywhere; plain also runs at m=1 in test_every_sweep_variant_matches_reference
 CASES = [(m, "swz") for m in MS] + [(64, "plain"), (4096, "plain"), (64, "plain_dot_scaled")]
 
 
@@ -149,12 +149,17 @@ def test_triton_kernels_routing_conversion():
 
 
 @pytest.mark.parametrize("variant", list(SWEEP_VARIANTS))
-@pytest.mark.parametrize("m", [1])  # the sweep itself checks every variant at its other shapes (rel_diff_vs_config)
-def test_every_sweep_variant_matches_reference(model, m, variant):
-    """Each config variant the bench sweeps (layouts, dot_scaled, tiles, decode) is checked here first."""
+def test_every_sweep_variant_matches_reference(model, variant):
+    """Each config variant the bench sweeps (layouts, tiles, decode, prefill tiles) is checked here first: at M 1,
+    prefill variants at M 4096 on GPT-OSS (where the sweep times them; the sweep itself checks every variant at
+    its other shapes with rel_diff_vs_config)."""
     name, w, ws = model
+    var = SWEEP_VARIANTS[variant]
+    if var.get("prefill") and var.get("fmt", w.fmt) != w.fmt:
+        pytest.skip(f"{variant}: a {var['fmt']} prefill variant (M 4096 of the other model is not swept)")
+    m = 4096 if var.get("prefill") else 1
     x, ids, tw = make_routing(name, m, seed=5)
-    cfg, layout = variant_cfg(pick_config(w, m, ids.shape[1]), SWEEP_VARIANTS[variant])
+    cfg, layout = variant_cfg(pick_config(w, m, ids.shape[1]), var)
     out = run(x, ws if layout == "swz" else w, ids, tw, cfg=cfg)
     ref = reference(x, w, ids, tw)
     assert torch.isfinite(out.float()).all()
