@@ -43,3 +43,15 @@ def test_default_cases_name_known_impls() -> None:
         else:
             model, m, impl = f
             assert model in mxfp4_moe_bench.MODELS and m.isdigit() and impl in moe_impls, case
+
+
+def test_stall_summary_orders_reasons_and_keeps_units() -> None:
+    """ncu_stalls.py on a raw-page CSV as ncu writes it (header, unit line, one row per launch)."""
+    stalls = "smsp__average_warps_issue_stalled_{}_per_issue_active.ratio"
+    header = ["ID", "Kernel Name", "gpu__time_duration.sum", stalls.format("barrier"), stalls.format("wait")]
+    lines = [header, ["", "", "usecond", "", ""], ["0", "_mla_partial_kernel", "135.2", "0.70", "2.50"]]
+    text = "\n".join(",".join(f'"{v}"' for v in line) for line in lines) + "\n"
+    out = subprocess.run(["python3", str(SCRIPTS / "ncu_stalls.py")], input=text, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert "_mla_partial_kernel" in out and "time 135.2 usecond" in out
+    assert out.index("wait 2.50") < out.index("barrier 0.70")

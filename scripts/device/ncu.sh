@@ -27,6 +27,9 @@ for c in $CASES; do
   [ -f "$N/$name.ncu-rep" ] || continue
   "$NCU" -i "$N/$name.ncu-rep" --page details > "$N/$name.txt" 2>&1
   "$NCU" -i "$N/$name.ncu-rep" --page source --print-source sass --csv > "$N/$name.sass.csv" 2>&1
+  # the stall breakdown per kernel (cycles per issued instruction by reason), which the details page summarizes
+  "$NCU" -i "$N/$name.ncu-rep" --page raw --csv 2>/dev/null | python3 scripts/device/ncu_stalls.py > "$N/$name.stalls.txt"
+  cat "$N/$name.stalls.txt"
   grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy" \
     "$N/$name.txt" | head -40
   rm -f "$N/$name.ncu-rep"   # the text pages carry what is read later; the report is large
