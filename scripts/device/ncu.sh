@@ -10,6 +10,11 @@ START=$(date +%s); DEADLINE=${DEADLINE:-300}
 N=/tmp/ncu; mkdir -p "$N"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
 [ -x "$NCU" ] || { echo "ncu not found"; exit 1; }
+# Counters are readable on some of the lent machines only (KINDS.md: not under gVisor): a 1-kernel probe first, so a
+# machine without them costs seconds, not the whole deadline.
+"$NCU" --clock-control none --metrics gpu__time_duration.sum python3 -c \
+  "import torch; torch.ones(1, device='cuda').add_(1); torch.cuda.synchronize()" > "$N/probe.log" 2>&1
+grep -q "gpu__time_duration" "$N/probe.log" || { echo "ncu cannot read counters here:"; tail -n 5 "$N/probe.log"; exit 0; }
 SECTIONS=(SpeedOfLight MemoryWorkloadAnalysis Occupancy LaunchStats WarpStateStats SchedulerStats
           ComputeWorkloadAnalysis InstructionStats SourceCounters)
 # most wanted first: a deadline drops the tail
