@@ -89,7 +89,7 @@ def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> Compil
            "stride_wsn", "stride_be", "stride_om"), "i32")}  # fmt: skip
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not a4, "DOT_SCALED": run.dot_scaled,
              "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N2, "BLOCK_K": run.block_k2, **FLAGS_OFF, **run.flags,
-             "EVEN_N": True}  # fmt: skip
+             "EVEN_N": True, "N_GROUP": cfg.group2}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))

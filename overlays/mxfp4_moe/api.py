@@ -198,6 +198,10 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
         keys = [k for _, k in buckets.upto] + ([buckets.above] if buckets.above else [])
         launches = {k: resolve(table(arch)[k], w.swz, w.mul1, arch, cuda) for k in keys}
         launches = _routes(launches, keys, w, arch)
+    for key, run in launches.items():  # the grouped GEMM2 loop has no K tail (kernels.moe_gemm2_kernel)
+        if run.cfg.group2 > 1 and w.inter % run.block_k2:
+            raise ValueError(f"{OP} {key}: group2 {run.cfg.group2} needs the intermediate size ({w.inter}) to be a "
+                             f"multiple of GEMM2's K tile ({run.block_k2}); expected group2 1")  # fmt: skip
     layout = Layout.SWZ if w.swz else Layout.PLAIN
     return MoePlan(w.fmt, layout, w.num_experts, arch, device, buckets, launches)
 
@@ -325,14 +329,14 @@ def fused_moe_mxfp4(
         part_ptr=part, cnt_ptr=cnt, SPLIT_K=split, EVEN_N=n % cfg.BLOCK_N1 == 0,
     )  # fmt: skip
     b2 = w.b2 if w.b2 is not None else w.w2_scale
-    grid2 = (s.max_blocks, triton.cdiv(h, cfg.BLOCK_N2))
+    grid2 = (s.max_blocks, triton.cdiv(triton.cdiv(h, cfg.BLOCK_N2), cfg.group2))
     moe_gemm2_kernel[grid2](
         inter, inter_s, w.w2, w.w2_scale, b2, topk_weights, y, s.sorted_ids, s.expert_ids, s.num_padded,
         num, h, n, inter.stride(0), inter_s.stride(0), w.w2.stride(0), w.w2.stride(1), w.w2_scale.stride(0),
         w.w2_scale.stride(1), b2.stride(0), y.stride(0),
         TOPK=topk, A_FP4=w.a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N2, BLOCK_K=bk2, **run.opts2, **flags,
-        EVEN_N=h % cfg.BLOCK_N2 == 0,
+        EVEN_N=h % (cfg.BLOCK_N2 * cfg.group2) == 0, N_GROUP=cfg.group2,
     )  # fmt: skip
     out = torch.empty(m, h, dtype=torch.bfloat16, device=dev)
     combine_kernel[(m, triton.cdiv(h, COMBINE_BLOCK))](y, s.ids, out, h, w.num_experts, y.stride(0), out.stride(0),

@@ -66,6 +66,7 @@ class MoeBucket(Knobs):
     split1: int = Field(1, ge=0)  # GEMM1 split-K; 0: auto (see api.gemm1_split)
     mul1: bool = True  # swz128: one multiply per decoded pair when every scale byte allows it
     b_regs: bool = False  # sm90 swz128 w4a16: activation tile via registers in the K loop (wgmma back to back)
+    group2: int = Field(1, ge=1)  # GEMM2: consecutive N tiles per program, one pipelined loop (kernel N_GROUP)
     route: Route = Route.OURS  # stock_fp8 buckets must come last (one threshold); see Route
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None

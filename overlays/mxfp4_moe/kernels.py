@@ -292,6 +292,19 @@ def moe_gemm1_kernel(
 
 
 @triton.jit
+def _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om,
+                 HAS_BIAS: tl.constexpr, SWAP: tl.constexpr):  # fmt: skip
+    """Bias, top-k weight and the fp32 store of one tile: one row per slot (no atomics, no zero-fill);
+    combine_kernel sums a token's TOPK rows in a fixed order."""
+    if SWAP:
+        acc = tl.trans(acc)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    acc *= tl.load(tw_ptr + slot, mask=m_ok, other=0.0).to(tl.float32)[:, None]
+    tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
 def moe_gemm2_kernel(
     a_ptr, as_ptr, w_ptr, ws_ptr, b_ptr, tw_ptr, o_ptr, sorted_ptr, expert_ids_ptr, npad_ptr,
     NUM, N, K, stride_am, stride_asm, stride_we, stride_wn, stride_wse, stride_wsn, stride_be, stride_om,
@@ -299,37 +312,56 @@ def moe_gemm2_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
+    N_GROUP: tl.constexpr = 1,
 ):  # fmt: skip
-    """y[slot, n] = topk_weight[slot] * (h[slot] . w2[n] + b2[n]) (fp32; summed per token by combine_kernel)."""
+    """y[slot, n] = topk_weight[slot] * (h[slot] . w2[n] + b2[n]) (fp32; summed per token by combine_kernel).
+    N_GROUP > 1 (K % BLOCK_K == 0): each program walks N_GROUP consecutive N tiles (grid axis 1 shrinks by that
+    much) in ONE loop over (tile, K step), storing a tile at its last K step, so the pipeliner keeps the next
+    tile's weight loads in flight across the tile boundary. GEMM2's K is the expert's intermediate size
+    (DeepSeek's TP8 shard: 256, two K steps): a one-tile program streams ~8 KiB of weights between its start-up
+    latencies. (A nested loop with `flatten=True` compiled to synchronous loads and 8 barriers per K step.)"""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     if pid_m * BLOCK_M >= tl.load(npad_ptr):
         return
     slot, m_ok, expert = _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
     w_ptr += expert * stride_we
     ws_ptr += expert * stride_wse
     if SWAP:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    k_full = K // BLOCK_K * BLOCK_K  # whole tiles: no K-bound masks in the main loop
-    for k0 in range(0, k_full, BLOCK_K):
-        acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0, K, stride_am, stride_asm,
-                          stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM,
-                          W_SWZ, W_MUL1, True, EVEN_N, B_REGS)  # fmt: skip
-    if k_full < K:
-        acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k_full, K, stride_am,
-                          stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
-                          W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N, B_REGS)  # fmt: skip
-    if SWAP:
-        acc = tl.trans(acc)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    acc *= tl.load(tw_ptr + slot, mask=m_ok, other=0.0).to(tl.float32)[:, None]
-    # one fp32 row per slot (no atomics, no zero-fill): combine_kernel sums a token's TOPK rows in a fixed order
-    tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+    if N_GROUP == 1:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
+        k_full = K // BLOCK_K * BLOCK_K  # whole tiles: no K-bound masks in the main loop
+        for k0 in range(0, k_full, BLOCK_K):
+            acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0, K, stride_am,
+                              stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
+                              W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS)  # fmt: skip
+        if k_full < K:
+            acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k_full, K, stride_am,
+                              stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
+                              W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N, B_REGS)  # fmt: skip
+        _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om, HAS_BIAS,
+                     SWAP)  # fmt: skip
+    else:
+        kt_n = K // BLOCK_K
+        kt = 0
+        tile_n = pid_n * N_GROUP
+        for _ in range(0, N_GROUP * kt_n):  # (tile, K step) pairs; counters, not a division per step
+            offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < N
+            acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, kt * BLOCK_K, K,
+                              stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N,
+                              BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS)  # fmt: skip
+            last = kt == kt_n - 1
+            if last:
+                _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om,
+                             HAS_BIAS, SWAP)  # fmt: skip
+                acc = tl.zeros_like(acc)
+            tile_n = tl.where(last, tile_n + 1, tile_n)
+            kt = tl.where(last, 0, kt + 1)
 
 
 @triton.jit

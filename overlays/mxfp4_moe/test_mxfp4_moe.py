@@ -440,3 +440,36 @@ def test_compile_specs_come_from_the_plans_resolver():
     assert off.constexprs["W_MUL1"] is False and off.constexprs["SWAP"] is not cfg.swap
     amd = mc.gemm1_spec("w4a4:tpe<=1", moe_mod.table("gfx950")["w4a4:tpe<=1"], "gfx950", swz=True)
     assert not any(amd.constexprs[k] for k in mc.FLAGS_OFF) and amd.options.get("matrix_instr_nonkdim") == 16
+
+
+@pytest.mark.parametrize("a4", [True, False], ids=["w4a4", "w4a16"])
+@pytest.mark.parametrize("swz", [True, False], ids=["swz128", "plain"])
+@pytest.mark.parametrize("group2", [2, 5])
+def test_gemm2_tile_groups_match_one_tile_per_program(a4, swz, group2):
+    """group2 (GEMM2 walks consecutive N tiles in one loop): the same output, bit for bit, as one tile per
+    program, and within tolerance of the reference: 5 N tiles of 64 (group 2 leaves a tile past the end, masked;
+    group 5 covers them exactly), 2 K steps per tile, biases on the w4a16 experts."""
+    e, n, h, topk, m = 3, 256, 320, 2, 9
+    kw = dict(a4=True, act=Act.SILU) if a4 else dict(act=Act.SWIGLU_OAI)
+    w = _weights(e, n, h, seed=51, **kw)
+    g = torch.Generator().manual_seed(52)
+    if not a4:
+        w.b13, w.b2 = torch.randn(e, 2 * n, generator=g), torch.randn(e, h, generator=g)
+    w = moe_mod.swizzled(w, chunk=2) if swz else w
+    x = torch.randn(m, h, generator=g).bfloat16()
+    ids, tw = _routing(m, e, topk, seed=53)
+    cfg = MoeBucket(**{**TINY, "BLOCK_N2": 64, "BLOCK_K2": 128})
+    one = moe(x, w, ids, tw, cfg=cfg)
+    assert torch.equal(moe(x, w, ids, tw, cfg=cfg.replace(group2=group2)), one)
+    plain = w if not swz else _weights(e, n, h, seed=51, **kw)
+    if not a4:
+        plain.b13, plain.b2 = w.b13, w.b2
+    _check(one, _ref(x, plain, ids, tw), 5e-2 if a4 else 1e-2)
+
+
+def test_gemm2_tile_groups_need_whole_k_tiles():
+    """The grouped loop has no K tail: a plan whose intermediate size is not a multiple of GEMM2's K tile is a
+    ValueError naming group2, at plan time."""
+    w = _weights(2, 96, 128, seed=54, act=Act.SWIGLU_OAI)
+    with pytest.raises(ValueError, match="group2 2 needs the intermediate size"):
+        make_plan(w, arch="sm90", config=MoeBucket(**{**TINY, "BLOCK_K2": 64, "group2": 2}))
