@@ -184,6 +184,16 @@ def _set_up(impl: Built) -> None:
     impl(0)
 
 
+def impl_builders(model: Model, allow_jit: bool = False) -> dict[str, Build]:
+    """Every impl the bench times on `model`, by name: ours on swz128 and plain experts, the large-M stock route
+    (w4a4 models), then the model's stock baselines."""
+    a4, topk = model.w4a4, model.topk
+    builds: dict[str, Build] = {OURS: ours_builder(not a4, swz=True), ALT: ours_builder(not a4, swz=False)}
+    if a4:
+        builds[STOCK_ROUTE] = stock_route_builder
+    return builds | {b: (lambda raw, b=b: BUILDERS[b](raw, topk, allow_jit=allow_jit)) for b in model.baselines}
+
+
 def bench_model(model_name: str, gpu: str, ms: tuple[int, ...], allow_jit: bool = False,
                 peak: float = timer.DEFAULT_PEAK[1], emit: Emit = ignore) -> list[dict[str, Any]]:  # fmt: skip
     """Impl by impl (one impl's weight copies alive at a time), every M; each row goes to `emit` when done (a
@@ -191,10 +201,7 @@ def bench_model(model_name: str, gpu: str, ms: tuple[int, ...], allow_jit: bool 
     model = MODELS[model_name]
     e, topk, h, n, a4 = model[:5]
     raws = Copies(make_raw(e, h, n, gptoss=not a4))
-    builds: dict[str, Build] = {OURS: ours_builder(not a4, swz=True), ALT: ours_builder(not a4, swz=False)}
-    if a4:
-        builds[STOCK_ROUTE] = stock_route_builder
-    builds |= {b: (lambda raw, b=b: BUILDERS[b](raw, topk, allow_jit=allow_jit)) for b in model.baselines}
+    builds = impl_builders(model, allow_jit)
     nbytes = {m: min_bytes(routing_sets(m, model), e, h, n, gptoss=not a4) for m in ms}
     ref: dict[int, torch.Tensor] = {}
     rows = []

@@ -30,14 +30,9 @@ def moe_case(model_name: str, m: str, impl: str) -> Callable[[], object]:
     from speedrun.eval.kernels import mxfp4_moe_bench as moe
 
     model = moe.MODELS[model_name]
-    e, topk, h, n, a4 = model[:5]
+    e, _, h, n, a4 = model[:5]
     raw = moe.make_raw(e, h, n, gptoss=not a4)
-    if impl == moe.OURS:
-        prepare, run = moe.ours_builder(not a4, swz=True)(raw)
-    elif impl == moe.STOCK_ROUTE:
-        prepare, run = moe.stock_route_builder(raw)
-    else:
-        prepare, run = moe.BUILDERS[impl](raw, topk, allow_jit=True)
+    prepare, run = moe.impl_builders(model, allow_jit=True)[impl](raw)
     s = moe.routing_set(int(m), model, 0)
     state = prepare(s["ids"], s["tw"], s["logits"])
     return lambda: run(s["x"], state)
