@@ -336,7 +336,7 @@ def kernels_of(cfg: MlaBucket, dt: torch.dtype, arch: str) -> str:
 
     plan = api.make_plan(HEADS, torch.bfloat16, dt, device="cpu", arch=arch, config=cfg)
     c = plan.cfg
-    return repr((plan.partial, plan.merge_split, plan.partial_opts, plan.merge_opts, plan.programs, plan.block_h,
+    return repr((plan.partial, plan.partial_opts, plan.merge_opts, plan.programs, plan.block_h,
                  c.BLOCK_N, c.min_chunk, c.merge))  # fmt: skip
 
 

@@ -20,7 +20,7 @@ EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 # sm90 wgmma ... .e4m3.e4m3; gfx950 an fp8 MFMA (v_mfma_f32_*_fp8_fp8, or the f8f6f4 forms).
 EXPECT_FP8_MMA = {"sm90": r"wgmma\.mma_async[\w.]*\.e4m3\.e4m3", "gfx950": r"v_mfma_\w*(?:fp8_fp8|f8f6f4)"}
 A8W8_MIN_WAVES = {"gfx950": 2}  # waves per SIMD: one wave per SIMD leaves nothing to hide HBM latency with
-PARTIAL_ARGS = ["Q", "KV", "O", "PartO", "PartLse", "kv_indptr", "kv_indices"]
+PARTIAL_ARGS = ["Q", "KV", "O", "PartO", "PartLse", "kv_indptr", "kv_indices"]  # aligned (Chunk: one int32)
 SCALARS = {"qk_scale": "fp32", "v_scale": "fp32", "bs": "i32", "num_programs": "i32"}
 STRIDES = ["stride_qb", "stride_qh", "stride_kv_page", "stride_kv_tok", "stride_ob", "stride_oh"]
 
@@ -35,7 +35,8 @@ def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, co
     plan = api.make_plan(heads, torch.bfloat16, KV_TORCH[kv], arch=arch, config=cfg,
                          compute=compute if kv == "fp8" else None)  # fmt: skip
     cfg = plan.cfg
-    ptrs = dict(zip(PARTIAL_ARGS, ["*bf16", KV_TYPES[kv], "*bf16", "*fp32", "*fp32", "*i32", "*i64"], strict=True))
+    ptrs = {"Q": "*bf16", "KV": KV_TYPES[kv], "O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32", "Chunk": "*i32",
+            "kv_indptr": "*i32", "kv_indices": "*i64"}  # fmt: skip
     const = {"H": heads, "BLOCK_H": plan.block_h, "BLOCK_N": cfg.BLOCK_N, "BLOCK_B": 256,
              "MIN_CHUNK": cfg.min_chunk, "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE,
              **plan.partial[False]}  # fmt: skip
@@ -53,14 +54,11 @@ def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, co
 
 def merge_spec(bucket: str, heads: int, cfg: MlaBucket, block_dv: int, arch: str) -> CompileSpec:
     """The merge at one column block (the launcher picks 64..512 by batch; the extremes are compiled)."""
-    plan = api.make_plan(heads, torch.bfloat16, torch.bfloat16, arch=arch, config=cfg)
     m = cfg.merge
-    block_p = min(m.BLOCK_P, 8192 // block_dv)
-    const = {"H": heads, "BLOCK_P": block_p, "BLOCK_DV": block_dv, "MIN_CHUNK": cfg.min_chunk,
-             "DL": D_LATENT, **plan.merge_split[False], "BLOCK_B": 256}  # fmt: skip
-    sig = {"O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32", "kv_indptr": "*i32", "v_scale": "fp32",
-           "bs": "i32", "num_programs": "i32", "stride_ob": "i32", "stride_oh": "i32",
-           **dict.fromkeys(const, "constexpr")}  # fmt: skip
+    block_p = max(1, min(m.BLOCK_P, m.max_tile // block_dv))
+    const = {"H": heads, "BLOCK_P": block_p, "BLOCK_DV": block_dv, "DL": D_LATENT}
+    sig = {"O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32", "Chunk": "*i32", "kv_indptr": "*i32",
+           "v_scale": "fp32", "stride_ob": "i32", "stride_oh": "i32", **dict.fromkeys(const, "constexpr")}  # fmt: skip
     attrs = aligned(sig, "O", "PartO", "PartLse", "kv_indptr", "stride_ob", "stride_oh")
     return CompileSpec(
         f"mla_decode/merge[{bucket},dv{block_dv}]", _mla_merge_kernel, sig, const, m.launch_knobs(), attrs=attrs

@@ -4,7 +4,7 @@
   lookup, deterministic mode, fused sum-all-reduce). Outside a server nothing is published, so this installs
   SGLang's own test hook, `get_context().override_server_args()`: a dummy `ServerArgs` with every default, which
   is what a `launch_server` without flags resolves these fields to (moe_runner_backend / fp8_gemm_backend
-  "auto", no deterministic mode, no fused all-reduce).
+  "auto", no deterministic mode, no fused all-reduce). It also builds the single-rank TP group such a server has.
 - DeepGEMM: SGLang pre-compiles its FP8 GEMM for every M up to 16384 on first use of an (N, K) unless
   SGLANG_JIT_DEEPGEMM_PRECOMPILE=0 (10-20 minutes; the server does it once at start, or
   `sglang.compile_deep_gemm` ahead of time). A bench compiles only the Ms it runs, so importing this module sets
@@ -27,13 +27,33 @@ FP8_MAX = 448.0  # float8_e4m3fn
 
 
 def stock_config() -> None:
-    """Publish SGLang's default config in this process if no server config is published yet."""
+    """Publish SGLang's default config in this process if no server config is published yet, and give it the
+    single-rank TP group a `--tp 1` server has (see `single_rank_tp_group`)."""
     from sglang.srt.runtime_context import get_context, get_exec
 
     try:
         get_exec()
     except ValueError:  # "config namespace 'exec' not published"
         get_context().override_server_args().install()
+    single_rank_tp_group()
+
+
+def single_rank_tp_group() -> None:
+    """SGLang's distributed groups at world size 1, as `launch_server --tp 1` builds them, unless this process
+    has them. Stock's out-of-place fused MoE allocates its output in the TP group's symmetric-memory pool
+    (`get_tp_group()`), so a test or bench calling it outside a server needs one."""
+    import torch
+    from sglang.srt.distributed import parallel_state as ps
+
+    from speedrun.launch.server import free_port
+
+    if ps._TP is not None:
+        return
+    cuda = torch.cuda.is_available()
+    ps.init_distributed_environment(world_size=1, rank=0, local_rank=torch.cuda.current_device() if cuda else 0,
+                                    distributed_init_method=f"tcp://127.0.0.1:{free_port()}",
+                                    backend="nccl" if cuda else "gloo")  # fmt: skip
+    ps.initialize_model_parallel(tensor_model_parallel_size=1)
 
 
 def no_deepgemm_precompile() -> None:

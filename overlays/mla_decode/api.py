@@ -35,8 +35,8 @@ from speedrun.overlays.mla_decode.config import Compute, Fp8Cvt, MergeKnobs, Mla
 from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 
 LOG2E = 1.4426950408889634
-# SNAP reads the whole batch's lengths in every merge program (bs x heads of them): past this batch the merge
-# traffic would grow as bs^2, while the flat split already cuts at most one sequence per program.
+# SNAP reads the whole batch's lengths in every partial program (bs x programs loads): past this batch it would
+# cost more than it saves, while the flat split already cuts at most one sequence per program.
 SNAP_MAX_BS = 512
 MAX_BS = 8192  # the partial kernel loads kv_indptr[1:bs+1] as one vector to find its first sequence
 KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e4m3fnuz)
@@ -58,7 +58,6 @@ class MlaDecodePlan:
     sms: int
     block_h: int
     partial: dict[bool, dict[str, Any]] = field(repr=False)  # constexprs by `bs > SNAP_MAX_BS`
-    merge_split: dict[bool, dict[str, Any]] = field(repr=False)
     partial_opts: dict[str, Any] = field(repr=False)
     merge_opts: dict[str, Any] = field(repr=False)
 
@@ -81,7 +80,7 @@ class MlaDecodePlan:
             and part_o.is_contiguous()
             and part_lse.is_contiguous()
             and part_o.numel() >= rows * self.heads * D_LATENT
-            and part_lse.numel() >= rows * self.heads
+            and part_lse.numel() >= lse_len(rows, self.heads)
         )
 
 
@@ -120,7 +119,6 @@ def make_plan(
         sms=sms,
         block_h=block_h(heads, cfg),
         partial={large: kernel_constexprs(c, q_dtype, kv_dtype, arch) for large, c in ((False, cfg), (True, big))},
-        merge_split={False: split_constexprs(cfg), True: split_constexprs(big)},
         partial_opts={} if cpu else launch_options(cfg.launch_knobs(), arch),
         merge_opts={} if cpu else launch_options(cfg.merge.launch_knobs(), arch),
     )
@@ -147,12 +145,12 @@ def mla_decode(
         return o
     cfg, programs, large = plan.cfg, plan.programs, bs > SNAP_MAX_BS
     part_o, part_lse = workspace if workspace is not None else plan.alloc_workspace(bs, q.device)
-    rows = plan.workspace_rows(bs)
-    if part_o.numel() < rows * heads * D_LATENT or part_lse.numel() < rows * heads:
-        raise ValueError(f"workspace too small for bs={bs} heads={heads} programs={programs}")
+    if not plan.fits(part_o, part_lse, bs):
+        raise ValueError(f"workspace too small or not contiguous for bs={bs} heads={heads} programs={programs}")
+    chunk = chunk_slot(part_lse, plan.workspace_rows(bs), heads)
     page_stride, tok_stride = kv_strides(kv, plan.page_size)
     _mla_partial_kernel[(programs * plan.groups,)](
-        q, kv, o, part_o, part_lse, kv_indptr, kv_indices,
+        q, kv, o, part_o, part_lse, chunk, kv_indptr, kv_indices,
         float(sm_scale) * float(k_scale) * LOG2E, float(v_scale), bs, programs,
         q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
         H=heads, BLOCK_H=plan.block_h, BLOCK_N=cfg.BLOCK_N, BLOCK_B=block_b(bs),
@@ -161,9 +159,8 @@ def mla_decode(
     )  # fmt: skip
     block_p, block_dv = merge_blocks(bs, heads, cfg.merge, plan.sms)
     _mla_merge_kernel[(bs, heads, D_LATENT // block_dv)](
-        o, part_o, part_lse, kv_indptr, float(v_scale), bs, programs, o.stride(0), o.stride(1),
-        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, MIN_CHUNK=cfg.min_chunk, DL=D_LATENT,
-        BLOCK_B=block_b(bs), **plan.merge_split[large], **plan.merge_opts,
+        o, part_o, part_lse, chunk, kv_indptr, float(v_scale), o.stride(0), o.stride(1),
+        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, DL=D_LATENT, **plan.merge_opts,
     )  # fmt: skip
     return o
 
@@ -289,8 +286,8 @@ def block_b(bs: int) -> int:
 
 
 def split_constexprs(cfg: MlaBucket) -> dict[str, Any]:
-    """How the batch's flat KV range is cut into equal chunks (SNAP: see kernels._chunk_size). Both kernels must
-    agree: the merge finds the partials from the same rule."""
+    """How the batch's flat KV range is cut into equal chunks (SNAP: see kernels._chunk_size); the partial kernel
+    writes the chunk it used for the merge."""
     return {"SNAP": cfg.snap}
 
 
@@ -317,10 +314,11 @@ def chunk_tokens(lens: list[int], programs: int, min_chunk: int, snap: bool = Fa
 
 def merge_blocks(bs: int, heads: int, merge: MergeKnobs, sms: int) -> tuple[int, int]:
     """(BLOCK_P, BLOCK_DV) of the merge: split the 512 output columns until there are ~4 programs per SM,
-    so a lone long sequence (hundreds of partials) merges in parallel; cap the [P, DV] tile at 8K floats."""
+    so a lone long sequence (hundreds of partials) merges in parallel; cap the [P, DV] tile at merge.max_tile
+    floats (registers are sized for the tile even in the many programs that merge nothing and exit)."""
     split = max(1, min(D_LATENT // merge.min_block_dv, triton.next_power_of_2(-(-4 * sms // (bs * heads)))))
     block_dv = D_LATENT // split
-    return min(merge.BLOCK_P, 8192 // block_dv), block_dv
+    return max(1, min(merge.BLOCK_P, merge.max_tile // block_dv)), block_dv
 
 
 def workspace_rows(bs: int, programs: int) -> int:
@@ -328,11 +326,21 @@ def workspace_rows(bs: int, programs: int) -> int:
     return programs + bs
 
 
+def lse_len(rows: int, heads: int) -> int:
+    """The lse workspace: a log2-sum-exp per (slot, head), then one int32 for the chunk (chunk_slot)."""
+    return rows * heads + 1
+
+
+def chunk_slot(part_lse: torch.Tensor, rows: int, heads: int) -> torch.Tensor:
+    """The int32 after the lse rows where the partial kernel leaves the chunk it computed for the merge."""
+    return part_lse.view(torch.int32)[rows * heads : rows * heads + 1]
+
+
 def alloc_workspace(bs: int, heads: int, programs: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     rows = workspace_rows(bs, programs)
     return (
         torch.empty(rows * heads * D_LATENT, dtype=torch.float32, device=device),
-        torch.empty(rows * heads, dtype=torch.float32, device=device),
+        torch.empty(lse_len(rows, heads), dtype=torch.float32, device=device),
     )
 
 

@@ -82,7 +82,7 @@ class SpeedrunMLABackend(TritonAttnBackend):
         if self._fits(logits, lse, bs):
             return logits.view(-1), lse.view(-1)
         own = self.own_ws
-        if own is None or own[1].numel() < api.workspace_rows(bs, self.programs) * self.num_head:
+        if own is None or not self.init_plan.fits(*own, bs):
             if torch.cuda.is_current_stream_capturing():
                 raise Unsupported(f"workspace for bs={bs} was not sized before CUDA-graph capture")
             own = self.own_ws = api.alloc_workspace(bs, self.num_head, self.programs, self.device)

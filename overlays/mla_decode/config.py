@@ -41,6 +41,7 @@ class Pv(StrEnum):
 class MergeKnobs(Knobs):
     BLOCK_P: int = Field(ge=1)
     min_block_dv: int = Field(ge=16)
+    max_tile: int = Field(2048, ge=64)  # floats in the [BLOCK_P, BLOCK_DV] tile (caps BLOCK_P)
     num_warps: int = Field(ge=1)
     num_stages: int = Field(1, ge=1)
     waves_per_eu: int | None = None

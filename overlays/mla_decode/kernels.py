@@ -10,7 +10,8 @@ Two Triton kernels, both CUDA-graph safe (no host syncs; the split is computed o
    otherwise it writes an fp32 partial (normalised o, log2-sum-exp) to slot `p + b`, which is
    unique per segment because segments are ordered along both chunks and sequences.
 2. `_mla_merge_kernel` -- for each sequence split over several chunks, merges its partials
-   (chunks p0..p1 -> slots p0+b..p1+b) with a log-sum-exp combine.
+   (chunks p0..p1 -> slots p0+b..p1+b) with a log-sum-exp combine. The partial kernel writes the chunk it
+   computed to one int32 of the workspace, so the merge finds the partials without the batch's lengths.
 
 Equal chunks keep every program equally busy however the lengths in the batch are mixed. Round 3: SNAP (the
 sm90 default) widens the chunk by <= 1/16 when that makes it a divisor or multiple of the longest sequence, so a
@@ -408,6 +409,7 @@ def _mla_partial_kernel(
     O,
     PartO,
     PartLse,
+    Chunk,  # out: the chunk, one int32, for the merge
     kv_indptr,
     kv_indices,
     qk_scale,  # sm_scale * k_scale * log2(e): scores go straight to the exp2 domain
@@ -447,6 +449,8 @@ def _mla_partial_kernel(
     base = tl.load(kv_indptr).to(tl.int64)
     kv_idx = kv_indices + base
     base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B)
+    if pid == 0:
+        tl.store(Chunk, chunk.to(tl.int32))
     start = p.to(tl.int64) * chunk
     end = tl.minimum(start + chunk, total)
     # First sequence of this chunk: the number of sequences that end at or before `start`.
@@ -473,33 +477,33 @@ def _mla_merge_kernel(
     O,
     PartO,
     PartLse,
+    Chunk,  # the split's chunk (tokens) as the partial kernel computed it: one int32
     kv_indptr,
     v_scale,
-    bs,
-    num_programs,
     stride_ob,
     stride_oh,
     H: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_DV: tl.constexpr,
-    MIN_CHUNK: tl.constexpr,
     DL: tl.constexpr,
-    SNAP: tl.constexpr = False,
-    BLOCK_B: tl.constexpr = 256,
 ):
+    """One program per (sequence, head, column block). A whole sequence exits after four independent scalar
+    loads: the chunk is read, not recomputed (recomputing it took the batch's lengths as a vector in every
+    program), and the [BLOCK_P, BLOCK_DV] tile is small, so an exiting program holds few registers."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     dv = tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B)
+    base = tl.load(kv_indptr).to(tl.int64)
     seq_lo = tl.load(kv_indptr + b).to(tl.int64) - base
     seq_hi = tl.load(kv_indptr + b + 1).to(tl.int64) - base
+    chunk = tl.load(Chunk).to(tl.int64)
     o_ptr = O + b.to(tl.int64) * stride_ob + h * stride_oh + dv
     if seq_hi <= seq_lo:  # an empty sequence attends to nothing: zeros, never garbage
         tl.store(o_ptr, tl.zeros([BLOCK_DV], tl.float32).to(O.dtype.element_ty))
     else:
-        # Piece j of the sequence starts at first + j * chunk; its partial lives at slot start // chunk + b.
-        first = (seq_lo // chunk) * chunk
-        n = (seq_hi - 1) // chunk - seq_lo // chunk + 1
+        # Piece j of the sequence is chunk p0 + j; its partial lives at slot p0 + j + b.
+        p0 = seq_lo // chunk
+        n = (seq_hi - 1) // chunk - p0 + 1
         if n > 1:  # otherwise the partial kernel already wrote the final output
             m = tl.full([BLOCK_DV], float("-inf"), tl.float32)  # kept as a vector: same value in every lane
             den = tl.zeros([BLOCK_DV], tl.float32)
@@ -507,7 +511,7 @@ def _mla_merge_kernel(
             for j0 in range(0, n, BLOCK_P):
                 offs_j = j0 + tl.arange(0, BLOCK_P)
                 mask_p = offs_j < n
-                slot = (first + offs_j * chunk) // chunk + b
+                slot = p0 + b + offs_j
                 lse = tl.load(PartLse + slot * H + h, mask=mask_p, other=float("-inf"))
                 part = tl.load(PartO + (slot[:, None] * H + h) * DL + dv[None, :], mask=mask_p[:, None], other=0.0)
                 m_new = tl.maximum(m, tl.max(lse, axis=0))

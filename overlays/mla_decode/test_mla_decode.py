@@ -413,7 +413,8 @@ def test_removed_sweep_knobs_are_rejected(knob: dict) -> None:
 @pytest.mark.parametrize("snap,partials", [(False, 12), (True, 8)])
 def test_snap_writes_fewer_partials(snap: bool, partials: int) -> None:
     """4 x 200 tokens on 9 programs: flat chunks of 96 cut each sequence 3 times (12 partials); snapped chunks of
-    100 halve each sequence exactly (8 partials). Counted from the partial slots the kernel wrote."""
+    100 halve each sequence exactly (8 partials). Counted from the partial slots the kernel wrote; the merge reads
+    the chunk from the workspace's last int32."""
     b = make_batch(16, [200] * 4, torch.bfloat16, 1, seed=4)
     cfg = api.config_for(16, "sm90").replace(snap=snap, min_chunk=16)
     part_o, part_lse = api.alloc_workspace(4, 16, 9, torch.device(DEV))
@@ -421,6 +422,9 @@ def test_snap_writes_fewer_partials(snap: bool, partials: int) -> None:
     o = torch.empty(4, 16, 512, dtype=torch.float32, device=DEV)
     args = (b["q"], b["kv"], o, b["kv_indptr"], b["kv_indices"], 0.09)
     decode(*args, config=cfg, programs=9, workspace=(part_o, part_lse), arch="cpu")
-    assert int(torch.isfinite(part_lse.view(-1, 16)[:, 0]).sum()) == partials
+    assert int(torch.isfinite(part_lse[:-1].view(-1, 16)[:, 0]).sum()) == partials  # the last: the chunk
+    # The chunk the partial kernel left for the merge is the host mirror's.
+    chunk = api.chunk_slot(part_lse, api.workspace_rows(4, 9), 16).item()
+    assert chunk == api.chunk_tokens([200] * 4, 9, 16, snap) == (100 if snap else 96)
     ref = mla_decode_reference(b["q"], b["kv"], b["kv_indptr"], b["kv_indices"], 0.09)
     assert (o - ref).abs().max().item() <= 4e-3 * max(1.0, ref.abs().max().item())
