@@ -200,8 +200,11 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
         launches = _routes(launches, keys, w, arch)
     for key, run in launches.items():  # the grouped GEMM2 loop has no K tail (kernels.moe_gemm2_kernel)
         if run.cfg.group2 > 1 and w.inter % run.block_k2:
-            raise ValueError(f"{OP} {key}: group2 {run.cfg.group2} needs the intermediate size ({w.inter}) to be a "
-                             f"multiple of GEMM2's K tile ({run.block_k2}); expected group2 1")  # fmt: skip
+            if config is not None:  # a forced config says what to run: it cannot run
+                raise ValueError(f"{OP} {key}: group2 {run.cfg.group2} needs the intermediate size ({w.inter}) to "
+                                 f"be a multiple of GEMM2's K tile ({run.block_k2}); expected group2 1")  # fmt: skip
+            # A table bucket serves every model: these experts take one N tile per program (same result).
+            launches[key] = replace(run, cfg=run.cfg.replace(group2=1))
     layout = Layout.SWZ if w.swz else Layout.PLAIN
     return MoePlan(w.fmt, layout, w.num_experts, arch, device, buckets, launches)
 

@@ -214,24 +214,27 @@ def test_aot_compile_all_configs(arch):
 
 def test_round5_sweep_variants_compile_without_spills_and_cut_issue_on_sm90():
     """The AOT evidence PERF.md's "Round 5 candidates" quotes (mxfp4_moe_sass, clean process) at DeepSeek M 128's
-    bucket (w4a4:tpe<=16): no spills, each K step's wgmmas back to back (one wait per accumulator); a4_bm16 (the
-    tpe<=4 kernels) issues fewer warp-instructions per weight KiB in both GEMMs, a4_g2_bn128 in GEMM2 at >= 2
-    CTAs/SM."""
+    bucket (w4a4:tpe<=16): no spills, each K step's wgmmas back to back (one wait per accumulator). The bucket now
+    runs a4_bm16 (BLOCK_M 16, tuned from the round-5 sweep), which issues fewer warp-instructions per weight KiB in
+    both GEMMs than round 4's BLOCK_M 32; a4_g2_bn128 on round 4's bucket does in GEMM2 at >= 2 CTAs/SM."""
     from speedrun.eval.kernels.mxfp4_moe_sass import GemmStats
 
+    r4, g2_r4 = "BLOCK_M=32", "BLOCK_M=32,BLOCK_N2=128,warps2=8"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_moe_sass", "--json", "--bucket", "w4a4:tpe<=16",
-           "config", "a4_bm16", "a4_g2_bn128"]  # fmt: skip
+           "config", r4, g2_r4]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     stats = {(d["variant"], d["gemm"]): GemmStats(**d) for d in json.loads(proc.stdout.splitlines()[-1])}
     for key, st in stats.items():
         assert st.spill == 0 and st.mma >= 8 and st.mma_waits == st.gemm % 2 + 1, (key, st)
     cfg1, cfg2 = stats["config", 1], stats["config", 2]
-    assert stats["a4_bm16", 1].block[0] == 16 and stats["a4_bm16", 1].warp_per_kib() < 0.95 * cfg1.warp_per_kib()
-    assert stats["a4_bm16", 2].warp_per_kib() < 0.9 * cfg2.warp_per_kib()
-    g2 = stats["a4_g2_bn128", 2]
-    assert g2.block[1] == 128 and g2.warps == 8 and g2.ctas_per_sm >= 2 and g2.warp_per_kib() < cfg2.warp_per_kib()
+    assert cfg1.block[0] == 16 and cfg1.warp_per_kib() < 0.95 * stats[r4, 1].warp_per_kib()
+    assert cfg2.warp_per_kib() < 0.9 * stats[r4, 2].warp_per_kib()
+    g2 = stats[g2_r4, 2]
+    assert (
+        g2.block[1] == 128 and g2.warps == 8 and g2.ctas_per_sm >= 2 and g2.warp_per_kib() < stats[r4, 2].warp_per_kib()
+    )
 
 
 def test_bench_reporting_on_fake_rows(tmp_path):
@@ -383,26 +386,27 @@ def test_prefill_sweep_variants_match_reference(variant):
 
 def test_prefill_sweep_variants_sass_on_sm90():
     """The AOT evidence of PERF.md's "Round 6 candidates" table (mxfp4_moe_sass, clean process) at GPT-OSS M 4096's
-    bucket: the shipped GEMM1 feeds m64n64 wgmmas from shared memory (the decoded tile stored there); no variant
+    bucket: round 4's GEMM1 fed m64n64 wgmmas from shared memory (the decoded tile stored there); no variant
     spills; p16_swap_bn128 runs m64n128 wgmmas with the weights from registers in both GEMMs, one wait per
     accumulator, fewer issue clocks per tensor clock and fewer barriers; p16_bm64 keeps 2 GEMM1 CTAs per SM;
-    p16_bn128 widens the shipped GEMM1's wgmma to n128."""
+    p16_bn128 (the bucket now, tuned from the round-5 sweep) widens round 4's GEMM1 wgmma to n128."""
     from speedrun.eval.kernels.mxfp4_moe_sass import GemmStats
 
+    r4 = "BLOCK_N1=64,BLOCK_K1=64,BLOCK_K2=64"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_moe_sass", "--json", "--bucket", "w4a16:tpe<=256",
-           "config", "p16_swap_bn128", "p16_bm64", "p16_bn128"]  # fmt: skip
+           r4, "p16_swap_bn128", "p16_bm64", "p16_bn128"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     st = {(d["variant"], d["gemm"]): GemmStats(**d) for d in json.loads(proc.stdout.splitlines()[-1])}
     assert all(s.spill == 0 and s.mma_waits == 3 - s.gemm for s in st.values()), st
-    assert st["config", 1].mma_kind == "64x64x16 SS" and st["p16_bn128", 1].mma_kind == "64x128x16 SS"
+    assert st[r4, 1].mma_kind == "64x64x16 SS" and st["p16_bn128", 1].mma_kind == "64x128x16 SS"
     for gemm in (1, 2):
-        cfg, new = st["config", gemm], st["p16_swap_bn128", gemm]
+        old, new = st[r4, gemm], st["p16_swap_bn128", gemm]
         assert new.mma_kind == "64x128x16 RS" and new.ops.get("STSM", 0) == 0
-        assert new.issue_per_tensor() < cfg.issue_per_tensor() and new.syncs() < cfg.syncs(), (gemm, new)
+        assert new.issue_per_tensor() < old.issue_per_tensor() and new.syncs() < old.syncs(), (gemm, new)
     assert st["p16_bm64", 1].ctas_per_sm == 2 and st["p16_bm64", 1].mma_kind == "64x64x16 RS"
-    assert st["p16_bn128", 1].issue_per_tensor() < st["config", 1].issue_per_tensor()
+    assert st["p16_bn128", 1].issue_per_tensor() < st[r4, 1].issue_per_tensor()
 
 
 def test_bucket_grammar_and_picking():
@@ -468,8 +472,14 @@ def test_gemm2_tile_groups_match_one_tile_per_program(a4, swz, group2):
 
 
 def test_gemm2_tile_groups_need_whole_k_tiles():
-    """The grouped loop has no K tail: a plan whose intermediate size is not a multiple of GEMM2's K tile is a
-    ValueError naming group2, at plan time."""
+    """The grouped loop has no K tail: a forced config whose GEMM2 K tile does not divide the intermediate size is
+    a ValueError naming group2, at plan time; a table bucket (it serves every model) runs such experts with
+    group2 1 instead."""
     w = _weights(2, 96, 128, seed=54, act=Act.SWIGLU_OAI)
     with pytest.raises(ValueError, match="group2 2 needs the intermediate size"):
         make_plan(w, arch="sm90", config=MoeBucket(**{**TINY, "BLOCK_K2": 64, "group2": 2}))
+    grouped = [k for k, c in moe_mod.table("sm90").items() if c.group2 > 1 and 96 % c.BLOCK_K2]
+    assert grouped, "the sm90 table has no grouped bucket this test can exercise"
+    w4 = _weights(2, 96, 128, seed=54, a4=True)
+    plan = make_plan(w4, arch="sm90")
+    assert all(run.cfg.group2 == 1 for run in plan.launches.values())
