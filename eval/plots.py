@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only, no display (CI, device machines)
 import matplotlib.pyplot as plt
 
 from speedrun.eval.compare import Row
+from speedrun.eval.png import save_png
 from speedrun.recipe import Side
 
 SIDES = ((Side.BASELINE, "stock SGLang", "#7f7f7f", "o"), (Side.OVERLAY, "speedrun overlay", "#d62728", "s"))
@@ -46,7 +47,7 @@ def frontier(rows: list[Row], path: Path, title: str = "") -> Path:
         ax.legend()
     fig.suptitle(title or "throughput vs interactivity (up and right is better)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -73,6 +74,6 @@ def speedup(rows: list[Row], path: Path, title: str = "") -> Path:
     if gs:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
     plt.close(fig)
     return path

@@ -296,6 +296,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from speedrun.eval.png import save_png
+
     dts, kvs = sorted({r["kv_dtype"] for r in rows}), sorted({r["kv_len"] for r in rows if r["kv_len"] != MIXED})
     fig, axes = plt.subplots(len(dts), len(kvs), figsize=(4.5 * len(kvs), 3.6 * len(dts)), squeeze=False)
     for i, dt in enumerate(dts):
@@ -311,7 +313,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path, dpi=110)
 
 
 @dataclass(frozen=True)

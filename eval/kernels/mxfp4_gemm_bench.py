@@ -357,6 +357,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from speedrun.eval.png import save_png
+
     keys = list(dict.fromkeys((r["m"], r["n"], r["k"]) for r in rows))
     impls = [i for i in IMPLS if any(r["impl"] == i for r in rows)]
     width = 0.8 / max(len(impls), 1)
@@ -372,7 +374,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.legend()
     ax.set_title(f"MXFP4 GEMM (M x N x K) on {rows[0]['gpu']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
 
 
 def summary(rows: list[dict[str, Any]]) -> str:

@@ -374,6 +374,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from speedrun.eval.png import save_png
+
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
@@ -386,7 +388,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.legend()
     fig.suptitle(f"MXFP4 MoE on {rows[0]['gpu']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
 
 
 def summary(rows: list[dict[str, Any]]) -> str:

@@ -49,3 +49,21 @@ def qdq_edge_blocks(step: int = 1, subnormals: bool = True) -> torch.Tensor:
             rows.append(block)
     bits = torch.cat(rows).to(torch.int16)  # wraps 0x8000.. to negative int16: the same bit patterns
     return bits.view(torch.bfloat16)
+
+
+FP8_GROUP = 128  # stock's activation quantization group (per token)
+E4M3_MAX = 448.0
+
+
+def fp8_activation_bound(a: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
+    """Elementwise bound on |stock_fp8 route - A . Wf^T| (the exact-weight fp32 product). The weight is exact (its
+    FP8 conversion carries MXFP4 values exactly), so the error is stock's per-token-group FP8 activation
+    quantization (scale s = group amax / 448, q = RNE e4m3(a / s)): each element is off by at most 2**-4 |a| (half
+    an ulp of e4m3's 3-bit mantissa) in the normal range, or 2**-10 s under it (half of the 2**-9 subnormal step).
+    Summed over K against |W|: 2**-4 |A| |W|^T + 2**-10 S |W|^T. On top: DeepGEMM's fp32 accumulation (promoted
+    every 128 K) and the bf16 output rounding (2**-9 relative): 2**-8 |C| covers both."""
+    af = a.float()
+    s = af.abs().unflatten(1, (-1, FP8_GROUP)).amax(-1, keepdim=True).div(E4M3_MAX)
+    s = s.expand(-1, -1, FP8_GROUP).flatten(1)
+    wa = wf.abs().t()
+    return 2.0**-4 * (af.abs() @ wa) + 2.0**-10 * (s @ wa) + 2.0**-8 * (af @ wf.t()).abs()

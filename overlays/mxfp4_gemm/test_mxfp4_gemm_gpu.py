@@ -26,7 +26,13 @@ from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4
 from speedrun.overlays.mxfp4_gemm import api
 from speedrun.overlays.mxfp4_gemm import sglang_hook as hook
 from speedrun.overlays.mxfp4_gemm.api import qdq_blocks
-from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, qdq_edge_blocks, random_mxfp4_weight
+from speedrun.overlays.mxfp4_gemm.config import Route
+from speedrun.overlays.mxfp4_gemm.reference import (
+    fp8_activation_bound,
+    mxfp4_gemm_ref,
+    qdq_edge_blocks,
+    random_mxfp4_weight,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -106,10 +112,8 @@ def test_fused_quantizer_ptx_is_bit_exact():
 @pytest.mark.parametrize("m,n,k", PREFILL, ids=lambda v: str(v))
 def test_prefill_shapes_match_reference(m: int, n: int, k: int):
     a, w, ws = _case(m, n, k, seed=7)
-    out = _ours(a, w, ws, None, api.weight_layout(api.config_arch(a.device)))
-    ref = mxfp4_gemm_ref(a, w, ws)
-    _check(out, ref)
-    del ref
+    layout = api.weight_layout(api.config_arch(a.device))
+    _check_served(a, w, ws, _ours(a, w, ws, None, layout), layout)
     torch.cuda.empty_cache()
 
 
@@ -188,6 +192,18 @@ def test_cuda_graph_capture_and_replay():
     _check(out, mxfp4_gemm_ref(a, w, ws))
 
 
+def _check_served(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, out: torch.Tensor, layout: str) -> None:
+    """Against what the table's route for this M computes: the w4a4 reference (MXFP4 activations), or for a
+    stock_fp8 bucket (FP8 activations, test_stock_fp8_gpu.py) the exact-weight product within its bound."""
+    plan = api.make_plan(w.shape[0], w.shape[1] * 2, layout, device=a.device)
+    if plan.launch(a.shape[0]).route != Route.STOCK_FP8:
+        _check(out, mxfp4_gemm_ref(a, w, ws))
+        return
+    wf = dequant_mxfp4(w, ws, torch.float32)
+    err = (out.float() - a.float() @ wf.t()).abs()
+    assert torch.isfinite(out).all() and (err <= fp8_activation_bound(a, wf)).all()
+
+
 def _ours(a, w, ws, cfg, layout, **kw):
     """Our GEMM with the weights in `layout` (re-laid out as the hook does at load time)."""
     if layout == "plain":
@@ -225,7 +241,7 @@ def test_b_regs_prequant_buckets_match_reference(m: int):
 def test_swz128_default_path_every_bucket(m: int):
     """What the hook runs on sm90 (weights re-laid out at load): every bucket, its route, DeepSeek o_proj-like K."""
     a, w, ws = _case(m, 2112, 7168, seed=31)
-    _check(_ours(a, w, ws, None, "swz128"), mxfp4_gemm_ref(a, w, ws))
+    _check_served(a, w, ws, _ours(a, w, ws, None, "swz128"), "swz128")
 
 
 @pytest.mark.skipif(bool(torch.version.hip), reason="swz128 is the sm90 layout")

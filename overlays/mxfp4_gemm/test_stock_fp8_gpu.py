@@ -13,13 +13,11 @@ from speedrun.eval.kernels.stock import fp8_block_dequant
 from speedrun.overlays.mx.format import dequant_mxfp4
 from speedrun.overlays.mxfp4_gemm import api, stock_fp8
 from speedrun.overlays.mxfp4_gemm.config import Route
-from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight
+from speedrun.overlays.mxfp4_gemm.reference import fp8_activation_bound, mxfp4_gemm_ref, random_mxfp4_weight
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
 
 SHAPES = [(4096, 2112, 7168), (4096, 3072, 1536)]  # fused_qkv_a and TP8 q_b at prefill
-GROUP = 128  # stock's activation quantization group (per token)
-E4M3_MAX = 448.0
 
 
 def _case(m: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -47,19 +45,6 @@ def test_sm90_conversion_carries_the_weight_exactly(m, n, k):
     w2, s2, layout = api.relayout_weight(w, s)
     q, qs = stock_fp8.weight_fp8(w2, s2, layout, asm=True)
     assert torch.equal(fp8_block_dequant(q, qs), dequant_mxfp4(w, s))
-
-
-def fp8_activation_bound(a: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
-    """Elementwise bound on |route - exact-weight fp32 product| (derivation). The weight is exact (conversion),
-    so the error is stock's per-token-group FP8 activation quantization (scale s = group amax / 448, q = RNE
-    e4m3(a / s)): each element is off by at most 2**-4 |a| (half an ulp of e4m3's 3-bit mantissa) in the normal
-    range, or 2**-10 s under it (half of the 2**-9 subnormal step). Summed over K against |W|: 2**-4 |A| |W|^T +
-    2**-10 S |W|^T. On top: DeepGEMM's fp32 accumulation (promoted every 128 K) and the bf16 output rounding
-    (2**-9 relative): 2**-8 |C| covers both."""
-    af = a.float()
-    s = af.abs().unflatten(1, (-1, GROUP)).amax(-1, keepdim=True).div(E4M3_MAX).expand(-1, -1, GROUP).flatten(1)
-    wa = wf.abs().t()
-    return 2.0**-4 * (af.abs() @ wa) + 2.0**-10 * (s @ wa) + 2.0**-8 * (af @ wf.t()).abs()
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES)
