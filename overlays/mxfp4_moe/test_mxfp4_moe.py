@@ -89,6 +89,25 @@ def test_sort_groups_slots_by_expert(m, e, topk, bm, small, monkeypatch):
     assert (s.expert_ids[npad // bm :] == -1).all() and (s.sorted_ids[npad:] == flat.numel()).all()
 
 
+@pytest.mark.parametrize("small", [True, False])
+def test_sort_skewed_routing(small, monkeypatch):
+    """Every slot on one expert (its blocks are written by one lane, one per loop step) and an expert left empty
+    between used ones: the block -> expert table and the sentinels are still whole."""
+    monkeypatch.setattr(sort, "SMALL_MAX", 1 << 30 if small else 0)
+    ids = torch.full((70, 3), 5, dtype=torch.int32)
+    ids[:3, 0] = 0  # expert 0: 3 slots; experts 1-4 empty; expert 5 the rest
+    s = sort.sort_tokens(ids, 9, 16)
+    npad = int(s.num_padded)
+    assert npad == 16 + 208  # 3 -> one block, 207 -> 13 blocks
+    assert s.expert_ids[:14].tolist() == [0] + [5] * 13 and (s.expert_ids[14:] == -1).all()
+    flat = ids.reshape(-1)
+    for b in range(14):
+        blk = s.sorted_ids[b * 16 : (b + 1) * 16]
+        blk = blk[blk < flat.numel()].long()
+        assert (flat[blk] == s.expert_ids[b]).all()
+    assert (s.sorted_ids[npad:] == flat.numel()).all()
+
+
 def test_quant_rows_bit_exact_with_reference_quantizer():
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(6, 512, generator=g) * torch.logspace(-3, 3, 512)).bfloat16()
