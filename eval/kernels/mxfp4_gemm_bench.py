@@ -237,9 +237,12 @@ def bench_shape(m: int, n: int, k: int, gpu: str, lut: torch.Tensor, peak: float
 
 
 # One row per (shape, variant): one prequant shape first (M 256: round 5's b_regs question, PERF.md), then
-# DeepSeek-R1 TP8-slice decode shapes (each decode bucket, weights of 0.6-8 MB) and one big weight.
+# DeepSeek-R1 TP8-slice decode shapes (each decode bucket, weights of 0.6-8 MB) and one big weight. Round 6 found
+# bn64_bk256 1.37x at 32 x 4096 x 512 but 0.66x at 1 x 36864 x 7168: the m<=32 bucket has a long-K and a big
+# weight shape too now, so its geometric mean is not one small-K shape's.
 SWEEP_SHAPES = ((256, 7168, 2048), (1, 2112, 7168), (16, 2112, 7168), (64, 7168, 2048), (1, 3072, 1536),
-                (16, 4608, 7168), (1, 7168, 2304), (32, 4096, 512), (4, 2880, 512), (1, 36864, 7168))  # fmt: skip
+                (16, 4608, 7168), (1, 7168, 2304), (32, 4096, 512), (32, 2112, 7168), (4, 2880, 512),
+                (1, 36864, 7168), (32, 36864, 7168))  # fmt: skip
 # Each variant overrides the config on the table's weight layout (sm90: swz128, with the bucket's "swz" overrides)
 # unless it names "w_layout": the plain layout, the route (one fused launch vs a quantizer launch then the GEMM),
 # the split-K policy (round 2's "~2 CTAs per SM" rule, none), pipeline depth, and the decode tile (round 3's

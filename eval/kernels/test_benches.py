@@ -160,7 +160,7 @@ def test_gemm_sweep_times_b_regs_at_a_prequant_shape_first_and_keeps_its_rows():
     assert gemm.sweep_variants(m) == ("config", "bregs")
     decode = [v for v in gemm.SWEEP_VARIANTS if v != "bregs"]
     assert all(gemm.sweep_variants(s[0]) == ("config", *decode) for s in gemm.SWEEP_SHAPES[1:])
-    assert sum(len(gemm.sweep_variants(s[0])) for s in gemm.SWEEP_SHAPES) == 9 * (1 + len(decode)) + 2
+    assert sum(len(gemm.sweep_variants(s[0])) for s in gemm.SWEEP_SHAPES) == 11 * (1 + len(decode)) + 2
     base = api.table("sm90").buckets[api.bucket_key(m, "sm90")]
     cfg, layout = gemm.variant_config(base, "bregs", api.bucket_key(m, "sm90"), "swz128")
     assert layout == "swz128" and cfg.with_overrides(cfg.swz).b_regs and not base.with_overrides(base.swz).b_regs
