@@ -41,11 +41,13 @@ BUDGET_S = 105.0  # under the device script's 120 s step: later shapes are writt
 IMPLS = ("speedrun", "speedrun_a8w8", "sglang_triton", "flashinfer", "flashmla")
 FP8_ONLY = ("speedrun_a8w8",)
 # --sweep: named overrides of the heads<=16 bucket (an empty "fp8" dict makes the variant govern fp8 caches too).
-# "default" is the shipped table as is (fp8 caches take its "fp8" overrides); "round1" is the first measured path.
+# "default" is the shipped table as is (fp8 caches take its "fp8" overrides). Round 1's path (one 512-column tile,
+# fp8 converted to bf16) left the sweep in round 6: 2.5-3x slower than default in every round (PERF.md); so did
+# qk_chains 1 (1-4% behind two chains in rounds 3 and 5), making room for the tokens-as-M variants.
 S4 = {"split_d": 4, "fp8_cvt": "asm", "num_stages": 5}  # BLOCK_N 32 at 5 stages: two cp.async tile buffers
-R1 = {"split_d": 1, "fp8_cvt": "bf16", "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "snap": False}
 FP8_R2 = {"BLOCK_N": 32, "num_warps": 4, "num_stages": 5, "split_d": 4, "fp8_cvt": "asm"}
 MERGE_R2 = {"BLOCK_P": 32, "min_block_dv": 64, "num_warps": 4, "num_stages": 2}
+T16 = {"mma_m": "tokens", "fp8_cvt": "asm", "BLOCK_N": 64}  # 16-bit tokens-as-M (sm90 wgmma; fp8 upcast to f16)
 A16 = {"fp8_compute": "a16"}  # fp8 caches upcast to 16 bits: the fp8 variants of rounds 1-3 tune that path
 A8 = {"mma_m": "tokens", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}  # sm90 a8w8: no spill at 8 warps
 A8W8 = {"fp8_compute": "a8w8"}  # the a8w8 variants compute a8w8 whatever the table's fp8_compute (sm90: a16)
@@ -73,17 +75,19 @@ VARIANTS = {
     "a16": A16,  # the round-3 upcast path as shipped before a8w8 (sm90 ships it now: the same kernel as default)
     "flat": {"snap": False},  # the round-2 split: equal cuts of the flat KV range
     "merge_p32": {"merge": MERGE_R2},  # the round-2 merge (9 dependent steps for 264 partials)
-    "qk1": {"qk_chains": 1},  # the round-2 QK: one dependent mma chain of 36 per warp and tile
-    "round1": {**R1, **A16, "merge": MERGE_R2},
     "s4_n64_w4_st3": {**S4, **A16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},  # one 72 KB buffer (bf16)
     "s4_n32_w4_pps1": {**S4, **A16, "BLOCK_N": 32, "num_warps": 4, "programs_per_sm": 1},
     # 16-token tiles, 9 stages: ~4 buffers of 18 KB (bf16 190 regs, 91.5 KB; fp8 250 regs, 73 KB: 2 CTAs/SM) ->
     # up to 3 tiles in flight per CTA instead of ~1; costs 1.5x the mma.sync per token (QK duplicated over warps)
     "s4_n16_w4_st9": {**S4, **A16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 9},
+    # Round 6: 16-bit compute with the tokens as M (wgmma m64nHk16, 4 latent slices): a warpgroup reads each
+    # shared operand once, where mma.sync with heads as M re-reads q in every warp (PERF.md round 6).
+    "t16_n64_w4": {**A16, **T16, "num_warps": 4, "num_stages": 2},  # sm90 AOT: 255 regs + spills (fp8 320 B)
+    "t16_n64_w8": {**A16, **T16, "num_warps": 8, "num_stages": 2},  # bf16 172 regs, no spill; fp8 255 + 64 B
 }
 # Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
 # replace them with their own "fp8".
-SPLIT_VARIANTS = ("default", "flat", "merge_p32", "qk1", "a16", "a8w8_pv_fp8", "a8w8_pv_f16",
+SPLIT_VARIANTS = ("default", "flat", "merge_p32", "a16", "a8w8_pv_fp8", "a8w8_pv_f16",
                   "a8w8_pv_f16_st3", "fp8_n64_w8", "fp8_r168_st3",
                   "a8w8_n128_pv_f16")  # fmt: skip
 BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)

@@ -57,6 +57,7 @@ class Fp8Knobs(Knobs):
     fp8_cvt: Fp8Cvt | None = None
     qk_chains: int | None = None
     maxnreg: int | None = Field(None, ge=16, le=255)  # CUDA only: see MlaBucket
+    mma_m: MmaM | None = None
 
 
 class A8W8Knobs(Knobs):
@@ -94,6 +95,7 @@ class MlaBucket(Knobs):
     qk_chains: int = 1
     fp8_compute: Compute = Compute.A16
     a8w8: A8W8Knobs | None = None
+    mma_m: MmaM = MmaM.HEADS  # the 16-bit paths: heads as M (mma.sync, split_d) or tokens as M (wgmma, 4 slices)
 
     @model_validator(mode="after")
     def _a8w8_knobs(self) -> MlaBucket:

@@ -203,6 +203,54 @@ def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_
     return acc0, acc1, acc2, acc3, m_i, tl.sum(l_acc, axis=1)
 
 
+@triton.jit
+def _attend_tokens16(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
+                     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
+                     DR: tl.constexpr, CDT: tl.constexpr, CVT_ASM: tl.constexpr):  # fmt: skip
+    """16-bit compute with the tokens as the MMA's M (sm90 wgmma): S^T = K q^T, O^T = V^T P^T, in 4 latent slices
+    of 128 columns (accumulators [128, H]). With the heads as M (mma.sync, M = 16) every warp reads all of q from
+    shared memory for each tile (half the LDSM bytes of the fp8 kernel, PERF.md round 6); a warpgroup's wgmma
+    reads each shared operand once. V^T is K's tile taken transposed, which 16-bit wgmma accepts as it is.
+    Returns the 4 output slices [BLOCK_H, 128], m, l."""
+    DC: tl.constexpr = DL // 4
+    q_mul = _q_multiplier(q_row, mask_h, DL, DR, CDT)
+    q0 = tl.trans(_q_tile(q_row, 0, mask_h, DC, CDT, q_mul))
+    q1 = tl.trans(_q_tile(q_row, DC, mask_h, DC, CDT, q_mul))
+    q2 = tl.trans(_q_tile(q_row, 2 * DC, mask_h, DC, CDT, q_mul))
+    q3 = tl.trans(_q_tile(q_row, 3 * DC, mask_h, DC, CDT, q_mul))
+    qr = tl.trans(_q_tile(q_row, DL, mask_h, DR, CDT, q_mul))
+    sc = qk_scale / q_mul
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_acc = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
+    a0 = tl.zeros([DC, BLOCK_H], tl.float32)
+    a1 = tl.zeros([DC, BLOCK_H], tl.float32)
+    a2 = tl.zeros([DC, BLOCK_H], tl.float32)
+    a3 = tl.zeros([DC, BLOCK_H], tl.float32)
+    for n0 in range(pos, seg_hi, BLOCK_N):
+        row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
+        k0 = _kv_tile(KV, row, 0, mask_n, DC, CDT, CVT_ASM)
+        k1 = _kv_tile(KV, row, DC, mask_n, DC, CDT, CVT_ASM)
+        k2 = _kv_tile(KV, row, 2 * DC, mask_n, DC, CDT, CVT_ASM)
+        k3 = _kv_tile(KV, row, 3 * DC, mask_n, DC, CDT, CVT_ASM)
+        s_t = tl.dot(_kv_tile(KV, row, DL, mask_n, DR, CDT, CVT_ASM), qr)
+        s_t = tl.dot(k0, q0, acc=s_t)
+        s_t = tl.dot(k1, q1, acc=s_t)
+        s_t = tl.dot(k2, q2, acc=s_t)
+        s_t = tl.dot(k3, q3, acc=s_t)  # [BLOCK_N, BLOCK_H]
+        s_t = tl.where(mask_n[:, None], s_t * sc[None, :], float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s_t, axis=0))
+        alpha = tl.exp2(m_i - m_new)
+        p_t = tl.exp2(s_t - m_new[None, :])
+        l_acc = l_acc * alpha[None, :] + p_t  # summed once after the last tile (see _online_softmax)
+        m_i = m_new
+        pc = p_t.to(CDT)
+        a0 = tl.dot(tl.trans(k0), pc, acc=a0 * alpha[None, :])
+        a1 = tl.dot(tl.trans(k1), pc, acc=a1 * alpha[None, :])
+        a2 = tl.dot(tl.trans(k2), pc, acc=a2 * alpha[None, :])
+        a3 = tl.dot(tl.trans(k3), pc, acc=a3 * alpha[None, :])
+    return tl.trans(a0), tl.trans(a1), tl.trans(a2), tl.trans(a3), m_i, tl.sum(l_acc, axis=0)
+
+
 # a8w8: P in [0, 1] is scaled by 2^8 before its fp8 cast (exact; e4m3 then keeps p >= 2^-17 from underflowing)
 P_SCALE = tl.constexpr(256.0)
 
@@ -384,6 +432,13 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
         )  # fmt: skip
         _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob, stride_oh,
                    H, DL, DL)  # fmt: skip
+    elif TOKENS_M:
+        acc0, acc1, acc2, acc3, m_i, l_i = _attend_tokens16(
+            KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
+            BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, CDT, CVT_ASM,
+        )  # fmt: skip
+        _store_quarters(O, PartO, acc0, acc1, acc2, acc3, l_i, final, b, slot, offs_h, mask_h, v_scale, stride_ob,
+                        stride_oh, H, DL)  # fmt: skip
     elif SPLIT_D == 4:
         acc0, acc1, acc2, acc3, m_i, l_i = _attend_split4(
             KV, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
@@ -436,7 +491,7 @@ def _mla_partial_kernel(
     SNAP: tl.constexpr = False,  # chunk snapped to the longest sequence when close (see _chunk_size)
     QK_CHAINS: tl.constexpr = 1,  # SPLIT_D=4: independent QK accumulators (shorter dependent mma chains)
     A8W8: tl.constexpr = False,  # fp8 KV: q quantized to fp8, fp8 MMAs (_attend_a8w8); CDT/CVT_ASM/SPLIT_D unused
-    TOKENS_M: tl.constexpr = False,  # A8W8: tokens as the MMA M dimension (sm90 wgmma)
+    TOKENS_M: tl.constexpr = False,  # tokens as the MMA M dimension (sm90 wgmma): a8w8, or 16-bit (_attend_tokens16)
     PV_FP8: tl.constexpr = True,  # A8W8: P and V in fp8 for PV (False: f16)
     Q_EXP: tl.constexpr = 8,  # A8W8: 2^Q_EXP <= the largest finite value of KV's fp8 format (q's target range)
 ):

@@ -173,8 +173,6 @@ VARIANTS = [
     "fp8_r168_st3",
     "flat",
     "merge_p32",
-    "qk1",
-    "round1",
     "s4_n64_w4_st3",
     "s4_n32_w4_pps1",
     "s4_n16_w4_st9",
@@ -183,6 +181,8 @@ VARIANTS = [
     "a8w8_pv_f16",
     "a8w8_pv_f16_st3",
     "a8w8_n128_pv_f16",
+    "t16_n64_w4",
+    "t16_n64_w8",
 ]
 
 
