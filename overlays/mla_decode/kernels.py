@@ -156,6 +156,24 @@ def _attend_whole(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_k
 
 
 @triton.jit
+def _q_slices(q_row, mask_h, DL: tl.constexpr, DR: tl.constexpr, CDT: tl.constexpr, q_mul):
+    """q as the 4 latent slices of DL/4 columns and the rope part, in the MMA dtype."""
+    DC: tl.constexpr = DL // 4
+    return (_q_tile(q_row, 0, mask_h, DC, CDT, q_mul), _q_tile(q_row, DC, mask_h, DC, CDT, q_mul),
+            _q_tile(q_row, 2 * DC, mask_h, DC, CDT, q_mul), _q_tile(q_row, 3 * DC, mask_h, DC, CDT, q_mul),
+            _q_tile(q_row, DL, mask_h, DR, CDT, q_mul))  # fmt: skip
+
+
+@triton.jit
+def _kv_slices(KV, row, mask_n, DL: tl.constexpr, DR: tl.constexpr, CDT: tl.constexpr, CVT_ASM: tl.constexpr):
+    """A tile of latent rows as the 4 slices of DL/4 columns and the rope part (see _kv_tile)."""
+    DC: tl.constexpr = DL // 4
+    return (_kv_tile(KV, row, 0, mask_n, DC, CDT, CVT_ASM), _kv_tile(KV, row, DC, mask_n, DC, CDT, CVT_ASM),
+            _kv_tile(KV, row, 2 * DC, mask_n, DC, CDT, CVT_ASM), _kv_tile(KV, row, 3 * DC, mask_n, DC, CDT, CVT_ASM),
+            _kv_tile(KV, row, DL, mask_n, DR, CDT, CVT_ASM))  # fmt: skip
+
+
+@triton.jit
 def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv_page, stride_kv_tok,
                    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, DL: tl.constexpr,
                    DR: tl.constexpr, CDT: tl.constexpr, CVT_ASM: tl.constexpr, QK_CHAINS: tl.constexpr):  # fmt: skip
@@ -163,11 +181,7 @@ def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_
     Triton's mma.sync path (which holds a whole B operand in registers) stays far from spilling."""
     DC: tl.constexpr = DL // 4
     q_mul = _q_multiplier(q_row, mask_h, DL, DR, CDT)
-    q0 = _q_tile(q_row, 0, mask_h, DC, CDT, q_mul)
-    q1 = _q_tile(q_row, DC, mask_h, DC, CDT, q_mul)
-    q2 = _q_tile(q_row, 2 * DC, mask_h, DC, CDT, q_mul)
-    q3 = _q_tile(q_row, 3 * DC, mask_h, DC, CDT, q_mul)
-    q_rope = _q_tile(q_row, DL, mask_h, DR, CDT, q_mul)
+    q0, q1, q2, q3, q_rope = _q_slices(q_row, mask_h, DL, DR, CDT, q_mul)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_acc = tl.zeros([BLOCK_H, BLOCK_N], tl.float32)
     acc0 = tl.zeros([BLOCK_H, DC], tl.float32)
@@ -176,11 +190,7 @@ def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_
     acc3 = tl.zeros([BLOCK_H, DC], tl.float32)
     for n0 in range(pos, seg_hi, BLOCK_N):
         row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
-        k0 = _kv_tile(KV, row, 0, mask_n, DC, CDT, CVT_ASM)
-        k1 = _kv_tile(KV, row, DC, mask_n, DC, CDT, CVT_ASM)
-        k2 = _kv_tile(KV, row, 2 * DC, mask_n, DC, CDT, CVT_ASM)
-        k3 = _kv_tile(KV, row, 3 * DC, mask_n, DC, CDT, CVT_ASM)
-        kr = _kv_tile(KV, row, DL, mask_n, DR, CDT, CVT_ASM)
+        k0, k1, k2, k3, kr = _kv_slices(KV, row, mask_n, DL, DR, CDT, CVT_ASM)
         s = tl.dot(q_rope, tl.trans(kr))
         s = tl.dot(q0, tl.trans(k0), acc=s)
         s = tl.dot(q1, tl.trans(k1), acc=s)
@@ -214,11 +224,7 @@ def _attend_tokens16(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, strid
     Returns the 4 output slices [BLOCK_H, 128], m, l."""
     DC: tl.constexpr = DL // 4
     q_mul = _q_multiplier(q_row, mask_h, DL, DR, CDT)
-    q0 = tl.trans(_q_tile(q_row, 0, mask_h, DC, CDT, q_mul))
-    q1 = tl.trans(_q_tile(q_row, DC, mask_h, DC, CDT, q_mul))
-    q2 = tl.trans(_q_tile(q_row, 2 * DC, mask_h, DC, CDT, q_mul))
-    q3 = tl.trans(_q_tile(q_row, 3 * DC, mask_h, DC, CDT, q_mul))
-    qr = tl.trans(_q_tile(q_row, DL, mask_h, DR, CDT, q_mul))
+    q0, q1, q2, q3, qr = _q_slices(q_row, mask_h, DL, DR, CDT, q_mul)
     sc = qk_scale / q_mul
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_acc = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
@@ -228,15 +234,12 @@ def _attend_tokens16(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, strid
     a3 = tl.zeros([DC, BLOCK_H], tl.float32)
     for n0 in range(pos, seg_hi, BLOCK_N):
         row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
-        k0 = _kv_tile(KV, row, 0, mask_n, DC, CDT, CVT_ASM)
-        k1 = _kv_tile(KV, row, DC, mask_n, DC, CDT, CVT_ASM)
-        k2 = _kv_tile(KV, row, 2 * DC, mask_n, DC, CDT, CVT_ASM)
-        k3 = _kv_tile(KV, row, 3 * DC, mask_n, DC, CDT, CVT_ASM)
-        s_t = tl.dot(_kv_tile(KV, row, DL, mask_n, DR, CDT, CVT_ASM), qr)
-        s_t = tl.dot(k0, q0, acc=s_t)
-        s_t = tl.dot(k1, q1, acc=s_t)
-        s_t = tl.dot(k2, q2, acc=s_t)
-        s_t = tl.dot(k3, q3, acc=s_t)  # [BLOCK_N, BLOCK_H]
+        k0, k1, k2, k3, kr = _kv_slices(KV, row, mask_n, DL, DR, CDT, CVT_ASM)
+        s_t = tl.dot(kr, tl.trans(qr))
+        s_t = tl.dot(k0, tl.trans(q0), acc=s_t)
+        s_t = tl.dot(k1, tl.trans(q1), acc=s_t)
+        s_t = tl.dot(k2, tl.trans(q2), acc=s_t)
+        s_t = tl.dot(k3, tl.trans(q3), acc=s_t)  # [BLOCK_N, BLOCK_H]
         s_t = tl.where(mask_n[:, None], s_t * sc[None, :], float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s_t, axis=0))
         alpha = tl.exp2(m_i - m_new)
