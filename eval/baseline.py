@@ -31,6 +31,7 @@ from speedrun.eval.lock import BaselineLock, CandidateResult
 from speedrun.eval.results import write_json_atomic
 from speedrun.eval.run import console  # the evaluation's stderr console (progress, per-candidate lines)
 from speedrun.eval.scenarios import Case
+from speedrun.mainjob import detect
 from speedrun.recipe import (
     Accuracy,
     BaselineCandidate,
@@ -316,6 +317,7 @@ class Search:
             "recipe": self.recipe.name,
             "fingerprint": locks.fingerprint(self.recipe),
             "arch": self.recipe.hardware.arch,
+            "gpu": detect().name,
             "host": platform.node(),
             "sglang": sglang_version(),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -340,6 +342,7 @@ class Search:
             recipe=rep["recipe"],
             fingerprint=rep["fingerprint"],
             arch=rep["arch"],
+            gpu=rep["gpu"] or None,
             sglang=rep["sglang"],
             created=rep["created"],
             probe=rep["probe"],

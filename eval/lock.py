@@ -59,6 +59,7 @@ class BaselineLock(BaseModel):
     recipe: str
     fingerprint: str
     arch: str
+    gpu: str | None = None  # the card the candidates were probed on (torch's device name); None in older locks
     sglang: str | None = None  # the version the candidates were served with
     created: str
     probe: dict[str, Any]
@@ -145,20 +146,44 @@ def stock_fields(recipe: Recipe) -> dict[str, Any]:
     return {k: v for k in STOCK_FIELDS if (v := getattr(recipe.server, k)) is not None}
 
 
-def config_info(recipe: Recipe, lock: BaselineLock | None, path: Path | None) -> dict[str, Any]:
-    """What the baseline side served (`recipe`: with the lock applied) and why, recorded in its results."""
+def config_info(recipe: Recipe, lock: BaselineLock | None, path: Path | None, gpu: str = "") -> dict[str, Any]:
+    """What the baseline side served (`recipe`: with the lock applied) and why, recorded in its results; `gpu`:
+    the card this run serves on (the report says when the lock was probed on another)."""
     if lock is None:
-        return {"searched": False, "server": stock_fields(recipe)}
+        return {"searched": False, "server": stock_fields(recipe), "run_gpu": gpu}
     return {
         "searched": True,
         "server": stock_fields(recipe),
         "lock": str(path),
         "probe": lock.probe,
         "created": lock.created,
+        "lock_gpu": lock.gpu,
+        "run_gpu": gpu,
         "best": lock.best.brief().model_dump(),
         "candidates": [c.brief().model_dump() for c in lock.candidates],
         "overlay_server": recipe.overlays.server,
     }
+
+
+def probed_on(info: dict[str, Any]) -> str:
+    """Where the lock's candidates were measured, as the report's sentence says it."""
+    lock_gpu, run_gpu = info.get("lock_gpu"), info.get("run_gpu")
+    if lock_gpu and lock_gpu == run_gpu:
+        return f"on this card ({lock_gpu})"
+    return f"on {lock_gpu}" if lock_gpu else "on a card the lock does not name"
+
+
+def card_warning(info: dict[str, Any]) -> list[str]:
+    """A line when this run's card is not (known to be) the one the lock was probed on: its strongest stock
+    configuration was then not measured here, only assumed to carry over."""
+    lock_gpu, run_gpu = info.get("lock_gpu"), info.get("run_gpu")
+    if not run_gpu or lock_gpu == run_gpu:
+        return []
+    return [
+        f"**Not re-probed on this run's card ({run_gpu})**: the stock candidates were measured on "
+        f"{lock_gpu or 'another or unnamed card'}; run `speedrun baseline` here to lock this card's fastest.",
+        "",
+    ]
 
 
 def report_lines(info: dict[str, Any] | None, rows: list) -> list[str]:
@@ -181,10 +206,11 @@ def report_lines(info: dict[str, Any] | None, rows: list) -> list[str]:
     out = [
         "## Baseline",
         "",
-        f"Stock SGLang ran its fastest configuration on this card, **{best['label']}** ({describe(info['server'])}),"
-        f" resolved by `speedrun baseline` ({info['lock']}, {info['created']}; probe ISL {probe['isl']} / OSL "
-        f"{probe['osl']} at concurrency {probe['concurrency']}, {probe['prompts']} prompts).",
+        f"Stock SGLang ran the fastest configuration {probed_on(info)}, **{best['label']}** "
+        f"({describe(info['server'])}), resolved by `speedrun baseline` ({info['lock']}, {info['created']}; probe "
+        f"ISL {probe['isl']} / OSL {probe['osl']} at concurrency {probe['concurrency']}, {probe['prompts']} prompts).",
         "",
+        *card_warning(info),
         f"The overlay beat {best['label']} at: {', '.join(won) or 'none'}; not at: {', '.join(lost) or 'none'}.",
         f"Overlay side's server fields on top of it: {describe(info.get('overlay_server') or {})}.",
         "",

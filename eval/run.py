@@ -26,6 +26,7 @@ from speedrun.eval.results import ResultsFile, write_json_atomic
 from speedrun.eval.scenarios import Case, Scale, expand
 from speedrun.eval.serve import SpecFactory, default_spec, launched, model_path, pool_for
 from speedrun.launch.command import LaunchSpec
+from speedrun.mainjob import detect
 from speedrun.recipe import Recipe, Server, Side
 
 console = cli_console(stderr=True)
@@ -385,13 +386,17 @@ def resolved_baseline(recipe: Recipe, lock_path: Path | None) -> tuple[Recipe, d
     keeps its prefill), and what to record about it; without a lock, the recipe as written. Raises LockError."""
     from speedrun.eval import lock as locks
 
+    gpu = detect().name
     if lock_path is None:
         console.print("baseline: the recipe's fixed stock configuration, not a searched one (no baseline lock)")
-        return recipe, locks.config_info(recipe, None, None)
+        return recipe, locks.config_info(recipe, None, None, gpu)
     lock = locks.load(lock_path, recipe)
     console.print(f"baseline: {lock.best.label} ({locks.describe(lock.best.server)}), locked in {lock_path}")
+    if gpu and lock.gpu != gpu:
+        console.print(f"baseline: [yellow]the lock was probed on {lock.gpu or 'an unnamed card'}, this is {gpu}[/]: "
+                      "its stock candidates were not measured on this card")  # fmt: skip
     resolved = locks.apply(recipe, lock)
-    return resolved, locks.config_info(resolved, lock, lock_path)
+    return resolved, locks.config_info(resolved, lock, lock_path, gpu)
 
 
 def with_stock(rf: ResultsFile, info: dict) -> ResultsFile:

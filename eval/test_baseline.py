@@ -167,6 +167,25 @@ def test_run_uses_the_lock_in_its_folder(searched, tmp_path, monkeypatch):
         assert f"| {label} |" in section, label
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["baseline_config"]["best"]["label"] == "flashmla-p64"
+    # The search ran without a GPU: the lock names no card, and this run had none to compare with.
+    assert "on a card the lock does not name" in section and "Not re-probed" not in section
+
+
+def test_report_says_when_the_lock_was_probed_on_another_card():
+    """A lock carries the card its candidates were measured on; a run on another card says its baseline was not
+    re-probed there (an H100 lock served on an H200), and a run on the same card says which card that was."""
+    info = {"searched": True, "server": {"attention_backend": "flashmla"}, "lock": "x/baseline.lock.json",
+            "created": "2026-12-06", "probe": {"isl": 8192, "osl": 1024, "concurrency": 32, "prompts": 64},
+            "best": {"label": "flashmla-p64"}, "candidates": [], "lock_gpu": "NVIDIA H100 80GB HBM3"}  # fmt: skip
+    other = "\n".join(locks.report_lines({**info, "run_gpu": "NVIDIA H200"}, []))
+    assert "fastest configuration on NVIDIA H100 80GB HBM3" in other
+    assert "**Not re-probed on this run's card (NVIDIA H200)**" in other
+    same = "\n".join(locks.report_lines({**info, "run_gpu": "NVIDIA H100 80GB HBM3"}, []))
+    assert "on this card (NVIDIA H100 80GB HBM3)" in same and "Not re-probed" not in same
+    lock = locks.BaselineLock.model_validate({"recipe": "r", "fingerprint": "f", "arch": "sm90", "created": "c",
+                                              "probe": {}, "best": {"label": "b", "stage": "attention",
+                                                                    "status": "ok"}, "candidates": []})  # fmt: skip
+    assert lock.gpu is None  # locks written before the card was recorded still load
 
 
 def test_run_without_lock_says_the_baseline_was_not_searched(tmp_path):
