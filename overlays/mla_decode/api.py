@@ -254,7 +254,7 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
     CVT_ASM: fp8_cvt "bf16" converts fp8 to q's dtype; "f16" computes in f16 (e4m3 -> f16 is exact; q gets a
     power-of-two guard); "asm" is "f16" with the packed sm89+ inline-asm convert (e4m3fn on CUDA only). A8W8 and
     its TOKENS_M / PV_FP8 (the bucket's a8w8 mma_m and pv) for fp8 caches computing a8w8; TOKENS_M otherwise from
-    the bucket's mma_m (the 16-bit tokens-as-M path)."""
+    the bucket's a16_mma_m (the 16-bit tokens-as-M path)."""
     fp8 = kv_dtype.itemsize == 1
     cdt = tl.float16 if q_dtype == torch.float16 else tl.bfloat16
     cvt = cfg.fp8_cvt if fp8 else None
@@ -269,7 +269,7 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
         "QK_CHAINS": cfg.qk_chains,
         **split_constexprs(cfg),
         "A8W8": a8w8 is not None,
-        "TOKENS_M": (a8w8.mma_m if a8w8 is not None else cfg.mma_m) == MmaM.TOKENS,
+        "TOKENS_M": (a8w8.mma_m if a8w8 is not None else cfg.a16_mma_m) == MmaM.TOKENS,
         "PV_FP8": a8w8 is None or a8w8.pv == Pv.FP8,
         "Q_EXP": q_exp(kv_dtype),
     }

@@ -57,7 +57,7 @@ class Fp8Knobs(Knobs):
     fp8_cvt: Fp8Cvt | None = None
     qk_chains: int | None = None
     maxnreg: int | None = Field(None, ge=16, le=255)  # CUDA only: see MlaBucket
-    mma_m: MmaM | None = None
+    a16_mma_m: MmaM | None = None
 
 
 class A8W8Knobs(Knobs):
@@ -95,7 +95,9 @@ class MlaBucket(Knobs):
     qk_chains: int = 1
     fp8_compute: Compute = Compute.A16
     a8w8: A8W8Knobs | None = None
-    mma_m: MmaM = MmaM.HEADS  # the 16-bit paths: heads as M (mma.sync, split_d) or tokens as M (wgmma, 4 slices)
+    # The 16-bit paths (bf16 caches, fp8 computed a16): heads as M (mma.sync, split_d) or tokens as M (wgmma, 4
+    # slices). Not `mma_m`: that is a8w8's own knob, which must not land on the bucket (with_overrides).
+    a16_mma_m: MmaM = MmaM.HEADS
 
     @model_validator(mode="after")
     def _a8w8_knobs(self) -> MlaBucket:
