@@ -164,3 +164,29 @@ def test_every_sweep_variant_matches_reference(model, variant):
     ref = reference(x, w, ids, tw)
     assert torch.isfinite(out.float()).all()
     assert rel_err(out, ref) < (2e-2 if w.a4 else 1e-2), f"{name} M={m} {variant}: rel err {rel_err(out, ref):.4f}"
+
+
+@pytest.mark.parametrize("m,skew", [(1, False), (32, False), (128, False), (1000, False), (512, True)])
+def test_sort_at_deepseek_sizes(m, skew):
+    """The expert sort on the GPU at the DeepSeek shard's routing (E 257, top-9), single-CTA (M <= 910) and
+    three-kernel paths (M 1000: 9000 slots), and a skewed batch (every token's first choice expert 0): every
+    routed slot once, each block one expert's, blocks padded to BLOCK_M, -1 and the sentinel past the end."""
+    from speedrun.overlays.mxfp4_moe import sort
+
+    e, bm = 257, 16
+    _, ids, _ = make_routing("dsr1_tp8", m, seed=11)
+    if skew:
+        ids[:, 0] = 0
+    s = sort.sort_tokens(ids, e, bm)
+    flat = ids.reshape(-1).long()
+    counts = torch.bincount(flat, minlength=e)
+    npad = int(s.num_padded)
+    assert npad == int(((counts + bm - 1) // bm * bm).sum())
+    body = s.sorted_ids[:npad].long()
+    real = body[body < flat.numel()]
+    assert torch.equal(real.sort().values, torch.arange(flat.numel(), device=real.device))
+    blocks = s.expert_ids[: npad // bm].long()
+    assert (blocks >= 0).all() and (blocks[1:] >= blocks[:-1]).all()  # expert order, every block used
+    owner = torch.where(body < flat.numel(), flat[body.clamp_max(flat.numel() - 1)], blocks.repeat_interleave(bm))
+    assert torch.equal(owner, blocks.repeat_interleave(bm))
+    assert (s.expert_ids[npad // bm :] == -1).all() and (s.sorted_ids[npad:] == flat.numel()).all()
