@@ -139,10 +139,14 @@ class MLADecodeOp(OverlayOp):
 
 
 class MoeOp(OverlayOp):
-    """overlays.mxfp4_moe: an OverlayOp plus the layout the expert values are stored in."""
+    """overlays.mxfp4_moe: an OverlayOp plus the layout the expert values are stored in and how the large-M route
+    (CUDA) gets its FP8 experts."""
 
     layout: environ.MoeLayout | None = Field(
         None, description="swz (mx.layout swz128) or plain; unset: swz on CUDA, plain on ROCm"
+    )
+    stock_fp8: environ.MoeStockFp8 = Field(
+        "per_call", description=environ.PluginSettings.model_fields["mxfp4_moe_stock_fp8"].description
     )
 
 

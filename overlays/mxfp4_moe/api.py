@@ -61,6 +61,7 @@ class MoeWeights:
     alpha: float = 1.702
     limit: float = 7.0
     mul1: bool = False  # swz128 and every weight scale byte <= 128: the one-multiply decode is exact
+    fp8: tuple[torch.Tensor, ...] | None = None  # resident FP8 experts for the large-M route (stock_fp8.resident)
 
     @property
     def swz(self) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -78,11 +79,24 @@ def _finish(layer: torch.nn.Module, w: MoeWeights) -> None:
             _set(layer, name, t)
     layer._speedrun_plan = plan = make_plan(w)
     layer._speedrun_backend = environ.settings().backends[OP]
+    if plan.stock:  # large M goes to stock's FP8 MoE; its experts exist before SGLang sizes the KV cache
+        w = _stock_fp8_experts(w)
     layer._speedrun_moe = w
-    if plan.stock:  # large M goes to stock's FP8 MoE: its one scratch, sized for the largest layer, exists before
-        h, n2 = w.hidden, 2 * w.inter  # SGLang sizes the KV cache from the memory left after loading
-        stock_fp8.SCRATCH.reserve(w.w13.device, stock_fp8.fp8_bytes(w.num_experts, n2, h) +
-                                  stock_fp8.fp8_bytes(w.num_experts, h, w.inter))  # fmt: skip
+
+
+_resident_bytes = [0]  # this process's resident FP8 experts, all layers (the per-process report says it)
+
+
+def _stock_fp8_experts(w: MoeWeights) -> MoeWeights:
+    """The large-M route's FP8 experts at load time: one scratch per device sized for the largest layer (converted
+    into per call), or with setting mxfp4_moe_stock_fp8 resident this layer's own copy, converted now."""
+    if environ.settings().mxfp4_moe_stock_fp8 == "resident":
+        w = replace(w, fp8=stock_fp8.resident(w, w.hidden, asm=torch.version.hip is None))
+        _resident_bytes[0] += stock_fp8.layer_bytes(w, w.hidden)
+        report.record(mxfp4_moe_resident_fp8_gb=round(_resident_bytes[0] / 2**30, 3))
+    else:
+        stock_fp8.SCRATCH.reserve(w.w13.device, stock_fp8.layer_bytes(w, w.hidden))
+    return w
 
 
 def _deinterleave(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -29,11 +29,28 @@ from speedrun.overlays.mx.fp8 import FP8_BLOCK, Scratch, carve, fp8_bytes, to_fp
 SCRATCH = Scratch()  # the MoE layers' one buffer per device (the GEMM's linears have their own)
 
 
+def layer_bytes(w: Any, hidden: int) -> int:
+    """Bytes of one layer's experts in FP8 blocks (w13 and w2 with their scales)."""
+    return fp8_bytes(w.num_experts, 2 * w.inter, hidden) + fp8_bytes(w.num_experts, hidden, w.inter)
+
+
 def experts_fp8(w: Any, hidden: int, asm: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """An `api.MoeWeights` layer's experts as (w13, w13 scale_inv, w2, w2 scale_inv) in FP8 blocks, written into
-    the device's scratch: w13 [E, 2N, hidden] rows [gate ; up] as SGLang's w13, w2 [E, hidden, N]."""
+    """An `api.MoeWeights` layer's experts as (w13, w13 scale_inv, w2, w2 scale_inv) in FP8 blocks: its resident
+    copy (`resident`) when it has one, else written into the device's scratch now. w13 [E, 2N, hidden] rows
+    [gate ; up] as SGLang's w13, w2 [E, hidden, N]."""
+    if w.fp8 is not None:
+        return w.fp8
+    return _convert(w, hidden, asm, SCRATCH.get(w.w13.device, layer_bytes(w, hidden)))
+
+
+def resident(w: Any, hidden: int, asm: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Load time (setting mxfp4_moe_stock_fp8 resident): the layer's experts converted once into their own buffer,
+    kept for every large-M call (no per-call conversion: ~1.9 GB of traffic per call at the DeepSeek shard)."""
+    return _convert(w, hidden, asm, torch.empty(layer_bytes(w, hidden), dtype=torch.uint8, device=w.w13.device))
+
+
+def _convert(w: Any, hidden: int, asm: bool, buf: torch.Tensor) -> tuple[torch.Tensor, ...]:
     e, n2, n = w.num_experts, 2 * w.inter, w.inter
-    buf = SCRATCH.get(w.w13.device, fp8_bytes(e, n2, hidden) + fp8_bytes(e, hidden, n))
     q13, s13, at = carve(buf, 0, e, n2, hidden)
     q2, s2, _ = carve(buf, at, e, hidden, n)
     to_fp8(w.w13, w.w13_scale, hidden, q13, s13, asm)
@@ -92,4 +109,4 @@ def fused_moe_stock_fp8(
 
 
 __all__ = ["FP8_BLOCK", "SCRATCH", "experts_fp8", "fp8_bytes", "fused_experts", "fused_moe_stock_fp8",
-           "runner_config", "to_fp8"]  # fmt: skip
+           "layer_bytes", "resident", "runner_config", "to_fp8"]  # fmt: skip

@@ -6,6 +6,7 @@ report line, and that ROCm / GPT-OSS never take it. The route itself runs on the
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 
@@ -111,6 +112,23 @@ def test_experts_fp8_carves_one_scratch_for_both_stacks():
     assert all(t.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr() for t in (q13, sc13, q2, sc2))
     assert torch.equal(fp8_block_dequant(q13, sc13), dequant_mxfp4(w13, s13))
     assert torch.equal(fp8_block_dequant(q2, sc2), dequant_mxfp4(w2, s2))
+
+
+def test_resident_experts_are_the_scratch_conversion_in_their_own_buffer():
+    """Setting mxfp4_moe_stock_fp8 resident: the layer's experts converted once at load into a buffer of their own
+    (not the shared scratch), the same bytes as the per-call conversion; a layer holding them is served from them."""
+    e, n, h = 2, 64, 256
+    w13, s13 = _mxfp4(e, 2 * n, h, 119, 125, seed=4)
+    w2, s2 = _mxfp4(e, h, n, 119, 125, seed=5)
+    w = MoeWeights(w13, s13, w2, s2, a4=True)
+    kept = stock_fp8.resident(w, h, asm=False)
+    per_call = [t.clone() for t in stock_fp8.experts_fp8(w, h, asm=False)]
+    scratch = stock_fp8.SCRATCH.bufs[torch.device("cpu")].untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() != scratch for t in kept)
+    assert all(torch.equal(a, b) for a, b in zip(kept, per_call, strict=True))
+    assert kept[0].untyped_storage().nbytes() == stock_fp8.layer_bytes(w, h)
+    served = stock_fp8.experts_fp8(replace(w, fp8=kept), h, asm=False)
+    assert all(a is b for a, b in zip(served, kept, strict=True))
 
 
 def test_scratch_grows_for_a_larger_layer_only():
