@@ -25,7 +25,7 @@ SETTINGS = "SPEEDRUN_SETTINGS"
 DEFAULT_BACKEND: Backend = "triton"
 MlaCompute = Literal["a8w8", "a16"]
 MoeLayout = Literal["swz", "plain"]
-MoeStockFp8 = Literal["per_call", "resident"]
+StockFp8 = Literal["per_call", "resident"]
 AiterGemmKernel = Literal["a4w4", "afp4wfp4"]
 
 
@@ -44,10 +44,15 @@ class PluginSettings(BaseModel):
     mxfp4_moe_layout: MoeLayout | None = Field(
         None, description="expert value layout: swz (mx.layout swz128) or plain; unset: swz on CUDA, plain on ROCm"
     )
-    mxfp4_moe_stock_fp8: MoeStockFp8 = Field(
+    mxfp4_moe_stock_fp8: StockFp8 = Field(
         "per_call",
         description="experts of the large-M stock FP8 route (CUDA): converted per call into one scratch, or "
         "converted once at load and kept (resident: no conversion per prefill call, ~1.9x the MXFP4 experts' memory)",
+    )
+    mxfp4_gemm_stock_fp8: StockFp8 = Field(
+        "per_call",
+        description="weights of the large-M stock FP8 route (CUDA): converted per call into one scratch, or "
+        "converted once at load and kept (resident: no conversion per prefill call, 2x the MXFP4 weights' memory)",
     )
     mxfp4_gemm_aiter_kernel: AiterGemmKernel = Field("a4w4", description="aiter GEMM kernel (ROCm)")
     synthetic_fill: bool = Field(False, description="refill --load-format dummy weights sanely")
@@ -156,6 +161,7 @@ BACKEND = {op: _add(EnvVar(f"SPEEDRUN_{op.upper()}_BACKEND", "backends", key=op)
 MLA_DECODE_COMPUTE = _add(EnvVar("SPEEDRUN_MLA_DECODE_COMPUTE", "mla_decode_compute"))
 MXFP4_MOE_LAYOUT = _add(EnvVar("SPEEDRUN_MXFP4_MOE_LAYOUT", "mxfp4_moe_layout"))
 MXFP4_MOE_STOCK_FP8 = _add(EnvVar("SPEEDRUN_MXFP4_MOE_STOCK_FP8", "mxfp4_moe_stock_fp8"))
+MXFP4_GEMM_STOCK_FP8 = _add(EnvVar("SPEEDRUN_MXFP4_GEMM_STOCK_FP8", "mxfp4_gemm_stock_fp8"))
 MXFP4_GEMM_AITER_KERNEL = _add(EnvVar("SPEEDRUN_MXFP4_GEMM_AITER_KERNEL", "mxfp4_gemm_aiter_kernel"))
 SYNTHETIC_FILL = _add(EnvVar("SPEEDRUN_SYNTHETIC_FILL", "synthetic_fill", flag))
 SEED = _add(EnvVar("SPEEDRUN_SEED", "seed", str))

@@ -145,16 +145,20 @@ class MoeOp(OverlayOp):
     layout: environ.MoeLayout | None = Field(
         None, description="swz (mx.layout swz128) or plain; unset: swz on CUDA, plain on ROCm"
     )
-    stock_fp8: environ.MoeStockFp8 = Field(
+    stock_fp8: environ.StockFp8 = Field(
         "per_call", description=environ.PluginSettings.model_fields["mxfp4_moe_stock_fp8"].description
     )
 
 
 class GemmOp(OverlayOp):
-    """overlays.mxfp4_gemm: an OverlayOp plus the aiter kernel its `backend: aiter` calls (ROCm)."""
+    """overlays.mxfp4_gemm: an OverlayOp plus the aiter kernel its `backend: aiter` calls (ROCm) and how the
+    large-M route (CUDA) gets its FP8 weights."""
 
     aiter_kernel: environ.AiterGemmKernel = Field(
         "a4w4", description="a4w4: aiter's gemm_a4w4 on preshuffled operands; afp4wfp4: its Triton GEMM, as stock"
+    )
+    stock_fp8: environ.StockFp8 = Field(
+        "per_call", description=environ.PluginSettings.model_fields["mxfp4_gemm_stock_fp8"].description
     )
 
 

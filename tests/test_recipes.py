@@ -201,7 +201,7 @@ def test_recipe_to_env_to_plugin_settings_round_trip(tmp_path, monkeypatch):
     data = r.model_dump(exclude_unset=True)
     data["overlays"]["mla_decode"]["compute"] = "a16"
     data["overlays"]["mxfp4_moe"] = {"backend": "reference", "layout": "plain", "stock_fp8": "resident"}
-    data["overlays"]["mxfp4_gemm"] = {"aiter_kernel": "afp4wfp4"}
+    data["overlays"]["mxfp4_gemm"] = {"aiter_kernel": "afp4wfp4", "stock_fp8": "resident"}
     r = load_recipe(write(tmp_path, data))
     spec = build(r, side=Side.OVERLAY, port=1, report_dir=tmp_path / "rep")
     for k, v in spec.env.items():
@@ -217,10 +217,10 @@ def test_recipe_to_env_to_plugin_settings_round_trip(tmp_path, monkeypatch):
         "afp4wfp4",
     )
     assert (loaded.synthetic_fill, loaded.seed, loaded.report_dir) == (True, 0, tmp_path / "rep")
-    assert loaded.mxfp4_moe_stock_fp8 == "resident"
+    assert loaded.mxfp4_moe_stock_fp8 == loaded.mxfp4_gemm_stock_fp8 == "resident"
     base = settings_for(r, Side.BASELINE)
     assert base.ops == () and base.mla_decode_compute is None and base.mxfp4_moe_layout is None
-    assert base.mxfp4_moe_stock_fp8 == "per_call"
+    assert base.mxfp4_moe_stock_fp8 == base.mxfp4_gemm_stock_fp8 == "per_call"
 
 
 def test_a_plugin_variable_in_a_recipe_env_is_refused(tmp_path):

@@ -322,8 +322,10 @@ def _sm_cost(tiles: int, k_tiles: int, splits: int, sms: int, sat: int, red: int
 
 def mxfp4_gemm(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, plan: GemmPlan, *,
                a_scale: torch.Tensor | None = None, quant_a: bool = True, out: torch.Tensor | None = None,
-               out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:  # fmt: skip
-    """C[M, N] = A . W^T (shapes: the module docstring); `plan` is make_plan(N, K, the weight's layout)'s."""
+               out_dtype: torch.dtype = torch.bfloat16,
+               fp8: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+    """C[M, N] = A . W^T (shapes: the module docstring); `plan` is make_plan(N, K, the weight's layout)'s; `fp8`:
+    the weight's resident FP8 copy for the stock_fp8 route (stock_fp8.resident), else it converts per call."""
     m, n, k = a.shape[0], w.shape[0], w.shape[1] * 2
     if (n, k) != (plan.n, plan.k):
         raise ValueError(f"weight [{n}, {k}] does not match the plan {plan}")
@@ -337,7 +339,7 @@ def mxfp4_gemm(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, plan: Ge
     if a_scale is not None:
         return _launch(a.view(torch.uint8), a_scale.view(torch.uint8), w, w_scale, out, run.packed, plan)
     if run.route == Route.STOCK_FP8 and quant_a:  # w4a8: stock quantizes A to FP8 (stock_fp8.py)
-        return stock_fp8.gemm_stock_fp8(a, w, w_scale, plan.layout, out, out_dtype)
+        return stock_fp8.gemm_stock_fp8(a, w, w_scale, plan.layout, out, out_dtype, fp8)
     if run.route in (Route.DEQUANT_W, Route.STOCK_FP8) and not plan.amd:  # (w4a16 on a stock bucket: exact W)
         a_eff = quantize(a, qdq=True)[0] if quant_a else a
         return torch.matmul(a_eff, dequantize_weight(w, w_scale, plan.layout).t(), out=out)

@@ -44,7 +44,9 @@ def run_backend(backend: str, x: torch.Tensor, w: torch.Tensor, w_scale: torch.T
         return aiter_gemm(x, w, w_scale, a_scale=x_scale, out=out, out_dtype=out_dtype, layer=layer)
     from speedrun.overlays.mxfp4_gemm.api import mxfp4_gemm
 
-    return mxfp4_gemm(x, w, w_scale, layer_plan(layer), a_scale=x_scale, out=out, out_dtype=out_dtype)
+    plan = layer_plan(layer)
+    return mxfp4_gemm(x, w, w_scale, plan, a_scale=x_scale, out=out, out_dtype=out_dtype,
+                      fp8=getattr(layer, "_speedrun_fp8", None))  # fmt: skip
 
 
 def layer_plan(layer: torch.nn.Module) -> Any:
@@ -63,10 +65,27 @@ def layer_plan(layer: torch.nn.Module) -> Any:
         layer._speedrun_plan = plan
         note_route(plan)
         if plan.stock:  # before SGLang sizes the KV cache from the memory left after loading
-            from speedrun.overlays.mxfp4_gemm import stock_fp8
-
-            stock_fp8.reserve(w.device, n, k)
+            _stock_fp8_weight(layer, layout)
     return plan
+
+
+_resident_bytes = [0]  # this process's resident FP8 weights, all linears (the per-process report says it)
+
+
+def _stock_fp8_weight(layer: torch.nn.Module, layout: Layout) -> None:
+    """The large-M route's FP8 weight at load time: the device's one scratch grown for this linear (converted into
+    per call), or with setting mxfp4_gemm_stock_fp8 resident the layer's own copy, converted now."""
+    from speedrun.overlays.mxfp4_gemm import stock_fp8
+
+    w = layer.weight
+    n, k = w.shape[0], w.shape[1] * 2
+    if environ.settings().mxfp4_gemm_stock_fp8 == "resident":
+        if getattr(layer, "_speedrun_fp8", None) is None:  # a plan rebuilt for a new layout replaces the copy
+            _resident_bytes[0] += stock_fp8.weight_bytes(n, k)
+        layer._speedrun_fp8 = stock_fp8.resident(w, layer.weight_scale, layout, asm=torch.version.hip is None)
+        report.record(mxfp4_gemm_resident_fp8_gb=round(_resident_bytes[0] / 2**30, 3))
+    else:
+        stock_fp8.reserve(w.device, n, k)
 
 
 _routes: list[str] = []

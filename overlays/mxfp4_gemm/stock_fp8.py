@@ -62,7 +62,21 @@ def weight_fp8(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str, asm
     """The layer's MXFP4 weight (plain uint8 [N, K/2], or swz128 with padded scale rows) as (e4m3 [N, K], fp32
     scale_inv [N/128, K/128]) written into the device's scratch (`asm`: sm90 inline-PTX decode)."""
     n, k = w.shape[0], w.shape[1] * 2  # swz128 keeps the shape when K % 128 == 0 (api.relayout_weight)
-    q, qs, _ = carve(SCRATCH.get(w.device, weight_bytes(n, k)), 0, 1, n, k)
+    return _convert(w, w_scale, layout, asm, SCRATCH.get(w.device, weight_bytes(n, k)))
+
+
+def resident(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str, asm: bool
+             ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Load time (setting mxfp4_gemm_stock_fp8 resident): `weight_fp8` into a buffer of the layer's own, kept for
+    every large-M call instead of converting per call."""
+    n, k = w.shape[0], w.shape[1] * 2
+    return _convert(w, w_scale, layout, asm, torch.empty(weight_bytes(n, k), dtype=torch.uint8, device=w.device))
+
+
+def _convert(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str, asm: bool, buf: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    n, k = w.shape[0], w.shape[1] * 2
+    q, qs, _ = carve(buf, 0, 1, n, k)
     codes = w if Layout(layout) == Layout.PLAIN else w.view(torch.int32)  # int32 words: the swz128 decode
     to_fp8(codes, w_scale, k, q[0], qs[0], asm)
     return q[0], qs[0]
@@ -80,15 +94,17 @@ def fp8_linear(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch
 
 
 def gemm_stock_fp8(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str,
-                   out: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16
-                   ) -> torch.Tensor:  # fmt: skip
-    """The route: C[M, N] = A . W^T with W converted into the scratch, then stock's FP8 block linear on bf16 A;
-    written into `out` when given, else returned in `out_dtype` (as api.mxfp4_gemm's other routes)."""
+                   out: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
+                   fp8: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+    """The route: C[M, N] = A . W^T with W in FP8 blocks (`fp8`, the layer's resident copy, else converted into the
+    scratch now), then stock's FP8 block linear on bf16 A; written into `out` when given, else returned in
+    `out_dtype` (as api.mxfp4_gemm's other routes)."""
     asm = a.is_cuda and torch.version.hip is None
-    y = fp8_linear(a, *weight_fp8(w, w_scale, layout, asm))
+    y = fp8_linear(a, *(fp8 if fp8 is not None else weight_fp8(w, w_scale, layout, asm)))
     if out is not None:
         return out.copy_(y)
     return y if y.dtype == out_dtype else y.to(out_dtype)
 
 
-__all__ = ["SCRATCH", "deepgemm_missing", "fp8_linear", "gemm_stock_fp8", "reserve", "weight_bytes", "weight_fp8"]
+__all__ = ["SCRATCH", "deepgemm_missing", "fp8_linear", "gemm_stock_fp8", "reserve", "resident", "weight_bytes",
+           "weight_fp8"]  # fmt: skip

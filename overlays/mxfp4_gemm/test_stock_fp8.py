@@ -58,6 +58,17 @@ def test_plain_partial_k_tile():
     assert torch.equal(qs, ref_s) and torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8))
 
 
+def test_resident_weight_is_the_scratch_conversion_in_its_own_buffer():
+    """Setting mxfp4_gemm_stock_fp8 resident: the weight converted once at load into a buffer of the layer's own
+    (not the shared scratch), the same bytes as the per-call conversion."""
+    w, s, lay = api.relayout_weight(*random_mxfp4_weight(256, 384, seed=9, scale_lo=120, scale_hi=126))
+    q, qs = stock_fp8.resident(w, s, lay, asm=False)
+    per_call = [t.clone() for t in stock_fp8.weight_fp8(w, s, lay, asm=False)]
+    assert q.untyped_storage().data_ptr() != stock_fp8.SCRATCH.bufs[torch.device("cpu")].data_ptr()
+    assert q.untyped_storage().nbytes() == stock_fp8.weight_bytes(256, 384)
+    assert torch.equal(q.view(torch.uint8), per_call[0].view(torch.uint8)) and torch.equal(qs, per_call[1])
+
+
 def _plan(n: int = 2112, k: int = 7168, arch: str = "sm90") -> api.GemmPlan:
     return api.make_plan(n, k, api.weight_layout(arch), device="cpu", arch=arch)
 
