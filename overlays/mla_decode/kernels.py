@@ -156,6 +156,13 @@ def _attend_whole(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_k
 
 
 @triton.jit
+def _zeros4(R: tl.constexpr, C: tl.constexpr):
+    """The four fp32 [R, C] accumulators of a result held in latent slices."""
+    return (tl.zeros([R, C], tl.float32), tl.zeros([R, C], tl.float32), tl.zeros([R, C], tl.float32),
+            tl.zeros([R, C], tl.float32))  # fmt: skip
+
+
+@triton.jit
 def _q_slices(q_row, mask_h, DL: tl.constexpr, DR: tl.constexpr, CDT: tl.constexpr, q_mul):
     """q as the 4 latent slices of DL/4 columns and the rope part, in the MMA dtype."""
     DC: tl.constexpr = DL // 4
@@ -184,10 +191,7 @@ def _attend_split4(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_
     q0, q1, q2, q3, q_rope = _q_slices(q_row, mask_h, DL, DR, CDT, q_mul)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_acc = tl.zeros([BLOCK_H, BLOCK_N], tl.float32)
-    acc0 = tl.zeros([BLOCK_H, DC], tl.float32)
-    acc1 = tl.zeros([BLOCK_H, DC], tl.float32)
-    acc2 = tl.zeros([BLOCK_H, DC], tl.float32)
-    acc3 = tl.zeros([BLOCK_H, DC], tl.float32)
+    acc0, acc1, acc2, acc3 = _zeros4(BLOCK_H, DC)
     for n0 in range(pos, seg_hi, BLOCK_N):
         row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
         k0, k1, k2, k3, kr = _kv_slices(KV, row, mask_n, DL, DR, CDT, CVT_ASM)
@@ -228,10 +232,7 @@ def _attend_tokens16(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, strid
     sc = qk_scale / q_mul
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_acc = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
-    a0 = tl.zeros([DC, BLOCK_H], tl.float32)
-    a1 = tl.zeros([DC, BLOCK_H], tl.float32)
-    a2 = tl.zeros([DC, BLOCK_H], tl.float32)
-    a3 = tl.zeros([DC, BLOCK_H], tl.float32)
+    a0, a1, a2, a3 = _zeros4(DC, BLOCK_H)
     for n0 in range(pos, seg_hi, BLOCK_N):
         row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
         k0, k1, k2, k3, kr = _kv_slices(KV, row, mask_n, DL, DR, CDT, CVT_ASM)
@@ -324,10 +325,7 @@ def _attend_a8w8_tokens(KV, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, st
     qr = tl.trans(_q8_tile(q_row, DL, mask_h, DR, q_mul, Q8))
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
-    a0 = tl.zeros([DC, BLOCK_H], tl.float32)
-    a1 = tl.zeros([DC, BLOCK_H], tl.float32)
-    a2 = tl.zeros([DC, BLOCK_H], tl.float32)
-    a3 = tl.zeros([DC, BLOCK_H], tl.float32)
+    a0, a1, a2, a3 = _zeros4(DC, BLOCK_H)
     for n0 in range(pos, seg_hi, BLOCK_N):
         row, mask_n = _tile_rows(KV, kv_indices, n0, seg_hi, stride_kv_page, stride_kv_tok, BLOCK_N, PAGE_SIZE)
         k0 = _kv_raw(KV, row, 0, mask_n, DC)
