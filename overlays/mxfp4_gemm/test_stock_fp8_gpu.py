@@ -67,3 +67,27 @@ def test_dispatched_call_is_within_the_fp8_activation_bound(m, n, k):
     assert rel < w4a4, f"FP8 activations {rel:.4f} vs MXFP4 activations {w4a4:.4f}"
     slot = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")  # the hook's output slot form
     assert api.mxfp4_gemm(a, w2, s2, plan, out=slot) is slot and torch.equal(slot, out)
+
+
+def test_resident_weight_serves_the_route_bit_for_bit():
+    """Setting mxfp4_gemm_stock_fp8 resident (the hook's load-time path): the layer keeps its own FP8 weight, the
+    hook's call passes it to the route, and the output is the per-call conversion's, bit for bit, at M 4096."""
+    from types import SimpleNamespace
+
+    from speedrun.overlays import environ
+    from speedrun.overlays.mxfp4_gemm import sglang_hook as hook
+
+    m, n, k = SHAPES[0]
+    a, w, s = _case(m, n, k)
+    w2, s2, layout = api.relayout_weight(w, s)
+    plan = api.make_plan(n, k, layout, device="cuda")
+    per_call = api.mxfp4_gemm(a, w2, s2, plan)
+    layer = SimpleNamespace(weight=w2, weight_scale=s2, speedrun_w_layout=layout)
+    environ.load({"SPEEDRUN_MXFP4_GEMM_STOCK_FP8": "resident"})
+    try:
+        assert hook.layer_plan(layer).stock
+    finally:
+        environ.reset()
+    q, _ = layer._speedrun_fp8
+    assert q.untyped_storage().data_ptr() != stock_fp8.weight_fp8(w2, s2, layout, asm=True)[0].data_ptr()
+    assert torch.equal(api.mxfp4_gemm(a, w2, s2, plan, fp8=layer._speedrun_fp8), per_call)

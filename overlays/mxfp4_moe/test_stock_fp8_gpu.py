@@ -50,3 +50,24 @@ def test_dispatched_layer_matches_reference(experts, m):
     assert torch.isfinite(out.float()).all()
     assert rel_err(out, ref) < 5e-2, f"M={m}: rel err {rel_err(out, ref):.4f}"
     assert rel_err(out, ref) < rel_err(ours, ref)
+
+
+def test_resident_experts_serve_the_route_bit_for_bit(experts):
+    """Setting mxfp4_moe_stock_fp8 resident (the hook's load-time path): the layer keeps its own FP8 experts and the
+    route's output is the per-call conversion's, bit for bit, at M 4096."""
+    from speedrun.overlays import environ
+    from speedrun.overlays.mxfp4_moe import sglang_hook
+
+    stock_config()
+    _, ws = experts
+    plan = make_plan(ws)
+    x, ids, tw = make_routing(MODEL, 4096)
+    per_call = fused_moe(x, ws, ids, tw, plan, 2.5)
+    environ.load({"SPEEDRUN_MXFP4_MOE_STOCK_FP8": "resident"})
+    try:
+        kept = sglang_hook._stock_fp8_experts(ws)
+    finally:
+        environ.reset()
+    scratch = stock_fp8.experts_fp8(ws, ws.hidden, asm=True)[0].untyped_storage().data_ptr()  # ws: per call
+    assert kept.fp8 is not None and kept.fp8[0].untyped_storage().data_ptr() != scratch
+    assert torch.equal(fused_moe(x, kept, ids, tw, plan, 2.5), per_call)
