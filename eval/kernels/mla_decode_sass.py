@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from speedrun.eval.kernels.mxfp4_gemm_sass import disassemble, opcode
 
-VARIANTS = ("default", "fp8_n64_w8", "fp8_r168_st3", "a8w8_n128_pv_f16")  # default: the shipped fp8 a16 config
+VARIANTS = ("default", "fp8_n64_w8", "fp8_r168_st3", "a8w8_n128_pv_f16", "t16_n64_w8")  # default: as shipped
 MMA = ("HMMA", "HGMMA", "QGMMA")  # QGMMA: fp8 wgmma
 TOKENS = 32  # per 32-token tile: the unit round 3/4 measured (~3 µs per tile per CTA)
 

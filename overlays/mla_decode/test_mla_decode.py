@@ -252,6 +252,20 @@ def test_round5_variants_reach_their_occupancy_on_sm90() -> None:
     assert n64["spill"] == 0 and n64["regs"] <= 255 and n64["block_n"] == 64 and n64["warps"] == 8
 
 
+def test_tokens_as_m_reads_operands_without_ldsm_on_sm90() -> None:
+    """The AOT evidence PERF.md's round 6 quotes (bf16 caches, clean process): the tokens-as-M variant runs wgmma
+    (HGMMA) with every operand read by the tensor core from shared memory (no LDSM in its tile loop) and does not
+    spill at 8 warps, where the shipped heads-as-M kernel issues 72 LDSM per warp per 32-token tile."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mla_decode_sass", "--json", "--kv", "bf16", "default",
+           "t16_n64_w8"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    default, t16 = (json.loads(proc.stdout.splitlines()[-1])[v] for v in ("default", "t16_n64_w8"))
+    assert default["ops"].get("LDSM", 0) == 72 and "HGMMA" not in default["ops"]
+    assert t16["ops"].get("HGMMA", 0) > 0 and "LDSM" not in t16["ops"] and t16["spill"] == 0
+
+
 # ----------------------------------------------------------------------------- SGLang wiring
 
 
