@@ -77,4 +77,21 @@ class Scratch:
         return self.bufs[torch.device(device)]
 
 
-__all__ = ["FP8_BLOCK", "TILE", "Scratch", "carve", "fp8_bytes", "to_fp8"]
+@dataclass
+class Resident:
+    """The buffers a route keeps for the process's life instead of converting into its Scratch per call (settings
+    mxfp4_*_stock_fp8 resident): one per weight, made at load; `gib` sums them for the per-process report."""
+
+    sizes: dict[int, int] = field(default_factory=dict)  # bytes by the id of the weight a buffer copies
+
+    def alloc(self, weight: torch.Tensor, nbytes: int) -> torch.Tensor:
+        """A buffer for `weight`'s copy (a new one for the same weight replaces it in the count)."""
+        self.sizes[id(weight)] = nbytes
+        return torch.empty(nbytes, dtype=torch.uint8, device=weight.device)
+
+    @property
+    def gib(self) -> float:
+        return round(sum(self.sizes.values()) / 2**30, 3)
+
+
+__all__ = ["FP8_BLOCK", "TILE", "Resident", "Scratch", "carve", "fp8_bytes", "to_fp8"]

@@ -69,23 +69,17 @@ def layer_plan(layer: torch.nn.Module) -> Any:
     return plan
 
 
-_resident_bytes = [0]  # this process's resident FP8 weights, all linears (the per-process report says it)
-
-
 def _stock_fp8_weight(layer: torch.nn.Module, layout: Layout) -> None:
     """The large-M route's FP8 weight at load time: the device's one scratch grown for this linear (converted into
     per call), or with setting mxfp4_gemm_stock_fp8 resident the layer's own copy, converted now."""
     from speedrun.overlays.mxfp4_gemm import stock_fp8
 
     w = layer.weight
-    n, k = w.shape[0], w.shape[1] * 2
-    if environ.settings().mxfp4_gemm_stock_fp8 == "resident":
-        if getattr(layer, "_speedrun_fp8", None) is None:  # a plan rebuilt for a new layout replaces the copy
-            _resident_bytes[0] += stock_fp8.weight_bytes(n, k)
+    if environ.settings().mxfp4_gemm_stock_fp8 == "resident":  # a plan rebuilt for a new layout replaces the copy
         layer._speedrun_fp8 = stock_fp8.resident(w, layer.weight_scale, layout, asm=torch.version.hip is None)
-        report.record(mxfp4_gemm_resident_fp8_gb=round(_resident_bytes[0] / 2**30, 3))
+        report.record(mxfp4_gemm_resident_fp8_gb=stock_fp8.RESIDENT.gib)
     else:
-        stock_fp8.reserve(w.device, n, k)
+        stock_fp8.reserve(w.device, w.shape[0], w.shape[1] * 2)
 
 
 _routes: list[str] = []

@@ -24,10 +24,11 @@ import functools
 
 import torch
 
-from speedrun.overlays.mx.fp8 import FP8_BLOCK, Scratch, carve, fp8_bytes, to_fp8
+from speedrun.overlays.mx.fp8 import FP8_BLOCK, Resident, Scratch, carve, fp8_bytes, to_fp8
 from speedrun.overlays.mxfp4_gemm.config import Layout
 
 SCRATCH = Scratch()  # the linears' one buffer per device (the MoE's experts have their own)
+RESIDENT = Resident()  # or each linear's own, kept (setting mxfp4_gemm_stock_fp8 resident)
 
 
 def weight_bytes(n: int, k: int) -> int:
@@ -70,7 +71,7 @@ def resident(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str, asm: 
     """Load time (setting mxfp4_gemm_stock_fp8 resident): `weight_fp8` into a buffer of the layer's own, kept for
     every large-M call instead of converting per call."""
     n, k = w.shape[0], w.shape[1] * 2
-    return _convert(w, w_scale, layout, asm, torch.empty(weight_bytes(n, k), dtype=torch.uint8, device=w.device))
+    return _convert(w, w_scale, layout, asm, RESIDENT.alloc(w, weight_bytes(n, k)))
 
 
 def _convert(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str, asm: bool, buf: torch.Tensor
@@ -106,5 +107,5 @@ def gemm_stock_fp8(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, layo
     return y if y.dtype == out_dtype else y.to(out_dtype)
 
 
-__all__ = ["SCRATCH", "deepgemm_missing", "fp8_linear", "gemm_stock_fp8", "reserve", "resident", "weight_bytes",
-           "weight_fp8"]  # fmt: skip
+__all__ = ["RESIDENT", "SCRATCH", "deepgemm_missing", "fp8_linear", "gemm_stock_fp8", "reserve", "resident",
+           "weight_bytes", "weight_fp8"]  # fmt: skip

@@ -84,16 +84,12 @@ def _finish(layer: torch.nn.Module, w: MoeWeights) -> None:
     layer._speedrun_moe = w
 
 
-_resident_bytes = [0]  # this process's resident FP8 experts, all layers (the per-process report says it)
-
-
 def _stock_fp8_experts(w: MoeWeights) -> MoeWeights:
     """The large-M route's FP8 experts at load time: one scratch per device sized for the largest layer (converted
     into per call), or with setting mxfp4_moe_stock_fp8 resident this layer's own copy, converted now."""
     if environ.settings().mxfp4_moe_stock_fp8 == "resident":
         w = replace(w, fp8=stock_fp8.resident(w, w.hidden, asm=torch.version.hip is None))
-        _resident_bytes[0] += stock_fp8.layer_bytes(w, w.hidden)
-        report.record(mxfp4_moe_resident_fp8_gb=round(_resident_bytes[0] / 2**30, 3))
+        report.record(mxfp4_moe_resident_fp8_gb=stock_fp8.RESIDENT.gib)
     else:
         stock_fp8.SCRATCH.reserve(w.w13.device, stock_fp8.layer_bytes(w, w.hidden))
     return w

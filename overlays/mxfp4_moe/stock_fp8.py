@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays.mx.fp8 import FP8_BLOCK, Scratch, carve, fp8_bytes, to_fp8
+from speedrun.overlays.mx.fp8 import FP8_BLOCK, Resident, Scratch, carve, fp8_bytes, to_fp8
 
 SCRATCH = Scratch()  # the MoE layers' one buffer per device (the GEMM's linears have their own)
+RESIDENT = Resident()  # or each layer's own, kept (setting mxfp4_moe_stock_fp8 resident)
 
 
 def layer_bytes(w: Any, hidden: int) -> int:
@@ -46,7 +47,7 @@ def experts_fp8(w: Any, hidden: int, asm: bool) -> tuple[torch.Tensor, torch.Ten
 def resident(w: Any, hidden: int, asm: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Load time (setting mxfp4_moe_stock_fp8 resident): the layer's experts converted once into their own buffer,
     kept for every large-M call (no per-call conversion: ~1.9 GB of traffic per call at the DeepSeek shard)."""
-    return _convert(w, hidden, asm, torch.empty(layer_bytes(w, hidden), dtype=torch.uint8, device=w.w13.device))
+    return _convert(w, hidden, asm, RESIDENT.alloc(w.w13, layer_bytes(w, hidden)))
 
 
 def _convert(w: Any, hidden: int, asm: bool, buf: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -108,5 +109,5 @@ def fused_moe_stock_fp8(
     return fused_experts(x, q13, s13, q2, s2, topk_ids, topk_weights, cfg)
 
 
-__all__ = ["FP8_BLOCK", "SCRATCH", "experts_fp8", "fp8_bytes", "fused_experts", "fused_moe_stock_fp8",
+__all__ = ["FP8_BLOCK", "RESIDENT", "SCRATCH", "experts_fp8", "fp8_bytes", "fused_experts", "fused_moe_stock_fp8",
            "layer_bytes", "resident", "runner_config", "to_fp8"]  # fmt: skip
