@@ -392,11 +392,12 @@ def resolved_baseline(recipe: Recipe, lock_path: Path | None) -> tuple[Recipe, d
         return recipe, locks.config_info(recipe, None, None, gpu)
     lock = locks.load(lock_path, recipe)
     console.print(f"baseline: {lock.best.label} ({locks.describe(lock.best.server)}), locked in {lock_path}")
-    if gpu and lock.gpu != gpu:
+    resolved = locks.apply(recipe, lock)
+    info = locks.config_info(resolved, lock, lock_path, gpu)
+    if locks.card_warning(info):  # the report says it too
         console.print(f"baseline: [yellow]the lock was probed on {lock.gpu or 'an unnamed card'}, this is {gpu}[/]: "
                       "its stock candidates were not measured on this card")  # fmt: skip
-    resolved = locks.apply(recipe, lock)
-    return resolved, locks.config_info(resolved, lock, lock_path, gpu)
+    return resolved, info
 
 
 def with_stock(rf: ResultsFile, info: dict) -> ResultsFile:
