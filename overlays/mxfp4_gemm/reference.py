@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from speedrun.overlays.mx.format import dequant_mxfp4
+from speedrun.overlays.mx.fp8 import FP8_BLOCK
 from speedrun.overlays.mx.quant import qdq_mxfp4
 
 
@@ -51,10 +52,6 @@ def qdq_edge_blocks(step: int = 1, subnormals: bool = True) -> torch.Tensor:
     return bits.view(torch.bfloat16)
 
 
-FP8_GROUP = 128  # stock's activation quantization group (per token)
-E4M3_MAX = 448.0
-
-
 def fp8_activation_bound(a: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
     """Elementwise bound on |stock_fp8 route - A . Wf^T| (the exact-weight fp32 product). The weight is exact (its
     FP8 conversion carries MXFP4 values exactly), so the error is stock's per-token-group FP8 activation
@@ -62,8 +59,9 @@ def fp8_activation_bound(a: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
     an ulp of e4m3's 3-bit mantissa) in the normal range, or 2**-10 s under it (half of the 2**-9 subnormal step).
     Summed over K against |W|: 2**-4 |A| |W|^T + 2**-10 S |W|^T. On top: DeepGEMM's fp32 accumulation (promoted
     every 128 K) and the bf16 output rounding (2**-9 relative): 2**-8 |C| covers both."""
+    group = FP8_BLOCK[1]  # stock quantizes A per token and per K block of the weight's block shape
     af = a.float()
-    s = af.abs().unflatten(1, (-1, FP8_GROUP)).amax(-1, keepdim=True).div(E4M3_MAX)
-    s = s.expand(-1, -1, FP8_GROUP).flatten(1)
+    s = af.abs().unflatten(1, (-1, group)).amax(-1, keepdim=True).div(torch.finfo(torch.float8_e4m3fn).max)
+    s = s.expand(-1, -1, group).flatten(1)
     wa = wf.abs().t()
     return 2.0**-4 * (af.abs() @ wa) + 2.0**-10 * (s @ wa) + 2.0**-8 * (af @ wf.t()).abs()
