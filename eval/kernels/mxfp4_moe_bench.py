@@ -235,7 +235,7 @@ def _stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any]:
 # DeepSeek first (round 5's questions: its w4a4 decode buckets, M 4 and 64 included, the weakest vs FP8 in round 4),
 # so a step cut short loses GPT-OSS rows; `recording` keeps every row written before. GPT-OSS's prefill sizes last:
 # M 4096 / 8192 (an 8k-token prefill chunk), where only the config and the "prefill" variants run (PREFILL_TPE).
-SWEEP_MS = {"deepseek-r1-mxfp4-tp8": (1, 4, 16, 64, 128), "gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512, 4096, 8192)}
+SWEEP_MS = {"deepseek-r1-mxfp4-tp8": (1, 4, 16, 32, 64, 128), "gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512, 4096, 8192)}
 SWEEP_ROW_S = 76.5 / 76  # round 3's sweep: 76 rows (compiles included) in 76.5 s on the H100
 # a prefill row (not measured yet): ~7.5 ms per call at M 8192 x 2 copies x >= 20 replays, and the first M of a
 # variant compiles two 8-warp 128-wide kernels (the second M reuses them); guessed high
@@ -243,33 +243,25 @@ SWEEP_PREFILL_ROW_S = 4.5
 PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe<=256 / tpe>256: BLOCK_M 128)
 # Overrides of the tuned config ("layout" picks the experts' value layout, default swz128 = what the sm90 hook
 # stores; "fmt" times a variant only on that format's experts; "prefill" times it only at prefill shapes, where
-# nothing else but the config runs). Round 5's w4a4 decode questions come first (SASS and reasoning: PERF.md
-# "Round 5 candidates"): GEMM1 split-K x4 where auto picks none (M 4-16: 36-144 slots x 4 N tiles >= 132 SMs leave
-# one 4-warp CTA per SM for 56 K steps), 16-slot blocks at tpe<=16 (M 128: ~4.5 tokens per expert fit one block;
-# runs the tpe<=4 kernels, 12-17% fewer warp-instructions per weight KiB), GEMM2 (K 256: two K steps per CTA) as
-# 128-row tiles over 2 warpgroups, and GEMM2 walking 4 N tiles per program (group2: one pipelined loop over (tile,
-# K step), so a program's ~8 KiB-per-tile weight stream keeps loads in flight across tiles; SASS: 342 vs 266 loop
-# instructions, 121 registers, 4 CTAs/SM instead of 6). Then rounds 2-3's swz128 knobs: deeper K
-# tiles, 128-row weight tiles (2 warpgroups), GEMM1 without split-K. The plain layout under the config is not
-# swept: it is the bench's `speedrun_plain` impl, timed there. Dropped as settled by round 3's sweep (slower
-# at every shape of both models): Triton's own dot_scaled upcast (1.67-2.5x), no swap-AB at decode (1.5-2.0x),
-# the two-multiply decode (1.01-1.13x; the fallback for scale bytes > 128, GPU-tested for correctness). GPT-OSS's
-# round-5 question comes first on w4a16 experts: b_regs (wgmmas back to back) with GEMM1's K tile at 128 (at 256
-# it holds every in-flight A fragment: 177-247 registers, one CTA per SM fewer; PERF.md "b_regs"). Round 6's
-# prefill variants (GPT-OSS M 4096 / 8192; PERF.md "Round 6 candidates") set every tile knob, so each runs the same
-# kernels wherever it is laid: swap-AB with 128 weight rows per GEMM (wgmma m64n128 from registers, tokens on N,
-# no decoded-tile STSM), the tpe<=64 tiles (17% fewer computed slots at M 4096, 2 GEMM1 CTAs per SM), and the
-# config's no-swap GEMM1 at 128 weight columns (m64n128 instead of m64n64 shared-memory wgmma).
+# nothing else but the config runs). DeepSeek (w4a4) first: its activations as bf16 on the MXFP4 grid (a_qdq: no
+# per-CTA activation decode, the w4a16 load path; with b_regs so those wgmmas stay back to back: PERF.md round 7),
+# 16-slot blocks at tpe<=16, GEMM2 as 128-row tiles over 2 warpgroups, GEMM2 walking 4 N tiles per program (PERF.md
+# "Round 5 candidates", "GEMM2 tile groups"); then swz128's deeper K tiles and GEMM1 without split-K on both
+# models, and GPT-OSS's b_regs with GEMM1's K tile at 128 (PERF.md "b_regs"). Prefill variants (GPT-OSS M 4096 /
+# 8192; PERF.md "Round 6 candidates") set every tile knob, so each runs the same kernels wherever it is laid.
+# Left out as settled on the H100 and the H200 (slower at every shape timed): dot_scaled's upcast, no swap-AB at
+# decode, the two-multiply decode (GPU-tested for correctness: the fallback for scale bytes > 128), 128-row
+# weight tiles for both GEMMs (swz_bn128), GEMM1 split-K x4 beyond the tpe<=1 bucket that now has it (a4_split4).
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
 SWEEP_VARIANTS = {
-    "a4_split4": {"fmt": "w4a4", "split1": 4},
+    "a4_qdq": {"fmt": "w4a4", "a_qdq": True},
+    "a4_qdq_bregs": {"fmt": "w4a4", "a_qdq": True, "b_regs": True},
     "a4_bm16": {"fmt": "w4a4", "BLOCK_M": 16},
     "a4_g2_bn128": {"fmt": "w4a4", "BLOCK_N2": 128, "warps2": 8},
     "a4_group4": {"fmt": "w4a4", "group2": 4},  # GEMM2 walks 4 N tiles per program, loads pipelined across them
     "a16_bregs": {"fmt": "w4a16", "b_regs": True, "BLOCK_K1": 128, "stages1": 4},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
-    "swz_bn128": {"BLOCK_N1": 128, "BLOCK_N2": 128, "warps1": 8, "warps2": 8, "stages1": 3, "stages2": 3},
     "swz_no_split1": {"split1": 1},
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
     "p16_bm64": {**_P16, "BLOCK_M": 64, "BLOCK_N1": 64, "warps1": 4, "swap": True, "b_regs": True},

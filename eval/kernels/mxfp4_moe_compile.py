@@ -25,9 +25,9 @@ EXPECT_W4A4_GFX950 = r"v_mfma_scale"
 PLAIN_FALLBACK_KEY = "w4a16:tpe<=4"  # SPEEDRUN_MXFP4_MOE_LAYOUT=plain on sm90: also compiled
 
 
-def _types(fmt: str) -> dict[str, str]:
+def _types(fmt: str, cfg: MoeBucket) -> dict[str, str]:
     a4 = fmt == "w4a4"
-    act = "*u8" if a4 else "*bf16"
+    act = "*u8" if a4 and not cfg.a_qdq else "*bf16"  # a_qdq: w4a4 activations as bf16 on the MXFP4 grid
     return {"act": act, "bias": "*u8" if a4 else "*fp32"}  # w4a4 has no bias: a scale tensor stands in
 
 
@@ -53,17 +53,18 @@ def _runtime_attrs(sig: dict[str, str], *extra: str) -> dict[str, str]:
 def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> CompileSpec:
     fmt = key.split(":")[0]
     swz = swz and not cfg.dot_scaled and not is_amd(arch)
-    run, t, a4 = launch(cfg, arch, swz), _types(fmt), fmt == "w4a4"
+    run, t, w4a4 = launch(cfg, arch, swz), _types(fmt, cfg), fmt == "w4a4"
+    a4 = w4a4 and not cfg.a_qdq  # the kernels see MXFP4 activation codes
     sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
            "b_ptr": t["bias"], "o_ptr": t["act"], "os_ptr": t["act"], "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
            "npad_ptr": "*i32", **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we",
            "stride_wn", "stride_wse", "stride_wsn", "stride_be", "stride_om", "stride_osm"), "i32"),
            "alpha": "fp32", "limit": "fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32"}  # fmt: skip
-    act = Act.SILU if a4 else Act.SWIGLU_OAI  # quark DeepSeek | GPT-OSS
-    const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": int(act), "HAS_BIAS": not a4,
+    act = Act.SILU if w4a4 else Act.SWIGLU_OAI  # quark DeepSeek | GPT-OSS
+    const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": int(act), "HAS_BIAS": not w4a4,
              "DOT_SCALED": run.dot_scaled, "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N1,
              "BLOCK_K": run.block_k1, **FLAGS_OFF, **run.flags,
-             "SPLIT_K": 2 if cfg.split1 != 1 else 1, "EVEN_N": True}  # fmt: skip
+             "SPLIT_K": 2 if cfg.split1 != 1 else 1, "EVEN_N": True, "OUT_QDQ": w4a4 and cfg.a_qdq}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))
@@ -81,13 +82,14 @@ def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> Compil
 def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> CompileSpec:
     fmt = key.split(":")[0]
     swz = swz and not cfg.dot_scaled and not is_amd(arch)
-    run, t, a4 = launch(cfg, arch, swz), _types(fmt), fmt == "w4a4"
+    run, t, w4a4 = launch(cfg, arch, swz), _types(fmt, cfg), fmt == "w4a4"
+    a4 = w4a4 and not cfg.a_qdq  # the kernels see MXFP4 activation codes
     sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
            "b_ptr": t["bias"], "tw_ptr": "*fp32", "o_ptr": "*fp32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
            "npad_ptr": "*i32",
            **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we", "stride_wn", "stride_wse",
            "stride_wsn", "stride_be", "stride_om"), "i32")}  # fmt: skip
-    const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not a4, "DOT_SCALED": run.dot_scaled,
+    const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not w4a4, "DOT_SCALED": run.dot_scaled,
              "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N2, "BLOCK_K": run.block_k2, **FLAGS_OFF, **run.flags,
              "EVEN_N": True, "N_GROUP": cfg.group2}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
@@ -118,7 +120,7 @@ def aux_specs() -> list[CompileSpec]:
                 "NUM": "i32", "E": "i32"}  # fmt: skip
     q_sig = {"x_ptr": "*bf16", "q_ptr": "*u8", "s_ptr": "*u8", "M": "i32", "K": "i32", "stride_xm": "i32",
              "stride_qm": "i32", "stride_sm": "i32"}  # fmt: skip
-    c_chunk, c_q = {"CHUNK": sort.CHUNK}, {"BLOCK_R": 4, "BLOCK_K": 256}
+    c_chunk, c_q = {"CHUNK": sort.CHUNK}, {"BLOCK_R": 4, "BLOCK_K": 256, "QDQ": False}
     comb_sig = {"y_ptr": "*fp32", "ids_ptr": "*i32", "o_ptr": "*bf16", "H": "i32", "E": "i32", "stride_ym": "i32",
                 "stride_om": "i32", "scale": "fp32"}  # fmt: skip
     mk = lambda name, fn, sig, c, w: CompileSpec(

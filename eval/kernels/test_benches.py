@@ -129,21 +129,22 @@ def test_moe_every_sweep_variant_builds_a_config(variant):
 
 
 def test_moe_sweep_times_w4a4_variants_on_deepseek_only_first_and_fits_a_step():
-    """Round 5's w4a4 variants are timed on DeepSeek (right after the config), never on GPT-OSS's w4a16 experts;
-    DeepSeek's shapes come first and include M 4 and 64; round 6's prefill variants run only at GPT-OSS's prefill
-    Ms (4096, 8192: an 8k-token chunk), last, next to the config alone; every row (an upper bound: rows equal to
-    the config are skipped) fits a 120 s device step at round 3's rate (prefill rows at their own, higher guess)."""
+    """The w4a4 variants are timed on DeepSeek (right after the config), never on GPT-OSS's w4a16 experts;
+    DeepSeek's shapes come first and include M 4, 32 (the c32 decode step) and 64; the prefill variants run only at
+    GPT-OSS's prefill Ms (4096, 8192: an 8k-token chunk), last, next to the config alone; every row (an upper bound:
+    rows equal to the config are skipped) fits a 120 s device step at round 3's rate (prefill rows at their own,
+    higher guess)."""
     a4 = [k for k, v in moe.SWEEP_VARIANTS.items() if v.get("fmt") == "w4a4"]
-    assert len(a4) == 4 and list(moe.sweep_variants("w4a4"))[: 1 + len(a4)] == ["config", *a4]
+    assert len(a4) == 5 and list(moe.sweep_variants("w4a4"))[: 1 + len(a4)] == ["config", *a4]
     assert not set(a4) & set(moe.sweep_variants("w4a16"))
     # the plain layout under the table's config is the bench's speedrun_plain impl: not timed twice
     assert all(v.get("layout", "swz") == "swz" for v in moe.SWEEP_VARIANTS.values() if set(v) <= {"layout", "fmt"})
-    assert list(moe.SWEEP_MS)[0] == "deepseek-r1-mxfp4-tp8" and {4, 64} <= set(moe.SWEEP_MS["deepseek-r1-mxfp4-tp8"])
+    ds = "deepseek-r1-mxfp4-tp8"
+    assert list(moe.SWEEP_MS)[0] == ds and {4, 32, 64} <= set(moe.SWEEP_MS[ds])
     prefill = [k for k, v in moe.SWEEP_VARIANTS.items() if v.get("prefill")]
     plan = moe.sweep_plan("gpt-oss-120b")
     assert [m for m, v in plan if set(v) == {"config", *prefill}] == [4096, 8192] and len(prefill) >= 3
     assert all(not set(prefill) & set(v) for name in moe.SWEEP_MS for m, v in moe.sweep_plan(name) if m < 4096)
-    ds = "deepseek-r1-mxfp4-tp8"
     assert not any(moe.is_prefill(moe.MODELS[ds], m) for m in moe.SWEEP_MS[ds])
     cells = [(moe.is_prefill(moe.MODELS[name], m), len(v)) for name in moe.SWEEP_MS for m, v in moe.sweep_plan(name)]
     seconds = sum(n * (moe.SWEEP_PREFILL_ROW_S if pre else moe.SWEEP_ROW_S) for pre, n in cells)

@@ -235,6 +235,8 @@ def resolve(cfg: MoeBucket, swz: bool, mul1: bool, arch: str, cuda: bool) -> Lau
     registers (LUT) for us. ValueError for b_regs on an AMD arch (a wgmma knob)."""
     if cfg.b_regs and is_amd(arch):
         raise ValueError(f"{OP} {arch}: b_regs is an sm90 knob (wgmma); expected false on AMD")
+    if cfg.a_qdq and cfg.dot_scaled:
+        raise ValueError(f"{OP} {arch}: a_qdq hands bf16 activations to the dequant path; expected dot_scaled false")
     return Launch(cfg, cfg.dot_scaled, sm90_flags(cfg, cuda, swz, mul1), swz_block_k(cfg.BLOCK_K1, swz),
                   swz_block_k(cfg.BLOCK_K2, swz), _opts(cfg, cfg.warps1, cfg.stages1, arch),
                   _opts(cfg, cfg.warps2, cfg.stages2, arch))  # fmt: skip
@@ -285,6 +287,16 @@ def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, s
 
 
+def qdq_rows(x: torch.Tensor) -> torch.Tensor:
+    """bf16 [M, K] -> bf16 [M, K] equal to dequant(quant_rows(x)): what a w4a4 GEMM multiplies (MoeBucket.a_qdq)."""
+    m, k = x.shape
+    out = torch.empty(m, k, dtype=torch.bfloat16, device=x.device)
+    br, bk = 4, 256
+    quant_rows_kernel[(triton.cdiv(m, br), triton.cdiv(k, bk))](x, out, out, m, k, x.stride(0), out.stride(0), 0,
+                                                                BLOCK_R=br, BLOCK_K=bk, QDQ=True)  # fmt: skip
+    return out
+
+
 def fused_moe_mxfp4(
     x: torch.Tensor,
     w: MoeWeights,
@@ -305,12 +317,15 @@ def fused_moe_mxfp4(
     topk_weights = topk_weights.contiguous()
     dev = x.device
     bk1, bk2 = run.block_k1, run.block_k2
-    if w.a4:
+    qdq = w.a4 and cfg.a_qdq  # w4a4 activations as bf16 on the MXFP4 grid (MoeBucket.a_qdq)
+    a4 = w.a4 and not qdq  # the kernels see MXFP4 activation codes
+    if a4:
         a, a_s = quant_rows(x)
         inter = torch.empty(num, n // 2, dtype=torch.uint8, device=dev)
         inter_s = torch.empty(num, n // 32, dtype=torch.uint8, device=dev)
     else:
-        a, a_s = x, x  # a_s unused for bf16 activations
+        a = qdq_rows(x) if qdq else x
+        a_s = a  # unused for bf16 activations
         inter = torch.empty(num, n, dtype=torch.bfloat16, device=dev)
         inter_s = inter
     b13 = w.b13 if w.b13 is not None else w.w13_scale
@@ -328,9 +343,9 @@ def fused_moe_mxfp4(
         a, a_s, w.w13, w.w13_scale, b13, inter, inter_s, s.sorted_ids, s.expert_ids, s.num_padded,
         num, n, h, a.stride(0), a_s.stride(0), w.w13.stride(0), w.w13.stride(1), w.w13_scale.stride(0),
         w.w13_scale.stride(1), b13.stride(0), inter.stride(0), inter_s.stride(0), float(w.alpha), float(w.limit),
-        TOPK=topk, A_FP4=w.a4, OUT_FP4=w.a4, ACT=int(w.act), HAS_BIAS=w.b13 is not None, DOT_SCALED=dot_scaled,
+        TOPK=topk, A_FP4=a4, OUT_FP4=a4, ACT=int(w.act), HAS_BIAS=w.b13 is not None, DOT_SCALED=dot_scaled,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N1, BLOCK_K=bk1, **run.opts1, **flags,
-        part_ptr=part, cnt_ptr=cnt, SPLIT_K=split, EVEN_N=n % cfg.BLOCK_N1 == 0,
+        part_ptr=part, cnt_ptr=cnt, SPLIT_K=split, EVEN_N=n % cfg.BLOCK_N1 == 0, OUT_QDQ=qdq,
     )  # fmt: skip
     b2 = w.b2 if w.b2 is not None else w.w2_scale
     grid2 = (s.max_blocks, triton.cdiv(triton.cdiv(h, cfg.BLOCK_N2), cfg.group2))
@@ -338,7 +353,7 @@ def fused_moe_mxfp4(
         inter, inter_s, w.w2, w.w2_scale, b2, topk_weights, y, s.sorted_ids, s.expert_ids, s.num_padded,
         num, h, n, inter.stride(0), inter_s.stride(0), w.w2.stride(0), w.w2.stride(1), w.w2_scale.stride(0),
         w.w2_scale.stride(1), b2.stride(0), y.stride(0),
-        TOPK=topk, A_FP4=w.a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
+        TOPK=topk, A_FP4=a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N2, BLOCK_K=bk2, **run.opts2, **flags,
         EVEN_N=h % (cfg.BLOCK_N2 * cfg.group2) == 0, N_GROUP=cfg.group2,
     )  # fmt: skip

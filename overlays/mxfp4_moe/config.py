@@ -66,6 +66,10 @@ class MoeBucket(Knobs):
     split1: int = Field(1, ge=0)  # GEMM1 split-K; 0: auto (see api.gemm1_split)
     mul1: bool = True  # swz128: one multiply per decoded pair when every scale byte allows it
     b_regs: bool = False  # sm90 swz128 w4a16: activation tile via registers in the K loop (wgmma back to back)
+    # w4a4 on the dequant path: x and GEMM1's output reach the GEMMs as bf16 on the MXFP4 grid (quantized and
+    # dequantized once per row) instead of codes each CTA decodes; same values, the w4a16 load path. Ignored
+    # for bf16 activations; not with dot_scaled (gfx950's fp4 x fp4 MFMA wants the codes).
+    a_qdq: bool = False
     group2: int = Field(1, ge=1)  # GEMM2: consecutive N tiles per program, one pipelined loop (kernel N_GROUP)
     route: Route = Route.OURS  # stock_fp8 buckets must come last (one threshold); see Route
     waves_per_eu: int | None = None

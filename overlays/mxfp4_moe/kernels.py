@@ -6,6 +6,8 @@ GEMM2: reads those slot rows, multiplies by w2, adds the bias, scales by the rou
 per slot; combine_kernel sums each token's rows (fixed order: deterministic), scales and casts to bf16.
 
 Operands: weights always MXFP4 [E, rows, K/2] + [E, rows, K/32]; activations bf16 (w4a16) or MXFP4 (w4a4).
+w4a4 with the bucket's a_qdq: x and GEMM1's output are quantized and dequantized once per row (OUT_QDQ) and reach
+the GEMMs as bf16 on the MXFP4 grid, the same values the A_FP4 path decodes in every CTA that reads them.
 DOT_SCALED=False dequantizes both to bf16 in registers and uses tl.dot (sm90, and the CPU interpreter);
 DOT_SCALED=True hands the packed operands to tl.dot_scaled (gfx950: v_mfma_scale for e2m1 x e2m1).
 sm90 knobs: SWAP computes acc^T = W @ A^T (weights on the MMA's M side, from registers; tokens on its narrow N
@@ -29,6 +31,7 @@ from speedrun.overlays.mx.triton_helpers import (
     mxfp4_swz_words_bf16,
     mxfp4_to_bf16,
     mxfp4_to_bf16_fast,
+    qdq_mxfp4_bf16,
     quant_mxfp4,
     split_k_pairs,
     swz_word_scale_cols,
@@ -194,8 +197,10 @@ def _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M: tl.constexpr):
 @triton.jit
 def _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs_n, n_ok, pid_n, N, stride_be,
                     stride_om, stride_osm, alpha, limit, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    OUT_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """Biases, bf16 rounding, activation, and the bf16 (or re-quantized MXFP4) store of h[slot, n]."""
+                    OUT_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    OUT_QDQ: tl.constexpr = False):  # fmt: skip
+    """Biases, bf16 rounding, activation, and the bf16 (re-quantized MXFP4, or with OUT_QDQ bf16 on the MXFP4
+    grid) store of h[slot, n]."""
     if HAS_BIAS:
         acc_g += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         acc_u += tl.load(b_ptr + expert * stride_be + N + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -209,6 +214,8 @@ def _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs
     else:
         h = g * tl.sigmoid(g) * u
     h = h.to(tl.bfloat16)
+    if OUT_QDQ:
+        h = qdq_mxfp4_bf16(h.to(tl.float32), BLOCK_M, BLOCK_N)
     if OUT_FP4:
         q, s = quant_mxfp4(h.to(tl.float32), BLOCK_M, BLOCK_N)
         ob = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
@@ -230,6 +237,7 @@ def moe_gemm1_kernel(
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False,
     part_ptr=None, cnt_ptr=None, SPLIT_K: tl.constexpr = 1, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
+    OUT_QDQ: tl.constexpr = False,
 ):  # fmt: skip
     """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)].
     SPLIT_K > 1 (grid axis 2; 1-2 tokens per expert, too few CTAs): each split writes fp32 partials, the last one
@@ -269,7 +277,8 @@ def moe_gemm1_kernel(
         acc_u = tl.trans(acc_u)
     if SPLIT_K == 1:
         _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs_n, n_ok, pid_n, N, stride_be,
-                        stride_om, stride_osm, alpha, limit, ACT, HAS_BIAS, OUT_FP4, BLOCK_M, BLOCK_N)  # fmt: skip
+                        stride_om, stride_osm, alpha, limit, ACT, HAS_BIAS, OUT_FP4, BLOCK_M, BLOCK_N,
+                        OUT_QDQ)  # fmt: skip
     else:
         tile = pid_m * tl.num_programs(1) + pid_n
         t_elems: tl.constexpr = BLOCK_M * BLOCK_N
@@ -287,7 +296,7 @@ def moe_gemm1_kernel(
                 acc_u += tl.load(base + s * (2 * t_elems) + t_elems + local, cache_modifier=".cg")
             _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs_n, n_ok, pid_n, N,
                             stride_be, stride_om, stride_osm, alpha, limit, ACT, HAS_BIAS, OUT_FP4, BLOCK_M,
-                            BLOCK_N)  # fmt: skip
+                            BLOCK_N, OUT_QDQ)  # fmt: skip
             tl.atomic_xchg(cnt_ptr + tile, 0)
 
 
@@ -381,19 +390,24 @@ def combine_kernel(y_ptr, ids_ptr, o_ptr, H, E, stride_ym, stride_om, scale,
 
 @triton.jit
 def quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm,
-                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-    """Dynamic MXFP4 quantization of activation rows (w4a4 GEMM1 input)."""
+                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, QDQ: tl.constexpr = False):  # fmt: skip
+    """Dynamic MXFP4 quantization of activation rows (w4a4 GEMM1 input): codes + scales, or with QDQ the bf16
+    values they stand for into q_ptr ([M, K] bf16; s_ptr unused)."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     ok = (r[:, None] < M) & (k[None, :] < K)
     x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xm + k[None, :], mask=ok, other=0.0).to(tl.float32)
-    q, s = quant_mxfp4(x, BLOCK_R, BLOCK_K)
-    kb = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    ks = tl.program_id(1) * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
-    tl.store(q_ptr + r[:, None].to(tl.int64) * stride_qm + kb[None, :], q,
-             mask=(r[:, None] < M) & (kb[None, :] < K // 2))  # fmt: skip
-    tl.store(s_ptr + r[:, None].to(tl.int64) * stride_sm + ks[None, :], s,
-             mask=(r[:, None] < M) & (ks[None, :] < K // 32))  # fmt: skip
+    if QDQ:
+        tl.store(q_ptr + r[:, None].to(tl.int64) * stride_qm + k[None, :], qdq_mxfp4_bf16(x, BLOCK_R, BLOCK_K),
+                 mask=ok)  # fmt: skip
+    else:
+        q, s = quant_mxfp4(x, BLOCK_R, BLOCK_K)
+        kb = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        ks = tl.program_id(1) * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
+        tl.store(q_ptr + r[:, None].to(tl.int64) * stride_qm + kb[None, :], q,
+                 mask=(r[:, None] < M) & (kb[None, :] < K // 2))  # fmt: skip
+        tl.store(s_ptr + r[:, None].to(tl.int64) * stride_sm + ks[None, :], s,
+                 mask=(r[:, None] < M) & (ks[None, :] < K // 32))  # fmt: skip
 
 
 # ---------------------------------------------------------------- routing sort (host side: sort.py)

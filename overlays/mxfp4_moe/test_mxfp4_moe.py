@@ -20,6 +20,7 @@ import pytest
 
 from speedrun.overlays import buffers, interpreter
 from speedrun.overlays.arch import load_configs
+from speedrun.overlays.mx.format import dequant_mxfp4
 from speedrun.overlays.mx.quant import quant_mxfp4
 from speedrun.overlays.mxfp4_moe import api as moe_mod
 from speedrun.overlays.mxfp4_moe import sort
@@ -502,3 +503,46 @@ def test_gemm2_tile_groups_need_whole_k_tiles():
     w4 = _weights(2, 96, 128, seed=54, a4=True)
     plan = make_plan(w4, arch="sm90")
     assert all(run.cfg.group2 == 1 for run in plan.launches.values())
+
+
+@pytest.mark.parametrize("swz,swap,split1", [(True, True, 2), (True, False, 1), (False, True, 1)])
+def test_a_qdq_is_bit_identical_to_activation_codes(swz, swap, split1):
+    """a_qdq (w4a4 activations handed over as bf16 on the MXFP4 grid) multiplies the values the codes path decodes
+    in each CTA: the same output bit for bit (x with a zero block and a block of large values; GEMM1's output
+    re-quantized either way); qdq_rows is dequant(quant_rows). A knob of the dequant path only."""
+    e, n, h, topk, m = 5, 64, 256, 3, 9
+    w = _weights(e, n, h, seed=21, a4=True, act=Act.SILU)
+    w = moe_mod.swizzled(w, chunk=2) if swz else w
+    x = torch.randn(m, h, generator=torch.Generator().manual_seed(22)).bfloat16()
+    x[0, :32], x[1, 32:64] = 0, x[1, 32:64] * 100
+    ids, tw = _routing(m, e, topk, seed=23)
+    ids[2, 0] = -1
+    cfg = {**TINY, "swap": swap, "deq": 2, "split1": split1}
+    want = moe(x, w, ids, tw, cfg=cfg)
+    got = moe(x, w, ids, tw, cfg={**cfg, "a_qdq": True})
+    assert torch.equal(got, want)
+    assert not torch.equal(moe(x + 0.5, w, ids, tw, cfg={**cfg, "a_qdq": True}), want)  # the knob reads x
+    q, s = quant_rows(x)
+    assert torch.equal(moe_mod.qdq_rows(x), dequant_mxfp4(q, s, torch.bfloat16))
+    with pytest.raises(ValueError, match="a_qdq"):
+        make_plan(_weights(e, n, h, seed=21, a4=True), arch="sm90", config={**TINY, "a_qdq": True, "dot_scaled": True})
+
+
+def test_a_qdq_sweep_variants_on_sm90():
+    """The AOT evidence of PERF.md round 7 (mxfp4_moe_sass, clean process) at DeepSeek's decode bucket tpe<=1:
+    bf16-grid activations alone make the wgmmas wait one by one (the w4a16 load path's serialization); with
+    b_regs they issue back to back, and both GEMMs run fewer warp-instructions per weight KiB than the codes path,
+    without spills, at >= 4 CTAs per SM."""
+    from speedrun.eval.kernels.mxfp4_moe_sass import GemmStats
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_moe_sass", "--json", "--bucket", "w4a4:tpe<=1",
+           "config", "a4_qdq", "a4_qdq_bregs"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = {(d["variant"], d["gemm"]): GemmStats(**d) for d in json.loads(proc.stdout.splitlines()[-1])}
+    for gemm in (1, 2):
+        old, alone, new = stats["config", gemm], stats["a4_qdq", gemm], stats["a4_qdq_bregs", gemm]
+        assert alone.mma_waits == alone.mma, (gemm, alone)
+        assert new.mma == old.mma and new.mma_waits == 3 - gemm and new.spill == 0, (gemm, new)
+        assert new.warp_per_kib() < 0.9 * old.warp_per_kib() and new.ctas_per_sm >= 4, (gemm, new, old)
