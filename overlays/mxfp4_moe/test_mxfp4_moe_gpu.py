@@ -190,3 +190,17 @@ def test_sort_at_deepseek_sizes(m, skew):
     owner = torch.where(body < flat.numel(), flat[body.clamp_max(flat.numel() - 1)], blocks.repeat_interleave(bm))
     assert torch.equal(owner, blocks.repeat_interleave(bm))
     assert (s.expert_ids[npad // bm :] == -1).all() and (s.sorted_ids[npad:] == flat.numel()).all()
+
+
+@pytest.mark.parametrize("m", [1, 32, 128])
+@pytest.mark.parametrize("b_regs", [False, True])
+def test_a_qdq_is_bit_identical_on_the_gpu(m, b_regs):
+    """a_qdq (w4a4 activations as bf16 on the MXFP4 grid: decoded once per row) multiplies the values the codes
+    path decodes in every CTA, with the same wgmmas: the DeepSeek shard's output bit for bit at the served
+    bucket's tiles (split-K at M 1, GEMM2 tile groups at M 32), with and without b_regs."""
+    w = swizzled(make_weights("dsr1_tp8"))
+    x, ids, tw = make_routing("dsr1_tp8", m, seed=7)
+    cfg = pick_config(w, m, ids.shape[1])
+    want = run(x, w, ids, tw, cfg=cfg)
+    got = run(x, w, ids, tw, cfg=cfg.replace(a_qdq=True, b_regs=b_regs))
+    assert torch.equal(got, want)
