@@ -288,6 +288,11 @@ def run(
         Path | None,
         typer.Option("--baseline-lock", help="the resolved baseline (default: --out's, else the recipe's own)"),
     ] = None,
+    ops: Annotated[
+        str | None,
+        typer.Option("--ops", help="overlay side: only these of the recipe's overlays, e.g. mxfp4_moe,mxfp4_gemm "
+                     "(an ablation; without mla_decode it attends as the baseline does)"),
+    ] = None,
 ) -> None:
     """Stock SGLang vs overlay, end to end: both launches, throughput, accuracy, report; exit 1 on a failed gate.
 
@@ -300,6 +305,9 @@ def run(
     r = _recipe(recipe) if recipe else _main_job(demo)
     if r is None:  # no GPU: the commands are printed, nothing to serve
         return
+    ablation = []
+    if ops is not None:
+        r, ablation = _only_ops(r, ops)
     if demo:
         out = out or Path(".runs") / f"pipeline-check-{r.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         console.print(f"[bold yellow]{pipeline.LABEL}[/]: {r.name} with the fake server on both sides", soft_wrap=True)
@@ -321,7 +329,8 @@ def run(
         control=not no_control,
         cut=["accuracy skipped (--skip-accuracy)"] * skip_accuracy
         + ["agreement control skipped"] * no_control
-        + pipeline.NOTES * demo,
+        + pipeline.NOTES * demo
+        + ablation,
         sides=tuple(x.strip() for x in sides.split(",") if x.strip()),
     )
     unknown = set(opts.sides) - set(Side)
@@ -341,6 +350,17 @@ def run(
     except LockError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
+
+
+def _only_ops(r, ops: str):
+    """The recipe with only the --ops overlays on, and the line the report gives the ablation."""
+    want = [x.strip() for x in ops.split(",") if x.strip()]
+    try:
+        narrowed = r.with_ops(want)
+    except ValueError as exc:
+        _fail(2, f"--ops: {exc} in {r.name}")
+    off = [op for op in r.overlays.enabled_ops() if op not in want]
+    return narrowed, [f"overlay side with {', '.join(want)} only (--ops): {', '.join(off) or 'nothing'} off"]
 
 
 def _pipeline_check(r, opts) -> None:

@@ -171,6 +171,34 @@ def test_run_uses_the_lock_in_its_folder(searched, tmp_path, monkeypatch):
     assert "on a card the lock does not name" in section and "Not re-probed" not in section
 
 
+def test_run_ops_ablation_keeps_the_lock_and_drops_our_attention(searched, tmp_path, monkeypatch):
+    """`speedrun run --ops mxfp4_moe` (an ablation) on a recipe with two overlays: the overlay side serves the MoE
+    overlay only, attends with the lock's stock backend (no speedrun_mla flag left), keeps the MoE runner flag,
+    requests only mxfp4_moe, and the report says what was off; an op the recipe does not enable is a usage error
+    naming it (exit 2), before anything is served."""
+    recipe_file, out = searched
+    two = yaml.safe_load(recipe_file.read_text())  # the locked recipe (same model path: the lock's fingerprint)
+    server = {"decode_attention_backend": "speedrun_mla", "moe_runner_backend": "triton"}
+    two["overlays"] = {"mla_decode": {"enabled": True}, "mxfp4_moe": {"enabled": True}, "server": server}
+    other = tmp_path / "fake-baseline.yaml"
+    other.write_text(yaml.safe_dump(two))
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+    seen: list = []
+    monkeypatch.setattr("speedrun.eval.run.default_spec", fake_sglang(seen))
+    res = cli("run", str(other), "--out", str(folder), "--concurrency", "2", "--no-progress", "--ops", "mxfp4_moe")
+    assert res.exit_code == 0, res.output
+    (_, base), (_, over) = seen
+    assert "speedrun_mla" not in over and "--attention-backend flashmla" in over and "--page-size 64" in over, over
+    assert "--moe-runner-backend triton" in over and "--moe-runner-backend" not in base
+    overlay = json.loads((folder / "overlay.json").read_text())
+    assert overlay["overlays_requested"] == ["mxfp4_moe"]
+    assert "overlay side with mxfp4_moe only (--ops): mla_decode off" in (folder / "report.md").read_text()
+    bad = cli("run", str(other), "--out", str(tmp_path / "r2"), "--ops", "mxfp4_gemm", "--no-progress")
+    assert bad.exit_code == 2 and "'mxfp4_gemm' is not one of the enabled overlays (mla_decode, mxfp4_moe)" in bad.flat
+    assert not (tmp_path / "r2").exists()
+
+
 def test_report_says_when_the_lock_was_probed_on_another_card():
     """A lock carries the card its candidates were measured on; a run on another card says its baseline was not
     re-probed there (an H100 lock served on an H200), and a run on the same card says which card that was."""

@@ -4,7 +4,7 @@ path and what was expected."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib.resources import files
@@ -15,6 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from speedrun.overlays import environ
+from speedrun.overlays.mla_decode.sglang_hook import NAME as MLA_BACKEND
 from speedrun.overlays.ops import OPS, Backend
 
 # recipes/ is the package speedrun.recipes: found the same way in a wheel and in an editable install
@@ -172,6 +173,22 @@ class Overlays(Strict):
 
     def enabled_ops(self) -> list[str]:
         return [op for op in OPS if getattr(self, op).enabled]
+
+    def only(self, ops: Sequence[str]) -> Overlays:
+        """These overlays with only `ops` left on (an ablation: what each op adds). Server fields that name the MLA
+        overlay's backend leave with it, so without mla_decode the overlay side attends as the baseline does.
+        ValueError naming an op that is not enabled here, or when none is left."""
+        enabled = self.enabled_ops()
+        if not ops:
+            raise ValueError(f"name at least one of the enabled overlays ({', '.join(enabled)})")
+        for op in ops:
+            if op not in enabled:
+                raise ValueError(f"{op!r} is not one of the enabled overlays ({', '.join(enabled)})")
+        off = {op: getattr(self, op).model_copy(update={"enabled": False}) for op in enabled if op not in ops}
+        server = self.server
+        if "mla_decode" in off:
+            server = {k: v for k, v in server.items() if v != MLA_BACKEND}
+        return self.model_copy(update={**off, "server": server})
 
     @model_validator(mode="after")
     def _server_keys_exist(self) -> Overlays:
@@ -468,6 +485,10 @@ class Recipe(Strict):
         if mla.enabled and mla.compute == "a8w8" and kv != "fp8_e4m3":
             raise ValueError(f"overlays.mla_decode.compute a8w8 needs server.kv_cache_dtype fp8_e4m3 (got {kv!r})")
         return self
+
+    def with_ops(self, ops: Sequence[str]) -> Recipe:
+        """The recipe with only `ops` of its overlays on (Overlays.only; ValueError as there)."""
+        return self.model_copy(update={"overlays": self.overlays.only(ops)})
 
     def model_for(self, baseline: bool) -> Model:
         return self.baseline_model if baseline and self.baseline_model else self.model
