@@ -290,8 +290,11 @@ def run(
     ] = None,
     ops: Annotated[
         str | None,
-        typer.Option("--ops", help="overlay side: only these of the recipe's overlays, e.g. mxfp4_moe,mxfp4_gemm "
-                     "(an ablation; without mla_decode it attends as the baseline does)"),
+        typer.Option(
+            "--ops",
+            help="overlay side: only these of the recipe's overlays, e.g. mxfp4_moe,mxfp4_gemm "
+            "(an ablation; without mla_decode it attends as the baseline does)",
+        ),
     ] = None,
 ) -> None:
     """Stock SGLang vs overlay, end to end: both launches, throughput, accuracy, report; exit 1 on a failed gate.
