@@ -245,24 +245,27 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # stores; "fmt" times a variant only on that format's experts; "prefill" times it only at prefill shapes, where
 # nothing else but the config runs). DeepSeek (w4a4) first: its activations as bf16 on the MXFP4 grid (a_qdq: no
 # per-CTA activation decode, the w4a16 load path; with b_regs so those wgmmas stay back to back: PERF.md round 7),
-# 16-slot blocks at tpe<=16, GEMM2 as 128-row tiles over 2 warpgroups, GEMM2 walking 4 N tiles per program (PERF.md
-# "Round 5 candidates", "GEMM2 tile groups"); then swz128's deeper K tiles and GEMM1 without split-K on both
-# models, and GPT-OSS's b_regs with GEMM1's K tile at 128 (PERF.md "b_regs"). Prefill variants (GPT-OSS M 4096 /
+# GEMM1 split-K x2 / x4 where the bucket has none (M 32: ~165 active experts x 4 N tiles = 660 CTAs over 528
+# slots of 4 per SM, 1.25 waves, so the second wave runs one CTA per SM through all 56 K steps), 16-slot blocks at
+# tpe<=16, GEMM2 as 128-row tiles over 2 warpgroups, GEMM2 walking 4 N tiles per program (PERF.md "Round 5
+# candidates", "GEMM2 tile groups"); then swz128's deeper K tiles on both models and GPT-OSS's b_regs with GEMM1's
+# K tile at 128 (PERF.md "b_regs"). Prefill variants (GPT-OSS M 4096 /
 # 8192; PERF.md "Round 6 candidates") set every tile knob, so each runs the same kernels wherever it is laid.
 # Left out as settled on the H100 and the H200 (slower at every shape timed): dot_scaled's upcast, no swap-AB at
 # decode, the two-multiply decode (GPU-tested for correctness: the fallback for scale bytes > 128), 128-row
-# weight tiles for both GEMMs (swz_bn128), GEMM1 split-K x4 beyond the tpe<=1 bucket that now has it (a4_split4).
+# weight tiles for both GEMMs (swz_bn128), GEMM1 without split-K where the table has it (swz_no_split1).
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
 SWEEP_VARIANTS = {
     "a4_qdq": {"fmt": "w4a4", "a_qdq": True},
     "a4_qdq_bregs": {"fmt": "w4a4", "a_qdq": True, "b_regs": True},
+    "a4_split2": {"fmt": "w4a4", "split1": 2},  # GEMM1 waves at M 32: see the comment above
+    "a4_split4": {"fmt": "w4a4", "split1": 4},
     "a4_bm16": {"fmt": "w4a4", "BLOCK_M": 16},
     "a4_g2_bn128": {"fmt": "w4a4", "BLOCK_N2": 128, "warps2": 8},
     "a4_group4": {"fmt": "w4a4", "group2": 4},  # GEMM2 walks 4 N tiles per program, loads pipelined across them
     "a16_bregs": {"fmt": "w4a16", "b_regs": True, "BLOCK_K1": 128, "stages1": 4},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
-    "swz_no_split1": {"split1": 1},
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
     "p16_bm64": {**_P16, "BLOCK_M": 64, "BLOCK_N1": 64, "warps1": 4, "swap": True, "b_regs": True},
     "p16_bn128": {**_P16, "swap": False},
