@@ -223,10 +223,18 @@ def test_a_taken_port_stops_the_servers_already_started(tmp_path, run_cli):
     """mixed-1's port is taken: mixed-0, already started, is torn down with the one-line error (exit 1)."""
     import socket
 
-    recipe = deploy_recipe(tmp_path, [{"replicas": 2}], gpus=2)
-    base = yaml.safe_load(recipe.read_text())["deployment"]["worker_port"]
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", base + 1))
+        # SO_REUSEADDR: base + 1 may linger in TIME_WAIT from an earlier test (connect-free, yet bind would fail);
+        # a listening socket still keeps the server out. Another process may hold it: take a fresh range then.
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for _ in range(20):
+            recipe = deploy_recipe(tmp_path, [{"replicas": 2}], gpus=2)
+            base = yaml.safe_load(recipe.read_text())["deployment"]["worker_port"]
+            try:
+                taken.bind(("127.0.0.1", base + 1))
+                break
+            except OSError:
+                continue
         taken.listen()
         cli = run_cli(["launch", str(recipe), "--port", str(router_port(recipe)), "--out", str(tmp_path / "runs")])
         assert cli.proc.wait(60) == 1, cli.stderr
