@@ -5,6 +5,8 @@
 #   (carry .gpu-bundle and .models)
 #   SIDES=baseline ... then SIDES=control,overlay ...: one long run split over calls on a warm machine (the run
 #   folder .runs/e2e/RECIPE stays there between calls; the report is written by the call that completes it)
+#   ABLATE="mxfp4_moe,mxfp4_gemm;mxfp4_moe": after each recipe's run, the overlay side again with only those ops
+#   (`speedrun run --ops`, one folder RECIPE.ops-<ops> each), against the same baseline results (copied in)
 set -uo pipefail
 source scripts/device/setup.sh || exit 1
 START=$(date +%s); DEADLINE=${DEADLINE:-570}; R=.runs/e2e
@@ -16,6 +18,17 @@ for recipe in "$@"; do
   # SIGTERM from timeout: speedrun tears its server down and keeps the partial results
   timeout "$left" speedrun run "$recipe" --out "$R/$recipe" ${SIDES:+--sides "$SIDES"} ${RUN_ARGS:-} --no-progress 2>&1 \
     | tee "$R/$recipe.log" | tail -n 45
+  IFS=';' read -ra sets <<< "${ABLATE:-}"
+  for ops in "${sets[@]}"; do
+    left=$(( DEADLINE - 15 - ($(date +%s) - START) ))
+    (( left < 90 )) && { echo "SKIPPED (deadline): $recipe --ops $ops" | tee -a "$R/skipped.txt"; continue; }
+    [ -f "$R/$recipe/baseline.json" ] || { echo "no baseline results for $recipe: --ops $ops not run"; continue; }
+    A="$R/$recipe.ops-${ops//,/+}"; mkdir -p "$A"
+    cp "$R/$recipe/baseline.json" "$R/$recipe"/*.lock.json "$A/" 2>/dev/null
+    echo "=== [$left s left] speedrun run $recipe --ops $ops ${RUN_ARGS:-}"
+    timeout "$left" speedrun run "$recipe" --out "$A" --sides overlay --ops "$ops" ${RUN_ARGS:-} --no-progress 2>&1 \
+      | tee "$A.log" | tail -n 25
+  done
 done
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader | sed 's/^/left on the GPU: /'
 tar czf "$OUT/e2e.tgz" "$R"
