@@ -302,14 +302,16 @@ def moe_gemm1_kernel(
 
 @triton.jit
 def _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om,
-                 HAS_BIAS: tl.constexpr, SWAP: tl.constexpr):  # fmt: skip
+                 HAS_BIAS: tl.constexpr, SWAP: tl.constexpr, tw=None):  # fmt: skip
     """Bias, top-k weight and the fp32 store of one tile: one row per slot (no atomics, no zero-fill);
-    combine_kernel sums a token's TOPK rows in a fixed order."""
+    combine_kernel sums a token's TOPK rows in a fixed order. `tw`: the slots' fp32 weights if already loaded."""
     if SWAP:
         acc = tl.trans(acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    acc *= tl.load(tw_ptr + slot, mask=m_ok, other=0.0).to(tl.float32)[:, None]
+    if tw is None:
+        tw = tl.load(tw_ptr + slot, mask=m_ok, other=0.0).to(tl.float32)
+    acc *= tw[:, None]
     tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -355,6 +357,11 @@ def moe_gemm2_kernel(
         _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om, HAS_BIAS,
                      SWAP)  # fmt: skip
     else:
+        # The slots' weights before the loop, not at each tile's store: there a load is a synchronous LDG per tile
+        # (Triton cannot move it past the stores); here its latency hides under the first K steps (sm90 SASS of
+        # w4a4:tpe<=4's GEMM2: 4 LDG per tile gone, 121 -> 89 registers). One tile per program loads it at the
+        # store: held across the loop it would cost registers for nothing.
+        tw = tl.load(tw_ptr + slot, mask=m_ok, other=0.0).to(tl.float32)
         kt_n = K // BLOCK_K
         kt = 0
         tile_n = pid_n * N_GROUP
@@ -367,7 +374,7 @@ def moe_gemm2_kernel(
             last = kt == kt_n - 1
             if last:
                 _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om,
-                             HAS_BIAS, SWAP)  # fmt: skip
+                             HAS_BIAS, SWAP, tw)  # fmt: skip
                 acc = tl.zeros_like(acc)
             tile_n = tl.where(last, tile_n + 1, tile_n)
             kt = tl.where(last, 0, kt + 1)
