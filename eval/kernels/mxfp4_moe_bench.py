@@ -245,6 +245,7 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # stores; "fmt" times a variant only on that format's experts; "prefill" times it only at prefill shapes, where
 # nothing else but the config runs). DeepSeek (w4a4) first: its activations as bf16 on the MXFP4 grid (a_qdq: no
 # per-CTA activation decode, the w4a16 load path; with b_regs so those wgmmas stay back to back: PERF.md round 7),
+# the codes path with its activation scales loaded as int32 words (no synchronous 1-byte load per K step),
 # GEMM1 split-K x2 / x4 where the bucket has none (M 32: ~165 active experts x 4 N tiles = 660 CTAs over 528
 # slots of 4 per SM, 1.25 waves, so the second wave runs one CTA per SM through all 56 K steps), 16-slot blocks at
 # tpe<=16, GEMM2 as 128-row tiles over 2 warpgroups, GEMM2 walking 4 N tiles per program (PERF.md "Round 5
@@ -259,6 +260,7 @@ _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, 
 SWEEP_VARIANTS = {
     "a4_qdq": {"fmt": "w4a4", "a_qdq": True},
     "a4_qdq_bregs": {"fmt": "w4a4", "a_qdq": True, "b_regs": True},
+    "a4_sw": {"fmt": "w4a4", "a_scale_words": True},  # activation scales as int32 words: cp.async-staged
     "a4_split2": {"fmt": "w4a4", "split1": 2},  # GEMM1 waves at M 32: see the comment above
     "a4_split4": {"fmt": "w4a4", "split1": 4},
     "a4_bm16": {"fmt": "w4a4", "BLOCK_M": 16},

@@ -33,7 +33,13 @@ def _types(fmt: str, cfg: MoeBucket) -> dict[str, str]:
 
 # Every mode flag is named in a spec (Triton 3.7 no longer fills a defaulted constexpr left out of an AOT
 # signature): the kernels' defaults, overridden by what the resolver sets.
-FLAGS_OFF = {"SWAP": False, "W_DEQ": 0, "W_ASM": False, "W_SWZ": False, "W_MUL1": False, "B_REGS": False}
+FLAGS_OFF = {"SWAP": False, "W_DEQ": 0, "W_ASM": False, "W_SWZ": False, "W_MUL1": False, "B_REGS": False,
+             "A_SW": False}  # fmt: skip
+
+
+def a_sw(cfg: MoeBucket, a4: bool, run: api.Launch) -> bool:
+    """A_SW as the plan sets it for DeepSeek's shard (hidden 7168, intermediate 256: both multiples of 128)."""
+    return a4 and cfg.a_scale_words and not run.dot_scaled and run.block_k1 % 128 == 0 and run.block_k2 % 128 == 0
 
 
 def launch(cfg: MoeBucket, arch: str, swz: bool) -> api.Launch:
@@ -63,7 +69,7 @@ def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> Compil
     act = Act.SILU if w4a4 else Act.SWIGLU_OAI  # quark DeepSeek | GPT-OSS
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": int(act), "HAS_BIAS": not w4a4,
              "DOT_SCALED": run.dot_scaled, "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N1,
-             "BLOCK_K": run.block_k1, **FLAGS_OFF, **run.flags,
+             "BLOCK_K": run.block_k1, **FLAGS_OFF, **run.flags, "A_SW": a_sw(cfg, a4, run),
              "SPLIT_K": 2 if cfg.split1 != 1 else 1, "EVEN_N": True, "OUT_QDQ": w4a4 and cfg.a_qdq}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
@@ -91,6 +97,7 @@ def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> Compil
            "stride_wsn", "stride_be", "stride_om"), "i32")}  # fmt: skip
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not w4a4, "DOT_SCALED": run.dot_scaled,
              "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N2, "BLOCK_K": run.block_k2, **FLAGS_OFF, **run.flags,
+             "A_SW": a_sw(cfg, a4, run),
              "EVEN_N": True, "N_GROUP": cfg.group2}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))

@@ -199,6 +199,7 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
         keys = [k for _, k in buckets.upto] + ([buckets.above] if buckets.above else [])
         launches = {k: resolve(table(arch)[k], w.swz, w.mul1, arch, cuda) for k in keys}
         launches = _routes(launches, keys, w, arch)
+    launches = {key: _scale_words(run, w, key, config is not None) for key, run in launches.items()}
     for key, run in launches.items():  # the grouped GEMM2 loop has no K tail (kernels.moe_gemm2_kernel)
         if run.cfg.group2 > 1 and w.inter % run.block_k2:
             if config is not None:  # a forced config says what to run: it cannot run
@@ -208,6 +209,22 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
             launches[key] = replace(run, cfg=run.cfg.replace(group2=1))
     layout = Layout.SWZ if w.swz else Layout.PLAIN
     return MoePlan(w.fmt, layout, w.num_experts, arch, device, buckets, launches)
+
+
+def _scale_words(run: Launch, w: MoeWeights, key: str, forced: bool) -> Launch:
+    """The launch with A_SW where its bucket asks for it (MoeBucket.a_scale_words) and these experts allow it: w4a4
+    codes on the dequant path, hidden, intermediate size and both K tiles multiples of 128. Otherwise the byte
+    loads (same values); a forced config that cannot have it is a ValueError naming why."""
+    cfg = run.cfg
+    if not cfg.a_scale_words or not w.a4 or cfg.a_qdq:
+        return run
+    sizes = (w.hidden, w.inter, run.block_k1, run.block_k2)
+    if cfg.dot_scaled or any(v % 128 for v in sizes):
+        if forced:
+            raise ValueError(f"{OP} {key}: a_scale_words needs the dequant path and hidden, intermediate and K tiles "
+                             f"that are multiples of 128 (got dot_scaled={cfg.dot_scaled}, {sizes})")  # fmt: skip
+        return run
+    return replace(run, flags={**run.flags, "A_SW": True})
 
 
 def stock_route_ok(w: MoeWeights, arch: str) -> bool:

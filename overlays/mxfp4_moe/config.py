@@ -70,6 +70,10 @@ class MoeBucket(Knobs):
     # dequantized once per row) instead of codes each CTA decodes; same values, the w4a16 load path. Ignored
     # for bf16 activations; not with dot_scaled (gfx950's fp4 x fp4 MFMA wants the codes).
     a_qdq: bool = False
+    # w4a4 codes path (not a_qdq, not dot_scaled): the activation scales loaded as one int32 per row and 128 codes
+    # (cp.async-staged; a 1-byte load is a synchronous load in every K step) and split into bytes in registers.
+    # Needs the hidden and intermediate sizes to be multiples of 128; a table bucket falls back to byte loads.
+    a_scale_words: bool = False
     group2: int = Field(1, ge=1)  # GEMM2: consecutive N tiles per program, one pipelined loop (kernel N_GROUP)
     route: Route = Route.OURS  # stock_fp8 buckets must come last (one threshold); see Route
     waves_per_eu: int | None = None

@@ -41,9 +41,12 @@ from speedrun.overlays.mx.triton_helpers import (
 
 @triton.jit
 def _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm,
-            A_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, FULL: tl.constexpr = False):  # fmt: skip
+            A_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, FULL: tl.constexpr = False,
+            A_SW: tl.constexpr = False):  # fmt: skip
     """A tile at K offset k0: bf16 [BM, BK], or packed [BM, BK/2] + scales [BM, BK/32] (A twice for bf16).
-    FULL: the tile lies inside K (rows masked only)."""
+    FULL: the tile lies inside K (rows masked only). A_SW (K and BK multiples of 128): the scales as one int32 per
+    row and 128 codes, split into bytes in registers: a 1-byte load is never staged through cp.async, so it is a
+    synchronous load in every K step (PERF.md round 7); a 4-byte one is."""
     if A_FP4:
         kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
         ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
@@ -52,7 +55,15 @@ def _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm,
         else:
             ok_b, ok_s = m_ok[:, None] & (kb[None, :] < K // 2), m_ok[:, None] & (ks[None, :] < K // 32)
         a = tl.load(a_ptr + rows[:, None] * stride_am + kb[None, :], mask=ok_b, other=0)
-        a_s = tl.load(as_ptr + rows[:, None] * stride_asm + ks[None, :], mask=ok_s, other=127)
+        if A_SW:
+            kw = k0 // 128 + tl.arange(0, BLOCK_K // 128)
+            ok_w = m_ok[:, None] if FULL else m_ok[:, None] & (kw[None, :] < K // 128)
+            words = tl.load(as_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (stride_asm // 4) + kw[None, :],
+                            mask=ok_w, other=0x7F7F7F7F)  # fmt: skip
+            shift = (tl.arange(0, 4) * 8)[None, None, :]
+            a_s = ((words[:, :, None] >> shift) & 0xFF).reshape(BLOCK_M, BLOCK_K // 32).to(tl.uint8)
+        else:
+            a_s = tl.load(as_ptr + rows[:, None] * stride_asm + ks[None, :], mask=ok_s, other=127)
     else:
         kk = k0 + tl.arange(0, BLOCK_K)
         ok = m_ok[:, None] if FULL else m_ok[:, None] & (kk[None, :] < K)
@@ -149,9 +160,10 @@ def _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, 
                 stride_asm, stride_wn, stride_wsn, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr,
                 W_DEQ: tl.constexpr, W_ASM: tl.constexpr, W_SWZ: tl.constexpr, W_MUL1: tl.constexpr,
-                FULL: tl.constexpr, EVEN_N: tl.constexpr, B_REGS: tl.constexpr):  # fmt: skip
+                FULL: tl.constexpr, EVEN_N: tl.constexpr, B_REGS: tl.constexpr,
+                A_SW: tl.constexpr = False):  # fmt: skip
     """One K tile of GEMM1: gate and up accumulators (FULL: the tile lies inside K, loads unmasked along K)."""
-    a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL)
+    a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL, A_SW)
     if B_REGS and not A_FP4:  # MXFP4 activations are decoded in registers already
         a = via_regs(a)
     if W_SWZ:
@@ -172,9 +184,9 @@ def _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0,
                 stride_wn, stride_wsn, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr, W_DEQ: tl.constexpr,
                 W_ASM: tl.constexpr, W_SWZ: tl.constexpr, W_MUL1: tl.constexpr, FULL: tl.constexpr,
-                EVEN_N: tl.constexpr, B_REGS: tl.constexpr):  # fmt: skip
-    """One K tile of GEMM2 (FULL, B_REGS as in _gemm1_step)."""
-    a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL)
+                EVEN_N: tl.constexpr, B_REGS: tl.constexpr, A_SW: tl.constexpr = False):  # fmt: skip
+    """One K tile of GEMM2 (FULL, B_REGS, A_SW as in _gemm1_step)."""
+    a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL, A_SW)
     if B_REGS and not A_FP4:  # MXFP4 activations are decoded in registers already
         a = via_regs(a)
     if W_SWZ:
@@ -237,7 +249,7 @@ def moe_gemm1_kernel(
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False,
     part_ptr=None, cnt_ptr=None, SPLIT_K: tl.constexpr = 1, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
-    OUT_QDQ: tl.constexpr = False,
+    OUT_QDQ: tl.constexpr = False, A_SW: tl.constexpr = False,
 ):  # fmt: skip
     """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)].
     SPLIT_K > 1 (grid axis 2; 1-2 tokens per expert, too few CTAs): each split writes fp32 partials, the last one
@@ -266,12 +278,12 @@ def moe_gemm1_kernel(
     for k0 in range(k_lo, k_full, BLOCK_K):
         acc_g, acc_u = _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k0, N, K,
                                    stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N,
-                                   BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS)  # fmt: skip
+                                   BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW)  # fmt: skip
     if k_full < k_hi:
         acc_g, acc_u = _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k_full, N,
                                    K, stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M,
                                    BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N,
-                                   B_REGS)  # fmt: skip
+                                   B_REGS, A_SW)  # fmt: skip
     if SWAP:
         acc_g = tl.trans(acc_g)
         acc_u = tl.trans(acc_u)
@@ -323,7 +335,7 @@ def moe_gemm2_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
-    N_GROUP: tl.constexpr = 1,
+    N_GROUP: tl.constexpr = 1, A_SW: tl.constexpr = False,
 ):  # fmt: skip
     """y[slot, n] = topk_weight[slot] * (h[slot] . w2[n] + b2[n]) (fp32; summed per token by combine_kernel).
     N_GROUP > 1 (K % BLOCK_K == 0): each program walks N_GROUP consecutive N tiles (grid axis 1 shrinks by that
@@ -349,11 +361,11 @@ def moe_gemm2_kernel(
         for k0 in range(0, k_full, BLOCK_K):
             acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0, K, stride_am,
                               stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
-                              W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS)  # fmt: skip
+                              W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW)  # fmt: skip
         if k_full < K:
             acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k_full, K, stride_am,
                               stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
-                              W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N, B_REGS)  # fmt: skip
+                              W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N, B_REGS, A_SW)  # fmt: skip
         _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om, HAS_BIAS,
                      SWAP)  # fmt: skip
     else:
@@ -370,7 +382,7 @@ def moe_gemm2_kernel(
             n_ok = offs_n < N
             acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, kt * BLOCK_K, K,
                               stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N,
-                              BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS)  # fmt: skip
+                              BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW)  # fmt: skip
             last = kt == kt_n - 1
             if last:
                 _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om,

@@ -193,14 +193,15 @@ def test_sort_at_deepseek_sizes(m, skew):
 
 
 @pytest.mark.parametrize("m", [1, 32, 128])
-@pytest.mark.parametrize("b_regs", [False, True])
-def test_a_qdq_is_bit_identical_on_the_gpu(m, b_regs):
-    """a_qdq (w4a4 activations as bf16 on the MXFP4 grid: decoded once per row) multiplies the values the codes
-    path decodes in every CTA, with the same wgmmas: the DeepSeek shard's output bit for bit at the served
-    bucket's tiles (split-K at M 1, GEMM2 tile groups at M 32), with and without b_regs."""
+@pytest.mark.parametrize("knobs", [{"a_qdq": True}, {"a_qdq": True, "b_regs": True}, {"a_scale_words": True}])
+def test_activation_knobs_are_bit_identical_on_the_gpu(m, knobs):
+    """a_qdq (w4a4 activations as bf16 on the MXFP4 grid: decoded once per row, with or without b_regs) and
+    a_scale_words (the codes path's scales loaded as int32 words) multiply the values the shipped codes path
+    decodes, with the same wgmmas: the DeepSeek shard's output bit for bit at the served buckets' tiles (split-K
+    at M 1, GEMM2 tile groups at M 32)."""
     w = swizzled(make_weights("dsr1_tp8"))
     x, ids, tw = make_routing("dsr1_tp8", m, seed=7)
     cfg = pick_config(w, m, ids.shape[1])
     want = run(x, w, ids, tw, cfg=cfg)
-    got = run(x, w, ids, tw, cfg=cfg.replace(a_qdq=True, b_regs=b_regs))
+    got = run(x, w, ids, tw, cfg=cfg.replace(**knobs))
     assert torch.equal(got, want)
