@@ -259,10 +259,15 @@ SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
     "bn128w8": {"BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 4},
     "bn256w8": {"BLOCK_N": 256, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
     "bregs": {"b_regs": True},
+    # m<=32's fused kernel holds 82 registers x 256 threads: 2 CTAs per SM, one register short of 3 (allocation in
+    # units of 8); capped at 80 it has no spill and 3 CTAs/SM (sm90 AOT, PERF.md round 7). m<=32 shapes only: at
+    # m<=16 / m<=64 the cap spills 16 / 96 B and serializes the wgmmas.
+    "m32_r80": {"maxnreg": 80},
 }
 # Variants timed only at prequant shapes (M > 64), and only they are: the decode variants tune the fused decode
 # buckets, and b_regs touches only the A_MODE 0 kernel (a decode bucket's fused kernel would time as config).
 PREFILL_VARIANTS = ("bregs",)
+ONLY_M = {"m32_r80": range(17, 33)}  # variants timed at these Ms only (the bucket they are meant for)
 SWEEP_DECODE_MAX_M = 64  # the fused decode buckets' largest M
 # Resident CTAs per SM (ptxas sm_90a registers and shared memory of the fused swz128 kernel, PERF.md) of the
 # variants that change them, by bucket, for the wave-balanced split-K.
@@ -273,6 +278,7 @@ VARIANT_CTAS = {
     "bn64": {"m<=16": 6, "m<=32": 4, "m<=64": 2},
     "bn128w8": {"m<=16": 3, "m<=32": 2, "m<=64": 2},
     "bn256w8": {"m<=16": 1, "m<=32": 1, "m<=64": 1},
+    "m32_r80": {"m<=32": 3},
 }
 
 
@@ -299,7 +305,8 @@ SWEEP_BUDGET_S = 100.0
 def sweep_variants(m: int) -> tuple[str, ...]:
     """The rows of one sweep shape: the config, then the variants that apply at its M (PREFILL_VARIANTS)."""
     prefill = m > SWEEP_DECODE_MAX_M
-    return ("config", *(v for v in SWEEP_VARIANTS if (v in PREFILL_VARIANTS) == prefill))
+    return ("config", *(v for v in SWEEP_VARIANTS
+                         if (v in PREFILL_VARIANTS) == prefill and m in ONLY_M.get(v, range(m, m + 1))))  # fmt: skip
 
 
 def _variant_row(impl: str, gpu: str, ops: tuple[torch.Tensor, ...], cfg: GemmBucket, layout: Layout,

@@ -153,15 +153,20 @@ def test_moe_sweep_times_w4a4_variants_on_deepseek_only_first_and_fits_a_step():
 
 def test_gemm_sweep_times_b_regs_at_a_prequant_shape_first_and_keeps_its_rows():
     """Round 5's b_regs question is timed first, at a prequant M (128 < M <= 1024 runs A_MODE 0, the kernel it
-    changes) and only there; decode shapes time every other variant as before: one shape's rows more, 2 in all."""
+    changes) and only there; decode shapes time every other variant as before (m32_r80 at M 32 only): one shape's
+    rows more, 2 in all."""
     from speedrun.overlays.mxfp4_gemm import api
 
     m, n, k = gemm.SWEEP_SHAPES[0]
     assert 64 < m <= 1024 and api.pick_config(m, n, k, "sm90").route == "prequant"
     assert gemm.sweep_variants(m) == ("config", "bregs")
-    decode = [v for v in gemm.SWEEP_VARIANTS if v != "bregs"]
-    assert all(gemm.sweep_variants(s[0]) == ("config", *decode) for s in gemm.SWEEP_SHAPES[1:])
-    assert sum(len(gemm.sweep_variants(s[0])) for s in gemm.SWEEP_SHAPES) == 11 * (1 + len(decode)) + 2
+    decode = [v for v in gemm.SWEEP_VARIANTS if v != "bregs" and v not in gemm.ONLY_M]
+    for m_s, _, _ in gemm.SWEEP_SHAPES[1:]:  # every decode variant, plus those meant for this M's bucket only
+        only = [v for v, ms in gemm.ONLY_M.items() if m_s in ms]
+        assert gemm.sweep_variants(m_s) == ("config", *decode, *only), m_s
+    m32 = sum(s[0] == 32 for s in gemm.SWEEP_SHAPES)
+    assert gemm.ONLY_M == {"m32_r80": range(17, 33)} and m32 == 3
+    assert sum(len(gemm.sweep_variants(s[0])) for s in gemm.SWEEP_SHAPES) == 11 * (1 + len(decode)) + 2 + m32
     base = api.table("sm90").buckets[api.bucket_key(m, "sm90")]
     cfg, layout = gemm.variant_config(base, "bregs", api.bucket_key(m, "sm90"), "swz128")
     assert layout == "swz128" and cfg.with_overrides(cfg.swz).b_regs and not base.with_overrides(base.swz).b_regs

@@ -361,6 +361,23 @@ def test_decode_loop_sass_streams_without_serialized_wgmma():
         assert s["first_load"] < 150 and s["local"] == 0 and s["ctas_per_sm"] >= 2, (bucket, s)
 
 
+def test_m32_register_cap_fits_a_third_cta_without_spilling():
+    """The sweep's m32_r80 row (PERF.md round 7): m<=32's fused kernel (swz128, as served) holds 82 registers, so
+    2 CTAs of 8 warps per SM; capped at 80 (maxnreg, CUDA only) it keeps its wgmmas back to back with no spill
+    and fits 3."""
+    from speedrun.eval.kernels.mxfp4_gemm_bench import SWEEP_VARIANTS, VARIANT_CTAS
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_gemm_sass", "--json", "m<=32"]
+    runs = [subprocess.run([*cmd, *knobs], env=env, capture_output=True, text=True, timeout=600)
+            for knobs in ([], ["--knobs", "maxnreg=80"])]  # fmt: skip
+    assert all(p.returncode == 0 for p in runs), [p.stderr[-2000:] for p in runs]
+    (old,), (new,) = (json.loads(p.stdout).values() for p in runs)
+    assert old["ctas_per_sm"] == 2 and old["regs"] > 80, old
+    assert new["regs"] <= 80 and new["local"] == 0 and new["mma_waits"] == 1 and new["ctas_per_sm"] == 3, new
+    assert SWEEP_VARIANTS["m32_r80"] == {"maxnreg": 80} and VARIANT_CTAS["m32_r80"] == {"m<=32": 3}
+
+
 def test_b_regs_prequant_sass_waits_once_per_k_step():
     """The AOT evidence of PERF.md's Round 5 b_regs rows (prequant A_MODE 0, swz128, as served) at m<=128 and
     m<=256 (m<=1024 compiles to the same kernel): the shipped kernels wait after every wgmma (Triton 3.6's
