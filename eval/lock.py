@@ -16,11 +16,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from speedrun.overlays.mla_decode.sglang_hook import NAME as MLA_BACKEND
 from speedrun.recipe import Recipe, merged_server
 
 LOCK_FORMAT = "speedrun-baseline-lock/1"
 LOCK_NAME = "baseline.lock.json"
-OVERLAY_DECODE = "speedrun_mla"  # the overlay's decode backend (speedrun.overlays.mla_decode.sglang_hook.NAME)
+OVERLAY_DECODE = MLA_BACKEND  # the overlay's decode backend
 
 
 class LockError(ValueError):

@@ -306,7 +306,7 @@ def sweep_variants(m: int) -> tuple[str, ...]:
     """The rows of one sweep shape: the config, then the variants that apply at its M (PREFILL_VARIANTS)."""
     prefill = m > SWEEP_DECODE_MAX_M
     return ("config", *(v for v in SWEEP_VARIANTS
-                         if (v in PREFILL_VARIANTS) == prefill and m in ONLY_M.get(v, range(m, m + 1))))  # fmt: skip
+                         if (v in PREFILL_VARIANTS) == prefill and (v not in ONLY_M or m in ONLY_M[v])))  # fmt: skip
 
 
 def _variant_row(impl: str, gpu: str, ops: tuple[torch.Tensor, ...], cfg: GemmBucket, layout: Layout,

@@ -38,8 +38,8 @@ FLAGS_OFF = {"SWAP": False, "W_DEQ": 0, "W_ASM": False, "W_SWZ": False, "W_MUL1"
 
 
 def a_sw(cfg: MoeBucket, a4: bool, run: api.Launch) -> bool:
-    """A_SW as the plan sets it for DeepSeek's shard (hidden 7168, intermediate 256: both multiples of 128)."""
-    return a4 and cfg.a_scale_words and not run.dot_scaled and run.block_k1 % 128 == 0 and run.block_k2 % 128 == 0
+    """A_SW as the plan sets it for DeepSeek's TP8 shard (hidden 7168, intermediate 256)."""
+    return a4 and cfg.a_scale_words and api.scale_words_fit(run, 7168, 256)
 
 
 def launch(cfg: MoeBucket, arch: str, swz: bool) -> api.Launch:

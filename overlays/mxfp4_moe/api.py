@@ -211,15 +211,21 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
     return MoePlan(w.fmt, layout, w.num_experts, arch, device, buckets, launches)
 
 
+def scale_words_fit(run: Launch, hidden: int, inter: int) -> bool:
+    """Whether a launch can load the activation scales as words (MoeBucket.a_scale_words): the dequant path, and
+    hidden, intermediate size and both K tiles multiples of 128 (whole int32 words per row and K tile)."""
+    return not run.dot_scaled and all(v % 128 == 0 for v in (hidden, inter, run.block_k1, run.block_k2))
+
+
 def _scale_words(run: Launch, w: MoeWeights, key: str, forced: bool) -> Launch:
-    """The launch with A_SW where its bucket asks for it (MoeBucket.a_scale_words) and these experts allow it: w4a4
-    codes on the dequant path, hidden, intermediate size and both K tiles multiples of 128. Otherwise the byte
-    loads (same values); a forced config that cannot have it is a ValueError naming why."""
+    """The launch with A_SW where its bucket asks for it (MoeBucket.a_scale_words), the experts are w4a4 codes
+    and `scale_words_fit`. Otherwise the byte loads (same values); a forced config that cannot have it is a
+    ValueError naming why."""
     cfg = run.cfg
     if not cfg.a_scale_words or not w.a4 or cfg.a_qdq:
         return run
-    sizes = (w.hidden, w.inter, run.block_k1, run.block_k2)
-    if cfg.dot_scaled or any(v % 128 for v in sizes):
+    if not scale_words_fit(run, w.hidden, w.inter):
+        sizes = (w.hidden, w.inter, run.block_k1, run.block_k2)
         if forced:
             raise ValueError(f"{OP} {key}: a_scale_words needs the dequant path and hidden, intermediate and K tiles "
                              f"that are multiples of 128 (got dot_scaled={cfg.dot_scaled}, {sizes})")  # fmt: skip
@@ -293,24 +299,26 @@ def gemm1_split(cfg: MoeBucket, max_ctas: int, k_tiles: int, device: torch.devic
     return max(1, min(want, k_tiles, 8))
 
 
+def _quant_launch(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, qdq: bool) -> None:
+    m, k = x.shape
+    br, bk = 4, 256
+    grid = (triton.cdiv(m, br), triton.cdiv(k, bk))
+    quant_rows_kernel[grid](x, q, s, m, k, x.stride(0), q.stride(0), s.stride(0), BLOCK_R=br, BLOCK_K=bk, QDQ=qdq)
+
+
 def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """bf16 [M, K] -> MXFP4 (packed [M, K/2], E8M0 [M, K/32]) with the kernels' quantizer."""
     m, k = x.shape
     q = torch.empty(m, k // 2, dtype=torch.uint8, device=x.device)
     s = torch.empty(m, k // 32, dtype=torch.uint8, device=x.device)
-    br, bk = 4, 256
-    quant_rows_kernel[(triton.cdiv(m, br), triton.cdiv(k, bk))](x, q, s, m, k, x.stride(0), q.stride(0),
-                                                                s.stride(0), BLOCK_R=br, BLOCK_K=bk)  # fmt: skip
+    _quant_launch(x, q, s, qdq=False)
     return q, s
 
 
 def qdq_rows(x: torch.Tensor) -> torch.Tensor:
     """bf16 [M, K] -> bf16 [M, K] equal to dequant(quant_rows(x)): what a w4a4 GEMM multiplies (MoeBucket.a_qdq)."""
-    m, k = x.shape
-    out = torch.empty(m, k, dtype=torch.bfloat16, device=x.device)
-    br, bk = 4, 256
-    quant_rows_kernel[(triton.cdiv(m, br), triton.cdiv(k, bk))](x, out, out, m, k, x.stride(0), out.stride(0), 0,
-                                                                BLOCK_R=br, BLOCK_K=bk, QDQ=True)  # fmt: skip
+    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+    _quant_launch(x, out, out, qdq=True)  # the scales' tensor is unused: the values carry them
     return out
 
 
