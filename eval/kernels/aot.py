@@ -76,17 +76,24 @@ class CompileResult:
 MMA_PATTERNS = {"gfx950": r"v_mfma\w*", "sm90": r"wgmma\.mma_async\.sync\.aligned\.[\w.]+|mma\.sync\.aligned\.[\w.]+"}
 
 
+def _source(fn: Any) -> Any:
+    """The AST source class for a kernel: Gluon kernels (explicit layouts) have their own."""
+    from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
+
+    return GluonASTSource if isinstance(fn, GluonJITFunction) else ASTSource
+
+
 def compile_spec(spec: CompileSpec, arch: str) -> CompileResult:
     """Compile one spec for `arch` ("gfx950" | "sm90") and read the matrix instructions it uses."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from triton.compiler.compiler import make_backend
 
     try:
         target = GPUTarget(*TARGETS[arch])
         attrs = ir_attrs(spec.fn, spec.attrs, make_backend(target)) if spec.attrs else None
-        src = ASTSource(spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
+        src = _source(spec.fn)(spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
         kernel = triton.compile(src, target=target, options=for_arch(spec.options, arch))
     except Exception as exc:  # the report names the failing kernel and config
         return CompileResult(spec.name, arch, ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])

@@ -43,13 +43,15 @@ FP8_ONLY = ("speedrun_a8w8",)
 # --sweep: named overrides of the heads<=16 bucket (an empty "fp8" dict makes the variant govern fp8 caches too).
 # "default" is the shipped table as is (fp8 caches take its "fp8" overrides). Round 1's path (one 512-column tile,
 # fp8 converted to bf16) left the sweep in round 6: 2.5-3x slower than default in every round (PERF.md); so did
-# qk_chains 1 (1-4% behind two chains in rounds 3 and 5), making room for the tokens-as-M variants.
+# qk_chains 1 (1-4% behind two chains in rounds 3 and 5), making room for the tokens-as-M variants; in round 8
+# a8w8_pv_f16_st3 (1.27-1.42x default in rounds 5-6) and merge_p32 (the round-2 merge: 1.00x since round 6's
+# merge) made room for the Gluon kernel.
 S4 = {"split_d": 4, "fp8_cvt": "asm", "num_stages": 5}  # BLOCK_N 32 at 5 stages: two cp.async tile buffers
 FP8_R2 = {"BLOCK_N": 32, "num_warps": 4, "num_stages": 5, "split_d": 4, "fp8_cvt": "asm"}
-MERGE_R2 = {"BLOCK_P": 32, "min_block_dv": 64, "num_warps": 4, "num_stages": 2}
 T16 = {"a16_mma_m": "tokens", "fp8_cvt": "asm", "BLOCK_N": 64}  # 16-bit tokens-as-M (sm90 wgmma; fp8 upcast to f16)
 A16 = {"fp8_compute": "a16"}  # fp8 caches upcast to 16 bits: the fp8 variants of rounds 1-3 tune that path
 A8 = {"mma_m": "tokens", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}  # sm90 a8w8: no spill at 8 warps
+GLUON = {**A8, "engine": "gluon", "pv": "f16"}  # sm90 AOT: 130-170 regs, no spill, 164 / 199 KB smem (2 / 3 stages)
 A8W8 = {"fp8_compute": "a8w8"}  # the a8w8 variants compute a8w8 whatever the table's fp8_compute (sm90: a16)
 # Round 5 (PERF.md "Round 5 candidates"): the fp8 a16 path costs ~3 us per 32-token tile whatever the bytes.
 # fp8_n64_w8: 64-token tiles on 8 warps (8 tokens per warp for QK, as today; barriers and softmax reductions
@@ -70,11 +72,13 @@ VARIANTS = {
     # a8w8 (PERF.md, round 4): PV in fp8 (Triton transposes V through shared memory with byte stores, and the
     # tile is then loaded synchronously) vs PV in f16 (cp.async pipelined, V upcast by the packed convert)
     "a8w8_pv_f16": {**A8W8, "a8w8": {**A8, "pv": "f16"}},
-    "a8w8_pv_f16_st3": {**A8W8, "a8w8": {**A8, "pv": "f16", "num_stages": 3}},
     "a8w8_pv_fp8": {**A8W8, "a8w8": {**A8, "pv": "fp8"}},
+    # Round 8: the same a8w8 semantics (pv f16) in Gluon, FlashMLA's structure: cp.async ring, fp8 QK wgmma straight
+    # from the landed tile while the warpgroups convert V once to f16 in shared memory, PV wgmma (gluon_sm90.py)
+    "a8w8_gluon": {**A8W8, "a8w8": GLUON},
+    "a8w8_gluon_st3": {**A8W8, "a8w8": {**GLUON, "num_stages": 3}},
     "a16": A16,  # the round-3 upcast path as shipped before a8w8 (sm90 ships it now: the same kernel as default)
     "flat": {"snap": False},  # the round-2 split: equal cuts of the flat KV range
-    "merge_p32": {"merge": MERGE_R2},  # the round-2 merge (9 dependent steps for 264 partials)
     "s4_n64_w4_st3": {**S4, **A16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},  # one 72 KB buffer (bf16)
     "s4_n32_w4_pps1": {**S4, **A16, "BLOCK_N": 32, "num_warps": 4, "programs_per_sm": 1},
     # 16-token tiles, 9 stages: ~4 buffers of 18 KB (bf16 190 regs, 91.5 KB; fp8 250 regs, 73 KB: 2 CTAs/SM) ->
@@ -87,9 +91,8 @@ VARIANTS = {
 }
 # Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
 # replace them with their own "fp8".
-SPLIT_VARIANTS = ("default", "flat", "merge_p32", "a16", "a8w8_pv_fp8", "a8w8_pv_f16",
-                  "a8w8_pv_f16_st3", "fp8_n64_w8", "fp8_r168_st3",
-                  "a8w8_n128_pv_f16")  # fmt: skip
+SPLIT_VARIANTS = ("default", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16", "fp8_n64_w8", "fp8_r168_st3",
+                  "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_st3")  # fmt: skip
 BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)
 MIXED = "mixed32k"  # kv_len label of the mixed batch: one 32k sequence among 1k ones
 # (bs, kv_len); kv_len MIXED: lens [32768] + [1024] * (bs - 1)

@@ -1,6 +1,7 @@
 """AOT compile specs for the MLA decode kernels: per config bucket, the partial kernel for bf16 and fp8 KV
 (it must use the matrix unit), for fp8 KV also the a8w8 kernel with fp8 and with f16 PV (it must use the fp8
-matrix instructions; on gfx950 with >= 2 waves per SIMD and no spills), and the merge kernel."""
+matrix instructions; on gfx950 with >= 2 waves per SIMD and no spills), on sm90 the Gluon a8w8 kernel (heads <= 16),
+and the merge kernel."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 # a8w8 must really compute in fp8 (Triton silently upcasts fp8 dots it cannot map, e.g. mma.sync on sm90):
 # sm90 wgmma ... .e4m3.e4m3; gfx950 an fp8 MFMA (v_mfma_f32_*_fp8_fp8, or the f8f6f4 forms).
 EXPECT_FP8_MMA = {"sm90": r"wgmma\.mma_async[\w.]*\.e4m3\.e4m3", "gfx950": r"v_mfma_\w*(?:fp8_fp8|f8f6f4)"}
+GLUON_A8W8 = {"engine": "gluon", "mma_m": "tokens", "pv": "f16", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
 A8W8_MIN_WAVES = {"gfx950": 2}  # waves per SIMD: one wave per SIMD leaves nothing to hide HBM latency with
 PARTIAL_ARGS = ["Q", "KV", "O", "PartO", "PartLse", "kv_indptr", "kv_indices"]  # aligned (Chunk: one int32)
 SCALARS = {"qk_scale": "fp32", "v_scale": "fp32", "bs": "i32", "num_programs": "i32"}
@@ -26,12 +28,12 @@ STRIDES = ["stride_qb", "stride_qh", "stride_kv_page", "stride_kv_tok", "stride_
 
 
 def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, compute: Compute = Compute.A16,
-                 pv: Pv | None = None) -> CompileSpec:  # fmt: skip
+                 pv: Pv | None = None, a8w8: dict | None = None) -> CompileSpec:  # fmt: skip
     """The partial kernel as the launcher builds it for this KV format and compute (from the same plan: fp8
     overrides and constexprs included); pv overrides the a8w8 PV operand type (both are compiled: the GPU bench
     decides). Launch options: the knobs the config sets (aot.py drops AMD ones for CUDA)."""
-    if pv is not None:
-        cfg = cfg.replace(a8w8=cfg.a8w8.replace(pv=pv))
+    if pv is not None or a8w8:
+        cfg = cfg.replace(a8w8=cfg.a8w8.replace(**({"pv": pv} if pv else {}), **(a8w8 or {})))
     plan = api.make_plan(heads, torch.bfloat16, KV_TORCH[kv], arch=arch, config=cfg,
                          compute=compute if kv == "fp8" else None)  # fmt: skip
     cfg = plan.cfg
@@ -45,8 +47,9 @@ def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, co
     # As the JIT sees SGLang's buffers: aligned pointers, strides that are multiples of 576 or 512 (so of 16).
     attrs = aligned(sig, *PARTIAL_ARGS, *STRIDES)
     if plan.compute == Compute.A8W8:
-        name = f"mla_decode/partial[{bucket},fp8,a8w8,pv-{cfg.a8w8.pv}]"
-        return CompileSpec(name, _mla_partial_kernel, sig, const, cfg.launch_knobs(), EXPECT_FP8_MMA[arch],
+        gluon = ",gluon" if plan.kernel is not _mla_partial_kernel else ""
+        name = f"mla_decode/partial[{bucket},fp8,a8w8,pv-{cfg.a8w8.pv}{gluon}]"
+        return CompileSpec(name, plan.kernel, sig, const, cfg.launch_knobs(), EXPECT_FP8_MMA[arch],
                            attrs=attrs, min_occupancy=A8W8_MIN_WAVES.get(arch), no_spills=True)  # fmt: skip
     name = f"mla_decode/partial[{bucket},{kv}]"
     return CompileSpec(name, _mla_partial_kernel, sig, const, cfg.launch_knobs(), EXPECT_MMA[arch], attrs=attrs)
@@ -74,6 +77,8 @@ def compile_specs(arch: str) -> list[CompileSpec]:
         if cfg.a8w8 is not None:  # the bucket's PV operand type first, then the other one
             pvs = [cfg.a8w8.pv, *(p for p in A8W8_PV if p != cfg.a8w8.pv)]
             specs += [partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, pv) for pv in pvs]
+            if arch == "sm90" and heads <= 16:  # the Gluon a8w8 kernel (sweep variant a8w8_gluon's knobs)
+                specs.append(partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, a8w8=GLUON_A8W8))
         specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg.merge.min_block_dv, D_LATENT)]
     return specs
 

@@ -31,7 +31,16 @@ import triton.language as tl
 from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
 from speedrun.overlays.buckets import select
 from speedrun.overlays.hooks import Unsupported
-from speedrun.overlays.mla_decode.config import Compute, Fp8Cvt, MergeKnobs, MlaBucket, MmaM, Pv, check_table
+from speedrun.overlays.mla_decode.config import (
+    Compute,
+    Engine,
+    Fp8Cvt,
+    MergeKnobs,
+    MlaBucket,
+    MmaM,
+    Pv,
+    check_table,
+)
 from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 
 LOG2E = 1.4426950408889634
@@ -57,6 +66,7 @@ class MlaDecodePlan:
     programs: int  # KV chunks per launch (the split width): sizes the workspace
     sms: int
     block_h: int
+    kernel: Any = field(repr=False)  # the partial kernel: kernels._mla_partial_kernel or gluon_sm90's (a8w8 engine)
     partial: dict[bool, dict[str, Any]] = field(repr=False)  # constexprs by `bs > SNAP_MAX_BS`
     partial_opts: dict[str, Any] = field(repr=False)
     merge_opts: dict[str, Any] = field(repr=False)
@@ -107,6 +117,7 @@ def make_plan(
     sms = sm_count(torch.device(device) if device is not None else _default_device())
     cpu = arch == "cpu"
     big = cfg.model_copy(update={"snap": False})  # past SNAP_MAX_BS: a shape-only choice (graph safe), both agree
+    kernel = partial_kernel(cfg, heads, kv_dtype, arch)
     return MlaDecodePlan(
         heads=heads,
         q_dtype=q_dtype,
@@ -118,6 +129,7 @@ def make_plan(
         programs=programs if programs is not None else num_programs(heads, cfg, sms),
         sms=sms,
         block_h=block_h(heads, cfg),
+        kernel=kernel,
         partial={large: kernel_constexprs(c, q_dtype, kv_dtype, arch) for large, c in ((False, cfg), (True, big))},
         partial_opts={} if cpu else launch_options(cfg.launch_knobs(), arch),
         merge_opts={} if cpu else launch_options(cfg.merge.launch_knobs(), arch),
@@ -149,7 +161,7 @@ def mla_decode(
         raise ValueError(f"workspace too small or not contiguous for bs={bs} heads={heads} programs={programs}")
     chunk = chunk_slot(part_lse, plan.workspace_rows(bs), heads)
     page_stride, tok_stride = kv_strides(kv, plan.page_size)
-    _mla_partial_kernel[(programs * plan.groups,)](
+    plan.kernel[(programs * plan.groups,)](
         q, kv, o, part_o, part_lse, chunk, kv_indptr, kv_indices,
         float(sm_scale) * float(k_scale) * LOG2E, float(v_scale), bs, programs,
         q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
@@ -249,12 +261,45 @@ def _sm(arch: str) -> int:
     return int("".join(c for c in arch[2:] if c.isdigit()) or 0) if arch.startswith("sm") else 0
 
 
+def gluon_engine(cfg: MlaBucket, kv_dtype: torch.dtype) -> bool:
+    """Whether the bucket as it runs (kv_config's) computes with the Gluon a8w8 kernel."""
+    return kv_dtype.itemsize == 1 and cfg.fp8_compute == Compute.A8W8 and cfg.a8w8.engine == Engine.GLUON
+
+
+# What the Gluon kernel is written for (gluon_sm90.py): a8w8 knob -> the value it must have.
+GLUON_KNOBS = {"mma_m": MmaM.TOKENS, "pv": Pv.F16, "BLOCK_N": 64}
+
+
+def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str) -> Any:
+    """The partial kernel the bucket runs: the Triton one, or for `a8w8.engine: gluon` the Gluon one, which is
+    checked here against what it is written for (ValueError naming the knob)."""
+    if not gluon_engine(cfg, kv_dtype):
+        return _mla_partial_kernel
+    where = "mla_decode a8w8.engine gluon"
+    if _sm(arch) != 90:
+        raise ValueError(f"{where}: sm90 only (wgmma), not {arch}")
+    if kv_dtype != torch.float8_e4m3fn:
+        raise ValueError(f"{where}: e4m3fn KV only, not {kv_dtype}")
+    if heads > 16 or block_h(heads, cfg) != 16:
+        raise ValueError(f"{where}: one program holds all heads (<= 16, BLOCK_H 16), not {heads} heads")
+    for knob, want in GLUON_KNOBS.items():
+        if getattr(cfg.a8w8, knob) != want:
+            raise ValueError(f"{where}: a8w8.{knob} must be {want}, not {getattr(cfg.a8w8, knob)}")
+    if cfg.num_warps not in (4, 8):
+        raise ValueError(f"{where}: a8w8.num_warps must be 4 or 8 (one or two warpgroups), not {cfg.num_warps}")
+    from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_a8w8_sm90
+
+    return mla_partial_a8w8_sm90
+
+
 def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtype, arch: str) -> dict:
     """The partial kernel's mode constexprs of a bucket as it runs (kv_config's). SPLIT_D, CDT (MMA input dtype),
     CVT_ASM: fp8_cvt "bf16" converts fp8 to q's dtype; "f16" computes in f16 (e4m3 -> f16 is exact; q gets a
     power-of-two guard); "asm" is "f16" with the packed sm89+ inline-asm convert (e4m3fn on CUDA only). A8W8 and
     its TOKENS_M / PV_FP8 (the bucket's a8w8 mma_m and pv) for fp8 caches computing a8w8; TOKENS_M otherwise from
     the bucket's a16_mma_m (the 16-bit tokens-as-M path)."""
+    if gluon_engine(cfg, kv_dtype):  # its own constexprs (the a8w8 semantics are fixed: tokens as M, f16 PV)
+        return {**split_constexprs(cfg), "STAGES": cfg.num_stages, "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps}
     fp8 = kv_dtype.itemsize == 1
     cdt = tl.float16 if q_dtype == torch.float16 else tl.bfloat16
     cvt = cfg.fp8_cvt if fp8 else None

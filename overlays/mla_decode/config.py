@@ -38,6 +38,14 @@ class Pv(StrEnum):
     F16 = "f16"  # P in f16, V upcast (exact)
 
 
+class Engine(StrEnum):
+    """Which partial kernel runs a8w8: the Triton kernel (every arch), or the Gluon one (sm90 only, heads <= 16,
+    tokens as M, f16 PV, 64-token tiles: gluon_sm90.py)."""
+
+    TRITON = "triton"
+    GLUON = "gluon"
+
+
 class MergeKnobs(Knobs):
     BLOCK_P: int = Field(ge=1)
     min_block_dv: int = Field(ge=16)
@@ -66,6 +74,7 @@ class A8W8Knobs(Knobs):
 
     mma_m: MmaM
     pv: Pv
+    engine: Engine = Engine.TRITON
     BLOCK_N: int = Field(ge=16)
     num_warps: int = Field(ge=1)
     num_stages: int = Field(ge=1)
@@ -111,4 +120,15 @@ def check_table(table: Mapping[str, Any], where: str) -> dict[str, MlaBucket]:
     return parse_table(table, MlaBucket, where, "heads", expected="heads<=N")
 
 
-__all__ = ["A8W8Knobs", "Compute", "Fp8Cvt", "Fp8Knobs", "MergeKnobs", "MlaBucket", "MmaM", "Pv", "check_table"]
+__all__ = [
+    "A8W8Knobs",
+    "Compute",
+    "Engine",
+    "Fp8Cvt",
+    "Fp8Knobs",
+    "MergeKnobs",
+    "MlaBucket",
+    "MmaM",
+    "Pv",
+    "check_table",
+]

@@ -206,8 +206,8 @@ NAME_KNOBS = {"s": "split_d", "n": "BLOCK_N", "w": "num_warps", "st": "num_stage
 
 
 @pytest.mark.parametrize("variant", ["fp8_n64_w8", "fp8_r168_st3", "a8w8_n128_pv_f16", "s4_n64_w4_st3",
-                                     "s4_n32_w4_pps1", "s4_n16_w4_st9", "a8w8_pv_f16_st3", "a8w8_pv_fp8",
-                                     "a8w8_pv_f16"])  # fmt: skip
+                                     "s4_n32_w4_pps1", "s4_n16_w4_st9", "a8w8_pv_fp8", "a8w8_pv_f16",
+                                     "a8w8_gluon_st3"])  # fmt: skip
 def test_sweep_variants_run_the_knobs_they_name(variant: str) -> None:
     """Each knob a variant's name states is what runs on the caches it is for (a8w8_*: the a8w8 knobs; fp8_*: the
     fp8 overrides, and on bf16 caches the very kernels of `default`; others: both caches), launch options included
@@ -222,8 +222,12 @@ def test_sweep_variants_run_the_knobs_they_name(variant: str) -> None:
         plan = api.make_plan(16, torch.bfloat16, kv, device="cpu", arch="sm90", config=cfg)
         runs = {**plan.cfg.model_dump(), **plan.partial_opts}
         assert {k: runs.get(k) for k in named} == named, (variant, kv)
+        if "gluon" in variant:  # its own kernel and constexprs: the stages and warpgroups it is named with
+            assert plan.kernel.fn.__name__ == "mla_partial_a8w8_sm90"
+            assert (plan.partial[False]["STAGES"], plan.partial[False]["WARPS"]) == (named["num_stages"], 8)
+            continue
         assert plan.partial[False]["SPLIT_D"] == named.get("split_d", plan.cfg.split_d)
-    if variant.startswith("a8w8_"):
+    if variant.startswith("a8w8_") and "gluon" not in variant:
         pv = api.kernel_constexprs(api.kv_config(cfg, FP8), torch.bfloat16, FP8, "sm90")["PV_FP8"]
         assert pv == variant.startswith("a8w8_pv_fp8")
     if variant.startswith(("fp8_", "a8w8_")):  # bf16 caches: nothing changes
@@ -310,8 +314,9 @@ def test_compile_report_holds_a8w8_to_fp8_mma_occupancy_and_no_spills() -> None:
     fp8_mma = {"sm90": "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3", "gfx950": "v_mfma_f32_16x16x32_fp8_fp8"}
     for arch, mma in fp8_mma.items():
         specs = [s for s in compile_specs(arch) if "a8w8" in s.name]
-        assert len(specs) == 6 and all(s.no_spills for s in specs)  # 3 buckets x PV fp8 | f16
-        assert {s.name.rsplit("pv-", 1)[1].rstrip("]") for s in specs} == {"fp8", "f16"}
+        # 3 buckets x PV fp8 | f16, and on sm90 the Gluon kernel (heads<=16, PV f16)
+        assert len(specs) == 6 + (arch == "sm90") and all(s.no_spills for s in specs)
+        assert {s.name.rsplit("pv-", 1)[1].split(",")[0].rstrip("]") for s in specs} == {"fp8", "f16"}
         assert all(s.min_occupancy == (2 if arch == "gfx950" else None) for s in specs)
         assert all(re.search(s.expect_mma, mma) for s in specs)
         assert not any(
@@ -329,3 +334,45 @@ def test_compile_report_holds_a8w8_to_fp8_mma_occupancy_and_no_spills() -> None:
         "3 registers spilled (this kernel must not spill at all)"
     ]
     assert verdict({**row, "occupancy": 2, "spills": 3}) == []  # other kernels: register-to-register spills pass
+
+
+@pytest.mark.parametrize(
+    "heads,arch,knobs,kv,msg",
+    [(16, "gfx950", {}, FP8, "sm90 only (wgmma), not gfx950"),
+     (16, "cpu", {}, FP8, "sm90 only"),
+     (128, "sm90", {}, FP8, "one program holds all heads (<= 16, BLOCK_H 16), not 128 heads"),
+     (16, "sm90", {"pv": "fp8"}, FP8, "a8w8.pv must be f16, not fp8"),
+     (16, "sm90", {"BLOCK_N": 128}, FP8, "a8w8.BLOCK_N must be 64, not 128"),
+     (16, "sm90", {"mma_m": "heads"}, FP8, "a8w8.mma_m must be tokens, not heads"),
+     (16, "sm90", {"num_warps": 16}, FP8, "a8w8.num_warps must be 4 or 8"),
+     (16, "sm90", {}, torch.float8_e4m3fnuz, "e4m3fn KV only")],
+)  # fmt: skip
+def test_gluon_engine_is_refused_where_it_is_not_written_for(heads, arch, knobs, kv, msg) -> None:
+    """engine gluon is checked once, in the plan, against what gluon_sm90.py is written for; one line names the
+    knob. The same knobs with engine triton plan fine (or fail for their own reasons, never this one)."""
+    from speedrun.eval.kernels import mla_decode_bench as bench
+
+    cfg = bench.variant_config("a8w8_gluon")
+    cfg = cfg.replace(a8w8=cfg.a8w8.replace(**knobs))
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        api.make_plan(heads, torch.bfloat16, kv, device="cpu", arch=arch, config=cfg)
+    triton_cfg = cfg.replace(a8w8=cfg.a8w8.replace(engine="triton"))
+    try:
+        plan = api.make_plan(heads, torch.bfloat16, kv, device="cpu", arch=arch, config=triton_cfg)
+    except ValueError as exc:
+        assert "engine gluon" not in str(exc)
+    else:
+        assert plan.kernel is kernels._mla_partial_kernel
+
+
+def test_gluon_engine_leaves_bf16_caches_on_the_triton_kernel() -> None:
+    """The engine is an a8w8 knob: a bf16 cache (or fp8 computed a16) runs the Triton kernel with the table's knobs."""
+    from speedrun.eval.kernels import mla_decode_bench as bench
+
+    cfg = bench.variant_config("a8w8_gluon")
+    bf16 = api.make_plan(16, torch.bfloat16, torch.bfloat16, device="cpu", arch="sm90", config=cfg)
+    a16 = api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=cfg, compute="a16")
+    gluon = api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=cfg)
+    assert bf16.kernel is kernels._mla_partial_kernel and a16.kernel is kernels._mla_partial_kernel
+    assert gluon.kernel is not kernels._mla_partial_kernel
+    assert gluon.partial[False] == {"SNAP": True, "STAGES": 2, "Q_EXP": 8, "WARPS": 8}

@@ -172,15 +172,15 @@ VARIANTS = [
     "fp8_n64_w8",
     "fp8_r168_st3",
     "flat",
-    "merge_p32",
     "s4_n64_w4_st3",
     "s4_n32_w4_pps1",
     "s4_n16_w4_st9",
     "a16",
     "a8w8_pv_fp8",
     "a8w8_pv_f16",
-    "a8w8_pv_f16_st3",
     "a8w8_n128_pv_f16",
+    "a8w8_gluon",
+    "a8w8_gluon_st3",
     "t16_n64_w4",
     "t16_n64_w8",
 ]
@@ -381,3 +381,55 @@ def test_fp8_default_is_the_tables_choice_and_a8w8_is_really_fp8():
     a8w8_check(a8w8.to(torch.bfloat16), q, kv, indptr, slots, 1, api.config_for(16).a8w8.pv, "a8w8 when asked")
     with pytest.raises(ValueError, match="a8w8 needs an fp8 KV cache"):
         run_ours(q, kv.to(torch.bfloat16), indptr, slots, compute="a8w8")
+
+
+def gluon_config():
+    from speedrun.eval.kernels import mla_decode_bench as bench
+
+    return bench.variant_config("a8w8_gluon")
+
+
+needs_sm90 = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9, reason="Gluon kernel: sm90 only"
+)
+
+
+@needs_sm90
+@pytest.mark.parametrize("page_size", [1, 64])
+@pytest.mark.parametrize("kv_len", KV_LENS)
+def test_a8w8_gluon_real_shapes(kv_len, page_size):
+    """The Gluon a8w8 kernel (gluon_sm90.py) against the a8w8 reference with f16 PV, rtol = atol = 1e-2 on every
+    element: bs 1..256 at kv 1k/8k/32k, page sizes 1 and 64, KV scales."""
+    from speedrun.overlays.mla_decode.test_mla_decode import decode
+
+    cfg = gluon_config()
+    for bs in A8W8_BS:
+        q, kv, indptr, slots = make_batch(bs, 16, [kv_len] * bs, FP8, page_size=64, seed=bs)
+        view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
+        o = torch.empty(bs, 16, 512, dtype=torch.bfloat16, device="cuda")
+        decode(q, view, o, indptr, slots, SM_SCALE, 0.8, 1.25, page_size=page_size, config=cfg, compute="a8w8")
+        a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon bs={bs} kv={kv_len} ps={page_size}",
+                   0.8, 1.25)  # fmt: skip
+
+
+@needs_sm90
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("page_size", [1, 64])
+def test_a8w8_gluon_mixed_lengths(page_size, stages):
+    """Empty, 1-token, 65-token and 32k sequences among random ones (segments that start and end mid-tile, chunks
+    that span sequences), q far beyond fp8's range, both ring depths; an empty sequence reads as zeros."""
+    from speedrun.overlays.mla_decode.test_mla_decode import decode
+
+    cfg = gluon_config()
+    cfg = cfg.replace(a8w8=cfg.a8w8.replace(num_stages=stages))
+    g = torch.Generator().manual_seed(3)
+    lens = torch.randint(1, 9000, (40,), generator=g).tolist() + [0, 1, 32768, 0, 65]
+    q, kv, indptr, slots = make_batch(len(lens), 16, lens, FP8, page_size=64, seed=9)
+    q_mul = 3e4
+    q = (q.float() * q_mul).to(torch.bfloat16)
+    view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
+    o = torch.full((len(lens), 16, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
+    decode(q, view, o, indptr, slots, SM_SCALE / q_mul, page_size=page_size, config=cfg, compute="a8w8")
+    assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
+    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon mixed ps={page_size} stages={stages}",
+               sm_scale=SM_SCALE / q_mul)  # fmt: skip
