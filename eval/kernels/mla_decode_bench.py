@@ -11,8 +11,9 @@ per call; rows carry the `timing` block). GB/s counts the minimal bytes: the cac
 pool (page 64, pages scattered); the token-slot impls get the expanded kv_indices, FlashMLA the block table.
 Every impl runs in try/except: failures become rows with `error`. `--sweep` times config variants of our kernel
 instead (for tuning configs/sm90.json).
-Impls `speedrun` (16-bit compute: fp8 caches upcast, compute a16) and `speedrun_a8w8` (fp8 caches only: q
-quantized to fp8, fp8 MMAs, the table's a8w8 knobs; FlashMLA's fp8 row is its counterpart).
+Impls `speedrun` (16-bit compute: fp8 caches upcast, compute a16), `speedrun_a8w8` (fp8 caches only: q
+quantized to fp8, fp8 MMAs, the table's a8w8 knobs; FlashMLA's fp8 row is its counterpart) and `speedrun_gluon`
+(fp8 caches on sm90: the same a8w8 semantics with PV in f16, in the Gluon kernel of sweep variant `a8w8_gluon`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ PAGE = 64
 SM_SCALE = 1.0 / math.sqrt(192)
 CONTEXT_LEN = 163840  # DeepSeek-R1: sizes SGLang's max_kv_splits exactly as the server would
 BUDGET_S = 105.0  # under the device script's 120 s step: later shapes are written as skipped
-IMPLS = ("speedrun", "speedrun_a8w8", "sglang_triton", "flashinfer", "flashmla")
-FP8_ONLY = ("speedrun_a8w8",)
+IMPLS = ("speedrun", "speedrun_a8w8", "speedrun_gluon", "sglang_triton", "flashinfer", "flashmla")
+FP8_ONLY = ("speedrun_a8w8", "speedrun_gluon")
 # --sweep: named overrides of the heads<=16 bucket (an empty "fp8" dict makes the variant govern fp8 caches too).
 # "default" is the shipped table as is (fp8 caches take its "fp8" overrides). Round 1's path (one 512-column tile,
 # fp8 converted to bf16) left the sweep in round 6: 2.5-3x slower than default in every round (PERF.md); so did
@@ -167,6 +168,10 @@ def setup_speedrun_a8w8(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
     return setup_speedrun(x, compute="a8w8")  # a 16-bit cache raises: a8w8 never silently runs a16
 
 
+def setup_speedrun_gluon(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
+    return setup_speedrun(x, config=variant_config("a8w8_gluon"), compute="a8w8")  # off sm90: the plan says why
+
+
 def setup_sglang_triton(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
     import triton
     from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
@@ -220,7 +225,8 @@ def setup_flashmla(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
                                           softmax_scale=SM_SCALE, causal=True, **extra)[0]  # fmt: skip
 
 
-SETUP = {"speedrun": setup_speedrun, "speedrun_a8w8": setup_speedrun_a8w8, "sglang_triton": setup_sglang_triton,
+SETUP = {"speedrun": setup_speedrun, "speedrun_a8w8": setup_speedrun_a8w8, "speedrun_gluon": setup_speedrun_gluon,
+         "sglang_triton": setup_sglang_triton,
          "flashinfer": setup_flashinfer, "flashmla": setup_flashmla}  # fmt: skip
 
 
@@ -272,7 +278,8 @@ def bench_shape(bs: int, kv_len: int | str, kv_dtype: torch.dtype, impls: tuple[
     del copies
     torch.cuda.empty_cache()
     report.add_speedups(rows, ("kv_dtype", "kv_len", "bs"))
-    report.add_speedups(rows, ("kv_dtype", "kv_len", "bs"), ours="speedrun_a8w8")
+    for ours in FP8_ONLY:
+        report.add_speedups(rows, ("kv_dtype", "kv_len", "bs"), ours=ours)
     return rows
 
 
@@ -291,9 +298,10 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     fp8 caches a second table with the a8w8 path as ours (the upcast path then one of the rows it is compared to)."""
     keys, stock = ("kv_dtype", "kv_len", "bs"), tuple(i for i in IMPLS if i not in ("speedrun", *FP8_ONLY))
     out = report.table(rows, keys, stock)
-    if any(r["impl"] == "speedrun_a8w8" for r in rows):
-        fp8 = [r for r in rows if r["kv_dtype"] != "bf16"]
-        out += "\n\nfp8 caches, a8w8 as ours:\n" + report.table(fp8, keys, ("speedrun", *stock), ours="speedrun_a8w8")
+    fp8 = [r for r in rows if r["kv_dtype"] != "bf16"]
+    for ours in FP8_ONLY:
+        if any(r["impl"] == ours for r in rows):
+            out += f"\n\nfp8 caches, {ours} as ours:\n" + report.table(fp8, keys, ("speedrun", *stock), ours=ours)
     return out
 
 
