@@ -392,6 +392,13 @@ def kernels_tune(
     out: Annotated[Path, typer.Option(help="folder for <op>_sweep.json")] = Path(".runs/tune"),
     sweep_from: Annotated[Path | None, typer.Option("--from", help="use DIR/<op>_sweep.json, no new sweep")] = None,
     min_gain: Annotated[float, typer.Option(help="keep the current config unless the winner is this fast")] = 1.02,
+    per_shape: Annotated[
+        float | None,
+        typer.Option(
+            help="also per-shape entries <N>x<K>:<bucket> (mxfp4_gemm) where a variant wins one weight "
+            "shape by this much, in buckets that stay"
+        ),  # fmt: skip
+    ] = None,
 ) -> None:
     """Sweep each op's candidates on this GPU, pick the fastest variant per config bucket, optionally write it."""
     import sys
@@ -408,7 +415,7 @@ def kernels_tune(
     for o in op:
         try:
             sweep = tuning.sweep_file(o, out, sweep_from, warn=lambda m: err.print(m, highlight=False))
-            t = tuning.select_op(o, sweep, arch, min_gain)
+            t = tuning.select_op(o, sweep, arch, min_gain, per_shape)
         except tuning.TuneError as exc:
             fail(str(exc), 1)
         console.print(tuning.rich_table(o, t.choices))

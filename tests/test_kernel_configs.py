@@ -80,7 +80,7 @@ def test_plans_hold_the_models() -> None:
     assert isinstance(plan.cfg, mla.MlaBucket) and plan.cfg.fp8_compute is mla.Compute.A8W8
     assert plan.cfg.BLOCK_N == mla_api.config_for(16, "sm90").a8w8.BLOCK_N
     launch = gemm_api.make_plan(2112, 7168, "swz128", device="cpu", arch="sm90").launch(1)
-    swz = gemm_api.table("sm90").buckets["m<=16"].swz
+    swz = gemm_api.pick_config(1, 2112, 7168, "sm90").swz  # the bucket's, with this weight's per-shape entry
     assert isinstance(launch.quant.cfg, gemm.GemmBucket) and launch.quant.cfg.BLOCK_N == swz.BLOCK_N
     assert type(launch.quant.consts["W_DEQ"]) is int and type(launch.quant.consts["A_MODE"]) is int
     assert all(isinstance(c, moe.MoeBucket) for c in moe_api.table("sm90").values())

@@ -194,3 +194,52 @@ def test_fresh_sweep_runs_the_bench_and_judges_its_file(tmp_path, monkeypatch):
         tune.sweep_file("fake", tmp_path / "silent", None, warned.append)
     with pytest.raises(tune.TuneError, match=r"fake: no .*elsewhere/fake_sweep.json"):
         tune.sweep_file("fake", tmp_path, tmp_path / "elsewhere", warned.append)
+
+
+def gemm_rows(nk: str, times: dict[str, tuple[float, float]], configs: dict[str, dict]) -> list[dict]:
+    """Rows of one weight shape at M 1 and 16 in bucket m<=16, configs as the GEMM sweep writes them (the whole
+    bucket entry, the swz128 knobs nested), the current row marked."""
+    return [row("m<=16", v, m, t[i], configs[v], nk=nk, w_layout="swz128", current=v == "config")
+            for v, t in times.items() for i, m in enumerate((1, 16))]  # fmt: skip
+
+
+SWZ_TABLE = {"_layout": "swz128", "m<=16": {"BLOCK_N": 64, "num_warps": 4, "swz": {"BLOCK_N": 128, "CTAS_PER_SM": 3}}}
+BASE = SWZ_TABLE["m<=16"]
+BN64 = {**BASE, "swz": {"BLOCK_N": 64, "CTAS_PER_SM": 6}}
+
+
+def test_per_shape_winners_are_flat_entries_over_a_kept_bucket():
+    """A variant that wins one weight shape (geomean over its Ms) but not the bucket becomes a `<N>x<K>:m<=16`
+    entry with the flat knobs it changes (the swz overrides unnested: a shape entry wins over them); a shape whose
+    best gain is under the threshold, or measured on another layout, gets none."""
+    rows = gemm_rows("2112x7168", {"config": (10.0, 10.0), "bn64": (8.8, 9.0)}, {"config": BASE, "bn64": BN64})
+    rows += gemm_rows("36864x7168", {"config": (80.0, 90.0), "bn64": (130.0, 140.0)}, {"config": BASE, "bn64": BN64})
+    rows += gemm_rows("7168x2304", {"config": (10.0, 10.0), "bn64": (9.8, 9.9)}, {"config": BASE, "bn64": BN64})
+    plain = [
+        {**r, "w_layout": "plain", "nk": "4096x512", "us": r["us"] / (3 if r["variant"] == "bn64" else 1)}
+        for r in gemm_rows("x", {"config": (10.0, 10.0), "bn64": (10.0, 10.0)}, {"config": BASE, "bn64": BN64})
+    ]
+    (bucket,) = tune.select(rows, SWZ_TABLE)
+    assert not bucket.changed  # 36864x7168 loses 1.6x: the bucket keeps its config
+    (shape,) = tune.select_shapes(rows + plain, SWZ_TABLE, {"m<=16"}, min_gain=1.05)
+    assert (shape.bucket, shape.winner, shape.shapes) == ("2112x7168:m<=16", "bn64", 2)
+    assert shape.config == {"BLOCK_N": 64, "CTAS_PER_SM": 6} and math.isclose(shape.speedup, 1 / math.sqrt(0.88 * 0.9))
+    assert tune.select_shapes(rows, SWZ_TABLE, set(), min_gain=1.05) == []  # the bucket changes: none
+    out = tune.apply(SWZ_TABLE, [bucket, shape], {"gpu": "H100"})
+    assert out["2112x7168:m<=16"] == {"BLOCK_N": 64, "CTAS_PER_SM": 6} and out["m<=16"] == BASE
+    assert out["_meta"]["tuned"]["buckets"]["2112x7168:m<=16"]["to"] == "bn64"
+
+
+def test_per_shape_needs_rows_that_name_their_weight(tmp_path, monkeypatch):
+    from speedrun.overlays import arch
+
+    op_dir = tmp_path / "mla_decode" / "configs"
+    op_dir.mkdir(parents=True)
+    (op_dir / "sm90.json").write_text(json.dumps(TABLE, indent=2))
+    monkeypatch.setattr(arch, "HERE", tmp_path)
+    rows = [row("heads<=16", v, 1, t, c) for v, t, c in (("default", 4.0, {}), ("st6", 3.0, {"num_stages": 6}))]
+    (tmp_path / "mla_decode_sweep.json").write_text(json.dumps(rows))
+    res = CliRunner().invoke(
+        kernels_app, ["tune", "--op", "mla_decode", "--from", str(tmp_path), "--per-shape", "1.05"]
+    )
+    assert res.exit_code == 1 and "name no weight shape ('nk')" in " ".join(res.output.split())

@@ -87,9 +87,10 @@ def compile_specs(arch: str) -> list[CompileSpec]:
     specs: list[CompileSpec] = []
     seen: set[tuple[Any, ...]] = set()
     entries = [("default", key, cfg) for key, cfg in table.buckets.items()]
-    for key, over in table.shapes.items():  # "<N>x<K>:<bucket>": that bucket with the entry's knobs
+    for key in table.shapes:  # "<N>x<K>:<bucket>": that bucket with the entry's knobs
         shape, bucket = key.split(":", 1)
-        entries.append((shape, bucket, table.buckets[bucket].with_overrides(over)))
+        n, k = map(int, shape.split("x"))
+        entries.append((shape, bucket, table.config(bucket, n, k)))  # as the plan resolves it (over "swz" too)
     for shape, bucket, cfg in entries:
         variants = [(_a_mode(cfg.route, arch), cfg)]
         if cfg.fused_below_nk:  # small weights take the fused route (api.route_for)
@@ -110,17 +111,23 @@ def compile_specs(arch: str) -> list[CompileSpec]:
 
 def swz_specs(table: GemmTable, arch: str) -> list[CompileSpec]:
     """sm90 GEMM buckets with swz128 weights (the table's "_layout": what the hook gives the weights at load), with
-    each bucket's "swz" overrides; the dequant_w route's swz decode is in helper_specs."""
+    each bucket's "swz" overrides, and each per-shape entry; the dequant_w route's swz decode is in helper_specs."""
     if arch != "sm90":
         return []
     out = []
-    for key, base in table.buckets.items():
+    entries = [("default", key, base) for key, base in table.buckets.items()]
+    for key in table.shapes:  # per-shape entries as served: their knobs win over the bucket's "swz" ones
+        shape, bucket = key.split(":", 1)
+        entries.append((shape, bucket, table.config(bucket, *map(int, shape.split("x")))))
+    for shape, key, base in entries:
         cfg = base.with_overrides(base.swz)
         if kernel_route(cfg.route) == Route.DEQUANT_W:
             continue
-        modes = {_a_mode(cfg.route, arch), AMode.QUANT if cfg.fused_below_nk else AMode.BF16}
+        modes = {_a_mode(cfg.route, arch)}
+        if shape == "default":
+            modes.add(AMode.QUANT if cfg.fused_below_nk else AMode.BF16)
         for mode in sorted(modes):
-            name = f"mxfp4_gemm/default[{label(key)},swz128_mul1,A_MODE={mode.value}]"
+            name = f"mxfp4_gemm/{shape}[{label(key)},swz128_mul1,A_MODE={mode.value}]"
             out.append(gemm_spec(name, cfg, mode, arch, 2, layout=Layout.SWZ128_MUL1))
     return out
 

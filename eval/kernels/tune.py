@@ -162,13 +162,54 @@ def select(rows: list[dict[str, Any]], table: dict[str, Any], source: str = "swe
     return [select_bucket(rs, entry(table, b), b, min_gain) for b, rs in by_bucket.items()]
 
 
+# Per-shape entries (`--per-shape`): ops whose tables take `<N>x<K>:<bucket>` keys (mxfp4_gemm) record the weight
+# shape of each sweep row in this field; an entry's knobs are flat and win over the bucket's layout overrides
+# (overlays/mxfp4_gemm/config.py GemmTable.config).
+SHAPE_FIELD = "nk"
+LAYOUT_OVERRIDES = "swz"  # the nested overrides a row's config carries for the table's non-plain weight layout
+
+
+def flat(cfg: dict[str, Any], layout: str) -> dict[str, Any]:
+    """A row's config as a per-shape entry sees it: top-level knobs, the layout's nested overrides applied."""
+    out = {k: v for k, v in cfg.items() if not isinstance(v, dict)}
+    if layout != "plain":
+        out.update(cfg.get(LAYOUT_OVERRIDES) or {})
+    return out
+
+
+def select_shapes(rows: list[dict[str, Any]], table: dict[str, Any], kept: set[str], source: str = "sweep",
+                  min_gain: float = 1.05) -> list[Choice]:  # fmt: skip
+    """Per-shape winners: for each bucket whose entry stays (`kept`: per-shape knobs are written relative to it)
+    and each weight shape in it, the variant that wins that weight's rows (geomean over its Ms, as select_bucket)
+    by `min_gain`, on the table's own weight layout (a shape entry cannot change it). The knobs written are the
+    winner's flat difference from the current row on one M both measured."""
+    layout = table.get("_layout", "plain")
+    mine = [r for r in usable(rows, source) if SHAPE_FIELD in r and r.get("w_layout", layout) == layout]
+    groups: dict[tuple[str, str], list] = {}
+    for r in mine:
+        if str(r["bucket"]) in kept:
+            groups.setdefault((str(r["bucket"]), str(r[SHAPE_FIELD])), []).append(r)
+    out = []
+    for (bucket, nk), rs in groups.items():
+        c = select_bucket(rs, entry(table, bucket), bucket, min_gain)
+        if not c.changed:
+            continue
+        by = {(str(r.get("variant")), shape_of(r)): r.get("config") or {} for r in rs}
+        s = next(s for (v, s) in by if v == c.current and (c.winner, s) in by)
+        change = delta(flat(by[c.current, s], layout), flat(by[c.winner, s], layout))
+        out.append(Choice(f"{nk}:{bucket}", c.current, c.winner, c.speedup, c.shapes, c.candidates, change))
+    return out
+
+
 def apply(table: dict[str, Any], choices: list[Choice], provenance: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `table` with each changed bucket's winner merged in; `_meta.tuned` records where it came from.
-    Other buckets and every other `_meta` field are kept."""
+    """A copy of `table` with each changed bucket's winner merged in (a per-shape key `<N>x<K>:<bucket>` is
+    created when new); `_meta.tuned` records where it came from. Other buckets and every other `_meta` field are
+    kept."""
     out = copy.deepcopy(table)
     for c in choices:
         if c.changed:
-            out[c.bucket] = {**entry(out, c.bucket), **copy.deepcopy(c.config)}
+            base = out.get(c.bucket, {}) if ":" in c.bucket and c.bucket.split(":")[0][0].isdigit() else None
+            out[c.bucket] = {**(entry(out, c.bucket) if base is None else base), **copy.deepcopy(c.config)}
     meta = out.setdefault("_meta", {})
     prev = meta.get("tuned") if isinstance(meta.get("tuned"), dict) else {}
     buckets = dict(prev.get("buckets", {}))
@@ -260,14 +301,21 @@ def sweep_file(op: str, out: Path, stored_in: Path | None, warn: Callable[[str],
     return sweep
 
 
-def select_op(op: str, sweep: Path, arch: str, min_gain: float) -> Tuning:
-    """The op's table for `arch` against the sweep's rows. Raises TuneError."""
+def select_op(op: str, sweep: Path, arch: str, min_gain: float, per_shape: float | None = None) -> Tuning:
+    """The op's table for `arch` against the sweep's rows; `per_shape` (a min gain): also the per-shape winners
+    of the buckets that stay. Raises TuneError."""
     from speedrun.overlays import arch as arches
 
     path = arches.HERE / op / "configs" / f"{arch}.json"
     table = json.loads(path.read_text())
     rows = load_rows(sweep)
-    return Tuning(op, path, table, sweep, rows, select(rows, table, str(sweep), min_gain), min_gain)
+    choices = select(rows, table, str(sweep), min_gain)
+    if per_shape is not None:
+        if not any(SHAPE_FIELD in r for r in rows):
+            raise TuneError(f"{op}: its sweep rows name no weight shape ('{SHAPE_FIELD}'): no per-shape entries")
+        kept = {c.bucket for c in choices if not c.changed}
+        choices += select_shapes(rows, table, kept, str(sweep), per_shape)
+    return Tuning(op, path, table, sweep, rows, choices, min_gain)
 
 
 def write(t: Tuning, command: str) -> None:

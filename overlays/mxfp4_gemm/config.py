@@ -108,8 +108,13 @@ class GemmTable:
     layout: Layout = Layout.PLAIN  # "_layout"
 
     def config(self, key: str, n: int, k: int) -> GemmBucket:
-        """Bucket `key` for an N x K weight: with its per-shape entry's knobs when the table has one."""
-        return self.buckets[key].with_overrides(self.shapes.get(f"{n}x{k}:{key}"))
+        """Bucket `key` for an N x K weight: with its per-shape entry's knobs when the table has one. The entry is
+        the most specific: its knobs also win over the bucket's "swz" overrides (applied later, for swz128)."""
+        bucket, shape = self.buckets[key], self.shapes.get(f"{n}x{k}:{key}")
+        if shape is None:
+            return bucket
+        swz = {"swz": bucket.swz.with_overrides(shape)} if bucket.swz is not None else {}
+        return bucket.with_overrides(shape).model_copy(update=swz)
 
 
 def check_table(table: Mapping[str, Any], where: str) -> GemmTable:

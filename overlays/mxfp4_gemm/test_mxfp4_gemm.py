@@ -527,3 +527,18 @@ def test_bench_helpers(tmp_path):
     bench.plot(rows, tmp_path / "p.png")
     bench.summary(rows)
     assert (tmp_path / "p.png").stat().st_size > 1000 and len(bench.shapes()) >= 30
+
+
+def test_a_per_shape_entry_wins_over_the_buckets_swz_overrides():
+    """`<N>x<K>:m<=N` is the most specific entry: on swz128 weights (where the bucket's "swz" knobs are applied
+    after it) its knobs still run; other shapes and knobs it does not name keep the bucket's."""
+    from speedrun.overlays.mxfp4_gemm.config import check_table
+
+    table = check_table({"_layout": "swz128", "m<=16": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128,
+                         "swz": {"BLOCK_N": 128, "CTAS_PER_SM": 3, "num_stages": 4}},
+                         "2112x7168:m<=16": {"BLOCK_N": 64, "CTAS_PER_SM": 6}}, "t")  # fmt: skip
+    mine, other = table.config("m<=16", 2112, 7168), table.config("m<=16", 4096, 7168)
+    run = mine.with_overrides(mine.swz)  # what api.resolve runs for swz128 weights
+    assert (run.BLOCK_N, run.CTAS_PER_SM, run.num_stages) == (64, 6, 4)
+    run = other.with_overrides(other.swz)
+    assert (run.BLOCK_N, run.CTAS_PER_SM) == (128, 3)
