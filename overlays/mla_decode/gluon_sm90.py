@@ -4,12 +4,12 @@ where Triton's automatic layouts could not reach it (PERF.md round 8).
 Same split, workspace and outputs as `kernels._mla_partial_kernel` (the merge kernel is shared), same semantics as
 its a8w8 path with PV in f16 (`reference.mla_decode_a8w8_reference(pv="f16")`): q quantized to fp8 per (sequence,
 head) row with a power-of-two multiplier, an integer running max, P scaled by 2^8 into f16, V upcast to f16
-(exact), fp32 accumulation. What differs is how one tile is computed, with the tokens as the wgmma M (one
-warpgroup, 16 heads as N):
+(exact), fp32 accumulation. What differs is how one tile is computed, with the tokens as the wgmma M (WARPS 8:
+two warpgroups, which split the 16 heads for QK and the 512 output rows for PV):
 - the fp8 KV tile lands in shared memory by cp.async, STAGES - 1 tiles ahead, its row indices one more tile ahead
   (so no synchronous global load sits between two tiles);
 - QK reads the fp8 tile as it landed: S^T = K q^T is an fp8 wgmma (both operands K-major in shared memory), issued
-  asynchronously while the warpgroup converts the tile's 512 latent columns once to f16 in shared memory;
+  asynchronously while the warpgroups convert the tile's 512 latent columns once to f16 in shared memory;
 - PV reads that f16 copy transposed (16-bit wgmma takes an MN-major A): O^T = V^T P^T, P^T stored once per tile.
 Every shared operand is read once per warpgroup (Triton's mma.sync path had each warp read all of q per tile) and
 the fp8 -> f16 convert happens once per tile, not per dot operand. The interpreter cannot run Gluon: correctness
