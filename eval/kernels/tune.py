@@ -22,6 +22,7 @@ import copy
 import datetime
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -166,6 +167,7 @@ def select(rows: list[dict[str, Any]], table: dict[str, Any], source: str = "swe
 # shape of each sweep row in this field; an entry's knobs are flat and win over the bucket's layout overrides
 # (overlays/mxfp4_gemm/config.py GemmTable.config).
 SHAPE_FIELD = "nk"
+SHAPE_KEY = re.compile(r"^\d+x\d+:")  # a per-shape entry's key: created by apply when new
 LAYOUT_OVERRIDES = "swz"  # the nested overrides a row's config carries for the table's non-plain weight layout
 
 
@@ -208,8 +210,8 @@ def apply(table: dict[str, Any], choices: list[Choice], provenance: dict[str, An
     out = copy.deepcopy(table)
     for c in choices:
         if c.changed:
-            base = out.get(c.bucket, {}) if ":" in c.bucket and c.bucket.split(":")[0][0].isdigit() else None
-            out[c.bucket] = {**(entry(out, c.bucket) if base is None else base), **copy.deepcopy(c.config)}
+            base = out.get(c.bucket, {}) if SHAPE_KEY.match(c.bucket) else entry(out, c.bucket)
+            out[c.bucket] = {**base, **copy.deepcopy(c.config)}
     meta = out.setdefault("_meta", {})
     prev = meta.get("tuned") if isinstance(meta.get("tuned"), dict) else {}
     buckets = dict(prev.get("buckets", {}))
