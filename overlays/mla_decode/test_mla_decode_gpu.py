@@ -433,3 +433,18 @@ def test_a8w8_gluon_mixed_lengths(page_size, stages):
     assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
     a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon mixed ps={page_size} stages={stages}",
                sm_scale=SM_SCALE / q_mul)  # fmt: skip
+
+
+@needs_sm90
+@pytest.mark.parametrize("page_size", [1, 64])
+def test_a8w8_gluon_tile_edges(page_size):
+    """Sequences around the 64-token tile (1, 2, 63, 64, 65, 127, 128, 129 tokens): the masked tail of a tile, a
+    tile-aligned end, a second tile of one token; first to localize a failure of the ring or the masks."""
+    from speedrun.overlays.mla_decode.test_mla_decode import decode
+
+    lens = [1, 2, 63, 64, 65, 127, 128, 129]
+    q, kv, indptr, slots = make_batch(len(lens), 16, lens, FP8, page_size=64, seed=21)
+    view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
+    o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device="cuda")
+    decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=gluon_config(), compute="a8w8")
+    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon tile edges ps={page_size}")
