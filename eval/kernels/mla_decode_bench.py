@@ -78,6 +78,9 @@ VARIANTS = {
     # from the landed tile while the warpgroups convert V once to f16 in shared memory, PV wgmma (gluon_sm90.py)
     "a8w8_gluon": {**A8W8, "a8w8": GLUON},
     "a8w8_gluon_st3": {**A8W8, "a8w8": {**GLUON, "num_stages": 3}},
+    # its 164 KB of shared memory hold one CTA per SM: the table's 2 programs per SM would be two waves (the split
+    # width is the bucket's: bf16 caches run the default kernels at 1 program per SM here)
+    "gluon_pps1": {**A8W8, "programs_per_sm": 1, "a8w8": GLUON},
     "a16": A16,  # the round-3 upcast path as shipped before a8w8 (sm90 ships it now: the same kernel as default)
     "flat": {"snap": False},  # the round-2 split: equal cuts of the flat KV range
     "s4_n64_w4_st3": {**S4, **A16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},  # one 72 KB buffer (bf16)
@@ -93,7 +96,7 @@ VARIANTS = {
 # Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
 # replace them with their own "fp8".
 SPLIT_VARIANTS = ("default", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16", "fp8_n64_w8", "fp8_r168_st3",
-                  "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_st3")  # fmt: skip
+                  "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_st3", "gluon_pps1")  # fmt: skip
 BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)
 MIXED = "mixed32k"  # kv_len label of the mixed batch: one 32k sequence among 1k ones
 # (bs, kv_len); kv_len MIXED: lens [32768] + [1024] * (bs - 1)

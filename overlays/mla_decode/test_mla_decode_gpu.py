@@ -181,6 +181,7 @@ VARIANTS = [
     "a8w8_n128_pv_f16",
     "a8w8_gluon",
     "a8w8_gluon_st3",
+    "gluon_pps1",
     "t16_n64_w4",
     "t16_n64_w8",
 ]
