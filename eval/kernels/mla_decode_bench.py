@@ -13,7 +13,8 @@ Every impl runs in try/except: failures become rows with `error`. `--sweep` time
 instead (for tuning configs/sm90.json).
 Impls `speedrun` (16-bit compute: fp8 caches upcast, compute a16), `speedrun_a8w8` (fp8 caches only: q
 quantized to fp8, fp8 MMAs, the table's a8w8 knobs; FlashMLA's fp8 row is its counterpart) and `speedrun_gluon`
-(fp8 caches on sm90: the same a8w8 semantics with PV in f16, in the Gluon kernel of sweep variant `a8w8_gluon`).
+(sm90: the Gluon kernel, a8w8 with PV in f16 on fp8 caches as sweep variant `a8w8_gluon`, bf16 caches as
+`kv16_gluon`).
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ SM_SCALE = 1.0 / math.sqrt(192)
 CONTEXT_LEN = 163840  # DeepSeek-R1: sizes SGLang's max_kv_splits exactly as the server would
 BUDGET_S = 105.0  # under the device script's 120 s step: later shapes are written as skipped
 IMPLS = ("speedrun", "speedrun_a8w8", "speedrun_gluon", "sglang_triton", "flashinfer", "flashmla")
-FP8_ONLY = ("speedrun_a8w8", "speedrun_gluon")
+FP8_ONLY = ("speedrun_a8w8",)
+OURS_ALSO = ("speedrun_a8w8", "speedrun_gluon")  # our other impls, each with its own speedup table
 # --sweep: named overrides of the heads<=16 bucket (an empty "fp8" dict makes the variant govern fp8 caches too).
 # "default" is the shipped table as is (fp8 caches take its "fp8" overrides). Round 1's path (one 512-column tile,
 # fp8 converted to bf16) left the sweep in round 6: 2.5-3x slower than default in every round (PERF.md); so did
 # qk_chains 1 (1-4% behind two chains in rounds 3 and 5), making room for the tokens-as-M variants; in round 8
-# a8w8_pv_f16_st3 (1.27-1.42x default in rounds 5-6) and merge_p32 (the round-2 merge: 1.00x since round 6's
-# merge) made room for the Gluon kernel.
+# a8w8_pv_f16_st3 (1.27-1.42x default in rounds 5-6), merge_p32 (the round-2 merge: 1.00x since round 6's
+# merge) and s4_n16_w4_st9 (1.05-1.5x) made room for the Gluon kernel.
 S4 = {"split_d": 4, "fp8_cvt": "asm", "num_stages": 5}  # BLOCK_N 32 at 5 stages: two cp.async tile buffers
 FP8_R2 = {"BLOCK_N": 32, "num_warps": 4, "num_stages": 5, "split_d": 4, "fp8_cvt": "asm"}
 T16 = {"a16_mma_m": "tokens", "fp8_cvt": "asm", "BLOCK_N": 64}  # 16-bit tokens-as-M (sm90 wgmma; fp8 upcast to f16)
@@ -81,13 +83,12 @@ VARIANTS = {
     # its 164 KB of shared memory hold one CTA per SM: the table's 2 programs per SM would be two waves (the split
     # width is the bucket's: bf16 caches run the default kernels at 1 program per SM here)
     "gluon_pps1": {**A8W8, "programs_per_sm": 1, "a8w8": GLUON},
+    # bf16 caches in the Gluon kernel: both wgmmas read the landed tile (fp8 caches keep the table's a16 kernel)
+    "kv16_gluon": {"kv16_engine": "gluon", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
     "a16": A16,  # the round-3 upcast path as shipped before a8w8 (sm90 ships it now: the same kernel as default)
     "flat": {"snap": False},  # the round-2 split: equal cuts of the flat KV range
     "s4_n64_w4_st3": {**S4, **A16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},  # one 72 KB buffer (bf16)
     "s4_n32_w4_pps1": {**S4, **A16, "BLOCK_N": 32, "num_warps": 4, "programs_per_sm": 1},
-    # 16-token tiles, 9 stages: ~4 buffers of 18 KB (bf16 190 regs, 91.5 KB; fp8 250 regs, 73 KB: 2 CTAs/SM) ->
-    # up to 3 tiles in flight per CTA instead of ~1; costs 1.5x the mma.sync per token (QK duplicated over warps)
-    "s4_n16_w4_st9": {**S4, **A16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 9},
     # Round 6: 16-bit compute with the tokens as M (wgmma m64nHk16, 4 latent slices): a warpgroup reads each
     # shared operand once, where mma.sync with heads as M re-reads q in every warp (PERF.md round 6).
     "t16_n64_w4": {**A16, **T16, "num_warps": 4, "num_stages": 2},  # sm90 AOT: 255 regs + spills (fp8 320 B)
@@ -96,7 +97,7 @@ VARIANTS = {
 # Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
 # replace them with their own "fp8".
 SPLIT_VARIANTS = ("default", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16", "fp8_n64_w8", "fp8_r168_st3",
-                  "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_st3", "gluon_pps1")  # fmt: skip
+                  "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_st3", "gluon_pps1", "kv16_gluon")  # fmt: skip
 BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)
 MIXED = "mixed32k"  # kv_len label of the mixed batch: one 32k sequence among 1k ones
 # (bs, kv_len); kv_len MIXED: lens [32768] + [1024] * (bs - 1)
@@ -172,7 +173,10 @@ def setup_speedrun_a8w8(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
 
 
 def setup_speedrun_gluon(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
-    return setup_speedrun(x, config=variant_config("a8w8_gluon"), compute="a8w8")  # off sm90: the plan says why
+    """The Gluon kernel (sm90; elsewhere the plan says why not): a8w8 on fp8 caches, kv16_engine on bf16 ones."""
+    if x["kv"].dtype.itemsize == 1:
+        return setup_speedrun(x, config=variant_config("a8w8_gluon"), compute="a8w8")
+    return setup_speedrun(x, config=variant_config("kv16_gluon"))
 
 
 def setup_sglang_triton(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
@@ -281,7 +285,7 @@ def bench_shape(bs: int, kv_len: int | str, kv_dtype: torch.dtype, impls: tuple[
     del copies
     torch.cuda.empty_cache()
     report.add_speedups(rows, ("kv_dtype", "kv_len", "bs"))
-    for ours in FP8_ONLY:
+    for ours in OURS_ALSO:
         report.add_speedups(rows, ("kv_dtype", "kv_len", "bs"), ours=ours)
     return rows
 
@@ -299,12 +303,12 @@ def shapes(quick: bool, kv_dtype: str = "all") -> list[tuple[int, int | str, tor
 def summarize(rows: list[dict[str, Any]]) -> str:
     """Per shape: our µs, each baseline's, ours' speedup over each (baseline / ours) and ours' % of HBM peak; for
     fp8 caches a second table with the a8w8 path as ours (the upcast path then one of the rows it is compared to)."""
-    keys, stock = ("kv_dtype", "kv_len", "bs"), tuple(i for i in IMPLS if i not in ("speedrun", *FP8_ONLY))
+    keys, stock = ("kv_dtype", "kv_len", "bs"), tuple(i for i in IMPLS if i not in ("speedrun", *OURS_ALSO))
     out = report.table(rows, keys, stock)
-    fp8 = [r for r in rows if r["kv_dtype"] != "bf16"]
-    for ours in FP8_ONLY:
+    for ours in OURS_ALSO:
+        mine = [r for r in rows if r["kv_dtype"] != "bf16" or ours not in FP8_ONLY]
         if any(r["impl"] == ours for r in rows):
-            out += f"\n\nfp8 caches, {ours} as ours:\n" + report.table(fp8, keys, ("speedrun", *stock), ours=ours)
+            out += f"\n\n{ours} as ours:\n" + report.table(mine, keys, ("speedrun", *stock), ours=ours)
     return out
 
 

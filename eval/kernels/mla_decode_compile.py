@@ -21,6 +21,7 @@ EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 # sm90 wgmma ... .e4m3.e4m3; gfx950 an fp8 MFMA (v_mfma_f32_*_fp8_fp8, or the f8f6f4 forms).
 EXPECT_FP8_MMA = {"sm90": r"wgmma\.mma_async[\w.]*\.e4m3\.e4m3", "gfx950": r"v_mfma_\w*(?:fp8_fp8|f8f6f4)"}
 GLUON_A8W8 = {"engine": "gluon", "mma_m": "tokens", "pv": "f16", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
+GLUON_KV16 = {"kv16_engine": "gluon", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
 A8W8_MIN_WAVES = {"gfx950": 2}  # waves per SIMD: one wave per SIMD leaves nothing to hide HBM latency with
 PARTIAL_ARGS = ["Q", "KV", "O", "PartO", "PartLse", "kv_indptr", "kv_indices"]  # aligned (Chunk: one int32)
 SCALARS = {"qk_scale": "fp32", "v_scale": "fp32", "bs": "i32", "num_programs": "i32"}
@@ -51,8 +52,10 @@ def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, co
         name = f"mla_decode/partial[{bucket},fp8,a8w8,pv-{cfg.a8w8.pv}{gluon}]"
         return CompileSpec(name, plan.kernel, sig, const, cfg.launch_knobs(), EXPECT_FP8_MMA[arch],
                            attrs=attrs, min_occupancy=A8W8_MIN_WAVES.get(arch), no_spills=True)  # fmt: skip
-    name = f"mla_decode/partial[{bucket},{kv}]"
-    return CompileSpec(name, _mla_partial_kernel, sig, const, cfg.launch_knobs(), EXPECT_MMA[arch], attrs=attrs)
+    gluon = ",gluon" if plan.kernel is not _mla_partial_kernel else ""
+    name = f"mla_decode/partial[{bucket},{kv}{gluon}]"
+    return CompileSpec(name, plan.kernel, sig, const, cfg.launch_knobs(), EXPECT_MMA[arch], attrs=attrs,
+                       no_spills=bool(gluon))  # fmt: skip
 
 
 def merge_spec(bucket: str, heads: int, cfg: MlaBucket, block_dv: int, arch: str) -> CompileSpec:
@@ -77,8 +80,9 @@ def compile_specs(arch: str) -> list[CompileSpec]:
         if cfg.a8w8 is not None:  # the bucket's PV operand type first, then the other one
             pvs = [cfg.a8w8.pv, *(p for p in A8W8_PV if p != cfg.a8w8.pv)]
             specs += [partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, pv) for pv in pvs]
-            if arch == "sm90" and heads <= 16:  # the Gluon a8w8 kernel (sweep variant a8w8_gluon's knobs)
+            if arch == "sm90" and heads <= 16:  # the Gluon kernel (sweep variants a8w8_gluon, kv16_gluon)
                 specs.append(partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, a8w8=GLUON_A8W8))
+                specs.append(partial_spec(bucket, heads, cfg.replace(**GLUON_KV16), "bf16", arch))
         specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg.merge.min_block_dv, D_LATENT)]
     return specs
 

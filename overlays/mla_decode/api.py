@@ -66,7 +66,7 @@ class MlaDecodePlan:
     programs: int  # KV chunks per launch (the split width): sizes the workspace
     sms: int
     block_h: int
-    kernel: Any = field(repr=False)  # the partial kernel: kernels._mla_partial_kernel or gluon_sm90's (a8w8 engine)
+    kernel: Any = field(repr=False)  # the partial kernel: kernels._mla_partial_kernel or gluon_sm90's (engines)
     partial: dict[bool, dict[str, Any]] = field(repr=False)  # constexprs by `bs > SNAP_MAX_BS`
     partial_opts: dict[str, Any] = field(repr=False)
     merge_opts: dict[str, Any] = field(repr=False)
@@ -117,7 +117,7 @@ def make_plan(
     sms = sm_count(torch.device(device) if device is not None else _default_device())
     cpu = arch == "cpu"
     big = cfg.model_copy(update={"snap": False})  # past SNAP_MAX_BS: a shape-only choice (graph safe), both agree
-    kernel = partial_kernel(cfg, heads, kv_dtype, arch)
+    kernel = partial_kernel(cfg, heads, kv_dtype, arch, q_dtype)
     return MlaDecodePlan(
         heads=heads,
         q_dtype=q_dtype,
@@ -262,34 +262,42 @@ def _sm(arch: str) -> int:
 
 
 def gluon_engine(cfg: MlaBucket, kv_dtype: torch.dtype) -> bool:
-    """Whether the bucket as it runs (kv_config's) computes with the Gluon a8w8 kernel."""
-    return kv_dtype.itemsize == 1 and cfg.fp8_compute == Compute.A8W8 and cfg.a8w8.engine == Engine.GLUON
+    """Whether the bucket as it runs (kv_config's) computes with the Gluon kernel: a8w8 with `a8w8.engine: gluon`
+    on fp8 caches, `kv16_engine: gluon` on 16-bit ones."""
+    if kv_dtype.itemsize != 1:
+        return cfg.kv16_engine == Engine.GLUON
+    return cfg.fp8_compute == Compute.A8W8 and cfg.a8w8.engine == Engine.GLUON
 
 
-# What the Gluon kernel is written for (gluon_sm90.py): a8w8 knob -> the value it must have.
+# What the Gluon kernel is written for (gluon_sm90.py): a8w8 knob -> the value it must have on fp8 caches.
 GLUON_KNOBS = {"mma_m": MmaM.TOKENS, "pv": Pv.F16, "BLOCK_N": 64}
+GLUON_KV = (torch.float8_e4m3fn, torch.bfloat16)
 
 
-def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str) -> Any:
-    """The partial kernel the bucket runs: the Triton one, or for `a8w8.engine: gluon` the Gluon one, which is
-    checked here against what it is written for (ValueError naming the knob)."""
+def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
+                   q_dtype: torch.dtype = torch.bfloat16) -> Any:  # fmt: skip
+    """The partial kernel the bucket runs: the Triton one, or the Gluon one (see gluon_engine), which is checked
+    here against what it is written for (ValueError naming the knob)."""
     if not gluon_engine(cfg, kv_dtype):
         return _mla_partial_kernel
-    where = "mla_decode a8w8.engine gluon"
+    fp8 = kv_dtype.itemsize == 1
+    where = f"mla_decode {'a8w8.engine' if fp8 else 'kv16_engine'} gluon"
     if _sm(arch) != 90:
         raise ValueError(f"{where}: sm90 only (wgmma), not {arch}")
-    if kv_dtype != torch.float8_e4m3fn:
-        raise ValueError(f"{where}: e4m3fn KV only, not {kv_dtype}")
+    if kv_dtype not in GLUON_KV or (not fp8 and q_dtype != kv_dtype):
+        raise ValueError(f"{where}: e4m3fn KV, or bf16 KV with bf16 q, not {kv_dtype} KV with {q_dtype} q")
     if heads > 16 or block_h(heads, cfg) != 16:
         raise ValueError(f"{where}: one program holds all heads (<= 16, BLOCK_H 16), not {heads} heads")
-    for knob, want in GLUON_KNOBS.items():
-        if getattr(cfg.a8w8, knob) != want:
-            raise ValueError(f"{where}: a8w8.{knob} must be {want}, not {getattr(cfg.a8w8, knob)}")
+    knobs = GLUON_KNOBS if fp8 else {"BLOCK_N": 64}
+    pre = "a8w8." if fp8 else ""
+    for knob, want in knobs.items():
+        if getattr(cfg.a8w8 if fp8 else cfg, knob) != want:
+            raise ValueError(f"{where}: {pre}{knob} must be {want}, not {getattr(cfg.a8w8 if fp8 else cfg, knob)}")
     if cfg.num_warps not in (4, 8):
-        raise ValueError(f"{where}: a8w8.num_warps must be 4 or 8 (one or two warpgroups), not {cfg.num_warps}")
-    from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_a8w8_sm90
+        raise ValueError(f"{where}: {pre}num_warps must be 4 or 8 (one or two warpgroups), not {cfg.num_warps}")
+    from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_sm90
 
-    return mla_partial_a8w8_sm90
+    return mla_partial_sm90
 
 
 def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtype, arch: str) -> dict:
@@ -298,7 +306,7 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
     power-of-two guard); "asm" is "f16" with the packed sm89+ inline-asm convert (e4m3fn on CUDA only). A8W8 and
     its TOKENS_M / PV_FP8 (the bucket's a8w8 mma_m and pv) for fp8 caches computing a8w8; TOKENS_M otherwise from
     the bucket's a16_mma_m (the 16-bit tokens-as-M path)."""
-    if gluon_engine(cfg, kv_dtype):  # its own constexprs (the a8w8 semantics are fixed: tokens as M, f16 PV)
+    if gluon_engine(cfg, kv_dtype):  # its own constexprs (its semantics are fixed: tokens as M; fp8: a8w8, f16 PV)
         return {**split_constexprs(cfg), "STAGES": cfg.num_stages, "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps}
     fp8 = kv_dtype.itemsize == 1
     cdt = tl.float16 if q_dtype == torch.float16 else tl.bfloat16

@@ -39,8 +39,8 @@ class Pv(StrEnum):
 
 
 class Engine(StrEnum):
-    """Which partial kernel runs a8w8: the Triton kernel (every arch), or the Gluon one (sm90 only, heads <= 16,
-    tokens as M, f16 PV, 64-token tiles: gluon_sm90.py)."""
+    """Which partial kernel runs (a8w8.engine for fp8 caches, kv16_engine for 16-bit ones): the Triton kernel (every
+    arch), or the Gluon one (sm90 only, heads <= 16, tokens as M, 64-token tiles: gluon_sm90.py)."""
 
     TRITON = "triton"
     GLUON = "gluon"
@@ -107,6 +107,9 @@ class MlaBucket(Knobs):
     # The 16-bit paths (bf16 caches, fp8 computed a16): heads as M (mma.sync, split_d) or tokens as M (wgmma, 4
     # slices). Not `mma_m`: that is a8w8's own knob, which must not land on the bucket (with_overrides).
     a16_mma_m: MmaM = MmaM.HEADS
+    # 16-bit caches (bf16 q and KV): the Triton kernel, or the Gluon one (sm90, heads <= 16, BLOCK_N 64, 4/8 warps:
+    # gluon_sm90.py reads the landed tile for both MMAs). Not `engine`: that is a8w8's own knob (with_overrides).
+    kv16_engine: Engine = Engine.TRITON
 
     @model_validator(mode="after")
     def _a8w8_knobs(self) -> MlaBucket:

@@ -1,4 +1,4 @@
-"""The a8w8 MLA decode partial kernel for sm90 in Gluon (Triton's explicit-layout dialect): FlashMLA's structure
+"""The MLA decode partial kernel for sm90 in Gluon (Triton's explicit-layout dialect): FlashMLA's structure
 where Triton's automatic layouts could not reach it (PERF.md round 8).
 
 Same split, workspace and outputs as `kernels._mla_partial_kernel` (the merge kernel is shared), same semantics as
@@ -12,8 +12,11 @@ two warpgroups, which split the 16 heads for QK and the 512 output rows for PV):
   asynchronously while the warpgroups convert the tile's 512 latent columns once to f16 in shared memory;
 - PV reads that f16 copy transposed (16-bit wgmma takes an MN-major A): O^T = V^T P^T, P^T stored once per tile.
 Every shared operand is read once per warpgroup (Triton's mma.sync path had each warp read all of q per tile) and
-the fp8 -> f16 convert happens once per tile, not per dot operand. The interpreter cannot run Gluon: correctness
-is the GPU tests' (test_mla_decode_gpu.py), machine code the compile report's.
+the fp8 -> f16 convert happens once per tile, not per dot operand.
+A bf16 cache (bf16 q) runs the same kernel without the copy: both wgmmas read the landed bf16 tile, P in bf16
+(`reference.mla_decode_reference`'s semantics, as the Triton kernel's 16-bit path).
+The interpreter cannot run Gluon: correctness is the GPU tests' (test_mla_decode_gpu.py), machine code the
+compile report's.
 """
 
 from __future__ import annotations
@@ -91,24 +94,29 @@ def _issue_tile(KV, lat_s, rope_s, locs, stride_kv_page, stride_kv_tok, PAGE_SIZ
 
 
 @gluon.jit
-def _load_q8(Q, q_lat_s, q_rope_s, b, stride_qb, stride_qh, H: gl.constexpr, BLOCK_H: gl.constexpr,
-             DL: gl.constexpr, DR: gl.constexpr, Q_EXP: gl.constexpr, LQ: gl.constexpr):  # fmt: skip
-    """q of sequence b quantized to fp8 per head row (kernels._q_fp8_mul's power of two) into shared memory.
-    Returns the multipliers [BLOCK_H] (SliceLayout(1, LQ))."""
-    Q8: gl.constexpr = q_lat_s.dtype
+def _load_q(Q, q_lat_s, q_rope_s, b, stride_qb, stride_qh, H: gl.constexpr, BLOCK_H: gl.constexpr,
+            DL: gl.constexpr, DR: gl.constexpr, Q_EXP: gl.constexpr, KV16: gl.constexpr, LQ: gl.constexpr):  # fmt: skip
+    """q of sequence b into shared memory in the KV's dtype: fp8 caches quantize it per head row
+    (kernels._q_fp8_mul's power of two), 16-bit caches (bf16 q, bf16 KV) take it as it is. Returns the
+    multipliers [BLOCK_H] (SliceLayout(1, LQ)); 1 for 16-bit caches."""
+    QT: gl.constexpr = q_lat_s.dtype
     h = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, LQ))
     row = Q + b.to(gl.int64) * stride_qb + h[:, None] * stride_qh
     mh = h[:, None] < H
     q_lat = gl.load(row + gl.arange(0, DL, layout=gl.SliceLayout(0, LQ))[None, :], mask=mh, other=0.0)
     q_rope = gl.load(row + DL + gl.arange(0, DR, layout=gl.SliceLayout(0, LQ))[None, :], mask=mh, other=0.0)
+    if KV16:
+        q_lat_s.store(q_lat.to(QT))
+        q_rope_s.store(q_rope.to(QT))
+        return gl.full([BLOCK_H], 1.0, gl.float32, gl.SliceLayout(1, LQ))
     q_lat = q_lat.to(gl.float32)
     q_rope = q_rope.to(gl.float32)
     amax = gl.maximum(gl.max(gl.abs(q_lat), axis=1), gl.max(gl.abs(q_rope), axis=1))
     e = ((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF) - 127
     k = gl.minimum(gl.maximum(Q_EXP - 1 - e, -126), 127)
     q_mul = ((k + 127) << 23).to(gl.float32, bitcast=True)
-    q_lat_s.store((q_lat * q_mul[:, None]).to(Q8))
-    q_rope_s.store((q_rope * q_mul[:, None]).to(Q8))
+    q_lat_s.store((q_lat * q_mul[:, None]).to(QT))
+    q_rope_s.store((q_rope * q_mul[:, None]).to(QT))
     return q_mul
 
 
@@ -119,20 +127,23 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
              H: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, PAGE_SIZE: gl.constexpr,
              DL: gl.constexpr, DR: gl.constexpr, STAGES: gl.constexpr, Q_EXP: gl.constexpr,
              WARPS: gl.constexpr):  # fmt: skip
-    """Tokens [pos, seg_hi) of sequence b through the cp.async ring: the final output, or a partial in `slot`."""
+    """Tokens [pos, seg_hi) of sequence b through the cp.async ring: the final output, or a partial in `slot`.
+    16-bit caches (KV16) skip the f16 copy: QK and PV both read the tile as it landed."""
+    KV16: gl.constexpr = KV.dtype.element_ty.primitive_bitwidth == 16
+    KW: gl.constexpr = 16 if KV16 else 32  # the QK wgmma's K per instruction
     LLAT: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [WARPS, 1], [1, 0])
     LROPE: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [WARPS, 1], [1, 0])
     LS: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WARPS // 4],
-                                                 instr_shape=[16, BLOCK_H // (WARPS // 4), 32])  # fmt: skip
+                                                 instr_shape=[16, BLOCK_H // (WARPS // 4), KW])  # fmt: skip
     # PV: the warpgroups split the 512 output rows (each reads half of V^T, wgmma N = all 16 heads); QK above
     # splits the heads instead (M is the 64 tokens of one warpgroup).
     LO: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                  instr_shape=[16, BLOCK_H, 16])  # fmt: skip
     LQ: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [WARPS, 1], [1, 0])
-    P_SCALE: gl.constexpr = 256.0
+    P_SCALE: gl.constexpr = 1.0 if KV16 else 256.0  # f16 P: 2^8 keeps small P out of f16's subnormals
     CVT_ROWS: gl.constexpr = 32
 
-    q_mul = _load_q8(Q, q_lat_s, q_rope_s, b, stride_qb, stride_qh, H, BLOCK_H, DL, DR, Q_EXP, LQ)
+    q_mul = _load_q(Q, q_lat_s, q_rope_s, b, stride_qb, stride_qh, H, BLOCK_H, DL, DR, Q_EXP, KV16, LQ)
     sc = gl.convert_layout(qk_scale / q_mul, gl.SliceLayout(0, LS))
     n_tiles = ((seg_hi - pos + BLOCK_N - 1) // BLOCK_N).to(gl.int32)
     # Prologue: tiles 0 .. STAGES-2 in flight, the rows of tile STAGES-1 in registers.
@@ -159,9 +170,13 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
         s_t = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, LS)
         s_t = warpgroup_mma(rope_s.index(s_idx), q_rope_s.permute((1, 0)), s_t, use_acc=False, is_async=True)
         s_t = warpgroup_mma(k_lat, q_lat_s.permute((1, 0)), s_t, is_async=True)
-        for r in gl.static_range(BLOCK_N // CVT_ROWS):  # a few rows at a time: a whole f16 tile is 128 regs
-            rows = k_lat.slice(r * CVT_ROWS, CVT_ROWS).load(LLAT)
-            v16_s.slice(r * CVT_ROWS, CVT_ROWS).store(rows.to(gl.float16))
+        if KV16:
+            v_src = k_lat
+        else:
+            for r in gl.static_range(BLOCK_N // CVT_ROWS):  # a few rows at a time: a whole f16 tile is 128 regs
+                rows = k_lat.slice(r * CVT_ROWS, CVT_ROWS).load(LLAT)
+                v16_s.slice(r * CVT_ROWS, CVT_ROWS).store(rows.to(gl.float16))
+            v_src = v16_s
         s_t = warpgroup_mma_wait(0, deps=[s_t])
         # Online softmax over the tokens (axis 0), integer max as kernels._online_softmax's INT_MAX.
         offs_n = pos + j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LS))
@@ -171,11 +186,11 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
         p_t = gl.exp2(s_t - m_new[None, :])
         l_acc = l_acc * alpha[None, :] + p_t
         m_i = m_new
-        p_s.store((p_t * P_SCALE).to(gl.float16))
+        p_s.store((p_t * P_SCALE).to(p_s.dtype))
         fence_async_shared()
         _cta_barrier()  # every warp's V and P rows are in shared memory before the wgmma reads them
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, LO))[None, :]
-        acc = warpgroup_mma(v16_s.permute((1, 0)), p_s, acc, is_async=True)
+        acc = warpgroup_mma(v_src.permute((1, 0)), p_s, acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=[acc])
     async_copy.wait_group(0)  # the ring's look-ahead copies (past the segment: masked) are done before reuse
     l_i = gl.sum(l_acc, axis=0)
@@ -198,7 +213,7 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
 
 
 @gluon.jit
-def mla_partial_a8w8_sm90(
+def mla_partial_sm90(
     Q,
     KV,
     O,
@@ -228,21 +243,28 @@ def mla_partial_a8w8_sm90(
     SNAP: gl.constexpr = True,
     STAGES: gl.constexpr = 3,
     Q_EXP: gl.constexpr = 8,
-    WARPS: gl.constexpr = 8,  # 4: one warpgroup; 8: two, each with 8 of the 16 heads (wgmma N 8)
+    WARPS: gl.constexpr = 8,  # 4: one warpgroup; 8: two (QK: 8 heads each; PV: half the output rows each)
 ):
-    """kernels._mla_partial_kernel's contract (grid: programs; heads <= BLOCK_H = 16 in one program) for fp8 KV."""
+    """kernels._mla_partial_kernel's contract (grid: programs; heads <= BLOCK_H = 16 in one program) for fp8 e4m3
+    KV (a8w8) and bf16 KV with bf16 q."""
     L1: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
-    Q8: gl.constexpr = KV.dtype.element_ty
-    lat_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, DL], Q8)
-    rope_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, DR], Q8)
-    lat_s = gl.allocate_shared_memory(Q8, [STAGES, BLOCK_N, DL], lat_l)
-    rope_s = gl.allocate_shared_memory(Q8, [STAGES, BLOCK_N, DR], rope_l)
-    q_lat_s = gl.allocate_shared_memory(Q8, [BLOCK_H, DL], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DL], Q8))
-    q_rope_s = gl.allocate_shared_memory(Q8, [BLOCK_H, DR], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DR], Q8))
-    v16_s = gl.allocate_shared_memory(gl.float16, [BLOCK_N, DL],
-                                      gl.NVMMASharedLayout.get_default_for([BLOCK_N, DL], gl.float16))  # fmt: skip
-    p_s = gl.allocate_shared_memory(gl.float16, [BLOCK_N, BLOCK_H],
-                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], gl.float16))  # fmt: skip
+    KT: gl.constexpr = KV.dtype.element_ty  # fp8 e4m3 (a8w8) or bf16 (16-bit cache)
+    KV16: gl.constexpr = KT.primitive_bitwidth == 16
+    PT: gl.constexpr = KT if KV16 else gl.float16  # P's dtype, and V's for PV
+    lat_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, DL], KT)
+    rope_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, DR], KT)
+    lat_s = gl.allocate_shared_memory(KT, [STAGES, BLOCK_N, DL], lat_l)
+    rope_s = gl.allocate_shared_memory(KT, [STAGES, BLOCK_N, DR], rope_l)
+    q_lat_s = gl.allocate_shared_memory(KT, [BLOCK_H, DL], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DL], KT))
+    q_rope_s = gl.allocate_shared_memory(KT, [BLOCK_H, DR], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DR], KT))
+    if KV16:
+        v16_s = lat_s.index(0)  # not used: PV reads the landed tile itself
+    else:
+        v16_s = gl.allocate_shared_memory(gl.float16, [BLOCK_N, DL],
+                                          gl.NVMMASharedLayout.get_default_for([BLOCK_N, DL], gl.float16))  # fmt: skip
+    p_s = gl.allocate_shared_memory(
+        PT, [BLOCK_N, BLOCK_H], gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], PT)
+    )
 
     p = gl.program_id(0)
     base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B, L1)

@@ -206,7 +206,7 @@ NAME_KNOBS = {"s": "split_d", "n": "BLOCK_N", "w": "num_warps", "st": "num_stage
 
 
 @pytest.mark.parametrize("variant", ["fp8_n64_w8", "fp8_r168_st3", "a8w8_n128_pv_f16", "s4_n64_w4_st3",
-                                     "s4_n32_w4_pps1", "s4_n16_w4_st9", "a8w8_pv_fp8", "a8w8_pv_f16",
+                                     "s4_n32_w4_pps1", "a8w8_pv_fp8", "a8w8_pv_f16",
                                      "a8w8_gluon_st3"])  # fmt: skip
 def test_sweep_variants_run_the_knobs_they_name(variant: str) -> None:
     """Each knob a variant's name states is what runs on the caches it is for (a8w8_*: the a8w8 knobs; fp8_*: the
@@ -223,7 +223,7 @@ def test_sweep_variants_run_the_knobs_they_name(variant: str) -> None:
         runs = {**plan.cfg.model_dump(), **plan.partial_opts}
         assert {k: runs.get(k) for k in named} == named, (variant, kv)
         if "gluon" in variant:  # its own kernel and constexprs: the stages and warpgroups it is named with
-            assert plan.kernel.fn.__name__ == "mla_partial_a8w8_sm90"
+            assert plan.kernel.fn.__name__ == "mla_partial_sm90"
             assert (plan.partial[False]["STAGES"], plan.partial[False]["WARPS"]) == (named["num_stages"], 8)
             continue
         assert plan.partial[False]["SPLIT_D"] == named.get("split_d", plan.cfg.split_d)
@@ -345,7 +345,7 @@ def test_compile_report_holds_a8w8_to_fp8_mma_occupancy_and_no_spills() -> None:
      (16, "sm90", {"BLOCK_N": 128}, FP8, "a8w8.BLOCK_N must be 64, not 128"),
      (16, "sm90", {"mma_m": "heads"}, FP8, "a8w8.mma_m must be tokens, not heads"),
      (16, "sm90", {"num_warps": 16}, FP8, "a8w8.num_warps must be 4 or 8"),
-     (16, "sm90", {}, torch.float8_e4m3fnuz, "e4m3fn KV only")],
+     (16, "sm90", {}, torch.float8_e4m3fnuz, "e4m3fn KV, or bf16 KV with bf16 q, not torch.float8_e4m3fnuz KV")],
 )  # fmt: skip
 def test_gluon_engine_is_refused_where_it_is_not_written_for(heads, arch, knobs, kv, msg) -> None:
     """engine gluon is checked once, in the plan, against what gluon_sm90.py is written for; one line names the
@@ -376,3 +376,28 @@ def test_gluon_engine_leaves_bf16_caches_on_the_triton_kernel() -> None:
     assert bf16.kernel is kernels._mla_partial_kernel and a16.kernel is kernels._mla_partial_kernel
     assert gluon.kernel is not kernels._mla_partial_kernel
     assert gluon.partial[False] == {"SNAP": True, "STAGES": 2, "Q_EXP": 8, "WARPS": 8}
+
+
+@pytest.mark.parametrize(
+    "heads,arch,knobs,q,kv,msg",
+    [(16, "gfx950", {}, torch.bfloat16, torch.bfloat16, "kv16_engine gluon: sm90 only (wgmma), not gfx950"),
+     (16, "sm90", {}, torch.float16, torch.bfloat16, "bf16 KV with bf16 q, not torch.bfloat16 KV with torch.float16 q"),
+     (16, "sm90", {}, torch.float16, torch.float16, "not torch.float16 KV"),
+     (16, "sm90", {"BLOCK_N": 32}, torch.bfloat16, torch.bfloat16, "kv16_engine gluon: BLOCK_N must be 64, not 32"),
+     (16, "sm90", {"num_warps": 2}, torch.bfloat16, torch.bfloat16, "num_warps must be 4 or 8"),
+     (64, "sm90", {}, torch.bfloat16, torch.bfloat16, "one program holds all heads (<= 16, BLOCK_H 16), not 64")],
+)  # fmt: skip
+def test_kv16_gluon_is_refused_where_it_is_not_written_for(heads, arch, knobs, q, kv, msg) -> None:
+    """kv16_engine gluon (16-bit caches) is checked in the plan like a8w8.engine: one line naming the knob; fp8
+    caches of the same bucket keep their own compute and kernel."""
+    from speedrun.eval.kernels import mla_decode_bench as bench
+
+    cfg = bench.variant_config("kv16_gluon").replace(**knobs)
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        api.make_plan(heads, q, kv, device="cpu", arch=arch, config=cfg)
+    ok = api.make_plan(
+        16, torch.bfloat16, torch.bfloat16, device="cpu", arch="sm90", config=bench.variant_config("kv16_gluon")
+    )
+    assert ok.kernel.fn.__name__ == "mla_partial_sm90" and ok.partial[False]["STAGES"] == 2
+    fp8 = api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=bench.variant_config("kv16_gluon"))
+    assert fp8.kernel is kernels._mla_partial_kernel

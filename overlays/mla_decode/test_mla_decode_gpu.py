@@ -174,7 +174,6 @@ VARIANTS = [
     "flat",
     "s4_n64_w4_st3",
     "s4_n32_w4_pps1",
-    "s4_n16_w4_st9",
     "a16",
     "a8w8_pv_fp8",
     "a8w8_pv_f16",
@@ -182,6 +181,7 @@ VARIANTS = [
     "a8w8_gluon",
     "a8w8_gluon_st3",
     "gluon_pps1",
+    "kv16_gluon",
     "t16_n64_w4",
     "t16_n64_w8",
 ]
@@ -449,3 +449,27 @@ def test_a8w8_gluon_tile_edges(page_size):
     o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device="cuda")
     decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=gluon_config(), compute="a8w8")
     a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon tile edges ps={page_size}")
+
+
+@needs_sm90
+@pytest.mark.parametrize("page_size", [1, 64])
+def test_kv16_gluon_bf16_cache(page_size):
+    """The Gluon kernel on a bf16 cache (kv16_engine: both MMAs read the landed bf16 tile) against the float32
+    reference, within `check`'s bound (1e-2 of the largest output): tile edges (1-129 tokens), mixed lengths with
+    empty and 32k sequences, then bs 32 and 256 at kv 8k."""
+    from speedrun.eval.kernels import mla_decode_bench as bench
+    from speedrun.overlays.mla_decode.reference import mla_decode_reference
+    from speedrun.overlays.mla_decode.test_mla_decode import decode
+
+    cfg = bench.variant_config("kv16_gluon")
+    g = torch.Generator().manual_seed(5)
+    cases = [[1, 2, 63, 64, 65, 127, 128, 129], torch.randint(1, 9000, (40,), generator=g).tolist() + [0, 32768, 0],
+             [8192] * 32, [8192] * 256]  # fmt: skip
+    for lens in cases:
+        q, kv, indptr, slots = make_batch(len(lens), 16, lens, BF16, page_size=64, seed=len(lens))
+        view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
+        o = torch.full((len(lens), 16, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
+        decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=cfg)
+        ref = mla_decode_reference(q, view, indptr, slots, SM_SCALE, 1.0, 1.0, page_size)
+        assert torch.isfinite(o.float()).all(), f"kv16 gluon bs={len(lens)}: non-finite output"
+        check(o, ref, f"kv16 gluon bs={len(lens)} ps={page_size}")
