@@ -47,12 +47,11 @@ def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, co
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
     # As the JIT sees SGLang's buffers: aligned pointers, strides that are multiples of 576 or 512 (so of 16).
     attrs = aligned(sig, *PARTIAL_ARGS, *STRIDES)
+    gluon = ",gluon" if plan.kernel is not _mla_partial_kernel else ""
     if plan.compute == Compute.A8W8:
-        gluon = ",gluon" if plan.kernel is not _mla_partial_kernel else ""
         name = f"mla_decode/partial[{bucket},fp8,a8w8,pv-{cfg.a8w8.pv}{gluon}]"
         return CompileSpec(name, plan.kernel, sig, const, cfg.launch_knobs(), EXPECT_FP8_MMA[arch],
                            attrs=attrs, min_occupancy=A8W8_MIN_WAVES.get(arch), no_spills=True)  # fmt: skip
-    gluon = ",gluon" if plan.kernel is not _mla_partial_kernel else ""
     name = f"mla_decode/partial[{bucket},{kv}{gluon}]"
     return CompileSpec(name, plan.kernel, sig, const, cfg.launch_knobs(), EXPECT_MMA[arch], attrs=attrs,
                        no_spills=bool(gluon))  # fmt: skip

@@ -81,17 +81,22 @@ def helper_specs(arch: str) -> list[CompileSpec]:
     return specs
 
 
+def entries(table: GemmTable) -> list[tuple[str, str, GemmBucket]]:
+    """(shape, bucket key, config) of every table entry: ("default", key, bucket) per M bucket, then each per-shape
+    entry "<N>x<K>:<bucket>" as the plan resolves it (its knobs over the bucket's "swz" ones too)."""
+    out = [("default", key, cfg) for key, cfg in table.buckets.items()]
+    for key in table.shapes:
+        shape, bucket = key.split(":", 1)
+        out.append((shape, bucket, table.config(bucket, *map(int, shape.split("x")))))
+    return out
+
+
 def compile_specs(arch: str) -> list[CompileSpec]:
     """One spec per bucket config in its route's A mode, w4a16 per bucket (and per-shape entries), helpers."""
     table = api.table(arch)
     specs: list[CompileSpec] = []
     seen: set[tuple[Any, ...]] = set()
-    entries = [("default", key, cfg) for key, cfg in table.buckets.items()]
-    for key in table.shapes:  # "<N>x<K>:<bucket>": that bucket with the entry's knobs
-        shape, bucket = key.split(":", 1)
-        n, k = map(int, shape.split("x"))
-        entries.append((shape, bucket, table.config(bucket, n, k)))  # as the plan resolves it (over "swz" too)
-    for shape, bucket, cfg in entries:
+    for shape, bucket, cfg in entries(table):
         variants = [(_a_mode(cfg.route, arch), cfg)]
         if cfg.fused_below_nk:  # small weights take the fused route (api.route_for)
             variants.append((AMode.QUANT, cfg))
@@ -115,11 +120,7 @@ def swz_specs(table: GemmTable, arch: str) -> list[CompileSpec]:
     if arch != "sm90":
         return []
     out = []
-    entries = [("default", key, base) for key, base in table.buckets.items()]
-    for key in table.shapes:  # per-shape entries as served: their knobs win over the bucket's "swz" ones
-        shape, bucket = key.split(":", 1)
-        entries.append((shape, bucket, table.config(bucket, *map(int, shape.split("x")))))
-    for shape, key, base in entries:
+    for shape, key, base in entries(table):
         cfg = base.with_overrides(base.swz)
         if kernel_route(cfg.route) == Route.DEQUANT_W:
             continue

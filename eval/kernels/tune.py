@@ -142,14 +142,16 @@ def select_bucket(rows: list[dict[str, Any]], cfg: dict[str, Any], bucket: str, 
     return Choice(bucket, cur, best, 1.0 / scores[best], len(shapes), len(scores), _change(rows, cfg, cur, best))
 
 
-def _change(rows: list[dict[str, Any]], cfg: dict[str, Any], cur: str, win: str) -> dict[str, Any]:
+def _change(rows: list[dict[str, Any]], cfg: dict[str, Any], cur: str, win: str,
+            view: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """The winner's knobs that differ from the current variant's, on a shape where the current row is exactly
-    the entry (else any shape both measured)."""
+    the entry (else any shape both measured); `view` maps both rows' configs first (per-shape entries: `flat`)."""
     by = {(str(r.get("variant")), shape_of(r)): r.get("config") or {} for r in rows}
     both = [s for (v, s) in by if v == cur and (win, s) in by]
     exact = [s for s in both if is_current(cfg, by[cur, s])]
     s = (exact or both)[0]
-    return delta(by[cur, s], by[win, s])
+    view = view or (lambda c: c)
+    return delta(view(by[cur, s]), view(by[win, s]))
 
 
 def select(rows: list[dict[str, Any]], table: dict[str, Any], source: str = "sweep", min_gain: float = 1.0):
@@ -184,7 +186,7 @@ def select_shapes(rows: list[dict[str, Any]], table: dict[str, Any], kept: set[s
     """Per-shape winners: for each bucket whose entry stays (`kept`: per-shape knobs are written relative to it)
     and each weight shape in it, the variant that wins that weight's rows (geomean over its Ms, as select_bucket)
     by `min_gain`, on the table's own weight layout (a shape entry cannot change it). The knobs written are the
-    winner's flat difference from the current row on one M both measured."""
+    winner's flat difference from the current row (as select_bucket's, through `flat`)."""
     layout = table.get("_layout", "plain")
     mine = [r for r in usable(rows, source) if SHAPE_FIELD in r and r.get("w_layout", layout) == layout]
     groups: dict[tuple[str, str], list] = {}
@@ -194,12 +196,9 @@ def select_shapes(rows: list[dict[str, Any]], table: dict[str, Any], kept: set[s
     out = []
     for (bucket, nk), rs in groups.items():
         c = select_bucket(rs, entry(table, bucket), bucket, min_gain)
-        if not c.changed:
-            continue
-        by = {(str(r.get("variant")), shape_of(r)): r.get("config") or {} for r in rs}
-        s = next(s for (v, s) in by if v == c.current and (c.winner, s) in by)
-        change = delta(flat(by[c.current, s], layout), flat(by[c.winner, s], layout))
-        out.append(Choice(f"{nk}:{bucket}", c.current, c.winner, c.speedup, c.shapes, c.candidates, change))
+        if c.changed:
+            change = _change(rs, entry(table, bucket), c.current, c.winner, lambda cfg: flat(cfg, layout))
+            out.append(Choice(f"{nk}:{bucket}", c.current, c.winner, c.speedup, c.shapes, c.candidates, change))
     return out
 
 

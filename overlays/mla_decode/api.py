@@ -288,11 +288,10 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
         raise ValueError(f"{where}: e4m3fn KV, or bf16 KV with bf16 q, not {kv_dtype} KV with {q_dtype} q")
     if heads > 16 or block_h(heads, cfg) != 16:
         raise ValueError(f"{where}: one program holds all heads (<= 16, BLOCK_H 16), not {heads} heads")
-    knobs = GLUON_KNOBS if fp8 else {"BLOCK_N": 64}
-    pre = "a8w8." if fp8 else ""
+    knobs, src, pre = (GLUON_KNOBS, cfg.a8w8, "a8w8.") if fp8 else ({"BLOCK_N": 64}, cfg, "")
     for knob, want in knobs.items():
-        if getattr(cfg.a8w8 if fp8 else cfg, knob) != want:
-            raise ValueError(f"{where}: {pre}{knob} must be {want}, not {getattr(cfg.a8w8 if fp8 else cfg, knob)}")
+        if getattr(src, knob) != want:
+            raise ValueError(f"{where}: {pre}{knob} must be {want}, not {getattr(src, knob)}")
     if cfg.num_warps not in (4, 8):
         raise ValueError(f"{where}: {pre}num_warps must be 4 or 8 (one or two warpgroups), not {cfg.num_warps}")
     from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_sm90
