@@ -143,6 +143,9 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
     P_SCALE: gl.constexpr = 1.0 if KV16 else 256.0  # f16 P: 2^8 keeps small P out of f16's subnormals
     CVT_ROWS: gl.constexpr = 32
 
+    # A program's earlier segment may still be in its last PV wgmma, which reads a ring slot on 16-bit caches
+    # (and q for QK): nobody overwrites q or the ring before everyone is past it.
+    _cta_barrier()
     q_mul = _load_q(Q, q_lat_s, q_rope_s, b, stride_qb, stride_qh, H, BLOCK_H, DL, DR, Q_EXP, KV16, LQ)
     sc = gl.convert_layout(qk_scale / q_mul, gl.SliceLayout(0, LS))
     n_tiles = ((seg_hi - pos + BLOCK_N - 1) // BLOCK_N).to(gl.int32)
