@@ -10,7 +10,7 @@ import torch
 from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.buckets import parse
 from speedrun.overlays.mla_decode import api
-from speedrun.overlays.mla_decode.config import Compute, MlaBucket, Pv
+from speedrun.overlays.mla_decode.config import Compute, Engine, MlaBucket, Pv
 from speedrun.overlays.mla_decode.kernels import D_LATENT, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
 
 KV_TYPES = {"bf16": "*bf16", "fp8": "*fp8e4nv"}  # fp8 e4m3fn (OCP): sm90 and gfx950 both take it
@@ -22,13 +22,14 @@ EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 EXPECT_FP8_MMA = {"sm90": r"wgmma\.mma_async[\w.]*\.e4m3\.e4m3", "gfx950": r"v_mfma_\w*(?:fp8_fp8|f8f6f4)"}
 GLUON_A8W8 = {"engine": "gluon", "mma_m": "tokens", "pv": "f16", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
 GLUON_KV16 = {"kv16_engine": "gluon", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
+TRITON = {"engine": "triton"}  # the a8w8 knobs on the Triton kernel
 A8W8_MIN_WAVES = {"gfx950": 2}  # waves per SIMD: one wave per SIMD leaves nothing to hide HBM latency with
 PARTIAL_ARGS = ["Q", "KV", "O", "PartO", "PartLse", "kv_indptr", "kv_indices"]  # aligned (Chunk: one int32)
 SCALARS = {"qk_scale": "fp32", "v_scale": "fp32", "bs": "i32", "num_programs": "i32"}
 STRIDES = ["stride_qb", "stride_qh", "stride_kv_page", "stride_kv_tok", "stride_ob", "stride_oh"]
 
 
-def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, compute: Compute = Compute.A16,
+def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, compute: Compute | None = None,
                  pv: Pv | None = None, a8w8: dict | None = None) -> CompileSpec:  # fmt: skip
     """The partial kernel as the launcher builds it for this KV format and compute (from the same plan: fp8
     overrides and constexprs included); pv overrides the a8w8 PV operand type (both are compiled: the GPU bench
@@ -75,15 +76,22 @@ def compile_specs(arch: str) -> list[CompileSpec]:
     specs = []
     for bucket, cfg in api.table(arch).items():
         heads = parse(bucket).limit
-        specs += [partial_spec(bucket, heads, cfg, kv, arch) for kv in KV_TYPES]
-        if cfg.a8w8 is not None:  # the bucket's PV operand type first, then the other one
+        specs += [partial_spec(bucket, heads, cfg, kv, arch) for kv in KV_TYPES]  # as served
+        if cfg.fp8_compute != Compute.A16:  # the upcast path stays an option (compute a16)
+            specs.append(partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A16))
+        if cfg.a8w8 is not None:  # the Triton a8w8 kernel: the bucket's PV operand type first, then the other one
             pvs = [cfg.a8w8.pv, *(p for p in A8W8_PV if p != cfg.a8w8.pv)]
-            specs += [partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, pv) for pv in pvs]
-            if arch == "sm90" and heads <= 16:  # the Gluon kernel (sweep variants a8w8_gluon, kv16_gluon)
+            specs += [partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, pv, TRITON) for pv in pvs]
+            gluon = arch == "sm90" and heads <= 16  # the Gluon kernel (sweep variants a8w8_gluon, kv16_gluon)
+            if gluon and cfg.a8w8.engine != Engine.GLUON:
                 specs.append(partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, a8w8=GLUON_A8W8))
+            if gluon and cfg.kv16_engine != Engine.GLUON:
                 specs.append(partial_spec(bucket, heads, cfg.replace(**GLUON_KV16), "bf16", arch))
         specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg.merge.min_block_dv, D_LATENT)]
-    return specs
+    once: dict[str, CompileSpec] = {}  # each kernel once, where first listed (the served one first)
+    for spec in specs:
+        once.setdefault(spec.name, spec)
+    return list(once.values())
 
 
 def main(argv: list[str] | None = None) -> int:

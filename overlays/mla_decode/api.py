@@ -205,15 +205,27 @@ def _default_device() -> torch.device:
 
 @functools.cache
 def table(arch: str) -> dict[str, MlaBucket]:
-    """The arch's validated buckets by key (another AMD arch takes the gfx950 table, another CUDA one sm90's)."""
+    """The arch's validated buckets by key (another AMD arch takes the gfx950 table, another CUDA one and the
+    interpreter take sm90's without its Gluon choices: see without_gluon)."""
     try:
-        raw = load_configs("mla_decode", arch)
+        raw = load_configs("mla_decode", arch)  # another CUDA arch: sm90's
     except FileNotFoundError:  # another AMD arch: the gfx950 table is the closest we have
-        raw = load_configs("mla_decode", "gfx950" if is_amd(arch) else "sm90")
+        raw = load_configs("mla_decode", "gfx950")
     buckets = check_table(raw, f"mla_decode {arch}")
     for key, cfg in buckets.items():
         cuda_only(cfg, arch, f"mla_decode {arch} {key}")
-    return buckets
+    own = raw.get("_meta", {}).get("arch") == arch
+    return buckets if own else {key: without_gluon(cfg) for key, cfg in buckets.items()}
+
+
+def without_gluon(cfg: MlaBucket) -> MlaBucket:
+    """A bucket of sm90's table as another arch runs it: the Gluon kernel is sm90's only (wgmma), so a bucket
+    that chose it for fp8 caches computes them a16 again (on sm90 the Triton a8w8 kernel was slower than a16,
+    PERF.md round 4) and 16-bit caches run the Triton kernel; explicit a8w8 requests get the Triton a8w8 kernel."""
+    if cfg.a8w8 is not None and cfg.a8w8.engine == Engine.GLUON:
+        a8w8 = {k: v for k, v in cfg.a8w8.entry().items() if k != "programs_per_sm"}
+        cfg = cfg.replace(fp8_compute=Compute.A16, a8w8={**a8w8, "engine": Engine.TRITON.value})
+    return cfg.replace(kv16_engine=Engine.TRITON.value) if cfg.kv16_engine == Engine.GLUON else cfg
 
 
 def cuda_only(cfg: MlaBucket, arch: str, where: str) -> None:
@@ -243,8 +255,9 @@ def compute_for(cfg: MlaBucket, kv_dtype: torch.dtype, compute: Compute | str | 
 
 def kv_config(cfg: MlaBucket, kv_dtype: torch.dtype, compute: Compute | str | None = None) -> MlaBucket:
     """The bucket as it runs for this KV dtype and compute (see compute_for): fp8 caches take the kernel knobs of
-    its "a8w8" (a8w8) or "fp8" (a16) and say in fp8_compute which ran; never the split width (programs_per_sm
-    sizes the workspace the caller already holds, and neither schema has it). 16-bit caches: the bucket as is."""
+    its "a8w8" (a8w8) or "fp8" (a16) and say in fp8_compute which ran; a8w8 may set the split width
+    (programs_per_sm), which sizes the workspace: a server sizes it once from its model's own KV dtype and passes
+    that width to every later plan (backend.py). 16-bit caches: the bucket as is."""
     run = compute_for(cfg, kv_dtype, compute)  # raises for a8w8 on a 16-bit cache
     if kv_dtype.itemsize != 1:
         return cfg

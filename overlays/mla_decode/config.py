@@ -80,6 +80,9 @@ class A8W8Knobs(Knobs):
     num_stages: int = Field(ge=1)
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None
+    # The split width of an fp8 model computing a8w8 (the Gluon kernel's 164 KB of shared memory hold one CTA per
+    # SM, so the bucket's 2 per SM would be two waves); 16-bit caches keep the bucket's.
+    programs_per_sm: int | None = Field(None, ge=1)
 
 
 class MlaBucket(Knobs):

@@ -131,7 +131,7 @@ def test_maxnreg_is_cuda_only() -> None:
     from speedrun.overlays import arch
 
     cfg = api.config_for(16, "sm90")
-    capped = cfg.replace(fp8={**cfg.fp8.entry(), "maxnreg": 168})
+    capped = cfg.replace(fp8_compute="a16", fp8={**cfg.fp8.entry(), "maxnreg": 168})  # the "fp8" knobs run
     fp8 = torch.float8_e4m3fn
     plan = api.make_plan(16, torch.bfloat16, fp8, device="cpu", arch="sm90", config=capped)
     assert plan.partial_opts == {"num_warps": 4, "num_stages": 5, "maxnreg": 168}

@@ -42,7 +42,8 @@ def _interpreter():
 
 def a8w8_config(mma_m: str, pv: str, **over) -> MlaBucket:
     cfg = api.config_for(16, "sm90").replace(min_chunk=16, **over)
-    return cfg.replace(a8w8=cfg.a8w8.replace(mma_m=mma_m, pv=pv, BLOCK_N=64 if mma_m == "tokens" else 32))
+    a8w8 = cfg.a8w8.replace(mma_m=mma_m, pv=pv, BLOCK_N=64 if mma_m == "tokens" else 32, engine="triton")
+    return cfg.replace(a8w8=a8w8)  # the Triton a8w8 kernel (the interpreter cannot run the Gluon one)
 
 
 CASES = {
@@ -162,17 +163,31 @@ def test_per_row_q_scale_is_at_least_as_accurate_as_per_tensor() -> None:
 
 def test_compute_selection_and_knobs() -> None:
     cfg = api.config_for(16, "sm90")
-    # measured on the H100 (round 4): a8w8 0.71-0.87x of a16 at bs >= 4; gfx950 keeps a8w8 (aiter's reference)
-    for heads in (16, 32, 128):
+    # sm90 (H100, round 8): the Gluon a8w8 kernel at 16 heads (0.78-0.88x the a16 path's time); the Triton a8w8
+    # kernel was 0.71-0.87x as fast as a16 (round 4), so more heads keep a16; gfx950 computes a8w8 (aiter's reference)
+    assert cfg.fp8_compute == Compute.A8W8 and api.gluon_engine(api.kv_config(cfg, FP8), FP8)
+    for heads in (32, 128):
         assert api.config_for(heads, "sm90").fp8_compute == Compute.A16
+    for heads in (16, 32, 128):
         assert api.config_for(heads, "gfx950").fp8_compute == Compute.A8W8
-    assert api.kv_config(cfg, FP8).fp8_compute == Compute.A16  # the bucket's choice
+    for other in ("sm80", "sm100", "cpu"):  # sm90's table elsewhere: without the Gluon kernel (wgmma, sm90 only)
+        o = api.config_for(16, other)
+        knobs = (o.fp8_compute, o.a8w8.engine, o.a8w8.programs_per_sm, o.kv16_engine)
+        assert knobs == ("a16", "triton", None, "triton")
+        assert api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch=other).kernel is kernels._mla_partial_kernel
+        a8 = api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch=other, compute="a8w8")
+        assert a8.kernel is kernels._mla_partial_kernel and a8.compute == Compute.A8W8
+    assert api.kv_config(cfg, FP8).fp8_compute == Compute.A8W8  # the bucket's choice
     a8 = api.kv_config(cfg, FP8, "a8w8")
-    k = api.kernel_constexprs(a8, torch.bfloat16, FP8, "sm90")
-    assert a8.fp8_compute == Compute.A8W8 and k["A8W8"] and k["TOKENS_M"] and k["Q_EXP"] == 8
-    assert k["PV_FP8"] == (cfg.a8w8.pv == "fp8")
     assert (a8.BLOCK_N, a8.num_warps, a8.num_stages) == (cfg.a8w8.BLOCK_N, cfg.a8w8.num_warps, cfg.a8w8.num_stages)
-    assert a8.programs_per_sm == cfg.programs_per_sm and a8.split_d == cfg.split_d  # a8w8 sets neither
+    # a8w8 sets its own split width (one Gluon CTA per SM); bf16 caches keep the bucket's
+    assert (a8.programs_per_sm, cfg.programs_per_sm, a8.split_d) == (1, 2, cfg.split_d)
+    assert api.kv_config(cfg, torch.bfloat16).programs_per_sm == 2
+    assert api.num_programs(16, a8, 132) == 132 and api.num_programs(16, cfg, 132) == 264
+    tri = api.kv_config(cfg.replace(a8w8={**cfg.a8w8.entry(), "engine": "triton"}), FP8)
+    k = api.kernel_constexprs(tri, torch.bfloat16, FP8, "sm90")
+    assert tri.fp8_compute == Compute.A8W8 and k["A8W8"] and k["TOKENS_M"] and k["Q_EXP"] == 8
+    assert k["PV_FP8"] == (cfg.a8w8.pv == "fp8")
     g = api.kernel_constexprs(api.kv_config(api.config_for(16, "gfx950"), FP8), torch.bfloat16, FP8, "gfx950")
     assert g["A8W8"] and not g["TOKENS_M"] and g["PV_FP8"]  # MFMA takes M = 16 heads; LDS transposes fp8 V
     a16 = api.kv_config(cfg, FP8, "a16")
@@ -400,4 +415,5 @@ def test_kv16_gluon_is_refused_where_it_is_not_written_for(heads, arch, knobs, q
     )
     assert ok.kernel.fn.__name__ == "mla_partial_sm90" and ok.partial[False]["STAGES"] == 2
     fp8 = api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=bench.variant_config("kv16_gluon"))
-    assert fp8.kernel is kernels._mla_partial_kernel
+    shipped = api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=bench.variant_config("default"))
+    assert (fp8.kernel, fp8.partial, fp8.programs) == (shipped.kernel, shipped.partial, shipped.programs)

@@ -277,13 +277,12 @@ A8W8_BS = [1, 4, 32, 128, 256]
 
 
 def a8w8_configs(heads=16):
-    """The shipped table (its PV type) and the same knobs with the other PV type: both run on every shape."""
+    """label -> config: the Triton a8w8 kernel with the table's knobs at both PV types (both run on every shape);
+    the Gluon kernel has tests of its own (test_a8w8_gluon_*)."""
     from speedrun.overlays.mla_decode import api
 
     cfg = api.config_for(heads)
-    mine = cfg.a8w8.pv
-    other = "f16" if mine == "fp8" else "fp8"
-    return {mine: cfg, other: cfg.replace(a8w8=cfg.a8w8.replace(pv=other))}
+    return {pv: cfg.replace(a8w8=cfg.a8w8.replace(pv=pv, engine="triton")) for pv in ("f16", "fp8")}
 
 
 def a8w8_check(o, q, kv, indptr, slots, page_size, pv, what, k_scale=1.0, v_scale=1.0, sm_scale=SM_SCALE):
@@ -368,8 +367,8 @@ def test_a8w8_mixed_lengths(page_size, heads):
 
 
 def test_fp8_default_is_the_tables_choice_and_a8w8_is_really_fp8():
-    """Unpinned, an fp8 cache computes as the table's fp8_compute says for this arch (sm90: a16); a8w8 when asked
-    runs the fp8 path, whose result is not the upcast path's."""
+    """Unpinned, an fp8 cache computes as the table's fp8_compute says for this arch (sm90, 16 heads: a8w8 on the
+    Gluon kernel); a8w8 when asked runs the fp8 path, whose result is not the upcast path's."""
     from speedrun.overlays.mla_decode import api
 
     choice = api.config_for(16).fp8_compute
