@@ -256,7 +256,9 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # decode, the two-multiply decode (GPU-tested for correctness: the fallback for scale bytes > 128), 128-row
 # weight tiles for both GEMMs (swz_bn128), GEMM1 without split-K where the table has it (swz_no_split1); after
 # round 7 (H100) also split-K x4 at DeepSeek M 32-128, the activation scales as words (a4_sw: M 1 only), and GEMM2's
-# 128-row tiles on 8 warps (a4_g2_bn128). Since round 7 the table runs a_qdq + group2 at tpe<=4 and group2 at
+# 128-row tiles on 8 warps (a4_g2_bn128); in round 8 split-K x2 (a4_split2: 0.98x at M 32, behind a_qdq's 0.90x)
+# and 16-slot blocks (a4_bm16: the table's BLOCK_M at every w4a4 decode bucket since round 6) made room for GEMM1's
+# tile shape with a_qdq (a4_qdq_bk256, a4_qdq_bn128). Since round 7 the table runs a_qdq + group2 at tpe<=4 and group2 at
 # tpe<=16, so there a4_qdq / a4_group4 time the rest of the pair (or are the config's row).
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
@@ -264,8 +266,12 @@ SWEEP_VARIANTS = {
     "a4_qdq": {"fmt": "w4a4", "a_qdq": True},
     "a4_qdq_g4": {"fmt": "w4a4", "a_qdq": True, "group2": 4},  # tpe<=1: round 7's M 1 and M 16 winners together
     "a4_qdq_bregs": {"fmt": "w4a4", "a_qdq": True, "b_regs": True},
-    "a4_split2": {"fmt": "w4a4", "split1": 2},  # GEMM1 waves at M 32: see the comment above
-    "a4_bm16": {"fmt": "w4a4", "BLOCK_M": 16},
+    # Round 8's breakdown: DeepSeek's GEMM1 streams at 52% of HBM (GPT-OSS's at 70%, with 256-deep K tiles);
+    # swz_bk256 was 6% faster at M 32 without a_qdq in round 7: both together, GEMM1's K tile only (GEMM2's K is 256)
+    "a4_qdq_bk256": {"fmt": "w4a4", "a_qdq": True, "BLOCK_K1": 256, "stages1": 3},
+    # 128 weight rows per GEMM1 program over two warpgroups: half the programs, each activation tile read once
+    # for twice the weights
+    "a4_qdq_bn128": {"fmt": "w4a4", "a_qdq": True, "BLOCK_N1": 128, "warps1": 8},
     "a4_group4": {"fmt": "w4a4", "group2": 4},  # GEMM2 walks 4 N tiles per program, loads pipelined across them
     "a16_bregs": {"fmt": "w4a16", "b_regs": True, "BLOCK_K1": 128, "stages1": 4},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
