@@ -258,8 +258,8 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # round 7 (H100) also split-K x4 at DeepSeek M 32-128, the activation scales as words (a4_sw: M 1 only), and GEMM2's
 # 128-row tiles on 8 warps (a4_g2_bn128); in round 8 split-K x2 (a4_split2: 0.98x at M 32, behind a_qdq's 0.90x)
 # and 16-slot blocks (a4_bm16: the table's BLOCK_M at every w4a4 decode bucket since round 6) made room for GEMM1's
-# tile shape with a_qdq (a4_qdq_bk256, a4_qdq_bn128). Since round 7 the table runs a_qdq + group2 at tpe<=4 and group2 at
-# tpe<=16, so there a4_qdq / a4_group4 time the rest of the pair (or are the config's row).
+# tile shape with a_qdq (a4_qdq_bk256, a4_qdq_bn128). Since round 7 the table runs a_qdq + group2 at tpe<=4 and
+# group2 at tpe<=16, so there a4_qdq / a4_group4 time the rest of the pair (or are the config's row).
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
 SWEEP_VARIANTS = {
