@@ -11,10 +11,11 @@ per call; rows carry the `timing` block). GB/s counts the minimal bytes: the cac
 pool (page 64, pages scattered); the token-slot impls get the expanded kv_indices, FlashMLA the block table.
 Every impl runs in try/except: failures become rows with `error`. `--sweep` times config variants of our kernel
 instead (for tuning configs/sm90.json).
-Impls `speedrun` (16-bit compute: fp8 caches upcast, compute a16), `speedrun_a8w8` (fp8 caches only: q
-quantized to fp8, fp8 MMAs, the table's a8w8 knobs; FlashMLA's fp8 row is its counterpart) and `speedrun_gluon`
-(sm90: the Gluon kernel, a8w8 with PV in f16 on fp8 caches as sweep variant `a8w8_gluon`, bf16 caches as
-`kv16_gluon`).
+Impls `speedrun` (as served: the table's kernel and compute for each cache; on sm90 at 16 heads FP8 caches run the
+Gluon a8w8 kernel, bf16 caches the Triton one), and on FP8 caches its alternatives `speedrun_a16` (16-bit compute:
+fp8 upcast) and `speedrun_a8w8` (the Triton a8w8 kernel with the table's a8w8 knobs). Round 8's first two H100 runs
+named them otherwise: there `speedrun` was a16, `speedrun_a8w8` the table's a8w8 (the Gluon kernel once the table
+chose it) and `speedrun_gluon` the Gluon kernel at the bucket's split width.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ PAGE = 64
 SM_SCALE = 1.0 / math.sqrt(192)
 CONTEXT_LEN = 163840  # DeepSeek-R1: sizes SGLang's max_kv_splits exactly as the server would
 BUDGET_S = 105.0  # under the device script's 120 s step: later shapes are written as skipped
-IMPLS = ("speedrun", "speedrun_a8w8", "speedrun_gluon", "sglang_triton", "flashinfer", "flashmla")
-FP8_ONLY = ("speedrun_a8w8",)
-OURS_ALSO = ("speedrun_a8w8", "speedrun_gluon")  # our other impls, each with its own speedup table
+IMPLS = ("speedrun", "speedrun_a16", "speedrun_a8w8", "sglang_triton", "flashinfer", "flashmla")
+FP8_ONLY = ("speedrun_a16", "speedrun_a8w8")  # on bf16 caches both would be `speedrun` again
+OURS_ALSO = FP8_ONLY  # our other impls, each with its own speedup table
 # --sweep: named overrides of the heads<=16 bucket (an empty "fp8" dict makes the variant govern fp8 caches too).
 # "default" is the shipped table as is (fp8 caches take its "fp8" overrides). Round 1's path (one 512-column tile,
 # fp8 converted to bf16) left the sweep in round 6: 2.5-3x slower than default in every round (PERF.md); so did
@@ -155,12 +156,9 @@ def make_inputs(bs: int, kv_len: int | str, kv_dtype: torch.dtype, seed: int = 0
 
 def setup_speedrun(x: dict[str, Any], config: MlaBucket | None = None,
                    compute: str | None = None) -> Callable[[], torch.Tensor]:  # fmt: skip
-    """Ours with `config` (the sweep: fp8 caches compute as the variant's table says), else the shipped table
-    with fp8 caches upcast (compute a16; a8w8 is the speedrun_a8w8 impl)."""
+    """Ours with `config` (the sweep's variant) or the shipped table, computing as `compute` or as the table says."""
     from speedrun.overlays.mla_decode import api
 
-    if config is None and compute is None and x["kv"].dtype.itemsize == 1:
-        compute = "a16"
     plan = api.make_plan(HEADS, x["q"].dtype, x["kv"].dtype, device=x["q"].device, config=config, compute=compute)
     ws = plan.alloc_workspace(x["bs"], x["q"].device)
     o = torch.empty(x["bs"], HEADS, 512, dtype=torch.bfloat16, device="cuda")
@@ -168,15 +166,16 @@ def setup_speedrun(x: dict[str, Any], config: MlaBucket | None = None,
     return lambda: api.mla_decode(*args, sm_scale=SM_SCALE, workspace=ws)
 
 
+def setup_speedrun_a16(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
+    return setup_speedrun(x, compute="a16")  # fp8 upcast to 16 bits: the path sm90 served before round 8
+
+
 def setup_speedrun_a8w8(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
-    return setup_speedrun(x, compute="a8w8")  # a 16-bit cache raises: a8w8 never silently runs a16
+    """The Triton a8w8 kernel with the table's a8w8 knobs (a 16-bit cache raises: a8w8 never silently runs a16)."""
+    from speedrun.overlays.mla_decode import api
 
-
-def setup_speedrun_gluon(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
-    """The Gluon kernel (sm90; elsewhere the plan says why not): a8w8 on fp8 caches, kv16_engine on bf16 ones."""
-    if x["kv"].dtype.itemsize == 1:
-        return setup_speedrun(x, config=variant_config("a8w8_gluon"), compute="a8w8")
-    return setup_speedrun(x, config=variant_config("kv16_gluon"))
+    cfg = api.config_for(HEADS)
+    return setup_speedrun(x, config=cfg.replace(a8w8=cfg.a8w8.replace(engine="triton")), compute="a8w8")
 
 
 def setup_sglang_triton(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
@@ -232,7 +231,7 @@ def setup_flashmla(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
                                           softmax_scale=SM_SCALE, causal=True, **extra)[0]  # fmt: skip
 
 
-SETUP = {"speedrun": setup_speedrun, "speedrun_a8w8": setup_speedrun_a8w8, "speedrun_gluon": setup_speedrun_gluon,
+SETUP = {"speedrun": setup_speedrun, "speedrun_a16": setup_speedrun_a16, "speedrun_a8w8": setup_speedrun_a8w8,
          "sglang_triton": setup_sglang_triton,
          "flashinfer": setup_flashinfer, "flashmla": setup_flashmla}  # fmt: skip
 
@@ -302,7 +301,7 @@ def shapes(quick: bool, kv_dtype: str = "all") -> list[tuple[int, int | str, tor
 
 def summarize(rows: list[dict[str, Any]]) -> str:
     """Per shape: our µs, each baseline's, ours' speedup over each (baseline / ours) and ours' % of HBM peak; for
-    fp8 caches a second table with the a8w8 path as ours (the upcast path then one of the rows it is compared to)."""
+    fp8 caches one more table per alternative of ours (speedrun_a16, speedrun_a8w8), the served path among its rows."""
     keys, stock = ("kv_dtype", "kv_len", "bs"), tuple(i for i in IMPLS if i not in ("speedrun", *OURS_ALSO))
     out = report.table(rows, keys, stock)
     for ours in OURS_ALSO:
