@@ -20,6 +20,9 @@ bash .gpu-bundle/install.sh && source .gpu-bundle/env.sh && \
 # each), and it would save the compiles but not the 16384 GEMMs.
 # The launcher passes this environment to every server it starts (launch/command.py merged_env).
 export SGLANG_JIT_DEEPGEMM_FAST_WARMUP=${SGLANG_JIT_DEEPGEMM_FAST_WARMUP:-1}
+# Without DeepGEMM stock SGLang serves DeepSeek's FP8 linears with its Triton FP8 GEMM: a weaker baseline than real
+# stock, and the GEMM bench loses its fp8_deepgemm rows. Say so at the top of every log.
+[ -f .gpu-bundle/deepgemm.tar.xz ] || echo "WARNING: no DeepGEMM in .gpu-bundle (run scripts/device/add_deepgemm.sh): stock's FP8 GEMM baselines are weaker than real stock's"
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
