@@ -8,6 +8,7 @@
 # The folder holds JSON, markdown and trimmed server logs only (the carry limit is 64 MiB with the bundle).
 set -uo pipefail
 source scripts/device/setup.sh || exit 1
+require_deepgemm baseline.sh || exit 2  # every candidate is stock at its strongest: DeepGEMM on CUDA
 recipe=$1; shift
 R=.baseline-runs/$recipe
 mkdir -p "$R"

@@ -9,10 +9,7 @@
 #   (`speedrun run --ops`, one folder RECIPE.ops-<ops> each), against the same baseline results (copied in)
 set -uo pipefail
 source scripts/device/setup.sh || exit 1
-# The baseline side must be stock at its strongest: on CUDA that includes DeepGEMM for DeepSeek's FP8 slice.
-[ -f .gpu-bundle/deepgemm.tar.xz ] || [ -n "${ALLOW_NO_DEEPGEMM:-}" ] || {
-  echo "e2e.sh: .gpu-bundle has no DeepGEMM (scripts/device/add_deepgemm.sh adds it); ALLOW_NO_DEEPGEMM=1 runs anyway"
-  exit 2; }
+require_deepgemm e2e.sh || exit 2  # the baseline side is stock at its strongest: DeepGEMM on CUDA
 START=$(date +%s); DEADLINE=${DEADLINE:-570}; R=.runs/e2e
 mkdir -p "$R"
 for recipe in "$@"; do

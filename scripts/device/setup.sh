@@ -23,6 +23,11 @@ export SGLANG_JIT_DEEPGEMM_FAST_WARMUP=${SGLANG_JIT_DEEPGEMM_FAST_WARMUP:-1}
 # Without DeepGEMM stock SGLang serves DeepSeek's FP8 linears with its Triton FP8 GEMM: a weaker baseline than real
 # stock, and the GEMM bench loses its fp8_deepgemm rows. Say so at the top of every log.
 [ -f .gpu-bundle/deepgemm.tar.xz ] || echo "WARNING: no DeepGEMM in .gpu-bundle (run scripts/device/add_deepgemm.sh): stock's FP8 GEMM baselines are weaker than real stock's"
+require_deepgemm() {  # servers of stock's side (e2e.sh, baseline.sh) must be stock at its strongest
+  [ -f .gpu-bundle/deepgemm.tar.xz ] || [ -n "${ALLOW_NO_DEEPGEMM:-}" ] && return 0
+  echo "$1: .gpu-bundle has no DeepGEMM (scripts/device/add_deepgemm.sh adds it); ALLOW_NO_DEEPGEMM=1 runs anyway"
+  return 2
+}
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
