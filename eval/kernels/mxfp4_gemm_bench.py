@@ -257,8 +257,13 @@ SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
     "bn64_bk256": {"BLOCK_N": 64, "BLOCK_K": 256, "num_warps": 4, "num_stages": 4},
     "bn64": {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},
     "bn128w8": {"BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 4},
-    "bn256w8": {"BLOCK_N": 256, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
     "bregs": {"b_regs": True},
+    # Round 8 (sm90 AOT, mxfp4_gemm_sass): the fused A-load quantizer doubles the K loop's issue at M 64 (417
+    # warp-instructions per KiB of weights vs 221 at M 16), and prequant alone waits after every wgmma (8 / 8); with
+    # b_regs the prequant loop issues 209 (m<=64) / 198 (m<=32) / 168 (m<=16) per KiB with its wgmmas back to back,
+    # at the same CTAs per SM. Never timed at decode sizes: M 64 is 0.56-0.74x DeepGEMM (round 8). bn256w8 made room
+    # (0.68-0.98x config at every shape of rounds 6-7).
+    "prequant_bregs": {"route": "prequant", "b_regs": True},
     # m<=32's fused kernel holds 82 registers x 256 threads: 2 CTAs per SM, one register short of 3 (allocation in
     # units of 8); capped at 80 it has no spill and 3 CTAs/SM (sm90 AOT, PERF.md round 7). m<=32 shapes only: at
     # m<=16 / m<=64 the cap spills 16 / 96 B and serializes the wgmmas.
@@ -277,7 +282,6 @@ VARIANT_CTAS = {
     "bn64_bk256": {"m<=16": 3, "m<=32": 2, "m<=64": 1},
     "bn64": {"m<=16": 6, "m<=32": 4, "m<=64": 2},
     "bn128w8": {"m<=16": 3, "m<=32": 2, "m<=64": 2},
-    "bn256w8": {"m<=16": 1, "m<=32": 1, "m<=64": 1},
     "m32_r80": {"m<=32": 3},
 }
 
