@@ -80,7 +80,8 @@ VARIANTS = {
     # Round 8: the same a8w8 semantics (pv f16) in Gluon, FlashMLA's structure: cp.async ring, fp8 QK wgmma straight
     # from the landed tile while the warpgroups convert V once to f16 in shared memory, PV wgmma (gluon_sm90.py)
     "a8w8_gluon": {**A8W8, "a8w8": GLUON},
-    "a8w8_gluon_st3": {**A8W8, "a8w8": {**GLUON, "num_stages": 3}},
+    # 3 stages (199 KB) at the served one program per SM (round 8 timed 3 stages only at 2 per SM, as two waves)
+    "a8w8_gluon_pps1_st3": {**A8W8, "a8w8": {**GLUON, "num_stages": 3, "programs_per_sm": 1}},
     # its 164 KB of shared memory hold one CTA per SM: the table's 2 programs per SM would be two waves (a8w8's own
     # split width; round 8 set it bucket-wide, which fp8 caches time the same and bf16 caches 4-17% slower)
     "gluon_pps1": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1}},
@@ -98,7 +99,7 @@ VARIANTS = {
 # Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
 # replace them with their own "fp8".
 SPLIT_VARIANTS = ("default", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16", "fp8_n64_w8", "fp8_r168_st3",
-                  "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_st3", "gluon_pps1", "kv16_gluon")  # fmt: skip
+                  "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_pps1_st3", "gluon_pps1", "kv16_gluon")  # fmt: skip
 BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)
 MIXED = "mixed32k"  # kv_len label of the mixed batch: one 32k sequence among 1k ones
 # (bs, kv_len); kv_len MIXED: lens [32768] + [1024] * (bs - 1)

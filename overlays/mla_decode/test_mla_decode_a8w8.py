@@ -222,7 +222,7 @@ NAME_KNOBS = {"s": "split_d", "n": "BLOCK_N", "w": "num_warps", "st": "num_stage
 
 @pytest.mark.parametrize("variant", ["fp8_n64_w8", "fp8_r168_st3", "a8w8_n128_pv_f16", "s4_n64_w4_st3",
                                      "s4_n32_w4_pps1", "a8w8_pv_fp8", "a8w8_pv_f16",
-                                     "a8w8_gluon_st3"])  # fmt: skip
+                                     "a8w8_gluon_pps1_st3"])  # fmt: skip
 def test_sweep_variants_run_the_knobs_they_name(variant: str) -> None:
     """Each knob a variant's name states is what runs on the caches it is for (a8w8_*: the a8w8 knobs; fp8_*: the
     fp8 overrides, and on bf16 caches the very kernels of `default`; others: both caches), launch options included

@@ -179,7 +179,7 @@ VARIANTS = [
     "a8w8_pv_f16",
     "a8w8_n128_pv_f16",
     "a8w8_gluon",
-    "a8w8_gluon_st3",
+    "a8w8_gluon_pps1_st3",
     "gluon_pps1",
     "kv16_gluon",
     "t16_n64_w4",
