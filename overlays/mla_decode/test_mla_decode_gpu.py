@@ -182,8 +182,6 @@ VARIANTS = [
     "a8w8_gluon_pps1_st3",
     "gluon_pps1",
     "kv16_gluon",
-    "t16_n64_w4",
-    "t16_n64_w8",
 ]
 
 
