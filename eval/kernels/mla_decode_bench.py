@@ -85,6 +85,8 @@ VARIANTS = {
     # its 164 KB of shared memory hold one CTA per SM: the table's 2 programs per SM would be two waves (a8w8's own
     # split width; round 8 set it bucket-wide, which fp8 caches time the same and bf16 caches 4-17% slower)
     "gluon_pps1": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1}},
+    # V's f16 copy in one 64-token slice: one CTA barrier a tile fewer (sm90 AOT: 178 registers, no spill)
+    "gluon_pps1_cvt64": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "cvt_rows": 64}},
     # bf16 caches in the Gluon kernel: both wgmmas read the landed tile (fp8 caches keep the table's a16 kernel)
     "kv16_gluon": {"kv16_engine": "gluon", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
     "a16": A16,  # the round-3 upcast path as shipped before a8w8 (sm90 ships it now: the same kernel as default)
@@ -102,7 +104,8 @@ RETIRED = {
 # Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
 # replace them with their own "fp8".
 SPLIT_VARIANTS = ("default", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16", "fp8_n64_w8", "fp8_r168_st3",
-                  "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_pps1_st3", "gluon_pps1", "kv16_gluon")  # fmt: skip
+                  "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_pps1_st3", "gluon_pps1", "gluon_pps1_cvt64",
+                  "kv16_gluon")  # fmt: skip
 BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)
 MIXED = "mixed32k"  # kv_len label of the mixed batch: one 32k sequence among 1k ones
 # (bs, kv_len); kv_len MIXED: lens [32768] + [1024] * (bs - 1)

@@ -285,6 +285,7 @@ def gluon_engine(cfg: MlaBucket, kv_dtype: torch.dtype) -> bool:
 # What the Gluon kernel is written for (gluon_sm90.py): a8w8 knob -> the value it must have on fp8 caches.
 GLUON_KNOBS = {"mma_m": MmaM.TOKENS, "pv": Pv.F16, "BLOCK_N": 64}
 GLUON_KV = (torch.float8_e4m3fn, torch.bfloat16)
+GLUON_CVT_ROWS = 32  # the V copy's slice (a8w8.cvt_rows unset)
 
 
 def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
@@ -307,6 +308,9 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
             raise ValueError(f"{where}: {pre}{knob} must be {want}, not {getattr(src, knob)}")
     if cfg.num_warps not in (4, 8):
         raise ValueError(f"{where}: {pre}num_warps must be 4 or 8 (one or two warpgroups), not {cfg.num_warps}")
+    cvt = cfg.a8w8.cvt_rows if fp8 else None
+    if cvt is not None and (cvt % 8 or cfg.BLOCK_N % cvt):
+        raise ValueError(f"{where}: a8w8.cvt_rows must be a multiple of 8 dividing BLOCK_N {cfg.BLOCK_N}, not {cvt}")
     from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_sm90
 
     return mla_partial_sm90
@@ -319,7 +323,9 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
     its TOKENS_M / PV_FP8 (the bucket's a8w8 mma_m and pv) for fp8 caches computing a8w8; TOKENS_M otherwise from
     the bucket's a16_mma_m (the 16-bit tokens-as-M path)."""
     if gluon_engine(cfg, kv_dtype):  # its own constexprs (its semantics are fixed: tokens as M; fp8: a8w8, f16 PV)
-        return {**split_constexprs(cfg), "STAGES": cfg.num_stages, "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps}
+        cvt = (cfg.a8w8.cvt_rows if kv_dtype.itemsize == 1 else None) or GLUON_CVT_ROWS
+        return {**split_constexprs(cfg), "STAGES": cfg.num_stages, "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps,
+                "CVT_ROWS": cvt}  # fmt: skip
     fp8 = kv_dtype.itemsize == 1
     cdt = tl.float16 if q_dtype == torch.float16 else tl.bfloat16
     cvt = cfg.fp8_cvt if fp8 else None

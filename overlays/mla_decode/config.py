@@ -83,6 +83,9 @@ class A8W8Knobs(Knobs):
     # The split width of an fp8 model computing a8w8 (the Gluon kernel's 164 KB of shared memory hold one CTA per
     # SM, so the bucket's 2 per SM would be two waves); 16-bit caches keep the bucket's.
     programs_per_sm: int | None = Field(None, ge=1)
+    # The Gluon kernel's V copy (fp8 -> f16) in slices of this many tokens (default 32): fewer slices, fewer CTA
+    # barriers, more registers (sm90 AOT: 64 rows = 178 registers and 7 barriers a tile vs 170 and 8).
+    cvt_rows: int | None = Field(None, ge=8)
 
 
 class MlaBucket(Knobs):

@@ -126,7 +126,7 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
              lat_s, rope_s, q_lat_s, q_rope_s, v16_s, p_s,
              H: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, PAGE_SIZE: gl.constexpr,
              DL: gl.constexpr, DR: gl.constexpr, STAGES: gl.constexpr, Q_EXP: gl.constexpr,
-             WARPS: gl.constexpr):  # fmt: skip
+             WARPS: gl.constexpr, CVT_ROWS: gl.constexpr):  # fmt: skip
     """Tokens [pos, seg_hi) of sequence b through the cp.async ring: the final output, or a partial in `slot`.
     16-bit caches (KV16) skip the f16 copy: QK and PV both read the tile as it landed."""
     KV16: gl.constexpr = KV.dtype.element_ty.primitive_bitwidth == 16
@@ -141,7 +141,6 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
                                                  instr_shape=[16, BLOCK_H, 16])  # fmt: skip
     LQ: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [WARPS, 1], [1, 0])
     P_SCALE: gl.constexpr = 1.0 if KV16 else 256.0  # f16 P: 2^8 keeps small P out of f16's subnormals
-    CVT_ROWS: gl.constexpr = 32
 
     # A program's earlier segment may still be in its last PV wgmma, which reads a ring slot on 16-bit caches
     # (and q for QK): nobody overwrites q or the ring before everyone is past it.
@@ -176,7 +175,9 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
         if KV16:
             v_src = k_lat
         else:
-            for r in gl.static_range(BLOCK_N // CVT_ROWS):  # a few rows at a time: a whole f16 tile is 128 regs
+            # CVT_ROWS rows at a time (registers: a whole f16 tile is 128 a thread); Triton's barrier pass puts a
+            # CTA barrier between two slices' stores (it sees each as a write to the whole copy)
+            for r in gl.static_range(BLOCK_N // CVT_ROWS):
                 rows = k_lat.slice(r * CVT_ROWS, CVT_ROWS).load(LLAT)
                 v16_s.slice(r * CVT_ROWS, CVT_ROWS).store(rows.to(gl.float16))
             v_src = v16_s
@@ -247,6 +248,7 @@ def mla_partial_sm90(
     STAGES: gl.constexpr = 3,
     Q_EXP: gl.constexpr = 8,
     WARPS: gl.constexpr = 8,  # 4: one warpgroup; 8: two (QK: 8 heads each; PV: half the output rows each)
+    CVT_ROWS: gl.constexpr = 32,  # fp8 caches: V's f16 copy in slices of this many tokens (a8w8.cvt_rows)
 ):
     """kernels._mla_partial_kernel's contract (grid: programs; heads <= BLOCK_H = 16 in one program) for fp8 e4m3
     KV (a8w8) and bf16 KV with bf16 q."""
@@ -289,6 +291,6 @@ def mla_partial_sm90(
             _segment(Q, KV, O, PartO, PartLse, kv_idx, b, (p + b).to(gl.int64), pos, seg_hi, seq_lo, seq_hi,
                      qk_scale, v_scale, stride_qb, stride_qh, stride_kv_page, stride_kv_tok, stride_ob, stride_oh,
                      lat_s, rope_s, q_lat_s, q_rope_s, v16_s, p_s, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, STAGES,
-                     Q_EXP, WARPS)  # fmt: skip
+                     Q_EXP, WARPS, CVT_ROWS)  # fmt: skip
         pos = gl.maximum(seg_hi, pos)
         b += 1

@@ -181,6 +181,7 @@ VARIANTS = [
     "a8w8_gluon",
     "a8w8_gluon_pps1_st3",
     "gluon_pps1",
+    "gluon_pps1_cvt64",
     "kv16_gluon",
 ]
 
