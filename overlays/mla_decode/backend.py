@@ -44,10 +44,13 @@ class SpeedrunMLABackend(TritonAttnBackend):
         # The model's own dtypes: an impossible compute request fails here, at load.
         self.init_plan = self._plan(q_dtype, kv_dtype if kv_dtype in api.KV_DTYPES else torch.bfloat16, 1)
         self.compute = self.init_plan.compute if kv_dtype is not None else None
-        plan = self.init_plan  # which partial kernel serves the model's cache: the report says it, per process
+        # Which partial kernel serves the model's cache: the per-process report (and its routes column) says it.
+        plan = self.init_plan
         kernel = "gluon" if api.gluon_engine(plan.cfg, plan.kv_dtype) else "triton"
+        kernel = self.impl if self.impl != "triton" else kernel
+        route = f"MLA decode: {kernel} kernel, {self.compute or 'a16'} on {kv_dtype} KV"
         report.record(mla_decode_compute=self.compute, mla_decode_kv_cache_dtype=str(kv_dtype),
-                      mla_decode_kernel=self.impl if self.impl != "triton" else kernel)  # fmt: skip
+                      mla_decode_kernel=kernel, mla_decode_routes=[route])  # fmt: skip
         self.programs = self.init_plan.programs  # the split width: one for every dtype and page size of the model
         self.own_ws: tuple[torch.Tensor, torch.Tensor] | None = None
         self.aiter_bufs: dict[str, torch.Tensor] = {}
