@@ -42,8 +42,7 @@ SM_SCALE = 1.0 / math.sqrt(192)
 CONTEXT_LEN = 163840  # DeepSeek-R1: sizes SGLang's max_kv_splits exactly as the server would
 BUDGET_S = 105.0  # under the device script's 120 s step: later shapes are written as skipped
 IMPLS = ("speedrun", "speedrun_a16", "speedrun_a8w8", "sglang_triton", "flashinfer", "flashmla")
-FP8_ONLY = ("speedrun_a16", "speedrun_a8w8")  # on bf16 caches both would be `speedrun` again
-OURS_ALSO = FP8_ONLY  # our other impls, each with its own speedup table
+OURS_ALSO = ("speedrun_a16", "speedrun_a8w8")  # our other impls, FP8 caches only (on bf16 both are `speedrun`)
 # --sweep: named overrides of the heads<=16 bucket (an empty "fp8" dict makes the variant govern fp8 caches too).
 # "default" is the shipped table as is (fp8 caches take its "fp8" overrides). Round 1's path (one 512-column tile,
 # fp8 converted to bf16) left the sweep in round 6: 2.5-3x slower than default in every round (PERF.md); so did
@@ -313,7 +312,7 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     keys, stock = ("kv_dtype", "kv_len", "bs"), tuple(i for i in IMPLS if i not in ("speedrun", *OURS_ALSO))
     out = report.table(rows, keys, stock)
     for ours in OURS_ALSO:
-        mine = [r for r in rows if r["kv_dtype"] != "bf16" or ours not in FP8_ONLY]
+        mine = [r for r in rows if r["kv_dtype"] != "bf16"]
         if any(r["impl"] == ours for r in rows):
             out += f"\n\n{ours} as ours:\n" + report.table(mine, keys, ("speedrun", *stock), ours=ours)
     return out
@@ -472,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + BUDGET_S
     with recording(args.out / "mla_decode.json", meta, plot, summarize) as res:
         for bs, kv_len, dt in args.shape or shapes(args.quick, args.kv_dtype):
-            run = impls if dt.itemsize == 1 else tuple(i for i in impls if i not in FP8_ONLY)
+            run = impls if dt.itemsize == 1 else tuple(i for i in impls if i not in OURS_ALSO)
             rows = bench_shape(bs, kv_len, dt, run, gpu, deadline, peak, emit=res.add)
             done = ", ".join(f"{r['impl']}={r.get('us')}" for r in rows)
             print(f"done bs={bs} kv={kv_len} {dt}: {done}", flush=True)
