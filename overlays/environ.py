@@ -24,7 +24,7 @@ from speedrun.overlays.ops import BACKENDS, OPS, Backend, Op
 SETTINGS = "SPEEDRUN_SETTINGS"
 DEFAULT_BACKEND: Backend = "triton"
 MlaCompute = Literal["a8w8", "a16"]
-MoeLayout = Literal["swz", "plain"]
+MoeLayout = Literal["swz", "swzg16", "swzg64", "plain"]
 StockFp8 = Literal["per_call", "resident"]
 AiterGemmKernel = Literal["a4w4", "afp4wfp4"]
 
@@ -42,7 +42,9 @@ class PluginSettings(BaseModel):
         None, description="how fp8 KV caches compute; unset: each config bucket's fp8_compute"
     )
     mxfp4_moe_layout: MoeLayout | None = Field(
-        None, description="expert value layout: swz (mx.layout swz128) or plain; unset: swz on CUDA, plain on ROCm"
+        None,
+        description="expert value layout: swz (mx.layout swz128), swzg16 / swzg64 (swz128 with rows in groups of "
+        "16 / 64), or plain; unset: swz on CUDA, plain on ROCm",
     )
     mxfp4_moe_stock_fp8: StockFp8 = Field(
         "per_call",
@@ -56,6 +58,9 @@ class PluginSettings(BaseModel):
     )
     mxfp4_gemm_aiter_kernel: AiterGemmKernel = Field("a4w4", description="aiter GEMM kernel (ROCm)")
     synthetic_fill: bool = Field(False, description="refill --load-format dummy weights sanely")
+    warmup: bool = Field(
+        True, description="compile every kernel a served call can launch at load (overlays.warmup), not in a request"
+    )
     seed: int = Field(0, description="seed of the synthetic weight filler (same on both sides)")
     report_dir: Path | None = Field(None, description="folder for the per-process JSON reports (unset: none)")
 
@@ -165,6 +170,7 @@ MXFP4_GEMM_STOCK_FP8 = _add(EnvVar("SPEEDRUN_MXFP4_GEMM_STOCK_FP8", "mxfp4_gemm_
 MXFP4_GEMM_AITER_KERNEL = _add(EnvVar("SPEEDRUN_MXFP4_GEMM_AITER_KERNEL", "mxfp4_gemm_aiter_kernel"))
 SYNTHETIC_FILL = _add(EnvVar("SPEEDRUN_SYNTHETIC_FILL", "synthetic_fill", flag))
 SEED = _add(EnvVar("SPEEDRUN_SEED", "seed", str))
+WARMUP = _add(EnvVar("SPEEDRUN_WARMUP", "warmup", flag))
 REPORT_DIR = _add(EnvVar("SPEEDRUN_REPORT_DIR", "report_dir", str))
 
 

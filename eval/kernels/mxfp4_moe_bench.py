@@ -53,7 +53,7 @@ from speedrun.overlays.mxfp4_moe.api import (
     pick_config,
     swizzled,
 )
-from speedrun.overlays.mxfp4_moe.config import MoeBucket
+from speedrun.overlays.mxfp4_moe.config import Layout, MoeBucket
 from speedrun.overlays.mxfp4_moe.sglang_hook import _deinterleave
 from speedrun.overlays.mxfp4_moe.stock_fp8 import fused_moe_stock_fp8
 
@@ -244,13 +244,13 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # Overrides of the tuned config ("layout" picks the experts' value layout, default swz128 = what the sm90 hook
 # stores; "fmt" times a variant only on that format's experts; "prefill" times it only at prefill shapes, where
 # nothing else but the config runs). DeepSeek (w4a4) first: its activations as bf16 on the MXFP4 grid (a_qdq: no
-# per-CTA activation decode, the w4a16 load path; with b_regs so those wgmmas stay back to back: PERF.md round 7),
+# per-CTA activation decode, the w4a16 load path: PERF.md round 7),
 # the codes path with its activation scales loaded as int32 words (no synchronous 1-byte load per K step),
 # GEMM1 split-K x2 / x4 where the bucket has none (M 32: ~165 active experts x 4 N tiles = 660 CTAs over 528
 # slots of 4 per SM, 1.25 waves, so the second wave runs one CTA per SM through all 56 K steps), 16-slot blocks at
 # tpe<=16, GEMM2 as 128-row tiles over 2 warpgroups, GEMM2 walking 4 N tiles per program (PERF.md "Round 5
-# candidates", "GEMM2 tile groups"); then swz128's deeper K tiles on both models and GPT-OSS's b_regs with GEMM1's
-# K tile at 128 (PERF.md "b_regs"). Prefill variants (GPT-OSS M 4096 /
+# candidates", "GEMM2 tile groups"); then the grouped-row layout and swz128's deeper K tiles on both models.
+# Prefill variants (GPT-OSS M 4096 /
 # 8192; PERF.md "Round 6 candidates") set every tile knob, so each runs the same kernels wherever it is laid.
 # Left out as settled on the H100 and the H200 (slower at every shape timed): dot_scaled's upcast, no swap-AB at
 # decode, the two-multiply decode (GPU-tested for correctness: the fallback for scale bytes > 128), 128-row
@@ -258,22 +258,26 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # round 7 (H100) also split-K x4 at DeepSeek M 32-128, the activation scales as words (a4_sw: M 1 only), and GEMM2's
 # 128-row tiles on 8 warps (a4_g2_bn128); in round 8 split-K x2 (a4_split2: 0.98x at M 32, behind a_qdq's 0.90x)
 # and 16-slot blocks (a4_bm16: the table's BLOCK_M at every w4a4 decode bucket since round 6) made room for GEMM1's
-# tile shape with a_qdq (a4_qdq_bk256, a4_qdq_bn128). Since round 7 the table runs a_qdq + group2 at tpe<=4 and
+# tile shape with a_qdq (a4_qdq_bk256, a4_qdq_bn128), and GPT-OSS's b_regs (a16_bregs: 9-19% slower at every M in
+# round 7) and a_qdq with b_regs (a4_qdq_bregs: behind a_qdq but at M 64, 2.4% there) made room for the grouped
+# layout (g64, a4_qdq_bk256_g64). Since round 7 the table runs a_qdq + group2 at tpe<=4 and
 # group2 at tpe<=16, so there a4_qdq / a4_group4 time the rest of the pair (or are the config's row).
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
 SWEEP_VARIANTS = {
     "a4_qdq": {"fmt": "w4a4", "a_qdq": True},
     "a4_qdq_g4": {"fmt": "w4a4", "a_qdq": True, "group2": 4},  # tpe<=1: round 7's M 1 and M 16 winners together
-    "a4_qdq_bregs": {"fmt": "w4a4", "a_qdq": True, "b_regs": True},
     # Round 8's breakdown: DeepSeek's GEMM1 streams at 52% of HBM (GPT-OSS's at 70%, with 256-deep K tiles);
     # swz_bk256 was 6% faster at M 32 without a_qdq in round 7: both together, GEMM1's K tile only (GEMM2's K is 256)
     "a4_qdq_bk256": {"fmt": "w4a4", "a_qdq": True, "BLOCK_K1": 256, "stages1": 3},
     # 128 weight rows per GEMM1 program over two warpgroups: half the programs, each activation tile read once
     # for twice the weights
     "a4_qdq_bn128": {"fmt": "w4a4", "a_qdq": True, "BLOCK_N1": 128, "warps1": 8},
+    "a4_qdq_bk256_g64": {"fmt": "w4a4", "layout": "swzg64", "a_qdq": True, "BLOCK_K1": 256, "stages1": 3},
     "a4_group4": {"fmt": "w4a4", "group2": 4},  # GEMM2 walks 4 N tiles per program, loads pipelined across them
-    "a16_bregs": {"fmt": "w4a16", "b_regs": True, "BLOCK_K1": 128, "stages1": 4},
+    # swz128 rows in groups of 64 (mx.layout group_rows): a 64-row tile's K step reads one contiguous 4 KiB (8 KiB
+    # at K tile 256) instead of a 64-byte piece per row at the row's stride (DeepSeek's GEMM1: 3.5 KiB)
+    "g64": {"layout": "swzg64"},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
     "p16_bm64": {**_P16, "BLOCK_M": 64, "BLOCK_N1": 64, "warps1": 4, "swap": True, "b_regs": True},
@@ -321,24 +325,31 @@ def _sweep_row(impl: Built, m: int, model: Model, want: Any, row: dict[str, Any]
     return attempt({**row, "us": None}, partial(_sweep_fields, impl, m, model, want, row["bytes"], peak))
 
 
-def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1],
-                emit: Emit = ignore) -> list[dict[str, Any]]:  # fmt: skip
-    """The config and the SWEEP_VARIANTS entries `sweep_plan` times at each of SWEEP_MS[model]; rows carry `bucket`
-    (the config key the shape maps to), `variant`, `config` (what fused_moe_mxfp4 ran) and `us`; impl "speedrun"
-    on swz128 experts (the sm90 serving layout), "speedrun_plain" on plain ones."""
+def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1], emit: Emit = ignore,
+                only: tuple[str, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The config and the SWEEP_VARIANTS entries `sweep_plan` times at each of SWEEP_MS[model] (`only`: those of
+    them); rows carry `bucket` (the config key the shape maps to), `variant`, `config` (what fused_moe_mxfp4 ran)
+    and `us`; impl "speedrun" on swz128 experts (the sm90 serving layout), "speedrun_<layout>" on the others."""
     model = MODELS[model_name]
     e, topk, h, n, a4 = model[:5]
     raws = Copies(make_raw(e, h, n, gptoss=not a4))
     plain_w = ours(raws(0), gptoss=not a4)
-    weights = {"plain": Copies(plain_w), "swz": Copies(swizzled(plain_w))}  # shared by every variant of a layout
+    weights = {"plain": Copies(plain_w)}  # per layout, made when a variant first needs it, shared by the rest
+
+    def layout_copies(layout: str) -> Copies:
+        if layout not in weights:
+            weights[layout] = Copies(swizzled(plain_w, layout=Layout(layout)))
+        return weights[layout]
+
     rows = []
     for m, variants in sweep_plan(model_name):
+        variants = {k: v for k, v in variants.items() if only is None or k == "config" or k in only}
         s0 = routing_set(m, model, 0)
         nbytes = min_bytes(routing_sets(m, model), e, h, n, gptoss=not a4)
         base_cfg = pick_config(plain_w, m, topk)
         bucket = bucket_key(plain_w.fmt, m, topk, e)
         try:
-            w0 = weights["swz"](0)
+            w0 = layout_copies("swz")(0)
             want = fused_moe_mxfp4(s0["x"], w0, s0["ids"], s0["tw"], make_plan(w0)).float()
         except FAILURES:  # the config's own row records the error below
             want = None
@@ -349,12 +360,12 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1],
             if key in seen:  # a no-op here (e.g. split1 outside tpe<=1): the config's row stands for it
                 continue
             seen.append(key)
-            # the value layout is per process, not a bucket knob: plain-layout rows are "speedrun_plain" so that
-            # `speedrun kernels tune` (which reads impl "speedrun" rows) never writes a layout into the table
-            impl = OURS if layout == "swz" else ALT
+            # the value layout is per process, not a bucket knob: other layouts' rows are "speedrun_<layout>" so
+            # that `speedrun kernels tune` (which reads impl "speedrun" rows) never writes a layout into the table
+            impl = OURS if layout == "swz" else f"{OURS}_{layout}"
             row = dict(impl=impl, variant=name, bucket=bucket, config=cfg.entry(), gpu=gpu, model=model_name, m=m,
                        bytes=nbytes)  # fmt: skip
-            rows.append(_sweep_row(Built(_weights_build(cfg), weights[layout]), m, model, want, row, peak))
+            rows.append(_sweep_row(Built(_weights_build(cfg), layout_copies(layout)), m, model, want, row, peak))
             emit(rows[-1])
         for r in sorted((r for r in rows if r["m"] == m and r["us"]), key=lambda r: r["us"]):
             print(f"sweep {model_name} M={m} {bucket} {r['variant']:14} {r['impl']:15} {r['us']:9.1f} us "
@@ -411,8 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--sweep", action="store_true", help="only time the variants: DIR/mxfp4_moe_sweep.json")
+    ap.add_argument("--variants", help="--sweep: only these SWEEP_VARIANTS (comma list; the config always runs)")
     ap.add_argument("--allow-jit", action="store_true", help="let flashinfer JIT-compile its CUTLASS MoE (minutes)")
     args = ap.parse_args(argv)
+    only = tuple(args.variants.split(",")) if args.variants else None
+    if bad := [v for v in only or () if v not in SWEEP_VARIANTS]:
+        print(f"--variants: unknown {bad}; expected some of {', '.join(SWEEP_VARIANTS)}")
+        return 2
     if not torch.cuda.is_available():
         print("mxfp4_moe bench needs a GPU")
         return 1
@@ -428,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         with recording(args.out / "mxfp4_moe_sweep.json", meta) as res:
             for model in sorted(models, key=list(SWEEP_MS).index):  # round 5's questions first
-                sweep_model(model, gpu, peak, emit=res.add)
+                sweep_model(model, gpu, peak, emit=res.add, only=only)
                 torch.cuda.empty_cache()
         print(f"[{time.time() - t0:.1f} s] -> {res.path}")
         return 0 if all(r["us"] for r in res.rows) else 1

@@ -56,7 +56,7 @@ def _runtime_attrs(sig: dict[str, str], *extra: str) -> dict[str, str]:
     return aligned(sig, *ptrs, "N", "K", "stride_am", "stride_we", "stride_wn", "stride_be", *extra)
 
 
-def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> CompileSpec:
+def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group: int = 1) -> CompileSpec:
     fmt = key.split(":")[0]
     swz = swz and not cfg.dot_scaled and not is_amd(arch)
     run, t, w4a4 = launch(cfg, arch, swz), _types(fmt, cfg), fmt == "w4a4"
@@ -70,12 +70,13 @@ def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> Compil
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "OUT_FP4": a4, "ACT": int(act), "HAS_BIAS": not w4a4,
              "DOT_SCALED": run.dot_scaled, "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N1,
              "BLOCK_K": run.block_k1, **FLAGS_OFF, **run.flags, "A_SW": a_sw(cfg, a4, run),
-             "SPLIT_K": 2 if cfg.split1 != 1 else 1, "EVEN_N": True, "OUT_QDQ": w4a4 and cfg.a_qdq}  # fmt: skip
+             "SPLIT_K": 2 if cfg.split1 != 1 else 1, "EVEN_N": True, "OUT_QDQ": w4a4 and cfg.a_qdq,
+             "W_ROWG": row_group if swz else 1}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))
     return CompileSpec(
-        f"{OP}/gemm1[{key}]" + ("/swz" if swz else ""),
+        f"{OP}/gemm1[{key}]" + ("/swz" if swz else "") + (f"/g{row_group}" if row_group > 1 else ""),
         moe_gemm1_kernel,
         sig,
         const,
@@ -85,7 +86,7 @@ def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> Compil
     )
 
 
-def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> CompileSpec:
+def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group: int = 1) -> CompileSpec:
     fmt = key.split(":")[0]
     swz = swz and not cfg.dot_scaled and not is_amd(arch)
     run, t, w4a4 = launch(cfg, arch, swz), _types(fmt, cfg), fmt == "w4a4"
@@ -98,12 +99,12 @@ def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False) -> Compil
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not w4a4, "DOT_SCALED": run.dot_scaled,
              "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N2, "BLOCK_K": run.block_k2, **FLAGS_OFF, **run.flags,
              "A_SW": a_sw(cfg, a4, run),
-             "EVEN_N": True, "N_GROUP": cfg.group2}  # fmt: skip
+             "EVEN_N": True, "N_GROUP": cfg.group2, "W_ROWG": row_group if swz else 1}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))
     return CompileSpec(
-        f"{OP}/gemm2[{key}]" + ("/swz" if swz else ""),
+        f"{OP}/gemm2[{key}]" + ("/swz" if swz else "") + (f"/g{row_group}" if row_group > 1 else ""),
         moe_gemm2_kernel,
         sig,
         const,
@@ -157,7 +158,7 @@ def to_fp8_specs(arch: str) -> list[CompileSpec]:
         sig = {"w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8", "q_ptr": "*fp8e4nv", "qs_ptr": "*fp32",
                **dict.fromkeys(("ROWS", "K", "stride_we", "stride_wn", "stride_wse", "stride_wsn", "stride_qe",
                "stride_qn", "stride_qse", "stride_qsn"), "i32")}  # fmt: skip
-        const = {"W_SWZ": swz, "W_ASM": True, "BLOCK": 128}
+        const = {"W_SWZ": swz, "W_ASM": True, "BLOCK": 128, "W_ROWG": 1}
         sig.update(dict.fromkeys(const, "constexpr"))
         attrs = aligned(sig, "w_ptr", "ws_ptr", "q_ptr", "qs_ptr", "ROWS", "K", "stride_we", "stride_wn",
                         "stride_qe", "stride_qn")  # fmt: skip

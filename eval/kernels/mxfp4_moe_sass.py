@@ -91,15 +91,16 @@ def gemm_stats(bucket: str, variant: str = "config") -> tuple[GemmStats, GemmSta
     from speedrun.eval.kernels.mxfp4_moe_compile import gemm1_spec, gemm2_spec, launch
     from speedrun.eval.readiness.resources import sm90_usage
     from speedrun.overlays.mxfp4_moe import api
+    from speedrun.overlays.mxfp4_moe.config import Layout
 
     base = api.table("sm90")[bucket]
     cfg, layout = variant_cfg(base, variant_knobs(variant))
-    swz = layout == "swz"
+    swz, group = layout != "plain", Layout(layout).row_group
     run = launch(cfg, "sm90", swz)
     out = []
     for gemm, spec_fn in ((1, gemm1_spec), (2, gemm2_spec)):
         print(f"compiling GEMM{gemm} [{bucket}] {variant}", file=sys.stderr, flush=True)  # ~5-20 s each on 2 cores
-        res = compile_spec(spec_fn(bucket, cfg, "sm90", swz), "sm90")
+        res = compile_spec(spec_fn(bucket, cfg, "sm90", swz, group), "sm90")
         if not res.ok:
             raise RuntimeError(f"{bucket} {variant} GEMM{gemm}: {res.error}")
         instrs, labels, _ = disassemble(res.binary)

@@ -42,16 +42,18 @@ def carve(buf: torch.Tensor, at: int, e: int, rows: int, k: int) -> tuple[torch.
     return q, s, at + _align(4 * ns)
 
 
-def to_fp8(w: torch.Tensor, ws: torch.Tensor, k: int, q: torch.Tensor, qs: torch.Tensor, asm: bool) -> None:
-    """MXFP4 weights ([E,] rows, K/2: uint8 plain, or int32 swz128 words) + E8M0 scales -> q float8_e4m3fn
-    ([E,] rows, k) and qs fp32 ([E,] rows/128, k/128), first k columns; `asm`: the sm90 inline-PTX decode."""
+def to_fp8(w: torch.Tensor, ws: torch.Tensor, k: int, q: torch.Tensor, qs: torch.Tensor, asm: bool,
+           row_group: int = 1) -> None:  # fmt: skip
+    """MXFP4 weights ([E,] rows, K/2: uint8 plain, or int32 swz128 words with rows in groups of `row_group`) + E8M0
+    scales -> q float8_e4m3fn ([E,] rows, k) and qs fp32 ([E,] rows/128, k/128), first k columns; `asm`: the sm90
+    inline-PTX decode."""
     if w.dim() == 2:  # one linear's weight: a stack of one
         w, ws, q, qs = w.unsqueeze(0), ws.unsqueeze(0), q.unsqueeze(0), qs.unsqueeze(0)
     e, rows = w.shape[:2]
     grid = (e, -(-rows // TILE), -(-k // TILE))
     mxfp4_to_fp8_kernel[grid](w, ws, q, qs, rows, k, w.stride(0), w.stride(1), ws.stride(0), ws.stride(1),
                               q.stride(0), q.stride(1), qs.stride(0), qs.stride(1), W_SWZ=w.dtype == torch.int32,
-                              W_ASM=asm, BLOCK=TILE, num_warps=8)  # fmt: skip
+                              W_ASM=asm, BLOCK=TILE, W_ROWG=row_group, num_warps=8)  # fmt: skip
 
 
 @dataclass

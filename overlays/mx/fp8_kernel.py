@@ -7,7 +7,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from speedrun.overlays.mx.triton_helpers import mxfp4_swz_words_bf16, mxfp4_to_bf16, pow2_f32, swz_word_scale_cols
+from speedrun.overlays.mx.triton_helpers import (
+    mxfp4_swz_words_bf16,
+    mxfp4_to_bf16,
+    pow2_f32,
+    swz_tile_ptrs,
+)
 
 
 @triton.jit
@@ -22,21 +27,23 @@ def _load_plain(w_ptr, ws_ptr, rows, ok, k0, K, stride_wn, stride_wsn, BLOCK: tl
 
 
 @triton.jit
-def _load_swz(w_ptr, ws_ptr, rows, ok, k0, K, stride_wn, stride_wsn, BLOCK: tl.constexpr):
-    """swz128 int32 words [BLOCK, BLOCK/8] (row stride in words; K padded to 128) + each word's E8M0 scale."""
+def _load_swz(w_ptr, ws_ptr, rows, ok, k0, K, stride_wn, stride_wsn, BLOCK: tl.constexpr, ROWG: tl.constexpr):
+    """swz128 int32 words [BLOCK, BLOCK/8] (row stride in words; K padded to 128; rows in groups of ROWG) + each
+    word's E8M0 scale."""
     kw = k0 // 8 + tl.arange(0, BLOCK // 8)
-    ks = swz_word_scale_cols(k0, BLOCK)
     m = ok[:, None] & (kw[None, :] < tl.cdiv(K, 128) * 16)
-    w = tl.load(w_ptr + rows[:, None] * stride_wn + kw[None, :], mask=m, other=0)
-    ws = tl.load(ws_ptr + rows[:, None] * stride_wsn + ks[None, :], mask=m, other=127)
+    w = tl.load(swz_tile_ptrs(w_ptr, rows, k0, stride_wn, BLOCK, ROWG), mask=m, other=0)
+    ws = tl.load(swz_tile_ptrs(ws_ptr, rows, k0, stride_wsn, BLOCK, ROWG, SCALES=True), mask=m, other=127)
     return w, ws
 
 
 @triton.jit
 def mxfp4_to_fp8_kernel(w_ptr, ws_ptr, q_ptr, qs_ptr, ROWS, K, stride_we, stride_wn, stride_wse, stride_wsn,
                         stride_qe, stride_qn, stride_qse, stride_qsn,
-                        W_SWZ: tl.constexpr, W_ASM: tl.constexpr, BLOCK: tl.constexpr = 128):  # fmt: skip
-    """One 128x128 tile of matrix e's MXFP4 weights [ROWS, K] (plain, or swz128: one tile = one 128-code chunk) ->
+                        W_SWZ: tl.constexpr, W_ASM: tl.constexpr, BLOCK: tl.constexpr = 128,
+                        W_ROWG: tl.constexpr = 1):  # fmt: skip
+    """One 128x128 tile of matrix e's MXFP4 weights [ROWS, K] (plain, or swz128: one tile = one 128-code chunk;
+    W_ROWG: its rows' group, mx.layout) ->
     float8_e4m3fn [ROWS, K] + one fp32 scale_inv per tile (the layout stock's FP8 block GEMM and MoE take).
 
     scale_inv = 2**ceil(log2(amax / 448)), a power of two as DeepSeek's checkpoint (and eval's fp8_block_quant)
@@ -53,7 +60,7 @@ def mxfp4_to_fp8_kernel(w_ptr, ws_ptr, q_ptr, qs_ptr, ROWS, K, stride_we, stride
     ok = rows < ROWS
     if W_SWZ:
         w, ws = _load_swz(w_ptr + e * stride_we, ws_ptr + e * stride_wse, rows, ok, k0, K, stride_wn, stride_wsn,
-                          BLOCK)  # fmt: skip
+                          BLOCK, W_ROWG)  # fmt: skip
         x = mxfp4_swz_words_bf16(w, ws, BLOCK, BLOCK, W_ASM).to(tl.float32)
     else:
         w, ws = _load_plain(w_ptr + e * stride_we, ws_ptr + e * stride_wse, rows, ok, k0, K, stride_wn, stride_wsn,

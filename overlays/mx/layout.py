@@ -17,7 +17,17 @@ and holds the code of
 so slots i and i + 4 of a word are an MMA pair (k, k+1), a word has one scale (group w of its chunk), and lane
 c's 4 words (bytes 16c..16c+15) cover k steps 2w + u of its fragment. Rows, experts and the E8M0 scales keep their
 plain layout (scales are only padded: to padded_k(K)/32 columns, then to a multiple of 16 bytes per
-row). `swizzle_mxfp4` / `unswizzle_mxfp4` convert the packed bytes, exactly inverse. In Triton,
+row). `swizzle_mxfp4` / `unswizzle_mxfp4` convert the packed bytes, exactly inverse.
+
+Row groups ("swz128 g16 / g64", optional, on top of swz128): a tile's K step reads BN rows x 64 bytes of one chunk,
+one 64-byte piece per row at the row's stride (3.5 KB for K 7168), so every piece is its own DRAM burst in another
+page. `group_rows` stores each group of G rows chunk-major instead: the G rows' 64-byte pieces of one chunk are
+contiguous (G x 64 bytes), and the scales' 4-byte words of that chunk likewise (G x 4 bytes). Tensors keep their
+shape ([..., R, C]); only the memory order inside a group changes, so element (r, c) lives at offset
+
+    (r // G) * G * C + (c // U) * G * U + (r % G) * U + c % U          (U: 16 words of codes, 4 scale bytes)
+
+which is `grouped_offsets` in mx.triton_helpers (G = 1 is the row-major layout). In Triton,
 `mx.triton_helpers.mxfp4_swz_bf16` (plain scales) / `mxfp4_swz_words_bf16` (scales gathered per word with
 `swz_word_scale_cols`: 4 contiguous bytes per row, no redistribution) decode a loaded tile to plain k order.
 
@@ -34,6 +44,8 @@ from __future__ import annotations
 import torch
 
 CHUNK = 128  # codes per swizzle chunk along K (64 bytes per row)
+WORD_UNIT = 16  # int32 words of one chunk of a row: the unit a row group keeps contiguous
+SCALE_UNIT = 4  # scale bytes of one chunk of a row
 PAIR_MASK = 0x81C081C0  # bits (6, 7, 8, 15) of both bf16 halves: (m, e0, e1, s) of an E2M1 code
 ROT = (0, 4, 10)  # left rotations of the word giving pairs 0..2
 SPLIT3 = ((6, 0x80C080C0), (14, 0x01000100))  # pair 3: (rotation, mask) twice, OR-ed
@@ -125,14 +137,44 @@ def pad_scales(scales: torch.Tensor, align: int = SCALE_ROW_ALIGN) -> torch.Tens
     return torch.nn.functional.pad(scales, (0, cols - scales.shape[-1]), value=127).contiguous()
 
 
-def swizzle_experts(packed: torch.Tensor, scales: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """[E, rows, K/2] + [E, rows, K/32] -> swz128 values + padded scales, `chunk` experts at a time so the
-    temporaries stay small next to the weights (load time, on the weights' device)."""
+def swizzle_experts(packed: torch.Tensor, scales: torch.Tensor, chunk: int = 8,
+                    group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """[E, rows, K/2] + [E, rows, K/32] -> swz128 values + padded scales (rows in groups of `group`: module
+    docstring), `chunk` experts at a time so the temporaries stay small next to the weights (load time, on the
+    weights' device)."""
     e, rows, kb = packed.shape
     out = torch.empty(e, rows, padded_k(kb * 2) // 2, dtype=torch.uint8, device=packed.device)
     for i in range(0, e, chunk):
-        out[i : i + chunk] = swizzle_mxfp4(packed[i : i + chunk])
-    return out, pad_scales(scales)
+        out[i : i + chunk] = group_rows(swizzle_mxfp4(packed[i : i + chunk]), group, WORD_UNIT * 4)
+    return out, group_rows(pad_scales(scales), group, SCALE_UNIT)
 
 
-__all__ = ["CHUNK", "SCALE_ROW_ALIGN", "pad_scales", "padded_k", "swizzle_experts", "swizzle_mxfp4", "unswizzle_mxfp4"]
+def _group_view(t: torch.Tensor, g: int, unit: int) -> tuple[int, ...]:
+    *lead, r, c = t.shape
+    if r % g or c % unit:
+        raise ValueError(f"row groups of {g} need rows ({r}) divisible by {g} and columns ({c}) by {unit}")
+    return (*lead, r // g, g, c // unit, unit)
+
+
+def group_rows(t: torch.Tensor, g: int, unit: int) -> torch.Tensor:
+    """[..., R, C] row-major -> the same shape with each group of `g` rows stored unit-major (module docstring);
+    g = 1 returns `t`. A new contiguous tensor on t's device."""
+    if g == 1:
+        return t
+    nd = t.dim() - 2
+    v = t.reshape(_group_view(t, g, unit)).permute(*range(nd), nd, nd + 2, nd + 1, nd + 3)
+    return v.contiguous().reshape(t.shape)
+
+
+def ungroup_rows(t: torch.Tensor, g: int, unit: int) -> torch.Tensor:
+    """The exact inverse of `group_rows`."""
+    if g == 1:
+        return t
+    *lead, r, c = t.shape
+    nd = len(lead)
+    v = t.reshape(*lead, r // g, c // unit, g, unit).permute(*range(nd), nd, nd + 2, nd + 1, nd + 3)
+    return v.contiguous().reshape(t.shape)
+
+
+__all__ = ["CHUNK", "SCALE_ROW_ALIGN", "SCALE_UNIT", "WORD_UNIT", "group_rows", "pad_scales", "padded_k",
+           "swizzle_experts", "swizzle_mxfp4", "ungroup_rows", "unswizzle_mxfp4"]  # fmt: skip

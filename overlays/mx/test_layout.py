@@ -24,10 +24,12 @@ from speedrun.overlays.mx.layout import (  # noqa: E402
     _decode_words,
     _encode_words,
     code_sources,
+    group_rows,
     pad_scales,
     padded_k,
     swizzle_experts,
     swizzle_mxfp4,
+    ungroup_rows,
     unswizzle_mxfp4,
 )
 
@@ -69,6 +71,22 @@ def test_scales_and_experts() -> None:
     assert sp.shape == (5, 3, 96) and torch.equal(sp[..., :90], scales) and bool((sp[..., 90:] == 127).all())
     assert torch.equal(pad_scales(scales[..., :16]), scales[..., :16])
     assert pad_scales(scales[..., :4]).shape[-1] == 16 and pad_scales(scales[..., :4], align=4).shape[-1] == 4
+
+
+@pytest.mark.parametrize("g,unit", [(16, 16), (64, 4), (1, 16)])
+def test_row_groups_formula_and_inverse(g: int, unit: int) -> None:
+    """group_rows keeps the shape and puts (r, c) at (r // G) G C + (c // U) G U + (r % G) U + c % U (the module
+    docstring), ungroup_rows undoes it; rows or columns that do not fill the groups are a ValueError."""
+    r, c = 128, 48
+    t = torch.arange(2 * r * c, dtype=torch.int32).reshape(2, r, c)
+    grouped = group_rows(t, g, unit)
+    assert grouped.shape == t.shape and torch.equal(ungroup_rows(grouped, g, unit), t)
+    rr, cc = torch.meshgrid(torch.arange(r), torch.arange(c), indexing="ij")
+    at = (rr // g) * g * c + (cc // unit) * g * unit + (rr % g) * unit + cc % unit
+    assert torch.equal(grouped[1].flatten()[at.flatten()].reshape(r, c), t[1])
+    if g > 1:
+        with pytest.raises(ValueError, match=f"row groups of {g} need rows"):
+            group_rows(t[:, : g // 2], g, unit)
 
 
 @triton.jit

@@ -380,6 +380,22 @@ def swz_word_scale_cols(k0, C: tl.constexpr):
 
 
 @triton.jit
+def swz_tile_ptrs(base, rows, k0, row_stride, C: tl.constexpr, G: tl.constexpr, SCALES: tl.constexpr = False):
+    """Pointers [R, C/8] to a swz128 tile's words (SCALES: to each word's scale byte, swz_word_scale_cols) at K
+    offset k0 (a multiple of 128) for rows stored in groups of G (mx.layout `group_rows`: a chunk's unit of a row is
+    16 words or 4 scale bytes); G = 1 is row-major. The grouped column part is built from arange alone so that
+    Triton's axis analysis sees 16-byte runs, as it does row-major (k0 % U would hide them: narrower loads, other
+    layouts, shared-memory round trips)."""
+    if G == 1:
+        cols = swz_word_scale_cols(k0, C) if SCALES else k0 // 8 + tl.arange(0, C // 8)
+        return base + rows[:, None] * row_stride + cols[None, :]
+    U: tl.constexpr = 4 if SCALES else 16
+    j = tl.arange(0, C // 8)
+    col = (k0 // 128) * (G * U) + (j // 16) * (G * U) + j % U  # word 4c + w's scale: group w = j % 4
+    return base + ((rows // G) * (G * row_stride) + (rows % G) * U)[:, None] + col[None, :]
+
+
+@triton.jit
 def mxfp4_swz_words_bf16(words, sc_words, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr,
                          MUL1: tl.constexpr = False):  # fmt: skip
     """swz128 words int32 [R, C/8] + E8M0 per word uint8 [R, C/8] (see swz_word_scale_cols) -> bf16 [R, C] in

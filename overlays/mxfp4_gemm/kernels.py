@@ -268,7 +268,7 @@ def _mma_words(acc, w_words, w_scales, a, a_scales, A_MODE: tl.constexpr, DOT_F3
     return _dot(acc, w7, a7, DOT_F32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "split_k", "k_per_split"])  # sizes per call (overlays.warmup)
 def mxfp4_gemm_kernel(
     a_ptr, as_ptr, w_ptr, ws_ptr, c_ptr, part_ptr, cnt_ptr,
     M, N, K, split_k, k_per_split,
@@ -347,7 +347,7 @@ def _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_
         tl.atomic_xchg(cnt_ptr + tile, 0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # sizes per call (overlays.warmup)
 def mxfp4_quant_kernel(
     x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm,
     QDQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,

@@ -26,6 +26,7 @@ import torch
 from speedrun.overlays import environ, report
 from speedrun.overlays.hooks import Unsupported, around, require_aiter
 from speedrun.overlays.mxfp4_gemm.config import Layout
+from speedrun.overlays.warmup import bucket_ms, max_tokens, warm
 
 OP = "mxfp4_gemm"
 
@@ -157,7 +158,23 @@ def _process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
         if weight_layout(config_arch(layer.weight.device)) != Layout.PLAIN:
             relayout(layer)
         if layer.weight.dtype == torch.uint8:
-            layer_plan(layer)
+            _warm_up(layer, layer_plan(layer))
+
+
+def _warm_up(layer: torch.nn.Module, plan: Any) -> None:
+    """Compile every kernel the plan can launch now (bf16 activations, the served path), once per process and
+    distinct plan (overlays.warmup): a call of zeros at both ends of each M bucket."""
+    from speedrun.overlays.mxfp4_gemm.api import mxfp4_gemm
+
+    w, dev = layer.weight, layer.weight.device
+    if plan.buckets is None:
+        return
+
+    def call(m: int) -> None:
+        a = torch.zeros(m, plan.k, dtype=torch.bfloat16, device=dev)
+        mxfp4_gemm(a, w, layer.weight_scale, plan, fp8=getattr(layer, "_speedrun_fp8", None))
+
+    warm((OP, plan.n, plan.k, plan.layout, dev), OP, bucket_ms(plan.buckets, 1.0, max_tokens()), call)
 
 
 def relayout(layer: torch.nn.Module) -> Layout:

@@ -34,7 +34,7 @@ import triton
 from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
-from speedrun.overlays.mx.layout import swizzle_experts, unswizzle_mxfp4
+from speedrun.overlays.mx.layout import SCALE_UNIT, WORD_UNIT, swizzle_experts, ungroup_rows, unswizzle_mxfp4
 from speedrun.overlays.mxfp4_moe.config import Act, Fmt, Layout, MoeBucket, Route, check_table
 from speedrun.overlays.mxfp4_moe.kernels import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
 from speedrun.overlays.mxfp4_moe.sort import sort_tokens
@@ -61,11 +61,18 @@ class MoeWeights:
     alpha: float = 1.702
     limit: float = 7.0
     mul1: bool = False  # swz128 and every weight scale byte <= 128: the one-multiply decode is exact
+    row_group: int = 1  # swz128 rows stored in groups of this many (mx.layout group_rows): Layout.row_group
     fp8: tuple[torch.Tensor, ...] | None = None  # resident FP8 experts for the large-M route (stock_fp8.resident)
 
     @property
     def swz(self) -> bool:
         return self.w13.dtype == torch.int32
+
+    @property
+    def layout(self) -> Layout:
+        if not self.swz:
+            return Layout.PLAIN
+        return next(v for v in Layout if v.swz and v.row_group == self.row_group)
 
     @property
     def fmt(self) -> Fmt:
@@ -84,24 +91,35 @@ class MoeWeights:
         return self.w2.shape[1]
 
 
-def swizzled(w: MoeWeights, chunk: int = 8) -> MoeWeights:
-    """The same experts with values in swz128 (load time; `chunk` experts at a time bounds the temporaries)."""
+def swizzled(w: MoeWeights, chunk: int = 8, layout: Layout = Layout.SWZ) -> MoeWeights:
+    """The same experts with values in a swz128 `layout` (load time; `chunk` experts at a time bounds the
+    temporaries). ValueError for swz128 experts in another layout, or rows that do not fill the row groups."""
     if w.swz:
+        if w.layout != layout:
+            raise ValueError(f"experts are in {w.layout}; convert plain experts to {layout}")
         return w
-    w13, s13 = swizzle_experts(w.w13, w.w13_scale, chunk)
-    w2, s2 = swizzle_experts(w.w2, w.w2_scale, chunk)
+    g = layout.row_group
+    w13, s13 = swizzle_experts(w.w13, w.w13_scale, chunk, g)
+    w2, s2 = swizzle_experts(w.w2, w.w2_scale, chunk, g)
     mul1 = bool(max(w.w13_scale.max().item(), w.w2_scale.max().item()) <= 128)  # load time: a sync is fine
-    return replace(w, w13=w13.view(torch.int32), w13_scale=s13, w2=w2.view(torch.int32), w2_scale=s2, mul1=mul1)
+    return replace(w, w13=w13.view(torch.int32), w13_scale=s13, w2=w2.view(torch.int32), w2_scale=s2, mul1=mul1,
+                   row_group=g)  # fmt: skip
 
 
 def plain(w: MoeWeights, hidden: int, inter: int) -> MoeWeights:
     """Plain-layout copy of swz128 experts (reference checks; K of w13 = hidden, K of w2 = inter)."""
     if not w.swz:
         return w
-    w13 = unswizzle_mxfp4(w.w13.view(torch.uint8), hidden)
-    w2 = unswizzle_mxfp4(w.w2.view(torch.uint8), inter)
-    return replace(w, w13=w13, w13_scale=w.w13_scale[..., : hidden // 32].contiguous(), w2=w2,
-                   w2_scale=w.w2_scale[..., : inter // 32].contiguous(), mul1=False)  # fmt: skip
+    g = w.row_group
+
+    def values(t: torch.Tensor, k: int) -> torch.Tensor:
+        return unswizzle_mxfp4(ungroup_rows(t.view(torch.uint8), g, 4 * WORD_UNIT), k)
+
+    def scales(t: torch.Tensor, k: int) -> torch.Tensor:
+        return ungroup_rows(t, g, SCALE_UNIT)[..., : k // 32].contiguous()
+
+    return replace(w, w13=values(w.w13, hidden), w13_scale=scales(w.w13_scale, hidden), w2=values(w.w2, inter),
+                   w2_scale=scales(w.w2_scale, inter), mul1=False, row_group=1)  # fmt: skip
 
 
 @functools.cache
@@ -200,6 +218,7 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
         launches = {k: resolve(table(arch)[k], w.swz, w.mul1, arch, cuda) for k in keys}
         launches = _routes(launches, keys, w, arch)
     launches = {key: _scale_words(run, w, key, config is not None) for key, run in launches.items()}
+    launches = {key: _row_groups(run, w, key) for key, run in launches.items()}
     for key, run in launches.items():  # the grouped GEMM2 loop has no K tail (kernels.moe_gemm2_kernel)
         if run.cfg.group2 > 1 and w.inter % run.block_k2:
             if config is not None:  # a forced config says what to run: it cannot run
@@ -207,8 +226,7 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
                                  f"be a multiple of GEMM2's K tile ({run.block_k2}); expected group2 1")  # fmt: skip
             # A table bucket serves every model: these experts take one N tile per program (same result).
             launches[key] = replace(run, cfg=run.cfg.replace(group2=1))
-    layout = Layout.SWZ if w.swz else Layout.PLAIN
-    return MoePlan(w.fmt, layout, w.num_experts, arch, device, buckets, launches)
+    return MoePlan(w.fmt, w.layout, w.num_experts, arch, device, buckets, launches)
 
 
 def scale_words_fit(run: Launch, hidden: int, inter: int) -> bool:
@@ -231,6 +249,19 @@ def _scale_words(run: Launch, w: MoeWeights, key: str, forced: bool) -> Launch:
                              f"that are multiples of 128 (got dot_scaled={cfg.dot_scaled}, {sizes})")  # fmt: skip
         return run
     return replace(run, flags={**run.flags, "A_SW": True})
+
+
+def _row_groups(run: Launch, w: MoeWeights, key: str) -> Launch:
+    """The launch with W_ROWG for experts whose swz128 rows are grouped; ValueError when a GEMM's N tile does not
+    hold whole groups (a tile would read other tiles' rows)."""
+    g = w.row_group
+    if g == 1:
+        return run
+    for name, bn in (("BLOCK_N1", run.cfg.BLOCK_N1), ("BLOCK_N2", run.cfg.BLOCK_N2)):
+        if bn % g:
+            raise ValueError(f"{OP} {key}: {name} {bn} is not a multiple of the {w.layout} row group ({g}); use "
+                             f"experts in {Layout.SWZ} or a tile of a multiple of {g} rows")  # fmt: skip
+    return replace(run, flags={**run.flags, "W_ROWG": g})
 
 
 def stock_route_ok(w: MoeWeights, arch: str) -> bool:
@@ -332,8 +363,8 @@ def fused_moe_mxfp4(
 ) -> torch.Tensor:
     """sum_k topk_weights[:, k] * expert_{topk_ids[:, k]}(x) * routed_scaling_factor -> [M, H] bf16 (shapes: the
     module docstring); `plan` is make_plan(w)'s."""
-    if (w.fmt, w.swz, w.num_experts) != (plan.fmt, plan.layout == Layout.SWZ, plan.num_experts):
-        raise ValueError(f"weights ({w.fmt}, swz={w.swz}, E={w.num_experts}) do not match the plan {plan}")
+    if (w.fmt, w.layout, w.num_experts) != (plan.fmt, plan.layout, plan.num_experts):
+        raise ValueError(f"weights ({w.fmt}, {w.layout}, E={w.num_experts}) do not match the plan {plan}")
     m, topk = topk_ids.shape
     run = plan.launch(m, topk)
     cfg, dot_scaled, flags = run.cfg, run.dot_scaled, run.flags

@@ -33,10 +33,22 @@ class Fmt(StrEnum):
 
 
 class Layout(StrEnum):
-    """Expert value layout: mx.layout's swz128 (int32 words, 16-byte fragment loads; sm90) or plain bytes."""
+    """Expert value layout: mx.layout's swz128 (int32 words, 16-byte fragment loads; sm90), the same with rows in
+    groups of 16 or 64 (a tile's K step reads 1 or 4 KiB contiguous per group: mx.layout `group_rows`), or plain."""
 
     SWZ = "swz"
+    SWZ_G16 = "swzg16"
+    SWZ_G64 = "swzg64"
     PLAIN = "plain"
+
+    @property
+    def row_group(self) -> int:
+        """Rows per group of a swz128 layout (1: row-major; plain has none)."""
+        return {Layout.SWZ_G16: 16, Layout.SWZ_G64: 64}.get(self, 1)
+
+    @property
+    def swz(self) -> bool:
+        return self != Layout.PLAIN
 
 
 class Route(StrEnum):

@@ -14,6 +14,8 @@ sm90 knobs: SWAP computes acc^T = W @ A^T (weights on the MMA's M side, from reg
 side); W_DEQ=2 uses the fast even/odd-K decode (mx.mxfp4_halves_bf16, inline PTX when W_ASM).
 W_SWZ: the weights are in mx.layout's swz128 layout (int32 words, K padded to 128, scales padded alike): each
 thread loads its MMA fragment's codes as 16-byte vectors and decodes them in place (mx.mxfp4_swz_words_bf16);
+W_ROWG > 1: those swz128 rows stored in groups of W_ROWG (mx.layout `group_rows`: one K step of a tile reads
+W_ROWG x 64 contiguous bytes per group instead of 64 bytes per row).
 W_MUL1: one bf16x2 multiply per decoded pair (valid when every weight scale byte is <= 128, checked at load).
 B_REGS (CUDA): the bf16 activation tile goes through registers in the K loop (an identity PTX mov) so the swapped
 dot's wgmmas are not serialized (Triton's "properly async" dot threads a wait after each; PERF.md Round 5).
@@ -34,7 +36,7 @@ from speedrun.overlays.mx.triton_helpers import (
     qdq_mxfp4_bf16,
     quant_mxfp4,
     split_k_pairs,
-    swz_word_scale_cols,
+    swz_tile_ptrs,
     via_regs,
 )
 
@@ -86,16 +88,18 @@ def _load_w(w_ptr, ws_ptr, wrows, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K: t
 
 @triton.jit
 def _load_w_swz(w_ptr, ws_ptr, wrows, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K: tl.constexpr,
-                FULL: tl.constexpr = False, EVEN_N: tl.constexpr = False):  # fmt: skip
+                FULL: tl.constexpr = False, EVEN_N: tl.constexpr = False, ROWG: tl.constexpr = 1):  # fmt: skip
     """swz128 weight tile: int32 words [BN, BK/8] (row stride in words; K padded to 128) + each word's E8M0
     scale [BN, BK/8] (4 contiguous bytes per row and lane: scale rows are padded to 16 bytes). FULL (the tile lies
-    inside K) and EVEN_N (every row exists) drop the masks: ~7% of the GEMM1 loop's instructions in sm90 SASS."""
+    inside K) and EVEN_N (every row exists) drop the masks: ~7% of the GEMM1 loop's instructions in sm90 SASS.
+    ROWG > 1: rows stored in groups of ROWG (mx.layout `group_rows`: a K step reads ROWG x 64 contiguous bytes)."""
     kp = tl.cdiv(K, 128) * 128
     kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-    ks = swz_word_scale_cols(k0, BLOCK_K)
+    wp = swz_tile_ptrs(w_ptr, wrows, k0, stride_wn, BLOCK_K, ROWG)
+    sp = swz_tile_ptrs(ws_ptr, wrows, k0, stride_wsn, BLOCK_K, ROWG, SCALES=True)
     if FULL and EVEN_N:
-        w = tl.load(w_ptr + wrows[:, None] * stride_wn + kw[None, :])
-        ws = tl.load(ws_ptr + wrows[:, None] * stride_wsn + ks[None, :])
+        w = tl.load(wp)
+        ws = tl.load(sp)
     else:
         if FULL:
             ok = n_ok[:, None] & (kw[None, :] >= 0)
@@ -103,8 +107,8 @@ def _load_w_swz(w_ptr, ws_ptr, wrows, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_
             ok = kw[None, :] < kp // 8
         else:
             ok = n_ok[:, None] & (kw[None, :] < kp // 8)
-        w = tl.load(w_ptr + wrows[:, None] * stride_wn + kw[None, :], mask=ok, other=0)
-        ws = tl.load(ws_ptr + wrows[:, None] * stride_wsn + ks[None, :], mask=ok, other=127)
+        w = tl.load(wp, mask=ok, other=0)
+        ws = tl.load(sp, mask=ok, other=127)
     return w, ws
 
 
@@ -161,14 +165,17 @@ def _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, 
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr,
                 W_DEQ: tl.constexpr, W_ASM: tl.constexpr, W_SWZ: tl.constexpr, W_MUL1: tl.constexpr,
                 FULL: tl.constexpr, EVEN_N: tl.constexpr, B_REGS: tl.constexpr,
-                A_SW: tl.constexpr = False):  # fmt: skip
-    """One K tile of GEMM1: gate and up accumulators (FULL: the tile lies inside K, loads unmasked along K)."""
+                A_SW: tl.constexpr = False, ROWG: tl.constexpr = 1):  # fmt: skip
+    """One K tile of GEMM1: gate and up accumulators (FULL: the tile lies inside K, loads unmasked along K; ROWG:
+    the swz128 weights' row group, mx.layout)."""
     a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL, A_SW)
     if B_REGS and not A_FP4:  # MXFP4 activations are decoded in registers already
         a = via_regs(a)
     if W_SWZ:
-        wg, wgs = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
-        wu, wus = _load_w_swz(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
+        wg, wgs = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N,
+                              ROWG)  # fmt: skip
+        wu, wus = _load_w_swz(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N,
+                              ROWG)  # fmt: skip
         acc_g = _mma_swz(acc_g, a, a_s, wg, wgs, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
         acc_u = _mma_swz(acc_u, a, a_s, wu, wus, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
     else:
@@ -184,13 +191,15 @@ def _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0,
                 stride_wn, stride_wsn, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr, W_DEQ: tl.constexpr,
                 W_ASM: tl.constexpr, W_SWZ: tl.constexpr, W_MUL1: tl.constexpr, FULL: tl.constexpr,
-                EVEN_N: tl.constexpr, B_REGS: tl.constexpr, A_SW: tl.constexpr = False):  # fmt: skip
-    """One K tile of GEMM2 (FULL, B_REGS, A_SW as in _gemm1_step)."""
+                EVEN_N: tl.constexpr, B_REGS: tl.constexpr, A_SW: tl.constexpr = False,
+                ROWG: tl.constexpr = 1):  # fmt: skip
+    """One K tile of GEMM2 (FULL, B_REGS, A_SW, ROWG as in _gemm1_step)."""
     a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL, A_SW)
     if B_REGS and not A_FP4:  # MXFP4 activations are decoded in registers already
         a = via_regs(a)
     if W_SWZ:
-        w, ws = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N)
+        w, ws = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N,
+                            ROWG)  # fmt: skip
         acc = _mma_swz(acc, a, a_s, w, ws, A_FP4, BLOCK_M, BLOCK_N, BLOCK_K, SWAP, W_ASM, W_MUL1)
     else:
         w, ws = _load_w(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K)
@@ -239,7 +248,7 @@ def _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs
         tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], h, mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM"])  # sizes per call (overlays.warmup)
 def moe_gemm1_kernel(
     a_ptr, as_ptr, w_ptr, ws_ptr, b_ptr, o_ptr, os_ptr, sorted_ptr, expert_ids_ptr, npad_ptr,
     NUM, N, K, stride_am, stride_asm, stride_we, stride_wn, stride_wse, stride_wsn, stride_be, stride_om,
@@ -249,7 +258,7 @@ def moe_gemm1_kernel(
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False,
     part_ptr=None, cnt_ptr=None, SPLIT_K: tl.constexpr = 1, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
-    OUT_QDQ: tl.constexpr = False, A_SW: tl.constexpr = False,
+    OUT_QDQ: tl.constexpr = False, A_SW: tl.constexpr = False, W_ROWG: tl.constexpr = 1,
 ):  # fmt: skip
     """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)].
     SPLIT_K > 1 (grid axis 2; 1-2 tokens per expert, too few CTAs): each split writes fp32 partials, the last one
@@ -278,12 +287,13 @@ def moe_gemm1_kernel(
     for k0 in range(k_lo, k_full, BLOCK_K):
         acc_g, acc_u = _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k0, N, K,
                                    stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N,
-                                   BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW)  # fmt: skip
+                                   BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW,
+                                   W_ROWG)  # fmt: skip
     if k_full < k_hi:
         acc_g, acc_u = _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k_full, N,
                                    K, stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M,
                                    BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N,
-                                   B_REGS, A_SW)  # fmt: skip
+                                   B_REGS, A_SW, W_ROWG)  # fmt: skip
     if SWAP:
         acc_g = tl.trans(acc_g)
         acc_u = tl.trans(acc_u)
@@ -327,7 +337,7 @@ def _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, st
     tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM"])  # sizes per call (overlays.warmup)
 def moe_gemm2_kernel(
     a_ptr, as_ptr, w_ptr, ws_ptr, b_ptr, tw_ptr, o_ptr, sorted_ptr, expert_ids_ptr, npad_ptr,
     NUM, N, K, stride_am, stride_asm, stride_we, stride_wn, stride_wse, stride_wsn, stride_be, stride_om,
@@ -335,7 +345,7 @@ def moe_gemm2_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
-    N_GROUP: tl.constexpr = 1, A_SW: tl.constexpr = False,
+    N_GROUP: tl.constexpr = 1, A_SW: tl.constexpr = False, W_ROWG: tl.constexpr = 1,
 ):  # fmt: skip
     """y[slot, n] = topk_weight[slot] * (h[slot] . w2[n] + b2[n]) (fp32; summed per token by combine_kernel).
     N_GROUP > 1 (K % BLOCK_K == 0): each program walks N_GROUP consecutive N tiles (grid axis 1 shrinks by that
@@ -361,11 +371,11 @@ def moe_gemm2_kernel(
         for k0 in range(0, k_full, BLOCK_K):
             acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0, K, stride_am,
                               stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
-                              W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW)  # fmt: skip
+                              W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW, W_ROWG)  # fmt: skip
         if k_full < K:
             acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k_full, K, stride_am,
                               stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
-                              W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N, B_REGS, A_SW)  # fmt: skip
+                              W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N, B_REGS, A_SW, W_ROWG)  # fmt: skip
         _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om, HAS_BIAS,
                      SWAP)  # fmt: skip
     else:
@@ -382,7 +392,8 @@ def moe_gemm2_kernel(
             n_ok = offs_n < N
             acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, kt * BLOCK_K, K,
                               stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N,
-                              BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW)  # fmt: skip
+                              BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW,
+                              W_ROWG)  # fmt: skip
             last = kt == kt_n - 1
             if last:
                 _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om,
@@ -407,7 +418,7 @@ def combine_kernel(y_ptr, ids_ptr, o_ptr, H, E, stride_ym, stride_om, scale,
     tl.store(o_ptr + t * stride_om + offs, (acc * scale).to(tl.bfloat16), mask=offs < H)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # sizes per call (overlays.warmup)
 def quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm,
                       BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, QDQ: tl.constexpr = False):  # fmt: skip
     """Dynamic MXFP4 quantization of activation rows (w4a4 GEMM1 input): codes + scales, or with QDQ the bf16
@@ -482,7 +493,7 @@ def _scatter_phase(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, start, NUM, E, CH
     tl.store(sorted_ptr + base + r, offs, mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM", "max_blocks"])  # sizes per call (overlays.warmup)
 def _align_small_kernel(
     ids_ptr, counts_ptr, rank_ptr, offsets_ptr, sorted_ptr, expert_ids_ptr, npad_ptr, NUM, E, max_blocks,
     BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, CHUNK: tl.constexpr, BCHUNK: tl.constexpr,
@@ -500,12 +511,12 @@ def _align_small_kernel(
         _scatter_phase(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, start, NUM, E, CHUNK)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM"])  # sizes per call (overlays.warmup)
 def _rank_kernel(ids_ptr, counts_ptr, rank_ptr, NUM, E, CHUNK: tl.constexpr):
     _rank_phase(ids_ptr, counts_ptr, rank_ptr, tl.program_id(0) * CHUNK, NUM, E, CHUNK)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM", "max_blocks"])  # sizes per call (overlays.warmup)
 def _offsets_kernel(
     counts_ptr, offsets_ptr, sorted_ptr, expert_ids_ptr, npad_ptr, NUM, E, max_blocks,
     BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, BCHUNK: tl.constexpr,
@@ -514,7 +525,7 @@ def _offsets_kernel(
                    BLOCK_M, E_POW2, BCHUNK)  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM"])  # sizes per call (overlays.warmup)
 def _scatter_kernel(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, NUM, E, CHUNK: tl.constexpr):
     _scatter_phase(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, tl.program_id(0) * CHUNK, NUM, E, CHUNK)
 

@@ -28,6 +28,7 @@ from speedrun.overlays.hooks import Unsupported, around, require_aiter
 from speedrun.overlays.mxfp4_moe import stock_fp8
 from speedrun.overlays.mxfp4_moe.api import OP, Act, MoePlan, MoeWeights, fused_moe, make_plan, plain, swizzled
 from speedrun.overlays.mxfp4_moe.config import Layout
+from speedrun.overlays.warmup import bucket_ms, max_tokens, warm
 
 SERVED_RUNNERS = ("auto", "triton", "triton_kernel", "triton_kernels")
 
@@ -61,8 +62,8 @@ def _set(layer: torch.nn.Module, name: str, value: torch.Tensor) -> torch.Tensor
 
 
 def weight_layout() -> Layout:
-    """The value layout experts are stored in: swz (sm90 default: mx.layout's swz128, 16-byte fragment loads)
-    or plain (HIP default); the settings' mxfp4_moe_layout overrides."""
+    """The value layout experts are stored in: swz (sm90 default: mx.layout's swz128, 16-byte fragment loads; or
+    it with grouped rows) or plain (HIP default); the settings' mxfp4_moe_layout overrides."""
     v = environ.settings().mxfp4_moe_layout
     if v is not None:
         return Layout(v)
@@ -72,8 +73,8 @@ def weight_layout() -> Layout:
 def _finish(layer: torch.nn.Module, w: MoeWeights) -> None:
     """Store the experts in the serving layout (the layer's parameters are replaced, the plain copies freed), with
     their plan and the backend that serves them."""
-    if weight_layout() == Layout.SWZ:
-        w = swizzled(w)
+    if weight_layout().swz:
+        w = swizzled(w, layout=weight_layout())
         for name, t in (("w13_weight", w.w13), ("w13_weight_scale", w.w13_scale), ("w2_weight", w.w2),
                         ("w2_weight_scale", w.w2_scale)):  # fmt: skip
             _set(layer, name, t)
@@ -82,6 +83,25 @@ def _finish(layer: torch.nn.Module, w: MoeWeights) -> None:
     if plan.stock:  # large M goes to stock's FP8 MoE; its experts exist before SGLang sizes the KV cache
         w = _stock_fp8_experts(w)
     layer._speedrun_moe = w
+    _warm_up(layer, w, plan)
+
+
+def _warm_up(layer: torch.nn.Module, w: MoeWeights, plan: MoePlan) -> None:
+    """Compile every kernel the plan can launch now, once per process and distinct plan (overlays.warmup): a call
+    of zeros at both ends of each bucket's M range, routed round-robin over the experts."""
+    topk, e = getattr(layer, "top_k", None), w.num_experts
+    if not w.w13.is_cuda or not topk or plan.buckets is None:
+        return
+    h, dev = getattr(layer, "hidden_size", w.hidden), w.w13.device
+    experts = getattr(layer, "num_experts", None)
+
+    def call(m: int) -> None:
+        x = torch.zeros(m, h, dtype=torch.bfloat16, device=dev)
+        ids = (torch.arange(m * topk, dtype=torch.int32, device=dev) % e).view(m, topk)
+        fused_moe(x, w, ids, torch.full((m, topk), 1.0 / topk, device=dev), plan, 1.0, experts)
+
+    key = (OP, w.fmt, w.layout, e, h, w.inter, topk, dev)
+    warm(key, OP, bucket_ms(plan.buckets, topk / e, max_tokens()), call)
 
 
 def _stock_fp8_experts(w: MoeWeights) -> MoeWeights:

@@ -54,8 +54,8 @@ def _convert(w: Any, hidden: int, asm: bool, buf: torch.Tensor) -> tuple[torch.T
     e, n2, n = w.num_experts, 2 * w.inter, w.inter
     q13, s13, at = carve(buf, 0, e, n2, hidden)
     q2, s2, _ = carve(buf, at, e, hidden, n)
-    to_fp8(w.w13, w.w13_scale, hidden, q13, s13, asm)
-    to_fp8(w.w2[:, :hidden], w.w2_scale[:, :hidden], n, q2, s2, asm)
+    to_fp8(w.w13, w.w13_scale, hidden, q13, s13, asm, w.row_group)
+    to_fp8(w.w2[:, :hidden], w.w2_scale[:, :hidden], n, q2, s2, asm, w.row_group)
     return q13, s13, q2, s2
 
 

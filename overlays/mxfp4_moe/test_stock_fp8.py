@@ -100,6 +100,21 @@ def test_all_zero_tile_gets_scale_one():
     assert qs.item() == 1.0 and not q.float().any()
 
 
+@pytest.mark.parametrize("layout", ["swzg16", "swzg64"])
+def test_conversion_reads_grouped_rows(layout):
+    """Experts whose swz128 rows are grouped (mx.layout group_rows) convert to the same FP8 bytes as plain ones."""
+    from speedrun.overlays.mxfp4_moe.api import swizzled
+    from speedrun.overlays.mxfp4_moe.config import Layout
+
+    e, n, h = 2, 64, 256
+    w13, s13 = _mxfp4(e, 2 * n, h, 119, 125, seed=6)
+    w2, s2 = _mxfp4(e, h, n, 119, 125, seed=7)
+    w = MoeWeights(w13, s13, w2, s2, a4=True)
+    got = [t.clone() for t in stock_fp8.experts_fp8(swizzled(w, layout=Layout(layout)), h, asm=False)]
+    want = stock_fp8.experts_fp8(w, h, asm=False)
+    assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(got, want, strict=True))
+
+
 def test_experts_fp8_carves_one_scratch_for_both_stacks():
     """A layer's experts land in the device's one scratch (views into it), w2's rows cut to the hidden size."""
     e, n, h = 2, 64, 256
