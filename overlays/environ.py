@@ -44,7 +44,7 @@ class PluginSettings(BaseModel):
     mxfp4_moe_layout: MoeLayout | None = Field(
         None,
         description="expert value layout: swz (mx.layout swz128), swzg16 / swzg64 (swz128 with rows in groups of "
-        "16 / 64), or plain; unset: swz on CUDA, plain on ROCm",
+        "16 / 64), or plain; unset: swzg64 on CUDA, plain on ROCm",
     )
     mxfp4_moe_stock_fp8: StockFp8 = Field(
         "per_call",

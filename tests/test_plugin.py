@@ -262,7 +262,7 @@ def test_environment_registry_is_read_once_at_registration(monkeypatch):
     monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_BACKEND", "aiter")  # after registration: not seen
     assert environ.settings().backends["mxfp4_moe"] == "reference"
     monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_LAYOUT", "tiled")
-    with pytest.raises(ValueError, match="SPEEDRUN_MXFP4_MOE_LAYOUT='tiled': expected 'swz' or 'plain'"):
+    with pytest.raises(ValueError, match="SPEEDRUN_MXFP4_MOE_LAYOUT='tiled': expected 'swz', 'swzg16', 'swzg64' or"):
         environ.load()
     monkeypatch.delenv("SPEEDRUN_MXFP4_MOE_LAYOUT")
     monkeypatch.delenv("SPEEDRUN_MXFP4_MOE_BACKEND")

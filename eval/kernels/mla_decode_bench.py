@@ -86,6 +86,9 @@ VARIANTS = {
     "gluon_pps1": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1}},
     # V's f16 copy in one 64-token slice: one CTA barrier a tile fewer (sm90 AOT: 178 registers, no spill)
     "gluon_pps1_cvt64": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "cvt_rows": 64}},
+    # a tile's PV left in flight under the next tile's QK and V copy (PERF.md round 9)
+    "gluon_pps1_pipe": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "pipe_pv": True}},
+    "gluon_pps1_pipe_cvt64": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "pipe_pv": True, "cvt_rows": 64}},
     # bf16 caches in the Gluon kernel: both wgmmas read the landed tile (fp8 caches keep the table's a16 kernel)
     "kv16_gluon": {"kv16_engine": "gluon", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
     "a16": A16,  # the round-3 upcast path as shipped before a8w8 (sm90 ships it now: the same kernel as default)
@@ -104,7 +107,7 @@ RETIRED = {
 # replace them with their own "fp8".
 SPLIT_VARIANTS = ("default", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16", "fp8_n64_w8", "fp8_r168_st3",
                   "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_pps1_st3", "gluon_pps1", "gluon_pps1_cvt64",
-                  "kv16_gluon")  # fmt: skip
+                  "gluon_pps1_pipe", "gluon_pps1_pipe_cvt64", "kv16_gluon")  # fmt: skip
 BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)
 MIXED = "mixed32k"  # kv_len label of the mixed batch: one 32k sequence among 1k ones
 # (bs, kv_len); kv_len MIXED: lens [32768] + [1024] * (bs - 1)

@@ -19,7 +19,8 @@ Every DeepSeek impl computes on the same weights (the FP8 experts carry the MXFP
 Timing: eval/kernels/timer.py for every impl: N distinct weight copies (each impl's own load-time processing of
 its own raw copy), each with its own routing set and hidden states, in one CUDA graph, cache flushed before each
 replay, median (p10/p90) per call; rows carry the `timing` block. `speedrun` is the serving default on sm90
-(experts in mx.layout's swz128 value layout), `speedrun_plain` the same configs on plain-layout experts (round 2).
+(experts in config.CUDA_LAYOUT: swz128 with rows in groups of 64), `speedrun_plain` the same configs on
+plain-layout experts (round 2).
 GB/s counts the minimal bytes: the MXFP4 weights+scales (+biases) of the distinct experts each call touches, plus
 x and the output; % of HBM peak from the device name. Top-k selection is not timed for anyone (triton_kernels'
 routing() also sorts, so its expert sort is free here, ours is timed). Stock's in-place MoE writes its output
@@ -53,7 +54,7 @@ from speedrun.overlays.mxfp4_moe.api import (
     pick_config,
     swizzled,
 )
-from speedrun.overlays.mxfp4_moe.config import Layout, MoeBucket
+from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT, Layout, MoeBucket
 from speedrun.overlays.mxfp4_moe.sglang_hook import _deinterleave
 from speedrun.overlays.mxfp4_moe.stock_fp8 import fused_moe_stock_fp8
 
@@ -128,7 +129,7 @@ Build = Callable[[Raw], tuple[Callable, Callable]]  # raw copy -> (prepare, run)
 def ours_builder(gptoss: bool, swz: bool, cfg: MoeBucket | None = None) -> Build:
     def build(raw: Raw) -> tuple[Callable, Callable]:
         w = ours(raw, gptoss)
-        w = swizzled(w) if swz else w
+        w = swizzled(w, layout=CUDA_LAYOUT) if swz else w
         plan = make_plan(w, config=cfg)
         return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_mxfp4(x, w, *st, plan))
 
@@ -141,9 +142,9 @@ def ms_for(impl: str, ms: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def stock_route_builder(raw: Raw) -> tuple[Callable, Callable]:
-    """The large-M serving route on swz128 experts (as the sm90 hook stores them): conversion + stock FP8 MoE."""
+    """The large-M serving route on experts as the sm90 hook stores them (CUDA_LAYOUT): conversion + stock FP8 MoE."""
     stock_config()
-    w = swizzled(ours(raw, gptoss=False))
+    w = swizzled(ours(raw, gptoss=False), layout=CUDA_LAYOUT)
     return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_stock_fp8(x, w, *st))
 
 
@@ -260,8 +261,9 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # and 16-slot blocks (a4_bm16: the table's BLOCK_M at every w4a4 decode bucket since round 6) made room for GEMM1's
 # tile shape with a_qdq (a4_qdq_bk256, a4_qdq_bn128), and GPT-OSS's b_regs (a16_bregs: 9-19% slower at every M in
 # round 7) and a_qdq with b_regs (a4_qdq_bregs: behind a_qdq but at M 64, 2.4% there) made room for the grouped
-# layout (g64, a4_qdq_bk256_g64). Since round 7 the table runs a_qdq + group2 at tpe<=4 and
-# group2 at tpe<=16, so there a4_qdq / a4_group4 time the rest of the pair (or are the config's row).
+# layout, served since round 9 (its sweep rows g64 and a4_qdq_bk256_g64 won at every decode M; `rowmajor` now times
+# the layout it replaced). Since round 9 the table runs a_qdq with GEMM1's 256-deep K tile at every w4a4 decode
+# bucket (and group2 where round 7 put it), so there a4_qdq / a4_qdq_bk256 / a4_group4 are the config's row.
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
 SWEEP_VARIANTS = {
@@ -273,11 +275,10 @@ SWEEP_VARIANTS = {
     # 128 weight rows per GEMM1 program over two warpgroups: half the programs, each activation tile read once
     # for twice the weights
     "a4_qdq_bn128": {"fmt": "w4a4", "a_qdq": True, "BLOCK_N1": 128, "warps1": 8},
-    "a4_qdq_bk256_g64": {"fmt": "w4a4", "layout": "swzg64", "a_qdq": True, "BLOCK_K1": 256, "stages1": 3},
     "a4_group4": {"fmt": "w4a4", "group2": 4},  # GEMM2 walks 4 N tiles per program, loads pipelined across them
-    # swz128 rows in groups of 64 (mx.layout group_rows): a 64-row tile's K step reads one contiguous 4 KiB (8 KiB
-    # at K tile 256) instead of a 64-byte piece per row at the row's stride (DeepSeek's GEMM1: 3.5 KiB)
-    "g64": {"layout": "swzg64"},
+    # the experts in row-major swz128, the layout served before round 9 (a K step reads a 64- or 128-byte piece
+    # per row at the row's stride where CUDA_LAYOUT's 64-row groups read one contiguous 4-8 KiB)
+    "rowmajor": {"layout": "swz"},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
     "p16_bm64": {**_P16, "BLOCK_M": 64, "BLOCK_N1": 64, "warps1": 4, "swap": True, "b_regs": True},
@@ -308,7 +309,7 @@ def sweep_plan(model_name: str) -> list[tuple[int, dict[str, dict[str, Any]]]]:
 def variant_cfg(base: MoeBucket, var: dict[str, Any]) -> tuple[MoeBucket, str]:
     """(config for fused_moe_mxfp4, value layout) of a sweep variant on top of a bucket's config."""
     knobs = {k: v for k, v in var.items() if k not in VARIANT_META}
-    return base.replace(**{"dot_scaled": False, **knobs}), var.get("layout", "swz")  # a variant may set dot_scaled
+    return base.replace(**{"dot_scaled": False, **knobs}), var.get("layout", CUDA_LAYOUT.value)  # may set dot_scaled
 
 
 def _sweep_fields(impl: Built, m: int, model: Model, want: Any, nbytes: float, peak: float) -> dict[str, Any]:
@@ -349,7 +350,7 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1], 
         base_cfg = pick_config(plain_w, m, topk)
         bucket = bucket_key(plain_w.fmt, m, topk, e)
         try:
-            w0 = layout_copies("swz")(0)
+            w0 = layout_copies(CUDA_LAYOUT.value)(0)
             want = fused_moe_mxfp4(s0["x"], w0, s0["ids"], s0["tw"], make_plan(w0)).float()
         except FAILURES:  # the config's own row records the error below
             want = None
@@ -362,7 +363,7 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1], 
             seen.append(key)
             # the value layout is per process, not a bucket knob: other layouts' rows are "speedrun_<layout>" so
             # that `speedrun kernels tune` (which reads impl "speedrun" rows) never writes a layout into the table
-            impl = OURS if layout == "swz" else f"{OURS}_{layout}"
+            impl = OURS if layout == CUDA_LAYOUT else f"{OURS}_{layout}"
             row = dict(impl=impl, variant=name, bucket=bucket, config=cfg.entry(), gpu=gpu, model=model_name, m=m,
                        bytes=nbytes)  # fmt: skip
             rows.append(_sweep_row(Built(_weights_build(cfg), layout_copies(layout)), m, model, want, row, peak))

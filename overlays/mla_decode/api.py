@@ -311,6 +311,9 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
     cvt = cfg.a8w8.cvt_rows if fp8 else None
     if cvt is not None and (cvt % 8 or cfg.BLOCK_N % cvt):
         raise ValueError(f"{where}: a8w8.cvt_rows must be a multiple of 8 dividing BLOCK_N {cfg.BLOCK_N}, not {cvt}")
+    if fp8 and cfg.a8w8.pipe_pv and cfg.num_stages > 2:
+        raise ValueError(f"{where}: a8w8.pipe_pv double-buffers V's f16 copy: num_stages must be <= 2 to fit shared "
+                         f"memory, not {cfg.num_stages}")  # fmt: skip
     from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_sm90
 
     return mla_partial_sm90
@@ -323,9 +326,10 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
     its TOKENS_M / PV_FP8 (the bucket's a8w8 mma_m and pv) for fp8 caches computing a8w8; TOKENS_M otherwise from
     the bucket's a16_mma_m (the 16-bit tokens-as-M path)."""
     if gluon_engine(cfg, kv_dtype):  # its own constexprs (its semantics are fixed: tokens as M; fp8: a8w8, f16 PV)
-        cvt = (cfg.a8w8.cvt_rows if kv_dtype.itemsize == 1 else None) or GLUON_CVT_ROWS
+        fp8 = kv_dtype.itemsize == 1
+        cvt = (cfg.a8w8.cvt_rows if fp8 else None) or GLUON_CVT_ROWS
         return {**split_constexprs(cfg), "STAGES": cfg.num_stages, "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps,
-                "CVT_ROWS": cvt}  # fmt: skip
+                "CVT_ROWS": cvt, "PIPE_PV": bool(fp8 and cfg.a8w8.pipe_pv)}  # fmt: skip
     fp8 = kv_dtype.itemsize == 1
     cdt = tl.float16 if q_dtype == torch.float16 else tl.bfloat16
     cvt = cfg.fp8_cvt if fp8 else None

@@ -86,6 +86,9 @@ class A8W8Knobs(Knobs):
     # The Gluon kernel's V copy (fp8 -> f16) in slices of this many tokens (default 32): fewer slices, fewer CTA
     # barriers, more registers (sm90 AOT: 64 rows = 178 registers and 7 barriers a tile vs 170 and 8).
     cvt_rows: int | None = Field(None, ge=8)
+    # The Gluon kernel leaves a tile's PV wgmma in flight under the next tile's QK and V copy (its V copy and P
+    # double-buffered: 2 x 64 KB of f16 V, so at most 2 ring stages fit in an H100's 227 KB)
+    pipe_pv: bool | None = None
 
 
 class MlaBucket(Knobs):

@@ -24,7 +24,12 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    warpgroup_mma,
+    warpgroup_mma_init,
+    warpgroup_mma_wait,
+)
 
 try:  # the CTA barrier's name: Triton 3.7 `barrier`, 3.6 `thread_barrier`
     from triton.experimental.gluon.language import barrier as _cta_barrier
@@ -126,10 +131,14 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
              lat_s, rope_s, q_lat_s, q_rope_s, v16_s, p_s,
              H: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, PAGE_SIZE: gl.constexpr,
              DL: gl.constexpr, DR: gl.constexpr, STAGES: gl.constexpr, Q_EXP: gl.constexpr,
-             WARPS: gl.constexpr, CVT_ROWS: gl.constexpr):  # fmt: skip
+             WARPS: gl.constexpr, CVT_ROWS: gl.constexpr, PIPE_PV: gl.constexpr):  # fmt: skip
     """Tokens [pos, seg_hi) of sequence b through the cp.async ring: the final output, or a partial in `slot`.
-    16-bit caches (KV16) skip the f16 copy: QK and PV both read the tile as it landed."""
+    16-bit caches (KV16) skip the f16 copy: QK and PV both read the tile as it landed.
+    PIPE_PV (fp8 caches; V's copy and P double-buffered): tile j's PV wgmma is left in flight and waited with tile
+    j+1's QK, so it runs under the next tile's copy issue, QK and V convert instead of ending the tile."""
     KV16: gl.constexpr = KV.dtype.element_ty.primitive_bitwidth == 16
+    PIPE: gl.constexpr = PIPE_PV and not KV16  # 16-bit PV reads the ring slot the next tile's copy refills
+    NV: gl.constexpr = 2 if PIPE else 1  # V-copy / P buffers
     KW: gl.constexpr = 16 if KV16 else 32  # the QK wgmma's K per instruction
     LLAT: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [WARPS, 1], [1, 0])
     LROPE: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [WARPS, 1], [1, 0])
@@ -158,8 +167,11 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
     m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(0, LS))
     l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, LS)  # row sums kept per element, summed once at the end
     acc = gl.zeros([DL, BLOCK_H], gl.float32, LO)
+    if PIPE:  # loop-carried as an in-flight accumulator
+        acc = warpgroup_mma_init(acc)
     for j in range(n_tiles):
         s_idx = j % STAGES
+        buf = j % NV
         async_copy.wait_group(STAGES - 2)  # this thread's copies of tile j have landed
         fence_async_shared()
         _cta_barrier()  # everyone's copies of tile j; everyone done with tile j - 1 (its slot is reused next)
@@ -177,11 +189,14 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
         else:
             # CVT_ROWS rows at a time (registers: a whole f16 tile is 128 a thread); Triton's barrier pass puts a
             # CTA barrier between two slices' stores (it sees each as a write to the whole copy)
+            v_src = v16_s.index(buf)
             for r in gl.static_range(BLOCK_N // CVT_ROWS):
                 rows = k_lat.slice(r * CVT_ROWS, CVT_ROWS).load(LLAT)
-                v16_s.slice(r * CVT_ROWS, CVT_ROWS).store(rows.to(gl.float16))
-            v_src = v16_s
-        s_t = warpgroup_mma_wait(0, deps=[s_t])
+                v_src.slice(r * CVT_ROWS, CVT_ROWS).store(rows.to(gl.float16))
+        if PIPE:  # in order: QK(j) done means PV(j - 1) is too, so acc may be rescaled below
+            s_t, acc = warpgroup_mma_wait(0, deps=[s_t, acc])
+        else:
+            s_t = warpgroup_mma_wait(0, deps=[s_t])
         # Online softmax over the tokens (axis 0), integer max as kernels._online_softmax's INT_MAX.
         offs_n = pos + j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LS))
         s_t = gl.where((offs_n < seg_hi)[:, None], s_t * sc[None, :], float("-inf"))
@@ -190,17 +205,23 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
         p_t = gl.exp2(s_t - m_new[None, :])
         l_acc = l_acc * alpha[None, :] + p_t
         m_i = m_new
-        p_s.store((p_t * P_SCALE).to(p_s.dtype))
+        p_b = p_s.index(buf)
+        p_b.store((p_t * P_SCALE).to(p_s.dtype))
         fence_async_shared()
         _cta_barrier()  # every warp's V and P rows are in shared memory before the wgmma reads them
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, LO))[None, :]
-        acc = warpgroup_mma(v_src.permute((1, 0)), p_s, acc, is_async=True)
+        acc = warpgroup_mma(v_src.permute((1, 0)), p_b, acc, is_async=True)
+        if not PIPE:
+            acc = warpgroup_mma_wait(0, deps=[acc])
+    if PIPE:
         acc = warpgroup_mma_wait(0, deps=[acc])
     async_copy.wait_group(0)  # the ring's look-ahead copies (past the segment: masked) are done before reuse
     l_i = gl.sum(l_acc, axis=0)
 
     # acc^T [DL, heads] / l / P_SCALE -> the final output or the partial.
-    LOUT: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, WARPS], [0, 1])
+    # Coalesced stores through a shared-memory re-layout (32 KB of scratch); PIPE's double buffers leave no room for
+    # it (230 KB > 227 KB), so it stores from the accumulator's own layout (once per segment)
+    LOUT: gl.constexpr = LO if PIPE else gl.BlockedLayout([4, 1], [32, 1], [1, WARPS], [0, 1])
     l_o = gl.convert_layout(l_i * P_SCALE, gl.SliceLayout(0, LO))
     out = gl.convert_layout(acc / l_o[None, :], LOUT)
     d = gl.arange(0, DL, layout=gl.SliceLayout(1, LOUT))
@@ -249,6 +270,7 @@ def mla_partial_sm90(
     Q_EXP: gl.constexpr = 8,
     WARPS: gl.constexpr = 8,  # 4: one warpgroup; 8: two (QK: 8 heads each; PV: half the output rows each)
     CVT_ROWS: gl.constexpr = 32,  # fp8 caches: V's f16 copy in slices of this many tokens (a8w8.cvt_rows)
+    PIPE_PV: gl.constexpr = False,  # fp8 caches: PV left in flight into the next tile (a8w8.pipe_pv; _segment)
 ):
     """kernels._mla_partial_kernel's contract (grid: programs; heads <= BLOCK_H = 16 in one program) for fp8 e4m3
     KV (a8w8) and bf16 KV with bf16 q."""
@@ -262,13 +284,14 @@ def mla_partial_sm90(
     rope_s = gl.allocate_shared_memory(KT, [STAGES, BLOCK_N, DR], rope_l)
     q_lat_s = gl.allocate_shared_memory(KT, [BLOCK_H, DL], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DL], KT))
     q_rope_s = gl.allocate_shared_memory(KT, [BLOCK_H, DR], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DR], KT))
+    NV: gl.constexpr = 2 if PIPE_PV and not KV16 else 1  # V-copy / P buffers (_segment's PIPE)
     if KV16:
-        v16_s = lat_s.index(0)  # not used: PV reads the landed tile itself
+        v16_s = lat_s  # not used: PV reads the landed tile itself
     else:
-        v16_s = gl.allocate_shared_memory(gl.float16, [BLOCK_N, DL],
+        v16_s = gl.allocate_shared_memory(gl.float16, [NV, BLOCK_N, DL],
                                           gl.NVMMASharedLayout.get_default_for([BLOCK_N, DL], gl.float16))  # fmt: skip
     p_s = gl.allocate_shared_memory(
-        PT, [BLOCK_N, BLOCK_H], gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], PT)
+        PT, [NV, BLOCK_N, BLOCK_H], gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], PT)
     )
 
     p = gl.program_id(0)
@@ -291,6 +314,6 @@ def mla_partial_sm90(
             _segment(Q, KV, O, PartO, PartLse, kv_idx, b, (p + b).to(gl.int64), pos, seg_hi, seq_lo, seq_hi,
                      qk_scale, v_scale, stride_qb, stride_qh, stride_kv_page, stride_kv_tok, stride_ob, stride_oh,
                      lat_s, rope_s, q_lat_s, q_rope_s, v16_s, p_s, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, STAGES,
-                     Q_EXP, WARPS, CVT_ROWS)  # fmt: skip
+                     Q_EXP, WARPS, CVT_ROWS, PIPE_PV)  # fmt: skip
         pos = gl.maximum(seg_hi, pos)
         b += 1

@@ -361,6 +361,7 @@ def test_compile_report_holds_a8w8_to_fp8_mma_occupancy_and_no_spills() -> None:
      (16, "sm90", {"mma_m": "heads"}, FP8, "a8w8.mma_m must be tokens, not heads"),
      (16, "sm90", {"num_warps": 16}, FP8, "a8w8.num_warps must be 4 or 8"),
      (16, "sm90", {"cvt_rows": 48}, FP8, "a8w8.cvt_rows must be a multiple of 8 dividing BLOCK_N 64, not 48"),
+     (16, "sm90", {"pipe_pv": True, "num_stages": 3}, FP8, "a8w8.pipe_pv double-buffers V's f16 copy: num_stages"),
      (16, "sm90", {}, torch.float8_e4m3fnuz, "e4m3fn KV, or bf16 KV with bf16 q, not torch.float8_e4m3fnuz KV")],
 )  # fmt: skip
 def test_gluon_engine_is_refused_where_it_is_not_written_for(heads, arch, knobs, kv, msg) -> None:
@@ -391,7 +392,8 @@ def test_gluon_engine_leaves_bf16_caches_on_the_triton_kernel() -> None:
     gluon = api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=cfg)
     assert bf16.kernel is kernels._mla_partial_kernel and a16.kernel is kernels._mla_partial_kernel
     assert gluon.kernel is not kernels._mla_partial_kernel
-    assert gluon.partial[False] == {"SNAP": True, "STAGES": 2, "Q_EXP": 8, "WARPS": 8, "CVT_ROWS": 32}
+    assert gluon.partial[False] == {"SNAP": True, "STAGES": 2, "Q_EXP": 8, "WARPS": 8, "CVT_ROWS": 32,
+                                    "PIPE_PV": False}  # fmt: skip
     cvt64 = api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90",
                           config=bench.variant_config("gluon_pps1_cvt64"))  # fmt: skip
     assert cvt64.partial[False]["CVT_ROWS"] == 64 and 2 * cvt64.programs == gluon.programs  # 1 vs 2 per SM

@@ -182,6 +182,8 @@ VARIANTS = [
     "a8w8_gluon_pps1_st3",
     "gluon_pps1",
     "gluon_pps1_cvt64",
+    "gluon_pps1_pipe",
+    "gluon_pps1_pipe_cvt64",
     "kv16_gluon",
 ]
 
@@ -412,15 +414,16 @@ def test_a8w8_gluon_real_shapes(kv_len, page_size):
 
 
 @needs_sm90
-@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("stages,pipe", [(2, False), (3, False), (2, True)])
 @pytest.mark.parametrize("page_size", [1, 64])
-def test_a8w8_gluon_mixed_lengths(page_size, stages):
+def test_a8w8_gluon_mixed_lengths(page_size, stages, pipe):
     """Empty, 1-token, 65-token and 32k sequences among random ones (segments that start and end mid-tile, chunks
-    that span sequences), q far beyond fp8's range, both ring depths; an empty sequence reads as zeros."""
+    that span sequences), q far beyond fp8's range, both ring depths, PV left in flight across tiles (pipe_pv);
+    an empty sequence reads as zeros."""
     from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     cfg = gluon_config()
-    cfg = cfg.replace(a8w8=cfg.a8w8.replace(num_stages=stages))
+    cfg = cfg.replace(a8w8=cfg.a8w8.replace(num_stages=stages, pipe_pv=pipe))
     g = torch.Generator().manual_seed(3)
     lens = torch.randint(1, 9000, (40,), generator=g).tolist() + [0, 1, 32768, 0, 65]
     q, kv, indptr, slots = make_batch(len(lens), 16, lens, FP8, page_size=64, seed=9)
@@ -430,23 +433,27 @@ def test_a8w8_gluon_mixed_lengths(page_size, stages):
     o = torch.full((len(lens), 16, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
     decode(q, view, o, indptr, slots, SM_SCALE / q_mul, page_size=page_size, config=cfg, compute="a8w8")
     assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
-    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon mixed ps={page_size} stages={stages}",
+    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon mixed ps={page_size} st={stages} pipe={pipe}",
                sm_scale=SM_SCALE / q_mul)  # fmt: skip
 
 
 @needs_sm90
+@pytest.mark.parametrize("pipe", [False, True])
 @pytest.mark.parametrize("page_size", [1, 64])
-def test_a8w8_gluon_tile_edges(page_size):
+def test_a8w8_gluon_tile_edges(page_size, pipe):
     """Sequences around the 64-token tile (1, 2, 63, 64, 65, 127, 128, 129 tokens): the masked tail of a tile, a
-    tile-aligned end, a second tile of one token; first to localize a failure of the ring or the masks."""
+    tile-aligned end, a second tile of one token; first to localize a failure of the ring or the masks (with the PV
+    left in flight across tiles too: pipe_pv)."""
     from speedrun.overlays.mla_decode.test_mla_decode import decode
 
+    cfg = gluon_config()
+    cfg = cfg.replace(a8w8=cfg.a8w8.replace(pipe_pv=pipe))
     lens = [1, 2, 63, 64, 65, 127, 128, 129]
     q, kv, indptr, slots = make_batch(len(lens), 16, lens, FP8, page_size=64, seed=21)
     view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
     o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device="cuda")
-    decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=gluon_config(), compute="a8w8")
-    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon tile edges ps={page_size}")
+    decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=cfg, compute="a8w8")
+    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon tile edges ps={page_size} pipe={pipe}")
 
 
 @needs_sm90

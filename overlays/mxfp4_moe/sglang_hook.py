@@ -27,7 +27,7 @@ from speedrun.overlays import environ, report
 from speedrun.overlays.hooks import Unsupported, around, require_aiter
 from speedrun.overlays.mxfp4_moe import stock_fp8
 from speedrun.overlays.mxfp4_moe.api import OP, Act, MoePlan, MoeWeights, fused_moe, make_plan, plain, swizzled
-from speedrun.overlays.mxfp4_moe.config import Layout
+from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT, Layout
 from speedrun.overlays.warmup import bucket_ms, max_tokens, warm
 
 SERVED_RUNNERS = ("auto", "triton", "triton_kernel", "triton_kernels")
@@ -62,12 +62,12 @@ def _set(layer: torch.nn.Module, name: str, value: torch.Tensor) -> torch.Tensor
 
 
 def weight_layout() -> Layout:
-    """The value layout experts are stored in: swz (sm90 default: mx.layout's swz128, 16-byte fragment loads; or
-    it with grouped rows) or plain (HIP default); the settings' mxfp4_moe_layout overrides."""
+    """The value layout experts are stored in: on CUDA config.CUDA_LAYOUT (mx.layout's swz128, 16-byte fragment
+    loads, rows in groups of 64), on HIP plain; the settings' mxfp4_moe_layout overrides."""
     v = environ.settings().mxfp4_moe_layout
     if v is not None:
         return Layout(v)
-    return Layout.PLAIN if torch.version.hip is not None else Layout.SWZ
+    return Layout.PLAIN if torch.version.hip is not None else CUDA_LAYOUT
 
 
 def _finish(layer: torch.nn.Module, w: MoeWeights) -> None:

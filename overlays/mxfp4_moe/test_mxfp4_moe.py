@@ -25,7 +25,7 @@ from speedrun.overlays.mx.quant import quant_mxfp4
 from speedrun.overlays.mxfp4_moe import api as moe_mod
 from speedrun.overlays.mxfp4_moe import sort
 from speedrun.overlays.mxfp4_moe.api import Act, MoeWeights, fused_moe_mxfp4, make_plan, quant_rows
-from speedrun.overlays.mxfp4_moe.config import MoeBucket
+from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT, MoeBucket
 from speedrun.overlays.mxfp4_moe.reference import moe_reference
 from speedrun.overlays.mxfp4_moe.sglang_hook import _deinterleave, _triton_kernels_to_standard
 
@@ -236,19 +236,21 @@ def test_round5_sweep_variants_compile_without_spills_and_cut_issue_on_sm90():
     """The AOT evidence PERF.md's "Round 5 candidates" quotes (mxfp4_moe_sass, clean process) at DeepSeek M 128's
     bucket (w4a4:tpe<=16): no spills, each K step's wgmmas back to back (one wait per accumulator). The bucket now
     runs a4_bm16 (BLOCK_M 16, tuned from the round-5 sweep), which issues fewer warp-instructions per weight KiB in
-    both GEMMs than round 4's BLOCK_M 32; a4_g2_bn128 on round 4's bucket does in GEMM2 at >= 2 CTAs/SM."""
+    both GEMMs than round 4's BLOCK_M 32; a4_g2_bn128 on round 4's bucket does in GEMM2 at >= 2 CTAs/SM. (The
+    bucket as round 8 served it: the codes path at GEMM1's 128-deep K tile; round 9 moved it on.)"""
     from speedrun.eval.kernels.mxfp4_moe_sass import GemmStats
 
-    r4, g2_r4 = "BLOCK_M=32", "BLOCK_M=32,BLOCK_N2=128,warps2=8"
+    r8 = "a_qdq=false,BLOCK_K1=128,stages1=4"
+    r4, g2_r4 = f"{r8},BLOCK_M=32", f"{r8},BLOCK_M=32,BLOCK_N2=128,warps2=8"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_moe_sass", "--json", "--bucket", "w4a4:tpe<=16",
-           "config", r4, g2_r4]  # fmt: skip
+           r8, r4, g2_r4]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     stats = {(d["variant"], d["gemm"]): GemmStats(**d) for d in json.loads(proc.stdout.splitlines()[-1])}
     for key, st in stats.items():
         assert st.spill == 0 and st.mma >= 8 and st.mma_waits == st.gemm % 2 + 1, (key, st)
-    cfg1, cfg2 = stats["config", 1], stats["config", 2]
+    cfg1, cfg2 = stats[r8, 1], stats[r8, 2]
     assert cfg1.block[0] == 16 and cfg1.warp_per_kib() < 0.95 * stats[r4, 1].warp_per_kib()
     assert cfg2.warp_per_kib() < 0.9 * stats[r4, 2].warp_per_kib()
     g2 = stats[g2_r4, 2]
@@ -394,7 +396,7 @@ def test_prefill_sweep_variants_match_reference(variant):
     var = SWEEP_VARIANTS[variant]
     assert var["prefill"] and var["fmt"] == "w4a16"
     cfg, layout = variant_cfg(moe_mod.table("sm90")["w4a16:tpe<=256"], var)
-    assert layout == "swz" and all(getattr(cfg, k) == v for k, v in var.items() if k not in ("fmt", "prefill"))
+    assert layout == CUDA_LAYOUT and all(getattr(cfg, k) == v for k, v in var.items() if k not in ("fmt", "prefill"))
     e, n, h, topk, m = 3, 128, 256, 2, 40
     w = _weights(e, n, h, seed=41, act=Act.SWIGLU_OAI)
     g = torch.Generator().manual_seed(42)
@@ -534,17 +536,19 @@ def test_a_qdq_sweep_variants_on_sm90():
     """The AOT evidence of PERF.md round 7 (mxfp4_moe_sass, clean process) at DeepSeek's decode bucket tpe<=1:
     bf16-grid activations alone make the wgmmas wait one by one (the w4a16 load path's serialization); with
     b_regs they issue back to back, and both GEMMs run fewer warp-instructions per weight KiB than the codes path,
-    without spills, at >= 4 CTAs per SM."""
+    without spills, at >= 4 CTAs per SM (round 8's bucket: GEMM1's K tile 128; round 9 serves a_qdq at 256)."""
     from speedrun.eval.kernels.mxfp4_moe_sass import GemmStats
 
+    tile = "BLOCK_K1=128,stages1=4"
+    codes, qdq, qdq_bregs = f"a_qdq=false,{tile}", f"a_qdq=true,{tile}", f"a_qdq=true,b_regs=true,{tile}"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "speedrun.eval.kernels.mxfp4_moe_sass", "--json", "--bucket", "w4a4:tpe<=1",
-           "config", "a4_qdq", "a_qdq=true,b_regs=true"]  # fmt: skip
+           codes, qdq, qdq_bregs]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     stats = {(d["variant"], d["gemm"]): GemmStats(**d) for d in json.loads(proc.stdout.splitlines()[-1])}
     for gemm in (1, 2):
-        old, alone, new = stats["config", gemm], stats["a4_qdq", gemm], stats["a_qdq=true,b_regs=true", gemm]
+        old, alone, new = stats[codes, gemm], stats[qdq, gemm], stats[qdq_bregs, gemm]
         assert alone.mma_waits == alone.mma, (gemm, alone)
         assert new.mma == old.mma and new.mma_waits == 3 - gemm and new.spill == 0, (gemm, new)
         assert new.warp_per_kib() < 0.9 * old.warp_per_kib() and new.ctas_per_sm >= 4, (gemm, new, old)

@@ -17,7 +17,7 @@ from speedrun.overlays.mxfp4_moe.api import (
     pick_config,
     swizzled,
 )
-from speedrun.overlays.mxfp4_moe.config import Layout
+from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT, Layout
 from speedrun.overlays.mxfp4_moe.reference import moe_reference
 
 pytestmark = [
@@ -71,9 +71,10 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def model(request):
-    """(name, plain experts, the same experts in swz128): every weight scale here is <= 128 (one-multiply decode)."""
+    """(name, plain experts, the same experts as the sm90 hook stores them: CUDA_LAYOUT): every weight scale here is
+    <= 128 (one-multiply decode)."""
     w = make_weights(request.param)
-    ws = swizzled(w)
+    ws = swizzled(w, layout=CUDA_LAYOUT)
     assert ws.swz and ws.mul1
     return request.param, w, ws
 
@@ -89,7 +90,9 @@ def test_matches_reference_at_real_shapes(model, m, path):
     name, w, ws = model
     x, ids, tw = make_routing(name, m)
     rsf = 2.5 if w.a4 else 1.0
-    cfg = pick_config(w, m, ids.shape[1]).replace(dot_scaled=path == "plain_dot_scaled")
+    cfg = pick_config(w, m, ids.shape[1])
+    if path == "plain_dot_scaled":  # Triton's upcast takes the codes (a_qdq hands bf16 to the dequant path)
+        cfg = cfg.replace(dot_scaled=True, a_qdq=False)
     out = run(x, ws if path == "swz" else w, ids, tw, rsf, cfg=cfg)
     ref = reference(x, w, ids, tw, rsf)
     # w4a4: a 1-ulp bf16 difference in the GEMM1 output can flip an MXFP4 code of the re-quantized activation.
@@ -162,7 +165,7 @@ def test_every_sweep_variant_matches_reference(model, variant):
     m = 4096 if var.get("prefill") else 1
     x, ids, tw = make_routing(name, m, seed=5)
     cfg, layout = variant_cfg(pick_config(w, m, ids.shape[1]), var)
-    experts = {"swz": ws, "plain": w}.get(layout) or swizzled(w, layout=Layout(layout))
+    experts = {CUDA_LAYOUT.value: ws, "plain": w}.get(layout) or swizzled(w, layout=Layout(layout))
     out = run(x, experts, ids, tw, cfg=cfg)
     ref = reference(x, w, ids, tw)
     assert torch.isfinite(out.float()).all()
@@ -216,8 +219,11 @@ def test_row_groups_are_bit_identical_on_the_gpu(model, layout, m):
     """Experts with swz128 rows in groups (mx.layout group_rows) through the served plan: the output equals the
     row-major layout's bit for bit at every served bucket, the DeepSeek shard's large-M stock FP8 route (M 4096:
     the grouped experts converted to FP8) included."""
-    name, _, ws = model
-    grouped = swizzled(model[1], layout=Layout(layout))
+    from speedrun.eval.kernels.stock import stock_config
+
+    stock_config()  # outside a server: stock's fused-MoE config lookup reads the published (default) server args
+    name, w, _ = model
+    rowmajor, grouped = swizzled(w), swizzled(w, layout=Layout(layout))
     x, ids, tw = make_routing(name, m, seed=9)
-    want = fused_moe(x, ws, ids, tw, make_plan(ws))
+    want = fused_moe(x, rowmajor, ids, tw, make_plan(rowmajor))
     assert torch.equal(fused_moe(x, grouped, ids, tw, make_plan(grouped)), want)

@@ -203,8 +203,8 @@ def test_process_weights_layout(sides: dict[str, Any]) -> None:
 
     raw, (ours, _) = sides["raw"], sides["ours"]
     w = ours._speedrun_moe
-    assert w.swz == (weight_layout() == "swz"), "[our process_weights] value layout is not the configured one"
-    w = plain(w, H, N)  # swz128 (sm90 default) -> plain: exact inverse (mx.layout), so compare as plain
+    assert w.layout == weight_layout(), "[our process_weights] value layout is not the configured one"
+    w = plain(w, H, N)  # sm90's grouped swz128 -> plain: exact inverse (mx.layout), so compare as plain
     checks = [
         (w.w13, _split(raw["w13_weight"]), "w13"),
         (w.w13_scale, _split(raw["w13_weight_scale"]), "w13_scale"),

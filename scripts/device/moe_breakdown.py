@@ -19,6 +19,7 @@ import torch
 from speedrun.eval.kernels import breakdown
 from speedrun.eval.kernels.mxfp4_moe_bench import MODELS, Model, make_raw, ours, routing_sets
 from speedrun.overlays.mxfp4_moe.api import bucket_key, fused_moe_mxfp4, make_plan, swizzled
+from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT
 
 REPEATS = 5
 
@@ -61,7 +62,7 @@ def breakdown_model(name: str, ms: list[int], repeats: int) -> list[dict[str, An
     """GPU: every M of one model."""
     mdl: Model = MODELS[name]
     e, topk, h, n, a4 = mdl[:5]
-    w = swizzled(ours(make_raw(e, h, n, gptoss=not a4), gptoss=not a4))
+    w = swizzled(ours(make_raw(e, h, n, gptoss=not a4), gptoss=not a4), layout=CUDA_LAYOUT)
     plan = make_plan(w)
     rows = []
     for m in ms:
