@@ -74,10 +74,10 @@ def helper_specs(arch: str) -> list[CompileSpec]:
     specs.append(CompileSpec("mxfp4_gemm/quant[packed]", mxfp4_quant_kernel, dict(qsig, q_ptr="*u8"),
                              {"QDQ": False, "BLOCK_M": 16, "BLOCK_K": 256}, {"num_warps": 4}))  # fmt: skip
     dsig = {"w_ptr": "*u8", "ws_ptr": "*u8", "o_ptr": "*bf16", "N": "i32", "K": "i32", "stride_wsn": "i32",
-            "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "SWZ": "constexpr"}  # fmt: skip
+            "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "SWZ": "constexpr", "ROWG": "constexpr"}  # fmt: skip
     for swz in (False, True):
         specs.append(CompileSpec(f"mxfp4_gemm/dequant_w[swz={swz}]", mxfp4_dequant_kernel, dsig,
-                                 {"BLOCK_N": 32, "BLOCK_K": 256, "SWZ": swz}, {"num_warps": 4}))  # fmt: skip
+                                 {"BLOCK_N": 32, "BLOCK_K": 256, "SWZ": swz, "ROWG": 1}, {"num_warps": 4}))  # fmt: skip
     return specs
 
 

@@ -10,7 +10,7 @@ from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd
 from speedrun.overlays.mx.fp8_kernel import mxfp4_to_fp8_kernel
 from speedrun.overlays.mxfp4_moe import api, kernels, sort
-from speedrun.overlays.mxfp4_moe.config import Act, MoeBucket
+from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT, Act, MoeBucket
 from speedrun.overlays.mxfp4_moe.kernels import (
     combine_kernel,
     moe_gemm1_kernel,
@@ -148,32 +148,34 @@ EXPECT_FP8_CVT = r"cvt\.rn\.satfinite\.e4m3x2\.f32"  # the hardware fp32 -> e4m3
 
 
 def to_fp8_specs(arch: str) -> list[CompileSpec]:
-    """mx.fp8.to_fp8's conversion (shared with the GEMM's large-M route, which launches the same specializations)
-    on swz128 weights (the sm90 default) and plain ones (the layout override), as launched: inline-PTX decode,
-    8 warps; none on ROCm, where the route is never taken."""
+    """mx.fp8.to_fp8's conversion (shared with the GEMM's large-M route) on the experts as the sm90 hook stores them
+    (swz128 in 64-row groups), on row-major swz128 (the GEMM's weights) and on plain ones (the layout override), as
+    launched: inline-PTX decode, 8 warps; none on ROCm, where the route is never taken."""
     if is_amd(arch):
         return []
     specs = []
-    for swz in (True, False):
+    for swz, group in ((True, CUDA_LAYOUT.row_group), (True, 1), (False, 1)):
         sig = {"w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8", "q_ptr": "*fp8e4nv", "qs_ptr": "*fp32",
                **dict.fromkeys(("ROWS", "K", "stride_we", "stride_wn", "stride_wse", "stride_wsn", "stride_qe",
                "stride_qn", "stride_qse", "stride_qsn"), "i32")}  # fmt: skip
-        const = {"W_SWZ": swz, "W_ASM": True, "BLOCK": 128, "W_ROWG": 1}
+        const = {"W_SWZ": swz, "W_ASM": True, "BLOCK": 128, "W_ROWG": group}
         sig.update(dict.fromkeys(const, "constexpr"))
         attrs = aligned(sig, "w_ptr", "ws_ptr", "q_ptr", "qs_ptr", "ROWS", "K", "stride_we", "stride_wn",
                         "stride_qe", "stride_qn")  # fmt: skip
-        name = f"{OP}/to_fp8" + ("/swz" if swz else "")
+        name = f"{OP}/to_fp8" + ("/swz" if swz else "") + (f"/g{group}" if group > 1 else "")
         specs.append(CompileSpec(name, mxfp4_to_fp8_kernel, sig, const, {"num_warps": 8}, EXPECT_FP8_CVT, attrs))
     return specs
 
 
 def compile_specs(arch: str) -> list[CompileSpec]:
-    """GEMM1 + GEMM2 per config bucket of `arch` on the weights the hook stores there (sm90: swz128 values,
-    mx.layout; plus the plain-layout fallback of one decode bucket), then the auxiliary kernels."""
+    """GEMM1 + GEMM2 per config bucket of `arch` on the weights the hook stores there (sm90: swz128 values in
+    config.CUDA_LAYOUT's row groups, mx.layout; plus the plain-layout fallback of one decode bucket), then the
+    auxiliary kernels."""
     specs = []
     swz = not is_amd(arch)
+    group = CUDA_LAYOUT.row_group if swz else 1
     for key, cfg in api.table(arch).items():
-        specs += [gemm1_spec(key, cfg, arch, swz), gemm2_spec(key, cfg, arch, swz)]
+        specs += [gemm1_spec(key, cfg, arch, swz, group), gemm2_spec(key, cfg, arch, swz, group)]
         if swz and key == PLAIN_FALLBACK_KEY:
             specs += [gemm1_spec(key, cfg, arch), gemm2_spec(key, cfg, arch)]
     return specs + aux_specs() + to_fp8_specs(arch)

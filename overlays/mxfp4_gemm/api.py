@@ -238,10 +238,12 @@ def kernel(cfg: GemmBucket, a_mode: AMode, arch: str, k: int | None, layout: Lay
     bm, bn, bk = cfg.BLOCK_M, cfg.BLOCK_N, _block_k(cfg, k)
     if layout != Layout.PLAIN:
         bk = max(bk, 128)  # whole swz128 chunks
+    if bn % layout.row_group:
+        raise ValueError(f"mxfp4_gemm: BLOCK_N {bn} is not a multiple of the {layout} row group ({layout.row_group})")
     consts = {"A_MODE": a_mode.value, "DOT_SCALED": dot_scaled, "DOT_F32": not cuda, "BLOCK_M": bm, "BLOCK_N": bn,
               "BLOCK_K": bk, "GROUP": cfg.GROUP, **deq_flags(cfg, bk, asm, dot_scaled, layout),
               "A_ASM": asm and a_mode == AMode.QUANT and not dot_scaled,
-              "RED": red_unroll(bm, bn, cfg.num_warps)}  # fmt: skip
+              "RED": red_unroll(bm, bn, cfg.num_warps), "W_ROWG": layout.row_group}  # fmt: skip
     if asm and cfg.b_regs and a_mode == AMode.BF16:  # off: the shipped kernels' constants (B_REGS defaults off)
         consts["B_REGS"] = True
     return Kernel(cfg, consts, kernel_options(cfg, arch, cuda))
@@ -267,7 +269,7 @@ def deq_flags(cfg: GemmBucket, block_k: int, asm: bool, dot_scaled: bool, layout
     """W_DEQ from the config's "deq" (WORDS needs the kernel's BLOCK_K >= 128, else HALVES), or SWZ for swz128
     weights; W_ASM (inline PTX) only where `asm`."""
     if layout != Layout.PLAIN:
-        return {"W_DEQ": WDeq.SWZ.value, "W_ASM": asm, "W_MUL1": asm and layout == Layout.SWZ128_MUL1}
+        return {"W_DEQ": WDeq.SWZ.value, "W_ASM": asm, "W_MUL1": asm and layout.mul1}
     deq = WDeq.GENERIC if dot_scaled else cfg.deq
     if deq == WDeq.WORDS and block_k < 128:
         deq = WDeq.HALVES
@@ -375,24 +377,30 @@ def _launch(a: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Tensor, w_sc
 # ---------------------------------------------------------------- load-time layouts, quantizer, dequantizer
 
 
-def relayout_weight(w: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Layout]:
-    """Load time: plain MXFP4 -> (swz128 codes, padded scales, layout); K % 128 == 0 (no padding needed)."""
-    from speedrun.overlays.mx.layout import pad_scales, swizzle_mxfp4
+def relayout_weight(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str = Layout.SWZ128
+                    ) -> tuple[torch.Tensor, torch.Tensor, Layout]:  # fmt: skip
+    """Load time: plain MXFP4 -> (swz128 codes, padded scales, layout); K % 128 == 0 (no padding needed). `layout`
+    asks for row groups (swz128_g64*; rows that do not fill them stay row-major); the one-multiply decode (mul1) is
+    what the scales allow."""
+    from speedrun.overlays.mx.layout import SCALE_UNIT, WORD_UNIT, group_rows, pad_scales, swizzle_mxfp4
 
     if (w.shape[1] * 2) % 128:
         raise NotImplementedError(f"swz128 needs K % 128 == 0, got K={w.shape[1] * 2}")
+    g = Layout(layout).row_group if w.shape[0] % Layout(layout).row_group == 0 else 1
     mul1 = int(w_scale.max()) <= 128
-    return swizzle_mxfp4(w), pad_scales(w_scale), Layout.SWZ128_MUL1 if mul1 else Layout.SWZ128
+    codes = group_rows(swizzle_mxfp4(w), g, 4 * WORD_UNIT)
+    return codes, group_rows(pad_scales(w_scale), g, SCALE_UNIT), Layout.swz(g, mul1)
 
 
 def plain_weight(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain-layout weight (for the dequantize-then-cuBLAS route and the reference) of a re-laid-out one."""
     if layout == Layout.PLAIN:
         return w, w_scale
-    from speedrun.overlays.mx.layout import unswizzle_mxfp4
+    from speedrun.overlays.mx.layout import SCALE_UNIT, WORD_UNIT, ungroup_rows, unswizzle_mxfp4
 
-    k = w.shape[1] * 2
-    return unswizzle_mxfp4(w, k), w_scale[:, : k // 32].contiguous()
+    k, g = w.shape[1] * 2, Layout(layout).row_group
+    codes = unswizzle_mxfp4(ungroup_rows(w, g, 4 * WORD_UNIT), k)
+    return codes, ungroup_rows(w_scale, g, SCALE_UNIT)[:, : k // 32].contiguous()
 
 
 def quantize(a: torch.Tensor, qdq: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -419,7 +427,8 @@ def dequantize_weight(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | s
     swz = layout != Layout.PLAIN
     bn, bk = 32, 256 if k % 256 == 0 else (128 if swz else 32)
     grid = (math.ceil(n / bn), math.ceil(k / bk))
-    mxfp4_dequant_kernel[grid](w, w_scale, out, n, k, w_scale.stride(0), BLOCK_N=bn, BLOCK_K=bk, SWZ=swz, num_warps=4)
+    mxfp4_dequant_kernel[grid](w, w_scale, out, n, k, w_scale.stride(0), BLOCK_N=bn, BLOCK_K=bk, SWZ=swz,
+                               ROWG=Layout(layout).row_group, num_warps=4)  # fmt: skip
     return out
 
 

@@ -50,11 +50,28 @@ class WDeq(IntEnum):
 class Layout(StrEnum):
     """Weight layouts: plain (codes in k order), swz128 (mx.layout: each lane's codes of a 128-wide K chunk
     contiguous, decoded as WDeq.SWZ), swz128_mul1 (the same, every scale byte <= 128 checked at re-layout: one
-    multiply per decoded pair)."""
+    multiply per decoded pair); the _g64 ones store rows in groups of 64 (a 64-row tile's K step reads 4 KiB
+    contiguous)."""
 
     PLAIN = "plain"
     SWZ128 = "swz128"
     SWZ128_MUL1 = "swz128_mul1"
+    SWZ128_G64 = "swz128_g64"  # swz128 with rows in groups of 64 (mx.layout group_rows)
+    SWZ128_G64_MUL1 = "swz128_g64_mul1"
+
+    @property
+    def row_group(self) -> int:
+        return 64 if self in (Layout.SWZ128_G64, Layout.SWZ128_G64_MUL1) else 1
+
+    @property
+    def mul1(self) -> bool:
+        return self in (Layout.SWZ128_MUL1, Layout.SWZ128_G64_MUL1)
+
+    @staticmethod
+    def swz(row_group: int, mul1: bool) -> Layout:
+        """The swz128 layout with `row_group` rows per group (1 or 64) and the one-multiply decode or not."""
+        return {(1, False): Layout.SWZ128, (1, True): Layout.SWZ128_MUL1, (64, False): Layout.SWZ128_G64,
+                (64, True): Layout.SWZ128_G64_MUL1}[row_group, mul1]  # fmt: skip
 
 
 class GemmKnobs(Knobs):

@@ -146,25 +146,29 @@ def _load_a(a_ptr, as_ptr, offs_m, k0, K, stride_am, stride_asm, stride_ask,
 
 @triton.jit
 def _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-                  SWZ: tl.constexpr = False):  # fmt: skip
+                  SWZ: tl.constexpr = False, ROWG: tl.constexpr = 1):  # fmt: skip
     """W tile as int32 words [BN, BK/8] (8 codes each) and its E8M0 scales. Plain layout: scales [BN, BK/32] (K % 32
     == 0 keeps words whole). SWZ, mx.layout's swz128 (K % 128 == 0): each lane's words of a 128-wide chunk are
-    contiguous (16-byte loads in MMA fragment order) and every word has its scale: [BN, BK/8]."""
-    rows = offs_n.to(tl.int64)[:, None]
+    contiguous (16-byte loads in MMA fragment order) and every word has its scale: [BN, BK/8]; ROWG > 1: its rows
+    stored in groups of ROWG (mx.layout group_rows: a K step reads ROWG x 64 contiguous bytes per group)."""
+    rows = offs_n.to(tl.int64)
     kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-    wp = w_ptr.to(tl.pointer_type(tl.int32)) + rows * (stride_wn // 4) + kw[None, :]
+    w32 = w_ptr.to(tl.pointer_type(tl.int32))
     if SWZ:
-        ks = mx.swz_word_scale_cols(k0, BLOCK_K)
+        wp = mx.swz_tile_ptrs(w32, rows, k0, stride_wn // 4, BLOCK_K, ROWG)
+        sp = mx.swz_tile_ptrs(ws_ptr, rows, k0, stride_wsn, BLOCK_K, ROWG, SCALES=True)
         s_ok = kw[None, :] < K // 8
     else:
+        wp = w32 + rows[:, None] * (stride_wn // 4) + kw[None, :]
         ks = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        sp = ws_ptr + rows[:, None] * stride_wsn + ks[None, :]
         s_ok = ks[None, :] < K // 32
     if EVEN_K:
         words = tl.load(wp)
-        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :])
+        scales = tl.load(sp)
     else:
         words = tl.load(wp, mask=kw[None, :] < K // 8, other=0)
-        scales = tl.load(ws_ptr + rows * stride_wsn + ks[None, :], mask=s_ok, other=127)
+        scales = tl.load(sp, mask=s_ok, other=127)
     return words, scales
 
 
@@ -277,7 +281,7 @@ def mxfp4_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr, W_DEQ: tl.constexpr = 0,
     W_ASM: tl.constexpr = False, W_MUL1: tl.constexpr = False, A_ASM: tl.constexpr = False, RED: tl.constexpr = 1,
-    B_REGS: tl.constexpr = False,
+    B_REGS: tl.constexpr = False, W_ROWG: tl.constexpr = 1,
 ):  # fmt: skip
     """Grid: GROUP 1 -> (N tiles, splits, M tiles), no index arithmetic; else (tiles, splits) in grouped order.
     `k_per_split` (K tiles per split) comes from the host: no division in the prologue, which issues the first
@@ -300,7 +304,7 @@ def mxfp4_gemm_kernel(
         k0 = kt * BLOCK_K
         if W_DEQ == 4:
             w_packed, w_scales = _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K,
-                                               SWZ=True)  # fmt: skip
+                                               SWZ=True, ROWG=W_ROWG)  # fmt: skip
         elif W_DEQ == 3:
             w_packed, w_scales = _load_w_words(w_ptr, ws_ptr, offs_n, k0, K, stride_wn, stride_wsn, BLOCK_K, EVEN_K)
         else:
@@ -373,9 +377,9 @@ def mxfp4_quant_kernel(
 
 @triton.jit
 def mxfp4_dequant_kernel(w_ptr, ws_ptr, o_ptr, N, K, stride_wsn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         SWZ: tl.constexpr = False):  # fmt: skip
+                         SWZ: tl.constexpr = False, ROWG: tl.constexpr = 1):  # fmt: skip
     """W [N, K/2] + scales [N, stride_wsn] -> bf16 [N, K]: the dequantize-then-cuBLAS route. SWZ: W in swz128
-    (K % 128 == 0, BLOCK_K % 128 == 0), decoded back to plain k order in registers."""
+    (K % 128 == 0, BLOCK_K % 128 == 0; rows in groups of ROWG), decoded back to plain k order in registers."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
     rows = rn.to(tl.int64)[:, None]
@@ -384,9 +388,10 @@ def mxfp4_dequant_kernel(w_ptr, ws_ptr, o_ptr, N, K, stride_wsn, BLOCK_N: tl.con
     if SWZ:
         kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
         wok = ok & (kw[None, :] < K // 8)
-        words = tl.load(w_ptr.to(tl.pointer_type(tl.int32)) + rows * (K // 8) + kw[None, :], mask=wok, other=0)
-        cols = mx.swz_word_scale_cols(k0, BLOCK_K)
-        scales = tl.load(ws_ptr + rows * stride_wsn + cols[None, :], mask=wok, other=127)
+        r = rn.to(tl.int64)
+        words = tl.load(mx.swz_tile_ptrs(w_ptr.to(tl.pointer_type(tl.int32)), r, k0, K // 8, BLOCK_K, ROWG), mask=wok,
+                        other=0)  # fmt: skip
+        scales = tl.load(mx.swz_tile_ptrs(ws_ptr, r, k0, stride_wsn, BLOCK_K, ROWG, SCALES=True), mask=wok, other=127)
         vals = mx.mxfp4_swz_words_bf16(words, scales, BLOCK_N, BLOCK_K, False)
     else:
         kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)

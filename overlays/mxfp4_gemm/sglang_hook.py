@@ -155,8 +155,9 @@ def _process_weights(original: Any, self: Any, layer: torch.nn.Module) -> None:
         from speedrun.overlays.mxfp4_gemm.api import config_arch, weight_layout
 
         splitk_counters(layer.weight.device, 0)
-        if weight_layout(config_arch(layer.weight.device)) != Layout.PLAIN:
-            relayout(layer)
+        layout = weight_layout(config_arch(layer.weight.device))
+        if layout != Layout.PLAIN:
+            relayout(layer, layout)
         if layer.weight.dtype == torch.uint8:
             _warm_up(layer, layer_plan(layer))
 
@@ -177,10 +178,10 @@ def _warm_up(layer: torch.nn.Module, plan: Any) -> None:
     warm((OP, plan.n, plan.k, plan.layout, dev), OP, bucket_ms(plan.buckets, 1.0, max_tokens()), call)
 
 
-def relayout(layer: torch.nn.Module) -> Layout:
-    """Re-lay a packed MXFP4 layer's codes out in place as swz128 (api.relayout_weight; same shape when
-    K % 128 == 0, else left plain) and record the layout on the layer; returns it. Runs after SGLang's
-    post_load_weights (DeepSeek's w_kc / w_vc were built from the plain weights already)."""
+def relayout(layer: torch.nn.Module, layout: Layout = Layout.SWZ128) -> Layout:
+    """Re-lay a packed MXFP4 layer's codes out in place as swz128 (`layout`: its row grouping; api.relayout_weight;
+    same shape when K % 128 == 0, else left plain) and record the layout on the layer; returns it. Runs after
+    SGLang's post_load_weights (DeepSeek's w_kc / w_vc were built from the plain weights already)."""
     from speedrun.overlays.mxfp4_gemm.api import relayout_weight
 
     w, s = layer.weight, getattr(layer, "weight_scale", None)
@@ -188,7 +189,7 @@ def relayout(layer: torch.nn.Module) -> Layout:
     packed = w.dtype == torch.uint8 and s is not None and s.dtype == torch.uint8
     if current != Layout.PLAIN or not packed or (w.shape[1] * 2) % 128:
         return current
-    w_swz, s_pad, layout = relayout_weight(w.data, s.data)
+    w_swz, s_pad, layout = relayout_weight(w.data, s.data, layout)
     w.data.copy_(w_swz)
     if s_pad.shape == s.shape:
         s.data.copy_(s_pad)

@@ -79,7 +79,7 @@ def _convert(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str, asm: 
     n, k = w.shape[0], w.shape[1] * 2
     q, qs, _ = carve(buf, 0, 1, n, k)
     codes = w if Layout(layout) == Layout.PLAIN else w.view(torch.int32)  # int32 words: the swz128 decode
-    to_fp8(codes, w_scale, k, q[0], qs[0], asm)
+    to_fp8(codes, w_scale, k, q[0], qs[0], asm, Layout(layout).row_group)
     return q[0], qs[0]
 
 

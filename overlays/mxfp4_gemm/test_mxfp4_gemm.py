@@ -327,6 +327,26 @@ def test_swz128_weights_match_plain(m: int, n: int, k: int, route: str):
         )
 
 
+@pytest.mark.parametrize("route", ["fused", "prequant", "dequant_w"])
+def test_row_grouped_weights_are_bit_identical_to_row_major(route: str):
+    """swz128 with rows in groups of 64 (mx.layout group_rows): the same values at other addresses, so every route
+    gives the row-major layout's output bit for bit (split-K, a partial last N tile clamped onto real rows), the
+    dequantizer the same bf16 weight, plain_weight the plain codes; rows that do not fill the groups stay
+    row-major; a tile that splits a group is refused at plan time."""
+    a, w, ws = _case(5, 192, 256, seed=71)
+    rm_w, rm_s, rm = api.relayout_weight(w, ws)
+    g_w, g_s, grouped = api.relayout_weight(w, ws, "swz128_g64")
+    assert (rm, grouped) == ("swz128_mul1", "swz128_g64_mul1") and not torch.equal(g_w, rm_w)
+    assert torch.equal(api.plain_weight(g_w, g_s, grouped)[0], w)
+    assert torch.equal(api.plain_weight(g_w, g_s, grouped)[1], ws)
+    cfg = {**SMALL, "route": route, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 2}
+    assert torch.equal(_gemm(a, g_w, g_s, config=cfg, w_layout=grouped), _gemm(a, rm_w, rm_s, config=cfg, w_layout=rm))
+    assert torch.equal(api.dequantize_weight(g_w, g_s, grouped), api.dequantize_weight(rm_w, rm_s, rm))
+    assert api.relayout_weight(*random_mxfp4_weight(96, 128, seed=3), "swz128_g64")[2] == "swz128_mul1"
+    with pytest.raises(ValueError, match="BLOCK_N 32 is not a multiple of the swz128_g64_mul1 row group"):
+        _gemm(a, g_w, g_s, config={**cfg, "BLOCK_N": 32}, w_layout=grouped)
+
+
 def test_relayout_picks_the_general_decode_for_big_scales():
     w, ws = random_mxfp4_weight(16, 128, seed=3, scale_lo=120, scale_hi=131)
     assert api.relayout_weight(w, ws)[2] == "swz128"

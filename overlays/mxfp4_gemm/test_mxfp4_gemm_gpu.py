@@ -208,7 +208,7 @@ def _ours(a, w, ws, cfg, layout, **kw):
     """Our GEMM with the weights in `layout` (re-laid out as the hook does at load time)."""
     if layout == "plain":
         return _gemm(a, w, ws, config=cfg, **kw)
-    w2, s2, lay = api.relayout_weight(w, ws)
+    w2, s2, lay = api.relayout_weight(w, ws, layout)
     return _gemm(a, w2, s2, config=cfg, w_layout=lay, **kw)
 
 
