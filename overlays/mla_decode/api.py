@@ -218,12 +218,15 @@ def table(arch: str) -> dict[str, MlaBucket]:
     return buckets if own else {key: without_gluon(cfg) for key, cfg in buckets.items()}
 
 
+GLUON_ONLY = ("programs_per_sm", "cvt_rows", "pipe_pv")  # a8w8 knobs only the Gluon kernel reads
+
+
 def without_gluon(cfg: MlaBucket) -> MlaBucket:
     """A bucket of sm90's table as another arch runs it: the Gluon kernel is sm90's only (wgmma), so a bucket
     that chose it for fp8 caches computes them a16 again (on sm90 the Triton a8w8 kernel was slower than a16,
     PERF.md round 4) and 16-bit caches run the Triton kernel; explicit a8w8 requests get the Triton a8w8 kernel."""
     if cfg.a8w8 is not None and cfg.a8w8.engine == Engine.GLUON:
-        a8w8 = {k: v for k, v in cfg.a8w8.entry().items() if k != "programs_per_sm"}
+        a8w8 = {k: v for k, v in cfg.a8w8.entry().items() if k not in GLUON_ONLY}
         cfg = cfg.replace(fp8_compute=Compute.A16, a8w8={**a8w8, "engine": Engine.TRITON.value})
     return cfg.replace(kv16_engine=Engine.TRITON.value) if cfg.kv16_engine == Engine.GLUON else cfg
 
