@@ -74,13 +74,13 @@ def opcode(ins: str) -> str:
     return re.sub(r"^@!?U?P[T0-9]+\s+", "", ins.strip()).split(" ")[0].split(".")[0]
 
 
-def loop_stats(cfg: GemmBucket, a_mode: AMode = AMode.QUANT) -> LoopStats:
-    """Compile one decode config (swz128 weights, split epilogue) for sm90 and read its K loop."""
+def loop_stats(cfg: GemmBucket, a_mode: AMode = AMode.QUANT, layout: Layout = Layout.SWZ128_MUL1) -> LoopStats:
+    """Compile one decode config (swz128 weights or `layout`, split epilogue) for sm90 and read its K loop."""
     from speedrun.eval.kernels.aot import compile_spec
     from speedrun.eval.kernels.mxfp4_gemm_compile import gemm_spec
     from speedrun.eval.readiness.resources import sm90_occupancy
 
-    res = compile_spec(gemm_spec("sass", cfg, a_mode, "sm90", 2, layout=Layout.SWZ128_MUL1), "sm90")
+    res = compile_spec(gemm_spec("sass", cfg, a_mode, "sm90", 2, layout=layout), "sm90")
     if not res.ok:
         raise RuntimeError(res.error)
     instrs, labels, usage = disassemble(res.binary)
