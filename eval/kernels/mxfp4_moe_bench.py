@@ -263,19 +263,20 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # round 7) and a_qdq with b_regs (a4_qdq_bregs: behind a_qdq but at M 64, 2.4% there) made room for the grouped
 # layout, served since round 9 (its sweep rows g64 and a4_qdq_bk256_g64 won at every decode M; `rowmajor` now times
 # the layout it replaced). Since round 9 the table runs a_qdq with GEMM1's 256-deep K tile at every w4a4 decode
-# bucket (and group2 where round 7 put it), so there a4_qdq / a4_qdq_bk256 / a4_group4 are the config's row.
+# bucket (and group2 where round 7 put it): a4_qdq, a4_qdq_g4 and a4_qdq_bk256 left the sweep (the config's row),
+# and a4_qdq_bn128 (1.01-1.20x in round 9; on the 256-deep tile 156 registers x 8 warps: 1 CTA per SM).
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
 SWEEP_VARIANTS = {
-    "a4_qdq": {"fmt": "w4a4", "a_qdq": True},
-    "a4_qdq_g4": {"fmt": "w4a4", "a_qdq": True, "group2": 4},  # tpe<=1: round 7's M 1 and M 16 winners together
-    # Round 8's breakdown: DeepSeek's GEMM1 streams at 52% of HBM (GPT-OSS's at 70%, with 256-deep K tiles);
-    # swz_bk256 was 6% faster at M 32 without a_qdq in round 7: both together, GEMM1's K tile only (GEMM2's K is 256)
-    "a4_qdq_bk256": {"fmt": "w4a4", "a_qdq": True, "BLOCK_K1": 256, "stages1": 3},
-    # 128 weight rows per GEMM1 program over two warpgroups: half the programs, each activation tile read once
-    # for twice the weights
-    "a4_qdq_bn128": {"fmt": "w4a4", "a_qdq": True, "BLOCK_N1": 128, "warps1": 8},
-    "a4_group4": {"fmt": "w4a4", "group2": 4},  # GEMM2 walks 4 N tiles per program, loads pipelined across them
+    # Since round 9 every w4a4 decode bucket runs a_qdq with GEMM1's 256-deep K tile: what is left to try on it.
+    # GEMM1's split-K at tpe<=1 (M 1-28; the table's 4) both ways, and a 4th stage for its 256-deep tile (sm90 AOT
+    # at tpe<=4: 164 registers, 93 KB, 2 CTAs per SM instead of 3)
+    "a4_split2": {"fmt": "w4a4", "split1": 2},
+    "a4_split8": {"fmt": "w4a4", "split1": 8},
+    "a4_st4": {"fmt": "w4a4", "stages1": 4},
+    # GEMM2 walks 4 N tiles per program, loads pipelined across them (served at tpe<=4/16; round 7 at tpe<=1:
+    # 0.93x with a_qdq, before GEMM1's 256-deep tile)
+    "a4_group4": {"fmt": "w4a4", "group2": 4},
     # the experts in row-major swz128, the layout served before round 9 (a K step reads a 64- or 128-byte piece
     # per row at the row's stride where CUDA_LAYOUT's 64-row groups read one contiguous 4-8 KiB)
     "rowmajor": {"layout": "swz"},

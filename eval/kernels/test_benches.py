@@ -135,7 +135,7 @@ def test_moe_sweep_times_w4a4_variants_on_deepseek_only_first_and_fits_a_step():
     rows equal to the config are skipped) fits a 120 s device step at round 3's rate (prefill rows at their own,
     higher guess)."""
     a4 = [k for k, v in moe.SWEEP_VARIANTS.items() if v.get("fmt") == "w4a4"]
-    assert len(a4) == 5 and list(moe.sweep_variants("w4a4"))[: 1 + len(a4)] == ["config", *a4]
+    assert len(a4) == 4 and list(moe.sweep_variants("w4a4"))[: 1 + len(a4)] == ["config", *a4]
     assert not set(a4) & set(moe.sweep_variants("w4a16"))
     # the plain layout under the table's config is the bench's speedrun_plain impl: not timed twice
     assert all(v.get("layout") != "plain" for v in moe.SWEEP_VARIANTS.values() if set(v) <= {"layout", "fmt"})
@@ -175,14 +175,16 @@ def test_gemm_sweep_times_b_regs_at_a_prequant_shape_first_and_keeps_its_rows():
 def test_mla_sweep_fits_its_budget_fp8_first():
     """The sweep's timed cells fit the device step at round 3's measured rate, fp8 shapes (round 5's questions)
     come first, every variant has a row in every cell, and a variant is re-timed only where its kernels differ
-    from an earlier one's (fp8-only variants on bf16 caches; `gluon_pps1` on sm90, which ships it)."""
+    from an earlier one's (fp8-only variants on bf16 caches; `gluon_pps1_pipe_cvt64` on sm90, which ships it)."""
     cells = mla.sweep_plan("sm90")
     assert len(cells) == 2 * len(mla.SWEEP_SHAPES)
     assert [c.dtype for c in cells] == [torch.float8_e4m3fn] * 7 + [torch.bfloat16] * 7
     assert all([v for v, _ in c.runs] == list(mla.VARIANTS) for c in cells)
     fp8, bf16 = dict(cells[0].runs), dict(cells[-1].runs)
-    # sm90 ships the Gluon a8w8 kernel at one program per SM (round 8): gluon_pps1 is the table, a16 is timed
-    assert fp8["gluon_pps1"] == "default" and fp8["a16"] is None and fp8["fp8_n64_w8"] is None
+    # sm90 ships the Gluon a8w8 kernel at one program per SM (round 8) with PV in flight across tiles and one V slice
+    # (round 9): gluon_pps1_pipe_cvt64 is the table; round 8's gluon_pps1 and a16 are timed
+    assert fp8["gluon_pps1_pipe_cvt64"] == "default" and fp8["gluon_pps1"] is None and fp8["a16"] is None
+    assert fp8["fp8_n64_w8"] is None
     assert all(bf16[v] == "default" for v in mla.VARIANTS if v.startswith(("fp8_", "a8w8_")))
     assert bf16["kv16_gluon"] is None and fp8["kv16_gluon"] == "default"  # the Gluon kernel on bf16 caches only
     fp8_s = sum(c.timed for c in cells[:7]) * mla.SWEEP_S_PER_CELL
