@@ -220,6 +220,20 @@ def test_process_weights_layout(sides: dict[str, Any]) -> None:
     assert (w.alpha, w.limit) == (ALPHA, LIMIT), f"[our process_weights] alpha/limit {w.alpha}/{w.limit}"
 
 
+def test_process_weights_compiles_every_bucket(sides: dict[str, Any]) -> None:
+    """Load time ran the layer's plan once at both ends of every bucket's M range (overlays.warmup), so a served
+    call never compiles: the per-process report counts the calls (the second fixture layer shares the plan)."""
+    from speedrun.overlays import report
+    from speedrun.overlays.warmup import bucket_ms, max_tokens
+
+    plan = sides["ours"][0]._speedrun_plan
+    want = len(bucket_ms(plan.buckets, TOPK / E, max_tokens()))
+    got = report.snapshot().get("mxfp4_moe_warmup", {})
+    assert got.get("calls", 0) >= want > 0, f"warm-up {got} for {want} bucket ends"
+    failed = [e for e in report.snapshot().get("errors", []) if "warm-up" in e]
+    assert not failed, failed
+
+
 @pytest.mark.parametrize("m", MS)
 def test_stock_vs_ours(sides: dict[str, Any], m: int) -> None:
     from speedrun.overlays.mxfp4_moe import sglang_hook as hook
