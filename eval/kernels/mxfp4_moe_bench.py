@@ -280,6 +280,9 @@ SWEEP_VARIANTS = {
     # the experts in row-major swz128, the layout served before round 9 (a K step reads a 64- or 128-byte piece
     # per row at the row's stride where CUDA_LAYOUT's 64-row groups read one contiguous 4-8 KiB)
     "rowmajor": {"layout": "swz"},
+    # GPT-OSS's GEMM2 (K 2880) with a 4th stage: 63 KB, still 3 CTAs per SM by registers (sm90 AOT at tpe<=4; a 4th
+    # GEMM1 stage would drop it to 2, 128-row tiles on 8 warps to 1)
+    "a16_st4_2": {"fmt": "w4a16", "stages2": 4},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
     "p16_bm64": {**_P16, "BLOCK_M": 64, "BLOCK_N1": 64, "warps1": 4, "swap": True, "b_regs": True},
