@@ -236,7 +236,10 @@ def _stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any]:
 # DeepSeek first (round 5's questions: its w4a4 decode buckets, M 4 and 64 included, the weakest vs FP8 in round 4),
 # so a step cut short loses GPT-OSS rows; `recording` keeps every row written before. GPT-OSS's prefill sizes last:
 # M 4096 / 8192 (an 8k-token prefill chunk), where only the config and the "prefill" variants run (PREFILL_TPE).
-SWEEP_MS = {"deepseek-r1-mxfp4-tp8": (1, 4, 16, 32, 64, 128), "gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512, 4096, 8192)}
+SWEEP_MS = {
+    "deepseek-r1-mxfp4-tp8": (1, 4, 16, 32, 64, 128, 512),
+    "gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512, 4096, 8192),
+}
 SWEEP_ROW_S = 76.5 / 76  # round 3's sweep: 76 rows (compiles included) in 76.5 s on the H100
 # a prefill row (not measured yet): ~7.5 ms per call at M 8192 x 2 copies x >= 20 replays, and the first M of a
 # variant compiles two 8-warp 128-wide kernels (the second M reuses them); guessed high
@@ -261,9 +264,10 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # and 16-slot blocks (a4_bm16: the table's BLOCK_M at every w4a4 decode bucket since round 6) made room for GEMM1's
 # tile shape with a_qdq (a4_qdq_bk256, a4_qdq_bn128), and GPT-OSS's b_regs (a16_bregs: 9-19% slower at every M in
 # round 7) and a_qdq with b_regs (a4_qdq_bregs: behind a_qdq but at M 64, 2.4% there) made room for the grouped
-# layout, served since round 9 (its sweep rows g64 and a4_qdq_bk256_g64 won at every decode M; `rowmajor` now times
-# the layout it replaced). Since round 9 the table runs a_qdq with GEMM1's 256-deep K tile at every w4a4 decode
-# bucket (and group2 where round 7 put it): a4_qdq, a4_qdq_g4 and a4_qdq_bk256 left the sweep (the config's row),
+# layout, served since round 9 (its sweep rows g64 and a4_qdq_bk256_g64 won at every decode M over row-major
+# swz128: 0.89-0.99x on GPT-OSS, 0.93-0.97x on DeepSeek; a variant {"layout": "swz"} times row-major again).
+# Since round 9 the table runs a_qdq with GEMM1's 256-deep K tile at every w4a4 decode bucket (and group2 where
+# round 7 put it): a4_qdq and a4_qdq_g4 left the sweep (the config's row; a4_qdq_bk256 stays for tpe<=64, M 512),
 # and a4_qdq_bn128 (1.01-1.20x in round 9; on the 256-deep tile 156 registers x 8 warps: 1 CTA per SM).
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
@@ -274,12 +278,12 @@ SWEEP_VARIANTS = {
     "a4_split2": {"fmt": "w4a4", "split1": 2},
     "a4_split8": {"fmt": "w4a4", "split1": 8},
     "a4_st4": {"fmt": "w4a4", "stages1": 4},
+    # the decode buckets' GEMM1 (a_qdq, 256-deep K tile) at tpe<=64 (M 457-1827: prefill chunks of 1-2k tokens; M
+    # 512 ran 0.72x stock's FP8 MoE in round 9)
+    "a4_qdq_bk256": {"fmt": "w4a4", "a_qdq": True, "BLOCK_K1": 256, "stages1": 3},
     # GEMM2 walks 4 N tiles per program, loads pipelined across them (served at tpe<=4/16; round 7 at tpe<=1:
     # 0.93x with a_qdq, before GEMM1's 256-deep tile)
     "a4_group4": {"fmt": "w4a4", "group2": 4},
-    # the experts in row-major swz128, the layout served before round 9 (a K step reads a 64- or 128-byte piece
-    # per row at the row's stride where CUDA_LAYOUT's 64-row groups read one contiguous 4-8 KiB)
-    "rowmajor": {"layout": "swz"},
     # GPT-OSS's GEMM2 (K 2880) with a 4th stage: 63 KB, still 3 CTAs per SM by registers (sm90 AOT at tpe<=4; a 4th
     # GEMM1 stage would drop it to 2, 128-row tiles on 8 warps to 1)
     "a16_st4_2": {"fmt": "w4a16", "stages2": 4},
