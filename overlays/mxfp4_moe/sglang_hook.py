@@ -73,8 +73,12 @@ def weight_layout() -> Layout:
 def _finish(layer: torch.nn.Module, w: MoeWeights) -> None:
     """Store the experts in the serving layout (the layer's parameters are replaced, the plain copies freed), with
     their plan and the backend that serves them."""
-    if weight_layout().swz:
-        w = swizzled(w, layout=weight_layout())
+    layout = weight_layout()
+    if layout.swz:
+        if w.w13.shape[1] % layout.row_group or w.w2.shape[1] % layout.row_group:  # rows must fill the groups
+            report.record(mxfp4_moe_layout_note=f"{layout} needs rows in multiples of {layout.row_group}: swz")
+            layout = Layout.SWZ
+        w = swizzled(w, layout=layout)
         for name, t in (("w13_weight", w.w13), ("w13_weight_scale", w.w13_scale), ("w2_weight", w.w2),
                         ("w2_weight_scale", w.w2_scale)):  # fmt: skip
             _set(layer, name, t)

@@ -286,18 +286,20 @@ def test_bench_reporting_on_fake_rows(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("layout", ["swz", "plain"])
-def test_gptoss_process_weights_keeps_sglang_semantics(monkeypatch, layout):
-    """Raw SGLang layout (interleaved gate/up rows, bf16 biases) through our process hook (either value layout),
-    then our kernels, against SGLang's own formula on the raw layout: gate = h[..., ::2], up = h[..., 1::2]."""
-    from speedrun.overlays import environ
+@pytest.mark.parametrize("layout,h,stored", [("swz", 64, "swz"), ("plain", 64, "plain"), ("swzg64", 96, "swz")])
+def test_gptoss_process_weights_keeps_sglang_semantics(monkeypatch, layout, h, stored):
+    """Raw SGLang layout (interleaved gate/up rows, bf16 biases) through our process hook (each value layout; 64-row
+    groups over 96 hidden rows fall back to row-major swz128, and the report says so), then our kernels, against
+    SGLang's own formula on the raw layout: gate = h[..., ::2], up = h[..., 1::2]."""
+    from speedrun.overlays import environ, report
     from speedrun.overlays.mx.format import dequant_mxfp4
     from speedrun.overlays.mxfp4_moe import sglang_hook as hook
 
     monkeypatch.setattr(hook, "_check_serving", lambda self: None)
     monkeypatch.setenv("SPEEDRUN_MXFP4_MOE_LAYOUT", layout)
     environ.load()  # what register() does in a server process
-    e, n, h, m, topk = 4, 32, 64, 3, 2
+    report.start()
+    e, n, m, topk = 4, 32, 3, 2
     raw = _weights(e, n, h, seed=11)
     g = torch.Generator().manual_seed(12)
     layer = torch.nn.Module()
@@ -310,12 +312,10 @@ def test_gptoss_process_weights_keeps_sglang_semantics(monkeypatch, layout):
     cfg = SimpleNamespace(gemm1_alpha=1.702, gemm1_clamp_limit=7.0, gate_up_interleaved=True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     hook._gptoss_process_weights(None, SimpleNamespace(moe_runner_config=cfg), layer)
-    assert (
-        layer._speedrun_moe.swz == (layout == "swz")
-        and layer.w13_weight.data_ptr() == layer._speedrun_moe.w13.data_ptr()
-    )
+    assert layer._speedrun_moe.layout == stored and layer.w13_weight.data_ptr() == layer._speedrun_moe.w13.data_ptr()
+    assert ("mxfp4_moe_layout_note" in report.snapshot()) == (layout != stored)
     # the plan and the backend are fixed at load: apply reads neither the environment nor a config file
-    assert layer._speedrun_plan.layout == layout and layer._speedrun_backend == "triton"
+    assert layer._speedrun_plan.layout == stored and layer._speedrun_backend == "triton"
     assert set(layer._speedrun_plan.launches) == {f"w4a16:tpe<={b}" for b in (1, 4, 16, 64, 256)} | {"w4a16:tpe>256"}
     x = torch.randn(m, h, generator=g).bfloat16()
     ids, tw = _routing(m, e, topk, seed=13)
