@@ -8,7 +8,7 @@ from typing import Any
 
 from speedrun.eval import plots
 from speedrun.eval.compare import PAIRED, Comparison, Row, first_line
-from speedrun.overlays.report import routes
+from speedrun.overlays.report import routes, warmups
 
 
 def fmt(v: float | None, digits: int = 1, scale: float = 1.0) -> str:
@@ -193,8 +193,10 @@ def overlay_section(reports: list[dict[str, Any]]) -> list[str]:
             or "—"
         )
         by_size = "; ".join(routes(r)) or "—"
-        body.append([who, hooks, calls, by_size, falls, "; ".join(map(str, r.get("errors", []))) or "—"])
-    return table(["process", "hooks", "calls", "routes by size", "fallbacks", "errors"], body, numeric=False) + [""]
+        warm = "; ".join(warmups(r)) or "—"
+        body.append([who, hooks, calls, by_size, warm, falls, "; ".join(map(str, r.get("errors", []))) or "—"])
+    cols = ["process", "hooks", "calls", "routes by size", "load-time warm-up", "fallbacks", "errors"]
+    return table(cols, body, numeric=False) + [""]
 
 
 def failures_section(c: Comparison) -> list[str]:

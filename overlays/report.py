@@ -183,6 +183,12 @@ def read_all(directory: Path) -> list[dict[str, Any]]:
 atexit.register(lambda: flush(force=True))
 
 
+def warmups(rep: dict[str, Any]) -> list[str]:
+    """What each op compiled at load (`<op>_warmup`, overlays.warmup): its calls and their seconds."""
+    return [f"{key.removesuffix('_warmup')}: {v.get('calls')} calls, {v.get('seconds')} s"
+            for key, v in sorted(rep.items()) if key.endswith("_warmup") and isinstance(v, dict)]  # fmt: skip
+
+
 def routes(rep: dict[str, Any]) -> list[str]:
     """How a process's ops route calls by size (`<op>_routes` lines, e.g. "M > 1827: stock FP8 block fused MoE")."""
     return [line for key in sorted(rep) if key.endswith("_routes") for line in rep[key] or []]

@@ -125,7 +125,7 @@ def show_reports(directory: Path, expect_ops: Sequence[str] = ()) -> Found:
         console.print(f"no overlay reports in {directory}{note}", style="red" if expect_ops else None)
         return found
     t = Table(title=f"overlay reports ({directory})")
-    for col in ("role", "tp", "pid", "ops", "hooks applied", "calls", "routes", "fallbacks", "errors"):
+    for col in ("role", "tp", "pid", "ops", "hooks applied", "calls", "routes", "warm-up", "fallbacks", "errors"):
         t.add_column(col, overflow="fold")  # on a narrow terminal too: whole names, no …
     for r in reports:
         calls = ", ".join(f"{k}={v}" for k, v in sorted(r.get("calls", {}).items())) or "-"
@@ -139,6 +139,7 @@ def show_reports(directory: Path, expect_ops: Sequence[str] = ()) -> Found:
             str(len(r.get("applied", []))),
             calls,
             "\n".join(report.routes(r)) or "-",
+            "\n".join(report.warmups(r)) or "-",
             str(fb),
             f"[red]{escape(errors)}[/]" if r.get("errors") else "-",
         )

@@ -282,17 +282,20 @@ def test_report_of_an_empty_folder_fails(tmp_path):
 
 
 def test_report_shows_how_each_process_routes_calls_by_size(tmp_path):
-    """The size routes a process recorded (`<op>_routes`) are shown per process, in the CLI and in report.md."""
+    """The size routes a process recorded (`<op>_routes`) and its load-time warm-up (`<op>_warmup`) are shown per
+    process, in the CLI and in report.md."""
     from speedrun.eval.report import overlay_section
 
     line = "w4a4 E=257 top-9: M <= 1827: speedrun MXFP4 kernels; M > 1827: stock FP8 block fused MoE"
-    rep = good_report(4242) | {"mxfp4_moe_routes": [line], "mxfp4_gemm_routes": ["M > 1024: stock FP8"]}
+    rep = good_report(4242) | {"mxfp4_moe_routes": [line], "mxfp4_gemm_routes": ["M > 1024: stock FP8"],
+                               "mxfp4_moe_warmup": {"calls": 12, "seconds": 4.63}}  # fmt: skip
     (tmp_path / "overlay-scheduler-tp0-4242.json").write_text(json.dumps(rep))
     res = report(str(tmp_path))
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.split())  # the table folds long cells at 80 columns
     assert "stock FP8 block fused" in flat and "M > 1024: stock FP8" in flat, res.output
+    assert "mxfp4_moe: 12 calls, 4.63 s" in flat, res.output
     md = "\n".join(overlay_section([rep]))
-    assert "routes by size" in md and f"M > 1024: stock FP8; {line}" in md
+    assert "routes by size" in md and f"M > 1024: stock FP8; {line}" in md and "mxfp4_moe: 12 calls, 4.63 s" in md
     row = next(ln for ln in overlay_section([good_report()]) if ln.startswith("| scheduler"))
     assert [c.strip() for c in row.strip("|").split("|")][3] == "—"  # none recorded: a dash in that column
