@@ -273,10 +273,9 @@ _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, 
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
 SWEEP_VARIANTS = {
     # Since round 9 every w4a4 decode bucket runs a_qdq with GEMM1's 256-deep K tile: what is left to try on it.
-    # GEMM1's split-K at tpe<=1 (M 1-28; the table's 4) both ways, and a 4th stage for its 256-deep tile (sm90 AOT
-    # at tpe<=4: 164 registers, 93 KB, 2 CTAs per SM instead of 3)
+    # GEMM1's split-K at tpe<=1 (M 1-28) halved from the table's 4 (its K loop now takes 256-deep steps), and a 4th
+    # stage for the 256-deep tile (sm90 AOT at tpe<=4: 164 registers, 93 KB, 2 CTAs per SM instead of 3)
     "a4_split2": {"fmt": "w4a4", "split1": 2},
-    "a4_split8": {"fmt": "w4a4", "split1": 8},
     "a4_st4": {"fmt": "w4a4", "stages1": 4},
     # the decode buckets' GEMM1 (a_qdq, 256-deep K tile) at tpe<=64 (M 457-1827: prefill chunks of 1-2k tokens; M
     # 512 ran 0.72x stock's FP8 MoE in round 9)
@@ -288,6 +287,8 @@ SWEEP_VARIANTS = {
     # GEMM1 stage would drop it to 2, 128-row tiles on 8 warps to 1)
     "a16_st4_2": {"fmt": "w4a16", "stages2": 4},
     "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
+    # GEMM2's slot rows in bf16 (the combine's reads and GEMM2's writes halve: ~8 MB at DeepSeek M 32)
+    "y16": {"y_bf16": True},
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
     "p16_bm64": {**_P16, "BLOCK_M": 64, "BLOCK_N1": 64, "warps1": 4, "swap": True, "b_regs": True},
     "p16_bn128": {**_P16, "swap": False},

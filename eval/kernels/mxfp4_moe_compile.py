@@ -92,7 +92,8 @@ def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group
     run, t, w4a4 = launch(cfg, arch, swz), _types(fmt, cfg), fmt == "w4a4"
     a4 = w4a4 and not cfg.a_qdq  # the kernels see MXFP4 activation codes
     sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
-           "b_ptr": t["bias"], "tw_ptr": "*fp32", "o_ptr": "*fp32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
+           "b_ptr": t["bias"], "tw_ptr": "*fp32", "o_ptr": "*bf16" if cfg.y_bf16 else "*fp32", "sorted_ptr": "*i32",
+           "expert_ids_ptr": "*i32",
            "npad_ptr": "*i32",
            **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we", "stride_wn", "stride_wse",
            "stride_wsn", "stride_be", "stride_om"), "i32")}  # fmt: skip

@@ -387,7 +387,8 @@ def fused_moe_mxfp4(
     b13 = w.b13 if w.b13 is not None else w.w13_scale
     n_tiles = triton.cdiv(n, cfg.BLOCK_N1)
     split = gemm1_split(cfg, min(w.num_experts, num) * n_tiles, triton.cdiv(h, bk1), dev)
-    y = torch.empty(num, h, dtype=torch.float32, device=dev)  # GEMM2 writes every routed slot's row
+    y_dtype = torch.bfloat16 if cfg.y_bf16 else torch.float32  # MoeBucket.y_bf16
+    y = torch.empty(num, h, dtype=y_dtype, device=dev)  # GEMM2 writes every routed slot's row
     if split > 1:
         part = torch.empty(s.max_blocks * n_tiles * split * 2 * cfg.BLOCK_M * cfg.BLOCK_N1, dtype=torch.float32,
                            device=dev)  # fmt: skip

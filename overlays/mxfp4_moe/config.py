@@ -93,6 +93,10 @@ class MoeBucket(Knobs):
     # Needs the hidden and intermediate sizes to be multiples of 128; a table bucket falls back to byte loads.
     a_scale_words: bool = False
     group2: int = Field(1, ge=1)  # GEMM2: consecutive N tiles per program, one pipelined loop (kernel N_GROUP)
+    # GEMM2 stores each slot's row in bf16 instead of fp32 (the combine still sums in fp32): half the bytes GEMM2
+    # writes and the combine reads, and stock's own rounding (its fused MoE rounds the [M, topk, H] cache to bf16
+    # before the sum)
+    y_bf16: bool = False
     route: Route = Route.OURS  # stock_fp8 buckets must come last (one threshold); see Route
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None

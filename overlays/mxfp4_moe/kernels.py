@@ -3,7 +3,8 @@
 GEMM1: gathers token rows (slot // TOPK) of x, multiplies by the expert's [gate ; up] rows, adds biases and
 applies SwiGLU-OAI or SiLU-gate in the epilogue; writes bf16 or (w4a4) MXFP4 rows indexed by slot.
 GEMM2: reads those slot rows, multiplies by w2, adds the bias, scales by the routing weight and stores one fp32 row
-per slot; combine_kernel sums each token's rows (fixed order: deterministic), scales and casts to bf16.
+per slot (bf16 with the bucket's y_bf16); combine_kernel sums each token's rows in fp32 (fixed order:
+deterministic), scales and casts to bf16.
 
 Operands: weights always MXFP4 [E, rows, K/2] + [E, rows, K/32]; activations bf16 (w4a16) or MXFP4 (w4a4).
 w4a4 with the bucket's a_qdq: x and GEMM1's output are quantized and dequantized once per row (OUT_QDQ) and reach
@@ -325,8 +326,9 @@ def moe_gemm1_kernel(
 @triton.jit
 def _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om,
                  HAS_BIAS: tl.constexpr, SWAP: tl.constexpr, tw=None):  # fmt: skip
-    """Bias, top-k weight and the fp32 store of one tile: one row per slot (no atomics, no zero-fill);
-    combine_kernel sums a token's TOPK rows in a fixed order. `tw`: the slots' fp32 weights if already loaded."""
+    """Bias, top-k weight and the store of one tile (fp32, or bf16 with MoeBucket.y_bf16): one row per slot (no
+    atomics, no zero-fill); combine_kernel sums a token's TOPK rows in a fixed order in fp32. `tw`: the slots' fp32
+    weights if already loaded."""
     if SWAP:
         acc = tl.trans(acc)
     if HAS_BIAS:
@@ -334,7 +336,8 @@ def _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, st
     if tw is None:
         tw = tl.load(tw_ptr + slot, mask=m_ok, other=0.0).to(tl.float32)
     acc *= tw[:, None]
-    tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], acc.to(o_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["NUM"])  # sizes per call (overlays.warmup)
@@ -414,7 +417,7 @@ def combine_kernel(y_ptr, ids_ptr, o_ptr, H, E, stride_ym, stride_om, scale,
     for k in tl.static_range(TOPK):
         e = tl.load(ids_ptr + t * TOPK + k)
         ok = (e >= 0) & (e < E)
-        acc += tl.load(y_ptr + (t * TOPK + k) * stride_ym + offs, mask=(offs < H) & ok, other=0.0)
+        acc += tl.load(y_ptr + (t * TOPK + k) * stride_ym + offs, mask=(offs < H) & ok, other=0.0).to(tl.float32)
     tl.store(o_ptr + t * stride_om + offs, (acc * scale).to(tl.bfloat16), mask=offs < H)
 
 

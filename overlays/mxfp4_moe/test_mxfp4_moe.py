@@ -614,3 +614,19 @@ def test_row_groups_are_bit_identical_to_row_major(a4, layout, split1, group2):
             make_plan(grouped, arch="sm90", config={**cfg, "BLOCK_N2": 32})
     with pytest.raises(ValueError, match="experts are in swz; convert plain experts"):
         moe_mod.swizzled(rowmajor, layout=Layout(layout))
+
+
+@pytest.mark.parametrize("a4", [False, True], ids=["w4a16", "w4a4"])
+def test_y_bf16_rounds_each_slot_row_once(a4):
+    """y_bf16: GEMM2 stores each slot's weighted row in bf16 and the combine sums in fp32, stock's own rounding:
+    within a bf16 rounding per slot of the fp32 rows' result, and within the usual tolerance of the reference."""
+    e, n, h, topk, m = 4, 64, 128, 3, 6
+    w, g, kw = _model_experts(e, n, h, a4, seed=71)
+    w = moe_mod.swizzled(w, chunk=2)
+    x = torch.randn(m, h, generator=g).bfloat16()
+    ids, tw = _routing(m, e, topk, seed=73)
+    cfg = MoeBucket(**{**TINY, "BLOCK_N1": 64, "BLOCK_N2": 64, "BLOCK_K1": 128, "BLOCK_K2": 128, "swap": True})
+    f32 = moe(x, w, ids, tw, cfg=cfg).float()
+    b16 = moe(x, w, ids, tw, cfg=cfg.replace(y_bf16=True)).float()
+    assert not torch.equal(f32, b16)
+    assert ((b16 - f32).abs() <= 2 * topk * 2.0**-8 * f32.abs().amax()).all()
