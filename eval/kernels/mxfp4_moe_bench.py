@@ -237,7 +237,7 @@ def _stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any]:
 # so a step cut short loses GPT-OSS rows; `recording` keeps every row written before. GPT-OSS's prefill sizes last:
 # M 4096 / 8192 (an 8k-token prefill chunk), where only the config and the "prefill" variants run (PREFILL_TPE).
 SWEEP_MS = {
-    "deepseek-r1-mxfp4-tp8": (1, 4, 16, 32, 64, 128, 512),
+    "deepseek-r1-mxfp4-tp8": (1, 4, 16, 32, 64, 128, 512, 4096),
     "gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512, 4096, 8192),
 }
 SWEEP_ROW_S = 76.5 / 76  # round 3's sweep: 76 rows (compiles included) in 76.5 s on the H100
@@ -286,9 +286,30 @@ SWEEP_VARIANTS = {
     # GPT-OSS's GEMM2 (K 2880) with a 4th stage: 63 KB, still 3 CTAs per SM by registers (sm90 AOT at tpe<=4; a 4th
     # GEMM1 stage would drop it to 2, 128-row tiles on 8 warps to 1)
     "a16_st4_2": {"fmt": "w4a16", "stages2": 4},
-    "swz_bk256": {"BLOCK_K1": 256, "BLOCK_K2": 256, "stages1": 3, "stages2": 3},
     # GEMM2's slot rows in bf16 (the combine's reads and GEMM2's writes halve: ~8 MB at DeepSeek M 32)
     "y16": {"y_bf16": True},
+    # DeepSeek's prefill sizes through the w4a8 path (knob a8: FP8 MMAs on weights decoded in the K loop, no per-call
+    # conversion; PERF.md "w4a8 prefill"), against the config's row there (the tpe>256 bucket on our kernels; the
+    # bench's speedrun rows time the served stock route at the same M). sm90 AOT: GEMM1 214 registers, 1 CTA/SM;
+    # GEMM2 238, 2 CTAs/SM; no spill
+    "p4_a8": {
+        "fmt": "w4a4",
+        "prefill": True,
+        "a8": True,
+        "swap": False,
+        "a_qdq": False,
+        "BLOCK_M": 64,
+        "BLOCK_N1": 128,
+        "BLOCK_K1": 128,
+        "warps1": 8,
+        "stages1": 3,
+        "BLOCK_N2": 128,
+        "BLOCK_K2": 128,
+        "warps2": 4,
+        "stages2": 3,
+        "split1": 1,
+        "group2": 1,
+    },
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
     "p16_bm64": {**_P16, "BLOCK_M": 64, "BLOCK_N1": 64, "warps1": 4, "swap": True, "b_regs": True},
     "p16_bn128": {**_P16, "swap": False},

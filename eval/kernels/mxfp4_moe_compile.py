@@ -28,7 +28,9 @@ PLAIN_FALLBACK_KEY = "w4a16:tpe<=4"  # SPEEDRUN_MXFP4_MOE_LAYOUT=plain on sm90: 
 def _types(fmt: str, cfg: MoeBucket) -> dict[str, str]:
     a4 = fmt == "w4a4"
     act = "*u8" if a4 and not cfg.a_qdq else "*bf16"  # a_qdq: w4a4 activations as bf16 on the MXFP4 grid
-    return {"act": act, "bias": "*u8" if a4 else "*fp32"}  # w4a4 has no bias: a scale tensor stands in
+    if a4 and cfg.a8:  # the w4a8 path: e4m3 activations, fp32 scales per 128 columns
+        return {"act": "*fp8e4nv", "act_s": "*fp32", "bias": "*u8"}
+    return {"act": act, "act_s": act, "bias": "*u8" if a4 else "*fp32"}  # w4a4 has no bias: a scale tensor stands in
 
 
 # Every mode flag is named in a spec (Triton 3.7 no longer fills a defaulted constexpr left out of an AOT
@@ -60,9 +62,9 @@ def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group
     fmt = key.split(":")[0]
     swz = swz and not cfg.dot_scaled and not is_amd(arch)
     run, t, w4a4 = launch(cfg, arch, swz), _types(fmt, cfg), fmt == "w4a4"
-    a4 = w4a4 and not cfg.a_qdq  # the kernels see MXFP4 activation codes
-    sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
-           "b_ptr": t["bias"], "o_ptr": t["act"], "os_ptr": t["act"], "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
+    a4 = w4a4 and not cfg.a_qdq and not cfg.a8  # the kernels see MXFP4 activation codes
+    sig = {"a_ptr": t["act"], "as_ptr": t["act_s"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
+           "b_ptr": t["bias"], "o_ptr": t["act"], "os_ptr": t["act_s"], "sorted_ptr": "*i32", "expert_ids_ptr": "*i32",
            "npad_ptr": "*i32", **dict.fromkeys(("NUM", "N", "K", "stride_am", "stride_asm", "stride_we",
            "stride_wn", "stride_wse", "stride_wsn", "stride_be", "stride_om", "stride_osm"), "i32"),
            "alpha": "fp32", "limit": "fp32", "part_ptr": "*fp32", "cnt_ptr": "*i32"}  # fmt: skip
@@ -71,7 +73,7 @@ def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group
              "DOT_SCALED": run.dot_scaled, "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N1,
              "BLOCK_K": run.block_k1, **FLAGS_OFF, **run.flags, "A_SW": a_sw(cfg, a4, run),
              "SPLIT_K": 2 if cfg.split1 != 1 else 1, "EVEN_N": True, "OUT_QDQ": w4a4 and cfg.a_qdq,
-             "W_ROWG": row_group if swz else 1}  # fmt: skip
+             "W_ROWG": row_group if swz else 1, "A8": w4a4 and cfg.a8}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))
@@ -90,8 +92,8 @@ def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group
     fmt = key.split(":")[0]
     swz = swz and not cfg.dot_scaled and not is_amd(arch)
     run, t, w4a4 = launch(cfg, arch, swz), _types(fmt, cfg), fmt == "w4a4"
-    a4 = w4a4 and not cfg.a_qdq  # the kernels see MXFP4 activation codes
-    sig = {"a_ptr": t["act"], "as_ptr": t["act"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
+    a4 = w4a4 and not cfg.a_qdq and not cfg.a8  # the kernels see MXFP4 activation codes
+    sig = {"a_ptr": t["act"], "as_ptr": t["act_s"], "w_ptr": "*i32" if swz else "*u8", "ws_ptr": "*u8",
            "b_ptr": t["bias"], "tw_ptr": "*fp32", "o_ptr": "*bf16" if cfg.y_bf16 else "*fp32", "sorted_ptr": "*i32",
            "expert_ids_ptr": "*i32",
            "npad_ptr": "*i32",
@@ -100,7 +102,8 @@ def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group
     const = {"TOPK": TOPK[fmt], "A_FP4": a4, "HAS_BIAS": not w4a4, "DOT_SCALED": run.dot_scaled,
              "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N2, "BLOCK_K": run.block_k2, **FLAGS_OFF, **run.flags,
              "A_SW": a_sw(cfg, a4, run),
-             "EVEN_N": True, "N_GROUP": cfg.group2, "W_ROWG": row_group if swz else 1}  # fmt: skip
+             "EVEN_N": True, "N_GROUP": cfg.group2, "W_ROWG": row_group if swz else 1,
+             "A8": w4a4 and cfg.a8}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))

@@ -130,22 +130,23 @@ def test_moe_every_sweep_variant_builds_a_config(variant):
 
 def test_moe_sweep_times_w4a4_variants_on_deepseek_only_first_and_fits_a_step():
     """The w4a4 variants are timed on DeepSeek (right after the config), never on GPT-OSS's w4a16 experts;
-    DeepSeek's shapes come first and include M 4, 32 (the c32 decode step) and 64; the prefill variants run only at
-    GPT-OSS's prefill Ms (4096, 8192: an 8k-token chunk), last, next to the config alone; every row (an upper bound:
-    rows equal to the config are skipped) fits a 120 s device step at round 3's rate (prefill rows at their own,
-    higher guess)."""
-    a4 = [k for k, v in moe.SWEEP_VARIANTS.items() if v.get("fmt") == "w4a4"]
+    DeepSeek's shapes come first and include M 4, 32 (the c32 decode step), 64 and 512; the prefill variants run
+    only at each model's prefill Ms (GPT-OSS 4096 and 8192: an 8k-token chunk; DeepSeek 4096, past its decode
+    buckets), last, next to the config alone; every row (an upper bound: rows equal to the config are skipped) fits
+    a 120 s device step at round 3's rate (prefill rows at their own, higher guess)."""
+    a4 = [k for k, v in moe.SWEEP_VARIANTS.items() if v.get("fmt") == "w4a4" and not v.get("prefill")]
     assert len(a4) == 4 and list(moe.sweep_variants("w4a4"))[: 1 + len(a4)] == ["config", *a4]
     assert not set(a4) & set(moe.sweep_variants("w4a16"))
     # the plain layout under the table's config is the bench's speedrun_plain impl: not timed twice
     assert all(v.get("layout") != "plain" for v in moe.SWEEP_VARIANTS.values() if set(v) <= {"layout", "fmt"})
     ds = "deepseek-r1-mxfp4-tp8"
     assert list(moe.SWEEP_MS)[0] == ds and {4, 32, 64, 512} <= set(moe.SWEEP_MS[ds])
-    prefill = [k for k, v in moe.SWEEP_VARIANTS.items() if v.get("prefill")]
-    plan = moe.sweep_plan("gpt-oss-120b")
-    assert [m for m, v in plan if set(v) == {"config", *prefill}] == [4096, 8192] and len(prefill) >= 3
-    assert all(not set(prefill) & set(v) for name in moe.SWEEP_MS for m, v in moe.sweep_plan(name) if m < 4096)
-    assert not any(moe.is_prefill(moe.MODELS[ds], m) for m in moe.SWEEP_MS[ds])
+    for name, fmt, ms in ((ds, "w4a4", [4096]), ("gpt-oss-120b", "w4a16", [4096, 8192])):
+        prefill = [k for k, v in moe.SWEEP_VARIANTS.items() if v.get("prefill") and v["fmt"] == fmt]
+        plan = moe.sweep_plan(name)
+        assert [m for m, v in plan if set(v) == {"config", *prefill}] == ms and prefill
+        assert all(not set(prefill) & set(v) for m, v in plan if m not in ms)
+        assert [m for m, _ in plan if moe.is_prefill(moe.MODELS[name], m)] == ms
     cells = [(moe.is_prefill(moe.MODELS[name], m), len(v)) for name in moe.SWEEP_MS for m, v in moe.sweep_plan(name)]
     seconds = sum(n * (moe.SWEEP_PREFILL_ROW_S if pre else moe.SWEEP_ROW_S) for pre, n in cells)
     assert seconds <= 120, seconds

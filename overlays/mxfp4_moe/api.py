@@ -36,7 +36,13 @@ from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
 from speedrun.overlays.mx.layout import SCALE_UNIT, WORD_UNIT, swizzle_experts, ungroup_rows, unswizzle_mxfp4
 from speedrun.overlays.mxfp4_moe.config import Act, Fmt, Layout, MoeBucket, Route, check_table
-from speedrun.overlays.mxfp4_moe.kernels import combine_kernel, moe_gemm1_kernel, moe_gemm2_kernel, quant_rows_kernel
+from speedrun.overlays.mxfp4_moe.kernels import (
+    combine_kernel,
+    moe_gemm1_kernel,
+    moe_gemm2_kernel,
+    quant_fp8_rows_kernel,
+    quant_rows_kernel,
+)
 from speedrun.overlays.mxfp4_moe.sort import sort_tokens
 from speedrun.overlays.mxfp4_moe.stock_fp8 import fused_moe_stock_fp8
 
@@ -219,6 +225,7 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
         launches = _routes(launches, keys, w, arch)
     launches = {key: _scale_words(run, w, key, config is not None) for key, run in launches.items()}
     launches = {key: _row_groups(run, w, key) for key, run in launches.items()}
+    launches = {key: _a8(run, w, key) for key, run in launches.items()}
     for key, run in launches.items():  # the grouped GEMM2 loop has no K tail (kernels.moe_gemm2_kernel)
         if run.cfg.group2 > 1 and w.inter % run.block_k2:
             if config is not None:  # a forced config says what to run: it cannot run
@@ -262,6 +269,21 @@ def _row_groups(run: Launch, w: MoeWeights, key: str) -> Launch:
             raise ValueError(f"{OP} {key}: {name} {bn} is not a multiple of the {w.layout} row group ({g}); use "
                              f"experts in {Layout.SWZ} or a tile of a multiple of {g} rows")  # fmt: skip
     return replace(run, flags={**run.flags, "W_ROWG": g})
+
+
+def _a8(run: Launch, w: MoeWeights, key: str) -> Launch:
+    """The launch with A8 for a bucket asking for the w4a8 path (MoeBucket.a8); ValueError naming what that path
+    needs and the bucket lacks."""
+    cfg = run.cfg
+    if not cfg.a8:
+        return run
+    need = {"w4a4 experts": w.a4, "swz128 experts": w.swz, "swap false": not cfg.swap, "a_qdq false": not cfg.a_qdq,
+            "K tiles of 128": run.block_k1 == run.block_k2 == 128, "BLOCK_N1 128": cfg.BLOCK_N1 == 128,
+            "split1 1": cfg.split1 == 1, "group2 1": cfg.group2 == 1,
+            "intermediate and hidden sizes multiples of 128": w.inter % 128 == 0 and w.hidden % 128 == 0}  # fmt: skip
+    if missing := [what for what, ok in need.items() if not ok]:
+        raise ValueError(f"{OP} {key}: a8 (the w4a8 path) needs {', '.join(missing)}")
+    return replace(run, flags={**run.flags, "A8": True})
 
 
 def stock_route_ok(w: MoeWeights, arch: str) -> bool:
@@ -337,6 +359,16 @@ def _quant_launch(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, qdq: bool) 
     quant_rows_kernel[grid](x, q, s, m, k, x.stride(0), q.stride(0), s.stride(0), BLOCK_R=br, BLOCK_K=bk, QDQ=qdq)
 
 
+def quant_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 [M, K] (K % 128 == 0) -> e4m3 [M, K] + fp32 scales [M, K/128] (the w4a8 path's activations)."""
+    m, k = x.shape
+    q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x.device)
+    s = torch.empty(m, k // 128, dtype=torch.float32, device=x.device)
+    br = 16
+    quant_fp8_rows_kernel[(triton.cdiv(m, br), k // 128)](x, q, s, m, x.stride(0), q.stride(0), s.stride(0), BLOCK_R=br)
+    return q, s
+
+
 def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """bf16 [M, K] -> MXFP4 (packed [M, K/2], E8M0 [M, K/32]) with the kernels' quantizer."""
     m, k = x.shape
@@ -374,8 +406,13 @@ def fused_moe_mxfp4(
     dev = x.device
     bk1, bk2 = run.block_k1, run.block_k2
     qdq = w.a4 and cfg.a_qdq  # w4a4 activations as bf16 on the MXFP4 grid (MoeBucket.a_qdq)
-    a4 = w.a4 and not qdq  # the kernels see MXFP4 activation codes
-    if a4:
+    a8 = bool(flags.get("A8"))  # the w4a8 path (MoeBucket.a8): e4m3 activations with per-128 scales
+    a4 = w.a4 and not qdq and not a8  # the kernels see MXFP4 activation codes
+    if a8:
+        a, a_s = quant_fp8_rows(x)
+        inter = torch.empty(num, n, dtype=torch.float8_e4m3fn, device=dev)
+        inter_s = torch.empty(num, n // 128, dtype=torch.float32, device=dev)
+    elif a4:
         a, a_s = quant_rows(x)
         inter = torch.empty(num, n // 2, dtype=torch.uint8, device=dev)
         inter_s = torch.empty(num, n // 32, dtype=torch.uint8, device=dev)
@@ -437,5 +474,5 @@ def fused_moe(
     return fused_moe_mxfp4(x, w, topk_ids, topk_weights, plan, routed_scaling_factor)
 
 
-__all__ = ["Act", "MoePlan", "MoeWeights", "fused_moe", "fused_moe_mxfp4", "make_plan", "plain", "quant_rows",
-           "swizzled"]  # fmt: skip
+__all__ = ["Act", "MoePlan", "MoeWeights", "fused_moe", "fused_moe_mxfp4", "make_plan", "plain", "quant_fp8_rows",
+           "quant_rows", "swizzled"]  # fmt: skip

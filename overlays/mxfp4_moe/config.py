@@ -97,6 +97,11 @@ class MoeBucket(Knobs):
     # writes and the combine reads, and stock's own rounding (its fused MoE rounds the [M, topk, H] cache to bf16
     # before the sum)
     y_bf16: bool = False
+    # w4a4 experts through FP8 MMAs (the w4a8 path, for prefill sizes): activations to e4m3 per 128 columns, the
+    # weights decoded to e4m3 in the K loop (kernels._mma_fp8; PERF.md "w4a8 prefill"), no per-call conversion.
+    # Needs swz128 experts, no swap, K tiles of 128, BLOCK_N1 128 (GEMM1's epilogue quantizes h per tile), no
+    # split-K and no GEMM2 tile groups; the intermediate and hidden sizes multiples of 128.
+    a8: bool = False
     route: Route = Route.OURS  # stock_fp8 buckets must come last (one threshold); see Route
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None

@@ -20,6 +20,8 @@ W_ROWG x 64 contiguous bytes per group instead of 64 bytes per row).
 W_MUL1: one bf16x2 multiply per decoded pair (valid when every weight scale byte is <= 128, checked at load).
 B_REGS (CUDA): the bf16 activation tile goes through registers in the K loop (an identity PTX mov) so the swapped
 dot's wgmmas are not serialized (Triton's "properly async" dot threads a wait after each; PERF.md Round 5).
+A8 (w4a8, the bucket's a8): activations in e4m3 with an fp32 scale per (row, 128 columns), weights decoded to
+e4m3 in the K loop (_mma_fp8) and FP8 MMAs, unswapped (prefill sizes); GEMM1's epilogue writes h the same way.
 Routing sort (sort.py launches them): rank / offsets / scatter phases, one kernel each or all in one CTA.
 The large-M route's MXFP4 -> FP8 conversion is shared with the GEMM: mx/fp8_kernel.py (stock_fp8.py launches it).
 """
@@ -34,6 +36,7 @@ from speedrun.overlays.mx.triton_helpers import (
     mxfp4_swz_words_bf16,
     mxfp4_to_bf16,
     mxfp4_to_bf16_fast,
+    pow2_f32,
     qdq_mxfp4_bf16,
     quant_mxfp4,
     split_k_pairs,
@@ -128,6 +131,21 @@ def _mma_swz(acc, a, a_s, w, ws, A_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLO
 
 
 @triton.jit
+def _mma_fp8(acc, a, a_sc, w, ws, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_ASM: tl.constexpr):
+    """acc [BM, BN] += (A8 . W8^T) * a_sc[m] * w_sc[n] for one 128-deep K step (PERF.md "w4a8 prefill"): each
+    weight row's 4 E8M0 bytes are rebased to s - s_max + 133, so the swz128 decode gives e2m1 * 2**(s - s_max + 6),
+    exact in bf16 and in e4m3 for blocks within 14 binades of the row's largest (the FP8 conversion's window), and
+    w_sc = 2**(s_max - 133) restores them. Rebased bytes are floored at 0 (blocks ~2**-127 of the row's largest)."""
+    ws_i = ws.to(tl.int32)
+    smax = tl.max(ws_i, axis=1)
+    rebased = tl.maximum(ws_i - smax[:, None] + 133, 0).to(tl.uint8)
+    w8 = mxfp4_swz_words_bf16(w, rebased, BLOCK_N, BLOCK_K, W_ASM).to(tl.float8e4nv)
+    part = tl.dot(a, tl.trans(w8))
+    w_sc = pow2_f32(tl.maximum(smax - 133, -126))
+    return acc + part * (a_sc[:, None] * w_sc[None, :])
+
+
+@triton.jit
 def _mma(acc, a, a_s, w, ws, A_FP4: tl.constexpr, DOT_SCALED: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
          SWAP: tl.constexpr, W_DEQ: tl.constexpr, W_ASM: tl.constexpr):  # fmt: skip
@@ -166,9 +184,18 @@ def _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, 
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr,
                 W_DEQ: tl.constexpr, W_ASM: tl.constexpr, W_SWZ: tl.constexpr, W_MUL1: tl.constexpr,
                 FULL: tl.constexpr, EVEN_N: tl.constexpr, B_REGS: tl.constexpr,
-                A_SW: tl.constexpr = False, ROWG: tl.constexpr = 1):  # fmt: skip
+                A_SW: tl.constexpr = False, ROWG: tl.constexpr = 1, A8: tl.constexpr = False):  # fmt: skip
     """One K tile of GEMM1: gate and up accumulators (FULL: the tile lies inside K, loads unmasked along K; ROWG:
-    the swz128 weights' row group, mx.layout)."""
+    the swz128 weights' row group, mx.layout; A8: the w4a8 path, _mma_fp8)."""
+    if A8:
+        a, _ = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, False, BLOCK_M, BLOCK_K, FULL)
+        a_sc = tl.load(as_ptr + rows * stride_asm + k0 // 128, mask=m_ok, other=0.0)
+        wg, wgs = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N,
+                              ROWG)  # fmt: skip
+        wu, wus = _load_w_swz(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N,
+                              ROWG)  # fmt: skip
+        return (_mma_fp8(acc_g, a, a_sc, wg, wgs, BLOCK_N, BLOCK_K, W_ASM),
+                _mma_fp8(acc_u, a, a_sc, wu, wus, BLOCK_N, BLOCK_K, W_ASM))  # fmt: skip
     a, a_s = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL, A_SW)
     if B_REGS and not A_FP4:  # MXFP4 activations are decoded in registers already
         a = via_regs(a)
@@ -193,8 +220,14 @@ def _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr, W_DEQ: tl.constexpr,
                 W_ASM: tl.constexpr, W_SWZ: tl.constexpr, W_MUL1: tl.constexpr, FULL: tl.constexpr,
                 EVEN_N: tl.constexpr, B_REGS: tl.constexpr, A_SW: tl.constexpr = False,
-                ROWG: tl.constexpr = 1):  # fmt: skip
-    """One K tile of GEMM2 (FULL, B_REGS, A_SW, ROWG as in _gemm1_step)."""
+                ROWG: tl.constexpr = 1, A8: tl.constexpr = False):  # fmt: skip
+    """One K tile of GEMM2 (FULL, B_REGS, A_SW, ROWG, A8 as in _gemm1_step)."""
+    if A8:
+        a, _ = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, False, BLOCK_M, BLOCK_K, FULL)
+        a_sc = tl.load(as_ptr + slot * stride_asm + k0 // 128, mask=m_ok, other=0.0)
+        w, ws = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N,
+                            ROWG)  # fmt: skip
+        return _mma_fp8(acc, a, a_sc, w, ws, BLOCK_N, BLOCK_K, W_ASM)
     a, a_s = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, A_FP4, BLOCK_M, BLOCK_K, FULL, A_SW)
     if B_REGS and not A_FP4:  # MXFP4 activations are decoded in registers already
         a = via_regs(a)
@@ -220,9 +253,9 @@ def _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M: tl.constexpr):
 def _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs_n, n_ok, pid_n, N, stride_be,
                     stride_om, stride_osm, alpha, limit, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
                     OUT_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    OUT_QDQ: tl.constexpr = False):  # fmt: skip
+                    OUT_QDQ: tl.constexpr = False, OUT_FP8: tl.constexpr = False):  # fmt: skip
     """Biases, bf16 rounding, activation, and the bf16 (re-quantized MXFP4, or with OUT_QDQ bf16 on the MXFP4
-    grid) store of h[slot, n]."""
+    grid, or with OUT_FP8 e4m3 + one fp32 scale per row of the 128-column tile) store of h[slot, n]."""
     if HAS_BIAS:
         acc_g += tl.load(b_ptr + expert * stride_be + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         acc_u += tl.load(b_ptr + expert * stride_be + N + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -238,7 +271,13 @@ def _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs
     h = h.to(tl.bfloat16)
     if OUT_QDQ:
         h = qdq_mxfp4_bf16(h.to(tl.float32), BLOCK_M, BLOCK_N)
-    if OUT_FP4:
+    if OUT_FP8:  # BLOCK_N 128: the tile is one scale group (reference.qdq_fp8_groups)
+        hf = h.to(tl.float32)
+        sc = tl.maximum(tl.max(tl.abs(hf), axis=1), 1e-10) / 448.0
+        tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], (hf / sc[:, None]).to(tl.float8e4nv),
+                 mask=m_ok[:, None] & n_ok[None, :])  # fmt: skip
+        tl.store(os_ptr + slot * stride_osm + pid_n, sc, mask=m_ok)
+    elif OUT_FP4:
         q, s = quant_mxfp4(h.to(tl.float32), BLOCK_M, BLOCK_N)
         ob = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
         osb = pid_n * (BLOCK_N // 32) + tl.arange(0, BLOCK_N // 32)
@@ -259,7 +298,7 @@ def moe_gemm1_kernel(
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False,
     part_ptr=None, cnt_ptr=None, SPLIT_K: tl.constexpr = 1, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
-    OUT_QDQ: tl.constexpr = False, A_SW: tl.constexpr = False, W_ROWG: tl.constexpr = 1,
+    OUT_QDQ: tl.constexpr = False, A_SW: tl.constexpr = False, W_ROWG: tl.constexpr = 1, A8: tl.constexpr = False,
 ):  # fmt: skip
     """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)].
     SPLIT_K > 1 (grid axis 2; 1-2 tokens per expert, too few CTAs): each split writes fp32 partials, the last one
@@ -289,19 +328,19 @@ def moe_gemm1_kernel(
         acc_g, acc_u = _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k0, N, K,
                                    stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N,
                                    BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW,
-                                   W_ROWG)  # fmt: skip
+                                   W_ROWG, A8)  # fmt: skip
     if k_full < k_hi:
         acc_g, acc_u = _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, n_ok, k_full, N,
                                    K, stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M,
                                    BLOCK_N, BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N,
-                                   B_REGS, A_SW, W_ROWG)  # fmt: skip
+                                   B_REGS, A_SW, W_ROWG, A8)  # fmt: skip
     if SWAP:
         acc_g = tl.trans(acc_g)
         acc_u = tl.trans(acc_u)
     if SPLIT_K == 1:
         _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs_n, n_ok, pid_n, N, stride_be,
                         stride_om, stride_osm, alpha, limit, ACT, HAS_BIAS, OUT_FP4, BLOCK_M, BLOCK_N,
-                        OUT_QDQ)  # fmt: skip
+                        OUT_QDQ, A8)  # fmt: skip
     else:
         tile = pid_m * tl.num_programs(1) + pid_n
         t_elems: tl.constexpr = BLOCK_M * BLOCK_N
@@ -319,7 +358,7 @@ def moe_gemm1_kernel(
                 acc_u += tl.load(base + s * (2 * t_elems) + t_elems + local, cache_modifier=".cg")
             _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs_n, n_ok, pid_n, N,
                             stride_be, stride_om, stride_osm, alpha, limit, ACT, HAS_BIAS, OUT_FP4, BLOCK_M,
-                            BLOCK_N, OUT_QDQ)  # fmt: skip
+                            BLOCK_N, OUT_QDQ, A8)  # fmt: skip
             tl.atomic_xchg(cnt_ptr + tile, 0)
 
 
@@ -348,7 +387,7 @@ def moe_gemm2_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
-    N_GROUP: tl.constexpr = 1, A_SW: tl.constexpr = False, W_ROWG: tl.constexpr = 1,
+    N_GROUP: tl.constexpr = 1, A_SW: tl.constexpr = False, W_ROWG: tl.constexpr = 1, A8: tl.constexpr = False,
 ):  # fmt: skip
     """y[slot, n] = topk_weight[slot] * (h[slot] . w2[n] + b2[n]) (fp32; summed per token by combine_kernel).
     N_GROUP > 1 (K % BLOCK_K == 0): each program walks N_GROUP consecutive N tiles (grid axis 1 shrinks by that
@@ -374,11 +413,11 @@ def moe_gemm2_kernel(
         for k0 in range(0, k_full, BLOCK_K):
             acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0, K, stride_am,
                               stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
-                              W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW, W_ROWG)  # fmt: skip
+                              W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW, W_ROWG, A8)  # fmt: skip
         if k_full < K:
             acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k_full, K, stride_am,
                               stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
-                              W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N, B_REGS, A_SW, W_ROWG)  # fmt: skip
+                              W_DEQ, W_ASM, W_SWZ, W_MUL1, False, EVEN_N, B_REGS, A_SW, W_ROWG, A8)  # fmt: skip
         _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om, HAS_BIAS,
                      SWAP)  # fmt: skip
     else:
@@ -396,7 +435,7 @@ def moe_gemm2_kernel(
             acc = _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, kt * BLOCK_K, K,
                               stride_am, stride_asm, stride_wn, stride_wsn, A_FP4, DOT_SCALED, BLOCK_M, BLOCK_N,
                               BLOCK_K, SWAP, W_DEQ, W_ASM, W_SWZ, W_MUL1, True, EVEN_N, B_REGS, A_SW,
-                              W_ROWG)  # fmt: skip
+                              W_ROWG, A8)  # fmt: skip
             last = kt == kt_n - 1
             if last:
                 _gemm2_store(acc, b_ptr, tw_ptr, o_ptr, slot, m_ok, expert, offs_n, n_ok, stride_be, stride_om,
@@ -441,6 +480,19 @@ def quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm
                  mask=(r[:, None] < M) & (kb[None, :] < K // 2))  # fmt: skip
         tl.store(s_ptr + r[:, None].to(tl.int64) * stride_sm + ks[None, :], s,
                  mask=(r[:, None] < M) & (ks[None, :] < K // 32))  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["M"])  # sizes per call (overlays.warmup)
+def quant_fp8_rows_kernel(x_ptr, q_ptr, s_ptr, M, stride_xm, stride_qm, stride_sm, BLOCK_R: tl.constexpr):
+    """The w4a8 path's activations (A8): rows of x to e4m3 with one fp32 scale (amax / 448, floored at 1e-10) per
+    128 columns; program (row block, column group) (reference.qdq_fp8_groups)."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = tl.program_id(1) * 128 + tl.arange(0, 128)
+    ok = r[:, None] < M
+    x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xm + k[None, :], mask=ok, other=0.0).to(tl.float32)
+    sc = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-10) / 448.0
+    tl.store(q_ptr + r[:, None].to(tl.int64) * stride_qm + k[None, :], (x / sc[:, None]).to(tl.float8e4nv), mask=ok)
+    tl.store(s_ptr + r.to(tl.int64) * stride_sm + tl.program_id(1), sc, mask=r < M)
 
 
 # ---------------------------------------------------------------- routing sort (host side: sort.py)
@@ -533,4 +585,4 @@ def _scatter_kernel(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, NUM, E, CHUNK: t
     _scatter_phase(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, tl.program_id(0) * CHUNK, NUM, E, CHUNK)
 
 
-__all__ = ["combine_kernel", "moe_gemm1_kernel", "moe_gemm2_kernel", "quant_rows_kernel"]
+__all__ = ["combine_kernel", "moe_gemm1_kernel", "moe_gemm2_kernel", "quant_fp8_rows_kernel", "quant_rows_kernel"]

@@ -60,9 +60,10 @@ def make_routing(model: str, m: int, seed: int = 0) -> tuple[torch.Tensor, torch
     return x, ids, tw
 
 
-def reference(x, w: MoeWeights, ids, tw, rsf: float = 1.0) -> torch.Tensor:
-    return moe_reference(x, w.w13, w.w13_scale, w.w2, w.w2_scale, ids, tw, b13=w.b13, b2=w.b2, a4=w.a4, act=w.act,
-                         alpha=w.alpha, limit=w.limit, routed_scaling_factor=rsf)  # fmt: skip
+def reference(x, w: MoeWeights, ids, tw, rsf: float = 1.0, a8: bool = False) -> torch.Tensor:
+    """The torch reference (a8: the w4a8 path's FP8 activations instead of MXFP4 ones)."""
+    return moe_reference(x, w.w13, w.w13_scale, w.w2, w.w2_scale, ids, tw, b13=w.b13, b2=w.b2, a4=w.a4, a8=a8,
+                         act=w.act, alpha=w.alpha, limit=w.limit, routed_scaling_factor=rsf)  # fmt: skip
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -167,7 +168,7 @@ def test_every_sweep_variant_matches_reference(model, variant):
     cfg, layout = variant_cfg(pick_config(w, m, ids.shape[1]), var)
     experts = {CUDA_LAYOUT.value: ws, "plain": w}.get(layout) or swizzled(w, layout=Layout(layout))
     out = run(x, experts, ids, tw, cfg=cfg)
-    ref = reference(x, w, ids, tw)
+    ref = reference(x, w, ids, tw, a8=cfg.a8)
     assert torch.isfinite(out.float()).all()
     assert rel_err(out, ref) < (2e-2 if w.a4 else 1e-2), f"{name} M={m} {variant}: rel err {rel_err(out, ref):.4f}"
 
