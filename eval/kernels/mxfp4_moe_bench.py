@@ -78,6 +78,7 @@ MODELS = {
 MS = (1, 4, 16, 32, 64, 128, 512, 1024, 2048, 4096)  # 1024 / 2048: where the stock_fp8 route's threshold may lie
 OURS, ALT = "speedrun", "speedrun_plain"
 STOCK_ROUTE, STOCK_ROUTE_MIN_M = "speedrun_stock_fp8", 512  # the large-M route (w4a4 models), prefill sizes only
+A8_IMPL = "speedrun_a8"  # the w4a8 path (sweep row p4_a8's knobs) at the same prefill sizes: against the route
 
 
 def make_raw(e: int, h: int, n: int, gptoss: bool) -> Raw:
@@ -136,9 +137,16 @@ def ours_builder(gptoss: bool, swz: bool, cfg: MoeBucket | None = None) -> Build
     return build
 
 
+def a8_config() -> MoeBucket:
+    """The w4a8 path's prefill config (sweep row p4_a8 over the sm90 table's largest w4a4 bucket)."""
+    from speedrun.overlays.mxfp4_moe import api
+
+    return variant_cfg(api.table("sm90")["w4a4:tpe>256"], SWEEP_VARIANTS["p4_a8"])[0]
+
+
 def ms_for(impl: str, ms: tuple[int, ...]) -> tuple[int, ...]:
     """The Ms an impl is timed at: the large-M route only at prefill sizes (below them it is never served)."""
-    return tuple(m for m in ms if impl != STOCK_ROUTE or m >= STOCK_ROUTE_MIN_M)
+    return tuple(m for m in ms if impl not in (STOCK_ROUTE, A8_IMPL) or m >= STOCK_ROUTE_MIN_M)
 
 
 def stock_route_builder(raw: Raw) -> tuple[Callable, Callable]:
@@ -186,12 +194,13 @@ def _set_up(impl: Built) -> None:
 
 
 def impl_builders(model: Model, allow_jit: bool = False) -> dict[str, Build]:
-    """Every impl the bench times on `model`, by name: ours on swz128 and plain experts, the large-M stock route
-    (w4a4 models), then the model's stock baselines."""
+    """Every impl the bench times on `model`, by name: ours on swz128 and plain experts, the large-M stock route and
+    the w4a8 path (w4a4 models, prefill sizes), then the model's stock baselines."""
     a4, topk = model.w4a4, model.topk
     builds: dict[str, Build] = {OURS: ours_builder(not a4, swz=True), ALT: ours_builder(not a4, swz=False)}
     if a4:
         builds[STOCK_ROUTE] = stock_route_builder
+        builds[A8_IMPL] = ours_builder(False, swz=True, cfg=a8_config())
     return builds | {b: (lambda raw, b=b: BUILDERS[b](raw, topk, allow_jit=allow_jit)) for b in model.baselines}
 
 
