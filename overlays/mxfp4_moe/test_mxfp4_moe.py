@@ -641,6 +641,10 @@ def test_a8_matches_the_fp8_activation_reference(m):
     path needs is checked at plan time, each missing piece named."""
     e, n, h, topk = 4, 128, 256, 3
     w, g, _ = _model_experts(e, n, h, True, seed=81)
+    # a row whose 128-deep step spans 14 binades (135 vs 121: still exact) and one whose step has a 2**-127 block
+    # (its rebased byte floors at 0: the block reads as 0, as the reference's value nearly is)
+    w.w13_scale[0, 3, :4] = torch.tensor([135, 121, 121, 121], dtype=torch.uint8)
+    w.w2_scale[1, 5, :4] = torch.tensor([0, 134, 134, 134], dtype=torch.uint8)
     ws = moe_mod.swizzled(w, chunk=2)
     x = torch.randn(m, h, generator=g).bfloat16()
     ids, tw = _routing(m, e, topk, seed=83)
