@@ -56,6 +56,22 @@ def test_tie_keeps_current_and_min_gain():
     assert tune.select(tie, TABLE)[0].winner == "a"  # equal challengers: by name, deterministic
 
 
+def test_shapes_a_variant_leaves_alone_do_not_dilute_its_gain():
+    """An FP8-only knob: 5% faster on both FP8 shapes, on the bf16 ones the bench reuses the default's timing (the
+    same kernel runs): its score is the FP8 shapes' geomean (1.053x, past a 1.03 gate), not one diluted by ratios
+    of exactly 1 (1.026x); a variant timed on its own at every shape is judged on all of them."""
+
+    def mla(variant, times, config=None):
+        return [row("heads<=16", variant, bs, t, config, kv_dtype=kv) for (kv, bs), t in zip(
+            (("fp8", 32), ("fp8", 256), ("bf16", 32), ("bf16", 256)), times, strict=True)]  # fmt: skip
+
+    rows = mla("default", (10.0, 100.0, 12.0, 120.0)) + mla("fp8only", (9.5, 95.0, 12.0, 120.0), {"fp8": {"x": 1}})
+    (c,) = tune.select(rows, TABLE, min_gain=1.03)
+    assert (c.winner, c.shapes) == ("fp8only", 4) and c.speedup == pytest.approx(1 / 0.95)
+    timed = mla("default", (10.0, 100.0, 12.0, 120.0)) + mla("both", (9.5, 95.0, 12.1, 121.0), {"fp8": {"x": 1}})
+    assert tune.select(timed, TABLE, min_gain=1.03)[0].winner == "default"
+
+
 def test_missing_bucket_field_names_the_file(tmp_path):
     f = tmp_path / "mxfp4_gemm_sweep.json"
     f.write_text(json.dumps({"rows": [{"impl": "speedrun", "variant": "config", "config": {}, "m": 1, "us": 3.0}]}))

@@ -127,14 +127,18 @@ def _current(rows: list[dict[str, Any]], cfg: dict[str, Any], bucket: str) -> tu
 
 
 def select_bucket(rows: list[dict[str, Any]], cfg: dict[str, Any], bucket: str, min_gain: float = 1.0) -> Choice:
-    """The winner of one bucket. Ties (and gains below `min_gain`) keep the current config; among equal
-    challengers the variant name decides, so the choice is deterministic."""
+    """The winner of one bucket: the geomean of a challenger's time ratios over the shapes where it ran a kernel of
+    its own (a row timed exactly as the current config's is the bench reusing that timing: a knob that leaves the
+    kernel alone there, e.g. an FP8-only knob on a bf16 cache, which would otherwise dilute the gain). Ties (and
+    gains below `min_gain`) keep the current config; among equal challengers the variant name decides, so the
+    choice is deterministic."""
     cur, shapes = _current(rows, cfg, bucket)
     times = _times(rows)
     scores = {}
     for v, by_shape in times.items():
         if set(by_shape) >= shapes:
-            ratios = [by_shape[s] / times[cur][s] for s in shapes]
+            own = [s for s in shapes if by_shape[s] != times[cur][s]]
+            ratios = [by_shape[s] / times[cur][s] for s in own] or [1.0]
             scores[v] = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
     best = min(scores, key=lambda v: (round(scores[v], 9), v != cur, v))
     if scores[best] * min_gain > scores[cur]:
