@@ -27,7 +27,8 @@ shape ([..., R, C]); only the memory order inside a group changes, so element (r
 
     (r // G) * G * C + (c // U) * G * U + (r % G) * U + c % U          (U: 16 words of codes, 4 scale bytes)
 
-which is `grouped_offsets` in mx.triton_helpers (G = 1 is the row-major layout). In Triton,
+which is `swz_tile_ptrs` in mx.triton_helpers (G = 1 is the row-major layout). `swizzle_experts` /
+`unswizzle_experts` convert codes and scales both ways, row groups included. In Triton,
 `mx.triton_helpers.mxfp4_swz_bf16` (plain scales) / `mxfp4_swz_words_bf16` (scales gathered per word with
 `swz_word_scale_cols`: 4 contiguous bytes per row, no redistribution) decode a loaded tile to plain k order.
 
@@ -149,6 +150,14 @@ def swizzle_experts(packed: torch.Tensor, scales: torch.Tensor, chunk: int = 8,
     return out, group_rows(pad_scales(scales), group, SCALE_UNIT)
 
 
+def unswizzle_experts(codes: torch.Tensor, scales: torch.Tensor, k: int,
+                      group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The exact inverse of `swizzle_experts` for K = k: swz128 codes (uint8 or int32 words, [..., rows, *]) with
+    rows in groups of `group` + padded scales -> plain packed uint8 [..., rows, k/2] + E8M0 [..., rows, k/32]."""
+    packed = unswizzle_mxfp4(ungroup_rows(codes.view(torch.uint8), group, WORD_UNIT * 4), k)
+    return packed, ungroup_rows(scales, group, SCALE_UNIT)[..., : k // 32].contiguous()
+
+
 def _group_view(t: torch.Tensor, g: int, unit: int) -> tuple[int, ...]:
     *lead, r, c = t.shape
     if r % g or c % unit:
@@ -177,4 +186,4 @@ def ungroup_rows(t: torch.Tensor, g: int, unit: int) -> torch.Tensor:
 
 
 __all__ = ["CHUNK", "SCALE_ROW_ALIGN", "SCALE_UNIT", "WORD_UNIT", "group_rows", "pad_scales", "padded_k",
-           "swizzle_experts", "swizzle_mxfp4", "ungroup_rows", "unswizzle_mxfp4"]  # fmt: skip
+           "swizzle_experts", "swizzle_mxfp4", "ungroup_rows", "unswizzle_experts", "unswizzle_mxfp4"]  # fmt: skip

@@ -382,25 +382,23 @@ def relayout_weight(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str
     """Load time: plain MXFP4 -> (swz128 codes, padded scales, layout); K % 128 == 0 (no padding needed). `layout`
     asks for row groups (swz128_g64*; rows that do not fill them stay row-major); the one-multiply decode (mul1) is
     what the scales allow."""
-    from speedrun.overlays.mx.layout import SCALE_UNIT, WORD_UNIT, group_rows, pad_scales, swizzle_mxfp4
+    from speedrun.overlays.mx.layout import swizzle_experts
 
     if (w.shape[1] * 2) % 128:
         raise NotImplementedError(f"swz128 needs K % 128 == 0, got K={w.shape[1] * 2}")
     g = Layout(layout).row_group if w.shape[0] % Layout(layout).row_group == 0 else 1
     mul1 = int(w_scale.max()) <= 128
-    codes = group_rows(swizzle_mxfp4(w), g, 4 * WORD_UNIT)
-    return codes, group_rows(pad_scales(w_scale), g, SCALE_UNIT), Layout.swz(g, mul1)
+    codes, scales = swizzle_experts(w[None], w_scale[None], group=g)  # one weight: a stack of one
+    return codes[0], scales[0], Layout.swz(g, mul1)
 
 
 def plain_weight(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain-layout weight (for the dequantize-then-cuBLAS route and the reference) of a re-laid-out one."""
     if layout == Layout.PLAIN:
         return w, w_scale
-    from speedrun.overlays.mx.layout import SCALE_UNIT, WORD_UNIT, ungroup_rows, unswizzle_mxfp4
+    from speedrun.overlays.mx.layout import unswizzle_experts
 
-    k, g = w.shape[1] * 2, Layout(layout).row_group
-    codes = unswizzle_mxfp4(ungroup_rows(w, g, 4 * WORD_UNIT), k)
-    return codes, ungroup_rows(w_scale, g, SCALE_UNIT)[:, : k // 32].contiguous()
+    return unswizzle_experts(w, w_scale, w.shape[1] * 2, Layout(layout).row_group)
 
 
 def quantize(a: torch.Tensor, qdq: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

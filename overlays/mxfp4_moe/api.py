@@ -34,7 +34,7 @@ import triton
 from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
-from speedrun.overlays.mx.layout import SCALE_UNIT, WORD_UNIT, swizzle_experts, ungroup_rows, unswizzle_mxfp4
+from speedrun.overlays.mx.layout import swizzle_experts, unswizzle_experts
 from speedrun.overlays.mxfp4_moe.config import Act, Fmt, Layout, MoeBucket, Route, check_table
 from speedrun.overlays.mxfp4_moe.kernels import (
     combine_kernel,
@@ -116,16 +116,9 @@ def plain(w: MoeWeights, hidden: int, inter: int) -> MoeWeights:
     """Plain-layout copy of swz128 experts (reference checks; K of w13 = hidden, K of w2 = inter)."""
     if not w.swz:
         return w
-    g = w.row_group
-
-    def values(t: torch.Tensor, k: int) -> torch.Tensor:
-        return unswizzle_mxfp4(ungroup_rows(t.view(torch.uint8), g, 4 * WORD_UNIT), k)
-
-    def scales(t: torch.Tensor, k: int) -> torch.Tensor:
-        return ungroup_rows(t, g, SCALE_UNIT)[..., : k // 32].contiguous()
-
-    return replace(w, w13=values(w.w13, hidden), w13_scale=scales(w.w13_scale, hidden), w2=values(w.w2, inter),
-                   w2_scale=scales(w.w2_scale, inter), mul1=False, row_group=1)  # fmt: skip
+    w13, s13 = unswizzle_experts(w.w13, w.w13_scale, hidden, w.row_group)
+    w2, s2 = unswizzle_experts(w.w2, w.w2_scale, inter, w.row_group)
+    return replace(w, w13=w13, w13_scale=s13, w2=w2, w2_scale=s2, mul1=False, row_group=1)
 
 
 @functools.cache
