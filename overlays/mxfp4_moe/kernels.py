@@ -131,6 +131,22 @@ def _mma_swz(acc, a, a_s, w, ws, A_FP4: tl.constexpr, BLOCK_M: tl.constexpr, BLO
 
 
 @triton.jit
+def _fp8_group(x):
+    """fp32 [R, 128] -> (e4m3 [R, 128], fp32 scale [R]): one scale per row, amax / 448 floored at 1e-10 (the w4a8
+    path's activations: reference.qdq_fp8_groups)."""
+    sc = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-10) / 448.0
+    return (x / sc[:, None]).to(tl.float8e4nv), sc
+
+
+@triton.jit
+def _load_a8(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, BLOCK_M: tl.constexpr,
+             BLOCK_K: tl.constexpr, FULL: tl.constexpr):  # fmt: skip
+    """The w4a8 path's A tile at K offset k0 (a multiple of 128): e4m3 [BM, 128] and its rows' scales [BM]."""
+    a, _ = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, False, BLOCK_M, BLOCK_K, FULL)
+    return a, tl.load(as_ptr + rows * stride_asm + k0 // 128, mask=m_ok, other=0.0)
+
+
+@triton.jit
 def _mma_fp8(acc, a, a_sc, w, ws, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_ASM: tl.constexpr):
     """acc [BM, BN] += (A8 . W8^T) * a_sc[m] * w_sc[n] for one 128-deep K step (PERF.md "w4a8 prefill"): each
     weight row's 4 E8M0 bytes are rebased to s - s_max + 133, so the swz128 decode gives e2m1 * 2**(s - s_max + 6),
@@ -188,8 +204,7 @@ def _gemm1_step(acc_g, acc_u, a_ptr, as_ptr, w_ptr, ws_ptr, rows, m_ok, offs_n, 
     """One K tile of GEMM1: gate and up accumulators (FULL: the tile lies inside K, loads unmasked along K; ROWG:
     the swz128 weights' row group, mx.layout; A8: the w4a8 path, _mma_fp8)."""
     if A8:
-        a, _ = _load_a(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, False, BLOCK_M, BLOCK_K, FULL)
-        a_sc = tl.load(as_ptr + rows * stride_asm + k0 // 128, mask=m_ok, other=0.0)
+        a, a_sc = _load_a8(a_ptr, as_ptr, rows, m_ok, k0, K, stride_am, stride_asm, BLOCK_M, BLOCK_K, FULL)
         wg, wgs = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N,
                               ROWG)  # fmt: skip
         wu, wus = _load_w_swz(w_ptr, ws_ptr, offs_n + N, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N,
@@ -223,8 +238,7 @@ def _gemm2_step(acc, a_ptr, as_ptr, w_ptr, ws_ptr, slot, m_ok, offs_n, n_ok, k0,
                 ROWG: tl.constexpr = 1, A8: tl.constexpr = False):  # fmt: skip
     """One K tile of GEMM2 (FULL, B_REGS, A_SW, ROWG, A8 as in _gemm1_step)."""
     if A8:
-        a, _ = _load_a(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, False, BLOCK_M, BLOCK_K, FULL)
-        a_sc = tl.load(as_ptr + slot * stride_asm + k0 // 128, mask=m_ok, other=0.0)
+        a, a_sc = _load_a8(a_ptr, as_ptr, slot, m_ok, k0, K, stride_am, stride_asm, BLOCK_M, BLOCK_K, FULL)
         w, ws = _load_w_swz(w_ptr, ws_ptr, offs_n, n_ok, k0, K, stride_wn, stride_wsn, BLOCK_K, FULL, EVEN_N,
                             ROWG)  # fmt: skip
         return _mma_fp8(acc, a, a_sc, w, ws, BLOCK_N, BLOCK_K, W_ASM)
@@ -271,11 +285,9 @@ def _gemm1_epilogue(acc_g, acc_u, b_ptr, o_ptr, os_ptr, slot, m_ok, expert, offs
     h = h.to(tl.bfloat16)
     if OUT_QDQ:
         h = qdq_mxfp4_bf16(h.to(tl.float32), BLOCK_M, BLOCK_N)
-    if OUT_FP8:  # BLOCK_N 128: the tile is one scale group (reference.qdq_fp8_groups)
-        hf = h.to(tl.float32)
-        sc = tl.maximum(tl.max(tl.abs(hf), axis=1), 1e-10) / 448.0
-        tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], (hf / sc[:, None]).to(tl.float8e4nv),
-                 mask=m_ok[:, None] & n_ok[None, :])  # fmt: skip
+    if OUT_FP8:  # BLOCK_N 128: the tile is one scale group
+        q, sc = _fp8_group(h.to(tl.float32))
+        tl.store(o_ptr + slot[:, None] * stride_om + offs_n[None, :], q, mask=m_ok[:, None] & n_ok[None, :])
         tl.store(os_ptr + slot * stride_osm + pid_n, sc, mask=m_ok)
     elif OUT_FP4:
         q, s = quant_mxfp4(h.to(tl.float32), BLOCK_M, BLOCK_N)
@@ -490,8 +502,8 @@ def quant_fp8_rows_kernel(x_ptr, q_ptr, s_ptr, M, stride_xm, stride_qm, stride_s
     k = tl.program_id(1) * 128 + tl.arange(0, 128)
     ok = r[:, None] < M
     x = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xm + k[None, :], mask=ok, other=0.0).to(tl.float32)
-    sc = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-10) / 448.0
-    tl.store(q_ptr + r[:, None].to(tl.int64) * stride_qm + k[None, :], (x / sc[:, None]).to(tl.float8e4nv), mask=ok)
+    q, sc = _fp8_group(x)
+    tl.store(q_ptr + r[:, None].to(tl.int64) * stride_qm + k[None, :], q, mask=ok)
     tl.store(s_ptr + r.to(tl.int64) * stride_sm + tl.program_id(1), sc, mask=r < M)
 
 
