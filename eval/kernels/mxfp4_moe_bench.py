@@ -254,7 +254,7 @@ SWEEP_ROW_S = 76.5 / 76  # round 3's sweep: 76 rows (compiles included) in 76.5 
 # variant compiles two 8-warp 128-wide kernels (the second M reuses them); guessed high
 SWEEP_PREFILL_ROW_S = 4.5
 PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe<=256 / tpe>256: BLOCK_M 128)
-# Overrides of the tuned config ("layout" picks the experts' value layout, default swz128 = what the sm90 hook
+# Overrides of the tuned config ("layout" picks the experts' value layout, default CUDA_LAYOUT = what the sm90 hook
 # stores; "fmt" times a variant only on that format's experts; "prefill" times it only at prefill shapes, where
 # nothing else but the config runs). DeepSeek (w4a4) first: its activations as bf16 on the MXFP4 grid (a_qdq: no
 # per-CTA activation decode, the w4a16 load path: PERF.md round 7),
@@ -369,7 +369,7 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1], 
                 only: tuple[str, ...] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """The config and the SWEEP_VARIANTS entries `sweep_plan` times at each of SWEEP_MS[model] (`only`: those of
     them); rows carry `bucket` (the config key the shape maps to), `variant`, `config` (what fused_moe_mxfp4 ran)
-    and `us`; impl "speedrun" on swz128 experts (the sm90 serving layout), "speedrun_<layout>" on the others."""
+    and `us`; impl "speedrun" on experts in CUDA_LAYOUT (the sm90 serving layout), "speedrun_<layout>" on others."""
     model = MODELS[model_name]
     e, topk, h, n, a4 = model[:5]
     raws = Copies(make_raw(e, h, n, gptoss=not a4))
