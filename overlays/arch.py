@@ -55,6 +55,12 @@ def is_amd(arch: str) -> bool:
     return arch.startswith("gfx")
 
 
+def pdl_ok(arch: str, cuda: bool) -> bool:
+    """Whether kernels may launch as programmatic dependents (overlays/pdl.py): a CUDA device of sm90 or newer
+    (`griddepcontrol`); not ROCm, not the CPU interpreter."""
+    return cuda and arch.startswith("sm") and arch[2:].isdigit() and int(arch[2:]) >= 90
+
+
 @functools.cache
 def load_configs(op: str, arch: str) -> dict[str, Any]:
     """The config table of `op` for `arch`; falls back to sm90 for unknown CUDA archs."""

@@ -297,6 +297,10 @@ SWEEP_VARIANTS = {
     "a16_st4_2": {"fmt": "w4a16", "stages2": 4},
     # GEMM2's slot rows in bf16 (the combine's reads and GEMM2's writes halve: ~8 MB at DeepSeek M 32)
     "y16": {"y_bf16": True},
+    # the call's five kernels as one PDL chain (overlays/pdl.py): the quantizer beside the one-CTA sort, GEMM2's
+    # programs resident during GEMM1's tail with their weights prefetched into L2; the round 8 breakdown put ~16 us
+    # of a DeepSeek M 32 call's 284 us span between its kernels
+    "pdl": {"pdl": True},
     # DeepSeek's prefill sizes through the w4a8 path (knob a8: FP8 MMAs on weights decoded in the K loop, no per-call
     # conversion; PERF.md "w4a8 prefill"), against the config's row there (the tpe>256 bucket on our kernels; the
     # bench's speedrun rows time the served stock route at the same M). sm90 AOT: GEMM1 214 registers, 1 CTA/SM;

@@ -9,6 +9,7 @@ from __future__ import annotations
 from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd
 from speedrun.overlays.mx.fp8_kernel import mxfp4_to_fp8_kernel
+from speedrun.overlays.mx.layout import SCALE_ROW_ALIGN, padded_k
 from speedrun.overlays.mxfp4_moe import api, kernels, sort
 from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT, Act, MoeBucket
 from speedrun.overlays.mxfp4_moe.kernels import (
@@ -17,9 +18,11 @@ from speedrun.overlays.mxfp4_moe.kernels import (
     moe_gemm2_kernel,
     quant_rows_kernel,
 )
+from speedrun.overlays.pdl import prefetch_lines
 
 OP = "mxfp4_moe"
 TOPK = {"w4a16": 4, "w4a4": 9}  # GPT-OSS top-4; DeepSeek top-8 + fused shared expert
+INTER = {"w4a16": 2880, "w4a4": 256}  # GEMM2's K: GPT-OSS; DeepSeek's TP8 shard
 EXPECT = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 EXPECT_W4A4_GFX950 = r"v_mfma_scale"
 PLAIN_FALLBACK_KEY = "w4a16:tpe<=4"  # SPEEDRUN_MXFP4_MOE_LAYOUT=plain on sm90: also compiled
@@ -58,6 +61,17 @@ def _runtime_attrs(sig: dict[str, str], *extra: str) -> dict[str, str]:
     return aligned(sig, *ptrs, "N", "K", "stride_am", "stride_we", "stride_wn", "stride_be", *extra)
 
 
+def gemm2_prefetch(fmt: str, cfg: MoeBucket, run: api.Launch, swz: bool) -> dict[str, int]:
+    """GEMM2's PF_W / PF_S as api.gemm2_prefetch sets them for the model of `fmt` (0 without PDL)."""
+    if not run.pdl:
+        return {"PF_W": 0, "PF_S": 0}
+    k = INTER[fmt]
+    s_pad = -(-padded_k(k) // 32 // SCALE_ROW_ALIGN) * SCALE_ROW_ALIGN  # swz128 scale rows: whole 16-byte words
+    w_row, s_row = (padded_k(k) // 2, s_pad) if swz else (k // 2, k // 32)
+    rows = cfg.BLOCK_N2 * cfg.group2
+    return {"PF_W": prefetch_lines(rows * w_row), "PF_S": prefetch_lines(rows * s_row)}
+
+
 def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group: int = 1) -> CompileSpec:
     fmt = key.split(":")[0]
     swz = swz and not cfg.dot_scaled and not is_amd(arch)
@@ -73,7 +87,7 @@ def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group
              "DOT_SCALED": run.dot_scaled, "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N1,
              "BLOCK_K": run.block_k1, **FLAGS_OFF, **run.flags, "A_SW": a_sw(cfg, a4, run),
              "SPLIT_K": 2 if cfg.split1 != 1 else 1, "EVEN_N": True, "OUT_QDQ": w4a4 and cfg.a_qdq,
-             "W_ROWG": row_group if swz else 1, "A8": w4a4 and cfg.a8}  # fmt: skip
+             "W_ROWG": row_group if swz else 1, "A8": w4a4 and cfg.a8, "PDL": run.pdl}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))
@@ -103,7 +117,7 @@ def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group
              "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N2, "BLOCK_K": run.block_k2, **FLAGS_OFF, **run.flags,
              "A_SW": a_sw(cfg, a4, run),
              "EVEN_N": True, "N_GROUP": cfg.group2, "W_ROWG": row_group if swz else 1,
-             "A8": w4a4 and cfg.a8}  # fmt: skip
+             "A8": w4a4 and cfg.a8, "PDL": run.pdl, **gemm2_prefetch(fmt, cfg, run, swz)}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))

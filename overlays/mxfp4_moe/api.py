@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import triton
 
-from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
+from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, pdl_ok, sm_count
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
 from speedrun.overlays.mx.layout import swizzle_experts, unswizzle_experts
@@ -45,6 +45,7 @@ from speedrun.overlays.mxfp4_moe.kernels import (
 )
 from speedrun.overlays.mxfp4_moe.sort import sort_tokens
 from speedrun.overlays.mxfp4_moe.stock_fp8 import fused_moe_stock_fp8
+from speedrun.overlays.pdl import prefetch_lines
 
 OP = "mxfp4_moe"
 COMBINE_BLOCK = 1024  # hidden columns per combine program
@@ -159,6 +160,7 @@ class Launch:
     opts1: dict[str, Any]
     opts2: dict[str, Any]
     stock_fp8: bool = False  # this bucket's calls go to stock's FP8 block MoE (`fused_moe`)
+    pdl: bool = False  # the bucket's pdl where the device has PDL (overlays/pdl.py)
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,7 @@ def resolve(cfg: MoeBucket, swz: bool, mul1: bool, arch: str, cuda: bool) -> Lau
         raise ValueError(f"{OP} {arch}: a_qdq hands bf16 activations to the dequant path; expected dot_scaled false")
     return Launch(cfg, cfg.dot_scaled, sm90_flags(cfg, cuda, swz, mul1), swz_block_k(cfg.BLOCK_K1, swz),
                   swz_block_k(cfg.BLOCK_K2, swz), _opts(cfg, cfg.warps1, cfg.stages1, arch),
-                  _opts(cfg, cfg.warps2, cfg.stages2, arch))  # fmt: skip
+                  _opts(cfg, cfg.warps2, cfg.stages2, arch), pdl=cfg.pdl and pdl_ok(arch, cuda))  # fmt: skip
 
 
 def _opts(cfg: MoeBucket, warps: int, stages: int, arch: str) -> dict[str, Any]:
@@ -345,37 +347,50 @@ def gemm1_split(cfg: MoeBucket, max_ctas: int, k_tiles: int, device: torch.devic
     return max(1, min(want, k_tiles, 8))
 
 
-def _quant_launch(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, qdq: bool) -> None:
+# pdl=True below launches the kernel as a programmatic dependent: only right after the sort of `fused_moe_mxfp4`
+# (overlays/pdl.py's rules: x must be complete when the kernel before it started).
+
+
+def _quant_launch(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, qdq: bool, pdl: bool) -> None:
     m, k = x.shape
     br, bk = 4, 256
     grid = (triton.cdiv(m, br), triton.cdiv(k, bk))
-    quant_rows_kernel[grid](x, q, s, m, k, x.stride(0), q.stride(0), s.stride(0), BLOCK_R=br, BLOCK_K=bk, QDQ=qdq)
+    quant_rows_kernel[grid](x, q, s, m, k, x.stride(0), q.stride(0), s.stride(0), BLOCK_R=br, BLOCK_K=bk, QDQ=qdq,
+                            PDL=pdl, launch_pdl=pdl)  # fmt: skip
 
 
-def quant_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quant_fp8_rows(x: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """bf16 [M, K] (K % 128 == 0) -> e4m3 [M, K] + fp32 scales [M, K/128] (the w4a8 path's activations)."""
     m, k = x.shape
     q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x.device)
     s = torch.empty(m, k // 128, dtype=torch.float32, device=x.device)
     br = 16
-    quant_fp8_rows_kernel[(triton.cdiv(m, br), k // 128)](x, q, s, m, x.stride(0), q.stride(0), s.stride(0), BLOCK_R=br)
+    quant_fp8_rows_kernel[(triton.cdiv(m, br), k // 128)](x, q, s, m, x.stride(0), q.stride(0), s.stride(0), BLOCK_R=br,
+                                                          PDL=pdl, launch_pdl=pdl)  # fmt: skip
     return q, s
 
 
-def quant_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quant_rows(x: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """bf16 [M, K] -> MXFP4 (packed [M, K/2], E8M0 [M, K/32]) with the kernels' quantizer."""
     m, k = x.shape
     q = torch.empty(m, k // 2, dtype=torch.uint8, device=x.device)
     s = torch.empty(m, k // 32, dtype=torch.uint8, device=x.device)
-    _quant_launch(x, q, s, qdq=False)
+    _quant_launch(x, q, s, qdq=False, pdl=pdl)
     return q, s
 
 
-def qdq_rows(x: torch.Tensor) -> torch.Tensor:
+def qdq_rows(x: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     """bf16 [M, K] -> bf16 [M, K] equal to dequant(quant_rows(x)): what a w4a4 GEMM multiplies (MoeBucket.a_qdq)."""
     out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
-    _quant_launch(x, out, out, qdq=True)  # the scales' tensor is unused: the values carry them
+    _quant_launch(x, out, out, qdq=True, pdl=pdl)  # the scales' tensor is unused: the values carry them
     return out
+
+
+def gemm2_prefetch(w: MoeWeights, cfg: MoeBucket) -> dict[str, int]:
+    """GEMM2's PF_W / PF_S under PDL: 128-byte lines of one program's w2 values and scales (its N tiles, all K)."""
+    rows = cfg.BLOCK_N2 * cfg.group2
+    return {"PF_W": prefetch_lines(rows * w.w2.stride(1) * w.w2.element_size()),
+            "PF_S": prefetch_lines(rows * w.w2_scale.stride(1))}  # fmt: skip
 
 
 def fused_moe_mxfp4(
@@ -392,25 +407,25 @@ def fused_moe_mxfp4(
         raise ValueError(f"weights ({w.fmt}, {w.layout}, E={w.num_experts}) do not match the plan {plan}")
     m, topk = topk_ids.shape
     run = plan.launch(m, topk)
-    cfg, dot_scaled, flags = run.cfg, run.dot_scaled, run.flags
+    cfg, dot_scaled, flags, pdl = run.cfg, run.dot_scaled, run.flags, run.pdl
     num, n, h = m * topk, w.inter, x.shape[1]  # weights may carry hidden padding (aiter layouts)
-    s = sort_tokens(topk_ids, w.num_experts, cfg.BLOCK_M)
-    topk_weights = topk_weights.contiguous()
+    topk_weights = topk_weights.contiguous()  # before the chain: a copy here is a plain launch
+    s = sort_tokens(topk_ids, w.num_experts, cfg.BLOCK_M, pdl=pdl)
     dev = x.device
     bk1, bk2 = run.block_k1, run.block_k2
     qdq = w.a4 and cfg.a_qdq  # w4a4 activations as bf16 on the MXFP4 grid (MoeBucket.a_qdq)
     a8 = bool(flags.get("A8"))  # the w4a8 path (MoeBucket.a8): e4m3 activations with per-128 scales
     a4 = w.a4 and not qdq and not a8  # the kernels see MXFP4 activation codes
     if a8:
-        a, a_s = quant_fp8_rows(x)
+        a, a_s = quant_fp8_rows(x, pdl)
         inter = torch.empty(num, n, dtype=torch.float8_e4m3fn, device=dev)
         inter_s = torch.empty(num, n // 128, dtype=torch.float32, device=dev)
     elif a4:
-        a, a_s = quant_rows(x)
+        a, a_s = quant_rows(x, pdl)
         inter = torch.empty(num, n // 2, dtype=torch.uint8, device=dev)
         inter_s = torch.empty(num, n // 32, dtype=torch.uint8, device=dev)
     else:
-        a = qdq_rows(x) if qdq else x
+        a = qdq_rows(x, pdl) if qdq else x
         a_s = a  # unused for bf16 activations
         inter = torch.empty(num, n, dtype=torch.bfloat16, device=dev)
         inter_s = inter
@@ -433,6 +448,7 @@ def fused_moe_mxfp4(
         TOPK=topk, A_FP4=a4, OUT_FP4=a4, ACT=int(w.act), HAS_BIAS=w.b13 is not None, DOT_SCALED=dot_scaled,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N1, BLOCK_K=bk1, **run.opts1, **flags,
         part_ptr=part, cnt_ptr=cnt, SPLIT_K=split, EVEN_N=n % cfg.BLOCK_N1 == 0, OUT_QDQ=qdq,
+        PDL=pdl, launch_pdl=pdl,
     )  # fmt: skip
     b2 = w.b2 if w.b2 is not None else w.w2_scale
     grid2 = (s.max_blocks, triton.cdiv(triton.cdiv(h, cfg.BLOCK_N2), cfg.group2))
@@ -443,11 +459,13 @@ def fused_moe_mxfp4(
         TOPK=topk, A_FP4=a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N2, BLOCK_K=bk2, **run.opts2, **flags,
         EVEN_N=h % (cfg.BLOCK_N2 * cfg.group2) == 0, N_GROUP=cfg.group2,
+        PDL=pdl, launch_pdl=pdl, **(gemm2_prefetch(w, cfg) if pdl else {}),
     )  # fmt: skip
     out = torch.empty(m, h, dtype=torch.bfloat16, device=dev)
     combine_kernel[(m, triton.cdiv(h, COMBINE_BLOCK))](y, s.ids, out, h, w.num_experts, y.stride(0), out.stride(0),
                                                        float(routed_scaling_factor), TOPK=topk,
-                                                       BLOCK_H=COMBINE_BLOCK, num_warps=4)  # fmt: skip
+                                                       BLOCK_H=COMBINE_BLOCK, PDL=pdl, launch_pdl=pdl,
+                                                       num_warps=4)  # fmt: skip
     return out
 
 

@@ -102,6 +102,10 @@ class MoeBucket(Knobs):
     # Needs swz128 experts, no swap, K tiles of 128, BLOCK_N1 128 (GEMM1's epilogue quantizes h per tile), no
     # split-K and no GEMM2 tile groups; the intermediate and hidden sizes multiples of 128.
     a8: bool = False
+    # CUDA sm90+: the call's kernels (sort, quantizer, GEMM1, GEMM2, combine) launch as programmatic dependents
+    # (overlays/pdl.py): the quantizer beside the sort, GEMM2's programs fetching their weights into L2 during
+    # GEMM1's tail. Ignored where PDL does not exist (ROCm, the interpreter, pre-sm90).
+    pdl: bool = False
     route: Route = Route.OURS  # stock_fp8 buckets must come last (one threshold); see Route
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None

@@ -23,6 +23,9 @@ dot's wgmmas are not serialized (Triton's "properly async" dot threads a wait af
 A8 (w4a8, the bucket's a8): activations in e4m3 with an fp32 scale per (row, 128 columns), weights decoded to
 e4m3 in the K loop (_mma_fp8) and FP8 MMAs, unswapped (prefill sizes); GEMM1's epilogue writes h the same way.
 Routing sort (sort.py launches them): rank / offsets / scatter phases, one kernel each or all in one CTA.
+PDL (the bucket's pdl, sm90): the decode chain sort -> quant -> GEMM1 -> GEMM2 -> combine launches as programmatic
+dependents (overlays/pdl.py's rules): the quantizer runs beside the one-CTA sort, GEMM2's programs start during
+GEMM1's tail and pull their weights into L2 before they wait for GEMM1's output.
 The large-M route's MXFP4 -> FP8 conversion is shared with the GEMM: mx/fp8_kernel.py (stock_fp8.py launches it).
 """
 
@@ -43,6 +46,7 @@ from speedrun.overlays.mx.triton_helpers import (
     swz_tile_ptrs,
     via_regs,
 )
+from speedrun.overlays.pdl import pdl_trigger, pdl_wait, prefetch_l2
 
 
 @triton.jit
@@ -311,10 +315,14 @@ def moe_gemm1_kernel(
     part_ptr=None, cnt_ptr=None, SPLIT_K: tl.constexpr = 1, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
     OUT_QDQ: tl.constexpr = False, A_SW: tl.constexpr = False, W_ROWG: tl.constexpr = 1, A8: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):  # fmt: skip
     """h[slot, n] = act(x[slot // TOPK] . gate[n] + bg[n], x . up[n] + bu[n]); w rows = [gate (N) ; up (N)].
     SPLIT_K > 1 (grid axis 2; 1-2 tokens per expert, too few CTAs): each split writes fp32 partials, the last one
-    to arrive (per-tile counter, left zeroed) sums them in split order and runs the epilogue."""
+    to arrive (per-tile counter, left zeroed) sums them in split order and runs the epilogue.
+    PDL: everything it reads comes from the sort and the quantizer, so it waits first, then lets GEMM2 launch."""
+    pdl_wait(PDL)
+    pdl_trigger(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -400,20 +408,34 @@ def moe_gemm2_kernel(
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
     N_GROUP: tl.constexpr = 1, A_SW: tl.constexpr = False, W_ROWG: tl.constexpr = 1, A8: tl.constexpr = False,
+    PDL: tl.constexpr = False, PF_W: tl.constexpr = 0, PF_S: tl.constexpr = 0,
 ):  # fmt: skip
     """y[slot, n] = topk_weight[slot] * (h[slot] . w2[n] + b2[n]) (fp32; summed per token by combine_kernel).
     N_GROUP > 1 (K % BLOCK_K == 0): each program walks N_GROUP consecutive N tiles (grid axis 1 shrinks by that
     much) in ONE loop over (tile, K step), storing a tile at its last K step, so the pipeliner keeps the next
     tile's weight loads in flight across the tile boundary. GEMM2's K is the expert's intermediate size
     (DeepSeek's TP8 shard: 256, two K steps): a one-tile program streams ~8 KiB of weights between its start-up
-    latencies. (A nested loop with `flatten=True` compiled to synchronous loads and 8 barriers per K step.)"""
+    latencies. (A nested loop with `flatten=True` compiled to synchronous loads and 8 barriers per K step.)
+    PDL: the program may start during GEMM1's tail. The sort's outputs are complete by then (GEMM1 triggers after
+    its own wait), so it finds its expert, asks L2 for its rows of w2 (PF_W / PF_S lines of values / scales: the
+    rows of a program's N tiles over the whole K are one contiguous range in every layout) and only then waits
+    for GEMM1's h."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     if pid_m * BLOCK_M >= tl.load(npad_ptr):
+        pdl_wait(PDL)  # an early exit waits too (overlays/pdl.py, rule 1)
         return
     slot, m_ok, expert = _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M)
     w_ptr += expert * stride_we
     ws_ptr += expert * stride_wse
+    if PDL and PF_W > 0:
+        n0 = pid_n * (N_GROUP * BLOCK_N)
+        rows = tl.minimum(N - n0, N_GROUP * BLOCK_N)
+        wb: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
+        prefetch_l2(w_ptr + n0 * stride_wn, rows * stride_wn * wb, PF_W)
+        prefetch_l2(ws_ptr + n0 * stride_wsn, rows * stride_wsn, PF_S)
+    pdl_wait(PDL)
+    pdl_trigger(PDL)
     if SWAP:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     else:
@@ -459,9 +481,10 @@ def moe_gemm2_kernel(
 
 @triton.jit
 def combine_kernel(y_ptr, ids_ptr, o_ptr, H, E, stride_ym, stride_om, scale,
-                   TOPK: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+                   TOPK: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
     """out[t, :H] = bf16(scale * sum_k y[t * TOPK + k]) over the slots whose expert id is in [0, E) (EP-filtered
     slots were never written); deterministic: the same order whatever the routing."""
+    pdl_wait(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -474,9 +497,12 @@ def combine_kernel(y_ptr, ids_ptr, o_ptr, H, E, stride_ym, stride_om, scale,
 
 @triton.jit(do_not_specialize=["M"])  # sizes per call (overlays.warmup)
 def quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm,
-                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, QDQ: tl.constexpr = False):  # fmt: skip
+                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, QDQ: tl.constexpr = False,
+                      PDL: tl.constexpr = False):  # fmt: skip
     """Dynamic MXFP4 quantization of activation rows (w4a4 GEMM1 input): codes + scales, or with QDQ the bf16
-    values they stand for into q_ptr ([M, K] bf16; s_ptr unused)."""
+    values they stand for into q_ptr ([M, K] bf16; s_ptr unused). PDL (in the MoE chain, after the sort): x was
+    complete before the sort started and the outputs are fresh, so it runs beside the sort and waits at the end."""
+    pdl_trigger(PDL)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     ok = (r[:, None] < M) & (k[None, :] < K)
@@ -492,12 +518,15 @@ def quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm
                  mask=(r[:, None] < M) & (kb[None, :] < K // 2))  # fmt: skip
         tl.store(s_ptr + r[:, None].to(tl.int64) * stride_sm + ks[None, :], s,
                  mask=(r[:, None] < M) & (ks[None, :] < K // 32))  # fmt: skip
+    pdl_wait(PDL)
 
 
 @triton.jit(do_not_specialize=["M"])  # sizes per call (overlays.warmup)
-def quant_fp8_rows_kernel(x_ptr, q_ptr, s_ptr, M, stride_xm, stride_qm, stride_sm, BLOCK_R: tl.constexpr):
+def quant_fp8_rows_kernel(x_ptr, q_ptr, s_ptr, M, stride_xm, stride_qm, stride_sm, BLOCK_R: tl.constexpr,
+                          PDL: tl.constexpr = False):  # fmt: skip
     """The w4a8 path's activations (A8): rows of x to e4m3 with one fp32 scale (amax / 448, floored at 1e-10) per
-    128 columns; program (row block, column group) (reference.qdq_fp8_groups)."""
+    128 columns; program (row block, column group) (reference.qdq_fp8_groups). PDL: as quant_rows_kernel."""
+    pdl_trigger(PDL)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k = tl.program_id(1) * 128 + tl.arange(0, 128)
     ok = r[:, None] < M
@@ -505,6 +534,7 @@ def quant_fp8_rows_kernel(x_ptr, q_ptr, s_ptr, M, stride_xm, stride_qm, stride_s
     q, sc = _fp8_group(x)
     tl.store(q_ptr + r[:, None].to(tl.int64) * stride_qm + k[None, :], q, mask=ok)
     tl.store(s_ptr + r.to(tl.int64) * stride_sm + tl.program_id(1), sc, mask=r < M)
+    pdl_wait(PDL)
 
 
 # ---------------------------------------------------------------- routing sort (host side: sort.py)
@@ -564,7 +594,9 @@ def _scatter_phase(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, start, NUM, E, CH
 def _align_small_kernel(
     ids_ptr, counts_ptr, rank_ptr, offsets_ptr, sorted_ptr, expert_ids_ptr, npad_ptr, NUM, E, max_blocks,
     BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, CHUNK: tl.constexpr, BCHUNK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):  # fmt: skip
+    pdl_trigger(PDL)  # the chain's first kernel (a plain launch): the quantizer may start beside it
     offs_e = tl.arange(0, E_POW2)
     tl.store(counts_ptr + offs_e, tl.zeros([E_POW2], tl.int32), mask=offs_e < E)
     tl.debug_barrier()

@@ -37,8 +37,9 @@ def max_blocks_for(num_slots: int, num_experts: int, block_m: int) -> int:
     return triton.cdiv(num_slots, block_m) + min(num_experts, num_slots)
 
 
-def sort_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Sorted:
-    """Group the slots of `topk_ids` [M, topk] by expert (see module doc). No host sync."""
+def sort_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int, pdl: bool = False) -> Sorted:
+    """Group the slots of `topk_ids` [M, topk] by expert (see module doc). No host sync. `pdl`: the one-CTA sort
+    opens a PDL chain (a plain launch that lets the next kernel start beside it: overlays/pdl.py)."""
     ids = topk_ids.reshape(-1)
     num = ids.numel()
     max_blocks = max_blocks_for(num, num_experts, block_m)
@@ -54,7 +55,7 @@ def sort_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Sorte
     e_pow2 = triton.next_power_of_2(num_experts)
     if num <= SMALL_MAX:
         _align_small_kernel[(1,)](ids, counts, rank, offsets, sorted_ids, expert_ids, npad, num, num_experts,
-                                  max_blocks, BLOCK_M=block_m, E_POW2=e_pow2, CHUNK=CHUNK, BCHUNK=64,
+                                  max_blocks, BLOCK_M=block_m, E_POW2=e_pow2, CHUNK=CHUNK, BCHUNK=64, PDL=pdl,
                                   num_warps=8)  # fmt: skip
     else:
         counts.zero_()

@@ -659,3 +659,59 @@ def test_a8_matches_the_fp8_activation_reference(m):
         make_plan(ws, arch="sm90", config={**cfg, "swap": True, "BLOCK_K1": 256})
     with pytest.raises(ValueError, match="needs swz128 experts"):
         make_plan(w, arch="sm90", config=cfg)
+
+
+PDL_PTX = """
+import json, re, sys
+from speedrun.eval.kernels import mxfp4_moe_compile as mc
+from speedrun.eval.kernels.aot import compile_spec
+from speedrun.overlays.mxfp4_moe import api, kernels
+out = {}
+for key in ("w4a4:tpe<=4", "w4a16:tpe<=16"):
+    cfg = api.table("sm90")[key].replace(pdl=True)
+    for spec in (mc.gemm1_spec(key, cfg, "sm90", True, 64), mc.gemm2_spec(key, cfg, "sm90", True, 64)):
+        r = compile_spec(spec, "sm90")
+        ops = re.findall(r"griddepcontrol\\.\\w+|prefetch\\.global\\.L2|cp\\.async\\.c[ag]", r.asm)
+        out[spec.name] = {"ok": r.ok, "error": r.error, "ops": ops}
+for spec in mc.aux_specs():
+    if spec.name.split("/")[1] in ("sort_small", "quant_rows", "combine"):
+        spec.constexprs["PDL"] = True
+        spec.signature["PDL"] = "constexpr"
+        r = compile_spec(spec, "sm90")
+        out[spec.name] = {"ok": r.ok, "error": r.error, "ops": re.findall(r"griddepcontrol\\.\\w+", r.asm)}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_pdl_resolves_on_sm90_cuda_only_and_orders_the_chain():
+    """MoeBucket.pdl becomes the launch's PDL only on CUDA sm90 and newer (not ROCm, not the interpreter, not
+    sm80). The sm90 PTX (child process, as the AOT report): GEMM1 waits before anything; GEMM2 prefetches its
+    weights into L2, then waits, and only then starts its cp.async pipeline (h comes from GEMM1); the sort
+    triggers, the quantizer triggers and waits, the combine waits (overlays/pdl.py's rules)."""
+    cfg = moe_mod.table("sm90")["w4a4:tpe<=4"].replace(pdl=True)
+    for arch, cuda, want in (("sm90", True, True), ("sm100", True, True), ("sm80", True, False),
+                             ("sm90", False, False), ("gfx950", False, False)):  # fmt: skip
+        assert moe_mod.resolve(cfg, True, True, arch, cuda).pdl is want, (arch, cuda)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", PDL_PTX], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, r in res.items():
+        assert r["ok"], (name, r["error"])
+        ops = r["ops"]
+        if "/gemm1[" in name:
+            assert ops[:2] == ["griddepcontrol.wait", "griddepcontrol.launch_dependents"], (name, ops[:4])
+        elif "/gemm2[" in name:
+            first_copy = next(i for i, op in enumerate(ops) if op.startswith("cp.async"))
+            before = ops[:first_copy]
+            assert "prefetch.global.L2" in before and before[-2:] == [
+                "griddepcontrol.wait",
+                "griddepcontrol.launch_dependents",
+            ], (name, before)
+            assert before.index("prefetch.global.L2") < len(before) - 2
+        else:
+            want = {"mxfp4_moe/sort_small": ["griddepcontrol.launch_dependents"],
+                    "mxfp4_moe/quant_rows": ["griddepcontrol.launch_dependents", "griddepcontrol.wait"],
+                    "mxfp4_moe/combine": ["griddepcontrol.wait"]}[name]  # fmt: skip
+            assert ops == want, (name, ops)

@@ -154,6 +154,36 @@ def test_triton_kernels_routing_conversion():
     assert torch.allclose(tw.gather(1, order_got.indices), want_w.gather(1, order_want.indices), atol=1e-2)
 
 
+@pytest.mark.parametrize("m", [1, 32, 128, 900])
+def test_pdl_chain_in_a_graph_matches_plain_launches(model, m):
+    """The call's kernels as a PDL chain (MoeBucket.pdl; overlays/pdl.py), 6 calls back to back in one CUDA graph on
+    different routings and replayed 3 times: bit for bit the plain launches' results (PDL changes when a kernel
+    starts, never what it computes; a missing wait shows as a stale or half-written operand). M 900 on DeepSeek: the
+    one-CTA sort's largest size."""
+    name, _, ws = model
+    cfg = pick_config(ws, m, MODELS[name][1])
+    plan, plan_pdl = make_plan(ws, config=cfg), make_plan(ws, config=cfg.replace(pdl=True))
+    assert plan_pdl.launch(m, MODELS[name][1]).pdl
+    calls = [make_routing(name, m, seed=20 + i) for i in range(6)]
+    want = [fused_moe_mxfp4(x, ws, ids, tw, plan) for x, ids, tw in calls]
+    for x, ids, tw in calls[:1]:  # compile outside the capture
+        fused_moe_mxfp4(x, ws, ids, tw, plan_pdl)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = [fused_moe_mxfp4(x, ws, ids, tw, plan_pdl) for x, ids, tw in calls]
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        for out in outs:
+            out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        for i, (out, ref) in enumerate(zip(outs, want, strict=True)):
+            assert torch.equal(out, ref), f"{name} M={m} call {i}: PDL chain differs from plain launches"
+
+
 @pytest.mark.parametrize("variant", list(SWEEP_VARIANTS))
 def test_every_sweep_variant_matches_reference(model, variant):
     """Each config variant the bench sweeps (layouts, tiles, decode, prefill tiles) is checked here first: at M 1,

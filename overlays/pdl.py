@@ -1,0 +1,56 @@
+"""Programmatic dependent launch (PDL, sm90+): a chain of our kernels on one stream where each may start while the
+one before it drains, so launch latency and the next kernel's prologue overlap the previous kernel's tail.
+
+A kernel launched with `launch_pdl=True` may begin before its predecessor in the stream has completed. The chain is
+correct when every kernel in it keeps three rules (`griddepcontrol`, PTX ISA):
+1. it executes `pdl_wait` before it completes, so its completion implies its predecessor's, and by induction every
+   earlier kernel's (an early exit waits too);
+2. it reads what its predecessor writes only after `pdl_wait`; what kernels further back wrote is complete once the
+   predecessor's own wait has returned (a kernel triggers its dependents only after that wait, or is the chain's
+   first kernel, launched normally);
+3. it writes before `pdl_wait` only to memory no running kernel touches (fresh outputs of the call).
+`pdl_trigger` lets the next kernel launch once every program of this one has triggered or exited: at that point all
+of them are resident, so the dependents fill SMs as this kernel's programs finish.
+With PDL off (the constexpr) none of this emits code: the interpreter, ROCm and pre-sm90 CUDA run plain launches.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+L2_LINE = 128  # bytes
+
+
+@triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """Block until the predecessor has completed and its writes are visible (rule 1 and 2)."""
+    if PDL:
+        gdc_wait()
+
+
+@triton.jit
+def pdl_trigger(PDL: tl.constexpr):
+    """Allow the dependent kernel to launch (once every program has triggered or exited)."""
+    if PDL:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(base, nbytes, LINES: tl.constexpr):
+    """Ask L2 for the first min(nbytes, LINES * 128) bytes at `base` (any pointer; nbytes > 0): one prefetch per
+    128-byte line, spread over the program's threads; lines past nbytes repeat the last one (no fault, no traffic).
+    For weights a kernel will stream after its `pdl_wait`: they do not depend on the predecessor."""
+    offs = tl.minimum(tl.arange(0, LINES).to(tl.int64) * 128, nbytes - 1)
+    ptrs = base.to(tl.pointer_type(tl.int8), bitcast=True) + offs
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)  # fmt: skip
+
+
+def prefetch_lines(nbytes: int, cap: int = 2048) -> int:
+    """LINES for `prefetch_l2` covering nbytes (a power of two, at most `cap`; 0 for nothing)."""
+    return 0 if nbytes <= 0 else min(triton.next_power_of_2(-(-nbytes // L2_LINE)), cap)
+
+
+__all__ = ["L2_LINE", "pdl_trigger", "pdl_wait", "prefetch_l2", "prefetch_lines"]
