@@ -292,6 +292,9 @@ SWEEP_VARIANTS = {
     # GEMM2 walks 4 N tiles per program, loads pipelined across them (served at tpe<=4/16; round 7 at tpe<=1:
     # 0.93x with a_qdq, before GEMM1's 256-deep tile)
     "a4_group4": {"fmt": "w4a4", "group2": 4},
+    # 8 N tiles per program (served: 4 at tpe<=4/16): DeepSeek's GEMM2 at M 32 launches ~5,000 programs of 32 KiB of
+    # weights each, every one paying its pipeline's fill; 8 halves the fills (7168 = 14 x 512: no N tail)
+    "a4_group8": {"fmt": "w4a4", "group2": 8},
     # GPT-OSS's GEMM2 (K 2880) with a 4th stage: 63 KB, still 3 CTAs per SM by registers (sm90 AOT at tpe<=4; a 4th
     # GEMM1 stage would drop it to 2, 128-row tiles on 8 warps to 1)
     "a16_st4_2": {"fmt": "w4a16", "stages2": 4},
