@@ -483,8 +483,10 @@ def moe_gemm2_kernel(
 def combine_kernel(y_ptr, ids_ptr, o_ptr, H, E, stride_ym, stride_om, scale,
                    TOPK: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
     """out[t, :H] = bf16(scale * sum_k y[t * TOPK + k]) over the slots whose expert id is in [0, E) (EP-filtered
-    slots were never written); deterministic: the same order whatever the routing."""
+    slots were never written); deterministic: the same order whatever the routing. PDL: it triggers after its wait
+    too, for a stock kernel after it that SGLang launches as a programmatic dependent (those wait before reading)."""
     pdl_wait(PDL)
+    pdl_trigger(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     acc = tl.zeros([BLOCK_H], dtype=tl.float32)
