@@ -38,14 +38,19 @@ def pdl_trigger(PDL: tl.constexpr):
 
 
 @triton.jit
-def prefetch_l2(base, nbytes, LINES: tl.constexpr):
-    """Ask L2 for the first min(nbytes, LINES * 128) bytes at `base` (any pointer; nbytes > 0): one prefetch per
-    128-byte line, spread over the program's threads; lines past nbytes repeat the last one (no fault, no traffic).
-    For weights a kernel will stream after its `pdl_wait`: they do not depend on the predecessor."""
-    offs = tl.minimum(tl.arange(0, LINES).to(tl.int64) * 128, nbytes - 1)
-    ptrs = base.to(tl.pointer_type(tl.int8), bitcast=True) + offs
+def prefetch_ptrs(ptrs):
+    """One L2 prefetch per element of a pointer tensor (`prefetch.global.L2`: no fault, no registers written). For
+    weights a kernel will stream after its `pdl_wait`: they do not depend on the predecessor."""
     tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
                               is_pure=False, pack=1)  # fmt: skip
+
+
+@triton.jit
+def prefetch_l2(base, nbytes, LINES: tl.constexpr):
+    """Ask L2 for the first min(nbytes, LINES * 128) bytes at `base` (any pointer; nbytes > 0): one prefetch per
+    128-byte line, spread over the program's threads; lines past nbytes repeat the last one."""
+    offs = tl.minimum(tl.arange(0, LINES).to(tl.int64) * 128, nbytes - 1)
+    prefetch_ptrs(base.to(tl.pointer_type(tl.int8), bitcast=True) + offs)
 
 
 def prefetch_lines(nbytes: int, cap: int = 2048) -> int:
@@ -53,4 +58,4 @@ def prefetch_lines(nbytes: int, cap: int = 2048) -> int:
     return 0 if nbytes <= 0 else min(triton.next_power_of_2(-(-nbytes // L2_LINE)), cap)
 
 
-__all__ = ["L2_LINE", "pdl_trigger", "pdl_wait", "prefetch_l2", "prefetch_lines"]
+__all__ = ["L2_LINE", "pdl_trigger", "pdl_wait", "prefetch_l2", "prefetch_lines", "prefetch_ptrs"]

@@ -271,6 +271,10 @@ SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
     # units of 8); capped at 80 it has no spill and 3 CTAs/SM (sm90 AOT, PERF.md round 7). m<=32 shapes only: at
     # m<=16 / m<=64 the cap spills 16 / 96 B and serializes the wgmmas.
     "m32_r80": {"maxnreg": 80},
+    # launched as a programmatic dependent (overlays/pdl.py): in the bench's graph of back-to-back calls a program
+    # may start in the previous call's tail and fetch its weight slice into L2 before it waits (in a server the
+    # kernel before it is SGLang's norm, launched so on sm90)
+    "pdl": {"pdl": True},
 }
 # Variants timed only at prequant shapes (M > 64), and only they are: the decode variants tune the fused decode
 # buckets, and b_regs touches only the A_MODE 0 kernel (a decode bucket's fused kernel would time as config).

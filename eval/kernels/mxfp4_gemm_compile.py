@@ -28,7 +28,7 @@ GEMM_SIG = {
     "stride_ask": "i32", "stride_wn": "i32", "stride_wsn": "i32", "stride_cm": "i32",
 }  # fmt: skip
 CONST_KEYS = ("A_MODE", "DOT_SCALED", "DOT_F32", "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT", "GROUP", "EVEN_K",
-              "W_DEQ", "W_ASM", "W_MUL1", "A_ASM", "RED", "B_REGS")  # fmt: skip
+              "W_DEQ", "W_ASM", "W_MUL1", "A_ASM", "RED", "B_REGS", "PDL")  # fmt: skip
 
 
 def gemm_spec(name: str, cfg: GemmBucket, a_mode: AMode, arch: str, split_k: int,
@@ -36,7 +36,7 @@ def gemm_spec(name: str, cfg: GemmBucket, a_mode: AMode, arch: str, split_k: int
     """The GEMM kernel of one config in one A mode as a GPU launch builds it (K unknown: EVEN_K, no BLOCK_K
     shrink); split_k > 1 compiles the split-K epilogue."""
     kern = api.kernel(cfg, a_mode, arch, None, layout, cuda=True)
-    consts = {"B_REGS": False, **kern.consts, "SPLIT": split_k > 1, "EVEN_K": True}  # every constexpr named
+    consts = {"B_REGS": False, "PDL": False, **kern.consts, "SPLIT": split_k > 1, "EVEN_K": True}  # all named
     sig = dict(GEMM_SIG)
     if a_mode == AMode.MXFP4:
         sig["a_ptr"] = "*u8"

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
+from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, pdl_ok, sm_count
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
 from speedrun.overlays.mxfp4_gemm import stock_fp8
@@ -106,6 +106,11 @@ class Kernel:
     cfg: GemmBucket
     consts: dict[str, Any]
     opts: dict[str, Any]
+
+    @property
+    def pdl(self) -> bool:
+        """Launched as a programmatic dependent (the bucket's pdl where the device has PDL)."""
+        return bool(self.consts.get("PDL"))
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,8 @@ def kernel(cfg: GemmBucket, a_mode: AMode, arch: str, k: int | None, layout: Lay
               "RED": red_unroll(bm, bn, cfg.num_warps), "W_ROWG": layout.row_group}  # fmt: skip
     if asm and cfg.b_regs and a_mode == AMode.BF16:  # off: the shipped kernels' constants (B_REGS defaults off)
         consts["B_REGS"] = True
+    if cfg.pdl and pdl_ok(arch, cuda):  # likewise PDL (off by default)
+        consts["PDL"] = True
     return Kernel(cfg, consts, kernel_options(cfg, arch, cuda))
 
 
@@ -349,7 +356,7 @@ def mxfp4_gemm(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, plan: Ge
         return _launch(a, None, w, w_scale, out, run.w4a16, plan)
     if run.route == Route.FUSED:
         return _launch(a, None, w, w_scale, out, run.quant, plan)
-    q, s = quantize(a, qdq=not plan.amd)
+    q, s = quantize(a, qdq=not plan.amd, pdl=run.quant.pdl)
     return _launch(q, s, w, w_scale, out, run.quant, plan)
 
 
@@ -369,7 +376,7 @@ def _launch(a: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Tensor, w_sc
     mxfp4_gemm_kernel[grid](
         a, sa, w, w_scale, out, part, cnt, m, n, k, s, math.ceil(k_tiles / s),
         a.stride(0), sa.stride(0), sa.stride(1), w.stride(0), w_scale.stride(0), out.stride(0),
-        **c, SPLIT=s > 1, EVEN_K=k % bk == 0, **kern.opts,
+        **c, SPLIT=s > 1, EVEN_K=k % bk == 0, **kern.opts, launch_pdl=kern.pdl,
     )  # fmt: skip
     return out
 
@@ -401,8 +408,9 @@ def plain_weight(w: torch.Tensor, w_scale: torch.Tensor, layout: Layout | str) -
     return unswizzle_experts(w, w_scale, w.shape[1] * 2, Layout(layout).row_group)
 
 
-def quantize(a: torch.Tensor, qdq: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Triton quantizer: bf16 dequant(quant(a)) if qdq, else (packed [M, K/2], scales [M, K/32])."""
+def quantize(a: torch.Tensor, qdq: bool, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Triton quantizer: bf16 dequant(quant(a)) if qdq, else (packed [M, K/2], scales [M, K/32]); `pdl`: launched
+    as a programmatic dependent (it waits before reading a: safe after any kernel)."""
     m, k = a.shape
     bm, bk = 16, 256 if k % 256 == 0 else 32
     if qdq:
@@ -413,7 +421,7 @@ def quantize(a: torch.Tensor, qdq: bool) -> tuple[torch.Tensor, torch.Tensor | N
     sp = s if s is not None else q
     grid = (math.ceil(m / bm), math.ceil(k / bk))
     mxfp4_quant_kernel[grid](a, q, sp, m, k, a.stride(0), q.stride(0), sp.stride(0), QDQ=qdq, BLOCK_M=bm,
-                             BLOCK_K=bk, num_warps=4)  # fmt: skip
+                             BLOCK_K=bk, PDL=pdl, num_warps=4, launch_pdl=pdl)  # fmt: skip
     return q, s
 
 

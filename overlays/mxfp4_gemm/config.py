@@ -91,6 +91,7 @@ class GemmKnobs(Knobs):
     num_stages: int | None = Field(None, ge=1)
     maxnreg: int | None = None  # CUDA only
     b_regs: bool | None = None  # sm90: the bf16 A tile (A_MODE 0) via registers in the K loop (PERF.md Round 5)
+    pdl: bool | None = None  # see GemmBucket
     fused_below_nk: int | None = None  # prequant: weights under this many elements run fused
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None
@@ -112,6 +113,9 @@ class GemmBucket(GemmKnobs):
     num_warps: int = Field(4, ge=1)
     fused_below_nk: int = 0
     b_regs: bool = False
+    # CUDA sm90+: launched as a programmatic dependent (overlays/pdl.py; kernels.py): the GEMM may start while the
+    # kernel before it drains and fetch its weight slice into L2 first. Ignored where PDL does not exist.
+    pdl: bool = False
     a16: GemmKnobs | None = None
     swz: GemmKnobs | None = None
 

@@ -21,6 +21,9 @@ split count; the constexpr SPLIT only selects the epilogue): every split writes 
 to arrive (per-tile counter) sums all partials in split order, RED of them per L2 round trip, and resets the counter
 to 0 for the next launch. A decode call (M <= 64) is this one launch: A_MODE 1, split-K reduced in place.
 The fused A-load quantizer (`qdq_mxfp4_fast`) lives here too: it is a helper of this kernel's A load only.
+PDL (the bucket's pdl, sm90): the GEMM (and the quantizer before it on the prequant route) launches as a
+programmatic dependent (overlays/pdl.py's rules): it may start while the kernel before it (SGLang's norm, on the
+decode step) drains, asks L2 for its weight slice, and waits before it reads A.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import triton
 import triton.language as tl
 
 from speedrun.overlays.mx import triton_helpers as mx
+from speedrun.overlays.pdl import pdl_trigger, pdl_wait, prefetch_ptrs
 
 # ---------------------------------------------------------------- fused A-load quantizer
 # MXFP4 quantize-dequantize of a bf16 activation tile in registers: the fused A load of the sm90 GEMM.
@@ -281,7 +285,7 @@ def mxfp4_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr, W_DEQ: tl.constexpr = 0,
     W_ASM: tl.constexpr = False, W_MUL1: tl.constexpr = False, A_ASM: tl.constexpr = False, RED: tl.constexpr = 1,
-    B_REGS: tl.constexpr = False, W_ROWG: tl.constexpr = 1,
+    B_REGS: tl.constexpr = False, W_ROWG: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """Grid: GROUP 1 -> (N tiles, splits, M tiles), no index arithmetic; else (tiles, splits) in grouped order.
     `k_per_split` (K tiles per split) comes from the host: no division in the prologue, which issues the first
@@ -298,6 +302,10 @@ def mxfp4_gemm_kernel(
     offs_n = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
     kt0 = pid_k * k_per_split
     kt1 = min(kt0 + k_per_split, tl.cdiv(K, BLOCK_K))
+    if PDL:  # the weights do not depend on the kernel before: fetch them while it drains, then wait for A
+        _prefetch_w(w_ptr, offs_n, kt0, kt1, stride_wn, BLOCK_K, W_DEQ == 4, W_ROWG)
+    pdl_wait(PDL)
+    pdl_trigger(PDL)
 
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for kt in range(kt0, kt1):
@@ -328,6 +336,23 @@ def mxfp4_gemm_kernel(
 
 
 @triton.jit
+def _prefetch_w(w_ptr, offs_n, kt0, kt1, stride_wn, BLOCK_K: tl.constexpr, SWZ: tl.constexpr, ROWG: tl.constexpr):
+    """L2 prefetches of a program's weight codes (rows offs_n, K tiles [kt0, kt1)): one per row and 128 codes, the
+    64 bytes of a swz128 unit (mx.layout; ROWG > 1: units of a group's rows are adjacent) or of a plain row. Scales
+    (1/16 of the bytes) are left to the K loop."""
+    rows = offs_n.to(tl.int64)[:, None]
+    if SWZ and ROWG > 1:
+        row_off = (rows // ROWG) * (ROWG * stride_wn) + (rows % ROWG) * 64
+        unit = ROWG * 64  # bytes between a row's consecutive 128-code chunks
+    else:
+        row_off = rows * stride_wn
+        unit = 64
+    c = tl.arange(0, BLOCK_K // 128 if BLOCK_K >= 128 else 1)
+    for kt in range(kt0, kt1):
+        prefetch_ptrs(w_ptr + row_off + ((kt * BLOCK_K) // 128 + c)[None, :] * unit)
+
+
+@triton.jit
 def _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_k, N, split_k,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RED: tl.constexpr):  # fmt: skip
     tile = pid_m * tl.cdiv(N, BLOCK_N) + pid_n
@@ -354,10 +379,13 @@ def _split_k_epilogue(acc, c_ptrs, c_mask, part_ptr, cnt_ptr, pid_m, pid_n, pid_
 @triton.jit(do_not_specialize=["M"])  # sizes per call (overlays.warmup)
 def mxfp4_quant_kernel(
     x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, stride_sm,
-    QDQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    QDQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """Standalone activation quantizer (large-M route): QDQ=True writes dequant(quant(x)) as bf16 [M, K]
-    (the sm90 GEMM then reads A_MODE 0); QDQ=False writes packed codes [M, K/2] + E8M0 scales [M, K/32]."""
+    (the sm90 GEMM then reads A_MODE 0); QDQ=False writes packed codes [M, K/2] + E8M0 scales [M, K/32]. PDL: it
+    waits before reading x, then lets the GEMM launch."""
+    pdl_wait(PDL)
+    pdl_trigger(PDL)
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     k0 = tl.program_id(1) * BLOCK_K
     rows = rm.to(tl.int64)[:, None]

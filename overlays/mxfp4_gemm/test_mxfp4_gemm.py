@@ -26,7 +26,7 @@ from speedrun.overlays.mx.format import dequant_mxfp4  # noqa: E402
 from speedrun.overlays.mx.quant import qdq_mxfp4, quant_mxfp4  # noqa: E402
 from speedrun.overlays.mxfp4_gemm import api  # noqa: E402
 from speedrun.overlays.mxfp4_gemm import sglang_hook as hook  # noqa: E402
-from speedrun.overlays.mxfp4_gemm.config import AMode, GemmBucket, Layout, Route, check_table  # noqa: E402
+from speedrun.overlays.mxfp4_gemm.config import AMode, GemmBucket, GemmKnobs, Layout, Route, check_table  # noqa: E402
 from speedrun.overlays.mxfp4_gemm.reference import mxfp4_gemm_ref, random_mxfp4_weight  # noqa: E402
 
 interpreter.patch()
@@ -265,8 +265,7 @@ def test_sweep_variants_are_valid_configs():
     from speedrun.eval.kernels.mxfp4_gemm_bench import SWEEP_VARIANTS, VARIANT_CTAS, variant_config
 
     table = json.loads((Path(api.__file__).parent / "configs" / "sm90.json").read_text())
-    known = {k for key, cfg in table.items() if not key.startswith("_") for k in cfg}
-    known |= {"maxnreg", "w_layout", "b_regs"}
+    known = set(GemmKnobs.model_fields) | {"w_layout"}  # any knob an entry's overrides may set, or the layout
     for name, var in SWEEP_VARIANTS.items():
         assert set(var) <= known, (name, set(var) - known)
     assert set(VARIANT_CTAS) <= set(SWEEP_VARIANTS)
@@ -562,3 +561,41 @@ def test_a_per_shape_entry_wins_over_the_buckets_swz_overrides():
     assert (run.BLOCK_N, run.CTAS_PER_SM, run.num_stages) == (64, 6, 4)
     run = other.with_overrides(other.swz)
     assert (run.BLOCK_N, run.CTAS_PER_SM) == (128, 3)
+
+
+GEMM_PDL_PTX = """
+import json, re
+from speedrun.eval.kernels.aot import compile_spec
+from speedrun.eval.kernels.mxfp4_gemm_compile import gemm_spec
+from speedrun.overlays.mxfp4_gemm import api
+from speedrun.overlays.mxfp4_gemm.config import AMode, Layout
+out = {}
+for key, a_mode in (("m<=16", AMode.QUANT), ("m<=128", AMode.BF16)):
+    cfg = api.table("sm90").buckets[key]
+    cfg = cfg.with_overrides(cfg.swz).replace(pdl=True) if cfg.swz is not None else cfg.replace(pdl=True)
+    for layout in (Layout.SWZ128, Layout.SWZ128_G64):
+        r = compile_spec(gemm_spec(f"{key}/{layout}", cfg, a_mode, "sm90", 4, layout), "sm90")
+        ops = re.findall(r"griddepcontrol\\.\\w+|prefetch\\.global\\.L2|cp\\.async\\.c[ag]|ld\\.global", r.asm)
+        out[r.name] = {"ok": r.ok, "error": r.error, "ops": ops}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_pdl_prefetches_weights_then_waits_before_reading_a():
+    """GemmBucket.pdl on sm90 (child process, as the AOT report): the kernel's first memory operations are L2
+    prefetches of its weight slice, then griddepcontrol.wait and launch_dependents, and only then any load or
+    cp.async (A comes from the kernel before: overlays/pdl.py, rule 2); the fused and the A_MODE 0 (prequant) kernel,
+    row-major and 64-row-grouped swz128. Off the GPU the knob resolves to nothing."""
+    cpu = api.kernel(api.table("sm90").buckets["m<=16"].replace(pdl=True), AMode.QUANT, "sm90", None,
+                     Layout.SWZ128, cuda=False)  # fmt: skip
+    assert "PDL" not in cpu.consts and not cpu.pdl
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", GEMM_PDL_PTX], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, r in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+        assert r["ok"], (name, r["error"])
+        ops = r["ops"]
+        wait = ops.index("griddepcontrol.wait")
+        assert set(ops[:wait]) == {"prefetch.global.L2"}, (name, ops[: wait + 1])
+        assert ops[wait + 1] == "griddepcontrol.launch_dependents", (name, ops[wait : wait + 3])

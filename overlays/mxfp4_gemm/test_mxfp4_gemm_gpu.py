@@ -275,7 +275,48 @@ def test_swz128_one_multiply_decode_is_exact():
     _check(_gemm(a[:, :1024].contiguous(), w3, s3, w_layout=lay3), mxfp4_gemm_ref(a[:, :1024], wb, sb))
 
 
-@pytest.mark.parametrize("variant", ["config", "old_split", "plain", "st3"], ids=str)
+@pytest.mark.skipif(bool(torch.version.hip), reason="PDL is CUDA's (sm90+)")
+@pytest.mark.parametrize("m", [1, 16, 64, 128], ids=str)
+def test_pdl_chain_where_each_call_reads_the_last_output(m: int):
+    """GemmBucket.pdl (overlays/pdl.py): 6 calls in one CUDA graph, each call's A the previous call's output, so a
+    call that read A before its wait would see a stale or half-written operand; bit for bit the plain launches'
+    chain, 3 replays. M 128 is the prequant route (quantizer + GEMM, both programmatic dependents)."""
+    n = k = 2048
+    arch = api.config_arch(torch.device("cuda"))
+    layout = api.weight_layout(arch)
+    weights = []
+    for i in range(6):
+        w, ws = random_mxfp4_weight(n, k, seed=61 + i, device="cuda", scale_lo=118, scale_hi=121)
+        weights.append(api.relayout_weight(w, ws, layout) if layout != "plain" else (w, ws, "plain"))
+    cfg = api.pick_config(m, n, k, arch)
+    plan, plan_pdl = (api.make_plan(n, k, weights[0][2], config=c) for c in (cfg, cfg.replace(pdl=True)))
+    assert plan_pdl.launch(m).quant.pdl
+    a0 = torch.randn(m, k, generator=torch.Generator(device="cuda").manual_seed(67), device="cuda").bfloat16()
+
+    def chain(p):
+        x = a0
+        for w, ws, _ in weights:
+            x = api.mxfp4_gemm(x, w, ws, p)
+        return x
+
+    want = chain(plan)
+    assert torch.isfinite(want.float()).all()
+    chain(plan_pdl)  # compile outside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = chain(plan_pdl)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        got.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(got, want), f"M={m}: the PDL chain differs from plain launches"
+
+
+@pytest.mark.parametrize("variant", ["config", "old_split", "plain", "st3", "pdl"], ids=str)
 def test_graph_of_rotating_calls_matches_reference(variant: str):
     """The benches' timer (eval/kernels/timer.time_calls: N calls on N weight copies, private capture stream,
     replays after cache flushes) leaves every call's output right, split-K counters included."""
