@@ -65,6 +65,9 @@ FP8_R168_ST3 = {**FP8_R2, "num_stages": 3, "maxnreg": 168}
 # The open questions first (PERF.md "Round 5"), then round 3's settled variants as controls.
 VARIANTS = {
     "default": {},  # round 3: snap (uniform batches cut at sequence boundaries), flat equal chunks otherwise
+    # both kernels launched as programmatic dependents (overlays/pdl.py): the merge starts as the partial kernel's
+    # programs finish, the next call's partial kernel in the merge's tail
+    "pdl": {"pdl": True},
     "fp8_n64_w8": {**A16, "fp8": FP8_N64_W8},
     "fp8_r168_st3": {**A16, "fp8": FP8_R168_ST3},
     # a8w8 on 128-token tiles: 8 warps as two warpgroups along the tokens (M = 128 -> warps [8, 1]), so each QK
@@ -105,7 +108,7 @@ RETIRED = {
 }
 # Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
 # replace them with their own "fp8".
-SPLIT_VARIANTS = ("default", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16", "fp8_n64_w8", "fp8_r168_st3",
+SPLIT_VARIANTS = ("default", "pdl", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16", "fp8_n64_w8", "fp8_r168_st3",
                   "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_pps1_st3", "gluon_pps1", "gluon_pps1_cvt64",
                   "gluon_pps1_pipe", "gluon_pps1_pipe_cvt64", "kv16_gluon")  # fmt: skip
 BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)

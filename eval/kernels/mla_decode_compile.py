@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from speedrun.eval.kernels.aot import CompileSpec, aligned
+from speedrun.overlays.arch import is_amd, pdl_ok
 from speedrun.overlays.buckets import parse
 from speedrun.overlays.mla_decode import api
 from speedrun.overlays.mla_decode.config import Compute, Engine, MlaBucket, Pv
@@ -29,6 +30,11 @@ SCALARS = {"qk_scale": "fp32", "v_scale": "fp32", "bs": "i32", "num_programs": "
 STRIDES = ["stride_qb", "stride_qh", "stride_kv_page", "stride_kv_tok", "stride_ob", "stride_oh"]
 
 
+def _pdl(cfg: MlaBucket, arch: str) -> bool:
+    """PDL as a GPU launch on `arch` sets it (the plan here is made on the CPU, which has none)."""
+    return cfg.pdl and pdl_ok(arch, cuda=not is_amd(arch))
+
+
 def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, compute: Compute | None = None,
                  pv: Pv | None = None, a8w8: dict | None = None) -> CompileSpec:  # fmt: skip
     """The partial kernel as the launcher builds it for this KV format and compute (from the same plan: fp8
@@ -43,7 +49,7 @@ def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, co
             "kv_indptr": "*i32", "kv_indices": "*i64"}  # fmt: skip
     const = {"H": heads, "BLOCK_H": plan.block_h, "BLOCK_N": cfg.BLOCK_N, "BLOCK_B": 256,
              "MIN_CHUNK": cfg.min_chunk, "PAGE_SIZE": 1, "DL": D_LATENT, "DR": D_ROPE,
-             **plan.partial[False]}  # fmt: skip
+             **plan.partial[False], "PDL": _pdl(cfg, arch)}  # fmt: skip
     # Every constexpr is named: Triton 3.7 no longer fills a defaulted one left out of an AOT signature.
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
     # As the JIT sees SGLang's buffers: aligned pointers, strides that are multiples of 576 or 512 (so of 16).
@@ -62,7 +68,7 @@ def merge_spec(bucket: str, heads: int, cfg: MlaBucket, block_dv: int, arch: str
     """The merge at one column block (the launcher picks 64..512 by batch; the extremes are compiled)."""
     m = cfg.merge
     block_p = max(1, min(m.BLOCK_P, m.max_tile // block_dv))
-    const = {"H": heads, "BLOCK_P": block_p, "BLOCK_DV": block_dv, "DL": D_LATENT}
+    const = {"H": heads, "BLOCK_P": block_p, "BLOCK_DV": block_dv, "DL": D_LATENT, "PDL": _pdl(cfg, arch)}
     sig = {"O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32", "Chunk": "*i32", "kv_indptr": "*i32",
            "v_scale": "fp32", "stride_ob": "i32", "stride_oh": "i32", **dict.fromkeys(const, "constexpr")}  # fmt: skip
     attrs = aligned(sig, "O", "PartO", "PartLse", "kv_indptr", "stride_ob", "stride_oh")

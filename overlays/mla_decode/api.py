@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, sm_count
+from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, pdl_ok, sm_count
 from speedrun.overlays.buckets import select
 from speedrun.overlays.hooks import Unsupported
 from speedrun.overlays.mla_decode.config import (
@@ -70,6 +70,7 @@ class MlaDecodePlan:
     partial: dict[bool, dict[str, Any]] = field(repr=False)  # constexprs by `bs > SNAP_MAX_BS`
     partial_opts: dict[str, Any] = field(repr=False)
     merge_opts: dict[str, Any] = field(repr=False)
+    pdl: bool = False  # the bucket's pdl on a device that has PDL: both kernels launch as programmatic dependents
 
     @property
     def groups(self) -> int:
@@ -114,7 +115,8 @@ def make_plan(
     base = MlaBucket.checked(config, "mla_decode config") if config is not None else config_for(heads, arch)
     cuda_only(base, arch, "mla_decode config")
     cfg = kv_config(base, kv_dtype, compute)
-    sms = sm_count(torch.device(device) if device is not None else _default_device())
+    dev = torch.device(device) if device is not None else _default_device()
+    sms = sm_count(dev)
     cpu = arch == "cpu"
     big = cfg.model_copy(update={"snap": False})  # past SNAP_MAX_BS: a shape-only choice (graph safe), both agree
     kernel = partial_kernel(cfg, heads, kv_dtype, arch, q_dtype)
@@ -133,6 +135,7 @@ def make_plan(
         partial={large: kernel_constexprs(c, q_dtype, kv_dtype, arch) for large, c in ((False, cfg), (True, big))},
         partial_opts={} if cpu else launch_options(cfg.launch_knobs(), arch),
         merge_opts={} if cpu else launch_options(cfg.merge.launch_knobs(), arch),
+        pdl=cfg.pdl and pdl_ok(arch, dev.type == "cuda" and torch.version.hip is None),
     )
 
 
@@ -167,12 +170,13 @@ def mla_decode(
         q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
         H=heads, BLOCK_H=plan.block_h, BLOCK_N=cfg.BLOCK_N, BLOCK_B=block_b(bs),
         MIN_CHUNK=cfg.min_chunk, PAGE_SIZE=plan.page_size, DL=D_LATENT, DR=D_ROPE,
-        **plan.partial[large], **plan.partial_opts,
+        **plan.partial[large], **plan.partial_opts, PDL=plan.pdl, launch_pdl=plan.pdl,
     )  # fmt: skip
     block_p, block_dv = merge_blocks(bs, heads, cfg.merge, plan.sms)
     _mla_merge_kernel[(bs, heads, D_LATENT // block_dv)](
         o, part_o, part_lse, chunk, kv_indptr, float(v_scale), o.stride(0), o.stride(1),
-        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, DL=D_LATENT, **plan.merge_opts,
+        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, DL=D_LATENT, **plan.merge_opts, PDL=plan.pdl,
+        launch_pdl=plan.pdl,
     )  # fmt: skip
     return o
 

@@ -119,6 +119,10 @@ class MlaBucket(Knobs):
     # 16-bit caches (bf16 q and KV): the Triton kernel, or the Gluon one (sm90, heads <= 16, BLOCK_N 64, 4/8 warps:
     # gluon_sm90.py reads the landed tile for both MMAs). Not `engine`: that is a8w8's own knob (with_overrides).
     kv16_engine: Engine = Engine.TRITON
+    # CUDA sm90+: the partial and merge kernels launch as programmatic dependents (overlays/pdl.py): the partial
+    # kernel may start as the cache write before it drains, the merge as the partial kernel's programs finish; both
+    # wait before reading anything. Ignored where PDL does not exist.
+    pdl: bool = False
 
     @model_validator(mode="after")
     def _a8w8_knobs(self) -> MlaBucket:

@@ -30,6 +30,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_init,
     warpgroup_mma_wait,
 )
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 try:  # the CTA barrier's name: Triton 3.7 `barrier`, 3.6 `thread_barrier`
     from triton.experimental.gluon.language import barrier as _cta_barrier
@@ -271,6 +272,7 @@ def mla_partial_sm90(
     WARPS: gl.constexpr = 8,  # 4: one warpgroup; 8: two (QK: 8 heads each; PV: half the output rows each)
     CVT_ROWS: gl.constexpr = 32,  # fp8 caches: V's f16 copy in slices of this many tokens (a8w8.cvt_rows)
     PIPE_PV: gl.constexpr = False,  # fp8 caches: PV left in flight into the next tile (a8w8.pipe_pv; _segment)
+    PDL: gl.constexpr = False,  # launched as a programmatic dependent (overlays/pdl.py): wait, then trigger the merge
 ):
     """kernels._mla_partial_kernel's contract (grid: programs; heads <= BLOCK_H = 16 in one program) for fp8 e4m3
     KV (a8w8) and bf16 KV with bf16 q."""
@@ -294,6 +296,9 @@ def mla_partial_sm90(
         PT, [NV, BLOCK_N, BLOCK_H], gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], PT)
     )
 
+    if PDL:  # q and the cache come from the kernels before
+        gdc_wait()
+        gdc_launch_dependents()
     p = gl.program_id(0)
     base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B, L1)
     kv_idx = kv_indices + base

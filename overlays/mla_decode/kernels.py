@@ -30,6 +30,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from speedrun.overlays.pdl import pdl_trigger, pdl_wait
+
 D_LATENT = 512  # kv_lora_rank of DeepSeek V2/V3/R1: also the V head dim
 D_ROPE = 64  # qk_rope_head_dim
 D_QK = D_LATENT + D_ROPE
@@ -495,8 +497,11 @@ def _mla_partial_kernel(
     TOKENS_M: tl.constexpr = False,  # tokens as the MMA M dimension (sm90 wgmma): a8w8, or 16-bit (_attend_tokens16)
     PV_FP8: tl.constexpr = True,  # A8W8: P and V in fp8 for PV (False: f16)
     Q_EXP: tl.constexpr = 8,  # A8W8: 2^Q_EXP <= the largest finite value of KV's fp8 format (q's target range)
+    PDL: tl.constexpr = False,  # launched as a programmatic dependent (overlays/pdl.py): wait, then trigger the merge
 ):
     NHG: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
+    pdl_wait(PDL)  # q and the cache come from the kernels before
+    pdl_trigger(PDL)
     pid = tl.program_id(0)
     hg = pid % NHG  # head groups of one chunk are neighbours: they share its KV tiles in L2
     p = pid // NHG
@@ -542,10 +547,14 @@ def _mla_merge_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     DL: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """One program per (sequence, head, column block). A whole sequence exits after four independent scalar
     loads: the chunk is read, not recomputed (recomputing it took the batch's lengths as a vector in every
-    program), and the [BLOCK_P, BLOCK_DV] tile is small, so an exiting program holds few registers."""
+    program), and the [BLOCK_P, BLOCK_DV] tile is small, so an exiting program holds few registers. PDL: launched
+    as a programmatic dependent of the partial kernel (overlays/pdl.py): it waits before anything, then triggers."""
+    pdl_wait(PDL)
+    pdl_trigger(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     dv = tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV)

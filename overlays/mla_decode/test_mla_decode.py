@@ -428,7 +428,7 @@ def test_split_knobs() -> None:
     assert api.split_constexprs(api.config_for(16, "gfx950")) == {"SNAP": False}
 
 
-@pytest.mark.parametrize("knob", [{"split": "seq"}, {"align": 16}, {"pdl": True}, {"per_seq_min_bs": 128}])
+@pytest.mark.parametrize("knob", [{"split": "seq"}, {"align": 16}, {"per_seq_min_bs": 128}])
 def test_removed_sweep_knobs_are_rejected(knob: dict) -> None:
     """The round-3 split experiments that never shipped are gone from the kernel: a table naming one fails
     validation (naming the key) instead of silently running the flat split."""
@@ -455,3 +455,12 @@ def test_snap_writes_fewer_partials(snap: bool, partials: int) -> None:
     assert chunk == api.chunk_tokens([200] * 4, 9, 16, snap) == (100 if snap else 96)
     ref = mla_decode_reference(b["q"], b["kv"], b["kv_indptr"], b["kv_indices"], 0.09)
     assert (o - ref).abs().max().item() <= 4e-3 * max(1.0, ref.abs().max().item())
+
+
+def test_pdl_knob_resolves_on_cuda_sm90_only() -> None:
+    """MlaBucket.pdl (round 3's variant, back for every op: overlays/pdl.py) becomes the plan's PDL only on a CUDA
+    device of sm90 or newer: off on the CPU interpreter whatever the arch says, so the interpreted kernels never
+    see griddepcontrol."""
+    cfg = api.config_for(16, "sm90").replace(pdl=True)
+    assert not api.make_plan(16, torch.bfloat16, torch.bfloat16, arch="sm90", config=cfg, device="cpu").pdl
+    assert not api.make_plan(16, torch.bfloat16, torch.bfloat16, arch="cpu", config=cfg, device="cpu").pdl

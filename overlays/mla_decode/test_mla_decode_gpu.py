@@ -272,6 +272,53 @@ def test_split_modes_under_graph_uniform_then_mixed(variant, kv_dtype):
             assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
 
 
+@pytest.mark.parametrize("kv_dtype", [BF16, FP8], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("bs,kv_len", [(32, 8192), (4, 32768), (256, 1024)])
+def test_pdl_calls_back_to_back_in_a_graph_match_plain_launches(kv_dtype, bs, kv_len):
+    """MlaBucket.pdl (overlays/pdl.py): six decode calls back to back in one CUDA graph sharing one workspace (a
+    call's partial kernel overwrites the partials the previous call's merge reads, and its merge reads its own), each
+    with its own q and output, three replays: bit for bit the plain launches (the table's kernels: Gluon a8w8 for
+    fp8, the Triton kernel for bf16)."""
+    from speedrun.overlays.arch import current_arch, pdl_ok
+    from speedrun.overlays.mla_decode import api
+
+    if not pdl_ok(current_arch(), torch.version.hip is None):
+        pytest.skip("PDL needs CUDA sm90+")
+    heads, calls = 16, 6
+    cfg = api.config_for(heads)
+    _, kv, indptr, slots = make_batch(bs, heads, [kv_len] * bs, kv_dtype, page_size=64, seed=3)
+    g = torch.Generator(device="cuda").manual_seed(5)
+    qs = [torch.randn(bs, heads, 576, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(calls)]
+    view = kv.view(-1, 64, 1, 576)
+    plans = [
+        api.make_plan(heads, torch.bfloat16, kv_dtype, page_size=64, config=c) for c in (cfg, cfg.replace(pdl=True))
+    ]
+    assert plans[1].pdl and not plans[0].pdl
+    ws = plans[0].alloc_workspace(bs, qs[0].device)
+    outs = [[torch.empty(bs, heads, 512, dtype=torch.bfloat16, device="cuda") for _ in qs] for _ in plans]
+
+    def run(i):
+        for q, o in zip(qs, outs[i], strict=True):
+            api.mla_decode(q, view, o, indptr, slots, plans[i], sm_scale=SM_SCALE, workspace=ws)
+
+    run(0)
+    run(1)  # compile outside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run(1)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        for o in outs[1]:
+            o.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        for j, (got, want) in enumerate(zip(outs[1], outs[0], strict=True)):
+            assert torch.equal(got, want), f"bs {bs} kv {kv_len} {kv_dtype} call {j}: PDL differs from plain launches"
+
+
 # ----------------------------------------------------------------------------- a8w8 (fp8 KV, fp8 compute)
 
 A8W8_BS = [1, 4, 32, 128, 256]
