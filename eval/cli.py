@@ -296,6 +296,15 @@ def run(
             "(an ablation; without mla_decode it attends as the baseline does)",
         ),
     ] = None,
+    profile_steps: Annotated[
+        int,
+        typer.Option(
+            "--profile-steps",
+            min=0,
+            help="after each side's throughput cases: SGLang's profiler over this many decode steps at each "
+            "concurrency (kernels per step by op, in the report); 0: none",
+        ),
+    ] = 0,
 ) -> None:
     """Stock SGLang vs overlay, end to end: both launches, throughput, accuracy, report; exit 1 on a failed gate.
 
@@ -335,6 +344,7 @@ def run(
         + pipeline.NOTES * demo
         + ablation,
         sides=tuple(x.strip() for x in sides.split(",") if x.strip()),
+        profile_steps=profile_steps,
     )
     unknown = set(opts.sides) - set(Side)
     if unknown or not opts.sides:

@@ -223,6 +223,20 @@ def baseline_section(c: Comparison) -> list[str]:
     return report_lines(c.baseline.get("baseline_config"), c.rows)
 
 
+def profile_section(c: Comparison) -> list[str]:
+    """Each side's GPU kernels per decode step by op (`speedrun run --profile-steps`), per concurrency."""
+    from speedrun.eval.profile import compare_md
+
+    sides = {"stock": c.baseline.get("decode_profile") or {}, "overlay": c.overlay.get("decode_profile") or {}}
+    lines = []
+    for conc in sorted({k for prof in sides.values() for k in prof}, key=int):
+        have = {name: prof[conc] for name, prof in sides.items() if conc in prof}
+        lines += [f"### c{conc}", "", compare_md(have), ""]
+    if not lines:
+        return []
+    return ["## Decode profile (SGLang's torch profiler, GPU kernels per decode step)", "", *lines]
+
+
 def render(c: Comparison, out_dir: Path, title: str = "") -> Path:
     """Write report.md plus the two PNGs into `out_dir`; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +264,7 @@ def render(c: Comparison, out_dir: Path, title: str = "") -> Path:
     ]
     for r in c.rows:
         lines += [f"### {r.name}", "", describe(r.case), "", *detail_table(r), ""]
+    lines += profile_section(c)
     lines += [
         "## Accuracy",
         "",

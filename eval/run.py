@@ -52,6 +52,7 @@ class Options:
     show_progress: bool = True
     cut: list[str] = field(default_factory=list)  # what the user chose to leave out, for the report
     baseline_lock: Path | None = None  # the resolved baseline (`speedrun baseline`); None: the recipe's fixed one
+    profile_steps: int = 0  # > 0: after the throughput cases, SGLang's profiler over this many decode steps
 
     def notes(self, recipe: Recipe) -> list[str]:
         out = self.scale.notes(recipe.benchmarks.scenarios)
@@ -142,6 +143,8 @@ def measure(
                 tokenizer=pool_tokenizer(pool),
             ),
         )
+    if opts.bench and opts.profile_steps > 0:
+        step(rf, "profile", target, lambda: profile_cases(cases, target, pool, rf, side_dir, opts.profile_steps))
     if not opts.gsm8k:
         return
     if opts.accuracy and acc.gsm8k and target.alive is not None and not target.alive():
@@ -162,6 +165,26 @@ def measure(
             console.print(f"[{color}]{side} GSM8K {res['score_flexible']:.3f} (min {res['min_score']})[/{color}]")
 
         step(rf, "gsm8k", target, gsm)
+
+
+def profile_cases(cases: list[Case], target: Target, pool: TokenPool, rf: ResultsFile, side_dir: Path,
+                  steps: int) -> None:  # fmt: skip
+    """The decode profile (eval/profile.py) at each concurrency the cases ran, with their ISL, into the results
+    file's `decode_profile` {concurrency: summary}; the traces are deleted once summarized (tens of MB a side)."""
+    import shutil
+
+    from speedrun.eval.profile import profile_server
+
+    done = rf.data.get("decode_profile", {})
+    for c, isl in sorted({(case.concurrency, case.isl) for case in cases}):
+        trace_dir = side_dir / "profile" / f"c{c}"
+        res = profile_server(target.url, pool, trace_dir, concurrency=c, isl=isl, osl=steps + 16, steps=steps)
+        res.pop("traces", None)
+        done = done | {str(c): res}
+        rf.set("decode_profile", done)
+        shutil.rmtree(trace_dir, ignore_errors=True)
+        console.print(f"{rf.data.get('side')}: decode profile c{c}: {res['kernel_time_us'] / steps:,.0f} us of "
+                      f"kernels a step, GPU busy {res['busy_fraction']:.0%}", highlight=False)  # fmt: skip
 
 
 def pool_tokenizer(pool: TokenPool) -> str | None:

@@ -172,6 +172,25 @@ def test_run_split_over_calls_by_side(tmp_path):
         run(recipe, replace(opts, sides=("stock",)), specs)
 
 
+def test_run_profiles_decode_steps_per_side_into_the_report(tmp_path):
+    """--profile-steps: after each side's cases, the profiler over N decode steps at each concurrency (the fake
+    server's real torch profiler over a CPU stand-in); summaries in both results files, a per-op table in the
+    report, and no trace left behind (tens of MB a side on a GPU)."""
+    recipe = Recipe.model_validate(recipe_dict(tmp_path))
+    specs = fake_specs(baseline=["--tpot-ms", "8"], overlay=["--tpot-ms", "2"])
+    opts = Options(out=tmp_path / "run", scale=Scale(concurrency=[2]), show_progress=False, accuracy=False,
+                   profile_steps=4)  # fmt: skip
+    c = run(recipe, opts, specs)
+    assert c is not None and not any("profile" in str(e) for e in c.baseline.get("errors", []))
+    for side in ("baseline", "overlay"):
+        prof = json.loads((opts.out / f"{side}.json").read_text())["decode_profile"]
+        assert list(prof) == ["2"] and prof["2"]["steps"] == 4 and prof["2"]["kernel_time_us"] > 0, prof
+        assert prof["2"]["isl"] == 256 and "traces" not in prof["2"]
+        assert not (opts.out / side / "profile" / "c2").exists()
+    md = (opts.out / "report.md").read_text()
+    assert "## Decode profile" in md and "| category | stock (us/step) | overlay (us/step) |" in md, md
+
+
 def test_run_cli_records_failures(tmp_path, monkeypatch):
     """Overlay diverges and dies mid-throughput: the report says so with the log tail, the exit code is 1."""
     import speedrun.eval.run as run_mod
