@@ -6,7 +6,10 @@
 #   SIDES=baseline ... then SIDES=control,overlay ...: one long run split over calls on a warm machine (the run
 #   folder .runs/e2e/RECIPE stays there between calls; the report is written by the call that completes it)
 #   ABLATE="mxfp4_moe,mxfp4_gemm;mxfp4_moe": after each recipe's run, the overlay side again with only those ops
-#   (`speedrun run --ops`, one folder RECIPE.ops-<ops> each), against the same baseline results (copied in)
+#   (`speedrun run --ops`, one folder RECIPE.ops-<ops> each); each such folder is reported against the recipe's
+#   baseline results (`speedrun compare`) by whichever call finds both, so the overlay sides may come first:
+#   SIDES=overlay ABLATE=... on a fresh machine (our server starts in ~3.5 min), then SIDES=baseline on the warm
+#   one (stock's DeepGEMM JIT cache is warm by then: ~2 instead of ~5 min)
 set -uo pipefail
 source scripts/device/setup.sh || exit 1
 require_deepgemm e2e.sh || exit 2  # the baseline side is stock at its strongest: DeepGEMM on CUDA
@@ -23,12 +26,16 @@ for recipe in "$@"; do
   for ops in "${sets[@]}"; do
     left=$(( DEADLINE - 15 - ($(date +%s) - START) ))
     (( left < 90 )) && { echo "SKIPPED (deadline): $recipe --ops $ops" | tee -a "$R/skipped.txt"; continue; }
-    [ -f "$R/$recipe/baseline.json" ] || { echo "no baseline results for $recipe: --ops $ops not run"; continue; }
     A="$R/$recipe.ops-${ops//,/+}"; mkdir -p "$A"
-    cp "$R/$recipe/baseline.json" "$R/$recipe"/*.lock.json "$A/" 2>/dev/null
     echo "=== [$left s left] speedrun run $recipe --ops $ops ${RUN_ARGS:-}"
     timeout "$left" speedrun run "$recipe" --out "$A" --sides overlay --ops "$ops" ${RUN_ARGS:-} --no-progress 2>&1 \
       | tee "$A.log" | tail -n 25
+  done
+  for A in "$R/$recipe".ops-*/; do  # ablations against the baseline, whichever call ran them
+    [ -f "$A/overlay.json" ] && [ -f "$R/$recipe/baseline.json" ] || continue
+    cp "$R/$recipe/baseline.json" "$A/"
+    echo "=== speedrun compare: $A"
+    speedrun compare "$A/baseline.json" "$A/overlay.json" --out "$A" 2>&1 | tee -a "$A/compare.log" | tail -n 12
   done
 done
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader | sed 's/^/left on the GPU: /'
