@@ -68,11 +68,11 @@ def label(key: str) -> str:
 def helper_specs(arch: str) -> list[CompileSpec]:
     qsig = {"x_ptr": "*bf16", "q_ptr": "*bf16", "s_ptr": "*u8", "M": "i32", "K": "i32", "stride_xm": "i32",
             "stride_qm": "i32", "stride_sm": "i32", "QDQ": "constexpr", "BLOCK_M": "constexpr",
-            "BLOCK_K": "constexpr"}  # fmt: skip
-    specs = [CompileSpec("mxfp4_gemm/quant[qdq]", mxfp4_quant_kernel, qsig,
-                         {"QDQ": True, "BLOCK_M": 16, "BLOCK_K": 256}, {"num_warps": 4})]  # fmt: skip
+            "BLOCK_K": "constexpr", "PDL": "constexpr"}  # fmt: skip
+    q = {"BLOCK_M": 16, "BLOCK_K": 256, "PDL": False}  # every constexpr named (Triton 3.7)
+    specs = [CompileSpec("mxfp4_gemm/quant[qdq]", mxfp4_quant_kernel, qsig, {"QDQ": True, **q}, {"num_warps": 4})]
     specs.append(CompileSpec("mxfp4_gemm/quant[packed]", mxfp4_quant_kernel, dict(qsig, q_ptr="*u8"),
-                             {"QDQ": False, "BLOCK_M": 16, "BLOCK_K": 256}, {"num_warps": 4}))  # fmt: skip
+                             {"QDQ": False, **q}, {"num_warps": 4}))  # fmt: skip
     dsig = {"w_ptr": "*u8", "ws_ptr": "*u8", "o_ptr": "*bf16", "N": "i32", "K": "i32", "stride_wsn": "i32",
             "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "SWZ": "constexpr", "ROWG": "constexpr"}  # fmt: skip
     for swz in (False, True):

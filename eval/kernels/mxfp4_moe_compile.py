@@ -138,7 +138,7 @@ def aux_specs() -> list[CompileSpec]:
     small_sig = {"ids_ptr": "*i32", "counts_ptr": "*i32", "rank_ptr": "*i32", "offsets_ptr": "*i32",
                  "sorted_ptr": "*i32", "expert_ids_ptr": "*i32", "npad_ptr": "*i32", "NUM": "i32", "E": "i32",
                  "max_blocks": "i32"}  # fmt: skip
-    c_small = {"BLOCK_M": 16, **e, "CHUNK": sort.CHUNK, "BCHUNK": 64}
+    c_small = {"BLOCK_M": 16, **e, "CHUNK": sort.CHUNK, "BCHUNK": 64, "PDL": False}  # every constexpr named
     c_off = {"BLOCK_M": 64, **e, "BCHUNK": 64}
     off_sig = {k: small_sig[k] for k in small_sig if k not in ("ids_ptr", "rank_ptr")}
     rank_sig = {"ids_ptr": "*i32", "counts_ptr": "*i32", "rank_ptr": "*i32", "NUM": "i32", "E": "i32"}
@@ -146,7 +146,7 @@ def aux_specs() -> list[CompileSpec]:
                 "NUM": "i32", "E": "i32"}  # fmt: skip
     q_sig = {"x_ptr": "*bf16", "q_ptr": "*u8", "s_ptr": "*u8", "M": "i32", "K": "i32", "stride_xm": "i32",
              "stride_qm": "i32", "stride_sm": "i32"}  # fmt: skip
-    c_chunk, c_q = {"CHUNK": sort.CHUNK}, {"BLOCK_R": 4, "BLOCK_K": 256, "QDQ": False}
+    c_chunk, c_q = {"CHUNK": sort.CHUNK}, {"BLOCK_R": 4, "BLOCK_K": 256, "QDQ": False, "PDL": False}
     comb_sig = {"y_ptr": "*fp32", "ids_ptr": "*i32", "o_ptr": "*bf16", "H": "i32", "E": "i32", "stride_ym": "i32",
                 "stride_om": "i32", "scale": "fp32"}  # fmt: skip
     mk = lambda name, fn, sig, c, w: CompileSpec(
@@ -158,7 +158,7 @@ def aux_specs() -> list[CompileSpec]:
         mk("sort_offsets", kernels._offsets_kernel, off_sig, c_off, 8),
         mk("sort_scatter", kernels._scatter_kernel, scat_sig, c_chunk, 4),
         mk("quant_rows", quant_rows_kernel, q_sig, c_q, 4),
-        mk("combine", combine_kernel, comb_sig, {"TOPK": 9, "BLOCK_H": 1024}, 4),
+        mk("combine", combine_kernel, comb_sig, {"TOPK": 9, "BLOCK_H": 1024, "PDL": False}, 4),
     ]
 
 
