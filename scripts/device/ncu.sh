@@ -20,7 +20,8 @@ SECTIONS=(SpeedOfLight MemoryWorkloadAnalysis Occupancy LaunchStats WarpStateSta
 # most wanted first: a deadline drops the tail
 CASES=${CASES:-"mla:fp8:32:8192:speedrun mla:fp8:32:8192:flashmla moe:deepseek-r1-mxfp4-tp8:32:speedrun
   moe:gpt-oss-120b:32:speedrun mla:fp8:256:8192:speedrun mla:bf16:256:8192:speedrun
-  moe:gpt-oss-120b:32:triton_kernels moe:deepseek-r1-mxfp4-tp8:32:fp8_fused_moe mla:fp8:256:8192:flashmla"}
+  moe:gpt-oss-120b:32:triton_kernels moe:deepseek-r1-mxfp4-tp8:32:fp8_fused_moe mla:fp8:256:8192:flashmla
+  gemm:64:7168:2048:speedrun gemm:64:7168:2048:fp8_deepgemm"}
 for c in $CASES; do
   left=$(( DEADLINE - ($(date +%s) - START) )); (( left < 25 )) && { echo "SKIPPED (deadline): $c"; continue; }
   name=${c//:/_}; echo "=== [${left}s left] $c"

@@ -4,8 +4,10 @@ cudaProfilerStart/Stop, so `ncu --profile-from-start off` profiles only the serv
     device: source scripts/device/setup.sh && bash scripts/device/ncu.sh     (runs every case in CASES)
     by hand: ncu --profile-from-start off ... python3 scripts/device/ncu_case.py mla:fp8:32:8192:speedrun
 
-Case grammar: `mla:<bf16|fp8>:<bs>:<kv_len>:<impl>` (impls of eval/kernels/mla_decode_bench.py) or
-`moe:<model>:<M>:<impl>` (models and impls of eval/kernels/mxfp4_moe_bench.py). The inputs are the benches' own.
+Case grammar: `mla:<bf16|fp8>:<bs>:<kv_len>:<impl>` (impls of eval/kernels/mla_decode_bench.py),
+`moe:<model>:<M>:<impl>` (models and impls of eval/kernels/mxfp4_moe_bench.py) or `gemm:<M>:<N>:<K>:<impl>`
+(impls of eval/kernels/mxfp4_gemm_bench.py: speedrun, fp8_deepgemm, bf16_cublas, ...). The inputs are the benches'
+own kind.
 """
 
 from __future__ import annotations
@@ -38,9 +40,17 @@ def moe_case(model_name: str, m: str, impl: str) -> Callable[[], object]:
     return lambda: run(s["x"], state)
 
 
+def gemm_case(m: str, n: str, k: str, impl: str) -> Callable[[], object]:
+    from speedrun.eval.kernels import mxfp4_gemm_bench as gemm
+
+    a, w, ws = gemm.operands(int(m), int(n), int(k), seed=0)
+    ops, fn = gemm.prepare(impl, a, w, ws, gemm._lut(a.device))
+    return lambda: fn(*ops)
+
+
 def main(case: str) -> int:
     op, *fields = case.split(":")
-    fn = {"mla": mla_case, "moe": moe_case}[op](*fields)
+    fn = {"mla": mla_case, "moe": moe_case, "gemm": gemm_case}[op](*fields)
     for _ in range(3):  # compiles and autotunes outside the profiled range
         fn()
     torch.cuda.synchronize()
