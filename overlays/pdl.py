@@ -20,8 +20,6 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-L2_LINE = 128  # bytes
-
 
 @triton.jit
 def pdl_wait(PDL: tl.constexpr):
@@ -45,17 +43,4 @@ def prefetch_ptrs(ptrs):
                               is_pure=False, pack=1)  # fmt: skip
 
 
-@triton.jit
-def prefetch_l2(base, nbytes, LINES: tl.constexpr):
-    """Ask L2 for the first min(nbytes, LINES * 128) bytes at `base` (any pointer; nbytes > 0): one prefetch per
-    128-byte line, spread over the program's threads; lines past nbytes repeat the last one."""
-    offs = tl.minimum(tl.arange(0, LINES).to(tl.int64) * 128, nbytes - 1)
-    prefetch_ptrs(base.to(tl.pointer_type(tl.int8), bitcast=True) + offs)
-
-
-def prefetch_lines(nbytes: int, cap: int = 2048) -> int:
-    """LINES for `prefetch_l2` covering nbytes (a power of two, at most `cap`; 0 for nothing)."""
-    return 0 if nbytes <= 0 else min(triton.next_power_of_2(-(-nbytes // L2_LINE)), cap)
-
-
-__all__ = ["L2_LINE", "pdl_trigger", "pdl_wait", "prefetch_l2", "prefetch_lines", "prefetch_ptrs"]
+__all__ = ["pdl_trigger", "pdl_wait", "prefetch_ptrs"]

@@ -190,5 +190,5 @@ def warmups(rep: dict[str, Any]) -> list[str]:
 
 
 def routes(rep: dict[str, Any]) -> list[str]:
-    """How a process's ops route calls by size (`<op>_routes` lines, e.g. "M > 1827: stock FP8 block fused MoE")."""
+    """How a process's ops route calls by size (`<op>_routes` lines, e.g. "M > 7310: stock FP8 block fused MoE")."""
     return [line for key in sorted(rep) if key.endswith("_routes") for line in rep[key] or []]

@@ -9,7 +9,6 @@ from __future__ import annotations
 from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd
 from speedrun.overlays.mx.fp8_kernel import mxfp4_to_fp8_kernel
-from speedrun.overlays.mx.layout import SCALE_ROW_ALIGN, padded_k
 from speedrun.overlays.mxfp4_moe import api, kernels, sort
 from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT, Act, MoeBucket
 from speedrun.overlays.mxfp4_moe.kernels import (
@@ -18,7 +17,6 @@ from speedrun.overlays.mxfp4_moe.kernels import (
     moe_gemm2_kernel,
     quant_rows_kernel,
 )
-from speedrun.overlays.pdl import prefetch_lines
 
 OP = "mxfp4_moe"
 TOPK = {"w4a16": 4, "w4a4": 9}  # GPT-OSS top-4; DeepSeek top-8 + fused shared expert
@@ -59,17 +57,6 @@ def _runtime_attrs(sig: dict[str, str], *extra: str) -> dict[str, str]:
     padded to 16 bytes, see mx.layout)."""
     ptrs = [k for k, v in sig.items() if v.startswith("*")]
     return aligned(sig, *ptrs, "N", "K", "stride_am", "stride_we", "stride_wn", "stride_be", *extra)
-
-
-def gemm2_prefetch(fmt: str, cfg: MoeBucket, run: api.Launch, swz: bool) -> dict[str, int]:
-    """GEMM2's PF_W / PF_S as api.gemm2_prefetch sets them for the model of `fmt` (0 without PDL)."""
-    if not run.pdl:
-        return {"PF_W": 0, "PF_S": 0}
-    k = INTER[fmt]
-    s_pad = -(-padded_k(k) // 32 // SCALE_ROW_ALIGN) * SCALE_ROW_ALIGN  # swz128 scale rows: whole 16-byte words
-    w_row, s_row = (padded_k(k) // 2, s_pad) if swz else (k // 2, k // 32)
-    rows = cfg.BLOCK_N2 * cfg.group2
-    return {"PF_W": prefetch_lines(rows * w_row), "PF_S": prefetch_lines(rows * s_row)}
 
 
 def gemm1_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group: int = 1) -> CompileSpec:
@@ -117,7 +104,8 @@ def gemm2_spec(key: str, cfg: MoeBucket, arch: str, swz: bool = False, row_group
              "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N2, "BLOCK_K": run.block_k2, **FLAGS_OFF, **run.flags,
              "A_SW": a_sw(cfg, a4, run),
              "EVEN_N": True, "N_GROUP": cfg.group2, "W_ROWG": row_group if swz else 1,
-             "A8": w4a4 and cfg.a8, "PDL": run.pdl, **gemm2_prefetch(fmt, cfg, run, swz)}  # fmt: skip
+             "A8": w4a4 and cfg.a8, "PDL": run.pdl,
+             "PF_CHUNKS": api.gemm2_prefetch(INTER[fmt])["PF_CHUNKS"] if run.pdl else 0}  # fmt: skip
     expect = EXPECT_W4A4_GFX950 if (a4 and const["DOT_SCALED"] and is_amd(arch)) else EXPECT[arch]
     sig.update(dict.fromkeys(const, "constexpr"))
     attrs = _runtime_attrs(sig, "stride_om", *(("stride_wse", "stride_wsn") if swz else ()))

@@ -396,6 +396,18 @@ def swz_tile_ptrs(base, rows, k0, row_stride, C: tl.constexpr, G: tl.constexpr, 
 
 
 @triton.jit
+def swz_unit_ptrs(base, rows, c0, row_stride, CHUNKS: tl.constexpr, G: tl.constexpr):
+    """Byte pointers [R, CHUNKS] to the first byte of rows' 128-code chunks c0 .. c0 + CHUNKS - 1 in a swz128
+    layout (64 bytes a row and chunk; `row_stride` in bytes) with rows in groups of G (G = 1: row-major), or in
+    plain row-major codes (G = 1 too: a chunk's 64 bytes sit at 64 * chunk). For L2 prefetches (overlays/pdl.py)."""
+    r = rows.to(tl.int64)[:, None]
+    c = (c0 + tl.arange(0, CHUNKS))[None, :]
+    if G == 1:
+        return base + r * row_stride + c * 64
+    return base + (r // G) * (G * row_stride) + (r % G) * 64 + c * (G * 64)
+
+
+@triton.jit
 def mxfp4_swz_words_bf16(words, sc_words, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr,
                          MUL1: tl.constexpr = False):  # fmt: skip
     """swz128 words int32 [R, C/8] + E8M0 per word uint8 [R, C/8] (see swz_word_scale_cols) -> bf16 [R, C] in

@@ -45,7 +45,6 @@ from speedrun.overlays.mxfp4_moe.kernels import (
 )
 from speedrun.overlays.mxfp4_moe.sort import sort_tokens
 from speedrun.overlays.mxfp4_moe.stock_fp8 import fused_moe_stock_fp8
-from speedrun.overlays.pdl import prefetch_lines
 
 OP = "mxfp4_moe"
 COMBINE_BLOCK = 1024  # hidden columns per combine program
@@ -220,7 +219,7 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
         launches = _routes(launches, keys, w, arch)
     launches = {key: _scale_words(run, w, key, config is not None) for key, run in launches.items()}
     launches = {key: _row_groups(run, w, key) for key, run in launches.items()}
-    launches = {key: _a8(run, w, key) for key, run in launches.items()}
+    launches = {key: _a8(run, w, key, config is not None) for key, run in launches.items()}
     for key, run in launches.items():  # the grouped GEMM2 loop has no K tail (kernels.moe_gemm2_kernel)
         if run.cfg.group2 > 1 and w.inter % run.block_k2:
             if config is not None:  # a forced config says what to run: it cannot run
@@ -266,9 +265,10 @@ def _row_groups(run: Launch, w: MoeWeights, key: str) -> Launch:
     return replace(run, flags={**run.flags, "W_ROWG": g})
 
 
-def _a8(run: Launch, w: MoeWeights, key: str) -> Launch:
-    """The launch with A8 for a bucket asking for the w4a8 path (MoeBucket.a8); ValueError naming what that path
-    needs and the bucket lacks."""
+def _a8(run: Launch, w: MoeWeights, key: str, forced: bool) -> Launch:
+    """The launch with A8 for a bucket asking for the w4a8 path (MoeBucket.a8). What that path needs and the bucket
+    or the experts lack: a ValueError naming it for a forced config; a table bucket (it serves every model and
+    layout) runs such experts on the w4a4 codes path instead (its knobs unchanged but a8)."""
     cfg = run.cfg
     if not cfg.a8:
         return run
@@ -277,6 +277,8 @@ def _a8(run: Launch, w: MoeWeights, key: str) -> Launch:
             "split1 1": cfg.split1 == 1, "group2 1": cfg.group2 == 1,
             "intermediate and hidden sizes multiples of 128": w.inter % 128 == 0 and w.hidden % 128 == 0}  # fmt: skip
     if missing := [what for what, ok in need.items() if not ok]:
+        if not forced:
+            return replace(run, cfg=cfg.replace(a8=False))
         raise ValueError(f"{OP} {key}: a8 (the w4a8 path) needs {', '.join(missing)}")
     return replace(run, flags={**run.flags, "A8": True})
 
@@ -386,11 +388,13 @@ def qdq_rows(x: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     return out
 
 
-def gemm2_prefetch(w: MoeWeights, cfg: MoeBucket) -> dict[str, int]:
-    """GEMM2's PF_W / PF_S under PDL: 128-byte lines of one program's w2 values and scales (its N tiles, all K)."""
-    rows = cfg.BLOCK_N2 * cfg.group2
-    return {"PF_W": prefetch_lines(rows * w.w2.stride(1) * w.w2.element_size()),
-            "PF_S": prefetch_lines(rows * w.w2_scale.stride(1))}  # fmt: skip
+PF_CHUNKS = 4  # 128-code chunks of its w2 rows a GEMM2 program prefetches under PDL (its pipeline's first tiles)
+
+
+def gemm2_prefetch(inter: int) -> dict[str, int]:
+    """GEMM2's PF_CHUNKS under PDL for an intermediate size (GEMM2's K): DeepSeek's shard (256) whole, GPT-OSS's
+    (2880) its first 512 codes (round 10: prefetching whole 94 KB programs made GPT-OSS 3-10% slower)."""
+    return {"PF_CHUNKS": min(-(-inter // 128), PF_CHUNKS)}
 
 
 def fused_moe_mxfp4(
@@ -459,7 +463,7 @@ def fused_moe_mxfp4(
         TOPK=topk, A_FP4=a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N2, BLOCK_K=bk2, **run.opts2, **flags,
         EVEN_N=h % (cfg.BLOCK_N2 * cfg.group2) == 0, N_GROUP=cfg.group2,
-        PDL=pdl, launch_pdl=pdl, **(gemm2_prefetch(w, cfg) if pdl else {}),
+        PDL=pdl, launch_pdl=pdl, **(gemm2_prefetch(n) if pdl else {}),
     )  # fmt: skip
     out = torch.empty(m, h, dtype=torch.bfloat16, device=dev)
     combine_kernel[(m, triton.cdiv(h, COMBINE_BLOCK))](y, s.ids, out, h, w.num_experts, y.stride(0), out.stride(0),

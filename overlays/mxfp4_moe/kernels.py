@@ -44,9 +44,10 @@ from speedrun.overlays.mx.triton_helpers import (
     quant_mxfp4,
     split_k_pairs,
     swz_tile_ptrs,
+    swz_unit_ptrs,
     via_regs,
 )
-from speedrun.overlays.pdl import pdl_trigger, pdl_wait, prefetch_l2
+from speedrun.overlays.pdl import pdl_trigger, pdl_wait, prefetch_ptrs
 
 
 @triton.jit
@@ -408,7 +409,7 @@ def moe_gemm2_kernel(
     SWAP: tl.constexpr = False, W_DEQ: tl.constexpr = 0, W_ASM: tl.constexpr = False, W_SWZ: tl.constexpr = False,
     W_MUL1: tl.constexpr = False, EVEN_N: tl.constexpr = False, B_REGS: tl.constexpr = False,
     N_GROUP: tl.constexpr = 1, A_SW: tl.constexpr = False, W_ROWG: tl.constexpr = 1, A8: tl.constexpr = False,
-    PDL: tl.constexpr = False, PF_W: tl.constexpr = 0, PF_S: tl.constexpr = 0,
+    PDL: tl.constexpr = False, PF_CHUNKS: tl.constexpr = 0,
 ):  # fmt: skip
     """y[slot, n] = topk_weight[slot] * (h[slot] . w2[n] + b2[n]) (fp32; summed per token by combine_kernel).
     N_GROUP > 1 (K % BLOCK_K == 0): each program walks N_GROUP consecutive N tiles (grid axis 1 shrinks by that
@@ -417,9 +418,8 @@ def moe_gemm2_kernel(
     (DeepSeek's TP8 shard: 256, two K steps): a one-tile program streams ~8 KiB of weights between its start-up
     latencies. (A nested loop with `flatten=True` compiled to synchronous loads and 8 barriers per K step.)
     PDL: the program may start during GEMM1's tail. The sort's outputs are complete by then (GEMM1 triggers after
-    its own wait), so it finds its expert, asks L2 for its rows of w2 (PF_W / PF_S lines of values / scales: the
-    rows of a program's N tiles over the whole K are one contiguous range in every layout) and only then waits
-    for GEMM1's h."""
+    its own wait), so it finds its expert, asks L2 for the first PF_CHUNKS 128-code chunks of its rows of w2 (swz128
+    units; scales left to the loop) and only then waits for GEMM1's h."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     if pid_m * BLOCK_M >= tl.load(npad_ptr):
@@ -428,12 +428,11 @@ def moe_gemm2_kernel(
     slot, m_ok, expert = _block_rows(sorted_ptr, expert_ids_ptr, pid_m, NUM, BLOCK_M)
     w_ptr += expert * stride_we
     ws_ptr += expert * stride_wse
-    if PDL and PF_W > 0:
-        n0 = pid_n * (N_GROUP * BLOCK_N)
-        rows = tl.minimum(N - n0, N_GROUP * BLOCK_N)
+    if PDL and PF_CHUNKS > 0:  # the first 128-code chunks of the program's rows (all of DeepSeek's K 256)
         wb: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-        prefetch_l2(w_ptr + n0 * stride_wn, rows * stride_wn * wb, PF_W)
-        prefetch_l2(ws_ptr + n0 * stride_wsn, rows * stride_wsn, PF_S)
+        rows = tl.minimum(pid_n * (N_GROUP * BLOCK_N) + tl.arange(0, N_GROUP * BLOCK_N), N - 1)
+        prefetch_ptrs(swz_unit_ptrs(w_ptr.to(tl.pointer_type(tl.int8), bitcast=True), rows, 0, stride_wn * wb,
+                                    PF_CHUNKS, W_ROWG))  # fmt: skip
     pdl_wait(PDL)
     pdl_trigger(PDL)
     if SWAP:
