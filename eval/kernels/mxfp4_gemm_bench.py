@@ -249,9 +249,9 @@ SWEEP_SHAPES = ((256, 7168, 2048), (1, 2112, 7168), (16, 2112, 7168), (64, 7168,
 # 64 x 256, 64 x 128, two warpgroups on 128 or 256 weight rows).
 SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"w_layout": "plain"},
-    # swz128 rows in groups of 64 (mx.layout group_rows): a 64-row tile's K step reads 4 KiB contiguous instead of a
-    # 64-byte piece per row (the MoE's round 9: 4-11% faster, 70-75% of HBM); a layout, so impl speedrun_swz128_g64
-    "g64": {"w_layout": "swz128_g64"},
+    # row-major swz128, the served layout before round 10 (64-row groups won 3-17% at every K >= 2048 shape, lost
+    # 1-3% at K <= 1536); a layout, so impl speedrun_swz128
+    "rowmajor": {"w_layout": "swz128"},
     "prequant": {"route": "prequant"},
     "old_split": {"CTAS_PER_SM": 0},
     "sk1": {"SPLIT_K": 1},

@@ -1,6 +1,6 @@
 """MXFP4 GEMM (quark `w_mxfp4_a_mxfp4` linears): a plan built once per weight, one call per step.
 
-    w, w_scale, layout = relayout_weight(w, w_scale)            # load time (sm90: the table's "_layout", swz128)
+    w, w_scale, layout = relayout_weight(w, w_scale)            # load time (sm90: the table's "_layout", swz128_g64)
     plan = make_plan(n, k, layout, device=x.device)             # every M bucket resolved and validated
     out = mxfp4_gemm(a, w, w_scale, plan)                       # every step: C = A . W^T
 
@@ -82,7 +82,7 @@ def config_arch(device: torch.device) -> str:
 
 
 def weight_layout(arch: str) -> Layout:
-    """The layout the hook gives weights at load time: the table's "_layout" (sm90: swz128), else plain."""
+    """The layout the hook gives weights at load time: the table's "_layout" (sm90: swz128_g64), else plain."""
     return Layout.PLAIN if is_amd(arch) else table(arch).layout
 
 

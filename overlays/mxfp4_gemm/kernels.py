@@ -303,7 +303,7 @@ def mxfp4_gemm_kernel(
     kt0 = pid_k * k_per_split
     kt1 = min(kt0 + k_per_split, tl.cdiv(K, BLOCK_K))
     if PDL:  # the weights do not depend on the kernel before: the first K tiles into L2 while it drains
-        _prefetch_w(w_ptr, offs_n, kt0, stride_wn, BLOCK_K, W_ROWG if W_DEQ == 4 else 1)
+        _prefetch_w(w_ptr, offs_n, kt0, stride_wn, BLOCK_K, W_ROWG)
     pdl_wait(PDL)
     pdl_trigger(PDL)
 
@@ -335,11 +335,11 @@ def mxfp4_gemm_kernel(
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
-PF_CODES = 512  # K codes a program prefetches per weight row under PDL: its pipeline's first tiles, not its slice
+PF_CODES = tl.constexpr(512)  # K codes a program prefetches per weight row under PDL: its first tiles only
 
 
 @triton.jit
-def _prefetch_w(w_ptr, offs_n, kt0, stride_wn, BLOCK_K: tl.constexpr, ROWG: tl.constexpr):
+def _prefetch_w(w_ptr, offs_n, kt0, stride_wn, BLOCK_K: tl.constexpr, ROWG: tl.constexpr):  # ROWG 1: not grouped
     """L2 prefetches of the first PF_CODES K codes of a program's weight rows from K tile kt0 on (one per row and
     128 codes: a swz128 unit, or 64 bytes of a plain row). Only the pipeline's first tiles: a whole split of a
     large weight, fetched ahead of the loads that use it, cost 10-24% in round 10's sweep. Scales (1/16 of the

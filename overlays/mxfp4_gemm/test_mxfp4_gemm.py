@@ -278,7 +278,7 @@ def test_sweep_variants_are_valid_configs():
     assert cfg.BLOCK_N == b16.BLOCK_N and layout == "swz128"
     cfg, layout = variant_config(b16, "plain", "m<=16", "swz128")
     assert layout == "plain" and cfg == b16
-    assert api.weight_layout("sm90") == Layout.SWZ128 and api.weight_layout("gfx950") == Layout.PLAIN
+    assert api.weight_layout("sm90") == Layout.SWZ128_G64 and api.weight_layout("gfx950") == Layout.PLAIN
 
 
 def test_sweep_rows_feed_kernels_tune():
