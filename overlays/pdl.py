@@ -12,6 +12,8 @@ correct when every kernel in it keeps three rules (`griddepcontrol`, PTX ISA):
 `pdl_trigger` lets the next kernel launch once every program of this one has triggered or exited: at that point all
 of them are resident, so the dependents fill SMs as this kernel's programs finish.
 With PDL off (the constexpr) none of this emits code: the interpreter, ROCm and pre-sm90 CUDA run plain launches.
+Launch sites pass `**launch_kw(pdl)`: the HIP backend has no `launch_pdl` option and rejects the keyword even when
+it is False.
 """
 
 from __future__ import annotations
@@ -43,4 +45,10 @@ def prefetch_ptrs(ptrs):
                               is_pure=False, pack=1)  # fmt: skip
 
 
-__all__ = ["pdl_trigger", "pdl_wait", "prefetch_ptrs"]
+def launch_kw(pdl: bool) -> dict[str, bool]:
+    """The launch keyword of a programmatic dependent: {"launch_pdl": True}, or nothing at all (ROCm's Triton
+    raises on an option its backend does not have, False included)."""
+    return {"launch_pdl": True} if pdl else {}
+
+
+__all__ = ["launch_kw", "pdl_trigger", "pdl_wait", "prefetch_ptrs"]

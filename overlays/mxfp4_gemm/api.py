@@ -49,6 +49,7 @@ from speedrun.overlays.mxfp4_gemm.kernels import (
     mxfp4_quant_kernel,
     qdq_rows_kernel,
 )
+from speedrun.overlays.pdl import launch_kw
 
 OP = "mxfp4_gemm"
 # A decode SM is taken as issue-bound (rather than latency-bound) from SAT_WARPS warps (2 per scheduler) and 2 CTAs
@@ -376,7 +377,7 @@ def _launch(a: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Tensor, w_sc
     mxfp4_gemm_kernel[grid](
         a, sa, w, w_scale, out, part, cnt, m, n, k, s, math.ceil(k_tiles / s),
         a.stride(0), sa.stride(0), sa.stride(1), w.stride(0), w_scale.stride(0), out.stride(0),
-        **c, SPLIT=s > 1, EVEN_K=k % bk == 0, **kern.opts, launch_pdl=kern.pdl,
+        **c, SPLIT=s > 1, EVEN_K=k % bk == 0, **kern.opts, **launch_kw(kern.pdl),
     )  # fmt: skip
     return out
 
@@ -421,7 +422,7 @@ def quantize(a: torch.Tensor, qdq: bool, pdl: bool = False) -> tuple[torch.Tenso
     sp = s if s is not None else q
     grid = (math.ceil(m / bm), math.ceil(k / bk))
     mxfp4_quant_kernel[grid](a, q, sp, m, k, a.stride(0), q.stride(0), sp.stride(0), QDQ=qdq, BLOCK_M=bm,
-                             BLOCK_K=bk, PDL=pdl, num_warps=4, launch_pdl=pdl)  # fmt: skip
+                             BLOCK_K=bk, PDL=pdl, num_warps=4, **launch_kw(pdl))  # fmt: skip
     return q, s
 
 
