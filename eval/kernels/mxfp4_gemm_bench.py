@@ -254,12 +254,9 @@ SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
     "rowmajor": {"w_layout": "swz128"},
     "prequant": {"route": "prequant"},
     "old_split": {"CTAS_PER_SM": 0},
-    "sk1": {"SPLIT_K": 1},
     "st3": {"num_stages": 3},
     "st6": {"num_stages": 6},
-    "bn64_bk256": {"BLOCK_N": 64, "BLOCK_K": 256, "num_warps": 4, "num_stages": 4},
     "bn64": {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},
-    "bn128w8": {"BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 4},
     "bregs": {"b_regs": True},
     # Round 8 (sm90 AOT, mxfp4_gemm_sass): the fused A-load quantizer doubles the K loop's issue at M 64 (417
     # warp-instructions per KiB of weights vs 221 at M 16), and prequant alone waits after every wgmma (8 / 8); with
@@ -267,15 +264,16 @@ SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
     # at the same CTAs per SM. Never timed at decode sizes: M 64 is 0.56-0.74x DeepGEMM (round 8). bn256w8 made room
     # (0.68-0.98x config at every shape of rounds 6-7).
     "prequant_bregs": {"route": "prequant", "b_regs": True},
+    # launched as a programmatic dependent (overlays/pdl.py), prefetching the first 512 codes of its weight rows:
+    # round 10's whole-split prefetch lost 10-24% on large weights and won 17-19% on small ones (the bench's
+    # back-to-back graph: a call overlaps the previous one's tail; in a server the kernel before is SGLang's norm)
+    "pdl": {"pdl": True},
     # m<=32's fused kernel holds 82 registers x 256 threads: 2 CTAs per SM, one register short of 3 (allocation in
     # units of 8); capped at 80 it has no spill and 3 CTAs/SM (sm90 AOT, PERF.md round 7). m<=32 shapes only: at
     # m<=16 / m<=64 the cap spills 16 / 96 B and serializes the wgmmas.
     "m32_r80": {"maxnreg": 80},
-    # launched as a programmatic dependent (overlays/pdl.py): in the bench's graph of back-to-back calls a program
-    # may start in the previous call's tail and fetch its weight slice into L2 before it waits (in a server the
-    # kernel before it is SGLang's norm, launched so on sm90)
-    "pdl": {"pdl": True},
 }
+# Retired in round 10 (slower than the table at every decode shape in rounds 9 and 10): sk1, bn64_bk256, bn128w8.
 # Variants timed only at prequant shapes (M > 64), and only they are: the decode variants tune the fused decode
 # buckets, and b_regs touches only the A_MODE 0 kernel (a decode bucket's fused kernel would time as config).
 PREFILL_VARIANTS = ("bregs",)
@@ -286,9 +284,7 @@ SWEEP_DECODE_MAX_M = 64  # the fused decode buckets' largest M
 VARIANT_CTAS = {
     "st3": {"m<=16": 3, "m<=32": 2, "m<=64": 2},
     "st6": {"m<=16": 3, "m<=32": 2, "m<=64": 1},
-    "bn64_bk256": {"m<=16": 3, "m<=32": 2, "m<=64": 1},
     "bn64": {"m<=16": 6, "m<=32": 4, "m<=64": 2},
-    "bn128w8": {"m<=16": 3, "m<=32": 2, "m<=64": 2},
     "m32_r80": {"m<=32": 3},
 }
 

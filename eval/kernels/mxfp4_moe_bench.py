@@ -249,7 +249,7 @@ SWEEP_MS = {
     "deepseek-r1-mxfp4-tp8": (1, 4, 16, 32, 64, 128, 512, 4096),
     "gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512, 4096, 8192),
 }
-SWEEP_ROW_S = 76.5 / 76  # round 3's sweep: 76 rows (compiles included) in 76.5 s on the H100
+SWEEP_ROW_S = 47 / 83  # round 10's sweep: 83 rows (compiles and its prefill rows included) in 47 s on the H100
 # a prefill row (not measured yet): ~7.5 ms per call at M 8192 x 2 copies x >= 20 replays, and the first M of a
 # variant compiles two 8-warp 128-wide kernels (the second M reuses them); guessed high
 SWEEP_PREFILL_ROW_S = 4.5
@@ -277,7 +277,8 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # swz128: 0.89-0.99x on GPT-OSS, 0.93-0.97x on DeepSeek; a variant {"layout": "swz"} times row-major again).
 # Since round 9 the table runs a_qdq with GEMM1's 256-deep K tile at every w4a4 decode bucket (and group2 where
 # round 7 put it): a4_qdq and a4_qdq_g4 left the sweep (the config's row; a4_qdq_bk256 stays for tpe<=64, M 512),
-# and a4_qdq_bn128 (1.01-1.20x in round 9; on the 256-deep tile 156 registers x 8 warps: 1 CTA per SM).
+# and a4_qdq_bn128 (1.01-1.20x in round 9; on the 256-deep tile 156 registers x 8 warps: 1 CTA per SM). Round 10
+# retired a4_qdq_bk256 (1.003x at M 512, where group2 8 now serves) and a4_group4 (0.93x at M 16, as group8).
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
 SWEEP_VARIANTS = {
@@ -286,15 +287,12 @@ SWEEP_VARIANTS = {
     # stage for the 256-deep tile (sm90 AOT at tpe<=4: 164 registers, 93 KB, 2 CTAs per SM instead of 3)
     "a4_split2": {"fmt": "w4a4", "split1": 2},
     "a4_st4": {"fmt": "w4a4", "stages1": 4},
-    # the decode buckets' GEMM1 (a_qdq, 256-deep K tile) at tpe<=64 (M 457-1827: prefill chunks of 1-2k tokens; M
-    # 512 ran 0.72x stock's FP8 MoE in round 9)
-    "a4_qdq_bk256": {"fmt": "w4a4", "a_qdq": True, "BLOCK_K1": 256, "stages1": 3},
-    # GEMM2 walks 4 N tiles per program, loads pipelined across them (served at tpe<=4/16; round 7 at tpe<=1:
-    # 0.93x with a_qdq, before GEMM1's 256-deep tile)
-    "a4_group4": {"fmt": "w4a4", "group2": 4},
-    # 8 N tiles per program (served: 4 at tpe<=4/16): DeepSeek's GEMM2 at M 32 launches ~5,000 programs of 32 KiB of
-    # weights each, every one paying its pipeline's fill; 8 halves the fills (7168 = 14 x 512: no N tail)
+    # 8 N tiles per program (served: 4 at tpe<=4/16, 8 at tpe<=64 since round 10, 0.81x at M 512): DeepSeek's GEMM2
+    # at M 32 launches ~5,000 programs of 32 KiB of weights each, every one paying its pipeline's fill
     "a4_group8": {"fmt": "w4a4", "group2": 8},
+    # round 10's two near-misses at the c32 step's bucket (tpe<=4, M 29-114), together: bf16 GEMM2 rows (0.98x at M
+    # 32 / 64) and 8 N tiles per program (0.98-0.99x)
+    "a4_y16_g8": {"fmt": "w4a4", "y_bf16": True, "group2": 8},
     # GPT-OSS's GEMM2 (K 2880) with a 4th stage: 63 KB, still 3 CTAs per SM by registers (sm90 AOT at tpe<=4; a 4th
     # GEMM1 stage would drop it to 2, 128-row tiles on 8 warps to 1)
     "a16_st4_2": {"fmt": "w4a16", "stages2": 4},

@@ -14,7 +14,7 @@ import torch
 if not torch.cuda.is_available():  # the benches decorate kernels at import (see test_benches.py)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from speedrun.eval.kernels import mla_decode_bench, mxfp4_moe_bench
+from speedrun.eval.kernels import mla_decode_bench, mxfp4_gemm_bench, mxfp4_moe_bench
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "device"
 
@@ -39,10 +39,15 @@ def test_default_cases_name_known_impls() -> None:
             dtype, bs, kv, impl = f
             assert dtype in ("bf16", "fp8") and bs.isdigit() and (kv.isdigit() or kv == mla_decode_bench.MIXED)
             assert impl in mla_decode_bench.SETUP, case
-        else:
+        elif op == "moe":
             model, m, impl = f
             assert model in mxfp4_moe_bench.MODELS and m.isdigit(), case
             assert impl in mxfp4_moe_bench.impl_builders(mxfp4_moe_bench.MODELS[model]), case
+        else:
+            assert op == "gemm", case
+            *mnk, impl = f
+            assert all(v.isdigit() for v in mnk) and len(mnk) == 3, case
+            assert impl in mxfp4_gemm_bench.IMPLS, case
 
 
 def test_stall_summary_orders_reasons_and_keeps_units() -> None:

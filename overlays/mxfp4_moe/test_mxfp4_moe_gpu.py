@@ -193,7 +193,7 @@ def test_every_sweep_variant_matches_reference(model, variant):
     its other shapes with rel_diff_vs_config)."""
     name, w, ws = model
     var = SWEEP_VARIANTS[variant]
-    if var.get("fmt", w.fmt) != w.fmt:  # e.g. a4_group4 needs DeepSeek's intermediate size (whole K tiles)
+    if var.get("fmt", w.fmt) != w.fmt:  # e.g. a4_group8 needs DeepSeek's intermediate size (whole K tiles)
         pytest.skip(f"{variant}: a {var['fmt']} variant (the sweep times it on the other model only)")
     m = 4096 if var.get("prefill") else 1
     x, ids, tw = make_routing(name, m, seed=5)
