@@ -34,6 +34,18 @@ def test_summary_sums_by_kernel_and_category_and_measures_busy_time():
     assert profile.busy_time([(0, 5), (1, 2), (4, 8), (10, 11)]) == 9
 
 
+@pytest.mark.parametrize(
+    "name,cat",
+    [("quant_rows_kernel", "moe"), ("quant_fp8_rows_kernel", "moe"), ("combine_kernel", "moe"),
+     ("_align_small_kernel", "moe"), ("mxfp4_to_fp8_kernel", "moe"), ("mxfp4_gemm_kernel", "gemm"),
+     ("mxfp4_quant_kernel", "gemm"), ("mla_partial_sm90", "attention"), ("_mla_merge_kernel", "attention")],
+)  # fmt: skip
+def test_our_kernels_land_in_their_ops_category(name: str, cat: str) -> None:
+    """The decode profile's per-op table puts each of our kernels under its op (the MoE's quantizer and combine
+    are MoE time, not GEMM or other)."""
+    assert profile.category(name) == cat
+
+
 def test_profile_cli_against_a_running_server(tmp_path):
     from speedrun.cli import _register_commands, app
     from speedrun.eval.fakeserver import background
