@@ -28,7 +28,7 @@ CATEGORIES = (
     (
         "moe",
         r"moe|expert|matmul_ogs|topk|routing|_gemm[12]_kernel|align_block|_align_small|sort|combine_kernel"
-        r"|quant_rows_kernel|quant_fp8_rows_kernel|mxfp4_to_fp8",
+        r"|quant_rows_kernel|quant_fp8_rows_kernel",
     ),  # ours: the MoE's quantizers, combine, route
     ("norm/act", r"norm|silu|gelu|swiglu|act_and_mul|rotary|rope"),
     ("attention", r"mla|attn|attention|fmha|_fwd_kernel|_fwd_grouped_kernel|decode_|extend|merge_state"),

@@ -37,7 +37,7 @@ def test_summary_sums_by_kernel_and_category_and_measures_busy_time():
 @pytest.mark.parametrize(
     "name,cat",
     [("quant_rows_kernel", "moe"), ("quant_fp8_rows_kernel", "moe"), ("combine_kernel", "moe"),
-     ("_align_small_kernel", "moe"), ("mxfp4_to_fp8_kernel", "moe"), ("mxfp4_gemm_kernel", "gemm"),
+     ("_align_small_kernel", "moe"), ("mxfp4_gemm_kernel", "gemm"),
      ("mxfp4_quant_kernel", "gemm"), ("mla_partial_sm90", "attention"), ("_mla_merge_kernel", "attention")],
 )  # fmt: skip
 def test_our_kernels_land_in_their_ops_category(name: str, cat: str) -> None:
