@@ -2,7 +2,7 @@
 # End-to-end runs on the GPU host inside one device call: `speedrun run` per recipe (baseline, the agreement
 # control when the recipe has one, overlay), under a deadline; every run folder comes back in $OUT/e2e.tgz.
 #   device: RUN_ARGS="--concurrency 4,32 --isl 1024 --osl 256" bash scripts/device/e2e.sh RECIPE [RECIPE...]
-#   (carry .gpu-bundle and .models)
+#   (carry .gpu-bundle and the recipes' own folders under .models: the whole .models can pass the 64 MiB carry limit)
 #   SIDES=baseline ... then SIDES=control,overlay ...: one long run split over calls on a warm machine (the run
 #   folder .runs/e2e/RECIPE stays there between calls; the report is written by the call that completes it)
 #   ABLATE="mxfp4_moe,mxfp4_gemm;mxfp4_moe": after each recipe's run, the overlay side again with only those ops
