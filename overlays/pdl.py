@@ -12,8 +12,9 @@ correct when every kernel in it keeps three rules (`griddepcontrol`, PTX ISA):
 `pdl_trigger` lets the next kernel launch once every program of this one has triggered or exited: at that point all
 of them are resident, so the dependents fill SMs as this kernel's programs finish.
 With PDL off (the constexpr) none of this emits code: the interpreter, ROCm and pre-sm90 CUDA run plain launches.
-Launch sites pass `**launch_kw(pdl)`: the HIP backend has no `launch_pdl` option and rejects the keyword even when
-it is False.
+Launch sites pass `**dependent(pdl)` (the kernel's PDL constexpr and the launch attribute, never one without the
+other), or `**launch_kw(pdl)` where the constexpr travels with the kernel's other constants: the HIP backend has no
+`launch_pdl` option and rejects the keyword even when it is False.
 """
 
 from __future__ import annotations
@@ -62,4 +63,10 @@ def launch_kw(pdl: bool) -> dict[str, bool]:
     return {"launch_pdl": True} if pdl else {}
 
 
-__all__ = ["launch_kw", "pdl_trigger", "pdl_wait", "prefetch_ptrs"]
+def dependent(pdl: bool) -> dict[str, bool]:
+    """A kernel's launch keywords as a programmatic dependent: its PDL constexpr (the waits that make the launch
+    safe) and the launch attribute, together."""
+    return {"PDL": pdl, **launch_kw(pdl)}
+
+
+__all__ = ["dependent", "launch_kw", "pdl_trigger", "pdl_wait", "prefetch_ptrs"]

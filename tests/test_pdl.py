@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from speedrun.overlays.arch import pdl_ok
-from speedrun.overlays.pdl import launch_kw
+from speedrun.overlays.pdl import dependent, launch_kw
 
 OVERLAYS = Path(__file__).resolve().parents[1] / "overlays"
 
@@ -35,6 +35,7 @@ def test_launch_keyword_only_when_on_and_hip_would_reject_it() -> None:
     from triton.compiler.compiler import make_backend
 
     assert launch_kw(False) == {} and launch_kw(True) == {"launch_pdl": True}
+    assert dependent(False) == {"PDL": False} and dependent(True) == {"PDL": True, "launch_pdl": True}
     hip = make_backend(GPUTarget("hip", "gfx950", 64)).parse_options({})
     cuda = make_backend(GPUTarget("cuda", 90, 32)).parse_options({})
     # the JIT raises "Keyword argument ... unrecognised" for a launch keyword its backend's options lack

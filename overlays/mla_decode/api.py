@@ -42,7 +42,7 @@ from speedrun.overlays.mla_decode.config import (
     check_table,
 )
 from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
-from speedrun.overlays.pdl import launch_kw
+from speedrun.overlays.pdl import dependent
 
 LOG2E = 1.4426950408889634
 # SNAP reads the whole batch's lengths in every partial program (bs x programs loads): past this batch it would
@@ -171,13 +171,12 @@ def mla_decode(
         q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
         H=heads, BLOCK_H=plan.block_h, BLOCK_N=cfg.BLOCK_N, BLOCK_B=block_b(bs),
         MIN_CHUNK=cfg.min_chunk, PAGE_SIZE=plan.page_size, DL=D_LATENT, DR=D_ROPE,
-        **plan.partial[large], **plan.partial_opts, PDL=plan.pdl, **launch_kw(plan.pdl),
+        **plan.partial[large], **plan.partial_opts, **dependent(plan.pdl),
     )  # fmt: skip
     block_p, block_dv = merge_blocks(bs, heads, cfg.merge, plan.sms)
     _mla_merge_kernel[(bs, heads, D_LATENT // block_dv)](
         o, part_o, part_lse, chunk, kv_indptr, float(v_scale), o.stride(0), o.stride(1),
-        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, DL=D_LATENT, **plan.merge_opts, PDL=plan.pdl,
-        **launch_kw(plan.pdl),
+        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, DL=D_LATENT, **plan.merge_opts, **dependent(plan.pdl),
     )  # fmt: skip
     return o
 

@@ -49,7 +49,7 @@ from speedrun.overlays.mxfp4_gemm.kernels import (
     mxfp4_quant_kernel,
     qdq_rows_kernel,
 )
-from speedrun.overlays.pdl import launch_kw
+from speedrun.overlays.pdl import dependent, launch_kw
 
 OP = "mxfp4_gemm"
 # A decode SM is taken as issue-bound (rather than latency-bound) from SAT_WARPS warps (2 per scheduler) and 2 CTAs
@@ -422,7 +422,7 @@ def quantize(a: torch.Tensor, qdq: bool, pdl: bool = False) -> tuple[torch.Tenso
     sp = s if s is not None else q
     grid = (math.ceil(m / bm), math.ceil(k / bk))
     mxfp4_quant_kernel[grid](a, q, sp, m, k, a.stride(0), q.stride(0), sp.stride(0), QDQ=qdq, BLOCK_M=bm,
-                             BLOCK_K=bk, PDL=pdl, num_warps=4, **launch_kw(pdl))  # fmt: skip
+                             BLOCK_K=bk, num_warps=4, **dependent(pdl))  # fmt: skip
     return q, s
 
 

@@ -45,7 +45,7 @@ from speedrun.overlays.mxfp4_moe.kernels import (
 )
 from speedrun.overlays.mxfp4_moe.sort import sort_tokens
 from speedrun.overlays.mxfp4_moe.stock_fp8 import fused_moe_stock_fp8
-from speedrun.overlays.pdl import launch_kw
+from speedrun.overlays.pdl import dependent
 
 OP = "mxfp4_moe"
 COMBINE_BLOCK = 1024  # hidden columns per combine program
@@ -359,7 +359,7 @@ def _quant_launch(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, qdq: bool, 
     br, bk = 4, 256
     grid = (triton.cdiv(m, br), triton.cdiv(k, bk))
     quant_rows_kernel[grid](x, q, s, m, k, x.stride(0), q.stride(0), s.stride(0), BLOCK_R=br, BLOCK_K=bk, QDQ=qdq,
-                            PDL=pdl, **launch_kw(pdl))  # fmt: skip
+                            **dependent(pdl))  # fmt: skip
 
 
 def quant_fp8_rows(x: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -369,7 +369,7 @@ def quant_fp8_rows(x: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, to
     s = torch.empty(m, k // 128, dtype=torch.float32, device=x.device)
     br = 16
     quant_fp8_rows_kernel[(triton.cdiv(m, br), k // 128)](x, q, s, m, x.stride(0), q.stride(0), s.stride(0), BLOCK_R=br,
-                                                          PDL=pdl, **launch_kw(pdl))  # fmt: skip
+                                                          **dependent(pdl))  # fmt: skip
     return q, s
 
 
@@ -453,7 +453,7 @@ def fused_moe_mxfp4(
         TOPK=topk, A_FP4=a4, OUT_FP4=a4, ACT=int(w.act), HAS_BIAS=w.b13 is not None, DOT_SCALED=dot_scaled,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N1, BLOCK_K=bk1, **run.opts1, **flags,
         part_ptr=part, cnt_ptr=cnt, SPLIT_K=split, EVEN_N=n % cfg.BLOCK_N1 == 0, OUT_QDQ=qdq,
-        PDL=pdl, **launch_kw(pdl),
+        **dependent(pdl),
     )  # fmt: skip
     b2 = w.b2 if w.b2 is not None else w.w2_scale
     grid2 = (s.max_blocks, triton.cdiv(triton.cdiv(h, cfg.BLOCK_N2), cfg.group2))
@@ -464,12 +464,12 @@ def fused_moe_mxfp4(
         TOPK=topk, A_FP4=a4, HAS_BIAS=w.b2 is not None, DOT_SCALED=dot_scaled,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N2, BLOCK_K=bk2, **run.opts2, **flags,
         EVEN_N=h % (cfg.BLOCK_N2 * cfg.group2) == 0, N_GROUP=cfg.group2,
-        PDL=pdl, **launch_kw(pdl), **(gemm2_prefetch(n) if pdl else {}),
+        **dependent(pdl), **(gemm2_prefetch(n) if pdl else {}),
     )  # fmt: skip
     out = torch.empty(m, h, dtype=torch.bfloat16, device=dev)
     combine_kernel[(m, triton.cdiv(h, COMBINE_BLOCK))](y, s.ids, out, h, w.num_experts, y.stride(0), out.stride(0),
                                                        float(routed_scaling_factor), TOPK=topk,
-                                                       BLOCK_H=COMBINE_BLOCK, PDL=pdl, **launch_kw(pdl),
+                                                       BLOCK_H=COMBINE_BLOCK, **dependent(pdl),
                                                        num_warps=4)  # fmt: skip
     return out
 
