@@ -68,6 +68,12 @@ VARIANTS = {
     # both kernels launched as programmatic dependents (overlays/pdl.py): the merge starts as the partial kernel's
     # programs finish, the next call's partial kernel in the merge's tail
     "pdl": {"pdl": True},
+    # Round 11: the served a8w8 tile warp-specialized (gluon_sm90_ws.py): a loader and a converter partition hand
+    # tiles to the MMA warps over mbarriers, so a tile's copies and V convert leave the MMA warps' chain (sm90 AOT:
+    # MMA loop 284 instructions a warp and 6 barriers a tile vs the served kernel's ~540 and 8). cvt32: the
+    # converter in two 32-token slices (more registers, fewer of its barriers)
+    "gluon_ws": {**A8W8, "a8w8": {**GLUON, "engine": "gluon_ws", "programs_per_sm": 1}},
+    "gluon_ws_cvt32": {**A8W8, "a8w8": {**GLUON, "engine": "gluon_ws", "programs_per_sm": 1, "cvt_rows": 32}},
     "fp8_n64_w8": {**A16, "fp8": FP8_N64_W8},
     "fp8_r168_st3": {**A16, "fp8": FP8_R168_ST3},
     # a8w8 on 128-token tiles: 8 warps as two warpgroups along the tokens (M = 128 -> warps [8, 1]), so each QK
@@ -79,16 +85,11 @@ VARIANTS = {
     # tile is then loaded synchronously) vs PV in f16 (cp.async pipelined, V upcast by the packed convert)
     "a8w8_pv_f16": {**A8W8, "a8w8": {**A8, "pv": "f16"}},
     "a8w8_pv_fp8": {**A8W8, "a8w8": {**A8, "pv": "fp8"}},
-    # Round 8: the same a8w8 semantics (pv f16) in Gluon, FlashMLA's structure: cp.async ring, fp8 QK wgmma straight
-    # from the landed tile while the warpgroups convert V once to f16 in shared memory, PV wgmma (gluon_sm90.py)
-    "a8w8_gluon": {**A8W8, "a8w8": GLUON},
     # 3 stages (199 KB) at the served one program per SM (round 8 timed 3 stages only at 2 per SM, as two waves)
     "a8w8_gluon_pps1_st3": {**A8W8, "a8w8": {**GLUON, "num_stages": 3, "programs_per_sm": 1}},
     # its 164 KB of shared memory hold one CTA per SM: the table's 2 programs per SM would be two waves (a8w8's own
     # split width; round 8 set it bucket-wide, which fp8 caches time the same and bf16 caches 4-17% slower)
     "gluon_pps1": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1}},
-    # V's f16 copy in one 64-token slice: one CTA barrier a tile fewer (sm90 AOT: 178 registers, no spill)
-    "gluon_pps1_cvt64": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "cvt_rows": 64}},
     # a tile's PV left in flight under the next tile's QK and V copy (PERF.md round 9)
     "gluon_pps1_pipe": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "pipe_pv": True}},
     "gluon_pps1_pipe_cvt64": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "pipe_pv": True, "cvt_rows": 64}},
@@ -105,10 +106,17 @@ RETIRED = {
     # the default's time on both caches at every sweep shape.
     "t16_n64_w4": {**A16, **T16, "num_warps": 4, "num_stages": 2},  # sm90 AOT: 255 regs + spills (fp8 320 B)
     "t16_n64_w8": {**A16, **T16, "num_warps": 8, "num_stages": 2},  # bf16 172 regs, no spill; fp8 255 + 64 B
+    # Round 8: the a8w8 semantics (pv f16) in Gluon, FlashMLA's structure: cp.async ring, fp8 QK wgmma straight
+    # from the landed tile while the warpgroups convert V once to f16 in shared memory, PV wgmma (gluon_sm90.py).
+    # At the table's 2 programs per SM (two waves of one CTA per SM) it lost to gluon_pps1 at every shape (round 8)
+    "a8w8_gluon": {**A8W8, "a8w8": GLUON},
+    # V's f16 copy in one 64-token slice without PV in flight: round 9 served it with pipe_pv (gluon_pps1_pipe_cvt64)
+    "gluon_pps1_cvt64": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "cvt_rows": 64}},
 }
 # Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
 # replace them with their own "fp8".
-SPLIT_VARIANTS = ("default", "pdl", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16", "fp8_n64_w8", "fp8_r168_st3",
+SPLIT_VARIANTS = ("default", "pdl", "gluon_ws", "gluon_ws_cvt32", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16",
+                  "fp8_n64_w8", "fp8_r168_st3",
                   "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_pps1_st3", "gluon_pps1", "gluon_pps1_cvt64",
                   "gluon_pps1_pipe", "gluon_pps1_pipe_cvt64", "kv16_gluon")  # fmt: skip
 BUCKET = "heads<=16"  # the configs/sm90.json key every case here maps to (HEADS = 16)
@@ -376,14 +384,14 @@ def kernels_of(cfg: MlaBucket, dt: torch.dtype, arch: str) -> str:
                  c.BLOCK_N, c.min_chunk, c.merge))  # fmt: skip
 
 
-def sweep_plan(arch: str) -> list[SweepCell]:
+def sweep_plan(arch: str, variants: tuple[str, ...] = tuple(VARIANTS)) -> list[SweepCell]:
     """The sweep's cells, most important first: every fp8 shape (round 5's questions are all fp8), then bf16, so a
     spent budget drops bf16 shapes. A variant that runs another's kernels on a cache is not timed again."""
     cells = []
     for dt in (torch.float8_e4m3fn, torch.bfloat16):
         seen: dict[str, str] = {}
         runs = []
-        for variant in VARIANTS:
+        for variant in variants:
             key = kernels_of(variant_config(variant, arch), dt, arch)
             runs.append((variant, seen.get(key)))
             seen.setdefault(key, variant)
@@ -391,14 +399,15 @@ def sweep_plan(arch: str) -> list[SweepCell]:
     return cells
 
 
-def sweep(gpu: str, peak: float = timer.DEFAULT_PEAK[1], emit: Emit = ignore) -> list[dict[str, Any]]:
+def sweep(gpu: str, peak: float = timer.DEFAULT_PEAK[1], emit: Emit = ignore,
+          variants: tuple[str, ...] = tuple(VARIANTS)) -> list[dict[str, Any]]:  # fmt: skip
     """Every variant on the key shapes, fp8 then bf16; prints the best variant per shape; each row goes to `emit`.
     A shape is started only if the time left covers what the previous one took, so every shape the rows have is
     complete (the tuner compares a variant only on shapes it shares with the current config)."""
     from speedrun.overlays.arch import current_arch
 
     rows, deadline, last_s = [], time.monotonic() + SWEEP_BUDGET_S, 0.0
-    for cell in sweep_plan(current_arch()):
+    for cell in sweep_plan(current_arch(), variants):
         bs, kv_len, dt = cell.bs, cell.kv_len, cell.dtype
         name = "bf16" if dt == torch.bfloat16 else "fp8_e4m3"
         t0 = time.monotonic()
@@ -452,7 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--impls", default=",".join(IMPLS), help=f"comma list, default all: {','.join(IMPLS)}")
     ap.add_argument("--sweep", action="store_true", help="time config variants of our kernel (for tuning)")
     ap.add_argument("--kv-dtype", choices=("all", "bf16", "fp8"), default="all", help="main table: these caches")
+    ap.add_argument("--variants", help="--sweep: only these (comma list; `default`, the table as served, always)")
     args = ap.parse_args(argv)
+    variants = tuple(dict.fromkeys(["default", *args.variants.split(",")])) if args.variants else tuple(VARIANTS)
+    if bad := [v for v in variants if v not in VARIANTS]:
+        print(f"--variants: unknown {bad}; expected some of {', '.join(VARIANTS)}")
+        return 2
     impls = tuple(args.impls.split(","))
     if bad := [i for i in impls if i not in IMPLS]:
         print(f"--impls: unknown {bad}; expected some of {', '.join(IMPLS)}")
@@ -468,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             "bytes": "cached latent rows only: 1152 B/token bf16, 576 B/token fp8"}  # fmt: skip
     if args.sweep:
         with recording(args.out / "mla_decode_sweep.json", meta) as res:
-            rows = sweep(gpu, peak, emit=res.add)
+            rows = sweep(gpu, peak, emit=res.add, variants=variants)
             res.meta["best"] = best = {}
             for r in sorted((r for r in rows if r.get("us")), key=lambda r: r["us"]):
                 best.setdefault(f"{r['kv_dtype']} bs={r['bs']} kv={r['kv_len']}", f"{r['variant']} {r['us']} µs")

@@ -1,7 +1,7 @@
 """AOT compile specs for the MLA decode kernels: per config bucket, the partial kernel for bf16 and fp8 KV
 (it must use the matrix unit), for fp8 KV also the a8w8 kernel with fp8 and with f16 PV (it must use the fp8
-matrix instructions; on gfx950 with >= 2 waves per SIMD and no spills), on sm90 the Gluon a8w8 kernel (heads <= 16),
-and the merge kernel."""
+matrix instructions; on gfx950 with >= 2 waves per SIMD and no spills), on sm90 the Gluon a8w8 kernels (heads <= 16:
+gluon_sm90.py and its warp-specialized form), and the merge kernel."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from speedrun.overlays.arch import is_amd, pdl_ok
 from speedrun.overlays.buckets import parse
 from speedrun.overlays.mla_decode import api
 from speedrun.overlays.mla_decode.config import Compute, Engine, MlaBucket, Pv
-from speedrun.overlays.mla_decode.kernels import D_LATENT, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
+from speedrun.overlays.mla_decode.kernels import D_LATENT, D_ROPE, _mla_merge_kernel
 
 KV_TYPES = {"bf16": "*bf16", "fp8": "*fp8e4nv"}  # fp8 e4m3fn (OCP): sm90 and gfx950 both take it
 KV_TORCH = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
@@ -22,6 +22,7 @@ EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 # sm90 wgmma ... .e4m3.e4m3; gfx950 an fp8 MFMA (v_mfma_f32_*_fp8_fp8, or the f8f6f4 forms).
 EXPECT_FP8_MMA = {"sm90": r"wgmma\.mma_async[\w.]*\.e4m3\.e4m3", "gfx950": r"v_mfma_\w*(?:fp8_fp8|f8f6f4)"}
 GLUON_A8W8 = {"engine": "gluon", "mma_m": "tokens", "pv": "f16", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
+GLUON_WS = {**GLUON_A8W8, "engine": "gluon_ws", "pipe_pv": None, "cvt_rows": None}
 GLUON_KV16 = {"kv16_engine": "gluon", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
 TRITON = {"engine": "triton"}  # the a8w8 knobs on the Triton kernel
 A8W8_MIN_WAVES = {"gfx950": 2}  # waves per SIMD: one wave per SIMD leaves nothing to hide HBM latency with
@@ -54,7 +55,8 @@ def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, co
     sig = {**ptrs, **SCALARS, **dict.fromkeys(STRIDES, "i32"), **dict.fromkeys(const, "constexpr")}
     # As the JIT sees SGLang's buffers: aligned pointers, strides that are multiples of 576 or 512 (so of 16).
     attrs = aligned(sig, *PARTIAL_ARGS, *STRIDES)
-    gluon = ",gluon" if plan.kernel is not _mla_partial_kernel else ""
+    engine = api.engine(cfg, KV_TORCH[kv])
+    gluon = f",{engine.value}" if engine.gluon else ""
     if plan.compute == Compute.A8W8:
         name = f"mla_decode/partial[{bucket},fp8,a8w8,pv-{cfg.a8w8.pv}{gluon}]"
         return CompileSpec(name, plan.kernel, sig, const, cfg.launch_knobs(), EXPECT_FP8_MMA[arch],
@@ -89,8 +91,9 @@ def compile_specs(arch: str) -> list[CompileSpec]:
             pvs = [cfg.a8w8.pv, *(p for p in A8W8_PV if p != cfg.a8w8.pv)]
             specs += [partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, pv, TRITON) for pv in pvs]
             gluon = arch == "sm90" and heads <= 16  # the Gluon kernel (sweep variants a8w8_gluon, kv16_gluon)
-            if gluon and cfg.a8w8.engine != Engine.GLUON:
-                specs.append(partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, a8w8=GLUON_A8W8))
+            for engine, knobs in ((Engine.GLUON, GLUON_A8W8), (Engine.GLUON_WS, GLUON_WS)):
+                if gluon and cfg.a8w8.engine != engine:
+                    specs.append(partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, a8w8=knobs))
             if gluon and cfg.kv16_engine != Engine.GLUON:
                 specs.append(partial_spec(bucket, heads, cfg.replace(**GLUON_KV16), "bf16", arch))
         specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg.merge.min_block_dv, D_LATENT)]

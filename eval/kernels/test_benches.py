@@ -191,3 +191,13 @@ def test_mla_sweep_fits_its_budget_fp8_first():
     fp8_s = sum(c.timed for c in cells[:7]) * mla.SWEEP_S_PER_CELL
     assert fp8_s <= 0.7 * mla.SWEEP_BUDGET_S  # the fp8 half with room for slower compiles (a8w8, 8 warps)
     assert sum(c.timed for c in cells) * mla.SWEEP_S_PER_CELL <= mla.SWEEP_BUDGET_S
+
+
+def test_mla_sweep_variants_narrow_it_to_the_served_table_and_those(tmp_path):
+    """--variants times only the named variants next to `default` (the table as served), on both caches; a name
+    the sweep does not know is refused in one line before any GPU work."""
+    cells = mla.sweep_plan("sm90", ("default", "gluon_ws"))
+    assert all([v for v, _ in c.runs] == ["default", "gluon_ws"] for c in cells)
+    fp8, bf16 = dict(cells[0].runs), dict(cells[-1].runs)
+    assert fp8["gluon_ws"] is None and bf16["gluon_ws"] == "default"  # an fp8-only kernel: bf16 rows reuse default
+    assert mla.main(["--out", str(tmp_path), "--sweep", "--variants", "gluon_ws,nope"]) == 2

@@ -229,10 +229,10 @@ def without_gluon(cfg: MlaBucket) -> MlaBucket:
     """A bucket of sm90's table as another arch runs it: the Gluon kernel is sm90's only (wgmma), so a bucket
     that chose it for fp8 caches computes them a16 again (on sm90 the Triton a8w8 kernel was slower than a16,
     PERF.md round 4) and 16-bit caches run the Triton kernel; explicit a8w8 requests get the Triton a8w8 kernel."""
-    if cfg.a8w8 is not None and cfg.a8w8.engine == Engine.GLUON:
+    if cfg.a8w8 is not None and cfg.a8w8.engine.gluon:
         a8w8 = {k: v for k, v in cfg.a8w8.entry().items() if k not in GLUON_ONLY}
         cfg = cfg.replace(fp8_compute=Compute.A16, a8w8={**a8w8, "engine": Engine.TRITON.value})
-    return cfg.replace(kv16_engine=Engine.TRITON.value) if cfg.kv16_engine == Engine.GLUON else cfg
+    return cfg.replace(kv16_engine=Engine.TRITON.value) if cfg.kv16_engine.gluon else cfg
 
 
 def cuda_only(cfg: MlaBucket, arch: str, where: str) -> None:
@@ -281,18 +281,24 @@ def _sm(arch: str) -> int:
     return int("".join(c for c in arch[2:] if c.isdigit()) or 0) if arch.startswith("sm") else 0
 
 
-def gluon_engine(cfg: MlaBucket, kv_dtype: torch.dtype) -> bool:
-    """Whether the bucket as it runs (kv_config's) computes with the Gluon kernel: a8w8 with `a8w8.engine: gluon`
-    on fp8 caches, `kv16_engine: gluon` on 16-bit ones."""
+def engine(cfg: MlaBucket, kv_dtype: torch.dtype) -> Engine:
+    """The partial kernel the bucket as it runs (kv_config's) computes with: `a8w8.engine` on fp8 caches computing
+    a8w8, `kv16_engine` on 16-bit ones, else the Triton kernel."""
     if kv_dtype.itemsize != 1:
-        return cfg.kv16_engine == Engine.GLUON
-    return cfg.fp8_compute == Compute.A8W8 and cfg.a8w8.engine == Engine.GLUON
+        return cfg.kv16_engine
+    return cfg.a8w8.engine if cfg.fp8_compute == Compute.A8W8 else Engine.TRITON
+
+
+def gluon_engine(cfg: MlaBucket, kv_dtype: torch.dtype) -> bool:
+    """Whether the bucket as it runs computes with a Gluon kernel (gluon_sm90.py or gluon_sm90_ws.py)."""
+    return engine(cfg, kv_dtype).gluon
 
 
 # What the Gluon kernel is written for (gluon_sm90.py): a8w8 knob -> the value it must have on fp8 caches.
 GLUON_KNOBS = {"mma_m": MmaM.TOKENS, "pv": Pv.F16, "BLOCK_N": 64}
 GLUON_KV = (torch.float8_e4m3fn, torch.bfloat16)
 GLUON_CVT_ROWS = 32  # the V copy's slice (a8w8.cvt_rows unset)
+GLUON_WS_CVT_ROWS = 16  # the warp-specialized kernel's: its converter's registers (88 a thread)
 
 
 def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
@@ -321,9 +327,23 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
     if fp8 and cfg.a8w8.pipe_pv and cfg.num_stages > 2:
         raise ValueError(f"{where}: a8w8.pipe_pv double-buffers V's f16 copy: num_stages must be <= 2 to fit shared "
                          f"memory, not {cfg.num_stages}")  # fmt: skip
+    if engine(cfg, kv_dtype) == Engine.GLUON_WS:
+        return _ws_kernel(cfg, fp8, where.replace(" gluon", " gluon_ws"))
     from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_sm90
 
     return mla_partial_sm90
+
+
+def _ws_kernel(cfg: MlaBucket, fp8: bool, where: str) -> Any:
+    """gluon_sm90_ws.py's kernel, past what only it requires (fp8 caches; two ring slots, eight MMA warps)."""
+    if not fp8:
+        raise ValueError(f"{where}: fp8 e4m3 caches only (16-bit caches: kv16_engine gluon)")
+    if cfg.num_stages != 2 or cfg.num_warps != 8:
+        raise ValueError(f"{where}: a8w8.num_stages must be 2 and a8w8.num_warps 8 (two ring slots, two MMA "
+                         f"warpgroups), not {cfg.num_stages} and {cfg.num_warps}")  # fmt: skip
+    from speedrun.overlays.mla_decode.gluon_sm90_ws import mla_partial_sm90_ws
+
+    return mla_partial_sm90_ws
 
 
 def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtype, arch: str) -> dict:
@@ -332,6 +352,9 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
     power-of-two guard); "asm" is "f16" with the packed sm89+ inline-asm convert (e4m3fn on CUDA only). A8W8 and
     its TOKENS_M / PV_FP8 (the bucket's a8w8 mma_m and pv) for fp8 caches computing a8w8; TOKENS_M otherwise from
     the bucket's a16_mma_m (the 16-bit tokens-as-M path)."""
+    if engine(cfg, kv_dtype) == Engine.GLUON_WS:  # the converter's slice; the rest is fixed (gluon_sm90_ws.py)
+        return {**split_constexprs(cfg), "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps,
+                "CVT_ROWS": cfg.a8w8.cvt_rows or GLUON_WS_CVT_ROWS}  # fmt: skip
     if gluon_engine(cfg, kv_dtype):  # its own constexprs (its semantics are fixed: tokens as M; fp8: a8w8, f16 PV)
         fp8 = kv_dtype.itemsize == 1
         cvt = (cfg.a8w8.cvt_rows if fp8 else None) or GLUON_CVT_ROWS

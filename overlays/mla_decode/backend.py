@@ -46,8 +46,7 @@ class SpeedrunMLABackend(TritonAttnBackend):
         self.compute = self.init_plan.compute if kv_dtype is not None else None
         # Which partial kernel serves the model's cache: the per-process report (and its routes column) says it.
         plan = self.init_plan
-        kernel = "gluon" if api.gluon_engine(plan.cfg, plan.kv_dtype) else "triton"
-        kernel = self.impl if self.impl != "triton" else kernel
+        kernel = self.impl if self.impl != "triton" else api.engine(plan.cfg, plan.kv_dtype).value
         route = f"MLA decode: {kernel} kernel, {self.compute or 'a16'} on {kv_dtype} KV"
         report.record(mla_decode_compute=self.compute, mla_decode_kv_cache_dtype=str(kv_dtype),
                       mla_decode_kernel=kernel, mla_decode_routes=[route])  # fmt: skip

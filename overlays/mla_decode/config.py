@@ -40,10 +40,16 @@ class Pv(StrEnum):
 
 class Engine(StrEnum):
     """Which partial kernel runs (a8w8.engine for fp8 caches, kv16_engine for 16-bit ones): the Triton kernel (every
-    arch), or the Gluon one (sm90 only, heads <= 16, tokens as M, 64-token tiles: gluon_sm90.py)."""
+    arch), or a Gluon one (sm90 only, heads <= 16, tokens as M, 64-token tiles): gluon_sm90.py, or its
+    warp-specialized form for fp8 caches (gluon_sm90_ws.py: loads and the V convert in partitions of their own)."""
 
     TRITON = "triton"
     GLUON = "gluon"
+    GLUON_WS = "gluon_ws"
+
+    @property
+    def gluon(self) -> bool:
+        return self != Engine.TRITON
 
 
 class MergeKnobs(Knobs):

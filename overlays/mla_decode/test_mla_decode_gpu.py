@@ -178,12 +178,12 @@ VARIANTS = [
     "a8w8_pv_fp8",
     "a8w8_pv_f16",
     "a8w8_n128_pv_f16",
-    "a8w8_gluon",
     "a8w8_gluon_pps1_st3",
     "gluon_pps1",
-    "gluon_pps1_cvt64",
     "gluon_pps1_pipe",
     "gluon_pps1_pipe_cvt64",
+    "gluon_ws",
+    "gluon_ws_cvt32",
     "kv16_gluon",
 ]
 
@@ -431,10 +431,11 @@ def test_fp8_default_is_the_tables_choice_and_a8w8_is_really_fp8():
         run_ours(q, kv.to(torch.bfloat16), indptr, slots, compute="a8w8")
 
 
-def gluon_config():
+def gluon_config(engine: str = "gluon"):
+    """The Gluon a8w8 kernel (`engine` gluon), or its warp-specialized form (gluon_ws)."""
     from speedrun.eval.kernels import mla_decode_bench as bench
 
-    return bench.variant_config("a8w8_gluon")
+    return bench.variant_config("a8w8_gluon" if engine == "gluon" else "gluon_ws")
 
 
 needs_sm90 = pytest.mark.skipif(
@@ -443,33 +444,35 @@ needs_sm90 = pytest.mark.skipif(
 
 
 @needs_sm90
+@pytest.mark.parametrize("engine", ["gluon", "gluon_ws"])
 @pytest.mark.parametrize("page_size", [1, 64])
 @pytest.mark.parametrize("kv_len", KV_LENS)
-def test_a8w8_gluon_real_shapes(kv_len, page_size):
-    """The Gluon a8w8 kernel (gluon_sm90.py) against the a8w8 reference with f16 PV, rtol = atol = 1e-2 on every
-    element: bs 1..256 at kv 1k/8k/32k, page sizes 1 and 64, KV scales."""
+def test_a8w8_gluon_real_shapes(kv_len, page_size, engine):
+    """The Gluon a8w8 kernels (gluon_sm90.py, gluon_sm90_ws.py) against the a8w8 reference with f16 PV,
+    rtol = atol = 1e-2 on every element: bs 1..256 at kv 1k/8k/32k, page sizes 1 and 64, KV scales."""
     from speedrun.overlays.mla_decode.test_mla_decode import decode
 
-    cfg = gluon_config()
+    cfg = gluon_config(engine)
     for bs in A8W8_BS:
         q, kv, indptr, slots = make_batch(bs, 16, [kv_len] * bs, FP8, page_size=64, seed=bs)
         view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
         o = torch.empty(bs, 16, 512, dtype=torch.bfloat16, device="cuda")
         decode(q, view, o, indptr, slots, SM_SCALE, 0.8, 1.25, page_size=page_size, config=cfg, compute="a8w8")
-        a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon bs={bs} kv={kv_len} ps={page_size}",
+        a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"{engine} bs={bs} kv={kv_len} ps={page_size}",
                    0.8, 1.25)  # fmt: skip
 
 
 @needs_sm90
-@pytest.mark.parametrize("stages,pipe", [(2, False), (3, False), (2, True)])
+@pytest.mark.parametrize("stages,pipe,engine", [(2, False, "gluon"), (3, False, "gluon"), (2, True, "gluon"),
+                                               (2, False, "gluon_ws")])  # fmt: skip
 @pytest.mark.parametrize("page_size", [1, 64])
-def test_a8w8_gluon_mixed_lengths(page_size, stages, pipe):
+def test_a8w8_gluon_mixed_lengths(page_size, stages, pipe, engine):
     """Empty, 1-token, 65-token and 32k sequences among random ones (segments that start and end mid-tile, chunks
-    that span sequences), q far beyond fp8's range, both ring depths, PV left in flight across tiles (pipe_pv);
-    an empty sequence reads as zeros."""
+    that span sequences), q far beyond fp8's range, both ring depths, PV left in flight across tiles (pipe_pv),
+    the warp-specialized kernel (its partitions walk the same segments); an empty sequence reads as zeros."""
     from speedrun.overlays.mla_decode.test_mla_decode import decode
 
-    cfg = gluon_config()
+    cfg = gluon_config(engine)
     cfg = cfg.replace(a8w8=cfg.a8w8.replace(num_stages=stages, pipe_pv=pipe))
     g = torch.Generator().manual_seed(3)
     lens = torch.randint(1, 9000, (40,), generator=g).tolist() + [0, 1, 32768, 0, 65]
@@ -480,27 +483,52 @@ def test_a8w8_gluon_mixed_lengths(page_size, stages, pipe):
     o = torch.full((len(lens), 16, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
     decode(q, view, o, indptr, slots, SM_SCALE / q_mul, page_size=page_size, config=cfg, compute="a8w8")
     assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
-    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon mixed ps={page_size} st={stages} pipe={pipe}",
+    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"{engine} mixed ps={page_size} st={stages} pipe={pipe}",
                sm_scale=SM_SCALE / q_mul)  # fmt: skip
 
 
 @needs_sm90
-@pytest.mark.parametrize("pipe", [False, True])
+@pytest.mark.parametrize("pipe,engine", [(False, "gluon"), (True, "gluon"), (False, "gluon_ws")])
 @pytest.mark.parametrize("page_size", [1, 64])
-def test_a8w8_gluon_tile_edges(page_size, pipe):
+def test_a8w8_gluon_tile_edges(page_size, pipe, engine):
     """Sequences around the 64-token tile (1, 2, 63, 64, 65, 127, 128, 129 tokens): the masked tail of a tile, a
     tile-aligned end, a second tile of one token; first to localize a failure of the ring or the masks (with the PV
     left in flight across tiles too: pipe_pv)."""
     from speedrun.overlays.mla_decode.test_mla_decode import decode
 
-    cfg = gluon_config()
+    cfg = gluon_config(engine)
     cfg = cfg.replace(a8w8=cfg.a8w8.replace(pipe_pv=pipe))
     lens = [1, 2, 63, 64, 65, 127, 128, 129]
     q, kv, indptr, slots = make_batch(len(lens), 16, lens, FP8, page_size=64, seed=21)
     view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
     o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device="cuda")
     decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=cfg, compute="a8w8")
-    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"gluon tile edges ps={page_size} pipe={pipe}")
+    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"{engine} tile edges ps={page_size} pipe={pipe}")
+
+
+@needs_sm90
+@pytest.mark.parametrize("page_size", [1, 64])
+def test_a8w8_gluon_ws_is_the_served_tile(page_size):
+    """The warp-specialized kernel computes the served Gluon tile (pipe_pv) exactly: bit for bit at mixed lengths
+    and bs 32 kv 8k, and the same bits on a second run (a hand-over race between its partitions would show as a
+    difference that moves from run to run)."""
+    from speedrun.eval.kernels import mla_decode_bench as bench
+    from speedrun.overlays.mla_decode.test_mla_decode import decode
+
+    served, ws = bench.variant_config("default"), gluon_config("gluon_ws")
+    assert served.a8w8.engine == "gluon" and served.a8w8.pipe_pv  # the table's tile, which ws must reproduce
+    g = torch.Generator().manual_seed(5)
+    for lens in (torch.randint(1, 9000, (37,), generator=g).tolist() + [0, 1, 65], [8192] * 32):
+        q, kv, indptr, slots = make_batch(len(lens), 16, lens, FP8, page_size=64, seed=len(lens))
+        view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
+        outs = []
+        for cfg in (served, ws, ws):
+            o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device="cuda")
+            decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=cfg, compute="a8w8")
+            outs.append(o)
+        assert torch.equal(outs[1], outs[2]), f"gluon_ws not deterministic: bs={len(lens)} ps={page_size}"
+        diff = (outs[0].float() - outs[1].float()).abs().max().item()
+        assert torch.equal(outs[0], outs[1]), f"gluon_ws != served gluon: bs={len(lens)} ps={page_size}, max {diff}"
 
 
 @needs_sm90

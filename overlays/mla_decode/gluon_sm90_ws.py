@@ -1,0 +1,269 @@
+"""The MLA decode partial kernel for sm90, warp-specialized (Gluon): gluon_sm90.py's a8w8 tile, with the tile's
+loads and its V convert taken off the warps that run the MMAs and the softmax (PERF.md round 11).
+
+Same split, workspace, outputs and semantics as `gluon_sm90.mla_partial_sm90` on fp8 e4m3 caches with `pipe_pv`
+(`reference.mla_decode_a8w8_reference(pv="f16")`): q quantized to fp8 per (sequence, head) row with a
+power-of-two multiplier, an integer running max, P scaled by 2^8 into f16, V upcast to f16 (exact), fp32
+accumulation. Three partitions of one CTA hand tiles over mbarriers instead of CTA barriers:
+- loader (LOAD_WARPS warps): cp.async of each 64-token fp8 tile into a STAGES-deep ring; each thread's copies
+  complete on the slot's `kv_full` barrier (cp.async.mbarrier.arrive.noinc); waits `kv_empty` before refilling;
+- converter (CVT_WARPS warps): the tile's 512 latent columns to f16 into one of two V buffers (`v_full` when
+  stored, `v_empty` when PV has read it), then releases the ring slot (its half of `kv_empty`);
+- MMA (the default partition, WARPS 8 = two warpgroups): S^T = K q^T as fp8 wgmma from the landed slot (the
+  warpgroups split the heads), the online softmax over the tokens, P^T to shared memory, O^T += V^T P^T as f16
+  wgmma (the warpgroups split the 512 output rows), left in flight until the next tile's QK is waited.
+So the MMA warps' tile is: wait, QK, softmax, P, PV; nothing of a tile's memory traffic or its convert waits in
+line with them. The segment walk (which sequences a program's chunk covers, how many tiles each) is computed the
+same way in every partition, so all three count the same global tile index t (slot t % STAGES, V buffer t % 2).
+fp8 caches only, heads <= 16 in one program (api.partial_kernel checks). The interpreter cannot run Gluon:
+correctness is the GPU tests' (test_mla_decode_gpu.py), machine code the compile report's.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_init,
+    warpgroup_mma_wait,
+)
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from speedrun.overlays.mla_decode.gluon_sm90 import _chunk_size, _cta_barrier, _load_q, _locs, _rows
+
+
+@gluon.jit
+def _segment_bounds(kv_indptr, base, b, end):
+    """Sequence b's token range [seq_lo, seq_hi) relative to the batch start, and where the program's piece of it
+    ends (seg_hi)."""
+    seq_lo = gl.load(kv_indptr + b).to(gl.int64) - base
+    seq_hi = gl.load(kv_indptr + b + 1).to(gl.int64) - base
+    return seq_lo, seq_hi, gl.minimum(seq_hi, end)
+
+
+@gluon.jit
+def _loader(KV, kv_idx, kv_indptr, base, start, end, b0, stride_kv_page, stride_kv_tok, lat_s, rope_s, kv_full,
+            done, v_full, BLOCK_N: gl.constexpr, PAGE_SIZE: gl.constexpr, DL: gl.constexpr, DR: gl.constexpr,
+            LOAD_WARPS: gl.constexpr, LOAD_ROWS: gl.constexpr):  # fmt: skip
+    """Every tile of the program's chunk into the ring, in order; LOAD_ROWS rows per issue keep the pointer
+    registers few. Rows past the segment land as zeros (finite V under P = 0)."""
+    LLAT: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [LOAD_WARPS, 1], [1, 0])
+    LROPE: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [LOAD_WARPS, 1], [1, 0])
+    c_lat = gl.arange(0, DL, layout=gl.SliceLayout(0, LLAT))
+    c_rope = gl.arange(0, DR, layout=gl.SliceLayout(0, LROPE))
+    t = 0
+    pos = start
+    b = b0
+    while pos < end:
+        seq_lo, seq_hi, seg_hi = _segment_bounds(kv_indptr, base, b, end)
+        for n0 in range(pos, seg_hi, BLOCK_N):
+            s = t % 2
+            # slot s held tile t - 2: its QK is done and the converter has read it
+            mbarrier.wait(done.index(s), ((t - 2) // 2) & 1, pred=t >= 2)
+            mbarrier.wait(v_full.index(s), ((t - 2) // 2) & 1, pred=t >= 2)
+            for r in gl.static_range(BLOCK_N // LOAD_ROWS):
+                loc = _locs(kv_idx, n0 + r * LOAD_ROWS, seg_hi, LOAD_ROWS, gl.SliceLayout(1, LLAT))
+                row, mask = _rows(loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
+                dst = lat_s.index(s).slice(r * LOAD_ROWS, LOAD_ROWS)
+                async_copy.async_copy_global_to_shared(dst, KV + row[:, None] + c_lat[None, :], mask=mask[:, None])
+            loc = _locs(kv_idx, n0, seg_hi, BLOCK_N, gl.SliceLayout(1, LROPE))
+            row, mask = _rows(loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
+            async_copy.async_copy_global_to_shared(rope_s.index(s), KV + DL + row[:, None] + c_rope[None, :],
+                                                   mask=mask[:, None])  # fmt: skip
+            async_copy.mbarrier_arrive(kv_full.index(s), increment_count=False)
+            t += 1
+        pos = gl.maximum(seg_hi, pos)
+        b += 1
+
+
+@gluon.jit
+def _converter(kv_indptr, base, start, end, b0, lat_s, v16_s, kv_full, done, v_full, BLOCK_N: gl.constexpr,
+               DL: gl.constexpr, CVT_WARPS: gl.constexpr, CVT_ROWS: gl.constexpr):  # fmt: skip
+    """Each landed tile's latent columns to f16 in V buffer t % 2 (exact: e4m3 is a subset of f16)."""
+    LCV: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [CVT_WARPS, 1], [1, 0])
+    t = 0
+    pos = start
+    b = b0
+    while pos < end:
+        seq_lo, seq_hi, seg_hi = _segment_bounds(kv_indptr, base, b, end)
+        for _ in range(pos, seg_hi, BLOCK_N):
+            s = t % 2
+            mbarrier.wait(kv_full.index(s), (t // 2) & 1)
+            # V buffer s held tile t - 2: `done` of tile t - 1 means PV(t - 2) has retired
+            mbarrier.wait(done.index((t + 1) % 2), ((t - 1) // 2) & 1, pred=t >= 2)
+            for r in gl.static_range(BLOCK_N // CVT_ROWS):
+                rows = lat_s.index(s).slice(r * CVT_ROWS, CVT_ROWS).load(LCV)
+                v16_s.index(s).slice(r * CVT_ROWS, CVT_ROWS).store(rows.to(gl.float16))
+            fence_async_shared()  # the f16 stores are read by wgmma (the async proxy)
+            mbarrier.arrive(v_full.index(s))  # Triton puts a partition barrier before an arrive
+            t += 1
+        pos = gl.maximum(seg_hi, pos)
+        b += 1
+
+
+@gluon.jit
+def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
+         stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v16_s, p_s, kv_full, done, v_full, H: gl.constexpr,
+         BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, DL: gl.constexpr, DR: gl.constexpr, Q_EXP: gl.constexpr,
+         WARPS: gl.constexpr):  # fmt: skip
+    """QK, softmax and PV of every tile (gluon_sm90._segment's PIPE_PV tile, fed by the other partitions), and
+    each segment's output: the final one, or a partial in slot p + b."""
+    LS: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WARPS // 4],
+                                                 instr_shape=[16, BLOCK_H // (WARPS // 4), 32])  # fmt: skip
+    LO: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                 instr_shape=[16, BLOCK_H, 16])  # fmt: skip
+    LQ: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [WARPS, 1], [1, 0])
+    P_SCALE: gl.constexpr = 256.0  # f16 P: 2^8 keeps small P out of f16's subnormals
+    t = 0
+    pos = start
+    b = b0
+    while pos < end:
+        seq_lo, seq_hi, seg_hi = _segment_bounds(kv_indptr, base, b, end)
+        if seg_hi > pos:
+            _cta_barrier()  # every warp is past the last segment's QK before q is overwritten
+            q_mul = _load_q(Q, q_lat_s, q_rope_s, b, stride_qb, stride_qh, H, BLOCK_H, DL, DR, Q_EXP, False, LQ)
+            fence_async_shared()
+            _cta_barrier()
+            sc = gl.convert_layout(qk_scale / q_mul, gl.SliceLayout(0, LS))
+            m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(0, LS))
+            l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, LS)  # row sums kept per element, summed at the end
+            acc = warpgroup_mma_init(gl.zeros([DL, BLOCK_H], gl.float32, LO))
+            for n0 in range(pos, seg_hi, BLOCK_N):
+                s = t % 2
+                mbarrier.wait(kv_full.index(s), (t // 2) & 1)
+                s_t = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, LS)
+                s_t = warpgroup_mma(rope_s.index(s), q_rope_s.permute((1, 0)), s_t, use_acc=False, is_async=True)
+                s_t = warpgroup_mma(lat_s.index(s), q_lat_s.permute((1, 0)), s_t, is_async=True)
+                # wgmma groups retire in order: QK(t) done means PV(t - 1) is too (slot and V buffer free)
+                s_t, acc = warpgroup_mma_wait(0, deps=[s_t, acc])
+                mbarrier.arrive(done.index(s))
+                offs_n = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LS))
+                s_t = gl.where((offs_n < seg_hi)[:, None], s_t * sc[None, :], float("-inf"))
+                m_new = gl.maximum(m_i, gl.ceil(gl.max(s_t, axis=0)))
+                alpha = gl.exp2(m_i - m_new)
+                p_t = gl.exp2(s_t - m_new[None, :])
+                l_acc = l_acc * alpha[None, :] + p_t
+                m_i = m_new
+                p_b = p_s.index(s)
+                p_b.store((p_t * P_SCALE).to(gl.float16))
+                fence_async_shared()
+                _cta_barrier()  # both warpgroups' P rows are in shared memory before either PV reads them
+                mbarrier.wait(v_full.index(s), (t // 2) & 1)
+                acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, LO))[None, :]
+                acc = warpgroup_mma(v16_s.index(s).permute((1, 0)), p_b, acc, is_async=True)
+                t += 1
+            acc = warpgroup_mma_wait(0, deps=[acc])
+            l_i = gl.sum(l_acc, axis=0)
+            # acc^T [DL, heads] / l / P_SCALE, stored from the accumulator's layout (no shared memory left for a
+            # re-layout), once per segment
+            l_o = gl.convert_layout(l_i * P_SCALE, gl.SliceLayout(0, LO))
+            out = acc / l_o[None, :]
+            d = gl.arange(0, DL, layout=gl.SliceLayout(1, LO))
+            h = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, LO))
+            mh = (h < H)[None, :]
+            if (pos == seq_lo) & (seg_hi == seq_hi):
+                o_ptr = O + b.to(gl.int64) * stride_ob + h[None, :] * stride_oh + d[:, None]
+                gl.store(o_ptr, (out * v_scale).to(O.dtype.element_ty), mask=mh)
+            else:
+                slot = (p + b).to(gl.int64)
+                gl.store(PartO + (slot * H + h[None, :]) * DL + d[:, None], out, mask=mh)
+                hl = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, LS))
+                gl.store(PartLse + slot * H + hl, m_i + gl.log2(l_i), mask=hl < H)
+        pos = gl.maximum(seg_hi, pos)
+        b += 1
+
+
+@gluon.jit
+def mla_partial_sm90_ws(
+    Q,
+    KV,
+    O,
+    PartO,
+    PartLse,
+    Chunk,
+    kv_indptr,
+    kv_indices,
+    qk_scale,
+    v_scale,
+    bs,
+    num_programs,
+    stride_qb,
+    stride_qh,
+    stride_kv_page,
+    stride_kv_tok,
+    stride_ob,
+    stride_oh,
+    H: gl.constexpr,
+    BLOCK_H: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+    BLOCK_B: gl.constexpr,
+    MIN_CHUNK: gl.constexpr,
+    PAGE_SIZE: gl.constexpr,
+    DL: gl.constexpr,
+    DR: gl.constexpr,
+    SNAP: gl.constexpr = True,
+    Q_EXP: gl.constexpr = 8,
+    WARPS: gl.constexpr = 8,  # the MMA partition: two warpgroups (QK: 8 heads each; PV: half the output rows each)
+    CVT_ROWS: gl.constexpr = 16,  # the converter's slice (tokens): 16 -> 88 registers a thread, 32 -> 120
+    PDL: gl.constexpr = False,  # launched as a programmatic dependent (overlays/pdl.py): wait, then trigger the merge
+):
+    """kernels._mla_partial_kernel's contract (grid: programs; heads <= BLOCK_H = 16 in one program) for fp8 e4m3
+    KV computed a8w8 (PV in f16). Launch with num_warps = WARPS: the workers' warps come on top."""
+    L1: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
+    KT: gl.constexpr = KV.dtype.element_ty
+    # One warpgroup each for the loader and the converter (setmaxnreg works per warpgroup). Registers a thread: the
+    # converter holds a slice as fp8 and f16 (CVT_ROWS x 512 x 3 bytes over its threads), the loader only pointers;
+    # the MMA warps get the rest (184 at 88 + 48)
+    LOAD_WARPS: gl.constexpr = 4
+    CVT_WARPS: gl.constexpr = 4
+    LOAD_REGS: gl.constexpr = 48
+    CVT_REGS: gl.constexpr = 56 + 2 * CVT_ROWS
+    # Two of everything: ring slots, V buffers, P buffers and their barriers are all indexed by tile t % 2 (two
+    # 36 KB fp8 slots and two 64 KB f16 V buffers: 213 KB of the H100's 227)
+    lat_s = gl.allocate_shared_memory(KT, [2, BLOCK_N, DL], gl.NVMMASharedLayout.get_default_for([BLOCK_N, DL], KT))
+    rope_s = gl.allocate_shared_memory(KT, [2, BLOCK_N, DR], gl.NVMMASharedLayout.get_default_for([BLOCK_N, DR], KT))
+    q_lat_s = gl.allocate_shared_memory(KT, [BLOCK_H, DL], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DL], KT))
+    q_rope_s = gl.allocate_shared_memory(KT, [BLOCK_H, DR], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DR], KT))
+    v16_s = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, DL],
+                                      gl.NVMMASharedLayout.get_default_for([BLOCK_N, DL], gl.float16))  # fmt: skip
+    p_s = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, BLOCK_H],
+                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], gl.float16))  # fmt: skip
+    kv_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    v_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(kv_full.index(i), count=LOAD_WARPS * 32)  # every loader thread's copies (noinc arrives)
+        mbarrier.init(done.index(i), count=1)
+        mbarrier.init(v_full.index(i), count=1)
+
+    if PDL:  # q and the cache come from the kernels before
+        gdc_wait()
+        gdc_launch_dependents()
+    p = gl.program_id(0)
+    base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B, L1)
+    kv_idx = kv_indices + base
+    if p == 0:
+        gl.store(Chunk, chunk.to(gl.int32))
+    start = p.to(gl.int64) * chunk
+    end = gl.minimum(start + chunk, total)
+    offs_bb = gl.arange(0, BLOCK_B, layout=L1)
+    ends = gl.load(kv_indptr + 1 + offs_bb, mask=offs_bb < bs, other=0).to(gl.int64) - base
+    ends = gl.where(offs_bb < bs, ends, total + 1)
+    b0 = gl.sum((ends <= start).to(gl.int32), axis=0)
+    gl.warp_specialize(
+        [
+            (_mma, (Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
+                    stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v16_s, p_s, kv_full, done, v_full, H,
+                    BLOCK_H, BLOCK_N, DL, DR, Q_EXP, WARPS)),
+            (_converter, (kv_indptr, base, start, end, b0, lat_s, v16_s, kv_full, done, v_full, BLOCK_N, DL, CVT_WARPS,
+                          CVT_ROWS)),
+            (_loader, (KV, kv_idx, kv_indptr, base, start, end, b0, stride_kv_page, stride_kv_tok, lat_s, rope_s,
+                       kv_full, done, v_full, BLOCK_N, PAGE_SIZE, DL, DR, LOAD_WARPS, 16)),
+        ],
+        [CVT_WARPS, LOAD_WARPS],
+        [CVT_REGS, LOAD_REGS],
+    )  # fmt: skip
