@@ -307,8 +307,8 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
     here against what it is written for (ValueError naming the knob)."""
     if not gluon_engine(cfg, kv_dtype):
         return _mla_partial_kernel
-    fp8 = kv_dtype.itemsize == 1
-    where = f"mla_decode {'a8w8.engine' if fp8 else 'kv16_engine'} gluon"
+    fp8, ws = kv_dtype.itemsize == 1, engine(cfg, kv_dtype) == Engine.GLUON_WS
+    where = f"mla_decode {'a8w8.engine' if fp8 else 'kv16_engine'} {engine(cfg, kv_dtype).value}"
     if _sm(arch) != 90:
         raise ValueError(f"{where}: sm90 only (wgmma), not {arch}")
     if kv_dtype not in GLUON_KV or (not fp8 and q_dtype != kv_dtype):
@@ -317,7 +317,7 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
         raise ValueError(f"{where}: one program holds all heads (<= 16, BLOCK_H 16), not {heads} heads")
     knobs, src, pre = (GLUON_KNOBS, cfg.a8w8, "a8w8.") if fp8 else ({"BLOCK_N": 64}, cfg, "")
     for knob, want in knobs.items():
-        if getattr(src, knob) != want:
+        if getattr(src, knob) != want and not (ws and knob == "pv"):  # ws computes PV in f16 or fp8
             raise ValueError(f"{where}: {pre}{knob} must be {want}, not {getattr(src, knob)}")
     if cfg.num_warps not in (4, 8):
         raise ValueError(f"{where}: {pre}num_warps must be 4 or 8 (one or two warpgroups), not {cfg.num_warps}")
@@ -327,20 +327,26 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
     if fp8 and cfg.a8w8.pipe_pv and cfg.num_stages > 2:
         raise ValueError(f"{where}: a8w8.pipe_pv double-buffers V's f16 copy: num_stages must be <= 2 to fit shared "
                          f"memory, not {cfg.num_stages}")  # fmt: skip
-    if engine(cfg, kv_dtype) == Engine.GLUON_WS:
-        return _ws_kernel(cfg, fp8, where.replace(" gluon", " gluon_ws"))
+    if ws:
+        return _ws_kernel(cfg, fp8, where)
     from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_sm90
 
     return mla_partial_sm90
 
 
+# gluon_sm90_ws.py's ring slots (= V buffers) by PV operand type: what fits an H100's 227 KB of shared memory
+GLUON_WS_STAGES = {Pv.F16: (2,), Pv.FP8: (2, 3)}
+
+
 def _ws_kernel(cfg: MlaBucket, fp8: bool, where: str) -> Any:
-    """gluon_sm90_ws.py's kernel, past what only it requires (fp8 caches; two ring slots, eight MMA warps)."""
+    """gluon_sm90_ws.py's kernel, past what only it requires (fp8 caches, eight MMA warps, ring slots that fit)."""
     if not fp8:
         raise ValueError(f"{where}: fp8 e4m3 caches only (16-bit caches: kv16_engine gluon)")
-    if cfg.num_stages != 2 or cfg.num_warps != 8:
-        raise ValueError(f"{where}: a8w8.num_stages must be 2 and a8w8.num_warps 8 (two ring slots, two MMA "
-                         f"warpgroups), not {cfg.num_stages} and {cfg.num_warps}")  # fmt: skip
+    if cfg.num_warps != 8:
+        raise ValueError(f"{where}: a8w8.num_warps must be 8 (two MMA warpgroups), not {cfg.num_warps}")
+    if cfg.num_stages not in (fit := GLUON_WS_STAGES[cfg.a8w8.pv]):
+        raise ValueError(f"{where}: a8w8.num_stages must be one of {fit} with pv {cfg.a8w8.pv} (ring slots and V "
+                         f"buffers in shared memory), not {cfg.num_stages}")  # fmt: skip
     from speedrun.overlays.mla_decode.gluon_sm90_ws import mla_partial_sm90_ws
 
     return mla_partial_sm90_ws
@@ -354,7 +360,8 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
     the bucket's a16_mma_m (the 16-bit tokens-as-M path)."""
     if engine(cfg, kv_dtype) == Engine.GLUON_WS:  # the converter's slice; the rest is fixed (gluon_sm90_ws.py)
         return {**split_constexprs(cfg), "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps,
-                "CVT_ROWS": cfg.a8w8.cvt_rows or GLUON_WS_CVT_ROWS}  # fmt: skip
+                "CVT_ROWS": cfg.a8w8.cvt_rows or GLUON_WS_CVT_ROWS, "STAGES": cfg.num_stages,
+                "PV_FP8": cfg.a8w8.pv == Pv.FP8}  # fmt: skip
     if gluon_engine(cfg, kv_dtype):  # its own constexprs (its semantics are fixed: tokens as M; fp8: a8w8, f16 PV)
         fp8 = kv_dtype.itemsize == 1
         cvt = (cfg.a8w8.cvt_rows if fp8 else None) or GLUON_CVT_ROWS

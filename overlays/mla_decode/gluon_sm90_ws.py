@@ -48,7 +48,7 @@ def _segment_bounds(kv_indptr, base, b, end):
 @gluon.jit
 def _loader(KV, kv_idx, kv_indptr, base, start, end, b0, stride_kv_page, stride_kv_tok, lat_s, rope_s, kv_full,
             done, v_full, BLOCK_N: gl.constexpr, PAGE_SIZE: gl.constexpr, DL: gl.constexpr, DR: gl.constexpr,
-            LOAD_WARPS: gl.constexpr, LOAD_ROWS: gl.constexpr):  # fmt: skip
+            STAGES: gl.constexpr, LOAD_WARPS: gl.constexpr, LOAD_ROWS: gl.constexpr):  # fmt: skip
     """Every tile of the program's chunk into the ring, in order; LOAD_ROWS rows per issue keep the pointer
     registers few. Rows past the segment land as zeros (finite V under P = 0)."""
     LLAT: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [LOAD_WARPS, 1], [1, 0])
@@ -61,10 +61,10 @@ def _loader(KV, kv_idx, kv_indptr, base, start, end, b0, stride_kv_page, stride_
     while pos < end:
         seq_lo, seq_hi, seg_hi = _segment_bounds(kv_indptr, base, b, end)
         for n0 in range(pos, seg_hi, BLOCK_N):
-            s = t % 2
-            # slot s held tile t - 2: its QK is done and the converter has read it
-            mbarrier.wait(done.index(s), ((t - 2) // 2) & 1, pred=t >= 2)
-            mbarrier.wait(v_full.index(s), ((t - 2) // 2) & 1, pred=t >= 2)
+            s = t % STAGES
+            # slot s held tile t - STAGES: its QK is done and the converter has read it
+            mbarrier.wait(done.index(s), ((t - STAGES) // STAGES) & 1, pred=t >= STAGES)
+            mbarrier.wait(v_full.index(s), ((t - STAGES) // STAGES) & 1, pred=t >= STAGES)
             for r in gl.static_range(BLOCK_N // LOAD_ROWS):
                 loc = _locs(kv_idx, n0 + r * LOAD_ROWS, seg_hi, LOAD_ROWS, gl.SliceLayout(1, LLAT))
                 row, mask = _rows(loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
@@ -81,24 +81,46 @@ def _loader(KV, kv_idx, kv_indptr, base, start, end, b0, stride_kv_page, stride_
 
 
 @gluon.jit
-def _converter(kv_indptr, base, start, end, b0, lat_s, v16_s, kv_full, done, v_full, BLOCK_N: gl.constexpr,
-               DL: gl.constexpr, CVT_WARPS: gl.constexpr, CVT_ROWS: gl.constexpr):  # fmt: skip
-    """Each landed tile's latent columns to f16 in V buffer t % 2 (exact: e4m3 is a subset of f16)."""
+def _convert_f16(lat, v, BLOCK_N: gl.constexpr, CVT_WARPS: gl.constexpr, CVT_ROWS: gl.constexpr):
+    """V [BLOCK_N, 512] fp8 -> f16 (exact: e4m3 is a subset of f16), CVT_ROWS tokens at a time."""
     LCV: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [CVT_WARPS, 1], [1, 0])
+    for r in gl.static_range(BLOCK_N // CVT_ROWS):
+        rows = lat.slice(r * CVT_ROWS, CVT_ROWS).load(LCV)
+        v.slice(r * CVT_ROWS, CVT_ROWS).store(rows.to(gl.float16))
+
+
+@gluon.jit
+def _transpose_fp8(lat, v_t, BLOCK_N: gl.constexpr, DL: gl.constexpr, CVT_WARPS: gl.constexpr):
+    """V [BLOCK_N, 512] fp8 -> V^T [512, BLOCK_N] fp8 (tokens contiguous: the K-major A operand fp8 wgmma needs),
+    128 latent columns at a time, in 8 x 8 byte blocks a thread (8-byte loads and stores, the transpose in
+    registers)."""
+    CVT_D: gl.constexpr = 32 * CVT_WARPS
+    LT: gl.constexpr = gl.BlockedLayout([8, 8], [8, 4], [1, CVT_WARPS], [1, 0])
+    for c in gl.static_range(DL // CVT_D):
+        x = lat.slice(c * CVT_D, CVT_D, dim=1).load(LT)
+        v_t.slice(c * CVT_D, CVT_D).store(gl.permute(x, (1, 0)))
+
+
+@gluon.jit
+def _converter(kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_full, BLOCK_N: gl.constexpr,
+               DL: gl.constexpr, STAGES: gl.constexpr, CVT_WARPS: gl.constexpr, CVT_ROWS: gl.constexpr,
+               PV_FP8: gl.constexpr):  # fmt: skip
+    """Each landed tile's V into buffer t % STAGES, as PV reads it: f16, or (PV_FP8) fp8 transposed."""
     t = 0
     pos = start
     b = b0
     while pos < end:
         seq_lo, seq_hi, seg_hi = _segment_bounds(kv_indptr, base, b, end)
         for _ in range(pos, seg_hi, BLOCK_N):
-            s = t % 2
-            mbarrier.wait(kv_full.index(s), (t // 2) & 1)
-            # V buffer s held tile t - 2: `done` of tile t - 1 means PV(t - 2) has retired
-            mbarrier.wait(done.index((t + 1) % 2), ((t - 1) // 2) & 1, pred=t >= 2)
-            for r in gl.static_range(BLOCK_N // CVT_ROWS):
-                rows = lat_s.index(s).slice(r * CVT_ROWS, CVT_ROWS).load(LCV)
-                v16_s.index(s).slice(r * CVT_ROWS, CVT_ROWS).store(rows.to(gl.float16))
-            fence_async_shared()  # the f16 stores are read by wgmma (the async proxy)
+            s = t % STAGES
+            mbarrier.wait(kv_full.index(s), (t // STAGES) & 1)
+            # V buffer s held tile t - STAGES: `done` of tile t - STAGES + 1 means its PV has retired
+            mbarrier.wait(done.index((t + 1) % STAGES), ((t - STAGES + 1) // STAGES) & 1, pred=t >= STAGES)
+            if PV_FP8:
+                _transpose_fp8(lat_s.index(s), v_s.index(s), BLOCK_N, DL, CVT_WARPS)
+            else:
+                _convert_f16(lat_s.index(s), v_s.index(s), BLOCK_N, CVT_WARPS, CVT_ROWS)
+            fence_async_shared()  # the stores are read by wgmma (the async proxy)
             mbarrier.arrive(v_full.index(s))  # Triton puts a partition barrier before an arrive
             t += 1
         pos = gl.maximum(seg_hi, pos)
@@ -107,17 +129,17 @@ def _converter(kv_indptr, base, start, end, b0, lat_s, v16_s, kv_full, done, v_f
 
 @gluon.jit
 def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
-         stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v16_s, p_s, kv_full, done, v_full, H: gl.constexpr,
+         stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v_s, p_s, kv_full, done, v_full, H: gl.constexpr,
          BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, DL: gl.constexpr, DR: gl.constexpr, Q_EXP: gl.constexpr,
-         WARPS: gl.constexpr):  # fmt: skip
+         WARPS: gl.constexpr, STAGES: gl.constexpr, PV_FP8: gl.constexpr):  # fmt: skip
     """QK, softmax and PV of every tile (gluon_sm90._segment's PIPE_PV tile, fed by the other partitions), and
     each segment's output: the final one, or a partial in slot p + b."""
     LS: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WARPS // 4],
                                                  instr_shape=[16, BLOCK_H // (WARPS // 4), 32])  # fmt: skip
     LO: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                 instr_shape=[16, BLOCK_H, 16])  # fmt: skip
+                                                 instr_shape=[16, BLOCK_H, 32 if PV_FP8 else 16])  # fmt: skip
     LQ: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [WARPS, 1], [1, 0])
-    P_SCALE: gl.constexpr = 256.0  # f16 P: 2^8 keeps small P out of f16's subnormals
+    P_SCALE: gl.constexpr = 256.0  # P in [0, 1] scaled by 2^8: small P kept out of f16's / e4m3's subnormals
     t = 0
     pos = start
     b = b0
@@ -133,8 +155,8 @@ def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_s
             l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, LS)  # row sums kept per element, summed at the end
             acc = warpgroup_mma_init(gl.zeros([DL, BLOCK_H], gl.float32, LO))
             for n0 in range(pos, seg_hi, BLOCK_N):
-                s = t % 2
-                mbarrier.wait(kv_full.index(s), (t // 2) & 1)
+                s = t % STAGES
+                mbarrier.wait(kv_full.index(s), (t // STAGES) & 1)
                 s_t = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, LS)
                 s_t = warpgroup_mma(rope_s.index(s), q_rope_s.permute((1, 0)), s_t, use_acc=False, is_async=True)
                 s_t = warpgroup_mma(lat_s.index(s), q_lat_s.permute((1, 0)), s_t, is_async=True)
@@ -148,13 +170,19 @@ def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_s
                 p_t = gl.exp2(s_t - m_new[None, :])
                 l_acc = l_acc * alpha[None, :] + p_t
                 m_i = m_new
-                p_b = p_s.index(s)
-                p_b.store((p_t * P_SCALE).to(gl.float16))
+                p_b = p_s.index(t % 2)
+                if PV_FP8:  # P^T stored [heads, tokens]: the K-major B operand of the fp8 wgmma
+                    p_b.store(gl.permute((p_t * P_SCALE).to(p_s.dtype), (1, 0)))
+                    p_b = p_b.permute((1, 0))
+                    v_t = v_s.index(s)
+                else:
+                    p_b.store((p_t * P_SCALE).to(p_s.dtype))
+                    v_t = v_s.index(s).permute((1, 0))
                 fence_async_shared()
                 _cta_barrier()  # both warpgroups' P rows are in shared memory before either PV reads them
-                mbarrier.wait(v_full.index(s), (t // 2) & 1)
+                mbarrier.wait(v_full.index(s), (t // STAGES) & 1)
                 acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, LO))[None, :]
-                acc = warpgroup_mma(v16_s.index(s).permute((1, 0)), p_b, acc, is_async=True)
+                acc = warpgroup_mma(v_t, p_b, acc, is_async=True)
                 t += 1
             acc = warpgroup_mma_wait(0, deps=[acc])
             l_i = gl.sum(l_acc, axis=0)
@@ -208,7 +236,9 @@ def mla_partial_sm90_ws(
     SNAP: gl.constexpr = True,
     Q_EXP: gl.constexpr = 8,
     WARPS: gl.constexpr = 8,  # the MMA partition: two warpgroups (QK: 8 heads each; PV: half the output rows each)
-    CVT_ROWS: gl.constexpr = 16,  # the converter's slice (tokens): 16 -> 88 registers a thread, 32 -> 120
+    CVT_ROWS: gl.constexpr = 16,  # f16 V: the converter's slice (tokens): 16 -> 88 registers a thread, 32 -> 120
+    STAGES: gl.constexpr = 2,  # ring slots = V buffers (f16 V: 2 fit shared memory; fp8 V: 3)
+    PV_FP8: gl.constexpr = False,  # PV as fp8 wgmma: V^T in fp8 (transposed by the converter), P in e4m3
     PDL: gl.constexpr = False,  # launched as a programmatic dependent (overlays/pdl.py): wait, then trigger the merge
 ):
     """kernels._mla_partial_kernel's contract (grid: programs; heads <= BLOCK_H = 16 in one program) for fp8 e4m3
@@ -216,26 +246,31 @@ def mla_partial_sm90_ws(
     L1: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
     KT: gl.constexpr = KV.dtype.element_ty
     # One warpgroup each for the loader and the converter (setmaxnreg works per warpgroup). Registers a thread: the
-    # converter holds a slice as fp8 and f16 (CVT_ROWS x 512 x 3 bytes over its threads), the loader only pointers;
-    # the MMA warps get the rest (184 at 88 + 48)
+    # converter holds a slice as fp8 and f16 (CVT_ROWS x 512 x 3 bytes over its threads) or one 64 x 128 fp8 block,
+    # the loader only pointers; the MMA warps get the rest (184 at 88 + 48)
     LOAD_WARPS: gl.constexpr = 4
     CVT_WARPS: gl.constexpr = 4
     LOAD_REGS: gl.constexpr = 48
-    CVT_REGS: gl.constexpr = 56 + 2 * CVT_ROWS
-    # Two of everything: ring slots, V buffers, P buffers and their barriers are all indexed by tile t % 2 (two
-    # 36 KB fp8 slots and two 64 KB f16 V buffers: 213 KB of the H100's 227)
-    lat_s = gl.allocate_shared_memory(KT, [2, BLOCK_N, DL], gl.NVMMASharedLayout.get_default_for([BLOCK_N, DL], KT))
-    rope_s = gl.allocate_shared_memory(KT, [2, BLOCK_N, DR], gl.NVMMASharedLayout.get_default_for([BLOCK_N, DR], KT))
+    CVT_REGS: gl.constexpr = 72 if PV_FP8 else 56 + 2 * CVT_ROWS
+    # Ring slots and V buffers indexed by tile t % STAGES, P buffers by t % 2. f16 V: two 36 KB fp8 slots and two
+    # 64 KB f16 V buffers (213 KB of the H100's 227); fp8 V: three of each (36 + 32 KB: 215 KB)
+    VT: gl.constexpr = KT if PV_FP8 else gl.float16  # V's and P's dtype for PV
+    V_SHAPE: gl.constexpr = [DL, BLOCK_N] if PV_FP8 else [BLOCK_N, DL]  # fp8: V^T (tokens contiguous)
+    P_SHAPE: gl.constexpr = [BLOCK_H, BLOCK_N] if PV_FP8 else [BLOCK_N, BLOCK_H]
+    lat_s = gl.allocate_shared_memory(
+        KT, [STAGES, BLOCK_N, DL], gl.NVMMASharedLayout.get_default_for([BLOCK_N, DL], KT)
+    )
+    rope_s = gl.allocate_shared_memory(
+        KT, [STAGES, BLOCK_N, DR], gl.NVMMASharedLayout.get_default_for([BLOCK_N, DR], KT)
+    )
     q_lat_s = gl.allocate_shared_memory(KT, [BLOCK_H, DL], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DL], KT))
     q_rope_s = gl.allocate_shared_memory(KT, [BLOCK_H, DR], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DR], KT))
-    v16_s = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, DL],
-                                      gl.NVMMASharedLayout.get_default_for([BLOCK_N, DL], gl.float16))  # fmt: skip
-    p_s = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, BLOCK_H],
-                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], gl.float16))  # fmt: skip
-    kv_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    v_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
+    v_s = gl.allocate_shared_memory(VT, [STAGES] + V_SHAPE, gl.NVMMASharedLayout.get_default_for(V_SHAPE, VT))
+    p_s = gl.allocate_shared_memory(VT, [2] + P_SHAPE, gl.NVMMASharedLayout.get_default_for(P_SHAPE, VT))
+    kv_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    done = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
         mbarrier.init(kv_full.index(i), count=LOAD_WARPS * 32)  # every loader thread's copies (noinc arrives)
         mbarrier.init(done.index(i), count=1)
         mbarrier.init(v_full.index(i), count=1)
@@ -257,12 +292,12 @@ def mla_partial_sm90_ws(
     gl.warp_specialize(
         [
             (_mma, (Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
-                    stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v16_s, p_s, kv_full, done, v_full, H,
-                    BLOCK_H, BLOCK_N, DL, DR, Q_EXP, WARPS)),
-            (_converter, (kv_indptr, base, start, end, b0, lat_s, v16_s, kv_full, done, v_full, BLOCK_N, DL, CVT_WARPS,
-                          CVT_ROWS)),
+                    stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v_s, p_s, kv_full, done, v_full, H,
+                    BLOCK_H, BLOCK_N, DL, DR, Q_EXP, WARPS, STAGES, PV_FP8)),
+            (_converter, (kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_full, BLOCK_N, DL, STAGES,
+                          CVT_WARPS, CVT_ROWS, PV_FP8)),
             (_loader, (KV, kv_idx, kv_indptr, base, start, end, b0, stride_kv_page, stride_kv_tok, lat_s, rope_s,
-                       kv_full, done, v_full, BLOCK_N, PAGE_SIZE, DL, DR, LOAD_WARPS, 16)),
+                       kv_full, done, v_full, BLOCK_N, PAGE_SIZE, DL, DR, STAGES, LOAD_WARPS, 16)),
         ],
         [CVT_WARPS, LOAD_WARPS],
         [CVT_REGS, LOAD_REGS],

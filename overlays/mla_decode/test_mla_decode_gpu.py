@@ -183,7 +183,7 @@ VARIANTS = [
     "gluon_pps1_pipe",
     "gluon_pps1_pipe_cvt64",
     "gluon_ws",
-    "gluon_ws_cvt32",
+    "gluon_ws_pv8",
     "kv16_gluon",
 ]
 
@@ -432,10 +432,11 @@ def test_fp8_default_is_the_tables_choice_and_a8w8_is_really_fp8():
 
 
 def gluon_config(engine: str = "gluon"):
-    """The Gluon a8w8 kernel (`engine` gluon), or its warp-specialized form (gluon_ws)."""
+    """The Gluon a8w8 kernel (`engine` gluon), or its warp-specialized form (sweep variants gluon_ws: PV in f16,
+    gluon_ws_pv8: in fp8)."""
     from speedrun.eval.kernels import mla_decode_bench as bench
 
-    return bench.variant_config("a8w8_gluon" if engine == "gluon" else "gluon_ws")
+    return bench.variant_config("a8w8_gluon" if engine == "gluon" else engine)
 
 
 needs_sm90 = pytest.mark.skipif(
@@ -444,12 +445,12 @@ needs_sm90 = pytest.mark.skipif(
 
 
 @needs_sm90
-@pytest.mark.parametrize("engine", ["gluon", "gluon_ws"])
+@pytest.mark.parametrize("engine", ["gluon", "gluon_ws", "gluon_ws_pv8"])
 @pytest.mark.parametrize("page_size", [1, 64])
 @pytest.mark.parametrize("kv_len", KV_LENS)
 def test_a8w8_gluon_real_shapes(kv_len, page_size, engine):
-    """The Gluon a8w8 kernels (gluon_sm90.py, gluon_sm90_ws.py) against the a8w8 reference with f16 PV,
-    rtol = atol = 1e-2 on every element: bs 1..256 at kv 1k/8k/32k, page sizes 1 and 64, KV scales."""
+    """The Gluon a8w8 kernels (gluon_sm90.py, gluon_sm90_ws.py) against the a8w8 reference with their PV operand
+    type, rtol = atol = 1e-2 on every element: bs 1..256 at kv 1k/8k/32k, page sizes 1 and 64, KV scales."""
     from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     cfg = gluon_config(engine)
@@ -458,13 +459,14 @@ def test_a8w8_gluon_real_shapes(kv_len, page_size, engine):
         view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
         o = torch.empty(bs, 16, 512, dtype=torch.bfloat16, device="cuda")
         decode(q, view, o, indptr, slots, SM_SCALE, 0.8, 1.25, page_size=page_size, config=cfg, compute="a8w8")
-        a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"{engine} bs={bs} kv={kv_len} ps={page_size}",
+        a8w8_check(o, q, view, indptr, slots, page_size, cfg.a8w8.pv, f"{engine} bs={bs} kv={kv_len} ps={page_size}",
                    0.8, 1.25)  # fmt: skip
 
 
 @needs_sm90
 @pytest.mark.parametrize("stages,pipe,engine", [(2, False, "gluon"), (3, False, "gluon"), (2, True, "gluon"),
-                                               (2, False, "gluon_ws")])  # fmt: skip
+                                               (2, False, "gluon_ws"), (3, False, "gluon_ws_pv8"),
+                                               (2, False, "gluon_ws_pv8")])  # fmt: skip
 @pytest.mark.parametrize("page_size", [1, 64])
 def test_a8w8_gluon_mixed_lengths(page_size, stages, pipe, engine):
     """Empty, 1-token, 65-token and 32k sequences among random ones (segments that start and end mid-tile, chunks
@@ -483,12 +485,13 @@ def test_a8w8_gluon_mixed_lengths(page_size, stages, pipe, engine):
     o = torch.full((len(lens), 16, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
     decode(q, view, o, indptr, slots, SM_SCALE / q_mul, page_size=page_size, config=cfg, compute="a8w8")
     assert (o[lens.index(0)] == 0).all(), "an empty sequence must read as zeros"
-    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"{engine} mixed ps={page_size} st={stages} pipe={pipe}",
+    a8w8_check(o, q, view, indptr, slots, page_size, cfg.a8w8.pv, f"{engine} mixed ps={page_size} st={stages}",
                sm_scale=SM_SCALE / q_mul)  # fmt: skip
 
 
 @needs_sm90
-@pytest.mark.parametrize("pipe,engine", [(False, "gluon"), (True, "gluon"), (False, "gluon_ws")])
+@pytest.mark.parametrize("pipe,engine", [(False, "gluon"), (True, "gluon"), (False, "gluon_ws"),
+                                         (False, "gluon_ws_pv8")])  # fmt: skip
 @pytest.mark.parametrize("page_size", [1, 64])
 def test_a8w8_gluon_tile_edges(page_size, pipe, engine):
     """Sequences around the 64-token tile (1, 2, 63, 64, 65, 127, 128, 129 tokens): the masked tail of a tile, a
@@ -503,7 +506,7 @@ def test_a8w8_gluon_tile_edges(page_size, pipe, engine):
     view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
     o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device="cuda")
     decode(q, view, o, indptr, slots, SM_SCALE, page_size=page_size, config=cfg, compute="a8w8")
-    a8w8_check(o, q, view, indptr, slots, page_size, "f16", f"{engine} tile edges ps={page_size} pipe={pipe}")
+    a8w8_check(o, q, view, indptr, slots, page_size, cfg.a8w8.pv, f"{engine} tile edges ps={page_size} pipe={pipe}")
 
 
 @needs_sm90
