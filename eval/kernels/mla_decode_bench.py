@@ -55,6 +55,7 @@ T16 = {"a16_mma_m": "tokens", "fp8_cvt": "asm", "BLOCK_N": 64}  # 16-bit tokens-
 A16 = {"fp8_compute": "a16"}  # fp8 caches upcast to 16 bits: the fp8 variants of rounds 1-3 tune that path
 A8 = {"mma_m": "tokens", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}  # sm90 a8w8: no spill at 8 warps
 GLUON = {**A8, "engine": "gluon", "pv": "f16"}  # sm90 AOT: 130-170 regs, no spill, 164 / 199 KB smem (2 / 3 stages)
+WS = {**GLUON, "engine": "gluon_ws", "programs_per_sm": 1}  # gluon_sm90_ws.py: 213-215 KB smem, 1 CTA/SM
 A8W8 = {"fp8_compute": "a8w8"}  # the a8w8 variants compute a8w8 whatever the table's fp8_compute (sm90: a16)
 # Round 5 (PERF.md "Round 5 candidates"): the fp8 a16 path costs ~3 us per 32-token tile whatever the bytes.
 # fp8_n64_w8: 64-token tiles on 8 warps (8 tokens per warp for QK, as today; barriers and softmax reductions
@@ -73,11 +74,10 @@ VARIANTS = {
     # MMA loop 284 instructions a warp and 6 barriers a tile vs the served kernel's ~540 and 8). pv8: PV as fp8
     # wgmma (the issue's a8w8: P in e4m3, V^T transposed to fp8 by the converter), half the V bytes in shared
     # memory, so 3 ring slots (MMA loop 272 instructions, 8 of its 26 wgmma for PV instead of 16)
-    "gluon_ws": {**A8W8, "a8w8": {**GLUON, "engine": "gluon_ws", "programs_per_sm": 1}},
-    "gluon_ws_pv8": {
-        **A8W8,
-        "a8w8": {**GLUON, "engine": "gluon_ws", "programs_per_sm": 1, "pv": "fp8", "num_stages": 3},
-    },  # fmt: skip
+    "gluon_ws": {**A8W8, "a8w8": WS},
+    "gluon_ws_pv8": {**A8W8, "a8w8": {**WS, "pv": "fp8", "num_stages": 3}},
+    # and PV split by heads as QK is: alpha needs no re-layout, P stays in its warpgroup (5 barriers a tile, not 6)
+    "gluon_ws_pv8_h": {**A8W8, "a8w8": {**WS, "pv": "fp8", "num_stages": 3, "pv_split": "heads"}},
     "fp8_n64_w8": {**A16, "fp8": FP8_N64_W8},
     "fp8_r168_st3": {**A16, "fp8": FP8_R168_ST3},
     # a8w8 on 128-token tiles: 8 warps as two warpgroups along the tokens (M = 128 -> warps [8, 1]), so each QK
@@ -89,13 +89,10 @@ VARIANTS = {
     # tile is then loaded synchronously) vs PV in f16 (cp.async pipelined, V upcast by the packed convert)
     "a8w8_pv_f16": {**A8W8, "a8w8": {**A8, "pv": "f16"}},
     "a8w8_pv_fp8": {**A8W8, "a8w8": {**A8, "pv": "fp8"}},
-    # 3 stages (199 KB) at the served one program per SM (round 8 timed 3 stages only at 2 per SM, as two waves)
-    "a8w8_gluon_pps1_st3": {**A8W8, "a8w8": {**GLUON, "num_stages": 3, "programs_per_sm": 1}},
     # its 164 KB of shared memory hold one CTA per SM: the table's 2 programs per SM would be two waves (a8w8's own
     # split width; round 8 set it bucket-wide, which fp8 caches time the same and bf16 caches 4-17% slower)
     "gluon_pps1": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1}},
-    # a tile's PV left in flight under the next tile's QK and V copy (PERF.md round 9)
-    "gluon_pps1_pipe": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "pipe_pv": True}},
+    # a tile's PV left in flight under the next tile's QK and V copy (PERF.md round 9), one 64-token V slice
     "gluon_pps1_pipe_cvt64": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "pipe_pv": True, "cvt_rows": 64}},
     # bf16 caches in the Gluon kernel: both wgmmas read the landed tile (fp8 caches keep the table's a16 kernel)
     "kv16_gluon": {"kv16_engine": "gluon", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
@@ -116,10 +113,15 @@ RETIRED = {
     "a8w8_gluon": {**A8W8, "a8w8": GLUON},
     # V's f16 copy in one 64-token slice without PV in flight: round 9 served it with pipe_pv (gluon_pps1_pipe_cvt64)
     "gluon_pps1_cvt64": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "cvt_rows": 64}},
+    # 3 stages (199 KB) at one program per SM: within 2% of 2 stages in rounds 8-9; PV in flight with 32-token V
+    # slices: 0-3% behind the 64-token slices served since round 9
+    "a8w8_gluon_pps1_st3": {**A8W8, "a8w8": {**GLUON, "num_stages": 3, "programs_per_sm": 1}},
+    "gluon_pps1_pipe": {**A8W8, "a8w8": {**GLUON, "programs_per_sm": 1, "pipe_pv": True}},
 }
 # Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
 # replace them with their own "fp8".
-SPLIT_VARIANTS = ("default", "pdl", "gluon_ws", "gluon_ws_pv8", "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16",
+SPLIT_VARIANTS = ("default", "pdl", "gluon_ws", "gluon_ws_pv8", "gluon_ws_pv8_h",
+                  "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16",
                   "fp8_n64_w8", "fp8_r168_st3",
                   "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_pps1_st3", "gluon_pps1", "gluon_pps1_cvt64",
                   "gluon_pps1_pipe", "gluon_pps1_pipe_cvt64", "kv16_gluon")  # fmt: skip

@@ -39,6 +39,7 @@ from speedrun.overlays.mla_decode.config import (
     MlaBucket,
     MmaM,
     Pv,
+    PvSplit,
     check_table,
 )
 from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
@@ -222,7 +223,7 @@ def table(arch: str) -> dict[str, MlaBucket]:
     return buckets if own else {key: without_gluon(cfg) for key, cfg in buckets.items()}
 
 
-GLUON_ONLY = ("programs_per_sm", "cvt_rows", "pipe_pv")  # a8w8 knobs only the Gluon kernel reads
+GLUON_ONLY = ("programs_per_sm", "cvt_rows", "pipe_pv", "pv_split")  # a8w8 knobs only the Gluon kernel reads
 
 
 def without_gluon(cfg: MlaBucket) -> MlaBucket:
@@ -329,6 +330,8 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
                          f"memory, not {cfg.num_stages}")  # fmt: skip
     if ws:
         return _ws_kernel(cfg, fp8, where)
+    if fp8 and cfg.a8w8.pv_split is not None:
+        raise ValueError(f"{where}: a8w8.pv_split is the warp-specialized kernel's (engine gluon_ws)")
     from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_sm90
 
     return mla_partial_sm90
@@ -361,7 +364,7 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
     if engine(cfg, kv_dtype) == Engine.GLUON_WS:  # the converter's slice; the rest is fixed (gluon_sm90_ws.py)
         return {**split_constexprs(cfg), "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps,
                 "CVT_ROWS": cfg.a8w8.cvt_rows or GLUON_WS_CVT_ROWS, "STAGES": cfg.num_stages,
-                "PV_FP8": cfg.a8w8.pv == Pv.FP8}  # fmt: skip
+                "PV_FP8": cfg.a8w8.pv == Pv.FP8, "PV_HEADS": cfg.a8w8.pv_split == PvSplit.HEADS}  # fmt: skip
     if gluon_engine(cfg, kv_dtype):  # its own constexprs (its semantics are fixed: tokens as M; fp8: a8w8, f16 PV)
         fp8 = kv_dtype.itemsize == 1
         cvt = (cfg.a8w8.cvt_rows if fp8 else None) or GLUON_CVT_ROWS

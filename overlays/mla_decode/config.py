@@ -38,6 +38,14 @@ class Pv(StrEnum):
     F16 = "f16"  # P in f16, V upcast (exact)
 
 
+class PvSplit(StrEnum):
+    """gluon_ws: what the two MMA warpgroups split in PV: the 512 output rows (each reads half of V) or the heads
+    (each reads all of V for its own 8 heads, so the softmax's alpha and P stay in the warpgroup that made them)."""
+
+    ROWS = "rows"
+    HEADS = "heads"
+
+
 class Engine(StrEnum):
     """Which partial kernel runs (a8w8.engine for fp8 caches, kv16_engine for 16-bit ones): the Triton kernel (every
     arch), or a Gluon one (sm90 only, heads <= 16, tokens as M, 64-token tiles): gluon_sm90.py, or its
@@ -95,6 +103,7 @@ class A8W8Knobs(Knobs):
     # The Gluon kernel leaves a tile's PV wgmma in flight under the next tile's QK and V copy (its V copy and P
     # double-buffered: 2 x 64 KB of f16 V, so at most 2 ring stages fit in an H100's 227 KB)
     pipe_pv: bool | None = None
+    pv_split: PvSplit | None = None  # gluon_ws only (PvSplit); rows when unset
 
 
 class MlaBucket(Knobs):
@@ -152,5 +161,6 @@ __all__ = [
     "MlaBucket",
     "MmaM",
     "Pv",
+    "PvSplit",
     "check_table",
 ]

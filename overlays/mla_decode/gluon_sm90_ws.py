@@ -131,13 +131,16 @@ def _converter(kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_ful
 def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
          stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v_s, p_s, kv_full, done, v_full, H: gl.constexpr,
          BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, DL: gl.constexpr, DR: gl.constexpr, Q_EXP: gl.constexpr,
-         WARPS: gl.constexpr, STAGES: gl.constexpr, PV_FP8: gl.constexpr):  # fmt: skip
+         WARPS: gl.constexpr, STAGES: gl.constexpr, PV_FP8: gl.constexpr, PV_HEADS: gl.constexpr):  # fmt: skip
     """QK, softmax and PV of every tile (gluon_sm90._segment's PIPE_PV tile, fed by the other partitions), and
     each segment's output: the final one, or a partial in slot p + b."""
     LS: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WARPS // 4],
                                                  instr_shape=[16, BLOCK_H // (WARPS // 4), 32])  # fmt: skip
-    LO: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                 instr_shape=[16, BLOCK_H, 32 if PV_FP8 else 16])  # fmt: skip
+    # PV: the warpgroups split the 512 output rows (each reads half of V), or (PV_HEADS) the heads as QK does, so
+    # alpha's layout is the accumulator's (no re-layout) and each warpgroup reads only its own P
+    G: gl.constexpr = WARPS // 4 if PV_HEADS else 1
+    LO: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS // G, G],
+                                                 instr_shape=[16, BLOCK_H // G, 32 if PV_FP8 else 16])  # fmt: skip
     LQ: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [WARPS, 1], [1, 0])
     P_SCALE: gl.constexpr = 256.0  # P in [0, 1] scaled by 2^8: small P kept out of f16's / e4m3's subnormals
     t = 0
@@ -239,6 +242,7 @@ def mla_partial_sm90_ws(
     CVT_ROWS: gl.constexpr = 16,  # f16 V: the converter's slice (tokens): 16 -> 88 registers a thread, 32 -> 120
     STAGES: gl.constexpr = 2,  # ring slots = V buffers (f16 V: 2 fit shared memory; fp8 V: 3)
     PV_FP8: gl.constexpr = False,  # PV as fp8 wgmma: V^T in fp8 (transposed by the converter), P in e4m3
+    PV_HEADS: gl.constexpr = False,  # PV split by heads between the MMA warpgroups (a8w8.pv_split heads), not rows
     PDL: gl.constexpr = False,  # launched as a programmatic dependent (overlays/pdl.py): wait, then trigger the merge
 ):
     """kernels._mla_partial_kernel's contract (grid: programs; heads <= BLOCK_H = 16 in one program) for fp8 e4m3
@@ -293,7 +297,7 @@ def mla_partial_sm90_ws(
         [
             (_mma, (Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
                     stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v_s, p_s, kv_full, done, v_full, H,
-                    BLOCK_H, BLOCK_N, DL, DR, Q_EXP, WARPS, STAGES, PV_FP8)),
+                    BLOCK_H, BLOCK_N, DL, DR, Q_EXP, WARPS, STAGES, PV_FP8, PV_HEADS)),
             (_converter, (kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_full, BLOCK_N, DL, STAGES,
                           CVT_WARPS, CVT_ROWS, PV_FP8)),
             (_loader, (KV, kv_idx, kv_indptr, base, start, end, b0, stride_kv_page, stride_kv_tok, lat_s, rope_s,

@@ -423,3 +423,42 @@ def test_kv16_gluon_is_refused_where_it_is_not_written_for(heads, arch, knobs, q
     fp8 = api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=bench.variant_config("kv16_gluon"))
     shipped = api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=bench.variant_config("default"))
     assert (fp8.kernel, fp8.partial, fp8.programs) == (shipped.kernel, shipped.partial, shipped.programs)
+
+
+@pytest.mark.parametrize(
+    "knobs,kv,msg",
+    [({}, torch.bfloat16, "kv16_engine gluon_ws: fp8 e4m3 caches only"),
+     ({"num_warps": 4}, FP8, "a8w8.num_warps must be 8 (two MMA warpgroups), not 4"),
+     ({"num_stages": 3}, FP8, "a8w8.num_stages must be one of (2,) with pv f16"),
+     ({"pv": "fp8", "num_stages": 4}, FP8, "a8w8.num_stages must be one of (2, 3) with pv fp8"),
+     ({"engine": "gluon", "pv_split": "heads"}, FP8, "a8w8.pv_split is the warp-specialized kernel's")],
+)  # fmt: skip
+def test_gluon_ws_is_refused_where_it_is_not_written_for(knobs, kv, msg) -> None:
+    """engine gluon_ws: fp8 caches, two MMA warpgroups, the ring slots that fit shared memory for its PV type; its
+    pv_split knob on another kernel is refused rather than ignored. One line names the knob."""
+    from speedrun.eval.kernels import mla_decode_bench as bench
+
+    cfg = bench.variant_config("gluon_ws")
+    if kv == torch.bfloat16:  # the 16-bit knobs the Gluon kernel takes, so only the engine is wrong
+        cfg = cfg.replace(kv16_engine="gluon_ws", BLOCK_N=64, num_warps=8, num_stages=2)
+    cfg = cfg.replace(a8w8=cfg.a8w8.replace(**knobs))
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        api.make_plan(16, torch.bfloat16, kv, device="cpu", arch="sm90", config=cfg)
+
+
+def test_gluon_ws_constexprs_follow_the_knobs() -> None:
+    """The plan hands gluon_sm90_ws.py its ring depth, PV type and split from the a8w8 knobs, and the per-process
+    report names the engine."""
+    from speedrun.eval.kernels import mla_decode_bench as bench
+
+    plans = {v: api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=bench.variant_config(v))
+             for v in ("gluon_ws", "gluon_ws_pv8", "gluon_ws_pv8_h")}  # fmt: skip
+    assert plans["gluon_ws"].partial[False] == {"SNAP": True, "Q_EXP": 8, "WARPS": 8, "CVT_ROWS": 16, "STAGES": 2,
+                                                "PV_FP8": False, "PV_HEADS": False}  # fmt: skip
+    assert {k: plans["gluon_ws_pv8"].partial[False][k] for k in ("STAGES", "PV_FP8", "PV_HEADS")} == {
+        "STAGES": 3, "PV_FP8": True, "PV_HEADS": False}  # fmt: skip
+    assert plans["gluon_ws_pv8_h"].partial[False]["PV_HEADS"] is True
+    assert (
+        len({id(p.kernel) for p in plans.values()}) == 1 and plans["gluon_ws"].kernel.__name__ == "mla_partial_sm90_ws"
+    )
+    assert api.engine(plans["gluon_ws"].cfg, FP8).value == "gluon_ws"
