@@ -380,14 +380,15 @@ class SweepCell:
 
 
 def kernels_of(cfg: MlaBucket, dt: torch.dtype, arch: str) -> str:
-    """What a variant launches on this cache (constexprs, launch options, split width, merge knobs): two variants
-    with the same string run the same kernels the same way (an fp8-only variant on a bf16 cache; `a16` on sm90)."""
+    """What a variant launches on this cache (constexprs, launch options, split width, merge knobs, PDL): two
+    variants with the same string run the same kernels the same way (an fp8-only variant on a bf16 cache; `a16` on
+    sm90). PDL is the knob itself: the plan made here, on the CPU, resolves it off."""
     from speedrun.overlays.mla_decode import api
 
     plan = api.make_plan(HEADS, torch.bfloat16, dt, device="cpu", arch=arch, config=cfg)
     c = plan.cfg
     return repr((plan.partial, plan.partial_opts, plan.merge_opts, plan.programs, plan.block_h,
-                 c.BLOCK_N, c.min_chunk, c.merge))  # fmt: skip
+                 c.BLOCK_N, c.min_chunk, c.merge, c.pdl))  # fmt: skip
 
 
 def sweep_plan(arch: str, variants: tuple[str, ...] = tuple(VARIANTS)) -> list[SweepCell]:

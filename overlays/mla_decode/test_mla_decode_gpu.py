@@ -169,6 +169,7 @@ def test_sglang_decode_call_matches_stock():
 
 VARIANTS = [
     "default",
+    "pdl",
     "fp8_n64_w8",
     "fp8_r168_st3",
     "flat",

@@ -4,7 +4,8 @@ cudaProfilerStart/Stop, so `ncu --profile-from-start off` profiles only the serv
     device: source scripts/device/setup.sh && bash scripts/device/ncu.sh     (runs every case in CASES)
     by hand: ncu --profile-from-start off ... python3 scripts/device/ncu_case.py mla:fp8:32:8192:speedrun
 
-Case grammar: `mla:<bf16|fp8>:<bs>:<kv_len>:<impl>` (impls of eval/kernels/mla_decode_bench.py),
+Case grammar: `mla:<bf16|fp8>:<bs>:<kv_len>:<impl>` (impls of eval/kernels/mla_decode_bench.py, or
+`variant=<name>`: ours with a sweep variant's config),
 `moe:<model>:<M>:<impl>` (models and impls of eval/kernels/mxfp4_moe_bench.py) or `gemm:<M>:<N>:<K>:<impl>`
 (impls of eval/kernels/mxfp4_gemm_bench.py: speedrun, fp8_deepgemm, bf16_cublas, ...). The inputs are the benches'
 own kind.
@@ -25,6 +26,8 @@ def mla_case(dtype: str, bs: str, kv_len: str, impl: str) -> Callable[[], object
 
     kv_dtype = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}[dtype]
     x = mla.make_inputs(int(bs), int(kv_len) if kv_len.isdigit() else kv_len, kv_dtype)
+    if impl.startswith("variant="):  # ours with one sweep variant's config, e.g. variant=gluon_ws
+        return mla.setup_speedrun(x, mla.variant_config(impl.removeprefix("variant=")))
     return mla.SETUP[impl](x)
 
 
