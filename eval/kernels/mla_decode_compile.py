@@ -23,7 +23,6 @@ EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 EXPECT_FP8_MMA = {"sm90": r"wgmma\.mma_async[\w.]*\.e4m3\.e4m3", "gfx950": r"v_mfma_\w*(?:fp8_fp8|f8f6f4)"}
 GLUON_A8W8 = {"engine": "gluon", "mma_m": "tokens", "pv": "f16", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
 GLUON_WS = {**GLUON_A8W8, "engine": "gluon_ws", "pipe_pv": None, "cvt_rows": None}
-GLUON_WS_PV8 = {**GLUON_WS, "pv": "fp8", "num_stages": 3}
 GLUON_KV16 = {"kv16_engine": "gluon", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
 TRITON = {"engine": "triton"}  # the a8w8 knobs on the Triton kernel
 A8W8_MIN_WAVES = {"gfx950": 2}  # waves per SIMD: one wave per SIMD leaves nothing to hide HBM latency with
@@ -92,7 +91,9 @@ def compile_specs(arch: str) -> list[CompileSpec]:
             pvs = [cfg.a8w8.pv, *(p for p in A8W8_PV if p != cfg.a8w8.pv)]
             specs += [partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, pv, TRITON) for pv in pvs]
             gluon = arch == "sm90" and heads <= 16  # the Gluon kernel (sweep variants a8w8_gluon, kv16_gluon)
-            for knobs in (GLUON_A8W8, GLUON_WS, GLUON_WS_PV8):  # the served one is listed first already
+            # (gluon_ws with pv fp8, a sweep row, is left out: one register spilled at its converter's entry, and
+            # slower in round 11)
+            for knobs in (GLUON_A8W8, GLUON_WS):  # the served one is listed first already
                 if gluon:
                     specs.append(partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, a8w8=knobs))
             if gluon and cfg.kv16_engine != Engine.GLUON:

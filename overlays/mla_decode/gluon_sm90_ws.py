@@ -46,38 +46,61 @@ def _segment_bounds(kv_indptr, base, b, end):
 
 
 @gluon.jit
-def _loader(KV, kv_idx, kv_indptr, base, start, end, b0, stride_kv_page, stride_kv_tok, lat_s, rope_s, kv_full,
+def _seg_hi(kv_indptr, base, b, end, bs):
+    """Where the program's piece of sequence b ends (b clamped into the batch: past the walk's end it is unread)."""
+    return gl.minimum(gl.load(kv_indptr + gl.minimum(b, bs - 1) + 1).to(gl.int64) - base, end)
+
+
+@gluon.jit
+def _advance(kv_indptr, base, b, n0, seg_hi, end, bs, BLOCK_N: gl.constexpr):
+    """The tile after the one at n0 of sequence b in the program's walk (empty sequences skipped): its sequence,
+    start and segment end; start >= end once the walk is over."""
+    n1 = n0 + BLOCK_N
+    if n1 >= seg_hi:
+        n1 = seg_hi
+        b += 1
+        seg_hi = _seg_hi(kv_indptr, base, b, end, bs)
+        while (seg_hi <= n1) & (n1 < end):
+            b += 1
+            seg_hi = _seg_hi(kv_indptr, base, b, end, bs)
+    return b, n1, seg_hi
+
+
+@gluon.jit
+def _loader(KV, kv_idx, kv_indptr, base, start, end, b0, bs, stride_kv_page, stride_kv_tok, lat_s, rope_s, kv_full,
             done, v_full, BLOCK_N: gl.constexpr, PAGE_SIZE: gl.constexpr, DL: gl.constexpr, DR: gl.constexpr,
-            STAGES: gl.constexpr, LOAD_WARPS: gl.constexpr, LOAD_ROWS: gl.constexpr):  # fmt: skip
-    """Every tile of the program's chunk into the ring, in order; LOAD_ROWS rows per issue keep the pointer
-    registers few. Rows past the segment land as zeros (finite V under P = 0)."""
+            STAGES: gl.constexpr, LOAD_WARPS: gl.constexpr):  # fmt: skip
+    """Every tile of the program's chunk into the ring, in order, walked as one stream of tiles so that each tile's
+    KV slots are loaded a tile ahead, before the wait for its ring slot (ncu, round 11: loading them after the wait
+    left the MMA warps waiting on `kv_full` ~28% of their time). Rows past the segment land as zeros."""
     LLAT: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [LOAD_WARPS, 1], [1, 0])
     LROPE: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [LOAD_WARPS, 1], [1, 0])
     c_lat = gl.arange(0, DL, layout=gl.SliceLayout(0, LLAT))
     c_rope = gl.arange(0, DR, layout=gl.SliceLayout(0, LROPE))
-    t = 0
-    pos = start
     b = b0
-    while pos < end:
-        seq_lo, seq_hi, seg_hi = _segment_bounds(kv_indptr, base, b, end)
-        for n0 in range(pos, seg_hi, BLOCK_N):
-            s = t % STAGES
-            # slot s held tile t - STAGES: its QK is done and the converter has read it
-            mbarrier.wait(done.index(s), ((t - STAGES) // STAGES) & 1, pred=t >= STAGES)
-            mbarrier.wait(v_full.index(s), ((t - STAGES) // STAGES) & 1, pred=t >= STAGES)
-            for r in gl.static_range(BLOCK_N // LOAD_ROWS):
-                loc = _locs(kv_idx, n0 + r * LOAD_ROWS, seg_hi, LOAD_ROWS, gl.SliceLayout(1, LLAT))
-                row, mask = _rows(loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
-                dst = lat_s.index(s).slice(r * LOAD_ROWS, LOAD_ROWS)
-                async_copy.async_copy_global_to_shared(dst, KV + row[:, None] + c_lat[None, :], mask=mask[:, None])
-            loc = _locs(kv_idx, n0, seg_hi, BLOCK_N, gl.SliceLayout(1, LROPE))
-            row, mask = _rows(loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
-            async_copy.async_copy_global_to_shared(rope_s.index(s), KV + DL + row[:, None] + c_rope[None, :],
-                                                   mask=mask[:, None])  # fmt: skip
-            async_copy.mbarrier_arrive(kv_full.index(s), increment_count=False)
-            t += 1
-        pos = gl.maximum(seg_hi, pos)
-        b += 1
+    n0 = start
+    seg_hi = _seg_hi(kv_indptr, base, b, end, bs)
+    loc = _locs(kv_idx, n0, seg_hi, BLOCK_N, gl.SliceLayout(1, LLAT))
+    loc_r = _locs(kv_idx, n0, seg_hi, BLOCK_N, gl.SliceLayout(1, LROPE))
+    t = 0
+    while n0 < end:
+        b, n1, seg_hi = _advance(kv_indptr, base, b, n0, seg_hi, end, bs, BLOCK_N)
+        nloc = _locs(kv_idx, n1, seg_hi, BLOCK_N, gl.SliceLayout(1, LLAT))  # all -1 past the walk's end
+        nloc_r = _locs(kv_idx, n1, seg_hi, BLOCK_N, gl.SliceLayout(1, LROPE))
+        s = t % STAGES
+        # slot s held tile t - STAGES: its QK is done and the converter has read it
+        mbarrier.wait(done.index(s), ((t - STAGES) // STAGES) & 1, pred=t >= STAGES)
+        mbarrier.wait(v_full.index(s), ((t - STAGES) // STAGES) & 1, pred=t >= STAGES)
+        row, mask = _rows(loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
+        async_copy.async_copy_global_to_shared(lat_s.index(s), KV + row[:, None] + c_lat[None, :], mask=mask[:, None])
+        row, mask = _rows(loc_r, stride_kv_page, stride_kv_tok, PAGE_SIZE)
+        async_copy.async_copy_global_to_shared(rope_s.index(s), KV + DL + row[:, None] + c_rope[None, :],
+                                               mask=mask[:, None])  # fmt: skip
+        async_copy.mbarrier_arrive(kv_full.index(s), increment_count=False)
+        n0 = n1
+        loc = nloc
+        loc_r = nloc_r
+        t += 1
 
 
 @gluon.jit
@@ -251,11 +274,11 @@ def mla_partial_sm90_ws(
     KT: gl.constexpr = KV.dtype.element_ty
     # One warpgroup each for the loader and the converter (setmaxnreg works per warpgroup). Registers a thread: the
     # converter holds a slice as fp8 and f16 (CVT_ROWS x 512 x 3 bytes over its threads) or one 64 x 128 fp8 block,
-    # the loader only pointers; the MMA warps get the rest (184 at 88 + 48)
+    # the loader only pointers; the MMA warps get the rest (160 at 88 + 96)
     LOAD_WARPS: gl.constexpr = 4
     CVT_WARPS: gl.constexpr = 4
-    LOAD_REGS: gl.constexpr = 48
-    CVT_REGS: gl.constexpr = 72 if PV_FP8 else 56 + 2 * CVT_ROWS
+    LOAD_REGS: gl.constexpr = 96
+    CVT_REGS: gl.constexpr = 80 if PV_FP8 else 56 + 2 * CVT_ROWS
     # Ring slots and V buffers indexed by tile t % STAGES, P buffers by t % 2. f16 V: two 36 KB fp8 slots and two
     # 64 KB f16 V buffers (213 KB of the H100's 227); fp8 V: three of each (36 + 32 KB: 215 KB)
     VT: gl.constexpr = KT if PV_FP8 else gl.float16  # V's and P's dtype for PV
@@ -300,8 +323,8 @@ def mla_partial_sm90_ws(
                     BLOCK_H, BLOCK_N, DL, DR, Q_EXP, WARPS, STAGES, PV_FP8, PV_HEADS)),
             (_converter, (kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_full, BLOCK_N, DL, STAGES,
                           CVT_WARPS, CVT_ROWS, PV_FP8)),
-            (_loader, (KV, kv_idx, kv_indptr, base, start, end, b0, stride_kv_page, stride_kv_tok, lat_s, rope_s,
-                       kv_full, done, v_full, BLOCK_N, PAGE_SIZE, DL, DR, STAGES, LOAD_WARPS, 16)),
+            (_loader, (KV, kv_idx, kv_indptr, base, start, end, b0, bs, stride_kv_page, stride_kv_tok, lat_s,
+                       rope_s, kv_full, done, v_full, BLOCK_N, PAGE_SIZE, DL, DR, STAGES, LOAD_WARPS)),
         ],
         [CVT_WARPS, LOAD_WARPS],
         [CVT_REGS, LOAD_REGS],
