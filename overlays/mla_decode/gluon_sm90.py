@@ -58,6 +58,23 @@ def _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK: gl.constexpr, SNAP: gl.c
 
 
 @gluon.jit
+def _program_piece(Chunk, kv_indptr, bs, num_programs, MIN_CHUNK: gl.constexpr, SNAP: gl.constexpr,
+                   BLOCK_B: gl.constexpr, L1: gl.constexpr):  # fmt: skip
+    """This program's piece of the flat KV range, as kernels._mla_partial_kernel cuts it: (p, base, start, end,
+    b) with b the sequence token `start` lies in; program 0 writes the chunk for the merge."""
+    p = gl.program_id(0)
+    base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B, L1)
+    if p == 0:
+        gl.store(Chunk, chunk.to(gl.int32))
+    start = p.to(gl.int64) * chunk
+    end = gl.minimum(start + chunk, total)
+    offs_bb = gl.arange(0, BLOCK_B, layout=L1)
+    ends = gl.load(kv_indptr + 1 + offs_bb, mask=offs_bb < bs, other=0).to(gl.int64) - base
+    ends = gl.where(offs_bb < bs, ends, total + 1)
+    return p, base, start, end, gl.sum((ends <= start).to(gl.int32), axis=0)
+
+
+@gluon.jit
 def _locs(kv_idx, n0, seg_hi, BLOCK_N: gl.constexpr, LR: gl.constexpr):
     """KV slots of tokens [n0, n0 + BLOCK_N) in layout LR, -1 where not in the segment."""
     offs = n0 + gl.arange(0, BLOCK_N, layout=LR)
@@ -299,17 +316,8 @@ def mla_partial_sm90(
     if PDL:  # q and the cache come from the kernels before
         gdc_wait()
         gdc_launch_dependents()
-    p = gl.program_id(0)
-    base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B, L1)
+    p, base, start, end, b = _program_piece(Chunk, kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B, L1)
     kv_idx = kv_indices + base
-    if p == 0:
-        gl.store(Chunk, chunk.to(gl.int32))
-    start = p.to(gl.int64) * chunk
-    end = gl.minimum(start + chunk, total)
-    offs_bb = gl.arange(0, BLOCK_B, layout=L1)
-    ends = gl.load(kv_indptr + 1 + offs_bb, mask=offs_bb < bs, other=0).to(gl.int64) - base
-    ends = gl.where(offs_bb < bs, ends, total + 1)
-    b = gl.sum((ends <= start).to(gl.int32), axis=0)
     pos = start
     while pos < end:
         seq_lo = gl.load(kv_indptr + b).to(gl.int64) - base

@@ -33,7 +33,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from speedrun.overlays.mla_decode.gluon_sm90 import _chunk_size, _cta_barrier, _load_q, _locs, _rows
+from speedrun.overlays.mla_decode.gluon_sm90 import _cta_barrier, _load_q, _locs, _program_piece, _rows
 
 
 @gluon.jit
@@ -274,10 +274,10 @@ def mla_partial_sm90_ws(
     KT: gl.constexpr = KV.dtype.element_ty
     # One warpgroup each for the loader and the converter (setmaxnreg works per warpgroup). Registers a thread: the
     # converter holds a slice as fp8 and f16 (CVT_ROWS x 512 x 3 bytes over its threads) or one 64 x 128 fp8 block,
-    # the loader only pointers; the MMA warps get the rest (160 at 88 + 96)
+    # the loader only pointers; the MMA warps get the rest (160 at 88 + 104)
     LOAD_WARPS: gl.constexpr = 4
     CVT_WARPS: gl.constexpr = 4
-    LOAD_REGS: gl.constexpr = 96
+    LOAD_REGS: gl.constexpr = 104
     CVT_REGS: gl.constexpr = 80 if PV_FP8 else 56 + 2 * CVT_ROWS
     # Ring slots and V buffers indexed by tile t % STAGES, P buffers by t % 2. f16 V: two 36 KB fp8 slots and two
     # 64 KB f16 V buffers (213 KB of the H100's 227); fp8 V: three of each (36 + 32 KB: 215 KB)
@@ -305,17 +305,8 @@ def mla_partial_sm90_ws(
     if PDL:  # q and the cache come from the kernels before
         gdc_wait()
         gdc_launch_dependents()
-    p = gl.program_id(0)
-    base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B, L1)
+    p, base, start, end, b0 = _program_piece(Chunk, kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B, L1)
     kv_idx = kv_indices + base
-    if p == 0:
-        gl.store(Chunk, chunk.to(gl.int32))
-    start = p.to(gl.int64) * chunk
-    end = gl.minimum(start + chunk, total)
-    offs_bb = gl.arange(0, BLOCK_B, layout=L1)
-    ends = gl.load(kv_indptr + 1 + offs_bb, mask=offs_bb < bs, other=0).to(gl.int64) - base
-    ends = gl.where(offs_bb < bs, ends, total + 1)
-    b0 = gl.sum((ends <= start).to(gl.int32), axis=0)
     gl.warp_specialize(
         [
             (_mma, (Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
