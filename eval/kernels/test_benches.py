@@ -176,15 +176,16 @@ def test_gemm_sweep_times_b_regs_at_a_prequant_shape_first_and_keeps_its_rows():
 def test_mla_sweep_fits_its_budget_fp8_first():
     """The sweep's timed cells fit the device step at round 3's measured rate, fp8 shapes (round 5's questions)
     come first, every variant has a row in every cell, and a variant is re-timed only where its kernels differ
-    from an earlier one's (fp8-only variants on bf16 caches; `gluon_pps1_pipe_cvt64` on sm90, which ships it)."""
+    from an earlier one's (fp8-only variants on bf16 caches; `gluon_ws` on sm90, which ships it)."""
     cells = mla.sweep_plan("sm90")
     assert len(cells) == 2 * len(mla.SWEEP_SHAPES)
     assert [c.dtype for c in cells] == [torch.float8_e4m3fn] * 7 + [torch.bfloat16] * 7
     assert all([v for v, _ in c.runs] == list(mla.VARIANTS) for c in cells)
     fp8, bf16 = dict(cells[0].runs), dict(cells[-1].runs)
-    # sm90 ships the Gluon a8w8 kernel at one program per SM (round 8) with PV in flight across tiles and one V slice
-    # (round 9): gluon_pps1_pipe_cvt64 is the table; round 8's gluon_pps1 and a16 are timed
-    assert fp8["gluon_pps1_pipe_cvt64"] == "default" and fp8["gluon_pps1"] is None and fp8["a16"] is None
+    # sm90 ships the warp-specialized Gluon a8w8 kernel at one program per SM (round 11): gluon_ws is the table;
+    # round 9's kernel (PV in flight, one V slice), round 8's gluon_pps1 and a16 are timed
+    assert fp8["gluon_ws"] == "default" and fp8["gluon_pps1_pipe_cvt64"] is None and fp8["gluon_pps1"] is None
+    assert fp8["a16"] is None
     assert fp8["fp8_n64_w8"] is None
     assert all(bf16[v] == "default" for v in mla.VARIANTS if v.startswith(("fp8_", "a8w8_")))
     assert bf16["kv16_gluon"] is None and fp8["kv16_gluon"] == "default"  # the Gluon kernel on bf16 caches only
@@ -196,8 +197,8 @@ def test_mla_sweep_fits_its_budget_fp8_first():
 def test_mla_sweep_variants_narrow_it_to_the_served_table_and_those(tmp_path):
     """--variants times only the named variants next to `default` (the table as served), on both caches; a name
     the sweep does not know is refused in one line before any GPU work."""
-    cells = mla.sweep_plan("sm90", ("default", "gluon_ws"))
-    assert all([v for v, _ in c.runs] == ["default", "gluon_ws"] for c in cells)
+    cells = mla.sweep_plan("sm90", ("default", "gluon_ws_pv8"))
+    assert all([v for v, _ in c.runs] == ["default", "gluon_ws_pv8"] for c in cells)
     fp8, bf16 = dict(cells[0].runs), dict(cells[-1].runs)
-    assert fp8["gluon_ws"] is None and bf16["gluon_ws"] == "default"  # an fp8-only kernel: bf16 rows reuse default
+    assert fp8["gluon_ws_pv8"] is None and bf16["gluon_ws_pv8"] == "default"  # fp8-only: bf16 rows reuse default
     assert mla.main(["--out", str(tmp_path), "--sweep", "--variants", "gluon_ws,nope"]) == 2
