@@ -350,6 +350,10 @@ def _ws_kernel(cfg: MlaBucket, fp8: bool, where: str) -> Any:
     if cfg.num_stages not in (fit := GLUON_WS_STAGES[cfg.a8w8.pv]):
         raise ValueError(f"{where}: a8w8.num_stages must be one of {fit} with pv {cfg.a8w8.pv} (ring slots and V "
                          f"buffers in shared memory), not {cfg.num_stages}")  # fmt: skip
+    if cfg.a8w8.pipe_pv is not None:
+        raise ValueError(f"{where}: a8w8.pipe_pv is engine gluon's knob (gluon_ws always leaves PV in flight)")
+    if (cfg.a8w8.cvt_rows or GLUON_WS_CVT_ROWS) > 32:  # its converter holds the slice: 56 + 2 x rows registers
+        raise ValueError(f"{where}: a8w8.cvt_rows must be <= 32 (the converter's registers), not {cfg.a8w8.cvt_rows}")
     from speedrun.overlays.mla_decode.gluon_sm90_ws import mla_partial_sm90_ws
 
     return mla_partial_sm90_ws

@@ -431,7 +431,9 @@ def test_kv16_gluon_is_refused_where_it_is_not_written_for(heads, arch, knobs, q
      ({"num_warps": 4}, FP8, "a8w8.num_warps must be 8 (two MMA warpgroups), not 4"),
      ({"num_stages": 3}, FP8, "a8w8.num_stages must be one of (2,) with pv f16"),
      ({"pv": "fp8", "num_stages": 4}, FP8, "a8w8.num_stages must be one of (2, 3) with pv fp8"),
-     ({"engine": "gluon", "pv_split": "heads"}, FP8, "a8w8.pv_split is the warp-specialized kernel's")],
+     ({"engine": "gluon", "pv_split": "heads"}, FP8, "a8w8.pv_split is the warp-specialized kernel's"),
+     ({"pipe_pv": True}, FP8, "a8w8.pipe_pv is engine gluon's knob"),
+     ({"cvt_rows": 64}, FP8, "a8w8.cvt_rows must be <= 32 (the converter's registers), not 64")],
 )  # fmt: skip
 def test_gluon_ws_is_refused_where_it_is_not_written_for(knobs, kv, msg) -> None:
     """engine gluon_ws: fp8 caches, two MMA warpgroups, the ring slots that fit shared memory for its PV type; its

@@ -475,7 +475,7 @@ def test_a8w8_gluon_mixed_lengths(page_size, stages, pipe, engine):
     from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     cfg = gluon_config(engine)
-    cfg = cfg.replace(a8w8=cfg.a8w8.replace(num_stages=stages, pipe_pv=pipe))
+    cfg = cfg.replace(a8w8=cfg.a8w8.replace(num_stages=stages, pipe_pv=pipe if engine == "gluon" else None))
     g = torch.Generator().manual_seed(3)
     lens = torch.randint(1, 9000, (40,), generator=g).tolist() + [0, 1, 32768, 0, 65]
     q, kv, indptr, slots = make_batch(len(lens), 16, lens, FP8, page_size=64, seed=9)
@@ -500,7 +500,7 @@ def test_a8w8_gluon_tile_edges(page_size, pipe, engine):
     from speedrun.overlays.mla_decode.test_mla_decode import decode
 
     cfg = gluon_config(engine)
-    cfg = cfg.replace(a8w8=cfg.a8w8.replace(pipe_pv=pipe))
+    cfg = cfg.replace(a8w8=cfg.a8w8.replace(pipe_pv=pipe if engine == "gluon" else None))
     lens = [1, 2, 63, 64, 65, 127, 128, 129]
     q, kv, indptr, slots = make_batch(len(lens), 16, lens, FP8, page_size=64, seed=21)
     view = kv.view(-1, 64, 1, 576) if page_size == 64 else kv
