@@ -242,16 +242,24 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
     LOUT: gl.constexpr = LO if PIPE else gl.BlockedLayout([4, 1], [32, 1], [1, WARPS], [0, 1])
     l_o = gl.convert_layout(l_i * P_SCALE, gl.SliceLayout(0, LO))
     out = gl.convert_layout(acc / l_o[None, :], LOUT)
+    _store_segment(O, PartO, PartLse, out, m_i, l_i, b, slot, (pos == seq_lo) & (seg_hi == seq_hi), v_scale,
+                   stride_ob, stride_oh, H, BLOCK_H, DL, LOUT)  # fmt: skip
+
+
+@gluon.jit
+def _store_segment(O, PartO, PartLse, out, m_i, l_i, b, slot, final, v_scale, stride_ob, stride_oh, H: gl.constexpr,
+                   BLOCK_H: gl.constexpr, DL: gl.constexpr, LOUT: gl.constexpr):  # fmt: skip
+    """A segment's result out^T [DL, heads] (layout LOUT, already divided by its row sums): sequence b's output
+    (scaled by v_scale) when the segment is the whole sequence, else partial `slot` and its log2-sum-exp."""
     d = gl.arange(0, DL, layout=gl.SliceLayout(1, LOUT))
     h = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, LOUT))
     mh = (h < H)[None, :]
-    final = (pos == seq_lo) & (seg_hi == seq_hi)
     if final:
         o_ptr = O + b.to(gl.int64) * stride_ob + h[None, :] * stride_oh + d[:, None]
         gl.store(o_ptr, (out * v_scale).to(O.dtype.element_ty), mask=mh)
     else:
         gl.store(PartO + (slot * H + h[None, :]) * DL + d[:, None], out, mask=mh)
-        hl = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, LS))
+        hl = gl.arange(0, BLOCK_H, layout=m_i.type.layout)
         gl.store(PartLse + slot * H + hl, m_i + gl.log2(l_i), mask=hl < H)
 
 

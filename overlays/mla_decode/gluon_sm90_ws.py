@@ -33,7 +33,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from speedrun.overlays.mla_decode.gluon_sm90 import _cta_barrier, _load_q, _locs, _program_piece, _rows
+from speedrun.overlays.mla_decode.gluon_sm90 import (
+    _cta_barrier,
+    _load_q,
+    _locs,
+    _program_piece,
+    _rows,
+    _store_segment,
+)
 
 
 @gluon.jit
@@ -215,18 +222,24 @@ def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_s
             # acc^T [DL, heads] / l / P_SCALE, stored from the accumulator's layout (no shared memory left for a
             # re-layout), once per segment
             l_o = gl.convert_layout(l_i * P_SCALE, gl.SliceLayout(0, LO))
-            out = acc / l_o[None, :]
-            d = gl.arange(0, DL, layout=gl.SliceLayout(1, LO))
-            h = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, LO))
-            mh = (h < H)[None, :]
-            if (pos == seq_lo) & (seg_hi == seq_hi):
-                o_ptr = O + b.to(gl.int64) * stride_ob + h[None, :] * stride_oh + d[:, None]
-                gl.store(o_ptr, (out * v_scale).to(O.dtype.element_ty), mask=mh)
-            else:
-                slot = (p + b).to(gl.int64)
-                gl.store(PartO + (slot * H + h[None, :]) * DL + d[:, None], out, mask=mh)
-                hl = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, LS))
-                gl.store(PartLse + slot * H + hl, m_i + gl.log2(l_i), mask=hl < H)
+            _store_segment(
+                O,
+                PartO,
+                PartLse,
+                acc / l_o[None, :],
+                m_i,
+                l_i,
+                b,
+                (p + b).to(gl.int64),
+                (pos == seq_lo) & (seg_hi == seq_hi),
+                v_scale,
+                stride_ob,
+                stride_oh,
+                H,
+                BLOCK_H,
+                DL,
+                LO,
+            )
         pos = gl.maximum(seg_hi, pos)
         b += 1
 
