@@ -223,7 +223,7 @@ def table(arch: str) -> dict[str, MlaBucket]:
     return buckets if own else {key: without_gluon(cfg) for key, cfg in buckets.items()}
 
 
-GLUON_ONLY = ("programs_per_sm", "cvt_rows", "pipe_pv", "pv_split")  # a8w8 knobs only the Gluon kernel reads
+GLUON_ONLY = ("programs_per_sm", "cvt_rows", "pipe_pv", "pv_split", "v_bufs")  # a8w8 knobs only the Gluon kernel reads
 
 
 def without_gluon(cfg: MlaBucket) -> MlaBucket:
@@ -330,15 +330,21 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
                          f"memory, not {cfg.num_stages}")  # fmt: skip
     if ws:
         return _ws_kernel(cfg, fp8, where)
-    if fp8 and cfg.a8w8.pv_split is not None:
-        raise ValueError(f"{where}: a8w8.pv_split is the warp-specialized kernel's (engine gluon_ws)")
+    if fp8 and (cfg.a8w8.pv_split is not None or cfg.a8w8.v_bufs is not None):
+        raise ValueError(f"{where}: a8w8.pv_split and v_bufs are the warp-specialized kernel's (engine gluon_ws)")
     from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_sm90
 
     return mla_partial_sm90
 
 
-# gluon_sm90_ws.py's ring slots (= V buffers) by PV operand type: what fits an H100's 227 KB of shared memory
-GLUON_WS_STAGES = {Pv.F16: (2,), Pv.FP8: (2, 3)}
+# gluon_sm90_ws.py's shared memory: 36 KB fp8 ring slots, V buffers (64 KB f16 / 32 KB fp8 V^T), 9 KB of q, two P
+# buffers, against an H100 CTA's 227 KB less 4 KB for Triton's scratch
+GLUON_WS_SMEM = 227 * 1024 - 4096
+
+
+def ws_shared_bytes(stages: int, v_bufs: int, pv: Pv) -> int:
+    v, p = (32768, 1024) if pv == Pv.FP8 else (65536, 2048)
+    return stages * 36864 + v_bufs * v + 9216 + 2 * p
 
 
 def _ws_kernel(cfg: MlaBucket, fp8: bool, where: str) -> Any:
@@ -347,9 +353,13 @@ def _ws_kernel(cfg: MlaBucket, fp8: bool, where: str) -> Any:
         raise ValueError(f"{where}: fp8 e4m3 caches only (16-bit caches: kv16_engine gluon)")
     if cfg.num_warps != 8:
         raise ValueError(f"{where}: a8w8.num_warps must be 8 (two MMA warpgroups), not {cfg.num_warps}")
-    if cfg.num_stages not in (fit := GLUON_WS_STAGES[cfg.a8w8.pv]):
-        raise ValueError(f"{where}: a8w8.num_stages must be one of {fit} with pv {cfg.a8w8.pv} (ring slots and V "
-                         f"buffers in shared memory), not {cfg.num_stages}")  # fmt: skip
+    v_bufs = cfg.a8w8.v_bufs or cfg.num_stages
+    if v_bufs > cfg.num_stages:
+        raise ValueError(f"{where}: a8w8.v_bufs must be <= num_stages {cfg.num_stages} (a V buffer per ring slot at "
+                         f"most), not {v_bufs}")  # fmt: skip
+    if (need := ws_shared_bytes(cfg.num_stages, v_bufs, cfg.a8w8.pv)) > GLUON_WS_SMEM:
+        raise ValueError(f"{where}: a8w8.num_stages {cfg.num_stages} with v_bufs {v_bufs} and pv {cfg.a8w8.pv} "
+                         f"needs {need} B of shared memory, over {GLUON_WS_SMEM}")  # fmt: skip
     if cfg.a8w8.pipe_pv is not None:
         raise ValueError(f"{where}: a8w8.pipe_pv is engine gluon's knob (gluon_ws always leaves PV in flight)")
     if (cfg.a8w8.cvt_rows or GLUON_WS_CVT_ROWS) > 32:  # its converter holds the slice: 56 + 2 x rows registers
@@ -368,6 +378,7 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
     if engine(cfg, kv_dtype) == Engine.GLUON_WS:  # the converter's slice; the rest is fixed (gluon_sm90_ws.py)
         return {**split_constexprs(cfg), "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps,
                 "CVT_ROWS": cfg.a8w8.cvt_rows or GLUON_WS_CVT_ROWS, "STAGES": cfg.num_stages,
+                "NV": cfg.a8w8.v_bufs or cfg.num_stages,
                 "PV_FP8": cfg.a8w8.pv == Pv.FP8, "PV_HEADS": cfg.a8w8.pv_split == PvSplit.HEADS}  # fmt: skip
     if gluon_engine(cfg, kv_dtype):  # its own constexprs (its semantics are fixed: tokens as M; fp8: a8w8, f16 PV)
         fp8 = kv_dtype.itemsize == 1

@@ -104,6 +104,9 @@ class A8W8Knobs(Knobs):
     # double-buffered: 2 x 64 KB of f16 V, so at most 2 ring stages fit in an H100's 227 KB)
     pipe_pv: bool | None = None
     pv_split: PvSplit | None = None  # gluon_ws only (PvSplit); rows when unset
+    # gluon_ws only: V buffers (default num_stages: the converter fills one while PV reads another); 1 frees shared
+    # memory for ring slots (f16 V: 3 or 4 slots instead of 2), converting a tile only after the PV before retired
+    v_bufs: int | None = Field(None, ge=1)
 
 
 class MlaBucket(Knobs):

@@ -2,21 +2,21 @@
 loads and its V convert taken off the warps that run the MMAs and the softmax (PERF.md round 11).
 
 Same split, workspace, outputs and semantics as `gluon_sm90.mla_partial_sm90` on fp8 e4m3 caches with `pipe_pv`
-(`reference.mla_decode_a8w8_reference(pv="f16")`): q quantized to fp8 per (sequence, head) row with a
-power-of-two multiplier, an integer running max, P scaled by 2^8 into f16, V upcast to f16 (exact), fp32
+(`reference.mla_decode_a8w8_reference(pv="f16")`; PV_FP8: pv="fp8"): q quantized to fp8 per (sequence, head) row
+with a power-of-two multiplier, an integer running max, P scaled by 2^8 into f16, V upcast to f16 (exact), fp32
 accumulation. Three partitions of one CTA hand tiles over mbarriers instead of CTA barriers:
-- loader (LOAD_WARPS warps): cp.async of each 64-token fp8 tile into a STAGES-deep ring; each thread's copies
-  complete on the slot's `kv_full` barrier (cp.async.mbarrier.arrive.noinc); waits `kv_empty` before refilling;
-- converter (CVT_WARPS warps): the tile's 512 latent columns to f16 into one of two V buffers (`v_full` when
-  stored, `v_empty` when PV has read it), then releases the ring slot (its half of `kv_empty`);
+- loader (a warpgroup): cp.async of each 64-token fp8 tile into a STAGES-deep ring, every thread's copies completing
+  on the slot's `kv_full` barrier (cp.async.mbarrier.arrive.noinc); a tile's KV slots are loaded a tile ahead;
+- converter (a warpgroup): each landed tile's V as PV reads it into one of NV buffers (`v_full` when stored);
 - MMA (the default partition, WARPS 8 = two warpgroups): S^T = K q^T as fp8 wgmma from the landed slot (the
   warpgroups split the heads), the online softmax over the tokens, P^T to shared memory, O^T += V^T P^T as f16
-  wgmma (the warpgroups split the 512 output rows), left in flight until the next tile's QK is waited.
-So the MMA warps' tile is: wait, QK, softmax, P, PV; nothing of a tile's memory traffic or its convert waits in
-line with them. The segment walk (which sequences a program's chunk covers, how many tiles each) is computed the
-same way in every partition, so all three count the same global tile index t (slot t % STAGES, V buffer t % 2).
-fp8 caches only, heads <= 16 in one program (api.partial_kernel checks). The interpreter cannot run Gluon:
-correctness is the GPU tests' (test_mla_decode_gpu.py), machine code the compile report's.
+  wgmma (the warpgroups split the 512 output rows), left in flight until the next tile's QK is waited; `done` when
+  a tile's QK has retired (and with it the PV before).
+All three walk the program's segments the same way and count the same global tile index t: ring slot t % STAGES,
+V buffer t % NV, P buffer t % 2. A slot is refilled once `done` and the converter's read of its tile are signalled;
+a V buffer is rewritten once the PV that read it has retired. fp8 caches only, heads <= 16 in one program
+(api.partial_kernel checks). The interpreter cannot run Gluon: correctness is the GPU tests' (test_mla_decode_gpu.py),
+machine code the compile report's.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _advance(kv_indptr, base, b, n0, seg_hi, end, bs, BLOCK_N: gl.constexpr):
 
 @gluon.jit
 def _loader(KV, kv_idx, kv_indptr, base, start, end, b0, bs, stride_kv_page, stride_kv_tok, lat_s, rope_s, kv_full,
-            done, v_full, BLOCK_N: gl.constexpr, PAGE_SIZE: gl.constexpr, DL: gl.constexpr, DR: gl.constexpr,
+            done, read, BLOCK_N: gl.constexpr, PAGE_SIZE: gl.constexpr, DL: gl.constexpr, DR: gl.constexpr,
             STAGES: gl.constexpr, LOAD_WARPS: gl.constexpr):  # fmt: skip
     """Every tile of the program's chunk into the ring, in order, walked as one stream of tiles so that each tile's
     KV slots are loaded a tile ahead, before the wait for its ring slot (ncu, round 11: loading them after the wait
@@ -95,9 +95,9 @@ def _loader(KV, kv_idx, kv_indptr, base, start, end, b0, bs, stride_kv_page, str
         nloc = _locs(kv_idx, n1, seg_hi, BLOCK_N, gl.SliceLayout(1, LLAT))  # all -1 past the walk's end
         nloc_r = _locs(kv_idx, n1, seg_hi, BLOCK_N, gl.SliceLayout(1, LROPE))
         s = t % STAGES
-        # slot s held tile t - STAGES: its QK is done and the converter has read it
+        # slot s held tile t - STAGES: its QK is done and the converter has read it (`read`, per slot)
         mbarrier.wait(done.index(s), ((t - STAGES) // STAGES) & 1, pred=t >= STAGES)
-        mbarrier.wait(v_full.index(s), ((t - STAGES) // STAGES) & 1, pred=t >= STAGES)
+        mbarrier.wait(read.index(s), ((t - STAGES) // STAGES) & 1, pred=t >= STAGES)
         row, mask = _rows(loc, stride_kv_page, stride_kv_tok, PAGE_SIZE)
         async_copy.async_copy_global_to_shared(lat_s.index(s), KV + row[:, None] + c_lat[None, :], mask=mask[:, None])
         row, mask = _rows(loc_r, stride_kv_page, stride_kv_tok, PAGE_SIZE)
@@ -132,10 +132,12 @@ def _transpose_fp8(lat, v_t, BLOCK_N: gl.constexpr, DL: gl.constexpr, CVT_WARPS:
 
 
 @gluon.jit
-def _converter(kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_full, BLOCK_N: gl.constexpr,
-               DL: gl.constexpr, STAGES: gl.constexpr, CVT_WARPS: gl.constexpr, CVT_ROWS: gl.constexpr,
-               PV_FP8: gl.constexpr):  # fmt: skip
-    """Each landed tile's V into buffer t % STAGES, as PV reads it: f16, or (PV_FP8) fp8 transposed."""
+def _converter(kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_full, read, BLOCK_N: gl.constexpr,
+               DL: gl.constexpr, STAGES: gl.constexpr, NV: gl.constexpr, CVT_WARPS: gl.constexpr,
+               CVT_ROWS: gl.constexpr, PV_FP8: gl.constexpr):  # fmt: skip
+    """Each landed tile's V into buffer t % NV, as PV reads it: f16, or (PV_FP8) fp8 transposed. With fewer V
+    buffers than ring slots it also signals, per slot, that it has read the tile (`read`); with as many, `v_full`
+    of the same index says so."""
     t = 0
     pos = start
     b = b0
@@ -143,15 +145,19 @@ def _converter(kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_ful
         seq_lo, seq_hi, seg_hi = _segment_bounds(kv_indptr, base, b, end)
         for _ in range(pos, seg_hi, BLOCK_N):
             s = t % STAGES
+            v = t % NV
             mbarrier.wait(kv_full.index(s), (t // STAGES) & 1)
-            # V buffer s held tile t - STAGES: `done` of tile t - STAGES + 1 means its PV has retired
-            mbarrier.wait(done.index((t + 1) % STAGES), ((t - STAGES + 1) // STAGES) & 1, pred=t >= STAGES)
+            # V buffer v held tile t - NV: `done` of tile t - NV + 1 means its PV has retired
+            u = t - NV + 1
+            mbarrier.wait(done.index(u % STAGES), (u // STAGES) & 1, pred=t >= NV)
             if PV_FP8:
-                _transpose_fp8(lat_s.index(s), v_s.index(s), BLOCK_N, DL, CVT_WARPS)
+                _transpose_fp8(lat_s.index(s), v_s.index(v), BLOCK_N, DL, CVT_WARPS)
             else:
-                _convert_f16(lat_s.index(s), v_s.index(s), BLOCK_N, CVT_WARPS, CVT_ROWS)
+                _convert_f16(lat_s.index(s), v_s.index(v), BLOCK_N, CVT_WARPS, CVT_ROWS)
             fence_async_shared()  # the stores are read by wgmma (the async proxy)
-            mbarrier.arrive(v_full.index(s))  # Triton puts a partition barrier before an arrive
+            mbarrier.arrive(v_full.index(v))  # Triton puts a partition barrier before an arrive
+            if NV != STAGES:
+                mbarrier.arrive(read.index(s))
             t += 1
         pos = gl.maximum(seg_hi, pos)
         b += 1
@@ -161,7 +167,8 @@ def _converter(kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_ful
 def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
          stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v_s, p_s, kv_full, done, v_full, H: gl.constexpr,
          BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, DL: gl.constexpr, DR: gl.constexpr, Q_EXP: gl.constexpr,
-         WARPS: gl.constexpr, STAGES: gl.constexpr, PV_FP8: gl.constexpr, PV_HEADS: gl.constexpr):  # fmt: skip
+         WARPS: gl.constexpr, STAGES: gl.constexpr, NV: gl.constexpr, PV_FP8: gl.constexpr,
+         PV_HEADS: gl.constexpr):  # fmt: skip
     """QK, softmax and PV of every tile (gluon_sm90._segment's PIPE_PV tile, fed by the other partitions), and
     each segment's output: the final one, or a partial in slot p + b."""
     LS: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WARPS // 4],
@@ -207,13 +214,13 @@ def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_s
                 if PV_FP8:  # P^T stored [heads, tokens]: the K-major B operand of the fp8 wgmma
                     p_b.store(gl.permute((p_t * P_SCALE).to(p_s.dtype), (1, 0)))
                     p_b = p_b.permute((1, 0))
-                    v_t = v_s.index(s)
+                    v_t = v_s.index(t % NV)
                 else:
                     p_b.store((p_t * P_SCALE).to(p_s.dtype))
-                    v_t = v_s.index(s).permute((1, 0))
+                    v_t = v_s.index(t % NV).permute((1, 0))
                 fence_async_shared()
                 _cta_barrier()  # both warpgroups' P rows are in shared memory before either PV reads them
-                mbarrier.wait(v_full.index(s), (t // STAGES) & 1)
+                mbarrier.wait(v_full.index(t % NV), (t // NV) & 1)
                 acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, LO))[None, :]
                 acc = warpgroup_mma(v_t, p_b, acc, is_async=True)
                 t += 1
@@ -276,7 +283,9 @@ def mla_partial_sm90_ws(
     Q_EXP: gl.constexpr = 8,
     WARPS: gl.constexpr = 8,  # the MMA partition: two warpgroups (QK: 8 heads each; PV: half the output rows each)
     CVT_ROWS: gl.constexpr = 16,  # f16 V: the converter's slice (tokens): 16 -> 88 registers a thread, 32 -> 120
-    STAGES: gl.constexpr = 2,  # ring slots = V buffers (f16 V: 2 fit shared memory; fp8 V: 3)
+    STAGES: gl.constexpr = 2,  # ring slots (api.GLUON_WS_SMEM: what fits with NV V buffers)
+    NV: gl.constexpr = 2,  # V buffers: 2 (or STAGES) lets the converter fill one while PV reads the other; 1 frees
+    # 64 KB (f16) for ring slots, at the price of converting a tile only once the PV before it has retired
     PV_FP8: gl.constexpr = False,  # PV as fp8 wgmma: V^T in fp8 (transposed by the converter), P in e4m3
     PV_HEADS: gl.constexpr = False,  # PV split by heads between the MMA warpgroups (a8w8.pv_split heads), not rows
     PDL: gl.constexpr = False,  # launched as a programmatic dependent (overlays/pdl.py): wait, then trigger the merge
@@ -292,8 +301,8 @@ def mla_partial_sm90_ws(
     CVT_WARPS: gl.constexpr = 4
     LOAD_REGS: gl.constexpr = 104
     CVT_REGS: gl.constexpr = 80 if PV_FP8 else 56 + 2 * CVT_ROWS
-    # Ring slots and V buffers indexed by tile t % STAGES, P buffers by t % 2. f16 V: two 36 KB fp8 slots and two
-    # 64 KB f16 V buffers (213 KB of the H100's 227); fp8 V: three of each (36 + 32 KB: 215 KB)
+    # Shared memory: STAGES 36 KB fp8 ring slots, NV V buffers (64 KB f16, or 32 KB fp8 V^T), 9 KB of q, 2 P buffers:
+    # 2 + 2 f16 = 213 KB of the H100's 227; 3 + 1 f16 = 185 KB; 4 + 1 = 221 KB; fp8 V 3 + 3 = 215 KB
     VT: gl.constexpr = KT if PV_FP8 else gl.float16  # V's and P's dtype for PV
     V_SHAPE: gl.constexpr = [DL, BLOCK_N] if PV_FP8 else [BLOCK_N, DL]  # fp8: V^T (tokens contiguous)
     P_SHAPE: gl.constexpr = [BLOCK_H, BLOCK_N] if PV_FP8 else [BLOCK_N, BLOCK_H]
@@ -305,15 +314,22 @@ def mla_partial_sm90_ws(
     )
     q_lat_s = gl.allocate_shared_memory(KT, [BLOCK_H, DL], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DL], KT))
     q_rope_s = gl.allocate_shared_memory(KT, [BLOCK_H, DR], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DR], KT))
-    v_s = gl.allocate_shared_memory(VT, [STAGES] + V_SHAPE, gl.NVMMASharedLayout.get_default_for(V_SHAPE, VT))
+    v_s = gl.allocate_shared_memory(VT, [NV] + V_SHAPE, gl.NVMMASharedLayout.get_default_for(V_SHAPE, VT))
     p_s = gl.allocate_shared_memory(VT, [2] + P_SHAPE, gl.NVMMASharedLayout.get_default_for(P_SHAPE, VT))
     kv_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     done = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_full = gl.allocate_shared_memory(gl.int64, [NV, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(kv_full.index(i), count=LOAD_WARPS * 32)  # every loader thread's copies (noinc arrives)
         mbarrier.init(done.index(i), count=1)
+    for i in gl.static_range(NV):
         mbarrier.init(v_full.index(i), count=1)
+    if NV == STAGES:  # v_full of a slot's index says its tile was read
+        read = v_full
+    else:
+        read = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(read.index(i), count=1)
 
     if PDL:  # q and the cache come from the kernels before
         gdc_wait()
@@ -324,11 +340,11 @@ def mla_partial_sm90_ws(
         [
             (_mma, (Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
                     stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v_s, p_s, kv_full, done, v_full, H,
-                    BLOCK_H, BLOCK_N, DL, DR, Q_EXP, WARPS, STAGES, PV_FP8, PV_HEADS)),
-            (_converter, (kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_full, BLOCK_N, DL, STAGES,
-                          CVT_WARPS, CVT_ROWS, PV_FP8)),
+                    BLOCK_H, BLOCK_N, DL, DR, Q_EXP, WARPS, STAGES, NV, PV_FP8, PV_HEADS)),
+            (_converter, (kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_full, read, BLOCK_N, DL,
+                          STAGES, NV, CVT_WARPS, CVT_ROWS, PV_FP8)),
             (_loader, (KV, kv_idx, kv_indptr, base, start, end, b0, bs, stride_kv_page, stride_kv_tok, lat_s,
-                       rope_s, kv_full, done, v_full, BLOCK_N, PAGE_SIZE, DL, DR, STAGES, LOAD_WARPS)),
+                       rope_s, kv_full, done, read, BLOCK_N, PAGE_SIZE, DL, DR, STAGES, LOAD_WARPS)),
         ],
         [CVT_WARPS, LOAD_WARPS],
         [CVT_REGS, LOAD_REGS],

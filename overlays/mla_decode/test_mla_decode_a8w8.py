@@ -429,9 +429,12 @@ def test_kv16_gluon_is_refused_where_it_is_not_written_for(heads, arch, knobs, q
     "knobs,kv,msg",
     [({}, torch.bfloat16, "kv16_engine gluon_ws: fp8 e4m3 caches only"),
      ({"num_warps": 4}, FP8, "a8w8.num_warps must be 8 (two MMA warpgroups), not 4"),
-     ({"num_stages": 3}, FP8, "a8w8.num_stages must be one of (2,) with pv f16"),
-     ({"pv": "fp8", "num_stages": 4}, FP8, "a8w8.num_stages must be one of (2, 3) with pv fp8"),
-     ({"engine": "gluon", "pv_split": "heads"}, FP8, "a8w8.pv_split is the warp-specialized kernel's"),
+     ({"num_stages": 3}, FP8, "a8w8.num_stages 3 with v_bufs 3 and pv f16 needs 320512 B of shared memory"),
+     ({"pv": "fp8", "num_stages": 4}, FP8, "a8w8.num_stages 4 with v_bufs 4 and pv fp8 needs 289792 B"),
+     ({"num_stages": 5, "v_bufs": 1}, FP8, "a8w8.num_stages 5 with v_bufs 1 and pv f16 needs 263168 B"),
+     ({"v_bufs": 3}, FP8, "a8w8.v_bufs must be <= num_stages 2 (a V buffer per ring slot at most), not 3"),
+     ({"engine": "gluon", "pv_split": "heads"}, FP8, "a8w8.pv_split and v_bufs are the warp-specialized kernel's"),
+     ({"engine": "gluon", "v_bufs": 1}, FP8, "a8w8.pv_split and v_bufs are the warp-specialized kernel's"),
      ({"pipe_pv": True}, FP8, "a8w8.pipe_pv is engine gluon's knob"),
      ({"cvt_rows": 64}, FP8, "a8w8.cvt_rows must be <= 32 (the converter's registers), not 64")],
 )  # fmt: skip
@@ -456,7 +459,7 @@ def test_gluon_ws_constexprs_follow_the_knobs() -> None:
     plans = {v: api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=bench.variant_config(v))
              for v in ("gluon_ws", "gluon_ws_pv8", "gluon_ws_pv8_h")}  # fmt: skip
     assert plans["gluon_ws"].partial[False] == {"SNAP": True, "Q_EXP": 8, "WARPS": 8, "CVT_ROWS": 16, "STAGES": 2,
-                                                "PV_FP8": False, "PV_HEADS": False}  # fmt: skip
+                                                "NV": 2, "PV_FP8": False, "PV_HEADS": False}  # fmt: skip
     assert {k: plans["gluon_ws_pv8"].partial[False][k] for k in ("STAGES", "PV_FP8", "PV_HEADS")} == {
         "STAGES": 3, "PV_FP8": True, "PV_HEADS": False}  # fmt: skip
     assert plans["gluon_ws_pv8_h"].partial[False]["PV_HEADS"] is True
