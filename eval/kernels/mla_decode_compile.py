@@ -91,11 +91,12 @@ def compile_specs(arch: str) -> list[CompileSpec]:
             pvs = [cfg.a8w8.pv, *(p for p in A8W8_PV if p != cfg.a8w8.pv)]
             specs += [partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, pv, TRITON) for pv in pvs]
             gluon = arch == "sm90" and heads <= 16  # the Gluon kernel (sweep variants a8w8_gluon, kv16_gluon)
-            # (gluon_ws with pv fp8, a sweep row, is left out: one register spilled at its converter's entry, and
-            # slower in round 11)
-            for knobs in (GLUON_A8W8, GLUON_WS):  # the served one is listed first already
-                if gluon:
-                    specs.append(partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, a8w8=knobs))
+            # Both Gluon a8w8 kernels (the served one is listed first already; names dedupe below). gluon_ws with
+            # PV in fp8 (retired sweep row) is left out: one register spilled at its converter's entry
+            if gluon:
+                specs += [
+                    partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, a8w8=k) for k in (GLUON_A8W8, GLUON_WS)
+                ]
             if gluon and cfg.kv16_engine != Engine.GLUON:
                 specs.append(partial_spec(bucket, heads, cfg.replace(**GLUON_KV16), "bf16", arch))
         specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg.merge.min_block_dv, D_LATENT)]
