@@ -306,10 +306,11 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
                    q_dtype: torch.dtype = torch.bfloat16) -> Any:  # fmt: skip
     """The partial kernel the bucket runs: the Triton one, or the Gluon one (see gluon_engine), which is checked
     here against what it is written for (ValueError naming the knob)."""
-    if not gluon_engine(cfg, kv_dtype):
+    eng = engine(cfg, kv_dtype)
+    if not eng.gluon:
         return _mla_partial_kernel
-    fp8, ws = kv_dtype.itemsize == 1, engine(cfg, kv_dtype) == Engine.GLUON_WS
-    where = f"mla_decode {'a8w8.engine' if fp8 else 'kv16_engine'} {engine(cfg, kv_dtype).value}"
+    fp8, ws = kv_dtype.itemsize == 1, eng == Engine.GLUON_WS
+    where = f"mla_decode {'a8w8.engine' if fp8 else 'kv16_engine'} {eng.value}"
     if _sm(arch) != 90:
         raise ValueError(f"{where}: sm90 only (wgmma), not {arch}")
     if kv_dtype not in GLUON_KV or (not fp8 and q_dtype != kv_dtype):

@@ -75,6 +75,15 @@ def _program_piece(Chunk, kv_indptr, bs, num_programs, MIN_CHUNK: gl.constexpr, 
 
 
 @gluon.jit
+def _segment_bounds(kv_indptr, base, b, end):
+    """Sequence b's token range [seq_lo, seq_hi) relative to the batch start, and where the program's piece of it
+    ends (seg_hi)."""
+    seq_lo = gl.load(kv_indptr + b).to(gl.int64) - base
+    seq_hi = gl.load(kv_indptr + b + 1).to(gl.int64) - base
+    return seq_lo, seq_hi, gl.minimum(seq_hi, end)
+
+
+@gluon.jit
 def _locs(kv_idx, n0, seg_hi, BLOCK_N: gl.constexpr, LR: gl.constexpr):
     """KV slots of tokens [n0, n0 + BLOCK_N) in layout LR, -1 where not in the segment."""
     offs = n0 + gl.arange(0, BLOCK_N, layout=LR)
@@ -328,9 +337,7 @@ def mla_partial_sm90(
     kv_idx = kv_indices + base
     pos = start
     while pos < end:
-        seq_lo = gl.load(kv_indptr + b).to(gl.int64) - base
-        seq_hi = gl.load(kv_indptr + b + 1).to(gl.int64) - base
-        seg_hi = gl.minimum(seq_hi, end)
+        seq_lo, seq_hi, seg_hi = _segment_bounds(kv_indptr, base, b, end)
         if seg_hi > pos:
             _segment(Q, KV, O, PartO, PartLse, kv_idx, b, (p + b).to(gl.int64), pos, seg_hi, seq_lo, seq_hi,
                      qk_scale, v_scale, stride_qb, stride_qh, stride_kv_page, stride_kv_tok, stride_ob, stride_oh,

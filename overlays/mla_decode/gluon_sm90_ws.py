@@ -39,17 +39,9 @@ from speedrun.overlays.mla_decode.gluon_sm90 import (
     _locs,
     _program_piece,
     _rows,
+    _segment_bounds,
     _store_segment,
 )
-
-
-@gluon.jit
-def _segment_bounds(kv_indptr, base, b, end):
-    """Sequence b's token range [seq_lo, seq_hi) relative to the batch start, and where the program's piece of it
-    ends (seg_hi)."""
-    seq_lo = gl.load(kv_indptr + b).to(gl.int64) - base
-    seq_hi = gl.load(kv_indptr + b + 1).to(gl.int64) - base
-    return seq_lo, seq_hi, gl.minimum(seq_hi, end)
 
 
 @gluon.jit
@@ -291,7 +283,8 @@ def mla_partial_sm90_ws(
     PDL: gl.constexpr = False,  # launched as a programmatic dependent (overlays/pdl.py): wait, then trigger the merge
 ):
     """kernels._mla_partial_kernel's contract (grid: programs; heads <= BLOCK_H = 16 in one program) for fp8 e4m3
-    KV computed a8w8 (PV in f16). Launch with num_warps = WARPS: the workers' warps come on top."""
+    KV computed a8w8 (PV in f16, or in fp8 with PV_FP8). Launch with num_warps = WARPS: the workers' warps come on
+    top."""
     L1: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
     KT: gl.constexpr = KV.dtype.element_ty
     # One warpgroup each for the loader and the converter (setmaxnreg works per warpgroup). Registers a thread: the
