@@ -247,6 +247,8 @@ SWEEP_SHAPES = ((256, 7168, 2048), (1, 2112, 7168), (16, 2112, 7168), (64, 7168,
 # unless it names "w_layout": the plain layout, the route (one fused launch vs a quantizer launch then the GEMM),
 # the split-K policy (round 2's "~2 CTAs per SM" rule, none), pipeline depth, and the decode tile (round 3's
 # 64 x 256, 64 x 128, two warpgroups on 128 or 256 weight rows).
+WS = {"engine": "gluon_ws", "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4, "CTAS_PER_SM": 1,
+      "MIN_K_TILES": 1}  # fmt: skip
 SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"w_layout": "plain"},
     # row-major swz128, the served layout before round 10 (64-row groups won 3-17% at every K >= 2048 shape, lost
@@ -272,12 +274,18 @@ SWEEP_VARIANTS: dict[str, dict[str, Any]] = {
     # units of 8); capped at 80 it has no spill and 3 CTAs/SM (sm90 AOT, PERF.md round 7). m<=32 shapes only: at
     # m<=16 / m<=64 the cap spills 16 / 96 B and serializes the wgmmas.
     "m32_r80": {"maxnreg": 80},
+    # Round 12 (engine gluon_ws, gluon_sm90_ws.py; sm90 AOT only so far): loader, W decoder, A quantizer and MMA in
+    # warpgroups of their own, tiles handed over mbarriers; one CTA an SM (512 threads at 128 registers)
+    "ws": WS,
+    "ws_bn64": {**WS, "BLOCK_N": 64, "num_stages": 6},
+    "ws_st6": {**WS, "num_stages": 6},
 }
 # Retired in round 10 (slower than the table at every decode shape in rounds 9 and 10): sk1, bn64_bk256, bn128w8.
 # Variants timed only at prequant shapes (M > 64), and only they are: the decode variants tune the fused decode
 # buckets, and b_regs touches only the A_MODE 0 kernel (a decode bucket's fused kernel would time as config).
 PREFILL_VARIANTS = ("bregs",)
-ONLY_M = {"m32_r80": range(17, 33)}  # variants timed at these Ms only (the bucket they are meant for)
+# variants timed at these Ms only (the bucket they are meant for; ws_st6's 6 slots of 64 tokens do not fit)
+ONLY_M = {"m32_r80": range(17, 33), "ws_st6": range(1, 33)}
 SWEEP_DECODE_MAX_M = 64  # the fused decode buckets' largest M
 # Resident CTAs per SM (ptxas sm_90a registers and shared memory of the fused swz128 kernel, PERF.md) of the
 # variants that change them, by bucket, for the wave-balanced split-K.

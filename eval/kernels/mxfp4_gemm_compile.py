@@ -13,7 +13,7 @@ from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd
 from speedrun.overlays.buckets import parse
 from speedrun.overlays.mxfp4_gemm import api
-from speedrun.overlays.mxfp4_gemm.config import AMode, GemmBucket, GemmTable, Layout, Route
+from speedrun.overlays.mxfp4_gemm.config import AMode, Engine, GemmBucket, GemmTable, Layout, Route
 from speedrun.overlays.mxfp4_gemm.kernels import mxfp4_dequant_kernel, mxfp4_gemm_kernel, mxfp4_quant_kernel
 
 # gfx950 must use the scaled MFMA for FP4 x FP4; sm90 has no FP4 MMA, so bf16 wgmma (or mma.sync) after dequant.
@@ -36,6 +36,8 @@ def gemm_spec(name: str, cfg: GemmBucket, a_mode: AMode, arch: str, split_k: int
     """The GEMM kernel of one config in one A mode as a GPU launch builds it (K unknown: EVEN_K, no BLOCK_K
     shrink); split_k > 1 compiles the split-K epilogue."""
     kern = api.kernel(cfg, a_mode, arch, None, layout, cuda=True)
+    if kern.engine == Engine.GLUON_WS:
+        return ws_spec(name, kern, split_k)
     consts = {"B_REGS": False, "PDL": False, **kern.consts, "SPLIT": split_k > 1, "EVEN_K": True}  # all named
     sig = dict(GEMM_SIG)
     if a_mode == AMode.MXFP4:
@@ -47,6 +49,47 @@ def gemm_spec(name: str, cfg: GemmBucket, a_mode: AMode, arch: str, split_k: int
     strides = ("stride_am", "stride_wn", "stride_cm", "stride_wsn")
     attrs = aligned(sig, *[k for k, v in GEMM_SIG.items() if v.startswith("*")], "N", "K", *strides)
     return CompileSpec(name, mxfp4_gemm_kernel, sig, consts, kern.opts, expect, attrs=attrs)
+
+
+WS_SIG = {
+    "A": "*bf16", "W": "*u8", "WS": "*u8", "C": "*bf16", "Part": "*fp32", "Cnt": "*i32", "M": "i32", "N": "i32",
+    "K": "i32", "split_k": "i32", "k_per_split": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_wsn": "i32",
+    "stride_cm": "i32",
+}  # fmt: skip
+
+
+def ws_spec(name: str, kern: api.Kernel, split_k: int) -> CompileSpec:
+    """gluon_sm90_ws.py's kernel as api.kernel resolves a gluon_ws bucket (aligned as the JIT sees DeepSeek's
+    tensors, like gemm_spec); spill-free, one CTA an SM."""
+    from speedrun.overlays.mxfp4_gemm.gluon_sm90_ws import mxfp4_gemm_ws_kernel
+
+    consts = {**kern.consts, "SPLIT": split_k > 1}
+    sig = {**WS_SIG, **{k: "constexpr" for k in consts}}
+    ints = ("N", "K", "stride_am", "stride_wn", "stride_wsn", "stride_cm")
+    attrs = aligned(sig, *[k for k, v in WS_SIG.items() if v.startswith("*")], *ints)
+    return CompileSpec(name, mxfp4_gemm_ws_kernel, sig, consts, kern.opts, SM90_BF16, attrs=attrs, min_occupancy=1,
+                       no_spills=True)  # fmt: skip
+
+
+def ws_specs(table: GemmTable, arch: str) -> list[CompileSpec]:
+    """The sweep's gluon_ws rows (eval.kernels.mxfp4_gemm_bench) on each fused decode bucket they are timed at, with
+    the served weight layout (swz128 in row groups of 64, one-multiply decode); sm90 only."""
+    if arch != "sm90":
+        return []
+    from speedrun.eval.kernels.mxfp4_gemm_bench import ONLY_M, SWEEP_VARIANTS, variant_config
+
+    out = []
+    for variant, knobs in SWEEP_VARIANTS.items():
+        if knobs.get("engine") != Engine.GLUON_WS:
+            continue
+        for key, bucket in table.buckets.items():
+            lim = parse(key).limit
+            if bucket.route != Route.FUSED or (variant in ONLY_M and lim not in ONLY_M[variant]):
+                continue
+            cfg, _ = variant_config(bucket, variant, key, Layout.SWZ128_G64_MUL1)
+            kern = api.kernel(cfg.with_overrides(cfg.swz), AMode.QUANT, arch, None, Layout.SWZ128_G64_MUL1, True)
+            out.append(ws_spec(f"mxfp4_gemm/{variant}[{key},swz128_g64_mul1]", kern, 2))
+    return out
 
 
 def _a_mode(route: Route, arch: str) -> AMode:
@@ -111,7 +154,7 @@ def compile_specs(arch: str) -> list[CompileSpec]:
             seen.add(dedup)
             name = f"mxfp4_gemm/{shape}[{label(bucket)},{kernel_route(c.route)},A_MODE={mode.value}]"
             specs.append(gemm_spec(name, c, mode, arch, split))
-    return specs + swz_specs(table, arch) + helper_specs(arch)
+    return specs + swz_specs(table, arch) + ws_specs(table, arch) + helper_specs(arch)
 
 
 def swz_specs(table: GemmTable, arch: str) -> list[CompileSpec]:

@@ -42,7 +42,17 @@ from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_co
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
 from speedrun.overlays.mxfp4_gemm import stock_fp8
-from speedrun.overlays.mxfp4_gemm.config import DIM, AMode, GemmBucket, GemmTable, Layout, Route, WDeq, check_table
+from speedrun.overlays.mxfp4_gemm.config import (
+    DIM,
+    AMode,
+    Engine,
+    GemmBucket,
+    GemmTable,
+    Layout,
+    Route,
+    WDeq,
+    check_table,
+)
 from speedrun.overlays.mxfp4_gemm.kernels import (
     mxfp4_dequant_kernel,
     mxfp4_gemm_kernel,
@@ -56,6 +66,13 @@ OP = "mxfp4_gemm"
 # on it: each K step has CTA-wide barriers and a wgmma wait, which another CTA's warps fill.
 SAT_WARPS = 8
 RED_REGS = 64  # fp32 registers per thread the split-K reduction may hold in flight (RED partials per round)
+# engine gluon_ws (gluon_sm90_ws.py): its tiles, its MMA warpgroup, and the shared memory one CTA may take (the H100's
+# 227 KB less what the compiler adds: barriers, the split-K arrival broadcast; AOT: 332 B)
+WS_BLOCK_M = (16, 32, 64)
+WS_BLOCK_N = (64, 128)
+WS_WARPS = 4
+WS_SMEM = 227 * 1024 - 1024
+WS_STAGES = 4  # ring slots when the bucket sets no num_stages
 
 
 # ---------------------------------------------------------------- configs (validated once per arch)
@@ -107,6 +124,13 @@ class Kernel:
     cfg: GemmBucket
     consts: dict[str, Any]
     opts: dict[str, Any]
+    engine: Engine = Engine.TRITON  # GLUON_WS: consts are gluon_sm90_ws.mxfp4_gemm_ws_kernel's
+
+    @property
+    def tile(self) -> tuple[int, int, int]:
+        """(BLOCK_M, BLOCK_N, BLOCK_K) as launched (gluon_ws: K tiles of one swz128 chunk, 128)."""
+        c = self.consts
+        return c["BLOCK_M"], c["BLOCK_N"], c.get("BLOCK_K", self.cfg.BLOCK_K)
 
     @property
     def pdl(self) -> bool:
@@ -157,11 +181,14 @@ class GemmPlan:
         """How this plan routes bf16-activation calls, for the per-process report."""
         m = self.stock_above()
         if m is not None:
-            return (f"M <= {m}: speedrun MXFP4 kernels; M > {m}: stock FP8 block GEMM (DeepGEMM; weight converted "
+            line = (f"M <= {m}: speedrun MXFP4 kernels; M > {m}: stock FP8 block GEMM (DeepGEMM; weight converted "
                     "to FP8 per call, FP8 activations)")  # fmt: skip
-        if self.stock_why:
-            return f"speedrun MXFP4 kernels at every M (stock_fp8 buckets run dequant_w: {self.stock_why})"
-        return "speedrun MXFP4 kernels at every M"
+        elif self.stock_why:
+            line = f"speedrun MXFP4 kernels at every M (stock_fp8 buckets run dequant_w: {self.stock_why})"
+        else:
+            line = "speedrun MXFP4 kernels at every M"
+        ws = [key for key, run in self.launches.items() if run.quant.engine == Engine.GLUON_WS]
+        return line + (f"; warp-specialized Gluon kernel in {', '.join(ws)}" if ws else "")
 
 
 def make_plan(n: int, k: int, layout: Layout | str = Layout.PLAIN, *, device: torch.device | str | None = None,
@@ -237,7 +264,12 @@ def quant_mode(route: Route, amd: bool) -> AMode:
 
 def kernel(cfg: GemmBucket, a_mode: AMode, arch: str, k: int | None, layout: Layout, cuda: bool) -> Kernel:
     """The kernel constexprs (ints at the kernel boundary: enums by value) and launch options of one config in one
-    A mode."""
+    A mode. Engine gluon_ws: its knobs are checked wherever the bucket is resolved; it runs where `ws_applies`, the
+    Triton kernel elsewhere."""
+    if cfg.engine == Engine.GLUON_WS:
+        consts = ws_constexprs(cfg, layout)
+        if ws_applies(arch, cuda, layout, a_mode):
+            return Kernel(cfg, consts, {"num_warps": WS_WARPS}, Engine.GLUON_WS)
     amd = is_amd(arch) and cuda
     dot_scaled = amd and a_mode != AMode.BF16
     asm = cuda and not is_amd(arch)  # inline PTX: CUDA only (never the interpreter)
@@ -255,6 +287,40 @@ def kernel(cfg: GemmBucket, a_mode: AMode, arch: str, k: int | None, layout: Lay
     if cfg.pdl and pdl_ok(arch, cuda):  # likewise PDL (off by default)
         consts["PDL"] = True
     return Kernel(cfg, consts, kernel_options(cfg, arch, cuda))
+
+
+def ws_applies(arch: str, cuda: bool, layout: Layout, a_mode: AMode) -> bool:
+    """Where gluon_sm90_ws.py runs: an sm90 GPU, swz128 weights (any row group), bf16 A quantized in the kernel."""
+    return cuda and arch == "sm90" and layout != Layout.PLAIN and a_mode == AMode.QUANT
+
+
+def ws_shared_bytes(bm: int, bn: int, stages: int) -> int:
+    """Shared memory of gluon_sm90_ws.py's buffers: ring slots (codes 64 B + scale word 4 B a weight row, raw A 256 B
+    a token row) and two operand buffers (bf16 W and quantized A, 256 B a row each)."""
+    return stages * (bn * 68 + bm * 256) + 2 * (bn + bm) * 256
+
+
+def ws_constexprs(cfg: GemmBucket, layout: Layout) -> dict[str, Any]:
+    """The constexprs of gluon_sm90_ws.mxfp4_gemm_ws_kernel for a bucket (SPLIT at launch); ValueError naming the
+    knob it cannot take."""
+    where = f"{OP}: engine gluon_ws"
+    if cfg.route != Route.FUSED:
+        raise ValueError(f"{where} runs the fused route, not route {cfg.route.value!r}")
+    if cfg.BLOCK_K != 128:
+        raise ValueError(f"{where}: BLOCK_K must be 128 (one swz128 chunk a tile), not {cfg.BLOCK_K}")
+    if cfg.BLOCK_M not in WS_BLOCK_M or cfg.BLOCK_N not in WS_BLOCK_N:
+        raise ValueError(f"{where}: BLOCK_M must be one of {WS_BLOCK_M} and BLOCK_N one of {WS_BLOCK_N}, not "
+                         f"{cfg.BLOCK_M} x {cfg.BLOCK_N}")  # fmt: skip
+    if cfg.num_warps != WS_WARPS:
+        raise ValueError(f"{where}: num_warps must be {WS_WARPS} (its MMA warpgroup), not {cfg.num_warps}")
+    if cfg.pdl:
+        raise ValueError(f"{where}: pdl is the Triton kernel's knob")
+    stages = cfg.num_stages or WS_STAGES
+    if (need := ws_shared_bytes(cfg.BLOCK_M, cfg.BLOCK_N, stages)) > WS_SMEM:
+        raise ValueError(f"{where}: num_stages {stages} at {cfg.BLOCK_M} x {cfg.BLOCK_N} needs {need} B of shared "
+                         f"memory, over {WS_SMEM}")  # fmt: skip
+    return {"BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N, "ROWG": layout.row_group, "MUL1": layout.mul1,
+            "STAGES": stages, "RED": red_unroll(cfg.BLOCK_M, cfg.BLOCK_N, WS_WARPS)}  # fmt: skip
 
 
 def _block_k(cfg: GemmBucket, k: int | None) -> int:
@@ -366,12 +432,20 @@ def _launch(a: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Tensor, w_sc
     """One GEMM launch: out[M, N] = A . W^T; a is bf16 [M, K] (A_MODE 0/1) or packed [M, K/2] (A_MODE 2)."""
     m, n, k = out.shape[0], plan.n, plan.k
     c = kern.consts
-    bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
+    bm, bn, bk = kern.tile
     num_m, num_n = math.ceil(m / bm), math.ceil(n / bn)
     tiles, k_tiles = num_m * num_n, math.ceil(k / bk)
     s = split_k(kern.cfg, tiles, k_tiles, plan.sms)
     part = torch.empty(tiles * s * bm * bn if s > 1 else 1, dtype=torch.float32, device=out.device)
     cnt = splitk_counters(out.device, tiles) if s > 1 else part
+    if kern.engine == Engine.GLUON_WS:
+        from speedrun.overlays.mxfp4_gemm.gluon_sm90_ws import mxfp4_gemm_ws_kernel
+
+        mxfp4_gemm_ws_kernel[(num_n, s, num_m)](
+            a, w, w_scale, out, part, cnt, m, n, k, s, math.ceil(k_tiles / s),
+            a.stride(0), w.stride(0), w_scale.stride(0), out.stride(0), **c, SPLIT=s > 1, **kern.opts,
+        )  # fmt: skip
+        return out
     sa = a_scale if a_scale is not None else w_scale  # unused pointer in A_MODE 0/1
     grid = (num_n, s, num_m) if c["GROUP"] == 1 else (tiles, s)  # kernels.mxfp4_gemm_kernel's two grid forms
     mxfp4_gemm_kernel[grid](
@@ -448,4 +522,14 @@ def qdq_blocks(blocks: torch.Tensor, asm: bool) -> torch.Tensor:
     return out.reshape(-1)[: blocks.numel()].view_as(blocks)
 
 
-__all__ = ["AMode", "GemmPlan", "Layout", "Route", "make_plan", "mxfp4_gemm", "plain_weight", "relayout_weight"]
+__all__ = [
+    "AMode",
+    "Engine",
+    "GemmPlan",
+    "Layout",
+    "Route",
+    "make_plan",
+    "mxfp4_gemm",
+    "plain_weight",
+    "relayout_weight",
+]

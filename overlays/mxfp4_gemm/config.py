@@ -47,6 +47,15 @@ class WDeq(IntEnum):
     SWZ = 4  # swz128 weights (mx.layout), whole 128-wide chunks: never a config value, the layout picks it
 
 
+class Engine(StrEnum):
+    """Which GEMM kernel a bucket runs: the Triton kernel (kernels.py: every arch, route and A mode), or the
+    warp-specialized Gluon decode kernel (gluon_sm90_ws.py: sm90, the fused route's w4a4 on swz128 weights, M <= 64;
+    elsewhere the bucket runs the Triton kernel, and the plan says so)."""
+
+    TRITON = "triton"
+    GLUON_WS = "gluon_ws"
+
+
 class Layout(StrEnum):
     """Weight layouts: plain (codes in k order), swz128 (mx.layout: each lane's codes of a 128-wide K chunk
     contiguous, decoded as WDeq.SWZ), swz128_mul1 (the same, every scale byte <= 128 checked at re-layout: one
@@ -79,6 +88,7 @@ class GemmKnobs(Knobs):
     None is "not overridden" (Knobs.with_overrides takes only the knobs an entry sets)."""
 
     route: Route | None = None
+    engine: Engine | None = None
     deq: WDeq | None = None
     BLOCK_M: int | None = Field(None, ge=16)
     BLOCK_N: int | None = Field(None, ge=16)
@@ -103,6 +113,7 @@ class GemmBucket(GemmKnobs):
     it. No default for num_stages (Triton's own differs by backend: a bucket without one launches without it)."""
 
     route: Route = Route.FUSED
+    engine: Engine = Engine.TRITON
     deq: WDeq = WDeq.GENERIC
     BLOCK_M: int = Field(ge=16)
     BLOCK_N: int = Field(ge=16)
@@ -160,4 +171,4 @@ def check_table(table: Mapping[str, Any], where: str) -> GemmTable:
     return GemmTable(buckets, shapes, Layout(layout))
 
 
-__all__ = ["AMode", "GemmBucket", "GemmKnobs", "GemmTable", "Layout", "Route", "WDeq", "check_table"]
+__all__ = ["AMode", "Engine", "GemmBucket", "GemmKnobs", "GemmTable", "Layout", "Route", "WDeq", "check_table"]

@@ -599,3 +599,80 @@ def test_pdl_prefetches_weights_then_waits_before_reading_a():
         wait = ops.index("griddepcontrol.wait")
         assert set(ops[:wait]) == {"prefetch.global.L2"}, (name, ops[: wait + 1])
         assert ops[wait + 1] == "griddepcontrol.launch_dependents", (name, ops[wait : wait + 3])
+
+
+# ----------------------------------------------------------------------------- engine gluon_ws (plan; sm90 AOT)
+
+
+def _ws(**knobs) -> GemmBucket:
+    return GemmBucket.checked({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "engine": "gluon_ws", **knobs}, "t")
+
+
+@pytest.mark.parametrize("knobs,field", [({"BLOCK_K": 256}, "BLOCK_K"), ({"BLOCK_N": 256}, "BLOCK_N"),
+                                         ({"num_stages": 6}, "shared memory"), ({"route": "prequant"}, "fused"),
+                                         ({"pdl": True}, "pdl"), ({"num_warps": 8}, "num_warps")])  # fmt: skip
+def test_ws_engine_knobs_are_refused_by_the_plan(knobs: dict, field: str):
+    """Every gluon_ws knob the kernel cannot take is a one-line ValueError naming it, when the plan is made (also
+    where the Triton kernel would run instead: the table is checked on every machine)."""
+    with pytest.raises(ValueError, match=field):
+        api.make_plan(2112, 7168, "swz128_g64_mul1", device="cpu", config=_ws(**knobs))
+
+
+def test_ws_engine_runs_only_where_it_applies():
+    """sm90 GPU, swz128 weights, the fused w4a4 route: the Gluon kernel with the layout's row group and decode; the
+    bucket's w4a16 and pre-quantized kernels, plain weights, the interpreter and gfx950 run the Triton kernel."""
+    cfg = _ws(num_stages=5)
+    ws = api.kernel(cfg, AMode.QUANT, "sm90", 7168, Layout.SWZ128_G64_MUL1, cuda=True)
+    assert ws.engine == "gluon_ws" and ws.tile == (64, 128, 128) and ws.opts == {"num_warps": 4}
+    assert ws.consts == {"BLOCK_M": 64, "BLOCK_N": 128, "ROWG": 64, "MUL1": True, "STAGES": 5, "RED": 1}
+    assert api.kernel(cfg, AMode.QUANT, "sm90", 7168, Layout.SWZ128, cuda=True).consts["ROWG"] == 1
+    others = [(AMode.BF16, "sm90", Layout.SWZ128_G64, True), (AMode.MXFP4, "sm90", Layout.SWZ128_G64, True),
+              (AMode.QUANT, "sm90", Layout.PLAIN, True), (AMode.QUANT, "sm90", Layout.SWZ128_G64, False),
+              (AMode.QUANT, "gfx950", Layout.PLAIN, True)]  # fmt: skip
+    for mode, arch, layout, cuda in others:
+        assert api.kernel(cfg, mode, arch, 7168, layout, cuda=cuda).engine == "triton", (mode, arch, layout, cuda)
+    plan = api.make_plan(2112, 7168, "swz128_g64_mul1", device="cpu", config=cfg)
+    assert plan.launch(16).quant.engine == "triton" and "Gluon" not in plan.route_line()
+
+
+def test_ws_engine_on_cpu_matches_reference():
+    """Where gluon_ws does not apply (here: the interpreter) the bucket's Triton kernel serves the call."""
+    a, w, ws = _case(16, 256, 512, seed=3)
+    w2, s2, lay = api.relayout_weight(w, ws, "swz128_g64")
+    out = _gemm(a, w2, s2, w_layout=lay, config=_ws(BLOCK_M=16, BLOCK_N=64, num_stages=6))
+    _close(out, mxfp4_gemm_ref(a, w, ws))
+
+
+GEMM_WS_PTX = r"""
+import json, re
+from speedrun.eval.kernels.aot import compile_spec
+from speedrun.eval.kernels.mxfp4_gemm_compile import ws_specs
+from speedrun.overlays.mxfp4_gemm import api
+out = {}
+for spec in ws_specs(api.table("sm90"), "sm90"):
+    r = compile_spec(spec, "sm90")
+    c = spec.constexprs
+    parts = re.split(r"setmaxnreg\.inc", r.asm)
+    out[spec.name + str(c["BLOCK_M"])] = {
+        "ok": r.ok, "error": r.error, "shared": r.shared,
+        "need": api.ws_shared_bytes(c["BLOCK_M"], c["BLOCK_N"], c["STAGES"]),
+        "stmatrix": [p.count("stmatrix") for p in parts], "bar": [p.count("bar.sync") for p in parts]}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_ws_kernels_compile_to_the_planned_shared_memory_and_fragment_stores():
+    """Each gluon_ws sweep row on sm90 (child process): compiles; its shared memory is api.ws_shared_bytes plus at
+    most 1 KiB (what the plan's check assumes); the W decoder stores its bf16 tile with stmatrix (the decoded words
+    land in the MMA fragment order: no layout conversion), and its partition has no more than 3 barriers a tile."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", GEMM_WS_PTX], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(rows) >= 8
+    for name, r in rows.items():
+        assert r["ok"], (name, r["error"])
+        assert r["need"] <= r["shared"] <= r["need"] + 1024, (name, r["shared"], r["need"])
+        dec = [i for i, n in enumerate(r["stmatrix"]) if n]
+        assert len(dec) == 1 and r["bar"][dec[0]] <= 3, (name, r["stmatrix"], r["bar"])
