@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -335,10 +335,11 @@ def _variant_row(impl: str, gpu: str, ops: tuple[torch.Tensor, ...], cfg: GemmBu
     return row
 
 
-def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S, emit: Emit = ignore) -> list[dict[str, Any]]:
-    """Every SWEEP_VARIANTS entry on SWEEP_SHAPES, timed like the bench (tuning aid; prints the best per shape).
-    Once `budget_s` is spent the remaining rows are written with "skipped": true (the device step has a hard
-    timeout). Each row goes to `emit` when done."""
+def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S, emit: Emit = ignore,
+               only: Collection[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Every SWEEP_VARIANTS entry (`only`: those, with the config's row) on SWEEP_SHAPES, timed like the bench
+    (tuning aid; prints the best per shape). Once `budget_s` is spent the remaining rows are written with "skipped":
+    true (the device step has a hard timeout). Each row goes to `emit` when done."""
     from speedrun.overlays.mxfp4_gemm import api
 
     rows, t0 = [], time.time()
@@ -357,6 +358,8 @@ def sweep_rows(gpu: str, peak: float, budget_s: float = SWEEP_BUDGET_S, emit: Em
         except FAILURES:  # the config's own row records the error below
             want = None
         for name in sweep_variants(m):
+            if only is not None and name != "config" and name not in only:
+                continue
             cfg, layout = variant_config(base, name, bucket, table_layout)
             row: dict[str, Any] = {"variant": name, "bucket": bucket, "nk": f"{n}x{k}", "w_layout": layout,
                                    "config": cfg.entry(), "current": name == "config"}  # fmt: skip
@@ -437,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", type=parse_shape, action="append", help="MxNxK (repeatable): only these shapes")
     ap.add_argument("--sweep", action="store_true", help="only time the variants (tuning): DIR/mxfp4_gemm_sweep.json")
     ap.add_argument("--budget", type=float, default=SWEEP_BUDGET_S, help="sweep: seconds before skipping the rest")
+    ap.add_argument("--variants", help="--sweep: only these (comma list; `config`, the table as served, always)")
     args = ap.parse_args(argv)
+    only = args.variants.split(",") if args.variants else None
+    if only and (bad := sorted(set(only) - set(SWEEP_VARIANTS))):
+        ap.error(f"--variants: unknown {', '.join(bad)} (known: {', '.join(SWEEP_VARIANTS)})")
     if not torch.cuda.is_available():
         print("bench needs a GPU")
         return 2
@@ -448,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         out = args.out / "mxfp4_gemm_sweep.json"
         with recording(out, meta(gpu, True)) as res:
-            sweep_rows(gpu, peak, args.budget, emit=res.add)
+            sweep_rows(gpu, peak, args.budget, emit=res.add, only=only)
         print(f"wrote {out} in {time.time() - t0:.0f} s")
         return 0 if all(r.get("us") or r.get("skipped") for r in res.rows) else 1
     lut = _lut(torch.device("cuda"))

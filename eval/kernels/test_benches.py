@@ -205,3 +205,10 @@ def test_mla_sweep_variants_narrow_it_to_the_served_table_and_those(tmp_path):
     fp8, bf16 = dict(cells[0].runs), dict(cells[-1].runs)
     assert fp8["gluon_ws_v1_st3"] is None and bf16["gluon_ws_v1_st3"] == "default"  # fp8-only: bf16 rows reuse it
     assert mla.main(["--out", str(tmp_path), "--sweep", "--variants", "gluon_ws_v1_st3,nope"]) == 2
+
+
+def test_gemm_sweep_variants_option_names_the_unknown_row(capsys):
+    """`--variants` keeps the named rows (and the config's); an unknown name is a one-line usage error naming it."""
+    with pytest.raises(SystemExit) as exc:
+        gemm.main(["--sweep", "--variants", "ws,nope"])
+    assert exc.value.code == 2 and "unknown nope" in capsys.readouterr().err

@@ -208,7 +208,7 @@ def _split_k_epilogue(acc, c_ptrs, c_mask, Part, Cnt, pid_m, pid_n, pid_k, N, sp
         gl.atomic_xchg(Cnt + tile, 0)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["M", "split_k", "k_per_split"])  # sizes per call (overlays.warmup)
 def mxfp4_gemm_ws_kernel(
     A, W, WS, C, Part, Cnt,
     M, N, K, split_k, k_per_split,
