@@ -31,18 +31,20 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from speedrun.overlays.mla_decode.gluon_sm90 import _cta_barrier
-from speedrun.overlays.mx.triton_helpers import E2M1_SWZ1_ASM, E2M1_SWZ_ASM
-from speedrun.overlays.mxfp4_gemm.kernels import QDQ_BF16X2_ASM
+from speedrun.overlays.mx.gluon_helpers import (
+    BK,
+    NB,
+    PART_WARPS,
+    WORDS_LAYOUT,
+    cta_barrier,
+    qdq_rows,
+    swz_decoder,
+    swz_row_scales,
+    swz_row_words,
+)
 
-BK: gl.constexpr = gl.constexpr(128)  # K codes a tile: one swz128 chunk (16 words a row, one scale word)
-_SWZ1: gl.constexpr = gl.constexpr(E2M1_SWZ1_ASM.value)
-_SWZ: gl.constexpr = gl.constexpr(E2M1_SWZ_ASM.value)
-_QDQ: gl.constexpr = gl.constexpr(QDQ_BF16X2_ASM.value)
-PART_WARPS: gl.constexpr = gl.constexpr(4)  # every partition is one warpgroup (setmaxnreg works per warpgroup)
-NB: gl.constexpr = gl.constexpr(2)  # operand buffers: the workers fill one while the MMA reads the other
-# Registers a thread (setmaxnreg, per warpgroup; 512 threads share 65,536): the decoder holds a 128-row slice's words
-# and bf16 values, the quantizer 64 rows of A, the loader pointers; the MMA warpgroup gets the rest (184)
+# Registers a thread (setmaxnreg, per warpgroup; 512 threads share 65,536): the decoder holds a whole tile's words
+# and bf16 values (BN 128: 16 + 64), the quantizer 64 rows of A, the loader pointers; the MMA warpgroup gets the rest
 DEC_REGS: gl.constexpr = gl.constexpr(128)
 QUANT_REGS: gl.constexpr = gl.constexpr(112)
 LOAD_REGS: gl.constexpr = gl.constexpr(88)
@@ -56,15 +58,14 @@ def _loader(A, W32, WS32, m0, n0, M, N, kt0, n_tiles, stride_am, row_words, row_
     land as zeros. swz128 offsets (mx.layout group_rows, G = ROWG): a row's 16 words of chunk kc sit at
     (r // G) * G * row_words + kc * G * 16 + (r % G) * 16, its scale word at (r // G) * G * row_scale_words +
     kc * G + r % G."""
-    LW: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [PART_WARPS, 1], [1, 0])
     LS: gl.constexpr = gl.BlockedLayout([1], [32], [PART_WARPS], [0])
     LA: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [PART_WARPS, 1], [1, 0])
-    r = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LW))
-    w_row = gl.multiple_of((r // ROWG).to(gl.int64) * (ROWG * row_words) + (r % ROWG) * 16, 16)
+    r = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WORDS_LAYOUT))
+    w_row = swz_row_words(r, ROWG, row_words)
     w_ok = (r < N)[:, None]
-    j = gl.arange(0, 16, layout=gl.SliceLayout(0, LW))
+    j = gl.arange(0, 16, layout=gl.SliceLayout(0, WORDS_LAYOUT))
     rs = n0 + gl.arange(0, BLOCK_N, layout=LS)
-    s_row = (rs // ROWG).to(gl.int64) * (ROWG * row_scale_words) + rs % ROWG
+    s_row = swz_row_scales(rs, ROWG, row_scale_words)
     s_ok = rs < N
     am = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LA))
     a_row = am.to(gl.int64) * stride_am
@@ -83,86 +84,25 @@ def _loader(A, W32, WS32, m0, n0, M, N, kt0, n_tiles, stride_am, row_words, row_
 
 
 @gluon.jit
-def _decode_rows(words, sc, MUL1: gl.constexpr):
-    """swz128 words int32 [R, 16] (lane quad c holds words 4c + w, w = 0..3) and their rows' scale words [R] ->
-    bf16 [R, 128] in k order (mx.triton_helpers.mxfp4_swz_words_bf16's decode: word 4c + w, slot 4t + 2u + h holds
-    k = 32w + 16u + 8h + 2c + t). Byte w of a scale word is the E8M0 of group w."""
-    R: gl.constexpr = words.shape[0]
-    L: gl.constexpr = words.type.layout
-    w = gl.arange(0, 16, layout=gl.SliceLayout(0, L)) % 4
-    e = (sc[:, None] >> (w * 8)[None, :]) & 0xFF
-    if MUL1:  # 2**126 and the scale in one bf16x2 multiply by 2**(e - 1) (every e <= 128: the layout checked it)
-        c = (e + 126) * 0x00800080
-        v0, v1, v2, v3, v4, v5, v6, v7 = gl.inline_asm_elementwise(
-            _SWZ1, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [words, c], dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1
-        )
-    else:  # bf16 2**(e - 127) in both halves (0 -> the subnormal 2**-127, 255 -> NaN), as mx.e8m0_to_bf16
-        half = gl.where(e == 0, 0x40, gl.where(e == 255, 0x7FC0, e << 7))
-        v0, v1, v2, v3, v4, v5, v6, v7 = gl.inline_asm_elementwise(
-            _SWZ, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [words, half | (half << 16)], dtype=(gl.bfloat16,) * 8,
-            is_pure=True, pack=1)  # fmt: skip
-    x = gl.join(gl.join(gl.join(v0, v1), gl.join(v2, v3)), gl.join(gl.join(v4, v5), gl.join(v6, v7)))
-    x = x.reshape([R, 4, 4, 2, 2, 2])  # (row, c, w, h, u, t)
-    x = x.permute((0, 2, 4, 3, 1, 5))  # -> (row, w, u, h, c, t)
-    return x.reshape([R, BK])
-
-
-@gluon.jit
-def _w_decoder(codes_s, scales_s, w_s, ready, free, dec_full, dec_free, n_tiles, BLOCK_N: gl.constexpr,
-               STAGES: gl.constexpr, NB: gl.constexpr, MUL1: gl.constexpr):  # fmt: skip
-    """Each landed tile's weight rows decoded into operand buffer t % NB, the whole tile at once: stores of row
-    slices would each need a partition barrier (the compiler cannot tell the slices apart)."""
-    LW: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [PART_WARPS, 1], [1, 0])
+def _a_quantizer(a_s, aq_s, ready, free, dec_full, dec_free, n_tiles, STAGES: gl.constexpr):
+    """The A quantizer partition: each landed tile's A rows as MXFP4 values (bf16) into operand buffer t % NB, the
+    whole tile at once (as the decoder)."""
+    LA: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PART_WARPS, 1], [1, 0])  # a block of 32: 4 lanes
     for t in range(n_tiles):
         s = t % STAGES
         b = t % NB
         mbarrier.wait(ready.index(s), (t // STAGES) & 1)
-        # buffer b held tile t - NB: the MMA that read it has retired
-        mbarrier.wait(dec_free.index(b), ((t - NB) // NB) & 1, pred=t >= NB)
-        words = codes_s.index(s).load(LW)
-        sc = scales_s.index(s).load(gl.SliceLayout(1, LW))
-        w_s.index(b).store(_decode_rows(words, sc, MUL1))
+        x = a_s.index(s).load(LA)
         mbarrier.arrive(free.index(s))
-        fence_async_shared()  # the stores are read by wgmma (the async proxy)
-        mbarrier.arrive(dec_full.index(b))
-
-
-@gluon.jit
-def _qdq_rows(x):
-    """bf16 [R, 128] -> bf16 dequant(quant_mxfp4(x)) per 32 along K (kernels.qdq_mxfp4_fast, sm90 PTX)."""
-    R: gl.constexpr = x.shape[0]
-    x3 = x.reshape([R, BK // 32, 32])
-    amax = gl.max(gl.abs(x3.to(gl.float32)), axis=2)
-    field = (((amax.to(gl.uint32, bitcast=True) + 0x200000) >> 23) & 0xFF).to(gl.int32)
-    eb = gl.where(field == 255, 254, gl.maximum(field - 2, 0))  # the block's E8M0 (reference step 1)
-    zero = gl.zeros_like(x3, dtype=gl.int32)
-    e2 = zero + (eb * 0x00800080)[:, :, None]  # E << 7 in both halves
-    s6 = zero + (eb * 0x00800080 + 0x01400140)[:, :, None]  # bf16 6 * 2**E in both halves
-    y = gl.inline_asm_elementwise(_QDQ, "=r,r,r,r,r,r", [x3, e2, s6], dtype=gl.bfloat16, is_pure=True, pack=2)
-    return y.reshape([R, BK])
-
-
-@gluon.jit
-def _a_quantizer(a_s, aq_s, ready, free, dec_full, dec_free, n_tiles, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
-                 NB: gl.constexpr):  # fmt: skip
-    """Each landed tile's A rows as MXFP4 values into operand buffer t % NB (the whole tile at once, as the
-    decoder)."""
-    LA: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PART_WARPS, 1], [1, 0])
-    for t in range(n_tiles):
-        s = t % STAGES
-        b = t % NB
-        mbarrier.wait(ready.index(s), (t // STAGES) & 1)
         mbarrier.wait(dec_free.index(b), ((t - NB) // NB) & 1, pred=t >= NB)
-        aq_s.index(b).store(_qdq_rows(a_s.index(s).load(LA)))
-        mbarrier.arrive(free.index(s))
+        aq_s.index(b).store(qdq_rows(x))
         fence_async_shared()
         mbarrier.arrive(dec_full.index(b))
 
 
 @gluon.jit
 def _mma(w_s, aq_s, dec_full, dec_free, C, Part, Cnt, m0, n0, M, N, pid_m, pid_n, pid_k, split_k, n_tiles,
-         stride_cm, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NB: gl.constexpr, SPLIT: gl.constexpr,
-         RED: gl.constexpr):  # fmt: skip
+         stride_cm, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SPLIT: gl.constexpr, RED: gl.constexpr):  # fmt: skip
     """acc[BN, BM] over the CTA's K tiles (one wgmma group in flight), then the tile's output or split-K partial."""
     LO: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PART_WARPS, 1],
                                                  instr_shape=[16, BLOCK_M, 16])  # fmt: skip
@@ -196,7 +136,7 @@ def _split_k_epilogue(acc, c_ptrs, c_mask, Part, Cnt, pid_m, pid_n, pid_k, N, sp
              + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, LO))[None, :])  # fmt: skip
     base = Part + tile.to(gl.int64) * (split_k * tile_elems)
     gl.store(base + pid_k * tile_elems + local, acc)
-    _cta_barrier()  # every thread's partial is written before the arrival is published (release, gpu scope)
+    cta_barrier()  # every thread's partial is written before the arrival is published (release, gpu scope)
     arrived = gl.atomic_add(Cnt + tile, 1, sem="acq_rel")
     if arrived == split_k - 1:
         total = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, LO)
@@ -255,10 +195,9 @@ def mxfp4_gemm_ws_kernel(
     gl.warp_specialize(
         [
             (_mma, (w_s, aq_s, dec_full, dec_free, C, Part, Cnt, m0, n0, M, N, pid_m, pid_n, pid_k, split_k,
-                    n_tiles, stride_cm, BLOCK_M, BLOCK_N, NB, SPLIT, RED)),
-            (_w_decoder, (codes_s, scales_s, w_s, ready, free, dec_full, dec_free, n_tiles, BLOCK_N, STAGES, NB,
-                          MUL1)),
-            (_a_quantizer, (a_s, aq_s, ready, free, dec_full, dec_free, n_tiles, BLOCK_M, STAGES, NB)),
+                    n_tiles, stride_cm, BLOCK_M, BLOCK_N, SPLIT, RED)),
+            (swz_decoder, (codes_s, scales_s, w_s, ready, free, dec_full, dec_free, n_tiles, STAGES, MUL1)),
+            (_a_quantizer, (a_s, aq_s, ready, free, dec_full, dec_free, n_tiles, STAGES)),
             (_loader, (A, W32, WS32, m0, n0, M, N, kt0, n_tiles, stride_am, stride_wn // 4, stride_wsn // 4,
                        codes_s, scales_s, a_s, ready, free, BLOCK_M, BLOCK_N, ROWG, STAGES)),
         ],

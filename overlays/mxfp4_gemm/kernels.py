@@ -32,39 +32,12 @@ import triton
 import triton.language as tl
 
 from speedrun.overlays.mx import triton_helpers as mx
+from speedrun.overlays.mx.triton_helpers import QDQ_BF16X2_ASM
 from speedrun.overlays.pdl import pdl_trigger, pdl_wait, prefetch_ptrs
 
 # ---------------------------------------------------------------- fused A-load quantizer
-# MXFP4 quantize-dequantize of a bf16 activation tile in registers: the fused A load of the sm90 GEMM.
-#
-# Same values as `mx.quant.qdq_mxfp4` (the reference rule) for finite inputs below 2**100 in magnitude, with a
-# fraction of the instructions of `mx.triton_helpers.qdq_mxfp4_bf16` (which builds each code on fp32 bits and
-# scales twice). The rule, per block of 32 along K, once the block's exponent E is known (reference step 1):
-# every element rounds to a multiple of u = 2**(max(e, E) - 1), e its own exponent, ties to even, then
-# saturates at 6 * 2**E, sign kept. Why that is the reference's E2M1 rounding of q = x / 2**E: for |q| >= 1
-# (e >= E) a multiple of 2**(e-1) keeps one mantissa bit; for |q| < 1 a multiple of 2**(E-1) is a multiple of
-# 0.5 in q; |q| < 7 always (the amax rounding keeps it there), so q in [6, 8) saturates to 6 as the rule does.
-# Rounding to a multiple of u is (x + c) - c with c = 1.5 * 2**p * u, p the significand width: both adds are
-# exact except the one rounding wanted, RNE like the reference, and c is an even multiple of u so ties go to
-# the even multiple of u. On sm90 the two adds are one bf16x2 pair (p = 7, both halves of a register at once),
-# the exponent max and the saturation are 16-bit integer min/max on the bit patterns (non-negative floats order
-# like their bits), and the sign is OR-ed back (so -0.1 * 2**E gives -0.0, code 8, as the reference).
-# 8 instructions per 2 elements after the block amax, instead of ~30.
-
-# $0: out bf16x2, $1: x bf16x2, $2 (= $3): E << 7 in both 16-bit halves, $4 (= $5): 6 * 2**E bf16 in both halves.
-QDQ_BF16X2_ASM: tl.constexpr = tl.constexpr(
-    "{\n"
-    ".reg .b32 f, c, v;\n"
-    "and.b32 f, $1, 0x7F807F80;\n"  # each element's exponent field
-    "max.u16x2 f, f, $2;\n"  # max(e, E) field
-    "add.u32 c, f, 0x03400340;\n"  # c = 1.5 * 2**7 * 2**(max - 1): field + 6, mantissa 0x40 (no carry out of a half)
-    "add.rn.bf16x2 v, $1, c;\n"
-    "sub.rn.bf16x2 v, v, c;\n"  # x rounded to a multiple of 2**(max - 1), RNE
-    "and.b32 v, v, 0x7FFF7FFF;\n"
-    "min.u16x2 v, v, $4;\n"  # saturate the magnitude at 6 * 2**E
-    "lop3.b32 $0, v, $1, 0x80008000, 0xF8;\n"  # | sign of x
-    "}"
-)
+# MXFP4 quantize-dequantize of a bf16 activation tile in registers: the fused A load of the sm90 GEMM, through
+# mx.triton_helpers.QDQ_BF16X2_ASM (its comment: why the rule is the reference's).
 
 
 @triton.jit

@@ -25,7 +25,7 @@ def _u16(x: torch.Tensor) -> torch.Tensor:
 
 
 def emulate_ptx(x: torch.Tensor) -> torch.Tensor:
-    """bf16 [B, 32] -> what kernels.QDQ_BF16X2_ASM computes, one PTX instruction per line (bf16 adds in torch
+    """bf16 [B, 32] -> what mx.triton_helpers.QDQ_BF16X2_ASM computes, one PTX instruction per line (bf16 adds in torch
     round like add.rn.bf16x2 here: the exact sums need at most 13 significant bits)."""
     amax = x.float().abs().amax(-1, keepdim=True)
     field = ((amax.view(torch.int32) + 0x200000) >> 23) & 0xFF

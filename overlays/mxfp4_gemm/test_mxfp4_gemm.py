@@ -665,7 +665,7 @@ print(json.dumps(out))
 def test_ws_kernels_compile_to_the_planned_shared_memory_and_fragment_stores():
     """Each gluon_ws sweep row on sm90 (child process): compiles; its shared memory is api.ws_shared_bytes plus at
     most 1 KiB (what the plan's check assumes); the W decoder stores its bf16 tile with stmatrix (the decoded words
-    land in the MMA fragment order: no layout conversion), and its partition has no more than 3 barriers a tile."""
+    land in the MMA fragment order: no layout conversion), and its partition has no more than 4 barriers a tile (one per hand-off and the store: none per row slice)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", GEMM_WS_PTX], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -675,4 +675,4 @@ def test_ws_kernels_compile_to_the_planned_shared_memory_and_fragment_stores():
         assert r["ok"], (name, r["error"])
         assert r["need"] <= r["shared"] <= r["need"] + 1024, (name, r["shared"], r["need"])
         dec = [i for i, n in enumerate(r["stmatrix"]) if n]
-        assert len(dec) == 1 and r["bar"][dec[0]] <= 3, (name, r["stmatrix"], r["bar"])
+        assert len(dec) == 1 and r["bar"][dec[0]] <= 4, (name, r["stmatrix"], r["bar"])
