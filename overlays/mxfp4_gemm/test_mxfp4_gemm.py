@@ -665,7 +665,8 @@ print(json.dumps(out))
 def test_ws_kernels_compile_to_the_planned_shared_memory_and_fragment_stores():
     """Each gluon_ws sweep row on sm90 (child process): compiles; its shared memory is api.ws_shared_bytes plus at
     most 1 KiB (what the plan's check assumes); the W decoder stores its bf16 tile with stmatrix (the decoded words
-    land in the MMA fragment order: no layout conversion), and its partition has no more than 4 barriers a tile (one per hand-off and the store: none per row slice)."""
+    land in the MMA fragment order: no layout conversion), with at most 4 barriers a tile (one per hand-off and the
+    store: none per row slice)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", GEMM_WS_PTX], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
