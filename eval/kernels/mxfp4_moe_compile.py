@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from speedrun.eval.kernels.aot import CompileSpec, aligned
 from speedrun.overlays.arch import is_amd
+from speedrun.overlays.buckets import parse
 from speedrun.overlays.mx.fp8_kernel import mxfp4_to_fp8_kernel
 from speedrun.overlays.mxfp4_moe import api, kernels, sort
 from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT, Act, MoeBucket
@@ -184,4 +185,49 @@ def compile_specs(arch: str) -> list[CompileSpec]:
         specs += [gemm1_spec(key, cfg, arch, swz, group), gemm2_spec(key, cfg, arch, swz, group)]
         if swz and key == PLAIN_FALLBACK_KEY:
             specs += [gemm1_spec(key, cfg, arch), gemm2_spec(key, cfg, arch)]
-    return specs + aux_specs() + to_fp8_specs(arch)
+    return specs + ws_specs(arch) + aux_specs() + to_fp8_specs(arch)
+
+
+WS_SIG = {
+    "A": "*bf16", "W": "*i32", "WS": "*u8", "B": "*fp32", "TW": "*fp32", "O": "*bf16", "Part": "*fp32",
+    "Cnt": "*i32", "sorted_ptr": "*i32", "expert_ids_ptr": "*i32", "npad_ptr": "*i32", "NUM": "i32", "N": "i32",
+    "K": "i32", "stride_am": "i32", "stride_we": "i32", "stride_wn": "i32", "stride_wse": "i32", "stride_wsn": "i32",
+    "stride_be": "i32", "stride_om": "i32", "alpha": "fp32", "limit": "fp32", "n_tiles": "i32", "split": "i32",
+}  # fmt: skip
+
+
+def ws_spec(name: str, consts: dict, fmt: str, y_fp32: bool) -> CompileSpec:
+    """gluon_sm90_ws.py's kernel with one GEMM's constexprs as api._ws resolves them (the model's top-k); aligned as
+    the JIT sees the real shapes, spill-free, one CTA an SM."""
+    from speedrun.overlays.mxfp4_moe.gluon_sm90_ws import moe_gemm_ws_kernel
+
+    consts = {**consts, "TOPK": TOPK[fmt]}
+    sig = {**WS_SIG, "O": "*fp32" if y_fp32 and not consts["GEMM1"] else "*bf16"}
+    sig.update({k: "constexpr" for k in consts})
+    attrs = _runtime_attrs(sig, "stride_wse", "stride_wsn", "stride_om")
+    return CompileSpec(name, moe_gemm_ws_kernel, sig, consts, {"num_warps": 4}, EXPECT["sm90"], attrs=attrs,
+                       min_occupancy=1, no_spills=True)  # fmt: skip
+
+
+def ws_specs(arch: str) -> list[CompileSpec]:
+    """The sweep's gluon_ws rows (eval.kernels.mxfp4_moe_bench) on each decode bucket of their format, both GEMMs,
+    on the experts the sm90 hook stores (CUDA_LAYOUT, one-multiply decode; GPT-OSS with biases); sm90 only."""
+    if arch != "sm90":
+        return []
+    from speedrun.eval.kernels.mxfp4_moe_bench import PREFILL_TPE, SWEEP_VARIANTS, variant_cfg
+
+    out = []
+    for variant, var in SWEEP_VARIANTS.items():
+        if var.get("engine") != "gluon_ws":
+            continue
+        for key, base in api.table(arch).items():
+            fmt, b = key.split(":")[0], parse(key)
+            if var.get("fmt", fmt) != fmt or b.above or b.limit > PREFILL_TPE:
+                continue
+            cfg, _ = variant_cfg(base, var)
+            a4 = fmt == "w4a4"
+            consts = api.ws_constexprs(cfg, Act.SILU if a4 else Act.SWIGLU_OAI, a4, not a4, CUDA_LAYOUT.row_group,
+                                       True, cfg.pdl)  # fmt: skip
+            for gemm, c in zip((1, 2), consts, strict=True):
+                out.append(ws_spec(f"{OP}/{variant}[{key},gemm{gemm}]", c, fmt, not cfg.y_bf16))
+    return out

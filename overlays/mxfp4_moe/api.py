@@ -35,7 +35,7 @@ from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_co
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
 from speedrun.overlays.mx.layout import swizzle_experts, unswizzle_experts
-from speedrun.overlays.mxfp4_moe.config import Act, Fmt, Layout, MoeBucket, Route, check_table
+from speedrun.overlays.mxfp4_moe.config import Act, Engine, Fmt, Layout, MoeBucket, Route, check_table
 from speedrun.overlays.mxfp4_moe.kernels import (
     combine_kernel,
     moe_gemm1_kernel,
@@ -161,6 +161,7 @@ class Launch:
     opts2: dict[str, Any]
     stock_fp8: bool = False  # this bucket's calls go to stock's FP8 block MoE (`fused_moe`)
     pdl: bool = False  # the bucket's pdl where the device has PDL (overlays/pdl.py)
+    ws: tuple[dict[str, Any], dict[str, Any]] | None = None  # engine gluon_ws: GEMM1's and GEMM2's constexprs
 
 
 @dataclass(frozen=True)
@@ -195,11 +196,13 @@ class MoePlan:
     def route_line(self, topk: int) -> str:
         """How this plan routes calls, for the per-process report."""
         m = self.stock_above(topk)
+        ws = [key for key, run in self.launches.items() if run.ws is not None]
+        tail = f"; warp-specialized Gluon GEMMs in {', '.join(ws)}" if ws else ""
         if m is None:
-            return f"{self.fmt} E={self.num_experts} top-{topk}: speedrun MXFP4 kernels at every M"
+            return f"{self.fmt} E={self.num_experts} top-{topk}: speedrun MXFP4 kernels at every M{tail}"
         return (
             f"{self.fmt} E={self.num_experts} top-{topk}: M <= {m}: speedrun MXFP4 kernels; M > {m}: stock FP8 "
-            "block fused MoE (experts converted to FP8 per call, FP8 activations)"
+            f"block fused MoE (experts converted to FP8 per call, FP8 activations){tail}"
         )
 
 
@@ -221,6 +224,7 @@ def make_plan(w: MoeWeights, *, device: torch.device | str | None = None, arch: 
     launches = {key: _scale_words(run, w, key, config is not None) for key, run in launches.items()}
     launches = {key: _row_groups(run, w, key) for key, run in launches.items()}
     launches = {key: _a8(run, w, key, config is not None) for key, run in launches.items()}
+    launches = {key: _ws(run, w, key, arch, cuda) for key, run in launches.items()}
     for key, run in launches.items():  # the grouped GEMM2 loop has no K tail (kernels.moe_gemm2_kernel)
         if run.cfg.group2 > 1 and w.inter % run.block_k2:
             if config is not None:  # a forced config says what to run: it cannot run
@@ -282,6 +286,51 @@ def _a8(run: Launch, w: MoeWeights, key: str, forced: bool) -> Launch:
             return replace(run, cfg=cfg.replace(a8=False))
         raise ValueError(f"{OP} {key}: a8 (the w4a8 path) needs {', '.join(missing)}")
     return replace(run, flags={**run.flags, "A8": True})
+
+
+WS_BLOCK_M = (16, 32, 64)
+WS_BLOCK_N1 = (32, 64)
+WS_BLOCK_N2 = (32, 64, 128)
+WS_SMEM = 227 * 1024 - 2048  # less barriers and the compiler's own bookkeeping (AOT: ~1.2 KB)
+
+
+def ws_shared_bytes(bm: int, bn: int, rows: int, stages: int) -> int:
+    """Shared memory of gluon_sm90_ws.py for one GEMM: ring slots (codes 64 B and a scale word a weight row of the
+    `rows` a step reads, 256 B an activation row), two bf16 weight buffers, and the epilogue's layout conversion of
+    a [bm, bn] fp32 tile (AOT at BM 16-64: bm x bn x 4 or less)."""
+    return stages * (rows * 68 + bm * 256) + 2 * rows * 256 + bm * bn * 4
+
+
+def _ws(run: Launch, w: MoeWeights, key: str, arch: str, cuda: bool) -> Launch:
+    """The launch with gluon_sm90_ws.py's constexprs for a gluon_ws bucket where that kernel runs (sm90 GPU, swz128
+    experts, bf16 activations: w4a16, or w4a4 with a_qdq); its knobs are checked everywhere (ValueError naming the
+    first it cannot take)."""
+    cfg = run.cfg
+    if cfg.engine != Engine.GLUON_WS:
+        return run
+    where = f"{OP} {key}: engine gluon_ws"
+    if cfg.BLOCK_M not in WS_BLOCK_M or cfg.BLOCK_N1 not in WS_BLOCK_N1 or cfg.BLOCK_N2 not in WS_BLOCK_N2:
+        raise ValueError(f"{where}: BLOCK_M must be one of {WS_BLOCK_M}, BLOCK_N1 of {WS_BLOCK_N1}, BLOCK_N2 of "
+                         f"{WS_BLOCK_N2}; got {cfg.BLOCK_M}, {cfg.BLOCK_N1}, {cfg.BLOCK_N2}")  # fmt: skip
+    if cfg.a8 or cfg.dot_scaled:
+        raise ValueError(f"{where} multiplies bf16 operands: expected a8 and dot_scaled false")
+    for name, bn, rows, stages in (("stages1", cfg.BLOCK_N1, 2 * cfg.BLOCK_N1, cfg.stages1),
+                                   ("stages2", cfg.BLOCK_N2, cfg.BLOCK_N2, cfg.stages2)):  # fmt: skip
+        if (need := ws_shared_bytes(cfg.BLOCK_M, bn, rows, stages)) > WS_SMEM:
+            raise ValueError(f"{where}: {name} {stages} needs {need} B of shared memory, over {WS_SMEM}")
+    if not (cuda and arch == "sm90" and w.swz and (not w.a4 or cfg.a_qdq)):
+        return run
+    return replace(run, ws=ws_constexprs(cfg, w.act, w.a4, w.b13 is not None, w.row_group, w.mul1, run.pdl))
+
+
+def ws_constexprs(cfg: MoeBucket, act: Act, a4: bool, bias: bool, row_group: int, mul1: bool,
+                  pdl: bool) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """GEMM1's and GEMM2's constexprs of gluon_sm90_ws.moe_gemm_ws_kernel for a checked gluon_ws bucket (TOPK at
+    launch): experts with `act`, w4a4 (h re-quantized to the MXFP4 grid) or not, biases (GPT-OSS) or not."""
+    common = {"BLOCK_M": cfg.BLOCK_M, "ROWG": row_group, "MUL1": mul1 and cfg.mul1, "PDL": pdl, "HAS_BIAS": bias,
+              "ACT": int(act)}  # fmt: skip
+    return ({**common, "GEMM1": True, "BLOCK_N": cfg.BLOCK_N1, "STAGES": cfg.stages1, "OUT_QDQ": a4},
+            {**common, "GEMM1": False, "BLOCK_N": cfg.BLOCK_N2, "STAGES": cfg.stages2, "OUT_QDQ": False})  # fmt: skip
 
 
 def stock_route_ok(w: MoeWeights, arch: str) -> bool:
@@ -417,7 +466,6 @@ def fused_moe_mxfp4(
     topk_weights = topk_weights.contiguous()  # before the chain: a copy here is a plain launch
     s = sort_tokens(topk_ids, w.num_experts, cfg.BLOCK_M, pdl=pdl)
     dev = x.device
-    bk1, bk2 = run.block_k1, run.block_k2
     qdq = w.a4 and cfg.a_qdq  # w4a4 activations as bf16 on the MXFP4 grid (MoeBucket.a_qdq)
     a8 = bool(flags.get("A8"))  # the w4a8 path (MoeBucket.a8): e4m3 activations with per-128 scales
     a4 = w.a4 and not qdq and not a8  # the kernels see MXFP4 activation codes
@@ -436,7 +484,8 @@ def fused_moe_mxfp4(
         inter_s = inter
     b13 = w.b13 if w.b13 is not None else w.w13_scale
     n_tiles = triton.cdiv(n, cfg.BLOCK_N1)
-    split = gemm1_split(cfg, min(w.num_experts, num) * n_tiles, triton.cdiv(h, bk1), dev)
+    k_step = 128 if run.ws else run.block_k1  # gluon_ws: K steps of one swz128 chunk
+    split = gemm1_split(cfg, min(w.num_experts, num) * n_tiles, triton.cdiv(h, k_step), dev)
     y_dtype = torch.bfloat16 if cfg.y_bf16 else torch.float32  # MoeBucket.y_bf16
     y = torch.empty(num, h, dtype=y_dtype, device=dev)  # GEMM2 writes every routed slot's row
     if split > 1:
@@ -445,6 +494,47 @@ def fused_moe_mxfp4(
         cnt = splitk_counters(dev, s.max_blocks * n_tiles)
     else:  # unused by the kernel: any tensor of the right dtype, no allocation
         part, cnt = y, s.num_padded
+    b2 = w.b2 if w.b2 is not None else w.w2_scale
+    if run.ws is not None:
+        _ws_gemms(a, inter, y, w, b13, b2, topk_weights, s, part, cnt, num, n, h, n_tiles, split, topk, run)
+    else:
+        _triton_gemms(a, a_s, inter, inter_s, y, w, b13, b2, topk_weights, s, part, cnt, num, n, h, n_tiles, split,
+                      topk, a4, qdq, dot_scaled, run)  # fmt: skip
+    out = torch.empty(m, h, dtype=torch.bfloat16, device=dev)
+    combine_kernel[(m, triton.cdiv(h, COMBINE_BLOCK))](y, s.ids, out, h, w.num_experts, y.stride(0), out.stride(0),
+                                                       float(routed_scaling_factor), TOPK=topk,
+                                                       BLOCK_H=COMBINE_BLOCK, **dependent(pdl),
+                                                       num_warps=4)  # fmt: skip
+    return out
+
+
+def _ws_gemms(a, inter, y, w: MoeWeights, b13, b2, topk_weights, s, part, cnt, num: int, n: int, h: int,
+              n_tiles: int, split: int, topk: int, run: Launch) -> None:  # fmt: skip
+    """GEMM1 and GEMM2 as gluon_sm90_ws.py's persistent kernel: at most one CTA an SM each, walking the items."""
+    from speedrun.overlays.mxfp4_moe.gluon_sm90_ws import moe_gemm_ws_kernel
+
+    sms = sm_count(a.device)
+    ws1, ws2 = run.ws
+    alpha, limit = float(w.alpha), float(w.limit)
+    moe_gemm_ws_kernel[(min(s.max_blocks * n_tiles * split, sms),)](
+        a, w.w13, w.w13_scale, b13, topk_weights, inter, part, cnt, s.sorted_ids, s.expert_ids, s.num_padded,
+        num, n, h, a.stride(0), w.w13.stride(0), w.w13.stride(1), w.w13_scale.stride(0), w.w13_scale.stride(1),
+        b13.stride(0), inter.stride(0), alpha, limit, n_tiles, split, TOPK=topk, **ws1, num_warps=4,
+        **dependent(run.pdl),
+    )  # fmt: skip
+    n_tiles2 = triton.cdiv(h, ws2["BLOCK_N"])
+    moe_gemm_ws_kernel[(min(s.max_blocks * n_tiles2, sms),)](
+        inter, w.w2, w.w2_scale, b2, topk_weights, y, y, s.num_padded, s.sorted_ids, s.expert_ids, s.num_padded,
+        num, h, n, inter.stride(0), w.w2.stride(0), w.w2.stride(1), w.w2_scale.stride(0), w.w2_scale.stride(1),
+        b2.stride(0), y.stride(0), alpha, limit, n_tiles2, 1, TOPK=topk, **ws2, num_warps=4, **dependent(run.pdl),
+    )  # fmt: skip
+
+
+def _triton_gemms(a, a_s, inter, inter_s, y, w: MoeWeights, b13, b2, topk_weights, s, part, cnt, num: int, n: int,
+                  h: int, n_tiles: int, split: int, topk: int, a4: bool, qdq: bool, dot_scaled: bool,
+                  run: Launch) -> None:  # fmt: skip
+    """GEMM1 and GEMM2 as kernels.py's grouped GEMMs."""
+    cfg, flags, pdl, bk1, bk2 = run.cfg, run.flags, run.pdl, run.block_k1, run.block_k2
     grid1 = (s.max_blocks, n_tiles, split)
     moe_gemm1_kernel[grid1](
         a, a_s, w.w13, w.w13_scale, b13, inter, inter_s, s.sorted_ids, s.expert_ids, s.num_padded,
@@ -455,7 +545,6 @@ def fused_moe_mxfp4(
         part_ptr=part, cnt_ptr=cnt, SPLIT_K=split, EVEN_N=n % cfg.BLOCK_N1 == 0, OUT_QDQ=qdq,
         **dependent(pdl),
     )  # fmt: skip
-    b2 = w.b2 if w.b2 is not None else w.w2_scale
     grid2 = (s.max_blocks, triton.cdiv(triton.cdiv(h, cfg.BLOCK_N2), cfg.group2))
     moe_gemm2_kernel[grid2](
         inter, inter_s, w.w2, w.w2_scale, b2, topk_weights, y, s.sorted_ids, s.expert_ids, s.num_padded,
@@ -466,12 +555,6 @@ def fused_moe_mxfp4(
         EVEN_N=h % (cfg.BLOCK_N2 * cfg.group2) == 0, N_GROUP=cfg.group2,
         **dependent(pdl), **(gemm2_prefetch(n) if pdl else {}),
     )  # fmt: skip
-    out = torch.empty(m, h, dtype=torch.bfloat16, device=dev)
-    combine_kernel[(m, triton.cdiv(h, COMBINE_BLOCK))](y, s.ids, out, h, w.num_experts, y.stride(0), out.stride(0),
-                                                       float(routed_scaling_factor), TOPK=topk,
-                                                       BLOCK_H=COMBINE_BLOCK, **dependent(pdl),
-                                                       num_warps=4)  # fmt: skip
-    return out
 
 
 def fused_moe(

@@ -57,6 +57,15 @@ class Layout(StrEnum):
 CUDA_LAYOUT = Layout.SWZ_G64
 
 
+class Engine(StrEnum):
+    """Which kernels run a bucket's two GEMMs: the Triton ones (kernels.py: every arch and path), or the
+    warp-specialized persistent Gluon kernel (gluon_sm90_ws.py: sm90, swz128 experts, bf16 activations, i.e. w4a16
+    or w4a4 with a_qdq; elsewhere the bucket runs the Triton kernels, and the plan's report says so)."""
+
+    TRITON = "triton"
+    GLUON_WS = "gluon_ws"
+
+
 class Route(StrEnum):
     """Who serves a bucket's calls: our kernels, or (quark w4a4 on CUDA only) stock SGLang's FP8 block fused MoE
     on the experts converted to FP8 per call (stock_fp8.py). The knobs of a stock bucket still describe our
@@ -107,6 +116,9 @@ class MoeBucket(Knobs):
     # GEMM1's tail. Ignored where PDL does not exist (ROCm, the interpreter, pre-sm90).
     pdl: bool = False
     route: Route = Route.OURS  # stock_fp8 buckets must come last (one threshold); see Route
+    # gluon_ws: K steps of 128 codes (BLOCK_K1 / BLOCK_K2 are the Triton kernels'), stages1 / stages2 ring slots,
+    # swap implied; BLOCK_N1 <= 64 (the decoder holds GEMM1's gate and up rows: 2 x BLOCK_N1)
+    engine: Engine = Engine.TRITON
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None
     kpack: int | None = None
@@ -117,4 +129,4 @@ def check_table(table: Mapping[str, Any], where: str) -> dict[str, MoeBucket]:
     return parse_table(table, MoeBucket, where, "tpe", tuple(Fmt), "<w4a16|w4a4>:tpe<=N or :tpe>N")
 
 
-__all__ = ["Act", "Fmt", "Layout", "MoeBucket", "Route", "WDeq", "check_table"]
+__all__ = ["Act", "Engine", "Fmt", "Layout", "MoeBucket", "Route", "WDeq", "check_table"]

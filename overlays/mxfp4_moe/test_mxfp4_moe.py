@@ -715,3 +715,71 @@ def test_pdl_resolves_on_sm90_cuda_only_and_orders_the_chain():
                     "mxfp4_moe/quant_rows": ["griddepcontrol.launch_dependents", "griddepcontrol.wait"],
                     "mxfp4_moe/combine": ["griddepcontrol.wait", "griddepcontrol.launch_dependents"]}[name]  # fmt: skip
             assert ops == want, (name, ops)
+
+
+# ----------------------------------------------------------------------------- engine gluon_ws (plan; sm90 AOT)
+
+WS = dict(TINY, BLOCK_N1=64, BLOCK_N2=64, stages1=4, stages2=4, swap=True, engine="gluon_ws")
+
+
+@pytest.mark.parametrize("knobs,field", [({"BLOCK_N1": 128}, "BLOCK_N1"), ({"BLOCK_M": 128}, "BLOCK_M"),
+                                         ({"a8": True}, "a8"), ({"stages1": 9, "BLOCK_M": 64}, "stages1")])  # fmt: skip
+def test_ws_engine_knobs_are_refused_by_the_plan(knobs, field):
+    """A gluon_ws knob the kernel cannot take is a one-line ValueError naming it when the plan is made, on any
+    machine (here where the Triton kernels would run instead)."""
+    w = moe_mod.swizzled(_weights(4, 64, 256, seed=1, a4=True), layout=CUDA_LAYOUT)
+    with pytest.raises(ValueError, match=field):
+        make_plan(w, arch="sm90", config={**WS, "a_qdq": True, **knobs})
+
+
+def test_ws_engine_runs_only_where_it_applies():
+    """sm90 CUDA, swz128 experts, bf16 activations (w4a16, or w4a4 with a_qdq): each GEMM's constexprs (h re-quantized
+    by GEMM1 for w4a4; biases for GPT-OSS); w4a4 codes, plain experts, the interpreter: the Triton kernels."""
+    a4 = moe_mod.swizzled(_weights(4, 64, 256, seed=1, a4=True), layout=CUDA_LAYOUT)
+    gptoss, _, _ = _model_experts(4, 64, 256, a4=False, seed=2)
+    gptoss = moe_mod.swizzled(gptoss, layout=CUDA_LAYOUT)
+
+    def ws(w, **knobs):
+        return make_plan(w, device="cuda", arch="sm90", config={**WS, **knobs}).launches["forced"].ws
+
+    g1, g2 = ws(a4, a_qdq=True)
+    assert g1 == {"BLOCK_M": 16, "ROWG": 64, "MUL1": a4.mul1, "PDL": False, "HAS_BIAS": False, "ACT": 0,
+                  "GEMM1": True, "BLOCK_N": 64, "STAGES": 4, "OUT_QDQ": True}  # fmt: skip
+    assert g2["GEMM1"] is False and g2["OUT_QDQ"] is False and g2["BLOCK_N"] == 64
+    g1, g2 = ws(gptoss)
+    assert g1["HAS_BIAS"] and g2["HAS_BIAS"] and g1["ACT"] == int(Act.SWIGLU_OAI) and not g1["OUT_QDQ"]
+    assert ws(a4, a_qdq=False) is None  # activation codes: the Triton kernels decode them
+    assert make_plan(a4, arch="sm90", config={**WS, "a_qdq": True}).launches["forced"].ws is None  # the CPU
+    plain = _weights(4, 64, 256, seed=1, a4=True)
+    assert make_plan(plain, device="cuda", arch="sm90", config={**WS, "a_qdq": True}).launches["forced"].ws is None
+
+
+MOE_WS_PTX = r"""
+import json
+from speedrun.eval.kernels.aot import compile_spec
+from speedrun.eval.kernels.mxfp4_moe_compile import ws_specs
+from speedrun.overlays.mxfp4_moe import api
+out = {}
+for spec in ws_specs("sm90"):
+    r = compile_spec(spec, "sm90")
+    c = spec.constexprs
+    rows = 2 * c["BLOCK_N"] if c["GEMM1"] else c["BLOCK_N"]
+    out[spec.name] = {"ok": r.ok, "error": r.error, "shared": r.shared, "stmatrix": r.asm.count("stmatrix"),
+                      "need": api.ws_shared_bytes(c["BLOCK_M"], c["BLOCK_N"], rows, c["STAGES"])}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_ws_kernels_compile_within_the_planned_shared_memory():
+    """Each gluon_ws sweep row on each decode bucket (both GEMMs, sm90, child process): compiles, fits the bound
+    the plan checks (api.ws_shared_bytes, within 2 KiB), and its decoder stores the bf16 weights with stmatrix."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", MOE_WS_PTX], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(rows) >= 16
+    for name, r in rows.items():
+        assert r["ok"], (name, r["error"])
+        assert r["shared"] <= r["need"] + 2048 and r["need"] - 32768 <= r["shared"], (name, r["shared"], r["need"])
+        assert r["stmatrix"] > 0, name

@@ -205,6 +205,65 @@ def test_every_sweep_variant_matches_reference(model, variant):
     assert rel_err(out, ref) < (2e-2 if w.a4 else 1e-2), f"{name} M={m} {variant}: rel err {rel_err(out, ref):.4f}"
 
 
+WS_VARIANTS = [v for v, var in SWEEP_VARIANTS.items() if var.get("engine") == "gluon_ws"]
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="gluon_ws is the sm90 kernel")
+@pytest.mark.parametrize("variant", WS_VARIANTS)
+@pytest.mark.parametrize("m", [1, 4, 16, 32, 64, 128])
+def test_ws_engine_matches_reference_at_real_shapes(model, variant, m):
+    """The warp-specialized persistent GEMMs (gluon_sm90_ws.py) on the served experts (CUDA_LAYOUT) at every decode
+    bucket's M, both models (DeepSeek: a_qdq, split GEMM1 at small M; GPT-OSS: biases, K 2880 = 22.5 chunks):
+    against the reference as the serving path is checked, and the same bits on a second call."""
+    name, w, ws = model
+    x, ids, tw = make_routing(name, m, seed=7)
+    cfg, _ = variant_cfg(pick_config(w, m, ids.shape[1]), SWEEP_VARIANTS[variant])
+    if w.a4:
+        cfg = cfg.replace(a_qdq=True)
+    plan = make_plan(ws, config=cfg)
+    assert plan.launches["forced"].ws is not None, plan
+    out = fused_moe_mxfp4(x, ws, ids, tw, plan)
+    assert torch.isfinite(out.float()).all()
+    assert rel_err(out, reference(x, w, ids, tw)) < (2e-2 if w.a4 else 1e-2), f"{name} M={m} {variant}"
+    assert torch.equal(out, fused_moe_mxfp4(x, ws, ids, tw, plan))
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="gluon_ws is the sm90 kernel")
+@pytest.mark.parametrize("m", [16, 64])
+def test_ws_engine_is_bit_for_bit_the_triton_kernels(model, m):
+    """Same tiles, GEMM1 unsplit, K steps in the same order: the warp-specialized kernels give the Triton kernels'
+    bits (both multiply the same bf16 values with the same wgmma chains; h's re-quantization is the reference
+    rule in both)."""
+    name, w, ws = model
+    x, ids, tw = make_routing(name, m, seed=9)
+    base = pick_config(w, m, ids.shape[1]).replace(split1=1, group2=1, BLOCK_N1=64, BLOCK_N2=64, BLOCK_K1=128,
+                                                   BLOCK_K2=128, pdl=False)  # fmt: skip
+    if w.a4:
+        base = base.replace(a_qdq=True)
+    ours = fused_moe_mxfp4(x, ws, ids, tw, make_plan(ws, config=base.replace(engine="gluon_ws")))
+    assert torch.equal(ours, fused_moe_mxfp4(x, ws, ids, tw, make_plan(ws, config=base)))
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="gluon_ws is the sm90 kernel")
+def test_ws_engine_graph_replay_follows_new_routing(model):
+    """A CUDA graph of the persistent kernels (the item count read on the device from the sort): new routing and
+    inputs, replayed, match the reference; split-K counters left for the next replay."""
+    name, w, ws = model
+    x, ids, tw = make_routing(name, 4, seed=11)
+    cfg, _ = variant_cfg(pick_config(w, 4, ids.shape[1]), SWEEP_VARIANTS["ws"])
+    plan = make_plan(ws, config=cfg.replace(a_qdq=True) if w.a4 else cfg)
+    fused_moe_mxfp4(x, ws, ids, tw, plan)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fused_moe_mxfp4(x, ws, ids, tw, plan)
+    for seed in (1, 2):
+        x2, ids2, tw2 = make_routing(name, 4, seed=20 + seed)
+        x.copy_(x2), ids.copy_(ids2), tw.copy_(tw2)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, reference(x, w, ids, tw)) < (2e-2 if w.a4 else 1e-2), (name, seed)
+
+
 @pytest.mark.parametrize("m,skew", [(1, False), (32, False), (128, False), (1000, False), (512, True)])
 def test_sort_at_deepseek_sizes(m, skew):
     """The expert sort on the GPU at the DeepSeek shard's routing (E 257, top-9), single-CTA (M <= 910) and
