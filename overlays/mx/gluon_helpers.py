@@ -35,6 +35,33 @@ WORDS_LAYOUT: gl.constexpr = gl.constexpr(gl.BlockedLayout([1, 4], [8, 4], [4, 1
 
 
 @gluon.jit
+def weight_ring(STAGES: gl.constexpr, ROWS: gl.constexpr):
+    """The ring's weight side, STAGES slots: codes [ROWS, 16] words (unswizzled 64-byte rows: the decoder's lane quads
+    read them conflict-free) and one scale word a row."""
+    codes_s = gl.allocate_shared_memory(gl.int32, [STAGES, ROWS, 16], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    scales_s = gl.allocate_shared_memory(gl.int32, [STAGES, ROWS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    return codes_s, scales_s
+
+
+@gluon.jit
+def hand_off_barriers(STAGES: gl.constexpr, WORKERS: gl.constexpr):
+    """The four barrier arrays (module docstring), initialized: `ready` completes when every loader thread's copies
+    have landed (cp.async noinc arrivals), `free` when the slot's two readers are done with it, `dec_full` when the
+    WORKERS partitions that store MMA operands have stored them, `dec_free` when the MMA that read them retired."""
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    dec_full = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
+    dec_free = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=PART_WARPS * 32)
+        mbarrier.init(free.index(i), count=2)
+    for i in gl.static_range(NB):
+        mbarrier.init(dec_full.index(i), count=WORKERS)
+        mbarrier.init(dec_free.index(i), count=1)
+    return ready, free, dec_full, dec_free
+
+
+@gluon.jit
 def swz_row_words(r, ROWG: gl.constexpr, row_words):
     """Word offset (int64) of chunk 0 of weight rows `r` in swz128 with rows in groups of ROWG (mx.layout
     group_rows; ROWG 1: row-major); chunk kc of a row is kc * ROWG * 16 words further."""
@@ -108,5 +135,5 @@ def qdq_rows(x):
     return y.reshape([R, C])
 
 
-__all__ = ["BK", "NB", "PART_WARPS", "WORDS_LAYOUT", "cta_barrier", "decode_swz_rows", "qdq_rows", "swz_decoder",
-           "swz_row_scales", "swz_row_words"]  # fmt: skip
+__all__ = ["BK", "NB", "PART_WARPS", "WORDS_LAYOUT", "cta_barrier", "decode_swz_rows", "hand_off_barriers", "qdq_rows",
+           "swz_decoder", "swz_row_scales", "swz_row_words", "weight_ring"]  # fmt: skip

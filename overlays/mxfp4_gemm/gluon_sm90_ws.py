@@ -37,10 +37,12 @@ from speedrun.overlays.mx.gluon_helpers import (
     PART_WARPS,
     WORDS_LAYOUT,
     cta_barrier,
+    hand_off_barriers,
     qdq_rows,
     swz_decoder,
     swz_row_scales,
     swz_row_words,
+    weight_ring,
 )
 
 # Registers a thread (setmaxnreg, per warpgroup; 512 threads share 65,536): the decoder holds a whole tile's words
@@ -167,29 +169,18 @@ def mxfp4_gemm_ws_kernel(
     n_tiles = gl.maximum(gl.minimum(kt0 + k_per_split, K // BK) - kt0, 0)
     m0 = pid_m * BLOCK_M
     n0 = pid_n * BLOCK_N
-    flat2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])  # a slot's layout (unswizzled rows)
-    flat1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    # Shared memory: the ring (codes 64 B + scales 4 B a weight row, raw A 256 B a token row) and NB operand buffers
+    # Shared memory: the ring (codes 64 B + a scale word a weight row, raw A 256 B a token row) and NB operand buffers
     # (bf16 W 256 B a row, quantized A 256 B a token row): api.ws_shared_bytes
-    codes_s = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 16], flat2)
-    scales_s = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N], flat1)
-    a_s = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_M, BK], flat2)
+    codes_s, scales_s = weight_ring(STAGES, BLOCK_N)
+    a_s = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_M, BK], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
     w_s = gl.allocate_shared_memory(
         gl.bfloat16, [NB, BLOCK_N, BK], gl.NVMMASharedLayout.get_default_for([BLOCK_N, BK], gl.bfloat16)
     )
     aq_s = gl.allocate_shared_memory(
         gl.bfloat16, [NB, BLOCK_M, BK], gl.NVMMASharedLayout.get_default_for([BLOCK_M, BK], gl.bfloat16)
     )
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    dec_full = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
-    dec_free = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=PART_WARPS * 32)  # every loader thread's copies (noinc arrives)
-        mbarrier.init(free.index(i), count=2)  # the decoder and the quantizer
-    for i in gl.static_range(NB):
-        mbarrier.init(dec_full.index(i), count=2)
-        mbarrier.init(dec_free.index(i), count=1)
+    # the ring's readers: the decoder and the quantizer; the operands' writers: the same two
+    ready, free, dec_full, dec_free = hand_off_barriers(STAGES, 2)
     W32 = W.to(gl.pointer_type(gl.int32))
     WS32 = WS.to(gl.pointer_type(gl.int32))
     gl.warp_specialize(

@@ -35,10 +35,12 @@ from speedrun.overlays.mx.gluon_helpers import (
     PART_WARPS,
     WORDS_LAYOUT,
     cta_barrier,
+    hand_off_barriers,
     qdq_rows,
     swz_decoder,
     swz_row_scales,
     swz_row_words,
+    weight_ring,
 )
 
 DEC_REGS: gl.constexpr = gl.constexpr(152)  # the decoder holds a 128-row step: 16 words + 64 bf16 pairs a thread
@@ -259,28 +261,17 @@ def moe_gemm_ws_kernel(
         gdc_wait()
         gdc_launch_dependents()
     RW: gl.constexpr = 2 * BLOCK_N if GEMM1 else BLOCK_N
-    flat2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    flat1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     # Shared memory (api.ws_shared_bytes): the ring (codes 64 B + a scale word a weight row, 256 B an activation
     # row: wgmma reads those rows in place, so they are NVMMA-swizzled) and NB bf16 weight buffers
-    codes_s = gl.allocate_shared_memory(gl.int32, [STAGES, RW, 16], flat2)
-    scales_s = gl.allocate_shared_memory(gl.int32, [STAGES, RW], flat1)
+    codes_s, scales_s = weight_ring(STAGES, RW)
     a_s = gl.allocate_shared_memory(
         gl.bfloat16, [STAGES, BLOCK_M, BK], gl.NVMMASharedLayout.get_default_for([BLOCK_M, BK], gl.bfloat16)
     )
     w_s = gl.allocate_shared_memory(
         gl.bfloat16, [NB, RW, BK], gl.NVMMASharedLayout.get_default_for([RW, BK], gl.bfloat16)
     )
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    dec_full = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
-    dec_free = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=PART_WARPS * 32)  # every loader thread's copies (noinc arrives)
-        mbarrier.init(free.index(i), count=2)  # the decoder read the words; the MMA that read the activations retired
-    for i in gl.static_range(NB):
-        mbarrier.init(dec_full.index(i), count=1)
-        mbarrier.init(dec_free.index(i), count=1)
+    # the ring's readers: the decoder (words) and the MMA (activations, once its wgmma retired); one operand writer
+    ready, free, dec_full, dec_free = hand_off_barriers(STAGES, 1)
     W32 = W.to(gl.pointer_type(gl.int32))
     WS32 = WS.to(gl.pointer_type(gl.int32))
     gl.warp_specialize(
