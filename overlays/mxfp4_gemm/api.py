@@ -316,6 +316,8 @@ def ws_constexprs(cfg: GemmBucket, layout: Layout) -> dict[str, Any]:
     if cfg.pdl:
         raise ValueError(f"{where}: pdl is the Triton kernel's knob")
     stages = cfg.num_stages or WS_STAGES
+    if stages < 2:
+        raise ValueError(f"{where}: num_stages must be >= 2 (ring slots), not {stages}")
     if (need := ws_shared_bytes(cfg.BLOCK_M, cfg.BLOCK_N, stages)) > WS_SMEM:
         raise ValueError(f"{where}: num_stages {stages} at {cfg.BLOCK_M} x {cfg.BLOCK_N} needs {need} B of shared "
                          f"memory, over {WS_SMEM}")  # fmt: skip

@@ -610,7 +610,8 @@ def _ws(**knobs) -> GemmBucket:
 
 @pytest.mark.parametrize("knobs,field", [({"BLOCK_K": 256}, "BLOCK_K"), ({"BLOCK_N": 256}, "BLOCK_N"),
                                          ({"num_stages": 6}, "shared memory"), ({"route": "prequant"}, "fused"),
-                                         ({"pdl": True}, "pdl"), ({"num_warps": 8}, "num_warps")])  # fmt: skip
+                                         ({"pdl": True}, "pdl"), ({"num_warps": 8}, "num_warps"),
+                                         ({"num_stages": 1}, "num_stages")])  # fmt: skip
 def test_ws_engine_knobs_are_refused_by_the_plan(knobs: dict, field: str):
     """Every gluon_ws knob the kernel cannot take is a one-line ValueError naming it, when the plan is made (also
     where the Triton kernel would run instead: the table is checked on every machine)."""

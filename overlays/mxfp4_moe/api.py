@@ -314,6 +314,8 @@ def _ws(run: Launch, w: MoeWeights, key: str, arch: str, cuda: bool) -> Launch:
                          f"{WS_BLOCK_N2}; got {cfg.BLOCK_M}, {cfg.BLOCK_N1}, {cfg.BLOCK_N2}")  # fmt: skip
     if cfg.a8 or cfg.dot_scaled:
         raise ValueError(f"{where} multiplies bf16 operands: expected a8 and dot_scaled false")
+    if min(cfg.stages1, cfg.stages2) < 2:  # one slot: its loader would wait for the MMA that waits for its data
+        raise ValueError(f"{where}: stages1 and stages2 must be >= 2 (ring slots), got {cfg.stages1}, {cfg.stages2}")
     for name, bn, rows, stages in (("stages1", cfg.BLOCK_N1, 2 * cfg.BLOCK_N1, cfg.stages1),
                                    ("stages2", cfg.BLOCK_N2, cfg.BLOCK_N2, cfg.stages2)):  # fmt: skip
         if (need := ws_shared_bytes(cfg.BLOCK_M, bn, rows, stages)) > WS_SMEM:

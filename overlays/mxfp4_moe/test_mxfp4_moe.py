@@ -723,7 +723,8 @@ WS = dict(TINY, BLOCK_N1=64, BLOCK_N2=64, stages1=4, stages2=4, swap=True, engin
 
 
 @pytest.mark.parametrize("knobs,field", [({"BLOCK_N1": 128}, "BLOCK_N1"), ({"BLOCK_M": 128}, "BLOCK_M"),
-                                         ({"a8": True}, "a8"), ({"stages1": 9, "BLOCK_M": 64}, "stages1")])  # fmt: skip
+                                         ({"a8": True}, "a8"), ({"stages1": 9, "BLOCK_M": 64}, "stages1"),
+                                         ({"stages2": 1}, "stages2")])  # fmt: skip
 def test_ws_engine_knobs_are_refused_by_the_plan(knobs, field):
     """A gluon_ws knob the kernel cannot take is a one-line ValueError naming it when the plan is made, on any
     machine (here where the Triton kernels would run instead)."""
