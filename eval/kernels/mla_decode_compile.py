@@ -23,6 +23,7 @@ EXPECT_MMA = {"sm90": r"mma\.sync|wgmma", "gfx950": r"v_mfma"}
 EXPECT_FP8_MMA = {"sm90": r"wgmma\.mma_async[\w.]*\.e4m3\.e4m3", "gfx950": r"v_mfma_\w*(?:fp8_fp8|f8f6f4)"}
 GLUON_A8W8 = {"engine": "gluon", "mma_m": "tokens", "pv": "f16", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
 GLUON_WS = {**GLUON_A8W8, "engine": "gluon_ws", "pipe_pv": None, "cvt_rows": None}
+GLUON_WS_LAZY = {**GLUON_WS, "lazy_max": True}  # sweep row gluon_ws_lazy
 GLUON_KV16 = {"kv16_engine": "gluon", "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
 TRITON = {"engine": "triton"}  # the a8w8 knobs on the Triton kernel
 A8W8_MIN_WAVES = {"gfx950": 2}  # waves per SIMD: one wave per SIMD leaves nothing to hide HBM latency with
@@ -57,6 +58,8 @@ def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, co
     attrs = aligned(sig, *PARTIAL_ARGS, *STRIDES)
     engine = api.engine(cfg, KV_TORCH[kv])
     gluon = f",{engine.value}" if engine.gluon else ""
+    if engine == Engine.GLUON_WS and kv == "fp8" and cfg.a8w8.lazy_max:
+        gluon += ",lazy_max"
     if plan.compute == Compute.A8W8:
         name = f"mla_decode/partial[{bucket},fp8,a8w8,pv-{cfg.a8w8.pv}{gluon}]"
         return CompileSpec(name, plan.kernel, sig, const, cfg.launch_knobs(), EXPECT_FP8_MMA[arch],
@@ -95,7 +98,8 @@ def compile_specs(arch: str) -> list[CompileSpec]:
             # PV in fp8 (retired sweep row) is left out: one register spilled at its converter's entry
             if gluon:
                 specs += [
-                    partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, a8w8=k) for k in (GLUON_A8W8, GLUON_WS)
+                    partial_spec(bucket, heads, cfg, "fp8", arch, Compute.A8W8, a8w8=k)
+                    for k in (GLUON_A8W8, GLUON_WS, GLUON_WS_LAZY)
                 ]
             if gluon and cfg.kv16_engine != Engine.GLUON:
                 specs.append(partial_spec(bucket, heads, cfg.replace(**GLUON_KV16), "bf16", arch))

@@ -223,7 +223,8 @@ def table(arch: str) -> dict[str, MlaBucket]:
     return buckets if own else {key: without_gluon(cfg) for key, cfg in buckets.items()}
 
 
-GLUON_ONLY = ("programs_per_sm", "cvt_rows", "pipe_pv", "pv_split", "v_bufs")  # a8w8 knobs only the Gluon kernel reads
+# a8w8 knobs only the Gluon kernels read
+GLUON_ONLY = ("programs_per_sm", "cvt_rows", "pipe_pv", "pv_split", "v_bufs", "lazy_max")
 
 
 def without_gluon(cfg: MlaBucket) -> MlaBucket:
@@ -331,8 +332,9 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
                          f"memory, not {cfg.num_stages}")  # fmt: skip
     if ws:
         return _ws_kernel(cfg, fp8, where)
-    if fp8 and (cfg.a8w8.pv_split is not None or cfg.a8w8.v_bufs is not None):
-        raise ValueError(f"{where}: a8w8.pv_split and v_bufs are the warp-specialized kernel's (engine gluon_ws)")
+    if fp8 and (cfg.a8w8.pv_split is not None or cfg.a8w8.v_bufs is not None or cfg.a8w8.lazy_max is not None):
+        raise ValueError(f"{where}: a8w8.pv_split, v_bufs and lazy_max are the warp-specialized kernel's (engine "
+                         "gluon_ws)")  # fmt: skip
     from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_sm90
 
     return mla_partial_sm90
@@ -380,7 +382,8 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
         return {**split_constexprs(cfg), "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps,
                 "CVT_ROWS": cfg.a8w8.cvt_rows or GLUON_WS_CVT_ROWS, "STAGES": cfg.num_stages,
                 "NV": cfg.a8w8.v_bufs or cfg.num_stages,
-                "PV_FP8": cfg.a8w8.pv == Pv.FP8, "PV_HEADS": cfg.a8w8.pv_split == PvSplit.HEADS}  # fmt: skip
+                "PV_FP8": cfg.a8w8.pv == Pv.FP8, "PV_HEADS": cfg.a8w8.pv_split == PvSplit.HEADS,
+                "LAZY_MAX": bool(cfg.a8w8.lazy_max)}  # fmt: skip
     if gluon_engine(cfg, kv_dtype):  # its own constexprs (its semantics are fixed: tokens as M; fp8: a8w8, f16 PV)
         fp8 = kv_dtype.itemsize == 1
         cvt = (cfg.a8w8.cvt_rows if fp8 else None) or GLUON_CVT_ROWS

@@ -107,6 +107,10 @@ class A8W8Knobs(Knobs):
     # gluon_ws only: V buffers (default num_stages: the converter fills one while PV reads another); 1 frees shared
     # memory for ring slots (f16 V: 3 or 4 slots instead of 2), converting a tile only after the PV before retired
     v_bufs: int | None = Field(None, ge=1)
+    # gluon_ws only: the softmax's running max moves only when a tile's scores would overflow P (f16: by more than
+    # 2^7), each token warp's partial max published by P's own barrier: no per-tile reduction barriers
+    # (gluon_sm90_ws._lazy_softmax)
+    lazy_max: bool | None = None
 
 
 class MlaBucket(Knobs):

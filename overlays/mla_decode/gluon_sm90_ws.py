@@ -156,11 +156,58 @@ def _converter(kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_ful
 
 
 @gluon.jit
+def _store_p(p_b, p_t, PV_FP8: gl.constexpr, P_SCALE: gl.constexpr):
+    """P * P_SCALE into its buffer as PV reads it (PV_FP8: P^T [heads, tokens], the fp8 wgmma's K-major B operand);
+    returns the buffer as the PV wgmma's B operand."""
+    if PV_FP8:
+        p_b.store(gl.permute((p_t * P_SCALE).to(p_b.dtype), (1, 0)))
+        return p_b.permute((1, 0))
+    p_b.store((p_t * P_SCALE).to(p_b.dtype))
+    return p_b
+
+
+@gluon.jit
+def _lazy_softmax(s_t, acc, l_acc, m_i, m_all, p_b, pm, LO: gl.constexpr, PV_FP8: gl.constexpr,
+                  P_SCALE: gl.constexpr):  # fmt: skip
+    """A tile's P with the running max as it stands, which moves only when the tile's scores would overflow P's
+    type (a8w8.lazy_max). The per-tile max over 64 tokens crosses the 4 token warps of a warpgroup: here each warp
+    reduces its own 16 tokens and leaves the result in `pm` [4, heads] beside P, and the barrier that publishes P
+    publishes them too, so a tile costs no reduction barriers; every thread then reads all partial maxima and takes
+    the same branch. Only when some head's max exceeds the running max by more than GROW (P * P_SCALE <= 2^15 in f16;
+    e4m3 holds 448, so PV_FP8 moves it as the eager kernel does) are P, the row sums and the accumulator rescaled
+    and P stored again. The running maxima stay integers: every rescale is a power of two."""
+    BN: gl.constexpr = s_t.shape[0]
+    BH: gl.constexpr = s_t.shape[1]
+    LF: gl.constexpr = m_all.type.layout.parent
+    GROW: gl.constexpr = 0.0 if PV_FP8 else 7.0
+    pm.store(gl.max(s_t.reshape([4, BN // 4, BH]), axis=1))  # dim 0 is the token warp: no cross-warp step
+    p_t = gl.exp2(s_t - m_i[None, :])
+    p_out = _store_p(p_b, p_t, PV_FP8, P_SCALE)
+    fence_async_shared()
+    _cta_barrier()  # both warpgroups' P and partial maxima are in shared memory
+    need = gl.ceil(gl.max(pm.load(LF), axis=0))  # every head's tile max, whole in every thread
+    if gl.max(need - m_all, axis=0) > GROW:
+        m_all = gl.maximum(m_all, need)
+        m_new = gl.convert_layout(m_all, m_i.type.layout)
+        alpha = gl.exp2(m_i - m_new)
+        p_t = gl.exp2(s_t - m_new[None, :])
+        l_acc = l_acc * alpha[None, :] + p_t
+        m_i = m_new
+        p_out = _store_p(p_b, p_t, PV_FP8, P_SCALE)
+        fence_async_shared()
+        _cta_barrier()
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, LO))[None, :]
+    else:
+        l_acc = l_acc + p_t
+    return acc, l_acc, m_i, m_all, p_out
+
+
+@gluon.jit
 def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
-         stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v_s, p_s, kv_full, done, v_full, H: gl.constexpr,
+         stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v_s, p_s, pm_s, kv_full, done, v_full, H: gl.constexpr,
          BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, DL: gl.constexpr, DR: gl.constexpr, Q_EXP: gl.constexpr,
          WARPS: gl.constexpr, STAGES: gl.constexpr, NV: gl.constexpr, PV_FP8: gl.constexpr,
-         PV_HEADS: gl.constexpr):  # fmt: skip
+         PV_HEADS: gl.constexpr, LAZY_MAX: gl.constexpr):  # fmt: skip
     """QK, softmax and PV of every tile (gluon_sm90._segment's PIPE_PV tile, fed by the other partitions), and
     each segment's output: the final one, or a partial in slot p + b."""
     LS: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WARPS // 4],
@@ -172,6 +219,8 @@ def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_s
                                                  instr_shape=[16, BLOCK_H // G, 32 if PV_FP8 else 16])  # fmt: skip
     LQ: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [WARPS, 1], [1, 0])
     P_SCALE: gl.constexpr = 256.0  # P in [0, 1] scaled by 2^8: small P kept out of f16's / e4m3's subnormals
+    # LAZY_MAX: the 4 token warps' partial maxima of every head, held whole by every thread
+    LF: gl.constexpr = gl.BlockedLayout([4, BLOCK_H], [32, 1], [WARPS, 1], [1, 0])
     t = 0
     pos = start
     b = b0
@@ -184,6 +233,7 @@ def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_s
             _cta_barrier()
             sc = gl.convert_layout(qk_scale / q_mul, gl.SliceLayout(0, LS))
             m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(0, LS))
+            m_all = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(0, LF))  # LAZY_MAX: m_i, every head
             l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, LS)  # row sums kept per element, summed at the end
             acc = warpgroup_mma_init(gl.zeros([DL, BLOCK_H], gl.float32, LO))
             for n0 in range(pos, seg_hi, BLOCK_N):
@@ -197,23 +247,26 @@ def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_s
                 mbarrier.arrive(done.index(s))
                 offs_n = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LS))
                 s_t = gl.where((offs_n < seg_hi)[:, None], s_t * sc[None, :], float("-inf"))
-                m_new = gl.maximum(m_i, gl.ceil(gl.max(s_t, axis=0)))
-                alpha = gl.exp2(m_i - m_new)
-                p_t = gl.exp2(s_t - m_new[None, :])
-                l_acc = l_acc * alpha[None, :] + p_t
-                m_i = m_new
                 p_b = p_s.index(t % 2)
-                if PV_FP8:  # P^T stored [heads, tokens]: the K-major B operand of the fp8 wgmma
-                    p_b.store(gl.permute((p_t * P_SCALE).to(p_s.dtype), (1, 0)))
-                    p_b = p_b.permute((1, 0))
+                if LAZY_MAX:
+                    acc, l_acc, m_i, m_all, p_b = _lazy_softmax(s_t, acc, l_acc, m_i, m_all, p_b, pm_s.index(t % 2),
+                                                                LO, PV_FP8, P_SCALE)  # fmt: skip
+                else:
+                    m_new = gl.maximum(m_i, gl.ceil(gl.max(s_t, axis=0)))
+                    alpha = gl.exp2(m_i - m_new)
+                    p_t = gl.exp2(s_t - m_new[None, :])
+                    l_acc = l_acc * alpha[None, :] + p_t
+                    m_i = m_new
+                    p_b = _store_p(p_b, p_t, PV_FP8, P_SCALE)
+                    fence_async_shared()
+                    _cta_barrier()  # both warpgroups' P rows are in shared memory before either PV reads them
+                if PV_FP8:
                     v_t = v_s.index(t % NV)
                 else:
-                    p_b.store((p_t * P_SCALE).to(p_s.dtype))
                     v_t = v_s.index(t % NV).permute((1, 0))
-                fence_async_shared()
-                _cta_barrier()  # both warpgroups' P rows are in shared memory before either PV reads them
                 mbarrier.wait(v_full.index(t % NV), (t // NV) & 1)
-                acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, LO))[None, :]
+                if not LAZY_MAX:
+                    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, LO))[None, :]
                 acc = warpgroup_mma(v_t, p_b, acc, is_async=True)
                 t += 1
             acc = warpgroup_mma_wait(0, deps=[acc])
@@ -281,6 +334,7 @@ def mla_partial_sm90_ws(
     PV_FP8: gl.constexpr = False,  # PV as fp8 wgmma: V^T in fp8 (transposed by the converter), P in e4m3
     PV_HEADS: gl.constexpr = False,  # PV split by heads between the MMA warpgroups (a8w8.pv_split heads), not rows
     PDL: gl.constexpr = False,  # launched as a programmatic dependent (overlays/pdl.py): wait, then trigger the merge
+    LAZY_MAX: gl.constexpr = False,  # a8w8.lazy_max: the running max moves only when P would overflow (_lazy_softmax)
 ):
     """kernels._mla_partial_kernel's contract (grid: programs; heads <= BLOCK_H = 16 in one program) for fp8 e4m3
     KV computed a8w8 (PV in f16, or in fp8 with PV_FP8). Launch with num_warps = WARPS: the workers' warps come on
@@ -309,6 +363,10 @@ def mla_partial_sm90_ws(
     q_rope_s = gl.allocate_shared_memory(KT, [BLOCK_H, DR], gl.NVMMASharedLayout.get_default_for([BLOCK_H, DR], KT))
     v_s = gl.allocate_shared_memory(VT, [NV] + V_SHAPE, gl.NVMMASharedLayout.get_default_for(V_SHAPE, VT))
     p_s = gl.allocate_shared_memory(VT, [2] + P_SHAPE, gl.NVMMASharedLayout.get_default_for(P_SHAPE, VT))
+    if LAZY_MAX:  # each token warp's partial maxima of a tile, beside its P (double-buffered as P); 512 B
+        pm_s = gl.allocate_shared_memory(gl.float32, [2, 4, BLOCK_H], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    else:
+        pm_s = p_s  # unused
     kv_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     done = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_full = gl.allocate_shared_memory(gl.int64, [NV, 1], mbarrier.MBarrierLayout())
@@ -332,8 +390,8 @@ def mla_partial_sm90_ws(
     gl.warp_specialize(
         [
             (_mma, (Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_scale, stride_qb, stride_qh,
-                    stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v_s, p_s, kv_full, done, v_full, H,
-                    BLOCK_H, BLOCK_N, DL, DR, Q_EXP, WARPS, STAGES, NV, PV_FP8, PV_HEADS)),
+                    stride_ob, stride_oh, lat_s, rope_s, q_lat_s, q_rope_s, v_s, p_s, pm_s, kv_full, done, v_full, H,
+                    BLOCK_H, BLOCK_N, DL, DR, Q_EXP, WARPS, STAGES, NV, PV_FP8, PV_HEADS, LAZY_MAX)),
             (_converter, (kv_indptr, base, start, end, b0, lat_s, v_s, kv_full, done, v_full, read, BLOCK_N, DL,
                           STAGES, NV, CVT_WARPS, CVT_ROWS, PV_FP8)),
             (_loader, (KV, kv_idx, kv_indptr, base, start, end, b0, bs, stride_kv_page, stride_kv_tok, lat_s,

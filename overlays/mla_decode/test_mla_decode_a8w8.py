@@ -433,8 +433,9 @@ def test_kv16_gluon_is_refused_where_it_is_not_written_for(heads, arch, knobs, q
      ({"pv": "fp8", "num_stages": 4}, FP8, "a8w8.num_stages 4 with v_bufs 4 and pv fp8 needs 289792 B"),
      ({"num_stages": 5, "v_bufs": 1}, FP8, "a8w8.num_stages 5 with v_bufs 1 and pv f16 needs 263168 B"),
      ({"v_bufs": 3}, FP8, "a8w8.v_bufs must be <= num_stages 2 (a V buffer per ring slot at most), not 3"),
-     ({"engine": "gluon", "pv_split": "heads"}, FP8, "a8w8.pv_split and v_bufs are the warp-specialized kernel's"),
-     ({"engine": "gluon", "v_bufs": 1}, FP8, "a8w8.pv_split and v_bufs are the warp-specialized kernel's"),
+     ({"engine": "gluon", "pv_split": "heads"}, FP8, "a8w8.pv_split, v_bufs and lazy_max are the warp-specialized"),
+     ({"engine": "gluon", "v_bufs": 1}, FP8, "a8w8.pv_split, v_bufs and lazy_max are the warp-specialized"),
+     ({"engine": "gluon", "lazy_max": True}, FP8, "a8w8.pv_split, v_bufs and lazy_max are the warp-specialized"),
      ({"pipe_pv": True}, FP8, "a8w8.pipe_pv is engine gluon's knob"),
      ({"cvt_rows": 64}, FP8, "a8w8.cvt_rows must be <= 32 (the converter's registers), not 64")],
 )  # fmt: skip
@@ -457,9 +458,11 @@ def test_gluon_ws_constexprs_follow_the_knobs() -> None:
     from speedrun.eval.kernels import mla_decode_bench as bench
 
     plans = {v: api.make_plan(16, torch.bfloat16, FP8, device="cpu", arch="sm90", config=bench.variant_config(v))
-             for v in ("gluon_ws", "gluon_ws_pv8", "gluon_ws_pv8_h")}  # fmt: skip
+             for v in ("gluon_ws", "gluon_ws_pv8", "gluon_ws_pv8_h", "gluon_ws_lazy")}  # fmt: skip
     assert plans["gluon_ws"].partial[False] == {"SNAP": True, "Q_EXP": 8, "WARPS": 8, "CVT_ROWS": 16, "STAGES": 2,
-                                                "NV": 2, "PV_FP8": False, "PV_HEADS": False}  # fmt: skip
+                                                "NV": 2, "PV_FP8": False, "PV_HEADS": False,
+                                                "LAZY_MAX": False}  # fmt: skip
+    assert plans["gluon_ws_lazy"].partial[False] == {**plans["gluon_ws"].partial[False], "LAZY_MAX": True}
     assert {k: plans["gluon_ws_pv8"].partial[False][k] for k in ("STAGES", "PV_FP8", "PV_HEADS")} == {
         "STAGES": 3, "PV_FP8": True, "PV_HEADS": False}  # fmt: skip
     assert plans["gluon_ws_pv8_h"].partial[False]["PV_HEADS"] is True

@@ -183,7 +183,7 @@ VARIANTS = [
     "gluon_pps1_pipe_cvt64",
     "gluon_ws",
     "gluon_ws_v1_st3",
-    "gluon_ws_v1_st4",
+    "gluon_ws_lazy",
     "kv16_gluon",
 ]
 
@@ -445,7 +445,8 @@ needs_sm90 = pytest.mark.skipif(
 
 
 @needs_sm90
-@pytest.mark.parametrize("engine", ["gluon", "gluon_ws", "gluon_ws_pv8", "gluon_ws_pv8_h", "gluon_ws_v1_st4"])
+@pytest.mark.parametrize("engine", ["gluon", "gluon_ws", "gluon_ws_pv8", "gluon_ws_pv8_h", "gluon_ws_v1_st3",
+                                    "gluon_ws_lazy"])  # fmt: skip
 @pytest.mark.parametrize("page_size", [1, 64])
 @pytest.mark.parametrize("kv_len", KV_LENS)
 def test_a8w8_gluon_real_shapes(kv_len, page_size, engine):
@@ -467,8 +468,7 @@ def test_a8w8_gluon_real_shapes(kv_len, page_size, engine):
 @pytest.mark.parametrize("stages,pipe,engine", [(2, False, "gluon"), (3, False, "gluon"), (2, True, "gluon"),
                                                (2, False, "gluon_ws"), (3, False, "gluon_ws_pv8"),
                                                (2, False, "gluon_ws_pv8"), (3, False, "gluon_ws_pv8_h"),
-                                               (3, False, "gluon_ws_v1_st3"),
-                                               (4, False, "gluon_ws_v1_st4")])  # fmt: skip
+                                               (3, False, "gluon_ws_v1_st3"), (2, False, "gluon_ws_lazy")])  # fmt: skip
 @pytest.mark.parametrize("page_size", [1, 64])
 def test_a8w8_gluon_mixed_lengths(page_size, stages, pipe, engine):
     """Empty, 1-token, 65-token and 32k sequences among random ones (segments that start and end mid-tile, chunks
@@ -494,7 +494,7 @@ def test_a8w8_gluon_mixed_lengths(page_size, stages, pipe, engine):
 @needs_sm90
 @pytest.mark.parametrize("pipe,engine", [(False, "gluon"), (True, "gluon"), (False, "gluon_ws"),
                                          (False, "gluon_ws_pv8"), (False, "gluon_ws_pv8_h"), (False, "gluon_ws_v1_st3"),
-                                         (False, "gluon_ws_v1_st4")])  # fmt: skip
+                                         (False, "gluon_ws_lazy")])  # fmt: skip
 @pytest.mark.parametrize("page_size", [1, 64])
 def test_a8w8_gluon_tile_edges(page_size, pipe, engine):
     """Sequences around the 64-token tile (1, 2, 63, 64, 65, 127, 128, 129 tokens): the masked tail of a tile, a
