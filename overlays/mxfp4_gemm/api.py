@@ -146,6 +146,7 @@ class Launch:
     quant: Kernel  # bf16 A, MXFP4 activations: fused (A_MODE 1) or after the quantizer (gfx950 2, sm90 0)
     w4a16: Kernel  # bf16 A as is (A_MODE 0, the bucket's "a16" overrides)
     packed: Kernel  # pre-quantized A (A_MODE 2)
+    quant16: Kernel | None = None  # engine gluon_ws: the Triton kernel for fp16 A (the Gluon kernel takes bf16)
 
 
 @dataclass(frozen=True)
@@ -249,11 +250,15 @@ def resolve(cfg: GemmBucket, n: int, k: int | None, layout: Layout, arch: str, c
     if layout != Layout.PLAIN:  # the bucket's overrides for swz128 weights (fewer registers: more stages fit)
         cfg = cfg.with_overrides(cfg.swz)
     route = route_for(cfg, n, k)
+    mode = quant_mode(route, is_amd(arch) and cuda)
+    quant = kernel(cfg, mode, arch, k, layout, cuda)
+    quant16 = kernel(cfg.replace(engine=Engine.TRITON), mode, arch, k, layout, cuda) if quant.engine.gluon else None
     return Launch(
         route,
-        kernel(cfg, quant_mode(route, is_amd(arch) and cuda), arch, k, layout, cuda),
+        quant,
         kernel(cfg.with_overrides(cfg.a16), AMode.BF16, arch, k, layout, cuda),
         kernel(cfg, AMode.MXFP4, arch, k, layout, cuda),
+        quant16,
     )
 
 
@@ -424,7 +429,8 @@ def mxfp4_gemm(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, plan: Ge
     if not quant_a:
         return _launch(a, None, w, w_scale, out, run.w4a16, plan)
     if run.route == Route.FUSED:
-        return _launch(a, None, w, w_scale, out, run.quant, plan)
+        gluon16 = run.quant16 is not None and a.dtype != torch.bfloat16  # the Gluon kernel's A is bf16
+        return _launch(a, None, w, w_scale, out, run.quant16 if gluon16 else run.quant, plan)
     q, s = quantize(a, qdq=not plan.amd, pdl=run.quant.pdl)
     return _launch(q, s, w, w_scale, out, run.quant, plan)
 

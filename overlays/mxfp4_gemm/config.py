@@ -55,6 +55,10 @@ class Engine(StrEnum):
     TRITON = "triton"
     GLUON_WS = "gluon_ws"
 
+    @property
+    def gluon(self) -> bool:
+        return self != Engine.TRITON
+
 
 class Layout(StrEnum):
     """Weight layouts: plain (codes in k order), swz128 (mx.layout: each lane's codes of a 128-wide K chunk

@@ -634,6 +634,8 @@ def test_ws_engine_runs_only_where_it_applies():
         assert api.kernel(cfg, mode, arch, 7168, layout, cuda=cuda).engine == "triton", (mode, arch, layout, cuda)
     plan = api.make_plan(2112, 7168, "swz128_g64_mul1", device="cpu", config=cfg)
     assert plan.launch(16).quant.engine == "triton" and "Gluon" not in plan.route_line()
+    run = api.resolve(cfg, 2112, 7168, Layout.SWZ128_G64_MUL1, "sm90", cuda=True)
+    assert run.quant.engine == "gluon_ws" and run.quant16.engine == "triton"  # fp16 A: the Triton kernel
 
 
 def test_ws_engine_on_cpu_matches_reference():

@@ -384,6 +384,15 @@ def test_ws_engine_is_bit_for_bit_the_triton_kernel(m: int, n: int, k: int, spli
 
 
 @pytest.mark.skipif(bool(torch.version.hip), reason="gluon_ws is the sm90 kernel")
+def test_ws_engine_plan_takes_fp16_activations_through_the_triton_kernel():
+    """The Gluon kernel reads bf16 A; a gluon_ws plan called with fp16 A runs the bucket's Triton kernel (the fp32
+    quantizer rule) and matches the reference."""
+    a, w, ws = _case(16, 2112, 7168, seed=31)
+    a16 = (a.float() * 3.0).half()
+    _check(_ws(a16, w, ws, "ws"), mxfp4_gemm_ref(a16, w, ws))
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="gluon_ws is the sm90 kernel")
 def test_ws_engine_graph_replay_with_ragged_edges():
     """A CUDA graph of the Gluon kernel at N not a multiple of its tile (2112 = 16.5 x 128) and M not of BLOCK_M
     (split-K counters reset for the next replay): new inputs, replayed twice, match the reference."""

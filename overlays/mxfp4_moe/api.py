@@ -486,7 +486,8 @@ def fused_moe_mxfp4(
         inter_s = inter
     b13 = w.b13 if w.b13 is not None else w.w13_scale
     n_tiles = triton.cdiv(n, cfg.BLOCK_N1)
-    k_step = 128 if run.ws else run.block_k1  # gluon_ws: K steps of one swz128 chunk
+    ws = run.ws is not None and a.dtype == torch.bfloat16  # gluon_ws takes bf16 activations (fp16: Triton's)
+    k_step = 128 if ws else run.block_k1  # gluon_ws: K steps of one swz128 chunk
     split = gemm1_split(cfg, min(w.num_experts, num) * n_tiles, triton.cdiv(h, k_step), dev)
     y_dtype = torch.bfloat16 if cfg.y_bf16 else torch.float32  # MoeBucket.y_bf16
     y = torch.empty(num, h, dtype=y_dtype, device=dev)  # GEMM2 writes every routed slot's row
@@ -497,7 +498,7 @@ def fused_moe_mxfp4(
     else:  # unused by the kernel: any tensor of the right dtype, no allocation
         part, cnt = y, s.num_padded
     b2 = w.b2 if w.b2 is not None else w.w2_scale
-    if run.ws is not None:
+    if ws:
         _ws_gemms(a, inter, y, w, b13, b2, topk_weights, s, part, cnt, num, n, h, n_tiles, split, topk, run)
     else:
         _triton_gemms(a, a_s, inter, inter_s, y, w, b13, b2, topk_weights, s, part, cnt, num, n, h, n_tiles, split,
