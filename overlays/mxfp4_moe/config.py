@@ -117,7 +117,7 @@ class MoeBucket(Knobs):
     pdl: bool = False
     route: Route = Route.OURS  # stock_fp8 buckets must come last (one threshold); see Route
     # gluon_ws: K steps of 128 codes (BLOCK_K1 / BLOCK_K2 are the Triton kernels'), stages1 / stages2 ring slots,
-    # swap implied; BLOCK_N1 <= 64 (the decoder holds GEMM1's gate and up rows: 2 x BLOCK_N1)
+    # swap implied; BLOCK_N1 64 (the decoder holds GEMM1's gate and up rows: 2 x 64), BLOCK_N2 64 or 128
     engine: Engine = Engine.TRITON
     waves_per_eu: int | None = None
     matrix_instr_nonkdim: int | None = None
