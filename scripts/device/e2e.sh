@@ -22,6 +22,10 @@ for recipe in "$@"; do
   # SIGTERM from timeout: speedrun tears its server down and keeps the partial results
   timeout "$left" speedrun run "$recipe" --out "$R/$recipe" ${SIDES:+--sides "$SIDES"} ${RUN_ARGS:-} --no-progress 2>&1 \
     | tee "$R/$recipe.log" | tail -n 45
+  # When each Triton kernel compiled (its cache's metadata files, by time; the server logs carry wall clock): a
+  # compile after the server's start is one the load-time warm-up missed (round 12: a 100 s first prefill)
+  find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.json' ! -name '__grp__*' -printf '%TT %f\n' 2>/dev/null \
+    | sort > "$R/$recipe.triton_compiles.txt"
   IFS=';' read -ra sets <<< "${ABLATE:-}"
   for ops in "${sets[@]}"; do
     left=$(( DEADLINE - 15 - ($(date +%s) - START) ))
