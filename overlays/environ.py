@@ -26,6 +26,7 @@ DEFAULT_BACKEND: Backend = "triton"
 MlaCompute = Literal["a8w8", "a16"]
 MoeLayout = Literal["swz", "swzg16", "swzg64", "plain"]
 StockFp8 = Literal["per_call", "resident"]
+GemmStockFp8 = Literal["per_call", "resident", "off"]
 AiterGemmKernel = Literal["a4w4", "afp4wfp4"]
 
 
@@ -51,10 +52,12 @@ class PluginSettings(BaseModel):
         description="experts of the large-M stock FP8 route (CUDA): converted per call into one scratch, or "
         "converted once at load and kept (resident: no conversion per prefill call, ~1.9x the MXFP4 experts' memory)",
     )
-    mxfp4_gemm_stock_fp8: StockFp8 = Field(
+    mxfp4_gemm_stock_fp8: GemmStockFp8 = Field(
         "per_call",
         description="weights of the large-M stock FP8 route (CUDA): converted per call into one scratch, or "
-        "converted once at load and kept (resident: no conversion per prefill call, 2x the MXFP4 weights' memory)",
+        "converted once at load and kept (resident: no conversion per prefill call, 2x the MXFP4 weights' memory), "
+        "or off: that route's M run dequant_w (our dequantize + cuBLAS bf16) and the server starts without "
+        "DeepGEMM's warm-up of those weights' shapes (~60 s each on an H100)",
     )
     mxfp4_gemm_aiter_kernel: AiterGemmKernel = Field("a4w4", description="aiter GEMM kernel (ROCm)")
     synthetic_fill: bool = Field(False, description="refill --load-format dummy weights sanely")

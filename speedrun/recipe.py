@@ -158,7 +158,7 @@ class GemmOp(OverlayOp):
     aiter_kernel: environ.AiterGemmKernel = Field(
         "a4w4", description="a4w4: aiter's gemm_a4w4 on preshuffled operands; afp4wfp4: its Triton GEMM, as stock"
     )
-    stock_fp8: environ.StockFp8 = Field(
+    stock_fp8: environ.GemmStockFp8 = Field(
         "per_call", description=environ.PluginSettings.model_fields["mxfp4_gemm_stock_fp8"].description
     )
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from speedrun.overlays import environ
 from speedrun.overlays.arch import current_arch, is_amd, launch_options, load_configs, pdl_ok, sm_count
 from speedrun.overlays.buckets import Buckets
 from speedrun.overlays.buffers import splitk_counters
@@ -218,9 +219,12 @@ def make_plan(n: int, k: int, layout: Layout | str = Layout.PLAIN, *, device: to
 
 def stock_refusal(arch: str, cuda: bool) -> str | None:
     """Why stock_fp8 buckets cannot go to stock's FP8 block GEMM here (one line), None when they can: a CUDA
-    device (not ROCm, whose large M is aiter's; not the CPU interpreter) where stock's DeepGEMM path runs."""
+    device (not ROCm, whose large M is aiter's; not the CPU interpreter) where stock's DeepGEMM path runs, unless the
+    setting mxfp4_gemm_stock_fp8 is off."""
     if not cuda or is_amd(arch) or torch.version.hip is not None:
         return f"stock's FP8 block GEMM route is CUDA-only, not {arch if cuda else 'the CPU interpreter'}"
+    if environ.settings().mxfp4_gemm_stock_fp8 == "off":
+        return "setting mxfp4_gemm_stock_fp8 off"
     return stock_fp8.deepgemm_missing()
 
 

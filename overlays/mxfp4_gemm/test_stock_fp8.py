@@ -107,6 +107,28 @@ def test_hook_plan_records_the_fallback_line():
     assert "stock_fp8 buckets run dequant_w" in plan.route_line()
 
 
+def test_setting_off_keeps_the_route_on_our_kernels(monkeypatch):
+    """Setting mxfp4_gemm_stock_fp8 off (the environment variable, as a launch passes it): a CUDA sm90 refuses the
+    route with that reason, so no weight reaches DeepGEMM (its warm-up of each shape costs ~60 s of server start);
+    the recipe field takes the value too."""
+    from speedrun.overlays import environ
+    from speedrun.recipe import GemmOp
+
+    monkeypatch.setenv("SPEEDRUN_MXFP4_GEMM_STOCK_FP8", "off")
+    environ.reset()
+    try:
+        assert api.stock_refusal("sm90", cuda=True) == "setting mxfp4_gemm_stock_fp8 off"
+        plan = api.stock_routes(_plan(), api.stock_refusal("sm90", cuda=True))
+        assert plan.launch(4096).route == Route.DEQUANT_W and not plan.stock
+        assert "setting mxfp4_gemm_stock_fp8 off" in plan.route_line()
+    finally:
+        monkeypatch.delenv("SPEEDRUN_MXFP4_GEMM_STOCK_FP8")
+        environ.reset()
+    assert GemmOp(enabled=True, stock_fp8="off").stock_fp8 == "off"
+    with pytest.raises(ValueError, match="stock_fp8"):
+        GemmOp(enabled=True, stock_fp8="maybe")
+
+
 @pytest.mark.skipif(importlib.util.find_spec("deep_gemm") is not None, reason="deep_gemm is installed here")
 def test_without_deep_gemm_the_plan_falls_back_to_dequant_w():
     """This machine has no deep_gemm: a CUDA sm90 here would be refused with that one-line reason."""
