@@ -167,6 +167,19 @@ def _store_p(p_b, p_t, PV_FP8: gl.constexpr, P_SCALE: gl.constexpr):
 
 
 @gluon.jit
+def _rescaled_p(s_t, l_acc, m_i, m_new, p_b, PV_FP8: gl.constexpr, P_SCALE: gl.constexpr):
+    """The online softmax's step to running max m_new: alpha (the old terms' factor), the row sums rescaled plus this
+    tile's P, and P stored for PV; returns after the barrier that puts both warpgroups' P in shared memory."""
+    alpha = gl.exp2(m_i - m_new)
+    p_t = gl.exp2(s_t - m_new[None, :])
+    l_acc = l_acc * alpha[None, :] + p_t
+    p_out = _store_p(p_b, p_t, PV_FP8, P_SCALE)
+    fence_async_shared()
+    _cta_barrier()  # both warpgroups' P rows are in shared memory before either PV reads them
+    return alpha, l_acc, p_out
+
+
+@gluon.jit
 def _lazy_softmax(s_t, acc, l_acc, m_i, m_all, p_b, pm, LO: gl.constexpr, PV_FP8: gl.constexpr,
                   P_SCALE: gl.constexpr):  # fmt: skip
     """A tile's P with the running max as it stands, which moves only when the tile's scores would overflow P's
@@ -189,13 +202,8 @@ def _lazy_softmax(s_t, acc, l_acc, m_i, m_all, p_b, pm, LO: gl.constexpr, PV_FP8
     if gl.max(need - m_all, axis=0) > GROW:
         m_all = gl.maximum(m_all, need)
         m_new = gl.convert_layout(m_all, m_i.type.layout)
-        alpha = gl.exp2(m_i - m_new)
-        p_t = gl.exp2(s_t - m_new[None, :])
-        l_acc = l_acc * alpha[None, :] + p_t
+        alpha, l_acc, p_out = _rescaled_p(s_t, l_acc, m_i, m_new, p_b, PV_FP8, P_SCALE)
         m_i = m_new
-        p_out = _store_p(p_b, p_t, PV_FP8, P_SCALE)
-        fence_async_shared()
-        _cta_barrier()
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, LO))[None, :]
     else:
         l_acc = l_acc + p_t
@@ -253,13 +261,8 @@ def _mma(Q, O, PartO, PartLse, kv_indptr, base, start, end, b0, p, qk_scale, v_s
                                                                 LO, PV_FP8, P_SCALE)  # fmt: skip
                 else:
                     m_new = gl.maximum(m_i, gl.ceil(gl.max(s_t, axis=0)))
-                    alpha = gl.exp2(m_i - m_new)
-                    p_t = gl.exp2(s_t - m_new[None, :])
-                    l_acc = l_acc * alpha[None, :] + p_t
+                    alpha, l_acc, p_b = _rescaled_p(s_t, l_acc, m_i, m_new, p_b, PV_FP8, P_SCALE)
                     m_i = m_new
-                    p_b = _store_p(p_b, p_t, PV_FP8, P_SCALE)
-                    fence_async_shared()
-                    _cta_barrier()  # both warpgroups' P rows are in shared memory before either PV reads them
                 if PV_FP8:
                     v_t = v_s.index(t % NV)
                 else:
