@@ -60,3 +60,22 @@ def test_stall_summary_orders_reasons_and_keeps_units() -> None:
                          check=True).stdout  # fmt: skip
     assert "_mla_partial_kernel" in out and "time 135.2 usecond" in out
     assert out.index("wait 2.50") < out.index("barrier 0.70")
+
+
+def test_sass_top_splits_partitions_and_ranks_instructions() -> None:
+    """ncu_sass_top.py on a two-kernel source-page CSV: per kernel the samples, each warp-specialized partition's
+    share (split at USETMAXREG) and the instructions with the most samples, with their largest stall reasons."""
+    hdr = '"Address","Source","Warp Stall Sampling (All Samples)","# Samples","stall_long_sb","stall_barrier",' \
+          '"stall_barrier (Not Issued)"'  # fmt: skip
+    rows = ['"0x0","USETMAXREG.DEALLOC.CTAPOOL 0x18","1","1","0","1","9"',
+            '"0x1","LDS R1, [R2]","30","30","29","1","0"',
+            '"0x2","USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0x58","0","0","0","0","0"', '"0x3","NOP","0","0","0","0","0"',
+            '"0x4","NOP","0","0","0","0","0"', '"0x5","BAR.SYNC 0x0","69","69","0","69","0"']  # fmt: skip
+    csv_text = "\n".join(['"Kernel Name","k_ws",', hdr, *rows, '"Kernel Name","k2",', hdr, rows[1]]) + "\n"
+    out = subprocess.run(["python3", str(SCRIPTS / "ncu_sass_top.py"), "3"], input=csv_text, capture_output=True,
+                         text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert out[0] == "k_ws: 100 samples, 6 instructions"
+    assert out[1] == "  partitions (SASS between USETMAXREGs): #1 31.0%, #2 69.0%"
+    assert out[2].split()[:4] == ["69.0%", "#2", "BAR.SYNC", "0x0"] and out[2].endswith("barrier 69")
+    assert out[3].split()[:2] == ["30.0%", "#1"] and out[3].endswith("long_sb 29, barrier 1")
+    assert out[5] == "k2: 30 samples, 1 instructions" and len(out) == 7

@@ -33,6 +33,8 @@ for c in $CASES; do
   [ -f "$N/$name.ncu-rep" ] || continue
   "$NCU" -i "$N/$name.ncu-rep" --page details > "$N/$name.txt" 2>&1
   "$NCU" -i "$N/$name.ncu-rep" --page source --print-source sass --csv > "$N/$name.sass.csv" 2>&1
+  # where the stall samples sit, per warp-specialized partition and instruction (small enough to commit)
+  python3 scripts/device/ncu_sass_top.py 25 < "$N/$name.sass.csv" > "$N/$name.sass_top.txt" 2>&1
   # the stall breakdown per kernel (cycles per issued instruction by reason), which the details page summarizes
   "$NCU" -i "$N/$name.ncu-rep" --page raw --csv 2>/dev/null | python3 scripts/device/ncu_stalls.py > "$N/$name.stalls.txt"
   cat "$N/$name.stalls.txt"
