@@ -327,9 +327,10 @@ SWEEP_VARIANTS = {
     # Round 12 (engine gluon_ws, gluon_sm90_ws.py; sm90 AOT only so far): both GEMMs as one persistent
     # warp-specialized kernel each (loader, weight decoder and MMA warpgroups over mbarriers), at most one CTA an SM
     # walking (expert block, N tile, K split) items; the bucket's BLOCK_M, split1, y_bf16 and pdl; 4 ring slots, or
-    # the most that fit at BLOCK_M 64 (GEMM2 on 64-row tiles)
-    "ws": {"engine": "gluon_ws", "BLOCK_N1": 64, "stages1": 4, "stages2": 4},
-    "ws_deep": {"engine": "gluon_ws", "BLOCK_N1": 64, "BLOCK_N2": 64, "stages1": 5, "stages2": 6},
+    # the most that fit at BLOCK_M 64 (GEMM2 on 64-row tiles). w4a4 with a_qdq at every bucket (the kernel takes
+    # bf16 activations; without it a w4a4 bucket would run, and time, the Triton kernels under this name)
+    "ws": {"engine": "gluon_ws", "BLOCK_N1": 64, "stages1": 4, "stages2": 4, "a_qdq": True},
+    "ws_deep": {"engine": "gluon_ws", "BLOCK_N1": 64, "BLOCK_N2": 64, "stages1": 5, "stages2": 6, "a_qdq": True},
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
     "p16_bm64": {**_P16, "BLOCK_M": 64, "BLOCK_N1": 64, "warps1": 4, "swap": True, "b_regs": True},
     "p16_bn128": {**_P16, "swap": False},

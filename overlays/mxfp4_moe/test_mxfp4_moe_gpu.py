@@ -217,9 +217,7 @@ def test_ws_engine_matches_reference_at_real_shapes(model, variant, m):
     against the reference as the serving path is checked, and the same bits on a second call."""
     name, w, ws = model
     x, ids, tw = make_routing(name, m, seed=7)
-    cfg, _ = variant_cfg(pick_config(w, m, ids.shape[1]), SWEEP_VARIANTS[variant])
-    if w.a4:
-        cfg = cfg.replace(a_qdq=True)
+    cfg, _ = variant_cfg(pick_config(w, m, ids.shape[1]), SWEEP_VARIANTS[variant])  # w4a4: a_qdq (the rows set it)
     plan = make_plan(ws, config=cfg)
     assert plan.launches["forced"].ws is not None, plan
     out = fused_moe_mxfp4(x, ws, ids, tw, plan)
@@ -251,7 +249,7 @@ def test_ws_engine_graph_replay_follows_new_routing(model):
     name, w, ws = model
     x, ids, tw = make_routing(name, 4, seed=11)
     cfg, _ = variant_cfg(pick_config(w, 4, ids.shape[1]), SWEEP_VARIANTS["ws"])
-    plan = make_plan(ws, config=cfg.replace(a_qdq=True) if w.a4 else cfg)
+    plan = make_plan(ws, config=cfg)
     fused_moe_mxfp4(x, ws, ids, tw, plan)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
