@@ -32,10 +32,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-try:  # the CTA barrier's name: Triton 3.7 `barrier`, 3.6 `thread_barrier`
-    from triton.experimental.gluon.language import barrier as _cta_barrier
-except ImportError:
-    from triton.experimental.gluon.language import thread_barrier as _cta_barrier
+from speedrun.overlays.mx.gluon_helpers import cta_barrier as _cta_barrier
 
 
 @gluon.jit
