@@ -19,11 +19,15 @@ for recipe in "$@"; do
   left=$(( DEADLINE - 15 - ($(date +%s) - START) ))   # 15 s kept for the tarball
   (( left < 90 )) && { echo "SKIPPED (deadline): $recipe" | tee -a "$R/skipped.txt"; continue; }
   echo "=== [$left s left] speedrun run $recipe ${RUN_ARGS:-}"
+  # FlashMLA's prefill is FlashInfer's, JIT-compiled into ~/.cache/flashinfer on first use (~100 s on a fresh
+  # machine): whichever side starts first pays it, so each server's start is read with this line beside it
+  echo "flashinfer JIT cache before $recipe: $(find ~/.cache/flashinfer -name '*.so' 2>/dev/null | wc -l) .so" \
+    | tee -a "$R/$recipe.jit_cache.txt"
   # SIGTERM from timeout: speedrun tears its server down and keeps the partial results
   timeout "$left" speedrun run "$recipe" --out "$R/$recipe" ${SIDES:+--sides "$SIDES"} ${RUN_ARGS:-} --no-progress 2>&1 \
     | tee "$R/$recipe.log" | tail -n 45
   # When each Triton kernel compiled (its cache's metadata files, by time; the server logs carry wall clock): a
-  # compile after the server's start is one the load-time warm-up missed (round 12: a 100 s first prefill)
+  # compile after the server's start is one the load-time warm-up missed
   find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.json' ! -name '__grp__*' -printf '%TT %f\n' 2>/dev/null \
     | sort > "$R/$recipe.triton_compiles.txt"
   IFS=';' read -ra sets <<< "${ABLATE:-}"
