@@ -138,6 +138,7 @@ def settings_for(recipe: Recipe, side: Side, report_dir: Path | None = None) -> 
         ops=tuple(ops),
         backends={op: getattr(o, op).backend for op in ops},
         mla_decode_compute=o.mla_decode.compute if "mla_decode" in ops else None,
+        mla_decode_kv_store=o.mla_decode.kv_store if "mla_decode" in ops else "fused",
         mxfp4_moe_layout=o.mxfp4_moe.layout if "mxfp4_moe" in ops else None,
         mxfp4_moe_stock_fp8=o.mxfp4_moe.stock_fp8 if "mxfp4_moe" in ops else "per_call",
         mxfp4_gemm_stock_fp8=o.mxfp4_gemm.stock_fp8 if "mxfp4_gemm" in ops else "per_call",

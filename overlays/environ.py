@@ -24,6 +24,7 @@ from speedrun.overlays.ops import BACKENDS, OPS, Backend, Op
 SETTINGS = "SPEEDRUN_SETTINGS"
 DEFAULT_BACKEND: Backend = "triton"
 MlaCompute = Literal["a8w8", "a16"]
+MlaKvStore = Literal["fused", "stock"]
 MoeLayout = Literal["swz", "swzg16", "swzg64", "plain"]
 StockFp8 = Literal["per_call", "resident"]
 GemmStockFp8 = Literal["per_call", "resident", "off"]
@@ -41,6 +42,11 @@ class PluginSettings(BaseModel):
     )
     mla_decode_compute: MlaCompute | None = Field(
         None, description="how fp8 KV caches compute; unset: each config bucket's fp8_compute"
+    )
+    mla_decode_kv_store: MlaKvStore = Field(
+        "fused",
+        description="how a decode step writes its latent rows into an fp8 cache: fused (one launch a layer: scale, "
+        "cast and scatter) or stock (SGLang's in-place divide, cast and index_put)",
     )
     mxfp4_moe_layout: MoeLayout | None = Field(
         None,
@@ -167,6 +173,7 @@ def _add(var: EnvVar) -> EnvVar:
 OVERLAYS = _add(EnvVar("SPEEDRUN_OVERLAYS", "ops", op_list))
 BACKEND = {op: _add(EnvVar(f"SPEEDRUN_{op.upper()}_BACKEND", "backends", key=op)) for op in OPS}
 MLA_DECODE_COMPUTE = _add(EnvVar("SPEEDRUN_MLA_DECODE_COMPUTE", "mla_decode_compute"))
+MLA_DECODE_KV_STORE = _add(EnvVar("SPEEDRUN_MLA_DECODE_KV_STORE", "mla_decode_kv_store"))
 MXFP4_MOE_LAYOUT = _add(EnvVar("SPEEDRUN_MXFP4_MOE_LAYOUT", "mxfp4_moe_layout"))
 MXFP4_MOE_STOCK_FP8 = _add(EnvVar("SPEEDRUN_MXFP4_MOE_STOCK_FP8", "mxfp4_moe_stock_fp8"))
 MXFP4_GEMM_STOCK_FP8 = _add(EnvVar("SPEEDRUN_MXFP4_GEMM_STOCK_FP8", "mxfp4_gemm_stock_fp8"))

@@ -130,12 +130,16 @@ class OverlayOp(Strict):
 
 
 class MLADecodeOp(OverlayOp):
-    """overlays.mla_decode: an OverlayOp plus how an fp8 KV cache is computed (only this op takes it)."""
+    """overlays.mla_decode: an OverlayOp plus how an fp8 KV cache is computed and written (only this op takes
+    them)."""
 
     compute: environ.MlaCompute | None = Field(
         None,
         description="fp8 KV caches: a8w8 = q quantized to fp8 on the fly, fp8 MMAs (the finals' aiter reference); "
         "a16 = the cache upcast to 16 bits. Unset: each config bucket's fp8_compute (shipped: sm90 a16, gfx950 a8w8)",
+    )
+    kv_store: environ.MlaKvStore = Field(
+        "fused", description=environ.PluginSettings.model_fields["mla_decode_kv_store"].description
     )
 
 

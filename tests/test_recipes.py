@@ -199,7 +199,7 @@ def test_recipe_to_env_to_plugin_settings_round_trip(tmp_path, monkeypatch):
     """What the launcher builds from a recipe is what the plugin loads in the server process, field by field."""
     r = load_recipe("synth-deepseek-mxfp4-h100")
     data = r.model_dump(exclude_unset=True)
-    data["overlays"]["mla_decode"]["compute"] = "a16"
+    data["overlays"]["mla_decode"].update(compute="a16", kv_store="stock")
     data["overlays"]["mxfp4_moe"] = {"backend": "reference", "layout": "plain", "stock_fp8": "resident"}
     data["overlays"]["mxfp4_gemm"] = {"aiter_kernel": "afp4wfp4", "stock_fp8": "resident"}
     r = load_recipe(write(tmp_path, data))
@@ -218,8 +218,10 @@ def test_recipe_to_env_to_plugin_settings_round_trip(tmp_path, monkeypatch):
     )
     assert (loaded.synthetic_fill, loaded.seed, loaded.report_dir) == (True, 0, tmp_path / "rep")
     assert loaded.mxfp4_moe_stock_fp8 == loaded.mxfp4_gemm_stock_fp8 == "resident"
+    assert loaded.mla_decode_kv_store == "stock"
     base = settings_for(r, Side.BASELINE)
     assert base.ops == () and base.mla_decode_compute is None and base.mxfp4_moe_layout is None
+    assert base.mla_decode_kv_store == "fused"
     assert base.mxfp4_moe_stock_fp8 == base.mxfp4_gemm_stock_fp8 == "per_call"
 
 

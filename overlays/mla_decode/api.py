@@ -42,7 +42,14 @@ from speedrun.overlays.mla_decode.config import (
     PvSplit,
     check_table,
 )
-from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, D_ROPE, _mla_merge_kernel, _mla_partial_kernel
+from speedrun.overlays.mla_decode.kernels import (
+    D_LATENT,
+    D_QK,
+    D_ROPE,
+    _kv_store_kernel,
+    _mla_merge_kernel,
+    _mla_partial_kernel,
+)
 from speedrun.overlays.pdl import dependent
 
 LOG2E = 1.4426950408889634
@@ -180,6 +187,21 @@ def mla_decode(
         H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, DL=D_LATENT, **plan.merge_opts, **dependent(plan.pdl),
     )  # fmt: skip
     return o
+
+
+def store_kv(k: torch.Tensor, loc: torch.Tensor, cache: torch.Tensor, k_scale: torch.Tensor | None) -> None:
+    """cache[loc[i]] = (k[i] / k_scale) in the cache's dtype, in one launch (CUDA-graph safe).
+
+    k: [bs, 576] or [bs, 1, 576], bf16/fp16, unit stride in the last dim (the step's new latent rows);
+    loc: [bs] int32/int64 cache rows; cache: [slots, 1, 576] (fp8 in SGLang's MLA pool); k_scale: a float32
+    scalar tensor or None (no scaling). The bytes are SGLang's own store's (`k.div_(k_scale)` then the cast:
+    reference.store_kv_reference)."""
+    bs = k.shape[0]
+    if bs:
+        _kv_store_kernel[(bs,)](
+            k, loc, cache, k if k_scale is None else k_scale, k.stride(0), cache.stride(0),
+            D=D_QK, BLOCK_D=triton.next_power_of_2(D_QK), SCALED=k_scale is not None,
+        )  # fmt: skip
 
 
 def check_inputs(q: torch.Tensor, kv: torch.Tensor, o: torch.Tensor, plan: MlaDecodePlan) -> None:
@@ -486,4 +508,4 @@ def kv_strides(kv: torch.Tensor, page_size: int) -> tuple[int, int]:
     return kv.stride(0) * page_size, kv.stride(0)
 
 
-__all__ = ["Compute", "MlaDecodePlan", "check_inputs", "make_plan", "mla_decode"]
+__all__ = ["Compute", "MlaDecodePlan", "check_inputs", "make_plan", "mla_decode", "store_kv"]

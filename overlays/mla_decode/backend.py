@@ -2,9 +2,11 @@
 
 TritonAttnBackend calls `self.decode_attention_fwd(q, k_buffer, v_buffer, o, kv_indptr, kv_indices,
 attn_logits, attn_lse, num_kv_splits, max_kv_splits, sm_scale, k_scale, v_scale, ...)` from forward_decode,
-eager and under CUDA graphs, with its own metadata. Swapping that one callable keeps stock prefill, KV
-writes and graph metadata; our kernel reuses attn_logits/attn_lse as its split workspace when they are
+eager and under CUDA graphs, with its own metadata. Swapping that one callable keeps stock prefill and
+graph metadata; our kernel reuses attn_logits/attn_lse as its split workspace when they are
 large enough (they are sized for the graph's max batch), else a buffer sized once in init_cuda_graph_state.
+An fp8 cache's decode-step KV write is ours too (`forward_decode`: one launch a layer where stock takes three;
+the bytes are the same).
 Imports sglang at module import: only `sglang_hook.create_backend` imports this module, inside SGLang.
 The plan (config, knobs, split width) is built once per (q dtype, KV dtype, page size); a decode step only
 looks it up and launches.
@@ -48,8 +50,11 @@ class SpeedrunMLABackend(TritonAttnBackend):
         plan = self.init_plan
         kernel = self.impl if self.impl != "triton" else api.engine(plan.cfg, plan.kv_dtype).value
         route = f"MLA decode: {kernel} kernel, {self.compute or 'a16'} on {kv_dtype} KV"
+        why = _fused_store_refusal(self)
+        self.fused_store = why is None
+        store = "KV store: ours, one launch a layer" if why is None else f"KV store: stock ({why})"
         report.record(mla_decode_compute=self.compute, mla_decode_kv_cache_dtype=str(kv_dtype),
-                      mla_decode_kernel=kernel, mla_decode_routes=[route])  # fmt: skip
+                      mla_decode_kernel=kernel, mla_decode_routes=[route, store])  # fmt: skip
         self.programs = self.init_plan.programs  # the split width: one for every dtype and page size of the model
         self.own_ws: tuple[torch.Tensor, torch.Tensor] | None = None
         self.aiter_bufs: dict[str, torch.Tensor] = {}
@@ -79,6 +84,15 @@ class SpeedrunMLABackend(TritonAttnBackend):
         super().init_forward_metadata_out_graph(forward_batch, in_capture=in_capture)
         if not in_capture and getattr(self, "graphs_run_ours", False) and forward_batch.forward_mode.is_decode():
             report.called("mla_decode/graph_replay")
+
+    def forward_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
+                       save_kv_cache: bool = True, **kwargs: Any) -> torch.Tensor:  # fmt: skip
+        """Stock forward_decode, with the step's latent rows stored into an fp8 cache by our one-launch store."""
+        if save_kv_cache and self.fused_store and k is not None:
+            cache = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
+            api.store_kv(k, forward_batch.out_cache_loc, cache, layer.k_scale)
+            save_kv_cache = False
+        return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
 
     def _fits(self, logits: torch.Tensor | None, lse: torch.Tensor | None, bs: int) -> bool:
         return self.init_plan.fits(logits, lse, bs)  # the workspace depends on heads and the split width only
@@ -147,6 +161,24 @@ class SpeedrunMLABackend(TritonAttnBackend):
                        kv_last_page_lens=bufs["last_page_len"][:bs], max_seqlen_q=1, sm_scale=sm_scale,
                        logit_cap=0.0)  # fmt: skip
         return o
+
+
+def _fused_store_refusal(backend: SpeedrunMLABackend) -> str | None:
+    """Why the decode step's KV store stays stock's (None: ours serves it). Ours writes what SGLang's
+    MLATokenToKVPool.set_kv_buffer writes for an fp8 cache (rows at forward_batch.out_cache_loc), so it serves
+    exactly that pool class, without decode context parallelism."""
+    from sglang.srt.mem_cache.memory_pool import MLATokenToKVPool
+
+    pool = backend.token_to_kv_pool
+    if environ.settings().mla_decode_kv_store == "stock":
+        return "setting mla_decode_kv_store stock"
+    if not backend.use_mla or type(pool) is not MLATokenToKVPool:
+        return f"pool {type(pool).__name__} is not SGLang's MLATokenToKVPool"
+    if pool.dtype not in api.KV_DTYPES[2:]:
+        return f"{pool.dtype} cache: stock's store is one launch already"
+    if getattr(backend, "dcp_size", 1) != 1:
+        return "decode context parallelism"
+    return None
 
 
 def _reference(q, kv, o, kv_indptr, kv_indices, sm_scale, k_scale, v_scale, page_size, a8w8_pv=None):

@@ -586,3 +586,20 @@ def _mla_merge_kernel(
                 acc = acc * alpha + tl.sum(w * part, axis=0)
                 m = m_new
             tl.store(o_ptr, (acc / den * v_scale).to(O.dtype.element_ty))
+
+
+@triton.jit
+def _kv_store_kernel(K, LOC, CACHE, SCALE, stride_k, stride_c, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                     SCALED: tl.constexpr):  # fmt: skip
+    """Row i of the decode step's latent k (16-bit [bs, D]) into the cache row loc[i], cast to the cache's dtype.
+    Why one kernel: SGLang's triton decode path stores an fp8 cache in three launches a layer (k.div_(k_scale)
+    in place, the cast, the index_put), each a few µs at decode batch sizes. SCALED: k / k_scale rounded to k's
+    dtype first, as the in-place div leaves it, so the bytes are SGLang's."""
+    i = tl.program_id(0)
+    col = tl.arange(0, BLOCK_D)
+    mask = col < D
+    k = tl.load(K + i * stride_k + col, mask=mask)
+    if SCALED:
+        k = (k.to(tl.float32) / tl.load(SCALE)).to(K.dtype.element_ty)
+    loc = tl.load(LOC + i).to(tl.int64)  # through fp32 (exact): one rounding, to nearest even, as torch's cast
+    tl.store(CACHE + loc * stride_c + col, k.to(tl.float32).to(CACHE.dtype.element_ty), mask=mask)

@@ -159,3 +159,12 @@ def a8w8_p_rounding_bound(
             top = c.topk(min(flips, c.shape[1]), dim=1).values
         out[b] = top.sum(dim=1)
     return out
+
+
+def store_kv_reference(k: torch.Tensor, loc: torch.Tensor, cache: torch.Tensor, k_scale: torch.Tensor | None) -> None:
+    """SGLang 0.5.17's decode store of an MLA cache (TritonAttnBackend.forward_decode, MLATokenToKVPool): k
+    divided in place by k_scale in its own dtype, cast to the cache's dtype, written at loc."""
+    k = k.reshape(k.shape[0], -1)
+    if k_scale is not None:
+        k = k / k_scale
+    cache.view(-1, cache.shape[-1])[loc.long()] = k.to(cache.dtype)

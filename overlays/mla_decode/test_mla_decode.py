@@ -334,6 +334,45 @@ def test_forward_decode_call_matches_our_signature() -> None:
         assert len(call.args) <= len(params) and {k.arg for k in call.keywords} <= set(params)
 
 
+def _method_source(rel: str, cls: str, name: str) -> str:
+    tree = ast.parse(sglang_file(rel).read_text())
+    klass = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    fn = next(n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    return ast.unparse(fn)
+
+
+def test_stock_decode_store_is_what_store_kv_replaces() -> None:
+    """Our fused store (backend.forward_decode -> api.store_kv) writes what SGLang's triton decode writes into an
+    MLA cache: k divided in place by layer.k_scale, then MLATokenToKVPool.set_kv_buffer at the KVWriteLoc's
+    plain loc, forward_batch.out_cache_loc, cast to the pool's dtype and stored through its uint8 view."""
+    decode = _method_source("sglang/srt/layers/attention/triton_backend.py", "TritonAttnBackend", "forward_decode")
+    assert "k.div_(layer.k_scale)" in decode
+    assert "self.token_to_kv_pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc" in decode
+    store = _method_source("sglang/srt/mem_cache/memory_pool.py", "MLATokenToKVPool", "set_kv_buffer")
+    assert "loc, _, _ = unwrap_write_loc(loc_info)" in store
+    assert "cache_k = cache_k.to(self.dtype)" in store
+    assert "self.kv_buffer[layer_id - self.start_layer][loc] = cache_k.view(self.store_dtype)" in store
+
+
+@pytest.mark.parametrize("k_scale", [None, 1.0, 0.37])
+@pytest.mark.parametrize("bs", [1, 5, 32])
+def test_store_kv_matches_sglangs_store(bs: int, k_scale: float | None) -> None:
+    """api.store_kv vs SGLang's three-step store (reference.store_kv_reference), byte for byte, past the fp8 range
+    included; rows not written stay as they were."""
+    from speedrun.overlays.mla_decode.reference import store_kv_reference
+
+    g = torch.Generator().manual_seed(bs)
+    k = (torch.randn(bs, 1, 576, generator=g) * 4).to(torch.bfloat16).to(DEV)
+    k[0, 0, :3] = torch.tensor([600.0, -1e4, 3e-5])
+    loc = torch.randperm(4 * bs, generator=g)[:bs].to(DEV)
+    scale = None if k_scale is None else torch.tensor(k_scale, device=DEV)
+    cache = torch.randn(4 * bs + 1, 1, 576, generator=g).to(DEV).to(torch.float8_e4m3fn)
+    ref = cache.clone()
+    api.store_kv(k, loc.int(), cache, scale)
+    store_kv_reference(k.clone(), loc, ref, scale)
+    assert torch.equal(cache.view(torch.uint8), ref.view(torch.uint8))
+
+
 def test_table_row() -> None:
     import speedrun.overlays as overlays
 

@@ -559,3 +559,49 @@ def test_kv16_gluon_bf16_cache(page_size):
         ref = mla_decode_reference(q, view, indptr, slots, SM_SCALE, 1.0, 1.0, page_size)
         assert torch.isfinite(o.float()).all(), f"kv16 gluon bs={len(lens)}: non-finite output"
         check(o, ref, f"kv16 gluon bs={len(lens)} ps={page_size}")
+
+
+@pytest.mark.parametrize("k_scale", [None, 0.37])
+@pytest.mark.parametrize("bs", [1, 32, 128])
+def test_store_kv_matches_sglangs_pool_write(bs, k_scale):
+    """api.store_kv against SGLang's own code for an fp8 MLA cache (what TritonAttnBackend.forward_decode does:
+    k.div_(layer.k_scale), then MLATokenToKVPool.set_kv_buffer, run unbound on the pool's fields), byte for
+    byte; then under a CUDA graph replayed with new rows and locations."""
+    import types
+
+    pool_mod = pytest.importorskip("sglang.srt.mem_cache.memory_pool")
+    from speedrun.overlays.mla_decode import api
+
+    slots = 64 * bs + 64
+    buf = torch.randint(0, 255, (slots, 1, 576), dtype=torch.uint8, device="cuda")
+    pool = types.SimpleNamespace(size=slots - 64, page_size=64, start_layer=0, dsa_kv_cache_store_fp8=False,
+                                 dtype=FP8, store_dtype=torch.uint8, kv_buffer=[buf.clone()])  # fmt: skip
+    layer = types.SimpleNamespace(layer_id=0, k_scale=None if k_scale is None else torch.tensor(k_scale, device="cuda"))
+    k = torch.empty(bs, 1, 576, dtype=torch.bfloat16, device="cuda")
+    loc = torch.empty(bs, dtype=torch.int64, device="cuda")
+    ours = buf.clone()
+
+    def fill(seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        k.copy_(torch.randn(bs, 1, 576, device="cuda", generator=g) * 40)
+        loc.copy_(torch.randperm(slots - 64, device="cuda", generator=g)[:bs])
+
+    def stock():
+        kk = k.clone()
+        if layer.k_scale is not None:
+            kk.div_(layer.k_scale)
+        pool_mod.MLATokenToKVPool.set_kv_buffer(pool, layer, loc, kk, None)
+
+    fill(0)
+    stock()
+    api.store_kv(k, loc, ours.view(FP8), layer.k_scale)
+    assert torch.equal(ours, pool.kv_buffer[0])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        api.store_kv(k, loc, ours.view(FP8), layer.k_scale)
+    for seed in (1, 2):
+        fill(seed)
+        graph.replay()
+        stock()
+        torch.cuda.synchronize()
+        assert torch.equal(ours, pool.kv_buffer[0]), f"replay with seed {seed}"
