@@ -27,9 +27,9 @@ from speedrun.recipe import Recipe, Side
 CATEGORIES = (
     (
         "moe",
-        r"moe|expert|matmul_ogs|topk|routing|_gemm[12]_kernel|align_block|_align_small|sort|combine_kernel"
+        r"moe|expert|matmul_ogs|topk|routing|_gemm[12]_kernel|align_block|_align_small|sort|(?<!mla_)combine_kernel"
         r"|quant_rows_kernel|quant_fp8_rows_kernel",
-    ),  # ours too: the MoE's quantizers and combine
+    ),  # ours too: the MoE's quantizers and combine (FlashMLA's split-KV combine is attention)
     ("norm/act", r"norm|silu|gelu|swiglu|act_and_mul|rotary|rope"),
     ("attention", r"mla|attn|attention|fmha|_fwd_kernel|_fwd_grouped_kernel|decode_|extend|merge_state"),
     ("gemm", r"gemm|gemv|matmul|cublas|cutlass|sm90_xmma|nvjet|wgmma|mxfp4|fp8|quant"),

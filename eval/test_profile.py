@@ -38,7 +38,8 @@ def test_summary_sums_by_kernel_and_category_and_measures_busy_time():
     "name,cat",
     [("quant_rows_kernel", "moe"), ("quant_fp8_rows_kernel", "moe"), ("combine_kernel", "moe"),
      ("_align_small_kernel", "moe"), ("mxfp4_gemm_kernel", "gemm"),
-     ("mxfp4_quant_kernel", "gemm"), ("mla_partial_sm90", "attention"), ("_mla_merge_kernel", "attention")],
+     ("mxfp4_quant_kernel", "gemm"), ("mla_partial_sm90", "attention"), ("_mla_merge_kernel", "attention"),
+     ("void flash::flash_fwd_splitkv_mla_combine_kernel<cutlass::bfloat16_t, float, long, 512, 16>", "attention")],
 )  # fmt: skip
 def test_our_kernels_land_in_their_ops_category(name: str, cat: str) -> None:
     """The decode profile's per-op table puts each of our kernels under its op (the MoE's quantizer and combine
