@@ -1,7 +1,7 @@
 """AOT compile specs for the MLA decode kernels: per config bucket, the partial kernel for bf16 and fp8 KV
 (it must use the matrix unit), for fp8 KV also the a8w8 kernel with fp8 and with f16 PV (it must use the fp8
 matrix instructions; on gfx950 with >= 2 waves per SIMD and no spills), on sm90 the Gluon a8w8 kernels (heads <= 16:
-gluon_sm90.py and its warp-specialized form), and the merge kernel."""
+gluon_sm90.py and its warp-specialized form), the merge kernel, and the decode step's fp8 KV store."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from speedrun.overlays.arch import is_amd, pdl_ok
 from speedrun.overlays.buckets import parse
 from speedrun.overlays.mla_decode import api
 from speedrun.overlays.mla_decode.config import Compute, Engine, MlaBucket, Pv
-from speedrun.overlays.mla_decode.kernels import D_LATENT, D_ROPE, _mla_merge_kernel
+from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, D_ROPE, _kv_store_kernel, _mla_merge_kernel
 
 KV_TYPES = {"bf16": "*bf16", "fp8": "*fp8e4nv"}  # fp8 e4m3fn (OCP): sm90 and gfx950 both take it
 KV_TORCH = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
@@ -82,6 +82,15 @@ def merge_spec(bucket: str, heads: int, cfg: MlaBucket, block_dv: int, arch: str
     )
 
 
+def store_spec(arch: str) -> CompileSpec:
+    """The fp8 KV store (api.store_kv) as served: bf16 rows, a k_scale, int64 locations (SGLang's out_cache_loc)."""
+    const = {"D": D_QK, "BLOCK_D": 1024, "SCALED": True}
+    sig = {"K": "*bf16", "LOC": "*i64", "CACHE": "*fp8e4nv", "SCALE": "*fp32", "stride_k": "i32", "stride_c": "i32",
+           **dict.fromkeys(const, "constexpr")}  # fmt: skip
+    attrs = aligned(sig, "K", "LOC", "CACHE", "stride_k", "stride_c")
+    return CompileSpec("mla_decode/kv_store[fp8]", _kv_store_kernel, sig, const, {"num_warps": 4}, attrs=attrs)
+
+
 def compile_specs(arch: str) -> list[CompileSpec]:
     """Per bucket: the partial kernel for each KV format, the merge at the smallest and largest column block."""
     specs = []
@@ -104,6 +113,7 @@ def compile_specs(arch: str) -> list[CompileSpec]:
             if gluon and cfg.kv16_engine != Engine.GLUON:
                 specs.append(partial_spec(bucket, heads, cfg.replace(**GLUON_KV16), "bf16", arch))
         specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg.merge.min_block_dv, D_LATENT)]
+    specs.append(store_spec(arch))
     once: dict[str, CompileSpec] = {}  # each kernel once, where first listed (the served one first)
     for spec in specs:
         once.setdefault(spec.name, spec)

@@ -230,8 +230,8 @@ def test_compiles_for_arch(arch: str) -> None:
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     # 3 buckets x (bf16 partial, fp8 partial, fp8 a8w8 partial with fp8 PV and with f16 PV, 2 merges); sm90 also
     # the Gluon kernel on fp8 (a8w8) and bf16 caches (heads<=16) and its warp-specialized form (fp8, PV f16; eager and
-    # lazy running max)
-    assert len(results) == 18 + 4 * (arch == "sm90"), proc.stderr[-2000:]
+    # lazy running max), and the fp8 KV store
+    assert len(results) == 19 + 4 * (arch == "sm90"), proc.stderr[-2000:]
     if arch == "sm90":  # QK at n8 (the warpgroups split the heads), PV at n16 (they split the output rows)
         ws = {r["name"]: sorted(r["mma"]) for r in results if r["name"].endswith(",gluon_ws]")}
         assert ws == {"mla_decode/partial[heads<=16,fp8,a8w8,pv-f16,gluon_ws]": [
