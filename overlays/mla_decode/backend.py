@@ -91,6 +91,7 @@ class SpeedrunMLABackend(TritonAttnBackend):
         if save_kv_cache and self.fused_store and k is not None:
             cache = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
             api.store_kv(k, forward_batch.out_cache_loc, cache, layer.k_scale)
+            report.called("mla_decode/kv_store")  # eager calls and graph captures (replays run it uncounted)
             save_kv_cache = False
         return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
 
