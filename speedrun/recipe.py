@@ -4,6 +4,7 @@ path and what was expected."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -603,7 +604,14 @@ def resolve_path(name_or_path: str | Path) -> Path:
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load keeps the last of two equal keys without a word; in a recipe that hides a mistake."""
+    """yaml.safe_load keeps the last of two equal keys without a word; in a recipe that hides a mistake. Booleans
+    are YAML 1.2's, true and false only: YAML 1.1 also reads on/off/yes/no as booleans, which would turn a value
+    such as `stock_fp8: off` into False (bool fields still take those words: pydantic reads them)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first: dict[Any, int] = {}
@@ -615,6 +623,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 raise DuplicateKey(key, key_node.start_mark.line + 1, first[key])
             first[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 class DuplicateKey(yaml.YAMLError):

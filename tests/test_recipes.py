@@ -128,6 +128,19 @@ def test_duplicate_key_names_the_key_and_its_lines(tmp_path):
         load_recipe(path)
 
 
+def test_off_is_a_word_and_only_true_false_are_booleans(tmp_path):
+    """YAML 1.1 would read `off` as False (failing `stock_fp8: off` as "got False"); recipes read booleans as YAML
+    1.2 does, so `yes` in a boolean field is a one-line error naming the field."""
+    text = "name: t\nmodel: {path: m}\nhardware: {platform: cuda, arch: sm90, gpus: 1}\n"
+    text += "overlays:\n  mla_decode: {enabled: false}\n  mxfp4_gemm: {stock_fp8: off, enabled: True}\n"
+    r = load_recipe(write(tmp_path, text))
+    assert r.overlays.mxfp4_gemm.stock_fp8 == "off" and r.overlays.mxfp4_gemm.enabled is True
+    assert r.overlays.mla_decode.enabled is False
+    path = write(tmp_path, text + "server: {disable_radix_cache: yes}\n")
+    with pytest.raises(RecipeError, match=r"server.disable_radix_cache: Input should be a valid boolean \(got 'yes'\)"):
+        load_recipe(path)
+
+
 def test_merge_key_override_is_not_a_duplicate(tmp_path):
     """A key next to a `<<` merge overrides the merged one (YAML's rule), and aliases are fine."""
     text = "name: t\nmodel: {path: m}\nhardware: {platform: cuda, arch: sm90, gpus: 1}\n"
