@@ -57,7 +57,8 @@ LOG2E = 1.4426950408889634
 # cost more than it saves, while the flat split already cuts at most one sequence per program.
 SNAP_MAX_BS = 512
 MAX_BS = 8192  # the partial kernel loads kv_indptr[1:bs+1] as one vector to find its first sequence
-KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+FP8_KV_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+KV_DTYPES = (torch.bfloat16, torch.float16, *FP8_KV_DTYPES)
 Q_DTYPES = (torch.bfloat16, torch.float16)
 
 

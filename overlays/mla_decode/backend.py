@@ -175,7 +175,7 @@ def _fused_store_refusal(backend: SpeedrunMLABackend) -> str | None:
         return "setting mla_decode_kv_store stock"
     if not backend.use_mla or type(pool) is not MLATokenToKVPool:
         return f"pool {type(pool).__name__} is not SGLang's MLATokenToKVPool"
-    if pool.dtype not in api.KV_DTYPES[2:]:
+    if pool.dtype not in api.FP8_KV_DTYPES:
         return f"{pool.dtype} cache: stock's store is one launch already"
     if getattr(backend, "dcp_size", 1) != 1:
         return "decode context parallelism"
