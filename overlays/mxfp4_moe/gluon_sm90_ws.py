@@ -56,10 +56,11 @@ def _item(i, n_tiles, split):
 
 @gluon.jit
 def _k_steps(ks, split, KC):
-    """The K steps (128-code chunks) [lo, hi) of split ks of KC."""
+    """The K steps (128-code chunks) [lo, hi) of split ks of KC; empty (hi == lo) for a split past KC (KC 5 in 4
+    splits: 2, 2, 1, 0), so the decoder's step count, a sum of hi - lo, never goes down."""
     per = (KC + split - 1) // split
     lo = ks * per
-    return lo, gl.minimum(lo + per, KC)
+    return lo, gl.maximum(gl.minimum(lo + per, KC), lo)
 
 
 @gluon.jit
