@@ -81,6 +81,10 @@ VARIANTS = {
     # warp's partial max published by P's own barrier: 3 partition barriers a tile instead of 6, no cross-warp
     # reduction and no accumulator rescale while the max holds (round 12's ncu: the per-tile max ~6% of samples)
     "gluon_ws_lazy": {**A8W8, "a8w8": {**WS, "lazy_max": True}},
+    # Round 13: the merge as one program per (sequence, head) over all 512 columns (bs 32: 512 programs of a [8, 512]
+    # tile instead of 1024 of [8, 256]). In round 12's E2E profile our merge took 4.9 µs a layer where FlashMLA's
+    # combine took 2.8
+    "merge_dv512": {"merge": {"BLOCK_P": 8, "min_block_dv": 512, "max_tile": 4096, "num_warps": 4, "num_stages": 2}},
     "fp8_n64_w8": {**A16, "fp8": FP8_N64_W8},
     "fp8_r168_st3": {**A16, "fp8": FP8_R168_ST3},
     # a8w8 on 128-token tiles: 8 warps as two warpgroups along the tokens (M = 128 -> warps [8, 1]), so each QK
@@ -130,7 +134,7 @@ RETIRED = {
 # Variants whose knobs leave the table's fp8 (a16) overrides in place (split/launch knobs, compute, a8w8 knobs) or
 # replace them with their own "fp8".
 SPLIT_VARIANTS = ("default", "pdl", "gluon_ws", "gluon_ws_pv8", "gluon_ws_pv8_h",
-                  "gluon_ws_v1_st3", "gluon_ws_lazy",
+                  "gluon_ws_v1_st3", "gluon_ws_lazy", "merge_dv512",
                   "flat", "a16", "a8w8_pv_fp8", "a8w8_pv_f16",
                   "fp8_n64_w8", "fp8_r168_st3",
                   "a8w8_n128_pv_f16", "a8w8_gluon", "a8w8_gluon_pps1_st3", "gluon_pps1", "gluon_pps1_cvt64",

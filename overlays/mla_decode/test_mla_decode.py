@@ -105,12 +105,13 @@ def test_kernel_matches_reference(name: str) -> None:
 
 ROUND5 = ("fp8_n64_w8", "fp8_r168_st3")  # the round-5 sweep variants (PERF.md): fp8 overrides
 ROUND6 = ("t16_n64_w4",)  # 16-bit tokens-as-M (t16_n64_w8 differs in warps only)
+ROUND13 = ("merge_dv512",)  # the merge over all 512 columns a program
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.bfloat16], ids=["fp8", "bf16"])
-@pytest.mark.parametrize("variant", ROUND5 + ROUND6)
+@pytest.mark.parametrize("variant", ROUND5 + ROUND6 + ROUND13)
 def test_sweep_variants_match_reference(variant: str, kv_dtype: torch.dtype) -> None:
-    """Round 5's and round 6's variants as the sweep builds them, at small shapes: split sequences, whole ones, an
+    """Round 5's, 6's and 13's variants as the sweep builds them, at small shapes: split sequences, whole ones, an
     empty one, a 64-token tile that is partly masked (the interpreter ignores warps, stages and maxnreg; the AOT
     checks those)."""
     from speedrun.eval.kernels import mla_decode_bench as bench

@@ -184,6 +184,7 @@ VARIANTS = [
     "gluon_ws",
     "gluon_ws_v1_st3",
     "gluon_ws_lazy",
+    "merge_dv512",
     "kv16_gluon",
 ]
 
