@@ -24,7 +24,7 @@ from speedrun.overlays import environ, report
 from speedrun.overlays.hooks import Unsupported, around, require_aiter
 from speedrun.overlays.mla_decode import api
 from speedrun.overlays.mla_decode.api import Compute, MlaDecodePlan
-from speedrun.overlays.mla_decode.kernels import D_LATENT
+from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK
 
 
 class SpeedrunMLABackend(TritonAttnBackend):
@@ -88,7 +88,7 @@ class SpeedrunMLABackend(TritonAttnBackend):
     def forward_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: Any,
                        save_kv_cache: bool = True, **kwargs: Any) -> torch.Tensor:  # fmt: skip
         """Stock forward_decode, with the step's latent rows stored into an fp8 cache by our one-launch store."""
-        if save_kv_cache and self.fused_store and k is not None:
+        if save_kv_cache and self.fused_store and k is not None and k.shape[-1] == D_QK and k.stride(-1) == 1:
             cache = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
             api.store_kv(k, forward_batch.out_cache_loc, cache, layer.k_scale)
             report.called("mla_decode/kv_store")  # eager calls and graph captures (replays run it uncounted)
