@@ -27,3 +27,10 @@ def test_tracked_files_leave_the_gpu_bundle_room_in_the_device_carry() -> None:
         f"leaves beside the bundle and model folders: store result JSON compact, shrink PNGs (python -m "
         f"speedrun.eval.png), trim logs (scripts/trim_log.py); largest: {largest}"
     )
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts/device").glob("*.sh")))
+def test_device_scripts_parse(script: str) -> None:
+    """A device call spends minutes of a 30-minute budget before its script runs: a script that does not parse
+    must fail here, not there."""
+    subprocess.run(["bash", "-n", str(ROOT / "scripts/device" / script)], check=True)

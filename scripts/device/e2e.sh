@@ -7,7 +7,8 @@
 #   folder .runs/e2e/RECIPE stays there between calls; the report is written by the call that completes it)
 #   ABLATE="mxfp4_moe,mxfp4_gemm;mxfp4_moe": after each recipe's run, the overlay side again with only those ops
 #   (`speedrun run --ops`, one folder RECIPE.ops-<ops> each); each such folder is reported against the recipe's
-#   baseline results (`speedrun compare`) by whichever call finds both, so the overlay sides may come first:
+#   baseline results (`speedrun compare`) by whichever call finds both (SIDES=none: a call of ablations only), so
+#   the overlay sides may come first:
 #   SIDES=overlay ABLATE=... on a fresh machine (our server starts in ~3.5 min), then SIDES=baseline on the warm
 #   one (stock's DeepGEMM JIT cache is warm by then: ~2 instead of ~5 min)
 set -uo pipefail
@@ -15,21 +16,8 @@ source scripts/device/setup.sh || exit 1
 require_deepgemm e2e.sh || exit 2  # the baseline side is stock at its strongest: DeepGEMM on CUDA
 START=$(date +%s); DEADLINE=${DEADLINE:-570}; R=.runs/e2e
 mkdir -p "$R"
-for recipe in "$@"; do
-  left=$(( DEADLINE - 15 - ($(date +%s) - START) ))   # 15 s kept for the tarball
-  (( left < 90 )) && { echo "SKIPPED (deadline): $recipe" | tee -a "$R/skipped.txt"; continue; }
-  echo "=== [$left s left] speedrun run $recipe ${RUN_ARGS:-}"
-  # FlashMLA's prefill is FlashInfer's, JIT-compiled into ~/.cache/flashinfer on first use (~100 s on a fresh
-  # machine): whichever side starts first pays it, so each server's start is read with this line beside it
-  echo "flashinfer JIT cache before $recipe: $(find ~/.cache/flashinfer -name '*.so' 2>/dev/null | wc -l) .so" \
-    | tee -a "$R/$recipe.jit_cache.txt"
-  # SIGTERM from timeout: speedrun tears its server down and keeps the partial results
-  timeout "$left" speedrun run "$recipe" --out "$R/$recipe" ${SIDES:+--sides "$SIDES"} ${RUN_ARGS:-} --no-progress 2>&1 \
-    | tee "$R/$recipe.log" | tail -n 45
-  # When each Triton kernel compiled (its cache's metadata files, by time; the server logs carry wall clock): a
-  # compile after the server's start is one the load-time warm-up missed
-  find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.json' ! -name '__grp__*' -printf '%TT %f\n' 2>/dev/null \
-    | sort > "$R/$recipe.triton_compiles.txt"
+ablate() {  # ablate RECIPE: the overlay side again per ABLATE set, then each against the recipe's baseline results
+  local recipe=$1 ops A left sets
   IFS=';' read -ra sets <<< "${ABLATE:-}"
   for ops in "${sets[@]}"; do
     left=$(( DEADLINE - 15 - ($(date +%s) - START) ))
@@ -45,6 +33,24 @@ for recipe in "$@"; do
     echo "=== speedrun compare: $A"
     speedrun compare "$A/baseline.json" "$A/overlay.json" --out "$A" 2>&1 | tee -a "$A/compare.log" | tail -n 12
   done
+}
+for recipe in "$@"; do
+  left=$(( DEADLINE - 15 - ($(date +%s) - START) ))   # 15 s kept for the tarball
+  (( left < 90 )) && { echo "SKIPPED (deadline): $recipe" | tee -a "$R/skipped.txt"; continue; }
+  [ "${SIDES:-}" = none ] && { ablate "$recipe"; continue; }  # SIDES=none ABLATE=...: only the ablations
+  echo "=== [$left s left] speedrun run $recipe ${RUN_ARGS:-}"
+  # FlashMLA's prefill is FlashInfer's, JIT-compiled into ~/.cache/flashinfer on first use (~100 s on a fresh
+  # machine): whichever side starts first pays it, so each server's start is read with this line beside it
+  echo "flashinfer JIT cache before $recipe: $(find ~/.cache/flashinfer -name '*.so' 2>/dev/null | wc -l) .so" \
+    | tee -a "$R/$recipe.jit_cache.txt"
+  # SIGTERM from timeout: speedrun tears its server down and keeps the partial results
+  timeout "$left" speedrun run "$recipe" --out "$R/$recipe" ${SIDES:+--sides "$SIDES"} ${RUN_ARGS:-} --no-progress 2>&1 \
+    | tee "$R/$recipe.log" | tail -n 45
+  # When each Triton kernel compiled (its cache's metadata files, by time; the server logs carry wall clock): a
+  # compile after the server's start is one the load-time warm-up missed
+  find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.json' ! -name '__grp__*' -printf '%TT %f\n' 2>/dev/null \
+    | sort > "$R/$recipe.triton_compiles.txt"
+  ablate "$recipe"
 done
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader | sed 's/^/left on the GPU: /'
 tar czf "$OUT/e2e.tgz" "$R"
