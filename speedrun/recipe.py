@@ -606,7 +606,7 @@ def resolve_path(name_or_path: str | Path) -> Path:
 class UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load keeps the last of two equal keys without a word; in a recipe that hides a mistake. Booleans
     are YAML 1.2's, true and false only: YAML 1.1 also reads on/off/yes/no as booleans, which would turn a value
-    such as `stock_fp8: off` into False (bool fields still take those words: pydantic reads them)."""
+    such as `stock_fp8: off` into False. A boolean field given yes/no/on/off is then an error naming the field."""
 
     yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
