@@ -200,11 +200,11 @@ def test_mla_sweep_fits_its_budget_fp8_first():
 def test_mla_sweep_variants_narrow_it_to_the_served_table_and_those(tmp_path):
     """--variants times only the named variants next to `default` (the table as served), on both caches; a name
     the sweep does not know is refused in one line before any GPU work."""
-    cells = mla.sweep_plan("sm90", ("default", "gluon_ws_v1_st3"))
-    assert all([v for v, _ in c.runs] == ["default", "gluon_ws_v1_st3"] for c in cells)
+    cells = mla.sweep_plan("sm90", ("default", "gluon_ws_lazy"))
+    assert all([v for v, _ in c.runs] == ["default", "gluon_ws_lazy"] for c in cells)
     fp8, bf16 = dict(cells[0].runs), dict(cells[-1].runs)
-    assert fp8["gluon_ws_v1_st3"] is None and bf16["gluon_ws_v1_st3"] == "default"  # fp8-only: bf16 rows reuse it
-    assert mla.main(["--out", str(tmp_path), "--sweep", "--variants", "gluon_ws_v1_st3,nope"]) == 2
+    assert fp8["gluon_ws_lazy"] is None and bf16["gluon_ws_lazy"] == "default"  # fp8-only: bf16 rows reuse it
+    assert mla.main(["--out", str(tmp_path), "--sweep", "--variants", "gluon_ws_lazy,nope"]) == 2
 
 
 def test_gemm_sweep_variants_option_names_the_unknown_row(capsys):

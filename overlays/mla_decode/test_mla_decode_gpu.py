@@ -182,7 +182,6 @@ VARIANTS = [
     "gluon_pps1",
     "gluon_pps1_pipe_cvt64",
     "gluon_ws",
-    "gluon_ws_v1_st3",
     "gluon_ws_lazy",
     "merge_dv512",
     "kv16_gluon",
