@@ -601,5 +601,6 @@ def _kv_store_kernel(K, LOC, CACHE, SCALE, stride_k, stride_c, D: tl.constexpr, 
     k = tl.load(K + i * stride_k + col, mask=mask)
     if SCALED:
         k = (k.to(tl.float32) / tl.load(SCALE)).to(K.dtype.element_ty)
-    loc = tl.load(LOC + i).to(tl.int64)  # through fp32 (exact): one rounding, to nearest even, as torch's cast
+    loc = tl.load(LOC + i).to(tl.int64)
+    # through fp32 (exact): one rounding to the cache's dtype, to nearest even, as torch's cast
     tl.store(CACHE + loc * stride_c + col, k.to(tl.float32).to(CACHE.dtype.element_ty), mask=mask)
