@@ -58,6 +58,7 @@ LOG2E = 1.4426950408889634
 SNAP_MAX_BS = 512
 MAX_BS = 8192  # the partial kernel loads kv_indptr[1:bs+1] as one vector to find its first sequence
 FP8_KV_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+STORE_BLOCK = triton.next_power_of_2(D_QK)  # the KV store's row vector (576 -> 1024, masked)
 KV_DTYPES = (torch.bfloat16, torch.float16, *FP8_KV_DTYPES)
 Q_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -201,7 +202,7 @@ def store_kv(k: torch.Tensor, loc: torch.Tensor, cache: torch.Tensor, k_scale: t
     if bs:
         _kv_store_kernel[(bs,)](
             k, loc, cache, k if k_scale is None else k_scale, k.stride(0), cache.stride(0),
-            D=D_QK, BLOCK_D=triton.next_power_of_2(D_QK), SCALED=k_scale is not None,
+            D=D_QK, BLOCK_D=STORE_BLOCK, SCALED=k_scale is not None,
         )  # fmt: skip
 
 
