@@ -28,6 +28,7 @@ from rich.table import Table
 
 from speedrun.eval import lock as locks
 from speedrun.eval.lock import BaselineLock, CandidateResult
+from speedrun.eval.pack import read_json, resolve
 from speedrun.eval.results import write_json_atomic
 from speedrun.eval.run import console  # the evaluation's stderr console (progress, per-candidate lines)
 from speedrun.eval.scenarios import Case
@@ -371,11 +372,11 @@ def one_line(r: CandidateResult) -> str:
 
 def previous(out: Path, recipe: Recipe, case: Case) -> dict[str, CandidateResult]:
     """Results of an earlier call into the same folder, when it searched the same recipe setting and probe."""
-    path = out / SEARCH_JSON
+    path = resolve(out / SEARCH_JSON)  # packed where the folder came from docs/results
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         rows = [CandidateResult.model_validate(c) for c in data.get("candidates", [])]
     except ValueError:
         return {}

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from speedrun.eval.pack import read_json
 from speedrun.eval.trace import RequestTrace
 from speedrun.recipe import Agreement
 
@@ -184,7 +185,7 @@ class ResultsFile:
         """Read and check a results file; any problem is a ResultsError naming the file."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)  # committed result folders hold it packed (eval/pack.py)
         except OSError as exc:
             raise ResultsError(f"{path}: cannot read: {exc.strerror or exc}") from None
         except ValueError as exc:

@@ -59,7 +59,7 @@ if [ -z "${SPEEDRUN_NO_TRITON_NEXT:-}" ]; then
   # its own exit status is 1 on the known spills: compile_delta below judges the rows
   PYTHONPATH="$tdir" speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS) --json > "$next_json" || true
   python -m speedrun.compile_delta /tmp/speedrun-compile.json "$next_json" --title "Triton 3.7 vs 3.6" \
-    --accept docs/results/readiness/compile_report_triton37.json
+    --accept docs/results/readiness/compile_report_triton37.json.gz
   rm -f "$next_json"
 fi
 echo "== pytest (CPU)"

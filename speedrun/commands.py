@@ -350,11 +350,12 @@ def kernels_compile(
 
 def _same_code(against: Path, result: dict) -> None:
     """Fingerprints vs an earlier report (same ops and archs): a refactor that must not change the GPU code."""
+    from speedrun.eval.pack import read_json, resolve
     from speedrun.eval.readiness.fingerprint import compare
 
-    if not against.is_file():
+    if not resolve(against).is_file():
         fail(f"{against}: no such report (make one with: speedrun kernels compile --json > FILE)")
-    diff = compare(json.loads(against.read_text())["rows"], result["rows"])
+    diff = compare(read_json(against)["rows"], result["rows"])
     err.print(f"machine code vs {against}: {len(diff['same'])} same, {len(diff['changed'])} changed, "
               f"{len(diff['new'])} new, {len(diff['gone'])} gone")  # fmt: skip
     for k in ("changed", "new", "gone"):

@@ -11,12 +11,12 @@ failing the same way in KNOWN (a committed report, whose README says why they ar
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from speedrun.eval.pack import read_json
 from speedrun.eval.readiness.fingerprint import compare
 
 FIELDS = ("mma", "vgpr_total", "sgpr", "spills", "scratch", "shared", "occupancy", "instructions")
@@ -76,7 +76,7 @@ def failing(rows: list[dict]) -> dict[str, list[str]]:
 
 def _rows(path: Path) -> list[dict]:
     try:
-        return json.loads(path.read_text())["rows"]
+        return read_json(path)["rows"]
     except (OSError, ValueError, KeyError) as exc:
         raise typer.BadParameter(f"{path}: not a `speedrun kernels compile --json` report ({exc})") from None
 

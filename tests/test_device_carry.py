@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from speedrun.eval.pack import packable
+
 ROOT = Path(__file__).resolve().parents[1]
 TRACKED_BUDGET = 7 * 2**20  # 64 MiB - bundle - model folders, with ~0.5 MiB to spare
 
@@ -24,9 +26,18 @@ def test_tracked_files_leave_the_gpu_bundle_room_in_the_device_carry() -> None:
     total, largest = tracked_bytes()
     assert total <= TRACKED_BUDGET, (
         f"tracked files take {total / 2**20:.2f} MiB, over the {TRACKED_BUDGET / 2**20:.0f} MiB the device carry "
-        f"leaves beside the bundle and model folders: store result JSON compact, shrink PNGs (python -m "
-        f"speedrun.eval.png), trim logs (scripts/trim_log.py); largest: {largest}"
+        f"leaves beside the bundle and model folders: pack result data (python -m speedrun.eval.pack FOLDER), "
+        f"shrink PNGs (python -m speedrun.eval.png), trim logs (scripts/trim_log.py); largest: {largest}"
     )
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_committed_result_data_is_packed() -> None:
+    """Result JSON and logs shrink 5-6x in gzip, and every tracked byte travels with every device call: a result
+    folder committed plain fails here, with the command that packs it, rather than the carry budget later."""
+    out = subprocess.run(["git", "ls-files", "-z", "docs/results"], cwd=ROOT, capture_output=True, check=True).stdout
+    plain = [p for p in out.decode().split("\0") if p and (ROOT / p).is_file() and packable(ROOT / p)]
+    assert not plain, f"{len(plain)} result data file(s) committed plain: python -m speedrun.eval.pack {plain[0]}"
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts/device").glob("*.sh")))

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from speedrun.eval.pack import read_json
+
 # Row fields that are measurements or bookkeeping, not shape: everything else non-float is the shape.
 NOT_SHAPE = {"impl", "variant", "config", "bucket", "us", "gpu", "timing", "error", "current", "route", "skipped"}
 MISSING = object()
@@ -58,7 +60,7 @@ class Choice:
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a sweep file: a list, or {"rows": [...], ...}."""
-    data = json.loads(Path(path).read_text())
+    data = read_json(path)
     rows = data.get("rows") if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise TuneError(f"{path}: no sweep rows (expected a list or an object with 'rows')")

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from speedrun.eval.pack import data_files, read_json
+
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
@@ -24,8 +26,8 @@ def load_reports(path: Path) -> list[dict[str, Any]]:
     """Overlay reports from a results file (its `overlay_reports`) or a report folder."""
     path = Path(path)
     if path.is_dir():
-        return [json.loads(f.read_text()) for f in sorted(path.glob("overlay-*.json"))]
-    return list(json.loads(path.read_text()).get("overlay_reports") or [])
+        return [read_json(f) for f in data_files(path, "overlay-*.json")]
+    return list(read_json(path).get("overlay_reports") or [])
 
 
 def op_calls(report: dict[str, Any], op: str) -> int:

@@ -15,9 +15,10 @@ Peaks are the vendors' public datasheet figures (dense, no sparsity), not measur
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from speedrun.eval.pack import read_json, resolve
 
 MI355X = {"hbm": 8.0e12, "MXFP4": 10.066e15, "FP8": 5.033e15, "BF16": 2.5166e15}
 H100 = {"hbm": 3.35e12, "BF16": 989.4e12}
@@ -79,7 +80,7 @@ def estimate(op: str, r: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
-    data = json.loads(path.read_text())
+    data = read_json(path)
     rows = data["rows"] if isinstance(data, dict) else data
     # the fractions use the H100's peaks: rows timed on another card (an H200 lent instead) are left out, and so
     # are mixed-length batches (MLA's "mixed32k": no single kv_len to price)
@@ -96,7 +97,8 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 def table(folder: Path) -> list[dict[str, Any]]:
     """Estimates for every op whose measured JSON is in `folder` (ops without one are skipped; none at all is an
     error: an empty table would read as "nothing measured")."""
-    found = {op: Path(folder) / f"{op}.json" for op in WORK if (Path(folder) / f"{op}.json").is_file()}
+    found = {op: resolve(Path(folder) / f"{op}.json") for op in WORK}
+    found = {op: path for op, path in found.items() if path.is_file()}
     if not found:
         first, *rest = WORK
         raise FileNotFoundError(f"{Path(folder) / first}.json: no such file (nor {'.json, '.join(rest)}.json)")
