@@ -42,8 +42,12 @@ def shrink_png(path: Path | str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     paths = argv if argv is not None else sys.argv[1:]
-    if not paths:
+    if not paths or any(p.startswith("-") for p in paths):
         print("usage: python -m speedrun.eval.png FILE.png...", file=sys.stderr)
+        return 2
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        print(f"{missing[0]}: no such file", file=sys.stderr)
         return 2
     saved = sum(shrink_png(p) for p in paths)
     print(f"{len(paths)} file(s), {saved / 1e6:.2f} MB saved")

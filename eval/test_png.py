@@ -44,3 +44,10 @@ def test_shrink_in_place_is_idempotent(tmp_path: Path, capsys) -> None:
     assert shrink_png(path) > 0
     assert shrink_png(path) == 0  # already a palette PNG
     assert main([str(path)]) == 0 and "1 file(s)" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    for args in ([], ["--help"], [str(tmp_path / "missing.png")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, args
