@@ -47,20 +47,23 @@ echo "== speedrun kernels compile --arch all --op {$GATED_OPS} (gfx950 + sm90, A
 speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS) --json > /tmp/speedrun-compile.json \
   || { speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS); exit 1; }
 python -c "import json; d=json.load(open('/tmp/speedrun-compile.json')); print(len(d['rows']), 'kernel x config rows compiled,', d['failed'], 'failed')"
-# The same kernels under the next Triton (3.7: SGLang 0.5.18-0.5.21's torch 2.13), in its own folder on PYTHONPATH.
-# Registers, instructions and machine code that changed against the Triton 3.6 run above are reported; a
-# compile error, a spill to memory or a missing MMA fails, except the ones the committed 3.7 report already
-# has (docs/results/readiness/README.md says which and why). SPEEDRUN_NO_TRITON_NEXT=1 skips this step.
+# The same kernels under the next Tritons (3.7: SGLang 0.5.18-0.5.21's torch 2.13; 3.8: 0.5.22-0.5.23's torch
+# 2.14), each in its own folder on PYTHONPATH. Registers, instructions and machine code that changed against the
+# Triton 3.6 run above are reported; a compile error, a spill to memory or a missing MMA fails, except the ones the
+# committed report of that Triton already has (docs/results/readiness/README.md says which and why).
+# SPEEDRUN_NO_TRITON_NEXT=1 skips this step.
 if [ -z "${SPEEDRUN_NO_TRITON_NEXT:-}" ]; then
-  tdir="${XDG_CACHE_HOME:-$HOME/.cache}/speedrun/triton-3.7"
-  [ -f "$tdir/triton/__init__.py" ] || python -m pip install -q --no-deps --target "$tdir" "triton==3.7.*"
-  echo "== speedrun kernels compile --arch all under Triton $(PYTHONPATH="$tdir" python -c 'import triton; print(triton.__version__)')"
-  next_json=$(mktemp)
-  # its own exit status is 1 on the known spills: compile_delta below judges the rows
-  PYTHONPATH="$tdir" speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS) --json > "$next_json" || true
-  python -m speedrun.compile_delta /tmp/speedrun-compile.json "$next_json" --title "Triton 3.7 vs 3.6" \
-    --accept docs/results/readiness/compile_report_triton37.json.gz
-  rm -f "$next_json"
+  for tv in 3.7 3.8; do
+    tdir="${XDG_CACHE_HOME:-$HOME/.cache}/speedrun/triton-$tv"
+    [ -f "$tdir/triton/__init__.py" ] || python -m pip install -q --no-deps --target "$tdir" "triton==$tv.*"
+    echo "== speedrun kernels compile --arch all under Triton $(PYTHONPATH="$tdir" python -c 'import triton; print(triton.__version__)')"
+    next_json=$(mktemp)
+    # its own exit status is 1 on the known spills: compile_delta below judges the rows
+    PYTHONPATH="$tdir" speedrun kernels compile --arch all $(printf -- '--op %s ' $GATED_OPS) --json > "$next_json" || true
+    python -m speedrun.compile_delta /tmp/speedrun-compile.json "$next_json" --title "Triton $tv vs 3.6" \
+      --accept "docs/results/readiness/compile_report_triton${tv/./}.json.gz"
+    rm -f "$next_json"
+  done
 fi
 echo "== pytest (CPU)"
 set +e
