@@ -41,11 +41,14 @@ for recipe in "$@"; do
   echo "=== [$left s left] speedrun run $recipe ${RUN_ARGS:-}"
   # FlashMLA's prefill is FlashInfer's, JIT-compiled into ~/.cache/flashinfer on first use (~100 s on a fresh
   # machine): whichever side starts first pays it, so each server's start is read with this line beside it
-  echo "flashinfer JIT cache before $recipe: $(find ~/.cache/flashinfer -name '*.so' 2>/dev/null | wc -l) .so" \
+  echo "flashinfer JIT cache before $recipe: $(find ~/.cache/flashinfer -name '*.so' 2>/dev/null | wc -l) .so," \
+    "$(du -sh ~/.cache/flashinfer 2>/dev/null | cut -f1)" \
     | tee -a "$R/$recipe.jit_cache.txt"
   # SIGTERM from timeout: speedrun tears its server down and keeps the partial results
   timeout "$left" speedrun run "$recipe" --out "$R/$recipe" ${SIDES:+--sides "$SIDES"} ${RUN_ARGS:-} --no-progress 2>&1 \
     | tee "$R/$recipe.log" | tail -n 45
+  echo "flashinfer JIT cache after $recipe: $(du -sh ~/.cache/flashinfer 2>/dev/null | cut -f1)" \
+    | tee -a "$R/$recipe.jit_cache.txt"
   # When each Triton kernel compiled (its cache's metadata files, by time; the server logs carry wall clock): a
   # compile after the server's start is one the load-time warm-up missed
   find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.json' ! -name '__grp__*' -printf '%TT %f\n' 2>/dev/null \

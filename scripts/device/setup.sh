@@ -15,9 +15,9 @@ bash .gpu-bundle/install.sh && source .gpu-bundle/env.sh && \
 # sampled M (steps of <= 8 inside every 64-row band). What it skips: the GEMMs of the other Ms and the kernels only
 # M > 8192 reaches. Not yet measured on the card: scripts/device/deepgemm_warmup.py times both lists and lists
 # the Ms whose kernel the fast list missed (`missed_within_chunk` must be empty, else unset this). Not chosen
-# instead: a persistent SGLANG_DG_CACHE_DIR carried between calls: the bundle (~55.4 MiB) and the tree (~7.2 MiB)
-# leave ~1.4 MiB of the 64 MiB carry, too little for tens of cubins (size unmeasured, estimated at 100 KB or more
-# each), and it would save the compiles but not the 16384 GEMMs.
+# instead: a persistent SGLANG_DG_CACHE_DIR carried between calls: the bundle (~55.4 MiB), the model folders (~1.1
+# MiB) and the tree (~4.2 MiB since result data is packed) leave ~3 MiB of the 64 MiB carry, little for tens of
+# cubins (size unmeasured, estimated at 100 KB or more each), and it would save the compiles but not the GEMMs.
 # The launcher passes this environment to every server it starts (launch/command.py merged_env).
 export SGLANG_JIT_DEEPGEMM_FAST_WARMUP=${SGLANG_JIT_DEEPGEMM_FAST_WARMUP:-1}
 # Without DeepGEMM stock SGLang serves DeepSeek's FP8 linears with its Triton FP8 GEMM: a weaker baseline than real
