@@ -84,7 +84,7 @@ def merge_spec(bucket: str, heads: int, cfg: MlaBucket, block_dv: int, arch: str
 
 def store_spec(arch: str) -> CompileSpec:
     """The fp8 KV store (api.store_kv) as served: bf16 rows, a k_scale, int64 locations (SGLang's out_cache_loc)."""
-    const = {"D": D_QK, "BLOCK_D": api.STORE_BLOCK, "SCALED": True}
+    const = {"D": D_QK, "BLOCK_D": api.STORE_BLOCK, "SCALED": True, "SATURATE": False}  # torch 2.11's rule
     sig = {"K": "*bf16", "LOC": "*i64", "CACHE": "*fp8e4nv", "SCALE": "*fp32", "stride_k": "i32", "stride_c": "i32",
            **dict.fromkeys(const, "constexpr")}  # fmt: skip
     attrs = aligned(sig, "K", "LOC", "CACHE", "stride_k", "stride_c")

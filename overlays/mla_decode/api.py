@@ -58,6 +58,7 @@ LOG2E = 1.4426950408889634
 SNAP_MAX_BS = 512
 MAX_BS = 8192  # the partial kernel loads kv_indptr[1:bs+1] as one vector to find its first sequence
 FP8_KV_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+STORE_DTYPES = (torch.float8_e4m3fn,)  # what the fused KV store writes (fnuz caches keep stock's store)
 STORE_BLOCK = triton.next_power_of_2(D_QK)  # the KV store's row vector (576 -> 1024, masked)
 KV_DTYPES = (torch.bfloat16, torch.float16, *FP8_KV_DTYPES)
 Q_DTYPES = (torch.bfloat16, torch.float16)
@@ -191,18 +192,30 @@ def mla_decode(
     return o
 
 
-def store_kv(k: torch.Tensor, loc: torch.Tensor, cache: torch.Tensor, k_scale: torch.Tensor | None) -> None:
-    """cache[loc[i]] = (k[i] / k_scale) in the cache's dtype, in one launch (CUDA-graph safe).
+def cast_saturates(dtype: torch.dtype = torch.float8_e4m3fn) -> bool:
+    """Whether this torch's cast to `dtype` saturates past its largest finite value (torch >= 2.12 for e4m3fn) or
+    writes NaN (before): the fused store writes what the running torch's cast writes."""
+    return not torch.tensor([1e4]).to(dtype).float().isnan().item()
+
+
+CAST_SATURATES = cast_saturates()
+
+
+def store_kv(
+    k: torch.Tensor, loc: torch.Tensor, cache: torch.Tensor, k_scale: torch.Tensor | None, *,
+    saturate: bool = CAST_SATURATES,
+) -> None:  # fmt: skip
+    """cache[loc[i]] = (k[i] / k_scale) as e4m3fn, in one launch (CUDA-graph safe).
 
     k: [bs, 576] or [bs, 1, 576], bf16/fp16, unit stride in the last dim (the step's new latent rows);
-    loc: [bs] int32/int64 cache rows; cache: [slots, 1, 576] (fp8 in SGLang's MLA pool); k_scale: a float32
+    loc: [bs] int32/int64 cache rows; cache: [slots, 1, 576] float8_e4m3fn (SGLang's MLA pool); k_scale: a float32
     scalar tensor or None (no scaling). The bytes are SGLang's own store's (`k.div_(k_scale)` then the cast:
-    reference.store_kv_reference)."""
+    reference.store_kv_reference) under this torch; `saturate` picks the other torch's overflow rule (tests)."""
     bs = k.shape[0]
     if bs:
         _kv_store_kernel[(bs,)](
             k, loc, cache, k if k_scale is None else k_scale, k.stride(0), cache.stride(0),
-            D=D_QK, BLOCK_D=STORE_BLOCK, SCALED=k_scale is not None,
+            D=D_QK, BLOCK_D=STORE_BLOCK, SCALED=k_scale is not None, SATURATE=saturate,
         )  # fmt: skip
 
 

@@ -177,6 +177,8 @@ def _fused_store_refusal(backend: SpeedrunMLABackend) -> str | None:
         return f"pool {type(pool).__name__} is not SGLang's MLATokenToKVPool"
     if pool.dtype not in api.FP8_KV_DTYPES:
         return f"{pool.dtype} cache: stock's store is one launch already"
+    if pool.dtype not in api.STORE_DTYPES:
+        return f"{pool.dtype} cache: the fused store writes float8_e4m3fn only"
     if getattr(backend, "dcp_size", 1) != 1:
         return "decode context parallelism"
     return None

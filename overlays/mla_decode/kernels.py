@@ -590,17 +590,25 @@ def _mla_merge_kernel(
 
 @triton.jit
 def _kv_store_kernel(K, LOC, CACHE, SCALE, stride_k, stride_c, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                     SCALED: tl.constexpr):  # fmt: skip
-    """Row i of the decode step's latent k (16-bit [bs, D]) into the cache row loc[i], cast to the cache's dtype.
+                     SCALED: tl.constexpr, SATURATE: tl.constexpr):  # fmt: skip
+    """Row i of the decode step's latent k (16-bit [bs, D]) into the e4m3fn cache row loc[i].
     Why one kernel: SGLang's triton decode path stores an fp8 cache in three launches a layer (k.div_(k_scale)
-    in place, the cast, the index_put), each a few µs at decode batch sizes. SCALED: k / k_scale rounded to k's
-    dtype first, as the in-place div leaves it, so the bytes are SGLang's."""
+    in place, the cast, the index_put), each a few µs at decode batch sizes. The bytes are SGLang's: SCALED divides
+    as torch's CUDA kernel does and leaves the quotient in k's dtype, as the in-place div does; SATURATE is what the
+    running torch's cast does past 448 (torch >= 2.12: 448; before: NaN from 464 up, and for inf)."""
     i = tl.program_id(0)
     col = tl.arange(0, BLOCK_D)
     mask = col < D
     k = tl.load(K + i * stride_k + col, mask=mask)
-    if SCALED:
-        k = (k.to(tl.float32) / tl.load(SCALE)).to(K.dtype.element_ty)
+    if SCALED:  # torch's CUDA div of a 16-bit tensor by a 0-dim CUDA fp32 one: both as k's dtype, then fp32 div.rn
+        scale = tl.load(SCALE).to(K.dtype.element_ty).to(tl.float32)
+        k = tl.div_rn(k.to(tl.float32), scale).to(K.dtype.element_ty)
     loc = tl.load(LOC + i).to(tl.int64)
-    # through fp32 (exact): one rounding to the cache's dtype, to nearest even, as torch's cast
-    tl.store(CACHE + loc * stride_c + col, k.to(tl.float32).to(CACHE.dtype.element_ty), mask=mask)
+    x = k.to(tl.float32)  # exact: one rounding to e4m3fn, to nearest even, as torch's cast
+    out = x.to(CACHE.dtype.element_ty)
+    if not SATURATE:  # the cast saturates; torch < 2.12 writes NaN (0x7f, signed) where RNE passes 448
+        bits = out.to(tl.uint8, bitcast=True)
+        sign = ((x.to(tl.uint32, bitcast=True) >> 31) << 7).to(tl.uint8)
+        nan = (tl.abs(x) > 464.0) | (x != x)  # inf too
+        out = tl.where(nan, sign | 0x7F, bits).to(CACHE.dtype.element_ty, bitcast=True)
+    tl.store(CACHE + loc * stride_c + col, out, mask=mask)

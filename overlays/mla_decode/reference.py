@@ -161,10 +161,31 @@ def a8w8_p_rounding_bound(
     return out
 
 
-def store_kv_reference(k: torch.Tensor, loc: torch.Tensor, cache: torch.Tensor, k_scale: torch.Tensor | None) -> None:
+# k values that tell the store's rules apart: past the fp8 range (NaN under torch < 2.12's cast, 448 after), the
+# 448 / 464 rounding edges, below the subnormals, and inf
+E4M3_EDGES = (600.0, -1e4, 3e-5, 464.0, -465.0, 456.0, -448.0, float("inf"), float("-inf"))
+
+
+def e4m3fn_cast(x: torch.Tensor, saturate: bool) -> torch.Tensor:
+    """x cast to float8_e4m3fn under either torch's overflow rule, whatever torch runs this: to nearest even,
+    then past 448 either 448 (saturate: torch >= 2.12) or NaN with x's sign (torch < 2.12: from 464 up, and inf)."""
+    x = x.float()
+    y = x.clamp(-448.0, 448.0).to(torch.float8_e4m3fn)  # within +-448 both rules round alike
+    if saturate:
+        return y
+    nan = (x.abs() > 464.0) | x.isnan()
+    bits = torch.where(nan, (x.view(torch.int32) < 0).to(torch.uint8) * 0x80 | 0x7F, y.view(torch.uint8))
+    return bits.view(torch.float8_e4m3fn)
+
+
+def store_kv_reference(
+    k: torch.Tensor, loc: torch.Tensor, cache: torch.Tensor, k_scale: torch.Tensor | None, saturate: bool | None = None
+) -> None:
     """SGLang 0.5.17's decode store of an MLA cache (TritonAttnBackend.forward_decode, MLATokenToKVPool): k
-    divided in place by k_scale in its own dtype, cast to the cache's dtype, written at loc."""
+    divided in place by k_scale (a 0-dim fp32 tensor on the GPU) in its own dtype, cast to the cache's dtype,
+    written at loc. saturate None: this torch's cast; True / False: the e4m3fn cast of torch >= 2.12 / < 2.12."""
     k = k.reshape(k.shape[0], -1)
-    if k_scale is not None:
-        k = k / k_scale
-    cache.view(-1, cache.shape[-1])[loc.long()] = k.to(cache.dtype)
+    if k_scale is not None:  # as torch's CUDA div with a 0-dim CUDA scale: the scale in k's dtype, an fp32 divide
+        k = (k.float() / k_scale.to(k.dtype).float()).to(k.dtype)
+    out = k.to(cache.dtype) if saturate is None else e4m3fn_cast(k, saturate)
+    cache.view(-1, cache.shape[-1])[loc.long()] = out

@@ -355,23 +355,38 @@ def test_stock_decode_store_is_what_store_kv_replaces() -> None:
     assert "self.kv_buffer[layer_id - self.start_layer][loc] = cache_k.view(self.store_dtype)" in store
 
 
+@pytest.mark.parametrize("saturate", [None, True, False])
 @pytest.mark.parametrize("k_scale", [None, 1.0, 0.37])
 @pytest.mark.parametrize("bs", [1, 5, 32])
-def test_store_kv_matches_sglangs_store(bs: int, k_scale: float | None) -> None:
+def test_store_kv_matches_sglangs_store(bs: int, k_scale: float | None, saturate: bool | None) -> None:
     """api.store_kv vs SGLang's three-step store (reference.store_kv_reference), byte for byte, past the fp8 range
-    included; rows not written stay as they were."""
-    from speedrun.overlays.mla_decode.reference import store_kv_reference
+    included; rows not written stay as they were. saturate None: this torch's cast on both sides; True / False:
+    torch >= 2.12's and < 2.12's overflow rule (the GPU host's torch 2.11 writes NaN there)."""
+    from speedrun.overlays.mla_decode.reference import E4M3_EDGES, store_kv_reference
 
     g = torch.Generator().manual_seed(bs)
     k = (torch.randn(bs, 1, 576, generator=g) * 4).to(torch.bfloat16).to(DEV)
-    k[0, 0, :3] = torch.tensor([600.0, -1e4, 3e-5])
+    k[0, 0, : len(E4M3_EDGES)] = torch.tensor(E4M3_EDGES)
     loc = torch.randperm(4 * bs, generator=g)[:bs].to(DEV)
     scale = None if k_scale is None else torch.tensor(k_scale, device=DEV)
     cache = torch.randn(4 * bs + 1, 1, 576, generator=g).to(DEV).to(torch.float8_e4m3fn)
     ref = cache.clone()
-    api.store_kv(k, loc.int(), cache, scale)
-    store_kv_reference(k.clone(), loc, ref, scale)
+    api.store_kv(k, loc.int(), cache, scale, **({} if saturate is None else {"saturate": saturate}))
+    store_kv_reference(k.clone(), loc, ref, scale, saturate)
     assert torch.equal(cache.view(torch.uint8), ref.view(torch.uint8))
+
+
+def test_e4m3fn_cast_rules() -> None:
+    """The reference's two overflow rules on the values that tell them apart (torch 2.11's c10 conversion: NaN,
+    0x7f with the sign, from 464 up and for inf; torch >= 2.12: 0x7e / 0xfe), and this torch's cast is one of them."""
+    from speedrun.overlays.mla_decode.reference import e4m3fn_cast
+
+    x = torch.tensor([448.0, 456.0, 464.0, 465.0, 1e4, float("inf"), -465.0, float("-inf"), 1.0])
+    nan = e4m3fn_cast(x, saturate=False).view(torch.uint8).tolist()
+    sat = e4m3fn_cast(x, saturate=True).view(torch.uint8).tolist()
+    assert nan == [0x7E, 0x7E, 0x7E, 0x7F, 0x7F, 0x7F, 0xFF, 0xFF, 0x38]
+    assert sat == [0x7E, 0x7E, 0x7E, 0x7E, 0x7E, 0x7E, 0xFE, 0xFE, 0x38]
+    assert x.to(torch.float8_e4m3fn).view(torch.uint8).tolist() == (sat if api.CAST_SATURATES else nan)
 
 
 def test_table_row() -> None:
