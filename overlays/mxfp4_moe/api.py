@@ -486,7 +486,8 @@ def fused_moe_mxfp4(
         inter_s = inter
     b13 = w.b13 if w.b13 is not None else w.w13_scale
     n_tiles = triton.cdiv(n, cfg.BLOCK_N1)
-    ws = run.ws is not None and a.dtype == torch.bfloat16  # gluon_ws takes bf16 activations (fp16: Triton's)
+    # gluon_ws takes bf16 activation rows it can copy in 16-byte pieces (else, e.g. fp16 or an odd view: Triton's)
+    ws = run.ws is not None and a.dtype == torch.bfloat16 and _rows16(a)
     k_step = 128 if ws else run.block_k1  # gluon_ws: K steps of one swz128 chunk
     split = gemm1_split(cfg, min(w.num_experts, num) * n_tiles, triton.cdiv(h, k_step), dev)
     y_dtype = torch.bfloat16 if cfg.y_bf16 else torch.float32  # MoeBucket.y_bf16
@@ -509,6 +510,11 @@ def fused_moe_mxfp4(
                                                        BLOCK_H=COMBINE_BLOCK, **dependent(pdl),
                                                        num_warps=4)  # fmt: skip
     return out
+
+
+def _rows16(a: torch.Tensor) -> bool:
+    """Whether a's rows start 16-byte aligned and are dense: gluon_ws's cp.async copies need it to compile."""
+    return a.stride(-1) == 1 and (a.stride(0) * a.element_size()) % 16 == 0 and a.data_ptr() % 16 == 0
 
 
 def _ws_gemms(a, inter, y, w: MoeWeights, b13, b2, topk_weights, s, part, cnt, num: int, n: int, h: int,

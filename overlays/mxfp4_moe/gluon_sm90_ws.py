@@ -178,6 +178,7 @@ def _mma(a_s, w_s, dec_full, dec_free, free, B, TW, O, Part, Cnt, sorted_ptr, ex
         lo, hi = _k_steps(ks, split, KC)
         acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, LO)
         acc_u = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, LO)
+        t0 = t  # the item's first step: each step's buffers are released once, by the step after it or below
         for _ in range(lo, hi):
             b = t % NB
             mbarrier.wait(dec_full.index(b), (t // NB) & 1)
@@ -191,13 +192,19 @@ def _mma(a_s, w_s, dec_full, dec_free, free, B, TW, O, Part, Cnt, sorted_ptr, ex
                 acc = warpgroup_mma_wait(GROUPS, deps=[acc])
             # step t - 1's MMA has retired: its operand buffer and its ring slot (activations) may be rewritten
             u = t - 1
-            mbarrier.arrive(dec_free.index(u % NB), pred=t > 0)
-            mbarrier.arrive(free.index(u % STAGES), pred=t > 0)
+            mbarrier.arrive(dec_free.index(u % NB), pred=t > t0)
+            mbarrier.arrive(free.index(u % STAGES), pred=t > t0)
             t += 1
         if GEMM1:
             acc, acc_u = warpgroup_mma_wait(0, deps=[acc, acc_u])
         else:
             acc = warpgroup_mma_wait(0, deps=[acc])
+        # the item's last step retired too: release it before the epilogue, so the workers fill the whole ring with
+        # the next item meanwhile (released at the next item's first step, the decoder ran one step ahead of an
+        # epilogue: DeepSeek's GEMM2 items are 2 steps long)
+        u = t - 1
+        mbarrier.arrive(dec_free.index(u % NB), pred=t > t0)
+        mbarrier.arrive(free.index(u % STAGES), pred=t > t0)
         expert = gl.load(expert_ids_ptr + blk).to(gl.int64)
         slot = gl.load(sorted_ptr + blk * BLOCK_M + rm)
         m_ok = slot < NUM
