@@ -23,9 +23,9 @@ from typing import Any
 DATA_SUFFIXES = (".json", ".txt", ".log", ".tail", ".csv")
 MIN_BYTES = 8192  # smaller files (overlay reports, summaries) stay plain: readable in place, little to save
 KEEP_PLAIN = ("*.lock.json",)  # `speedrun run --baseline-lock` reads them
-# a path-like token ending in a data suffix, not already followed by .gz (nor part of a longer name)
 _SUFFIX = "|".join(map(re.escape, DATA_SUFFIXES))
-_WRITES = re.compile(r"(?:>|\btee(?: -a)?)\s*\Z")
+_WRITES = re.compile(r"(?:>|\btee(?: -a)?)\s*\Z")  # what precedes a file a command writes: `> x.json`, `tee x.log`
+# a path-like token ending in a data suffix, not already followed by .gz (nor part of a longer name)
 _TOKEN = re.compile(rf"(?<![\w./-])((?:\.{{1,2}}/)?[\w.-]+(?:/[\w.-]+)*(?:{_SUFFIX}))(?![\w.])")
 
 
@@ -60,6 +60,7 @@ def data_files(folder: Path, pattern: str) -> list[Path]:
 
 
 def packable(path: Path) -> bool:
+    """Whether `path` is result data that is committed packed (a data suffix, not kept plain, MIN_BYTES or more)."""
     return (
         path.suffix in DATA_SUFFIXES
         and not any(fnmatch.fnmatch(path.name, k) for k in KEEP_PLAIN)
@@ -102,9 +103,7 @@ def repoint(text: str, bases: Iterable[Path]) -> str:
 
     def fix(m: re.Match[str]) -> str:
         tok = m.group(1)
-        if _WRITES.search(
-            text[max(0, m.start() - 12) : m.start()]
-        ):  # `... > x.json`, `tee x.log`: a command writing the plain file
+        if _WRITES.search(text[max(0, m.start() - 12) : m.start()]):  # a command writes the plain file
             return tok
         for base in bases:
             p = base / tok
