@@ -199,9 +199,8 @@ def _mma(a_s, w_s, dec_full, dec_free, free, B, TW, O, Part, Cnt, sorted_ptr, ex
             acc, acc_u = warpgroup_mma_wait(0, deps=[acc, acc_u])
         else:
             acc = warpgroup_mma_wait(0, deps=[acc])
-        # the item's last step retired too: release it before the epilogue, so the workers fill the whole ring with
-        # the next item meanwhile (released at the next item's first step, the decoder ran one step ahead of an
-        # epilogue: DeepSeek's GEMM2 items are 2 steps long)
+        # the item's last step retired too: released before the epilogue, the workers fill the whole ring with the
+        # next item while it runs (DeepSeek's GEMM2 items are 2 steps long: the epilogue is a large share of each)
         u = t - 1
         mbarrier.arrive(dec_free.index(u % NB), pred=t > t0)
         mbarrier.arrive(free.index(u % STAGES), pred=t > t0)
