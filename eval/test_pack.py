@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,16 @@ def test_committed_results_load_by_their_plain_names() -> None:
         assert resolve(folder / f"{side}.json").suffix == ".gz"
         rf = ResultsFile.load(folder / f"{side}.json")
         assert rf.data["scenarios"] and rf.data["side"] == side
+
+
+def test_markdown_names_only_result_files_that_exist() -> None:
+    """Every docs/results path the tracked Markdown names is there, under the name given (a pack repoints them; a
+    result folder moved or packed by hand would leave a dead reference)."""
+    out = subprocess.run(["git", "ls-files", "*.md"], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        return  # not a git checkout (an sdist): nothing tracked to check
+    token = re.compile(r"(?<![\w./-])(docs/results/[\w./-]+\.(?:json|txt|log|tail|csv|png|md)(?:\.gz)?)(?![\w.])")
+    named = {(md, m.group(1)) for md in out.stdout.split() for m in token.finditer((ROOT / md).read_text())}
+    assert named, "no docs/results path found in the Markdown: the pattern is stale"
+    missing = sorted(f"{md}: {path}" for md, path in named if not (ROOT / path).is_file())
+    assert not missing, missing[:5]
