@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from speedrun.eval.pack import MIN_BYTES, gzip_bytes, main, read_json, read_text, repoint, resolve
+from speedrun.eval.pack import MIN_BYTES, gzip_bytes, main, markdown_files, read_json, read_text, repoint, resolve
 from speedrun.eval.results import ResultsFile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,11 +93,9 @@ def test_committed_results_load_by_their_plain_names() -> None:
 def test_markdown_names_only_result_files_that_exist() -> None:
     """Every docs/results path the tracked Markdown names is there, under the name given (a pack repoints them; a
     result folder moved or packed by hand would leave a dead reference)."""
-    out = subprocess.run(["git", "ls-files", "*.md"], cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        return  # not a git checkout (an sdist): nothing tracked to check
+    root, mds = markdown_files(ROOT)
     token = re.compile(r"(?<![\w./-])(docs/results/[\w./-]+\.(?:json|txt|log|tail|csv|png|md)(?:\.gz)?)(?![\w.])")
-    named = {(md, m.group(1)) for md in out.stdout.split() for m in token.finditer((ROOT / md).read_text())}
+    named = {(md.relative_to(root), m.group(1)) for md in mds for m in token.finditer(md.read_text())}
     assert named, "no docs/results path found in the Markdown: the pattern is stale"
-    missing = sorted(f"{md}: {path}" for md, path in named if not (ROOT / path).is_file())
+    missing = sorted(f"{md}: {path}" for md, path in named if not (root / path).is_file())
     assert not missing, missing[:5]

@@ -97,8 +97,7 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 def table(folder: Path) -> list[dict[str, Any]]:
     """Estimates for every op whose measured JSON is in `folder` (ops without one are skipped; none at all is an
     error: an empty table would read as "nothing measured")."""
-    found = {op: resolve(Path(folder) / f"{op}.json") for op in WORK}
-    found = {op: path for op, path in found.items() if path.is_file()}
+    found = {op: path for op in WORK if (path := resolve(Path(folder) / f"{op}.json")).is_file()}
     if not found:
         first, *rest = WORK
         raise FileNotFoundError(f"{Path(folder) / first}.json: no such file (nor {'.json, '.join(rest)}.json)")

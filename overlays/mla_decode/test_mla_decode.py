@@ -371,7 +371,7 @@ def test_store_kv_matches_sglangs_store(bs: int, k_scale: float | None, saturate
     scale = None if k_scale is None else torch.tensor(k_scale, device=DEV)
     cache = torch.randn(4 * bs + 1, 1, 576, generator=g).to(DEV).to(torch.float8_e4m3fn)
     ref = cache.clone()
-    api.store_kv(k, loc.int(), cache, scale, **({} if saturate is None else {"saturate": saturate}))
+    api.store_kv(k, loc.int(), cache, scale, saturate=api.CAST_SATURATES if saturate is None else saturate)
     store_kv_reference(k.clone(), loc, ref, scale, saturate)
     assert torch.equal(cache.view(torch.uint8), ref.view(torch.uint8))
 
