@@ -279,6 +279,8 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # round 7 put it): a4_qdq and a4_qdq_g4 left the sweep (the config's row; a4_qdq_bk256 stays for tpe<=64, M 512),
 # and a4_qdq_bn128 (1.01-1.20x in round 9; on the 256-deep tile 156 registers x 8 warps: 1 CTA per SM). Round 10
 # retired a4_qdq_bk256 (1.003x at M 512, where group2 8 now serves) and a4_group4 (0.93x at M 16, as group8).
+# p16_bm64 (64-slot blocks at prefill, b_regs) was behind the config at both prefill Ms in every sweep, rounds 5-10
+# (round 10: 1.05x / 1.19x its time at M 4096 / 8192): it made room for the ws engine's prefill rows.
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
 SWEEP_VARIANTS = {
@@ -331,8 +333,11 @@ SWEEP_VARIANTS = {
     # bf16 activations; without it a w4a4 bucket would run, and time, the Triton kernels under this name)
     "ws": {"engine": "gluon_ws", "BLOCK_N1": 64, "stages1": 4, "stages2": 4, "a_qdq": True},
     "ws_deep": {"engine": "gluon_ws", "BLOCK_N1": 64, "BLOCK_N2": 64, "stages1": 5, "stages2": 6, "a_qdq": True},
+    # The same engine at GPT-OSS's prefill sizes: with 64- or 128-slot blocks an item's MMA outlasts its weight
+    # decode (the Triton kernels' decode -> MMA -> wait chain, PERF.md round 6, is what the partitions overlap)
+    "ws_p64": {**_P16, "engine": "gluon_ws", "BLOCK_M": 64, "BLOCK_N1": 64, "stages1": 4, "stages2": 4},
+    "ws_p128": {**_P16, "engine": "gluon_ws", "BLOCK_N1": 64, "BLOCK_N2": 64, "stages1": 3, "stages2": 4},
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
-    "p16_bm64": {**_P16, "BLOCK_M": 64, "BLOCK_N1": 64, "warps1": 4, "swap": True, "b_regs": True},
     "p16_bn128": {**_P16, "swap": False},
 }
 VARIANT_META = ("layout", "fmt", "prefill")  # not bucket knobs: value layout, the only format / shapes it runs on

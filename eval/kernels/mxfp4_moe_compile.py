@@ -210,8 +210,9 @@ def ws_spec(name: str, consts: dict, fmt: str, y_fp32: bool) -> CompileSpec:
 
 
 def ws_specs(arch: str) -> list[CompileSpec]:
-    """The sweep's gluon_ws rows (eval.kernels.mxfp4_moe_bench) on each decode bucket of their format, both GEMMs,
-    on the experts the sm90 hook stores (CUDA_LAYOUT, one-multiply decode; GPT-OSS with biases); sm90 only."""
+    """The sweep's gluon_ws rows (eval.kernels.mxfp4_moe_bench) on each decode bucket of their format (a prefill
+    row, which sets every tile knob: on its format's first prefill bucket), both GEMMs, on the experts the sm90
+    hook stores (CUDA_LAYOUT, one-multiply decode; GPT-OSS with biases); sm90 only."""
     if arch != "sm90":
         return []
     from speedrun.eval.kernels.mxfp4_moe_bench import PREFILL_TPE, SWEEP_VARIANTS, variant_cfg
@@ -220,10 +221,13 @@ def ws_specs(arch: str) -> list[CompileSpec]:
     for variant, var in SWEEP_VARIANTS.items():
         if var.get("engine") != "gluon_ws":
             continue
+        done: set[str] = set()
         for key, base in api.table(arch).items():
             fmt, b = key.split(":")[0], parse(key)
-            if var.get("fmt", fmt) != fmt or b.above or b.limit > PREFILL_TPE:
+            prefill = b.above or b.limit > PREFILL_TPE
+            if var.get("fmt", fmt) != fmt or prefill != var.get("prefill", False) or (prefill and fmt in done):
                 continue
+            done.add(fmt)
             cfg, _ = variant_cfg(base, var)
             a4 = fmt == "w4a4"
             consts = api.ws_constexprs(cfg, Act.SILU if a4 else Act.SWIGLU_OAI, a4, not a4, CUDA_LAYOUT.row_group,

@@ -288,7 +288,7 @@ def _a8(run: Launch, w: MoeWeights, key: str, forced: bool) -> Launch:
     return replace(run, flags={**run.flags, "A8": True})
 
 
-WS_BLOCK_M = (16, 32, 64)
+WS_BLOCK_M = (16, 32, 64, 128)
 WS_BLOCK_N1 = (64,)  # weight rows are the wgmma's M side: 64 a warpgroup instruction (GEMM1: gate and up, 128)
 WS_BLOCK_N2 = (64, 128)
 WS_SMEM = 227 * 1024 - 2048  # less barriers and the compiler's own bookkeeping (AOT: ~1.2 KB)
