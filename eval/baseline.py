@@ -73,12 +73,18 @@ MLA_ONLY = {"flashmla", "cutlass_mla", "trtllm_mla", "cutedsl_mla", "tokenspeed_
 # set) is the first candidate already: auto is triton for block FP8 on one node without DeepEP, aiter on ROCm, and
 # triton_kernel for GPT-OSS MXFP4 on sm90, so only the others are listed. cutlass FP8 MoE needs block quantization
 # on SM90/100/120; flashinfer_trtllm/_routed/cutedsl are SM100 kernels; flashinfer_cutlass takes modelopt formats.
+# flashinfer_mxfp4 on sm90 is FlashInfer's CUTLASS mixed-input MoE (w4a16, Mxfp4MoEMethod._fi_kernel cutlass_sm90).
 MOE: dict[tuple[str, str], list[str]] = {
     ("sm90", "fp8_block"): ["cutlass", "deep_gemm"],
-    ("sm90", "mxfp4"): ["marlin", "triton"],
+    ("sm90", "mxfp4"): ["marlin", "triton", "flashinfer_mxfp4"],
     ("gfx950", "fp8_block"): ["triton"],
 }
-MOE_REQUIRES = {"deep_gemm": ["deep_gemm"]}
+# What a candidate needs on the serving host: a module that imports, or BUILT + a FlashInfer JIT module's name: built
+# already (a flashinfer-jit-cache wheel, or FlashInfer's JIT cache). Its first-use compile (TensorRT-LLM's CUTLASS
+# MoE GEMMs for sm90: several hundred kernel instantiations) outlasts any server start timeout, so without the
+# built module the candidate is reported as skipped instead of timing out.
+BUILT = "flashinfer-built:"
+MOE_REQUIRES = {"deep_gemm": ["deep_gemm"], "flashinfer_mxfp4": [BUILT + "fused_moe_90"]}
 
 
 @dataclass
@@ -164,16 +170,35 @@ def moe_plan(recipe: Recipe, best: CandidateResult) -> list[Planned]:
     return [p for p in plan if p.label not in spec.exclude]
 
 
+_CHECK = f"""import importlib, json, sys
+def check(m):
+    if not m.startswith({BUILT!r}):
+        importlib.import_module(m)
+        return ''
+    name = m[len({BUILT!r}):]
+    from flashinfer.jit import env
+    dirs = (env.FLASHINFER_AOT_DIR, env.FLASHINFER_JIT_DIR)
+    if any((d / name / (name + '.so')).exists() for d in dirs):
+        return ''
+    return ('FlashInfer module ' + name + ' is not built: no flashinfer-jit-cache module, not in the JIT cache '
+            + str(env.FLASHINFER_JIT_DIR) + ' (its first-use compile outlasts a server start)')
+out = {{}}
+for m in sys.argv[1:]:
+    try:
+        out[m] = check(m)
+    except BaseException as e:
+        out[m] = (type(e).__name__ + ': ' + str(e)).splitlines()[0][:200]
+print(json.dumps(out))
+"""
+
+
 def importable(modules: list[str], python: str) -> dict[str, str]:
-    """module -> "" when it imports in the serving Python, else why not. One subprocess for all of them; if the
-    check itself cannot run, every module reads as importable (the server start then tells)."""
+    """requirement -> "" when the serving Python has it (a module that imports; `BUILT`: a FlashInfer module built
+    already), else why not. One subprocess for all of them; if the check itself cannot run, every requirement reads
+    as met (the server start then tells)."""
     if not modules:
         return {}
-    script = (
-        "import importlib, json, sys\nout = {}\nfor m in sys.argv[1:]:\n    try:\n"
-        "        importlib.import_module(m); out[m] = ''\n    except BaseException as e:\n"
-        "        out[m] = (type(e).__name__ + ': ' + str(e)).splitlines()[0][:200]\nprint(json.dumps(out))"
-    )
+    script = _CHECK
     try:
         res = subprocess.run([python, "-c", script, *modules], capture_output=True, text=True, timeout=300)
         return json.loads(res.stdout.strip().splitlines()[-1])
@@ -298,7 +323,8 @@ class Search:
             old = self.previous.get(p.label)
             same = old is not None and (old.server, old.env) == (p.server, p.env)
             return old if same else blank.model_copy(update={"error": "not served yet (see --candidates)"})
-        why = [f"{m} does not import on this host ({missing[m]})" for m in p.requires if m in missing]
+        why = [f"{m}: {missing[m]}" if m.startswith(BUILT) else f"{m} does not import on this host ({missing[m]})"
+               for m in p.requires if m in missing]  # fmt: skip
         if why:
             console.print(f"{where} {p.label}: [yellow]skipped[/]: {escape('; '.join(why))}", highlight=False)
             return blank.model_copy(update={"status": "skipped", "error": "; ".join(why)})

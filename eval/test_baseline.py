@@ -347,5 +347,32 @@ def test_card_defaults():
 def test_importable_and_fake_flag_keys():
     got = bl.importable(["json", "no_such_module_xyz"], sys.executable)
     assert got["json"] == "" and "ModuleNotFoundError" in got["no_such_module_xyz"]
+
+
+def test_flashinfer_moe_candidate_needs_its_module_built(tmp_path, monkeypatch):
+    """GPT-OSS on sm90 also tries stock's FlashInfer CUTLASS MXFP4 MoE, but only where FlashInfer's fused_moe_90
+    module is built already (prebuilt or JIT-cached): its first-use compile would outlast the server start. The
+    check reads the two folders FlashInfer loads modules from (flashinfer.jit.env; a stand-in package here, the
+    CPU test environment has no FlashInfer)."""
+    oss = load_recipe("synth-gpt-oss-l24-h100")
+    best = locks.CandidateResult(label="recipe", stage="recipe", status="ok", server={"attention_backend": "triton"})
+    moe = {p.label: p for p in bl.moe_plan(oss, best)}
+    need = bl.BUILT + "fused_moe_90"
+    assert list(moe) == ["moe-marlin", "moe-triton", "moe-flashinfer_mxfp4"]
+    assert moe["moe-flashinfer_mxfp4"].requires == [need]
+    assert moe["moe-flashinfer_mxfp4"].server["moe_runner_backend"] == "flashinfer_mxfp4"
+    pkg = tmp_path / "site" / "flashinfer" / "jit"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    aot, jit = tmp_path / "aot", tmp_path / "cached_ops"
+    (pkg / "env.py").write_text(f"import pathlib\nFLASHINFER_AOT_DIR = pathlib.Path({str(aot)!r})\n"
+                                f"FLASHINFER_JIT_DIR = pathlib.Path({str(jit)!r})\n")  # fmt: skip
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    why = bl.importable([need], sys.executable)[need]
+    assert why.startswith("FlashInfer module fused_moe_90 is not built") and str(jit) in why
+    (jit / "fused_moe_90").mkdir(parents=True)
+    (jit / "fused_moe_90" / "fused_moe_90.so").write_bytes(b"")
+    assert bl.importable([need], sys.executable) == {need: ""}
     keys = flag_keys(["--model-path", "m", "--disable-radix-cache", "--page-size", "64"])
     assert keys == ["--model-path=m", "--disable-radix-cache", "--page-size=64"]
