@@ -87,10 +87,14 @@ def results_file(path: Path, recipe: Recipe, side: str, opts: Options, pool: Tok
 
 
 def step(rf: ResultsFile, what: str, target: Target, fn) -> None:
-    """Run one step; an exception is recorded (with the server log tail), not raised."""
+    """Run one step; an exception is recorded (with the server log tail), not raised; an interrupt is recorded with
+    the step it cut short (those before it are complete), and raised."""
+    from speedrun.launch.procgroup import signal_name
+
     try:
         fn()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        rf.add_error("interrupted", f"stopped by {signal_name(exc)} during {what} (the steps before it are complete)")
         raise
     except Exception as exc:
         console.print(f"[red]{rf.data.get('side')}: {what} failed: {exc}[/red]", highlight=False)
@@ -320,7 +324,9 @@ def serve_group(
     except ServerError as exc:
         rf.add_error(where, str(exc).split("\n", 1)[0], str(exc).split("\n", 1)[-1])
     except KeyboardInterrupt as exc:
-        if not measured:  # partial results must not read as complete ones
+        collect()  # the per-process reports the schedulers wrote so far
+        interrupted = any(e["what"] == "interrupted" for e in rf.data.get("errors", []))  # by a step, which says so
+        if not measured and not interrupted:  # partial results must not read as complete ones
             rf.add_error("interrupted", f"stopped by {signal_name(exc)} while measuring", "")
         raise
     except Exception as exc:  # e.g. synthetic model generation: recorded, the other side still runs
