@@ -99,6 +99,18 @@ def test_moe_stock_route_is_timed_at_prefill_sizes_only():
     assert len(rows) == 5 and "x speedrun_stock_fp8" in moe.summary(rows)
 
 
+def test_moe_speedrun_rows_say_where_the_hook_serves_the_route():
+    """The `speedrun` row times our kernels at every M; where the sm90 table routes the bucket to stock's FP8 MoE
+    (DeepSeek from M 1828) the row says so and names the route's row (round 10 read 3304 µs of our kernels as the
+    route's time and moved M 1828-7310 off it)."""
+    ds = moe.MODELS["deepseek-r1-mxfp4-tp8"]
+    e, topk = ds[0], ds[1]
+    assert moe.route_note(True, moe.bucket_key("w4a4", 1024, topk, e)) is None
+    for m in (2048, 4096, 8192):
+        assert moe.STOCK_ROUTE in moe.route_note(True, moe.bucket_key("w4a4", m, topk, e))
+    assert moe.route_note(False, moe.bucket_key("w4a16", 8192, 4, 128)) is None
+
+
 def test_moe_summary_per_model():
     rows = [{"impl": i, "model": "ds", "m": 1, "us": us, "pct_hbm_peak": 20.0} for i, us in
             (("speedrun", 10.0), ("fp8_fused_moe", 25.0), ("dequant_fused_moe", 30.0))]  # fmt: skip

@@ -165,13 +165,13 @@ def _deepseek_like(e: int = 257, a4: bool = True) -> MoeWeights:
 
 
 def test_sm90_routes_large_m_to_stock_and_reports_it():
-    """DeepSeek shard (E 257, top-9): M <= 7310 (tpe <= 256: the w4a8 path from M 1828) ours, M > 7310 stock;
-    the report says so once."""
+    """DeepSeek shard (E 257, top-9): M <= 1827 (tpe <= 64) ours, M > 1827 stock (round 11, H100, M 4096: the route
+    2319.5 us, the w4a8 path 2994.9); the report says so once."""
     plan = make_plan(_deepseek_like(), arch="sm90")
-    assert plan.stock and plan.stock_above(9) == 7310
-    ms = (1, 128, 512, 1024, 1827, 4096, 7310, 7311, 16384)
-    assert [plan.launch(m, 9).stock_fp8 for m in ms] == [False] * 7 + [True] * 2
-    line = "w4a4 E=257 top-9: M <= 7310: speedrun MXFP4 kernels; M > 7310: stock FP8 block fused MoE"
+    assert plan.stock and plan.stock_above(9) == 1827
+    ms = (1, 128, 512, 1024, 1827, 1828, 4096, 7310, 7311, 16384)
+    assert [plan.launch(m, 9).stock_fp8 for m in ms] == [False] * 5 + [True] * 5
+    line = "w4a4 E=257 top-9: M <= 1827: speedrun MXFP4 kernels; M > 1827: stock FP8 block fused MoE"
     assert plan.route_line(9).startswith(line)
     note_route(plan, 9)
     note_route(plan, 9)
