@@ -147,9 +147,11 @@ def profile_server(
     reqs = [GenRequest(ids, n) for ids, n in rows]
     asyncio.run(_load(url, reqs, concurrency, None))  # warm-up: compiles, graph capture paths
     out.mkdir(parents=True, exist_ok=True)
-    # by stage: SGLang traces the batch's prefill and the next `steps` decode passes into separate files
-    prof = {"output_dir": str(out.resolve()), "num_steps": steps, "profile_by_stage": True,
-            "activities": ["GPU", "CPU"]}  # fmt: skip
+    # by stage: SGLang traces the batch's prefill and the next `steps` decode passes into separate files. GPU
+    # kernels only, without Python stacks: the summary reads kernels, and at ISL 8192 the prefill trace with CPU
+    # ops and stacks was ~180 MB of JSON, still being written when a device call's deadline ended the run
+    prof = {"output_dir": str(out.resolve()), "num_steps": steps, "profile_by_stage": True, "activities": ["GPU"],
+            "with_stack": False, "record_shapes": False}  # fmt: skip
     asyncio.run(_load(url, reqs, concurrency, prof))
     traces = decode_traces(wait_for_traces(out))
     events = [ev for t in traces for ev in load_trace(t)]
