@@ -347,6 +347,8 @@ def test_card_defaults():
 def test_importable_and_fake_flag_keys():
     got = bl.importable(["json", "no_such_module_xyz"], sys.executable)
     assert got["json"] == "" and "ModuleNotFoundError" in got["no_such_module_xyz"]
+    keys = flag_keys(["--model-path", "m", "--disable-radix-cache", "--page-size", "64"])
+    assert keys == ["--model-path=m", "--disable-radix-cache", "--page-size=64"]
 
 
 def test_flashinfer_moe_candidate_needs_its_module_built(tmp_path, monkeypatch):
@@ -374,5 +376,3 @@ def test_flashinfer_moe_candidate_needs_its_module_built(tmp_path, monkeypatch):
     (jit / "fused_moe_90").mkdir(parents=True)
     (jit / "fused_moe_90" / "fused_moe_90.so").write_bytes(b"")
     assert bl.importable([need], sys.executable) == {need: ""}
-    keys = flag_keys(["--model-path", "m", "--disable-radix-cache", "--page-size", "64"])
-    assert keys == ["--model-path=m", "--disable-radix-cache", "--page-size=64"]
