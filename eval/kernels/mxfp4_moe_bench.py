@@ -53,8 +53,9 @@ from speedrun.overlays.mxfp4_moe.api import (
     make_plan,
     pick_config,
     swizzled,
+    table,
 )
-from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT, Layout, MoeBucket
+from speedrun.overlays.mxfp4_moe.config import CUDA_LAYOUT, Layout, MoeBucket, Route
 from speedrun.overlays.mxfp4_moe.sglang_hook import _deinterleave
 from speedrun.overlays.mxfp4_moe.stock_fp8 import fused_moe_stock_fp8
 
@@ -239,9 +240,6 @@ def bench_model(model_name: str, gpu: str, ms: tuple[int, ...], allow_jit: bool 
 def route_note(a4: bool, bucket: str) -> str | None:
     """Where the sm90 hook does not serve a shape with the kernels the `speedrun` row times: its bucket routes to
     stock's FP8 MoE (w4a4 only), timed as the `speedrun_stock_fp8` row. Round 10 read such a row as the route."""
-    from speedrun.overlays.mxfp4_moe.api import table
-    from speedrun.overlays.mxfp4_moe.config import Route
-
     if a4 and table("sm90")[bucket].route == Route.STOCK_FP8:
         return f"not what the sm90 hook serves here: {bucket} routes to stock's FP8 MoE (row {STOCK_ROUTE})"
     return None
