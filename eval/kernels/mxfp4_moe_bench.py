@@ -140,9 +140,7 @@ def ours_builder(gptoss: bool, swz: bool, cfg: MoeBucket | None = None) -> Build
 
 def a8_config() -> MoeBucket:
     """The w4a8 path's prefill config (sweep row p4_a8 over the sm90 table's largest w4a4 bucket)."""
-    from speedrun.overlays.mxfp4_moe import api
-
-    return variant_cfg(api.table("sm90")["w4a4:tpe>256"], SWEEP_VARIANTS["p4_a8"])[0]
+    return variant_cfg(table("sm90")["w4a4:tpe>256"], SWEEP_VARIANTS["p4_a8"])[0]
 
 
 def ms_for(impl: str, ms: tuple[int, ...]) -> tuple[int, ...]:
