@@ -45,6 +45,7 @@ from speedrun.eval.kernels.mxfp4_moe_baselines import BUILDERS, ROUTED_SCALING, 
 from speedrun.eval.kernels.results import FAILURES, Emit, attempt, ignore, reason, recording
 from speedrun.eval.kernels.stock import stock_config
 from speedrun.eval.kernels.timer import Built, Copies
+from speedrun.overlays.arch import current_arch
 from speedrun.overlays.mxfp4_moe.api import (
     Act,
     MoeWeights,
@@ -52,6 +53,7 @@ from speedrun.overlays.mxfp4_moe.api import (
     fused_moe_mxfp4,
     make_plan,
     pick_config,
+    stock_route_ok,
     swizzled,
     table,
 )
@@ -79,7 +81,13 @@ MODELS = {
 MS = (1, 4, 16, 32, 64, 128, 512, 1024, 2048, 4096)  # 1024 / 2048: where the stock_fp8 route's threshold may lie
 OURS, ALT = "speedrun", "speedrun_plain"
 STOCK_ROUTE, STOCK_ROUTE_MIN_M = "speedrun_stock_fp8", 512  # the large-M route (w4a4 models), prefill sizes only
-A8_IMPL = "speedrun_a8"  # the w4a8 path (sweep row p4_a8's knobs) at the same prefill sizes: against the route
+A8_IMPL = "speedrun_a8"  # the w4a8 path (A8_KNOBS) at the same prefill sizes: against the route
+# The w4a8 path's knobs (a8: FP8 MMAs on weights decoded in the K loop, no per-call conversion; PERF.md "w4a8
+# prefill"). sm90 AOT: GEMM1 214 registers, 1 CTA/SM; GEMM2 238, 2 CTAs/SM; no spill. Timed as the bench's
+# speedrun_a8 rows only: round 11 put it behind the route at M 4096 (2995 vs 2320 us), so its sweep row (p4_a8)
+# left the sweep for the ws engine's DeepSeek prefill rows
+A8_KNOBS = dict(a8=True, swap=False, a_qdq=False, BLOCK_M=64, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3,
+                BLOCK_N2=128, BLOCK_K2=128, warps2=4, stages2=3, split1=1, group2=1)  # fmt: skip
 
 
 def make_raw(e: int, h: int, n: int, gptoss: bool) -> Raw:
@@ -139,8 +147,8 @@ def ours_builder(gptoss: bool, swz: bool, cfg: MoeBucket | None = None) -> Build
 
 
 def a8_config() -> MoeBucket:
-    """The w4a8 path's prefill config (sweep row p4_a8 over the sm90 table's largest w4a4 bucket)."""
-    return variant_cfg(table("sm90")["w4a4:tpe>256"], SWEEP_VARIANTS["p4_a8"])[0]
+    """The w4a8 path's prefill config (A8_KNOBS over the sm90 table's largest w4a4 bucket)."""
+    return variant_cfg(table("sm90")["w4a4:tpe>256"], A8_KNOBS)[0]
 
 
 def ms_for(impl: str, ms: tuple[int, ...]) -> tuple[int, ...]:
@@ -252,10 +260,11 @@ def _stock_config(e: int, h: int, n: int, topk: int, m: int) -> dict[str, Any]:
 
 
 # DeepSeek first (round 5's questions: its w4a4 decode buckets, M 4 and 64 included, the weakest vs FP8 in round 4),
-# so a step cut short loses GPT-OSS rows; `recording` keeps every row written before. GPT-OSS's prefill sizes last:
-# M 4096 / 8192 (an 8k-token prefill chunk), where only the config and the "prefill" variants run (PREFILL_TPE).
+# so a step cut short loses GPT-OSS rows; `recording` keeps every row written before. Each model's prefill sizes
+# last: M 4096 / 8192 (an 8k-token prefill chunk), where only the config and the "prefill" variants run
+# (PREFILL_TPE).
 SWEEP_MS = {
-    "deepseek-r1-mxfp4-tp8": (1, 4, 16, 32, 64, 128, 512, 4096),
+    "deepseek-r1-mxfp4-tp8": (1, 4, 16, 32, 64, 128, 512, 4096, 8192),
     "gpt-oss-120b": (1, 4, 16, 32, 64, 128, 512, 4096, 8192),
 }
 SWEEP_ROW_S = 47 / 83  # round 10's sweep: 83 rows (compiles and its prefill rows included) in 47 s on the H100
@@ -292,6 +301,9 @@ PREFILL_TPE = 64  # tokens per expert past which a shape is prefill (buckets tpe
 # (round 10: 1.05x / 1.19x its time at M 4096 / 8192): it made room for the ws engine's prefill rows.
 _P16 = dict(fmt="w4a16", prefill=True, BLOCK_M=128, BLOCK_N1=128, BLOCK_K1=128, warps1=8, stages1=3, BLOCK_N2=128,
             BLOCK_K2=128, warps2=8, stages2=3, split1=1)  # fmt: skip
+# DeepSeek's prefill rows on the ws engine, served by our kernels where the config's row is the stock route
+_P4 = dict(fmt="w4a4", prefill=True, route="ours", engine="gluon_ws", BLOCK_N1=64, a_qdq=True, a8=False, split1=1,
+           group2=1)  # fmt: skip
 SWEEP_VARIANTS = {
     # Since round 9 every w4a4 decode bucket runs a_qdq with GEMM1's 256-deep K tile: what is left to try on it.
     # GEMM1's split-K at tpe<=1 (M 1-28) halved from the table's 4 (its K loop now takes 256-deep steps), and a 4th
@@ -313,28 +325,6 @@ SWEEP_VARIANTS = {
     # programs resident during GEMM1's tail with their weights prefetched into L2; the round 8 breakdown put ~16 us
     # of a DeepSeek M 32 call's 284 us span between its kernels
     "pdl": {"pdl": True},
-    # DeepSeek's prefill sizes through the w4a8 path (knob a8: FP8 MMAs on weights decoded in the K loop, no per-call
-    # conversion; PERF.md "w4a8 prefill"), against the config's row there (the tpe>256 bucket on our kernels; the
-    # bench's speedrun rows time the served stock route at the same M). sm90 AOT: GEMM1 214 registers, 1 CTA/SM;
-    # GEMM2 238, 2 CTAs/SM; no spill
-    "p4_a8": {
-        "fmt": "w4a4",
-        "prefill": True,
-        "a8": True,
-        "swap": False,
-        "a_qdq": False,
-        "BLOCK_M": 64,
-        "BLOCK_N1": 128,
-        "BLOCK_K1": 128,
-        "warps1": 8,
-        "stages1": 3,
-        "BLOCK_N2": 128,
-        "BLOCK_K2": 128,
-        "warps2": 4,
-        "stages2": 3,
-        "split1": 1,
-        "group2": 1,
-    },
     # Round 12 (engine gluon_ws, gluon_sm90_ws.py; sm90 AOT only so far): both GEMMs as one persistent
     # warp-specialized kernel each (loader, weight decoder and MMA warpgroups over mbarriers), at most one CTA an SM
     # walking (expert block, N tile, K split) items; the bucket's BLOCK_M, split1, y_bf16 and pdl; 4 ring slots, or
@@ -346,6 +336,12 @@ SWEEP_VARIANTS = {
     # decode (the Triton kernels' decode -> MMA -> wait chain, PERF.md round 6, is what the partitions overlap)
     "ws_p64": {**_P16, "engine": "gluon_ws", "BLOCK_M": 64, "BLOCK_N1": 64, "stages1": 4, "stages2": 4},
     "ws_p128": {**_P16, "engine": "gluon_ws", "BLOCK_N1": 64, "BLOCK_N2": 64, "stages1": 3, "stages2": 4},
+    # The same rows at DeepSeek's prefill sizes (M 4096; M 8192 is the 8k E2E's chunk), w4a4 as a_qdq, against the
+    # served stock_fp8 route (the bench's speedrun_stock_fp8 rows): its per-call FP8 conversion of all 257 experts
+    # is ~0.85 ms whatever M. Stock's FP8 MoE runs M 4096 at ~280 TFLOP/s (round 4: 1466 us), ~57% of the H100's
+    # bf16 wgmma peak, so bf16 MMAs with the decode hidden could reach the route without converting anything
+    "ws_p64_a4": {**_P4, "BLOCK_M": 64, "BLOCK_N2": 128, "stages1": 4, "stages2": 4},
+    "ws_p128_a4": {**_P4, "BLOCK_M": 128, "BLOCK_N2": 64, "stages1": 3, "stages2": 4},
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},
     "p16_bn128": {**_P16, "swap": False},
 }
@@ -364,11 +360,24 @@ def sweep_variants(fmt: str, prefill: bool = False) -> dict[str, dict[str, Any]]
                              if v.get("fmt", fmt) == fmt and v.get("prefill", False) == prefill}}  # fmt: skip
 
 
-def sweep_plan(model_name: str) -> list[tuple[int, dict[str, dict[str, Any]]]]:
-    """(M, variants timed there) in sweep order for one model (rows equal to the config's are skipped later)."""
+def sweep_plan(model_name: str, arch: str = "sm90") -> list[tuple[int, dict[str, dict[str, Any]]]]:
+    """(M, variants timed there) in sweep order for one model on `arch`'s table: a variant that runs what the
+    config or an earlier variant runs at that M (e.g. split1 outside tpe<=1, or knobs the bucket has already) is
+    left out, the config's row stands for it."""
     model = MODELS[model_name]
     fmt = "w4a4" if model.w4a4 else "w4a16"
-    return [(m, sweep_variants(fmt, is_prefill(model, m))) for m in SWEEP_MS[model_name]]
+    plan = []
+    for m in SWEEP_MS[model_name]:
+        base = table(arch)[bucket_key(fmt, m, model.topk, model.experts, arch)]
+        seen: list[tuple[dict[str, Any], str]] = []
+        kept = {}
+        for name, var in sweep_variants(fmt, is_prefill(model, m)).items():
+            cfg, layout = variant_cfg(base, var)
+            if (key := (cfg.model_dump(), layout)) not in seen:  # every knob as it runs, schema defaults included
+                seen.append(key)
+                kept[name] = var
+        plan.append((m, kept))
+    return plan
 
 
 def variant_cfg(base: MoeBucket, var: dict[str, Any]) -> tuple[MoeBucket, str]:
@@ -408,7 +417,7 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1], 
         return weights[layout]
 
     rows = []
-    for m, variants in sweep_plan(model_name):
+    for m, variants in sweep_plan(model_name, current_arch()):
         variants = {k: v for k, v in variants.items() if only is None or k == "config" or k in only}
         s0 = routing_set(m, model, 0)
         nbytes = min_bytes(routing_sets(m, model), e, h, n, gptoss=not a4)
@@ -419,18 +428,14 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1], 
             want = fused_moe_mxfp4(s0["x"], w0, s0["ids"], s0["tw"], make_plan(w0)).float()
         except FAILURES:  # the config's own row records the error below
             want = None
-        seen: list[tuple[dict[str, Any], str]] = []
         for name, var in variants.items():
             cfg, layout = variant_cfg(base_cfg, var)
-            key = (cfg.model_dump(), layout)  # every knob as it runs, schema defaults included
-            if key in seen:  # a no-op here (e.g. split1 outside tpe<=1): the config's row stands for it
-                continue
-            seen.append(key)
             # the value layout is per process, not a bucket knob: other layouts' rows are "speedrun_<layout>" so
             # that `speedrun kernels tune` (which reads impl "speedrun" rows) never writes a layout into the table
             impl = OURS if layout == CUDA_LAYOUT else f"{OURS}_{layout}"
+            served = {"route": Route.STOCK_FP8.value} if route_served(cfg, plain_w) else {}
             row = dict(impl=impl, variant=name, bucket=bucket, config=cfg.entry(), gpu=gpu, model=model_name, m=m,
-                       bytes=nbytes)  # fmt: skip
+                       bytes=nbytes, **served)  # fmt: skip
             rows.append(_sweep_row(Built(_weights_build(cfg), layout_copies(layout)), m, model, want, row, peak))
             emit(rows[-1])
         for r in sorted((r for r in rows if r["m"] == m and r["us"]), key=lambda r: r["us"]):
@@ -440,13 +445,24 @@ def sweep_model(model_name: str, gpu: str, peak: float = timer.DEFAULT_PEAK[1], 
 
 
 def _weights_build(cfg: MoeBucket) -> Callable[[MoeWeights], tuple[Callable, Callable]]:
-    """A sweep variant on one copy of our (already processed) experts."""
+    """A sweep variant on one copy of our (already processed) experts, served as the hook serves it: where its
+    bucket routes to stock (`route_served`), the route (conversion + stock's FP8 MoE), else our kernels."""
 
     def build(w: MoeWeights) -> tuple[Callable, Callable]:
+        if route_served(cfg, w):
+            stock_config()
+            return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_stock_fp8(x, w, *st))
         plan = make_plan(w, config=cfg)
         return (lambda ids, tw, logits: (ids, tw)), (lambda x, st: fused_moe_mxfp4(x, w, *st, plan))
 
     return build
+
+
+def route_served(cfg: MoeBucket, w: MoeWeights, arch: str | None = None) -> bool:
+    """Whether the hook serves a call of this config on these experts with the large-M stock route, so a sweep row
+    times what is served and `speedrun kernels tune` weighs a variant of ours against the route (round 10 tuned
+    against our kernels where the route served: a misread)."""
+    return cfg.route == Route.STOCK_FP8 and stock_route_ok(w, arch or current_arch())
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -143,9 +143,9 @@ def test_moe_every_sweep_variant_builds_a_config(variant):
 def test_moe_sweep_times_w4a4_variants_on_deepseek_only_first_and_fits_a_step():
     """The w4a4 variants are timed on DeepSeek (right after the config), never on GPT-OSS's w4a16 experts;
     DeepSeek's shapes come first and include M 4, 32 (the c32 decode step), 64 and 512; the prefill variants run
-    only at each model's prefill Ms (GPT-OSS 4096 and 8192: an 8k-token chunk; DeepSeek 4096, past its decode
-    buckets), last, next to the config alone; every row (an upper bound: rows equal to the config are skipped) fits
-    a 120 s device step at round 3's rate (prefill rows at their own, higher guess)."""
+    only at each model's prefill Ms (both models 4096 and 8192: 8192 is an 8k-token chunk), last, next to the
+    config alone; a variant that runs the config's kernels at an M is not timed there; every row fits a 120 s
+    device step at round 10's rate (prefill rows at their own, higher guess)."""
     a4 = [k for k, v in moe.SWEEP_VARIANTS.items() if v.get("fmt") == "w4a4" and not v.get("prefill")]
     assert len(a4) == 4 and list(moe.sweep_variants("w4a4"))[: 1 + len(a4)] == ["config", *a4]
     assert not set(a4) & set(moe.sweep_variants("w4a16"))
@@ -153,15 +153,32 @@ def test_moe_sweep_times_w4a4_variants_on_deepseek_only_first_and_fits_a_step():
     assert all(v.get("layout") != "plain" for v in moe.SWEEP_VARIANTS.values() if set(v) <= {"layout", "fmt"})
     ds = "deepseek-r1-mxfp4-tp8"
     assert list(moe.SWEEP_MS)[0] == ds and {4, 32, 64, 512} <= set(moe.SWEEP_MS[ds])
-    for name, fmt, ms in ((ds, "w4a4", [4096]), ("gpt-oss-120b", "w4a16", [4096, 8192])):
+    for name, fmt, ms in ((ds, "w4a4", [4096, 8192]), ("gpt-oss-120b", "w4a16", [4096, 8192])):
         prefill = [k for k, v in moe.SWEEP_VARIANTS.items() if v.get("prefill") and v["fmt"] == fmt]
         plan = moe.sweep_plan(name)
-        assert [m for m, v in plan if set(v) == {"config", *prefill}] == ms and prefill
-        assert all(not set(prefill) & set(v) for m, v in plan if m not in ms)
+        assert [m for m, v in plan if set(v) & set(prefill)] == ms and prefill
+        assert all(set(v) <= {"config", *prefill} for m, v in plan if m in ms)
         assert [m for m, _ in plan if moe.is_prefill(moe.MODELS[name], m)] == ms
     cells = [(moe.is_prefill(moe.MODELS[name], m), len(v)) for name in moe.SWEEP_MS for m, v in moe.sweep_plan(name)]
     seconds = sum(n * (moe.SWEEP_PREFILL_ROW_S if pre else moe.SWEEP_ROW_S) for pre, n in cells)
     assert seconds <= 120, seconds
+
+
+def test_moe_sweep_leaves_out_variants_that_run_the_config():
+    """A variant whose knobs the bucket already has at an M (GPT-OSS's p16_bn128 is the tpe<=256 bucket itself,
+    split1 is a no-op where the config's GEMM1 is unsplit) is not timed there; the ws engine's prefill rows are,
+    on both models, at M 4096 and 8192."""
+    for name in moe.SWEEP_MS:
+        model = moe.MODELS[name]
+        for m, variants in moe.sweep_plan(name):
+            fmt = "w4a4" if model.w4a4 else "w4a16"
+            base = moe.table("sm90")[moe.bucket_key(fmt, m, model.topk, model.experts, "sm90")]
+            runs = [moe.variant_cfg(base, v) for v in variants.values()]
+            assert len({(c.model_dump_json(), lay) for c, lay in runs}) == len(runs), (name, m)
+    gptoss = dict(moe.sweep_plan("gpt-oss-120b"))
+    assert "p16_bn128" not in gptoss[4096] and "ws_p64" in gptoss[4096]
+    ds = dict(moe.sweep_plan("deepseek-r1-mxfp4-tp8"))
+    assert {"ws_p64_a4", "ws_p128_a4"} <= set(ds[4096]) & set(ds[8192])
 
 
 def test_gemm_sweep_times_b_regs_at_a_prequant_shape_first_and_keeps_its_rows():
@@ -224,3 +241,22 @@ def test_gemm_sweep_variants_option_names_the_unknown_row(capsys):
     with pytest.raises(SystemExit) as exc:
         gemm.main(["--sweep", "--variants", "ws,nope"])
     assert exc.value.code == 2 and "unknown nope" in capsys.readouterr().err
+
+
+def test_moe_sweep_times_the_route_where_the_hook_serves_it():
+    """At DeepSeek's prefill buckets the config's sweep row is the stock route the hook serves (so `kernels tune`
+    weighs the ws rows against it, not against our kernels there); the ws rows run ours; GPT-OSS's experts and
+    ROCm never take the route."""
+    from types import SimpleNamespace
+
+    from speedrun.overlays.mxfp4_moe.config import Act, Fmt
+
+    deepseek = SimpleNamespace(fmt=Fmt.W4A4, act=Act.SILU, b13=None, b2=None)
+    gptoss = SimpleNamespace(fmt=Fmt.W4A16, act=Act.SWIGLU_OAI, b13=1, b2=1)
+    for bucket in ("w4a4:tpe<=256", "w4a4:tpe>256"):
+        base = moe.table("sm90")[bucket]
+        assert moe.route_served(base, deepseek, "sm90") and not moe.route_served(base, deepseek, "gfx950")
+        for v in ("ws_p64_a4", "ws_p128_a4"):
+            assert not moe.route_served(moe.variant_cfg(base, moe.SWEEP_VARIANTS[v])[0], deepseek, "sm90")
+    assert not moe.route_served(moe.table("sm90")["w4a4:tpe<=64"], deepseek, "sm90")
+    assert not moe.route_served(moe.table("sm90")["w4a16:tpe>256"], gptoss, "sm90")

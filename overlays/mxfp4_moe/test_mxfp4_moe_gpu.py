@@ -231,9 +231,9 @@ def test_ws_engine_matches_reference_at_real_shapes(model, variant, m):
 @pytest.mark.parametrize("variant", WS_PREFILL)
 @pytest.mark.parametrize("m", [300, 4096, 8192])
 def test_ws_engine_prefill_rows_match_reference(model, variant, m):
-    """The prefill rows of the warp-specialized GEMMs (64- and 128-slot blocks, GPT-OSS's w4a16 experts) where the
-    sweep times them (M 4096, 8192) and at M 300 (most blocks part-filled): the ws kernels run (not the Triton
-    fallback), match the reference, and give the same bits twice."""
+    """The prefill rows of the warp-specialized GEMMs (64- and 128-slot blocks; GPT-OSS's w4a16 experts, DeepSeek's
+    w4a4 as a_qdq) where the sweep times them (M 4096, 8192) and at M 300 (most blocks part-filled): the ws kernels
+    run (not the Triton fallback), match the reference, and give the same bits twice."""
     name, w, ws = model
     var = SWEEP_VARIANTS[variant]
     if var["fmt"] != w.fmt:
