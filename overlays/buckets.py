@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from speedrun.overlays.arch import LAUNCH_KEYS
 
@@ -70,6 +70,15 @@ class Buckets:
 def select(keys: Iterable[str], dim: str, value: float, fmt: str | None = None) -> str:
     """The key of the bucket that holds `value` (see the module docstring)."""
     return Buckets.of(keys, dim, fmt).pick(value)
+
+
+def _pow2(v: int) -> int:
+    if v < 1 or v & (v - 1):
+        raise ValueError(f"must be a power of two (a tl.arange extent), got {v}")
+    return v
+
+
+Pow2 = Annotated[int, AfterValidator(_pow2)]  # a knob that sizes a tile dimension
 
 
 class Knobs(BaseModel):
@@ -128,4 +137,4 @@ def parse_table(raw: Mapping[str, Any], model: type[K], where: str, dim: str, fm
     return out
 
 
-__all__ = ["GRAMMAR", "Bucket", "Buckets", "Knobs", "parse", "parse_table", "select"]
+__all__ = ["GRAMMAR", "Bucket", "Buckets", "Knobs", "Pow2", "parse", "parse_table", "select"]

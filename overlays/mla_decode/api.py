@@ -340,15 +340,21 @@ GLUON_CVT_ROWS = 32  # the V copy's slice (a8w8.cvt_rows unset)
 GLUON_WS_CVT_ROWS = 16  # the warp-specialized kernel's: its converter's registers (88 a thread)
 
 
+WS_ONLY = ("pv_split", "v_bufs", "lazy_max")  # a8w8 knobs of gluon_sm90_ws.py alone
+
+
 def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
                    q_dtype: torch.dtype = torch.bfloat16) -> Any:  # fmt: skip
     """The partial kernel the bucket runs: the Triton one, or the Gluon one (see gluon_engine), which is checked
     here against what it is written for (ValueError naming the knob)."""
     eng = engine(cfg, kv_dtype)
-    if not eng.gluon:
-        return _mla_partial_kernel
     fp8, ws = kv_dtype.itemsize == 1, eng == Engine.GLUON_WS
     where = f"mla_decode {'a8w8.engine' if fp8 else 'kv16_engine'} {eng.value}"
+    if fp8 and not ws and cfg.a8w8 is not None and any(getattr(cfg.a8w8, k) is not None for k in WS_ONLY):
+        raise ValueError(f"{where}: a8w8.pv_split, v_bufs and lazy_max are the warp-specialized kernel's (engine "
+                         "gluon_ws)")  # fmt: skip
+    if not eng.gluon:
+        return _mla_partial_kernel
     if _sm(arch) != 90:
         raise ValueError(f"{where}: sm90 only (wgmma), not {arch}")
     if kv_dtype not in GLUON_KV or (not fp8 and q_dtype != kv_dtype):
@@ -369,9 +375,6 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
                          f"memory, not {cfg.num_stages}")  # fmt: skip
     if ws:
         return _ws_kernel(cfg, fp8, where)
-    if fp8 and (cfg.a8w8.pv_split is not None or cfg.a8w8.v_bufs is not None or cfg.a8w8.lazy_max is not None):
-        raise ValueError(f"{where}: a8w8.pv_split, v_bufs and lazy_max are the warp-specialized kernel's (engine "
-                         "gluon_ws)")  # fmt: skip
     from speedrun.overlays.mla_decode.gluon_sm90 import mla_partial_sm90
 
     return mla_partial_sm90

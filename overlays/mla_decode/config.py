@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from speedrun.overlays.buckets import Knobs, parse_table
+from speedrun.overlays.buckets import Knobs, Pow2, parse_table
 
 
 class Compute(StrEnum):
@@ -61,9 +61,10 @@ class Engine(StrEnum):
 
 
 class MergeKnobs(Knobs):
-    BLOCK_P: int = Field(ge=1)
-    min_block_dv: int = Field(ge=16)
-    max_tile: int = Field(2048, ge=64)  # floats in the [BLOCK_P, BLOCK_DV] tile (caps BLOCK_P)
+    # powers of two: BLOCK_P = min(BLOCK_P, max_tile // BLOCK_DV) (api.merge_blocks) is a tl.arange extent
+    BLOCK_P: Pow2 = Field(ge=1)
+    min_block_dv: Pow2 = Field(ge=16)
+    max_tile: Pow2 = Field(2048, ge=64)  # floats in the [BLOCK_P, BLOCK_DV] tile (caps BLOCK_P)
     num_warps: int = Field(ge=1)
     num_stages: int = Field(1, ge=1)
     waves_per_eu: int | None = None

@@ -437,12 +437,14 @@ def test_kv16_gluon_is_refused_where_it_is_not_written_for(heads, arch, knobs, q
      ({"engine": "gluon", "pv_split": "heads"}, FP8, "a8w8.pv_split, v_bufs and lazy_max are the warp-specialized"),
      ({"engine": "gluon", "v_bufs": 1}, FP8, "a8w8.pv_split, v_bufs and lazy_max are the warp-specialized"),
      ({"engine": "gluon", "lazy_max": True}, FP8, "a8w8.pv_split, v_bufs and lazy_max are the warp-specialized"),
+     ({"engine": "triton", "lazy_max": True}, FP8, "a8w8.engine triton: a8w8.pv_split, v_bufs and lazy_max are"),
      ({"pipe_pv": True}, FP8, "a8w8.pipe_pv is engine gluon's knob"),
      ({"cvt_rows": 64}, FP8, "a8w8.cvt_rows must be <= 32 (the converter's registers), not 64")],
 )  # fmt: skip
 def test_gluon_ws_is_refused_where_it_is_not_written_for(knobs, kv, msg) -> None:
     """engine gluon_ws: fp8 caches, two MMA warpgroups, the ring slots that fit shared memory for its PV type; its
-    pv_split knob on another kernel is refused rather than ignored. One line names the knob."""
+    own knobs (pv_split, v_bufs, lazy_max) on another kernel, the Triton one included, are refused rather than
+    ignored. One line names the knob."""
     from speedrun.eval.kernels import mla_decode_bench as bench
 
     cfg = bench.variant_config("gluon_ws")
@@ -451,6 +453,17 @@ def test_gluon_ws_is_refused_where_it_is_not_written_for(knobs, kv, msg) -> None
     cfg = cfg.replace(a8w8=cfg.a8w8.replace(**knobs))
     with pytest.raises(ValueError, match=re.escape(msg)):
         api.make_plan(16, torch.bfloat16, kv, device="cpu", arch="sm90", config=cfg)
+
+
+@pytest.mark.parametrize("knob,value", [("BLOCK_P", 3), ("max_tile", 3000), ("min_block_dv", 96)])
+def test_merge_knobs_that_size_a_tile_are_powers_of_two(knob, value) -> None:
+    """The merge's BLOCK_P is min(BLOCK_P, max_tile // BLOCK_DV), a tl.arange extent: a knob that would make it
+    anything but a power of two is refused when the table is read, naming it (not at the kernel's compile)."""
+    from speedrun.eval.kernels import mla_decode_bench as bench
+
+    cfg = bench.variant_config("merge_dv512")
+    with pytest.raises(ValueError, match=rf"merge\.{knob}: Value error, must be a power of two .*got {value}"):
+        cfg.replace(merge={**cfg.merge.entry(), knob: value})
 
 
 def test_gluon_ws_constexprs_follow_the_knobs() -> None:

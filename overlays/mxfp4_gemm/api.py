@@ -433,8 +433,9 @@ def mxfp4_gemm(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, plan: Ge
     if not quant_a:
         return _launch(a, None, w, w_scale, out, run.w4a16, plan)
     if run.route == Route.FUSED:
-        gluon16 = run.quant16 is not None and a.dtype != torch.bfloat16  # the Gluon kernel's A is bf16
-        return _launch(a, None, w, w_scale, out, run.quant16 if gluon16 else run.quant, plan)
+        # the Gluon kernel copies bf16 A rows in 16-byte pieces (cp.async): else the bucket's Triton kernel
+        triton_a = a.dtype != torch.bfloat16 or a.stride(0) % 8 or a.data_ptr() % 16
+        return _launch(a, None, w, w_scale, out, run.quant16 if run.quant16 and triton_a else run.quant, plan)
     q, s = quantize(a, qdq=not plan.amd, pdl=run.quant.pdl)
     return _launch(q, s, w, w_scale, out, run.quant, plan)
 

@@ -337,15 +337,21 @@ def test_graph_of_rotating_calls_matches_reference(variant: str):
 WS_VARIANTS = [v for v, knobs in SWEEP_VARIANTS.items() if knobs.get("engine") == "gluon_ws"]
 
 
-def _ws(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, variant: str, layout: str = "swz128_g64", **knobs):
-    """Our GEMM with the sweep row `variant` (engine gluon_ws) on weights re-laid out as the hook does."""
+def _ws_plan(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, variant: str, layout: str = "swz128_g64",
+             **knobs) -> tuple[torch.Tensor, torch.Tensor, api.GemmPlan]:  # fmt: skip
+    """(weight, scales, plan) of the sweep row `variant` (engine gluon_ws), re-laid out as the hook does."""
     m, n, k = a.shape[0], w.shape[0], a.shape[1]
     cfg, lay = variant_config(api.pick_config(m, n, k, "sm90"), variant, api.bucket_key(m, "sm90"), layout)
     cfg = cfg.replace(swz=cfg.swz.replace(**knobs)) if knobs else cfg
     w2, s2, lay = api.relayout_weight(w, ws, lay)
     plan = api.make_plan(n, k, lay, device=a.device, config=cfg)
     assert plan.launch(m).quant.engine == "gluon_ws", plan
-    return api.mxfp4_gemm(a, w2, s2, plan)
+    return w2, s2, plan
+
+
+def _ws(a: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, variant: str, layout: str = "swz128_g64", **knobs):
+    """Our GEMM with the sweep row `variant` (engine gluon_ws) on weights re-laid out as the hook does."""
+    return api.mxfp4_gemm(a, *_ws_plan(a, w, ws, variant, layout, **knobs))
 
 
 @pytest.mark.skipif(bool(torch.version.hip), reason="gluon_ws is the sm90 kernel")
@@ -393,14 +399,30 @@ def test_ws_engine_plan_takes_fp16_activations_through_the_triton_kernel():
 
 
 @pytest.mark.skipif(bool(torch.version.hip), reason="gluon_ws is the sm90 kernel")
+def test_ws_engine_two_multiply_decode_and_unaligned_rows():
+    """Scale bytes past 128 (the two-multiply decode, MUL1 false: every other ws test has bytes 118-124) match the
+    reference; A rows the Gluon kernel cannot copy in 16-byte pieces (a column-offset view, row stride K + 1) run
+    the bucket's Triton kernel and match it too."""
+    a, w, ws = _case(16, 2112, 7168, seed=37)
+    big = ws + 8  # bytes 126-132: 2^8 larger values, still finite in bf16
+    w2, s2, plan = _ws_plan(a, w, big, "ws")
+    assert not plan.launch(16).quant.consts["MUL1"], plan
+    _check(api.mxfp4_gemm(a, w2, s2, plan), mxfp4_gemm_ref(a, w, big))
+    wide = torch.zeros(16, 7169, dtype=torch.bfloat16, device="cuda")
+    wide[:, 1:] = a
+    _check(_ws(wide[:, 1:], w, ws, "ws"), mxfp4_gemm_ref(a, w, ws))
+
+
+@pytest.mark.skipif(bool(torch.version.hip), reason="gluon_ws is the sm90 kernel")
 def test_ws_engine_graph_replay_with_ragged_edges():
     """A CUDA graph of the Gluon kernel at N not a multiple of its tile (2112 = 16.5 x 128) and M not of BLOCK_M
     (split-K counters reset for the next replay): new inputs, replayed twice, match the reference."""
     a, w, ws = _case(13, 2112, 7168, seed=29)
-    _ws(a, w, ws, "ws")  # compile outside capture
+    w2, s2, plan = _ws_plan(a, w, ws, "ws")  # the re-layout syncs with the host: outside the capture
+    api.mxfp4_gemm(a, w2, s2, plan)  # compile outside capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = _ws(a, w, ws, "ws")
+        out = api.mxfp4_gemm(a, w2, s2, plan)
     for seed in (1, 2):
         a.copy_(torch.randn(a.shape, generator=torch.Generator(device="cuda").manual_seed(seed), device="cuda"))
         graph.replay()
