@@ -45,7 +45,7 @@ from speedrun.overlays.mxfp4_moe.kernels import (
 )
 from speedrun.overlays.mxfp4_moe.sort import sort_tokens
 from speedrun.overlays.mxfp4_moe.stock_fp8 import fused_moe_stock_fp8
-from speedrun.overlays.pdl import dependent
+from speedrun.overlays.pdl import dependent, launch_kw
 
 OP = "mxfp4_moe"
 COMBINE_BLOCK = 1024  # hidden columns per combine program
@@ -529,13 +529,13 @@ def _ws_gemms(a, inter, y, w: MoeWeights, b13, b2, topk_weights, s, part, cnt, n
         a, w.w13, w.w13_scale, b13, topk_weights, inter, part, cnt, s.sorted_ids, s.expert_ids, s.num_padded,
         num, n, h, a.stride(0), w.w13.stride(0), w.w13.stride(1), w.w13_scale.stride(0), w.w13_scale.stride(1),
         b13.stride(0), inter.stride(0), alpha, limit, n_tiles, split, TOPK=topk, **ws1, num_warps=4,
-        **dependent(run.pdl),
+        **launch_kw(run.pdl),  # its PDL constexpr is in ws1 (ws_constexprs: the AOT specs build theirs there too)
     )  # fmt: skip
     n_tiles2 = triton.cdiv(h, ws2["BLOCK_N"])
     moe_gemm_ws_kernel[(min(s.max_blocks * n_tiles2, sms),)](
         inter, w.w2, w.w2_scale, b2, topk_weights, y, y, s.num_padded, s.sorted_ids, s.expert_ids, s.num_padded,
         num, h, n, inter.stride(0), w.w2.stride(0), w.w2.stride(1), w.w2_scale.stride(0), w.w2_scale.stride(1),
-        b2.stride(0), y.stride(0), alpha, limit, n_tiles2, 1, TOPK=topk, **ws2, num_warps=4, **dependent(run.pdl),
+        b2.stride(0), y.stride(0), alpha, limit, n_tiles2, 1, TOPK=topk, **ws2, num_warps=4, **launch_kw(run.pdl),
     )  # fmt: skip
 
 
