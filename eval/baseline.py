@@ -342,7 +342,7 @@ class Search:
         return {
             "format": "speedrun-baseline-search/1",
             "recipe": self.recipe.name,
-            "fingerprint": locks.fingerprint(self.recipe),
+            "fingerprint": locks.fingerprint(self.recipe, self.case.concurrency),
             "arch": self.recipe.hardware.arch,
             "gpu": detect().name,
             "host": platform.node(),
@@ -406,7 +406,7 @@ def previous(out: Path, recipe: Recipe, case: Case) -> dict[str, CandidateResult
         rows = [CandidateResult.model_validate(c) for c in data.get("candidates", [])]
     except ValueError:
         return {}
-    if data.get("fingerprint") != locks.fingerprint(recipe) or data.get("probe") != probe_info(case):
+    if data.get("fingerprint") != locks.fingerprint(recipe, case.concurrency) or data.get("probe") != probe_info(case):
         console.print(f"[yellow]{path}: another recipe setting or probe; its results are not reused[/]")
         return {}
     return {r.label: r for r in rows if r.status in ("ok", "failed", "skipped")}

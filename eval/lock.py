@@ -68,11 +68,13 @@ class BaselineLock(BaseModel):
     candidates: list[CandidateResult]
 
 
-def fingerprint(recipe: Recipe) -> str:
-    """What the search held fixed: model(s), card, server, environment, per-concurrency settings."""
-    fixed = recipe.model_dump(
+def fingerprint(recipe: Recipe, concurrency: int | None) -> str:
+    """What the search held fixed: model(s), card, environment and the server its probe ran on (`concurrency`: the
+    probe's, with its server_by_concurrency setting folded in). Settings for other concurrencies (a c128 server
+    with more CUDA graphs) leave the lock valid; it was probed at one concurrency either way."""
+    fixed = recipe.at_concurrency(concurrency).model_dump(
         mode="json", include={"model", "baseline_model", "hardware", "server", "env", "server_by_concurrency"}
-    )
+    )  # server_by_concurrency is [] here: a recipe without settings per concurrency keeps its fingerprint
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -100,10 +102,10 @@ def load(path: Path, recipe: Recipe) -> BaselineLock:
         e = exc.errors()[0]
         where = ".".join(map(str, e["loc"])) or "(top level)"
         raise LockError(f"{path}: not a baseline lock ({where}: {e['msg']})") from None
-    if lock.recipe != recipe.name or lock.fingerprint != fingerprint(recipe):
+    if lock.recipe != recipe.name or lock.fingerprint != fingerprint(recipe, lock.probe.get("concurrency")):
         raise LockError(
             f"{path}: resolved for recipe {lock.recipe!r} as it was then, not for {recipe.name!r} as it is now "
-            f"(model, card, server or env changed): run `speedrun baseline {recipe.name}` again"
+            f"(model, card, env or the probe's server changed): run `speedrun baseline {recipe.name}` again"
         )
     return lock
 

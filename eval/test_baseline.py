@@ -243,6 +243,24 @@ def test_lock_for_another_recipe_setting_is_refused(searched, tmp_path):
         locks.load(bad, load_recipe(recipe_file))
 
 
+def test_lock_holds_the_probe_server_only(searched, tmp_path):
+    """The search probed at c4 (the middle of 2, 4, 8): a server setting for c8 alone (e.g. more CUDA graphs for a
+    larger batch) leaves the lock valid; one that reaches c4 changes the server the probe ran on and is refused."""
+    recipe_file, out = searched
+    assert json.loads((out / locks.LOCK_NAME).read_text())["probe"]["concurrency"] == 4
+    for above, valid in ((4, True), (2, False)):
+        changed = yaml.safe_load(recipe_file.read_text())
+        changed["server_by_concurrency"] = [{"concurrency_above": above, "server": {"cuda_graph_max_bs": 8}}]
+        other = tmp_path / f"above{above}" / "fake-baseline.yaml"
+        other.parent.mkdir()
+        other.write_text(yaml.safe_dump(changed))
+        if valid:
+            assert locks.load(out / locks.LOCK_NAME, load_recipe(other)).best.label == "flashmla-p64"
+        else:
+            with pytest.raises(locks.LockError, match="the probe's server changed"):
+                locks.load(out / locks.LOCK_NAME, load_recipe(other))
+
+
 def test_search_split_over_calls_keeps_earlier_results(searched, tmp_path, monkeypatch):
     recipe_file, out = searched
     folder = tmp_path / "search"

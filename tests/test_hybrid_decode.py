@@ -62,8 +62,8 @@ def test_flashmla_page_size_is_only_forced_for_the_decode_or_main_backend():
 
 def lock_with(best: dict, recipe) -> locks.BaselineLock:
     cand = locks.CandidateResult(label="best", stage="attention", status="ok", server=best, output_throughput=1.0)
-    return locks.BaselineLock(recipe=recipe.name, fingerprint=locks.fingerprint(recipe), arch="sm90", created="now",
-                              probe={}, best=cand, candidates=[cand])  # fmt: skip
+    return locks.BaselineLock(recipe=recipe.name, fingerprint=locks.fingerprint(recipe, None), arch="sm90",
+                              created="now", probe={}, best=cand, candidates=[cand])  # fmt: skip
 
 
 def flags(argv: list[str]) -> dict[str, str]:
