@@ -41,8 +41,10 @@ PAGE = 64
 SM_SCALE = 1.0 / math.sqrt(192)
 CONTEXT_LEN = 163840  # DeepSeek-R1: sizes SGLang's max_kv_splits exactly as the server would
 BUDGET_S = 105.0  # under the device script's 120 s step: later shapes are written as skipped
-IMPLS = ("speedrun", "speedrun_a16", "speedrun_a8w8", "sglang_triton", "flashinfer", "flashmla")
-OURS_ALSO = ("speedrun_a16", "speedrun_a8w8")  # our other impls, FP8 caches only (on bf16 both are `speedrun`)
+IMPLS = ("speedrun", "speedrun_a16", "speedrun_a8w8", "sglang_triton", "flashinfer", "flashmla", "speedrun_mxfp4")
+OURS_ALSO = ("speedrun_a16", "speedrun_a8w8", "speedrun_mxfp4")  # ours besides, FP8 caches only (on bf16 the first
+# two are `speedrun`); speedrun_mxfp4: the same pool quantized to MXFP4 (the qualifier's third format), last: cut first
+MXFP4 = "speedrun_mxfp4"
 # --sweep: named overrides of the heads<=16 bucket (an empty "fp8" dict makes the variant govern fp8 caches too).
 # "default" is the shipped table as is (fp8 caches take its "fp8" overrides). Round 1's path (one 512-column tile,
 # fp8 converted to bf16) left the sweep in round 6: 2.5-3x slower than default in every round (PERF.md); so did
@@ -219,6 +221,20 @@ def setup_speedrun_a8w8(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
     return setup_speedrun(x, config=cfg.replace(a8w8=cfg.a8w8.replace(engine="triton")), compute="a8w8")
 
 
+def setup_speedrun_mxfp4(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
+    """Ours on the same pool as an MXFP4 cache (codes + E8M0 scales per 32, quantized untimed): what the qualifier's
+    MXFP4 cases run, timed next to FlashMLA's FP8 on the same content."""
+    from speedrun.overlays.mla_decode import api
+    from speedrun.overlays.mla_decode.reference import quantize_kv_mxfp4
+
+    codes, scales = quantize_kv_mxfp4(x["kv"].float())
+    plan = api.make_plan(HEADS, x["q"].dtype, api.KV_MXFP4, device=x["q"].device)
+    ws = plan.alloc_workspace(x["bs"], x["q"].device)
+    o = torch.empty(x["bs"], HEADS, 512, dtype=torch.bfloat16, device="cuda")
+    args = (x["q"], codes, o, x["indptr"], x["slots"], plan)
+    return lambda: api.mla_decode(*args, sm_scale=SM_SCALE, workspace=ws, kv_scales=scales[:, 0])
+
+
 def setup_sglang_triton(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
     import triton
     from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
@@ -274,11 +290,12 @@ def setup_flashmla(x: dict[str, Any]) -> Callable[[], torch.Tensor]:
 
 SETUP = {"speedrun": setup_speedrun, "speedrun_a16": setup_speedrun_a16, "speedrun_a8w8": setup_speedrun_a8w8,
          "sglang_triton": setup_sglang_triton,
-         "flashinfer": setup_flashinfer, "flashmla": setup_flashmla}  # fmt: skip
+         "flashinfer": setup_flashinfer, "flashmla": setup_flashmla, MXFP4: setup_speedrun_mxfp4}  # fmt: skip
 
 
-def kv_bytes(bs: int, kv_len: int | str, kv_dtype: torch.dtype) -> int:
-    return sum(seq_lens(bs, kv_len)) * 576 * kv_dtype.itemsize
+def kv_bytes(bs: int, kv_len: int | str, kv_dtype: torch.dtype, impl: str = "") -> int:
+    """The cache bytes a call reads: 576 a token of its dtype's, or MXFP4's 288 code + 18 scale bytes."""
+    return sum(seq_lens(bs, kv_len)) * (576 // 2 + 576 // 32 if impl == MXFP4 else 576 * kv_dtype.itemsize)
 
 
 def measure(built: Built, x: dict[str, Any]) -> tuple[timer.Timing, torch.Tensor]:
@@ -309,12 +326,14 @@ def bench_shape(bs: int, kv_len: int | str, kv_dtype: torch.dtype, impls: tuple[
     rows, ours = [], None
     for impl in impls:
         row = {"impl": impl, "bucket": BUCKET, "gpu": gpu, "bs": bs, "kv_len": kv_len, "heads": HEADS,
-               "kv_dtype": "bf16" if kv_dtype == torch.bfloat16 else "fp8_e4m3", "us": None, "gbps": None}  # fmt: skip
+               "kv_dtype": "bf16" if kv_dtype == torch.bfloat16 else "fp8_e4m3", "us": None, "gbps": None,
+               **({"kv_format": "mxfp4 (this fp8 pool requantized)"} if impl == MXFP4 else {})}  # fmt: skip
         if time.monotonic() > deadline:
             row.update(skipped=True, error="skipped: bench time budget spent")
         else:
             outs: list[torch.Tensor] = []
-            attempt(row, partial(_timed_fields, Built(SETUP[impl], copies), copies(0), nbytes, peak, outs))
+            nb = kv_bytes(bs, kv_len, kv_dtype, impl) if impl == MXFP4 else nbytes
+            attempt(row, partial(_timed_fields, Built(SETUP[impl], copies), copies(0), nb, peak, outs))
             if outs and impl == "speedrun":
                 ours = outs[0]
             elif outs and ours is not None:

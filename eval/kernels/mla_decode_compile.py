@@ -1,7 +1,8 @@
 """AOT compile specs for the MLA decode kernels: per config bucket, the partial kernel for bf16 and fp8 KV
 (it must use the matrix unit), for fp8 KV also the a8w8 kernel with fp8 and with f16 PV (it must use the fp8
 matrix instructions; on gfx950 with >= 2 waves per SIMD and no spills), on sm90 the Gluon a8w8 kernels (heads <= 16:
-gluon_sm90.py and its warp-specialized form), the merge kernel, and the decode step's fp8 KV store."""
+gluon_sm90.py and its warp-specialized form), the merge kernel, the decode step's fp8 KV store, and at 16 heads the
+partial kernel for an MXFP4 cache."""
 
 from __future__ import annotations
 
@@ -69,6 +70,25 @@ def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, co
                        no_spills=bool(gluon))  # fmt: skip
 
 
+def mxfp4_spec(bucket: str, heads: int, cfg: MlaBucket, arch: str) -> CompileSpec:
+    """The partial kernel for an MXFP4 cache (the qualifier's format; not served by the SGLang hook yet: its KV pool
+    has no MXFP4 dtype, MXFP4_KV.md), from the same plan as a launch: bf16 MMAs on codes decoded in registers."""
+    plan = api.make_plan(heads, torch.bfloat16, api.KV_MXFP4, arch=arch, config=cfg)
+    cfg = plan.cfg
+    ptrs = {"Q": "*bf16", "KV": "*u8", "KS": "*u8", "O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32",
+            "Chunk": "*i32", "kv_indptr": "*i32", "kv_indices": "*i64"}  # fmt: skip
+    const = {"H": heads, "BLOCK_H": plan.block_h, "BLOCK_N": cfg.BLOCK_N, "BLOCK_B": 256, "MIN_CHUNK": cfg.min_chunk,
+             "DL": D_LATENT, "DR": D_ROPE, **plan.partial[False], "PDL": _pdl(cfg, arch)}  # fmt: skip
+    strides = ["stride_qb", "stride_qh", "stride_kv", "stride_ks", "stride_ob", "stride_oh"]
+    sig = {**ptrs, "qk_scale": "fp32", "bs": "i32", "num_programs": "i32", **dict.fromkeys(strides, "i32"),
+           **dict.fromkeys(const, "constexpr")}  # fmt: skip
+    # rows of 288 code bytes and 18 scale bytes: only the code rows are 16-byte multiples
+    attrs = aligned(sig, "Q", "KV", "O", "PartO", "PartLse", "kv_indptr", "kv_indices", "stride_qb", "stride_qh",
+                    "stride_kv", "stride_ob", "stride_oh")  # fmt: skip
+    return CompileSpec(f"mla_decode/partial[{bucket},mxfp4]", plan.kernel, sig, const, cfg.launch_knobs(),
+                       EXPECT_MMA[arch], attrs=attrs, no_spills=True)  # fmt: skip
+
+
 def merge_spec(bucket: str, heads: int, cfg: MlaBucket, block_dv: int, arch: str) -> CompileSpec:
     """The merge at one column block (the launcher picks 64..512 by batch; the extremes are compiled)."""
     m = cfg.merge
@@ -112,6 +132,8 @@ def compile_specs(arch: str) -> list[CompileSpec]:
                 ]
             if gluon and cfg.kv16_engine != Engine.GLUON:
                 specs.append(partial_spec(bucket, heads, cfg.replace(**GLUON_KV16), "bf16", arch))
+        if heads <= 16:  # DeepSeek-R1's heads a GPU at TP8, the qualifier's
+            specs.append(mxfp4_spec(bucket, heads, cfg, arch))
         specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg.merge.min_block_dv, D_LATENT)]
     specs.append(store_spec(arch))
     once: dict[str, CompileSpec] = {}  # each kernel once, where first listed (the served one first)

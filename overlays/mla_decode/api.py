@@ -5,7 +5,9 @@
 
 Shapes and dtypes (H = heads, 576 = 512 latent + 64 rope; V is the latent):
     q           [bs, H, 576]  bf16 | f16, unit stride in the last dim
-    kv          [slots, 1, 576] or [pages, page_size, 1, 576]: bf16 | f16 | fp8 e4m3fn | e4m3fnuz
+    kv          [slots, 1, 576] or [pages, page_size, 1, 576]: bf16 | f16 | fp8 e4m3fn | e4m3fnuz; or MXFP4
+                (KV_MXFP4, float4_e2m1fn_x2) [slots, 1, 288] / [pages, page_size, 1, 288] contiguous, with
+    kv_scales   its E8M0 scales, one per 32 columns, [slots, 18] (uint8 | float8_e8m0fnu, contiguous)
     o           [bs, H, 512]  any float dtype, unit stride in the last dim (written in place, also returned)
     kv_indptr   [bs + 1] int32; kv_indices [kv_indptr[bs]] int32 | int64 token slots (any page size)
     workspace   (o [rows * H * 512], lse [rows * H]) float32, rows = plan.workspace_rows(bs); None: allocated
@@ -49,6 +51,7 @@ from speedrun.overlays.mla_decode.kernels import (
     _kv_store_kernel,
     _mla_merge_kernel,
     _mla_partial_kernel,
+    _mla_partial_mxfp4_kernel,
 )
 from speedrun.overlays.pdl import dependent
 
@@ -60,7 +63,9 @@ MAX_BS = 8192  # the partial kernel loads kv_indptr[1:bs+1] as one vector to fin
 FP8_KV_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 STORE_DTYPES = (torch.float8_e4m3fn,)  # what the fused KV store writes (fnuz caches keep stock's store)
 STORE_BLOCK = triton.next_power_of_2(D_QK)  # the KV store's row vector (576 -> 1024, masked)
-KV_DTYPES = (torch.bfloat16, torch.float16, *FP8_KV_DTYPES)
+KV_MXFP4 = torch.float4_e2m1fn_x2  # an MXFP4 cache: E2M1 codes of the 576 columns + E8M0 scales per 32 (kv_scales)
+MX_BLOCK = 32
+KV_DTYPES = (torch.bfloat16, torch.float16, *FP8_KV_DTYPES, KV_MXFP4)
 Q_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -123,15 +128,20 @@ def make_plan(
     ValueError for a bad config field or a compute that cannot run (a8w8 on a 16-bit cache)."""
     if q_dtype not in Q_DTYPES or kv_dtype not in KV_DTYPES:
         raise Unsupported(f"dtypes q={q_dtype} kv={kv_dtype} not served")
+    if kv_dtype == KV_MXFP4 and q_dtype != torch.bfloat16:
+        raise Unsupported(f"an MXFP4 cache is decoded to bf16: q must be bf16, not {q_dtype}")
     arch = arch or current_arch()
     base = MlaBucket.checked(config, "mla_decode config") if config is not None else config_for(heads, arch)
     cuda_only(base, arch, "mla_decode config")
+    if kv_dtype == KV_MXFP4:  # the Triton kernel with the bucket's 16-bit knobs (no MXFP4 knobs of its own yet)
+        base = without_gluon(base)
     cfg = kv_config(base, kv_dtype, compute)
     dev = torch.device(device) if device is not None else _default_device()
     sms = sm_count(dev)
     cpu = arch == "cpu"
     big = cfg.model_copy(update={"snap": False})  # past SNAP_MAX_BS: a shape-only choice (graph safe), both agree
     kernel = partial_kernel(cfg, heads, kv_dtype, arch, q_dtype)
+    constexprs = kernel_constexprs if kernel is not _mla_partial_mxfp4_kernel else mxfp4_constexprs
     return MlaDecodePlan(
         heads=heads,
         q_dtype=q_dtype,
@@ -144,7 +154,7 @@ def make_plan(
         sms=sms,
         block_h=block_h(heads, cfg),
         kernel=kernel,
-        partial={large: kernel_constexprs(c, q_dtype, kv_dtype, arch) for large, c in ((False, cfg), (True, big))},
+        partial={large: constexprs(c, q_dtype, kv_dtype, arch) for large, c in ((False, cfg), (True, big))},
         partial_opts={} if cpu else launch_options(cfg.launch_knobs(), arch),
         merge_opts={} if cpu else launch_options(cfg.merge.launch_knobs(), arch),
         pdl=cfg.pdl and pdl_ok(arch, dev.type == "cuda" and torch.version.hip is None),
@@ -163,33 +173,66 @@ def mla_decode(
     k_scale: float = 1.0,
     v_scale: float = 1.0,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    kv_scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """o = softmax(sm_scale * k_scale * q . K^T) @ (v_scale * V) per sequence (shapes: the module docstring).
+    """o = softmax(sm_scale * k_scale * q . K^T) @ (v_scale * V) per sequence (shapes: the module docstring;
+    `kv_scales`: an MXFP4 cache's, whose values carry their own scales: k_scale and v_scale must be 1).
     Unsupported for inputs the kernel does not serve (the hook then runs stock SGLang)."""
     check_inputs(q, kv, o, plan)
-    bs, heads = q.shape[0], plan.heads
+    mx = mxfp4_rows(kv, kv_scales) if plan.kv_dtype == KV_MXFP4 else None
+    if mx is not None and (k_scale, v_scale) != (1.0, 1.0):
+        raise ValueError(f"an MXFP4 cache carries its scales: k_scale and v_scale must be 1, got {k_scale}, {v_scale}")
+    bs = q.shape[0]
     if bs == 0:
         return o
-    cfg, programs, large = plan.cfg, plan.programs, bs > SNAP_MAX_BS
     part_o, part_lse = workspace if workspace is not None else plan.alloc_workspace(bs, q.device)
     if not plan.fits(part_o, part_lse, bs):
-        raise ValueError(f"workspace too small or not contiguous for bs={bs} heads={heads} programs={programs}")
-    chunk = chunk_slot(part_lse, plan.workspace_rows(bs), heads)
+        raise ValueError(f"workspace too small or not contiguous for bs={bs} heads={plan.heads} "
+                         f"programs={plan.programs}")  # fmt: skip
+    chunk = chunk_slot(part_lse, plan.workspace_rows(bs), plan.heads)
+    ws = (part_o, part_lse, chunk)
+    if mx is not None:
+        _partial_mxfp4(q, *mx, o, ws, kv_indptr, kv_indices, plan, sm_scale)
+    else:
+        _partial(q, kv, o, ws, kv_indptr, kv_indices, plan, sm_scale * k_scale, v_scale)
+    _merge(o, ws, kv_indptr, plan, v_scale)
+    return o
+
+
+def _partial_mxfp4(q, codes, scales, o, ws, kv_indptr, kv_indices, plan: MlaDecodePlan, sm_scale: float) -> None:
+    """The partial kernel on an MXFP4 cache (codes [slots, 288], scales [slots, 18], uint8)."""
+    bs, large = q.shape[0], q.shape[0] > SNAP_MAX_BS
+    _mla_partial_mxfp4_kernel[(plan.programs * plan.groups,)](
+        q, codes, scales, o, *ws, kv_indptr, kv_indices, float(sm_scale) * LOG2E, bs, plan.programs,
+        q.stride(0), q.stride(1), codes.stride(0), scales.stride(0), o.stride(0), o.stride(1),
+        H=plan.heads, BLOCK_H=plan.block_h, BLOCK_N=plan.cfg.BLOCK_N, BLOCK_B=block_b(bs),
+        MIN_CHUNK=plan.cfg.min_chunk, DL=D_LATENT, DR=D_ROPE, **plan.partial[large], **plan.partial_opts,
+        **dependent(plan.pdl),
+    )  # fmt: skip
+
+
+def _partial(q, kv, o, ws, kv_indptr, kv_indices, plan: MlaDecodePlan, qk_scale: float, v_scale: float) -> None:
+    """The partial kernel on a bf16 / f16 / fp8 cache (qk_scale: sm_scale * k_scale)."""
+    bs, cfg, programs = q.shape[0], plan.cfg, plan.programs
+    large = bs > SNAP_MAX_BS
     page_stride, tok_stride = kv_strides(kv, plan.page_size)
     plan.kernel[(programs * plan.groups,)](
-        q, kv, o, part_o, part_lse, chunk, kv_indptr, kv_indices,
-        float(sm_scale) * float(k_scale) * LOG2E, float(v_scale), bs, programs,
+        q, kv, o, *ws, kv_indptr, kv_indices, float(qk_scale) * LOG2E, float(v_scale), bs, programs,
         q.stride(0), q.stride(1), page_stride, tok_stride, o.stride(0), o.stride(1),
-        H=heads, BLOCK_H=plan.block_h, BLOCK_N=cfg.BLOCK_N, BLOCK_B=block_b(bs),
+        H=plan.heads, BLOCK_H=plan.block_h, BLOCK_N=cfg.BLOCK_N, BLOCK_B=block_b(bs),
         MIN_CHUNK=cfg.min_chunk, PAGE_SIZE=plan.page_size, DL=D_LATENT, DR=D_ROPE,
         **plan.partial[large], **plan.partial_opts, **dependent(plan.pdl),
     )  # fmt: skip
-    block_p, block_dv = merge_blocks(bs, heads, cfg.merge, plan.sms)
-    _mla_merge_kernel[(bs, heads, D_LATENT // block_dv)](
-        o, part_o, part_lse, chunk, kv_indptr, float(v_scale), o.stride(0), o.stride(1),
-        H=heads, BLOCK_P=block_p, BLOCK_DV=block_dv, DL=D_LATENT, **plan.merge_opts, **dependent(plan.pdl),
+
+
+def _merge(o, ws, kv_indptr, plan: MlaDecodePlan, v_scale: float) -> None:
+    """The sequences split over several chunks: their partials (ws: part_o, part_lse, chunk) combined into o."""
+    bs = o.shape[0]
+    block_p, block_dv = merge_blocks(bs, plan.heads, plan.cfg.merge, plan.sms)
+    _mla_merge_kernel[(bs, plan.heads, D_LATENT // block_dv)](
+        o, *ws, kv_indptr, float(v_scale), o.stride(0), o.stride(1),
+        H=plan.heads, BLOCK_P=block_p, BLOCK_DV=block_dv, DL=D_LATENT, **plan.merge_opts, **dependent(plan.pdl),
     )  # fmt: skip
-    return o
 
 
 def cast_saturates(dtype: torch.dtype = torch.float8_e4m3fn) -> bool:
@@ -224,8 +267,9 @@ def check_inputs(q: torch.Tensor, kv: torch.Tensor, o: torch.Tensor, plan: MlaDe
     the tensors do not match the plan they are run with."""
     if q.dim() != 3 or q.shape[-1] != D_QK:
         raise Unsupported(f"q must be [bs, heads, {D_QK}], got {tuple(q.shape)}")
-    if kv.shape[-1] != D_QK or kv.shape[-2] != 1 or kv.dim() not in (3, 4) or kv.stride(-1) != 1:
-        raise Unsupported(f"KV pool must be [slots, 1, {D_QK}] or [pages, ps, 1, {D_QK}], got {tuple(kv.shape)}")
+    width = D_QK // 2 if plan.kv_dtype == KV_MXFP4 else D_QK  # MXFP4: two codes a byte
+    if kv.shape[-1] != width or kv.shape[-2] != 1 or kv.dim() not in (3, 4) or kv.stride(-1) != 1:
+        raise Unsupported(f"KV pool must be [slots, 1, {width}] or [pages, ps, 1, {width}], got {tuple(kv.shape)}")
     if kv.dim() == 4 and kv.shape[1] != plan.page_size:
         raise Unsupported(f"4-D KV pool dim 1 ({kv.shape[1]}) != page_size {plan.page_size}")
     if o.shape != (q.shape[0], q.shape[1], D_LATENT) or o.stride(-1) != 1:
@@ -236,6 +280,19 @@ def check_inputs(q: torch.Tensor, kv: torch.Tensor, o: torch.Tensor, plan: MlaDe
         raise Unsupported(f"batch {q.shape[0]} > {MAX_BS}")
     if (q.shape[1], q.dtype, kv.dtype) != (plan.heads, plan.q_dtype, plan.kv_dtype):
         raise ValueError(f"q {q.shape[1]} heads {q.dtype}, kv {kv.dtype} do not match the plan {plan}")
+
+
+def mxfp4_rows(kv: torch.Tensor, kv_scales: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An MXFP4 cache and its scales as uint8 rows addressed by token slot: ([slots, 288], [slots, 18]).
+    ValueError when the scales are missing or do not match the codes."""
+    slots = kv.numel() // (D_QK // 2)
+    if kv_scales is None or kv_scales.numel() != slots * (D_QK // MX_BLOCK) or not kv_scales.is_contiguous():
+        got = None if kv_scales is None else tuple(kv_scales.shape)
+        raise ValueError(f"an MXFP4 cache needs kv_scales: {D_QK // MX_BLOCK} E8M0 bytes a slot, contiguous "
+                         f"([{slots}, {D_QK // MX_BLOCK}]), got {got}")  # fmt: skip
+    if not kv.is_contiguous():
+        raise Unsupported("an MXFP4 cache must be contiguous (rows addressed by token slot)")
+    return kv.view(torch.uint8).reshape(slots, D_QK // 2), kv_scales.view(torch.uint8).reshape(slots, -1)
 
 
 def _default_device() -> torch.device:
@@ -292,7 +349,7 @@ def compute_for(cfg: MlaBucket, kv_dtype: torch.dtype, compute: Compute | str | 
     a8w8 asked of a 16-bit cache is an error, never a silent a16."""
     if compute is not None and compute not in tuple(Compute):
         raise ValueError(f"compute {compute!r}; expected one of {tuple(c.value for c in Compute)}")
-    if kv_dtype.itemsize != 1:
+    if kv_dtype not in FP8_KV_DTYPES:
         if compute == Compute.A8W8:
             raise ValueError(f"compute a8w8 needs an fp8 KV cache (got {kv_dtype}): use --kv-cache-dtype fp8_e4m3")
         return Compute.A16
@@ -303,9 +360,11 @@ def kv_config(cfg: MlaBucket, kv_dtype: torch.dtype, compute: Compute | str | No
     """The bucket as it runs for this KV dtype and compute (see compute_for): fp8 caches take the kernel knobs of
     its "a8w8" (a8w8) or "fp8" (a16) and say in fp8_compute which ran; a8w8 may set the split width
     (programs_per_sm), which sizes the workspace: a server sizes it once from its model's own KV dtype and passes
-    that width to every later plan (backend.py). 16-bit caches: the bucket as is."""
+    that width to every later plan (backend.py). MXFP4 caches take its "mxfp4"; 16-bit caches: the bucket as is."""
     run = compute_for(cfg, kv_dtype, compute)  # raises for a8w8 on a 16-bit cache
-    if kv_dtype.itemsize != 1:
+    if kv_dtype == KV_MXFP4:
+        return cfg.with_overrides(cfg.mxfp4)
+    if kv_dtype not in FP8_KV_DTYPES:
         return cfg
     if run == Compute.A8W8 and cfg.a8w8 is None:
         raise ValueError("compute a8w8: this config bucket has no a8w8 knobs")
@@ -323,7 +382,7 @@ def _sm(arch: str) -> int:
 def engine(cfg: MlaBucket, kv_dtype: torch.dtype) -> Engine:
     """The partial kernel the bucket as it runs (kv_config's) computes with: `a8w8.engine` on fp8 caches computing
     a8w8, `kv16_engine` on 16-bit ones, else the Triton kernel."""
-    if kv_dtype.itemsize != 1:
+    if kv_dtype not in FP8_KV_DTYPES:
         return cfg.kv16_engine
     return cfg.a8w8.engine if cfg.fp8_compute == Compute.A8W8 else Engine.TRITON
 
@@ -347,8 +406,10 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
                    q_dtype: torch.dtype = torch.bfloat16) -> Any:  # fmt: skip
     """The partial kernel the bucket runs: the Triton one, or the Gluon one (see gluon_engine), which is checked
     here against what it is written for (ValueError naming the knob)."""
+    if kv_dtype == KV_MXFP4:
+        return _mla_partial_mxfp4_kernel
     eng = engine(cfg, kv_dtype)
-    fp8, ws = kv_dtype.itemsize == 1, eng == Engine.GLUON_WS
+    fp8, ws = kv_dtype in FP8_KV_DTYPES, eng == Engine.GLUON_WS
     where = f"mla_decode {'a8w8.engine' if fp8 else 'kv16_engine'} {eng.value}"
     if fp8 and not ws and cfg.a8w8 is not None and any(getattr(cfg.a8w8, k) is not None for k in WS_ONLY):
         raise ValueError(f"{where}: a8w8.pv_split, v_bufs and lazy_max are the warp-specialized kernel's (engine "
@@ -425,11 +486,11 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
                 "PV_FP8": cfg.a8w8.pv == Pv.FP8, "PV_HEADS": cfg.a8w8.pv_split == PvSplit.HEADS,
                 "LAZY_MAX": bool(cfg.a8w8.lazy_max)}  # fmt: skip
     if gluon_engine(cfg, kv_dtype):  # its own constexprs (its semantics are fixed: tokens as M; fp8: a8w8, f16 PV)
-        fp8 = kv_dtype.itemsize == 1
+        fp8 = kv_dtype in FP8_KV_DTYPES
         cvt = (cfg.a8w8.cvt_rows if fp8 else None) or GLUON_CVT_ROWS
         return {**split_constexprs(cfg), "STAGES": cfg.num_stages, "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps,
                 "CVT_ROWS": cvt, "PIPE_PV": bool(fp8 and cfg.a8w8.pipe_pv)}  # fmt: skip
-    fp8 = kv_dtype.itemsize == 1
+    fp8 = kv_dtype in FP8_KV_DTYPES
     cdt = tl.float16 if q_dtype == torch.float16 else tl.bfloat16
     cvt = cfg.fp8_cvt if fp8 else None
     if cvt in (Fp8Cvt.F16, Fp8Cvt.ASM):
@@ -449,10 +510,15 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
     }
 
 
+def mxfp4_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtype, arch: str) -> dict:
+    """_mla_partial_mxfp4_kernel's: the split's, and the inline-PTX E2M1 decode on sm90 (never the interpreter)."""
+    return {**split_constexprs(cfg), "ASM": _sm(arch) >= 90 and torch.version.hip is None}
+
+
 def q_exp(kv_dtype: torch.dtype) -> int:
     """a8w8: q's row maximum is scaled into [2^(e-1), 2^e), e = floor(log2(max finite)) of the cache's fp8 format
     (8 for e4m3fn's 448, 7 for e4m3fnuz's 240)."""
-    return math.floor(math.log2(torch.finfo(kv_dtype).max)) if kv_dtype.itemsize == 1 else 8
+    return math.floor(math.log2(torch.finfo(kv_dtype).max)) if kv_dtype in FP8_KV_DTYPES else 8
 
 
 def block_b(bs: int) -> int:
@@ -526,4 +592,4 @@ def kv_strides(kv: torch.Tensor, page_size: int) -> tuple[int, int]:
     return kv.stride(0) * page_size, kv.stride(0)
 
 
-__all__ = ["Compute", "MlaDecodePlan", "check_inputs", "make_plan", "mla_decode", "store_kv"]
+__all__ = ["KV_MXFP4", "Compute", "MlaDecodePlan", "check_inputs", "make_plan", "mla_decode", "store_kv"]

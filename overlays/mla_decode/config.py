@@ -83,6 +83,16 @@ class Fp8Knobs(Knobs):
     a16_mma_m: MmaM | None = None
 
 
+class MxKnobs(Knobs):
+    """A bucket's "mxfp4": knobs of the partial kernel on an MXFP4 cache (the whole [BLOCK_N, 512] tile decoded to
+    bf16 in registers; never the split width)."""
+
+    BLOCK_N: int | None = Field(None, ge=16)
+    num_warps: int | None = Field(None, ge=1)
+    num_stages: int | None = Field(None, ge=1)
+    waves_per_eu: int | None = None
+
+
 class A8W8Knobs(Knobs):
     """A bucket's "a8w8": the kernel knobs of the fp8-compute path (they override the bucket's for fp8 caches);
     mma_m and pv are its own (the plan reads them here)."""
@@ -132,6 +142,7 @@ class MlaBucket(Knobs):
     split_d: int = 1
     fp8_cvt: Fp8Cvt = Fp8Cvt.BF16
     fp8: Fp8Knobs | None = None
+    mxfp4: MxKnobs | None = None
     snap: bool = False
     qk_chains: int = 1
     fp8_compute: Compute = Compute.A16
@@ -168,6 +179,7 @@ __all__ = [
     "MergeKnobs",
     "MlaBucket",
     "MmaM",
+    "MxKnobs",
     "Pv",
     "PvSplit",
     "check_table",

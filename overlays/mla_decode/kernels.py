@@ -23,6 +23,9 @@ computes fp8 caches in f16 (e4m3 -> f16 is exact) with one packed convert per ti
 A8W8 (fp8 caches, the finals' setting) computes in fp8 instead: q quantized to the cache's fp8 format per (sequence,
 head) row on load, QK as an fp8 MMA, P scaled by P_SCALE into fp8 for an fp8 PV (or PV in f16: PV_FP8=False), fp32
 accumulation; the q scale is folded into the softmax scale, the KV scales stay where they were (see _attend_a8w8).
+`_mla_partial_mxfp4_kernel` is the partial kernel for an MXFP4 cache (the qualifier's format: all 576 columns as
+E2M1 codes, two a byte, one E8M0 scale per 32): the same split and partials, the codes decoded to bf16 in
+registers, bf16 MMAs; the merge is the same.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from speedrun.overlays.mx.triton_helpers import mxfp4_to_bf16_fast
 from speedrun.overlays.pdl import pdl_trigger, pdl_wait
 
 D_LATENT = 512  # kv_lora_rank of DeepSeek V2/V3/R1: also the V head dim
@@ -461,6 +465,15 @@ def _segment(Q, KV, O, PartO, PartLse, kv_idx, b, slot, pos, seg_hi, seq_lo, seq
 
 
 @triton.jit
+def _first_seq(kv_indptr, bs, base, total, start, BLOCK_B: tl.constexpr):
+    """The first sequence of a chunk starting at token `start`: the number of sequences that end at or before it."""
+    offs_bb = tl.arange(0, BLOCK_B)
+    ends = tl.load(kv_indptr + 1 + offs_bb, mask=offs_bb < bs, other=0).to(tl.int64) - base
+    ends = tl.where(offs_bb < bs, ends, total + 1)
+    return tl.sum((ends <= start).to(tl.int32), axis=0)
+
+
+@triton.jit
 def _mla_partial_kernel(
     Q,
     KV,
@@ -514,7 +527,8 @@ def _mla_partial_kernel(
         tl.store(Chunk, chunk.to(tl.int32))
     start = p.to(tl.int64) * chunk
     end = tl.minimum(start + chunk, total)
-    # First sequence of this chunk: the number of sequences that end at or before `start`.
+    # First sequence of this chunk: the number of sequences that end at or before `start` (inline, as measured:
+    # _first_seq, the same sum as a helper, reorders a few of this kernel's sm90 instructions)
     offs_bb = tl.arange(0, BLOCK_B)
     ends = tl.load(kv_indptr + 1 + offs_bb, mask=offs_bb < bs, other=0).to(tl.int64) - base
     ends = tl.where(offs_bb < bs, ends, total + 1)
@@ -529,6 +543,107 @@ def _mla_partial_kernel(
                      qk_scale, v_scale, offs_h, mask_h, stride_qb, stride_qh, stride_kv_page, stride_kv_tok,
                      stride_ob, stride_oh, H, BLOCK_H, BLOCK_N, PAGE_SIZE, DL, DR, SPLIT_D, CDT,
                      CVT_ASM, QK_CHAINS, A8W8, TOKENS_M, PV_FP8, Q_EXP)  # fmt: skip
+        pos = tl.maximum(seg_hi, pos)
+        b += 1
+
+
+@triton.jit
+def _mx_tile(KV, KS, loc, mask_n, col, stride_kv, stride_ks, BLOCK_N: tl.constexpr, W: tl.constexpr,
+             ASM: tl.constexpr):  # fmt: skip
+    """Columns [col, col + W) of gathered MXFP4 rows as bf16 [BLOCK_N, W]; masked rows are zeros (codes 0, scale
+    byte 127: never the NaN scale 255 of an unused slot)."""
+    codes = tl.load(KV + loc[:, None] * stride_kv + col // 2 + tl.arange(0, W // 2)[None, :], mask=mask_n[:, None],
+                    other=0)  # fmt: skip
+    scales = tl.load(KS + loc[:, None] * stride_ks + col // 32 + tl.arange(0, W // 32)[None, :],
+                     mask=mask_n[:, None], other=127)  # fmt: skip
+    return mxfp4_to_bf16_fast(codes, scales, BLOCK_N, W, ASM)
+
+
+@triton.jit
+def _attend_mxfp4(KV, KS, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv, stride_ks,
+                  BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DL: tl.constexpr, DR: tl.constexpr,
+                  ASM: tl.constexpr):  # fmt: skip
+    """One segment over an MXFP4 cache, the 512 latent columns as one [BLOCK_N, 512] tile: (acc, m, l)."""
+    q_lat = tl.load(q_row + tl.arange(0, DL)[None, :], mask=mask_h[:, None], other=0.0)
+    q_rope = tl.load(q_row + DL + tl.arange(0, DR)[None, :], mask=mask_h[:, None], other=0.0)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_acc = tl.zeros([BLOCK_H, BLOCK_N], tl.float32)
+    acc = tl.zeros([BLOCK_H, DL], tl.float32)
+    for n0 in range(pos, seg_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < seg_hi
+        loc = tl.load(kv_indices + offs_n, mask=mask_n, other=0).to(tl.int64)
+        k_lat = _mx_tile(KV, KS, loc, mask_n, 0, stride_kv, stride_ks, BLOCK_N, DL, ASM)
+        k_rope = _mx_tile(KV, KS, loc, mask_n, DL, stride_kv, stride_ks, BLOCK_N, DR, ASM)
+        s = tl.dot(q_lat, tl.trans(k_lat))
+        s = tl.dot(q_rope, tl.trans(k_rope), acc=s)
+        pr, alpha, m_i = _online_softmax(s, mask_n, qk_scale, m_i)
+        l_acc = l_acc * alpha[:, None] + pr
+        acc = tl.dot(pr.to(tl.bfloat16), k_lat, acc=acc * alpha[:, None])
+    return acc, m_i, tl.sum(l_acc, axis=1)
+
+
+@triton.jit
+def _mla_partial_mxfp4_kernel(
+    Q,
+    KV,  # uint8 [slots, 288]: E2M1 codes of the 576 columns, element 2i in the low nibble
+    KS,  # uint8 [slots, 18]: E8M0 scale of each 32 columns
+    O,
+    PartO,
+    PartLse,
+    Chunk,
+    kv_indptr,
+    kv_indices,
+    qk_scale,  # sm_scale * log2(e)
+    bs,
+    num_programs,
+    stride_qb,
+    stride_qh,
+    stride_kv,
+    stride_ks,
+    stride_ob,
+    stride_oh,
+    H: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    MIN_CHUNK: tl.constexpr,
+    DL: tl.constexpr,
+    DR: tl.constexpr,
+    SNAP: tl.constexpr = False,
+    ASM: tl.constexpr = False,  # sm90: the inline-PTX E2M1 decode (never in the interpreter)
+    PDL: tl.constexpr = False,
+):
+    """_mla_partial_kernel's split and partials (its docstring) over an MXFP4 cache, 16-bit compute."""
+    NHG: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
+    pdl_wait(PDL)
+    pdl_trigger(PDL)
+    pid = tl.program_id(0)
+    hg = pid % NHG
+    p = pid // NHG
+    offs_h = hg * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    kv_idx = kv_indices + tl.load(kv_indptr).to(tl.int64)
+    base, total, chunk = _chunk_size(kv_indptr, bs, num_programs, MIN_CHUNK, SNAP, BLOCK_B)
+    if pid == 0:
+        tl.store(Chunk, chunk.to(tl.int32))
+    start = p.to(tl.int64) * chunk
+    end = tl.minimum(start + chunk, total)
+    b = _first_seq(kv_indptr, bs, base, total, start, BLOCK_B)
+    pos = start
+    while pos < end:
+        seq_lo = tl.load(kv_indptr + b).to(tl.int64) - base
+        seq_hi = tl.load(kv_indptr + b + 1).to(tl.int64) - base
+        seg_hi = tl.minimum(seq_hi, end)
+        if seg_hi > pos:
+            slot = (p + b).to(tl.int64)
+            q_row = Q + b.to(tl.int64) * stride_qb + offs_h[:, None] * stride_qh
+            acc, m_i, l_i = _attend_mxfp4(KV, KS, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv, stride_ks,
+                                          BLOCK_H, BLOCK_N, DL, DR, ASM)  # fmt: skip
+            final = (pos == seq_lo) & (seg_hi == seq_hi)
+            _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, 1.0, stride_ob, stride_oh, H, DL, DL)
+            if (pos != seq_lo) | (seg_hi != seq_hi):  # a partial: its log2-sum-exp for the merge
+                tl.store(PartLse + slot * H + offs_h, m_i + tl.log2(l_i), mask=mask_h)
         pos = tl.maximum(seg_hi, pos)
         b += 1
 

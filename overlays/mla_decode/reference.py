@@ -3,7 +3,8 @@
 o[b, h] = softmax(sm_scale * k_scale * q[b, h] . K_b^T) @ (v_scale * V_b), with K_b the 576-wide latent
 rows of sequence b (gathered through kv_indices[kv_indptr[b]:kv_indptr[b+1]]) and V_b their first 512.
 Host-side loop over the batch: for tests and the `reference` backend (eager only, not CUDA-graph safe).
-`mla_decode_a8w8_reference` is the same with the a8w8 kernel's numerics (fp8 q, fp8 or f16 P).
+`mla_decode_a8w8_reference` is the same with the a8w8 kernel's numerics (fp8 q, fp8 or f16 P);
+`mla_decode_mxfp4_reference` on an MXFP4 cache's exact values.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Literal
 import torch
 
 from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, P_SCALE
+from speedrun.overlays.mx.format import dequant_mxfp4
+from speedrun.overlays.mx.quant import quant_mxfp4
 
 LOG2E = 1.4426950408889634
 
@@ -49,6 +52,20 @@ def mla_decode_reference(
         scores = (q[b].float() @ (k * k_scale).T) * sm_scale  # [H, n]
         out[b] = torch.softmax(scores, dim=-1) @ (k[:, :D_LATENT] * v_scale)
     return out
+
+
+def quantize_kv_mxfp4(kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A latent pool [..., 576] as an MXFP4 cache: (codes float4_e2m1fn_x2 [..., 288], E8M0 scales uint8
+    [..., 18]), one scale per 32 columns (mx.quant's rule: the block's max |x| lands in E2M1's top binade)."""
+    codes, scales = quant_mxfp4(kv)
+    return codes.view(torch.float4_e2m1fn_x2), scales
+
+
+def mla_decode_mxfp4_reference(q: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, kv_indptr: torch.Tensor,
+                               kv_indices: torch.Tensor, sm_scale: float) -> torch.Tensor:  # fmt: skip
+    """mla_decode_reference on the exact values of an MXFP4 cache (codes [slots, 1, 288], scales [slots, 18])."""
+    kv = dequant_mxfp4(codes.view(torch.uint8).reshape(-1, D_QK // 2), scales.reshape(-1, D_QK // 32))
+    return mla_decode_reference(q, kv[:, None, :], kv_indptr, kv_indices, sm_scale)
 
 
 def q_exp(fp8: torch.dtype) -> int:

@@ -607,3 +607,41 @@ def test_store_kv_matches_sglangs_pool_write(bs, k_scale):
         stock()
         torch.cuda.synchronize()
         assert torch.equal(ours, pool.kv_buffer[0]), f"replay with seed {seed}"
+
+
+def run_mxfp4(q, codes, scales, indptr, slots):
+    from speedrun.overlays.mla_decode import api
+
+    o = torch.empty(q.shape[0], q.shape[1], 512, dtype=torch.bfloat16, device="cuda")
+    plan = api.make_plan(q.shape[1], q.dtype, api.KV_MXFP4, device=q.device)
+    return api.mla_decode(q, codes, o, indptr, slots, plan, sm_scale=SM_SCALE, kv_scales=scales)
+
+
+@pytest.mark.parametrize("kv_len", [1024, 8192, 16384])
+def test_mxfp4_cache_real_shapes(kv_len):
+    """An MXFP4 cache (the qualifier's format: 576 E2M1 columns + an E8M0 scale per 32, quantized from a bf16
+    pool) at the qualifier's batch sizes and lengths: against the reference on the cache's exact values (same
+    bound as the other caches); the sm90 inline-PTX decode runs here."""
+    from speedrun.overlays.mla_decode.reference import mla_decode_mxfp4_reference, quantize_kv_mxfp4
+
+    for bs in (1, 4, 32, 128):
+        q, kv, indptr, slots = make_batch(bs, 16, [kv_len] * bs, torch.bfloat16, seed=bs + 7)
+        codes, scales = quantize_kv_mxfp4(kv)
+        scales = scales[:, 0]
+        o = run_mxfp4(q, codes, scales, indptr, slots)
+        sample = list(range(0, bs, max(1, bs // 8)))
+        sub_indptr, sub_slots = subset(indptr, slots, sample)
+        ref = mla_decode_mxfp4_reference(q[sample], codes, scales, sub_indptr, sub_slots, SM_SCALE)
+        check(o[sample], ref, f"mxfp4 bs={bs} kv={kv_len}")
+
+
+def test_mxfp4_cache_mixed_lengths():
+    from speedrun.overlays.mla_decode.reference import mla_decode_mxfp4_reference, quantize_kv_mxfp4
+
+    g = torch.Generator().manual_seed(3)
+    lens = torch.randint(1, 9000, (37,), generator=g).tolist() + [1, 64, 65, 20000]
+    q, kv, indptr, slots = make_batch(len(lens), 16, lens, torch.bfloat16, page_size=64, seed=3)
+    codes, scales = quantize_kv_mxfp4(kv)
+    scales = scales[:, 0]
+    ref = mla_decode_mxfp4_reference(q, codes, scales, indptr, slots, SM_SCALE)
+    check(run_mxfp4(q, codes, scales, indptr, slots), ref, "mxfp4 mixed lengths")
