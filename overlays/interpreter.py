@@ -8,10 +8,13 @@ GPU runs never import this).
 3. fp32 -> bf16 casts truncate; GPUs round to nearest even, and so do we (through torch).
 4. fp32/f16 -> fp8 casts have the exponent off by one and truncate; GPUs round to nearest even and saturate to
    the finite range (cvt.rn.satfinite), and so do we (through torch).
-Idempotent.
+Idempotent. Also `LaunchRecorder` / `options_of`: what a CPU test can check of a launch it cannot run.
 """
 
 from __future__ import annotations
+
+import inspect
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,3 +71,27 @@ def patch() -> None:
     interpreter._patch_lang_tensor = patched_lang_tensor
     interpreter.InterpreterBuilder.create_dot = patched_dot
     interpreter._speedrun_patched = True
+
+
+class LaunchRecorder:
+    """Stands in for a @jit kernel the interpreter cannot run (Gluon): `kernel[grid](*args, **kw)` records the call,
+    so a CPU test can hold a launch's arguments against the real kernel's signature (`options_of`)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple, dict]] = []
+
+    def __getitem__(self, grid: Any) -> Any:
+        return lambda *args, **kw: self.calls.append((grid, args, kw))
+
+
+def options_of(kernel: Any, args: tuple, kw: dict) -> set[str]:
+    """The keywords of a recorded launch that are not `kernel`'s parameters (its launch options), once every
+    parameter without a default has exactly one value; AssertionError naming what is missing or given twice."""
+    params = inspect.signature(kernel.fn).parameters
+    positional = set(kernel.arg_names[: len(args)])
+    if twice := positional & set(kw):
+        raise AssertionError(f"{kernel.fn.__name__}: {sorted(twice)} given by position and by keyword")
+    needed = {k for k, p in params.items() if p.default is inspect.Parameter.empty}
+    if missing := needed - positional - set(kw):
+        raise AssertionError(f"{kernel.fn.__name__}: no value for {sorted(missing)}")
+    return set(kw) - set(params)

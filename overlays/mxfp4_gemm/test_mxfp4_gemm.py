@@ -643,30 +643,18 @@ def test_ws_engine_launch_binds_every_kernel_argument_once(monkeypatch, split: i
     """The Gluon launch in api._launch (the interpreter cannot run Gluon: its launcher is swapped for one that
     records the call) gives every parameter of the real kernel exactly one value, SPLIT as the split it sized the
     partials for, and no launch option but num_warps."""
-    import inspect
-
     from speedrun.overlays.mxfp4_gemm import gluon_sm90_ws
 
-    real = gluon_sm90_ws.mxfp4_gemm_ws_kernel
-    calls = []
-
-    class Launcher:
-        def __getitem__(self, grid):
-            return lambda *args, **kw: calls.append((grid, args, kw))
-
-    monkeypatch.setattr(gluon_sm90_ws, "mxfp4_gemm_ws_kernel", Launcher())
+    real, launches = gluon_sm90_ws.mxfp4_gemm_ws_kernel, interpreter.LaunchRecorder()
+    monkeypatch.setattr(gluon_sm90_ws, "mxfp4_gemm_ws_kernel", launches)
     run = api.resolve(_ws(SPLIT_K=split), 2112, 7168, Layout.SWZ128_G64_MUL1, "sm90", cuda=True)
     assert run.quant.engine == "gluon_ws"
     plan = SimpleNamespace(n=2112, k=7168, sms=132)
     a, out = torch.zeros(16, 7168, dtype=torch.bfloat16), torch.empty(16, 2112, dtype=torch.bfloat16)
     w, ws = torch.zeros(2112, 3584 // 4, dtype=torch.int32), torch.zeros(2112, 7168 // 32, dtype=torch.uint8)
     api._launch(a, None, w, ws, out, run.quant, plan)
-    ((grid, args, kw),) = calls
-    params = inspect.signature(real.fn).parameters
-    bound = set(real.arg_names[: len(args)])
-    needed = {k for k, p in params.items() if p.default is inspect.Parameter.empty}
-    assert needed <= bound | (set(kw) & set(params)) and not bound & set(kw), kw
-    assert set(kw) - set(params) == {"num_warps"} and kw["SPLIT"] == (split > 1) and grid[1] == split
+    ((grid, args, kw),) = launches.calls
+    assert interpreter.options_of(real, args, kw) == {"num_warps"} and kw["SPLIT"] == (split > 1) and grid[1] == split
 
 
 def test_ws_engine_on_cpu_matches_reference():

@@ -762,18 +762,10 @@ def test_ws_engine_launches_bind_every_kernel_argument_once(monkeypatch, pdl):
     that records its call) give every parameter of the real kernel exactly one value, PDL as the plan's constexpr,
     and only the launch options the CUDA backend takes: a keyword passed twice (PDL, once in both the constexprs and
     the launch options) is a TypeError here, not on the first GPU call."""
-    import inspect
-
     from speedrun.overlays.mxfp4_moe import gluon_sm90_ws
 
-    real = gluon_sm90_ws.moe_gemm_ws_kernel
-    calls = []
-
-    class Launcher:
-        def __getitem__(self, grid):
-            return lambda *args, **kw: calls.append((grid, args, kw))
-
-    monkeypatch.setattr(gluon_sm90_ws, "moe_gemm_ws_kernel", Launcher())
+    real, launches = gluon_sm90_ws.moe_gemm_ws_kernel, interpreter.LaunchRecorder()
+    monkeypatch.setattr(gluon_sm90_ws, "moe_gemm_ws_kernel", launches)
     monkeypatch.setattr(moe_mod, "sm_count", lambda device: 132)
     w = moe_mod.swizzled(_weights(4, 64, 256, seed=1, a4=True), layout=CUDA_LAYOUT)
     run = make_plan(w, device="cuda", arch="sm90", config={**WS, "a_qdq": True, "pdl": pdl}).launches["forced"]
@@ -781,13 +773,9 @@ def test_ws_engine_launches_bind_every_kernel_argument_once(monkeypatch, pdl):
     t = torch.zeros(8, 8)
     s = SimpleNamespace(max_blocks=4, sorted_ids=t, expert_ids=t, num_padded=t)
     moe_mod._ws_gemms(t, t, t, w, t, t, t, s, t, t, 8, 64, 256, 1, 1, 2, run)
-    params = inspect.signature(real.fn).parameters
-    assert len(calls) == 2
-    for _, args, kw in calls:
-        bound = set(real.arg_names[: len(args)]) | (set(kw) & set(params))
-        needed = {k for k, p in params.items() if p.default is inspect.Parameter.empty}
-        assert needed <= bound and not set(real.arg_names[: len(args)]) & set(kw), kw
-        assert set(kw) - set(params) == ({"num_warps", "launch_pdl"} if pdl else {"num_warps"})
+    assert len(launches.calls) == 2
+    for _, args, kw in launches.calls:
+        assert interpreter.options_of(real, args, kw) == ({"num_warps", "launch_pdl"} if pdl else {"num_warps"})
         assert kw["PDL"] == pdl
 
 
