@@ -338,8 +338,8 @@ SWEEP_VARIANTS = {
     "ws_p128": {**_P16, "engine": "gluon_ws", "BLOCK_N1": 64, "BLOCK_N2": 64, "stages1": 3, "stages2": 4},
     # The same rows at DeepSeek's prefill sizes (M 4096; M 8192 is the 8k E2E's chunk), w4a4 as a_qdq, against the
     # served stock_fp8 route (the bench's speedrun_stock_fp8 rows): its per-call FP8 conversion of all 257 experts
-    # is ~0.85 ms whatever M. Stock's FP8 MoE runs M 4096 at ~280 TFLOP/s (round 4: 1466 us), ~57% of the H100's
-    # bf16 wgmma peak, so bf16 MMAs with the decode hidden could reach the route without converting anything
+    # is ~0.85 ms whatever M. Stock's FP8 MoE runs M 4096 at ~280 TFLOP/s (round 4: 1466 us), ~28% of the H100's
+    # dense bf16 peak, so bf16 MMAs with the decode hidden could reach the route without converting anything
     "ws_p64_a4": {**_P4, "BLOCK_M": 64, "BLOCK_N2": 128, "stages1": 4, "stages2": 4},
     "ws_p128_a4": {**_P4, "BLOCK_M": 128, "BLOCK_N2": 64, "stages1": 3, "stages2": 4},
     "p16_swap_bn128": {**_P16, "swap": True, "b_regs": True},

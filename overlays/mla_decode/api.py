@@ -411,7 +411,8 @@ def partial_kernel(cfg: MlaBucket, heads: int, kv_dtype: torch.dtype, arch: str,
     eng = engine(cfg, kv_dtype)
     fp8, ws = kv_dtype in FP8_KV_DTYPES, eng == Engine.GLUON_WS
     where = f"mla_decode {'a8w8.engine' if fp8 else 'kv16_engine'} {eng.value}"
-    if fp8 and not ws and cfg.a8w8 is not None and any(getattr(cfg.a8w8, k) is not None for k in WS_ONLY):
+    a8w8 = fp8 and cfg.fp8_compute == Compute.A8W8  # the a8w8 knobs are in use (a16 leaves them unread)
+    if a8w8 and not ws and any(getattr(cfg.a8w8, k) is not None for k in WS_ONLY):
         raise ValueError(f"{where}: a8w8.pv_split, v_bufs and lazy_max are the warp-specialized kernel's (engine "
                          "gluon_ws)")  # fmt: skip
     if not eng.gluon:
