@@ -70,22 +70,24 @@ def partial_spec(bucket: str, heads: int, cfg: MlaBucket, kv: str, arch: str, co
                        no_spills=bool(gluon))  # fmt: skip
 
 
-def mxfp4_spec(bucket: str, heads: int, cfg: MlaBucket, arch: str) -> CompileSpec:
-    """The partial kernel for an MXFP4 cache (the qualifier's format; not served by the SGLang hook yet: its KV pool
-    has no MXFP4 dtype, MXFP4_KV.md), from the same plan as a launch: bf16 MMAs on codes decoded in registers."""
-    plan = api.make_plan(heads, torch.bfloat16, api.KV_MXFP4, arch=arch, config=cfg)
+def mxfp4_spec(bucket: str, heads: int, cfg: MlaBucket, arch: str, block: int) -> CompileSpec:
+    """The partial kernel for an E2M1 cache with a scale per `block` columns (32: the qualifier's MXFP4; 16:
+    SGLang's fp4_mx_block16 pool; not served by the hook yet, MXFP4_KV.md), from the same plan as a launch: bf16
+    MMAs on codes decoded in registers."""
+    plan = api.make_plan(heads, torch.bfloat16, api.KV_MXFP4, arch=arch, config=cfg, kv_block=block)
     cfg = plan.cfg
     ptrs = {"Q": "*bf16", "KV": "*u8", "KS": "*u8", "O": "*bf16", "PartO": "*fp32", "PartLse": "*fp32",
             "Chunk": "*i32", "kv_indptr": "*i32", "kv_indices": "*i64"}  # fmt: skip
     const = {"H": heads, "BLOCK_H": plan.block_h, "BLOCK_N": cfg.BLOCK_N, "BLOCK_B": 256, "MIN_CHUNK": cfg.min_chunk,
-             "DL": D_LATENT, "DR": D_ROPE, **plan.partial[False], "PDL": _pdl(cfg, arch)}  # fmt: skip
+             "DL": D_LATENT, "DR": D_ROPE, "SB": block, **plan.partial[False], "PDL": _pdl(cfg, arch)}  # fmt: skip
     strides = ["stride_qb", "stride_qh", "stride_kv", "stride_ks", "stride_ob", "stride_oh"]
     sig = {**ptrs, "qk_scale": "fp32", "bs": "i32", "num_programs": "i32", **dict.fromkeys(strides, "i32"),
            **dict.fromkeys(const, "constexpr")}  # fmt: skip
-    # rows of 288 code bytes and 18 scale bytes: only the code rows are 16-byte multiples
+    # rows of 288 code bytes and 18 or 36 scale bytes: only the code rows are 16-byte multiples
     attrs = aligned(sig, "Q", "KV", "O", "PartO", "PartLse", "kv_indptr", "kv_indices", "stride_qb", "stride_qh",
                     "stride_kv", "stride_ob", "stride_oh")  # fmt: skip
-    return CompileSpec(f"mla_decode/partial[{bucket},mxfp4]", plan.kernel, sig, const, cfg.launch_knobs(),
+    name = f"mla_decode/partial[{bucket},{'mxfp4' if block == 32 else f'e2m1-b{block}'}]"
+    return CompileSpec(name, plan.kernel, sig, const, cfg.launch_knobs(),
                        EXPECT_MMA[arch], attrs=attrs, no_spills=True)  # fmt: skip
 
 
@@ -133,7 +135,7 @@ def compile_specs(arch: str) -> list[CompileSpec]:
             if gluon and cfg.kv16_engine != Engine.GLUON:
                 specs.append(partial_spec(bucket, heads, cfg.replace(**GLUON_KV16), "bf16", arch))
         if heads <= 16:  # DeepSeek-R1's heads a GPU at TP8, the qualifier's
-            specs.append(mxfp4_spec(bucket, heads, cfg, arch))
+            specs += [mxfp4_spec(bucket, heads, cfg, arch, block) for block in api.KV_BLOCKS]
         specs += [merge_spec(bucket, heads, cfg, dv, arch) for dv in (cfg.merge.min_block_dv, D_LATENT)]
     specs.append(store_spec(arch))
     once: dict[str, CompileSpec] = {}  # each kernel once, where first listed (the served one first)

@@ -5,9 +5,10 @@
 
 Shapes and dtypes (H = heads, 576 = 512 latent + 64 rope; V is the latent):
     q           [bs, H, 576]  bf16 | f16, unit stride in the last dim
-    kv          [slots, 1, 576] or [pages, page_size, 1, 576]: bf16 | f16 | fp8 e4m3fn | e4m3fnuz; or MXFP4
-                (KV_MXFP4, float4_e2m1fn_x2) [slots, 1, 288] / [pages, page_size, 1, 288] contiguous, with
-    kv_scales   its E8M0 scales, one per 32 columns, [slots, 18] (uint8 | float8_e8m0fnu, contiguous)
+    kv          [slots, 1, 576] or [pages, page_size, 1, 576]: bf16 | f16 | fp8 e4m3fn | e4m3fnuz; or E2M1
+                (KV_MXFP4, float4_e2m1fn_x2 or uint8 codes) [slots, 1, 288] / [pages, ps, 1, 288] contiguous, with
+    kv_scales   its E8M0 scales, one per plan.kv_block (32: MXFP4; 16: SGLang's fp4_mx_block16 pool) columns:
+                [slots, 576 / kv_block] uint8 | float8_e8m0fnu, contiguous
     o           [bs, H, 512]  any float dtype, unit stride in the last dim (written in place, also returned)
     kv_indptr   [bs + 1] int32; kv_indices [kv_indptr[bs]] int32 | int64 token slots (any page size)
     workspace   (o [rows * H * 512], lse [rows * H]) float32, rows = plan.workspace_rows(bs); None: allocated
@@ -64,7 +65,7 @@ FP8_KV_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 STORE_DTYPES = (torch.float8_e4m3fn,)  # what the fused KV store writes (fnuz caches keep stock's store)
 STORE_BLOCK = triton.next_power_of_2(D_QK)  # the KV store's row vector (576 -> 1024, masked)
 KV_MXFP4 = torch.float4_e2m1fn_x2  # an MXFP4 cache: E2M1 codes of the 576 columns + E8M0 scales per 32 (kv_scales)
-MX_BLOCK = 32
+KV_BLOCKS = (32, 16)  # columns an E2M1 cache's scale covers: MXFP4's, SGLang's fp4_mx_block16's (MLATokenToKVPoolFP4)
 KV_DTYPES = (torch.bfloat16, torch.float16, *FP8_KV_DTYPES, KV_MXFP4)
 Q_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -88,6 +89,7 @@ class MlaDecodePlan:
     partial_opts: dict[str, Any] = field(repr=False)
     merge_opts: dict[str, Any] = field(repr=False)
     pdl: bool = False  # the bucket's pdl on a device that has PDL: both kernels launch as programmatic dependents
+    kv_block: int = 32  # an E2M1 cache's scale block (KV_BLOCKS)
 
     @property
     def groups(self) -> int:
@@ -123,11 +125,15 @@ def make_plan(
     compute: Compute | str | None = None,
     config: MlaBucket | Mapping[str, Any] | None = None,
     programs: int | None = None,
+    kv_block: int = 32,
 ) -> MlaDecodePlan:
     """Validate once and resolve everything a decode step needs. Unsupported for dtypes the kernel does not serve;
-    ValueError for a bad config field or a compute that cannot run (a8w8 on a 16-bit cache)."""
+    ValueError for a bad config field or a compute that cannot run (a8w8 on a 16-bit cache). `kv_block`: an E2M1
+    cache's scale block (KV_BLOCKS)."""
     if q_dtype not in Q_DTYPES or kv_dtype not in KV_DTYPES:
         raise Unsupported(f"dtypes q={q_dtype} kv={kv_dtype} not served")
+    if kv_block not in KV_BLOCKS:
+        raise ValueError(f"kv_block must be one of {KV_BLOCKS} (columns an E2M1 cache's scale covers), got {kv_block}")
     if kv_dtype == KV_MXFP4 and q_dtype != torch.bfloat16:
         raise Unsupported(f"an MXFP4 cache is decoded to bf16: q must be bf16, not {q_dtype}")
     arch = arch or current_arch()
@@ -158,6 +164,7 @@ def make_plan(
         partial_opts={} if cpu else launch_options(cfg.launch_knobs(), arch),
         merge_opts={} if cpu else launch_options(cfg.merge.launch_knobs(), arch),
         pdl=cfg.pdl and pdl_ok(arch, dev.type == "cuda" and torch.version.hip is None),
+        kv_block=kv_block,
     )
 
 
@@ -179,7 +186,7 @@ def mla_decode(
     `kv_scales`: an MXFP4 cache's, whose values carry their own scales: k_scale and v_scale must be 1).
     Unsupported for inputs the kernel does not serve (the hook then runs stock SGLang)."""
     check_inputs(q, kv, o, plan)
-    mx = mxfp4_rows(kv, kv_scales) if plan.kv_dtype == KV_MXFP4 else None
+    mx = mxfp4_rows(kv, kv_scales, plan.kv_block) if plan.kv_dtype == KV_MXFP4 else None
     if mx is not None and (k_scale, v_scale) != (1.0, 1.0):
         raise ValueError(f"an MXFP4 cache carries its scales: k_scale and v_scale must be 1, got {k_scale}, {v_scale}")
     bs = q.shape[0]
@@ -206,8 +213,8 @@ def _partial_mxfp4(q, codes, scales, o, ws, kv_indptr, kv_indices, plan: MlaDeco
         q, codes, scales, o, *ws, kv_indptr, kv_indices, float(sm_scale) * LOG2E, bs, plan.programs,
         q.stride(0), q.stride(1), codes.stride(0), scales.stride(0), o.stride(0), o.stride(1),
         H=plan.heads, BLOCK_H=plan.block_h, BLOCK_N=plan.cfg.BLOCK_N, BLOCK_B=block_b(bs),
-        MIN_CHUNK=plan.cfg.min_chunk, DL=D_LATENT, DR=D_ROPE, **plan.partial[large], **plan.partial_opts,
-        **dependent(plan.pdl),
+        MIN_CHUNK=plan.cfg.min_chunk, DL=D_LATENT, DR=D_ROPE, SB=plan.kv_block, **plan.partial[large],
+        **plan.partial_opts, **dependent(plan.pdl),
     )  # fmt: skip
 
 
@@ -282,14 +289,14 @@ def check_inputs(q: torch.Tensor, kv: torch.Tensor, o: torch.Tensor, plan: MlaDe
         raise ValueError(f"q {q.shape[1]} heads {q.dtype}, kv {kv.dtype} do not match the plan {plan}")
 
 
-def mxfp4_rows(kv: torch.Tensor, kv_scales: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """An MXFP4 cache and its scales as uint8 rows addressed by token slot: ([slots, 288], [slots, 18]).
+def mxfp4_rows(kv: torch.Tensor, kv_scales: torch.Tensor | None, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An E2M1 cache and its scales as uint8 rows addressed by token slot: ([slots, 288], [slots, 576 / block]).
     ValueError when the scales are missing or do not match the codes."""
-    slots = kv.numel() // (D_QK // 2)
-    if kv_scales is None or kv_scales.numel() != slots * (D_QK // MX_BLOCK) or not kv_scales.is_contiguous():
+    slots, per = kv.numel() // (D_QK // 2), D_QK // block
+    if kv_scales is None or kv_scales.numel() != slots * per or not kv_scales.is_contiguous():
         got = None if kv_scales is None else tuple(kv_scales.shape)
-        raise ValueError(f"an MXFP4 cache needs kv_scales: {D_QK // MX_BLOCK} E8M0 bytes a slot, contiguous "
-                         f"([{slots}, {D_QK // MX_BLOCK}]), got {got}")  # fmt: skip
+        raise ValueError(f"an E2M1 cache with kv_block {block} needs kv_scales: {per} E8M0 bytes a slot, contiguous "
+                         f"([{slots}, {per}]), got {got}")  # fmt: skip
     if not kv.is_contiguous():
         raise Unsupported("an MXFP4 cache must be contiguous (rows addressed by token slot)")
     return kv.view(torch.uint8).reshape(slots, D_QK // 2), kv_scales.view(torch.uint8).reshape(slots, -1)

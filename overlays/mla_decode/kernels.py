@@ -23,9 +23,9 @@ computes fp8 caches in f16 (e4m3 -> f16 is exact) with one packed convert per ti
 A8W8 (fp8 caches, the finals' setting) computes in fp8 instead: q quantized to the cache's fp8 format per (sequence,
 head) row on load, QK as an fp8 MMA, P scaled by P_SCALE into fp8 for an fp8 PV (or PV in f16: PV_FP8=False), fp32
 accumulation; the q scale is folded into the softmax scale, the KV scales stay where they were (see _attend_a8w8).
-`_mla_partial_mxfp4_kernel` is the partial kernel for an MXFP4 cache (the qualifier's format: all 576 columns as
-E2M1 codes, two a byte, one E8M0 scale per 32): the same split and partials, the codes decoded to bf16 in
-registers, bf16 MMAs; the merge is the same.
+`_mla_partial_mxfp4_kernel` is the partial kernel for an E2M1 cache (all 576 columns as E2M1 codes, two a byte,
+one E8M0 scale per 32 (MXFP4, the qualifier's format) or per 16 (SGLang's own `fp4_mx_block16` pool)): the same
+split and partials, the codes decoded to bf16 in registers, bf16 MMAs; the merge is the same.
 """
 
 from __future__ import annotations
@@ -549,20 +549,20 @@ def _mla_partial_kernel(
 
 @triton.jit
 def _mx_tile(KV, KS, loc, mask_n, col, stride_kv, stride_ks, BLOCK_N: tl.constexpr, W: tl.constexpr,
-             ASM: tl.constexpr):  # fmt: skip
-    """Columns [col, col + W) of gathered MXFP4 rows as bf16 [BLOCK_N, W]; masked rows are zeros (codes 0, scale
-    byte 127: never the NaN scale 255 of an unused slot)."""
+             SB: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
+    """Columns [col, col + W) of gathered E2M1 rows (a scale byte per SB of them) as bf16 [BLOCK_N, W]; masked rows
+    are zeros (codes 0, scale byte 127: never the NaN scale 255 of an unused slot)."""
     codes = tl.load(KV + loc[:, None] * stride_kv + col // 2 + tl.arange(0, W // 2)[None, :], mask=mask_n[:, None],
                     other=0)  # fmt: skip
-    scales = tl.load(KS + loc[:, None] * stride_ks + col // 32 + tl.arange(0, W // 32)[None, :],
+    scales = tl.load(KS + loc[:, None] * stride_ks + col // SB + tl.arange(0, W // SB)[None, :],
                      mask=mask_n[:, None], other=127)  # fmt: skip
-    return mxfp4_to_bf16_fast(codes, scales, BLOCK_N, W, ASM)
+    return mxfp4_to_bf16_fast(codes, scales, BLOCK_N, W, ASM, SB)
 
 
 @triton.jit
 def _attend_mxfp4(KV, KS, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stride_kv, stride_ks,
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DL: tl.constexpr, DR: tl.constexpr,
-                  ASM: tl.constexpr):  # fmt: skip
+                  SB: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
     """One segment over an MXFP4 cache, the 512 latent columns as one [BLOCK_N, 512] tile: (acc, m, l)."""
     q_lat = tl.load(q_row + tl.arange(0, DL)[None, :], mask=mask_h[:, None], other=0.0)
     q_rope = tl.load(q_row + DL + tl.arange(0, DR)[None, :], mask=mask_h[:, None], other=0.0)
@@ -573,8 +573,8 @@ def _attend_mxfp4(KV, KS, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stri
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < seg_hi
         loc = tl.load(kv_indices + offs_n, mask=mask_n, other=0).to(tl.int64)
-        k_lat = _mx_tile(KV, KS, loc, mask_n, 0, stride_kv, stride_ks, BLOCK_N, DL, ASM)
-        k_rope = _mx_tile(KV, KS, loc, mask_n, DL, stride_kv, stride_ks, BLOCK_N, DR, ASM)
+        k_lat = _mx_tile(KV, KS, loc, mask_n, 0, stride_kv, stride_ks, BLOCK_N, DL, SB, ASM)
+        k_rope = _mx_tile(KV, KS, loc, mask_n, DL, stride_kv, stride_ks, BLOCK_N, DR, SB, ASM)
         s = tl.dot(q_lat, tl.trans(k_lat))
         s = tl.dot(q_rope, tl.trans(k_rope), acc=s)
         pr, alpha, m_i = _online_softmax(s, mask_n, qk_scale, m_i)
@@ -587,7 +587,7 @@ def _attend_mxfp4(KV, KS, q_row, mask_h, kv_indices, pos, seg_hi, qk_scale, stri
 def _mla_partial_mxfp4_kernel(
     Q,
     KV,  # uint8 [slots, 288]: E2M1 codes of the 576 columns, element 2i in the low nibble
-    KS,  # uint8 [slots, 18]: E8M0 scale of each 32 columns
+    KS,  # uint8 [slots, 576 / SB]: E8M0 scale of each SB columns
     O,
     PartO,
     PartLse,
@@ -610,11 +610,12 @@ def _mla_partial_mxfp4_kernel(
     MIN_CHUNK: tl.constexpr,
     DL: tl.constexpr,
     DR: tl.constexpr,
+    SB: tl.constexpr = 32,  # columns a scale covers: 32 (MX, the qualifier's) or 16 (SGLang's fp4_mx_block16 pool)
     SNAP: tl.constexpr = False,
     ASM: tl.constexpr = False,  # sm90: the inline-PTX E2M1 decode (never in the interpreter)
     PDL: tl.constexpr = False,
 ):
-    """_mla_partial_kernel's split and partials (its docstring) over an MXFP4 cache, 16-bit compute."""
+    """_mla_partial_kernel's split and partials (its docstring) over an E2M1 cache, 16-bit compute."""
     NHG: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
     pdl_wait(PDL)
     pdl_trigger(PDL)
@@ -639,7 +640,7 @@ def _mla_partial_mxfp4_kernel(
             slot = (p + b).to(tl.int64)
             q_row = Q + b.to(tl.int64) * stride_qb + offs_h[:, None] * stride_qh
             acc, m_i, l_i = _attend_mxfp4(KV, KS, q_row, mask_h, kv_idx, pos, seg_hi, qk_scale, stride_kv, stride_ks,
-                                          BLOCK_H, BLOCK_N, DL, DR, ASM)  # fmt: skip
+                                          BLOCK_H, BLOCK_N, DL, DR, SB, ASM)  # fmt: skip
             final = (pos == seq_lo) & (seg_hi == seq_hi)
             _store_out(O, PartO, acc, l_i, final, b, slot, offs_h, mask_h, 1.0, stride_ob, stride_oh, H, DL, DL)
             if (pos != seq_lo) | (seg_hi != seq_hi):  # a partial: its log2-sum-exp for the merge

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from speedrun.overlays.mla_decode.kernels import D_LATENT, D_QK, P_SCALE
-from speedrun.overlays.mx.format import dequant_mxfp4
+from speedrun.overlays.mx.format import e8m0_to_float, unpack_e2m1
 from speedrun.overlays.mx.quant import quant_mxfp4
 
 LOG2E = 1.4426950408889634
@@ -54,17 +54,25 @@ def mla_decode_reference(
     return out
 
 
-def quantize_kv_mxfp4(kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A latent pool [..., 576] as an MXFP4 cache: (codes float4_e2m1fn_x2 [..., 288], E8M0 scales uint8
-    [..., 18]), one scale per 32 columns (mx.quant's rule: the block's max |x| lands in E2M1's top binade)."""
-    codes, scales = quant_mxfp4(kv)
-    return codes.view(torch.float4_e2m1fn_x2), scales
+def quantize_kv_mxfp4(kv: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A latent pool [..., 576] as an E2M1 cache: (codes float4_e2m1fn_x2 [..., 288], E8M0 scales uint8
+    [..., 576 / block]), one scale per `block` columns (32 or 16), mx.quant's rule (the block's max |x| lands in
+    E2M1's top binade; a 16-column block is quantized as a 32-column one padded with zeros)."""
+    if block == 32:
+        codes, scales = quant_mxfp4(kv)
+        return codes.view(torch.float4_e2m1fn_x2), scales
+    blocks = kv.unflatten(-1, (D_QK // block, block))
+    codes, scales = quant_mxfp4(torch.nn.functional.pad(blocks, (0, 32 - block)))
+    return codes[..., : block // 2].flatten(-2).contiguous().view(torch.float4_e2m1fn_x2), scales[..., 0]
 
 
 def mla_decode_mxfp4_reference(q: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, kv_indptr: torch.Tensor,
                                kv_indices: torch.Tensor, sm_scale: float) -> torch.Tensor:  # fmt: skip
-    """mla_decode_reference on the exact values of an MXFP4 cache (codes [slots, 1, 288], scales [slots, 18])."""
-    kv = dequant_mxfp4(codes.view(torch.uint8).reshape(-1, D_QK // 2), scales.reshape(-1, D_QK // 32))
+    """mla_decode_reference on the exact values of an E2M1 cache: codes [slots, 1, 288], scales [slots, 576 / B],
+    one scale per B columns (32: MXFP4; 16: SGLang's fp4_mx_block16 pool)."""
+    vals = unpack_e2m1(codes.view(torch.uint8).reshape(-1, D_QK // 2))
+    scales = scales.view(torch.uint8).reshape(vals.shape[0], -1)
+    kv = vals * e8m0_to_float(scales).repeat_interleave(D_QK // scales.shape[1], dim=-1)
     return mla_decode_reference(q, kv[:, None, :], kv_indptr, kv_indices, sm_scale)
 
 

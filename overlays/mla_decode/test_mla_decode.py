@@ -231,8 +231,8 @@ def test_compiles_for_arch(arch: str) -> None:
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     # 3 buckets x (bf16 partial, fp8 partial, fp8 a8w8 partial with fp8 PV and with f16 PV, 2 merges); sm90 also
     # the Gluon kernel on fp8 (a8w8) and bf16 caches (heads<=16) and its warp-specialized form (fp8, PV f16; eager and
-    # lazy running max), and the fp8 KV store; at 16 heads the MXFP4-cache partial (bf16 MMAs)
-    assert len(results) == 20 + 4 * (arch == "sm90"), proc.stderr[-2000:]
+    # lazy running max), and the fp8 KV store; at 16 heads the E2M1-cache partials (scales per 32 and 16; bf16 MMAs)
+    assert len(results) == 21 + 4 * (arch == "sm90"), proc.stderr[-2000:]
     (mx,) = [r for r in results if r["name"] == "mla_decode/partial[heads<=16,mxfp4]"]
     assert any("bf16" in m for m in mx["mma"]), mx["mma"]
     if arch == "sm90":  # QK at n8 (the warpgroups split the heads), PV at n16 (they split the output rows)
@@ -531,18 +531,21 @@ def test_pdl_knob_resolves_on_cuda_sm90_only() -> None:
 # ----------------------------------------------------------------------------- MXFP4 cache (the qualifier's format)
 
 
+@pytest.mark.parametrize("block", [32, 16])
 @pytest.mark.parametrize("lens,programs", [([1, 37, 0, 70], 1), ([130, 3, 65], 7), ([200], 9)])
-def test_mxfp4_cache_matches_reference(lens, programs):
-    """An MXFP4 cache (576 columns as E2M1 codes + an E8M0 scale per 32): whole sequences and sequences split over
-    chunks (the merge), empty and one-token sequences, tiles past a sequence's end; against the reference on the
-    cache's exact values, rtol = atol = 1e-2 (P is rounded to bf16 for PV)."""
+def test_mxfp4_cache_matches_reference(lens, programs, block):
+    """An E2M1 cache (576 columns as E2M1 codes + an E8M0 scale per 32: MXFP4; per 16: SGLang's fp4_mx_block16
+    pool): whole sequences and sequences split over chunks (the merge), empty and one-token sequences, tiles past a
+    sequence's end; against the reference on the cache's exact values, rtol = atol = 1e-2 (P is rounded to bf16
+    for PV)."""
     from speedrun.overlays.mla_decode.reference import mla_decode_mxfp4_reference, quantize_kv_mxfp4
 
     b = make_batch(16, lens, torch.float32, 1, seed=sum(lens))
-    codes, scales = quantize_kv_mxfp4(b["kv"].cpu())
+    codes, scales = quantize_kv_mxfp4(b["kv"].cpu(), block)
     codes, scales = codes.to(DEV), scales[:, 0].to(DEV)
+    assert codes.shape[-1] == 288 and scales.shape[-1] == 576 // block
     o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device=DEV)
-    plan = api.make_plan(16, torch.bfloat16, api.KV_MXFP4, device=DEV, programs=programs)
+    plan = api.make_plan(16, torch.bfloat16, api.KV_MXFP4, device=DEV, programs=programs, kv_block=block)
     got = api.mla_decode(b["q"], codes, o, b["kv_indptr"], b["kv_indices"], plan, sm_scale=576**-0.5,
                          kv_scales=scales)  # fmt: skip
     want = mla_decode_mxfp4_reference(b["q"], codes, scales, b["kv_indptr"], b["kv_indices"], 576**-0.5)
@@ -556,7 +559,7 @@ def test_mxfp4_cache_errors_name_what_is_wrong():
     kv = torch.zeros(8, 1, 288, dtype=torch.uint8, device=DEV).view(api.KV_MXFP4)
     o = torch.empty(1, 16, 512, dtype=torch.bfloat16, device=DEV)
     ind = torch.tensor([0, 8], dtype=torch.int32, device=DEV), torch.arange(8, device=DEV)
-    with pytest.raises(ValueError, match=r"needs kv_scales: 18 E8M0 bytes a slot, contiguous \(\[8, 18\]\), got None"):
+    with pytest.raises(ValueError, match=r"kv_block 32 needs kv_scales: 18 E8M0 bytes a slot, .*\[8, 18\].*None"):
         api.mla_decode(q, kv, o, *ind, plan, sm_scale=1.0)
     with pytest.raises(ValueError, match=r"got \(8, 17\)"):
         api.mla_decode(q, kv, o, *ind, plan, sm_scale=1.0, kv_scales=torch.zeros(8, 17, dtype=torch.uint8))
@@ -565,3 +568,5 @@ def test_mxfp4_cache_errors_name_what_is_wrong():
         api.mla_decode(q, kv, o, *ind, plan, sm_scale=1.0, k_scale=2.0, kv_scales=scales)
     with pytest.raises(Exception, match="q must be bf16"):
         api.make_plan(16, torch.float16, api.KV_MXFP4, device=DEV)
+    with pytest.raises(ValueError, match=r"kv_block must be one of \(32, 16\).*got 8"):
+        api.make_plan(16, torch.bfloat16, api.KV_MXFP4, device=DEV, kv_block=8)

@@ -645,3 +645,26 @@ def test_mxfp4_cache_mixed_lengths():
     scales = scales[:, 0]
     ref = mla_decode_mxfp4_reference(q, codes, scales, indptr, slots, SM_SCALE)
     check(run_mxfp4(q, codes, scales, indptr, slots), ref, "mxfp4 mixed lengths")
+
+
+def test_e2m1_block16_cache_as_sglang_writes_it():
+    """SGLang's own fp4 MLA pool (`--kv-cache-dtype fp4_mx_block16`, MLATokenToKVPoolFP4: E2M1 codes + an exponent
+    byte per 16 columns, quantized by FP4MXBlock16KVQuantizeUtil): SGLang's dequantized values are the reference's,
+    and our kernel on the pool's bytes matches the reference (the format the hook could serve without a new pool)."""
+    from sglang.srt.layers.quantization.kvfp4_tensor import FP4MXBlock16KVQuantizeUtil as Fp4
+
+    from speedrun.overlays.mla_decode import api
+    from speedrun.overlays.mla_decode.reference import mla_decode_mxfp4_reference
+    from speedrun.overlays.mx.format import unpack_e2m1
+
+    g = torch.Generator().manual_seed(5)
+    lens = torch.randint(1, 9000, (29,), generator=g).tolist() + [1, 64, 8192]
+    q, kv, indptr, slots = make_batch(len(lens), 16, lens, torch.bfloat16, page_size=64, seed=5)
+    codes, scales = Fp4.batched_quantize(kv)  # [slots, 1, 288], [slots, 36]
+    ref_kv = Fp4.batched_dequantize(codes, scales).float().reshape(-1, 576)
+    ours_kv = unpack_e2m1(codes.reshape(-1, 288)) * torch.exp2(scales.float() - 127).repeat_interleave(16, dim=-1)
+    assert torch.equal(ours_kv, ref_kv)
+    o = torch.empty(len(lens), 16, 512, dtype=torch.bfloat16, device="cuda")
+    plan = api.make_plan(16, torch.bfloat16, api.KV_MXFP4, device=q.device, kv_block=16)
+    got = api.mla_decode(q, codes.view(api.KV_MXFP4), o, indptr, slots, plan, sm_scale=SM_SCALE, kv_scales=scales)
+    check(got, mla_decode_mxfp4_reference(q, codes, scales, indptr, slots, SM_SCALE), "fp4_mx_block16 pool")

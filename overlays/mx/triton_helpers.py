@@ -213,29 +213,30 @@ def e8m0_to_bf16(s):
 
 
 @triton.jit
-def mxfp4_halves_bf16(packed, scales, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
-    """packed [R, C/2] + E8M0 [R, C/32] -> (even-K values, odd-K values), each bf16 [R, C/2] (low / high nibbles).
+def mxfp4_halves_bf16(packed, scales, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr, BLK: tl.constexpr = 32):
+    """packed [R, C/2] + E8M0 [R, C/BLK] -> (even-K values, odd-K values), each bf16 [R, C/2] (low / high nibbles).
+    BLK: the elements a scale covers (32: MX; 16: SGLang's fp4_mx_block16 KV cache).
 
     No join/reshape of the big tile: a GEMM multiplies each half by the matching half of the other operand.
     ASM=True is the sm90 register path (inline PTX); ASM=False is exact portable Triton (and the interpreter)."""
     if ASM:
         sc = e8m0_to_bf16(scales)
-        sc = tl.broadcast_to(sc[:, :, None], (R, C // 32, 16)).reshape(R, C // 2)
+        sc = tl.broadcast_to(sc[:, :, None], (R, C // BLK, BLK // 2)).reshape(R, C // 2)
         lo, hi = tl.inline_asm_elementwise(E2M1_BF16_ASM, "=r,=r,=r,=r,r,r,r", [packed, sc],
                                            dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)  # fmt: skip
     else:
         p = packed.to(tl.uint32)
         sf = e8m0_to_f32(scales)
-        sf = tl.broadcast_to(sf[:, :, None], (R, C // 32, 16)).reshape(R, C // 2)
+        sf = tl.broadcast_to(sf[:, :, None], (R, C // BLK, BLK // 2)).reshape(R, C // 2)
         lo = (e2m1_to_f32(p & 0xF) * sf).to(tl.bfloat16)
         hi = (e2m1_to_f32(p >> 4) * sf).to(tl.bfloat16)
     return lo, hi
 
 
 @triton.jit
-def mxfp4_to_bf16_fast(packed, scales, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr):
+def mxfp4_to_bf16_fast(packed, scales, R: tl.constexpr, C: tl.constexpr, ASM: tl.constexpr, BLK: tl.constexpr = 32):
     """Like mxfp4_to_bf16 but through mxfp4_halves_bf16 (the halves interleaved back along K)."""
-    lo, hi = mxfp4_halves_bf16(packed, scales, R, C, ASM)
+    lo, hi = mxfp4_halves_bf16(packed, scales, R, C, ASM, BLK)
     return tl.join(lo, hi).reshape(R, C)
 
 
