@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -31,7 +32,30 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+LOW_PORTS = (20000, 32767)  # below Linux's default ephemeral range (32768-60999) and the BSDs' (49152-65535)
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (Linux: /proc; elsewhere the IANA range)."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to, chosen outside the ephemeral range where it can be: a port the kernel picked
+    (bind to 0) is also what it gives the next outgoing connection, which may take it before the server binds it
+    (the tests' fake deployments lost ports that way)."""
+    eph, pick = ephemeral_range(), random.SystemRandom()  # not the global generator: tests may seed it
+    for _ in range(64):
+        port = pick.randint(*LOW_PORTS)
+        if eph[0] <= port <= eph[1]:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, contextlib.suppress(OSError):
+            s.bind((host, port))
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from speedrun.launch.command import LaunchSpec
-from speedrun.launch.server import ServerError, free_port, port_in_use, running, start
+from speedrun.launch.server import LOW_PORTS, ServerError, ephemeral_range, free_port, port_in_use, running, start
 
 SERVER = Path(__file__).parent / "servers" / "lifecycle_server.py"
 
@@ -169,3 +169,17 @@ def test_server_ignoring_sigterm_is_killed_after_the_grace(tmp_path, capfd):
     assert f"stopping baseline server (pid {pgid}, pgid {pgid}, port {port}): SIGTERM, waiting up to 1.5 s" in err
     assert f"baseline server still running after 1.5 s: escalating to SIGKILL (pgid {pgid})" in err
     assert f"stopped baseline server (pid {pgid}, pgid {pgid}, port {port})" in err
+
+
+def test_free_port_is_outside_the_ephemeral_range():
+    """Ports the launcher picks for servers and routers come from below the kernel's ephemeral range, where no
+    outgoing connection (the health checks, the benchmark client) can take one before the server binds it; each is
+    bindable when returned."""
+    import socket
+
+    lo, hi = ephemeral_range()
+    for _ in range(20):
+        port = free_port()
+        assert not lo <= port <= hi and LOW_PORTS[0] <= port <= LOW_PORTS[1], (port, lo, hi)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
