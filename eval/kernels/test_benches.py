@@ -260,3 +260,32 @@ def test_moe_sweep_times_the_route_where_the_hook_serves_it():
             assert not moe.route_served(moe.variant_cfg(base, moe.SWEEP_VARIANTS[v])[0], deepseek, "sm90")
     assert not moe.route_served(moe.table("sm90")["w4a4:tpe<=64"], deepseek, "sm90")
     assert not moe.route_served(moe.table("sm90")["w4a16:tpe>256"], gptoss, "sm90")
+
+
+@pytest.mark.parametrize("ws_us,wins", [(2500.0, True), (3100.0, False)])
+def test_tune_serves_a_prefill_ws_row_only_where_it_beats_the_route(ws_us, wins):
+    """The path the sweep's DeepSeek prefill rows take into the table: at M 8192 (tpe>256, routed to stock) the
+    config's row is the route (3000 µs here); `kernels tune` writes a ws row's knobs, `route: ours` among them,
+    only when it is faster, and the written bucket validates and no longer routes to stock."""
+    import json
+    from importlib import resources
+    from types import SimpleNamespace
+
+    from speedrun.eval.kernels import tune
+    from speedrun.overlays.mxfp4_moe.config import Act, Fmt, Route
+
+    raw = json.loads(resources.files("speedrun.overlays.mxfp4_moe").joinpath("configs/sm90.json").read_text())
+    bucket = "w4a4:tpe>256"
+    base = moe.table("sm90")[bucket]
+    ws_cfg = moe.variant_cfg(base, moe.SWEEP_VARIANTS["ws_p64_a4"])[0]
+    shape = {"impl": "speedrun", "bucket": bucket, "model": "deepseek-r1-mxfp4-tp8", "m": 8192, "gbps": 1.0}
+    rows = [{**shape, "variant": "config", "config": base.entry(), "us": 3000.0, "route": Route.STOCK_FP8.value},
+            {**shape, "variant": "ws_p64_a4", "config": ws_cfg.entry(), "us": ws_us}]  # fmt: skip
+    (choice,) = tune.select(rows, raw)
+    assert choice.changed == wins
+    if wins:
+        assert choice.config["route"] == Route.OURS.value and choice.config["engine"] == "gluon_ws"
+        written = tune.apply(raw, [choice], {"command": "test"})[bucket]
+        cfg = moe.MoeBucket.checked(written, bucket)
+        deepseek = SimpleNamespace(fmt=Fmt.W4A4, act=Act.SILU, b13=None, b2=None)
+        assert cfg.route == Route.OURS and not moe.route_served(cfg, deepseek, "sm90")
