@@ -322,7 +322,6 @@ def bench_shape(bs: int, kv_len: int | str, kv_dtype: torch.dtype, impls: tuple[
     """Every impl at one shape; each row goes to `emit` when done (every baseline may be missing or reject a
     shape: its row records why, and the run goes on)."""
     copies = Copies(make_inputs(bs, kv_len, kv_dtype, seed=seed_of(bs, kv_len)))
-    nbytes = kv_bytes(bs, kv_len, kv_dtype)
     rows, ours = [], None
     for impl in impls:
         row = {"impl": impl, "bucket": BUCKET, "gpu": gpu, "bs": bs, "kv_len": kv_len, "heads": HEADS,
@@ -332,8 +331,8 @@ def bench_shape(bs: int, kv_len: int | str, kv_dtype: torch.dtype, impls: tuple[
             row.update(skipped=True, error="skipped: bench time budget spent")
         else:
             outs: list[torch.Tensor] = []
-            nb = kv_bytes(bs, kv_len, kv_dtype, impl) if impl == MXFP4 else nbytes
-            attempt(row, partial(_timed_fields, Built(SETUP[impl], copies), copies(0), nb, peak, outs))
+            nbytes = kv_bytes(bs, kv_len, kv_dtype, impl)
+            attempt(row, partial(_timed_fields, Built(SETUP[impl], copies), copies(0), nbytes, peak, outs))
             if outs and impl == "speedrun":
                 ours = outs[0]
             elif outs and ours is not None:

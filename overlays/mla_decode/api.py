@@ -147,7 +147,6 @@ def make_plan(
     cpu = arch == "cpu"
     big = cfg.model_copy(update={"snap": False})  # past SNAP_MAX_BS: a shape-only choice (graph safe), both agree
     kernel = partial_kernel(cfg, heads, kv_dtype, arch, q_dtype)
-    constexprs = kernel_constexprs if kernel is not _mla_partial_mxfp4_kernel else mxfp4_constexprs
     return MlaDecodePlan(
         heads=heads,
         q_dtype=q_dtype,
@@ -160,7 +159,7 @@ def make_plan(
         sms=sms,
         block_h=block_h(heads, cfg),
         kernel=kernel,
-        partial={large: constexprs(c, q_dtype, kv_dtype, arch) for large, c in ((False, cfg), (True, big))},
+        partial={large: kernel_constexprs(c, q_dtype, kv_dtype, arch) for large, c in ((False, cfg), (True, big))},
         partial_opts={} if cpu else launch_options(cfg.launch_knobs(), arch),
         merge_opts={} if cpu else launch_options(cfg.merge.launch_knobs(), arch),
         pdl=cfg.pdl and pdl_ok(arch, dev.type == "cuda" and torch.version.hip is None),
@@ -487,6 +486,8 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
     power-of-two guard); "asm" is "f16" with the packed sm89+ inline-asm convert (e4m3fn on CUDA only). A8W8 and
     its TOKENS_M / PV_FP8 (the bucket's a8w8 mma_m and pv) for fp8 caches computing a8w8; TOKENS_M otherwise from
     the bucket's a16_mma_m (the 16-bit tokens-as-M path)."""
+    if kv_dtype == KV_MXFP4:  # _mla_partial_mxfp4_kernel: the split's, and sm90's inline-PTX E2M1 decode
+        return {**split_constexprs(cfg), "ASM": _sm(arch) >= 90 and torch.version.hip is None}
     if engine(cfg, kv_dtype) == Engine.GLUON_WS:  # the converter's slice; the rest is fixed (gluon_sm90_ws.py)
         return {**split_constexprs(cfg), "Q_EXP": q_exp(kv_dtype), "WARPS": cfg.num_warps,
                 "CVT_ROWS": cfg.a8w8.cvt_rows or GLUON_WS_CVT_ROWS, "STAGES": cfg.num_stages,
@@ -516,11 +517,6 @@ def kernel_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtyp
         "PV_FP8": a8w8 is None or a8w8.pv == Pv.FP8,
         "Q_EXP": q_exp(kv_dtype),
     }
-
-
-def mxfp4_constexprs(cfg: MlaBucket, q_dtype: torch.dtype, kv_dtype: torch.dtype, arch: str) -> dict:
-    """_mla_partial_mxfp4_kernel's: the split's, and the inline-PTX E2M1 decode on sm90 (never the interpreter)."""
-    return {**split_constexprs(cfg), "ASM": _sm(arch) >= 90 and torch.version.hip is None}
 
 
 def q_exp(kv_dtype: torch.dtype) -> int:
